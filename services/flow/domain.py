@@ -1,0 +1,464 @@
+"""A clinic's floor as plain Python: visits, queues, rooms, providers, delays.
+
+Pure: no I/O, no clock reads (every change takes the time it happened), no
+globals. The live service and ``clinicflow replay`` both drive this module.
+``Clinic.apply`` takes one floor fact and returns what changed; facts that
+cannot be applied raise ``NotApplicable`` with the reason that goes to the
+dead-letter topic.
+
+How the floor handles odd orders (documented in docs/flow.md):
+
+* duplicate facts (same arrival, same rooming) change nothing;
+* rooming, provider-in or checkout for an unknown visit cannot be applied;
+* rooming into a room that holds another patient cannot be applied;
+* provider-in before rooming is accepted: the provider saw the patient;
+* checkout of a visit never roomed is accepted: the visit ends (no stage time);
+* a cancellation after rooming ends the visit and sends the room to cleaning;
+* an undo restores the visit and room as they were before the named fact,
+  unless later facts changed them since (then it cannot be applied).
+
+Status mapping to FHIR R4 (Encounter.status / Appointment.status):
+
+======================  =====================  ======================
+clinicflow status       Encounter.status       Appointment.status
+======================  =====================  ======================
+waiting (arrived)       arrived                arrived
+roomed                  triaged                arrived
+with_provider           in-progress            fulfilled
+checked_out             finished               fulfilled
+cancelled               cancelled              cancelled
+left_without_being_seen cancelled              cancelled
+no_show                 (none)                 noshow
+======================  =====================  ======================
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+LATE_GRACE = timedelta(minutes=10)
+UNDO_MEMORY = 200  # facts per clinic that can still be undone
+
+
+class VisitStatus(StrEnum):
+    WAITING = "waiting"
+    ROOMED = "roomed"
+    WITH_PROVIDER = "with_provider"
+    CHECKED_OUT = "checked_out"
+    CANCELLED = "cancelled"
+    LEFT_WITHOUT_BEING_SEEN = "left_without_being_seen"
+    NO_SHOW = "no_show"
+
+
+OPEN_STATUSES = frozenset({VisitStatus.WAITING, VisitStatus.ROOMED, VisitStatus.WITH_PROVIDER})
+
+FHIR_STATUS: dict[VisitStatus, tuple[str | None, str]] = {
+    VisitStatus.WAITING: ("arrived", "arrived"),
+    VisitStatus.ROOMED: ("triaged", "arrived"),
+    VisitStatus.WITH_PROVIDER: ("in-progress", "fulfilled"),
+    VisitStatus.CHECKED_OUT: ("finished", "fulfilled"),
+    VisitStatus.CANCELLED: ("cancelled", "cancelled"),
+    VisitStatus.LEFT_WITHOUT_BEING_SEEN: ("cancelled", "cancelled"),
+    VisitStatus.NO_SHOW: (None, "noshow"),
+}
+
+
+class RoomState(StrEnum):
+    READY = "ready"
+    OCCUPIED = "occupied"
+    NEEDS_CLEANING = "needs_cleaning"
+    OUT_OF_SERVICE = "out_of_service"
+
+
+class NotApplicable(ValueError):
+    """A fact the floor cannot apply; ``reason`` is what the dead-letter record says."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Visit:
+    """One patient's visit today, identified by ``visit_id``; shown as ``ticket_code``."""
+
+    visit_id: str
+    ticket_code: str
+    provider_id: str | None  # None: first available provider
+    visit_type: str
+    priority: Literal["routine", "urgent"]
+    scheduled_at: datetime | None
+    arrived_at: datetime
+    status: VisitStatus = VisitStatus.WAITING
+    room_id: str | None = None
+    roomed_at: datetime | None = None
+    provider_in_at: datetime | None = None
+    ended_at: datetime | None = None
+    history: list[tuple[str, datetime]] = field(default_factory=list)
+
+    @property
+    def late(self) -> bool:
+        return self.scheduled_at is not None and self.arrived_at > self.scheduled_at + LATE_GRACE
+
+    @property
+    def queue_time(self) -> datetime:
+        """The time that orders the queue: the appointment if on time, else the arrival.
+
+        A front desk keeps an on-time patient's slot, fits a late patient in
+        as if they had walked in, and takes walk-ins in arrival order.
+        """
+        if self.scheduled_at is None or self.late:
+            return self.arrived_at
+        return self.scheduled_at
+
+    def queue_key(self) -> tuple[int, datetime, datetime, str]:
+        """Urgent first, then queue time, then arrival, then id (a total order)."""
+        return (0 if self.priority == "urgent" else 1, self.queue_time, self.arrived_at,
+                self.visit_id)
+
+    def set_status(self, status: VisitStatus, at: datetime) -> None:
+        self.status = status
+        self.history.append((status.value, at))
+
+
+@dataclass(slots=True)
+class Room:
+    room_id: str
+    state: RoomState
+    since: datetime
+    visit_id: str | None = None
+
+
+@dataclass(slots=True)
+class Delay:
+    """A provider (or the whole clinic: ``provider_id`` None) running late."""
+
+    provider_id: str | None
+    minutes: int
+    announced_at: datetime
+    reason: str = ""
+
+    @property
+    def until(self) -> datetime:
+        return self.announced_at + timedelta(minutes=self.minutes)
+
+
+@dataclass(slots=True)
+class StageTime:
+    """A finished stage, for metrics and learning: which stage, whose, how long."""
+
+    stage: Literal["arrival_to_roomed", "roomed_to_provider", "provider_to_checkout",
+                   "room_turnover"]
+    minutes: float
+    provider_id: str | None
+    visit_type: str | None
+
+
+@dataclass(slots=True)
+class Change:
+    """What one applied fact changed."""
+
+    kind: str
+    visit_ids: tuple[str, ...] = ()
+    room_ids: tuple[str, ...] = ()
+    stages: list[StageTime] = field(default_factory=list)
+    queue_changed: bool = True
+    duplicate: bool = False
+
+
+@dataclass(slots=True)
+class _UndoRecord:
+    event_id: str
+    kind: str
+    visits: dict[str, Visit | None]  # visit as it was before (None: did not exist)
+    rooms: dict[str, Room | None]
+    delays: dict[str | None, Delay | None] | None
+    visit_marks: dict[str, int]  # len(history) right after the fact
+    room_marks: dict[str, datetime]
+
+
+class Clinic:
+    """One clinic's live floor. Memory holds open visits only, plus a bounded undo window."""
+
+    def __init__(self, clinic_id: str) -> None:
+        self.clinic_id = clinic_id
+        self.visits: dict[str, Visit] = {}  # open visits only
+        self.rooms: dict[str, Room] = {}
+        self.delays: dict[str | None, Delay] = {}
+        self.closed_ids: deque[str] = deque(maxlen=2000)  # recently ended, to spot duplicates
+        self._closed_set: set[str] = set()
+        self._undo: deque[_UndoRecord] = deque(maxlen=UNDO_MEMORY)
+        self.counts: dict[str, int] = {}  # outcomes today: checked_out, lwbs, ...
+
+    # ------------------------------------------------------------------ queries
+
+    def waiting(self) -> list[Visit]:
+        """Waiting visits in queue order (urgent first, then queue time)."""
+        return sorted(
+            (v for v in self.visits.values() if v.status is VisitStatus.WAITING),
+            key=Visit.queue_key,
+        )
+
+    def roomed(self) -> list[Visit]:
+        return [v for v in self.visits.values() if v.status is not VisitStatus.WAITING]
+
+    def delay_for(self, provider_id: str | None) -> Delay | None:
+        """The larger of the provider's own delay and a clinic-wide one."""
+        own = self.delays.get(provider_id) if provider_id is not None else None
+        clinic = self.delays.get(None)
+        if own is None:
+            return clinic
+        if clinic is None:
+            return own
+        return own if own.until >= clinic.until else clinic
+
+    def providers(self) -> set[str]:
+        known = {v.provider_id for v in self.visits.values() if v.provider_id}
+        known.update(p for p in self.delays if p is not None)
+        return known
+
+    # ------------------------------------------------------------------- facts
+
+    def arrive(
+        self,
+        *,
+        at: datetime,
+        visit_id: str,
+        ticket_code: str,
+        provider_id: str | None,
+        visit_type: str,
+        scheduled_at: datetime | None,
+        priority: Literal["routine", "urgent"] = "routine",
+        event_id: str = "",
+    ) -> Change:
+        if visit_id in self.visits or visit_id in self._closed_set:
+            return Change("arrival", (visit_id,), queue_changed=False, duplicate=True)
+        record = self._remember(event_id, "arrival", visits=[visit_id])
+        visit = Visit(visit_id, ticket_code, provider_id, visit_type, priority, scheduled_at, at)
+        visit.history.append((VisitStatus.WAITING.value, at))
+        self.visits[visit_id] = visit
+        self._seal(record)
+        return Change("arrival", (visit_id,))
+
+    def room_ready(self, *, at: datetime, room_id: str, event_id: str = "") -> Change:
+        room = self.rooms.get(room_id)
+        if room is not None and room.state is RoomState.READY:
+            return Change("room_ready", room_ids=(room_id,), queue_changed=False, duplicate=True)
+        record = self._remember(event_id, "room_ready", rooms=[room_id])
+        stages: list[StageTime] = []
+        if room is None:
+            self.rooms[room_id] = Room(room_id, RoomState.READY, at)
+        else:
+            if room.state is RoomState.NEEDS_CLEANING:
+                stages.append(StageTime("room_turnover", _minutes(at - room.since), None, None))
+            room.state, room.since, room.visit_id = RoomState.READY, at, None
+        self._seal(record)
+        return Change("room_ready", room_ids=(room_id,), stages=stages)
+
+    def room_out_of_service(self, *, at: datetime, room_id: str, event_id: str = "") -> Change:
+        room = self.rooms.get(room_id)
+        if room is not None and room.state is RoomState.OCCUPIED:
+            raise NotApplicable(f"room {room_id} holds visit {room.visit_id}; room the patient "
+                                "elsewhere or check them out first")
+        record = self._remember(event_id, "room_out_of_service", rooms=[room_id])
+        if room is None:
+            self.rooms[room_id] = Room(room_id, RoomState.OUT_OF_SERVICE, at)
+        else:
+            room.state, room.since, room.visit_id = RoomState.OUT_OF_SERVICE, at, None
+        self._seal(record)
+        return Change("room_out_of_service", room_ids=(room_id,))
+
+    def patient_roomed(
+        self, *, at: datetime, visit_id: str, room_id: str, event_id: str = ""
+    ) -> Change:
+        visit = self._open_visit(visit_id, "roomed")
+        if visit.status is not VisitStatus.WAITING:
+            if visit.room_id == room_id:
+                return Change("roomed", (visit_id,), (room_id,), queue_changed=False,
+                              duplicate=True)
+            raise NotApplicable(f"visit {visit_id} is already {visit.status.value} in room "
+                                f"{visit.room_id}")
+        room = self.rooms.get(room_id)
+        if room is not None and room.state is RoomState.OCCUPIED and room.visit_id != visit_id:
+            raise NotApplicable(f"room {room_id} already holds visit {room.visit_id}")
+        record = self._remember(event_id, "roomed", visits=[visit_id], rooms=[room_id])
+        if room is None:
+            room = self.rooms[room_id] = Room(room_id, RoomState.OCCUPIED, at, visit_id)
+        room.state, room.since, room.visit_id = RoomState.OCCUPIED, at, visit_id
+        visit.room_id = room_id
+        visit.roomed_at = at
+        visit.set_status(VisitStatus.ROOMED, at)
+        self._seal(record)
+        stage = StageTime("arrival_to_roomed", _minutes(at - visit.arrived_at), visit.provider_id,
+                          visit.visit_type)
+        return Change("roomed", (visit_id,), (room_id,), stages=[stage])
+
+    def provider_in(
+        self, *, at: datetime, visit_id: str, provider_id: str | None = None, event_id: str = ""
+    ) -> Change:
+        visit = self._open_visit(visit_id, "provider in")
+        if visit.status is VisitStatus.WITH_PROVIDER:
+            return Change("provider_in", (visit_id,), queue_changed=False, duplicate=True)
+        record = self._remember(event_id, "provider_in", visits=[visit_id])
+        stages = []
+        if visit.roomed_at is not None:
+            stages.append(StageTime("roomed_to_provider", _minutes(at - visit.roomed_at),
+                                    provider_id or visit.provider_id, visit.visit_type))
+        if provider_id is not None:
+            visit.provider_id = provider_id
+        visit.provider_in_at = at
+        visit.set_status(VisitStatus.WITH_PROVIDER, at)
+        self._seal(record)
+        return Change("provider_in", (visit_id,), stages=stages)
+
+    def checked_out(self, *, at: datetime, visit_id: str, event_id: str = "") -> Change:
+        if visit_id in self._closed_set and visit_id not in self.visits:
+            return Change("checkout", (visit_id,), queue_changed=False, duplicate=True)
+        visit = self._open_visit(visit_id, "checkout")
+        rooms = [visit.room_id] if visit.room_id else []
+        record = self._remember(event_id, "checkout", visits=[visit_id], rooms=rooms)
+        stages = []
+        if visit.provider_in_at is not None:
+            stages.append(StageTime("provider_to_checkout", _minutes(at - visit.provider_in_at),
+                                    visit.provider_id, visit.visit_type))
+        self._release_room(visit, at)
+        self._close(visit, VisitStatus.CHECKED_OUT, at)
+        self._seal(record)
+        return Change("checkout", (visit_id,), tuple(rooms), stages=stages)
+
+    def cancelled(
+        self, *, at: datetime, visit_id: str, reason: str = "cancelled", event_id: str = ""
+    ) -> Change:
+        if visit_id in self._closed_set and visit_id not in self.visits:
+            return Change("cancel", (visit_id,), queue_changed=False, duplicate=True)
+        visit = self._open_visit(visit_id, "cancel")
+        rooms = [visit.room_id] if visit.room_id else []
+        record = self._remember(event_id, "cancel", visits=[visit_id], rooms=rooms)
+        self._release_room(visit, at)
+        status = (VisitStatus.LEFT_WITHOUT_BEING_SEEN if reason == "left_without_being_seen"
+                  else VisitStatus.CANCELLED)
+        self._close(visit, status, at)
+        self._seal(record)
+        return Change("cancel", (visit_id,), tuple(rooms))
+
+    def delay_announced(
+        self, *, at: datetime, provider_id: str | None, minutes: int, reason: str = "",
+        event_id: str = "",
+    ) -> Change:
+        record = self._remember(event_id, "delay", delays=[provider_id])
+        if minutes <= 0:
+            self.delays.pop(provider_id, None)
+        else:
+            self.delays[provider_id] = Delay(provider_id, minutes, at, reason)
+        self._seal(record)
+        return Change("delay")
+
+    def action_undone(self, *, at: datetime, undone_event_id: str, event_id: str = "") -> Change:
+        """Reverse a recent fact by restoring what it changed, if nothing changed it since."""
+        record = next((r for r in self._undo if r.event_id == undone_event_id), None)
+        if record is None:
+            raise NotApplicable(f"event {undone_event_id} is unknown or too old to undo")
+        for visit_id, mark in record.visit_marks.items():
+            current = self.visits.get(visit_id)
+            if current is not None and len(current.history) != mark:
+                raise NotApplicable(f"visit {visit_id} changed after event {undone_event_id}; "
+                                    "undo the later action first")
+        for room_id, since in record.room_marks.items():
+            room = self.rooms.get(room_id)
+            if room is not None and room.since != since:
+                raise NotApplicable(f"room {room_id} changed after event {undone_event_id}; "
+                                    "undo the later action first")
+        for visit_id, before in record.visits.items():
+            if before is None:
+                self.visits.pop(visit_id, None)
+            else:
+                restored = copy.deepcopy(before)
+                restored.history.append((f"undo:{record.kind}", at))
+                self.visits[visit_id] = restored
+                self._closed_set.discard(visit_id)
+        for room_id, room_before in record.rooms.items():
+            if room_before is None:
+                self.rooms.pop(room_id, None)
+            else:
+                self.rooms[room_id] = copy.copy(room_before)
+        if record.delays is not None:
+            for provider_id, delay_before in record.delays.items():
+                if delay_before is None:
+                    self.delays.pop(provider_id, None)
+                else:
+                    self.delays[provider_id] = copy.copy(delay_before)
+        self._undo.remove(record)
+        return Change("undo", tuple(record.visits), tuple(record.rooms))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _open_visit(self, visit_id: str, what: str) -> Visit:
+        visit = self.visits.get(visit_id)
+        if visit is None:
+            if visit_id in self._closed_set:
+                raise NotApplicable(f"{what} for visit {visit_id}, which has already ended")
+            raise NotApplicable(f"{what} for unknown visit {visit_id}")
+        return visit
+
+    def _release_room(self, visit: Visit, at: datetime) -> None:
+        if visit.room_id is None:
+            return
+        room = self.rooms.get(visit.room_id)
+        if room is not None and room.visit_id == visit.visit_id:
+            room.state, room.since, room.visit_id = RoomState.NEEDS_CLEANING, at, None
+
+    def _close(self, visit: Visit, status: VisitStatus, at: datetime) -> None:
+        visit.set_status(status, at)
+        visit.ended_at = at
+        del self.visits[visit.visit_id]
+        if len(self.closed_ids) == self.closed_ids.maxlen:
+            self._closed_set.discard(self.closed_ids[0])
+        self.closed_ids.append(visit.visit_id)
+        self._closed_set.add(visit.visit_id)
+        self.counts[status.value] = self.counts.get(status.value, 0) + 1
+
+    def _remember(
+        self,
+        event_id: str,
+        kind: str,
+        *,
+        visits: list[str] = (),  # type: ignore[assignment]
+        rooms: list[str] = (),  # type: ignore[assignment]
+        delays: list[str | None] | None = None,
+    ) -> _UndoRecord | None:
+        if not event_id:
+            return None
+        return _UndoRecord(
+            event_id=event_id,
+            kind=kind,
+            visits={v: copy.deepcopy(self.visits.get(v)) for v in visits},
+            rooms={r: copy.copy(self.rooms.get(r)) for r in rooms},
+            delays={p: copy.copy(self.delays.get(p)) for p in delays} if delays is not None
+            else None,
+            visit_marks={},
+            room_marks={},
+        )
+
+    def _seal(self, record: _UndoRecord | None) -> None:
+        if record is None:
+            return
+        for visit_id in record.visits:
+            visit = self.visits.get(visit_id)
+            record.visit_marks[visit_id] = len(visit.history) if visit is not None else -1
+            if visit is None:
+                # the fact closed the visit: a later re-open would change nothing to compare
+                record.visit_marks.pop(visit_id)
+        for room_id in record.rooms:
+            room = self.rooms.get(room_id)
+            if room is not None:
+                record.room_marks[room_id] = room.since
+        self._undo.append(record)
+
+
+def _minutes(delta: timedelta) -> float:
+    return delta.total_seconds() / 60.0

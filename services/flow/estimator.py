@@ -1,0 +1,383 @@
+"""Wait estimation: expected minutes until each waiting patient is roomed, with an
+80% interval. Pure: no I/O, no clock; used live and by ``clinicflow replay``.
+
+The model, in the clinic's words:
+
+1. **Look ahead on today's floor.** From the current floor (who waits in what
+   order, which rooms are free, cleaning or occupied and for how long, which
+   provider is with whom, who runs late) we play the next hours forward with
+   expected durations: a patient is roomed when a room is free *and* their
+   provider can take another patient into a room (providers keep at most a
+   few patients roomed at once; how many is learned from the day). Rooming
+   sets off the provider's visit, which frees the room for cleaning later.
+   This reacts at once to every floor event: a freed room, a provider
+   running late, an urgent arrival jumping the queue, someone leaving.
+
+2. **Learn the day's pace.** Visit lengths per visit type, each provider's
+   pace relative to the others, intake (roomed to provider), room cleaning
+   time and providers' rooming habits are learned from the day's own
+   events, starting from priors so the first patient already gets an
+   estimate.
+
+3. **Learn how wrong the look-ahead is.** What the look-ahead cannot see
+   (patients who arrive later but go first, nurses' reaction time,
+   walk-outs) shows up as a systematic error. Every roomed visit's past
+   estimates are compared with its true wait, sampled as the backtest
+   samples them; the median of those errors corrects the estimate and
+   their 10th and 90th percentiles give the 80% interval. Errors are kept
+   relative to the size of the estimate, so the interval widens with the
+   wait.
+
+Cost per event grows with the clinic's open visits and rooms, not with the
+day's history: learned statistics are running sums and bounded windows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from services.flow.domain import Clinic, RoomState, StageTime, Visit, VisitStatus
+
+# Priors: typical minutes a provider spends per visit type (provider in -> checkout).
+VISIT_TYPE_PRIOR_MINUTES: dict[str, float] = {
+    "new_patient": 30.0, "new": 30.0, "consultation": 30.0, "consult": 30.0,
+    "follow_up": 15.0, "followup": 15.0, "follow-up": 15.0, "return": 15.0,
+    "physical": 40.0, "annual": 40.0, "wellness": 30.0,
+    "procedure": 30.0, "minor_procedure": 30.0,
+    "urgent": 15.0, "sick": 15.0, "walk_in": 15.0, "acute": 15.0,
+}  # fmt: skip
+DEFAULT_VISIT_MINUTES = 20.0
+PRIOR_WEIGHT = 2.0  # how many observations a prior is worth
+INTAKE_PRIOR_MINUTES = 5.0
+CLEANING_PRIOR_MINUTES = 5.0
+ROOMS_PER_PROVIDER_PRIOR = 2
+SCALE_MINUTES = 5.0  # errors are relative to (estimate + SCALE)
+ERROR_WINDOW = 400
+SAMPLE_EVERY = timedelta(minutes=5)
+# A prior spread of relative errors (about +-50%), displaced as real errors arrive.
+PRIOR_ERRORS = (-0.55, -0.4, -0.28, -0.18, -0.08, 0.0, 0.08, 0.2, 0.35, 0.55, 0.8, 1.1)
+EARLY_ROOMING_PRIOR_MINUTES = -10.0
+HORIZON_GUARD = 500  # never simulate more patients than this ahead (pathological queues)
+
+
+@dataclass(slots=True)
+class RunningMean:
+    """A mean shrunk towards a prior: (prior*weight + sum) / (weight + n)."""
+
+    prior: float
+    weight: float = PRIOR_WEIGHT
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    @property
+    def value(self) -> float:
+        return (self.prior * self.weight + self.total) / (self.weight + self.count)
+
+
+@dataclass(slots=True)
+class Estimate:
+    """An estimate for one waiting visit, made at ``made_at``."""
+
+    visit_id: str
+    made_at: datetime
+    wait_minutes: float
+    low: float
+    high: float
+    position: int
+    raw_minutes: float  # the look-ahead before error correction
+
+
+@dataclass(slots=True)
+class _History:
+    arrived_at: datetime
+    estimates: list[tuple[datetime, float]] = field(default_factory=list)  # (made_at, raw)
+
+
+class ProviderHabits:
+    """How many patients a provider keeps roomed at once, learned from roomings."""
+
+    __slots__ = ("observed",)
+
+    def __init__(self) -> None:
+        self.observed: deque[int] = deque(maxlen=30)
+
+    def capacity(self) -> int:
+        if len(self.observed) < 3:
+            return max(ROOMS_PER_PROVIDER_PRIOR, max(self.observed, default=1))
+        ordered = sorted(self.observed)
+        return max(1, ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))])
+
+
+class WaitEstimator:
+    """Learns one clinic's pace and estimates every waiting visit's wait."""
+
+    def __init__(self) -> None:
+        self.visit_minutes: dict[str, RunningMean] = {}
+        self.all_visits = RunningMean(DEFAULT_VISIT_MINUTES)
+        self.provider_pace: dict[str, RunningMean] = {}  # observed / expected, prior 1
+        self.intake = RunningMean(INTAKE_PRIOR_MINUTES)
+        self.cleaning = RunningMean(CLEANING_PRIOR_MINUTES)
+        self.habits: dict[str | None, ProviderHabits] = {}
+        self.errors: deque[float] = deque(PRIOR_ERRORS, maxlen=ERROR_WINDOW)
+        self._quantiles: tuple[float, float, float] | None = None
+        self._histories: dict[str, _History] = {}
+        self.recent_waits: deque[float] = deque(maxlen=5)  # for the rolling-average comparison
+        # minutes from appointment to rooming for patients who came early: how early
+        # this clinic rooms a patient ahead of their appointment
+        self.early_rooming: deque[float] = deque([EARLY_ROOMING_PRIOR_MINUTES] * 3, maxlen=40)
+        self._earliest: float | None = None
+
+    # --------------------------------------------------------------- learning
+
+    def observe_stage(self, stage: StageTime) -> None:
+        """Learn from a finished stage of a visit."""
+        minutes = max(0.0, stage.minutes)
+        if stage.stage == "provider_to_checkout":
+            expected = self.expected_visit_minutes(stage.visit_type, None)
+            if stage.visit_type is not None:
+                mean = self.visit_minutes.get(stage.visit_type)
+                if mean is None:
+                    prior = VISIT_TYPE_PRIOR_MINUTES.get(stage.visit_type.lower(),
+                                                         self.all_visits.value)
+                    mean = self.visit_minutes[stage.visit_type] = RunningMean(prior)
+                pace = self.provider_pace.get(stage.provider_id or "")
+                mean.add(minutes / (pace.value if pace else 1.0))
+            self.all_visits.add(minutes)
+            if stage.provider_id is not None and expected > 0:
+                pace = self.provider_pace.setdefault(stage.provider_id, RunningMean(1.0, 3.0))
+                pace.add(min(4.0, max(0.25, minutes / expected)))
+        elif stage.stage == "roomed_to_provider":
+            self.intake.add(min(minutes, 120.0))
+        elif stage.stage == "room_turnover":
+            self.cleaning.add(min(minutes, 120.0))
+        elif stage.stage == "arrival_to_roomed":
+            self.recent_waits.append(minutes)
+
+    def observe_rooming(self, clinic: Clinic, visit: Visit) -> None:
+        """Learn the provider's rooming habit and score the visit's past estimates."""
+        provider = visit.provider_id
+        in_rooms = sum(
+            1 for v in clinic.visits.values()
+            if v.status is not VisitStatus.WAITING and v.provider_id == provider
+        )
+        self.habits.setdefault(provider, ProviderHabits()).observed.append(max(1, in_rooms))
+        if (visit.scheduled_at is not None and visit.roomed_at is not None and not visit.late
+                and visit.arrived_at < visit.scheduled_at):
+            self.early_rooming.append((visit.roomed_at - visit.scheduled_at).total_seconds() / 60)
+            self._earliest = None
+        history = self._histories.pop(visit.visit_id, None)
+        if history is None or visit.roomed_at is None or not history.estimates:
+            return
+        roomed_at = visit.roomed_at
+        sample = history.arrived_at
+        index = 0
+        estimates = history.estimates
+        while sample < roomed_at:
+            while index + 1 < len(estimates) and estimates[index + 1][0] <= sample:
+                index += 1
+            made_at, raw = estimates[index]
+            if made_at <= sample:
+                aged = max(0.0, raw - (sample - made_at).total_seconds() / 60.0)
+                true = (roomed_at - sample).total_seconds() / 60.0
+                self.errors.append((true - aged) / (aged + SCALE_MINUTES))
+                self._quantiles = None
+            sample += SAMPLE_EVERY
+
+    def forget(self, visit_id: str) -> None:
+        """A visit ended without being roomed: drop its estimate history."""
+        self._histories.pop(visit_id, None)
+
+    # ------------------------------------------------------------- durations
+
+    def expected_visit_minutes(self, visit_type: str | None, provider_id: str | None) -> float:
+        """Expected provider time for a visit of this type with this provider."""
+        if visit_type is not None and visit_type in self.visit_minutes:
+            base = self.visit_minutes[visit_type].value
+        elif visit_type is not None and visit_type.lower() in VISIT_TYPE_PRIOR_MINUTES:
+            # scale the prior by how the day's visits compare with their priors
+            base = VISIT_TYPE_PRIOR_MINUTES[visit_type.lower()]
+        else:
+            base = self.all_visits.value
+        pace = self.provider_pace.get(provider_id or "") if provider_id else None
+        return base * (pace.value if pace else 1.0)
+
+    @staticmethod
+    def _remaining(expected: float, elapsed: float) -> float:
+        """Expected minutes left of an activity that has run ``elapsed`` of ``expected``.
+
+        Past its expected length an activity is not about to end at once: a
+        long-tailed duration keeps a remaining part that shrinks slowly.
+        """
+        if elapsed < expected:
+            return max(expected - elapsed, 0.25 * expected)
+        return 0.25 * expected + 0.1 * (elapsed - expected)
+
+    # ------------------------------------------------------------- estimating
+
+    def quantiles(self) -> tuple[float, float, float]:
+        """(10th, 50th, 90th) percentiles of the relative errors seen today."""
+        if self._quantiles is None:
+            ordered = sorted(self.errors)
+            n = len(ordered)
+
+            def q(p: float) -> float:
+                position = p * (n - 1)
+                lower = math.floor(position)
+                upper = min(n - 1, lower + 1)
+                return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+            self._quantiles = (q(0.1), q(0.5), q(0.9))
+        return self._quantiles
+
+    def earliest_rooming(self) -> float:
+        """How many minutes before (negative) or after the appointment this clinic rooms
+        an early patient at the soonest: a low percentile of what it did today."""
+        if self._earliest is None:
+            ordered = sorted(self.early_rooming)
+            self._earliest = ordered[int(0.1 * (len(ordered) - 1))]
+        return self._earliest
+
+    def estimate(self, clinic: Clinic, now: datetime) -> list[Estimate]:
+        """Estimates for every waiting visit of ``clinic``, in queue order."""
+        waiting = clinic.waiting()
+        if not waiting:
+            return []
+        raw = self._look_ahead(clinic, waiting, now)
+        q10, q50, q90 = self.quantiles()
+        estimates = []
+        for position, visit in enumerate(waiting, start=1):
+            minutes = raw[visit.visit_id]
+            scale = minutes + SCALE_MINUTES
+            centre = max(0.0, minutes + q50 * scale)
+            low = max(0.0, minutes + q10 * scale)
+            high = max(low, minutes + q90 * scale)
+            centre = min(max(centre, low), high)
+            estimates.append(Estimate(visit.visit_id, now, round(centre, 1), round(low, 1),
+                                      round(high, 1), position, minutes))
+            history = self._histories.get(visit.visit_id)
+            if history is None:
+                history = self._histories[visit.visit_id] = _History(visit.arrived_at)
+            if not history.estimates or history.estimates[-1][1] != minutes:
+                if history.estimates and history.estimates[-1][0] == now:
+                    history.estimates[-1] = (now, minutes)
+                elif len(history.estimates) < 200:
+                    history.estimates.append((now, minutes))
+        return estimates
+
+    def _look_ahead(self, clinic: Clinic, waiting: list[Visit], now: datetime) -> dict[str, float]:
+        """Play the floor forward with expected durations; minutes until each is roomed."""
+        minute = 60.0
+        intake = self.intake.value
+        cleaning = self.cleaning.value
+        earliest = self.earliest_rooming()
+
+        def since(at: datetime) -> float:
+            return (now - at).total_seconds() / minute
+
+        # When each usable room is (expected to be) free, in minutes from now.
+        room_free: list[float] = []
+        provider_free: dict[str | None, float] = {}
+        in_room_until: dict[str | None, list[float]] = {}
+        occupant_end: dict[str, float] = {}
+        roomed = sorted(clinic.roomed(), key=lambda v: v.roomed_at or now)
+        for visit in roomed:
+            provider = visit.provider_id
+            visit_minutes = self.expected_visit_minutes(visit.visit_type, provider)
+            if visit.status is VisitStatus.WITH_PROVIDER and visit.provider_in_at is not None:
+                end = self._remaining(visit_minutes, since(visit.provider_in_at))
+            else:
+                start = max(provider_free.get(provider, 0.0),
+                            self._remaining(intake, since(visit.roomed_at or now)))
+                end = start + visit_minutes
+            if visit.status is VisitStatus.ROOMED:
+                end = max(end, provider_free.get(provider, 0.0) + visit_minutes)
+            provider_free[provider] = max(provider_free.get(provider, 0.0), end)
+            in_room_until.setdefault(provider, []).append(end)
+            if visit.room_id is not None:
+                occupant_end[visit.room_id] = end
+        known_rooms = 0
+        for room in clinic.rooms.values():
+            if room.state is RoomState.OUT_OF_SERVICE:
+                continue
+            known_rooms += 1
+            if room.state is RoomState.READY:
+                room_free.append(0.0)
+            elif room.state is RoomState.NEEDS_CLEANING:
+                room_free.append(self._remaining(cleaning, since(room.since)))
+            else:
+                end = occupant_end.get(room.room_id, self._remaining(
+                    self.all_visits.value + intake, since(room.since)))
+                room_free.append(end + cleaning)
+        room_free.sort()
+        rooms_known = known_rooms > 0
+
+        # Delays push a provider's next start (clinic-wide delays push everyone).
+        def delay_until(provider: str | None) -> float:
+            delay = clinic.delay_for(provider)
+            if delay is None:
+                return 0.0
+            return max(0.0, -since(delay.until))
+
+        providers = clinic.providers() | {p for p in in_room_until if p is not None}
+        for provider in list(providers):
+            provider_free[provider] = max(provider_free.get(provider, 0.0), delay_until(provider))
+            in_room_until.setdefault(provider, [])
+        for ends in in_room_until.values():
+            ends.sort()
+        if not providers:
+            providers = {None}
+            provider_free.setdefault(None, delay_until(None))
+            in_room_until.setdefault(None, [])
+
+        result: dict[str, float] = {}
+        for count, visit in enumerate(waiting):
+            if count >= HORIZON_GUARD:
+                result[visit.visit_id] = result[waiting[HORIZON_GUARD - 1].visit_id]
+                continue
+            candidates = [visit.provider_id] if visit.provider_id is not None else list(providers)
+            best: tuple[float, str | None] | None = None
+            for provider in candidates:
+                ends = in_room_until.setdefault(provider, [])
+                habits = self.habits.get(provider)
+                capacity = habits.capacity() if habits else ROOMS_PER_PROVIDER_PRIOR
+                # the provider can take one more into a room once enough of theirs have left
+                busy = [e for e in ends if e > 0.0]
+                ready_at = 0.0 if len(busy) < capacity else busy[len(busy) - capacity]
+                if best is None or ready_at < best[0]:
+                    best = (ready_at, provider)
+            assert best is not None
+            start, provider = best
+            if visit.scheduled_at is not None and not visit.late:
+                start = max(start, -since(visit.scheduled_at) + earliest)
+            if rooms_known:
+                if room_free:
+                    # take the latest room already free by then, leaving earlier ones to others
+                    index = bisect.bisect_right(room_free, start) - 1
+                    if index < 0:
+                        index = 0
+                    start = max(start, room_free.pop(index))
+                else:
+                    start = max(start, provider_free.get(provider, 0.0))
+            visit_minutes = self.expected_visit_minutes(visit.visit_type, provider)
+            begin = max(start + intake, provider_free.get(provider, 0.0))
+            end = begin + visit_minutes
+            provider_free[provider] = end
+            bisect.insort(in_room_until.setdefault(provider, []), end)
+            if rooms_known:
+                bisect.insort(room_free, end + cleaning)
+            result[visit.visit_id] = max(0.0, start)
+        return result
+
+    def rolling_average(self) -> float | None:
+        """What clinics show today: the mean of the last five finished waits."""
+        if not self.recent_waits:
+            return None
+        return sum(self.recent_waits) / len(self.recent_waits)

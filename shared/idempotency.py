@@ -1,0 +1,81 @@
+"""``Idempotency-Key`` handling for HTTP commands, kept in Redis.
+
+A retried request with the same key and the same body gets the first answer
+again, and publishes nothing new. The same key with a different body is a
+422: the client reused a key by mistake. A key whose first request is still
+running is a 409. Keys live for a day (a clinic day is the unit of work).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import HTTPException
+from redis.asyncio import Redis
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
+PENDING_TTL_SECONDS = 60
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """What makes two requests "the same request"."""
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+
+
+class IdempotencyStore:
+    """Remembers each (scope, key)'s answer; keys: ``{prefix}:idem:{scope}:{key}``."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, scope: str, key: str) -> str:
+        return f"{self._prefix}:idem:{scope}:{key}"
+
+    async def run(
+        self,
+        scope: str,
+        key: str,
+        request_fingerprint: str,
+        action: Callable[[], Awaitable[tuple[int, Any]]],
+    ) -> tuple[int, Any, bool]:
+        """Run ``action`` once per key. Returns (status, body, replayed)."""
+        if not 1 <= len(key) <= 200:
+            raise HTTPException(400, detail="Idempotency-Key must be 1 to 200 characters")
+        redis_key = self._key(scope, key)
+        pending = orjson.dumps({"state": "pending", "fingerprint": request_fingerprint})
+        claimed = await self._redis.set(redis_key, pending, nx=True, ex=PENDING_TTL_SECONDS)
+        if not claimed:
+            raw = await self._redis.get(redis_key)
+            if raw is None:  # expired between the two calls: try once more
+                return await self.run(scope, key, request_fingerprint, action)
+            stored = orjson.loads(raw)
+            if stored["fingerprint"] != request_fingerprint:
+                raise HTTPException(
+                    422,
+                    detail="Idempotency-Key was already used for a different request",
+                )
+            if stored["state"] == "pending":
+                raise HTTPException(
+                    409, detail="a request with this Idempotency-Key is still in progress"
+                )
+            return int(stored["status"]), stored["body"], True
+        try:
+            status_code, body = await action()
+        except BaseException:
+            await self._redis.delete(redis_key)
+            raise
+        if status_code < 500:
+            done = {
+                "state": "done",
+                "fingerprint": request_fingerprint,
+                "status": status_code,
+                "body": body,
+            }
+            await self._redis.set(redis_key, orjson.dumps(done), ex=IDEMPOTENCY_TTL_SECONDS)
+        else:
+            await self._redis.delete(redis_key)
+        return status_code, body, False

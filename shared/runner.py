@@ -1,0 +1,45 @@
+"""``clinicflow run SERVICE``: run one service alone with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+SERVICES = {
+    "checkin": ("services.checkin.app", "CheckinSettings", "checkin_port"),
+    "flow": ("services.flow.app", "FlowSettings", "flow_port"),
+    "notifications": ("services.notifications.app", "NotificationsSettings", "notifications_port"),
+    "billing": ("services.billing.app", "BillingSettings", "billing_port"),
+}
+
+
+def build_app(service: str) -> tuple[Any, Any, int]:
+    """(app, settings, port) for a service, settings read from the environment."""
+    module_path, settings_name, port_field = SERVICES[service]
+    settings_cls = getattr(importlib.import_module("shared.settings"), settings_name)
+    settings = settings_cls()
+    module = importlib.import_module(module_path)
+    return module.create_app(settings), settings, int(getattr(settings, port_field))
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    app, settings, port = build_app(args.service)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=args.port or port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run", help="run one service (HTTP + Kafka consumers)")
+    parser.add_argument("service", choices=sorted(SERVICES))
+    parser.add_argument("--port", type=int, default=None, help="override the service's port")
+    parser.set_defaults(func=run)

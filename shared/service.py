@@ -1,0 +1,268 @@
+"""What every service shares at run time: Kafka and Redis connections that come up
+with backoff, and the HTTP basics (health, readiness, metrics, limits, errors).
+
+A service's ``create_app(settings)`` builds a ``ServiceRuntime`` and calls
+``make_http_app``; nothing connects at import time. When Kafka or Redis is down
+at start, the service still serves ``/healthz`` and a ``/readyz`` that says
+which dependency is missing, and keeps retrying with backoff, logging each try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from faststream.kafka import KafkaBroker
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.auth import Authenticator
+from shared.kafka import make_broker
+from shared.logging import configure_logging, get_logger
+from shared.metrics import DEPENDENCY_UP, HTTP_LATENCY, HTTP_REQUESTS, render_metrics
+from shared.settings import CommonSettings
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class ServiceRuntime:
+    """Owns one service's broker and Redis client and knows whether they are up."""
+
+    def __init__(self, settings: CommonSettings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self.broker: KafkaBroker = make_broker(settings, service)
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15
+        )
+        self.kafka_started = False
+        self.problems: dict[str, str] = {}
+        self.after_start: list[Hook] = []  # run once the broker is up (e.g. state rebuild)
+        self.before_stop: list[Hook] = []
+        self._starter: asyncio.Task[None] | None = None
+        self.log = get_logger(f"clinicflow.{service}")
+
+    async def start(self) -> None:
+        """Start connecting in the background; returns at once."""
+        self._starter = asyncio.create_task(
+            self._start_with_backoff(), name=f"{self.service}-start"
+        )
+
+    async def wait_started(self, timeout: float = 60.0) -> None:
+        """For tests and tools: wait until Kafka is connected and start hooks ran."""
+        assert self._starter is not None, "start() first"
+        await asyncio.wait_for(asyncio.shield(self._starter), timeout)
+
+    async def _start_with_backoff(self) -> None:
+        delay = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.redis.ping()
+                self.problems.pop("redis", None)
+            except Exception as exc:
+                self.problems["redis"] = f"unreachable at start: {exc}"
+                self.log.warning(
+                    "redis not reachable, retrying", attempt=attempt, retry_in=delay, error=str(exc)
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            try:
+                await self.broker.start()
+                self.kafka_started = True
+                self.problems.pop("kafka", None)
+                break
+            except Exception as exc:
+                self.problems["kafka"] = f"unreachable at start: {exc!r}"
+                self.log.warning(
+                    "kafka not reachable, retrying",
+                    attempt=attempt,
+                    retry_in=delay,
+                    error=repr(exc),
+                )
+                try:
+                    await self.broker.stop()
+                except Exception:
+                    pass
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for hook in self.after_start:
+            await hook()
+        self.log.info("service started", kafka=self.settings.kafka_bootstrap)
+
+    async def stop(self) -> None:
+        if self._starter is not None and not self._starter.done():
+            self._starter.cancel()
+            try:
+                await self._starter
+            except (asyncio.CancelledError, Exception):
+                pass
+        for hook in self.before_stop:
+            try:
+                await hook()
+            except Exception as exc:
+                self.log.warning("stop hook failed", error=repr(exc))
+        if self.kafka_started:
+            await self.broker.stop()
+            self.kafka_started = False
+        await self.redis.aclose()
+
+    async def readiness(self) -> dict[str, str]:
+        """``{"kafka": "ok" | problem, "redis": "ok" | problem}``."""
+        result: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.redis.ping(), 2.0)
+            result["redis"] = "ok"
+        except Exception as exc:
+            result["redis"] = f"unreachable: {exc!r}"
+        if not self.kafka_started:
+            result["kafka"] = self.problems.get("kafka", "connecting")
+        else:
+            try:
+                ok = await self.broker.ping(timeout=2.0)
+                result["kafka"] = "ok" if ok else "unreachable: broker did not answer"
+            except Exception as exc:
+                result["kafka"] = f"unreachable: {exc!r}"
+        if self._starter is not None and self._starter.done() is False and result["kafka"] == "ok":
+            result["kafka"] = "starting"
+        for dependency, state in result.items():
+            DEPENDENCY_UP.labels(self.service, dependency).set(1 if state == "ok" else 0)
+        return result
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` with a 413 that says so."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _too_large(self.max_bytes, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _too_large(self.max_bytes, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(max_bytes: int, send: Send) -> None:
+    body = orjson.dumps({"detail": f"request body larger than {max_bytes} bytes"})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def make_http_app(
+    runtime: ServiceRuntime,
+    *,
+    title: str,
+    description: str,
+    version: str = "0.1.0",
+    on_startup: list[Hook] | None = None,
+    on_shutdown: list[Hook] | None = None,
+) -> FastAPI:
+    """A FastAPI app with ``/healthz``, ``/readyz``, ``/metrics``, limits and clear errors."""
+    settings = runtime.settings
+    configure_logging(settings.log_level, settings.log_format, runtime.service)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        for hook in on_startup or []:
+            await hook()
+        try:
+            yield
+        finally:
+            for hook in on_shutdown or []:
+                await hook()
+            await runtime.stop()
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.settings = settings
+    app.state.authenticator = Authenticator(settings.credential_list())
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(runtime.service, path, f"{response.status_code // 100}xx").inc()
+        HTTP_LATENCY.labels(runtime.service, path).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in errors]
+        message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, errors, strict=True))
+        return JSONResponse(
+            status_code=422,
+            content={"detail": f"invalid request: {message}", "errors": _jsonable(errors)},
+        )
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": runtime.service}
+
+    @app.get("/readyz", tags=["operations"], summary="Kafka and Redis are reachable")
+    async def readyz() -> JSONResponse:
+        checks = await runtime.readiness()
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            status_code=200 if ready else 503,
+            content={"ready": ready, "service": runtime.service, "checks": checks},
+        )
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        body, content_type = render_metrics()
+        return Response(content=body, media_type=content_type)
+
+    return app
+
+
+def _jsonable(errors: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for error in errors:
+        item = {k: v for k, v in dict(error).items() if k in ("loc", "msg", "type")}
+        item["loc"] = [str(p) for p in item.get("loc", [])]
+        out.append(item)
+    return out
