@@ -326,3 +326,8 @@ def _first_error(exc: ValidationError) -> str:
 def envelope_json_schema() -> dict[str, Any]:
     """JSON Schema of the envelope, for docs and for consumers in other languages."""
     return Envelope.model_json_schema()
+
+
+# Services' own event models register themselves when shared.events is imported.
+from shared import events_billing as events_billing  # noqa: E402
+from shared import events_notifications as events_notifications  # noqa: E402

@@ -1,0 +1,3 @@
+"""Event models owned by the notifications service (registered with ``register_event``)."""
+
+from __future__ import annotations
