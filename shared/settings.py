@@ -139,6 +139,9 @@ class FlowSettings(CommonSettings):
     flow_port: int = 8002
     flow_group_id: str = "flow"
     flow_batch_max: int = 2000
+    flow_batch_timeout_ms: int = 20
+    flow_checkpoint_seconds: float = 1.0
+    flow_tick_seconds: float = 20.0
     flow_publish_estimates: bool = True
     flow_sse_max_per_credential: int = 20
     flow_sse_max_total: int = 500

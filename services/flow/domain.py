@@ -42,7 +42,7 @@ from enum import StrEnum
 from typing import Literal
 
 LATE_GRACE = timedelta(minutes=10)
-UNDO_MEMORY = 200  # facts per clinic that can still be undone
+UNDO_MEMORY = 50  # facts per clinic that can still be undone
 
 
 class VisitStatus(StrEnum):

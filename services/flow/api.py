@@ -1,0 +1,363 @@
+"""Flow's HTTP API: boards, the live stream, and staff floor commands.
+
+Reads come from the Redis board (any instance can serve any clinic). Commands
+are checked against the current board, then published as floor events; the
+consumer applies them like any other fact. Every command honours an
+``Idempotency-Key`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from services.flow import metrics as m
+from services.flow.store import FlowStore
+from shared import events as ev
+from shared.auth import Principal, require_role
+from shared.idempotency import IdempotencyStore, fingerprint
+from shared.logging import get_logger
+from shared.metrics import EVENTS_PUBLISHED
+from shared.service import ServiceRuntime
+
+log = get_logger("clinicflow.flow.api")
+
+ClinicId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+                               examples=["north"])]
+VisitId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+                              examples=["v-20260302-017"])]
+RoomId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", examples=["room-4"])]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+read_board = require_role("screen", "nurse", "front_desk", "manager")
+floor_staff = require_role("nurse", "manager")
+delay_staff = require_role("nurse", "front_desk", "manager")
+
+SCREEN_WAITING_FIELDS = ("ticket_code", "provider_id", "position", "wait_minutes", "low", "high")
+
+
+class Accepted(BaseModel):
+    """A floor command was accepted and published."""
+
+    event_id: str = Field(examples=["5f0c7f3b9d2e4c0f8f1e2a3b4c5d6e7f"])
+    event_type: str = Field(examples=["patient.roomed"])
+    replayed: bool = Field(False, description="true when answered from an earlier request "
+                           "with the same Idempotency-Key")
+
+
+class RoomPatient(BaseModel):
+    room_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", examples=["room-4"])
+
+
+class ProviderInBody(BaseModel):
+    provider_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+                                    examples=["dr-lee"])
+
+
+class OutOfService(BaseModel):
+    reason: str = Field("", max_length=200, examples=["sink leaking"])
+
+
+class AnnounceDelay(BaseModel):
+    provider_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        description="null: the whole clinic", examples=["dr-lee"])
+    minutes: int = Field(ge=0, le=600, description="0 clears the delay", examples=[25])
+    reason: str = Field("", max_length=200, examples=["emergency procedure"])
+
+
+class Undo(BaseModel):
+    event_id: str = Field(min_length=1, max_length=64, description="the event to reverse",
+                          examples=["5f0c7f3b9d2e4c0f8f1e2a3b4c5d6e7f"])
+    reason: str = Field("", max_length=200, examples=["wrong patient roomed"])
+
+
+class BoardHub:
+    """One Redis pub/sub listener per process, fanned out to SSE clients by clinic."""
+
+    def __init__(self, runtime: ServiceRuntime, store: FlowStore, max_total: int,
+                 max_per_credential: int) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.max_total = max_total
+        self.max_per_credential = max_per_credential
+        self.queues: dict[str, set[asyncio.Queue[bytes]]] = {}
+        self.per_credential: dict[str, int] = {}
+        self.total = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="flow-board-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                pubsub = self.runtime.redis.pubsub()
+                await pubsub.psubscribe(self.store.changes_pattern)
+                delay = 0.5
+                async for message in pubsub.listen():
+                    if message["type"] != "pmessage":
+                        continue
+                    channel = message["channel"].decode()
+                    clinic_id = self.store.clinic_of_channel(channel)
+                    for queue in list(self.queues.get(clinic_id, ())):
+                        if queue.full():
+                            with contextlib.suppress(asyncio.QueueEmpty):
+                                queue.get_nowait()  # only the newest board matters
+                        queue.put_nowait(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis gone: retry with backoff
+                log.warning("board listener lost redis, retrying", error=repr(exc),
+                            retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def open(self, clinic_id: str, principal: Principal) -> asyncio.Queue[bytes]:
+        if self.total >= self.max_total:
+            raise HTTPException(503, detail="too many live connections; try again shortly",
+                                headers={"Retry-After": "5"})
+        if self.per_credential.get(principal.name, 0) >= self.max_per_credential:
+            raise HTTPException(429, detail=f"credential {principal.name!r} already has "
+                                f"{self.max_per_credential} live connections")
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+        self.queues.setdefault(clinic_id, set()).add(queue)
+        self.per_credential[principal.name] = self.per_credential.get(principal.name, 0) + 1
+        self.total += 1
+        m.SSE_CLIENTS.set(self.total)
+        return queue
+
+    def close(self, clinic_id: str, principal: Principal, queue: asyncio.Queue[bytes]) -> None:
+        queues = self.queues.get(clinic_id)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self.queues[clinic_id]
+        self.per_credential[principal.name] -= 1
+        if not self.per_credential[principal.name]:
+            del self.per_credential[principal.name]
+        self.total -= 1
+        m.SSE_CLIENTS.set(self.total)
+
+
+def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
+    """What a role may see: screens get ticket codes and ranges, nothing else."""
+    if role != "screen":
+        return board
+    return {
+        "clinic_id": board["clinic_id"],
+        "as_of": board["as_of"],
+        "waiting": [{k: w[k] for k in SCREEN_WAITING_FIELDS} for w in board["waiting"]],
+        "calling": [
+            {"ticket_code": v["ticket_code"], "room_id": v["room_id"], "since": v["since"]}
+            for v in board["in_rooms"] if v["status"] == "roomed"
+        ],
+        "providers": [
+            {k: p[k] for k in ("provider_id", "delay_minutes", "delay_until", "waiting")}
+            for p in board["providers"]
+        ],
+        "clinic_delay": board["clinic_delay"],
+    }
+
+
+def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_topic: str,
+                idempotency: IdempotencyStore) -> APIRouter:
+    router = APIRouter()
+
+    async def current_board(clinic_id: str) -> dict[str, Any]:
+        raw = await store.board(clinic_id)
+        if raw is None:
+            raise HTTPException(404, detail=f"no board for clinic {clinic_id!r}: nothing has "
+                                "happened there today")
+        board: dict[str, Any] = orjson.loads(raw)
+        return board
+
+    async def board_or_empty(clinic_id: str) -> dict[str, Any]:
+        raw = await store.board(clinic_id)
+        if raw is None:
+            return {"clinic_id": clinic_id, "waiting": [], "in_rooms": [], "rooms": [],
+                    "providers": [], "clinic_delay": None}
+        result: dict[str, Any] = orjson.loads(raw)
+        return result
+
+    async def publish(clinic_id: str, payload: ev.Payload, request: Request,
+                      key: str | None, principal: Principal,
+                      correlation_id: str | None = None) -> Accepted:
+        body = await request.body()
+
+        async def action() -> tuple[int, Any]:
+            event = ev.make_event(payload, clinic_id=clinic_id, source="flow",
+                                  correlation_id=correlation_id)
+            await runtime.broker.publish(ev.encode(event), floor_topic, key=clinic_id.encode())
+            EVENTS_PUBLISHED.labels("flow", event.event_type).inc()
+            log.info("floor command published", event_type=event.event_type, clinic=clinic_id,
+                     by=principal.name)
+            return 202, {"event_id": event.envelope.event_id, "event_type": event.event_type}
+
+        if key is None:
+            _status, answer = await action()
+            return Accepted(**answer)
+        _status, answer, replayed = await idempotency.run(
+            f"flow:{clinic_id}", key, fingerprint(request.method, request.url.path, body), action)
+        return Accepted(**answer, replayed=replayed)
+
+    @router.get("/clinics", tags=["boards"], summary="Clinics with a board today")
+    async def list_clinics(principal: Principal = Depends(read_board)) -> dict[str, list[str]]:
+        clinics = [c for c in await store.clinics() if principal.allows_clinic(c)]
+        return {"clinics": clinics}
+
+    @router.get("/clinics/{clinic_id}/board", tags=["boards"],
+                summary="The clinic's board: waiting patients by ticket code, rooms, providers")
+    async def get_board(clinic_id: ClinicId,
+                        principal: Principal = Depends(read_board)) -> dict[str, Any]:
+        principal.require_clinic(clinic_id)
+        return view_for(await current_board(clinic_id), principal.role)
+
+    @router.get("/clinics/{clinic_id}/stream", tags=["boards"],
+                summary="Server-Sent Events: the board each time it changes",
+                response_class=StreamingResponse)
+    async def stream(clinic_id: ClinicId, request: Request,
+                     principal: Principal = Depends(read_board)) -> StreamingResponse:
+        principal.require_clinic(clinic_id)
+        queue = hub.open(clinic_id, principal)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b"retry: 2000\n\n"
+                first = await store.board(clinic_id)
+                if first is not None:
+                    yield _sse(view_for(orjson.loads(first), principal.role))
+                while True:
+                    try:
+                        raw = await asyncio.wait_for(queue.get(), timeout=15.0)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield _sse(view_for(orjson.loads(raw), principal.role))
+            finally:
+                hub.close(clinic_id, principal, queue)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store",
+                                          "X-Accel-Buffering": "no"})
+
+    @router.post("/clinics/{clinic_id}/rooms/{room_id}/ready", status_code=202,
+                 tags=["floor commands"], summary="A room is clean and can take the next patient")
+    async def room_ready(clinic_id: ClinicId, room_id: RoomId, request: Request,
+                         idempotency_key: IdempotencyKey = None,
+                         principal: Principal = Depends(floor_staff)) -> Accepted:
+        principal.require_clinic(clinic_id)
+        board = await board_or_empty(clinic_id)
+        room = next((r for r in board["rooms"] if r["room_id"] == room_id), None)
+        if room is not None and room["state"] == "occupied":
+            raise HTTPException(409, detail=f"room {room_id} holds patient "
+                                f"{room['ticket_code']}; check them out or room them elsewhere")
+        return await publish(clinic_id, ev.RoomReady(room_id=room_id), request,
+                             idempotency_key, principal)
+
+    @router.post("/clinics/{clinic_id}/rooms/{room_id}/out-of-service", status_code=202,
+                 tags=["floor commands"], summary="Take a room out of service")
+    async def room_out(clinic_id: ClinicId, room_id: RoomId, request: Request,
+                       body: OutOfService = Body(default_factory=OutOfService),
+                       idempotency_key: IdempotencyKey = None,
+                       principal: Principal = Depends(floor_staff)) -> Accepted:
+        principal.require_clinic(clinic_id)
+        board = await board_or_empty(clinic_id)
+        room = next((r for r in board["rooms"] if r["room_id"] == room_id), None)
+        if room is not None and room["state"] == "occupied":
+            raise HTTPException(409, detail=f"room {room_id} holds patient {room['ticket_code']}")
+        return await publish(clinic_id, ev.RoomOutOfService(room_id=room_id, reason=body.reason),
+                             request, idempotency_key, principal)
+
+    @router.post("/clinics/{clinic_id}/visits/{visit_id}/room", status_code=202,
+                 tags=["floor commands"], summary="Call a waiting patient into a room")
+    async def room_patient(clinic_id: ClinicId, visit_id: VisitId, body: RoomPatient,
+                           request: Request, idempotency_key: IdempotencyKey = None,
+                           principal: Principal = Depends(floor_staff)) -> Accepted:
+        principal.require_clinic(clinic_id)
+        board = await current_board(clinic_id)
+        if not any(w["visit_id"] == visit_id for w in board["waiting"]):
+            where = next((v for v in board["in_rooms"] if v["visit_id"] == visit_id), None)
+            if where is not None and idempotency_key is None:
+                raise HTTPException(409, detail=f"visit {visit_id} is already {where['status']}"
+                                    f" in room {where['room_id']}")
+            if where is None:
+                raise HTTPException(404, detail=f"visit {visit_id} is not waiting at clinic "
+                                    f"{clinic_id}")
+        room = next((r for r in board["rooms"] if r["room_id"] == body.room_id), None)
+        if room is not None and room["state"] in ("occupied", "out_of_service") and \
+                idempotency_key is None:
+            raise HTTPException(409, detail=f"room {body.room_id} is {room['state']}")
+        return await publish(clinic_id, ev.PatientRoomed(visit_id=visit_id, room_id=body.room_id),
+                             request, idempotency_key, principal, correlation_id=visit_id)
+
+    @router.post("/clinics/{clinic_id}/visits/{visit_id}/provider-in", status_code=202,
+                 tags=["floor commands"], summary="The provider starts seeing the patient")
+    async def provider_in(clinic_id: ClinicId, visit_id: VisitId, request: Request,
+                          body: ProviderInBody = Body(default_factory=ProviderInBody),
+                          idempotency_key: IdempotencyKey = None,
+                          principal: Principal = Depends(floor_staff)) -> Accepted:
+        principal.require_clinic(clinic_id)
+        board = await current_board(clinic_id)
+        known = [*board["waiting"], *board["in_rooms"]]
+        if not any(v["visit_id"] == visit_id for v in known):
+            raise HTTPException(404, detail=f"visit {visit_id} is not open at clinic {clinic_id}")
+        return await publish(clinic_id, ev.ProviderIn(visit_id=visit_id,
+                                                      provider_id=body.provider_id),
+                             request, idempotency_key, principal, correlation_id=visit_id)
+
+    @router.post("/clinics/{clinic_id}/delays", status_code=202, tags=["floor commands"],
+                 summary="Announce (or with 0 minutes, clear) a provider's or the clinic's delay")
+    async def announce_delay(clinic_id: ClinicId, body: AnnounceDelay, request: Request,
+                             idempotency_key: IdempotencyKey = None,
+                             principal: Principal = Depends(delay_staff)) -> Accepted:
+        principal.require_clinic(clinic_id)
+        payload: ev.Payload = (
+            ev.DelayCleared(provider_id=body.provider_id) if body.minutes == 0
+            else ev.DelayAnnounced(provider_id=body.provider_id, minutes=body.minutes,
+                                   reason=body.reason)
+        )
+        return await publish(clinic_id, payload, request, idempotency_key, principal)
+
+    @router.delete("/clinics/{clinic_id}/delays/{provider_id}", status_code=202,
+                   tags=["floor commands"],
+                   summary="Clear a provider's delay ('clinic' clears the clinic-wide one)")
+    async def clear_delay(clinic_id: ClinicId, provider_id: RoomId, request: Request,
+                          idempotency_key: IdempotencyKey = None,
+                          principal: Principal = Depends(delay_staff)) -> Accepted:
+        principal.require_clinic(clinic_id)
+        target = None if provider_id == "clinic" else provider_id
+        return await publish(clinic_id, ev.DelayCleared(provider_id=target), request,
+                             idempotency_key, principal)
+
+    @router.post("/clinics/{clinic_id}/undo", status_code=202, tags=["floor commands"],
+                 summary="Undo a mistaken floor action with a correcting event")
+    async def undo(clinic_id: ClinicId, body: Undo, request: Request,
+                   idempotency_key: IdempotencyKey = None,
+                   principal: Principal = Depends(floor_staff)) -> Accepted:
+        principal.require_clinic(clinic_id)
+        return await publish(clinic_id, ev.ActionUndone(undone_event_id=body.event_id,
+                                                        reason=body.reason),
+                             request, idempotency_key, principal)
+
+    return router
+
+
+def _sse(board: dict[str, Any]) -> bytes:
+    return b"event: board\ndata: " + orjson.dumps(board) + b"\n\n"

@@ -1,0 +1,312 @@
+"""The floor consumer: Kafka batches in, Redis checkpoints and boards out.
+
+One FastStream batch subscriber reads the floor topic. For each batch:
+
+1. ``FloorProcessor.process`` applies every record not applied yet (pure);
+2. dead letters are published (awaited, ``acks=all``) before anything that
+   would mark their offsets as done;
+3. boards of the touched clinics are written and published to SSE listeners,
+   and, at most every ``checkpoint_seconds``, the changed clinics' state and
+   the partitions' offsets are stored in one Redis transaction;
+4. changed wait estimates are published to the estimates topic.
+
+Where to resume comes from Redis, not from Kafka's committed offsets: on
+assignment a partition is positioned just after its checkpointed offset, or
+at the beginning when Redis has none (a flushed Redis rebuilds itself). The
+group's Kafka commits only serve lag monitoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from services.flow import metrics as m
+from services.flow.estimator import Estimate
+from services.flow.processor import BatchResult, FloorProcessor, Record, build_board
+from services.flow.snapshot import dump_flow, load_flow
+from services.flow.store import FlowStore
+from shared import events as ev
+from shared.kafka import dead_letter_record
+from shared.logging import get_logger
+from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_kind
+from shared.service import ServiceRuntime
+
+log = get_logger("clinicflow.flow.consumer")
+FRESH = timedelta(minutes=30)  # estimates older than this are not published (catch-up)
+
+
+class FloorConsumer:
+    """Applies the floor topic to flow's projection; owns the in-memory clinics."""
+
+    def __init__(
+        self,
+        runtime: ServiceRuntime,
+        store: FlowStore,
+        *,
+        floor_topic: str,
+        estimates_topic: str,
+        dead_letter_topic: str,
+        publish_estimates: bool = True,
+        checkpoint_seconds: float = 1.0,
+    ) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.floor_topic = floor_topic
+        self.estimates_topic = estimates_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.publish_estimates = publish_estimates
+        self.checkpoint_seconds = checkpoint_seconds
+        self.processor = FloorProcessor()
+        self.lock = asyncio.Lock()
+        self.subscriber: Any = None
+        self._dirty: dict[str, tuple[str, int]] = {}
+        self._pending_offsets: dict[tuple[str, int], int] = {}
+        self._last_checkpoint = time.monotonic()
+        self._published: dict[str, tuple[datetime, float, float, float]] = {}
+        self.applied_total = 0
+
+    # ------------------------------------------------------------- wiring
+
+    def listener(self) -> ConsumerRebalanceListener:
+        consumer = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+                await consumer.on_revoked(revoked)
+
+            async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+                await consumer.on_assigned(assigned)
+
+        return Listener()
+
+    @property
+    def kafka_consumer(self) -> Any:
+        return getattr(self.subscriber, "consumer", None)
+
+    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Restore each new partition's clinics from the checkpoint and seek past it."""
+        async with self.lock:
+            kafka = self.kafka_consumer
+            for tp in assigned:
+                offset, snapshots = await self.store.load_partition(tp.topic, tp.partition)
+                for raw in snapshots:
+                    flow = load_flow(orjson.loads(raw))
+                    self.processor.adopt(flow, tp.topic, tp.partition)
+                if offset is None:
+                    log.info("no checkpoint: rebuilding partition from the beginning",
+                             topic=tp.topic, partition=tp.partition)
+                    if kafka is not None:
+                        await kafka.seek_to_beginning(tp)
+                else:
+                    self.processor.applied[(tp.topic, tp.partition)] = offset
+                    if kafka is not None:
+                        kafka.seek(tp, offset + 1)
+                    log.info("resuming partition from checkpoint", topic=tp.topic,
+                             partition=tp.partition, offset=offset, clinics=len(snapshots))
+            # the restored clinics' boards are current again
+            boards = {}
+            for tp in assigned:
+                for clinic_id in self.processor.clinics_of(tp.topic, tp.partition):
+                    boards[clinic_id] = self._board_bytes(clinic_id)[0]
+            if boards:
+                await self.store.write(boards)
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        """Checkpoint what this instance applied, then let the partitions go."""
+        async with self.lock:
+            await self._checkpoint(force=True)
+            for tp in revoked:
+                self.processor.drop_partition(tp.topic, tp.partition)
+
+    # ------------------------------------------------------------ batches
+
+    async def handle(self, raw_records: Sequence[Any]) -> BatchResult:
+        """Apply one Kafka batch (aiokafka ``ConsumerRecord`` objects)."""
+        started = time.perf_counter()
+        records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in raw_records]
+        async with self.lock:
+            result = self.processor.process(records)
+            await self._dead_letter(result)
+            for clinic_id in result.touched:
+                self._dirty[clinic_id] = self.processor.partition_of[clinic_id]
+            self._pending_offsets.update(result.offsets)
+            boards: dict[str, bytes] = {}
+            estimates: list[tuple[str, Estimate, datetime]] = []
+            for clinic_id, at in result.touched.items():
+                board, clinic_estimates = self._board_bytes(clinic_id, at)
+                boards[clinic_id] = board
+                estimates.extend((clinic_id, e, at) for e in clinic_estimates)
+            checkpoint = self._checkpoint_payload()
+            await self.store.write(boards, checkpoint)
+            if checkpoint is not None:
+                self._after_checkpoint()
+        self._observe(result, raw_records)
+        if self.publish_estimates and estimates:
+            await self._publish_estimates(estimates)
+        m.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+    def _board_bytes(self, clinic_id: str, at: datetime | None = None) -> tuple[bytes, list[Estimate]]:
+        flow = self.processor.flows[clinic_id]
+        now = at or flow.last_event_at or datetime.now(UTC)
+        estimates = flow.estimates(now)
+        board = build_board(flow, estimates, now)
+        self._gauges(clinic_id, board)
+        return orjson.dumps(board), estimates
+
+    def _checkpoint_payload(
+        self, force: bool = False
+    ) -> tuple[dict[tuple[str, int], int], dict[str, tuple[tuple[str, int], bytes]]] | None:
+        if not self._pending_offsets:
+            return None
+        if not force and time.monotonic() - self._last_checkpoint < self.checkpoint_seconds:
+            return None
+        snapshots = {
+            clinic_id: (tp, orjson.dumps(dump_flow(self.processor.flows[clinic_id])))
+            for clinic_id, tp in self._dirty.items()
+            if clinic_id in self.processor.flows
+        }
+        return dict(self._pending_offsets), snapshots
+
+    def _after_checkpoint(self) -> None:
+        self._dirty.clear()
+        self._pending_offsets.clear()
+        self._last_checkpoint = time.monotonic()
+
+    async def _checkpoint(self, force: bool = False) -> None:
+        payload = self._checkpoint_payload(force)
+        if payload is not None:
+            await self.store.write({}, payload)
+            self._after_checkpoint()
+
+    async def flush(self) -> None:
+        """Checkpoint now (on shutdown, and by the periodic ticker)."""
+        async with self.lock:
+            await self._checkpoint(force=True)
+
+    async def _dead_letter(self, result: BatchResult) -> None:
+        for dead in result.dead_letters:
+            record = dead.record
+            await self.runtime.broker.publish(
+                dead_letter_record(
+                    raw=record.value, reason=dead.reason, consumer="flow",
+                    source_topic=record.topic, partition=record.partition,
+                    offset=record.offset, key=record.key,
+                ),
+                self.dead_letter_topic,
+                key=record.key,
+            )
+            DEAD_LETTERS.labels("flow", reason_kind(dead.reason)).inc()
+            log.warning("event dead-lettered", reason=dead.reason, partition=record.partition,
+                        offset=record.offset)
+
+    async def _publish_estimates(self, estimates: list[tuple[str, Estimate, datetime]]) -> None:
+        wall = datetime.now(UTC)
+        batch: list[tuple[str, bytes]] = []
+        for clinic_id, estimate, at in estimates:
+            if wall - at > FRESH:
+                continue
+            previous = self._published.get(estimate.visit_id)
+            if previous is not None:
+                made_at, wait, low, high = previous
+                aged = (at - made_at).total_seconds() / 60.0
+                if (abs(max(0.0, wait - aged) - estimate.wait_minutes) < 0.5
+                        and abs(max(0.0, high - aged) - estimate.high) < 1.0):
+                    continue
+            self._published[estimate.visit_id] = (at, estimate.wait_minutes, estimate.low,
+                                                  estimate.high)
+            flow = self.processor.flows[clinic_id]
+            visit = flow.clinic.visits.get(estimate.visit_id)
+            if visit is None:
+                continue
+            event = ev.make_event(
+                ev.WaitEstimated(
+                    visit_id=visit.visit_id, ticket_code=visit.ticket_code,
+                    provider_id=visit.provider_id, position=estimate.position,
+                    wait_minutes=estimate.wait_minutes, low=estimate.low, high=estimate.high,
+                ),
+                clinic_id=clinic_id, source="flow", occurred_at=at,
+                correlation_id=visit.visit_id,
+            )
+            batch.append((clinic_id, ev.encode(event)))
+        if len(self._published) > 50_000:  # visits long gone: keep memory bounded
+            self._published.clear()
+        producer = self.runtime.broker
+        await asyncio.gather(*(
+            producer.publish(body, self.estimates_topic, key=clinic_id.encode())
+            for clinic_id, body in batch
+        ))
+
+    # ------------------------------------------------------------ metrics
+
+    def _observe(self, result: BatchResult, raw_records: Sequence[Any]) -> None:
+        EVENTS_CONSUMED.labels("flow", "applied").inc(result.applied)
+        if result.duplicates:
+            EVENTS_CONSUMED.labels("flow", "duplicate").inc(result.duplicates)
+        if result.already_applied:
+            EVENTS_CONSUMED.labels("flow", "already_applied").inc(result.already_applied)
+        if result.dead_letters:
+            EVENTS_CONSUMED.labels("flow", "dead_lettered").inc(len(result.dead_letters))
+        self.applied_total += result.applied
+        for clinic_id, stage in result.stages:
+            m.STAGE_MINUTES.labels(clinic_id, stage.provider_id or "any", stage.stage).observe(
+                stage.minutes)
+        kafka = self.kafka_consumer
+        if kafka is not None and raw_records:
+            lag = 0
+            for tp, offset in result.offsets.items():
+                try:
+                    highwater = kafka.highwater(TopicPartition(*tp))
+                except Exception:  # noqa: BLE001 - metadata not there yet
+                    continue
+                if highwater is not None:
+                    lag += max(0, highwater - offset - 1)
+            CONSUMER_LAG.labels("flow").set(lag)
+
+    def _gauges(self, clinic_id: str, board: dict[str, Any]) -> None:
+        per_provider: dict[str, list[float]] = {}
+        for waiting in board["waiting"]:
+            per_provider.setdefault(waiting["provider_id"] or "any", []).append(
+                waiting["wait_minutes"] or 0.0)
+        for provider in {p["provider_id"] for p in board["providers"]} | set(per_provider):
+            waits = per_provider.get(provider, [])
+            m.QUEUE_LENGTH.labels(clinic_id, provider).set(len(waits))
+            m.ESTIMATED_WAIT.labels(clinic_id, provider).set(max(waits, default=0.0))
+        states: dict[str, int] = {"ready": 0, "occupied": 0, "needs_cleaning": 0,
+                                  "out_of_service": 0}
+        for room in board["rooms"]:
+            states[room["state"]] = states.get(room["state"], 0) + 1
+        for state, count in states.items():
+            m.ROOMS.labels(clinic_id, state).set(count)
+        m.IN_ROOMS.labels(clinic_id).set(len(board["in_rooms"]))
+        for provider in board["providers"]:
+            m.DELAY_MINUTES.labels(clinic_id, provider["provider_id"]).set(
+                provider["delay_minutes"])
+        clinic_delay = board["clinic_delay"]
+        m.DELAY_MINUTES.labels(clinic_id, "clinic").set(
+            clinic_delay["minutes"] if clinic_delay else 0)
+
+    # ------------------------------------------------------------- ticker
+
+    async def refresh_boards(self, now: datetime | None = None) -> int:
+        """Re-estimate every live clinic at the current time (estimates age with the
+        clock even when nothing happens) and checkpoint. Returns boards written."""
+        wall = now or datetime.now(UTC)
+        async with self.lock:
+            boards = {}
+            for clinic_id, flow in self.processor.flows.items():
+                last = flow.last_event_at
+                if last is None or wall - last > timedelta(hours=12) or wall < last:
+                    continue
+                board, _ = self._board_bytes(clinic_id, wall)
+                boards[clinic_id] = board
+            await self.store.write(boards, self._checkpoint_payload(force=True))
+            self._after_checkpoint()
+        return len(boards)

@@ -1,0 +1,172 @@
+"""A clinic's live state to plain JSON and back, for the Redis checkpoint.
+
+Pure: dictionaries in, dictionaries out. Closed visits are not kept, so a
+snapshot's size follows the clinic's open visits, not its history.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+from typing import Any
+
+from services.flow.domain import Delay, Room, RoomState, Visit, VisitStatus, _UndoRecord
+from services.flow.estimator import ProviderHabits, RunningMean, _History
+from services.flow.handlers import ClinicFlow
+
+SNAPSHOT_VERSION = 1
+
+
+def _t(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _mean(mean: RunningMean) -> list[float]:
+    return [mean.prior, mean.weight, mean.total, mean.count]
+
+
+def _unmean(values: list[float]) -> RunningMean:
+    return RunningMean(values[0], values[1], values[2], int(values[3]))
+
+
+def _visit(v: Visit) -> list[Any]:
+    return [v.visit_id, v.ticket_code, v.provider_id, v.visit_type, v.priority,
+            _t(v.scheduled_at), _t(v.arrived_at), v.status.value, v.room_id, _t(v.roomed_at),
+            _t(v.provider_in_at), [[s, _t(at)] for s, at in v.history]]
+
+
+def _unvisit(values: list[Any]) -> Visit:
+    (visit_id, ticket, provider, visit_type, priority, scheduled, arrived, status, room,
+     roomed, provider_in, history) = values
+    arrived_at = _dt(arrived)
+    assert arrived_at is not None
+    return Visit(
+        visit_id, ticket, provider, visit_type, priority, _dt(scheduled), arrived_at,
+        VisitStatus(status), room, _dt(roomed), _dt(provider_in), None,
+        [(s, _dt(at) or arrived_at) for s, at in history],
+    )
+
+
+def _room(r: Room) -> list[Any]:
+    return [r.room_id, r.state.value, _t(r.since), r.visit_id]
+
+
+def _unroom(values: list[Any]) -> Room:
+    room_id, state, since, visit_id = values
+    since_at = _dt(since)
+    assert since_at is not None
+    return Room(room_id, RoomState(state), since_at, visit_id)
+
+
+def _delay(d: Delay) -> list[Any]:
+    return [d.provider_id, d.minutes, _t(d.announced_at), d.reason]
+
+
+def _undelay(values: list[Any]) -> Delay:
+    provider, minutes, announced, reason = values
+    announced_at = _dt(announced)
+    assert announced_at is not None
+    return Delay(provider, minutes, announced_at, reason)
+
+
+def _undo(r: _UndoRecord) -> dict[str, Any]:
+    return {
+        "e": r.event_id, "k": r.kind,
+        "v": [[k, None if v is None else _visit(v)] for k, v in r.visits.items()],
+        "r": [[k, None if v is None else _room(v)] for k, v in r.rooms.items()],
+        "d": None if r.delays is None
+        else [[k, None if v is None else _delay(v)] for k, v in r.delays.items()],
+        "vm": r.visit_marks, "rm": {k: _t(v) for k, v in r.room_marks.items()},
+    }
+
+
+def _unundo(d: dict[str, Any]) -> _UndoRecord:
+    return _UndoRecord(
+        event_id=d["e"], kind=d["k"],
+        visits={k: None if v is None else _unvisit(v) for k, v in d["v"]},
+        rooms={k: None if v is None else _unroom(v) for k, v in d["r"]},
+        delays=None if d["d"] is None
+        else {k: None if v is None else _undelay(v) for k, v in d["d"]},
+        visit_marks=dict(d["vm"]),
+        room_marks={k: _dt(v) for k, v in d["rm"].items()},  # type: ignore[misc]
+    )
+
+
+def dump_flow(flow: ClinicFlow) -> dict[str, Any]:
+    """Everything needed to carry on exactly where the clinic was."""
+    clinic = flow.clinic
+    estimator = flow.estimator
+    return {
+        "v": SNAPSHOT_VERSION,
+        "clinic_id": clinic.clinic_id,
+        "last_event_at": _t(flow.last_event_at),
+        "visits": [_visit(v) for v in clinic.visits.values()],
+        "rooms": [_room(r) for r in clinic.rooms.values()],
+        "delays": [_delay(d) for d in clinic.delays.values()],
+        "undo": [_undo(r) for r in clinic._undo],
+        "closed": list(clinic.closed_ids),
+        "counts": clinic.counts,
+        "estimator": {
+            "visit_minutes": {k: _mean(m) for k, m in estimator.visit_minutes.items()},
+            "all_visits": _mean(estimator.all_visits),
+            "provider_pace": {k: _mean(m) for k, m in estimator.provider_pace.items()},
+            "intake": _mean(estimator.intake),
+            "cleaning": _mean(estimator.cleaning),
+            "habits": [[k, list(h.observed)] for k, h in estimator.habits.items()],
+            "errors": list(estimator.errors),
+            "early": list(estimator.early_rooming),
+            "recent_waits": list(estimator.recent_waits),
+            "histories": {
+                k: [_t(h.arrived_at), [[_t(at), raw] for at, raw in h.estimates]]
+                for k, h in estimator._histories.items()
+            },
+        },
+    }
+
+
+def load_flow(document: dict[str, Any]) -> ClinicFlow:
+    """Rebuild a ``ClinicFlow`` from ``dump_flow``'s output."""
+    if document.get("v") != SNAPSHOT_VERSION:
+        raise ValueError(f"unknown snapshot version {document.get('v')!r}")
+    flow = ClinicFlow(document["clinic_id"])
+    flow.last_event_at = _dt(document["last_event_at"])
+    clinic = flow.clinic
+    for values in document["visits"]:
+        visit = _unvisit(values)
+        clinic.visits[visit.visit_id] = visit
+    for values in document["rooms"]:
+        room = _unroom(values)
+        clinic.rooms[room.room_id] = room
+    for values in document["delays"]:
+        delay = _undelay(values)
+        clinic.delays[delay.provider_id] = delay
+    for record in document.get("undo", []):
+        clinic._undo.append(_unundo(record))
+    for visit_id in document["closed"]:
+        clinic.closed_ids.append(visit_id)
+        clinic._closed_set.add(visit_id)
+    clinic.counts = dict(document["counts"])
+    est = document["estimator"]
+    estimator = flow.estimator
+    estimator.visit_minutes = {k: _unmean(v) for k, v in est["visit_minutes"].items()}
+    estimator.all_visits = _unmean(est["all_visits"])
+    estimator.provider_pace = {k: _unmean(v) for k, v in est["provider_pace"].items()}
+    estimator.intake = _unmean(est["intake"])
+    estimator.cleaning = _unmean(est["cleaning"])
+    for provider, observed in est["habits"]:
+        habits = estimator.habits[provider] = ProviderHabits()
+        habits.observed.extend(observed)
+    estimator.errors = deque(est["errors"], maxlen=estimator.errors.maxlen)
+    estimator.early_rooming = deque(est["early"], maxlen=estimator.early_rooming.maxlen)
+    estimator.recent_waits = deque(est["recent_waits"], maxlen=5)
+    for visit_id, (arrived, estimates) in est["histories"].items():
+        arrived_at = _dt(arrived)
+        assert arrived_at is not None
+        estimator._histories[visit_id] = _History(
+            arrived_at, [(_dt(at) or arrived_at, raw) for at, raw in estimates]
+        )
+    return flow

@@ -1,0 +1,142 @@
+"""Wait estimates react to what happens on the floor and learn from the day."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.flow.handlers import ClinicFlow
+from shared import events as ev
+
+T0 = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def arrival(visit_id: str, provider: str | None = "dr-lee", *, priority: str = "routine",
+            visit_type: str = "follow_up", scheduled: float | None = None) -> ev.PatientArrived:
+    return ev.PatientArrived(
+        visit_id=visit_id, ticket_code="A-1", provider_id=provider, visit_type=visit_type,
+        scheduled_at=None if scheduled is None else at(scheduled),
+        priority=priority,  # type: ignore[arg-type]
+    )
+
+
+def busy_clinic() -> ClinicFlow:
+    """Two rooms both taken, three patients waiting for Dr. Lee."""
+    flow = ClinicFlow("north")
+    flow.apply(ev.RoomReady(room_id="r1"), at(0))
+    flow.apply(ev.RoomReady(room_id="r2"), at(0))
+    for n in range(1, 6):
+        flow.apply(arrival(f"v{n}"), at(n))
+    flow.apply(ev.PatientRoomed(visit_id="v1", room_id="r1"), at(6))
+    flow.apply(ev.PatientRoomed(visit_id="v2", room_id="r2"), at(6))
+    flow.apply(ev.ProviderIn(visit_id="v1"), at(8))
+    return flow
+
+
+def waits(flow: ClinicFlow, minute: float) -> dict[str, float]:
+    return {e.visit_id: e.wait_minutes for e in flow.estimates(at(minute))}
+
+
+def test_the_first_patient_of_the_day_gets_an_estimate_with_a_range() -> None:
+    flow = ClinicFlow("north")
+    flow.apply(arrival("v1", visit_type="never_seen_before_type"), at(0))
+    (estimate,) = flow.estimates(at(0))
+    assert estimate.position == 1
+    assert 0 <= estimate.low <= estimate.wait_minutes <= estimate.high
+    assert estimate.high > estimate.low
+
+
+def test_later_patients_wait_longer_than_earlier_ones() -> None:
+    flow = busy_clinic()
+    w = waits(flow, 9)
+    assert w["v3"] < w["v4"] < w["v5"]
+    assert w["v3"] > 0  # both rooms are taken
+
+
+def test_a_room_freeing_up_shortens_the_wait() -> None:
+    flow = busy_clinic()
+    before = waits(flow, 20)
+    flow.apply(ev.PatientCheckedOut(visit_id="v1"), at(20))
+    flow.apply(ev.RoomReady(room_id="r1"), at(20))
+    after = waits(flow, 20)
+    assert after["v3"] < before["v3"]
+
+
+def test_a_delay_for_a_provider_lengthens_only_their_patients_waits() -> None:
+    flow = busy_clinic()
+    for room in ("r3", "r4", "r5", "r6", "r7"):  # enough rooms: nobody waits for a room
+        flow.apply(ev.RoomReady(room_id=room), at(9))
+    flow.apply(arrival("k1", "dr-kim"), at(9))
+    before = waits(flow, 10)
+    flow.apply(ev.DelayAnnounced(provider_id="dr-lee", minutes=45, reason="emergency"), at(10))
+    after = waits(flow, 10)
+    assert after["v5"] > before["v5"]
+    assert after["k1"] == before["k1"]
+    flow.apply(ev.DelayCleared(provider_id="dr-lee"), at(10))
+    assert waits(flow, 10)["v5"] == before["v5"]
+
+
+def test_an_urgent_arrival_pushes_routine_patients_back() -> None:
+    flow = busy_clinic()
+    before = waits(flow, 10)
+    flow.apply(arrival("u1", priority="urgent", visit_type="urgent"), at(10))
+    after = waits(flow, 10)
+    assert after["u1"] <= after["v3"]
+    assert after["v3"] > before["v3"]
+
+
+def test_someone_leaving_moves_everyone_behind_them_up() -> None:
+    flow = busy_clinic()
+    before = waits(flow, 10)
+    flow.apply(ev.ArrivalCancelled(visit_id="v3", reason="left_without_being_seen"), at(10))
+    after = waits(flow, 10)
+    assert "v3" not in after
+    assert after["v4"] < before["v4"]
+
+
+def test_a_slow_provider_is_learned_from_the_day() -> None:
+    fast = ClinicFlow("a")
+    slow = ClinicFlow("b")
+    for flow, minutes in ((fast, 10), (slow, 40)):
+        clock = 0.0
+        for n in range(6):
+            visit = f"p{n}"
+            flow.apply(arrival(visit, visit_type="follow_up"), at(clock))
+            flow.apply(ev.PatientRoomed(visit_id=visit, room_id="r1"), at(clock))
+            flow.apply(ev.ProviderIn(visit_id=visit), at(clock + 1))
+            flow.apply(ev.PatientCheckedOut(visit_id=visit), at(clock + 1 + minutes))
+            flow.apply(ev.RoomReady(room_id="r1"), at(clock + 2 + minutes))
+            clock += 3 + minutes
+        flow.apply(arrival("x1"), at(clock))
+        flow.apply(ev.PatientRoomed(visit_id="x1", room_id="r1"), at(clock))
+        flow.apply(ev.ProviderIn(visit_id="x1"), at(clock))
+        flow.apply(arrival("x2"), at(clock))
+        flow.last_event_at = at(clock)
+    fast_wait = fast.estimates(fast.last_event_at)[0].wait_minutes  # type: ignore[arg-type]
+    slow_wait = slow.estimates(slow.last_event_at)[0].wait_minutes  # type: ignore[arg-type]
+    assert slow_wait > 2 * fast_wait
+
+
+def test_estimates_kept_per_visit_are_dropped_once_the_visit_is_roomed_or_gone() -> None:
+    flow = busy_clinic()
+    flow.estimates(at(9))
+    assert set(flow.estimator._histories) == {"v3", "v4", "v5"}
+    flow.apply(ev.PatientCheckedOut(visit_id="v1"), at(20))
+    flow.apply(ev.PatientRoomed(visit_id="v3", room_id="r1"), at(21))
+    flow.apply(ev.ArrivalCancelled(visit_id="v4"), at(22))
+    assert set(flow.estimator._histories) == {"v5"}
+
+
+def test_errors_learned_at_rooming_widen_or_shift_later_estimates() -> None:
+    flow = busy_clinic()
+    first = {e.visit_id: e for e in flow.estimates(at(9))}
+    # v3 waits far longer than the floor suggested: the clinic's hidden slowness
+    flow.apply(ev.PatientCheckedOut(visit_id="v1"), at(90))
+    flow.apply(ev.PatientRoomed(visit_id="v3", room_id="r1"), at(90))
+    later = {e.visit_id: e for e in flow.estimates(at(9))}
+    q10, q50, q90 = flow.estimator.quantiles()
+    assert q90 > 1.1  # relative errors well beyond the prior
+    assert later["v4"].high > first["v4"].high
