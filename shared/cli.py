@@ -16,6 +16,7 @@ import sys
 _COMMAND_MODULES = (
     "shared.stack",  # clinicflow stack up|status|down
     "shared.runner",  # clinicflow run checkin|flow|notifications|billing
+    "shared.admin",  # clinicflow topics create|list
     "services.flow.replay",  # clinicflow replay LOG.jsonl
     "services.flow.simulate",  # clinicflow simulate
     "services.flow.backtest",  # clinicflow backtest

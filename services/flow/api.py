@@ -121,7 +121,7 @@ class BoardHub:
                         queue.put_nowait(message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - Redis gone: retry with backoff
+            except Exception as exc:
                 log.warning("board listener lost redis, retrying", error=repr(exc),
                             retry_in=delay)
                 await asyncio.sleep(delay)

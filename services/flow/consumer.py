@@ -264,7 +264,7 @@ class FloorConsumer:
             for tp, offset in result.offsets.items():
                 try:
                     highwater = kafka.highwater(TopicPartition(*tp))
-                except Exception:  # noqa: BLE001 - metadata not there yet
+                except Exception:
                     continue
                 if highwater is not None:
                     lag += max(0, highwater - offset - 1)

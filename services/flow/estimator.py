@@ -287,8 +287,19 @@ class WaitEstimator:
         provider_free: dict[str | None, float] = {}
         in_room_until: dict[str | None, list[float]] = {}
         occupant_end: dict[str, float] = {}
-        roomed = sorted(clinic.roomed(), key=lambda v: v.roomed_at or now)
+        # Delays push a provider's next start (clinic-wide delays push everyone).
+        def delay_until(provider: str | None) -> float:
+            delay = clinic.delay_for(provider)
+            if delay is None:
+                return 0.0
+            return max(0.0, -since(delay.until))
+
+        # those with their provider now come first: the provider finishes them before the next
+        roomed = sorted(clinic.roomed(), key=lambda v: (v.status is not VisitStatus.WITH_PROVIDER,
+                                                        v.roomed_at or now))
         for visit in roomed:
+            if visit.provider_id not in provider_free:
+                provider_free[visit.provider_id] = delay_until(visit.provider_id)
             provider = visit.provider_id
             visit_minutes = self.expected_visit_minutes(visit.visit_type, provider)
             if visit.status is VisitStatus.WITH_PROVIDER and visit.provider_in_at is not None:
@@ -318,13 +329,6 @@ class WaitEstimator:
                 room_free.append(end + cleaning)
         room_free.sort()
         rooms_known = known_rooms > 0
-
-        # Delays push a provider's next start (clinic-wide delays push everyone).
-        def delay_until(provider: str | None) -> float:
-            delay = clinic.delay_for(provider)
-            if delay is None:
-                return 0.0
-            return max(0.0, -since(delay.until))
 
         providers = clinic.providers() | {p for p in in_room_until if p is not None}
         for provider in list(providers):
