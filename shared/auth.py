@@ -86,7 +86,8 @@ def require_role(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
         if principal.role not in allowed:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
-                detail=f"role {principal.role!r} may not do this (allowed: {', '.join(sorted(allowed))})",
+                detail=f"role {principal.role!r} may not do this "
+                f"(allowed: {', '.join(sorted(allowed))})",
             )
         return principal
 

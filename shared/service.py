@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -259,7 +259,7 @@ def make_http_app(
     return app
 
 
-def _jsonable(errors: list[Any]) -> list[dict[str, Any]]:
+def _jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for error in errors:
         item = {k: v for k, v in dict(error).items() if k in ("loc", "msg", "type")}

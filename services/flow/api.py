@@ -274,7 +274,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     @router.post("/clinics/{clinic_id}/rooms/{room_id}/out-of-service", status_code=202,
                  tags=["floor commands"], summary="Take a room out of service")
     async def room_out(clinic_id: ClinicId, room_id: RoomId, request: Request,
-                       body: OutOfService = Body(default_factory=OutOfService),
+                       body: OutOfService = Body(default_factory=lambda: OutOfService()),
                        idempotency_key: IdempotencyKey = None,
                        principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
@@ -310,7 +310,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/provider-in", status_code=202,
                  tags=["floor commands"], summary="The provider starts seeing the patient")
     async def provider_in(clinic_id: ClinicId, visit_id: VisitId, request: Request,
-                          body: ProviderInBody = Body(default_factory=ProviderInBody),
+                          body: ProviderInBody = Body(default_factory=lambda: ProviderInBody()),
                           idempotency_key: IdempotencyKey = None,
                           principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)

@@ -100,16 +100,24 @@ class FloorConsumer:
                     flow = load_flow(orjson.loads(raw))
                     self.processor.adopt(flow, tp.topic, tp.partition)
                 if offset is None:
-                    log.info("no checkpoint: rebuilding partition from the beginning",
-                             topic=tp.topic, partition=tp.partition)
+                    log.info(
+                        "no checkpoint: rebuilding partition from the beginning",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                    )
                     if kafka is not None:
                         await kafka.seek_to_beginning(tp)
                 else:
                     self.processor.applied[(tp.topic, tp.partition)] = offset
                     if kafka is not None:
                         kafka.seek(tp, offset + 1)
-                    log.info("resuming partition from checkpoint", topic=tp.topic,
-                             partition=tp.partition, offset=offset, clinics=len(snapshots))
+                    log.info(
+                        "resuming partition from checkpoint",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=offset,
+                        clinics=len(snapshots),
+                    )
             # the restored clinics' boards are current again
             boards = {}
             for tp in assigned:
@@ -153,7 +161,9 @@ class FloorConsumer:
         m.BATCH_SECONDS.observe(time.perf_counter() - started)
         return result
 
-    def _board_bytes(self, clinic_id: str, at: datetime | None = None) -> tuple[bytes, list[Estimate]]:
+    def _board_bytes(
+        self, clinic_id: str, at: datetime | None = None
+    ) -> tuple[bytes, list[Estimate]]:
         flow = self.processor.flows[clinic_id]
         now = at or flow.last_event_at or datetime.now(UTC)
         estimates = flow.estimates(now)
@@ -196,16 +206,24 @@ class FloorConsumer:
             record = dead.record
             await self.runtime.broker.publish(
                 dead_letter_record(
-                    raw=record.value, reason=dead.reason, consumer="flow",
-                    source_topic=record.topic, partition=record.partition,
-                    offset=record.offset, key=record.key,
+                    raw=record.value,
+                    reason=dead.reason,
+                    consumer="flow",
+                    source_topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
                 ),
                 self.dead_letter_topic,
                 key=record.key,
             )
             DEAD_LETTERS.labels("flow", reason_kind(dead.reason)).inc()
-            log.warning("event dead-lettered", reason=dead.reason, partition=record.partition,
-                        offset=record.offset)
+            log.warning(
+                "event dead-lettered",
+                reason=dead.reason,
+                partition=record.partition,
+                offset=record.offset,
+            )
 
     async def _publish_estimates(self, estimates: list[tuple[str, Estimate, datetime]]) -> None:
         wall = datetime.now(UTC)
@@ -215,34 +233,48 @@ class FloorConsumer:
                 continue
             previous = self._published.get(estimate.visit_id)
             if previous is not None:
-                made_at, wait, low, high = previous
+                made_at, wait, _low, high = previous
                 aged = (at - made_at).total_seconds() / 60.0
-                if (abs(max(0.0, wait - aged) - estimate.wait_minutes) < 0.5
-                        and abs(max(0.0, high - aged) - estimate.high) < 1.0):
+                if (
+                    abs(max(0.0, wait - aged) - estimate.wait_minutes) < 0.5
+                    and abs(max(0.0, high - aged) - estimate.high) < 1.0
+                ):
                     continue
-            self._published[estimate.visit_id] = (at, estimate.wait_minutes, estimate.low,
-                                                  estimate.high)
+            self._published[estimate.visit_id] = (
+                at,
+                estimate.wait_minutes,
+                estimate.low,
+                estimate.high,
+            )
             flow = self.processor.flows[clinic_id]
             visit = flow.clinic.visits.get(estimate.visit_id)
             if visit is None:
                 continue
             event = ev.make_event(
                 ev.WaitEstimated(
-                    visit_id=visit.visit_id, ticket_code=visit.ticket_code,
-                    provider_id=visit.provider_id, position=estimate.position,
-                    wait_minutes=estimate.wait_minutes, low=estimate.low, high=estimate.high,
+                    visit_id=visit.visit_id,
+                    ticket_code=visit.ticket_code,
+                    provider_id=visit.provider_id,
+                    position=estimate.position,
+                    wait_minutes=estimate.wait_minutes,
+                    low=estimate.low,
+                    high=estimate.high,
                 ),
-                clinic_id=clinic_id, source="flow", occurred_at=at,
+                clinic_id=clinic_id,
+                source="flow",
+                occurred_at=at,
                 correlation_id=visit.visit_id,
             )
             batch.append((clinic_id, ev.encode(event)))
         if len(self._published) > 50_000:  # visits long gone: keep memory bounded
             self._published.clear()
         producer = self.runtime.broker
-        await asyncio.gather(*(
-            producer.publish(body, self.estimates_topic, key=clinic_id.encode())
-            for clinic_id, body in batch
-        ))
+        await asyncio.gather(
+            *(
+                producer.publish(body, self.estimates_topic, key=clinic_id.encode())
+                for clinic_id, body in batch
+            )
+        )
 
     # ------------------------------------------------------------ metrics
 
@@ -257,7 +289,8 @@ class FloorConsumer:
         self.applied_total += result.applied
         for clinic_id, stage in result.stages:
             m.STAGE_MINUTES.labels(clinic_id, stage.provider_id or "any", stage.stage).observe(
-                stage.minutes)
+                stage.minutes
+            )
         kafka = self.kafka_consumer
         if kafka is not None and raw_records:
             lag = 0
@@ -274,13 +307,18 @@ class FloorConsumer:
         per_provider: dict[str, list[float]] = {}
         for waiting in board["waiting"]:
             per_provider.setdefault(waiting["provider_id"] or "any", []).append(
-                waiting["wait_minutes"] or 0.0)
+                waiting["wait_minutes"] or 0.0
+            )
         for provider in {p["provider_id"] for p in board["providers"]} | set(per_provider):
             waits = per_provider.get(provider, [])
             m.QUEUE_LENGTH.labels(clinic_id, provider).set(len(waits))
             m.ESTIMATED_WAIT.labels(clinic_id, provider).set(max(waits, default=0.0))
-        states: dict[str, int] = {"ready": 0, "occupied": 0, "needs_cleaning": 0,
-                                  "out_of_service": 0}
+        states: dict[str, int] = {
+            "ready": 0,
+            "occupied": 0,
+            "needs_cleaning": 0,
+            "out_of_service": 0,
+        }
         for room in board["rooms"]:
             states[room["state"]] = states.get(room["state"], 0) + 1
         for state, count in states.items():
@@ -288,10 +326,12 @@ class FloorConsumer:
         m.IN_ROOMS.labels(clinic_id).set(len(board["in_rooms"]))
         for provider in board["providers"]:
             m.DELAY_MINUTES.labels(clinic_id, provider["provider_id"]).set(
-                provider["delay_minutes"])
+                provider["delay_minutes"]
+            )
         clinic_delay = board["clinic_delay"]
         m.DELAY_MINUTES.labels(clinic_id, "clinic").set(
-            clinic_delay["minutes"] if clinic_delay else 0)
+            clinic_delay["minutes"] if clinic_delay else 0
+        )
 
     # ------------------------------------------------------------- ticker
 

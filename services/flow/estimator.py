@@ -330,7 +330,8 @@ class WaitEstimator:
         room_free.sort()
         rooms_known = known_rooms > 0
 
-        providers = clinic.providers() | {p for p in in_room_until if p is not None}
+        providers: set[str | None] = set(clinic.providers())
+        providers.update(p for p in in_room_until if p is not None)
         for provider in list(providers):
             provider_free[provider] = max(provider_free.get(provider, 0.0), delay_until(provider))
             in_room_until.setdefault(provider, [])

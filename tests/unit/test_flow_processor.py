@@ -84,7 +84,7 @@ def test_a_checkpointed_clinic_carries_on_exactly_as_if_it_never_stopped() -> No
     continuous.process(day())
     restored = FloorProcessor()
     restored.process(day()[:6])
-    for clinic_id, flow in list(restored.flows.items()):
+    for flow in list(restored.flows.values()):
         snapshot = orjson.dumps(dump_flow(flow))
         restored.adopt(load_flow(orjson.loads(snapshot)), TOPIC, 0)
     restored.process(day())  # redelivery from the start: already-applied ones are skipped
