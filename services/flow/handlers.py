@@ -8,6 +8,7 @@ from datetime import datetime
 
 from services.flow.domain import Change, Clinic, NotApplicable
 from services.flow.estimator import Estimate, WaitEstimator
+from services.flow.operations import DayStats
 from shared import events as ev
 
 
@@ -17,6 +18,7 @@ class ClinicFlow:
     def __init__(self, clinic_id: str) -> None:
         self.clinic = Clinic(clinic_id)
         self.estimator = WaitEstimator()
+        self.day = DayStats()
         self.last_event_at: datetime | None = None
 
     @property
@@ -72,6 +74,8 @@ class ClinicFlow:
                 raise NotApplicable(f"flow does not handle {type(payload).__name__}")
         for stage in change.stages:
             self.estimator.observe_stage(stage)
+        if not change.duplicate:
+            self.day.observe(change, clinic, at)
         self.last_event_at = at
         return change
 

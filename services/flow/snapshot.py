@@ -13,6 +13,7 @@ from typing import Any
 from services.flow.domain import Delay, Room, RoomState, Visit, VisitStatus, _UndoRecord
 from services.flow.estimator import ProviderHabits, RunningMean, _History
 from services.flow.handlers import ClinicFlow
+from services.flow.operations import DayStats
 
 SNAPSHOT_VERSION = 1
 
@@ -110,6 +111,7 @@ def dump_flow(flow: ClinicFlow) -> dict[str, Any]:
         "undo": [_undo(r) for r in clinic._undo],
         "closed": list(clinic.closed_ids),
         "counts": clinic.counts,
+        "day": flow.day.to_dict(),
         "estimator": {
             "visit_minutes": {k: _mean(m) for k, m in estimator.visit_minutes.items()},
             "all_visits": _mean(estimator.all_visits),
@@ -150,6 +152,7 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
         clinic.closed_ids.append(visit_id)
         clinic._closed_set.add(visit_id)
     clinic.counts = dict(document["counts"])
+    flow.day = DayStats.from_dict(document.get("day", {}))
     est = document["estimator"]
     estimator = flow.estimator
     estimator.visit_minutes = {k: _unmean(v) for k, v in est["visit_minutes"].items()}
