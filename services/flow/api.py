@@ -155,9 +155,12 @@ class BoardHub:
 
 
 def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
-    """What a role may see: screens get ticket codes and ranges, nothing else."""
-    if role != "screen":
+    """What a role may see: screens get ticket codes and ranges, nothing else; the
+    operations report is for managers."""
+    if role == "manager":
         return board
+    if role != "screen":
+        return {k: v for k, v in board.items() if k != "operations"}
     return {
         "clinic_id": board["clinic_id"],
         "as_of": board["as_of"],

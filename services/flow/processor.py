@@ -191,4 +191,5 @@ def build_board(flow: ClinicFlow, estimates: list[Estimate], now: datetime) -> d
         },
         "counts": dict(clinic.counts),
         "rolling_average_minutes": flow.estimator.rolling_average(),
+        "operations": flow.day.report(clinic, now),
     }
