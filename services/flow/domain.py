@@ -153,7 +153,7 @@ class StageTime:
     """A finished stage, for metrics and learning: which stage, whose, how long."""
 
     stage: Literal["arrival_to_roomed", "roomed_to_provider", "provider_to_checkout",
-                   "room_turnover"]
+                   "roomed_to_checkout", "room_turnover"]
     minutes: float
     provider_id: str | None
     visit_type: str | None
@@ -325,6 +325,9 @@ class Clinic:
         stages = []
         if visit.provider_in_at is not None:
             stages.append(StageTime("provider_to_checkout", _minutes(at - visit.provider_in_at),
+                                    visit.provider_id, visit.visit_type))
+        elif visit.roomed_at is not None:
+            stages.append(StageTime("roomed_to_checkout", _minutes(at - visit.roomed_at),
                                     visit.provider_id, visit.visit_type))
         self._release_room(visit, at)
         self._close(visit, VisitStatus.CHECKED_OUT, at)

@@ -54,6 +54,7 @@ DEFAULT_VISIT_MINUTES = 20.0
 PRIOR_WEIGHT = 2.0  # how many observations a prior is worth
 INTAKE_PRIOR_MINUTES = 5.0
 CLEANING_PRIOR_MINUTES = 5.0
+HANDOVER_PRIOR_MINUTES = 1.0  # provider finishes one patient -> starts the next
 ROOMS_PER_PROVIDER_PRIOR = 2
 SCALE_MINUTES = 5.0  # errors are relative to (estimate + SCALE)
 ERROR_WINDOW = 400
@@ -61,7 +62,8 @@ SAMPLE_EVERY = timedelta(minutes=5)
 # A prior spread of relative errors (about +-50%), displaced as real errors arrive.
 PRIOR_ERRORS = (-0.55, -0.4, -0.28, -0.18, -0.08, 0.0, 0.08, 0.2, 0.35, 0.55, 0.8, 1.1)
 EARLY_ROOMING_PRIOR_MINUTES = -10.0
-HORIZON_GUARD = 500  # never simulate more patients than this ahead (pathological queues)
+HORIZON_GUARD = 500
+POOL_LEARNING_ROOMINGS = 6  # roomings before a provider's usual rooms are trusted as a pool  # never simulate more patients than this ahead (pathological queues)
 
 
 @dataclass(slots=True)
@@ -101,6 +103,14 @@ class _History:
     estimates: list[tuple[datetime, float]] = field(default_factory=list)  # (made_at, raw)
 
 
+@dataclass(slots=True)
+class RoomsUsed:
+    """The rooms a provider's patients were put in today."""
+
+    rooms: set[str] = field(default_factory=set)
+    count: int = 0
+
+
 class ProviderHabits:
     """How many patients a provider keeps roomed at once, learned from roomings."""
 
@@ -110,10 +120,16 @@ class ProviderHabits:
         self.observed: deque[int] = deque(maxlen=30)
 
     def capacity(self) -> int:
-        if len(self.observed) < 3:
-            return max(ROOMS_PER_PROVIDER_PRIOR, max(self.observed, default=1))
+        """Patients this provider may have in rooms at once.
+
+        What is seen at rooming is a lower bound (a quiet day never shows the
+        limit), so the prior stands until the day shows more.
+        """
+        if not self.observed:
+            return ROOMS_PER_PROVIDER_PRIOR
         ordered = sorted(self.observed)
-        return max(1, ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))])
+        high = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+        return max(ROOMS_PER_PROVIDER_PRIOR, high)
 
 
 class WaitEstimator:
@@ -124,8 +140,11 @@ class WaitEstimator:
         self.all_visits = RunningMean(DEFAULT_VISIT_MINUTES)
         self.provider_pace: dict[str, RunningMean] = {}  # observed / expected, prior 1
         self.intake = RunningMean(INTAKE_PRIOR_MINUTES)
+        self.handover = RunningMean(HANDOVER_PRIOR_MINUTES)
+        self.active_providers: set[str] = set()  # providers who have started seeing patients
         self.cleaning = RunningMean(CLEANING_PRIOR_MINUTES)
         self.habits: dict[str | None, ProviderHabits] = {}
+        self.rooms_used: dict[str, RoomsUsed] = {}
         self.errors: deque[float] = deque(PRIOR_ERRORS, maxlen=ERROR_WINDOW)
         self._quantiles: tuple[float, float, float] | None = None
         self._histories: dict[str, _History] = {}
@@ -154,12 +173,33 @@ class WaitEstimator:
             if stage.provider_id is not None and expected > 0:
                 pace = self.provider_pace.setdefault(stage.provider_id, RunningMean(1.0, 3.0))
                 pace.add(min(4.0, max(0.25, minutes / expected)))
-        elif stage.stage == "roomed_to_provider":
-            self.intake.add(min(minutes, 120.0))
+        elif stage.stage == "roomed_to_checkout":
+            # no provider-in recorded: the room time less the intake is the visit
+            if stage.visit_type is not None:
+                self.observe_stage(StageTime("provider_to_checkout",
+                                             max(1.0, minutes - self.intake.value),
+                                             stage.provider_id, stage.visit_type))
         elif stage.stage == "room_turnover":
             self.cleaning.add(min(minutes, 120.0))
         elif stage.stage == "arrival_to_roomed":
             self.recent_waits.append(minutes)
+
+    def observe_provider_in(self, provider_id: str | None, roomed_at: datetime | None,
+                            provider_free_since: datetime | None, at: datetime) -> None:
+        """Learn intake and hand-over from a provider starting with a patient.
+
+        Only a patient roomed while their provider was free shows the nurse's
+        intake alone; otherwise the patient waited in the room for the provider,
+        and what shows is how quickly the provider moved on to them.
+        """
+        if provider_id is not None:
+            self.active_providers.add(provider_id)
+        if roomed_at is None:
+            return
+        if provider_free_since is None or provider_free_since <= roomed_at:
+            self.intake.add(min((at - roomed_at).total_seconds() / 60.0, 60.0))
+        else:
+            self.handover.add(min((at - provider_free_since).total_seconds() / 60.0, 30.0))
 
     def observe_rooming(self, clinic: Clinic, visit: Visit) -> None:
         """Learn the provider's rooming habit and score the visit's past estimates."""
@@ -169,6 +209,10 @@ class WaitEstimator:
             if v.status is not VisitStatus.WAITING and v.provider_id == provider
         )
         self.habits.setdefault(provider, ProviderHabits()).observed.append(max(1, in_rooms))
+        if provider is not None and visit.room_id is not None:
+            used = self.rooms_used.setdefault(provider, RoomsUsed())
+            used.rooms.add(visit.room_id)
+            used.count += 1
         if (visit.scheduled_at is not None and visit.roomed_at is not None and not visit.late
                 and visit.arrived_at < visit.scheduled_at):
             self.early_rooming.append((visit.roomed_at - visit.scheduled_at).total_seconds() / 60)
@@ -218,7 +262,7 @@ class WaitEstimator:
         """
         if elapsed < expected:
             return max(expected - elapsed, 0.25 * expected)
-        return 0.25 * expected + 0.1 * (elapsed - expected)
+        return min(expected, 0.25 * expected + 0.1 * (elapsed - expected))
 
     # ------------------------------------------------------------- estimating
 
@@ -282,102 +326,123 @@ class WaitEstimator:
         def since(at: datetime) -> float:
             return (now - at).total_seconds() / minute
 
-        # When each usable room is (expected to be) free, in minutes from now.
-        room_free: list[float] = []
-        provider_free: dict[str | None, float] = {}
-        in_room_until: dict[str | None, list[float]] = {}
-        occupant_end: dict[str, float] = {}
-        # Delays push a provider's next start (clinic-wide delays push everyone).
-        def delay_until(provider: str | None) -> float:
-            delay = clinic.delay_for(provider)
-            if delay is None:
+        # A clinic-wide delay stops the floor: nobody is roomed or seen until it ends.
+        # A provider's delay before they have started means they are not in yet; once
+        # they are seeing patients, "running behind" is already on the floor itself.
+        clinic_delay = clinic.delays.get(None)
+        clinic_until = 0.0 if clinic_delay is None else max(0.0, -since(clinic_delay.until))
+
+        def absent_until(provider: str | None) -> float:
+            delay = clinic.delays.get(provider) if provider is not None else None
+            if delay is None or provider in self.active_providers:
                 return 0.0
             return max(0.0, -since(delay.until))
 
+        def delay_until(provider: str | None) -> float:
+            return max(clinic_until, absent_until(provider))
+
+        handover = self.handover.value
+        provider_free: dict[str | None, float] = {}
+        in_room_until: dict[str | None, list[float]] = {}
+        occupant_end: dict[str, float] = {}
         # those with their provider now come first: the provider finishes them before the next
         roomed = sorted(clinic.roomed(), key=lambda v: (v.status is not VisitStatus.WITH_PROVIDER,
                                                         v.roomed_at or now))
         for visit in roomed:
-            if visit.provider_id not in provider_free:
-                provider_free[visit.provider_id] = delay_until(visit.provider_id)
             provider = visit.provider_id
+            if provider not in provider_free:
+                provider_free[provider] = delay_until(provider)
             visit_minutes = self.expected_visit_minutes(visit.visit_type, provider)
             if visit.status is VisitStatus.WITH_PROVIDER and visit.provider_in_at is not None:
                 end = self._remaining(visit_minutes, since(visit.provider_in_at))
             else:
-                start = max(provider_free.get(provider, 0.0),
+                start = max(provider_free[provider],
                             self._remaining(intake, since(visit.roomed_at or now)))
                 end = start + visit_minutes
-            if visit.status is VisitStatus.ROOMED:
-                end = max(end, provider_free.get(provider, 0.0) + visit_minutes)
-            provider_free[provider] = max(provider_free.get(provider, 0.0), end)
+            provider_free[provider] = max(provider_free[provider], end)
             in_room_until.setdefault(provider, []).append(end)
             if visit.room_id is not None:
                 occupant_end[visit.room_id] = end
-        known_rooms = 0
+
+        # When each usable room is (expected to be) free, in minutes from now.
+        room_free: dict[str, float] = {}
         for room in clinic.rooms.values():
             if room.state is RoomState.OUT_OF_SERVICE:
                 continue
-            known_rooms += 1
             if room.state is RoomState.READY:
-                room_free.append(0.0)
+                room_free[room.room_id] = 0.0
             elif room.state is RoomState.NEEDS_CLEANING:
-                room_free.append(self._remaining(cleaning, since(room.since)))
+                room_free[room.room_id] = self._remaining(cleaning, since(room.since))
             else:
                 end = occupant_end.get(room.room_id, self._remaining(
                     self.all_visits.value + intake, since(room.since)))
-                room_free.append(end + cleaning)
-        room_free.sort()
-        rooms_known = known_rooms > 0
+                room_free[room.room_id] = end + cleaning
+        rooms_known = bool(clinic.rooms)
 
         providers: set[str | None] = set(clinic.providers())
         providers.update(p for p in in_room_until if p is not None)
-        for provider in list(providers):
-            provider_free[provider] = max(provider_free.get(provider, 0.0), delay_until(provider))
+        for provider in providers:
+            provider_free[provider] = max(provider_free.get(provider, 0.0),
+                                          delay_until(provider))
             in_room_until.setdefault(provider, [])
-        for ends in in_room_until.values():
-            ends.sort()
         if not providers:
             providers = {None}
             provider_free.setdefault(None, delay_until(None))
             in_room_until.setdefault(None, [])
+        for ends in in_room_until.values():
+            ends.sort()
+
+        def rooms_for(provider: str | None) -> list[str]:
+            usual = self.rooms_used.get(provider or "")
+            # trust a provider's usual rooms once they keep coming back to the same few
+            if usual is not None and usual.count >= max(POOL_LEARNING_ROOMINGS,
+                                                        3 * len(usual.rooms)):
+                eligible = [r for r in usual.rooms if r in room_free]
+                if eligible:
+                    return eligible
+            return list(room_free)
 
         result: dict[str, float] = {}
         for count, visit in enumerate(waiting):
             if count >= HORIZON_GUARD:
                 result[visit.visit_id] = result[waiting[HORIZON_GUARD - 1].visit_id]
                 continue
+            not_before = clinic_until
+            if visit.scheduled_at is not None and not visit.late and visit.priority != "urgent":
+                not_before = max(not_before, -since(visit.scheduled_at) + earliest)
             candidates = [visit.provider_id] if visit.provider_id is not None else list(providers)
-            best: tuple[float, str | None] | None = None
+            best: tuple[float, str | None, str | None] | None = None
             for provider in candidates:
                 ends = in_room_until.setdefault(provider, [])
                 habits = self.habits.get(provider)
                 capacity = habits.capacity() if habits else ROOMS_PER_PROVIDER_PRIOR
                 # the provider can take one more into a room once enough of theirs have left
                 busy = [e for e in ends if e > 0.0]
-                ready_at = 0.0 if len(busy) < capacity else busy[len(busy) - capacity]
-                if best is None or ready_at < best[0]:
-                    best = (ready_at, provider)
+                start = 0.0 if len(busy) < capacity else busy[len(busy) - capacity]
+                arrives = absent_until(provider)
+                if arrives > 0.0 and busy and start < arrives:
+                    start = arrives  # one patient is roomed ahead of a provider not in yet
+                start = max(start, not_before)
+                room_id: str | None = None
+                if rooms_known:
+                    eligible = rooms_for(provider)
+                    if eligible:
+                        first_free = min(room_free[r] for r in eligible)
+                        start = max(start, first_free)
+                        # take the latest room already free by then, leaving earlier ones
+                        room_id = max((r for r in eligible if room_free[r] <= start),
+                                      key=lambda r: room_free[r])
+                if best is None or start < best[0]:
+                    best = (start, provider, room_id)
             assert best is not None
-            start, provider = best
-            if visit.scheduled_at is not None and not visit.late:
-                start = max(start, -since(visit.scheduled_at) + earliest)
-            if rooms_known:
-                if room_free:
-                    # take the latest room already free by then, leaving earlier ones to others
-                    index = bisect.bisect_right(room_free, start) - 1
-                    if index < 0:
-                        index = 0
-                    start = max(start, room_free.pop(index))
-                else:
-                    start = max(start, provider_free.get(provider, 0.0))
+            start, provider, room_id = best
             visit_minutes = self.expected_visit_minutes(visit.visit_type, provider)
-            begin = max(start + intake, provider_free.get(provider, 0.0))
+            begin = max(start + intake, provider_free.get(provider, 0.0) + handover)
             end = begin + visit_minutes
             provider_free[provider] = end
             bisect.insort(in_room_until.setdefault(provider, []), end)
-            if rooms_known:
-                bisect.insort(room_free, end + cleaning)
+            if room_id is not None:
+                room_free[room_id] = end + cleaning
             result[visit.visit_id] = max(0.0, start)
         return result
 

@@ -19,6 +19,8 @@ class ClinicFlow:
         self.clinic = Clinic(clinic_id)
         self.estimator = WaitEstimator()
         self.day = DayStats()
+        # when each provider last finished a patient (None: with a patient now)
+        self.provider_free_since: dict[str | None, datetime | None] = {}
         self.last_event_at: datetime | None = None
 
     @property
@@ -51,8 +53,17 @@ class ClinicFlow:
             case ev.ProviderIn():
                 change = clinic.provider_in(at=at, visit_id=payload.visit_id,
                                             provider_id=payload.provider_id, event_id=event_id)
+                visit = clinic.visits.get(payload.visit_id)
+                if visit is not None and not change.duplicate:
+                    provider = visit.provider_id
+                    self.estimator.observe_provider_in(
+                        provider, visit.roomed_at, self.provider_free_since.get(provider), at)
+                    self.provider_free_since[provider] = None
             case ev.PatientCheckedOut():
+                seen_by = clinic.visits.get(payload.visit_id)
                 change = clinic.checked_out(at=at, visit_id=payload.visit_id, event_id=event_id)
+                if seen_by is not None and not change.duplicate and seen_by.provider_in_at:
+                    self.provider_free_since[seen_by.provider_id] = at
                 self.estimator.forget(payload.visit_id)
             case ev.ArrivalCancelled():
                 change = clinic.cancelled(at=at, visit_id=payload.visit_id,

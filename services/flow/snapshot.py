@@ -112,11 +112,14 @@ def dump_flow(flow: ClinicFlow) -> dict[str, Any]:
         "closed": list(clinic.closed_ids),
         "counts": clinic.counts,
         "day": flow.day.to_dict(),
+        "provider_free_since": [[k, _t(v)] for k, v in flow.provider_free_since.items()],
         "estimator": {
             "visit_minutes": {k: _mean(m) for k, m in estimator.visit_minutes.items()},
             "all_visits": _mean(estimator.all_visits),
             "provider_pace": {k: _mean(m) for k, m in estimator.provider_pace.items()},
             "intake": _mean(estimator.intake),
+            "handover": _mean(estimator.handover),
+            "active": sorted(estimator.active_providers),
             "cleaning": _mean(estimator.cleaning),
             "habits": [[k, list(h.observed)] for k, h in estimator.habits.items()],
             "errors": list(estimator.errors),
@@ -153,12 +156,15 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
         clinic._closed_set.add(visit_id)
     clinic.counts = dict(document["counts"])
     flow.day = DayStats.from_dict(document.get("day", {}))
+    flow.provider_free_since = {k: _dt(v) for k, v in document["provider_free_since"]}
     est = document["estimator"]
     estimator = flow.estimator
     estimator.visit_minutes = {k: _unmean(v) for k, v in est["visit_minutes"].items()}
     estimator.all_visits = _unmean(est["all_visits"])
     estimator.provider_pace = {k: _unmean(v) for k, v in est["provider_pace"].items()}
     estimator.intake = _unmean(est["intake"])
+    estimator.handover = _unmean(est["handover"])
+    estimator.active_providers = set(est["active"])
     estimator.cleaning = _unmean(est["cleaning"])
     for provider, observed in est["habits"]:
         habits = estimator.habits[provider] = ProviderHabits()

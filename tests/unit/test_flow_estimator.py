@@ -65,18 +65,40 @@ def test_a_room_freeing_up_shortens_the_wait() -> None:
     assert after["v3"] < before["v3"]
 
 
-def test_a_delay_for_a_provider_lengthens_only_their_patients_waits() -> None:
+def test_a_late_start_lengthens_only_that_providers_patients_waits() -> None:
     flow = busy_clinic()
     for room in ("r3", "r4", "r5", "r6", "r7"):  # enough rooms: nobody waits for a room
         flow.apply(ev.RoomReady(room_id=room), at(9))
     flow.apply(arrival("k1", "dr-kim"), at(9))
+    flow.apply(arrival("k2", "dr-kim"), at(9))
+    flow.apply(arrival("p1", "dr-park"), at(9))
+    flow.apply(arrival("p2", "dr-park"), at(9))
+    flow.apply(arrival("p3", "dr-park"), at(9))
     before = waits(flow, 10)
-    flow.apply(ev.DelayAnnounced(provider_id="dr-lee", minutes=45, reason="emergency"), at(10))
+    flow.apply(ev.DelayAnnounced(provider_id="dr-park", minutes=45, reason="late start"), at(10))
     after = waits(flow, 10)
-    assert after["v5"] > before["v5"]
-    assert after["k1"] == before["k1"]
-    flow.apply(ev.DelayCleared(provider_id="dr-lee"), at(10))
-    assert waits(flow, 10)["v5"] == before["v5"]
+    assert after["p3"] > before["p3"] + 30  # not in yet: one roomed ahead, the rest wait
+    assert after["k2"] == before["k2"]
+    flow.apply(ev.DelayCleared(provider_id="dr-park"), at(10))
+    assert waits(flow, 10)["p3"] == before["p3"]
+
+
+def test_running_behind_is_already_on_the_floor_and_is_not_counted_twice() -> None:
+    flow = busy_clinic()  # Dr. Lee is seeing v1 now
+    before = waits(flow, 10)
+    flow.apply(ev.DelayAnnounced(provider_id="dr-lee", minutes=25, reason="running behind"),
+               at(10))
+    assert waits(flow, 10) == before
+
+
+def test_a_clinic_wide_stop_holds_everyone_until_it_ends() -> None:
+    flow = busy_clinic()
+    flow.apply(ev.RoomReady(room_id="r3"), at(9))
+    before = waits(flow, 10)
+    flow.apply(ev.DelayAnnounced(provider_id=None, minutes=30, reason="fire alarm"), at(10))
+    after = waits(flow, 10)
+    assert all(after[v] >= 30 for v in after)
+    assert after["v3"] > before["v3"]
 
 
 def test_an_urgent_arrival_pushes_routine_patients_back() -> None:

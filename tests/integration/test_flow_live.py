@@ -1,0 +1,298 @@
+"""The flow service on a real Kafka broker and a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from services.flow.app import create_app
+from services.flow.processor import FloorProcessor, Record, build_board
+from shared import events as ev
+from shared.admin import ensure_topics
+from shared.settings import FlowSettings
+from shared.topics import DEAD_LETTER, ESTIMATES, FLOOR, topic_name
+from tests.helpers import ServiceProcess, auth, eventually, producer, read_topic, serving
+
+NURSE = auth("dev-nurse")
+SCREEN = auth("dev-screen")
+
+
+@pytest.fixture
+async def flow_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -> dict[str, Any]:
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    return {
+        "kafka_bootstrap": kafka_bootstrap,
+        "redis_url": redis_url,
+        "topic_prefix": topic_prefix,
+        "redis_prefix": topic_prefix.rstrip("."),
+        "flow_checkpoint_seconds": 0.2,
+        "flow_group_id": f"{topic_prefix}flow",
+        "flow_tick_seconds": 3600,
+    }
+
+
+def settings_for(env: dict[str, Any]) -> FlowSettings:
+    return FlowSettings(**env)
+
+
+def floor_event(payload: ev.Payload, clinic: str = "north", minute: float = 0.0,
+                base: datetime | None = None) -> ev.Event:
+    start = base or datetime.now(UTC)
+    return ev.make_event(payload, clinic_id=clinic, source="test",
+                         occurred_at=start + timedelta(minutes=minute))
+
+
+async def publish(bootstrap: str, topic: str, events: list[ev.Event]) -> None:
+    async with producer(bootstrap) as client:
+        for event in events:
+            await client.send_and_wait(topic, ev.encode(event), key=event.clinic_id.encode())
+
+
+def opening(clinic: str = "north") -> list[ev.Event]:
+    return [
+        floor_event(ev.RoomReady(room_id="r1"), clinic),
+        floor_event(ev.RoomReady(room_id="r2"), clinic),
+        floor_event(ev.PatientArrived(visit_id="v1", ticket_code="A-1", provider_id="dr-lee",
+                                      visit_type="follow_up"), clinic),
+        floor_event(ev.PatientArrived(visit_id="v2", ticket_code="A-2", provider_id="dr-lee",
+                                      visit_type="new_patient"), clinic),
+    ]
+
+
+async def get_board(client: httpx.AsyncClient, clinic: str, headers: dict[str, str]) -> Any:
+    response = await client.get(f"/clinics/{clinic}/board", headers=headers)
+    return response.json() if response.status_code == 200 else None
+
+
+async def test_an_arrival_on_the_floor_topic_shows_on_the_board_with_an_estimate(
+    flow_env: dict[str, Any],
+) -> None:
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    async with serving(create_app(settings_for(flow_env))) as url, \
+            httpx.AsyncClient(base_url=url) as client:
+        await publish(flow_env["kafka_bootstrap"], floor, opening())
+
+        async def two_waiting() -> Any:
+            board = await get_board(client, "north", SCREEN)
+            return board if board and len(board["waiting"]) == 2 else None
+
+        board = await eventually(two_waiting)
+        assert [w["ticket_code"] for w in board["waiting"]] == ["A-1", "A-2"]
+        first = board["waiting"][0]
+        assert first["low"] <= first["wait_minutes"] <= first["high"]
+        assert "visit_id" not in first  # the screen sees ticket codes only
+        estimates = await read_topic(flow_env["kafka_bootstrap"],
+                                     topic_name(ESTIMATES, flow_env["topic_prefix"]), expect=2)
+        published = [ev.decode(r.value) for r in estimates]
+        assert {e.payload.visit_id for e in published} >= {"v1", "v2"}  # type: ignore[attr-defined]
+
+
+async def test_a_malformed_event_goes_to_the_dead_letter_topic_and_the_consumer_keeps_going(
+    flow_env: dict[str, Any],
+) -> None:
+    prefix = flow_env["topic_prefix"]
+    floor = topic_name(FLOOR, prefix)
+    async with serving(create_app(settings_for(flow_env))) as url, \
+            httpx.AsyncClient(base_url=url) as client:
+        async with producer(flow_env["kafka_bootstrap"]) as client_kafka:
+            await client_kafka.send_and_wait(floor, b"{oops", key=b"north")
+            await client_kafka.send_and_wait(floor, orjson.dumps({
+                "event_type": "patient.arrived", "schema_version": 7, "clinic_id": "north",
+                "source": "kcat", "data": {}}), key=b"north")
+            roomed_ghost = floor_event(ev.PatientRoomed(visit_id="ghost", room_id="r1"))
+            await client_kafka.send_and_wait(floor, ev.encode(roomed_ghost), key=b"north")
+        await publish(flow_env["kafka_bootstrap"], floor, opening())
+        board = await eventually(lambda: get_board(client, "north", NURSE))
+        await eventually(lambda: _has_waiting(client, 2))
+        assert board["clinic_id"] == "north"
+        letters = await read_topic(flow_env["kafka_bootstrap"], topic_name(DEAD_LETTER, prefix),
+                                   expect=3)
+        reasons = sorted(orjson.loads(r.value)["reason"] for r in letters)
+        assert len(reasons) == 3
+        assert reasons[0].startswith("not valid JSON")
+        assert "roomed for unknown visit ghost" in reasons
+        assert "unknown schema_version 7 for patient.arrived" in reasons
+        metrics = (await client.get("/metrics")).text
+        assert 'clinicflow_dead_letters_total{reason="not_valid_json",service="flow"}' in metrics
+
+
+async def _has_waiting(client: httpx.AsyncClient, count: int) -> bool:
+    board = await get_board(client, "north", NURSE)
+    return bool(board) and len(board["waiting"]) == count
+
+
+async def test_a_nurse_rooms_a_patient_once_even_when_the_request_is_retried(
+    flow_env: dict[str, Any],
+) -> None:
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    async with serving(create_app(settings_for(flow_env))) as url, \
+            httpx.AsyncClient(base_url=url) as client:
+        await publish(flow_env["kafka_bootstrap"], floor, opening())
+        await eventually(lambda: _has_waiting(client, 2))
+        headers = {**NURSE, "Idempotency-Key": "room-v1-once"}
+        answers = [
+            await client.post("/clinics/north/visits/v1/room", json={"room_id": "r1"},
+                              headers=headers)
+            for _ in range(3)
+        ]
+        assert [a.status_code for a in answers] == [202, 202, 202]
+        assert len({a.json()["event_id"] for a in answers}) == 1
+        assert [a.json()["replayed"] for a in answers] == [False, True, True]
+        board = await eventually(
+            lambda: _board_where(client, lambda b: len(b["waiting"]) == 1))
+        assert board["rooms"][0] == {**board["rooms"][0], "room_id": "r1", "state": "occupied",
+                                     "ticket_code": "A-1"}
+        records = await read_topic(flow_env["kafka_bootstrap"], floor)
+        roomed = [r for r in records if ev.decode(r.value).event_type == "patient.roomed"]
+        assert len(roomed) == 1
+        # bad requests are refused with a reason, and publish nothing
+        unknown = await client.post("/clinics/north/visits/nobody/room", json={"room_id": "r2"},
+                                    headers=NURSE)
+        assert unknown.status_code == 404 and "nobody" in unknown.json()["detail"]
+        invalid = await client.post("/clinics/north/visits/v2/room", json={"room": "r2"},
+                                    headers=NURSE)
+        assert invalid.status_code == 422 and "room_id" in invalid.json()["detail"]
+        forbidden = await client.post("/clinics/north/visits/v2/room", json={"room_id": "r2"},
+                                      headers=auth("dev-kiosk"))
+        assert forbidden.status_code == 403
+        assert len(await read_topic(flow_env["kafka_bootstrap"], floor)) == len(records)
+
+
+async def _board_where(client: httpx.AsyncClient, predicate: Any) -> Any:
+    board = await get_board(client, "north", NURSE)
+    return board if board and predicate(board) else None
+
+
+async def test_the_live_stream_pushes_each_board_change(flow_env: dict[str, Any]) -> None:
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    async with serving(create_app(settings_for(flow_env))) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as client:
+        await publish(flow_env["kafka_bootstrap"], floor, opening()[:2])
+        await eventually(lambda: get_board(client, "north", SCREEN))
+        received: list[dict[str, Any]] = []
+
+        async def listen() -> None:
+            async with client.stream("GET", "/clinics/north/stream", headers=SCREEN) as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data: "):
+                        received.append(orjson.loads(line[6:]))
+
+        listener = asyncio.create_task(listen())
+        await eventually(lambda: len(received) >= 1)
+        await publish(flow_env["kafka_bootstrap"], floor, opening()[2:3])
+        board = await eventually(
+            lambda: next((b for b in received if b["waiting"]), None), timeout=5)
+        assert board["waiting"][0]["ticket_code"] == "A-1"
+        listener.cancel()
+
+
+async def test_flow_rebuilds_the_same_boards_from_kafka_after_redis_is_flushed(
+    flow_env: dict[str, Any],
+) -> None:
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    base = datetime.now(UTC)
+    events = opening() + [
+        floor_event(ev.PatientRoomed(visit_id="v1", room_id="r1"), minute=1, base=base),
+        floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20, reason="late"),
+                    minute=2, base=base),
+        *[floor_event(ev.PatientArrived(visit_id=f"s{n}", ticket_code=f"B-{n}",
+                                        provider_id="dr-kim", visit_type="physical"),
+                      clinic="south", minute=n, base=base) for n in range(5)],
+    ]
+    await publish(flow_env["kafka_bootstrap"], floor, events)
+    redis = Redis.from_url(flow_env["redis_url"])
+    async with serving(create_app(settings_for(flow_env))) as url, \
+            httpx.AsyncClient(base_url=url) as client:
+        before = {
+            c: await eventually(lambda c=c: _settled(client, c, 1 if c == "north" else 5))
+            for c in ("north", "south")
+        }
+    keys = [k async for k in redis.scan_iter(f"{flow_env['redis_prefix']}:*")]
+    assert keys
+    await redis.delete(*keys)
+    async with serving(create_app(settings_for(flow_env))) as url, \
+            httpx.AsyncClient(base_url=url) as client:
+        after = {
+            c: await eventually(lambda c=c: _settled(client, c, 1 if c == "north" else 5))
+            for c in ("north", "south")
+        }
+    await redis.aclose()
+    for clinic in ("north", "south"):
+        assert _stable(after[clinic]) == _stable(before[clinic])
+
+
+async def _settled(client: httpx.AsyncClient, clinic: str, waiting: int) -> Any:
+    board = await get_board(client, clinic, NURSE)
+    return board if board and len(board["waiting"]) == waiting else None
+
+
+def _stable(board: dict[str, Any]) -> dict[str, Any]:
+    """The board minus what depends on when it was drawn."""
+    return {k: v for k, v in board.items() if k != "as_of"}
+
+
+async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
+    flow_env: dict[str, Any], tmp_path: Path,
+) -> None:
+    """kill -9 while a day streams in; after a restart every board equals a board rebuilt
+    from the topic by the pure processor, and day counts show no fact applied twice."""
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    env = {f"CLINICFLOW_{k.upper()}": str(v) for k, v in flow_env.items()}
+    env["CLINICFLOW_LOG_FORMAT"] = "json"
+    service = ServiceProcess("flow", env, tmp_path / "flow.log")
+    base = datetime.now(UTC) - timedelta(hours=1)
+    day: list[ev.Event] = []
+    for clinic in ("north", "south", "east"):
+        day += [floor_event(ev.RoomReady(room_id=f"r{n}"), clinic, 0, base) for n in range(3)]
+        for n in range(60):
+            visit = f"{clinic}-{n}"
+            day.append(floor_event(ev.PatientArrived(
+                visit_id=visit, ticket_code=f"A-{n}", provider_id=f"dr-{n % 3}",
+                visit_type="follow_up"), clinic, n, base))
+            if n >= 3:
+                done = f"{clinic}-{n - 3}"
+                room = f"r{(n - 3) % 3}"
+                day += [
+                    floor_event(ev.PatientRoomed(visit_id=done, room_id=room), clinic, n, base),
+                    floor_event(ev.PatientCheckedOut(visit_id=done), clinic, n + 0.5, base),
+                    floor_event(ev.RoomReady(room_id=room), clinic, n + 0.6, base),
+                ]
+    service.start()
+    try:
+        await service.wait_ready()
+        half = len(day) // 2
+        await publish(flow_env["kafka_bootstrap"], floor, day[:half])
+        publishing = asyncio.create_task(publish(flow_env["kafka_bootstrap"], floor, day[half:]))
+        await asyncio.sleep(0.3)
+        service.kill()
+        await publishing
+        service.start()
+        await service.wait_ready()
+        records = await read_topic(flow_env["kafka_bootstrap"], floor)
+        expected = FloorProcessor()
+        expected.process([Record(r.topic, r.partition, r.offset, r.key, r.value)
+                          for r in sorted(records, key=lambda r: (r.partition, r.offset))])
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            for clinic in ("north", "south", "east"):
+                flow = expected.flows[clinic]
+                at = flow.last_event_at
+                assert at is not None
+                want = build_board(flow, flow.estimates(at), at)
+
+                async def matches(clinic: str = clinic, want: dict[str, Any] = want) -> Any:
+                    board = await get_board(client, clinic, NURSE)
+                    return board if board and board["counts"] == want["counts"] and \
+                        board["waiting"] == want["waiting"] else None
+
+                board = await eventually(matches, timeout=30)
+                assert board["counts"] == {"checked_out": 57}
+                assert board["rooms"] == want["rooms"]
+    finally:
+        service.stop()
