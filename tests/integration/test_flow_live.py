@@ -198,14 +198,7 @@ async def test_flow_rebuilds_the_same_boards_from_kafka_after_redis_is_flushed(
 ) -> None:
     floor = topic_name(FLOOR, flow_env["topic_prefix"])
     base = datetime.now(UTC)
-    events = opening() + [
-        floor_event(ev.PatientRoomed(visit_id="v1", room_id="r1"), minute=1, base=base),
-        floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20, reason="late"),
-                    minute=2, base=base),
-        *[floor_event(ev.PatientArrived(visit_id=f"s{n}", ticket_code=f"B-{n}",
-                                        provider_id="dr-kim", visit_type="physical"),
-                      clinic="south", minute=n, base=base) for n in range(5)],
-    ]
+    events = [*opening(), floor_event(ev.PatientRoomed(visit_id="v1", room_id="r1"), minute=1, base=base), floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20, reason="late"), minute=2, base=base), *[floor_event(ev.PatientArrived(visit_id=f"s{n}", ticket_code=f"B-{n}", provider_id="dr-kim", visit_type="physical"), clinic="south", minute=n, base=base) for n in range(5)]]
     await publish(flow_env["kafka_bootstrap"], floor, events)
     redis = Redis.from_url(flow_env["redis_url"])
     async with serving(create_app(settings_for(flow_env))) as url, \
