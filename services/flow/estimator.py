@@ -62,8 +62,8 @@ SAMPLE_EVERY = timedelta(minutes=5)
 # A prior spread of relative errors (about +-50%), displaced as real errors arrive.
 PRIOR_ERRORS = (-0.55, -0.4, -0.28, -0.18, -0.08, 0.0, 0.08, 0.2, 0.35, 0.55, 0.8, 1.1)
 EARLY_ROOMING_PRIOR_MINUTES = -10.0
-HORIZON_GUARD = 500
-POOL_LEARNING_ROOMINGS = 6  # roomings before a provider's usual rooms are trusted as a pool  # never simulate more patients than this ahead (pathological queues)
+HORIZON_GUARD = 500  # never simulate more patients than this ahead (pathological queues)
+POOL_LEARNING_ROOMINGS = 6  # roomings before a provider's usual rooms are trusted as a pool
 
 
 @dataclass(slots=True)

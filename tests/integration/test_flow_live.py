@@ -42,11 +42,13 @@ def settings_for(env: dict[str, Any]) -> FlowSettings:
     return FlowSettings(**env)
 
 
-def floor_event(payload: ev.Payload, clinic: str = "north", minute: float = 0.0,
-                base: datetime | None = None) -> ev.Event:
+def floor_event(
+    payload: ev.Payload, clinic: str = "north", minute: float = 0.0, base: datetime | None = None
+) -> ev.Event:
     start = base or datetime.now(UTC)
-    return ev.make_event(payload, clinic_id=clinic, source="test",
-                         occurred_at=start + timedelta(minutes=minute))
+    return ev.make_event(
+        payload, clinic_id=clinic, source="test", occurred_at=start + timedelta(minutes=minute)
+    )
 
 
 async def publish(bootstrap: str, topic: str, events: list[ev.Event]) -> None:
@@ -59,10 +61,18 @@ def opening(clinic: str = "north") -> list[ev.Event]:
     return [
         floor_event(ev.RoomReady(room_id="r1"), clinic),
         floor_event(ev.RoomReady(room_id="r2"), clinic),
-        floor_event(ev.PatientArrived(visit_id="v1", ticket_code="A-1", provider_id="dr-lee",
-                                      visit_type="follow_up"), clinic),
-        floor_event(ev.PatientArrived(visit_id="v2", ticket_code="A-2", provider_id="dr-lee",
-                                      visit_type="new_patient"), clinic),
+        floor_event(
+            ev.PatientArrived(
+                visit_id="v1", ticket_code="A-1", provider_id="dr-lee", visit_type="follow_up"
+            ),
+            clinic,
+        ),
+        floor_event(
+            ev.PatientArrived(
+                visit_id="v2", ticket_code="A-2", provider_id="dr-lee", visit_type="new_patient"
+            ),
+            clinic,
+        ),
     ]
 
 
@@ -75,8 +85,10 @@ async def test_an_arrival_on_the_floor_topic_shows_on_the_board_with_an_estimate
     flow_env: dict[str, Any],
 ) -> None:
     floor = topic_name(FLOOR, flow_env["topic_prefix"])
-    async with serving(create_app(settings_for(flow_env))) as url, \
-            httpx.AsyncClient(base_url=url) as client:
+    async with (
+        serving(create_app(settings_for(flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
         await publish(flow_env["kafka_bootstrap"], floor, opening())
 
         async def two_waiting() -> Any:
@@ -88,8 +100,9 @@ async def test_an_arrival_on_the_floor_topic_shows_on_the_board_with_an_estimate
         first = board["waiting"][0]
         assert first["low"] <= first["wait_minutes"] <= first["high"]
         assert "visit_id" not in first  # the screen sees ticket codes only
-        estimates = await read_topic(flow_env["kafka_bootstrap"],
-                                     topic_name(ESTIMATES, flow_env["topic_prefix"]), expect=2)
+        estimates = await read_topic(
+            flow_env["kafka_bootstrap"], topic_name(ESTIMATES, flow_env["topic_prefix"]), expect=2
+        )
         published = [ev.decode(r.value) for r in estimates]
         assert {e.payload.visit_id for e in published} >= {"v1", "v2"}  # type: ignore[attr-defined]
 
@@ -99,21 +112,34 @@ async def test_a_malformed_event_goes_to_the_dead_letter_topic_and_the_consumer_
 ) -> None:
     prefix = flow_env["topic_prefix"]
     floor = topic_name(FLOOR, prefix)
-    async with serving(create_app(settings_for(flow_env))) as url, \
-            httpx.AsyncClient(base_url=url) as client:
+    async with (
+        serving(create_app(settings_for(flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
         async with producer(flow_env["kafka_bootstrap"]) as client_kafka:
             await client_kafka.send_and_wait(floor, b"{oops", key=b"north")
-            await client_kafka.send_and_wait(floor, orjson.dumps({
-                "event_type": "patient.arrived", "schema_version": 7, "clinic_id": "north",
-                "source": "kcat", "data": {}}), key=b"north")
+            await client_kafka.send_and_wait(
+                floor,
+                orjson.dumps(
+                    {
+                        "event_type": "patient.arrived",
+                        "schema_version": 7,
+                        "clinic_id": "north",
+                        "source": "kcat",
+                        "data": {},
+                    }
+                ),
+                key=b"north",
+            )
             roomed_ghost = floor_event(ev.PatientRoomed(visit_id="ghost", room_id="r1"))
             await client_kafka.send_and_wait(floor, ev.encode(roomed_ghost), key=b"north")
         await publish(flow_env["kafka_bootstrap"], floor, opening())
         board = await eventually(lambda: get_board(client, "north", NURSE))
         await eventually(lambda: _has_waiting(client, 2))
         assert board["clinic_id"] == "north"
-        letters = await read_topic(flow_env["kafka_bootstrap"], topic_name(DEAD_LETTER, prefix),
-                                   expect=3)
+        letters = await read_topic(
+            flow_env["kafka_bootstrap"], topic_name(DEAD_LETTER, prefix), expect=3
+        )
         reasons = sorted(orjson.loads(r.value)["reason"] for r in letters)
         assert len(reasons) == 3
         assert reasons[0].startswith("not valid JSON")
@@ -132,35 +158,44 @@ async def test_a_nurse_rooms_a_patient_once_even_when_the_request_is_retried(
     flow_env: dict[str, Any],
 ) -> None:
     floor = topic_name(FLOOR, flow_env["topic_prefix"])
-    async with serving(create_app(settings_for(flow_env))) as url, \
-            httpx.AsyncClient(base_url=url) as client:
+    async with (
+        serving(create_app(settings_for(flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
         await publish(flow_env["kafka_bootstrap"], floor, opening())
         await eventually(lambda: _has_waiting(client, 2))
         headers = {**NURSE, "Idempotency-Key": "room-v1-once"}
         answers = [
-            await client.post("/clinics/north/visits/v1/room", json={"room_id": "r1"},
-                              headers=headers)
+            await client.post(
+                "/clinics/north/visits/v1/room", json={"room_id": "r1"}, headers=headers
+            )
             for _ in range(3)
         ]
         assert [a.status_code for a in answers] == [202, 202, 202]
         assert len({a.json()["event_id"] for a in answers}) == 1
         assert [a.json()["replayed"] for a in answers] == [False, True, True]
-        board = await eventually(
-            lambda: _board_where(client, lambda b: len(b["waiting"]) == 1))
-        assert board["rooms"][0] == {**board["rooms"][0], "room_id": "r1", "state": "occupied",
-                                     "ticket_code": "A-1"}
+        board = await eventually(lambda: _board_where(client, lambda b: len(b["waiting"]) == 1))
+        assert board["rooms"][0] == {
+            **board["rooms"][0],
+            "room_id": "r1",
+            "state": "occupied",
+            "ticket_code": "A-1",
+        }
         records = await read_topic(flow_env["kafka_bootstrap"], floor)
         roomed = [r for r in records if ev.decode(r.value).event_type == "patient.roomed"]
         assert len(roomed) == 1
         # bad requests are refused with a reason, and publish nothing
-        unknown = await client.post("/clinics/north/visits/nobody/room", json={"room_id": "r2"},
-                                    headers=NURSE)
+        unknown = await client.post(
+            "/clinics/north/visits/nobody/room", json={"room_id": "r2"}, headers=NURSE
+        )
         assert unknown.status_code == 404 and "nobody" in unknown.json()["detail"]
-        invalid = await client.post("/clinics/north/visits/v2/room", json={"room": "r2"},
-                                    headers=NURSE)
+        invalid = await client.post(
+            "/clinics/north/visits/v2/room", json={"room": "r2"}, headers=NURSE
+        )
         assert invalid.status_code == 422 and "room_id" in invalid.json()["detail"]
-        forbidden = await client.post("/clinics/north/visits/v2/room", json={"room_id": "r2"},
-                                      headers=auth("dev-kiosk"))
+        forbidden = await client.post(
+            "/clinics/north/visits/v2/room", json={"room_id": "r2"}, headers=auth("dev-kiosk")
+        )
         assert forbidden.status_code == 403
         assert len(await read_topic(flow_env["kafka_bootstrap"], floor)) == len(records)
 
@@ -172,8 +207,10 @@ async def _board_where(client: httpx.AsyncClient, predicate: Any) -> Any:
 
 async def test_the_live_stream_pushes_each_board_change(flow_env: dict[str, Any]) -> None:
     floor = topic_name(FLOOR, flow_env["topic_prefix"])
-    async with serving(create_app(settings_for(flow_env))) as url, \
-            httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with (
+        serving(create_app(settings_for(flow_env))) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
         await publish(flow_env["kafka_bootstrap"], floor, opening()[:2])
         await eventually(lambda: get_board(client, "north", SCREEN))
         received: list[dict[str, Any]] = []
@@ -188,7 +225,8 @@ async def test_the_live_stream_pushes_each_board_change(flow_env: dict[str, Any]
         await eventually(lambda: len(received) >= 1)
         await publish(flow_env["kafka_bootstrap"], floor, opening()[2:3])
         board = await eventually(
-            lambda: next((b for b in received if b["waiting"]), None), timeout=5)
+            lambda: next((b for b in received if b["waiting"]), None), timeout=5
+        )
         assert board["waiting"][0]["ticket_code"] == "A-1"
         listener.cancel()
 
@@ -198,11 +236,33 @@ async def test_flow_rebuilds_the_same_boards_from_kafka_after_redis_is_flushed(
 ) -> None:
     floor = topic_name(FLOOR, flow_env["topic_prefix"])
     base = datetime.now(UTC)
-    events = [*opening(), floor_event(ev.PatientRoomed(visit_id="v1", room_id="r1"), minute=1, base=base), floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20, reason="late"), minute=2, base=base), *[floor_event(ev.PatientArrived(visit_id=f"s{n}", ticket_code=f"B-{n}", provider_id="dr-kim", visit_type="physical"), clinic="south", minute=n, base=base) for n in range(5)]]
+    events = [
+        *opening(),
+        floor_event(ev.PatientRoomed(visit_id="v1", room_id="r1"), minute=1, base=base),
+        floor_event(
+            ev.DelayAnnounced(provider_id="dr-lee", minutes=20, reason="late"), minute=2, base=base
+        ),
+        *[
+            floor_event(
+                ev.PatientArrived(
+                    visit_id=f"s{n}",
+                    ticket_code=f"B-{n}",
+                    provider_id="dr-kim",
+                    visit_type="physical",
+                ),
+                clinic="south",
+                minute=n,
+                base=base,
+            )
+            for n in range(5)
+        ],
+    ]
     await publish(flow_env["kafka_bootstrap"], floor, events)
     redis = Redis.from_url(flow_env["redis_url"])
-    async with serving(create_app(settings_for(flow_env))) as url, \
-            httpx.AsyncClient(base_url=url) as client:
+    async with (
+        serving(create_app(settings_for(flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
         before = {
             c: await eventually(lambda c=c: _settled(client, c, 1 if c == "north" else 5))
             for c in ("north", "south")
@@ -210,8 +270,10 @@ async def test_flow_rebuilds_the_same_boards_from_kafka_after_redis_is_flushed(
     keys = [k async for k in redis.scan_iter(f"{flow_env['redis_prefix']}:*")]
     assert keys
     await redis.delete(*keys)
-    async with serving(create_app(settings_for(flow_env))) as url, \
-            httpx.AsyncClient(base_url=url) as client:
+    async with (
+        serving(create_app(settings_for(flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
         after = {
             c: await eventually(lambda c=c: _settled(client, c, 1 if c == "north" else 5))
             for c in ("north", "south")
@@ -232,7 +294,8 @@ def _stable(board: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
-    flow_env: dict[str, Any], tmp_path: Path,
+    flow_env: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     """kill -9 while a day streams in; after a restart every board equals a board rebuilt
     from the topic by the pure processor, and day counts show no fact applied twice."""
@@ -246,9 +309,19 @@ async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
         day += [floor_event(ev.RoomReady(room_id=f"r{n}"), clinic, 0, base) for n in range(3)]
         for n in range(60):
             visit = f"{clinic}-{n}"
-            day.append(floor_event(ev.PatientArrived(
-                visit_id=visit, ticket_code=f"A-{n}", provider_id=f"dr-{n % 3}",
-                visit_type="follow_up"), clinic, n, base))
+            day.append(
+                floor_event(
+                    ev.PatientArrived(
+                        visit_id=visit,
+                        ticket_code=f"A-{n}",
+                        provider_id=f"dr-{n % 3}",
+                        visit_type="follow_up",
+                    ),
+                    clinic,
+                    n,
+                    base,
+                )
+            )
             if n >= 3:
                 done = f"{clinic}-{n - 3}"
                 room = f"r{(n - 3) % 3}"
@@ -270,8 +343,12 @@ async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
         await service.wait_ready()
         records = await read_topic(flow_env["kafka_bootstrap"], floor)
         expected = FloorProcessor()
-        expected.process([Record(r.topic, r.partition, r.offset, r.key, r.value)
-                          for r in sorted(records, key=lambda r: (r.partition, r.offset))])
+        expected.process(
+            [
+                Record(r.topic, r.partition, r.offset, r.key, r.value)
+                for r in sorted(records, key=lambda r: (r.partition, r.offset))
+            ]
+        )
         async with httpx.AsyncClient(base_url=service.url) as client:
             for clinic in ("north", "south", "east"):
                 flow = expected.flows[clinic]
@@ -281,8 +358,13 @@ async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
 
                 async def matches(clinic: str = clinic, want: dict[str, Any] = want) -> Any:
                     board = await get_board(client, clinic, NURSE)
-                    return board if board and board["counts"] == want["counts"] and \
-                        board["waiting"] == want["waiting"] else None
+                    return (
+                        board
+                        if board
+                        and board["counts"] == want["counts"]
+                        and board["waiting"] == want["waiting"]
+                        else None
+                    )
 
                 board = await eventually(matches, timeout=30)
                 assert board["counts"] == {"checked_out": 57}
