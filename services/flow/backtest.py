@@ -1,0 +1,556 @@
+"""``clinicflow backtest``: score wait estimates against a visit log, as
+../shared/replay-format.md says, and compare them with the rolling average.
+
+Scoring, precisely:
+
+* Every visit that was roomed (and whose arrival is in the log) is sampled at
+  its arrival and every 5 minutes after while it waits: t = arrival + k*5 min
+  for every t < roomed. A visit roomed at the instant it arrived has no
+  sample.
+* At a sample, the visit's current estimate is the latest one with
+  ``ts <= t`` (for equal ``ts``, the later line). It is aged:
+  predicted = max(0, wait_minutes - (t - ts)); ``low`` and ``high`` age
+  alike. True = roomed - t, in minutes.
+* A sample with no estimate yet is a *missing estimate*: counted, scored as
+  a prediction of 0 minutes, and not covered (a missing estimate is not free).
+* Rolling average on the same samples: the mean of the last 5 finished
+  arrival-to-roomed waits at the visit's clinic (finished: roomed at or
+  before t, ordered by rooming time), minus the time already waited, clipped
+  at 0. Before any wait at the clinic has finished it predicts 0.
+* MAE = mean |predicted - true| in minutes; ratio = estimator MAE / rolling
+  average MAE (below 1.0 beats the rolling average); coverage = share of
+  samples with low <= true <= high. Per clinic and overall (overall pools
+  every sample, so a busy clinic weighs more than a quiet one).
+
+Estimates carry no clinic, so visit ids must be unique within a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import IO, Any
+
+import orjson
+
+SAMPLE_EVERY_SECONDS = 5 * 60
+ROLLING_WINDOW = 5  # finished waits in the rolling average
+
+Replay = Callable[[Iterable[dict[str, Any]]], Iterator[dict[str, Any]]]
+ErrorReport = Callable[[int, str], None]
+
+
+@dataclass(frozen=True)
+class Score:
+    """Sums over the samples scored; the averages are derived from them.
+
+    ``clinics`` breaks the overall score down per clinic (empty on the
+    per-clinic scores themselves).
+    """
+
+    samples: int = 0
+    visits: int = 0  # roomed visits with at least one sample
+    missing_estimates: int = 0
+    covered_samples: int = 0
+    estimator_error_minutes: float = 0.0  # sum of |predicted - true|
+    baseline_error_minutes: float = 0.0
+    clinics: dict[str, Score] = field(default_factory=dict)
+
+    @property
+    def estimator_mae(self) -> float | None:
+        return self.estimator_error_minutes / self.samples if self.samples else None
+
+    @property
+    def baseline_mae(self) -> float | None:
+        return self.baseline_error_minutes / self.samples if self.samples else None
+
+    @property
+    def ratio(self) -> float | None:
+        """Estimator MAE / rolling-average MAE; None when the baseline made no error."""
+        if not self.samples or self.baseline_error_minutes == 0:
+            return None
+        return self.estimator_error_minutes / self.baseline_error_minutes
+
+    @property
+    def coverage(self) -> float | None:
+        return self.covered_samples / self.samples if self.samples else None
+
+    def __add__(self, other: Score) -> Score:
+        clinics = dict(self.clinics)
+        for clinic_id, score in other.clinics.items():
+            clinics[clinic_id] = clinics[clinic_id] + score if clinic_id in clinics else score
+        return Score(
+            samples=self.samples + other.samples,
+            visits=self.visits + other.visits,
+            missing_estimates=self.missing_estimates + other.missing_estimates,
+            covered_samples=self.covered_samples + other.covered_samples,
+            estimator_error_minutes=self.estimator_error_minutes + other.estimator_error_minutes,
+            baseline_error_minutes=self.baseline_error_minutes + other.baseline_error_minutes,
+            clinics=clinics,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers, rounded for reading."""
+        return {
+            "estimator_mae": _round(self.estimator_mae),
+            "rolling_average_mae": _round(self.baseline_mae),
+            "ratio": _round(self.ratio, 3),
+            "coverage": _round(self.coverage, 3),
+            "samples": self.samples,
+            "visits": self.visits,
+            "missing_estimates": self.missing_estimates,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Overall summary plus one summary per clinic."""
+        return {**self.summary(),
+                "clinics": {c: s.summary() for c, s in sorted(self.clinics.items())}}
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _instant(value: Any) -> float:
+    """Seconds since the epoch of an ISO-8601 timestamp with a UTC offset."""
+    if not isinstance(value, str):
+        raise ValueError(f"timestamp must be a string, not {value!r}")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp has no UTC offset: {value!r}")
+    return parsed.timestamp()
+
+
+@dataclass(slots=True)
+class _Waited:
+    clinic_id: str
+    arrived: float
+    roomed: float | None = None
+
+
+def _read_visits(log_events: Iterable[dict[str, Any]], on_error: ErrorReport | None,
+                 ) -> dict[str, _Waited]:
+    """Arrival and first rooming of every visit in the log (other events are not needed)."""
+    visits: dict[str, _Waited] = {}
+    for number, event in enumerate(log_events, start=1):
+        kind = event.get("type") if isinstance(event, dict) else None
+        if kind not in ("arrival", "roomed"):
+            continue
+        try:
+            at = _instant(event["ts"])
+            visit_id = str(event["visit_id"])
+            if kind == "arrival":
+                if visit_id not in visits:
+                    visits[visit_id] = _Waited(str(event["clinic_id"]), at)
+            else:
+                visit = visits.get(visit_id)
+                if visit is not None and visit.roomed is None and at >= visit.arrived:
+                    visit.roomed = at
+        except (KeyError, ValueError) as exc:
+            if on_error is not None:
+                on_error(number, f"log: {kind} line unusable: {exc}")
+    return visits
+
+
+def _read_estimates(estimates: Iterable[dict[str, Any]], on_error: ErrorReport | None,
+                    ) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Each visit's estimates as (made at, wait, low, high), in time order (stable)."""
+    by_visit: dict[str, list[tuple[float, int, float, float, float]]] = {}
+    for number, estimate in enumerate(estimates, start=1):
+        try:
+            row = (_instant(estimate["ts"]), number, float(estimate["wait_minutes"]),
+                   float(estimate["low"]), float(estimate["high"]))
+            by_visit.setdefault(str(estimate["visit_id"]), []).append(row)
+        except (KeyError, ValueError, TypeError) as exc:
+            if on_error is not None:
+                on_error(number, f"estimates: line unusable: {exc!r}")
+    return {visit_id: [(e[0], e[2], e[3], e[4]) for e in sorted(rows)]
+            for visit_id, rows in by_visit.items()}
+
+
+class _RollingAverage:
+    """The mean of the last finished waits at one clinic, as of any time."""
+
+    def __init__(self, finished: list[tuple[float, float]]) -> None:
+        finished.sort(key=lambda f: f[0])  # by rooming time; ties keep log order
+        self.roomed_at = [f[0] for f in finished]
+        waits = [f[1] for f in finished]
+        self.means = [0.0] + [
+            sum(waits[max(0, i - ROLLING_WINDOW):i]) / min(i, ROLLING_WINDOW)
+            for i in range(1, len(waits) + 1)
+        ]
+
+    def predict(self, at: float, waited: float) -> float:
+        """Minutes still to wait, as the rolling average would show at ``at``."""
+        finished = bisect.bisect_right(self.roomed_at, at)
+        if finished == 0:
+            return 0.0
+        return max(0.0, self.means[finished] - waited)
+
+
+def score(
+    log_events: Iterable[dict[str, Any]],
+    estimates: Iterable[dict[str, Any]],
+    on_error: ErrorReport | None = None,
+) -> Score:
+    """Score ``estimates`` (replay output dicts) against the visit log's true roomings.
+
+    ``on_error(number, reason)`` hears of log or estimate records that cannot
+    be used (they are skipped). Returns the overall score with per-clinic ones.
+    """
+    visits = _read_visits(log_events, on_error)
+    by_visit = _read_estimates(estimates, on_error)
+    finished: dict[str, list[tuple[float, float]]] = {}
+    for visit in visits.values():
+        if visit.roomed is not None:
+            finished.setdefault(visit.clinic_id, []).append(
+                (visit.roomed, (visit.roomed - visit.arrived) / 60.0))
+    rolling = {clinic_id: _RollingAverage(waits) for clinic_id, waits in finished.items()}
+
+    tallies: dict[str, list[float]] = {}  # clinic -> [samples, visits, missing, covered, est, base]
+    for visit_id, visit in visits.items():
+        if visit.roomed is None or visit.roomed <= visit.arrived:
+            continue
+        tally = tallies.setdefault(visit.clinic_id, [0, 0, 0, 0, 0.0, 0.0])
+        tally[1] += 1
+        own = by_visit.get(visit_id, [])
+        made_at = [e[0] for e in own]
+        baseline = rolling[visit.clinic_id]
+        at = visit.arrived
+        while at < visit.roomed:
+            true = (visit.roomed - at) / 60.0
+            latest = bisect.bisect_right(made_at, at) - 1
+            tally[0] += 1
+            if latest < 0:
+                tally[2] += 1
+                predicted = 0.0
+            else:
+                ts, wait, low, high = own[latest]
+                age = (at - ts) / 60.0
+                predicted = max(0.0, wait - age)
+                if max(0.0, low - age) <= true <= max(0.0, high - age):
+                    tally[3] += 1
+            tally[4] += abs(predicted - true)
+            tally[5] += abs(baseline.predict(at, (at - visit.arrived) / 60.0) - true)
+            at += SAMPLE_EVERY_SECONDS
+
+    clinics = {
+        clinic_id: Score(samples=int(t[0]), visits=int(t[1]), missing_estimates=int(t[2]),
+                         covered_samples=int(t[3]), estimator_error_minutes=t[4],
+                         baseline_error_minutes=t[5])
+        for clinic_id, t in sorted(tallies.items())
+    }
+    overall = sum(clinics.values(), Score())
+    return Score(overall.samples, overall.visits, overall.missing_estimates,
+                 overall.covered_samples, overall.estimator_error_minutes,
+                 overall.baseline_error_minutes, clinics)
+
+
+def rolling_average_estimates(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """What a clinic's rolling-average board would show, in the replay output format.
+
+    At each arrival, and for every waiting visit whenever a rooming changes the
+    clinic's average: the mean of the last 5 finished waits minus the time
+    already waited (0 before any wait has finished), with the range of those
+    waits as the interval. It has ``replay_events``' signature, so it can
+    stand in for the estimator (its ratio is then about 1.0).
+    """
+    waiting: dict[str, dict[str, float]] = {}  # clinic -> visit -> arrived at
+    recent: dict[str, deque[float]] = {}
+
+    def estimate(ts: str, visit_id: str, waited: float, waits: deque[float]) -> dict[str, Any]:
+        if not waits:
+            return {"ts": ts, "visit_id": visit_id, "wait_minutes": 0.0, "low": 0.0, "high": 0.0}
+        mean = sum(waits) / len(waits)
+        return {"ts": ts, "visit_id": visit_id, "wait_minutes": max(0.0, mean - waited),
+                "low": max(0.0, min(waits) - waited), "high": max(0.0, max(waits) - waited)}
+
+    for record in records:
+        kind = record.get("type")
+        if kind not in ("arrival", "roomed", "cancel"):
+            continue
+        try:
+            clinic_id, visit_id = str(record["clinic_id"]), str(record["visit_id"])
+            ts = record["ts"]
+            at = _instant(ts)
+        except (KeyError, ValueError):
+            continue
+        queue = waiting.setdefault(clinic_id, {})
+        waits = recent.setdefault(clinic_id, deque(maxlen=ROLLING_WINDOW))
+        if kind == "arrival" and visit_id not in queue:
+            queue[visit_id] = at
+            yield estimate(ts, visit_id, 0.0, waits)
+        elif kind == "cancel":
+            queue.pop(visit_id, None)
+        elif kind == "roomed" and visit_id in queue:
+            waits.append((at - queue.pop(visit_id)) / 60.0)
+            for other, arrived in queue.items():
+                yield estimate(ts, other, (at - arrived) / 60.0, waits)
+
+
+# -------------------------------------------------------------- scenario runs
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """One scenario shape scored over several seeds: pooled, and seed by seed."""
+
+    scenario: str
+    score: Score
+    seed_scores: dict[int, Score]
+
+    def seed_ratio_range(self) -> tuple[float, float] | None:
+        ratios = [r for s in self.seed_scores.values() if (r := s.ratio) is not None]
+        return (min(ratios), max(ratios)) if ratios else None
+
+
+def _default_replay() -> Replay:
+    from services.flow.replay import replay_events
+
+    return replay_events
+
+
+def run_scenarios(
+    scenarios: Iterable[str],
+    seeds: Iterable[int],
+    replay: Replay | None = None,
+    day: date | None = None,
+) -> list[ScenarioResult]:
+    """For each scenario shape and seed: simulate a day, replay it, score it.
+
+    ``replay`` defaults to the live estimator's ``replay_events``; pass
+    ``rolling_average_estimates`` (or any stand-in) to check the harness.
+    """
+    from services.flow.simulate import DEFAULT_DATE, simulate_day
+
+    run_replay = replay if replay is not None else _default_replay()
+    seed_list = list(seeds)
+    results = []
+    for name in scenarios:
+        per_seed: dict[int, Score] = {}
+        for seed in seed_list:
+            simulated = simulate_day(name, seed, clinic_id=f"{name}-{seed}",
+                                     date=day or DEFAULT_DATE)
+            # the replay gets its own copies: the log is scored afterwards
+            estimates = list(run_replay(dict(e) for e in simulated.events))
+            per_seed[seed] = score(simulated.events, estimates)
+        pooled = sum(per_seed.values(), Score())
+        results.append(ScenarioResult(name, pooled, per_seed))
+    return results
+
+
+def mean_ratio(results: Iterable[ScenarioResult]) -> float | None:
+    """The plain mean of the scenario shapes' ratios (each shape counts once)."""
+    ratios = [r for result in results if (r := result.score.ratio) is not None]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def scenario_table(results: list[ScenarioResult]) -> list[list[str]]:
+    """Header and rows: one per scenario shape."""
+    rows = [["scenario", "estimator MAE", "rolling-average MAE", "ratio", "ratio by seed",
+             "coverage", "samples", "missing"]]
+    for result in results:
+        s = result.score
+        spread = result.seed_ratio_range()
+        rows.append([
+            result.scenario, _number(s.estimator_mae), _number(s.baseline_mae),
+            _number(s.ratio, 3),
+            "-" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}",
+            _number(s.coverage, 3), str(s.samples), str(s.missing_estimates),
+        ])
+    return rows
+
+
+def clinic_table(result: Score) -> list[list[str]]:
+    rows = [["clinic", "estimator MAE", "rolling-average MAE", "ratio", "coverage",
+             "samples", "missing"]]
+    for name, s in [*sorted(result.clinics.items()), ("overall", result)]:
+        rows.append([name, _number(s.estimator_mae), _number(s.baseline_mae),
+                     _number(s.ratio, 3), _number(s.coverage, 3), str(s.samples),
+                     str(s.missing_estimates)])
+    return rows
+
+
+def format_text(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+def markdown_report(results: list[ScenarioResult], seeds: list[int], command: str) -> str:
+    """docs/backtest.md: the scenario table with how it was made and how to read it."""
+    mean = mean_ratio(results)
+    seed_text = (f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1
+                 else f"seed {seeds[0]}") if seeds else "no seeds"
+    return "\n".join([
+        "# Backtest: wait estimator against the rolling average",
+        "",
+        "Generated by the command below; run it again after changing the estimator or",
+        "the simulator rather than editing this file.",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Each scenario shape of `clinicflow simulate` is simulated for {seed_text},",
+        "replayed through the live estimator (`services.flow.replay.replay_events`) and scored as",
+        "`shared/replay-format.md` says: every roomed visit is sampled at arrival and every",
+        "5 minutes while it waits; the latest estimate, aged by the clock, is compared with",
+        "the true remaining wait. The rolling average predicts the mean of the clinic's last",
+        "5 finished waits minus the time already waited (0 before any wait has finished).",
+        "",
+        "- **ratio** = estimator MAE / rolling-average MAE, samples of all seeds pooled;"
+        " below 1.0 beats the rolling average. **ratio by seed** is the range over seeds.",
+        "- **coverage** = share of samples whose true remaining wait lies in the aged"
+        " [low, high] interval (aim: 0.80).",
+        "- **missing** = samples with no estimate yet (scored as a prediction of 0).",
+        "- MAE in minutes.",
+        "",
+        format_markdown(scenario_table(results)),
+        "",
+        f"Mean ratio across shapes: **{_number(mean, 3)}**.",
+        "",
+        "The shapes (`clinicflow simulate --list`):",
+        "",
+        *_shape_lines(),
+        "",
+    ])
+
+
+def _shape_lines() -> list[str]:
+    from services.flow.simulate import SCENARIOS
+
+    return [f"- `{name}`: {shape.description}." for name, shape in SCENARIOS.items()]
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def _read_jsonl(path: str, report: Callable[[str], None]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    stream: IO[bytes]
+    with (sys.stdin.buffer if path == "-" else open(path, "rb")) as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                report(f"{path}:{number}: not valid JSON ({exc}); line skipped")
+                continue
+            if not isinstance(record, dict):
+                report(f"{path}:{number}: not a JSON object; line skipped")
+                continue
+            records.append(record)
+    return records
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _run_files(args: argparse.Namespace) -> int:
+    try:
+        log = _read_jsonl(args.log, _warn)
+        estimates = _read_jsonl(args.estimates, _warn)
+    except OSError as exc:
+        print(f"clinicflow backtest: cannot read {exc.filename}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    # record numbers below count JSON objects read, in each file
+    result = score(log, estimates, on_error=lambda n, reason: _warn(f"record {n}: {reason}"))
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2)
+                                + b"\n")
+    else:
+        print(format_text(clinic_table(result)))
+    return 0
+
+
+def _run_scenarios(args: argparse.Namespace) -> int:
+    from services.flow.simulate import SCENARIO_NAMES
+
+    names = (list(SCENARIO_NAMES) if args.scenarios == "all"
+             else [n.strip() for n in args.scenarios.split(",") if n.strip()])
+    unknown = [n for n in names if n not in SCENARIO_NAMES]
+    if unknown or not names:
+        print(f"clinicflow backtest: unknown scenario {', '.join(unknown) or '(none)'}; "
+              f"known: {', '.join(SCENARIO_NAMES)} or all", file=sys.stderr)
+        return 2
+    if args.seeds < 1:
+        print("clinicflow backtest: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    seeds = list(range(1, args.seeds + 1))
+    results = run_scenarios(names, seeds)
+    mean = mean_ratio(results)
+    if args.json:
+        payload = {"seeds": seeds, "mean_ratio": _round(mean, 3),
+                   "scenarios": {r.scenario: {**r.score.summary(),
+                                              "seeds": {str(k): v.summary()
+                                                        for k, v in r.seed_scores.items()}}
+                                 for r in results}}
+        sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print(format_text(scenario_table(results)))
+        print(f"\nmean ratio across shapes: {_number(mean, 3)}")
+    if args.markdown:
+        command = f"clinicflow backtest --scenarios {args.scenarios} --seeds {args.seeds} " \
+                  f"--markdown {args.markdown}"
+        try:
+            with open(args.markdown, "w", encoding="utf-8") as out:
+                out.write(markdown_report(results, seeds, command))
+        except OSError as exc:
+            print(f"clinicflow backtest: cannot write {args.markdown}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.scenarios is not None:
+        if args.log is not None:
+            print("clinicflow backtest: give either LOG ESTIMATES or --scenarios, not both",
+                  file=sys.stderr)
+            return 2
+        return _run_scenarios(args)
+    if args.log is None or args.estimates is None:
+        print("clinicflow backtest: needs LOG.jsonl ESTIMATES.jsonl, or --scenarios",
+              file=sys.stderr)
+        return 2
+    return _run_files(args)
+
+
+def add_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "backtest", help="score wait estimates against a visit log, or across simulated days",
+        description="Score replay estimates against a visit log (MAE, ratio to the rolling "
+        "average, interval coverage), or simulate every scenario shape and score the "
+        "live estimator on them.",
+    )
+    parser.add_argument("log", nargs="?", help="visit log, JSON Lines ('-' for stdin)")
+    parser.add_argument("estimates", nargs="?", help="replay output, JSON Lines")
+    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    parser.add_argument("--scenarios", help="'all' or a comma-separated list of scenario shapes")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 1..N per shape (default 5)")
+    parser.add_argument("--markdown", help="also write the scenario table as Markdown here")
+    parser.set_defaults(func=run)
