@@ -23,6 +23,7 @@ No names, birth dates or phone numbers: patients appear only as pseudonymous
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -226,10 +227,9 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
-class Event(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Event:
     """An envelope together with its validated payload."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     envelope: Envelope
     payload: Payload
@@ -286,14 +286,13 @@ def decode(raw: bytes | str) -> Event:
     or the payload fails validation. Old versions are upcast first.
     """
     try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise InvalidEvent("event is not a JSON object")
-    try:
-        envelope = Envelope.model_validate(document)
+        envelope = Envelope.model_validate_json(raw)
     except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "json_invalid":
+            raise InvalidEvent(f"not valid JSON: {error['msg']}") from None
+        if error["type"] == "model_type":
+            raise InvalidEvent("event is not a JSON object") from None
         raise InvalidEvent(f"bad envelope: {_first_error(exc)}") from None
     key = (envelope.event_type, envelope.schema_version)
     data = envelope.data

@@ -380,7 +380,8 @@ class Clinic:
             if before is None:
                 self.visits.pop(visit_id, None)
             else:
-                restored = copy.deepcopy(before)
+                restored = _copy_visit(before)
+                assert restored is not None
                 restored.history.append((f"undo:{record.kind}", at))
                 self.visits[visit_id] = restored
                 self._closed_set.discard(visit_id)
@@ -388,7 +389,7 @@ class Clinic:
             if room_before is None:
                 self.rooms.pop(room_id, None)
             else:
-                self.rooms[room_id] = copy.copy(room_before)
+                self.rooms[room_id] = _copy_room(room_before)  # type: ignore[assignment]
         if record.delays is not None:
             for provider_id, delay_before in record.delays.items():
                 if delay_before is None:
@@ -439,8 +440,8 @@ class Clinic:
         return _UndoRecord(
             event_id=event_id,
             kind=kind,
-            visits={v: copy.deepcopy(self.visits.get(v)) for v in visits},
-            rooms={r: copy.copy(self.rooms.get(r)) for r in rooms},
+            visits={v: _copy_visit(self.visits.get(v)) for v in visits},
+            rooms={r: _copy_room(self.rooms.get(r)) for r in rooms},
             delays={p: copy.copy(self.delays.get(p)) for p in delays} if delays is not None
             else None,
             visit_marks={},
@@ -461,6 +462,22 @@ class Clinic:
             if room is not None:
                 record.room_marks[room_id] = room.since
         self._undo.append(record)
+
+
+def _copy_visit(visit: Visit | None) -> Visit | None:
+    """A copy that shares nothing mutable with the original (cheaper than deepcopy)."""
+    if visit is None:
+        return None
+    return Visit(visit.visit_id, visit.ticket_code, visit.provider_id, visit.visit_type,
+                 visit.priority, visit.scheduled_at, visit.arrived_at, visit.status,
+                 visit.room_id, visit.roomed_at, visit.provider_in_at, visit.ended_at,
+                 list(visit.history))
+
+
+def _copy_room(room: Room | None) -> Room | None:
+    if room is None:
+        return None
+    return Room(room.room_id, room.state, room.since, room.visit_id)
 
 
 def _minutes(delta: timedelta) -> float:
