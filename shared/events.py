@@ -23,8 +23,8 @@ No names, birth dates or phone numbers: patients appear only as pseudonymous
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
