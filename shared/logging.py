@@ -22,7 +22,11 @@ PHI_KEYS = frozenset(
         "email", "address", "member_id", "ssn", "initials", "contact",
     }
 )  # fmt: skip
-_PHONE = re.compile(r"(?<![\w-])\+?\d[\d\s().-]{7,}\d(?![\w-])")
+# 10+ digit phone numbers in the usual shapes (555-123-4567, (555) 123 4567, +1 555...);
+# IP addresses, ports and ISO timestamps do not match.
+_PHONE = re.compile(
+    r"(?<![\w.:/-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-]?)\d{3}[\s.-]?\d{4}(?![\w.:/-])"
+)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _DATE = re.compile(r"\b(?:19|20)\d\d-[01]\d-[0-3]\d\b(?!T)|\b[01]?\d/[0-3]?\d/(?:19|20)\d\d\b")
 REDACTED = "[redacted]"

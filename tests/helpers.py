@@ -110,14 +110,8 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 10.0,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer.stop()
-            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                        auto_offset_reset="earliest")
-            await consumer.start()
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
+        await consumer._client.force_metadata_update()  # learn every topic, not only ours
+        partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -125,7 +119,8 @@ async def read_topic(bootstrap: str, topic: str, *, timeout: float = 10.0,
         records: list[Any] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            done = all(await consumer.position(tp) >= end[tp] for tp in tps)
+            positions = [await consumer.position(tp) for tp in tps]
+            done = all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True))
             if done and (expect is None or len(records) >= expect):
                 break
             if done and expect is not None:

@@ -106,7 +106,10 @@ class FloorConsumer:
                         partition=tp.partition,
                     )
                     if kafka is not None:
-                        await kafka.seek_to_beginning(tp)
+                        # an explicit position: a reset request could lose the race with
+                        # the group's committed offset, which must not decide here
+                        beginning = await kafka.beginning_offsets([tp])
+                        kafka.seek(tp, beginning[tp])
                 else:
                     self.processor.applied[(tp.topic, tp.partition)] = offset
                     if kafka is not None:

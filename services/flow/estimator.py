@@ -60,7 +60,7 @@ SCALE_MINUTES = 5.0  # errors are relative to (estimate + SCALE)
 ERROR_WINDOW = 400
 SAMPLE_EVERY = timedelta(minutes=5)
 # A prior spread of relative errors (about +-50%), displaced as real errors arrive.
-PRIOR_ERRORS = (-0.55, -0.4, -0.28, -0.18, -0.08, 0.0, 0.08, 0.2, 0.35, 0.55, 0.8, 1.1)
+PRIOR_ERRORS = (-0.45, -0.25, -0.1, 0.0, 0.15, 0.35, 0.6, 0.9)
 EARLY_ROOMING_PRIOR_MINUTES = -10.0
 HORIZON_GUARD = 500  # never simulate more patients than this ahead (pathological queues)
 POOL_LEARNING_ROOMINGS = 6  # roomings before a provider's usual rooms are trusted as a pool
@@ -306,15 +306,29 @@ class WaitEstimator:
             centre = min(max(centre, low), high)
             estimates.append(Estimate(visit.visit_id, now, round(centre, 1), round(low, 1),
                                       round(high, 1), position, minutes))
+        return estimates
+
+    def record(self, clinic: Clinic, now: datetime) -> None:
+        """Keep the look-ahead each waiting visit is given now, to learn from at rooming.
+
+        Called at fixed points of the day's own events (each arrival and every
+        five minutes of clinic time), never at the whim of batching, so what is
+        learned depends only on the floor's history: a replay, a rebuild and the
+        live service learn exactly the same.
+        """
+        waiting = clinic.waiting()
+        if not waiting:
+            return
+        raw = self._look_ahead(clinic, waiting, now)
+        for visit in waiting:
+            minutes = raw[visit.visit_id]
             history = self._histories.get(visit.visit_id)
             if history is None:
                 history = self._histories[visit.visit_id] = _History(visit.arrived_at)
-            if not history.estimates or history.estimates[-1][1] != minutes:
-                if history.estimates and history.estimates[-1][0] == now:
-                    history.estimates[-1] = (now, minutes)
-                elif len(history.estimates) < 200:
-                    history.estimates.append((now, minutes))
-        return estimates
+            if history.estimates and history.estimates[-1][0] == now:
+                history.estimates[-1] = (now, minutes)
+            elif len(history.estimates) < 200:
+                history.estimates.append((now, minutes))
 
     def _look_ahead(self, clinic: Clinic, waiting: list[Visit], now: datetime) -> dict[str, float]:
         """Play the floor forward with expected durations; minutes until each is roomed."""

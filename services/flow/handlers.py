@@ -11,6 +11,8 @@ from services.flow.estimator import Estimate, WaitEstimator
 from services.flow.operations import DayStats
 from shared import events as ev
 
+RECORD_EVERY_SECONDS = 120
+
 
 class ClinicFlow:
     """One clinic's floor and its estimator, kept in step."""
@@ -21,6 +23,7 @@ class ClinicFlow:
         self.day = DayStats()
         # when each provider last finished a patient (None: with a patient now)
         self.provider_free_since: dict[str | None, datetime | None] = {}
+        self.last_tick = -1  # the five-minute period the estimator last recorded in
         self.last_event_at: datetime | None = None
 
     @property
@@ -87,6 +90,10 @@ class ClinicFlow:
             self.estimator.observe_stage(stage)
         if not change.duplicate:
             self.day.observe(change, clinic, at)
+            tick = int(at.timestamp() // RECORD_EVERY_SECONDS)
+            if change.kind == "arrival" or tick != self.last_tick:
+                self.estimator.record(clinic, at)
+                self.last_tick = tick
         self.last_event_at = at
         return change
 

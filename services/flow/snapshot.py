@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from services.flow.domain import Delay, Room, RoomState, Visit, VisitStatus, _UndoRecord
-from services.flow.estimator import ProviderHabits, RunningMean, _History
+from services.flow.estimator import ProviderHabits, RoomsUsed, RunningMean, _History
 from services.flow.handlers import ClinicFlow
 from services.flow.operations import DayStats
 
@@ -105,6 +105,7 @@ def dump_flow(flow: ClinicFlow) -> dict[str, Any]:
         "v": SNAPSHOT_VERSION,
         "clinic_id": clinic.clinic_id,
         "last_event_at": _t(flow.last_event_at),
+        "last_tick": flow.last_tick,
         "visits": [_visit(v) for v in clinic.visits.values()],
         "rooms": [_room(r) for r in clinic.rooms.values()],
         "delays": [_delay(d) for d in clinic.delays.values()],
@@ -122,6 +123,7 @@ def dump_flow(flow: ClinicFlow) -> dict[str, Any]:
             "active": sorted(estimator.active_providers),
             "cleaning": _mean(estimator.cleaning),
             "habits": [[k, list(h.observed)] for k, h in estimator.habits.items()],
+            "rooms_used": {k: [sorted(u.rooms), u.count] for k, u in estimator.rooms_used.items()},
             "errors": list(estimator.errors),
             "early": list(estimator.early_rooming),
             "recent_waits": list(estimator.recent_waits),
@@ -139,6 +141,7 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
         raise ValueError(f"unknown snapshot version {document.get('v')!r}")
     flow = ClinicFlow(document["clinic_id"])
     flow.last_event_at = _dt(document["last_event_at"])
+    flow.last_tick = document["last_tick"]
     clinic = flow.clinic
     for values in document["visits"]:
         visit = _unvisit(values)
@@ -169,6 +172,8 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
     for provider, observed in est["habits"]:
         habits = estimator.habits[provider] = ProviderHabits()
         habits.observed.extend(observed)
+    estimator.rooms_used = {k: RoomsUsed(set(rooms), count)
+                            for k, (rooms, count) in est["rooms_used"].items()}
     estimator.errors = deque(est["errors"], maxlen=estimator.errors.maxlen)
     estimator.early_rooming = deque(est["early"], maxlen=estimator.early_rooming.maxlen)
     estimator.recent_waits = deque(est["recent_waits"], maxlen=5)

@@ -366,7 +366,14 @@ async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
                         else None
                     )
 
-                board = await eventually(matches, timeout=30)
+                try:
+                    board = await eventually(matches, timeout=30)
+                except AssertionError:
+                    got = await get_board(client, clinic, NURSE)
+                    print("GOT", got and got["counts"], got and got["waiting"][:2])
+                    print("WANT", want["counts"], want["waiting"][:2])
+                    print((tmp_path / "flow.log").read_text()[-3000:])
+                    raise
                 assert board["counts"] == {"checked_out": 57}
                 assert board["rooms"] == want["rooms"]
     finally:
