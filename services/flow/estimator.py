@@ -221,19 +221,11 @@ class WaitEstimator:
         if history is None or visit.roomed_at is None or not history.estimates:
             return
         roomed_at = visit.roomed_at
-        sample = history.arrived_at
-        index = 0
-        estimates = history.estimates
-        while sample < roomed_at:
-            while index + 1 < len(estimates) and estimates[index + 1][0] <= sample:
-                index += 1
-            made_at, raw = estimates[index]
-            if made_at <= sample:
-                aged = max(0.0, raw - (sample - made_at).total_seconds() / 60.0)
-                true = (roomed_at - sample).total_seconds() / 60.0
-                self.errors.append((true - aged) / (aged + SCALE_MINUTES))
+        for made_at, raw in history.estimates:
+            if made_at < roomed_at:
+                true = (roomed_at - made_at).total_seconds() / 60.0
+                self.errors.append((true - raw) / (raw + SCALE_MINUTES))
                 self._quantiles = None
-            sample += SAMPLE_EVERY
 
     def forget(self, visit_id: str) -> None:
         """A visit ended without being roomed: drop its estimate history."""
@@ -393,28 +385,36 @@ class WaitEstimator:
                 room_free[room.room_id] = end + cleaning
         rooms_known = bool(clinic.rooms)
 
-        providers: set[str | None] = set(clinic.providers())
-        providers.update(p for p in in_room_until if p is not None)
-        for provider in providers:
+        provider_set: set[str | None] = set(clinic.providers())
+        provider_set.update(p for p in in_room_until if p is not None)
+        for provider in provider_set:
             provider_free[provider] = max(provider_free.get(provider, 0.0),
                                           delay_until(provider))
             in_room_until.setdefault(provider, [])
-        if not providers:
-            providers = {None}
+        if not provider_set:
+            provider_set = {None}
             provider_free.setdefault(None, delay_until(None))
             in_room_until.setdefault(None, [])
         for ends in in_room_until.values():
             ends.sort()
+        providers = tuple(sorted(provider_set, key=lambda p: (p is None, p or "")))
 
-        def rooms_for(provider: str | None) -> list[str]:
+        # per-provider facts that do not change during the look-ahead, worked out once
+        eligible_rooms: dict[str | None, list[str]] = {}
+        for provider in providers:
             usual = self.rooms_used.get(provider or "")
+            eligible: list[str] = []
             # trust a provider's usual rooms once they keep coming back to the same few
             if usual is not None and usual.count >= max(POOL_LEARNING_ROOMINGS,
                                                         3 * len(usual.rooms)):
-                eligible = [r for r in usual.rooms if r in room_free]
-                if eligible:
-                    return eligible
-            return list(room_free)
+                eligible = [r for r in room_free if r in usual.rooms]
+            eligible_rooms[provider] = eligible or list(room_free)
+        capacity_of = {
+            p: (self.habits[p].capacity() if p in self.habits else ROOMS_PER_PROVIDER_PRIOR)
+            for p in providers
+        }
+        arrives_of = {p: absent_until(p) for p in providers}
+        minutes_of: dict[tuple[str, str | None], float] = {}
 
         result: dict[str, float] = {}
         for count, visit in enumerate(waiting):
@@ -422,35 +422,46 @@ class WaitEstimator:
                 result[visit.visit_id] = result[waiting[HORIZON_GUARD - 1].visit_id]
                 continue
             not_before = clinic_until
-            if visit.scheduled_at is not None and not visit.late and visit.priority != "urgent":
+            if visit.scheduled_at is not None and visit.priority != "urgent" and not visit.late:
                 not_before = max(not_before, -since(visit.scheduled_at) + earliest)
-            candidates = [visit.provider_id] if visit.provider_id is not None else list(providers)
-            best: tuple[float, str | None, str | None] | None = None
+            candidates = (visit.provider_id,) if visit.provider_id is not None else providers
+            best_start = math.inf
+            best_provider: str | None = None
+            best_room: str | None = None
             for provider in candidates:
-                ends = in_room_until.setdefault(provider, [])
-                habits = self.habits.get(provider)
-                capacity = habits.capacity() if habits else ROOMS_PER_PROVIDER_PRIOR
+                ends = in_room_until.get(provider)
+                if ends is None:
+                    ends = in_room_until[provider] = []
+                capacity = capacity_of.get(provider, ROOMS_PER_PROVIDER_PRIOR)
                 # the provider can take one more into a room once enough of theirs have left
-                busy = [e for e in ends if e > 0.0]
-                start = 0.0 if len(busy) < capacity else busy[len(busy) - capacity]
-                arrives = absent_until(provider)
+                first_busy = bisect.bisect_right(ends, 0.0)
+                busy = len(ends) - first_busy
+                start = 0.0 if busy < capacity else ends[len(ends) - capacity]
+                arrives = arrives_of.get(provider, 0.0)
                 if arrives > 0.0 and busy and start < arrives:
                     start = arrives  # one patient is roomed ahead of a provider not in yet
-                start = max(start, not_before)
+                if not_before > start:
+                    start = not_before
                 room_id: str | None = None
                 if rooms_known:
-                    eligible = rooms_for(provider)
-                    if eligible:
-                        first_free = min(room_free[r] for r in eligible)
-                        start = max(start, first_free)
-                        # take the latest room already free by then, leaving earlier ones
-                        room_id = max((r for r in eligible if room_free[r] <= start),
-                                      key=lambda r: room_free[r])
-                if best is None or start < best[0]:
-                    best = (start, provider, room_id)
-            assert best is not None
-            start, provider, room_id = best
-            visit_minutes = self.expected_visit_minutes(visit.visit_type, provider)
+                    eligible = eligible_rooms.get(provider) or list(room_free)
+                    first_free = min(room_free[r] for r in eligible)
+                    if first_free > start:
+                        start = first_free
+                    # take the latest room already free by then, leaving earlier ones
+                    latest = -math.inf
+                    for r in eligible:
+                        free = room_free[r]
+                        if latest < free <= start:
+                            latest, room_id = free, r
+                if start < best_start:
+                    best_start, best_provider, best_room = start, provider, room_id
+            start, provider, room_id = best_start, best_provider, best_room
+            key = (visit.visit_type, provider)
+            visit_minutes = minutes_of.get(key)
+            if visit_minutes is None:
+                visit_minutes = minutes_of[key] = self.expected_visit_minutes(
+                    visit.visit_type, provider)
             begin = max(start + intake, provider_free.get(provider, 0.0) + handover)
             end = begin + visit_minutes
             provider_free[provider] = end

@@ -11,7 +11,7 @@ from services.flow.estimator import Estimate, WaitEstimator
 from services.flow.operations import DayStats
 from shared import events as ev
 
-RECORD_EVERY_SECONDS = 120
+RECORD_EVERY_SECONDS = 300
 
 
 class ClinicFlow:
@@ -91,7 +91,7 @@ class ClinicFlow:
         if not change.duplicate:
             self.day.observe(change, clinic, at)
             tick = int(at.timestamp() // RECORD_EVERY_SECONDS)
-            if change.kind == "arrival" or tick != self.last_tick:
+            if tick != self.last_tick:
                 self.estimator.record(clinic, at)
                 self.last_tick = tick
         self.last_event_at = at
