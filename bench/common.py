@@ -22,7 +22,7 @@ def floor_records(clinics: int, seed: int = 1, days: int = 1) -> list[tuple[byte
         simulated = simulate_clinics("all", seed + day, clinics)
         tickets: dict[str, int] = {}
 
-        def ticket_for(clinic: str, _visit: str) -> str:
+        def ticket_for(clinic: str, _visit: str, tickets: dict[str, int] = tickets) -> str:
             tickets[clinic] = tickets.get(clinic, 0) + 1
             return f"A-{tickets[clinic] % 10000}"
 

@@ -429,9 +429,7 @@ class WaitEstimator:
             best_provider: str | None = None
             best_room: str | None = None
             for provider in candidates:
-                ends = in_room_until.get(provider)
-                if ends is None:
-                    ends = in_room_until[provider] = []
+                ends = in_room_until.setdefault(provider, [])
                 capacity = capacity_of.get(provider, ROOMS_PER_PROVIDER_PRIOR)
                 # the provider can take one more into a room once enough of theirs have left
                 first_busy = bisect.bisect_right(ends, 0.0)
@@ -458,10 +456,9 @@ class WaitEstimator:
                     best_start, best_provider, best_room = start, provider, room_id
             start, provider, room_id = best_start, best_provider, best_room
             key = (visit.visit_type, provider)
-            visit_minutes = minutes_of.get(key)
-            if visit_minutes is None:
-                visit_minutes = minutes_of[key] = self.expected_visit_minutes(
-                    visit.visit_type, provider)
+            if key not in minutes_of:
+                minutes_of[key] = self.expected_visit_minutes(visit.visit_type, provider)
+            visit_minutes = minutes_of[key]
             begin = max(start + intake, provider_free.get(provider, 0.0) + handover)
             end = begin + visit_minutes
             provider_free[provider] = end
