@@ -68,9 +68,17 @@ def create_app(settings: FlowSettings) -> FastAPI:
             with contextlib.suppress(Exception):
                 await consumer.refresh_boards()
 
+    async def checkpoint_when_idle() -> None:
+        # a burst followed by silence must not leave its tail out of the checkpoint
+        while True:
+            await asyncio.sleep(settings.flow_checkpoint_seconds)
+            with contextlib.suppress(Exception):
+                await consumer.flush()
+
     async def start() -> None:
         await hub.start()
         ticker.append(asyncio.create_task(tick(), name="flow-ticker"))
+        ticker.append(asyncio.create_task(checkpoint_when_idle(), name="flow-checkpointer"))
 
     async def stop() -> None:
         for task in ticker:

@@ -200,7 +200,9 @@ class FloorConsumer:
             self._after_checkpoint()
 
     async def flush(self) -> None:
-        """Checkpoint now (on shutdown, and by the periodic ticker)."""
+        """Checkpoint what is pending now (on shutdown, and when the topic goes quiet)."""
+        if not self._pending_offsets:
+            return
         async with self.lock:
             await self._checkpoint(force=True)
 

@@ -1,0 +1,329 @@
+"""Flow benchmarks: throughput against a bare consumer, event-to-screen latency,
+recovery after a Redis flush, memory as history grows. Results are data: nothing
+here asserts a time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.asyncio import Redis
+
+from bench.common import floor_records, preload
+from shared import events as ev
+from shared.admin import ensure_topics
+from tests.helpers import ServiceProcess
+
+FLOOR = "clinicflow.floor.v1"
+
+
+def _env(bootstrap: str, redis_url: str, prefix: str, **extra: Any) -> dict[str, str]:
+    env = {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": bootstrap,
+        "CLINICFLOW_REDIS_URL": redis_url,
+        "CLINICFLOW_TOPIC_PREFIX": prefix,
+        "CLINICFLOW_REDIS_PREFIX": prefix.rstrip("."),
+        "CLINICFLOW_FLOW_GROUP_ID": f"{prefix}flow",
+        "CLINICFLOW_FLOW_TICK_SECONDS": "3600",
+        "CLINICFLOW_FLOW_CHECKPOINT_SECONDS": "0.2",
+        "CLINICFLOW_LOG_LEVEL": "WARNING",
+        "CLINICFLOW_LOG_FORMAT": "json",
+    }
+    env.update({f"CLINICFLOW_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+async def _checkpointed(redis: Redis, prefix: str) -> int:
+    """Events flow has applied and checkpointed, read from its Redis checkpoint (the
+    service itself is not asked: polling it would slow down what is measured)."""
+    total = 0
+    async for key in redis.scan_iter(f"{prefix.rstrip('.')}:flow:offset:*"):
+        value = await redis.get(key)
+        if value is not None:
+            total += int(value) + 1
+    return total
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def bare_consumer(bootstrap: str, topic: str, expected: int) -> float:
+    """Events/s of a plain aiokafka consumer that only reads and decodes JSON."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    seen = 0
+    started = time.perf_counter()
+    try:
+        while seen < expected:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for record in records:
+                    orjson.loads(record.value)
+                    seen += 1
+    finally:
+        elapsed = time.perf_counter() - started
+        await consumer.stop()
+    return seen / elapsed
+
+
+async def flow_throughput(bootstrap: str, redis_url: str, workdir: Path,
+                          clinics: int = 500) -> dict[str, Any]:
+    """Preload a day of ``clinics`` clinics; time flow from process start to all applied,
+    and a bare consumer on the same topic in the same run."""
+    prefix = f"b{uuid.uuid4().hex[:6]}."
+    await ensure_topics(bootstrap, prefix)
+    topic = prefix + FLOOR
+    records = floor_records(clinics)
+    await preload(bootstrap, topic, records)
+    bare = await bare_consumer(bootstrap, topic, len(records))
+    service = ServiceProcess("flow", _env(bootstrap, redis_url, prefix,
+                                          flow_publish_estimates="false"),
+                             workdir / "flow-throughput.log")
+    started = time.perf_counter()
+    redis = Redis.from_url(redis_url)
+    service.start()
+    try:
+        await service.wait_ready(120)
+        ready = time.perf_counter() - started
+        while await _checkpointed(redis, prefix) < len(records):
+            await asyncio.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        assert service.process is not None
+        rss = _rss_mib(service.process.pid)
+    finally:
+        service.stop()
+        await redis.aclose()
+    rate = len(records) / elapsed
+    return {
+        "events": len(records),
+        "clinics": clinics,
+        "flow_events_per_second": round(rate),
+        "flow_seconds": round(elapsed, 2),
+        "flow_seconds_to_ready": round(ready, 2),
+        "bare_consumer_events_per_second": round(bare),
+        "bare_over_flow_ratio": round(bare / rate, 2),
+        "flow_rss_mib_after": round(rss, 1),
+    }
+
+
+async def recovery(bootstrap: str, redis_url: str, workdir: Path,
+                   clinics: int = 600) -> dict[str, Any]:
+    """Rebuild time after Redis is flushed, and kill -9 to correct boards again."""
+    prefix = f"r{uuid.uuid4().hex[:6]}."
+    await ensure_topics(bootstrap, prefix)
+    topic = prefix + FLOOR
+    records = floor_records(clinics)
+    await preload(bootstrap, topic, records)
+    env = _env(bootstrap, redis_url, prefix, flow_publish_estimates="false")
+    service = ServiceProcess("flow", env, workdir / "flow-recovery.log")
+    redis = Redis.from_url(redis_url)
+    result: dict[str, Any] = {"events": len(records), "clinics": clinics}
+    try:
+        service.start()
+        await service.wait_ready(120)
+        while await _checkpointed(redis, prefix) < len(records):
+            await asyncio.sleep(0.1)
+        probe = records[-1][0].decode()
+        async with httpx.AsyncClient() as client:
+            want = (await client.get(f"{service.url}/clinics/{probe}/board",
+                                     headers={"Authorization": "Bearer dev-manager"})).json()
+        service.stop()
+        keys = [k async for k in redis.scan_iter(f"{prefix.rstrip('.')}:*")]
+        if keys:
+            await redis.delete(*keys)
+        started = time.perf_counter()
+        service.start()
+        while await _checkpointed(redis, prefix) < len(records):
+            await asyncio.sleep(0.05)
+        result["rebuild_seconds"] = round(time.perf_counter() - started, 2)
+        # kill -9 and time until the board is served right again
+        service.kill()
+        started = time.perf_counter()
+        service.start()
+        async with httpx.AsyncClient() as client:
+            while True:
+                try:
+                    got = await client.get(f"{service.url}/clinics/{probe}/board",
+                                           headers={"Authorization": "Bearer dev-manager"},
+                                           timeout=2)
+                    if got.status_code == 200 and got.json()["waiting"] == want["waiting"]:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)
+        result["kill9_to_correct_board_seconds"] = round(time.perf_counter() - started, 2)
+    finally:
+        service.stop()
+        await redis.aclose()
+    return result
+
+
+async def memory_growth(bootstrap: str, redis_url: str, workdir: Path,
+                        steps: tuple[int, ...] = (100_000, 1_000_000, 3_000_000),
+                        clinics: int = 250) -> dict[str, Any]:
+    """Resident memory of flow after successive days of history on the same clinics."""
+    prefix = f"m{uuid.uuid4().hex[:6]}."
+    await ensure_topics(bootstrap, prefix)
+    topic = prefix + FLOOR
+    service = ServiceProcess("flow", _env(bootstrap, redis_url, prefix,
+                                          flow_publish_estimates="false"),
+                             workdir / "flow-memory.log")
+    redis = Redis.from_url(redis_url)
+    service.start()
+    samples: list[dict[str, Any]] = []
+    produced = 0
+    day = 0
+    try:
+        await service.wait_ready(120)
+        assert service.process is not None
+        for target in steps:
+            while produced < target:
+                records = floor_records(clinics, seed=100 + day)
+                day += 1
+                shifted = _shift_days(records, day)
+                await preload(bootstrap, topic, shifted)
+                produced += len(shifted)
+            while await _checkpointed(redis, prefix) < produced:
+                await asyncio.sleep(0.2)
+            samples.append({"events": produced,
+                            "rss_mib": round(_rss_mib(service.process.pid), 1)})
+    finally:
+        service.stop()
+        await redis.aclose()
+    return {"clinics": clinics, "samples": samples}
+
+
+def _shift_days(records: list[tuple[bytes, bytes]], days: int) -> list[tuple[bytes, bytes]]:
+    """The same clinics on a later day: visit ids made unique, times moved on."""
+    shifted = []
+    for key, value in records:
+        document = orjson.loads(value)
+        document["event_id"] = uuid.uuid4().hex
+        occurred = datetime.fromisoformat(document["occurred_at"]) + timedelta(days=days)
+        document["occurred_at"] = occurred.isoformat()
+        data = document["data"]
+        for field in ("visit_id",):
+            if field in data:
+                data[field] = f"{data[field]}-d{days}"
+        if "scheduled_at" in data and data["scheduled_at"]:
+            scheduled = datetime.fromisoformat(data["scheduled_at"]) + timedelta(days=days)
+            data["scheduled_at"] = scheduled.isoformat()
+        shifted.append((key, orjson.dumps(document)))
+    return shifted
+
+
+async def event_to_screen(bootstrap: str, redis_url: str, workdir: Path,
+                          rates: tuple[int, ...] = (100, 500, 2000),
+                          seconds: float = 10.0, clinics: int = 50) -> dict[str, Any]:
+    """Produce floor events at fixed rates; time from producing an arrival to an SSE
+    client receiving the board that shows it."""
+    prefix = f"l{uuid.uuid4().hex[:6]}."
+    await ensure_topics(bootstrap, prefix)
+    topic = prefix + FLOOR
+    service = ServiceProcess("flow", _env(bootstrap, redis_url, prefix,
+                                          flow_publish_estimates="true"),
+                             workdir / "flow-latency.log")
+    service.start()
+    results: dict[str, Any] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
+                                enable_idempotence=True)
+    await producer.start()
+    try:
+        await service.wait_ready(120)
+        for rate in rates:
+            watched = f"watch{rate}"
+            sent_at: dict[str, float] = {}
+            latencies: list[float] = []
+            stop = asyncio.Event()
+
+            async def listen(watched: str = watched, sent_at: dict[str, float] = sent_at,
+                             latencies: list[float] = latencies,
+                             stop: asyncio.Event = stop) -> None:
+                seen: set[str] = set()
+                async with httpx.AsyncClient(timeout=None) as client, client.stream(
+                        "GET", f"{service.url}/clinics/{watched}/stream",
+                        headers={"Authorization": "Bearer dev-screen"}) as stream:
+                    async for line in stream.aiter_lines():
+                        if stop.is_set():
+                            return
+                        if not line.startswith("data: "):
+                            continue
+                        now = time.perf_counter()
+                        for waiting in orjson.loads(line[6:])["waiting"]:
+                            ticket = waiting["ticket_code"]
+                            if ticket in sent_at and ticket not in seen:
+                                seen.add(ticket)
+                                latencies.append((now - sent_at[ticket]) * 1000)
+
+            # the watched clinic must exist before the stream opens
+            await _send(producer, topic, watched, ev.RoomReady(room_id="r1"))
+            await asyncio.sleep(1.0)
+            listener = asyncio.create_task(listen())
+            await asyncio.sleep(0.5)
+            interval = 1.0 / rate
+            total = int(rate * seconds)
+            started = time.perf_counter()
+            ticket_number = 0
+            for n in range(total):
+                due = started + n * interval
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if n % max(1, rate // 20) == 0:  # 20 watched arrivals a second
+                    ticket_number = (ticket_number + 1) % 9999
+                    ticket = f"W-{ticket_number}"
+                    sent_at[ticket] = time.perf_counter()
+                    await _send(producer, topic, watched, ev.PatientArrived(
+                        visit_id=f"w{rate}-{n}", ticket_code=ticket, provider_id="dr-w",
+                        visit_type="follow_up"), wait=False)
+                else:
+                    clinic = f"load{n % clinics}"
+                    await _send(producer, topic, clinic, ev.PatientArrived(
+                        visit_id=f"l{rate}-{n}", ticket_code="L-1", provider_id="dr-l",
+                        visit_type="follow_up"), wait=False)
+            achieved = total / (time.perf_counter() - started)
+            await asyncio.sleep(2.0)
+            stop.set()
+            listener.cancel()
+            ordered = sorted(latencies)
+            results[str(rate)] = {
+                "achieved_events_per_second": round(achieved),
+                "samples": len(ordered),
+                "p50_ms": round(statistics.median(ordered), 1) if ordered else None,
+                "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1)
+                if ordered else None,
+                "max_ms": round(ordered[-1], 1) if ordered else None,
+            }
+    finally:
+        await producer.stop()
+        service.stop()
+    return results
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, clinic: str, payload: ev.Payload,
+                wait: bool = True) -> None:
+    event = ev.make_event(payload, clinic_id=clinic, source="bench",
+                          occurred_at=datetime.now(UTC))
+    future = await producer.send(topic, ev.encode(event), key=clinic.encode())
+    if wait:
+        await future
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
