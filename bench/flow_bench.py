@@ -221,7 +221,7 @@ def _shift_days(records: list[tuple[bytes, bytes]], days: int) -> list[tuple[byt
         for field in ("visit_id",):
             if field in data:
                 data[field] = f"{data[field]}-d{days}"
-        if "scheduled_at" in data and data["scheduled_at"]:
+        if data.get("scheduled_at"):
             scheduled = datetime.fromisoformat(data["scheduled_at"]) + timedelta(days=days)
             data["scheduled_at"] = scheduled.isoformat()
         shifted.append((key, orjson.dumps(document)))

@@ -15,6 +15,7 @@ import sys
 # module path -> registers one or more subcommands
 _COMMAND_MODULES = (
     "shared.stack",  # clinicflow stack up|status|down
+    "shared.devup",  # clinicflow up (make up)
     "shared.runner",  # clinicflow run checkin|flow|notifications|billing
     "shared.admin",  # clinicflow topics create|list
     "services.flow.replay",  # clinicflow replay LOG.jsonl

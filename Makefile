@@ -1,0 +1,75 @@
+# clinicflow: the two commands are `make up` and `make test`.
+# Each installs what it needs: a .venv at the repo root (Python packages from PyPI),
+# Apache Kafka's jars (Maven Central, on first use), redis-server and Chromium
+# (Debian packages, when missing and running as root).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test venv system-packages lint typecheck unit integration e2e down bench soak clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the stack and the browser tests use (installed only when missing).
+system-packages:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; fi; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	    status=$$?; if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; [ $$status = 0 ] || exit $$status; \
+	  else \
+	    echo "missing:$$missing (install them with apt-get as root)"; exit 1; \
+	  fi; \
+	fi
+
+## make up: the whole local stack, the four services and a simulated clinic day; Ctrl-C stops all
+up: venv system-packages
+	$(BIN)/clinicflow up
+
+## make test: lint, type check and every test against a real Kafka, Redis and Chromium
+test: venv system-packages lint typecheck
+	$(BIN)/pytest tests -q
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy shared services bench
+
+unit: venv
+	$(BIN)/pytest tests/unit -q
+
+integration: venv system-packages
+	$(BIN)/pytest tests/integration -q
+
+e2e: venv system-packages
+	$(BIN)/pytest tests/e2e -q
+
+down: venv
+	$(BIN)/clinicflow stack down
+
+## make bench: benchmarks (results in bench/results/ and docs/performance.md)
+bench: venv system-packages
+	$(BIN)/python -m bench
+
+## make soak: hours of a simulated clinic network with memory sampled
+soak: venv system-packages
+	$(BIN)/pytest tests/soak -q -m soak -o addopts=""
+
+clean:
+	rm -rf $(VENV) .clinicflow test-artifacts

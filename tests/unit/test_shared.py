@@ -1,0 +1,158 @@
+"""The shared library: envelope, settings, logging redaction, auth, AsyncAPI, compose."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+import structlog
+import yaml
+
+from shared import events as ev
+from shared.asyncapi import build_document
+from shared.auth import Authenticator
+from shared.logging import configure_logging
+from shared.settings import (
+    CommonSettings,
+    InsecureConfiguration,
+    NotificationsSettings,
+    hash_token,
+    parse_credentials,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_an_event_round_trips_as_plain_json_with_the_documented_envelope() -> None:
+    local = timezone(timedelta(hours=-5))
+    event = ev.make_event(
+        ev.PatientArrived(visit_id="v1", ticket_code="A-17", patient_ref="p-9f2",
+                          provider_id="dr-lee", visit_type="follow_up"),
+        clinic_id="north", source="checkin", correlation_id="v1",
+        occurred_at=datetime(2026, 3, 2, 8, 14, tzinfo=local),
+    )
+    document = orjson.loads(ev.encode(event))
+    assert set(document) == {"event_id", "event_type", "schema_version", "occurred_at",
+                             "clinic_id", "correlation_id", "source", "data"}
+    assert document["event_type"] == "patient.arrived" and document["schema_version"] == 1
+    assert document["occurred_at"] == "2026-03-02T13:14:00Z"  # UTC inside
+    back = ev.decode(ev.encode(event))
+    assert back.payload == event.payload and back.envelope == event.envelope
+
+
+def test_consumers_ignore_fields_they_do_not_know() -> None:
+    event = ev.make_event(ev.RoomReady(room_id="r1"), clinic_id="north", source="t")
+    document = orjson.loads(ev.encode(event))
+    document["added_later"] = 1
+    document["data"]["colour"] = "blue"
+    assert ev.decode(orjson.dumps(document)).payload == ev.RoomReady(room_id="r1")
+
+
+def test_an_old_version_is_upcast_before_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """room.ready v2 renamed a field: v1 events still on the topic are upcast on read."""
+    monkeypatch.delitem(ev.EVENT_TYPES, ("room.ready", 1))
+    monkeypatch.setitem(ev.EVENT_TYPES, ("room.ready", 2), ev.RoomReady)
+    monkeypatch.setitem(ev.UPCASTERS, ("room.ready", 1), lambda data: {"room_id": data["room"]})
+    raw = orjson.dumps({"event_type": "room.ready", "schema_version": 1, "clinic_id": "n",
+                        "source": "old", "data": {"room": "r7"}})
+    decoded = ev.decode(raw)
+    assert decoded.payload == ev.RoomReady(room_id="r7")
+    assert decoded.envelope.schema_version == 2
+
+
+@pytest.mark.parametrize("field", ["name", "birth_date", "phone"])
+def test_no_event_model_has_a_field_for_names_birth_dates_or_phones(field: str) -> None:
+    for model in ev.EVENT_TYPES.values():
+        assert not any(field in name for name in model.model_fields), model
+
+
+def test_production_refuses_default_or_missing_secrets() -> None:
+    with pytest.raises(InsecureConfiguration, match="CLINICFLOW_CREDENTIALS is not set"):
+        CommonSettings(env="production", redis_url="redis://:s3cret@redis:6379/0")
+    dev = json.dumps([{"name": "x", "role": "nurse", "token": "dev-nurse"}])
+    with pytest.raises(InsecureConfiguration, match="development token"):
+        CommonSettings(env="production", credentials=dev, redis_url="redis://:s@r:6379/0")
+    good = json.dumps([{"name": "x", "role": "nurse", "token": "a-long-random-token-123"}])
+    with pytest.raises(InsecureConfiguration, match="no password"):
+        CommonSettings(env="production", credentials=good)
+    with pytest.raises(InsecureConfiguration, match="SMS_HMAC_SECRET"):
+        NotificationsSettings(env="production", credentials=good,
+                              redis_url="redis://:s@r:6379/0")
+    assert CommonSettings(env="production", credentials=good,
+                          redis_url="redis://:s@r:6379/0").env == "production"
+
+
+def test_tokens_are_kept_hashed_and_matched_to_their_role_and_clinics() -> None:
+    raw = json.dumps([
+        {"name": "north nurse", "role": "nurse", "clinics": ["north"],
+         "token": "north-nurse-token-0001"},
+        {"name": "tv", "role": "screen", "token_sha256": hash_token("tv-token-000000001")},
+    ])
+    credentials = parse_credentials(raw)
+    assert all("token" not in c.model_dump() for c in credentials)
+    auth = Authenticator(credentials)
+    nurse = auth.authenticate("north-nurse-token-0001")
+    assert nurse is not None and nurse.role == "nurse"
+    assert nurse.allows_clinic("north") and not nurse.allows_clinic("south")
+    tv = auth.authenticate("tv-token-000000001")
+    assert tv is not None and tv.allows_clinic("south")
+    assert auth.authenticate("north-nurse-token-0002") is None
+
+
+def test_logs_never_show_names_birth_dates_phone_numbers_or_emails() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json")
+    handler = logging.getLogger().handlers[0]
+    handler.stream = stream  # type: ignore[attr-defined]
+    structlog.get_logger("t").info(
+        "front desk typed 555-867-5309 for jane.doe@example.org born 1984-07-12",
+        name="Jane Doe", phone="+1 555 867 5309", dob="1984-07-12", visit_id="v1",
+        url="http://127.0.0.1:8002/x", at="2026-03-02T13:14:00Z",
+    )
+    line = json.loads(stream.getvalue().strip().splitlines()[-1])
+    text = json.dumps(line)
+    for secret in ("Jane", "867", "jane.doe", "1984"):
+        assert secret not in text
+    assert line["visit_id"] == "v1" and line["url"] == "http://127.0.0.1:8002/x"
+    assert line["at"] == "2026-03-02T13:14:00Z"
+
+
+def test_the_asyncapi_document_lists_every_event_on_its_topic() -> None:
+    document = build_document()
+    floor = document["channels"]["clinicflow_floor_v1"]
+    assert "patient_arrived_v1" in floor["messages"]
+    assert floor["bindings"]["kafka"]["partitions"] == 12
+    for (event_type, version), _model in ev.EVENT_TYPES.items():
+        name = f"{event_type.replace('.', '_')}_v{version}"
+        assert name in document["components"]["messages"]
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    schema = json.loads((REPO / "tests" / "data" / "compose-spec.json").read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    jsonschema.validate(compose, schema)
+    services = compose["services"]
+    assert {"kafka", "redis", "checkin", "flow", "notifications", "billing", "prometheus",
+            "grafana"} <= set(services)
+    for name in ("checkin", "flow", "notifications", "billing"):
+        assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
+        assert "healthcheck" in services[name]
+
+
+def test_a_broken_compose_file_is_caught_by_the_schema_check() -> None:
+    schema = json.loads((REPO / "tests" / "data" / "compose-spec.json").read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    compose["services"]["flow"]["depends_on"] = {"kafka": {"condition": "whenever"}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(compose, schema)
+
+
+def test_utc_is_kept_inside() -> None:
+    event = ev.make_event(ev.RoomReady(room_id="r1"), clinic_id="n", source="t")
+    assert event.occurred_at.tzinfo == UTC
