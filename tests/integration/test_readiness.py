@@ -1,0 +1,91 @@
+"""A service whose Kafka or Redis is down says which on /readyz, keeps retrying with
+backoff (and logs it), and becomes ready by itself once the dependency is there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.admin import ensure_topics
+from shared.stack import free_port, start_redis, stop_process, wait_redis
+from tests.helpers import ServiceProcess, eventually
+
+
+async def _ready(url: str) -> Any:
+    async with httpx.AsyncClient() as client:
+        try:
+            response = await client.get(f"{url}/readyz", timeout=3)
+        except httpx.HTTPError:
+            return None
+        return response
+
+
+async def test_readyz_names_the_missing_dependency_and_the_service_recovers_by_itself(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
+) -> None:
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    redis_port = free_port()
+    env = {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CLINICFLOW_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
+        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
+        "CLINICFLOW_LOG_FORMAT": "json",
+    }
+    service = ServiceProcess("flow", env, tmp_path / "flow.log")
+    service.start()
+    redis = None
+    try:
+        async def answering() -> Any:
+            response = await _ready(service.url)
+            return response if response is not None and response.status_code == 503 else None
+
+        response = await eventually(answering, timeout=30)
+        checks = response.json()["checks"]
+        assert checks["redis"].startswith("unreachable")
+        healthz = httpx.get(f"{service.url}/healthz", timeout=3)
+        assert healthz.status_code == 200  # alive, just not ready: no crash loop
+
+        await eventually(lambda: "redis not reachable, retrying" in
+                         (tmp_path / "flow.log").read_text(), timeout=10)
+        redis = start_redis(tmp_path / "redis", redis_port)
+        await wait_redis(f"redis://127.0.0.1:{redis_port}/0", redis)
+
+        async def ready() -> Any:
+            answer = await _ready(service.url)
+            return answer if answer is not None and answer.status_code == 200 else None
+
+        ok = await eventually(ready, timeout=40)
+        assert ok.json()["checks"] == {"redis": "ok", "kafka": "ok"}
+    finally:
+        service.stop()
+        if redis is not None:
+            stop_process(redis.pid, redis.cmdline_hint)
+
+
+async def test_readyz_names_kafka_when_the_broker_is_unreachable(
+    redis_url: str, tmp_path: Path,
+) -> None:
+    env = {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        "CLINICFLOW_REDIS_URL": redis_url,
+        "CLINICFLOW_LOG_FORMAT": "json",
+    }
+    service = ServiceProcess("checkin", env, tmp_path / "checkin.log")
+    service.start()
+    try:
+        async def not_ready() -> Any:
+            response = await _ready(service.url)
+            if response is None or response.status_code != 503:
+                return None
+            return response if response.json()["checks"]["kafka"] != "connecting" else None
+
+        response = await eventually(not_ready, timeout=30)
+        assert response.json()["checks"]["redis"] == "ok"
+        assert "unreachable" in response.json()["checks"]["kafka"]
+        await eventually(lambda: "kafka not reachable, retrying" in
+                         (tmp_path / "checkin.log").read_text(), timeout=10)
+    finally:
+        service.stop()
