@@ -45,7 +45,8 @@ async def test_readyz_names_the_missing_dependency_and_the_service_recovers_by_i
         response = await eventually(answering, timeout=30)
         checks = response.json()["checks"]
         assert checks["redis"].startswith("unreachable")
-        healthz = httpx.get(f"{service.url}/healthz", timeout=3)
+        async with httpx.AsyncClient() as client:
+            healthz = await client.get(f"{service.url}/healthz", timeout=3)
         assert healthz.status_code == 200  # alive, just not ready: no crash loop
 
         await eventually(lambda: "redis not reachable, retrying" in
