@@ -84,3 +84,71 @@ async def test_an_arrival_posted_to_checkin_appears_on_flows_board_with_an_estim
     finally:
         checkin.stop()
         flow.stop()
+
+
+async def test_the_four_services_run_alone_and_a_visit_goes_from_arrival_to_checkout(
+    kafka_bootstrap: str, redis_url: str, topic_prefix: str, tmp_path: Path,
+) -> None:
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    env = {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CLINICFLOW_REDIS_URL": redis_url,
+        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
+        "CLINICFLOW_REDIS_PREFIX": topic_prefix.rstrip("."),
+        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
+        "CLINICFLOW_NOTIFICATIONS_GROUP_ID": f"{topic_prefix}notifications",
+        "CLINICFLOW_BILLING_GROUP_ID": f"{topic_prefix}billing",
+    }
+    services = {name: ServiceProcess(name, env, tmp_path / f"{name}.log")
+                for name in ("checkin", "flow", "notifications", "billing")}
+    for service in services.values():
+        service.start()
+    try:
+        for service in services.values():
+            await service.wait_ready()
+        async with httpx.AsyncClient() as client:
+            for name, service in services.items():
+                metrics = await client.get(f"{service.url}/metrics")
+                assert metrics.status_code == 200
+                assert f'service="{name}"' in metrics.text or name in ("notifications",
+                                                                       "billing")
+                assert (await client.get(f"{service.url}/healthz")).json()["service"] == name
+            arrival = (await client.post(
+                f"{services['checkin'].url}/clinics/north/arrivals",
+                json={"provider_id": "dr-lee", "visit_type": "follow_up"},
+                headers=auth("dev-front-desk"))).json()
+            visit = arrival["visit_id"]
+            flow = services["flow"].url
+
+            async def board_where(check: Any) -> Any:
+                response = await client.get(f"{flow}/clinics/north/board",
+                                            headers=auth("dev-nurse"))
+                board = response.json() if response.status_code == 200 else None
+                return board if board is not None and check(board) else None
+
+            await eventually(lambda: board_where(lambda b: len(b["waiting"]) == 1), timeout=20)
+            roomed = await client.post(f"{flow}/clinics/north/visits/{visit}/room",
+                                       json={"room_id": "room-4"}, headers=auth("dev-nurse"))
+            assert roomed.status_code == 202
+            await eventually(lambda: board_where(lambda b: b["in_rooms"]), timeout=20)
+            out = await client.post(
+                f"{services['billing'].url}/clinics/north/visits/{visit}/checkout",
+                json={"cpt_codes": ["99213"], "icd10_codes": ["J06.9"]},
+                headers=auth("dev-billing"))
+            assert out.status_code == 202, out.text
+            board = await eventually(
+                lambda: board_where(lambda b: b["counts"].get("checked_out") == 1), timeout=20)
+            assert board["waiting"] == [] and board["in_rooms"] == []
+            assert board["rooms"][0]["state"] == "needs_cleaning"
+
+            async def estimate_seen() -> Any:
+                got = await client.get(
+                    f"{services['notifications'].url}/clinics/north/estimates",
+                    headers=auth("dev-nurse"))
+                return got.json()["estimates"] if got.status_code == 200 else None
+
+            estimates = await eventually(estimate_seen, timeout=20)
+            assert estimates[0]["ticket_code"] == arrival["ticket_code"]
+    finally:
+        for service in services.values():
+            service.stop()
