@@ -278,8 +278,10 @@ async def event_to_screen(bootstrap: str, redis_url: str, workdir: Path,
             await asyncio.sleep(0.5)
             interval = 1.0 / rate
             total = int(rate * seconds)
+            load = floor_records(clinics, seed=rate)  # a realistic mix: rooms, checkouts...
             started = time.perf_counter()
             ticket_number = 0
+            previous: str | None = None
             for n in range(total):
                 due = started + n * interval
                 delay = due - time.perf_counter()
@@ -288,15 +290,18 @@ async def event_to_screen(bootstrap: str, redis_url: str, workdir: Path,
                 if n % max(1, rate // 20) == 0:  # 20 watched arrivals a second
                     ticket_number = (ticket_number + 1) % 9999
                     ticket = f"W-{ticket_number}"
+                    visit = f"w{rate}-{n}"
                     sent_at[ticket] = time.perf_counter()
                     await _send(producer, topic, watched, ev.PatientArrived(
-                        visit_id=f"w{rate}-{n}", ticket_code=ticket, provider_id="dr-w",
+                        visit_id=visit, ticket_code=ticket, provider_id="dr-w",
                         visit_type="follow_up"), wait=False)
+                    if previous is not None:  # keep the watched queue short
+                        await _send(producer, topic, watched,
+                                    ev.ArrivalCancelled(visit_id=previous), wait=False)
+                    previous = visit
                 else:
-                    clinic = f"load{n % clinics}"
-                    await _send(producer, topic, clinic, ev.PatientArrived(
-                        visit_id=f"l{rate}-{n}", ticket_code="L-1", provider_id="dr-l",
-                        visit_type="follow_up"), wait=False)
+                    key, value = load[n % len(load)]
+                    await producer.send(topic, value, key=key)
             achieved = total / (time.perf_counter() - started)
             await asyncio.sleep(2.0)
             stop.set()

@@ -1,0 +1,211 @@
+"""``make bench``: every benchmark on a fresh local Kafka + Redis; results written to
+bench/results/latest.json and docs/performance.md. Numbers, never assertions.
+
+Sizes can be lowered for a quick run: ``BENCH_SCALE=0.2 make bench``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import flow_bench
+from bench.common import machine
+from shared.admin import ensure_topics
+from shared.stack import KAFKA_VERSION, LocalStack, free_port
+from tests.helpers import ServiceProcess
+
+REPO = Path(__file__).resolve().parents[1]
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+
+
+async def checkin_api(bootstrap: str, redis_url: str, workdir: Path,
+                      requests: int = 4000, concurrency: int = 32) -> dict[str, Any]:
+    """Arrivals per second and latency (each waits for Kafka's acks=all), against
+    ``/healthz`` on the same server in the same run as the HTTP floor."""
+    prefix = f"c{uuid.uuid4().hex[:6]}."
+    await ensure_topics(bootstrap, prefix)
+    env = {"CLINICFLOW_KAFKA_BOOTSTRAP": bootstrap, "CLINICFLOW_REDIS_URL": redis_url,
+           "CLINICFLOW_TOPIC_PREFIX": prefix, "CLINICFLOW_REDIS_PREFIX": prefix.rstrip("."),
+           "CLINICFLOW_LOG_LEVEL": "WARNING", "CLINICFLOW_LOG_FORMAT": "json"}
+    service = ServiceProcess("checkin", env, workdir / "checkin-bench.log")
+    service.start()
+    try:
+        await service.wait_ready(60)
+
+        async def load(path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+            latencies: list[float] = []
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for n in range(requests):
+                queue.put_nowait(n)
+            limits = httpx.Limits(max_connections=concurrency)
+            async with httpx.AsyncClient(base_url=service.url, limits=limits,
+                                         headers={"Authorization": "Bearer dev-front-desk"},
+                                         timeout=30) as client:
+                async def worker() -> None:
+                    while not queue.empty():
+                        n = queue.get_nowait()
+                        started = time.perf_counter()
+                        if body is None:
+                            response = await client.get(path)
+                        else:
+                            response = await client.post(
+                                path, json=body, headers={"Idempotency-Key": f"b-{n}"})
+                        response.raise_for_status()
+                        latencies.append((time.perf_counter() - started) * 1000)
+
+                started = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+                elapsed = time.perf_counter() - started
+            ordered = sorted(latencies)
+            return {"requests_per_second": round(len(ordered) / elapsed),
+                    "p50_ms": round(statistics.median(ordered), 1),
+                    "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))], 1)}
+
+        health = await load("/healthz", None)
+        arrivals = await load("/clinics/bench/arrivals",
+                              {"provider_id": "dr-b", "visit_type": "follow_up"})
+    finally:
+        service.stop()
+    return {"concurrency": concurrency, "requests": requests, "arrivals": arrivals,
+            "healthz_baseline": health,
+            "healthz_over_arrivals_ratio": round(
+                health["requests_per_second"] / arrivals["requests_per_second"], 2)}
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    lines = ["| measure | result |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines)
+
+
+def write_report(results: dict[str, Any], path: Path) -> None:
+    m = results["machine"]
+    t = results.get("flow_throughput", {})
+    lat = results.get("event_to_screen", {})
+    c = results.get("checkin_api", {})
+    r = results.get("recovery", {})
+    mem = results.get("memory", {})
+    rows = []
+    if t:
+        rows += [
+            ("flow throughput (start to all applied)",
+             f"{t['flow_events_per_second']:,} events/s ({t['events']:,} events, "
+             f"{t['clinics']} clinics, {t['flow_seconds']} s incl. {t['flow_seconds_to_ready']}"
+             " s start)"),
+            ("bare aiokafka consumer + JSON decode, same topic, same run",
+             f"{t['bare_consumer_events_per_second']:,} events/s"),
+            ("ratio bare / flow", f"{t['bare_over_flow_ratio']}x"),
+        ]
+    for rate, item in lat.items():
+        rows.append((f"event to screen (SSE) at {rate} events/s "
+                     f"(achieved {item['achieved_events_per_second']})",
+                     f"p50 {item['p50_ms']} ms, p99 {item['p99_ms']} ms, max {item['max_ms']} ms"
+                     f" ({item['samples']} samples)"))
+    if c:
+        rows += [
+            (f"check-in arrivals (acks=all), {c['concurrency']} concurrent",
+             f"{c['arrivals']['requests_per_second']:,} req/s, p50 {c['arrivals']['p50_ms']} ms,"
+             f" p99 {c['arrivals']['p99_ms']} ms"),
+            ("same server's /healthz (HTTP floor)",
+             f"{c['healthz_baseline']['requests_per_second']:,} req/s; ratio "
+             f"{c['healthz_over_arrivals_ratio']}x"),
+        ]
+    if r:
+        rows += [
+            (f"rebuild after Redis flush ({r['events']:,} events)", f"{r['rebuild_seconds']} s"),
+            ("kill -9 to correct board again", f"{r['kill9_to_correct_board_seconds']} s"),
+        ]
+    for sample in mem.get("samples", []):
+        rows.append((f"flow resident memory after {sample['events']:,} events "
+                     f"({mem['clinics']} clinics, day after day)", f"{sample['rss_mib']} MiB"))
+    text = f"""# Performance
+
+Measured by `make bench` on {results['measured_at']} (numbers, not assertions; each
+ratio is against a baseline measured in the same run).
+
+Machine: {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['java']},
+Apache Kafka {KAFKA_VERSION} (one KRaft node on loopback), Redis
+{results.get('redis_version', '?')}.
+
+{_table(rows)}
+
+Raw results: `bench/results/latest.json`.
+
+## Where the time goes
+
+Profiling the flow service on a preloaded topic (cProfile, 80k events, 200 clinics):
+about 40% of its CPU is the wait estimator's look-ahead (run for every clinic at
+every five minutes of clinic time, for learning, and once per batch for each
+touched clinic, for the board), about 15% decoding and validating events
+(pydantic), about 25% applying facts to the floor (including the undo memory),
+the rest Kafka fetching, Redis writes and metrics. The design already takes one
+Redis transaction per batch (not per event), awaits acknowledgements per batch,
+and fetches with a 20 ms batch timeout. The single-process target of 20,000
+events/s is not reached: the estimator's per-clinic look-ahead in pure Python is
+the bound. What would move it: computing the look-ahead on numeric arrays
+instead of datetimes and dataclasses, recording for learning less often on
+quiet clinics, or running flow as more instances (partitions are per clinic, so
+instances scale out linearly until Redis is the limit).
+"""
+    path.write_text(text)
+
+
+async def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="clinicflow-bench-"))
+    stack = LocalStack(workdir / "stack", kafka_port=free_port(), redis_port=free_port())
+    print("starting Kafka and Redis ...", flush=True)
+    await asyncio.to_thread(stack.start, None)
+    results: dict[str, Any] = {"machine": machine(),
+                               "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                               "kafka_version": KAFKA_VERSION, "scale": SCALE}
+    try:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(stack.redis_url)
+        results["redis_version"] = (await redis.info("server"))["redis_version"]
+        await redis.aclose()
+        b, r = stack.kafka_bootstrap, stack.redis_url
+        steps = [
+            ("flow_throughput", lambda: flow_bench.flow_throughput(
+                b, r, workdir, clinics=max(20, int(500 * SCALE)))),
+            ("event_to_screen", lambda: flow_bench.event_to_screen(b, r, workdir)),
+            ("checkin_api", lambda: checkin_api(b, r, workdir,
+                                                requests=max(500, int(4000 * SCALE)))),
+            ("recovery", lambda: flow_bench.recovery(b, r, workdir,
+                                                     clinics=max(20, int(600 * SCALE)))),
+            ("memory", lambda: flow_bench.memory_growth(
+                b, r, workdir, steps=tuple(int(s * SCALE) for s in
+                                           (100_000, 1_000_000, 3_000_000)))),
+        ]
+        for name, step in steps:
+            print(f"{name} ...", flush=True)
+            started = time.perf_counter()
+            results[name] = await step()
+            print(f"  {json.dumps(results[name])} ({time.perf_counter() - started:.0f}s)",
+                  flush=True)
+    finally:
+        await asyncio.to_thread(stack.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    write_report(results, REPO / "docs" / "performance.md")
+    print("written: bench/results/latest.json, docs/performance.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
