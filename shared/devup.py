@@ -79,13 +79,18 @@ def _banner(stack: LocalStack, elapsed: float) -> str:
         "",
         f"  Kafka   {stack.kafka_bootstrap}     Redis  {stack.redis_url}",
         "",
-        "  Waiting-room screens (TV):",
     ]
-    for clinic in ("north", "south", "east"):
-        lines.append(f"    {flow}/screens/{clinic}/waiting-room?token=dev-screen")
+    if importlib.util.find_spec("services.flow.pages") is not None:
+        lines.append("  Waiting-room screens (TV):")
+        for clinic in ("north", "south", "east"):
+            lines.append(f"    {flow}/screens/{clinic}/waiting-room?token=dev-screen")
+        lines += [
+            f"  Nurse station:       {flow}/screens/north/nurse?token=dev-nurse",
+            f"  Operations:          {flow}/screens/north/operations?token=dev-manager",
+        ]
     lines += [
-        "  Nurse station:       " f"{flow}/screens/north/nurse?token=dev-nurse",
-        "  Operations:          " f"{flow}/screens/north/operations?token=dev-manager",
+        "  Live board (SSE):    " f"curl -N -H 'Authorization: Bearer dev-screen' "
+        f"{flow}/clinics/north/stream",
         "  Board (JSON):        " f"curl -H 'Authorization: Bearer dev-manager' "
         f"{flow}/clinics/north/board",
         "  APIs (OpenAPI):      http://127.0.0.1:8001/docs (checkin)  :8002/docs (flow)  "
