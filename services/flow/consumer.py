@@ -40,6 +40,7 @@ from shared.service import ServiceRuntime
 
 log = get_logger("clinicflow.flow.consumer")
 FRESH = timedelta(minutes=30)  # estimates older than this are not published (catch-up)
+CATCH_UP_LAG = 5000  # records behind: above this, boards wait until flow has caught up
 
 
 class FloorConsumer:
@@ -70,6 +71,7 @@ class FloorConsumer:
         self._pending_offsets: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
         self._published: dict[str, tuple[datetime, float, float, float]] = {}
+        self._stale: dict[str, datetime] = {}  # clinics whose board waits for catch-up
         self.applied_total = 0
 
     # ------------------------------------------------------------- wiring
@@ -150,15 +152,25 @@ class FloorConsumer:
             self._pending_offsets.update(result.offsets)
             boards: dict[str, bytes] = {}
             estimates: list[tuple[str, Estimate, datetime]] = []
-            for clinic_id, at in result.touched.items():
-                board, clinic_estimates = self._board_bytes(clinic_id, at)
-                boards[clinic_id] = board
-                estimates.extend((clinic_id, e, at) for e in clinic_estimates)
+            lag = self._lag(result)
+            self._stale.update(result.touched)
+            if lag is None or lag <= CATCH_UP_LAG:
+                # catching up (a rebuild, a backlog): boards are drawn once it is over,
+                # not for every batch on the way; what is applied is the same either way
+                for clinic_id in self._stale:
+                    if clinic_id not in self.processor.flows:
+                        continue
+                    at = result.touched.get(clinic_id)
+                    board, clinic_estimates = self._board_bytes(clinic_id, at)
+                    boards[clinic_id] = board
+                    if at is not None:
+                        estimates.extend((clinic_id, e, at) for e in clinic_estimates)
+                self._stale.clear()
             checkpoint = self._checkpoint_payload()
             await self.store.write(boards, checkpoint)
             if checkpoint is not None:
                 self._after_checkpoint()
-        self._observe(result, raw_records)
+        self._observe(result, lag)
         if self.publish_estimates and estimates:
             await self._publish_estimates(estimates)
         m.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -283,7 +295,7 @@ class FloorConsumer:
 
     # ------------------------------------------------------------ metrics
 
-    def _observe(self, result: BatchResult, raw_records: Sequence[Any]) -> None:
+    def _observe(self, result: BatchResult, lag: int | None) -> None:
         EVENTS_CONSUMED.labels("flow", "applied").inc(result.applied)
         if result.duplicates:
             EVENTS_CONSUMED.labels("flow", "duplicate").inc(result.duplicates)
@@ -296,17 +308,24 @@ class FloorConsumer:
             m.STAGE_MINUTES.labels(clinic_id, stage.provider_id or "any", stage.stage).observe(
                 stage.minutes
             )
-        kafka = self.kafka_consumer
-        if kafka is not None and raw_records:
-            lag = 0
-            for tp, offset in result.offsets.items():
-                try:
-                    highwater = kafka.highwater(TopicPartition(*tp))
-                except Exception:
-                    continue
-                if highwater is not None:
-                    lag += max(0, highwater - offset - 1)
+        if lag is not None:
             CONSUMER_LAG.labels("flow").set(lag)
+
+    def _lag(self, result: BatchResult) -> int | None:
+        """Records left on the partitions this batch came from (None: not known yet)."""
+        kafka = self.kafka_consumer
+        if kafka is None or not result.offsets:
+            return None
+        lag = 0
+        for tp, offset in result.offsets.items():
+            try:
+                highwater = kafka.highwater(TopicPartition(*tp))
+            except Exception:  # metadata not there yet
+                return None
+            if highwater is None:
+                return None
+            lag += max(0, highwater - offset - 1)
+        return lag
 
     def _gauges(self, clinic_id: str, board: dict[str, Any]) -> None:
         per_provider: dict[str, list[float]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,10 @@ def test_a_taken_port_is_reported_with_the_setting_that_changes_it() -> None:
 
 def test_down_never_kills_a_process_it_did_not_start() -> None:
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    deadline = time.monotonic() + 10
+    while not is_our_process(stranger.pid, "time.sleep(60)"):  # until it has exec'd
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     try:
         assert not is_our_process(stranger.pid, "kafka.Kafka")
         assert stop_process(stranger.pid, "kafka.Kafka", grace=1) is False
