@@ -11,6 +11,7 @@ from faststream.kafka import KafkaMessage
 
 from services.flow.api import BoardHub, make_router
 from services.flow.consumer import FloorConsumer
+from services.flow.pages import make_pages_router, static_files
 from services.flow.store import FlowStore
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
@@ -98,4 +99,6 @@ def create_app(settings: FlowSettings) -> FastAPI:
     app.state.consumer = consumer
     app.include_router(make_router(runtime, store, hub, floor_topic,
                                    IdempotencyStore(runtime.redis, settings.redis_prefix)))
+    app.include_router(make_pages_router())
+    app.mount("/static", static_files(), name="static")
     return app

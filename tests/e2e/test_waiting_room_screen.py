@@ -1,0 +1,141 @@
+"""The waiting-room TV in a real browser (Debian's Chromium driven by Playwright) against
+the real flow service on a real Kafka and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from shared import events as ev
+from shared.admin import ensure_topics
+from tests.helpers import ServiceProcess, producer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run",
+        "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                    args=ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def flow(kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+               tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    env = {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CLINICFLOW_REDIS_URL": redis_url,
+        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
+        "CLINICFLOW_REDIS_PREFIX": topic_prefix.rstrip("."),
+        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
+        "CLINICFLOW_FLOW_CHECKPOINT_SECONDS": "0.2",
+    }
+    service = ServiceProcess("flow", env, tmp_path / "flow.log")
+    service.start()
+    await service.wait_ready()
+    try:
+        yield {"service": service, "topic": f"{topic_prefix}clinicflow.floor.v1",
+               "bootstrap": kafka_bootstrap}
+    finally:
+        service.stop()
+
+
+async def publish(flow: dict[str, Any], *payloads: ev.Payload) -> None:
+    async with producer(flow["bootstrap"]) as client:
+        for payload in payloads:
+            event = ev.make_event(payload, clinic_id="lobby", source="test",
+                                  occurred_at=datetime.now(UTC))
+            await client.send_and_wait(flow["topic"], ev.encode(event), key=b"lobby")
+
+
+async def open_screen(browser: Browser, flow: dict[str, Any], width: int = 1920,
+                      height: int = 1080) -> Page:
+    page = await browser.new_page(viewport={"width": width, "height": height})
+    await page.goto(f"{flow['service'].url}/screens/lobby/waiting-room?token=dev-screen")
+    return page
+
+
+async def test_an_arrival_appears_on_the_waiting_room_screen_within_a_second(
+    browser: Browser, flow: dict[str, Any], artifacts: Path,
+) -> None:
+    await publish(flow, ev.RoomReady(room_id="4"))
+    page = await open_screen(browser, flow)
+    await expect(page.locator("#status")).to_contain_text("live", timeout=10_000)
+    assert "token" not in page.url  # kept in the tab's session, not in the address bar
+    await publish(flow, ev.PatientArrived(visit_id="v1", ticket_code="A-17",
+                                          provider_id="dr-lee", visit_type="follow_up"))
+    started = asyncio.get_running_loop().time()
+    await expect(page.locator("#waiting .ticket").first).to_have_text("A-17", timeout=1_000)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    await expect(page.locator("#waiting .range").first).to_contain_text("min")
+    await page.screenshot(path=str(artifacts / "waiting-room-1920x1080.png"))
+
+
+async def test_a_delay_banner_appears_and_clears(browser: Browser,
+                                                 flow: dict[str, Any]) -> None:
+    await publish(flow, ev.PatientArrived(visit_id="v1", ticket_code="A-1",
+                                          provider_id="dr-lee", visit_type="follow_up"))
+    page = await open_screen(browser, flow, 1280, 720)
+    await expect(page.locator("#waiting .ticket").first).to_have_text("A-1", timeout=10_000)
+    await publish(flow, ev.DelayAnnounced(provider_id="dr-lee", minutes=25, reason="late"))
+    banner = page.locator(".banner")
+    await expect(banner).to_contain_text("dr-lee is running about 25 minutes behind",
+                                         timeout=5_000)
+    await publish(flow, ev.DelayCleared(provider_id="dr-lee"))
+    await expect(banner).to_have_count(0, timeout=5_000)
+
+
+async def test_the_screen_shows_who_is_called_and_never_a_name(
+    browser: Browser, flow: dict[str, Any], artifacts: Path,
+) -> None:
+    await publish(flow,
+                  ev.PatientArrived(visit_id="v1", ticket_code="A-1", provider_id="dr-lee",
+                                    visit_type="follow_up", patient_ref="p-123"),
+                  ev.PatientArrived(visit_id="v2", ticket_code="A-2", provider_id="dr-lee",
+                                    visit_type="follow_up", patient_ref="p-456"),
+                  ev.PatientRoomed(visit_id="v1", room_id="4"))
+    page = await open_screen(browser, flow, 1280, 720)
+    await expect(page.locator("#calling li").first).to_contain_text("A-1", timeout=10_000)
+    await expect(page.locator("#calling li").first).to_contain_text("Room 4")
+    text = await page.locator("body").inner_text()
+    for private in ("p-123", "p-456", "v1", "v2", "follow_up"):
+        assert private not in text
+    overflow = await page.evaluate(
+        "document.documentElement.scrollWidth > window.innerWidth")
+    assert overflow is False
+    await page.screenshot(path=str(artifacts / "waiting-room-1280x720.png"))
+
+
+async def test_the_screen_recovers_by_itself_after_the_flow_service_restarts(
+    browser: Browser, flow: dict[str, Any],
+) -> None:
+    await publish(flow, ev.PatientArrived(visit_id="v1", ticket_code="A-1",
+                                          provider_id="dr-lee", visit_type="follow_up"))
+    page = await open_screen(browser, flow)
+    await expect(page.locator("#waiting .ticket").first).to_have_text("A-1", timeout=10_000)
+    service: ServiceProcess = flow["service"]
+    service.kill()
+    await expect(page.locator("#status")).to_contain_text("reconnecting", timeout=10_000)
+    service.start()
+    await service.wait_ready()
+    await publish(flow, ev.PatientArrived(visit_id="v2", ticket_code="A-2",
+                                          provider_id="dr-lee", visit_type="follow_up"))
+    await expect(page.locator("#waiting .ticket")).to_have_text(["A-1", "A-2"],
+                                                                timeout=20_000)
+    await expect(page.locator("#status")).to_contain_text("live")
