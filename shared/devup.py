@@ -85,8 +85,7 @@ def _banner(stack: LocalStack, elapsed: float) -> str:
         for clinic in ("north", "south", "east"):
             lines.append(f"    {flow}/screens/{clinic}/waiting-room?token=dev-screen")
         for page, token in (("nurse", "dev-nurse"), ("operations", "dev-manager")):
-            if importlib.util.find_spec(f"services.flow.static.{page}") is not None or \
-                    (REPO / "services" / "flow" / "static" / f"{page}.html").exists():
+            if (REPO / "services" / "flow" / "static" / f"{page}.html").exists():
                 lines.append(f"  {page.title():20} {flow}/screens/north/{page}?token={token}")
     lines += [
         "  Live board (SSE):    " f"curl -N -H 'Authorization: Bearer dev-screen' "
