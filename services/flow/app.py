@@ -43,7 +43,7 @@ def create_app(settings: FlowSettings) -> FastAPI:
         batch=True,
         group_id=settings.flow_group_id,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.ACK,
+        ack_policy=AckPolicy.MANUAL,  # Kafka commits follow the Redis checkpoint
         max_records=settings.flow_batch_max,
         batch_timeout_ms=settings.flow_batch_timeout_ms,
         fetch_max_wait_ms=settings.flow_batch_timeout_ms,

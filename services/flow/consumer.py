@@ -72,6 +72,8 @@ class FloorConsumer:
         self._last_checkpoint = time.monotonic()
         self._published: dict[str, tuple[datetime, float, float, float]] = {}
         self._stale: dict[str, datetime] = {}  # clinics whose board waits for catch-up
+        # where each newly assigned partition must start; checked on its first batch
+        self._expect: dict[tuple[str, int], int] = {}
         self.applied_total = 0
 
     # ------------------------------------------------------------- wiring
@@ -108,12 +110,12 @@ class FloorConsumer:
                         partition=tp.partition,
                     )
                     if kafka is not None:
-                        # an explicit position: a reset request could lose the race with
-                        # the group's committed offset, which must not decide here
                         beginning = await kafka.beginning_offsets([tp])
+                        self._expect[(tp.topic, tp.partition)] = beginning[tp]
                         kafka.seek(tp, beginning[tp])
                 else:
                     self.processor.applied[(tp.topic, tp.partition)] = offset
+                    self._expect[(tp.topic, tp.partition)] = offset + 1
                     if kafka is not None:
                         kafka.seek(tp, offset + 1)
                     log.info(
@@ -143,8 +145,8 @@ class FloorConsumer:
     async def handle(self, raw_records: Sequence[Any]) -> BatchResult:
         """Apply one Kafka batch (aiokafka ``ConsumerRecord`` objects)."""
         started = time.perf_counter()
-        records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in raw_records]
         async with self.lock:
+            records = await self._without_gaps(raw_records)
             result = self.processor.process(records)
             await self._dead_letter(result)
             for clinic_id in result.touched:
@@ -170,6 +172,7 @@ class FloorConsumer:
             await self.store.write(boards, checkpoint)
             if checkpoint is not None:
                 self._after_checkpoint()
+                await self._commit(checkpoint[0])
         self._observe(result, lag)
         if self.publish_estimates and estimates:
             await self._publish_estimates(estimates)
@@ -210,6 +213,53 @@ class FloorConsumer:
         if payload is not None:
             await self.store.write({}, payload)
             self._after_checkpoint()
+            await self._commit(payload[0])
+
+    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Tell Kafka what is checkpointed (for lag monitoring). Kafka's committed offsets
+        never run ahead of the Redis checkpoint, so resuming from them can only replay
+        records already applied, which are skipped."""
+        kafka = self.kafka_consumer
+        if kafka is None or not offsets:
+            return
+        assigned = kafka.assignment()
+        commit = {TopicPartition(*tp): offset + 1 for tp, offset in offsets.items()
+                  if TopicPartition(*tp) in assigned}
+        if commit:
+            try:
+                await kafka.commit(commit)
+            except Exception as exc:  # a rebalance in progress: the next checkpoint commits
+                log.info("kafka commit skipped", error=repr(exc))
+
+    async def _without_gaps(self, raw_records: Sequence[Any]) -> list[Record]:
+        """The batch's records, minus those of a partition that did not start where its
+        checkpoint says (a position decided by the group's committed offset rather than
+        by our seek): that partition is sought again and its records are dropped."""
+        records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in raw_records]
+        if not self._expect:
+            return records
+        first: dict[tuple[str, int], int] = {}
+        for record in records:
+            first.setdefault((record.topic, record.partition), record.offset)
+        skip: set[tuple[str, int]] = set()
+        kafka = self.kafka_consumer
+        for tp, offset in first.items():
+            expected = self._expect.pop(tp, None)
+            if expected is None or offset <= expected:
+                continue
+            partition = TopicPartition(*tp)
+            beginning = (await kafka.beginning_offsets([partition]))[partition] if kafka else 0
+            if offset <= beginning:  # older records were deleted by retention: nothing to do
+                continue
+            log.warning("partition did not resume at its checkpoint: seeking again",
+                        topic=tp[0], partition=tp[1], got=offset, expected=expected)
+            skip.add(tp)
+            self._expect[tp] = expected
+            if kafka is not None:
+                kafka.seek(partition, expected)
+        if not skip:
+            return records
+        return [r for r in records if (r.topic, r.partition) not in skip]
 
     async def flush(self) -> None:
         """Checkpoint what is pending now (on shutdown, and when the topic goes quiet)."""

@@ -372,9 +372,36 @@ async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
                     got = await get_board(client, clinic, NURSE)
                     print("GOT", got and got["counts"], got and got["waiting"][:2])
                     print("WANT", want["counts"], want["waiting"][:2])
+                    import shutil as _sh
+                    _sh.copy(tmp_path / "flow.log", "/tmp/kill-failure.log")
                     print((tmp_path / "flow.log").read_text()[-3000:])
                     raise
                 assert board["counts"] == {"checked_out": 57}
                 assert board["rooms"] == want["rooms"]
     finally:
         service.stop()
+
+
+async def test_flow_rebuilds_from_the_beginning_even_when_the_group_committed_further(
+    flow_env: dict[str, Any],
+) -> None:
+    """Redis lost, Kafka's committed offsets still there: flow must not trust them."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    await publish(flow_env["kafka_bootstrap"], floor, opening())
+    partition = next(iter({r.partition for r in await read_topic(
+        flow_env["kafka_bootstrap"], floor, expect=4)}))
+    committer = AIOKafkaConsumer(bootstrap_servers=flow_env["kafka_bootstrap"],
+                                 group_id=flow_env["flow_group_id"],
+                                 enable_auto_commit=False)
+    await committer.start()
+    tp = TopicPartition(floor, partition)
+    committer.assign([tp])
+    await committer.commit({tp: 4})  # "everything was applied", says the group
+    await committer.stop()
+    async with serving(create_app(settings_for(flow_env))) as url, httpx.AsyncClient(
+        base_url=url
+    ) as client:
+        board = await eventually(lambda: _settled(client, "north", 2))
+        assert [w["ticket_code"] for w in board["waiting"]] == ["A-1", "A-2"]
