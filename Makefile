@@ -1,7 +1,7 @@
 # clinicflow: the two commands are `make up` and `make test`.
 # Each installs what it needs: a .venv at the repo root (Python packages from PyPI),
-# Apache Kafka's jars (Maven Central, on first use), redis-server and Chromium
-# (Debian packages, when missing and running as root).
+# Apache Kafka's jars (Maven Central, on first use, cached in ~/.cache/clinicflow),
+# redis-server and Chromium (Debian packages, when missing and running as root).
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,15 +10,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: up test venv system-packages lint typecheck unit integration e2e down bench soak clean
 
+# re-installs when pyproject.toml is newer than the stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) system-packages
 
-# Debian packages the stack and the browser tests use (installed only when missing).
+# Debian packages the stack and the browser tests use, installed only when missing. The
+# policy-rc.d guard keeps apt from starting a system-wide Redis on 6379 as it installs it.
 system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
@@ -33,16 +35,17 @@ system-packages:
 	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
 	    status=$$?; if [ -n "$$guard" ]; then rm -f /usr/sbin/policy-rc.d; fi; [ $$status = 0 ] || exit $$status; \
 	  else \
-	    echo "missing:$$missing (install them with apt-get as root)"; exit 1; \
+	    echo "note: missing Debian packages:$$missing (as root: apt-get install$$missing)" >&2; \
 	  fi; \
 	fi
 
 ## make up: the whole local stack, the four services and a simulated clinic day; Ctrl-C stops all
-up: venv system-packages
+up: venv
 	$(BIN)/clinicflow up
 
-## make test: lint, type check and every test against a real Kafka, Redis and Chromium
-test: venv system-packages lint typecheck
+## make test: lint, type check and every test against a real Kafka, Redis and Chromium.
+## The tests start their own Kafka and Redis on free ports (a running `make up` is left alone).
+test: venv lint typecheck
 	$(BIN)/pytest tests -q
 
 lint: venv
@@ -54,22 +57,24 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q
 
-integration: venv system-packages
+integration: venv
 	$(BIN)/pytest tests/integration -q
 
-e2e: venv system-packages
+e2e: venv
 	$(BIN)/pytest tests/e2e -q
 
+## make down: stop a stack started with `clinicflow stack up --detach`
 down: venv
 	$(BIN)/clinicflow stack down
 
 ## make bench: benchmarks (results in bench/results/ and docs/performance.md)
-bench: venv system-packages
+bench: venv
 	$(BIN)/python -m bench
 
 ## make soak: hours of a simulated clinic network with memory sampled
-soak: venv system-packages
+soak: venv
 	$(BIN)/pytest tests/soak -q -m soak -o addopts=""
 
 clean:
+	-test -x $(BIN)/clinicflow && $(BIN)/clinicflow stack down
 	rm -rf $(VENV) .clinicflow test-artifacts

@@ -138,7 +138,9 @@ ratio is against a baseline measured in the same run).
 
 Machine: {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['java']},
 Apache Kafka {KAFKA_VERSION} (one KRaft node on loopback), Redis
-{results.get('redis_version', '?')}.
+{results.get('redis_version', '?')}. Load average when the run started:
+{results.get('load_average', '?')} (on {m['cores']} cores; anything above ~0.5 means other work
+shared the machine and the numbers are pessimistic).
 
 {_table(rows)}
 
@@ -170,7 +172,8 @@ async def main() -> int:
     await asyncio.to_thread(stack.start, None)
     results: dict[str, Any] = {"machine": machine(),
                                "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                               "kafka_version": KAFKA_VERSION, "scale": SCALE}
+                               "kafka_version": KAFKA_VERSION, "scale": SCALE,
+                               "load_average": round(os.getloadavg()[0], 2)}
     try:
         from redis.asyncio import Redis
 

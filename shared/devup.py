@@ -128,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
     data = state_dir()
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack(data / "up", kafka_port=kafka_port, redis_port=redis_port)
+    # recorded like `clinicflow stack up`, so `make down` can stop it if this terminal is lost
+    stack = LocalStack(data / "up", kafka_port=kafka_port, redis_port=redis_port,
+                       state_file=data / "stack.json")
     processes: dict[str, subprocess.Popen[bytes]] = {}
     print("starting Kafka and Redis ...", flush=True)
     try:

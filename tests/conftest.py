@@ -1,44 +1,98 @@
 """Session-wide real infrastructure: one Apache Kafka broker and one Redis server on free
-loopback ports (never the 9092/6379 of a running `make up`), started only when a test
-asks for them, stopped at the end. Each test gets its own topic and key prefix."""
+loopback ports (never the 9092/6379 of a running `make up`), started only when a test asks
+for them and stopped at the end. Each test gets its own topic names and Redis key prefix.
+
+With ``CLINICFLOW_TEST_KAFKA`` (a bootstrap, e.g. ``127.0.0.1:9092``) and
+``CLINICFLOW_TEST_REDIS`` (a URL) both set, the tests use those servers instead; tests that
+stop or restart servers skip then. CI never sets them.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from shared.stack import LocalStack, free_port
+from shared.stack import LocalStack, StackError, create_topics, free_ports, sweep_orphans
+from shared.topics import ALL_TOPICS, topic_name
+
+# each session records its servers here, so a run that was killed has them stopped by the next
+_RUNS = Path(tempfile.gettempdir()) / f"clinicflow-test-stacks-{os.getuid()}"
+
+
+def _developer_servers() -> tuple[str, str] | None:
+    kafka, redis = os.environ.get("CLINICFLOW_TEST_KAFKA"), os.environ.get("CLINICFLOW_TEST_REDIS")
+    return (kafka, redis) if kafka and redis else None
+
+
+def _start_private_stack(data: Path) -> LocalStack:
+    _RUNS.mkdir(exist_ok=True)
+    sweep_orphans(_RUNS)
+    for attempt in range(3):
+        kafka_port, redis_port = free_ports(2)
+        local = LocalStack(data / f"try{attempt}", kafka_port=kafka_port, redis_port=redis_port,
+                           state_file=_RUNS / f"{uuid.uuid4().hex}.json")
+        try:
+            return local.start(topics_prefix=None)
+        except StackError as exc:
+            # another test run on this machine may take a free port before our server binds it
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack | None]:
-    if os.environ.get("CLINICFLOW_TEST_KAFKA") and os.environ.get("CLINICFLOW_TEST_REDIS"):
-        yield None  # a developer's own servers (never used by CI)
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack | None]:
+    """The session's Kafka + Redis (None when a developer's own servers are used).
+    Broker and Redis logs stay in pytest's temp directory for a look after a failure."""
+    if _developer_servers():
+        yield None
         return
-    data = Path(tempfile.mkdtemp(prefix="clinicflow-test-"))
-    local = LocalStack(data, kafka_port=free_port(), redis_port=free_port())
-    local.start(topics_prefix=None)
+    local = _start_private_stack(tmp_path_factory.mktemp("stack"))
     try:
         yield local
     finally:
         local.stop()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(stack: LocalStack | None) -> str:
-    return os.environ["CLINICFLOW_TEST_KAFKA"] if stack is None else stack.kafka_bootstrap
+    """``host:port`` of the broker."""
+    return stack.kafka_bootstrap if stack is not None else os.environ["CLINICFLOW_TEST_KAFKA"]
 
 
 @pytest.fixture(scope="session")
 def redis_url(stack: LocalStack | None) -> str:
-    return os.environ["CLINICFLOW_TEST_REDIS"] if stack is None else stack.redis_url
+    """``redis://`` URL of the Redis server."""
+    return stack.redis_url if stack is not None else os.environ["CLINICFLOW_TEST_REDIS"]
+
+
+@pytest.fixture
+def own_stack(stack: LocalStack | None) -> LocalStack:
+    """The session stack for a test that stops or restarts a server (skips when the
+    servers are a developer's own: never restart those)."""
+    if stack is None:
+        pytest.skip("restarts servers: needs the session's own stack, not CLINICFLOW_TEST_*")
+    return stack
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path) -> Iterator[Callable[[], LocalStack]]:
+    """A factory of extra, private stacks (own ports and data), stopped after the test."""
+    started: list[LocalStack] = []
+
+    def make() -> LocalStack:
+        local = _start_private_stack(tmp_path / f"stack{len(started)}")
+        started.append(local)
+        return local
+
+    yield make
+    for local in started:
+        local.stop()
 
 
 @pytest.fixture
@@ -49,17 +103,15 @@ def topic_prefix() -> str:
 
 @pytest.fixture
 def redis_prefix(topic_prefix: str) -> str:
+    """This test's Redis key prefix (the topic prefix without its dot)."""
     return topic_prefix.rstrip(".")
 
 
 @pytest.fixture
 async def topics(kafka_bootstrap: str, topic_prefix: str) -> dict[str, str]:
     """Every declared topic created under this test's prefix: declared name -> real name."""
-    from shared.admin import ensure_topics
-    from shared.topics import ALL_TOPICS
-
-    await ensure_topics(kafka_bootstrap, topic_prefix)
-    return {spec.name: f"{topic_prefix}{spec.name}" for spec in ALL_TOPICS}
+    await create_topics(kafka_bootstrap, topic_prefix)
+    return {spec.name: topic_name(spec, topic_prefix) for spec in ALL_TOPICS}
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,9 @@ from typing import Literal
 
 LATE_GRACE = timedelta(minutes=10)
 UNDO_MEMORY = 50  # facts per clinic that can still be undone
+# ended visits remembered per clinic to recognise a re-sent fact about them; redelivered
+# records are already skipped by offset, so this only needs to cover a short window
+CLOSED_MEMORY = 300
 
 
 class VisitStatus(StrEnum):
@@ -190,7 +193,7 @@ class Clinic:
         self.visits: dict[str, Visit] = {}  # open visits only
         self.rooms: dict[str, Room] = {}
         self.delays: dict[str | None, Delay] = {}
-        self.closed_ids: deque[str] = deque(maxlen=2000)  # recently ended, to spot duplicates
+        self.closed_ids: deque[str] = deque(maxlen=CLOSED_MEMORY)  # recently ended: duplicates
         self._closed_set: set[str] = set()
         self._undo: deque[_UndoRecord] = deque(maxlen=UNDO_MEMORY)
         self.counts: dict[str, int] = {}  # outcomes today: checked_out, lwbs, ...

@@ -154,9 +154,8 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
         clinic.delays[delay.provider_id] = delay
     for record in document.get("undo", []):
         clinic._undo.append(_unundo(record))
-    for visit_id in document["closed"]:
-        clinic.closed_ids.append(visit_id)
-        clinic._closed_set.add(visit_id)
+    clinic.closed_ids.extend(document["closed"])
+    clinic._closed_set = set(clinic.closed_ids)
     clinic.counts = dict(document["counts"])
     flow.day = DayStats.from_dict(document.get("day", {}))
     flow.provider_free_since = {k: _dt(v) for k, v in document["provider_free_since"]}

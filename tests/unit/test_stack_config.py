@@ -1,57 +1,240 @@
-"""The local stack's configuration and its care to stop only what it started."""
+"""The local stack's configuration, its error messages, and its care to stop only what it
+started. No Kafka, no Redis: milliseconds."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import socket
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shared import stack as local
 from shared.stack import (
     LocalStack,
+    Managed,
     StackError,
     is_our_process,
     kafka_properties,
+    process_start_time,
     require_free,
     stop_process,
 )
 
 
+def _settings(props: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in props.splitlines() if line)
+
+
 def test_the_broker_listens_on_loopback_only_and_creates_no_topic_by_itself() -> None:
-    props = kafka_properties(Path("/data"), 19092, 19093)
-    assert "listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093" in props
-    assert "advertised.listeners=PLAINTEXT://127.0.0.1:19092" in props
-    assert "auto.create.topics.enable=false" in props
-    assert "process.roles=broker,controller" in props
+    settings = _settings(kafka_properties(Path("/data"), 19092, 19093))
+    assert settings["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert settings["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert settings["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert settings["process.roles"] == "broker,controller"
+    assert settings["auto.create.topics.enable"] == "false"
+    assert settings["log.dirs"] == "/data/kafka-data"
 
 
-def test_a_taken_port_is_reported_with_the_setting_that_changes_it() -> None:
+def test_one_broker_keeps_one_replica_of_every_internal_topic() -> None:
+    settings = _settings(kafka_properties(Path("/data"), 19092, 19093))
+    for key in ("offsets.topic.replication.factor",
+                "transaction.state.log.replication.factor", "transaction.state.log.min.isr",
+                "share.coordinator.state.topic.replication.factor"):
+        assert settings[key] == "1", key
+    assert settings["group.initial.rebalance.delay.ms"] == "0"
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        port = sock.getsockname()[1]
-        with pytest.raises(StackError, match=f"port {port}.*CLINICFLOW_KAFKA_PORT"):
-            require_free(port, "Kafka", "CLINICFLOW_KAFKA_PORT")
-        stack = LocalStack(Path("/nonexistent"), kafka_port=port, redis_port=port)
-        with pytest.raises(StackError, match="taken"):
-            stack.start()
+        yield int(sock.getsockname()[1])
 
 
-def test_down_never_kills_a_process_it_did_not_start() -> None:
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def test_a_taken_port_is_reported_with_the_setting_that_changes_it(listening: int) -> None:
+    with pytest.raises(StackError, match=f"port {listening} .*CLINICFLOW_KAFKA_PORT=<port>"):
+        require_free(listening, "Kafka", "CLINICFLOW_KAFKA_PORT")
+
+
+def test_the_stack_refuses_to_start_on_a_taken_redis_port(listening: int) -> None:
+    stack = LocalStack(Path("/nonexistent"), kafka_port=local.free_port(), redis_port=listening)
+    with pytest.raises(StackError, match=f"port {listening} .*CLINICFLOW_REDIS_PORT"):
+        stack.start()
+    assert stack.kafka is None and stack.redis is None
+
+
+def test_without_java_the_error_says_which_package_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("CLINICFLOW_CACHE_DIR", str(tmp_path))  # no jars cached
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java, no mvn
+    with pytest.raises(StackError, match="openjdk-17-jre-headless"):
+        local.ensure_kafka_jars()
+
+
+def test_without_maven_the_error_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to("/bin/true")
+    monkeypatch.setenv("CLINICFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(StackError, match="apt-get install -y maven"):
+        local.ensure_kafka_jars()
+
+
+def test_cached_jars_are_reused_without_maven(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("CLINICFLOW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # mvn would not be found
+    libs = local.cache_dir() / "libs"
+    libs.mkdir(parents=True)
+    jars = [f"kafka_2.13-{local.KAFKA_VERSION}.jar", "kafka-clients.jar"]
+    for name in jars:
+        (libs / name).write_bytes(b"")
+    (local.cache_dir() / "complete").write_text("\n".join(jars) + "\n")
+    assert local.ensure_kafka_jars() == libs
+
+    (libs / "kafka-clients.jar").unlink()  # an incomplete copy is fetched again
+    with pytest.raises(StackError, match="Java is not installed"):
+        local.ensure_kafka_jars()
+
+
+def test_a_failing_maven_shows_its_last_lines(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to("/bin/true")
+    mvn = bin_dir / "mvn"
+    mvn.write_text("#!/bin/sh\necho '[ERROR] Could not resolve org.apache.kafka:kafka_2.13'\n"
+                   "exit 1\n")
+    mvn.chmod(0o755)
+    monkeypatch.setenv("CLINICFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(StackError, match=r"(?s)Maven could not.*Could not resolve"):
+        local.ensure_kafka_jars()
+    assert not (local.cache_dir() / "complete").exists()
+
+
+@pytest.fixture
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """A harmless process this test starts, standing in for someone else's."""
+    process = subprocess.Popen(["sleep", "60"])
     deadline = time.monotonic() + 10
-    while not is_our_process(stranger.pid, "time.sleep(60)"):  # until it has exec'd
+    while not is_our_process(process.pid, "sleep 60"):  # until it has exec'd
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    try:
-        assert not is_our_process(stranger.pid, "kafka.Kafka")
-        assert stop_process(stranger.pid, "kafka.Kafka", grace=1) is False
-        assert stranger.poll() is None  # still running
-        assert stop_process(stranger.pid, "time.sleep(60)", grace=5) is True
-        assert stranger.wait(5) is not None
-    finally:
-        if stranger.poll() is None:
-            stranger.kill()
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_stop_process_leaves_a_process_whose_command_line_is_not_ours(
+    stranger: subprocess.Popen[bytes],
+) -> None:
+    assert stop_process(stranger.pid, "kafka.Kafka", grace=1) is False
+    assert stranger.poll() is None
+    started = process_start_time(stranger.pid)
+    assert started is not None
+    assert stop_process(stranger.pid, "sleep 60", started=started + 1) is False  # PID reused
+    assert stranger.poll() is None
+    assert stop_process(stranger.pid, "sleep 60", grace=5, started=started) is True
+    stranger.wait(5)
+    assert not is_our_process(stranger.pid)
+
+
+def _write_state(directory: Path, kafka: Managed, redis: Managed) -> Path:
+    path = directory / "stack.json"
+    path.write_text(json.dumps({"kafka": kafka.record(), "redis": redis.record(),
+                                "kafka_bootstrap": "127.0.0.1:1", "redis_url": "redis://x",
+                                "data": str(directory)}))
+    return path
+
+
+def test_down_refuses_to_stop_a_recorded_pid_that_is_no_longer_our_server(
+    stranger: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the state file says "kafka is pid N", but pid N now runs something else
+    monkeypatch.setenv("CLINICFLOW_STATE_DIR", str(tmp_path))
+    kafka = Managed("kafka", stranger.pid, 9092, "/somewhere/server.properties",
+                    tmp_path / "server.log", started=process_start_time(stranger.pid))
+    redis = Managed("redis", stranger.pid, 6379, "127.0.0.1:6379", tmp_path / "redis.log",
+                    started=process_start_time(stranger.pid))
+    state = _write_state(tmp_path, kafka, redis)
+
+    assert local.status(argparse.Namespace()) == 1
+    assert local.down(argparse.Namespace()) == 0
+
+    said = capsys.readouterr().out
+    assert f"pid {stranger.pid} is not the process `stack up` started" in said
+    assert stranger.poll() is None  # still running
+    assert not state.exists()
+
+
+def test_down_stops_the_recorded_processes_that_are_ours(
+    stranger: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLINICFLOW_STATE_DIR", str(tmp_path))
+    ours = Managed("kafka", stranger.pid, 9092, "sleep 60", tmp_path / "server.log",
+                   started=process_start_time(stranger.pid))
+    gone = Managed("redis", 2**22 + 1, 6379, "127.0.0.1:6379", tmp_path / "redis.log")
+    _write_state(tmp_path, ours, gone)
+
+    assert local.down(argparse.Namespace()) == 0
+
+    stranger.wait(5)
+    assert not is_our_process(stranger.pid)
+    said = capsys.readouterr().out
+    assert f"stopped kafka (pid {stranger.pid})" in said
+    assert "redis (pid 4194305) was not running" in said
+
+
+def test_up_says_so_when_the_recorded_stack_is_already_running(
+    stranger: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLINICFLOW_STATE_DIR", str(tmp_path))
+    started = process_start_time(stranger.pid)
+    _write_state(tmp_path, Managed("kafka", stranger.pid, 9092, "sleep", tmp_path / "k",
+                                   started=started),
+                 Managed("redis", stranger.pid, 6379, "sleep", tmp_path / "r", started=started))
+    assert local.up(argparse.Namespace(detach=True)) == 0
+    assert "already up" in capsys.readouterr().out
+    assert stranger.poll() is None
+
+
+def test_servers_left_by_a_killed_test_run_are_stopped_by_the_next_one(
+    stranger: subprocess.Popen[bytes], tmp_path: Path,
+) -> None:
+    server = Managed("kafka", stranger.pid, 9092, "sleep 60", tmp_path / "server.log",
+                     started=process_start_time(stranger.pid))
+
+    def record(owner_pid: int, owner_started: int | None) -> str:
+        return json.dumps({"owner": {"pid": owner_pid, "started": owner_started},
+                           "kafka": server.record(), "redis": None})
+
+    running_run = tmp_path / "running.json"
+    running_run.write_text(record(os.getpid(), process_start_time(os.getpid())))
+    local.sweep_orphans(tmp_path)
+    assert stranger.poll() is None and running_run.exists()  # its run is still going
+
+    running_run.unlink()
+    killed_run = tmp_path / "killed.json"
+    killed_run.write_text(record(2**22 + 1, 1))
+    local.sweep_orphans(tmp_path)
+    stranger.wait(5)
+    assert not is_our_process(stranger.pid)
+    assert not killed_run.exists()
