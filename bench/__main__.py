@@ -161,6 +161,16 @@ the bound. What would move it: computing the look-ahead on numeric arrays
 instead of datetimes and dataclasses, recording for learning less often on
 quiet clinics, or running flow as more instances (partitions are per clinic, so
 instances scale out linearly until Redis is the limit).
+
+## Memory
+
+Flow keeps open visits, rooms, delays, a bounded undo window (50 facts per
+clinic), the last 300 ended visit ids per clinic (to recognise a re-sent fact)
+and bounded learning windows. Its memory therefore follows the number of
+clinics and their open visits, not the history: between 1M and 3M events on
+the same 250 clinics it barely moves, and what it gains before that is those
+per-clinic windows filling up. (An earlier build kept 2,000 ended ids per
+clinic, and its memory was still growing at 3M events: 141, 182 and 278 MiB.)
 """
     path.write_text(text)
 
