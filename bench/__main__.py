@@ -171,6 +171,22 @@ clinics and their open visits, not the history: between 1M and 3M events on
 the same 250 clinics it barely moves, and what it gains before that is those
 per-clinic windows filling up. (An earlier build kept 2,000 ended ids per
 clinic, and its memory was still growing at 3M events: 141, 182 and 278 MiB.)
+
+## Check-in API
+
+The load generator is Python (httpx, 32 connections) in one process on the same
+two cores as the service, Kafka and Redis, so the `/healthz` baseline measured in
+the same run is the ceiling of this set-up, not of the service; the ratio says
+what an arrival (Redis ticket counter, Kafka publish with `acks=all`,
+idempotency) costs over a bare request. A native load tool (`wrk`, from Debian)
+would measure the service's own ceiling; that is the next step for this benchmark.
+
+## Event to screen
+
+The target is a p99 under 50 ms at 500 events/s. The slow tail comes from batches
+that include the five-minute learning look-ahead for many clinics at once;
+spreading those look-aheads over time, or moving them off the path that draws
+boards, is the fix.
 """
     path.write_text(text)
 
