@@ -156,3 +156,10 @@ def test_a_broken_compose_file_is_caught_by_the_schema_check() -> None:
 def test_utc_is_kept_inside() -> None:
     event = ev.make_event(ev.RoomReady(room_id="r1"), clinic_id="n", source="t")
     assert event.occurred_at.tzinfo == UTC
+
+
+def test_the_published_asyncapi_document_is_the_one_the_code_generates() -> None:
+    """docs/asyncapi.json is generated (`clinicflow asyncapi --out docs/asyncapi.json`);
+    an event model changed without regenerating it fails here."""
+    committed = json.loads((REPO / "docs" / "asyncapi.json").read_text())
+    assert committed == json.loads(json.dumps(build_document(), default=str))
