@@ -479,6 +479,18 @@ def _settle_class_archive(part: Path | None, clean_exit: bool) -> None:
     part.unlink(missing_ok=True)
 
 
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64, never starting with "-".
+
+    Kafka's own ``Uuid.randomUuid`` rejects ids that begin with "-" because the
+    storage tool would read them as an option; one id in 32 would.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start_kafka(data: Path, port: int, controller_port: int) -> Managed:
     """Format ``data`` (first time only) and spawn the broker; returns without waiting
     until it answers (``wait_kafka`` does). Raises StackError when formatting fails."""
@@ -491,7 +503,7 @@ def start_kafka(data: Path, port: int, controller_port: int) -> Managed:
     logging = [f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.dir={data}"]
     archive_options, part = _class_archive_options(java)
     if not (data / "kafka-data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         reuse = archive_options if part is None else []
         result = subprocess.run(
             [java, *reuse, *logging, "-cp", classpath, "kafka.tools.StorageTool", "format",

@@ -238,3 +238,16 @@ def test_servers_left_by_a_killed_test_run_are_stopped_by_the_next_one(
     stranger.wait(5)
     assert not is_our_process(stranger.pid)
     assert not killed_run.exists()
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0xf8 as the first byte encodes to "-" in URL-safe base64: the storage tool would
+    # read such an id as an option and refuse to format (it failed CI once).
+    ids = iter([
+        local.uuid.UUID(bytes=bytes([0xF8]) + bytes(15)),
+        local.uuid.UUID(bytes=bytes([0x10]) + bytes(15)),
+    ])
+    monkeypatch.setattr(local.uuid, "uuid4", lambda: next(ids))
+    cluster_id = local.new_cluster_id()
+    assert not cluster_id.startswith("-")
+    assert len(cluster_id) == 22
