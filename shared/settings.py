@@ -145,31 +145,193 @@ class FlowSettings(CommonSettings):
     flow_publish_estimates: bool = True
     flow_sse_max_per_credential: int = 20
     flow_sse_max_total: int = 500
+    flow_overdue_limits: str = Field(
+        default="{}",
+        description='JSON minutes before a nurse-station row turns overdue: {"default": '
+        '{"waiting": 10, "roomed": 15, "in_room": 40}, "clinics": {"north": {"waiting": 5}}}; '
+        "waiting counts from the appointment (arrival for walk-ins), roomed from rooming "
+        "until the provider comes in, in_room from rooming",
+    )
+    flow_nurse_alerts_url: str | None = Field(
+        default=None,
+        description="base URL of the notifications service (http://127.0.0.1:8003): the "
+        "nurse station also shows its room-ready alerts; that service must allow this "
+        "one's origin in CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS",
+    )
+
+    @field_validator("flow_overdue_limits")
+    @classmethod
+    def _overdue_limits_parse(cls, value: str) -> str:
+        _overdue_limits(value, None)  # a ValueError names what is wrong
+        return value
+
+    def overdue_limits_for(self, clinic_id: str) -> dict[str, float]:
+        """Minutes per status (waiting, roomed, in_room) before a row is overdue."""
+        return _overdue_limits(self.flow_overdue_limits, clinic_id)
+
+
+OVERDUE_DEFAULTS: dict[str, float] = {"waiting": 10, "roomed": 15, "in_room": 40}
+
+
+def _overdue_limits(raw: str, clinic_id: str | None) -> dict[str, float]:
+    name = "CLINICFLOW_FLOW_OVERDUE_LIMITS"
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict) or set(parsed) - {"default", "clinics"}:
+        raise ValueError(f'{name} must be an object with "default" and/or "clinics"')
+    clinics = parsed.get("clinics", {})
+    if not isinstance(clinics, dict):
+        raise ValueError(f'{name}: "clinics" must map clinic ids to limits')
+    tables = {"default": parsed.get("default", {}),
+              **{f"clinics.{c}": v for c, v in clinics.items()}}
+    for where, table in tables.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{name}: {where} must be an object of minutes")
+        for status, minutes in table.items():
+            if status not in OVERDUE_DEFAULTS:
+                raise ValueError(f"{name}: {where}.{status} is not one of "
+                                 f"{', '.join(OVERDUE_DEFAULTS)}")
+            if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
+                raise ValueError(f"{name}: {where}.{status} must be a positive number of minutes")
+    return {**OVERDUE_DEFAULTS, **parsed.get("default", {}), **clinics.get(clinic_id, {})}
 
 
 class CheckinSettings(CommonSettings):
     checkin_port: int = 8001
-    checkin_no_show_after_minutes: int = 30
-    checkin_lookup_rate_per_minute: int = 20
+    checkin_group_id: str = "checkin"
+    checkin_no_show_after_minutes: int = Field(default=30, ge=1)
+    checkin_no_show_check_seconds: float = Field(default=60.0, gt=0)
+    checkin_late_after_minutes: int = Field(default=10, ge=0)
+    checkin_lookup_rate_per_minute: int = Field(default=20, ge=1)
+    checkin_lookup_misses_per_minute: int = Field(default=5, ge=1)
+    checkin_timezone: str = Field(
+        default="UTC", description="IANA zone of the clinics' day (ticket codes, no-show lists)"
+    )
+    checkin_identity_secret: SecretStr = Field(
+        default=SecretStr("dev-checkin-identity-secret"),
+        description="HMAC key for the kiosk's date-of-birth + initials check (min 16 chars)",
+    )
+    # a day's FHIR Bundle for a large clinic is bigger than the common 256 KiB
+    max_body_bytes: int = 1024 * 1024
+
+    @field_validator("checkin_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"CLINICFLOW_CHECKIN_TIMEZONE {value!r} is not an IANA zone") from None
+        return value
+
+    def production_problems(self) -> list[str]:
+        secret = self.checkin_identity_secret.get_secret_value()
+        if secret == "dev-checkin-identity-secret":
+            return ["CLINICFLOW_CHECKIN_IDENTITY_SECRET is the development default"]
+        if len(secret) < 16:
+            return ["CLINICFLOW_CHECKIN_IDENTITY_SECRET is shorter than 16 characters"]
+        return []
 
 
 class NotificationsSettings(CommonSettings):
     notifications_port: int = 8003
     notifications_group_id: str = "notifications"
+    notifications_rules: str = Field(
+        default="{}",
+        description='JSON: {"default": {rule: value}, "clinics": {"north": {rule: value}}}; '
+        "rules and defaults in services/notifications/README.md",
+    )
+    notifications_batch_max: int = Field(default=500, ge=1)
+    notifications_batch_timeout_ms: int = Field(default=20, ge=1)
+    notifications_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    notifications_tick_seconds: float = Field(default=1.0, gt=0)
+    notifications_send_concurrency: int = Field(default=8, ge=1)
+    notifications_send_timeout_seconds: float = Field(default=10.0, gt=0)
+    notifications_max_attempts: int = Field(default=5, ge=1)
+    notifications_retry_base_seconds: float = Field(default=2.0, gt=0)
+    notifications_retry_max_seconds: float = Field(default=300.0, gt=0)
+    notifications_sse_max_total: int = Field(default=200, ge=1)
+    notifications_cors_origins: list[str] = Field(default_factory=list)
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_sender: str = "clinic@example.invalid"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
     sms_gateway_url: str | None = None
     sms_hmac_secret: SecretStr = SecretStr("dev-sms-secret")
     paging_webhook_url: str | None = None
+    paging_hmac_secret: SecretStr = SecretStr("dev-paging-secret")
+
+    @field_validator("notifications_rules")
+    @classmethod
+    def _rules_are_a_json_object(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"CLINICFLOW_NOTIFICATIONS_RULES is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("CLINICFLOW_NOTIFICATIONS_RULES must be a JSON object")
+        return value
 
     def production_problems(self) -> list[str]:
+        problems = []
         if self.sms_hmac_secret.get_secret_value() == "dev-sms-secret":
-            return ["CLINICFLOW_SMS_HMAC_SECRET is the development default"]
-        return []
+            problems.append("CLINICFLOW_SMS_HMAC_SECRET is the development default")
+        if self.paging_webhook_url and \
+                self.paging_hmac_secret.get_secret_value() == "dev-paging-secret":
+            problems.append("CLINICFLOW_PAGING_HMAC_SECRET is the development default")
+        return problems
 
 
 class BillingSettings(CommonSettings):
     billing_port: int = 8004
-    billing_group_id: str = "billing"
-    fee_schedule_path: str | None = None
+    billing_group_id: str = Field(
+        default="billing", description="floor consumer group; the ledger projection's is "
+        "this plus '-ledger'"
+    )
+    fee_schedule_path: str | None = Field(
+        default=None, description="the clinics' fee schedule (CSV); default: "
+        "services/billing/fee_schedule.example.csv"
+    )
+    billing_timezone: str = Field(
+        default="UTC", description="IANA time zone that cuts a clinic's business day"
+    )
+    billing_clinic_timezones: dict[str, str] = Field(
+        default_factory=dict, description='JSON per clinic, e.g. {"north": "America/Chicago"}'
+    )
+    billing_batch_max: int = Field(default=500, ge=1)
+    billing_batch_timeout_ms: int = Field(default=20, ge=1)
+    billing_barrier_timeout_seconds: float = Field(default=30.0, gt=0)
+    billing_command_wait_seconds: float = Field(default=5.0, ge=0)
+
+    @field_validator("billing_timezone")
+    @classmethod
+    def _zone_exists(cls, value: str) -> str:
+        _check_zone(value, "CLINICFLOW_BILLING_TIMEZONE")
+        return value
+
+    @field_validator("billing_clinic_timezones")
+    @classmethod
+    def _zones_exist(cls, value: dict[str, str]) -> dict[str, str]:
+        for clinic_id, zone in value.items():
+            _check_zone(zone, f"CLINICFLOW_BILLING_CLINIC_TIMEZONES[{clinic_id!r}]")
+        return value
+
+    def timezone_of(self, clinic_id: str) -> str:
+        """The IANA zone whose midnight starts ``clinic_id``'s business day."""
+        return self.billing_clinic_timezones.get(clinic_id, self.billing_timezone)
+
+
+def _check_zone(name: str, where: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if name == "UTC":
+        return
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{where}: unknown time zone {name!r}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -50,7 +51,16 @@ async def serving(app: Any) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 30)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 30)
+        except TimeoutError:
+            stuck = io.StringIO()
+            for other in asyncio.all_tasks():
+                print(f"task {other.get_name()}:", file=stuck)
+                other.print_stack(limit=8, file=stuck)
+            task.cancel()
+            raise AssertionError(f"the server did not stop within 30 s; tasks:\n"
+                                 f"{stuck.getvalue()}") from None
 
 
 class ServiceProcess:

@@ -1,115 +1,157 @@
-"""The check-in service, wired: front-desk arrivals published to the floor topic.
-
-Arrivals: ``POST /clinics/{clinic_id}/arrivals`` (front desk, kiosk) gives the
-patient a short ticket code that screens show instead of a name, publishes
-``patient.arrived`` keyed by clinic, and honours ``Idempotency-Key``: a retried
-request is the same arrival, answered the same way.
+"""The check-in service, wired: schedule import, arrivals, kiosk, cancel, no-shows, wait
+lookups; the projection consumer of the floor and estimates topics; the no-show sweep.
+Wiring only: the rules are in domain.py, the commands in desk.py, the keys in store.py.
 """
 
 from __future__ import annotations
 
-import uuid
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
-from fastapi import Depends, FastAPI, Header, Path, Request
-from pydantic import AwareDatetime, BaseModel, Field
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
 
+from services.checkin.api import LookupLimiter, make_router, rejected_schedule
+from services.checkin.consumer import ProjectionConsumer, pause_after_error
+from services.checkin.desk import CheckinDesk, DeskConfig, ScheduleRejected
+from services.checkin.domain import CheckinRefused
+from services.checkin.pages import make_pages_router, static_files
+from services.checkin.store import CheckinStore
 from shared import events as ev
-from shared.auth import Principal, require_role
-from shared.idempotency import IdempotencyStore, fingerprint
-from shared.kafka import topic
+from shared.idempotency import IdempotencyStore
+from shared.kafka import dead_letter_topic, topic
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
 from shared.service import ServiceRuntime, make_http_app
 from shared.settings import CheckinSettings
-from shared.topics import FLOOR
+from shared.topics import ESTIMATES, FLOOR
 
 log = get_logger("clinicflow.checkin")
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-ClinicId = Annotated[str, Path(pattern=_ID, examples=["north"])]
-LATE_AFTER = timedelta(minutes=10)
 
 
-class ArrivalRequest(BaseModel):
-    """A patient checking in: scheduled (with their appointment) or a walk-in."""
-
-    provider_id: str | None = Field(None, pattern=_ID, description="null: first available",
-                                    examples=["dr-lee"])
-    visit_type: str = Field(min_length=1, max_length=40, examples=["follow_up"])
-    priority: Literal["routine", "urgent"] = "routine"
-    appointment_id: str | None = Field(None, pattern=_ID, examples=["apt-20260302-0815-lee"])
-    scheduled_at: AwareDatetime | None = Field(None, description="null for a walk-in",
-                                               examples=["2026-03-02T08:15:00-05:00"])
-    patient_ref: str | None = Field(None, pattern=_ID,
-                                    description="pseudonymous patient reference",
-                                    examples=["p-7f3a9c"])
+class KafkaNotConnected(RuntimeError):
+    pass
 
 
-class Arrival(BaseModel):
-    """The arrival as published: the ticket code is what screens show."""
-
-    visit_id: str = Field(examples=["v-3f2a9c1e"])
-    ticket_code: str = Field(examples=["A-17"])
-    event_id: str
-    late: bool
-    replayed: bool = False
+async def _raw_records(message: KafkaMessage) -> object:
+    """Keep the batch as aiokafka records: the consumer decodes (and dead-letters) each."""
+    return message.raw_message
 
 
 def create_app(settings: CheckinSettings) -> FastAPI:
+    """Build the checkin service; nothing connects until the app starts."""
     runtime = ServiceRuntime(settings, "checkin")
+    store = CheckinStore(runtime.redis, settings.redis_prefix)
+    zone = ZoneInfo(settings.checkin_timezone)
     floor_topic = topic(FLOOR, settings)
-    idempotency = IdempotencyStore(runtime.redis, settings.redis_prefix)
-    front_door = require_role("front_desk", "kiosk")
+    estimates_topic = topic(ESTIMATES, settings)
 
-    async def next_ticket(clinic_id: str) -> str:
-        """A short per-clinic, per-day ticket code (A-1, A-2, ...)."""
-        day = datetime.now(UTC).strftime("%Y%m%d")
-        key = f"{settings.redis_prefix}:checkin:ticket:{clinic_id}:{day}"
-        number = int(await runtime.redis.incr(key))
-        if number == 1:
-            await runtime.redis.expire(key, 2 * 24 * 3600)
-        letter = "ABCDEFGHJKLMNPRSTUVWXYZ"[(number - 1) // 9999 % 23]
-        return f"{letter}-{(number - 1) % 9999 + 1}"
+    async def publish(events: Sequence[ev.Event]) -> list[BaseException | None]:
+        """Every event on the floor topic keyed by its clinic, each awaited (acks=all)."""
+        if not runtime.kafka_started:
+            return [KafkaNotConnected("kafka is not connected yet")] * len(events)
+        sent = await asyncio.gather(
+            *(runtime.broker.publish(ev.encode(e), floor_topic, key=e.clinic_id.encode())
+              for e in events), return_exceptions=True)
+        outcomes: list[BaseException | None] = []
+        for event, outcome in zip(events, sent, strict=True):
+            if isinstance(outcome, BaseException):
+                outcomes.append(outcome)
+            else:
+                EVENTS_PUBLISHED.labels("checkin", event.event_type).inc()
+                outcomes.append(None)
+        return outcomes
 
-    app = make_http_app(runtime, title="clinicflow checkin",
-                        description="Front desk and kiosk: arrivals and the day's schedule.")
+    desk = CheckinDesk(store, publish, DeskConfig(
+        zone=zone,
+        late_after=timedelta(minutes=settings.checkin_late_after_minutes),
+        no_show_after=timedelta(minutes=settings.checkin_no_show_after_minutes),
+        identity_secret=settings.checkin_identity_secret.get_secret_value().encode(),
+    ))
+    consumer = ProjectionConsumer(runtime, store, estimates_topic=estimates_topic,
+                                  dead_letter_topic=dead_letter_topic(settings), zone=zone)
+    subscriber = runtime.broker.subscriber(
+        floor_topic, estimates_topic,
+        batch=True,
+        group_id=settings.checkin_group_id,
+        auto_offset_reset="earliest",
+        # acked (committed) after the batch is in Redis; on an error the batch is sought
+        # back and read again (what was applied is skipped by the stored offsets)
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        max_records=500,
+        batch_timeout_ms=20,
+        fetch_max_wait_ms=20,
+        listener=consumer.listener(),
+        decoder=_raw_records,
+        title="checkin.floor-and-estimates",
+        description="Which visits still wait, their ticket codes and flow's latest estimate "
+                    "(for the kiosk and the status lookup); arrival and no-show marks.",
+    )
+    consumer.subscriber = subscriber
 
-    @app.post("/clinics/{clinic_id}/arrivals", status_code=201, response_model=Arrival,
-              tags=["arrivals"], summary="Check a patient in (scheduled or walk-in)")
-    async def check_in(clinic_id: ClinicId, body: ArrivalRequest, request: Request,
-                       idempotency_key: Annotated[str | None, Header(
-                           alias="Idempotency-Key", max_length=200)] = None,
-                       principal: Principal = Depends(front_door)) -> Any:
-        principal.require_clinic(clinic_id)
-        raw = await request.body()
+    @subscriber
+    async def on_floor_and_estimates(records: list[object]) -> None:
+        started = time.monotonic()
+        try:
+            await consumer.handle(records)
+        except Exception as exc:
+            log.warning("batch not applied; it will be read again", error=repr(exc))
+            await pause_after_error(started)
+            raise
 
-        async def arrive() -> tuple[int, Any]:
-            now = datetime.now(UTC)
-            visit_id = f"v-{uuid.uuid4().hex[:12]}"
-            late = body.scheduled_at is not None and now > body.scheduled_at + LATE_AFTER
-            payload = ev.PatientArrived(
-                visit_id=visit_id, ticket_code=await next_ticket(clinic_id),
-                patient_ref=body.patient_ref, appointment_id=body.appointment_id,
-                provider_id=body.provider_id, visit_type=body.visit_type,
-                scheduled_at=body.scheduled_at, priority=body.priority, late=late,
-            )
-            event = ev.make_event(payload, clinic_id=clinic_id, source="checkin",
-                                  occurred_at=now, correlation_id=visit_id)
-            await runtime.broker.publish(ev.encode(event), floor_topic,
-                                         key=clinic_id.encode())
-            EVENTS_PUBLISHED.labels("checkin", event.event_type).inc()
-            log.info("patient checked in", clinic=clinic_id, visit_id=visit_id,
-                     ticket=payload.ticket_code, by=principal.name)
-            return 201, {"visit_id": visit_id, "ticket_code": payload.ticket_code,
-                         "event_id": event.envelope.event_id, "late": late}
+    tasks: list[asyncio.Task[None]] = []
 
-        if idempotency_key is None:
-            _status, answer = await arrive()
-            return Arrival(**answer)
-        _status, answer, replayed = await idempotency.run(
-            f"checkin:{clinic_id}", idempotency_key,
-            fingerprint(request.method, request.url.path, raw), arrive)
-        return Arrival(**answer, replayed=replayed)
+    async def sweep_regularly() -> None:
+        while True:
+            await asyncio.sleep(settings.checkin_no_show_check_seconds)
+            if not runtime.kafka_started:
+                continue
+            try:
+                await desk.sweep_no_shows(datetime.now(UTC))
+            except Exception as exc:
+                log.warning("no-show sweep failed; next one retries", error=repr(exc))
 
+    async def start() -> None:
+        tasks.append(asyncio.create_task(sweep_regularly(), name="checkin-no-shows"))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = make_http_app(
+        runtime,
+        title="clinicflow checkin",
+        description="Front desk and kiosk: the day's schedule (CSV, FHIR R4), arrivals with "
+                    "ticket codes, cancellations, no-shows and the follow-up list, and where "
+                    "a waiting patient is in line. Bearer tokens; every command takes an "
+                    "Idempotency-Key.",
+        on_startup=[start],
+        on_shutdown=[stop],
+    )
+
+    @app.exception_handler(CheckinRefused)
+    async def refused(_request: Request, exc: CheckinRefused) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
+
+    @app.exception_handler(ScheduleRejected)
+    async def rejected(_request: Request, exc: ScheduleRejected) -> JSONResponse:
+        return JSONResponse(status_code=422, content=rejected_schedule(exc))
+
+    limiter = LookupLimiter(store, settings.checkin_lookup_rate_per_minute,
+                            settings.checkin_lookup_misses_per_minute)
+    app.include_router(make_router(desk, IdempotencyStore(runtime.redis, settings.redis_prefix),
+                                   limiter))
+    app.include_router(make_pages_router())
+    app.mount("/static", static_files(), name="static")
+    app.state.desk = desk
+    app.state.store = store
+    app.state.consumer = consumer
     return app

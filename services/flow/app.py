@@ -99,6 +99,6 @@ def create_app(settings: FlowSettings) -> FastAPI:
     app.state.consumer = consumer
     app.include_router(make_router(runtime, store, hub, floor_topic,
                                    IdempotencyStore(runtime.redis, settings.redis_prefix)))
-    app.include_router(make_pages_router())
+    app.include_router(make_pages_router(settings))
     app.mount("/static", static_files(), name="static")
     return app

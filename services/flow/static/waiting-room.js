@@ -1,18 +1,11 @@
 // The lobby screen: ticket codes and ranges, who is called, delays. Live over SSE.
-// The token comes once as ?token=... and is kept in sessionStorage, so the URL can be
-// bookmarked without it; EventSource cannot send headers, so it goes as access_token.
+// It shows what the screen role's board holds and nothing else: no names, ever.
 (function () {
   "use strict";
-  const clinic = document.body.dataset.clinic;
-  const params = new URLSearchParams(location.search);
-  if (params.get("token")) {
-    sessionStorage.setItem("clinicflow-token", params.get("token"));
-    params.delete("token");
-    history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
-  }
-  const token = sessionStorage.getItem("clinicflow-token") || "";
+  const live = ClinicFlowLive.init("waiting-room");
+  const {el} = ClinicFlowLive;
   const MAX_ROWS = 12;
-  const el = (id) => document.getElementById(id);
+  const byId = (id) => document.getElementById(id);
 
   function rangeText(low, high) {
     if (high === null || high === undefined) return "";
@@ -22,30 +15,40 @@
     return "about " + lo + "\u2013" + hi + " min";
   }
 
-  function item(cls, parts) {
-    const li = document.createElement("li");
-    if (cls) li.className = cls;
-    for (const [name, text] of parts) {
-      const span = document.createElement("span");
-      span.className = name;
-      span.textContent = text;   // never innerHTML: board text is data, not markup
-      li.appendChild(span);
-    }
+  function row(className, parts) {
+    const li = el("li", className);
+    for (const [name, text] of parts) li.appendChild(el("span", name, text));
     return li;
   }
 
+  // as many rows as the screen holds, then "+N more": nothing is ever cut in half
+  function fit(total) {
+    const panel = byId("waiting-panel");
+    const list = byId("waiting");
+    let shown = list.querySelectorAll("li:not(.overflow)").length;
+    while (shown > 1 && panel.scrollHeight > panel.clientHeight + 1) {
+      list.replaceChildren(...Array.from(list.children).slice(0, shown - 1));
+      shown -= 1;
+      list.appendChild(row("overflow", [["ticket", "+" + (total - shown) + " more"]]));
+    }
+  }
+
+  function providerName(id) {
+    return id;  // provider ids are what the clinic chose to show (e.g. "dr-lee")
+  }
+
   function render(board) {
-    const calling = el("calling");
-    calling.replaceChildren(...(board.calling || []).slice(-4).reverse().map(
-      (c) => item("", [["ticket", c.ticket_code], ["room", "Room " + c.room_id]])));
+    byId("calling").replaceChildren(...(board.calling || []).slice(-4).reverse().map(
+      (c) => row("", [["ticket", c.ticket_code], ["room", "Room " + c.room_id]])));
     const waiting = board.waiting || [];
     const rows = waiting.slice(0, MAX_ROWS).map(
-      (w) => item("", [["ticket", w.ticket_code], ["range", rangeText(w.low, w.high)]]));
+      (w) => row("", [["ticket", w.ticket_code], ["range", rangeText(w.low, w.high)]]));
     if (waiting.length > MAX_ROWS) {
-      rows.push(item("overflow", [["ticket", "+" + (waiting.length - MAX_ROWS) + " more"]]));
+      rows.push(row("overflow", [["ticket", "+" + (waiting.length - MAX_ROWS) + " more"]]));
     }
-    el("waiting").replaceChildren(...rows);
-    el("empty").hidden = waiting.length > 0;
+    byId("waiting").replaceChildren(...rows);
+    byId("empty").hidden = waiting.length > 0;
+    fit(waiting.length);
     const banners = [];
     if (board.clinic_delay && board.clinic_delay.minutes > 0) {
       banners.push("We are running about " + board.clinic_delay.minutes +
@@ -53,50 +56,20 @@
     }
     for (const p of board.providers || []) {
       if (p.delay_minutes > 0) {
-        banners.push(p.provider_id + " is running about " + p.delay_minutes +
+        banners.push(providerName(p.provider_id) + " is running about " + p.delay_minutes +
                      " minutes behind.");
       }
     }
-    el("banners").replaceChildren(...banners.map((text) => {
-      const div = document.createElement("div");
-      div.className = "banner";
-      div.textContent = text;
-      return div;
-    }));
+    byId("banners").replaceChildren(...banners.map((text) => el("div", "banner", text)));
   }
 
-  function status(text, lost) {
-    const s = el("status");
-    s.textContent = text;
-    s.classList.toggle("lost", !!lost);
+  function status(state, text) {
+    const node = byId("status");
+    node.textContent = state === "live"
+      ? "live \u00b7 updated " + new Date().toLocaleTimeString() : text;
+    node.classList.toggle("lost", state !== "live");
   }
 
-  let source = null;
-  let retry = null;
-  function connect() {
-    if (source) source.close();
-    const url = "/clinics/" + encodeURIComponent(clinic) + "/stream?access_token=" +
-                encodeURIComponent(token);
-    source = new EventSource(url);
-    source.addEventListener("board", (event) => {
-      render(JSON.parse(event.data));
-      status("live \u00b7 updated " + new Date().toLocaleTimeString(), false);
-    });
-    source.onerror = () => {
-      status("reconnecting\u2026", true);
-      // EventSource retries by itself after a dropped connection, but gives up for good
-      // when the server answers with an error while restarting: start it again then.
-      if (source.readyState === EventSource.CLOSED && retry === null) {
-        retry = setTimeout(() => { retry = null; connect(); }, 2000);
-      }
-    };
-  }
-
-  function tick() {
-    el("clock").textContent = new Date().toLocaleTimeString([], {hour: "2-digit",
-                                                                 minute: "2-digit"});
-  }
-  tick();
-  setInterval(tick, 10000);
-  connect();
+  ClinicFlowLive.startClock(byId("clock"));
+  live.stream(render, status);
 })();

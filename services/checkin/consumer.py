@@ -1,0 +1,265 @@
+"""Checkin's projection of the floor and of flow's estimates: which visits still wait,
+their ticket codes and their latest estimate (for the kiosk and the status lookup).
+
+One FastStream batch subscriber reads the floor topic and the estimates topic. Each
+batch: records are decoded (unreadable or misplaced ones go to the dead-letter topic
+with the reason, and the consumer keeps going); ``plan_batch`` (pure) applies the ones
+not applied yet to the visits they touch; the store writes the visits and the
+partitions' offsets in one transaction. Where to resume comes from Redis: on
+assignment a partition is positioned just after its stored offset, or at its
+beginning when Redis has none (a flushed Redis rebuilds itself). Kafka's committed
+offsets only serve lag monitoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from services.checkin.domain import VisitView, clinic_day, evolve_visit
+from services.checkin.store import CheckinStore, ProjectionWrites
+from shared import events as ev
+from shared.kafka import dead_letter_record
+from shared.logging import get_logger
+from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_kind
+from shared.service import ServiceRuntime
+
+log = get_logger("clinicflow.checkin.consumer")
+VISIT_EVENTS = (ev.PatientArrived, ev.PatientRoomed, ev.ArrivalCancelled, ev.PatientCheckedOut,
+                ev.WaitEstimated)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One Kafka record, decoded (``event``) or not (``reason``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    event: ev.Event | None = None
+    reason: str | None = None
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    applied: int = 0
+    already_applied: int = 0
+    dead_letters: list[Item] = field(default_factory=list)
+
+
+def read_record(topic: str, partition: int, offset: int, key: bytes | None,
+                value: bytes | None, *, estimates_topic: str) -> Item:
+    """Decode one record, or say why it cannot be applied."""
+    if value is None:
+        return Item(topic, partition, offset, key, value, reason="empty record (tombstone)")
+    try:
+        event = ev.decode(value)
+    except ev.InvalidEvent as exc:
+        return Item(topic, partition, offset, key, value, reason=exc.reason)
+    if key is not None and key != event.clinic_id.encode():
+        return Item(topic, partition, offset, key, value, reason=(
+            f"key {key.decode('utf-8', 'replace')!r} is not the event's clinic_id "
+            f"{event.clinic_id!r}: events are keyed by clinic"))
+    on_estimates = topic == estimates_topic
+    if on_estimates != isinstance(event.payload, ev.WaitEstimated):
+        where = "the estimates topic" if on_estimates else "the floor topic"
+        return Item(topic, partition, offset, key, value,
+                    reason=f"{event.event_type} does not belong on {where}")
+    return Item(topic, partition, offset, key, value, event=event)
+
+
+def plan_batch(items: Sequence[Item], offsets: dict[tuple[str, int], int | None],
+               visits: dict[tuple[str, str], VisitView], zone: ZoneInfo,
+               result: BatchResult) -> ProjectionWrites:
+    """What a batch changes (pure): visits, arrival and no-show marks, new offsets.
+    Records at or below their partition's stored offset were applied before: skipped."""
+    writes = ProjectionWrites()
+    current = dict(visits)
+    for item in items:
+        done = offsets.get(item.tp)
+        if done is not None and item.offset <= done:
+            result.already_applied += 1
+            continue
+        writes.offsets[item.tp] = max(item.offset, writes.offsets.get(item.tp, -1))
+        event = item.event
+        if event is None:
+            continue  # dead-lettered
+        result.applied += 1
+        payload = event.payload
+        if isinstance(payload, VISIT_EVENTS):
+            ref = (event.clinic_id, payload.visit_id)
+            before = current.get(ref)
+            after = evolve_visit(before, event, zone)
+            if after is not None and after != before:
+                current[ref] = after
+                writes.visits[ref] = after
+        if isinstance(payload, ev.PatientArrived) and payload.appointment_id is not None:
+            writes.arrivals.append((event.clinic_id, payload.appointment_id, payload.visit_id))
+        elif isinstance(payload, ev.PatientNoShow):
+            writes.no_shows.append((event.clinic_id, payload.appointment_id,
+                                    payload.scheduled_at, clinic_day(payload.scheduled_at, zone)))
+    return writes
+
+
+class ProjectionConsumer:
+    """Keeps checkin's view of waiting visits and estimates, exactly once per record."""
+
+    def __init__(self, runtime: ServiceRuntime, store: CheckinStore, *, estimates_topic: str,
+                 dead_letter_topic: str, zone: ZoneInfo) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.estimates_topic = estimates_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.zone = zone
+        self.subscriber: Any = None
+        self.lock = asyncio.Lock()
+        self._expect: dict[tuple[str, int], int] = {}
+        self.applied_total = 0
+
+    # ------------------------------------------------------------- wiring
+
+    def listener(self) -> ConsumerRebalanceListener:
+        consumer = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+                for tp in revoked:
+                    consumer._expect.pop((tp.topic, tp.partition), None)
+
+            async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+                await consumer.on_assigned(assigned)
+
+        return Listener()
+
+    @property
+    def kafka_consumer(self) -> Any:
+        return getattr(self.subscriber, "consumer", None)
+
+    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Position each new partition just after its stored offset (or at its start)."""
+        kafka = self.kafka_consumer
+        for tp in assigned:
+            offset = await self.store.stored_offset(tp.topic, tp.partition)
+            if offset is None:
+                start = (await kafka.beginning_offsets([tp]))[tp] if kafka is not None else 0
+            else:
+                start = offset + 1
+            self._expect[(tp.topic, tp.partition)] = start
+            if kafka is not None:
+                kafka.seek(tp, start)
+
+    # ------------------------------------------------------------ batches
+
+    async def handle(self, raw_records: Sequence[Any]) -> BatchResult:
+        """Apply one Kafka batch (aiokafka ``ConsumerRecord`` objects)."""
+        items = [read_record(r.topic, r.partition, r.offset, r.key, r.value,
+                             estimates_topic=self.estimates_topic) for r in raw_records]
+        result = BatchResult()
+        async with self.lock:
+            items = await self._without_gaps(items)
+            if not items:
+                return result
+            await self._dead_letter(items, result)
+            partitions = sorted({i.tp for i in items})
+            refs = sorted({(i.event.clinic_id, i.event.payload.visit_id) for i in items
+                           if i.event is not None and isinstance(i.event.payload, VISIT_EVENTS)})
+
+            def plan(offsets: dict[tuple[str, int], int | None],
+                     visits: dict[tuple[str, str], VisitView]) -> ProjectionWrites:
+                nonlocal result
+                fresh = BatchResult(dead_letters=result.dead_letters)
+                writes = plan_batch(items, offsets, visits, self.zone, fresh)
+                result = fresh
+                return writes
+
+            await self.store.apply_batch(partitions, refs, plan)
+        self._observe(result, items)
+        return result
+
+    async def _dead_letter(self, items: list[Item], result: BatchResult) -> None:
+        bad = [i for i in items if i.reason is not None]
+        stored: dict[tuple[str, int], int | None] = {}
+        for item in bad:
+            if item.tp not in stored:
+                stored[item.tp] = await self.store.stored_offset(*item.tp)
+            done = stored[item.tp]
+            if done is not None and item.offset <= done:
+                continue
+            reason = item.reason or "unreadable"
+            await self.runtime.broker.publish(
+                dead_letter_record(raw=item.value, reason=reason, consumer="checkin",
+                                   source_topic=item.topic, partition=item.partition,
+                                   offset=item.offset, key=item.key),
+                self.dead_letter_topic, key=item.key)
+            DEAD_LETTERS.labels("checkin", reason_kind(reason)).inc()
+            result.dead_letters.append(item)
+            log.warning("event dead-lettered", reason=reason, topic=item.topic,
+                        partition=item.partition, offset=item.offset)
+
+    async def _without_gaps(self, items: list[Item]) -> list[Item]:
+        """Drop a partition's records when it did not resume where Redis says (the group's
+        committed offset won over our seek): it is sought again."""
+        if not self._expect:
+            return items
+        first: dict[tuple[str, int], int] = {}
+        for item in items:
+            first.setdefault(item.tp, item.offset)
+        skip: set[tuple[str, int]] = set()
+        kafka = self.kafka_consumer
+        for tp, offset in first.items():
+            expected = self._expect.pop(tp, None)
+            if expected is None or offset <= expected:
+                continue
+            partition = TopicPartition(*tp)
+            beginning = (await kafka.beginning_offsets([partition]))[partition] if kafka else 0
+            if offset <= beginning:
+                continue
+            log.warning("partition did not resume at its stored offset: seeking again",
+                        topic=tp[0], partition=tp[1], got=offset, expected=expected)
+            skip.add(tp)
+            self._expect[tp] = expected
+            if kafka is not None:
+                kafka.seek(partition, expected)
+        return [i for i in items if i.tp not in skip]
+
+    def _observe(self, result: BatchResult, items: Sequence[Item]) -> None:
+        if result.applied:
+            EVENTS_CONSUMED.labels("checkin", "applied").inc(result.applied)
+        if result.already_applied:
+            EVENTS_CONSUMED.labels("checkin", "already_applied").inc(result.already_applied)
+        if result.dead_letters:
+            EVENTS_CONSUMED.labels("checkin", "dead_lettered").inc(len(result.dead_letters))
+        self.applied_total += result.applied
+        kafka = self.kafka_consumer
+        if kafka is None:
+            return
+        last: dict[tuple[str, int], int] = {}
+        for item in items:
+            last[item.tp] = max(item.offset, last.get(item.tp, -1))
+        lag = 0
+        for tp, offset in last.items():
+            try:
+                highwater = kafka.highwater(TopicPartition(*tp))
+            except Exception:
+                return
+            if highwater is None:
+                return
+            lag += max(0, highwater - offset - 1)
+        CONSUMER_LAG.labels("checkin").set(lag)
+
+
+async def pause_after_error(started: float, minimum: float = 1.0) -> None:
+    """Keep a failing batch (Redis down) from being retried in a hot loop."""
+    await asyncio.sleep(max(0.0, minimum - (time.monotonic() - started)))

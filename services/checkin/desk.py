@@ -1,0 +1,466 @@
+"""The front desk's and the kiosk's commands: import the schedule, check patients in,
+cancel, sweep for no-shows, answer "where am I in line".
+
+Each command reads what it needs from the store, asks the domain, publishes, then
+records. Everything is validated before anything is published; a command that cannot
+publish undoes what it recorded and says so (503). No Kafka or HTTP here: events go
+out through the ``Publish`` function given in.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from services.checkin import metrics as m
+from services.checkin.domain import (
+    Appointment,
+    AppointmentState,
+    Channel,
+    CheckinRefused,
+    VisitView,
+    WaitStatus,
+    check_scheduled_arrival,
+    choose_kiosk_appointment,
+    clinic_day,
+    identity_digest,
+    is_late,
+    no_show_verdict,
+    normalize_initials,
+    normalize_ticket_code,
+    plan_import,
+    ticket_code,
+    wait_status,
+)
+from services.checkin.schedule import IdentityHasher, ParsedSchedule, RowProblem
+from services.checkin.store import CheckinStore
+from shared import events as ev
+from shared.logging import get_logger
+
+log = get_logger("clinicflow.checkin.desk")
+SOURCE = "checkin"
+NO_SHOW_HORIZON = timedelta(hours=24)
+
+# publishes events to the floor topic (keyed by clinic); one outcome per event, in order:
+# None when it is safely on Kafka, the exception otherwise
+Publish = Callable[[Sequence[ev.Event]], Awaitable[list[BaseException | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeskConfig:
+    zone: ZoneInfo
+    late_after: timedelta
+    no_show_after: timedelta
+    identity_secret: bytes
+
+
+class ScheduleRejected(Exception):
+    """The import has bad rows: nothing was published or stored."""
+
+    def __init__(self, errors: list[RowProblem], rows: int) -> None:
+        super().__init__(f"{len(errors)} problem(s)")
+        self.errors = errors
+        self.rows = rows
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    dry_run: bool
+    rows: int
+    created: list[str]
+    updated: list[str]
+    unchanged: int
+    restored: int
+    skipped: list[RowProblem]
+    ignored_columns: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalResult:
+    visit_id: str
+    ticket_code: str
+    event_id: str
+    late: bool
+    appointment_id: str | None
+    provider_id: str | None
+    visit_type: str
+    priority: str
+    wait: WaitStatus
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A no-show on the front desk's list to call: no names, a pseudonymous patient."""
+
+    appointment_id: str
+    provider_id: str | None
+    visit_type: str | None
+    scheduled_at: datetime
+    patient_ref: str | None
+    arrived_later: bool
+
+
+@dataclass(slots=True)
+class WalkIn:
+    provider_id: str | None
+    visit_type: str
+    priority: Literal["routine", "urgent"] = "routine"
+    patient_ref: str | None = None
+
+
+@dataclass(slots=True)
+class Overrides:
+    """What the front desk may change when checking in a scheduled patient."""
+
+    provider_id: str | None = None
+    visit_type: str | None = None
+    priority: Literal["routine", "urgent"] = "routine"
+
+
+@dataclass(slots=True)
+class SweepResult:
+    published: list[ev.Event] = field(default_factory=list)
+    failed: int = 0
+
+
+class CheckinDesk:
+    def __init__(self, store: CheckinStore, publish: Publish, config: DeskConfig) -> None:
+        self.store = store
+        self.publish = publish
+        self.config = config
+
+    def today(self, now: datetime) -> date:
+        return clinic_day(now, self.config.zone)
+
+    def identity_hasher(self, clinic_id: str) -> IdentityHasher:
+        secret = self.config.identity_secret
+
+        def digest(birth_date: date, initials: str) -> str:
+            return identity_digest(secret, clinic_id, birth_date, initials)
+
+        return digest
+
+    async def _publish_one(self, event: ev.Event) -> None:
+        outcome = (await self.publish([event]))[0]
+        if outcome is not None:
+            log.warning("publish failed", event_type=event.event_type, error=repr(outcome))
+            raise CheckinRefused(503, "could not publish to Kafka; nothing was recorded, "
+                                 "try again", "unavailable")
+
+    # ------------------------------------------------------------- schedule
+
+    async def import_schedule(self, clinic_id: str, parsed: ParsedSchedule, *, fmt: str,
+                              dry_run: bool, now: datetime) -> ImportResult:
+        """All rows or none: any bad row rejects the whole import (``ScheduleRejected``).
+        A valid import publishes ``appointment.scheduled`` for new and changed
+        appointments only, then stores them."""
+        started = time.perf_counter()
+        if parsed.errors:
+            m.IMPORTS.labels(fmt, "rejected").inc()
+            m.SCHEDULE_ROWS.labels(fmt, "rejected").inc(len(parsed.errors))
+            raise ScheduleRejected(parsed.errors, parsed.rows)
+        if not dry_run and not await self.store.lock_import(clinic_id):
+            raise CheckinRefused(409, f"another schedule import for clinic {clinic_id!r} is "
+                                 "running; try again when it is done", "import_running")
+        try:
+            ids = [a.appointment_id for a in parsed.appointments]
+            stored = await self.store.appointments(clinic_id, ids)
+            plan = plan_import(parsed.appointments, stored)
+            result = ImportResult(
+                dry_run=dry_run, rows=parsed.rows,
+                created=[a.appointment_id for a in plan.created],
+                updated=[a.appointment_id for a in plan.updated],
+                unchanged=len(plan.unchanged), restored=len(plan.restored),
+                skipped=parsed.skipped, ignored_columns=parsed.ignored_columns,
+            )
+            if dry_run:
+                m.IMPORTS.labels(fmt, "dry_run").inc()
+                return result
+            events = [ev.make_event(a.payload(), clinic_id=clinic_id, source=SOURCE,
+                                    occurred_at=now, correlation_id=a.appointment_id)
+                      for a in plan.to_publish]
+            outcomes = await self.publish(events) if events else []
+            published = [a for a, o in zip(plan.to_publish, outcomes, strict=True) if o is None]
+            await self.store.save_appointments(clinic_id, [*published, *plan.restored],
+                                               stored, self.config.zone)
+        finally:
+            if not dry_run:
+                await self.store.unlock_import(clinic_id)
+        failed = len(plan.to_publish) - len(published)
+        if failed:
+            m.IMPORTS.labels(fmt, "failed").inc()
+            log.warning("schedule import partly published", clinic=clinic_id, failed=failed,
+                        published=len(published))
+            raise CheckinRefused(503, f"{failed} of {len(plan.to_publish)} appointment "
+                                 "changes could not be published to Kafka; import the same "
+                                 "file again to finish (what was published is not repeated)",
+                                 "unavailable")
+        m.IMPORTS.labels(fmt, "imported").inc()
+        for outcome, count in (("created", len(plan.created)), ("updated", len(plan.updated)),
+                               ("unchanged", len(plan.unchanged)),
+                               ("restored", len(plan.restored)),
+                               ("skipped", len(parsed.skipped))):
+            if count:
+                m.SCHEDULE_ROWS.labels(fmt, outcome).inc(count)
+        m.IMPORT_SECONDS.observe(time.perf_counter() - started)
+        log.info("schedule imported", clinic=clinic_id, fmt=fmt, created=len(plan.created),
+                 updated=len(plan.updated), unchanged=len(plan.unchanged))
+        return result
+
+    async def schedule(self, clinic_id: str, day: date) -> list[AppointmentState]:
+        return await self.store.day_schedule(clinic_id, day)
+
+    # ------------------------------------------------------------- arrivals
+
+    async def arrive_scheduled(self, clinic_id: str, appointment_id: str, *, channel: Channel,
+                               now: datetime, overrides: Overrides | None = None,
+                               ) -> ArrivalResult:
+        """Check in a scheduled patient: 404 for an appointment not on this clinic's
+        schedule (another clinic's looks exactly the same), 409 for a second arrival."""
+        state = (await self.store.appointment_states(clinic_id, [appointment_id])).get(
+            appointment_id)
+        if state is None:
+            m.ARRIVALS_REFUSED.labels(channel, "not_found").inc()
+            raise CheckinRefused(404, f"no appointment {appointment_id!r} on clinic "
+                                 f"{clinic_id!r}'s schedule", "not_found")
+        return await self._arrive(clinic_id, state, channel=channel, now=now,
+                                  overrides=overrides or Overrides())
+
+    async def _arrive(self, clinic_id: str, state: AppointmentState, *, channel: Channel,
+                      now: datetime, overrides: Overrides) -> ArrivalResult:
+        appointment = state.appointment
+        try:
+            check_scheduled_arrival(state, channel=channel, today=self.today(now),
+                                    zone=self.config.zone)
+        except CheckinRefused as refused:
+            m.ARRIVALS_REFUSED.labels(channel, refused.code).inc()
+            raise
+        visit_id = new_visit_id()
+        holder = await self.store.claim_arrival(clinic_id, appointment, visit_id)
+        if holder is not None:
+            m.ARRIVALS_REFUSED.labels(channel, "already_arrived").inc()
+            # raises the 409, worded for this channel
+            check_scheduled_arrival(replace(state, arrived_visit=holder), channel=channel,
+                                    today=self.today(now), zone=self.config.zone)
+            raise AssertionError("a second arrival is always refused")
+        try:
+            result = await self._publish_arrival(
+                clinic_id, visit_id, now=now, channel=channel, appointment=appointment,
+                provider_id=overrides.provider_id or appointment.provider_id,
+                visit_type=overrides.visit_type or appointment.visit_type,
+                priority=overrides.priority, patient_ref=appointment.patient_ref)
+        except BaseException:
+            await self.store.release_arrival(clinic_id, appointment.appointment_id, visit_id)
+            raise
+        await self.store.drop_pending(clinic_id, [appointment.appointment_id])
+        return result
+
+    async def arrive_walk_in(self, clinic_id: str, walk_in: WalkIn, *, channel: Channel,
+                             now: datetime) -> ArrivalResult:
+        """Check in a patient without an appointment (``provider_id`` None: first available)."""
+        return await self._publish_arrival(
+            clinic_id, new_visit_id(), now=now, channel=channel, appointment=None,
+            provider_id=walk_in.provider_id, visit_type=walk_in.visit_type,
+            priority=walk_in.priority, patient_ref=walk_in.patient_ref)
+
+    async def _publish_arrival(self, clinic_id: str, visit_id: str, *, now: datetime,
+                               channel: Channel, appointment: Appointment | None,
+                               provider_id: str | None, visit_type: str, priority: str,
+                               patient_ref: str | None) -> ArrivalResult:
+        day = self.today(now)
+        scheduled_at = appointment.scheduled_at if appointment is not None else None
+        late = is_late(now, scheduled_at, self.config.late_after)
+        code = ticket_code(await self.store.next_ticket_number(clinic_id, day))
+        payload = ev.PatientArrived(
+            visit_id=visit_id, ticket_code=code, patient_ref=patient_ref,
+            appointment_id=appointment.appointment_id if appointment else None,
+            provider_id=provider_id, visit_type=visit_type, scheduled_at=scheduled_at,
+            priority=priority, late=late,  # type: ignore[arg-type]
+        )
+        event = ev.make_event(payload, clinic_id=clinic_id, source=SOURCE, occurred_at=now,
+                              correlation_id=visit_id)
+        view = VisitView(clinic_id=clinic_id, visit_id=visit_id, ticket_code=code, day=day,
+                         status="waiting", status_at=now,
+                         appointment_id=payload.appointment_id)
+        await self.store.save_visit(view)
+        try:
+            await self._publish_one(event)
+        except BaseException:
+            await self.store.forget_visit(view)
+            raise
+        kind = "scheduled" if appointment is not None else "walk_in"
+        m.ARRIVALS.labels(clinic_id, channel, kind, str(late).lower()).inc()
+        log.info("patient checked in", clinic=clinic_id, visit_id=visit_id, ticket=code,
+                 kind=kind, channel=channel, late=late)
+        return ArrivalResult(visit_id=visit_id, ticket_code=code,
+                             event_id=event.envelope.event_id, late=late,
+                             appointment_id=payload.appointment_id, provider_id=provider_id,
+                             visit_type=visit_type, priority=priority,
+                             wait=wait_status(view, now))
+
+    # ---------------------------------------------------------------- kiosk
+
+    async def kiosk_by_code(self, clinic_id: str, code: str, *, now: datetime) -> ArrivalResult:
+        appointment_id = await self.store.appointment_for_code(clinic_id, code.strip())
+        state = None
+        if appointment_id is not None:
+            state = (await self.store.appointment_states(clinic_id, [appointment_id])).get(
+                appointment_id)
+        if state is None:
+            m.ARRIVALS_REFUSED.labels("kiosk", "not_found").inc()
+            raise CheckinRefused(404, "we could not find an appointment with that code; "
+                                 "please check it or see the front desk", "not_found")
+        return await self._arrive(clinic_id, state, channel="kiosk", now=now,
+                                  overrides=Overrides())
+
+    async def kiosk_by_identity(self, clinic_id: str, birth_date: date, initials: str, *,
+                                now: datetime) -> ArrivalResult:
+        """Match today's schedule on the digest of birth date + initials (never stored or
+        compared in plain)."""
+        letters = normalize_initials(initials)
+        if letters is None:
+            raise CheckinRefused(422, "initials must be 1 to 4 letters", "bad_initials")
+        digest = self.identity_hasher(clinic_id)(birth_date, letters)
+        today = self.today(now)
+        ids = await self.store.identity_matches(clinic_id, today, digest)
+        states = await self.store.appointment_states(clinic_id, ids)
+        candidates = [s for s in states.values() if s.appointment.identity == digest]
+        try:
+            chosen = choose_kiosk_appointment(candidates, today=today, zone=self.config.zone)
+        except CheckinRefused as refused:
+            m.ARRIVALS_REFUSED.labels("kiosk", refused.code).inc()
+            raise
+        return await self._arrive(clinic_id, chosen, channel="kiosk", now=now,
+                                  overrides=Overrides())
+
+    # --------------------------------------------------------------- cancel
+
+    async def cancel(self, clinic_id: str, visit_id: str, reason: str, *,
+                     now: datetime) -> VisitView:
+        """Cancel a waiting patient's arrival (left, rescheduled, entered in error)."""
+        before: list[VisitView] = []
+
+        def cancelled(current: VisitView | None) -> VisitView:
+            if current is None:
+                raise CheckinRefused(404, f"no visit {visit_id!r} at clinic {clinic_id!r}",
+                                     "not_found")
+            if current.status != "waiting":
+                status = current.status.replace("_", " ")
+                raise CheckinRefused(409, f"visit {visit_id!r} is {status}, not waiting: "
+                                     "it can no longer be cancelled", "not_waiting")
+            before.append(current)
+            return replace(current, status="cancelled", status_at=now)
+
+        changed = await self.store.change_visit(clinic_id, visit_id, cancelled)
+        event = ev.make_event(ev.ArrivalCancelled(visit_id=visit_id, reason=reason),  # type: ignore[arg-type]
+                              clinic_id=clinic_id, source=SOURCE, occurred_at=now,
+                              correlation_id=visit_id)
+        try:
+            await self._publish_one(event)
+        except BaseException:
+            await self.store.change_visit(clinic_id, visit_id, lambda _current: before[-1])
+            raise
+        m.CANCELLATIONS.labels(clinic_id, reason).inc()
+        log.info("arrival cancelled", clinic=clinic_id, visit_id=visit_id, reason=reason)
+        return changed
+
+    # ------------------------------------------------------------- no-shows
+
+    async def sweep_no_shows(self, now: datetime) -> SweepResult:
+        """Publish ``patient.no_show`` once for every booked appointment with no arrival
+        ``no_show_after`` past its time. Safe to run from several instances at once."""
+        result = SweepResult()
+        after = self.config.no_show_after
+        for clinic_id in await self.store.clinics():
+            ids = await self.store.pending_until(clinic_id, now - after)
+            if not ids:
+                continue
+            states = await self.store.appointment_states(clinic_id, ids)
+            settled = []
+            for appointment_id in ids:
+                state = states.get(appointment_id)
+                verdict = "settled" if state is None else no_show_verdict(
+                    state, now, after, NO_SHOW_HORIZON)
+                if verdict in ("settled", "too_old"):
+                    settled.append(appointment_id)
+                if verdict != "due" or state is None:
+                    continue
+                appointment = state.appointment
+                if not await self.store.claim_no_show(clinic_id, appointment):
+                    settled.append(appointment_id)
+                    continue
+                # an arrival may have been taken between the read and the claim
+                fresh = await self.store.appointment_states(clinic_id, [appointment_id])
+                if appointment_id in fresh and fresh[appointment_id].arrived_visit is not None:
+                    await self.store.release_no_show(clinic_id, appointment_id)
+                    settled.append(appointment_id)
+                    continue
+                event = ev.make_event(
+                    ev.PatientNoShow(appointment_id=appointment_id,
+                                     provider_id=appointment.provider_id,
+                                     scheduled_at=appointment.scheduled_at),
+                    clinic_id=clinic_id, source=SOURCE, occurred_at=now,
+                    correlation_id=appointment_id)
+                outcome = (await self.publish([event]))[0]
+                if outcome is not None:
+                    await self.store.release_no_show(clinic_id, appointment_id)
+                    result.failed += 1
+                    log.warning("no-show not published; next sweep retries", clinic=clinic_id,
+                                error=repr(outcome))
+                    continue
+                await self.store.record_no_show(
+                    clinic_id, appointment_id, appointment.scheduled_at,
+                    clinic_day(appointment.scheduled_at, self.config.zone))
+                m.NO_SHOWS.labels(clinic_id).inc()
+                result.published.append(event)
+            await self.store.drop_pending(clinic_id, settled)
+        if result.published:
+            log.info("no-shows published", count=len(result.published))
+        return result
+
+    async def follow_up_list(self, clinic_id: str, day: date) -> list[FollowUp]:
+        """The day's no-shows to call and reschedule, in appointment order."""
+        entries = await self.store.no_shows(clinic_id, day)
+        states = await self.store.appointment_states(clinic_id, [i for i, _ in entries])
+        listed = []
+        for appointment_id, scheduled_at in entries:
+            state = states.get(appointment_id)
+            appointment = state.appointment if state else None
+            listed.append(FollowUp(
+                appointment_id=appointment_id,
+                provider_id=appointment.provider_id if appointment else None,
+                visit_type=appointment.visit_type if appointment else None,
+                scheduled_at=appointment.scheduled_at if appointment else scheduled_at,
+                patient_ref=appointment.patient_ref if appointment else None,
+                arrived_later=bool(state and state.arrived_visit),
+            ))
+        return listed
+
+    # -------------------------------------------------------------- lookups
+
+    async def wait_for_ticket(self, clinic_id: str, text: str,
+                              now: datetime) -> WaitStatus | None:
+        """Place in line and range for a ticket code of today (or yesterday, just after
+        midnight); None for a code that is unknown or not a code at all."""
+        code = normalize_ticket_code(text)
+        if code is None:
+            return None
+        today = self.today(now)
+        view = await self.store.visit_for_ticket(clinic_id, [today, today - timedelta(days=1)],
+                                                 code)
+        return wait_status(view, now) if view is not None else None
+
+    async def wait_for_visit(self, clinic_id: str, visit_id: str,
+                             now: datetime) -> WaitStatus | None:
+        view = await self.store.visit(clinic_id, visit_id)
+        return wait_status(view, now) if view is not None else None
+
+
+def new_visit_id() -> str:
+    """A visit id: unguessable (the kiosk polls its own visit's wait by it)."""
+    return f"v-{uuid.uuid4().hex[:16]}"

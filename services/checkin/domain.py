@@ -1,0 +1,332 @@
+"""Check-in's clinic rules: the schedule, arrivals, no-shows and what a waiting patient
+is told. Pure: no I/O, no clock reads (time is always an argument), no globals.
+
+The words are the front desk's: an *appointment* is on the day's schedule; an
+*arrival* turns it (or a walk-in) into a *visit* with a *ticket code* that screens
+show instead of a name; a booked appointment with no arrival long enough after its
+time is a *no-show*; a waiting patient sees their *place in line* and a *range*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from shared import events as ev
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+TICKET_LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # no I, O, Q: not mistaken for 1 and 0
+TICKETS_PER_LETTER = 9999
+_TICKET_INPUT = re.compile(r"^\s*([A-Za-z])\s*[-‐–]?\s*0*([0-9]{1,4})\s*$")
+
+Channel = Literal["front_desk", "kiosk"]
+VisitStatus = Literal["waiting", "roomed", "cancelled", "checked_out"]
+
+
+class CheckinRefused(Exception):
+    """A command the clinic's rules refuse; ``status`` is the HTTP status that says so."""
+
+    def __init__(self, status: int, detail: str, code: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code
+
+
+# ---------------------------------------------------------------- small rules
+
+
+def ticket_code(number: int) -> str:
+    """The ``number``-th ticket of a clinic's day: A-1 ... A-9999, then B-1 ..."""
+    if number < 1:
+        raise ValueError("ticket numbers start at 1")
+    letter = TICKET_LETTERS[(number - 1) // TICKETS_PER_LETTER % len(TICKET_LETTERS)]
+    return f"{letter}-{(number - 1) % TICKETS_PER_LETTER + 1}"
+
+
+def normalize_ticket_code(text: str) -> str | None:
+    """A ticket code as typed (``a17``, ``A 17``, ``A-017``) in its printed form, or None."""
+    match = _TICKET_INPUT.match(text)
+    if match is None:
+        return None
+    letter, number = match.group(1).upper(), int(match.group(2))
+    if letter not in TICKET_LETTERS or number < 1:
+        return None
+    return f"{letter}-{number}"
+
+
+def clinic_day(at: datetime, zone: ZoneInfo) -> date:
+    """The clinic's calendar day at an instant (ticket codes and no-show lists are per day)."""
+    return at.astimezone(zone).date()
+
+
+def is_late(arrived_at: datetime, scheduled_at: datetime | None, late_after: timedelta) -> bool:
+    """Late: arrived more than ``late_after`` after the appointment (a walk-in never is)."""
+    return scheduled_at is not None and arrived_at > scheduled_at + late_after
+
+
+def normalize_initials(text: str) -> str | None:
+    """Initials as letters only, upper case (``j.s.`` -> ``JS``); None unless 1-4 letters."""
+    letters = "".join(ch for ch in text if ch.isalpha()).upper()
+    return letters if 1 <= len(letters) <= 4 else None
+
+
+def identity_digest(secret: bytes, clinic_id: str, birth_date: date, initials: str) -> str:
+    """The salted hash under which the kiosk's date-of-birth + initials check is kept.
+
+    HMAC-SHA256 keyed by a secret from the settings; the clinic is part of the message,
+    so one clinic's digests say nothing about another's. The plain values are never kept.
+    """
+    message = f"{clinic_id}|{birth_date.isoformat()}|{initials}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+# -------------------------------------------------------------- the schedule
+
+
+@dataclass(frozen=True, slots=True)
+class Appointment:
+    """One appointment of the schedule, as imported. ``identity`` is a digest or None."""
+
+    appointment_id: str
+    patient_ref: str
+    provider_id: str
+    visit_type: str
+    scheduled_at: datetime
+    duration_minutes: int | None = None
+    status: Literal["booked", "cancelled"] = "booked"
+    identity: str | None = None
+
+    def payload(self) -> ev.AppointmentScheduled:
+        """The ``appointment.scheduled`` payload (never the identity digest)."""
+        return ev.AppointmentScheduled(
+            appointment_id=self.appointment_id,
+            patient_ref=self.patient_ref,
+            provider_id=self.provider_id,
+            visit_type=self.visit_type,
+            scheduled_at=self.scheduled_at,
+            duration_minutes=self.duration_minutes,
+            status=self.status,
+        )
+
+    def published_fields(self) -> tuple[object, ...]:
+        """What the floor knows of this appointment: a change here is an update."""
+        return (self.patient_ref, self.provider_id, self.visit_type, self.scheduled_at,
+                self.duration_minutes, self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportPlan:
+    """What an import does: publish ``created`` and ``updated``, store those and
+    ``restored`` (identity digest changed only); ``unchanged`` publishes nothing."""
+
+    created: tuple[Appointment, ...]
+    updated: tuple[Appointment, ...]
+    unchanged: tuple[Appointment, ...]
+    restored: tuple[Appointment, ...]
+
+    @property
+    def to_publish(self) -> tuple[Appointment, ...]:
+        return self.created + self.updated
+
+    @property
+    def to_store(self) -> tuple[Appointment, ...]:
+        return self.created + self.updated + self.restored
+
+
+def plan_import(incoming: list[Appointment], stored: dict[str, Appointment]) -> ImportPlan:
+    """Compare an import with what is stored. Re-importing the same schedule changes nothing;
+    an appointment missing from the import is left alone (cancel it with ``status``)."""
+    created, updated, unchanged, restored = [], [], [], []
+    for appointment in incoming:
+        before = stored.get(appointment.appointment_id)
+        if before is None:
+            created.append(appointment)
+        elif before.published_fields() != appointment.published_fields():
+            updated.append(appointment)
+        elif before.identity != appointment.identity and appointment.identity is not None:
+            restored.append(appointment)
+        else:
+            unchanged.append(appointment)
+    return ImportPlan(tuple(created), tuple(updated), tuple(unchanged), tuple(restored))
+
+
+# ----------------------------------------------------------------- arrivals
+
+
+@dataclass(frozen=True, slots=True)
+class AppointmentState:
+    """An appointment with what has happened to it: its arrival (visit) and no-show."""
+
+    appointment: Appointment
+    arrived_visit: str | None = None
+    no_show: bool = False
+
+
+def check_scheduled_arrival(state: AppointmentState, *, channel: Channel, today: date,
+                            zone: ZoneInfo) -> None:
+    """Raise ``CheckinRefused`` when this appointment cannot be checked in now.
+
+    The front desk may check in any booked appointment not yet arrived, including one
+    already marked a no-show (the patient came after all) or on another day. The kiosk
+    only takes today's appointments that are neither no-shows nor arrived, and never
+    says more than "see the front desk" about someone else's appointment.
+    """
+    appointment = state.appointment
+    name = appointment.appointment_id
+    if appointment.status == "cancelled":
+        raise CheckinRefused(409, f"appointment {name!r} was cancelled", "cancelled")
+    if state.arrived_visit is not None:
+        if channel == "kiosk":
+            raise CheckinRefused(409, "this appointment is already checked in; "
+                                 "please see the front desk", "already_arrived")
+        raise CheckinRefused(409, f"appointment {name!r} is already checked in "
+                             f"(visit {state.arrived_visit})", "already_arrived")
+    if channel == "kiosk":
+        if clinic_day(appointment.scheduled_at, zone) != today:
+            raise CheckinRefused(409, "this appointment is not today; please see the "
+                                 "front desk", "other_day")
+        if state.no_show:
+            raise CheckinRefused(409, "this appointment was marked as missed; please see "
+                                 "the front desk", "no_show")
+
+
+def choose_kiosk_appointment(candidates: list[AppointmentState], *, today: date,
+                             zone: ZoneInfo) -> AppointmentState:
+    """The appointment a date-of-birth + initials match at the kiosk checks in.
+
+    Only today's booked appointments count. Two different patients sharing a birth date
+    and initials are sent to the front desk; one patient with several appointments
+    today checks in the earliest not yet arrived.
+    """
+    todays = [c for c in candidates if c.appointment.status == "booked"
+              and clinic_day(c.appointment.scheduled_at, zone) == today]
+    if not todays:
+        raise CheckinRefused(404, "we could not find an appointment today for that date "
+                             "of birth and initials; please see the front desk", "not_found")
+    if len({c.appointment.patient_ref for c in todays}) > 1:
+        raise CheckinRefused(409, "we could not tell your appointment apart from another; "
+                             "please see the front desk", "ambiguous")
+    open_ones = sorted((c for c in todays if c.arrived_visit is None),
+                       key=lambda c: c.appointment.scheduled_at)
+    if not open_ones:
+        raise CheckinRefused(409, "this appointment is already checked in; please see the "
+                             "front desk", "already_arrived")
+    return open_ones[0]
+
+
+# ----------------------------------------------------------------- no-shows
+
+NoShowVerdict = Literal["due", "not_yet", "too_old", "settled"]
+
+
+def no_show_verdict(state: AppointmentState, now: datetime, after: timedelta,
+                    horizon: timedelta) -> NoShowVerdict:
+    """Whether a no-show is to be published for this appointment now.
+
+    ``settled``: cancelled, arrived or already a no-show. ``too_old``: more than
+    ``horizon`` ago (an old schedule imported late never floods the follow-up list).
+    """
+    appointment = state.appointment
+    if appointment.status != "booked" or state.arrived_visit is not None or state.no_show:
+        return "settled"
+    if now - appointment.scheduled_at > horizon:
+        return "too_old"
+    if now < appointment.scheduled_at + after:
+        return "not_yet"
+    return "due"
+
+
+# ------------------------------------------------------- waiting patients
+
+
+@dataclass(frozen=True, slots=True)
+class VisitView:
+    """What checkin knows of one visit: its ticket, whether it still waits, flow's
+    latest estimate. ``status_at`` orders facts from the floor and estimates topics."""
+
+    clinic_id: str
+    visit_id: str
+    ticket_code: str
+    day: date
+    status: VisitStatus
+    status_at: datetime
+    appointment_id: str | None = None
+    position: int | None = None
+    wait_minutes: float | None = None
+    low: float | None = None
+    high: float | None = None
+    estimated_at: datetime | None = None
+
+
+ENDED: dict[str, VisitStatus] = {
+    "patient.roomed": "roomed",
+    "arrival.cancelled": "cancelled",
+    "patient.checked_out": "checked_out",
+}
+
+
+def evolve_visit(view: VisitView | None, event: ev.Event, zone: ZoneInfo) -> VisitView | None:
+    """The visit after one floor event or estimate (None: nothing known, nothing to keep).
+
+    A visit stops waiting when it is roomed, cancelled or checked out. An estimate made
+    after that means flow has it waiting again (an undone rooming); an older one, read
+    late from the other topic, changes nothing.
+    """
+    payload, at = event.payload, event.occurred_at
+    match payload:
+        case ev.PatientArrived():
+            if view is not None:
+                return view
+            return VisitView(clinic_id=event.clinic_id, visit_id=payload.visit_id,
+                             ticket_code=payload.ticket_code, day=clinic_day(at, zone),
+                             status="waiting", status_at=at,
+                             appointment_id=payload.appointment_id)
+        case ev.PatientRoomed() | ev.ArrivalCancelled() | ev.PatientCheckedOut():
+            if view is None or at < view.status_at:
+                return view
+            return replace(view, status=ENDED[event.event_type], status_at=at)
+        case ev.WaitEstimated():
+            if view is None:
+                view = VisitView(clinic_id=event.clinic_id, visit_id=payload.visit_id,
+                                 ticket_code=payload.ticket_code, day=clinic_day(at, zone),
+                                 status="waiting", status_at=at)
+            if view.status != "waiting" and at <= view.status_at:
+                return view
+            if view.estimated_at is not None and at < view.estimated_at:
+                return view
+            status_at = at if view.status != "waiting" else view.status_at
+            return replace(view, status="waiting", status_at=status_at,
+                           position=payload.position, wait_minutes=payload.wait_minutes,
+                           low=payload.low, high=payload.high, estimated_at=at)
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class WaitStatus:
+    """What a waiting patient is told: place in line and a range in whole minutes."""
+
+    ticket_code: str
+    waiting: bool
+    position: int | None
+    low_minutes: int | None
+    high_minutes: int | None
+
+
+def wait_status(view: VisitView, now: datetime) -> WaitStatus:
+    """The visit's place in line and range now. Flow publishes an estimate only when it
+    changes more than the clock explains, so the last one is aged by the time since."""
+    if view.status != "waiting":
+        return WaitStatus(view.ticket_code, False, None, None, None)
+    if view.low is None or view.high is None or view.estimated_at is None:
+        return WaitStatus(view.ticket_code, True, view.position, None, None)
+    elapsed = max(0.0, (now - view.estimated_at).total_seconds() / 60.0)
+    low = math.floor(max(0.0, view.low - elapsed))
+    high = max(low, math.ceil(max(0.0, view.high - elapsed)))
+    return WaitStatus(view.ticket_code, True, view.position, low, high)

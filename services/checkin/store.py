@@ -1,0 +1,492 @@
+"""Checkin's Redis store. The one place that knows its key layout.
+
+Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``; ``{day}`` is the clinic's
+calendar day ``YYYY-MM-DD`` in ``CLINICFLOW_CHECKIN_TIMEZONE``)::
+
+    P:checkin:clinics                       SET   clinics with a schedule (the no-show sweep)
+    P:checkin:appt:{clinic}:{appointment}   HASH  the imported appointment; ``identity`` is the
+                                                  HMAC digest of birth date + initials, never
+                                                  the plain values
+    P:checkin:code:{clinic}:{appointment}   STR   appointment id by its lower-case form
+                                                  (the kiosk's appointment code)
+    P:checkin:who:{clinic}:{day}:{digest}   SET   appointment ids with that identity digest
+    P:checkin:day:{clinic}:{day}            ZSET  the day's appointment ids by time
+    P:checkin:pending:{clinic}              ZSET  booked appointments not yet settled (arrived
+                                                  or no-show), by time: the sweep's candidates
+    P:checkin:arrived:{clinic}:{appointment} STR  the visit id of its one arrival
+    P:checkin:noshow:{clinic}:{appointment} STR   set once its no-show is published
+    P:checkin:noshows:{clinic}:{day}        ZSET  the day's no-shows by time (follow-up list)
+    P:checkin:seq:{clinic}:{day}            INT   ticket numbers handed out that day
+    P:checkin:ticket:{clinic}:{day}:{code}  STR   visit id of a ticket code
+    P:checkin:visit:{clinic}:{visit}        HASH  the visit: ticket, status, latest estimate
+    P:checkin:offsets                       HASH  ``{topic}:{partition}`` -> last offset applied
+    P:checkin:limit:{kind}:{client}:{minute} INT  rate-limit counters (lookups, misses)
+    P:checkin:import:{clinic}               STR   held while an import of that clinic runs
+    P:idem:checkin:{clinic}:{key}           Idempotency-Key answers (shared/idempotency.py)
+
+Day-scoped keys and visits expire ``KEEP_DAYS`` after their day; appointments and their
+arrival / no-show marks ``KEEP_DAYS`` after their time.
+
+What comes from Kafka is rebuilt by replaying it: visits, tickets, estimates, arrival
+and no-show marks are applied by the consumer, each batch in one ``MULTI``/``EXEC``
+together with the partitions' offsets (records at or below a stored offset are
+skipped). The schedule itself (with the kiosk's identity digests, which are never
+published) comes from imports: after losing Redis, import the day's schedule again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from services.checkin.domain import Appointment, AppointmentState, VisitView, clinic_day
+
+KEEP_DAYS = 3
+KEEP = timedelta(days=KEEP_DAYS)
+MAX_CONFLICTS = 50
+_RELEASE_IF_OURS = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(slots=True)
+class ProjectionWrites:
+    """What one consumer batch writes, in one transaction with its offsets."""
+
+    visits: dict[tuple[str, str], VisitView] = field(default_factory=dict)
+    arrivals: list[tuple[str, str, str]] = field(default_factory=list)  # clinic, appt, visit
+    no_shows: list[tuple[str, str, datetime, date]] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _opt(value: str | None) -> str | None:
+    return value if value else None
+
+
+class CheckinStore:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = f"{prefix}:checkin"
+        self._release = redis.register_script(_RELEASE_IF_OURS)
+
+    # ------------------------------------------------------------------ keys
+
+    @property
+    def _clinics(self) -> str:
+        return f"{self.prefix}:clinics"
+
+    def _appt(self, clinic: str, appointment_id: str) -> str:
+        return f"{self.prefix}:appt:{clinic}:{appointment_id}"
+
+    def _code(self, clinic: str, code: str) -> str:
+        return f"{self.prefix}:code:{clinic}:{code.lower()}"
+
+    def _who(self, clinic: str, day: date, digest: str) -> str:
+        return f"{self.prefix}:who:{clinic}:{day.isoformat()}:{digest}"
+
+    def _day(self, clinic: str, day: date) -> str:
+        return f"{self.prefix}:day:{clinic}:{day.isoformat()}"
+
+    def _pending(self, clinic: str) -> str:
+        return f"{self.prefix}:pending:{clinic}"
+
+    def _arrived(self, clinic: str, appointment_id: str) -> str:
+        return f"{self.prefix}:arrived:{clinic}:{appointment_id}"
+
+    def _noshow(self, clinic: str, appointment_id: str) -> str:
+        return f"{self.prefix}:noshow:{clinic}:{appointment_id}"
+
+    def _noshows(self, clinic: str, day: date) -> str:
+        return f"{self.prefix}:noshows:{clinic}:{day.isoformat()}"
+
+    def _seq(self, clinic: str, day: date) -> str:
+        return f"{self.prefix}:seq:{clinic}:{day.isoformat()}"
+
+    def _ticket(self, clinic: str, day: date, code: str) -> str:
+        return f"{self.prefix}:ticket:{clinic}:{day.isoformat()}:{code}"
+
+    def _visit(self, clinic: str, visit_id: str) -> str:
+        return f"{self.prefix}:visit:{clinic}:{visit_id}"
+
+    @property
+    def _offsets(self) -> str:
+        return f"{self.prefix}:offsets"
+
+    def _limit(self, kind: str, client: str, minute: int) -> str:
+        return f"{self.prefix}:limit:{kind}:{client}:{minute}"
+
+    def _import_lock(self, clinic: str) -> str:
+        return f"{self.prefix}:import:{clinic}"
+
+    @staticmethod
+    def _until(day: date) -> int:
+        """Expiry (epoch seconds) of a key about ``day``: KEEP_DAYS after it."""
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return int(start.timestamp()) + (KEEP_DAYS + 1) * 86400
+
+    # ------------------------------------------------------------- schedule
+
+    @staticmethod
+    def _appointment_fields(appointment: Appointment, day: date) -> dict[str, str]:
+        return {
+            "appointment_id": appointment.appointment_id,
+            "patient_ref": appointment.patient_ref,
+            "provider_id": appointment.provider_id,
+            "visit_type": appointment.visit_type,
+            "scheduled_at": appointment.scheduled_at.isoformat(),
+            "duration_minutes": "" if appointment.duration_minutes is None
+            else str(appointment.duration_minutes),
+            "status": appointment.status,
+            "identity": appointment.identity or "",
+            "day": day.isoformat(),
+        }
+
+    @staticmethod
+    def _appointment_of(fields: dict[str, str]) -> Appointment:
+        duration = fields.get("duration_minutes")
+        return Appointment(
+            appointment_id=fields["appointment_id"],
+            patient_ref=fields["patient_ref"],
+            provider_id=fields["provider_id"],
+            visit_type=fields["visit_type"],
+            scheduled_at=datetime.fromisoformat(fields["scheduled_at"]),
+            duration_minutes=int(duration) if duration else None,
+            status="cancelled" if fields.get("status") == "cancelled" else "booked",
+            identity=_opt(fields.get("identity")),
+        )
+
+    async def appointments(self, clinic: str, ids: Sequence[str]) -> dict[str, Appointment]:
+        """The stored appointments among ``ids`` (missing ones are left out)."""
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for appointment_id in ids:
+                pipe.hgetall(self._appt(clinic, appointment_id))
+            raw = await pipe.execute()
+        found = {}
+        for appointment_id, fields in zip(ids, raw, strict=True):
+            if fields:
+                found[appointment_id] = self._appointment_of(_decode_hash(fields))
+        return found
+
+    async def appointment_states(self, clinic: str,
+                                 ids: Sequence[str]) -> dict[str, AppointmentState]:
+        """Stored appointments with their arrival and no-show marks."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for appointment_id in ids:
+                pipe.hgetall(self._appt(clinic, appointment_id))
+                pipe.get(self._arrived(clinic, appointment_id))
+                pipe.exists(self._noshow(clinic, appointment_id))
+            raw = await pipe.execute()
+        states = {}
+        for index, appointment_id in enumerate(ids):
+            fields, arrived, no_show = raw[3 * index: 3 * index + 3]
+            if fields:
+                states[appointment_id] = AppointmentState(
+                    self._appointment_of(_decode_hash(fields)),
+                    arrived_visit=_text(arrived) if arrived else None,
+                    no_show=bool(no_show),
+                )
+        return states
+
+    async def save_appointments(self, clinic: str, appointments: Sequence[Appointment],
+                                previous: dict[str, Appointment], zone: Any) -> None:
+        """Store imported appointments and their indexes (one transaction)."""
+        if not appointments:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._clinics, clinic)
+            for appointment in appointments:
+                day = clinic_day(appointment.scheduled_at, zone)
+                key = self._appt(clinic, appointment.appointment_id)
+                expires = int((appointment.scheduled_at + KEEP).timestamp())
+                pipe.hset(key, mapping=self._appointment_fields(appointment, day))
+                pipe.expireat(key, expires)
+                code = self._code(clinic, appointment.appointment_id)
+                pipe.set(code, appointment.appointment_id, exat=expires)
+                before = previous.get(appointment.appointment_id)
+                if before is not None:
+                    before_day = clinic_day(before.scheduled_at, zone)
+                    if before_day != day:
+                        pipe.zrem(self._day(clinic, before_day), appointment.appointment_id)
+                    if before.identity and (before.identity != appointment.identity
+                                            or before_day != day):
+                        pipe.srem(self._who(clinic, before_day, before.identity),
+                                  appointment.appointment_id)
+                score = appointment.scheduled_at.timestamp()
+                pipe.zadd(self._day(clinic, day), {appointment.appointment_id: score})
+                pipe.expireat(self._day(clinic, day), self._until(day))
+                if appointment.identity:
+                    who = self._who(clinic, day, appointment.identity)
+                    pipe.sadd(who, appointment.appointment_id)
+                    pipe.expireat(who, self._until(day))
+                if appointment.status == "booked":
+                    pipe.zadd(self._pending(clinic), {appointment.appointment_id: score})
+                else:
+                    pipe.zrem(self._pending(clinic), appointment.appointment_id)
+            await pipe.execute()
+
+    async def appointment_for_code(self, clinic: str, code: str) -> str | None:
+        raw = await self.redis.get(self._code(clinic, code))
+        return _text(raw) if raw else None
+
+    async def identity_matches(self, clinic: str, day: date, digest: str) -> list[str]:
+        members = await self.redis.smembers(self._who(clinic, day, digest))
+        return sorted(_text(m) for m in members)
+
+    async def day_schedule(self, clinic: str, day: date) -> list[AppointmentState]:
+        ids = [_text(m) for m in await self.redis.zrange(self._day(clinic, day), 0, -1)]
+        states = await self.appointment_states(clinic, ids)
+        return [states[i] for i in ids if i in states]
+
+    async def lock_import(self, clinic: str, seconds: int = 120) -> bool:
+        return bool(await self.redis.set(self._import_lock(clinic), "1", nx=True, ex=seconds))
+
+    async def unlock_import(self, clinic: str) -> None:
+        await self.redis.delete(self._import_lock(clinic))
+
+    # ------------------------------------------------------------- arrivals
+
+    async def claim_arrival(self, clinic: str, appointment: Appointment,
+                            visit_id: str) -> str | None:
+        """Mark the appointment arrived as ``visit_id``; returns the visit that already
+        holds it instead (a second arrival), or None when this one took it."""
+        key = self._arrived(clinic, appointment.appointment_id)
+        expires = int((appointment.scheduled_at + KEEP).timestamp())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, visit_id, nx=True, exat=expires)
+            pipe.get(key)
+            took, holder = await pipe.execute()
+        return None if took else (_text(holder) if holder else None)
+
+    async def release_arrival(self, clinic: str, appointment_id: str, visit_id: str) -> None:
+        """Undo ``claim_arrival`` (the arrival could not be published)."""
+        await self._release(keys=[self._arrived(clinic, appointment_id)], args=[visit_id])
+
+    async def next_ticket_number(self, clinic: str, day: date) -> int:
+        key = self._seq(clinic, day)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expireat(key, self._until(day))
+            number, _ = await pipe.execute()
+        return int(number)
+
+    # --------------------------------------------------------------- visits
+
+    @staticmethod
+    def _visit_fields(view: VisitView) -> dict[str, str]:
+        def opt(value: object) -> str:
+            if value is None:
+                return ""
+            return value.isoformat() if isinstance(value, datetime) else str(value)
+
+        return {
+            "clinic_id": view.clinic_id,
+            "visit_id": view.visit_id,
+            "ticket_code": view.ticket_code,
+            "day": view.day.isoformat(),
+            "status": view.status,
+            "status_at": view.status_at.isoformat(),
+            "appointment_id": opt(view.appointment_id),
+            "position": opt(view.position),
+            "wait_minutes": opt(view.wait_minutes),
+            "low": opt(view.low),
+            "high": opt(view.high),
+            "estimated_at": opt(view.estimated_at),
+        }
+
+    @staticmethod
+    def _visit_of(fields: dict[str, str]) -> VisitView:
+        def number(name: str) -> float | None:
+            value = fields.get(name)
+            return float(value) if value else None
+
+        position = fields.get("position")
+        estimated_at = fields.get("estimated_at")
+        return VisitView(
+            clinic_id=fields["clinic_id"],
+            visit_id=fields["visit_id"],
+            ticket_code=fields["ticket_code"],
+            day=date.fromisoformat(fields["day"]),
+            status=cast(Any, fields["status"]),
+            status_at=datetime.fromisoformat(fields["status_at"]),
+            appointment_id=_opt(fields.get("appointment_id")),
+            position=int(position) if position else None,
+            wait_minutes=number("wait_minutes"),
+            low=number("low"),
+            high=number("high"),
+            estimated_at=datetime.fromisoformat(estimated_at) if estimated_at else None,
+        )
+
+    def _queue_visit(self, pipe: Any, view: VisitView) -> None:
+        key = self._visit(view.clinic_id, view.visit_id)
+        pipe.hset(key, mapping=self._visit_fields(view))
+        pipe.expireat(key, self._until(view.day))
+        ticket = self._ticket(view.clinic_id, view.day, view.ticket_code)
+        pipe.set(ticket, view.visit_id, exat=self._until(view.day))
+
+    async def save_visit(self, view: VisitView) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._queue_visit(pipe, view)
+            await pipe.execute()
+
+    async def forget_visit(self, view: VisitView) -> None:
+        """Undo ``save_visit`` (its arrival could not be published)."""
+        await self._release(keys=[self._ticket(view.clinic_id, view.day, view.ticket_code)],
+                            args=[view.visit_id])
+        await self.redis.delete(self._visit(view.clinic_id, view.visit_id))
+
+    async def visit(self, clinic: str, visit_id: str) -> VisitView | None:
+        fields = await self.redis.hgetall(self._visit(clinic, visit_id))
+        return self._visit_of(_decode_hash(fields)) if fields else None
+
+    async def visit_for_ticket(self, clinic: str, days: Sequence[date],
+                               code: str) -> VisitView | None:
+        """The visit holding ``code`` on the first of ``days`` that has it."""
+        for day in days:
+            visit_id = await self.redis.get(self._ticket(clinic, day, code))
+            if visit_id:
+                return await self.visit(clinic, _text(visit_id))
+        return None
+
+    async def change_visit(self, clinic: str, visit_id: str,
+                           change: Callable[[VisitView | None], VisitView]) -> VisitView:
+        """Read, change and write one visit atomically (``change`` may raise to refuse)."""
+        key = self._visit(clinic, visit_id)
+        for _attempt in range(MAX_CONFLICTS):
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(key)
+                    fields = await pipe.hgetall(key)
+                    current = self._visit_of(_decode_hash(fields)) if fields else None
+                    changed = change(current)
+                    pipe.multi()
+                    self._queue_visit(pipe, changed)
+                    await pipe.execute()
+                    return changed
+            except WatchError:
+                continue
+        raise RuntimeError(f"visit {visit_id} kept changing under {MAX_CONFLICTS} attempts")
+
+    # ------------------------------------------------------------- no-shows
+
+    async def clinics(self) -> list[str]:
+        return sorted(_text(c) for c in await self.redis.smembers(self._clinics))
+
+    async def pending_until(self, clinic: str, until: datetime) -> list[str]:
+        raw = await self.redis.zrangebyscore(self._pending(clinic), "-inf", until.timestamp())
+        return [_text(m) for m in raw]
+
+    async def drop_pending(self, clinic: str, ids: Sequence[str]) -> None:
+        if ids:
+            await self.redis.zrem(self._pending(clinic), *ids)
+
+    async def claim_no_show(self, clinic: str, appointment: Appointment) -> bool:
+        expires = int((appointment.scheduled_at + KEEP).timestamp())
+        key = self._noshow(clinic, appointment.appointment_id)
+        return bool(await self.redis.set(key, "1", nx=True, exat=expires))
+
+    async def release_no_show(self, clinic: str, appointment_id: str) -> None:
+        await self.redis.delete(self._noshow(clinic, appointment_id))
+
+    async def record_no_show(self, clinic: str, appointment_id: str, scheduled_at: datetime,
+                             day: date) -> None:
+        """Put a published no-show on the day's follow-up list."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._queue_no_show(pipe, clinic, appointment_id, scheduled_at, day)
+            pipe.zrem(self._pending(clinic), appointment_id)
+            await pipe.execute()
+
+    def _queue_no_show(self, pipe: Any, clinic: str, appointment_id: str,
+                       scheduled_at: datetime, day: date) -> None:
+        expires = int((scheduled_at + KEEP).timestamp())
+        pipe.set(self._noshow(clinic, appointment_id), "1", exat=expires)
+        key = self._noshows(clinic, day)
+        pipe.zadd(key, {appointment_id: scheduled_at.timestamp()})
+        pipe.expireat(key, self._until(day))
+
+    async def no_shows(self, clinic: str, day: date) -> list[tuple[str, datetime]]:
+        raw = await self.redis.zrange(self._noshows(clinic, day), 0, -1, withscores=True)
+        return [(_text(m), datetime.fromtimestamp(s, UTC)) for m, s in raw]
+
+    # ----------------------------------------------------------- rate limits
+
+    async def count(self, kind: str, client: str, minute: int) -> int:
+        """Add one to this minute's counter and return it."""
+        key = self._limit(kind, client, minute)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def counted(self, kind: str, client: str, minute: int) -> int:
+        raw = await self.redis.get(self._limit(kind, client, minute))
+        return int(raw) if raw else 0
+
+    # ------------------------------------------------------------- consumer
+
+    async def stored_offset(self, topic: str, partition: int) -> int | None:
+        raw = await self.redis.hget(self._offsets, f"{topic}:{partition}")
+        return int(raw) if raw is not None else None
+
+    async def apply_batch(
+        self,
+        partitions: Sequence[tuple[str, int]],
+        visit_refs: Sequence[tuple[str, str]],
+        plan: Callable[[dict[tuple[str, int], int | None], dict[tuple[str, str], VisitView]],
+                       ProjectionWrites],
+    ) -> ProjectionWrites:
+        """Read the partitions' offsets and the batch's visits, let ``plan`` decide (pure),
+        and write its decisions with the new offsets in one transaction. Another writer
+        touching the same visits meanwhile (a cancel, another instance) makes it plan again."""
+        visit_keys = [self._visit(c, v) for c, v in visit_refs]
+        fields = [f"{t}:{p}" for t, p in partitions]
+        for _attempt in range(MAX_CONFLICTS):
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(self._offsets, *visit_keys)
+                    raw_offsets = await pipe.hmget(self._offsets, fields) if fields else []
+                    offsets = {tp: int(raw) if raw is not None else None
+                               for tp, raw in zip(partitions, raw_offsets, strict=True)}
+                    visits = {}
+                    for ref, key in zip(visit_refs, visit_keys, strict=True):
+                        raw_visit = await pipe.hgetall(key)
+                        if raw_visit:
+                            visits[ref] = self._visit_of(_decode_hash(raw_visit))
+                    writes = plan(offsets, visits)
+                    pipe.multi()
+                    for view in writes.visits.values():
+                        self._queue_visit(pipe, view)
+                    for clinic, appointment_id, visit_id in writes.arrivals:
+                        pipe.set(self._arrived(clinic, appointment_id), visit_id, nx=True,
+                                 ex=KEEP_DAYS * 86400)
+                        pipe.zrem(self._pending(clinic), appointment_id)
+                    for clinic, appointment_id, scheduled_at, day in writes.no_shows:
+                        self._queue_no_show(pipe, clinic, appointment_id, scheduled_at, day)
+                        pipe.zrem(self._pending(clinic), appointment_id)
+                    if writes.offsets:
+                        pipe.hset(self._offsets, mapping={
+                            f"{t}:{p}": str(o) for (t, p), o in writes.offsets.items()})
+                    await pipe.execute()
+                    return writes
+            except WatchError:
+                continue
+        raise RuntimeError(f"gave up after {MAX_CONFLICTS} conflicting writes to {visit_refs}")

@@ -1,0 +1,171 @@
+// What every flow page shares: the token, the live board over SSE, and commands.
+//
+// Token: a page is opened once as /screens/<clinic>/<page>?token=<bearer token>. The page
+// keeps the token in sessionStorage (this tab only, gone when the tab closes) under a key
+// per page kind, and removes it from the address bar, so the URL can be bookmarked or
+// seen over a shoulder without it. fetch() sends it as "Authorization: Bearer"; EventSource
+// cannot send headers, so the stream gets it as ?access_token=. Reopening the page without
+// ?token= in the same tab reuses the stored one.
+//
+// The stream reconnects by itself: EventSource retries after a dropped connection (the
+// server asks for 2 s), a stream the server refused is opened again after a pause, and a
+// watchdog reopens a stream that went silent (flow sends every board on each change and
+// at least every tick while the clinic is open).
+(function () {
+  "use strict";
+
+  const WATCHDOG_MS = 65000;
+
+  function randomKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);  // randomUUID needs a secure context; this does not
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function takeToken(kind) {
+    const key = "clinicflow-token:" + kind;
+    const params = new URLSearchParams(location.search);
+    const given = params.get("token");
+    if (given) {
+      sessionStorage.setItem(key, given);
+      params.delete("token");
+      const rest = params.toString();
+      history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+    }
+    return sessionStorage.getItem(key) || "";
+  }
+
+  function init(kind) {
+    const clinic = document.body.dataset.clinic;
+    const token = takeToken(kind);
+    const base = "/clinics/" + encodeURIComponent(clinic);
+
+    function headers(extra) {
+      return Object.assign({"Authorization": "Bearer " + token}, extra || {});
+    }
+
+    async function request(method, path, body) {
+      const init = {method: method, headers: headers({"Idempotency-Key": randomKey()})};
+      if (body !== undefined) {
+        init.headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify(body);
+      }
+      let response;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          response = await fetch(base + path, init);
+          break;
+        } catch (error) {
+          // same Idempotency-Key: a retried command happens once
+          if (attempt >= 2) return {ok: false, status: 0, body: {detail: "flow is unreachable"}};
+          await new Promise((resolve) => setTimeout(resolve, 500 * (attempt + 1)));
+        }
+      }
+      let answer = null;
+      try { answer = await response.json(); } catch (error) { answer = null; }
+      return {ok: response.ok, status: response.status, body: answer};
+    }
+
+    // why a stream failed: a refused token is said so, not retried every two seconds
+    async function diagnose() {
+      if (!token) return {state: "no-token"};
+      try {
+        const response = await fetch(base + "/board", {headers: headers()});
+        if (response.status === 401) return {state: "refused", text: "token refused"};
+        if (response.status === 403) return {state: "refused", text: "token not valid here"};
+        if (response.status === 429 || response.status === 503) return {state: "busy"};
+        return {state: "retry"};
+      } catch (error) {
+        return {state: "offline"};
+      }
+    }
+
+    function stream(onBoard, onStatus) {
+      let source = null;
+      let timer = null;
+      let lastSeen = Date.now();
+
+      function later(ms) {
+        if (timer !== null) clearTimeout(timer);
+        timer = setTimeout(() => { timer = null; open(); }, ms);
+      }
+
+      function open() {
+        if (source) source.close();
+        if (!token) {
+          onStatus("no-token", "no token: open this page once with ?token=…");
+          return;
+        }
+        lastSeen = Date.now();
+        source = new EventSource(base + "/stream?access_token=" + encodeURIComponent(token));
+        source.onopen = () => { lastSeen = Date.now(); };
+        source.addEventListener("board", (event) => {
+          lastSeen = Date.now();
+          onBoard(JSON.parse(event.data));
+          onStatus("live", "live");
+        });
+        const current = source;
+        source.onerror = async () => {
+          onStatus("lost", "reconnecting…");
+          const closed = current.readyState === EventSource.CLOSED;
+          const why = await diagnose();
+          if (current !== source) return;  // already replaced by a newer stream
+          if (why.state === "refused" || why.state === "no-token") {
+            current.close();
+            onStatus("refused", why.text || "no token");
+            later(30000);
+          } else if (closed) {
+            // EventSource gives up for good when the server answers with an error (a
+            // restart, a proxy's 502): open it again
+            later(why.state === "busy" ? 5000 : 2000);
+          }
+        };
+      }
+
+      setInterval(() => {
+        if (source && source.readyState !== EventSource.CLOSED &&
+            Date.now() - lastSeen > WATCHDOG_MS) {
+          onStatus("lost", "reconnecting…");
+          open();
+        }
+      }, 5000);
+      window.addEventListener("online", () => open());
+      open();
+    }
+
+    return {clinic: clinic, token: token, request: request, stream: stream};
+  }
+
+  // small helpers the pages share
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;  // never innerHTML
+    return node;
+  }
+
+  function minutesSince(iso, now) {
+    return (now - Date.parse(iso)) / 60000;
+  }
+
+  function duration(minutes) {
+    const m = Math.max(0, Math.floor(minutes));
+    if (m < 60) return m + " min";
+    return Math.floor(m / 60) + " h " + String(m % 60).padStart(2, "0");
+  }
+
+  function clockTime(iso) {
+    return new Date(iso).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+  }
+
+  function startClock(node) {
+    const tick = () => {
+      node.textContent = new Date().toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+    };
+    tick();
+    setInterval(tick, 10000);
+  }
+
+  window.ClinicFlowLive = {init: init, el: el, minutesSince: minutesSince, duration: duration,
+                           clockTime: clockTime, startClock: startClock, randomKey: randomKey};
+})();

@@ -1,0 +1,181 @@
+"""Domain outputs -> stored notification records and events. Pure: no I/O.
+
+Event ids are derived from the notification or alert they report, so an event
+published twice (the outbox is at least once) is recognisably the same event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+
+from services.notifications.domain import Alert, Message, WithdrawReason, page_id
+from services.notifications.store import NewNotification, outbox_entry
+from shared import events as ev
+from shared import events_notifications as nev
+from shared.kafka import dead_letter_record
+
+SOURCE = "notifications"
+SENDER = "notifications-sender"
+
+
+def message_record(message: Message, clinic_id: str, now: datetime) -> NewNotification:
+    """The record of a patient message, due at once."""
+    return NewNotification(
+        notification_id=message.notification_id,
+        clinic_id=clinic_id,
+        due_at=now.timestamp(),
+        created_at=now.timestamp(),
+        fields={
+            "notification_id": message.notification_id,
+            "clinic_id": clinic_id,
+            "visit_id": message.visit_id,
+            "ticket_code": message.ticket_code,
+            "kind": message.kind,
+            "audience": "patient",
+            "channel": message.channel,
+            "status": "pending",
+            "attempts": "0",
+            "created_at": now.isoformat(),
+            "decided_at": message.decided_at.isoformat(),
+            "next_attempt_at": str(now.timestamp()),
+            "subject": message.subject,
+            "text": message.text,
+            "trigger_ids": orjson.dumps(list(message.trigger_ids)).decode(),
+        },
+    )
+
+
+def page_record(alert: Alert, action: Literal["raised", "withdrawn"], clinic_id: str,
+                now: datetime, reason: WithdrawReason | None = None) -> NewNotification:
+    """The record of a pager webhook for an alert raised or withdrawn."""
+    notification_id = page_id(alert, action)
+    payload: dict[str, Any] = {"type": f"nurse_alert.{action}", "clinic_id": clinic_id,
+                               "alert": alert.to_dict()}
+    if reason is not None:
+        payload["reason"] = reason
+    return NewNotification(
+        notification_id=notification_id,
+        clinic_id=clinic_id,
+        due_at=now.timestamp(),
+        created_at=now.timestamp(),
+        fields={
+            "notification_id": notification_id,
+            "clinic_id": clinic_id,
+            "visit_id": alert.visit_id,
+            "ticket_code": alert.ticket_code,
+            "kind": "nurse_page" if action == "raised" else "nurse_page_withdrawn",
+            "audience": "nurses",
+            "channel": "webhook",
+            "status": "pending",
+            "attempts": "0",
+            "created_at": now.isoformat(),
+            "decided_at": alert.raised_at.isoformat(),
+            "next_attempt_at": str(now.timestamp()),
+            "subject": alert.text,
+            "text": alert.text if action == "raised" else f"Withdrawn: {alert.text}",
+            "trigger_ids": orjson.dumps([alert.alert_id]).decode(),
+            "payload": orjson.dumps(payload).decode(),
+        },
+    )
+
+
+def alert_raised(alert: Alert, clinic_id: str) -> bytes:
+    event = ev.make_event(
+        nev.NurseAlertRaised(alert_id=alert.alert_id, room_id=alert.room_id,
+                             visit_id=alert.visit_id, ticket_code=alert.ticket_code,
+                             provider_id=alert.provider_id, text=alert.text),
+        clinic_id=clinic_id, source=SOURCE, occurred_at=alert.raised_at,
+        correlation_id=alert.visit_id, event_id=f"{alert.alert_id}.raised")
+    return outbox_entry("notifications", clinic_id, ev.encode(event))
+
+
+def alert_withdrawn(alert: Alert, reason: WithdrawReason, clinic_id: str,
+                    at: datetime) -> bytes:
+    event = ev.make_event(
+        nev.NurseAlertWithdrawn(alert_id=alert.alert_id, room_id=alert.room_id,
+                                visit_id=alert.visit_id, ticket_code=alert.ticket_code,
+                                reason=reason),
+        clinic_id=clinic_id, source=SOURCE, occurred_at=at, correlation_id=alert.visit_id,
+        event_id=f"{alert.alert_id}.withdrawn")
+    return outbox_entry("notifications", clinic_id, ev.encode(event))
+
+
+def live_message(kind: Literal["raised", "withdrawn"], alert: Alert,
+                 reason: WithdrawReason | None = None) -> bytes:
+    """What nurse stations receive over SSE (via Redis pub/sub)."""
+    document: dict[str, Any] = {"type": kind, "alert": alert.to_dict()}
+    if reason is not None:
+        document["reason"] = reason
+    return orjson.dumps(document)
+
+
+def sent_event(record: dict[str, str], channel: str, at: datetime) -> bytes:
+    event = ev.make_event(
+        nev.NotificationSent(
+            notification_id=record["notification_id"], kind=record["kind"],  # type: ignore[arg-type]
+            channel=channel,  # type: ignore[arg-type]
+            visit_id=record.get("visit_id") or None,
+            ticket_code=record.get("ticket_code") or None,
+            attempts=max(1, int(record.get("attempts", "1"))),
+            trigger_event_ids=orjson.loads(record.get("trigger_ids", "[]"))),
+        clinic_id=record["clinic_id"], source=SOURCE, occurred_at=at,
+        correlation_id=record.get("visit_id") or None,
+        event_id=f"{record['notification_id']}.sent")
+    return outbox_entry("notifications", record["clinic_id"], ev.encode(event))
+
+
+def failed_events(record: dict[str, str], channel: str, at: datetime, reason: str,
+                  final_status: Literal["failed", "unconfirmed"],
+                  notifications_topic: str) -> list[bytes]:
+    """``notification.failed`` for the notifications topic, and its dead-letter record."""
+    event = ev.make_event(
+        nev.NotificationFailed(
+            notification_id=record["notification_id"], kind=record["kind"],  # type: ignore[arg-type]
+            channel=channel,  # type: ignore[arg-type]
+            visit_id=record.get("visit_id") or None,
+            ticket_code=record.get("ticket_code") or None,
+            attempts=int(record.get("attempts", "0")), final_status=final_status,
+            may_have_been_delivered=final_status == "unconfirmed", reason=reason[:300]),
+        clinic_id=record["clinic_id"], source=SOURCE, occurred_at=at,
+        correlation_id=record.get("visit_id") or None,
+        event_id=f"{record['notification_id']}.{final_status}")
+    raw = ev.encode(event)
+    letter = dead_letter_record(
+        raw=raw, reason=f"notification {final_status}: {reason}"[:500], consumer=SOURCE,
+        source_topic=notifications_topic, partition=None, offset=None,
+        key=record["clinic_id"].encode())
+    return [outbox_entry("notifications", record["clinic_id"], raw),
+            outbox_entry("deadletter", record["clinic_id"], letter)]
+
+
+def contact_read(clinic_id: str, visit_id: str, *, reader: str, role: str,
+                 purpose: Literal["front_desk_view", "send"], at: datetime,
+                 notification_id: str | None = None) -> bytes:
+    """The audit event of one read of identifying data: who, what, when; not the value."""
+    event = ev.make_event(
+        nev.ContactRead(visit_id=visit_id, reader=reader, reader_role=role, purpose=purpose,
+                        fields=["channel", "address"], notification_id=notification_id),
+        clinic_id=clinic_id, source=SOURCE, occurred_at=at, correlation_id=visit_id,
+        event_id=uuid.uuid4().hex)
+    return outbox_entry("audit", clinic_id, ev.encode(event))
+
+
+def contact_recorded(clinic_id: str, visit_id: str, *, by: str, channel: str, at: datetime,
+                     expires_at: datetime) -> bytes:
+    event = ev.make_event(
+        nev.ContactRecorded(visit_id=visit_id, recorded_by=by,
+                            channel=channel,  # type: ignore[arg-type]
+                            expires_at=expires_at.isoformat()),
+        clinic_id=clinic_id, source=SOURCE, occurred_at=at, correlation_id=visit_id)
+    return outbox_entry("audit", clinic_id, ev.encode(event))
+
+
+def contact_erased(clinic_id: str, visit_id: str, *, by: str, at: datetime) -> bytes:
+    event = ev.make_event(nev.ContactErased(visit_id=visit_id, erased_by=by),
+                          clinic_id=clinic_id, source=SOURCE, occurred_at=at,
+                          correlation_id=visit_id)
+    return outbox_entry("audit", clinic_id, ev.encode(event))

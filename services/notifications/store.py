@@ -1,0 +1,486 @@
+"""The notifications service's Redis store. The one place that knows its key layout.
+
+Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
+
+    P:notifications:offset:{topic}:{partition}  last floor / estimates offset applied
+    P:notifications:state:{clinic}              the clinic's notifier (floor, what each
+                                                patient was told, active alerts): JSON
+    P:notifications:timers                      ZSET clinic -> when its notifier next has
+                                                something to do (epoch seconds)
+    P:notifications:prefs:{clinic}              HASH visit -> preferences JSON (channel kind,
+                                                opted out, wait anywhere): no contact details
+    P:notifications:contact:{clinic}:{visit}    HASH channel, address, recorded_by, recorded_at:
+                                                the only place contact details live;
+                                                EXPIREAT the end of the clinic's day
+    P:notifications:n:{notification_id}         HASH one notification and its delivery:
+                                                kind, channel kind, status, attempts, times,
+                                                text; never the address (3 days)
+    P:notifications:list:{clinic}               ZSET notification ids by creation time
+    P:notifications:due                         ZSET notification id -> next attempt (epoch s)
+    P:notifications:inflight                    ZSET notification id -> when a sender claimed it
+    P:notifications:instance:{id}               a running instance's heartbeat (expires)
+    P:notifications:alerts:{clinic}             HASH room -> the active nurse alert (JSON)
+    P:notifications:alerts-live:{clinic}        pub/sub channel: alert raised / withdrawn
+    P:notifications:outbox                      LIST of events to publish to Kafka
+                                                ({"topic", "key", "value"} JSON)
+    P:notifications:outbox-lock                 one drainer at a time
+    P:notifications:estimate:{clinic}           HASH visit -> flow's latest estimate (a day)
+    P:idem:notifications:{clinic}:{key}         Idempotency-Key answers (shared/idempotency.py)
+
+Exactly once, in three places:
+
+1. A batch of floor and estimate records is applied in one ``WATCH``/``MULTI``/
+   ``EXEC``: the clinics' states, the partitions' offsets, the new notification
+   records (created only if absent), alert changes, their pub/sub messages and
+   the events for the outbox all commit together or not at all. A record at or
+   below its partition's stored offset is skipped.
+2. A sender claims a notification atomically (``pending``/``retrying`` ->
+   ``sending``, phase ``preparing``) before it touches a channel, marks the
+   phase ``handing_over`` just before the channel can have the message, and
+   settles it (``sent``, ``retrying``, ``failed``) afterwards; each step checks
+   the claim token. A claim left by a dead instance is recovered: still
+   ``preparing`` -> tried again (nothing was handed over); ``handing_over`` ->
+   ``unconfirmed``, never sent again.
+3. Events leave through the outbox, written in the same transactions as the
+   changes they report; the drainer publishes then trims (at least once, with
+   stable event ids for consumers to de-duplicate).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from services.notifications.domain import Preferences
+
+RECORD_TTL_SECONDS = 3 * 24 * 3600
+LIST_TTL_SECONDS = 2 * 24 * 3600
+ESTIMATE_TTL_SECONDS = 24 * 3600
+HEARTBEAT_MS = 5000
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return 1
+"""
+
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'pending' or status == 'retrying' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'last_error', ARGV[2], 'finished_at', ARGV[3])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_CLAIM = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'pending' and status ~= 'retrying' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return false
+end
+local next_at = tonumber(redis.call('HGET', KEYS[1], 'next_attempt_at') or '0')
+if next_at > tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'status', 'sending', 'phase', 'preparing', 'claim', ARGV[3],
+           'instance', ARGV[4], 'claimed_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_HAND_OVER = """
+if redis.call('HGET', KEYS[1], 'claim') == ARGV[1]
+   and redis.call('HGET', KEYS[1], 'status') == 'sending' then
+  redis.call('HSET', KEYS[1], 'phase', 'handing_over')
+  return 1
+end
+return 0
+"""
+
+_SETTLE = """
+-- ARGV: id, claim, status, next_at ('' when none), n_events, events..., field, value, ...
+local claim = redis.call('HGET', KEYS[1], 'claim')
+local status = redis.call('HGET', KEYS[1], 'status')
+if claim ~= ARGV[2] then return 0 end
+if status ~= 'sending' and not (status == 'unconfirmed' and ARGV[3] == 'sent') then
+  return 0
+end
+local n_events = tonumber(ARGV[5])
+for i = 6, 5 + n_events do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'phase', '')
+if #ARGV > 5 + n_events then redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n_events)) end
+redis.call('ZREM', KEYS[3], ARGV[1])
+if ARGV[3] == 'retrying' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]) end
+return 1
+"""
+
+_RECOVER = """
+-- ARGV: id, claim, now, events to queue when it ends unconfirmed...
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'sending' or redis.call('HGET', KEYS[1], 'claim') ~= ARGV[2] then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 0
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('HGET', KEYS[1], 'phase') == 'preparing' then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+  redis.call('HSET', KEYS[1], 'status', 'retrying', 'phase', '', 'next_attempt_at', ARGV[3],
+             'last_error', 'the sender stopped before handing the message over; tried again')
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  return 1
+end
+redis.call('HSET', KEYS[1], 'status', 'unconfirmed', 'phase', '', 'finished_at', ARGV[3],
+           'last_error', 'the sender stopped while the channel had the message; '
+           .. 'it may have been delivered and is not sent again')
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+return 2
+"""
+
+_READ_CONTACT = """
+local contact = redis.call('HGETALL', KEYS[1])
+if #contact > 0 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+return contact
+"""
+
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def outbox_entry(topic: str, key: str | None, value: bytes) -> bytes:
+    """An event waiting in the outbox: which topic ("notifications", "audit",
+    "deadletter"), its Kafka key and its bytes."""
+    return orjson.dumps({"topic": topic, "key": key, "value": value.decode()})
+
+
+@dataclass(slots=True)
+class NewNotification:
+    """A notification record to create (if absent) with the batch that decided it."""
+
+    notification_id: str
+    clinic_id: str
+    due_at: float
+    created_at: float
+    fields: dict[str, str]
+
+
+@dataclass(slots=True)
+class BatchWrites:
+    """Everything one batch (or tick) changes, committed in one transaction."""
+
+    states: dict[str, bytes] = field(default_factory=dict)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    timers: dict[str, float | None] = field(default_factory=dict)
+    notifications: list[NewNotification] = field(default_factory=list)
+    cancels: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    alert_changes: list[tuple[str, str, str, bytes | None]] = field(default_factory=list)
+    live: list[tuple[str, bytes]] = field(default_factory=list)  # (clinic, message)
+    outbox: list[bytes] = field(default_factory=list)
+    estimates: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    finished_at: str = ""
+
+
+class NotificationStore:
+    """Redis access for the notifications service (see the module docstring for keys)."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = f"{prefix}:notifications"
+        self._create = redis.register_script(_CREATE)
+        self._cancel = redis.register_script(_CANCEL)
+        self._claim = redis.register_script(_CLAIM)
+        self._hand_over = redis.register_script(_HAND_OVER)
+        self._settle = redis.register_script(_SETTLE)
+        self._recover = redis.register_script(_RECOVER)
+        self._read_contact = redis.register_script(_READ_CONTACT)
+        self._release_lock = redis.register_script(_RELEASE_LOCK)
+
+    # ------------------------------------------------------------------ keys
+
+    def offset_key(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:offset:{topic}:{partition}"
+
+    def state_key(self, clinic_id: str) -> str:
+        return f"{self.prefix}:state:{clinic_id}"
+
+    @property
+    def timers_key(self) -> str:
+        return f"{self.prefix}:timers"
+
+    def prefs_key(self, clinic_id: str) -> str:
+        return f"{self.prefix}:prefs:{clinic_id}"
+
+    def contact_key(self, clinic_id: str, visit_id: str) -> str:
+        return f"{self.prefix}:contact:{clinic_id}:{visit_id}"
+
+    def record_key(self, notification_id: str) -> str:
+        return f"{self.prefix}:n:{notification_id}"
+
+    def list_key(self, clinic_id: str) -> str:
+        return f"{self.prefix}:list:{clinic_id}"
+
+    @property
+    def due_key(self) -> str:
+        return f"{self.prefix}:due"
+
+    @property
+    def inflight_key(self) -> str:
+        return f"{self.prefix}:inflight"
+
+    def instance_key(self, instance_id: str) -> str:
+        return f"{self.prefix}:instance:{instance_id}"
+
+    def alerts_key(self, clinic_id: str) -> str:
+        return f"{self.prefix}:alerts:{clinic_id}"
+
+    def alerts_channel(self, clinic_id: str) -> str:
+        return f"{self.prefix}:alerts-live:{clinic_id}"
+
+    @property
+    def alerts_pattern(self) -> str:
+        return f"{self.prefix}:alerts-live:*"
+
+    def clinic_of_channel(self, channel: str) -> str:
+        return channel[len(self.prefix) + len(":alerts-live:"):]
+
+    @property
+    def outbox_key(self) -> str:
+        return f"{self.prefix}:outbox"
+
+    def estimates_key(self, clinic_id: str) -> str:
+        return f"{self.prefix}:estimate:{clinic_id}"
+
+    # --------------------------------------------------------- consumer side
+
+    async def stored_offset(self, topic: str, partition: int) -> int | None:
+        raw = await self.redis.get(self.offset_key(topic, partition))
+        return None if raw is None else int(raw)
+
+    async def preferences(self, clinic_ids: Sequence[str]) -> dict[str, dict[str, Preferences]]:
+        """Every visit's preferences, per clinic (no contact details in there)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for clinic_id in clinic_ids:
+            pipe.hgetall(self.prefs_key(clinic_id))
+        answers = await pipe.execute()
+        return {
+            clinic_id: {k.decode(): Preferences.from_dict(orjson.loads(v))
+                        for k, v in answer.items()}
+            for clinic_id, answer in zip(clinic_ids, answers, strict=True)
+        }
+
+    async def queue_writes(self, pipe: Any, writes: BatchWrites) -> None:
+        """Queue a batch's writes on a pipeline already in MULTI."""
+        for clinic_id, state in writes.states.items():
+            pipe.set(self.state_key(clinic_id), state)
+        for (topic, partition), offset in writes.offsets.items():
+            pipe.set(self.offset_key(topic, partition), offset)
+        for clinic_id, due in writes.timers.items():
+            if due is None:
+                pipe.zrem(self.timers_key, clinic_id)
+            else:
+                pipe.zadd(self.timers_key, {clinic_id: due})
+        for new in writes.notifications:
+            flat: list[Any] = [new.notification_id, new.due_at, new.created_at,
+                               RECORD_TTL_SECONDS]
+            for name, value in new.fields.items():
+                flat.extend((name, value))
+            await self._create(keys=[self.record_key(new.notification_id), self.due_key,
+                                     self.list_key(new.clinic_id)], args=flat, client=pipe)
+        for notification_id, reason in writes.cancels:
+            await self._cancel(keys=[self.record_key(notification_id), self.due_key],
+                               args=[notification_id, reason, writes.finished_at], client=pipe)
+        for action, clinic_id, room_id, alert in writes.alert_changes:
+            if action == "raise":
+                assert alert is not None
+                pipe.hset(self.alerts_key(clinic_id), room_id, alert)
+            else:
+                pipe.hdel(self.alerts_key(clinic_id), room_id)
+        for clinic_id, message in writes.live:
+            pipe.publish(self.alerts_channel(clinic_id), message)
+        if writes.outbox:
+            pipe.rpush(self.outbox_key, *writes.outbox)
+        for clinic_id, estimates in writes.estimates.items():
+            pipe.hset(self.estimates_key(clinic_id), mapping=estimates)
+            pipe.expire(self.estimates_key(clinic_id), ESTIMATE_TTL_SECONDS)
+
+    async def due_clinics(self, now: float, limit: int = 100) -> list[str]:
+        members = await self.redis.zrangebyscore(self.timers_key, "-inf", now, start=0,
+                                                 num=limit)
+        return [m.decode() for m in members]
+
+    # ------------------------------------------------------------- contacts
+
+    async def save_contact(self, clinic_id: str, visit_id: str, *, channel: str, address: str,
+                           preferences: Preferences, recorded_by: str, recorded_at: datetime,
+                           expires_at: datetime, audit: bytes) -> None:
+        """Keep a contact (and its preferences) until ``expires_at``; audit in the same
+        transaction."""
+        contact = self.contact_key(clinic_id, visit_id)
+        prefs = self.prefs_key(clinic_id)
+        until = int(expires_at.timestamp())
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(contact)
+        pipe.hset(contact, mapping={"channel": channel, "address": address,
+                                    "recorded_by": recorded_by,
+                                    "recorded_at": recorded_at.isoformat()})
+        pipe.expireat(contact, until)
+        pipe.hset(prefs, visit_id, orjson.dumps(preferences.to_dict()))
+        pipe.expireat(prefs, until, nx=True)
+        pipe.expireat(prefs, until, gt=True)
+        pipe.rpush(self.outbox_key, audit)
+        await pipe.execute()
+
+    async def erase_contact(self, clinic_id: str, visit_id: str, *, expires_at: datetime,
+                            audit: bytes) -> bool:
+        """Forget a contact; the visit stays opted out for the day. True if one existed."""
+        prefs = self.prefs_key(clinic_id)
+        until = int(expires_at.timestamp())
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.contact_key(clinic_id, visit_id))
+        pipe.hset(prefs, visit_id, orjson.dumps(Preferences(opted_out=True).to_dict()))
+        pipe.expireat(prefs, until, nx=True)
+        pipe.expireat(prefs, until, gt=True)
+        pipe.rpush(self.outbox_key, audit)
+        deleted, *_ = await pipe.execute()
+        return bool(deleted)
+
+    async def read_contact(self, clinic_id: str, visit_id: str,
+                           audit: bytes) -> dict[str, str] | None:
+        """The contact details, with the audit event queued atomically when there are any."""
+        raw = await self._read_contact(
+            keys=[self.contact_key(clinic_id, visit_id), self.outbox_key], args=[audit])
+        if not raw:
+            return None
+        pairs = iter(raw)
+        return {k.decode(): v.decode() for k, v in zip(pairs, pairs, strict=True)}
+
+    async def preference(self, clinic_id: str, visit_id: str) -> Preferences | None:
+        raw = await self.redis.hget(self.prefs_key(clinic_id), visit_id)
+        return None if raw is None else Preferences.from_dict(orjson.loads(raw))
+
+    async def set_preference(self, clinic_id: str, visit_id: str,
+                             preferences: Preferences) -> None:
+        await self.redis.hset(self.prefs_key(clinic_id), visit_id,
+                              orjson.dumps(preferences.to_dict()))
+
+    async def contact_expires_at(self, clinic_id: str, visit_id: str) -> float | None:
+        ttl = await self.redis.pexpiretime(self.contact_key(clinic_id, visit_id))
+        return None if ttl is None or ttl < 0 else ttl / 1000.0
+
+    # ------------------------------------------------------------ deliveries
+
+    async def due_notifications(self, now: float, limit: int) -> list[str]:
+        members = await self.redis.zrangebyscore(self.due_key, "-inf", now, start=0, num=limit)
+        return [m.decode() for m in members]
+
+    async def claim(self, notification_id: str, now: float, claim: str,
+                    instance_id: str) -> dict[str, str] | None:
+        raw = await self._claim(
+            keys=[self.record_key(notification_id), self.due_key, self.inflight_key],
+            args=[notification_id, now, claim, instance_id])
+        if not raw:
+            return None
+        pairs = iter(raw)
+        return {k.decode(): v.decode() for k, v in zip(pairs, pairs, strict=True)}
+
+    async def hand_over(self, notification_id: str, claim: str) -> bool:
+        """Mark that the channel is about to have the message; False if the claim is lost."""
+        return bool(await self._hand_over(keys=[self.record_key(notification_id)],
+                                          args=[claim]))
+
+    async def settle(self, notification_id: str, claim: str, status: str, *,
+                     fields: dict[str, str], events: Iterable[bytes] = (),
+                     next_at: float | None = None) -> bool:
+        """End a claim: sent, failed, unconfirmed, cancelled, or retrying at ``next_at``;
+        ``events`` go to the outbox in the same step."""
+        queued = list(events)
+        args: list[Any] = [notification_id, claim, status,
+                           "" if next_at is None else next_at, len(queued), *queued]
+        for name, value in fields.items():
+            args.extend((name, value))
+        if next_at is not None:
+            args.extend(("next_attempt_at", next_at))
+        return bool(await self._settle(
+            keys=[self.record_key(notification_id), self.due_key, self.inflight_key,
+                  self.outbox_key], args=args))
+
+    async def inflight(self) -> list[tuple[str, float]]:
+        return [(m.decode(), s) for m, s in
+                await self.redis.zrange(self.inflight_key, 0, -1, withscores=True)]
+
+    async def recover(self, notification_id: str, claim: str, now: float,
+                      unconfirmed_events: Sequence[bytes] = ()) -> int:
+        """Recover a dead sender's claim: 1 tried again, 2 unconfirmed (``unconfirmed_events``
+        queued), 0 nothing to do."""
+        return int(await self._recover(
+            keys=[self.record_key(notification_id), self.due_key, self.inflight_key,
+                  self.outbox_key], args=[notification_id, claim, now, *unconfirmed_events]))
+
+    async def due_count(self) -> int:
+        return int(await self.redis.zcard(self.due_key))
+
+    async def heartbeat(self, instance_id: str) -> None:
+        await self.redis.set(self.instance_key(instance_id), b"1", px=HEARTBEAT_MS)
+
+    async def instance_alive(self, instance_id: str) -> bool:
+        return bool(await self.redis.exists(self.instance_key(instance_id)))
+
+    async def record(self, notification_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.record_key(notification_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} or None
+
+    async def records(self, clinic_id: str, *, since: float, limit: int) -> list[dict[str, str]]:
+        """The clinic's notifications since ``since``, newest first."""
+        ids = await self.redis.zrevrangebyscore(self.list_key(clinic_id), "+inf", since,
+                                                start=0, num=limit)
+        pipe = self.redis.pipeline(transaction=False)
+        for notification_id in ids:
+            pipe.hgetall(self.record_key(notification_id.decode()))
+        found = await pipe.execute() if ids else []
+        return [{k.decode(): v.decode() for k, v in r.items()} for r in found if r]
+
+    # ----------------------------------------------------------- alerts, misc
+
+    async def alerts(self, clinic_id: str) -> list[dict[str, Any]]:
+        raw = await self.redis.hgetall(self.alerts_key(clinic_id))
+        return sorted((orjson.loads(v) for v in raw.values()), key=lambda a: a["raised_at"])
+
+    async def estimates(self, clinic_id: str) -> list[dict[str, Any]]:
+        raw = await self.redis.hgetall(self.estimates_key(clinic_id))
+        return sorted((orjson.loads(v) for v in raw.values()), key=lambda e: e["position"])
+
+    # ---------------------------------------------------------------- outbox
+
+    async def outbox_batch(self, limit: int) -> tuple[str, list[bytes]] | None:
+        """Take the drainer's lock and the oldest ``limit`` entries (None: someone else
+        drains, or nothing waits)."""
+        token = uuid.uuid4().hex
+        if not await self.redis.set(f"{self.outbox_key}-lock", token, nx=True, px=15_000):
+            return None
+        entries: list[bytes] = await self.redis.lrange(self.outbox_key, 0, limit - 1)
+        if not entries:
+            await self.release_outbox(token, 0)
+            return None
+        return token, entries
+
+    async def release_outbox(self, token: str, published: int) -> None:
+        """Drop the entries published (from the head) and release the lock."""
+        if published:
+            await self.redis.ltrim(self.outbox_key, published, -1)
+        await self._release_lock(keys=[f"{self.outbox_key}-lock"], args=[token])
+
+    async def outbox_length(self) -> int:
+        return int(await self.redis.llen(self.outbox_key))

@@ -1,0 +1,140 @@
+"""Exactly once: a notifier killed with -9 while sending, and restarted, sends nothing
+twice; records delivered again change nothing; contact details never reach the log."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.notifications.app import create_app
+from shared import events as ev
+from shared.settings import NotificationsSettings
+from shared.topics import ESTIMATES, FLOOR, topic_name
+from tests.helpers import ServiceProcess, eventually, read_topic, serving
+from tests.integration.notifications_support import (
+    FRONT_DESK,
+    MailCatcher,
+    arrival,
+    estimate,
+    floor_event,
+    publish_estimates,
+    publish_floor,
+    record_contact,
+    rules_json,
+)
+
+SETTLED = {"sent", "unconfirmed"}
+
+
+def address(visit: str) -> str:
+    return f"{visit}@patients.example.org"
+
+
+async def notifications(base_url: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        answer = await client.get("/clinics/north/notifications?limit=500", headers=FRONT_DESK)
+        listed: list[dict[str, Any]] = answer.json()["notifications"]
+        return listed
+
+
+async def test_a_notifier_killed_while_sending_and_restarted_sends_no_duplicates(
+    notifications_env: dict[str, Any], smtp_server: MailCatcher, tmp_path: Path,
+) -> None:
+    smtp_server.delay = 0.1  # a slow mail server: the kill lands while messages are out
+    concurrency = 2
+    settings = {**notifications_env,
+                "notifications_send_concurrency": concurrency,
+                "notifications_session_timeout_ms": 2000,
+                "notifications_rules": rules_json(settle_seconds=0.5,
+                                                  come_back_lead_minutes=10),
+                "log_format": "json"}
+    env = {f"CLINICFLOW_{k.upper()}": str(v) for k, v in settings.items()}
+    bootstrap, prefix = settings["kafka_bootstrap"], settings["topic_prefix"]
+    log_path = tmp_path / "notifications.log"
+    service = ServiceProcess("notifications", env, log_path)
+    patients = [f"v{n:02}" for n in range(1, 25)]
+    outside = patients[:6]
+    now = datetime.now(UTC)
+    service.start()
+    try:
+        await service.wait_ready()
+        async with httpx.AsyncClient(base_url=service.url) as client:
+            for visit in patients:
+                await record_contact(client, visit, "email", address(visit),
+                                     wait_anywhere=visit in outside)
+        await publish_floor(bootstrap, prefix, [
+            arrival(v, f"A-{n}", "dr-lee", now) for n, v in enumerate(patients, 1)])
+        await publish_estimates(bootstrap, prefix, [
+            estimate(v, f"A-{n}", "dr-lee", 20 + 5 * n, now) for n, v in enumerate(patients, 1)])
+        # the whole clinic runs 30 minutes late: 24 warnings, sent two at a time
+        delay = floor_event(ev.DelayAnnounced(provider_id=None, minutes=30), now)
+        await publish_floor(bootstrap, prefix, [delay])
+        await publish_estimates(bootstrap, prefix, [
+            estimate(v, f"A-{n}", "dr-lee", 50 + 5 * n, now) for n, v in enumerate(patients, 1)])
+        await eventually(lambda: len(smtp_server.mails) >= 4, timeout=30)
+        service.kill()
+        # while it is down, flow says the six patients waiting outside are nearly up
+        later = now + timedelta(seconds=5)
+        await publish_estimates(bootstrap, prefix, [
+            estimate(v, f"A-{n}", "dr-lee", 8, later, position=1)
+            for n, v in enumerate(outside, 1)])
+        service.start()
+        await service.wait_ready()
+
+        async def all_settled() -> list[dict[str, Any]] | None:
+            listed = await notifications(service.url)
+            done = len(listed) == 30 and all(n["status"] in SETTLED for n in listed)
+            return listed if done else None
+
+        listed = await eventually(all_settled, timeout=60)
+    finally:
+        service.stop()
+
+    received = Counter(m.message_id for m in smtp_server.mails)
+    assert max(received.values()) == 1, f"sent twice: {received.most_common(3)}"
+    by_status: dict[str, set[str]] = {"sent": set(), "unconfirmed": set()}
+    for n in listed:
+        by_status[n["status"]].add(f"<{n['notification_id']}@clinicflow.invalid>")
+    assert by_status["sent"] <= set(received)  # every "sent" reached the server once
+    assert set(received) <= by_status["sent"] | by_status["unconfirmed"]
+    assert len(by_status["unconfirmed"]) <= concurrency  # only what was out at the kill
+    assert Counter(n["kind"] for n in listed) == {"delay_warning": 24, "come_back_now": 6}
+    # and the log never shows an address
+    assert "patients.example.org" not in log_path.read_text()
+
+
+async def test_records_delivered_again_change_nothing(
+    notifications_env: dict[str, Any], smtp_server: MailCatcher,
+) -> None:
+    bootstrap, prefix = notifications_env["kafka_bootstrap"], notifications_env["topic_prefix"]
+    now = datetime.now(UTC)
+    app = create_app(NotificationsSettings(**notifications_env))
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        for visit in ("v1", "v2"):
+            await record_contact(client, visit, "email", address(visit))
+        await publish_floor(bootstrap, prefix, [
+            arrival("v1", "A-1", "dr-lee", now), arrival("v2", "A-2", "dr-lee", now),
+            floor_event(ev.RoomReady(room_id="room-1"), now),
+            floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20), now)])
+        await publish_estimates(bootstrap, prefix, [
+            estimate("v1", "A-1", "dr-lee", 25, now), estimate("v2", "A-2", "dr-lee", 35, now)])
+        await eventually(lambda: len(smtp_server.mails) == 2, timeout=20)
+        before = await notifications(url)
+        alerts_before = (await client.get("/clinics/north/alerts",
+                                          headers={"Authorization": "Bearer dev-nurse"})).json()
+        # Kafka hands the same records over again (a rebalance, a lost commit)
+        again = [*await read_topic(bootstrap, topic_name(FLOOR, prefix)),
+                 *await read_topic(bootstrap, topic_name(ESTIMATES, prefix))]
+        result = await app.state.consumer.handle(again)
+        assert (result.applied, result.already_applied, result.notifications) == (0, 6, 0)
+        await app.state.dispatcher.pump()
+        await app.state.dispatcher.drain()
+        assert await notifications(url) == before
+        assert (await client.get("/clinics/north/alerts",
+                                 headers={"Authorization": "Bearer dev-nurse"})).json() == \
+            alerts_before
+    assert len(smtp_server.mails) == 2

@@ -1,0 +1,275 @@
+"""Check-in's rules, without Kafka or Redis: tickets, lateness, the kiosk's identity check,
+re-imports, no-shows and what a waiting patient is told."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.checkin.domain import (
+    Appointment,
+    AppointmentState,
+    CheckinRefused,
+    VisitView,
+    check_scheduled_arrival,
+    choose_kiosk_appointment,
+    clinic_day,
+    evolve_visit,
+    identity_digest,
+    is_late,
+    no_show_verdict,
+    normalize_initials,
+    normalize_ticket_code,
+    plan_import,
+    ticket_code,
+    wait_status,
+)
+from shared import events as ev
+from shared.settings import CheckinSettings, InsecureConfiguration
+
+NEW_YORK = ZoneInfo("America/New_York")
+NINE = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 09:00 in New York
+TODAY = date(2026, 3, 2)
+SECRET = b"test-secret-0123456789"
+
+
+def appointment(appointment_id: str = "apt-1", *, at: datetime = NINE, patient: str = "p-1",
+                status: str = "booked", identity: str | None = None,
+                provider: str = "dr-lee") -> Appointment:
+    return Appointment(appointment_id=appointment_id, patient_ref=patient, provider_id=provider,
+                       visit_type="follow_up", scheduled_at=at, duration_minutes=15,
+                       status=status, identity=identity)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ tickets
+
+
+def test_ticket_codes_count_up_per_day_and_roll_to_the_next_letter() -> None:
+    assert [ticket_code(n) for n in (1, 2, 17)] == ["A-1", "A-2", "A-17"]
+    assert ticket_code(9999) == "A-9999"
+    assert ticket_code(10000) == "B-1"
+    with pytest.raises(ValueError):
+        ticket_code(0)
+
+
+def test_a_ticket_code_is_read_however_the_patient_types_it() -> None:
+    for typed in ("A-17", "a17", " a 17 ", "A-017", "A–17"):
+        assert normalize_ticket_code(typed) == "A-17", typed
+    for nonsense in ("", "17", "AA-1", "A-", "I-1", "A-0", "A-12345", "../etc"):
+        assert normalize_ticket_code(nonsense) is None, nonsense
+
+
+def test_the_clinics_day_is_its_own_calendar_day_not_utcs() -> None:
+    late_evening = datetime(2026, 3, 3, 2, 0, tzinfo=UTC)  # 21:00 on the 2nd in New York
+    assert clinic_day(late_evening, NEW_YORK) == TODAY
+    assert clinic_day(late_evening, ZoneInfo("UTC")) == date(2026, 3, 3)
+
+
+def test_a_patient_is_late_only_past_the_grace_period_and_a_walk_in_never() -> None:
+    grace = timedelta(minutes=10)
+    assert not is_late(NINE + timedelta(minutes=10), NINE, grace)
+    assert is_late(NINE + timedelta(minutes=11), NINE, grace)
+    assert not is_late(NINE - timedelta(minutes=30), NINE, grace)
+    assert not is_late(NINE + timedelta(hours=3), None, grace)
+
+
+# ----------------------------------------------------------------- identity
+
+
+def test_initials_are_letters_only_in_capitals() -> None:
+    assert normalize_initials("j.s.") == "JS"
+    assert normalize_initials(" m a k ") == "MAK"
+    assert normalize_initials("12") is None
+    assert normalize_initials("ABCDE") is None
+
+
+def test_the_identity_digest_depends_on_secret_clinic_birth_date_and_initials() -> None:
+    born = date(1980, 4, 2)
+    digest = identity_digest(SECRET, "north", born, "JS")
+    assert len(digest) == 64 and "1980" not in digest
+    assert digest == identity_digest(SECRET, "north", born, "JS")
+    assert digest != identity_digest(b"another-secret-000000", "north", born, "JS")
+    assert digest != identity_digest(SECRET, "south", born, "JS")
+    assert digest != identity_digest(SECRET, "north", date(1980, 4, 3), "JS")
+    assert digest != identity_digest(SECRET, "north", born, "JT")
+
+
+def test_production_refuses_the_development_identity_secret() -> None:
+    production = {"env": "production", "redis_url": "redis://:s@r:6379/0",
+                  "credentials": '[{"name": "desk", "role": "front_desk", '
+                                 '"token": "a-long-enough-token-1234"}]'}
+    with pytest.raises(InsecureConfiguration, match="CHECKIN_IDENTITY_SECRET"):
+        CheckinSettings(**production)  # type: ignore[arg-type]
+    with pytest.raises(InsecureConfiguration, match="shorter than 16"):
+        CheckinSettings(**production, checkin_identity_secret="short")  # type: ignore[arg-type]
+    settings = CheckinSettings(**production,  # type: ignore[arg-type]
+                               checkin_identity_secret="a-real-secret-from-the-vault")
+    assert settings.env == "production"
+    with pytest.raises(ValueError, match="IANA"):
+        CheckinSettings(checkin_timezone="Mars/Olympus")
+
+
+# ------------------------------------------------------------------ imports
+
+
+def test_reimporting_the_same_schedule_changes_nothing() -> None:
+    stored = {"apt-1": appointment("apt-1"), "apt-2": appointment("apt-2")}
+    plan = plan_import([appointment("apt-1"), appointment("apt-2")], stored)
+    assert plan.to_publish == () and plan.to_store == ()
+    assert len(plan.unchanged) == 2
+
+
+def test_a_moved_or_cancelled_appointment_is_an_update_and_a_new_one_is_created() -> None:
+    stored = {"apt-1": appointment("apt-1"), "apt-2": appointment("apt-2")}
+    moved = appointment("apt-1", at=NINE + timedelta(minutes=30))
+    cancelled = appointment("apt-2", status="cancelled")
+    plan = plan_import([moved, cancelled, appointment("apt-3")], stored)
+    assert [a.appointment_id for a in plan.updated] == ["apt-1", "apt-2"]
+    assert [a.appointment_id for a in plan.created] == ["apt-3"]
+
+
+def test_new_kiosk_check_data_alone_is_stored_but_not_published() -> None:
+    plan = plan_import([appointment("apt-1", identity="d1")], {"apt-1": appointment("apt-1")})
+    assert plan.to_publish == ()
+    assert [a.identity for a in plan.restored] == ["d1"]
+    # an import without the check data does not wipe what is stored
+    again = plan_import([appointment("apt-1")], {"apt-1": appointment("apt-1", identity="d1")})
+    assert again.to_store == ()
+
+
+def test_the_published_appointment_never_carries_the_identity_digest() -> None:
+    payload = appointment(identity="secret-digest").payload()
+    assert "secret-digest" not in payload.model_dump_json()
+
+
+# ----------------------------------------------------------------- arrivals
+
+
+def test_the_front_desk_may_check_in_a_no_show_who_came_after_all() -> None:
+    state = AppointmentState(appointment(), no_show=True)
+    check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
+    with pytest.raises(CheckinRefused) as refused:
+        check_scheduled_arrival(state, channel="kiosk", today=TODAY, zone=NEW_YORK)
+    assert refused.value.status == 409 and "front desk" in refused.value.detail
+
+
+def test_a_second_arrival_is_refused_and_the_kiosk_does_not_say_whose_visit_it_is() -> None:
+    state = AppointmentState(appointment(), arrived_visit="v-123")
+    with pytest.raises(CheckinRefused) as desk:
+        check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
+    assert desk.value.status == 409 and "v-123" in desk.value.detail
+    with pytest.raises(CheckinRefused) as kiosk:
+        check_scheduled_arrival(state, channel="kiosk", today=TODAY, zone=NEW_YORK)
+    assert kiosk.value.status == 409 and "v-123" not in kiosk.value.detail
+
+
+def test_a_cancelled_appointment_cannot_be_checked_in() -> None:
+    state = AppointmentState(appointment(status="cancelled"))
+    with pytest.raises(CheckinRefused, match="cancelled"):
+        check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
+
+
+def test_the_kiosk_only_takes_todays_appointments() -> None:
+    tomorrow = AppointmentState(appointment(at=NINE + timedelta(days=1)))
+    with pytest.raises(CheckinRefused, match="not today"):
+        check_scheduled_arrival(tomorrow, channel="kiosk", today=TODAY, zone=NEW_YORK)
+    check_scheduled_arrival(tomorrow, channel="front_desk", today=TODAY, zone=NEW_YORK)
+
+
+def test_a_patient_with_two_appointments_today_checks_in_the_earliest_open_one() -> None:
+    first = AppointmentState(appointment("apt-1", at=NINE), arrived_visit="v-1")
+    second = AppointmentState(appointment("apt-2", at=NINE + timedelta(hours=2)))
+    third = AppointmentState(appointment("apt-3", at=NINE + timedelta(hours=4)))
+    chosen = choose_kiosk_appointment([third, first, second], today=TODAY, zone=NEW_YORK)
+    assert chosen.appointment.appointment_id == "apt-2"
+
+
+def test_two_patients_sharing_birth_date_and_initials_go_to_the_front_desk() -> None:
+    one = AppointmentState(appointment("apt-1", patient="p-1"))
+    other = AppointmentState(appointment("apt-2", patient="p-2"))
+    with pytest.raises(CheckinRefused) as refused:
+        choose_kiosk_appointment([one, other], today=TODAY, zone=NEW_YORK)
+    assert refused.value.code == "ambiguous" and "p-" not in refused.value.detail
+
+
+def test_no_match_today_is_a_404_that_names_nobody() -> None:
+    yesterday = AppointmentState(appointment(at=NINE - timedelta(days=1)))
+    cancelled = AppointmentState(appointment("apt-2", status="cancelled"))
+    with pytest.raises(CheckinRefused) as refused:
+        choose_kiosk_appointment([yesterday, cancelled], today=TODAY, zone=NEW_YORK)
+    assert refused.value.status == 404
+
+
+# ----------------------------------------------------------------- no-shows
+
+
+def test_no_show_only_after_the_configured_time_once_and_not_for_ancient_appointments() -> None:
+    after, horizon = timedelta(minutes=30), timedelta(hours=24)
+    booked = AppointmentState(appointment())
+    assert no_show_verdict(booked, NINE + timedelta(minutes=29), after, horizon) == "not_yet"
+    assert no_show_verdict(booked, NINE + timedelta(minutes=30), after, horizon) == "due"
+    assert no_show_verdict(booked, NINE + timedelta(days=2), after, horizon) == "too_old"
+    for settled in (AppointmentState(appointment(), arrived_visit="v-1"),
+                    AppointmentState(appointment(), no_show=True),
+                    AppointmentState(appointment(status="cancelled"))):
+        assert no_show_verdict(settled, NINE + timedelta(hours=1), after, horizon) == "settled"
+
+
+# --------------------------------------------------------- waiting patients
+
+
+def event(payload: ev.Payload, at: datetime) -> ev.Event:
+    return ev.make_event(payload, clinic_id="north", source="test", occurred_at=at)
+
+
+def arrived(at: datetime = NINE) -> ev.Event:
+    return event(ev.PatientArrived(visit_id="v-1", ticket_code="A-17", visit_type="follow_up"),
+                 at)
+
+
+def estimate(at: datetime, position: int = 3, low: float = 10, high: float = 25) -> ev.Event:
+    return event(ev.WaitEstimated(visit_id="v-1", ticket_code="A-17", position=position,
+                                  wait_minutes=(low + high) / 2, low=low, high=high), at)
+
+
+def test_a_waiting_patient_sees_place_in_line_and_a_range_that_shrinks_with_time() -> None:
+    view = evolve_visit(None, arrived(), NEW_YORK)
+    assert view is not None
+    status = wait_status(view, NINE)
+    assert (status.waiting, status.low_minutes, status.high_minutes) == (True, None, None)
+    view = evolve_visit(view, estimate(NINE + timedelta(minutes=1)), NEW_YORK)
+    assert view is not None
+    status = wait_status(view, NINE + timedelta(minutes=1))
+    assert (status.position, status.low_minutes, status.high_minutes) == (3, 10, 25)
+    later = wait_status(view, NINE + timedelta(minutes=6))
+    assert (later.low_minutes, later.high_minutes) == (5, 20)
+    much_later = wait_status(view, NINE + timedelta(minutes=60))
+    assert (much_later.low_minutes, much_later.high_minutes) == (0, 0)
+
+
+def test_a_roomed_patient_no_longer_waits_and_an_older_estimate_read_late_changes_nothing(
+) -> None:
+    view = evolve_visit(None, arrived(), NEW_YORK)
+    roomed = event(ev.PatientRoomed(visit_id="v-1", room_id="r1"), NINE + timedelta(minutes=5))
+    view = evolve_visit(view, roomed, NEW_YORK)
+    assert view is not None and view.status == "roomed"
+    stale = evolve_visit(view, estimate(NINE + timedelta(minutes=4)), NEW_YORK)
+    assert stale == view
+    status = wait_status(view, NINE + timedelta(minutes=6))
+    assert (status.waiting, status.position, status.low_minutes) == (False, None, None)
+
+
+def test_an_estimate_made_after_the_rooming_means_the_rooming_was_undone() -> None:
+    view = evolve_visit(None, arrived(), NEW_YORK)
+    view = evolve_visit(view, event(ev.PatientRoomed(visit_id="v-1", room_id="r1"),
+                                    NINE + timedelta(minutes=5)), NEW_YORK)
+    view = evolve_visit(view, estimate(NINE + timedelta(minutes=7), position=1), NEW_YORK)
+    assert view is not None and view.status == "waiting" and view.position == 1
+
+
+def test_an_estimate_read_before_the_arrival_starts_the_visit() -> None:
+    view = evolve_visit(None, estimate(NINE), NEW_YORK)
+    assert isinstance(view, VisitView) and view.ticket_code == "A-17"
+    assert evolve_visit(view, arrived(NINE - timedelta(seconds=1)), NEW_YORK) == view
