@@ -1,0 +1,292 @@
+"""Arrivals, the kiosk, cancel, no-shows and the status lookup on the real broker and
+Redis: what is published (read back from Kafka), what is refused with a clear 4xx and
+nothing half-published, and that names, birth dates and initials never reach an event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import eventually
+from tests.integration.test_checkin_support import (
+    CSV,
+    FRONT_DESK,
+    KIOSK,
+    MANAGER,
+    NURSE,
+    Checkin,
+    at,
+    csv_rows,
+    running_checkin,
+)
+
+DOB, INITIALS = "1980-04-02", "JQ"
+
+
+@pytest.fixture
+async def checkin(kafka_bootstrap: str, redis_url: str,
+                  topic_prefix: str) -> AsyncIterator[Checkin]:
+    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix,
+                               checkin_lookup_misses_per_minute=3) as service:
+        schedule = csv_rows(
+            ("apt-late", "p-aaa111", "dr-lee", "follow_up", at(-20), "15", "", ""),
+            ("apt-soon", "p-bbb222", "dr-kim", "physical", at(30), "30", "", ""),
+            ("APT-Kiosk", "p-ccc333", "dr-lee", "follow_up", at(15), "15", DOB, INITIALS),
+            ("apt-dob", "p-ddd444", "dr-kim", "follow_up", at(5), "15", "1991-07-15", "MB"),
+        )
+        answer = await service.import_csv(schedule)
+        assert answer.status_code == 200, answer.text
+        await service.events(expect=4)
+        yield service
+
+
+async def arrive(checkin: Checkin, body: dict[str, Any], key: str | None = None,
+                 clinic: str = "north", headers: dict[str, str] = FRONT_DESK) -> Any:
+    extra = {"Idempotency-Key": key} if key else {}
+    return await checkin.client.post(f"/clinics/{clinic}/arrivals", json=body,
+                                     headers={**headers, **extra})
+
+
+async def test_scheduled_and_walk_in_arrivals_publish_ticket_codes_and_the_late_flag(
+    checkin: Checkin,
+) -> None:
+    late = await arrive(checkin, {"appointment_id": "apt-late"}, key="k-late")
+    assert late.status_code == 201, late.text
+    soon = await arrive(checkin, {"appointment_id": "apt-soon", "priority": "urgent"})
+    walk_in = await arrive(checkin, {"provider_id": None, "visit_type": "minor_procedure",
+                                     "patient_ref": "p-walk01"})
+    assert soon.status_code == 201 and walk_in.status_code == 201, (soon.text, walk_in.text)
+    answers = [late.json(), soon.json(), walk_in.json()]
+    assert [a["late"] for a in answers] == [True, False, False]
+    codes = [a["ticket_code"] for a in answers]
+    assert len(set(codes)) == 3
+    assert answers[0]["provider_id"] == "dr-lee" and answers[0]["visit_type"] == "follow_up"
+    assert answers[1]["priority"] == "urgent"
+    assert answers[2]["provider_id"] is None and answers[2]["appointment_id"] is None
+
+    events = (await checkin.events(expect=7))[4:]
+    assert [e["event_type"] for e in events] == ["patient.arrived"] * 3
+    for event, answer in zip(events, answers, strict=True):
+        assert event["correlation_id"] == answer["visit_id"]
+        assert event["event_id"] == answer["event_id"]
+        assert event["data"]["ticket_code"] == answer["ticket_code"]
+        assert event["data"]["late"] is answer["late"]
+    assert events[0]["data"]["appointment_id"] == "apt-late"
+    assert events[0]["data"]["scheduled_at"] is not None
+    assert events[2]["data"]["scheduled_at"] is None
+    assert events[2]["data"]["patient_ref"] == "p-walk01"
+
+    # the same request again under its Idempotency-Key: the same arrival, nothing new
+    retried = await arrive(checkin, {"appointment_id": "apt-late"}, key="k-late")
+    assert retried.status_code == 201
+    assert retried.json() == {**answers[0], "replayed": True}
+    # the key reused for a different request is refused, not silently replayed
+    reused = await arrive(checkin, {"appointment_id": "apt-soon"}, key="k-late")
+    assert reused.status_code == 422, reused.text
+    # a second arrival for the same visit without the key: 409 naming the first visit
+    second = await arrive(checkin, {"appointment_id": "apt-late"})
+    assert second.status_code == 409, second.text
+    assert answers[0]["visit_id"] in second.json()["detail"]
+    assert len(await checkin.events()) == 7
+
+    schedule = await checkin.client.get("/clinics/north/schedule", headers=FRONT_DESK)
+    status = {r["appointment_id"]: r["status"] for r in schedule.json()["appointments"]}
+    assert status["apt-late"] == "arrived" and status["apt-dob"] == "booked"
+
+
+async def test_unknown_other_clinics_and_bad_arrivals_get_a_clear_4xx_and_publish_nothing(
+    checkin: Checkin,
+) -> None:
+    south = csv_rows(("apt-south", "p-sss111", "dr-ray", "follow_up", at(10), "15", "", ""))
+    imported = await checkin.client.post("/clinics/south/schedule/csv", content=south,
+                                         headers={**FRONT_DESK, **CSV})
+    assert imported.status_code == 200
+    before = len(await checkin.events(expect=5))
+
+    unknown = await arrive(checkin, {"appointment_id": "apt-nope"})
+    assert unknown.status_code == 404 and "apt-nope" in unknown.json()["detail"]
+    elsewhere = await arrive(checkin, {"appointment_id": "apt-south"})
+    assert elsewhere.status_code == 404, elsewhere.text
+    no_type = await arrive(checkin, {"provider_id": "dr-lee"})
+    assert no_type.status_code == 422 and "visit_type" in no_type.json()["detail"]
+    bad = await arrive(checkin, {"visit_type": "x", "priority": "soonish"})
+    assert bad.status_code == 422 and "priority" in bad.json()["detail"]
+    kiosk = await arrive(checkin, {"visit_type": "x"}, headers=KIOSK)
+    assert kiosk.status_code == 403
+    nurse = await arrive(checkin, {"visit_type": "x"}, headers=NURSE)
+    assert nurse.status_code == 403
+    oversized = await checkin.client.post(
+        "/clinics/north/arrivals", content=b'{"visit_type": "' + b"x" * 1_100_000 + b'"}',
+        headers={**FRONT_DESK, "Content-Type": "application/json"})
+    assert oversized.status_code == 413, oversized.text[:200]
+    assert len(await checkin.events()) == before
+
+
+async def test_cancel_publishes_once_and_kiosk_credentials_cannot_cancel(
+    checkin: Checkin,
+) -> None:
+    arrived = (await arrive(checkin, {"appointment_id": "apt-soon"})).json()
+    visit = arrived["visit_id"]
+    path = f"/clinics/north/visits/{visit}/cancel"
+    kiosk = await checkin.client.post(path, json={"reason": "cancelled"}, headers=KIOSK)
+    assert kiosk.status_code == 403, kiosk.text
+    cancelled = await checkin.client.post(path, json={"reason": "left_without_being_seen"},
+                                          headers={**FRONT_DESK, "Idempotency-Key": "c-1"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["ticket_code"] == arrived["ticket_code"]
+    retried = await checkin.client.post(path, json={"reason": "left_without_being_seen"},
+                                        headers={**FRONT_DESK, "Idempotency-Key": "c-1"})
+    assert retried.json() == {**cancelled.json(), "replayed": True}
+    again = await checkin.client.post(path, json={"reason": "cancelled"}, headers=FRONT_DESK)
+    assert again.status_code == 409 and "not waiting" in again.json()["detail"]
+    unknown = await checkin.client.post("/clinics/north/visits/v-0000000000000000/cancel",
+                                        json={"reason": "cancelled"}, headers=MANAGER)
+    assert unknown.status_code == 404
+
+    events = await checkin.events(expect=6)
+    assert [e["event_type"] for e in events[4:]] == ["patient.arrived", "arrival.cancelled"]
+    assert events[5]["data"] == {"visit_id": visit, "reason": "left_without_being_seen"}
+    assert events[5]["correlation_id"] == visit
+    # a cancelled ticket is no longer waiting
+    status = await checkin.client.get(f"/clinics/north/tickets/{arrived['ticket_code']}/wait",
+                                      headers=KIOSK)
+    assert status.status_code == 200 and status.json()["waiting"] is False
+
+
+async def test_kiosk_checks_in_by_code_or_birth_date_and_initials_without_publishing_them(
+    checkin: Checkin,
+) -> None:
+    by_code = await checkin.client.post("/clinics/north/kiosk/check-ins",
+                                        json={"appointment_code": " apt-kiosk "},
+                                        headers={**KIOSK, "Idempotency-Key": "kiosk-1"})
+    assert by_code.status_code == 201, by_code.text
+    answer = by_code.json()
+    assert answer["ticket_code"] and answer["late"] is False
+    assert answer["wait"]["waiting"] is True
+    assert set(answer["wait"]) == {"ticket_code", "waiting", "position", "low_minutes",
+                                   "high_minutes"}
+    again = await checkin.client.post("/clinics/north/kiosk/check-ins",
+                                      json={"appointment_code": "APT-KIOSK"}, headers=KIOSK)
+    assert again.status_code == 409 and "front desk" in again.json()["detail"]
+
+    by_identity = await checkin.client.post(
+        "/clinics/north/kiosk/check-ins", json={"date_of_birth": "1991-07-15",
+                                                "initials": "m.b."}, headers=KIOSK)
+    assert by_identity.status_code == 201, by_identity.text
+    wrong = await checkin.client.post(
+        "/clinics/north/kiosk/check-ins", json={"date_of_birth": "1991-07-15",
+                                                "initials": "XX"}, headers=KIOSK)
+    assert wrong.status_code == 404
+    assert "1991" not in wrong.text and "XX" not in wrong.text
+    both = await checkin.client.post(
+        "/clinics/north/kiosk/check-ins",
+        json={"appointment_code": "apt-soon", "initials": "MB"}, headers=KIOSK)
+    assert both.status_code == 422
+
+    events = await checkin.events(expect=6)
+    arrivals = [e for e in events if e["event_type"] == "patient.arrived"]
+    assert {e["data"]["appointment_id"] for e in arrivals} == {"APT-Kiosk", "apt-dob"}
+    raw = await checkin.raw_floor()
+    for secret in (DOB.encode(), b"1991-07-15", b"JQ", b'"MB"', b"m.b.", b"initials",
+                   b"date_of_birth"):
+        assert secret not in raw, secret
+
+    # the kiosk can follow its own visit's wait by the visit id it was given
+    followed = await checkin.client.get(f"/clinics/north/visits/{answer['visit_id']}/wait",
+                                        headers=KIOSK)
+    assert followed.status_code == 200
+    assert followed.json()["ticket_code"] == answer["ticket_code"]
+
+
+async def test_ticket_lookup_gives_place_and_range_only_and_guessing_is_rate_limited(
+    checkin: Checkin,
+) -> None:
+    arrived = (await arrive(checkin, {"appointment_id": "apt-soon"})).json()
+    code = arrived["ticket_code"]
+    found = await checkin.client.get(f"/clinics/north/tickets/{code.lower()}/wait",
+                                     headers=KIOSK)
+    assert found.status_code == 200, found.text
+    assert set(found.json()) == {"ticket_code", "waiting", "position", "low_minutes",
+                                 "high_minutes"}
+    assert found.json()["ticket_code"] == code and found.json()["waiting"] is True
+
+    statuses = []
+    for guess in ("Z-901", "Z-902", "Z-903", "Z-904", "Z-905"):
+        answer = await checkin.client.get(f"/clinics/north/tickets/{guess}/wait",
+                                          headers=KIOSK)
+        statuses.append(answer.status_code)
+    assert statuses == [404, 404, 404, 429, 429]
+    limited = await checkin.client.get(f"/clinics/north/tickets/{code}/wait", headers=KIOSK)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    # the limit is per credential: the front desk still gets answers
+    desk = await checkin.client.get(f"/clinics/north/tickets/{code}/wait", headers=FRONT_DESK)
+    assert desk.status_code == 200
+    # the kiosk's failed check-ins count against the same misses
+    kiosk = await checkin.client.post("/clinics/north/kiosk/check-ins",
+                                      json={"appointment_code": "apt-kiosk"}, headers=KIOSK)
+    assert kiosk.status_code == 429
+
+
+async def test_a_booked_appointment_with_no_arrival_becomes_a_no_show_on_the_follow_up_list(
+    kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+) -> None:
+    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix,
+                               checkin_no_show_after_minutes=1,
+                               checkin_late_after_minutes=2,
+                               checkin_no_show_check_seconds=0.2) as checkin:
+        schedule = csv_rows(
+            ("apt-missed", "p-aaa111", "dr-lee", "follow_up", at(-3), "15", DOB, INITIALS),
+            ("apt-came", "p-bbb222", "dr-lee", "follow_up", at(-3), "15", "", ""),
+            ("apt-later", "p-ccc333", "dr-kim", "physical", at(30), "15", "", ""),
+            ("apt-off", "p-ddd444", "dr-kim", "physical", at(-3), "15", "", ""),
+        )
+        # apt-came checks in before the first sweep can see it
+        answer = await checkin.import_csv(schedule)
+        assert answer.status_code == 200, answer.text
+        came = await arrive(checkin, {"appointment_id": "apt-came"})
+        assert came.status_code == 201 and came.json()["late"] is True
+
+        async def no_shows() -> list[dict[str, Any]]:
+            events = await checkin.events()
+            return [e for e in events if e["event_type"] == "patient.no_show"]
+
+        found = await eventually(lambda: _at_least(no_shows, 2), timeout=10)
+        ids = sorted(e["data"]["appointment_id"] for e in found)
+        assert ids == ["apt-missed", "apt-off"]
+        assert all(e["correlation_id"] == e["data"]["appointment_id"] for e in found)
+
+        listed = await checkin.client.get("/clinics/north/no-shows", headers=FRONT_DESK)
+        assert listed.status_code == 200
+        rows = listed.json()["no_shows"]
+        assert [r["appointment_id"] for r in rows] == ["apt-missed", "apt-off"]
+        assert rows[0]["patient_ref"] == "p-aaa111" and rows[0]["arrived_later"] is False
+        kiosk = await checkin.client.get("/clinics/north/no-shows", headers=KIOSK)
+        assert kiosk.status_code == 403
+
+        # the patient came after all: the front desk may still check them in
+        late = await arrive(checkin, {"appointment_id": "apt-missed"})
+        assert late.status_code == 201 and late.json()["late"] is True
+        relisted = await checkin.client.get("/clinics/north/no-shows", headers=FRONT_DESK)
+        assert relisted.json()["no_shows"][0]["arrived_later"] is True
+        # the kiosk refuses a missed appointment and sends them to the desk
+        off = await checkin.client.post("/clinics/north/kiosk/check-ins",
+                                        json={"appointment_code": "apt-off"}, headers=KIOSK)
+        assert off.status_code == 409 and "front desk" in off.json()["detail"]
+
+        # another sweep publishes nothing more
+        await _pause(0.6)
+        assert len(await no_shows()) == 2
+        raw = await checkin.raw_floor()
+        assert DOB.encode() not in raw and INITIALS.encode() not in raw
+
+
+async def _at_least(check: Any, count: int) -> Any:
+    found = await check()
+    return found if len(found) >= count else None
+
+
+async def _pause(seconds: float) -> None:
+    await asyncio.sleep(seconds)
