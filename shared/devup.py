@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,12 @@ def _service_env(stack: LocalStack) -> dict[str, str]:
         "CLINICFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "CLINICFLOW_REDIS_URL": stack.redis_url,
         "CLINICFLOW_LOG_FORMAT": os.environ.get("CLINICFLOW_LOG_FORMAT", "json"),
+        # the nurse station (served by flow) also shows notifications' room-ready alerts
+        "CLINICFLOW_FLOW_NURSE_ALERTS_URL": os.environ.get(
+            "CLINICFLOW_FLOW_NURSE_ALERTS_URL", f"http://127.0.0.1:{PORTS['notifications']}"),
+        "CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS": os.environ.get(
+            "CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS",
+            json.dumps([f"http://{host}:{PORTS['flow']}" for host in ("127.0.0.1", "localhost")])),
     }
 
 

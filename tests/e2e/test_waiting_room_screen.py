@@ -4,64 +4,14 @@ the real flow service on a real Kafka and Redis."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from shared import events as ev
-from shared.admin import ensure_topics
-from tests.helpers import ServiceProcess, producer
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage"]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                    args=ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture
-async def flow(kafka_bootstrap: str, redis_url: str, topic_prefix: str,
-               tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    await ensure_topics(kafka_bootstrap, topic_prefix)
-    env = {
-        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CLINICFLOW_REDIS_URL": redis_url,
-        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
-        "CLINICFLOW_REDIS_PREFIX": topic_prefix.rstrip("."),
-        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
-        "CLINICFLOW_FLOW_CHECKPOINT_SECONDS": "0.2",
-    }
-    service = ServiceProcess("flow", env, tmp_path / "flow.log")
-    service.start()
-    await service.wait_ready()
-    try:
-        yield {"service": service, "topic": f"{topic_prefix}clinicflow.floor.v1",
-               "bootstrap": kafka_bootstrap}
-    finally:
-        service.stop()
-
-
-async def publish(flow: dict[str, Any], *payloads: ev.Payload) -> None:
-    async with producer(flow["bootstrap"]) as client:
-        for payload in payloads:
-            event = ev.make_event(payload, clinic_id="lobby", source="test",
-                                  occurred_at=datetime.now(UTC))
-            await client.send_and_wait(flow["topic"], ev.encode(event), key=b"lobby")
+from tests.e2e.conftest import publish
+from tests.helpers import ServiceProcess
 
 
 async def open_screen(browser: Browser, flow: dict[str, Any], width: int = 1920,

@@ -1,0 +1,178 @@
+// The clinic manager's dashboard: where the day is stuck, in words and in charts.
+// It reads the board's "operations" report (manager token only) from the live stream and
+// draws plain SVG: no chart library, no build.
+(function () {
+  "use strict";
+  const live = ClinicFlowLive.init("operations");
+  const {el} = ClinicFlowLive;
+  const SVG = "http://www.w3.org/2000/svg";
+  const byId = (id) => document.getElementById(id);
+  const STAGE_NAMES = {
+    arrival_to_roomed: "arrival → roomed",
+    roomed_to_provider: "roomed → provider",
+    provider_to_checkout: "provider → checkout",
+    roomed_to_checkout: "roomed → checkout",
+    room_turnover: "room turnover",
+  };
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // 600 units wide and as tall as the box's shape: text is never stretched
+  function canvas(id) {
+    const node = byId(id).querySelector("svg");
+    node.replaceChildren();
+    const box = node.getBoundingClientRect();
+    const height = box.width ? Math.max(120, Math.round(600 * box.height / box.width)) : 260;
+    node.setAttribute("viewBox", "0 0 600 " + height);
+    node.height600 = height;
+    return node;
+  }
+
+  function empty(node, text) {
+    node.appendChild(svg("text", {x: 300, y: node.height600 / 2, "text-anchor": "middle",
+                                  class: "empty"}, text));
+  }
+
+  function niceMax(value) {
+    if (value <= 5) return 5;
+    const step = Math.pow(10, Math.floor(Math.log10(value)));
+    return Math.ceil(value / step) * step;
+  }
+
+  function axis(node, top, left, bottom, right, max, unit) {
+    for (const fraction of [0, 0.5, 1]) {
+      const y = bottom - (bottom - top) * fraction;
+      node.appendChild(svg("line", {x1: left, x2: right, y1: y, y2: y, class: "grid"}));
+      node.appendChild(svg("text", {x: left - 6, y: y + 4, "text-anchor": "end", class: "tick"},
+                           String(Math.round(max * fraction)) + (fraction === 1 ? unit : "")));
+    }
+  }
+
+  // queues over the day: one line per queue, one point per five-minute period
+  function queueChart(queue) {
+    const node = canvas("queue-chart");
+    const series = [["waiting", queue.waiting || []],
+                    ["roomed", queue.roomed_waiting_provider || []]];
+    const points = Math.max(...series.map(([, s]) => s.length));
+    if (!points) { empty(node, "no patients yet today"); return; }
+    const [top, left, bottom, right] = [12, 44, node.height600 - 24, 590];
+    const max = niceMax(Math.max(1, ...series.flatMap(([, s]) => s)));
+    axis(node, top, left, bottom, right, max, "");
+    const x = (i) => left + (points <= 1 ? 0 : (right - left) * i / (points - 1));
+    const y = (v) => bottom - (bottom - top) * v / max;
+    for (const [name, values] of series) {
+      const path = values.map((v, i) => (i ? "L" : "M") + x(i).toFixed(1) + " " + y(v).toFixed(1));
+      node.appendChild(svg("path", {d: path.join(" "), class: "line " + name}));
+    }
+    if (queue.start) {
+      const start = new Date(queue.start);
+      const end = new Date(start.getTime() + (points - 1) * queue.every_minutes * 60000);
+      const fmt = (d) => d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+      const y = node.height600 - 6;
+      node.appendChild(svg("text", {x: left, y: y, class: "tick"}, fmt(start)));
+      node.appendChild(svg("text", {x: right, y: y, "text-anchor": "end", class: "tick"}, fmt(end)));
+    }
+  }
+
+  // horizontal bars: one group per row, one bar per measure
+  function barChart(id, rows, measures, unit, emptyText) {
+    const node = canvas(id);
+    if (!rows.length) { empty(node, emptyText); return; }
+    const [top, left, right] = [10, 170, 560];
+    const band = Math.min(48, (node.height600 - 20) / rows.length);
+    const values = rows.flatMap((r) => measures.map(([key]) => Math.abs(r[key] || 0)));
+    const max = niceMax(Math.max(1, ...values));
+    const zero = rows.some((r) => measures.some(([key]) => (r[key] || 0) < 0))
+      ? left + (right - left) / 2 : left;
+    const scale = (right - zero) / max;
+    rows.forEach((row, i) => {
+      const y0 = top + i * band;
+      node.appendChild(svg("text", {x: left - 8, y: y0 + band / 2 + 4, "text-anchor": "end",
+                                    class: "label"}, row.label));
+      const bar = (band - 6) / measures.length;
+      measures.forEach(([key, className], j) => {
+        const value = row[key];
+        if (value === null || value === undefined) return;
+        const width = Math.abs(value) * scale;
+        const x = value < 0 ? zero - width : zero;
+        const rect = svg("rect", {x: x, y: y0 + j * bar, width: Math.max(1, width), height: bar - 1,
+                                  class: "bar " + className});
+        rect.appendChild(svg("title", {}, row.label + ": " + value + " " + unit));
+        node.appendChild(rect);
+        node.appendChild(svg("text", {x: value < 0 ? x - 4 : x + width + 4, y: y0 + j * bar + bar - 3,
+                                      "text-anchor": value < 0 ? "end" : "start", class: "value"},
+                             String(Math.round(value))));
+      });
+    });
+    node.appendChild(svg("line", {x1: zero, x2: zero, y1: top, y2: top + rows.length * band,
+                                  class: "axis"}));
+  }
+
+  function stagesChart(stages) {
+    const rows = Object.keys(STAGE_NAMES).filter((s) => stages[s] && stages[s].count)
+      .map((s) => ({label: STAGE_NAMES[s], mean: stages[s].mean_minutes, p90: stages[s].p90_minutes}));
+    barChart("stage-chart", rows, [["mean", "mean"], ["p90", "p90"]], "min",
+             "no stage finished yet today");
+  }
+
+  function journeyChart(stages) {
+    const providers = new Set();
+    for (const stage of ["arrival_to_roomed", "roomed_to_provider", "provider_to_checkout"]) {
+      for (const key of Object.keys((stages[stage] || {}).by || {})) providers.add(key);
+    }
+    const mean = (stage, p) => (((stages[stage] || {}).by || {})[p] || {}).mean_minutes;
+    const rows = Array.from(providers).sort().map((p) => ({
+      label: p, s1: mean("arrival_to_roomed", p), s2: mean("roomed_to_provider", p),
+      s3: mean("provider_to_checkout", p)}));
+    barChart("journey-chart", rows, [["s1", "s1"], ["s2", "s2"], ["s3", "s3"]], "min",
+             "no provider has finished a visit yet");
+  }
+
+  function paceChart(providers) {
+    const rows = providers.filter((p) => p.roomed_on_time_patients || p.behind_minutes)
+      .map((p) => ({label: p.provider_id, behind: p.late_minutes_recent !== null
+        ? Math.max(p.late_minutes_recent, p.behind_minutes) : p.behind_minutes}));
+    barChart("pace-chart", rows, [["behind", "pace"]], "min behind",
+             "no on-time patient roomed yet");
+    const list = byId("pace-list");
+    list.replaceChildren(...providers.map((p) => el("li", "", p.provider_id + ": " + p.text)));
+  }
+
+  function render(board) {
+    const report = board.operations;
+    if (!report) {
+      byId("bottleneck").textContent = "This token may not see the operations report.";
+      return;
+    }
+    const panel = byId("bottleneck-panel");
+    panel.classList.toggle("stuck", Boolean(report.bottleneck));
+    byId("bottleneck").textContent = report.summary;
+    byId("more-bottlenecks").replaceChildren(
+      ...report.bottlenecks.slice(1).map((b) => el("li", "", b.text)));
+    const occupied = board.rooms.filter((r) => r.state === "occupied").length;
+    byId("tile-waiting").textContent = board.waiting.length;
+    byId("tile-roomed").textContent = report.queue.now.roomed_waiting_provider;
+    byId("tile-done").textContent = report.outcomes.checked_out;
+    byId("tile-lwbs").textContent = report.left_without_being_seen;
+    byId("tile-rooms").textContent = occupied + " / " + board.rooms.length;
+    queueChart(report.queue);
+    stagesChart(report.stages);
+    journeyChart(report.stages);
+    paceChart(report.providers);
+    byId("as-of").textContent = "as of " + ClinicFlowLive.clockTime(board.as_of);
+  }
+
+  function status(state, text) {
+    const node = byId("status");
+    node.className = "status " + state;
+    node.textContent = text;
+  }
+
+  ClinicFlowLive.startClock(byId("clock"));
+  live.stream(render, status);
+})();

@@ -1,0 +1,130 @@
+"""The nurse station and the operations dashboard in a real browser (Debian's Chromium,
+Playwright) against the real flow service on a real Kafka and Redis: a nurse's click rooms
+the patient and the lobby screen follows; overdue rows never look like fresh ones; the
+manager's dashboard names the bottleneck and draws the day."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, Page, expect
+
+from shared import events as ev
+from tests.e2e.conftest import publish
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+async def open_page(browser: Browser, flow: dict[str, Any], page_name: str, token: str,
+                    width: int = 1920, height: int = 1080) -> Page:
+    page = await browser.new_page(viewport={"width": width, "height": height})
+    await page.goto(f"{flow['service'].url}/screens/lobby/{page_name}?token={token}")
+    await expect(page.locator("#status")).to_contain_text("live", timeout=10_000)
+    return page
+
+
+def keep(artifacts: Path, name: str) -> None:
+    """Copy a test's screenshot to docs/screenshots (the README shows them)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(artifacts / name, SCREENSHOTS / name)
+
+
+async def test_a_nurse_click_rooms_the_patient_and_the_waiting_room_screen_follows(
+    browser: Browser, flow: dict[str, Any], artifacts: Path,
+) -> None:
+    await publish(flow, ev.RoomReady(room_id="4"),
+                  ev.PatientArrived(visit_id="v17", ticket_code="A-17", provider_id="dr-lee",
+                                    visit_type="follow_up"),
+                  ev.PatientArrived(visit_id="v18", ticket_code="A-18", provider_id="dr-lee",
+                                    visit_type="follow_up"))
+    lobby = await open_page(browser, flow, "waiting-room", "dev-screen", 1280, 720)
+    await expect(lobby.locator("#waiting .ticket")).to_have_text(["A-17", "A-18"])
+    nurse = await open_page(browser, flow, "nurse", "dev-nurse")
+    first = nurse.locator('#queues li.patient[data-visit="v17"]')
+    await expect(first).to_contain_text("A-17")
+    # the ready room is offered for the head of the queue, and the alert says so
+    await expect(nurse.locator("#alerts")).to_contain_text("A-17")
+    await nurse.screenshot(path=str(artifacts / "nurse-station.png"))
+    keep(artifacts, "nurse-station.png")
+
+    await first.get_by_role("button", name="→ Room 4").click()
+    await expect(lobby.locator("#calling li").first).to_contain_text("A-17", timeout=5_000)
+    await expect(lobby.locator("#calling li").first).to_contain_text("Room 4")
+    await expect(lobby.locator("#waiting .ticket")).to_have_text(["A-18"])
+    await expect(nurse.locator('#rooms [data-room="4"]')).to_contain_text("A-17")
+
+    # undo puts the patient back in line, on both screens
+    undo = nurse.locator("#undo")
+    await expect(undo).to_contain_text("A-17 roomed in Room 4")
+    await undo.click()
+    await expect(lobby.locator("#waiting .ticket")).to_have_text(["A-17", "A-18"],
+                                                                 timeout=5_000)
+    await expect(nurse.locator('#queues li.patient[data-visit="v17"]')).to_be_visible()
+
+
+async def test_overdue_rows_are_coloured_by_how_long_and_fresh_ones_are_not(
+    browser: Browser, flow: dict[str, Any],
+) -> None:
+    now = datetime.now(UTC)
+    # defaults: waiting overdue 10 min after the appointment; 1x, 2x and 6x steps
+    await publish(flow, ev.PatientArrived(visit_id="v1", ticket_code="A-1",
+                                          provider_id="dr-lee", visit_type="follow_up",
+                                          scheduled_at=now - timedelta(hours=3)),
+                  at=now - timedelta(hours=3))
+    await publish(flow, ev.PatientArrived(visit_id="v2", ticket_code="A-2",
+                                          provider_id="dr-lee", visit_type="follow_up",
+                                          scheduled_at=now - timedelta(minutes=15)),
+                  at=now - timedelta(minutes=20))
+    await publish(flow, ev.PatientArrived(visit_id="v3", ticket_code="A-3",
+                                          provider_id="dr-lee", visit_type="follow_up",
+                                          scheduled_at=now + timedelta(minutes=20)))
+    nurse = await open_page(browser, flow, "nurse", "dev-nurse")
+    rows = {visit: nurse.locator(f'#queues li.patient[data-visit="{visit}"]')
+            for visit in ("v1", "v2", "v3")}
+    await expect(rows["v3"]).to_have_class("patient level-0")
+    await expect(rows["v2"]).to_have_class("patient level-1")
+    await expect(rows["v1"]).to_have_class("patient level-3 next")
+    colours = [await rows[v].evaluate("n => getComputedStyle(n).backgroundColor")
+               for v in ("v1", "v2", "v3")]
+    assert len(set(colours)) == 3, colours
+    await expect(rows["v1"]).to_contain_text("3 h")
+
+
+async def test_the_operations_dashboard_names_the_bottleneck_and_draws_the_day(
+    browser: Browser, flow: dict[str, Any], artifacts: Path,
+) -> None:
+    now = datetime.now(UTC)
+    start = now - timedelta(minutes=90)
+    # two rooms, both occupied by dr-lee's patients who wait for the provider; four more
+    # of dr-lee's patients wait in the lobby, past their appointments
+    events: list[tuple[ev.Payload, datetime]] = [
+        (ev.RoomReady(room_id="1"), start), (ev.RoomReady(room_id="2"), start),
+    ]
+    for n in range(6):
+        events.append((ev.PatientArrived(visit_id=f"v{n}", ticket_code=f"A-{n}",
+                                         provider_id="dr-lee", visit_type="follow_up",
+                                         scheduled_at=start + timedelta(minutes=5 * n)),
+                       start + timedelta(minutes=5 * n)))
+    events.append((ev.PatientRoomed(visit_id="v0", room_id="1"), start + timedelta(minutes=20)))
+    events.append((ev.PatientRoomed(visit_id="v1", room_id="2"), start + timedelta(minutes=30)))
+    for payload, at in events:
+        await publish(flow, payload, at=at)
+
+    screen = await open_page(browser, flow, "operations", "dev-screen")
+    await expect(screen.locator("#bottleneck")).to_contain_text("may not see", timeout=5_000)
+    page = await open_page(browser, flow, "operations", "dev-manager")
+    bottleneck = page.locator("#bottleneck")
+    await expect(bottleneck).to_contain_text("dr-lee", timeout=5_000)
+    await expect(page.locator("#bottleneck-panel")).to_have_class("stuck")
+    await expect(page.locator("#tile-waiting")).to_have_text("4")
+    await expect(page.locator("#tile-rooms")).to_have_text("2 / 2")
+    # a line per queue, bars per stage and per provider's pace
+    await expect(page.locator("#queue-chart path.line")).to_have_count(2)
+    await expect(page.locator("#stage-chart rect.bar").first).to_be_visible()
+    await expect(page.locator("#pace-chart rect.bar").first).to_be_visible()
+    await expect(page.locator("#pace-list")).to_contain_text("dr-lee")
+    await page.screenshot(path=str(artifacts / "operations.png"), full_page=True)
+    keep(artifacts, "operations.png")
