@@ -1,84 +1,76 @@
-"""The billing service, thin for now: the checkout desk publishes the checkout that
-ends a visit on every screen. Wiring only."""
+"""The billing service, wired: fee schedule (validated at start-up), checkout desk and
+money API, and the ledger projection (a batch subscriber on the ledger topic whose
+Kafka commits follow the Redis write). Wiring only."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from fastapi import FastAPI
+from faststream import AckPolicy
+from faststream.kafka import KafkaMessage
 
-from fastapi import Depends, FastAPI, Header, Path, Request
-from pydantic import BaseModel, Field
-
-from shared import events as ev
-from shared.auth import Principal, require_role
-from shared.idempotency import IdempotencyStore, fingerprint
-from shared.kafka import topic
+from services.billing.api import make_router
+from services.billing.desk import Desk
+from services.billing.fees import FeeScheduleFile
+from services.billing.projection import LedgerProjection
+from services.billing.store import BillingStore
+from shared.idempotency import IdempotencyStore
+from shared.kafka import dead_letter_topic, topic
 from shared.metrics import EVENTS_PUBLISHED
 from shared.service import ServiceRuntime, make_http_app
 from shared.settings import BillingSettings
-from shared.topics import FLOOR
-
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+from shared.topics import FLOOR, LEDGER
 
 
-class Checkout(BaseModel):
-    cpt_codes: list[Annotated[str, Field(pattern=r"^[0-9]{4}[0-9A-Z]$")]] = Field(
-        default_factory=list, max_length=30, examples=[["99213"]]
-    )
-    icd10_codes: list[
-        Annotated[str, Field(pattern=r"^[A-TV-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")]
-    ] = Field(default_factory=list, max_length=30, examples=[["J06.9"]])
+async def _raw_records(message: KafkaMessage) -> object:
+    """Keep the batch as aiokafka records: the projection decodes (and dead-letters) each."""
+    return message.raw_message
 
 
 def create_app(settings: BillingSettings) -> FastAPI:
+    """Build the billing service; nothing connects until the app starts. An invalid fee
+    schedule stops it here (``FeeScheduleError`` names the file and its bad lines)."""
+    fees = FeeScheduleFile(settings.fee_schedule_path)
     runtime = ServiceRuntime(settings, "billing")
-    floor_topic = topic(FLOOR, settings)
-    idempotency = IdempotencyStore(runtime.redis, settings.redis_prefix)
+    store = BillingStore(runtime.redis, settings.redis_prefix)
+    ledger_topic, floor_topic = topic(LEDGER, settings), topic(FLOOR, settings)
+
+    async def publish(value: bytes, to_topic: str, key: bytes) -> None:
+        await runtime.broker.publish(value, to_topic, key=key)
+        EVENTS_PUBLISHED.labels("billing", "ledger" if to_topic == ledger_topic
+                                else "floor").inc()
+
+    desk = Desk(store, fees, publish, ledger_topic=ledger_topic, floor_topic=floor_topic,
+                timezone_of=settings.timezone_of,
+                wait_seconds=settings.billing_command_wait_seconds)
+    projection = LedgerProjection(runtime, store, dead_letter_topic=dead_letter_topic(settings))
+    subscriber = runtime.broker.subscriber(
+        ledger_topic,
+        batch=True,
+        group_id=f"{settings.billing_group_id}-ledger",
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,  # Kafka commits follow the Redis transaction
+        max_records=settings.billing_batch_max,
+        batch_timeout_ms=settings.billing_batch_timeout_ms,
+        fetch_max_wait_ms=settings.billing_batch_timeout_ms,
+        listener=projection.listener(),
+        decoder=_raw_records,
+        title="billing.ledger-projection",
+        description="Ledger entries -> the Redis projection that answers balances, "
+        "receipts and reconciliation.",
+    )
+    projection.subscriber = subscriber
+
+    @subscriber
+    async def on_ledger_entries(records: list[object]) -> None:
+        await projection.handle(records)
+
     app = make_http_app(
         runtime,
         title="clinicflow billing",
-        description="Checkout desk: ends the visit and prices it.",
+        description="Checkout desk, charges, payments and end-of-day reconciliation.",
     )
-
-    @app.post(
-        "/clinics/{clinic_id}/visits/{visit_id}/checkout",
-        status_code=202,
-        tags=["checkout"],
-        summary="Check a patient out (ends the visit everywhere)",
-    )
-    async def checkout(
-        clinic_id: Annotated[str, Path(pattern=_ID)],
-        visit_id: Annotated[str, Path(pattern=_ID)],
-        body: Checkout,
-        request: Request,
-        idempotency_key: Annotated[
-            str | None, Header(alias="Idempotency-Key", max_length=200)
-        ] = None,
-        principal: Principal = Depends(require_role("billing", "front_desk", "manager")),
-    ) -> Any:
-        principal.require_clinic(clinic_id)
-        raw = await request.body()
-
-        async def publish() -> tuple[int, Any]:
-            event = ev.make_event(
-                ev.PatientCheckedOut(
-                    visit_id=visit_id, cpt_codes=body.cpt_codes, icd10_codes=body.icd10_codes
-                ),
-                clinic_id=clinic_id,
-                source="billing",
-                correlation_id=visit_id,
-            )
-            await runtime.broker.publish(ev.encode(event), floor_topic, key=clinic_id.encode())
-            EVENTS_PUBLISHED.labels("billing", event.event_type).inc()
-            return 202, {"event_id": event.envelope.event_id, "visit_id": visit_id}
-
-        if idempotency_key is None:
-            return (await publish())[1]
-        _status, answer, replayed = await idempotency.run(
-            f"billing:{clinic_id}",
-            idempotency_key,
-            fingerprint(request.method, request.url.path, raw),
-            publish,
-        )
-        return {**answer, "replayed": replayed}
-
+    app.state.store = store
+    app.state.desk = desk
+    app.state.projection = projection
+    app.include_router(make_router(desk, IdempotencyStore(runtime.redis, settings.redis_prefix)))
     return app

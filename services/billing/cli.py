@@ -1,0 +1,141 @@
+"""``clinicflow billing``: end-of-day reconciliation from the ledger topic itself, and a
+fee schedule check.
+
+``clinicflow billing reconcile --clinic C --date D`` reads the whole ledger topic from
+Kafka (not the Redis projection: it is the independent check of it), folds the clinic's
+entries with the same domain code the service uses, and prints JSON, CSV or HTML.
+Exit code 0: reconciled; 1: discrepancies; 2: could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.billing import domain as d
+from services.billing import views
+from services.billing.store import posted_of
+from shared import events as ev
+from shared.kafka import aiokafka_security_kwargs, topic
+from shared.settings import BillingSettings
+from shared.topics import LEDGER
+
+
+async def read_ledger(settings: BillingSettings, clinic_id: str,
+                      timeout: float = 30.0) -> list[d.Posted]:
+    """Every readable entry of ``clinic_id`` on the ledger topic, up to its current end."""
+    name = topic(LEDGER, settings)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **aiokafka_security_kwargs(settings))
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # learn every topic, ours included
+        numbers = consumer.partitions_for_topic(name) or set()
+        tps = [TopicPartition(name, p) for p in sorted(numbers)]
+        if not tps:
+            raise SystemExit(f"ledger topic {name} not found at {settings.kafka_bootstrap}")
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        entries: list[d.Posted] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any([await consumer.position(tp) < end[tp] for tp in tps]):
+            if loop.time() > deadline:
+                raise SystemExit(f"ledger topic {name}: not read to its end in {timeout} s")
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    entry = _entry(record, clinic_id)
+                    if entry is not None:
+                        entries.append(entry)
+        return entries
+    finally:
+        await consumer.stop()
+
+
+def _entry(record: Any, clinic_id: str) -> d.Posted | None:
+    if record.value is None or (record.key is not None and record.key != clinic_id.encode()):
+        return None
+    try:
+        event = ev.decode(record.value)
+    except ev.InvalidEvent:
+        return None
+    if event.clinic_id != clinic_id:
+        return None
+    posted = posted_of(event, record.offset)
+    if posted is None or posted.entry_id != event.envelope.event_id:
+        return None
+    return posted
+
+
+def reconcile_from(entries: Sequence[d.Posted], *, clinic_id: str, business_date: date,
+                   settings: BillingSettings) -> d.Reconciliation:
+    from services.billing.desk import Desk
+
+    timezone = settings.timezone_of(clinic_id)
+    bounds = Desk.day_bounds_for(timezone, business_date)
+    return d.reconcile(clinic_id=clinic_id, business_date=business_date, timezone=timezone,
+                       starts_at=bounds[0], ends_at=bounds[1], entries=entries,
+                       source="ledger topic")
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    settings = BillingSettings()
+    try:
+        business_date = date.fromisoformat(args.date)
+    except ValueError:
+        print(f"--date {args.date!r} is not a date like 2026-03-02", file=sys.stderr)
+        return 2
+    try:
+        entries = asyncio.run(read_ledger(settings, args.clinic, args.timeout))
+    except SystemExit as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    report = reconcile_from(entries, clinic_id=args.clinic, business_date=business_date,
+                            settings=settings)
+    if args.format == "csv":
+        sys.stdout.write(views.reconciliation_csv(report))
+    elif args.format == "html":
+        sys.stdout.write(views.reconciliation_html(report))
+    else:
+        sys.stdout.write(orjson.dumps(views.reconciliation_json(report),
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if report.reconciled else 1
+
+
+def _check_fees(args: argparse.Namespace) -> int:
+    from services.billing.fees import load_fee_schedule
+
+    try:
+        schedule = load_fee_schedule(args.path)
+    except d.FeeScheduleError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    codes = sum(len(fees) for fees in schedule.fees.values())
+    print(f"{args.path}: {codes} fees for {len(schedule.fees)} clinic column(s), valid")
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser("billing", help="billing: reconcile a day, check fees")
+    commands = parser.add_subparsers(dest="billing_command", metavar="COMMAND", required=True)
+    reconcile = commands.add_parser(
+        "reconcile", help="end-of-day reconciliation of a clinic from the ledger topic")
+    reconcile.add_argument("--clinic", required=True)
+    reconcile.add_argument("--date", required=True, help="business day, YYYY-MM-DD")
+    reconcile.add_argument("--format", choices=("json", "csv", "html"), default="json")
+    reconcile.add_argument("--timeout", type=float, default=30.0,
+                           help="seconds to read the ledger to its end")
+    reconcile.set_defaults(func=_reconcile)
+    fees = commands.add_parser("fees", help="check a fee schedule CSV")
+    fees.add_argument("path")
+    fees.set_defaults(func=_check_fees)

@@ -1,0 +1,264 @@
+"""The billing desk's commands: checkout, coverage, payments, refunds, voids, drawer counts,
+and the reads that answer from the ledger projection (accounts, receipts, reconciliation).
+
+Each command runs under a per-visit lock, reads the visit's account from the Redis
+projection, lets the pure domain decide which ledger entries to post, publishes them
+on the ledger topic (``acks=all``, keyed by clinic, ``event_id`` = ``entry_id``) and
+waits until the projection has applied them, so the next command on the visit sees
+them. Entry ids are deterministic (the checkout's from the visit, a payment's from its
+``Idempotency-Key``): a command retried after a crash posts the same ids, and the
+projection applies an id once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as day_time
+from zoneinfo import ZoneInfo
+
+from services.billing import domain as d
+from services.billing import metrics as m
+from services.billing.fees import FeeScheduleFile
+from services.billing.store import BillingStore
+from shared import events as ev
+from shared.events_billing import (
+    SYSTEM,
+    CoverageRecorded,
+    LedgerEntry,
+    PaymentMethod,
+)
+from shared.logging import get_logger
+
+log = get_logger("clinicflow.billing.desk")
+Publish = Callable[[bytes, str, bytes], Awaitable[None]]  # (value, topic, key)
+
+
+@dataclass(frozen=True)
+class CheckoutResult:
+    outcome: str
+    visit_id: str
+    checkout_event_id: str
+    entries: tuple[str, ...]
+    account: d.Account
+    reason: str = ""
+
+
+class Desk:
+    """Commands and reads over one clinic group's ledger (wiring-free: publish is given)."""
+
+    def __init__(self, store: BillingStore, fees: FeeScheduleFile, publish: Publish, *,
+                 ledger_topic: str, floor_topic: str, timezone_of: Callable[[str], str],
+                 wait_seconds: float = 5.0) -> None:
+        self.store = store
+        self.fees = fees
+        self.publish = publish
+        self.ledger_topic = ledger_topic
+        self.floor_topic = floor_topic
+        self.timezone_of = timezone_of
+        self.wait_seconds = wait_seconds
+
+    # ------------------------------------------------------------ plumbing
+
+    async def account(self, clinic_id: str, visit_id: str) -> d.Account:
+        return d.account(visit_id, await self.store.visit_entries(clinic_id, visit_id))
+
+    async def _locked(self, clinic_id: str, visit_id: str) -> str:
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + max(self.wait_seconds, 1.0)
+        while not await self.store.lock_visit(clinic_id, visit_id, token):
+            if time.monotonic() > deadline:
+                raise d.Refused(f"visit {visit_id} is busy with another money command: "
+                                "try again", 409)
+            await asyncio.sleep(0.02)
+        return token
+
+    async def _post(self, clinic_id: str, entries: Sequence[LedgerEntry],
+                    visit_id: str | None) -> bool:
+        """Publish ``entries`` in order and wait until the projection holds them all.
+        Returns whether it does (False: on the ledger, not projected yet)."""
+        for entry in entries:
+            event = ev.make_event(entry, clinic_id=clinic_id, source="billing",
+                                  correlation_id=visit_id, event_id=entry.entry_id)
+            await self.publish(ev.encode(event), self.ledger_topic, clinic_id.encode())
+        return await self._projected(clinic_id, [e.entry_id for e in entries])
+
+    async def _projected(self, clinic_id: str, entry_ids: Sequence[str]) -> bool:
+        started = time.monotonic()
+        deadline = started + self.wait_seconds
+        while True:
+            found = await self.store.entries(clinic_id, entry_ids)
+            if len(found) == len(set(entry_ids)):
+                m.BARRIER_SECONDS.observe(time.monotonic() - started)
+                return True
+            if time.monotonic() > deadline:
+                log.warning("ledger entries posted but not projected yet", clinic=clinic_id,
+                            entries=len(entry_ids))
+                return False
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------ commands
+
+    async def checkout(self, clinic_id: str, visit_id: str, *, cpt_codes: Sequence[str],
+                       icd10_codes: Sequence[str] = (), patient_ref: str | None = None,
+                       made_by: str = SYSTEM) -> CheckoutResult:
+        """Price the visit and post its charge and patient share (once per visit), then
+        publish ``patient.checked_out`` on the floor. Unknown CPT codes: ``Refused`` (422),
+        nothing published."""
+        schedule = self.fees.current()
+        unknown = schedule.unknown_codes(clinic_id, cpt_codes)
+        if unknown:
+            raise d.UnknownServices(clinic_id, unknown)
+        token = await self._locked(clinic_id, visit_id)
+        try:
+            account = await self.account(clinic_id, visit_id)
+            key = d.checkout_key(account)
+            checkout_event_id = d.stable_id("out", key)
+            decision = d.price_checkout(schedule, account, clinic_id=clinic_id,
+                                        checkout_event_id=checkout_event_id,
+                                        cpt_codes=cpt_codes, patient_ref=patient_ref,
+                                        made_by=made_by, key=key)
+            m.CHECKOUTS.labels(decision.outcome).inc()
+            if decision.outcome == "duplicate":
+                standing = account.active(d.ChargePosted)
+                checkout_event_id = (standing[0].entry.checkout_event_id  # type: ignore[attr-defined]
+                                     if standing else checkout_event_id)
+                codes = [line.cpt_code for line in account.lines]
+                if cpt_codes and sorted(codes) != sorted(cpt_codes):
+                    raise d.Refused(
+                        f"visit {visit_id} is already charged for {', '.join(codes)}: "
+                        "a manager voids that charge before it is charged again", 409)
+            if decision.entries:
+                await self._post(clinic_id, decision.entries, visit_id)
+                account = await self.account(clinic_id, visit_id)
+            # the floor event follows the ledger: a crash in between is healed by a retry,
+            # which finds the charge and publishes this same event (same id) again
+            floor = ev.make_event(
+                ev.PatientCheckedOut(visit_id=visit_id, cpt_codes=list(cpt_codes),
+                                     icd10_codes=list(icd10_codes)),
+                clinic_id=clinic_id, source="billing", correlation_id=visit_id,
+                event_id=checkout_event_id)
+            await self.publish(ev.encode(floor), self.floor_topic, clinic_id.encode())
+            return CheckoutResult(decision.outcome, visit_id, checkout_event_id,
+                                  tuple(e.entry_id for e in decision.entries), account,
+                                  decision.reason)
+        finally:
+            await self.store.unlock_visit(clinic_id, visit_id, token)
+
+    async def record_coverage(self, clinic_id: str, visit_id: str, *, entry_id: str,
+                              patient_ref: str | None, copay_cents: int,
+                              coinsurance_basis_points: int, deductible_remaining_cents: int,
+                              self_pay: bool, made_by: str) -> d.Account:
+        """The patient's cost-sharing for the visit (the latest recorded is the one used)."""
+        entry = CoverageRecorded(
+            entry_id=entry_id, visit_id=visit_id, patient_ref=patient_ref,
+            copay_cents=copay_cents, coinsurance_basis_points=coinsurance_basis_points,
+            deductible_remaining_cents=deductible_remaining_cents, self_pay=self_pay,
+            reason="coverage captured", made_by=made_by)
+        token = await self._locked(clinic_id, visit_id)
+        try:
+            await self._post(clinic_id, [entry], visit_id)
+            return await self.account(clinic_id, visit_id)
+        finally:
+            await self.store.unlock_visit(clinic_id, visit_id, token)
+
+    async def pay(self, clinic_id: str, visit_id: str, *, entry_id: str,
+                  method: PaymentMethod, amount_cents: int, reference: str | None,
+                  reason: str, made_by: str) -> d.Receipt:
+        token = await self._locked(clinic_id, visit_id)
+        try:
+            account = await self.account(clinic_id, visit_id)
+            if account.find(entry_id) is None:
+                payment = d.plan_payment(account, entry_id=entry_id, method=method,
+                                         amount_cents=amount_cents, reference=reference,
+                                         reason=reason, made_by=made_by)
+                await self._post(clinic_id, [payment], visit_id)
+                account = await self.account(clinic_id, visit_id)
+            return d.receipt(clinic_id, account, entry_id)
+        finally:
+            await self.store.unlock_visit(clinic_id, visit_id, token)
+
+    async def refund(self, clinic_id: str, visit_id: str, *, entry_id: str,
+                     payment_entry_id: str, amount_cents: int, reason: str,
+                     made_by: str) -> d.Receipt:
+        token = await self._locked(clinic_id, visit_id)
+        try:
+            account = await self.account(clinic_id, visit_id)
+            if account.find(entry_id) is None:
+                refund = d.plan_refund(account, entry_id=entry_id,
+                                       payment_entry_id=payment_entry_id,
+                                       amount_cents=amount_cents, reason=reason,
+                                       made_by=made_by)
+                await self._post(clinic_id, [refund], visit_id)
+                account = await self.account(clinic_id, visit_id)
+            return d.receipt(clinic_id, account, entry_id)
+        finally:
+            await self.store.unlock_visit(clinic_id, visit_id, token)
+
+    async def void(self, clinic_id: str, visit_id: str, *, target_entry_id: str,
+                   void_id: str, reason: str, made_by: str) -> d.Account:
+        token = await self._locked(clinic_id, visit_id)
+        try:
+            account = await self.account(clinic_id, visit_id)
+            if account.find(void_id) is None:
+                voids = d.plan_void(account, target_entry_id=target_entry_id,
+                                    void_id=void_id, reason=reason, made_by=made_by)
+                await self._post(clinic_id, voids, visit_id)
+                account = await self.account(clinic_id, visit_id)
+            return account
+        finally:
+            await self.store.unlock_visit(clinic_id, visit_id, token)
+
+    async def count_drawer(self, clinic_id: str, *, entry_id: str, business_date: date,
+                           counted: dict[str, int | None], made_by: str) -> None:
+        entry = d.drawer_count_entry(entry_id=entry_id, business_date=business_date,
+                                     counted=counted, reason="end-of-day count",
+                                     made_by=made_by)
+        await self._post(clinic_id, [entry], None)
+
+    # --------------------------------------------------------------- reads
+
+    async def receipt(self, clinic_id: str, visit_id: str, entry_id: str) -> d.Receipt:
+        return d.receipt(clinic_id, await self.account(clinic_id, visit_id), entry_id)
+
+    async def patient_accounts(self, clinic_id: str, patient_ref: str) -> list[d.Account]:
+        visits = await self.store.patient_visits(clinic_id, patient_ref)
+        histories = await self.store.visits_entries(clinic_id, visits)
+        return [d.account(v, histories.get(v, [])) for v in visits]
+
+    def day_bounds(self, clinic_id: str, business_date: date) -> tuple[datetime, datetime]:
+        return self.day_bounds_for(self.timezone_of(clinic_id), business_date)
+
+    @staticmethod
+    def day_bounds_for(timezone: str, business_date: date) -> tuple[datetime, datetime]:
+        """[start, end) of a business day in ``timezone``, in UTC."""
+        zone = ZoneInfo(timezone)
+        starts = datetime.combine(business_date, day_time(0), zone)
+        ends = datetime.combine(business_date + timedelta(days=1), day_time(0), zone)
+        return starts.astimezone(UTC), ends.astimezone(UTC)
+
+    async def reconciliation(self, clinic_id: str, business_date: date,
+                             counted: dict[str, int] | None = None) -> d.Reconciliation:
+        """The clinic's day from the Redis projection."""
+        starts, ends = self.day_bounds(clinic_id, business_date)
+        today = await self.store.entries_between(clinic_id, starts, ends)
+        visits = {p.visit_id for p in today if p.visit_id}
+        histories = await self.store.visits_entries(clinic_id, visits)
+        counts = await self.store.drawer_counts(clinic_id, business_date)
+        entries = [*today, *counts, *(p for h in histories.values() for p in h)]
+        return d.reconcile(clinic_id=clinic_id, business_date=business_date,
+                           timezone=self.timezone_of(clinic_id), starts_at=starts,
+                           ends_at=ends, entries=entries, source="projection",
+                           counted=counted)
+
+
+def new_entry_id(prefix: str, clinic_id: str, visit_id: str, idempotency_key: str | None) -> str:
+    """A command's entry id: derived from its Idempotency-Key (a retry posts the same id),
+    or fresh."""
+    if idempotency_key:
+        return d.stable_id(prefix, clinic_id, visit_id, idempotency_key)
+    return f"{prefix}-{uuid.uuid4().hex}"
