@@ -38,6 +38,9 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 front_desk = require_role("front_desk")
 staff = require_role("front_desk", "nurse", "manager")
 nurses = require_role("nurse", "manager")
+# the lobby screen sees ticket codes and what kind of message went out, nothing else
+lobby = require_role("screen", "front_desk", "nurse", "manager")
+TOLD_KINDS = ("delay_warning", "come_back_now", "ready_for_you")
 
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 _PHONE = re.compile(r"^\+[1-9][0-9]{7,14}$")
@@ -412,6 +415,23 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         return _status(record)
 
     # ------------------------------------------------------------- alerts
+
+    @router.get("/clinics/{clinic_id}/told", tags=["notifications"],
+                summary="Which tickets have been told what today (for the lobby screen)")
+    async def told(clinic_id: ClinicId,
+                   principal: Principal = Depends(lobby)) -> dict[str, Any]:
+        """The latest message each ticket was sent (delivered or on its way), by ticket
+        code: no visit id, no channel, no contact detail, no text."""
+        principal.require_clinic(clinic_id)
+        latest: dict[str, dict[str, Any]] = {}
+        for record in await store.records(clinic_id, since=0, limit=500):  # newest first
+            ticket = record.get("ticket_code")
+            if (not ticket or ticket in latest or record["kind"] not in TOLD_KINDS
+                    or record["status"] in ("failed", "cancelled")):
+                continue
+            latest[ticket] = {"ticket_code": ticket, "kind": record["kind"],
+                              "at": record.get("sent_at") or record["created_at"]}
+        return {"clinic_id": clinic_id, "told": list(latest.values())}
 
     @router.get("/clinics/{clinic_id}/alerts", tags=["nurse alerts"],
                 summary="Room-ready alerts standing now")

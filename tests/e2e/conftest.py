@@ -16,6 +16,9 @@ from playwright.async_api import Browser, async_playwright
 from shared import events as ev
 from shared.admin import ensure_topics
 from tests.helpers import ServiceProcess, producer
+from tests.integration.notifications_support import smtp_server
+
+__all__ = ["browser", "flow", "publish", "smtp_server"]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

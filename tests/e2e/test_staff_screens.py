@@ -5,15 +5,22 @@ manager's dashboard names the bottleneck and draws the day."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 from playwright.async_api import Browser, Page, expect
 
+from services.notifications.app import create_app
 from shared import events as ev
+from shared.admin import ensure_topics
+from shared.settings import NotificationsSettings
 from tests.e2e.conftest import publish
+from tests.helpers import ServiceProcess, auth, producer, serving
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
@@ -128,3 +135,55 @@ async def test_the_operations_dashboard_names_the_bottleneck_and_draws_the_day(
     await expect(page.locator("#pace-list")).to_contain_text("dr-lee")
     await page.screenshot(path=str(artifacts / "operations.png"), full_page=True)
     keep(artifacts, "operations.png")
+
+
+async def test_the_lobby_screen_marks_a_patient_who_was_called_back_from_outside(
+    browser: Browser, kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+    tmp_path: Path, smtp_server: Any,
+) -> None:
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    common = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url,
+              "topic_prefix": topic_prefix, "redis_prefix": topic_prefix.rstrip(".")}
+    flow = ServiceProcess("flow", {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap, "CLINICFLOW_REDIS_URL": redis_url,
+        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
+        "CLINICFLOW_REDIS_PREFIX": topic_prefix.rstrip("."),
+        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
+    }, tmp_path / "flow.log")
+    settings = NotificationsSettings(
+        **common, notifications_group_id=f"{topic_prefix}notifications",
+        notifications_tick_seconds=0.1, smtp_host="127.0.0.1", smtp_port=smtp_server.port,
+        notifications_cors_origins=[flow.url],
+        notifications_rules=orjson.dumps({"default": {"settle_seconds": 1,
+                                                      "come_back_lead_minutes": 30}}).decode())
+    async with serving(create_app(settings)) as notifications, \
+            httpx.AsyncClient(base_url=notifications) as client:
+        flow.env["CLINICFLOW_FLOW_NURSE_ALERTS_URL"] = notifications
+        flow.start()
+        try:
+            await flow.wait_ready()
+            answer = await client.put(
+                "/clinics/north/visits/v17/contact", headers=auth("dev-front-desk"),
+                json={"channel": "email", "address": "a17@patients.example.org",
+                      "consent": True, "wait_anywhere": True, "delay_updates": False})
+            assert answer.status_code == 200, answer.text
+            async with producer(kafka_bootstrap) as kafka:
+                for payload in (ev.PatientArrived(visit_id="v17", ticket_code="A-17",
+                                                  provider_id="dr-lee", visit_type="follow_up"),
+                                ev.PatientArrived(visit_id="v18", ticket_code="A-18",
+                                                  provider_id="dr-lee", visit_type="follow_up")):
+                    event = ev.make_event(payload, clinic_id="north", source="test",
+                                          occurred_at=datetime.now(UTC))
+                    await kafka.send_and_wait(f"{topic_prefix}clinicflow.floor.v1",
+                                              ev.encode(event), key=b"north")
+            page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+            await page.goto(f"{flow.url}/screens/north/waiting-room?token=dev-screen")
+            row = page.locator("#waiting li", has_text="A-17")
+            await expect(row.locator(".told")).to_have_text(
+                re.compile("called back|room ready"), timeout=20_000)
+            # only the patient who was told is marked
+            await expect(page.locator("#waiting li", has_text="A-18").locator(".told")) \
+                .to_have_count(0)
+            assert len(smtp_server.to("a17@patients.example.org")) >= 1
+        finally:
+            flow.stop()

@@ -32,6 +32,7 @@ ROUTES: list[tuple[str, str, Any, set[str]]] = [
     ("GET", f"/clinics/north/notifications/{NOTIFICATION}", None,
      {"front_desk", "nurse", "manager"}),
     ("GET", "/clinics/north/alerts", None, {"nurse", "manager"}),
+    ("GET", "/clinics/north/told", None, {"screen", "front_desk", "nurse", "manager"}),
     ("GET", "/clinics/north/estimates", None, {"front_desk", "nurse", "manager"}),
     ("GET", "/clinics/north/rules", None, {"front_desk", "nurse", "manager"}),
 ]

@@ -14,7 +14,7 @@ from services.notifications.app import create_app
 from shared import events as ev
 from shared.settings import NotificationsSettings
 from shared.topics import AUDIT, NOTIFICATIONS, topic_name
-from tests.helpers import eventually, read_topic, serving
+from tests.helpers import auth, eventually, read_topic, serving
 from tests.integration.notifications_support import (
     FRONT_DESK,
     MailCatcher,
@@ -190,3 +190,8 @@ async def test_a_patient_waiting_outside_is_called_back_then_told_we_are_ready(
                                    headers=FRONT_DESK)).json()["notifications"]
         assert [(n["ticket_code"], n["kind"]) for n in listed] == [
             ("A-17", "ready_for_you"), ("A-17", "come_back_now")]
+        # the lobby screen sees the latest message per ticket, and nothing else
+        told = (await client.get("/clinics/north/told",
+                                 headers=auth("dev-screen"))).json()["told"]
+        assert [(t["ticket_code"], t["kind"]) for t in told] == [("A-17", "ready_for_you")]
+        assert set(told[0]) == {"ticket_code", "kind", "at"}

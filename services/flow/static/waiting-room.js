@@ -37,12 +37,38 @@
     return id;  // provider ids are what the clinic chose to show (e.g. "dr-lee")
   }
 
+  // who has been told what (notifications' /told, when flow knows where it runs): a
+  // small mark by the ticket, so a patient back from outside sees they were called
+  const notificationsUrl = document.body.dataset.notificationsUrl || "";
+  const TOLD = {come_back_now: "called back", ready_for_you: "room ready",
+                delay_warning: "told of delay"};
+  let told = new Map();
+  let lastBoard = null;
+
+  async function refreshTold() {
+    if (!notificationsUrl || !live.token) return;
+    try {
+      const response = await fetch(notificationsUrl + "/clinics/" +
+        encodeURIComponent(live.clinic) + "/told",
+        {headers: {"Authorization": "Bearer " + live.token}});
+      if (!response.ok) return;
+      const answer = await response.json();
+      told = new Map(answer.told.map((t) => [t.ticket_code, t.kind]));
+      if (lastBoard) render(lastBoard);
+    } catch (error) { /* notifications unreachable: the screen works without marks */ }
+  }
+
   function render(board) {
+    lastBoard = board;
     byId("calling").replaceChildren(...(board.calling || []).slice(-4).reverse().map(
       (c) => row("", [["ticket", c.ticket_code], ["room", "Room " + c.room_id]])));
     const waiting = board.waiting || [];
-    const rows = waiting.slice(0, MAX_ROWS).map(
-      (w) => row("", [["ticket", w.ticket_code], ["range", rangeText(w.low, w.high)]]));
+    const rows = waiting.slice(0, MAX_ROWS).map((w) => {
+      const li = row("", [["ticket", w.ticket_code], ["range", rangeText(w.low, w.high)]]);
+      const kind = told.get(w.ticket_code);
+      if (kind && TOLD[kind]) li.insertBefore(el("span", "told", TOLD[kind]), li.lastChild);
+      return li;
+    });
     if (waiting.length > MAX_ROWS) {
       rows.push(row("overflow", [["ticket", "+" + (waiting.length - MAX_ROWS) + " more"]]));
     }
@@ -72,4 +98,6 @@
 
   ClinicFlowLive.startClock(byId("clock"));
   live.stream(render, status);
+  refreshTold();
+  setInterval(refreshTold, 5000);
 })();
