@@ -50,6 +50,18 @@ def ticket_code(number: int) -> str:
     return f"{letter}-{(number - 1) % TICKETS_PER_LETTER + 1}"
 
 
+def ticket_number(code: str) -> int | None:
+    """The number a printed ticket code was handed out as (``ticket_code``'s inverse, in
+    its first round of letters), or None for text that is not a printed code."""
+    letter, _, digits = code.partition("-")
+    if len(letter) != 1 or letter not in TICKET_LETTERS or not digits.isdigit():
+        return None
+    number = int(digits)
+    if not 1 <= number <= TICKETS_PER_LETTER:
+        return None
+    return TICKET_LETTERS.index(letter) * TICKETS_PER_LETTER + number
+
+
 def normalize_ticket_code(text: str) -> str | None:
     """A ticket code as typed (``a17``, ``A 17``, ``A-017``) in its printed form, or None."""
     match = _TICKET_INPUT.match(text)

@@ -16,7 +16,9 @@ calendar day ``YYYY-MM-DD`` in ``CLINICFLOW_CHECKIN_TIMEZONE``)::
     P:checkin:arrived:{clinic}:{appointment} STR  the visit id of its one arrival
     P:checkin:noshow:{clinic}:{appointment} STR   set once its no-show is published
     P:checkin:noshows:{clinic}:{day}        ZSET  the day's no-shows by time (follow-up list)
-    P:checkin:seq:{clinic}:{day}            INT   ticket numbers handed out that day
+    P:checkin:seq:{clinic}:{day}            INT   ticket numbers handed out that day (raised
+                                                  again by every visit the projection
+                                                  rebuilds, so no code is handed out twice)
     P:checkin:ticket:{clinic}:{day}:{code}  STR   visit id of a ticket code
     P:checkin:visit:{clinic}:{visit}        HASH  the visit: ticket, status, latest estimate
     P:checkin:offsets                       HASH  ``{topic}:{partition}`` -> last offset applied
@@ -44,13 +46,27 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from services.checkin.domain import Appointment, AppointmentState, VisitView, clinic_day
+from services.checkin.domain import (
+    Appointment,
+    AppointmentState,
+    VisitView,
+    clinic_day,
+    ticket_number,
+)
 
 KEEP_DAYS = 3
 KEEP = timedelta(days=KEEP_DAYS)
 MAX_CONFLICTS = 50
 _RELEASE_IF_OURS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# the day's ticket counter raised to at least ARGV[1] (a visit rebuilt from the floor topic
+# after Redis was lost: the next arrival must not get its code again)
+_RAISE_TO = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
 return 0
 """
 
@@ -341,6 +357,10 @@ class CheckinStore:
         pipe.expireat(key, self._until(view.day))
         ticket = self._ticket(view.clinic_id, view.day, view.ticket_code)
         pipe.set(ticket, view.visit_id, exat=self._until(view.day))
+        number = ticket_number(view.ticket_code)
+        if number is not None:
+            pipe.eval(_RAISE_TO, 1, self._seq(view.clinic_id, view.day), number,
+                      self._until(view.day))
 
     async def save_visit(self, view: VisitView) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -57,8 +57,11 @@ class Checkin:
 
 @contextlib.asynccontextmanager
 async def running_checkin(kafka_bootstrap: str, redis_url: str, topic_prefix: str,
-                          **overrides: Any) -> AsyncIterator[Checkin]:
-    await ensure_topics(kafka_bootstrap, topic_prefix)
+                          ready: bool = True, **overrides: Any) -> AsyncIterator[Checkin]:
+    """Checkin serving on a free port; ``ready=False``: do not wait for Kafka (a test of
+    an unreachable broker)."""
+    if ready:
+        await ensure_topics(kafka_bootstrap, topic_prefix)
     settings = CheckinSettings(**{
         "env": "test",
         "kafka_bootstrap": kafka_bootstrap,
@@ -70,7 +73,8 @@ async def running_checkin(kafka_bootstrap: str, redis_url: str, topic_prefix: st
     })
     app = create_app(settings)
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        await _ready(client)
+        if ready:
+            await _ready(client)
         yield Checkin(client, kafka_bootstrap, topic_name(FLOOR, topic_prefix), app)
 
 

@@ -24,6 +24,7 @@ from services.checkin.domain import (
     normalize_ticket_code,
     plan_import,
     ticket_code,
+    ticket_number,
     wait_status,
 )
 from shared import events as ev
@@ -52,6 +53,13 @@ def test_ticket_codes_count_up_per_day_and_roll_to_the_next_letter() -> None:
     assert ticket_code(10000) == "B-1"
     with pytest.raises(ValueError):
         ticket_code(0)
+
+
+def test_a_printed_ticket_code_gives_back_its_number() -> None:
+    for number in (1, 2, 17, 9999, 10000, 10017, 3 * 9999 + 5):
+        assert ticket_number(ticket_code(number)) == number
+    for nonsense in ("", "A", "A-", "A-0", "A-10000", "I-1", "a-1", "AA-1", "A-x"):
+        assert ticket_number(nonsense) is None, nonsense
 
 
 def test_a_ticket_code_is_read_however_the_patient_types_it() -> None:
