@@ -5,6 +5,7 @@ manager's dashboard names the bottleneck and draws the day."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -34,9 +35,11 @@ async def open_page(browser: Browser, flow: dict[str, Any], page_name: str, toke
 
 
 def keep(artifacts: Path, name: str) -> None:
-    """Copy a test's screenshot to docs/screenshots (the README shows them)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(artifacts / name, SCREENSHOTS / name)
+    """With CLINICFLOW_UPDATE_SCREENSHOTS=1, copy a test's screenshot to docs/screenshots
+    (the README shows them); otherwise it stays in the test artifacts only."""
+    if os.environ.get("CLINICFLOW_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifacts / name, SCREENSHOTS / name)
 
 
 async def test_a_nurse_click_rooms_the_patient_and_the_waiting_room_screen_follows(
