@@ -75,8 +75,9 @@ def test_each_service_is_scraped_on_its_port_as_its_own_job() -> None:
 def test_the_ports_are_the_services_defaults() -> None:
     from shared import settings
 
-    classes = {"checkin": settings.CheckinSettings, "flow": settings.FlowSettings,
-               "notifications": settings.NotificationsSettings,
-               "billing": settings.BillingSettings}
+    classes: dict[str, type[settings.CommonSettings]] = {
+        "checkin": settings.CheckinSettings, "flow": settings.FlowSettings,
+        "notifications": settings.NotificationsSettings, "billing": settings.BillingSettings,
+    }
     for service, port in SERVICES.items():
         assert classes[service].model_fields[f"{service}_port"].default == port
