@@ -247,15 +247,87 @@ class Refusal(BaseModel):
     detail: str = Field(examples=["no appointment 'apt-9' on clinic 'north''s schedule"])
 
 
+class Invalid(BaseModel):
+    """A request that does not match its schema: ``detail`` names every bad field."""
+
+    detail: str = Field(examples=["invalid request: priority: Input should be 'routine' or "
+                                  "'urgent'"])
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+# --------------------------------------------------------- answer examples
+# shown in the OpenAPI document for each route's success answer (a unit test checks each
+# one is a valid answer of its route's model)
+
+WAIT_EXAMPLE: dict[str, Any] = {"ticket_code": "A-17", "waiting": True, "position": 3,
+                                "low_minutes": 10, "high_minutes": 25}
+IMPORT_ANSWER_EXAMPLE: dict[str, Any] = {
+    "dry_run": False, "rows": 42, "created": ["apt-0815-lee"], "updated": ["apt-0830-lee"],
+    "unchanged": 40, "restored": 0,
+    "skipped": [{"line": 30, "appointment_id": "apt-1",
+                 "reason": "status 'proposed' is not on the schedule"}],
+    "ignored_columns": ["patient_name"], "replayed": False}
+SCHEDULE_EXAMPLE: dict[str, Any] = {
+    "clinic_id": "north", "day": "2026-03-02",
+    "appointments": [
+        {"appointment_id": "apt-0815-lee", "patient_ref": "p-7f3a9c", "provider_id": "dr-lee",
+         "visit_type": "follow_up", "scheduled_at": "2026-03-02T13:15:00Z",
+         "duration_minutes": 15, "status": "arrived", "visit_id": "v-3f2a9c1e5b7d4a60",
+         "kiosk_check": True},
+        {"appointment_id": "apt-0830-lee", "patient_ref": "p-1b2c3d", "provider_id": "dr-lee",
+         "visit_type": "physical", "scheduled_at": "2026-03-02T13:30:00Z",
+         "duration_minutes": 30, "status": "booked", "visit_id": None,
+         "kiosk_check": False}]}
+ARRIVAL_ANSWER_EXAMPLE: dict[str, Any] = {
+    "visit_id": "v-3f2a9c1e5b7d4a60", "ticket_code": "A-17", "event_id": "0b6c3e1f9a8d4c2b",
+    "late": False, "appointment_id": "apt-0815-lee", "provider_id": "dr-lee",
+    "visit_type": "follow_up", "priority": "routine", "replayed": False}
+CANCEL_ANSWER_EXAMPLE: dict[str, Any] = {"visit_id": "v-3f2a9c1e5b7d4a60", "ticket_code": "A-17",
+                                         "reason": "left_without_being_seen", "replayed": False}
+FOLLOW_UP_EXAMPLE: dict[str, Any] = {
+    "clinic_id": "north", "day": "2026-03-02",
+    "no_shows": [{"appointment_id": "apt-0900-kim", "provider_id": "dr-kim",
+                  "visit_type": "physical", "scheduled_at": "2026-03-02T14:00:00Z",
+                  "patient_ref": "p-1b2c3d", "arrived_later": False}]}
+KIOSK_ANSWER_EXAMPLE: dict[str, Any] = {
+    "ticket_code": "A-17", "visit_id": "v-3f2a9c1e5b7d4a60", "late": False,
+    "wait": {"ticket_code": "A-17", "waiting": True, "position": 3, "low_minutes": None,
+             "high_minutes": None},
+    "replayed": False}
+
+
+def answer(status: int, example: Any, description: str,
+           **refusals: tuple[str, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's documented answers: the success one with its example, and refusals
+    given as ``r404=("when", "an example detail")``."""
+    documented: dict[int | str, dict[str, Any]] = {
+        status: {"description": description,
+                 "content": {"application/json": {"example": example}}}}
+    for name, (when, detail) in refusals.items():
+        documented[int(name.removeprefix("r"))] = refusal(when, detail)
+    return documented
+
+
+def refusal(when: str, detail: str) -> dict[str, Any]:
+    return {"model": Refusal, "description": when,
+            "content": {"application/json": {"example": {"detail": detail}}}}
+
+
 def _problems(items: list[RowProblem]) -> list[Problem]:
     return [Problem(line=p.line, appointment_id=p.appointment_id, reason=p.reason)
             for p in items]
 
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Refusal, "description": "no or unknown bearer token"},
-    403: {"model": Refusal, "description": "role not allowed, or clinic not opened by the "
-                                           "credential"},
+    401: refusal("no or unknown bearer token", "unknown or revoked token"),
+    403: refusal("role not allowed, or clinic not opened by the credential",
+                 "role 'kiosk' may not do this (allowed: front_desk, manager)"),
+    422: {"model": Invalid, "description": "invalid request: ``detail`` names each field",
+          "content": {"application/json": {"example": {
+              "detail": "invalid request: priority: Input should be 'routine' or 'urgent'",
+              "errors": [{"type": "literal_error", "loc": ["body", "priority"],
+                          "msg": "Input should be 'routine' or 'urgent'",
+                          "input": "soon"}]}}}},
 }
 
 
@@ -340,9 +412,15 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
         "application/fhir+json": {"schema": {"type": "object"}, "example": FHIR_EXAMPLE},
         "application/json": {"schema": {"type": "object"}, "example": FHIR_EXAMPLE}}}}
     import_errors: dict[int | str, dict[str, Any]] = {
-        409: {"model": Refusal, "description": "another import of this clinic is running"},
-        413: {"model": Refusal, "description": "the file is larger than the body limit"},
-        415: {"model": Refusal, "description": "wrong content type for this route"},
+        **answer(200, IMPORT_ANSWER_EXAMPLE, "what the import did"),
+        409: refusal("another import of this clinic is running",
+                     "another schedule import for clinic 'north' is running; try again when "
+                     "it is done"),
+        413: refusal("the file is larger than the body limit",
+                     "request body larger than 1048576 bytes"),
+        415: refusal("wrong content type for this route",
+                     "content type 'application/json' is not accepted here: CSV goes to this "
+                     "route; a FHIR Bundle to .../schedule/fhir"),
         422: {"model": ImportRejected, "description": "bad rows: nothing was imported",
               "content": {"application/json": {"example": {
                   "detail": "2 problem(s) in 42 row(s); nothing was imported (fix the rows "
@@ -352,7 +430,9 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                                         "(write e.g. 2026-03-02T08:15:00-05:00)"},
                              {"line": 9, "appointment_id": None,
                               "reason": "7 fields, but the header has 8"}]}}}},
-        503: {"model": Refusal, "description": "Kafka unavailable: import again to finish"},
+        503: refusal("Kafka unavailable: import again to finish",
+                     "2 of 2 appointment changes could not be published to Kafka; import the "
+                     "same file again to finish (what was published is not repeated)"),
     }
 
     @router.post("/clinics/{clinic_id}/schedule/csv", response_model=ImportAnswer,
@@ -365,8 +445,9 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                  "dob + initials (kiosk check, kept only as a salted hash), clinic_id.",
                  openapi_extra=csv_body, responses=import_errors)
     async def import_csv(clinic_id: ClinicId, request: Request,
-                         dry_run: Annotated[bool, Query(description="validate and compare "
-                                                        "only: publish and store nothing")] = False,
+                         dry_run: Annotated[bool, Query(
+                             description="validate and compare only: publish and store "
+                                         "nothing", examples=[False])] = False,
                          idempotency_key: IdempotencyKey = None,
                          principal: Principal = Depends(FRONT_DESK)) -> ImportAnswer:
         principal.require_clinic(clinic_id)
@@ -385,7 +466,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                  openapi_extra=fhir_body, responses=import_errors)
     async def import_fhir(clinic_id: ClinicId, request: Request,
                           dry_run: Annotated[bool, Query(description="validate and compare "
-                                                         "only")] = False,
+                                                         "only", examples=[False])] = False,
                           idempotency_key: IdempotencyKey = None,
                           principal: Principal = Depends(FRONT_DESK)) -> ImportAnswer:
         principal.require_clinic(clinic_id)
@@ -395,7 +476,10 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
         return await run_import(request, clinic_id, "fhir", dry_run, idempotency_key)
 
     @router.get("/clinics/{clinic_id}/schedule", response_model=ScheduleAnswer,
-                tags=["schedule"], summary="The day's schedule with arrivals and no-shows")
+                tags=["schedule"], summary="The day's schedule with arrivals and no-shows",
+                description="Every appointment of the clinic's day, with its arrival (visit "
+                "id) or no-show. No names: a pseudonymous patient reference.",
+                responses=answer(200, SCHEDULE_EXAMPLE, "the day's appointments"))
     async def schedule(clinic_id: ClinicId, day: Day = None,
                        principal: Principal = Depends(FRONT_DESK)) -> ScheduleAnswer:
         principal.require_clinic(clinic_id)
@@ -423,13 +507,17 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                  "arrival is late when more than CLINICFLOW_CHECKIN_LATE_AFTER_MINUTES after "
                  "the appointment. A second arrival for the same appointment is a 409; the "
                  "same request again with the same Idempotency-Key gets the first answer.",
-                 responses={
-                     404: {"model": Refusal, "description": "no such appointment on this "
-                           "clinic's schedule"},
-                     409: {"model": Refusal, "description": "already checked in, or cancelled"},
-                     422: {"model": Refusal, "description": "invalid body (names the field)"},
-                     503: {"model": Refusal, "description": "Kafka unavailable; nothing "
-                           "recorded"}})
+                 responses=answer(
+                     201, ARRIVAL_ANSWER_EXAMPLE, "checked in: the ticket code to show",
+                     r404=("no such appointment on this clinic's schedule",
+                           "no appointment 'apt-9' on clinic 'north''s schedule"),
+                     r409=("already checked in, or cancelled",
+                           "appointment 'apt-0815-lee' is already checked in (visit "
+                           "v-3f2a9c1e5b7d4a60)"),
+                     r413=("the body is larger than the limit",
+                           "request body larger than 1048576 bytes"),
+                     r503=("Kafka unavailable; nothing recorded",
+                           "could not publish to Kafka; nothing was recorded, try again")))
     async def check_in(clinic_id: ClinicId, request: Request,
                        body: Annotated[ArrivalRequest, Body(openapi_examples=ARRIVAL_EXAMPLES)],
                        idempotency_key: IdempotencyKey = None,
@@ -462,8 +550,15 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                  description="Publishes `arrival.cancelled` (left without being seen, "
                  "cancelled, rescheduled, entered in error). Only a waiting visit can be "
                  "cancelled. Kiosk credentials cannot cancel.",
-                 responses={404: {"model": Refusal, "description": "no such visit here"},
-                            409: {"model": Refusal, "description": "not waiting any more"}})
+                 responses=answer(
+                     200, CANCEL_ANSWER_EXAMPLE, "cancelled",
+                     r404=("no such visit here",
+                           "no visit 'v-3f2a9c1e5b7d4a60' at clinic 'north'"),
+                     r409=("not waiting any more",
+                           "visit 'v-3f2a9c1e5b7d4a60' is roomed, not waiting: it can no "
+                           "longer be cancelled"),
+                     r503=("Kafka unavailable; nothing recorded",
+                           "could not publish to Kafka; nothing was recorded, try again")))
     async def cancel(clinic_id: ClinicId, visit_id: VisitId, request: Request,
                      body: Annotated[CancelRequest, Body(openapi_examples=CANCEL_EXAMPLES)],
                      idempotency_key: IdempotencyKey = None,
@@ -482,7 +577,8 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                 tags=["arrivals"], summary="The day's no-shows to call and reschedule",
                 description="Appointments published as `patient.no_show` (no arrival "
                 "CLINICFLOW_CHECKIN_NO_SHOW_AFTER_MINUTES after their time). No names: the "
-                "pseudonymous patient reference is looked up in the practice system.")
+                "pseudonymous patient reference is looked up in the practice system.",
+                responses=answer(200, FOLLOW_UP_EXAMPLE, "the no-shows to call"))
     async def no_shows(clinic_id: ClinicId, day: Day = None,
                        principal: Principal = Depends(FRONT_DESK)) -> FollowUpAnswer:
         principal.require_clinic(clinic_id)
@@ -502,11 +598,20 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                  "of birth and initials, matched against today's schedule as a salted hash. "
                  "Unknown codes and failed checks count against the client's miss limit "
                  "(429 once exceeded). Answers never say whose appointment it is.",
-                 responses={404: {"model": Refusal, "description": "no matching appointment "
-                                  "today"},
-                            409: {"model": Refusal, "description": "already checked in, "
-                                  "not today, missed, or ambiguous: see the front desk"},
-                            429: {"model": Refusal, "description": "too many attempts"}})
+                 responses=answer(
+                     201, KIOSK_ANSWER_EXAMPLE, "checked in: the ticket code and the wait",
+                     r404=("no matching appointment today",
+                           "we could not find an appointment with that code; please check it "
+                           "or see the front desk"),
+                     r409=("already checked in, not today, missed, or ambiguous: see the "
+                           "front desk",
+                           "this appointment is already checked in; please see the front "
+                           "desk"),
+                     r429=("too many attempts",
+                           "too many unknown codes or failed checks; try again in a minute or "
+                           "see the front desk"),
+                     r503=("Kafka unavailable; nothing recorded",
+                           "could not publish to Kafka; nothing was recorded, try again")))
     async def kiosk_check_in(clinic_id: ClinicId, request: Request,
                              body: Annotated[KioskRequest, Body(openapi_examples=KIOSK_EXAMPLES)],
                              idempotency_key: IdempotencyKey = None,
@@ -547,8 +652,11 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                 tags=["kiosk"], summary="A visit's place in line and estimate range",
                 description="For the kiosk right after a check-in (it knows the visit id). "
                 "Place in line and range only. Unknown visits count as misses.",
-                responses={404: {"model": Refusal, "description": "no such visit here"},
-                           429: {"model": Refusal, "description": "too many misses"}})
+                responses=answer(
+                    200, WAIT_EXAMPLE, "place in line and the estimate range",
+                    r404=("no such visit here", "no visit 'v-0' at clinic 'north'"),
+                    r429=("too many misses", "too many unknown codes or failed checks; try "
+                          "again in a minute or see the front desk")))
     async def visit_wait(clinic_id: ClinicId, visit_id: VisitId, request: Request,
                          principal: Principal = Depends(LOOKUP)) -> WaitAnswer:
         principal.require_clinic(clinic_id)
@@ -569,9 +677,11 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                 "nothing else. Rate-limited per client: CLINICFLOW_CHECKIN_LOOKUP_RATE_PER_"
                 "MINUTE lookups and CLINICFLOW_CHECKIN_LOOKUP_MISSES_PER_MINUTE unknown codes "
                 "a minute, then 429 with Retry-After.",
-                responses={404: {"model": Refusal, "description": "no such ticket today"},
-                           429: {"model": Refusal, "description": "too many lookups or "
-                                 "unknown codes"}})
+                responses=answer(
+                    200, WAIT_EXAMPLE, "place in line and the estimate range",
+                    r404=("no such ticket today", "no ticket 'Z-9' today at clinic 'north'"),
+                    r429=("too many lookups or unknown codes",
+                          "more than 20 lookups a minute; try again in a minute")))
     async def ticket_wait(clinic_id: ClinicId,
                           ticket_code: Annotated[str, Path(max_length=12,
                                                            examples=["A-17"])],

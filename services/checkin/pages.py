@@ -9,8 +9,10 @@ in the tab's sessionStorage.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -40,7 +42,9 @@ def make_pages_router() -> APIRouter:
                 "the place in line by ticket code. The page itself holds no data.",
                 responses={200: {"content": {"text/html": {"example": "<!doctype html>..."}}},
                            404: {"description": "not a clinic id"}})
-    async def kiosk_page(clinic_id: str) -> HTMLResponse:
+    async def kiosk_page(clinic_id: Annotated[str, PathParam(
+            description="the clinic this kiosk stands in", examples=["north"])],
+    ) -> HTMLResponse:
         if not ID_PATTERN.match(clinic_id):
             raise HTTPException(404, detail=f"no such clinic {clinic_id[:64]!r}")
         return HTMLResponse(kiosk.render(clinic_id=clinic_id), headers=HEADERS)

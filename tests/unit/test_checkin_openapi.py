@@ -1,0 +1,142 @@
+"""Checkin's OpenAPI document: every route has a summary, its request body and success
+answer carry examples, every parameter has one, and the examples are valid (they are what
+a reader copies first)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from services.checkin import api
+from services.checkin.api import CSV_EXAMPLE, FHIR_EXAMPLE
+from services.checkin.app import create_app
+from services.checkin.schedule import parse_csv, parse_fhir_bundle
+from shared.settings import CheckinSettings
+
+# probes every service shares (shared/service.py), documented there
+SHARED = {"/healthz", "/readyz", "/metrics"}
+
+
+@pytest.fixture(scope="module")
+def app() -> FastAPI:
+    return create_app(CheckinSettings())  # nothing connects until the app starts
+
+
+@pytest.fixture(scope="module")
+def spec(app: FastAPI) -> dict[str, Any]:
+    document: dict[str, Any] = app.openapi()
+    return document
+
+
+def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, ops in spec["paths"].items()
+            if path not in SHARED for method, op in ops.items()]
+
+
+def has_example(media: dict[str, Any]) -> bool:
+    return bool(media.get("example") is not None or media.get("examples"))
+
+
+def test_every_checkin_route_is_in_the_document(spec: dict[str, Any]) -> None:
+    routes = {(m, p) for m, p, _ in operations(spec)}
+    assert routes == {
+        ("POST", "/clinics/{clinic_id}/schedule/csv"),
+        ("POST", "/clinics/{clinic_id}/schedule/fhir"),
+        ("GET", "/clinics/{clinic_id}/schedule"),
+        ("POST", "/clinics/{clinic_id}/arrivals"),
+        ("POST", "/clinics/{clinic_id}/visits/{visit_id}/cancel"),
+        ("GET", "/clinics/{clinic_id}/no-shows"),
+        ("POST", "/clinics/{clinic_id}/kiosk/check-ins"),
+        ("GET", "/clinics/{clinic_id}/visits/{visit_id}/wait"),
+        ("GET", "/clinics/{clinic_id}/tickets/{ticket_code}/wait"),
+        ("GET", "/kiosk/{clinic_id}"),
+    }
+
+
+def test_every_route_has_a_summary_a_description_and_examples(spec: dict[str, Any]) -> None:
+    for method, path, op in operations(spec):
+        where = f"{method} {path}"
+        assert op.get("summary"), where
+        assert op.get("description"), where
+        for parameter in op.get("parameters", []):
+            schema = parameter.get("schema", {})
+            assert (parameter.get("example") is not None or parameter.get("examples")
+                    or schema.get("examples")), f"{where}: parameter {parameter['name']}"
+        if method == "POST":
+            content = op["requestBody"]["content"]
+            assert content and all(has_example(m) for m in content.values()), where
+        successes = {code: r for code, r in op["responses"].items() if code.startswith("2")}
+        assert len(successes) == 1, where
+        for response in successes.values():
+            assert response["content"] and all(
+                has_example(m) for m in response["content"].values()), where
+        for code, response in op["responses"].items():
+            assert response.get("description"), f"{where} {code}"
+            for media in response.get("content", {}).values():
+                assert has_example(media) or media.get("schema"), f"{where} {code}"
+
+
+def test_commands_document_their_idempotency_key_and_refusals(spec: dict[str, Any]) -> None:
+    for method, path, op in operations(spec):
+        if method != "POST":
+            continue
+        names = {p["name"] for p in op.get("parameters", [])}
+        assert "Idempotency-Key" in names, path
+        for code in ("401", "403", "422", "503"):
+            assert code in op["responses"], f"{path} {code}"
+
+
+ANSWERS: dict[str, type[BaseModel]] = {
+    "/clinics/{clinic_id}/schedule/csv": api.ImportAnswer,
+    "/clinics/{clinic_id}/schedule/fhir": api.ImportAnswer,
+    "/clinics/{clinic_id}/schedule": api.ScheduleAnswer,
+    "/clinics/{clinic_id}/arrivals": api.ArrivalAnswer,
+    "/clinics/{clinic_id}/visits/{visit_id}/cancel": api.CancelAnswer,
+    "/clinics/{clinic_id}/no-shows": api.FollowUpAnswer,
+    "/clinics/{clinic_id}/kiosk/check-ins": api.KioskAnswer,
+    "/clinics/{clinic_id}/visits/{visit_id}/wait": api.WaitAnswer,
+    "/clinics/{clinic_id}/tickets/{ticket_code}/wait": api.WaitAnswer,
+}
+REQUESTS: dict[str, type[BaseModel]] = {
+    "/clinics/{clinic_id}/arrivals": api.ArrivalRequest,
+    "/clinics/{clinic_id}/visits/{visit_id}/cancel": api.CancelRequest,
+    "/clinics/{clinic_id}/kiosk/check-ins": api.KioskRequest,
+}
+
+
+def test_success_examples_are_valid_answers_of_their_routes(spec: dict[str, Any]) -> None:
+    for path, model in ANSWERS.items():
+        (op,) = spec["paths"][path].values()
+        (code,) = [c for c in op["responses"] if c.startswith("2")]
+        model.model_validate(op["responses"][code]["content"]["application/json"]["example"])
+        # the answer's schema is still documented next to the example
+        assert "schema" in op["responses"][code]["content"]["application/json"], path
+
+
+def test_request_examples_are_valid_requests(spec: dict[str, Any]) -> None:
+    parsed = parse_csv(CSV_EXAMPLE.encode(), clinic_id="north",
+                       hash_identity=lambda born, letters: f"{born}{letters}")
+    assert parsed.errors == [] and len(parsed.appointments) == 2
+    bundle = parse_fhir_bundle(orjson.dumps(FHIR_EXAMPLE), clinic_id="north",
+                               hash_identity=lambda born, letters: "digest")
+    assert bundle.errors == [] and bundle.appointments[0].identity == "digest"
+    for path, model in REQUESTS.items():
+        examples = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"][
+            "examples"]
+        assert examples, path
+        for example in examples.values():
+            model.model_validate(example["value"])
+
+
+def test_the_refusals_are_documented_as_the_service_answers_them(spec: dict[str, Any]) -> None:
+    arrivals = spec["paths"]["/clinics/{clinic_id}/arrivals"]["post"]["responses"]
+    invalid = arrivals["422"]["content"]["application/json"]
+    # the service answers a string detail naming the fields, not FastAPI's default list
+    assert isinstance(invalid["example"]["detail"], str)
+    for method, path, op in operations(spec):
+        if path.startswith("/clinics/"):
+            assert "HTTPValidationError" not in orjson.dumps(op).decode(), f"{method} {path}"
