@@ -39,10 +39,13 @@ def create_app(settings: BillingSettings) -> FastAPI:
         EVENTS_PUBLISHED.labels("billing", "ledger" if to_topic == ledger_topic
                                 else "floor").inc()
 
+    projection = LedgerProjection(runtime, store, ledger_topic=ledger_topic,
+                                  dead_letter_topic=dead_letter_topic(settings),
+                                  barrier_timeout=settings.billing_barrier_timeout_seconds)
     desk = Desk(store, fees, publish, ledger_topic=ledger_topic, floor_topic=floor_topic,
                 timezone_of=settings.timezone_of,
-                wait_seconds=settings.billing_command_wait_seconds)
-    projection = LedgerProjection(runtime, store, dead_letter_topic=dead_letter_topic(settings))
+                wait_seconds=settings.billing_command_wait_seconds,
+                barrier=projection.caught_up)
     subscriber = runtime.broker.subscriber(
         ledger_topic,
         batch=True,

@@ -36,6 +36,11 @@ from shared.logging import get_logger
 
 log = get_logger("clinicflow.billing.desk")
 Publish = Callable[[bytes, str, bytes], Awaitable[None]]  # (value, topic, key)
+Barrier = Callable[[str], Awaitable[None]]  # clinic_id: the projection holds its ledger
+
+
+async def _no_barrier(_clinic_id: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class Desk:
 
     def __init__(self, store: BillingStore, fees: FeeScheduleFile, publish: Publish, *,
                  ledger_topic: str, floor_topic: str, timezone_of: Callable[[str], str],
-                 wait_seconds: float = 5.0) -> None:
+                 wait_seconds: float = 5.0, barrier: Barrier = _no_barrier) -> None:
         self.store = store
         self.fees = fees
         self.publish = publish
@@ -61,6 +66,7 @@ class Desk:
         self.floor_topic = floor_topic
         self.timezone_of = timezone_of
         self.wait_seconds = wait_seconds
+        self.barrier = barrier
 
     # ------------------------------------------------------------ plumbing
 
@@ -68,6 +74,13 @@ class Desk:
         return d.account(visit_id, await self.store.visit_entries(clinic_id, visit_id))
 
     async def _locked(self, clinic_id: str, visit_id: str) -> str:
+        """Wait for the projection to hold the clinic's ledger as of now (a restart, another
+        instance's writes), then take the visit's lock (whose last holder waited for its
+        own entries to be projected): what the command reads next is the whole account."""
+        await self.barrier(clinic_id)
+        return await self._lock(clinic_id, visit_id)
+
+    async def _lock(self, clinic_id: str, visit_id: str) -> str:
         token = uuid.uuid4().hex
         deadline = time.monotonic() + max(self.wait_seconds, 1.0)
         while not await self.store.lock_visit(clinic_id, visit_id, token):
@@ -93,7 +106,6 @@ class Desk:
         while True:
             found = await self.store.entries(clinic_id, entry_ids)
             if len(found) == len(set(entry_ids)):
-                m.BARRIER_SECONDS.observe(time.monotonic() - started)
                 return True
             if time.monotonic() > deadline:
                 log.warning("ledger entries posted but not projected yet", clinic=clinic_id,

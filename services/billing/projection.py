@@ -16,13 +16,16 @@ topic (retained for ever).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from services.billing import metrics as m
-from services.billing.domain import same_amounts
+from services.billing.domain import Refused, same_amounts
 from services.billing.store import BillingStore, LedgerRecord, posted_of
 from shared import events as ev
 from shared.kafka import dead_letter_record
@@ -36,12 +39,41 @@ log = get_logger("clinicflow.billing.projection")
 class LedgerProjection:
     """Applies ledger records to the Redis projection, each entry id once."""
 
-    def __init__(self, runtime: ServiceRuntime, store: BillingStore, *,
-                 dead_letter_topic: str) -> None:
+    def __init__(self, runtime: ServiceRuntime, store: BillingStore, *, ledger_topic: str,
+                 dead_letter_topic: str, barrier_timeout: float = 30.0) -> None:
         self.runtime = runtime
         self.store = store
+        self.ledger_topic = ledger_topic
         self.dead_letter_topic = dead_letter_topic
+        self.barrier_timeout = barrier_timeout
         self.subscriber: Any = None
+        self._partitioner = DefaultPartitioner()
+
+    async def caught_up(self, clinic_id: str) -> None:
+        """Wait until the projection holds everything on the clinic's ledger partition as of
+        now (after a restart, or behind another instance's writes), so a command decides
+        on the whole account. ``Refused`` (503) when it does not catch up in time."""
+        started = time.monotonic()
+        kafka = self.kafka_consumer
+        while kafka is None or not kafka.partitions_for_topic(self.ledger_topic):
+            if time.monotonic() - started > self.barrier_timeout:
+                raise Refused("the ledger projection is starting (ledger topic "
+                              f"{self.ledger_topic} not known yet): try again shortly", 503)
+            await asyncio.sleep(0.05)
+            kafka = self.kafka_consumer
+        partitions = sorted(kafka.partitions_for_topic(self.ledger_topic))
+        tp = TopicPartition(self.ledger_topic, self._partitioner(
+            clinic_id.encode(), partitions, partitions))
+        end = (await kafka.end_offsets([tp]))[tp]
+        while end > 0:
+            stored = await self.store.ledger_offsets([(tp.topic, tp.partition)])
+            if stored.get((tp.topic, tp.partition), -1) >= end - 1:
+                break
+            if time.monotonic() - started > self.barrier_timeout:
+                raise Refused("the ledger projection is behind the ledger: try again shortly",
+                              503)
+            await asyncio.sleep(0.01)
+        m.BARRIER_SECONDS.observe(time.monotonic() - started)
 
     def listener(self) -> ConsumerRebalanceListener:
         projection = self

@@ -1,0 +1,82 @@
+"""A billing service killed with -9 in the middle of a burst of checkouts, restarted, and
+retried by every desk: one charge per visit, and the day still adds up to the cent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.helpers import ServiceProcess
+from tests.integration.test_billing_support import (
+    BILLING,
+    MANAGER,
+    billing_env,
+    ledger,
+    of_type,
+)
+
+__all__ = ["billing_env"]
+
+FEE_99214 = 18500  # the example schedule
+
+
+async def _check_out_until_done(client: httpx.AsyncClient, service: ServiceProcess,
+                                visit: str) -> str:
+    """What a desk does: send the checkout again until the service answers it."""
+    for _attempt in range(400):
+        try:
+            answer = await client.post(f"{service.url}/clinics/north/visits/{visit}/checkout",
+                                       headers=BILLING, json={"cpt_codes": ["99214"]},
+                                       timeout=5)
+        except httpx.HTTPError:
+            await asyncio.sleep(0.1)
+            continue
+        if answer.status_code == 202:
+            outcome: str = answer.json()["outcome"]
+            return outcome
+        assert answer.status_code in (409, 503), answer.text  # busy visit, not ready yet
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"checkout of {visit} never answered")
+
+
+async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_once(
+    billing_env: dict[str, Any], tmp_path: Path,
+) -> None:
+    env = {f"CLINICFLOW_{k.upper()}": str(v) for k, v in billing_env.items()}
+    service = ServiceProcess("billing", env, tmp_path / "billing.log")
+    visits = [f"v{n:02}" for n in range(1, 31)]
+    service.start()
+    try:
+        await service.wait_ready()
+        async with httpx.AsyncClient() as client:
+            for visit in visits[:5]:  # checked out and answered before the burst
+                assert await _check_out_until_done(client, service, visit) == "priced"
+            desks = [asyncio.create_task(_check_out_until_done(client, service, v))
+                     for v in visits]
+            await asyncio.sleep(0.15)  # some checkouts done, some in flight
+            service.kill()
+            service.start()  # same port: the desks' retries reach the new process
+            outcomes = await asyncio.gather(*desks)
+            assert outcomes[:5] == ["duplicate"] * 5
+            assert set(outcomes) <= {"priced", "duplicate", "completed"}
+            events = await ledger(billing_env)
+            charges: dict[str, set[str]] = defaultdict(set)
+            for event in of_type(events, "charge.posted"):
+                charges[event.payload.visit_id].add(  # type: ignore[attr-defined]
+                    event.envelope.event_id)
+            assert {v: len(ids) for v, ids in charges.items()} == dict.fromkeys(visits, 1)
+            today = datetime.now(UTC).date().isoformat()
+            report = (await client.get(
+                f"{service.url}/clinics/north/reconciliation?date={today}",
+                headers=MANAGER)).json()
+            assert report["visits_charged"] == 30
+            assert report["charges_cents"] == 30 * FEE_99214
+            assert report["patient_share_cents"] == 30 * FEE_99214
+            assert report["open_balance_cents"] == 30 * FEE_99214
+    finally:
+        service.stop()
