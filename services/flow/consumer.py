@@ -33,6 +33,14 @@ from services.flow.processor import BatchResult, FloorProcessor, Record, build_b
 from services.flow.snapshot import dump_flow, load_flow
 from services.flow.store import FlowStore
 from shared import events as ev
+from shared.consumer import (
+    commit_applied,
+    first_offsets,
+    lag_after,
+    off_course,
+    rebalance_listener,
+    resume_at,
+)
 from shared.kafka import dead_letter_record
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_kind
@@ -79,16 +87,7 @@ class FloorConsumer:
     # ------------------------------------------------------------- wiring
 
     def listener(self) -> ConsumerRebalanceListener:
-        consumer = self
-
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-                await consumer.on_revoked(revoked)
-
-            async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-                await consumer.on_assigned(assigned)
-
-        return Listener()
+        return rebalance_listener(self.on_assigned, self.on_revoked)
 
     @property
     def kafka_consumer(self) -> Any:
@@ -103,28 +102,14 @@ class FloorConsumer:
                 for raw in snapshots:
                     flow = load_flow(orjson.loads(raw))
                     self.processor.adopt(flow, tp.topic, tp.partition)
+                await resume_at(kafka, tp, offset, self._expect)
                 if offset is None:
-                    log.info(
-                        "no checkpoint: rebuilding partition from the beginning",
-                        topic=tp.topic,
-                        partition=tp.partition,
-                    )
-                    if kafka is not None:
-                        beginning = await kafka.beginning_offsets([tp])
-                        self._expect[(tp.topic, tp.partition)] = beginning[tp]
-                        kafka.seek(tp, beginning[tp])
+                    log.info("no checkpoint: rebuilding partition from the beginning",
+                             topic=tp.topic, partition=tp.partition)
                 else:
                     self.processor.applied[(tp.topic, tp.partition)] = offset
-                    self._expect[(tp.topic, tp.partition)] = offset + 1
-                    if kafka is not None:
-                        kafka.seek(tp, offset + 1)
-                    log.info(
-                        "resuming partition from checkpoint",
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=offset,
-                        clinics=len(snapshots),
-                    )
+                    log.info("resuming partition from checkpoint", topic=tp.topic,
+                             partition=tp.partition, offset=offset, clinics=len(snapshots))
             # the restored clinics' boards are current again
             boards = {}
             for tp in assigned:
@@ -216,47 +201,15 @@ class FloorConsumer:
             await self._commit(payload[0])
 
     async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Tell Kafka what is checkpointed (for lag monitoring). Kafka's committed offsets
-        never run ahead of the Redis checkpoint, so resuming from them can only replay
-        records already applied, which are skipped."""
-        kafka = self.kafka_consumer
-        if kafka is None or not offsets:
-            return
-        assigned = kafka.assignment()
-        commit = {TopicPartition(*tp): offset + 1 for tp, offset in offsets.items()
-                  if TopicPartition(*tp) in assigned}
-        if commit:
-            try:
-                await kafka.commit(commit)
-            except Exception as exc:  # a rebalance in progress: the next checkpoint commits
-                log.info("kafka commit skipped", error=repr(exc))
+        """Tell Kafka what is checkpointed (for lag monitoring; see shared/consumer.py)."""
+        await commit_applied(self.kafka_consumer, offsets)
 
     async def _without_gaps(self, raw_records: Sequence[Any]) -> list[Record]:
         """The batch's records, minus those of a partition that did not start where its
         checkpoint says (a position decided by the group's committed offset rather than
         by our seek): that partition is sought again and its records are dropped."""
         records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in raw_records]
-        if not self._expect:
-            return records
-        first: dict[tuple[str, int], int] = {}
-        for record in records:
-            first.setdefault((record.topic, record.partition), record.offset)
-        skip: set[tuple[str, int]] = set()
-        kafka = self.kafka_consumer
-        for tp, offset in first.items():
-            expected = self._expect.pop(tp, None)
-            if expected is None or offset <= expected:
-                continue
-            partition = TopicPartition(*tp)
-            beginning = (await kafka.beginning_offsets([partition]))[partition] if kafka else 0
-            if offset <= beginning:  # older records were deleted by retention: nothing to do
-                continue
-            log.warning("partition did not resume at its checkpoint: seeking again",
-                        topic=tp[0], partition=tp[1], got=offset, expected=expected)
-            skip.add(tp)
-            self._expect[tp] = expected
-            if kafka is not None:
-                kafka.seek(partition, expected)
+        skip = await off_course(self.kafka_consumer, self._expect, first_offsets(records))
         if not skip:
             return records
         return [r for r in records if (r.topic, r.partition) not in skip]
@@ -363,19 +316,7 @@ class FloorConsumer:
 
     def _lag(self, result: BatchResult) -> int | None:
         """Records left on the partitions this batch came from (None: not known yet)."""
-        kafka = self.kafka_consumer
-        if kafka is None or not result.offsets:
-            return None
-        lag = 0
-        for tp, offset in result.offsets.items():
-            try:
-                highwater = kafka.highwater(TopicPartition(*tp))
-            except Exception:  # metadata not there yet
-                return None
-            if highwater is None:
-                return None
-            lag += max(0, highwater - offset - 1)
-        return lag
+        return lag_after(self.kafka_consumer, result.offsets)
 
     def _gauges(self, clinic_id: str, board: dict[str, Any]) -> None:
         per_provider: dict[str, list[float]] = {}

@@ -44,6 +44,14 @@ from services.notifications.domain import (
 )
 from services.notifications.store import BatchWrites, NotificationStore, outbox_entry
 from shared import events as ev
+from shared.consumer import (
+    commit_applied,
+    first_offsets,
+    lag_after,
+    off_course,
+    rebalance_listener,
+    resume_at,
+)
 from shared.kafka import dead_letter_record
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_kind
@@ -102,17 +110,7 @@ class NotificationConsumer:
     # ------------------------------------------------------------- wiring
 
     def listener(self) -> ConsumerRebalanceListener:
-        consumer = self
-
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-                for tp in revoked:
-                    consumer._expect.pop((tp.topic, tp.partition), None)
-
-            async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-                await consumer.on_assigned(assigned)
-
-        return Listener()
+        return rebalance_listener(self.on_assigned, self.on_revoked)
 
     @property
     def kafka_consumer(self) -> Any:
@@ -120,16 +118,13 @@ class NotificationConsumer:
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Position each new partition just after its stored offset (or at the start)."""
-        kafka = self.kafka_consumer
         for tp in assigned:
-            offset = await self.store.stored_offset(tp.topic, tp.partition)
-            if offset is None:
-                start = (await kafka.beginning_offsets([tp]))[tp] if kafka is not None else 0
-            else:
-                start = offset + 1
-            self._expect[(tp.topic, tp.partition)] = start
-            if kafka is not None:
-                kafka.seek(tp, start)
+            stored = await self.store.stored_offset(tp.topic, tp.partition)
+            await resume_at(self.kafka_consumer, tp, stored, self._expect)
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        for tp in revoked:
+            self._expect.pop((tp.topic, tp.partition), None)
 
     # ------------------------------------------------------------ batches
 
@@ -178,28 +173,8 @@ class NotificationConsumer:
     async def _without_gaps(self, items: list[Item]) -> list[Item]:
         """Drop a partition's records when it did not resume where Redis says (the group's
         committed offset won over our seek): it is sought again."""
-        if not self._expect:
-            return items
-        first: dict[tuple[str, int], int] = {}
-        for item in items:
-            first.setdefault(item.tp, item.offset)
-        skip: set[tuple[str, int]] = set()
-        kafka = self.kafka_consumer
-        for tp, offset in first.items():
-            expected = self._expect.pop(tp, None)
-            if expected is None or offset <= expected:
-                continue
-            partition = TopicPartition(*tp)
-            beginning = (await kafka.beginning_offsets([partition]))[partition] if kafka else 0
-            if offset <= beginning:
-                continue
-            log.warning("partition did not resume at its stored offset: seeking again",
-                        topic=tp[0], partition=tp[1], got=offset, expected=expected)
-            skip.add(tp)
-            self._expect[tp] = expected
-            if kafka is not None:
-                kafka.seek(partition, expected)
-        return [i for i in items if i.tp not in skip]
+        skip = await off_course(self.kafka_consumer, self._expect, first_offsets(items))
+        return [i for i in items if i.tp not in skip] if skip else items
 
     # ------------------------------------------------------------- apply
 
@@ -352,25 +327,10 @@ class NotificationConsumer:
     async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Tell Kafka what Redis holds (for lag monitoring only)."""
         kafka = self.kafka_consumer
-        if kafka is None or not offsets:
-            return
-        assigned = kafka.assignment()
-        commit = {TopicPartition(*tp): offset + 1 for tp, offset in offsets.items()
-                  if TopicPartition(*tp) in assigned}
-        if commit:
-            try:
-                await kafka.commit(commit)
-            except Exception as exc:  # a rebalance in progress: the next batch commits
-                log.info("kafka commit skipped", error=repr(exc))
-        lag = 0
-        for tp, offset in offsets.items():
-            try:
-                highwater = kafka.highwater(TopicPartition(*tp))
-            except Exception:
-                return
-            if highwater is not None:
-                lag += max(0, highwater - offset - 1)
-        CONSUMER_LAG.labels("notifications").set(lag)
+        await commit_applied(kafka, offsets)
+        lag = lag_after(kafka, offsets)
+        if lag is not None:
+            CONSUMER_LAG.labels("notifications").set(lag)
 
     def _observe(self, result: BatchResult) -> None:
         EVENTS_CONSUMED.labels("notifications", "applied").inc(result.applied)

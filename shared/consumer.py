@@ -1,0 +1,126 @@
+"""Kafka positions that follow what Redis holds: the pieces every Kafka-to-Redis
+consumer shares.
+
+A service that applies a topic to Redis stores, in the same Redis transaction as
+the change, the last offset it applied per partition. Redis, not Kafka's group
+offsets, says where to resume:
+
+* ``resume_at`` seeks a newly assigned partition just after its stored offset
+  (the beginning when nothing is stored) and notes where it must start;
+* ``off_course`` checks the first batch of each such partition: when it did not
+  start there (the group's committed offset won over our seek), the partition is
+  sought again and its records are to be dropped;
+* ``commit_applied`` tells Kafka what Redis holds, for lag monitoring only:
+  Kafka's offsets never run ahead of Redis, so resuming from them can only
+  replay records already applied (and skipped as such);
+* ``rebalance_listener`` wires the assignment callbacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import structlog
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+log = structlog.get_logger("clinicflow.consumer")
+
+Partition = tuple[str, int]
+Callback = Callable[[Sequence[TopicPartition]], Awaitable[None]]
+
+
+def rebalance_listener(on_assigned: Callback,
+                       on_revoked: Callback | None = None) -> ConsumerRebalanceListener:
+    """A listener calling ``on_assigned`` (and ``on_revoked``) with the partitions."""
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+            if on_revoked is not None:
+                await on_revoked(revoked)
+
+        async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+            await on_assigned(assigned)
+
+    return Listener()
+
+
+async def resume_at(kafka: Any, tp: TopicPartition, stored: int | None,
+                    expect: dict[Partition, int]) -> int:
+    """Seek ``tp`` just after its ``stored`` offset (its beginning when None), note in
+    ``expect`` where its first batch must start, and return that offset."""
+    if stored is None:
+        start = (await kafka.beginning_offsets([tp]))[tp] if kafka is not None else 0
+    else:
+        start = stored + 1
+    expect[(tp.topic, tp.partition)] = start
+    if kafka is not None:
+        kafka.seek(tp, start)
+    return start
+
+
+def first_offsets(records: Iterable[Any]) -> dict[Partition, int]:
+    """The first offset of each partition in a batch (records with topic, partition,
+    offset attributes, in the order Kafka gave them)."""
+    first: dict[Partition, int] = {}
+    for record in records:
+        first.setdefault((record.topic, record.partition), record.offset)
+    return first
+
+
+async def off_course(kafka: Any, expect: dict[Partition, int],
+                     first: dict[Partition, int]) -> set[Partition]:
+    """The partitions whose first batch did not start where ``resume_at`` put them:
+    each is sought back there, and the caller drops its records from this batch.
+
+    A start past the expected offset is allowed when the records in between were
+    deleted by retention (it is then the partition's beginning)."""
+    if not expect:
+        return set()
+    skip: set[Partition] = set()
+    for tp, offset in first.items():
+        expected = expect.pop(tp, None)
+        if expected is None or offset <= expected:
+            continue
+        partition = TopicPartition(*tp)
+        beginning = (await kafka.beginning_offsets([partition]))[partition] if kafka else 0
+        if offset <= beginning:
+            continue
+        log.warning("partition did not resume at its stored offset: seeking again",
+                    topic=tp[0], partition=tp[1], got=offset, expected=expected)
+        skip.add(tp)
+        expect[tp] = expected
+        if kafka is not None:
+            kafka.seek(partition, expected)
+    return skip
+
+
+async def commit_applied(kafka: Any, offsets: dict[Partition, int]) -> None:
+    """Commit to Kafka the offsets Redis holds (the last applied per partition), for the
+    partitions still assigned. A rebalance in progress skips it: the next one commits."""
+    if kafka is None or not offsets:
+        return
+    assigned = kafka.assignment()
+    commit = {TopicPartition(*tp): offset + 1 for tp, offset in offsets.items()
+              if TopicPartition(*tp) in assigned}
+    if commit:
+        try:
+            await kafka.commit(commit)
+        except Exception as exc:
+            log.info("kafka commit skipped", error=repr(exc))
+
+
+def lag_after(kafka: Any, offsets: dict[Partition, int]) -> int | None:
+    """Records behind the high-water marks after ``offsets`` (None when unknown)."""
+    if kafka is None or not offsets:
+        return None
+    lag = 0
+    for tp, offset in offsets.items():
+        try:
+            highwater = kafka.highwater(TopicPartition(*tp))
+        except Exception:  # metadata not there yet
+            return None
+        if highwater is None:
+            return None
+        lag += max(0, highwater - offset - 1)
+    return lag
