@@ -98,6 +98,7 @@ def plan_batch(items: Sequence[Item], offsets: dict[tuple[str, int], int | None]
             continue  # dead-lettered
         result.applied += 1
         payload = event.payload
+        before = None
         if isinstance(payload, VISIT_EVENTS):
             ref = (event.clinic_id, payload.visit_id)
             before = current.get(ref)
@@ -105,8 +106,18 @@ def plan_batch(items: Sequence[Item], offsets: dict[tuple[str, int], int | None]
             if after is not None and after != before:
                 current[ref] = after
                 writes.visits[ref] = after
-        if isinstance(payload, ev.PatientArrived) and payload.appointment_id is not None:
-            writes.arrivals.append((event.clinic_id, payload.appointment_id, payload.visit_id))
+        if (isinstance(payload, ev.PatientArrived) and payload.appointment_id is not None
+                and (before is None or before.appointment_id is None)):
+            # a visit checkin saved itself was marked when it was checked in; only a
+            # rebuild (Redis lost; the visit unknown, or known only from an estimate) marks
+            # it here. Marking it again could undo a later "entered in error" that freed
+            # the appointment for the right patient.
+            writes.arrivals.append((event.clinic_id, payload.appointment_id, payload.visit_id,
+                                    True))
+        elif (isinstance(payload, ev.ArrivalCancelled) and payload.reason == "entered_in_error"
+              and before is not None and before.appointment_id is not None):
+            writes.arrivals.append((event.clinic_id, before.appointment_id, payload.visit_id,
+                                    False))
         elif isinstance(payload, ev.PatientNoShow):
             writes.no_shows.append((event.clinic_id, payload.appointment_id,
                                     payload.scheduled_at, clinic_day(payload.scheduled_at, zone)))

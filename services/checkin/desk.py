@@ -365,6 +365,9 @@ class CheckinDesk:
         except BaseException:
             await self.store.change_visit(clinic_id, visit_id, lambda _current: before[-1])
             raise
+        if reason == "entered_in_error" and changed.appointment_id is not None:
+            # the wrong patient was checked in on this appointment: free it for the right one
+            await self.store.reopen_appointment(clinic_id, changed.appointment_id, visit_id)
         m.CANCELLATIONS.labels(clinic_id, reason).inc()
         log.info("arrival cancelled", clinic=clinic_id, visit_id=visit_id, reason=reason)
         return changed

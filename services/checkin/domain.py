@@ -295,6 +295,9 @@ def evolve_visit(view: VisitView | None, event: ev.Event, zone: ZoneInfo) -> Vis
     match payload:
         case ev.PatientArrived():
             if view is not None:
+                if view.appointment_id is None and payload.appointment_id is not None:
+                    # known so far only from an estimate (read first from the other topic)
+                    return replace(view, appointment_id=payload.appointment_id)
                 return view
             return VisitView(clinic_id=event.clinic_id, visit_id=payload.visit_id,
                              ticket_code=payload.ticket_code, day=clinic_day(at, zone),

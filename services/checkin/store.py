@@ -76,7 +76,10 @@ class ProjectionWrites:
     """What one consumer batch writes, in one transaction with its offsets."""
 
     visits: dict[tuple[str, str], VisitView] = field(default_factory=dict)
-    arrivals: list[tuple[str, str, str]] = field(default_factory=list)  # clinic, appt, visit
+    # (clinic, appointment, visit, True) marks the appointment arrived as that visit;
+    # (..., False) frees it again if that visit holds it (an arrival entered in error).
+    # In the order of the records: an arrival, its undoing and the right one may share a batch
+    arrivals: list[tuple[str, str, str, bool]] = field(default_factory=list)
     no_shows: list[tuple[str, str, datetime, date]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -296,6 +299,15 @@ class CheckinStore:
         """Undo ``claim_arrival`` (the arrival could not be published)."""
         await self._release(keys=[self._arrived(clinic, appointment_id)], args=[visit_id])
 
+    async def reopen_appointment(self, clinic: str, appointment_id: str, visit_id: str) -> None:
+        """Undo an arrival entered in error: the appointment waits for its patient again
+        (and the no-show sweep watches it again)."""
+        await self._release(keys=[self._arrived(clinic, appointment_id)], args=[visit_id])
+        appointment = (await self.appointments(clinic, [appointment_id])).get(appointment_id)
+        if appointment is not None and appointment.status == "booked":
+            await self.redis.zadd(self._pending(clinic),
+                                  {appointment_id: appointment.scheduled_at.timestamp()})
+
     async def next_ticket_number(self, clinic: str, day: date) -> int:
         key = self._seq(clinic, day)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -495,10 +507,13 @@ class CheckinStore:
                     pipe.multi()
                     for view in writes.visits.values():
                         self._queue_visit(pipe, view)
-                    for clinic, appointment_id, visit_id in writes.arrivals:
-                        pipe.set(self._arrived(clinic, appointment_id), visit_id, nx=True,
-                                 ex=KEEP_DAYS * 86400)
-                        pipe.zrem(self._pending(clinic), appointment_id)
+                    for clinic, appointment_id, visit_id, arrived in writes.arrivals:
+                        key = self._arrived(clinic, appointment_id)
+                        if arrived:
+                            pipe.set(key, visit_id, nx=True, ex=KEEP_DAYS * 86400)
+                            pipe.zrem(self._pending(clinic), appointment_id)
+                        else:
+                            pipe.eval(_RELEASE_IF_OURS, 1, key, visit_id)
                     for clinic, appointment_id, scheduled_at, day in writes.no_shows:
                         self._queue_no_show(pipe, clinic, appointment_id, scheduled_at, day)
                         pipe.zrem(self._pending(clinic), appointment_id)

@@ -290,3 +290,28 @@ async def _at_least(check: Any, count: int) -> Any:
 
 async def _pause(seconds: float) -> None:
     await asyncio.sleep(seconds)
+
+
+async def test_an_arrival_entered_in_error_frees_its_appointment_for_the_right_patient(
+    checkin: Checkin,
+) -> None:
+    wrong = (await arrive(checkin, {"appointment_id": "apt-soon"})).json()
+    cancelled = await checkin.client.post(f"/clinics/north/visits/{wrong['visit_id']}/cancel",
+                                          json={"reason": "entered_in_error"},
+                                          headers=FRONT_DESK)
+    assert cancelled.status_code == 200, cancelled.text
+    schedule = await checkin.client.get("/clinics/north/schedule", headers=FRONT_DESK)
+    status = {r["appointment_id"]: r["status"] for r in schedule.json()["appointments"]}
+    assert status["apt-soon"] == "booked"
+    right = await arrive(checkin, {"appointment_id": "apt-soon"})
+    assert right.status_code == 201, right.text
+    assert right.json()["visit_id"] != wrong["visit_id"]
+    assert right.json()["ticket_code"] != wrong["ticket_code"]
+
+    # a patient who left is still the appointment's arrival: no second check-in for it
+    left = await checkin.client.post(f"/clinics/north/visits/{right.json()['visit_id']}/cancel",
+                                     json={"reason": "left_without_being_seen"},
+                                     headers=FRONT_DESK)
+    assert left.status_code == 200
+    again = await arrive(checkin, {"appointment_id": "apt-soon"})
+    assert again.status_code == 409

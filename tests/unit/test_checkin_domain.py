@@ -281,3 +281,13 @@ def test_an_estimate_read_before_the_arrival_starts_the_visit() -> None:
     view = evolve_visit(None, estimate(NINE), NEW_YORK)
     assert isinstance(view, VisitView) and view.ticket_code == "A-17"
     assert evolve_visit(view, arrived(NINE - timedelta(seconds=1)), NEW_YORK) == view
+
+
+def test_an_arrival_read_after_an_estimate_still_tells_which_appointment_it_was() -> None:
+    view = evolve_visit(None, estimate(NINE), NEW_YORK)
+    scheduled = event(ev.PatientArrived(visit_id="v-1", ticket_code="A-17",
+                                        visit_type="follow_up", appointment_id="apt-1"),
+                      NINE - timedelta(seconds=1))
+    after = evolve_visit(view, scheduled, NEW_YORK)
+    assert after is not None and after.appointment_id == "apt-1"
+    assert after.position == 3  # the estimate is kept
