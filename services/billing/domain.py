@@ -603,8 +603,10 @@ def undo_checkout(account: Account, *, undone_event_id: str, undo_event_id: str,
                   made_by: str = SYSTEM) -> list[EntryVoided]:
     """Voids for a checkout that was undone on the floor: its charge and standing shares.
     Ids derive from the undo's event id, so a replayed undo voids nothing twice."""
-    charge = account.find(charge_id_of(undone_event_id))
-    if charge is None or not account.is_active(charge):
+    charge = next((p for p in account.active(ChargePosted)
+                   if p.entry.checkout_event_id == undone_event_id),  # type: ignore[attr-defined]
+                  None)
+    if charge is None:
         return []
     targets = [charge] + [p for p in account.active(PatientSharePosted)
                           if p.entry.charge_entry_id == charge.entry_id]  # type: ignore[attr-defined]

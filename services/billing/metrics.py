@@ -26,13 +26,13 @@ COLLECTED = Counter(
 )
 CHECKOUTS = Counter(
     "clinicflow_billing_checkouts_total",
-    "Checkouts the pricer handled, by outcome (priced, completed, duplicate, "
+    "Checkouts the desk handled, by outcome (priced, completed, duplicate, "
     "nothing_to_charge, unpriceable, unknown_visit).",
     ["outcome"],
 )
 BARRIER_SECONDS = Histogram(
     "clinicflow_billing_ledger_barrier_seconds",
-    "Time the pricer waited for the ledger projection to catch up before pricing.",
+    "Time a money command waited for the ledger projection to catch up before deciding.",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
 )
 BATCH_FAILURES = Counter(

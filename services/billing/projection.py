@@ -17,6 +17,7 @@ topic (retained for ever).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -103,9 +104,53 @@ class LedgerProjection:
             kafka.seek(tp, start)
 
     async def handle(self, raw_records: Sequence[Any]) -> int:
-        """Apply one batch of aiokafka ``ConsumerRecord`` objects. Returns entries applied."""
+        """Apply one batch of aiokafka ``ConsumerRecord`` objects. Returns entries applied.
+
+        A partition whose records do not start just after its stored offset (the group's
+        committed offset won over our seek, or an earlier batch failed) is sought back and
+        its records dropped; a batch that fails (Redis down) is sought back and read again:
+        nothing is skipped over."""
         tps = sorted({(r.topic, r.partition) for r in raw_records})
-        stored = await self.store.ledger_offsets(tps)
+        try:
+            stored = await self.store.ledger_offsets(tps)
+            expected = {tp: stored[tp] + 1 if tp in stored else await self._beginning(tp)
+                        for tp in tps}
+            first: dict[tuple[str, int], int] = {}
+            for raw in raw_records:
+                first.setdefault((raw.topic, raw.partition), raw.offset)
+            gaps = {tp for tp, offset in first.items() if offset > expected[tp]}
+            for tp in gaps:
+                log.warning("ledger partition did not resume at its stored offset: seeking "
+                            "again", topic=tp[0], partition=tp[1], got=first[tp],
+                            expected=expected[tp])
+                self._seek(tp, expected[tp])
+            return await self._apply([r for r in raw_records
+                                      if (r.topic, r.partition) not in gaps], stored)
+        except Exception as exc:
+            m.BATCH_FAILURES.labels("ledger").inc()
+            log.error("ledger batch failed: it will be read again", error=repr(exc))
+            with contextlib.suppress(Exception):
+                stored = await self.store.ledger_offsets(tps)
+                for tp in tps:
+                    self._seek(tp, stored[tp] + 1 if tp in stored
+                               else await self._beginning(tp))
+            await asyncio.sleep(0.5)
+            return 0
+
+    async def _beginning(self, tp: tuple[str, int]) -> int:
+        kafka = self.kafka_consumer
+        if kafka is None:
+            return 0
+        partition = TopicPartition(*tp)
+        return int((await kafka.beginning_offsets([partition]))[partition])
+
+    def _seek(self, tp: tuple[str, int], offset: int) -> None:
+        kafka = self.kafka_consumer
+        if kafka is not None and TopicPartition(*tp) in kafka.assignment():
+            kafka.seek(TopicPartition(*tp), offset)
+
+    async def _apply(self, raw_records: Sequence[Any],
+                     stored: dict[tuple[str, int], int]) -> int:
         offsets: dict[tuple[str, int], int] = {}
         records: list[LedgerRecord] = []
         for raw in raw_records:

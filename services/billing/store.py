@@ -12,10 +12,6 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
                                                  a day's entries for reconciliation
     P:billing:drawer:{clinic}:{yyyy-mm-dd}       ZSET drawer-count entry ids for a business day
     P:billing:clinics                            SET clinics with ledger entries
-    P:billing:floor:offset:{topic}:{partition}   last floor offset the pricer applied
-    P:billing:arrival:{clinic}:{visit}           the visit's patient_ref ("" if none): the
-                                                 pricer saw it arrive (40 days)
-    P:billing:checkout-by:{clinic}:{event_id}    credential that checked the visit out (1 day)
     P:billing:lock:{clinic}:{visit}              one money command at a time per visit (10 s)
     P:idem:billing:{clinic}:{key}                Idempotency-Key answers (shared/idempotency.py)
 
@@ -25,11 +21,9 @@ Exactly once:
   one ``MULTI``/``EXEC``. Every write is keyed by entry id and only adds what is
   absent (``HSETNX``, ``ZADD NX``, ``SADD``), so a second copy of an entry, on the
   ledger twice or applied twice, changes nothing: the first copy wins.
-* The pricer writes what it learnt (arrivals) and the floor offsets in one
-  ``MULTI``/``EXEC`` *after* its ledger entries are acknowledged by Kafka.
 
-Everything here can be thrown away: with no offsets stored both consumers start
-their topics from the beginning and rebuild it (design decision 1).
+Everything here can be thrown away: with no offsets stored the projection starts the
+ledger topic from the beginning and rebuilds it (design decision 1).
 """
 
 from __future__ import annotations
@@ -44,8 +38,6 @@ from services.billing.domain import Posted
 from shared import events as ev
 from shared.events_billing import LedgerEntry
 
-ARRIVAL_TTL_SECONDS = 40 * 24 * 3600  # longer than the floor topic's retention (14 days)
-CHECKOUT_BY_TTL_SECONDS = 24 * 3600
 LOCK_MILLISECONDS = 10_000
 
 
@@ -88,9 +80,6 @@ class BillingStore:
     def _ledger_offset(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:ledger:offset:{topic}:{partition}"
 
-    def _floor_offset(self, topic: str, partition: int) -> str:
-        return f"{self.prefix}:floor:offset:{topic}:{partition}"
-
     def _entries(self, clinic_id: str) -> str:
         return f"{self.prefix}:entries:{clinic_id}"
 
@@ -110,12 +99,6 @@ class BillingStore:
     def _clinics(self) -> str:
         return f"{self.prefix}:clinics"
 
-    def _arrival(self, clinic_id: str, visit_id: str) -> str:
-        return f"{self.prefix}:arrival:{clinic_id}:{visit_id}"
-
-    def _checkout_by(self, clinic_id: str, event_id: str) -> str:
-        return f"{self.prefix}:checkout-by:{clinic_id}:{event_id}"
-
     def _lock(self, clinic_id: str, visit_id: str) -> str:
         return f"{self.prefix}:lock:{clinic_id}:{visit_id}"
 
@@ -123,9 +106,6 @@ class BillingStore:
 
     async def ledger_offsets(self, tps: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
         return await self._offsets([self._ledger_offset(t, p) for t, p in tps], tps)
-
-    async def floor_offsets(self, tps: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return await self._offsets([self._floor_offset(t, p) for t, p in tps], tps)
 
     async def _offsets(self, keys: list[str],
                        tps: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -229,35 +209,6 @@ class BillingStore:
 
     async def clinics(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(self._clinics))
-
-    # ---------------------------------------------------------------- floor
-
-    async def arrivals(self, clinic_visits: Sequence[tuple[str, str]]) -> dict[tuple[str, str],
-                                                                                str]:
-        """The patient_ref ("" for none) of each (clinic, visit) the pricer saw arrive."""
-        if not clinic_visits:
-            return {}
-        values = await self.redis.mget([self._arrival(c, v) for c, v in clinic_visits])
-        return {cv: value.decode() for cv, value in zip(clinic_visits, values, strict=True)
-                if value is not None}
-
-    async def commit_floor(self, arrivals: Mapping[tuple[str, str], str],
-                           offsets: Mapping[tuple[str, int], int]) -> None:
-        """What the pricer learnt and the floor offsets it applied, atomically."""
-        pipe = self.redis.pipeline(transaction=True)
-        for (clinic_id, visit_id), patient_ref in arrivals.items():
-            pipe.set(self._arrival(clinic_id, visit_id), patient_ref, ex=ARRIVAL_TTL_SECONDS)
-        for (topic, partition), offset in offsets.items():
-            pipe.set(self._floor_offset(topic, partition), offset)
-        await pipe.execute()
-
-    async def remember_checkout_by(self, clinic_id: str, event_id: str, who: str) -> None:
-        await self.redis.set(self._checkout_by(clinic_id, event_id), who,
-                             ex=CHECKOUT_BY_TTL_SECONDS)
-
-    async def checkout_by(self, clinic_id: str, event_id: str) -> str | None:
-        value = await self.redis.get(self._checkout_by(clinic_id, event_id))
-        return None if value is None else value.decode()
 
     # ---------------------------------------------------------------- locks
 
