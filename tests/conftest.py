@@ -20,6 +20,8 @@ import pytest
 from shared.stack import LocalStack, StackError, create_topics, free_ports, sweep_orphans
 from shared.topics import ALL_TOPICS, topic_name
 
+pytest_plugins = ["tests.reliability_report"]
+
 # each session records its servers here, so a run that was killed has them stopped by the next
 _RUNS = Path(tempfile.gettempdir()) / f"clinicflow-test-stacks-{os.getuid()}"
 

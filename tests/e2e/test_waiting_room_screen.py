@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.async_api import Browser, Page, expect
 
 from shared import events as ev
@@ -72,6 +73,10 @@ async def test_the_screen_shows_who_is_called_and_never_a_name(
     await page.screenshot(path=str(artifacts / "waiting-room-1280x720.png"))
 
 
+@pytest.mark.reliability(
+    "flow killed under an open waiting-room screen",
+    "the screen reconnects by itself and shows new arrivals",
+)
 async def test_the_screen_recovers_by_itself_after_the_flow_service_restarts(
     browser: Browser, flow: dict[str, Any],
 ) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from services.billing.domain import stable_id
 from shared import events as ev
 from shared.events_billing import ChargePosted
@@ -26,6 +28,10 @@ from tests.integration.test_billing_support import (
 __all__ = ["billing_env"]
 
 
+@pytest.mark.reliability(
+    "duplicated checkout requests",
+    "one charge and one patient share per visit",
+)
 async def test_duplicated_checkouts_post_one_charge_and_one_share(
     billing_env: dict[str, Any],
 ) -> None:
@@ -65,6 +71,10 @@ async def test_duplicated_checkouts_post_one_charge_and_one_share(
         assert {c.envelope.event_id for c in checkouts} == {answers[0].json()["event_id"]}
 
 
+@pytest.mark.reliability(
+    "a ledger entry redelivered (plain Kafka client)",
+    "counted once",
+)
 async def test_a_redelivered_ledger_entry_counts_once(billing_env: dict[str, Any]) -> None:
     async with running_billing(billing_env) as client:
         answer = await client.post("/clinics/north/visits/v2/checkout", headers=BILLING,
@@ -95,6 +105,10 @@ async def _ledger_count(env: dict[str, Any], n: int) -> bool:
     return len(await ledger(env)) >= n
 
 
+@pytest.mark.reliability(
+    "bad money input (unknown CPT, negative amounts, over-refunds)",
+    "4xx naming what is wrong; nothing published",
+)
 async def test_bad_money_input_is_refused_clearly_and_nothing_is_published(
     billing_env: dict[str, Any],
 ) -> None:

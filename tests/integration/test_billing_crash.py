@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.helpers import ServiceProcess
 from tests.integration.test_billing_support import (
@@ -44,6 +45,10 @@ async def _check_out_until_done(client: httpx.AsyncClient, service: ServiceProce
     raise AssertionError(f"checkout of {visit} never answered")
 
 
+@pytest.mark.reliability(
+    "billing killed with -9 mid-checkouts, requests retried",
+    "one charge per visit",
+)
 async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_once(
     billing_env: dict[str, Any], tmp_path: Path,
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from tests.helpers import REPO, eventually
 from tests.integration.test_billing_support import (
@@ -114,6 +115,10 @@ def _money_view(report: dict[str, Any]) -> dict[str, Any]:
         "discrepancies", "reconciled")}
 
 
+@pytest.mark.reliability(
+    "billing's Redis projection flushed and rebuilt",
+    "the day reconciles to the same cents",
+)
 async def test_a_day_of_fifty_visits_reconciles_to_the_cent_before_and_after_a_rebuild(
     billing_env: dict[str, Any],
 ) -> None:

@@ -156,6 +156,10 @@ async def test_cancel_publishes_once_and_kiosk_credentials_cannot_cancel(
     assert status.status_code == 200 and status.json()["waiting"] is False
 
 
+@pytest.mark.reliability(
+    "birth date and initials entered at the kiosk",
+    "never in an event",
+)
 async def test_kiosk_checks_in_by_code_or_birth_date_and_initials_without_publishing_them(
     checkin: Checkin,
 ) -> None:
@@ -201,6 +205,10 @@ async def test_kiosk_checks_in_by_code_or_birth_date_and_initials_without_publis
     assert followed.json()["ticket_code"] == answer["ticket_code"]
 
 
+@pytest.mark.reliability(
+    "ticket codes guessed at the public lookup",
+    "rate-limited (429); nothing but place and range",
+)
 async def test_ticket_lookup_gives_place_and_range_only_and_guessing_is_rate_limited(
     checkin: Checkin,
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis.asyncio as aioredis
 
 from tests.helpers import eventually, free_port
@@ -18,6 +19,10 @@ from tests.integration.test_checkin_support import (
 )
 
 
+@pytest.mark.reliability(
+    "Kafka unreachable under check-in commands",
+    "503, nothing recorded or half-published",
+)
 async def test_with_kafka_unreachable_commands_answer_503_and_record_nothing(
     kafka_bootstrap: str, redis_url: str, topic_prefix: str,
 ) -> None:
@@ -55,6 +60,10 @@ async def test_with_kafka_unreachable_commands_answer_503_and_record_nothing(
         assert [e["event_type"] for e in events] == ["appointment.scheduled", "patient.arrived"]
 
 
+@pytest.mark.reliability(
+    "Redis lost under check-in",
+    "visits rebuilt from Kafka; no ticket code reused",
+)
 async def test_after_redis_is_lost_visits_come_back_and_no_ticket_code_is_reused(
     kafka_bootstrap: str, redis_url: str, topic_prefix: str,
 ) -> None:
@@ -88,6 +97,10 @@ async def test_after_redis_is_lost_visits_come_back_and_no_ticket_code_is_reused
         assert answer.json()["ticket_code"] == "A-3"
 
 
+@pytest.mark.reliability(
+    "two desks checking in one appointment at once",
+    "one arrival",
+)
 async def test_two_desks_checking_in_the_same_appointment_at_once_make_one_arrival(
     kafka_bootstrap: str, redis_url: str, topic_prefix: str,
 ) -> None:

@@ -110,6 +110,10 @@ async def test_fhir_bundle_import_publishes_and_reimport_and_update_behave_like_
     assert events[-1]["data"]["status"] == "cancelled"
 
 
+@pytest.mark.reliability(
+    "malformed schedule CSV",
+    "each bad row reported with its line; nothing published",
+)
 async def test_malformed_csv_rows_are_reported_by_line_and_nothing_is_published(
     checkin: Checkin,
 ) -> None:
@@ -142,6 +146,10 @@ async def test_malformed_csv_rows_are_reported_by_line_and_nothing_is_published(
     assert "patient_ref" in missing.json()["errors"][0]["reason"]
 
 
+@pytest.mark.reliability(
+    "malformed FHIR Bundle",
+    "each bad entry reported; nothing published",
+)
 async def test_malformed_fhir_entries_are_reported_by_line_and_nothing_is_published(
     checkin: Checkin,
 ) -> None:
@@ -173,6 +181,10 @@ async def test_malformed_fhir_entries_are_reported_by_line_and_nothing_is_publis
     assert await checkin.events() == []
 
 
+@pytest.mark.reliability(
+    "oversized and wrongly typed uploads, wrong roles",
+    "413/415/403 with a message",
+)
 async def test_only_front_desk_may_import_and_wrong_types_and_oversized_files_are_refused(
     checkin: Checkin,
 ) -> None:

@@ -107,6 +107,10 @@ async def test_an_arrival_on_the_floor_topic_shows_on_the_board_with_an_estimate
         assert {e.payload.visit_id for e in published} >= {"v1", "v2"}  # type: ignore[attr-defined]
 
 
+@pytest.mark.reliability(
+    "malformed and unreadable events on the floor topic (plain Kafka client)",
+    "each lands on the dead-letter topic with its reason; the next valid event is applied",
+)
 async def test_a_malformed_event_goes_to_the_dead_letter_topic_and_the_consumer_keeps_going(
     flow_env: dict[str, Any],
 ) -> None:
@@ -154,6 +158,10 @@ async def _has_waiting(client: httpx.AsyncClient, count: int) -> bool:
     return bool(board) and len(board["waiting"]) == count
 
 
+@pytest.mark.reliability(
+    "a floor command retried with the same Idempotency-Key",
+    "one event published, the same answer",
+)
 async def test_a_nurse_rooms_a_patient_once_even_when_the_request_is_retried(
     flow_env: dict[str, Any],
 ) -> None:
@@ -231,6 +239,10 @@ async def test_the_live_stream_pushes_each_board_change(flow_env: dict[str, Any]
         listener.cancel()
 
 
+@pytest.mark.reliability(
+    "Redis flushed under flow",
+    "every board rebuilt from the topic equals the board before",
+)
 async def test_flow_rebuilds_the_same_boards_from_kafka_after_redis_is_flushed(
     flow_env: dict[str, Any],
 ) -> None:
@@ -293,6 +305,10 @@ def _stable(board: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in board.items() if k != "as_of"}
 
 
+@pytest.mark.reliability(
+    "flow killed with -9 mid-stream, restarted",
+    "no event lost, none applied twice, every board equals a board rebuilt from the topic",
+)
 async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
     flow_env: dict[str, Any],
     tmp_path: Path,
@@ -382,6 +398,10 @@ async def test_flow_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
         service.stop()
 
 
+@pytest.mark.reliability(
+    "Kafka group offsets ahead of what Redis holds",
+    "flow resumes from Redis's offsets, nothing skipped",
+)
 async def test_flow_rebuilds_from_the_beginning_even_when_the_group_committed_further(
     flow_env: dict[str, Any],
 ) -> None:

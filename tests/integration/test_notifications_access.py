@@ -52,6 +52,10 @@ async def service(notifications_env: dict[str, Any]) -> Any:
         yield client
 
 
+@pytest.mark.reliability(
+    "every notifications route times every role",
+    "allowed or refused as documented",
+)
 async def test_every_route_admits_only_its_roles_and_refuses_others_with_a_reason(
     service: httpx.AsyncClient,
 ) -> None:
@@ -73,6 +77,10 @@ async def test_every_route_admits_only_its_roles_and_refuses_others_with_a_reaso
     assert stream.status_code == 403
 
 
+@pytest.mark.reliability(
+    "a credential for another clinic (notifications)",
+    "refused",
+)
 async def test_a_credential_for_another_clinic_is_refused(service: httpx.AsyncClient) -> None:
     south = auth("south-desk-token-0123456789")
     refused = await service.put("/clinics/north/visits/v1/contact", json=CONTACT, headers=south)
@@ -115,6 +123,10 @@ async def test_a_retried_contact_request_is_one_recording(service: httpx.AsyncCl
     assert other.status_code == 422 and "Idempotency-Key" in other.json()["detail"]
 
 
+@pytest.mark.reliability(
+    "contact details read back",
+    "an audit event (who, what, when) without the value",
+)
 async def test_reading_contact_details_back_is_audited_without_the_value(
     service: httpx.AsyncClient, notifications_env: dict[str, Any],
 ) -> None:

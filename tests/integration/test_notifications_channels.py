@@ -129,6 +129,10 @@ async def hanging_up_smtp(after: bytes) -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+@pytest.mark.reliability(
+    "mail server connection lost after the message went",
+    "unconfirmed, never sent again",
+)
 async def test_a_connection_lost_after_the_message_went_is_unconfirmed_never_retried() -> None:
     async with hanging_up_smtp(after=b".") as port:
         with pytest.raises(Unconfirmed):
@@ -204,6 +208,10 @@ async def _status_of_only(client: httpx.AsyncClient, status: str) -> dict[str, A
     return detail if detail["status"] == status else None
 
 
+@pytest.mark.reliability(
+    "SMS gateway refusing, then accepting",
+    "retried with backoff; the SMS goes once",
+)
 async def test_a_gateway_refusal_is_retried_with_backoff_and_the_sms_goes_once(
     notifications_env: dict[str, Any],
 ) -> None:
@@ -226,6 +234,10 @@ async def test_a_gateway_refusal_is_retried_with_backoff_and_the_sms_goes_once(
     assert second - first >= 0.09 and third - second >= 0.19  # backoff: 0.1 s, then 0.2 s
 
 
+@pytest.mark.reliability(
+    "SMTP server unreachable",
+    "retried with backoff, then notification.failed and a dead-letter record",
+)
 async def test_an_unreachable_mail_server_is_retried_then_reported_failed_and_dead_lettered(
     notifications_env: dict[str, Any],
 ) -> None:

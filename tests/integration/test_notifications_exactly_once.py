@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from services.notifications.app import create_app
 from shared import events as ev
@@ -41,6 +42,10 @@ async def notifications(base_url: str) -> list[dict[str, Any]]:
         return listed
 
 
+@pytest.mark.reliability(
+    "notifications killed with -9 while sending, restarted",
+    "no message sent twice; every due message sent",
+)
 async def test_a_notifier_killed_while_sending_and_restarted_sends_no_duplicates(
     notifications_env: dict[str, Any], smtp_server: MailCatcher, tmp_path: Path,
 ) -> None:
@@ -107,6 +112,10 @@ async def test_a_notifier_killed_while_sending_and_restarted_sends_no_duplicates
     assert "patients.example.org" not in log_path.read_text()
 
 
+@pytest.mark.reliability(
+    "floor and estimate records redelivered",
+    "no second message for the same trigger",
+)
 async def test_records_delivered_again_change_nothing(
     notifications_env: dict[str, Any], smtp_server: MailCatcher,
 ) -> None:

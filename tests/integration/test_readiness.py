@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from shared.admin import ensure_topics
 from shared.stack import free_port, start_redis, stop_process, wait_redis
@@ -22,6 +23,10 @@ async def _ready(url: str) -> Any:
         return response
 
 
+@pytest.mark.reliability(
+    "Redis stopped, then started again",
+    "/readyz 503 names Redis; the service recovers by itself",
+)
 async def test_readyz_names_the_missing_dependency_and_the_service_recovers_by_itself(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
 ) -> None:
@@ -66,6 +71,10 @@ async def test_readyz_names_the_missing_dependency_and_the_service_recovers_by_i
             stop_process(redis.pid, redis.cmdline_hint)
 
 
+@pytest.mark.reliability(
+    "Kafka unreachable",
+    "/readyz 503 names Kafka",
+)
 async def test_readyz_names_kafka_when_the_broker_is_unreachable(
     redis_url: str, tmp_path: Path,
 ) -> None:
