@@ -204,8 +204,12 @@ def parse_csv(data: bytes, *, clinic_id: str, hash_identity: IdentityHasher) -> 
             reasons.append(f"missing column(s): {', '.join(missing)}")
         if repeated:
             reasons.append(f"repeated column(s): {', '.join(repeated)}")
+        hint = ""
+        if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+            hint = "; the fields seem separated by ';' or tabs: save the file as CSV " \
+                   "with commas"
         parsed.errors.append(RowProblem(1, "; ".join(reasons) + " (header: "
-                                        + ", ".join(REQUIRED_COLUMNS) + ", ...)"))
+                                        + ", ".join(REQUIRED_COLUMNS) + ", ...)" + hint))
         return parsed
     known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
     parsed.ignored_columns = [h.strip() for h, c in zip(header, columns, strict=True)

@@ -189,3 +189,11 @@ def test_broken_json_and_non_bundles_are_refused_with_where_and_why() -> None:
     not_bundle = parse_fhir_bundle(b'{"resourceType": "Appointment"}', clinic_id="n",
                                    hash_identity=digest)
     assert "not a FHIR Bundle" in not_bundle.errors[0].reason
+
+
+def test_a_file_separated_by_semicolons_is_refused_with_a_hint() -> None:
+    data = (b"appointment_id;patient_ref;provider_id;visit_type;scheduled_at\n"
+            b"apt-1;p-1;dr-lee;follow_up;2026-03-02T08:15:00-05:00\n")
+    parsed = parse_csv(data, clinic_id="north", hash_identity=lambda born, letters: "x")
+    assert [p.line for p in parsed.errors] == [1]
+    assert "separated by ';'" in parsed.errors[0].reason

@@ -16,6 +16,7 @@
   const el = (id) => document.getElementById(id);
   const base = "/clinics/" + encodeURIComponent(clinic);
   const POLL_MS = 4000;
+  const FIRST_POLL_MS = 1000; // flow's first estimate of a new arrival follows within a second
   const POLL_FOR_MS = 3 * 60 * 1000;
   const RESET_AFTER_MS = 90 * 1000;
   let pollTimer = null;
@@ -126,7 +127,7 @@
     resetTimer = setTimeout(reset, RESET_AFTER_MS);
   }
 
-  function follow(path, until) {
+  function follow(path, until, delay) {
     clearTimeout(pollTimer);
     pollTimer = setTimeout(async () => {
       if (el("done").hidden || Date.now() > until) return;
@@ -135,8 +136,8 @@
         el("wait").textContent = waitText(answer.data);
         if (!answer.data.waiting) return;
       }
-      follow(path, until);
-    }, POLL_MS);
+      follow(path, until, POLL_MS);
+    }, delay);
   }
 
   async function submit(form, body) {
@@ -149,7 +150,7 @@
         show("You are checked in. Your number is", answer.data.ticket_code, answer.data.late,
              answer.data.wait);
         follow("/visits/" + encodeURIComponent(answer.data.visit_id) + "/wait",
-               Date.now() + POLL_FOR_MS);
+               Date.now() + POLL_FOR_MS, FIRST_POLL_MS);
       } else {
         el("error").textContent = problemText(answer);
       }
@@ -181,9 +182,9 @@
     const answer = await call("GET", "/tickets/" + encodeURIComponent(code) + "/wait")
       .catch(() => null);
     if (answer && answer.status === 200) {
+      // shown once, not followed: every ticket lookup counts against this kiosk's
+      // per-minute limit, and polling one would soon lock the kiosk for the next patients
       show("Your number is", answer.data.ticket_code, false, answer.data);
-      follow("/tickets/" + encodeURIComponent(answer.data.ticket_code) + "/wait",
-             Date.now() + 30 * 1000);
     } else if (answer && answer.status === 404) {
       el("error").textContent = "We could not find that number today. Please check it.";
     } else {
