@@ -1,6 +1,7 @@
 """The billing service, wired: fee schedule (validated at start-up), checkout desk and
-money API, and the ledger projection (a batch subscriber on the ledger topic whose
-Kafka commits follow the Redis write). Wiring only."""
+money API, the ledger projection (a batch subscriber on the ledger topic whose Kafka
+commits follow the Redis write) and the floor consumer (arrivals, checkouts from other
+clients, undone checkouts). Wiring only."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from faststream.kafka import KafkaMessage
 from services.billing.api import make_router
 from services.billing.desk import Desk
 from services.billing.fees import FeeScheduleFile
+from services.billing.floor import FloorConsumer
 from services.billing.projection import LedgerProjection
 from services.billing.store import BillingStore
 from shared.idempotency import IdempotencyStore
@@ -67,6 +69,27 @@ def create_app(settings: BillingSettings) -> FastAPI:
     async def on_ledger_entries(records: list[object]) -> None:
         await projection.handle(records)
 
+    floor = FloorConsumer(desk)
+    floor_subscriber = runtime.broker.subscriber(
+        floor_topic,
+        batch=True,
+        group_id=settings.billing_group_id,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,  # committed after the ledger commands took effect
+        max_records=settings.billing_batch_max,
+        batch_timeout_ms=settings.billing_batch_timeout_ms,
+        fetch_max_wait_ms=settings.billing_batch_timeout_ms,
+        decoder=_raw_records,
+        title="billing.floor",
+        description="Arrivals (patient ref), checkouts from other clients (priced), "
+        "undone checkouts (charge voided).",
+    )
+    floor.subscriber = floor_subscriber
+
+    @floor_subscriber
+    async def on_floor_events(records: list[object]) -> None:
+        await floor.handle(records)
+
     app = make_http_app(
         runtime,
         title="clinicflow billing",
@@ -75,5 +98,6 @@ def create_app(settings: BillingSettings) -> FastAPI:
     app.state.store = store
     app.state.desk = desk
     app.state.projection = projection
+    app.state.floor = floor
     app.include_router(make_router(desk, IdempotencyStore(runtime.redis, settings.redis_prefix)))
     return app

@@ -117,19 +117,31 @@ class Desk:
 
     async def checkout(self, clinic_id: str, visit_id: str, *, cpt_codes: Sequence[str],
                        icd10_codes: Sequence[str] = (), patient_ref: str | None = None,
-                       made_by: str = SYSTEM) -> CheckoutResult:
+                       made_by: str = SYSTEM,
+                       floor_event_id: str | None = None) -> CheckoutResult:
         """Price the visit and post its charge and patient share (once per visit), then
         publish ``patient.checked_out`` on the floor. Unknown CPT codes: ``Refused`` (422),
-        nothing published."""
+        nothing published.
+
+        ``floor_event_id``: the checkout was read from the floor (published by another
+        client): nothing is published there, and an event that already priced a charge
+        (even one voided since) prices nothing again."""
         schedule = self.fees.current()
         unknown = schedule.unknown_codes(clinic_id, cpt_codes)
         if unknown:
             raise d.UnknownServices(clinic_id, unknown)
+        patient_ref = patient_ref or await self.store.arrival_ref(clinic_id, visit_id)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
             key = d.checkout_key(account)
-            checkout_event_id = d.stable_id("out", key)
+            checkout_event_id = floor_event_id or d.stable_id("out", key)
+            if floor_event_id and any(
+                    isinstance(p.entry, d.ChargePosted)
+                    and p.entry.checkout_event_id == floor_event_id for p in account.entries):
+                m.CHECKOUTS.labels("duplicate").inc()
+                return CheckoutResult("duplicate", visit_id, floor_event_id, (), account,
+                                      "this checkout was priced already")
             decision = d.price_checkout(schedule, account, clinic_id=clinic_id,
                                         checkout_event_id=checkout_event_id,
                                         cpt_codes=cpt_codes, patient_ref=patient_ref,
@@ -140,24 +152,47 @@ class Desk:
                 checkout_event_id = (standing[0].entry.checkout_event_id  # type: ignore[attr-defined]
                                      if standing else checkout_event_id)
                 codes = [line.cpt_code for line in account.lines]
-                if cpt_codes and sorted(codes) != sorted(cpt_codes):
+                if cpt_codes and sorted(codes) != sorted(cpt_codes) and not floor_event_id:
                     raise d.Refused(
                         f"visit {visit_id} is already charged for {', '.join(codes)}: "
                         "a manager voids that charge before it is charged again", 409)
             if decision.entries:
                 await self._post(clinic_id, decision.entries, visit_id)
                 account = await self.account(clinic_id, visit_id)
-            # the floor event follows the ledger: a crash in between is healed by a retry,
-            # which finds the charge and publishes this same event (same id) again
-            floor = ev.make_event(
-                ev.PatientCheckedOut(visit_id=visit_id, cpt_codes=list(cpt_codes),
-                                     icd10_codes=list(icd10_codes)),
-                clinic_id=clinic_id, source="billing", correlation_id=visit_id,
-                event_id=checkout_event_id)
-            await self.publish(ev.encode(floor), self.floor_topic, clinic_id.encode())
+            if floor_event_id is None:
+                # the floor event follows the ledger: a crash in between is healed by a
+                # retry, which finds the charge and publishes this same event (same id)
+                floor = ev.make_event(
+                    ev.PatientCheckedOut(visit_id=visit_id, cpt_codes=list(cpt_codes),
+                                         icd10_codes=list(icd10_codes)),
+                    clinic_id=clinic_id, source="billing", correlation_id=visit_id,
+                    event_id=checkout_event_id)
+                await self.publish(ev.encode(floor), self.floor_topic, clinic_id.encode())
             return CheckoutResult(decision.outcome, visit_id, checkout_event_id,
                                   tuple(e.entry_id for e in decision.entries), account,
                                   decision.reason)
+        finally:
+            await self.store.unlock_visit(clinic_id, visit_id, token)
+
+    async def undo_checkout(self, clinic_id: str, *, undone_event_id: str,
+                            undo_event_id: str) -> tuple[str, ...]:
+        """A checkout undone on the floor: void its charge and share (ids from the undo's
+        event id: a redelivered undo voids nothing twice). Returns the voids posted."""
+        visit_id = await self.store.visit_of_checkout(clinic_id, undone_event_id)
+        if visit_id is None:
+            await self.barrier(clinic_id)  # maybe not projected yet: look once more
+            visit_id = await self.store.visit_of_checkout(clinic_id, undone_event_id)
+            if visit_id is None:
+                return ()
+        token = await self._locked(clinic_id, visit_id)
+        try:
+            account = await self.account(clinic_id, visit_id)
+            voids = d.undo_checkout(account, undone_event_id=undone_event_id,
+                                    undo_event_id=undo_event_id)
+            voids = [v for v in voids if account.find(v.entry_id) is None]
+            if voids:
+                await self._post(clinic_id, voids, visit_id)
+            return tuple(v.entry_id for v in voids)
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 

@@ -12,6 +12,9 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
                                                  a day's entries for reconciliation
     P:billing:drawer:{clinic}:{yyyy-mm-dd}       ZSET drawer-count entry ids for a business day
     P:billing:clinics                            SET clinics with ledger entries
+    P:billing:checkouts:{clinic}                 HASH checkout event id -> visit (from charges)
+    P:billing:arrival:{clinic}:{visit}           the visit's patient_ref, from patient.arrived
+                                                 on the floor (40 days)
     P:billing:lock:{clinic}:{visit}              one money command at a time per visit (10 s)
     P:idem:billing:{clinic}:{key}                Idempotency-Key answers (shared/idempotency.py)
 
@@ -39,6 +42,7 @@ from shared import events as ev
 from shared.events_billing import LedgerEntry
 
 LOCK_MILLISECONDS = 10_000
+ARRIVAL_TTL_SECONDS = 40 * 24 * 3600  # longer than the floor topic's retention (14 days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,12 @@ class BillingStore:
     def _clinics(self) -> str:
         return f"{self.prefix}:clinics"
 
+    def _checkouts(self, clinic_id: str) -> str:
+        return f"{self.prefix}:checkouts:{clinic_id}"
+
+    def _arrival(self, clinic_id: str, visit_id: str) -> str:
+        return f"{self.prefix}:arrival:{clinic_id}:{visit_id}"
+
     def _lock(self, clinic_id: str, visit_id: str) -> str:
         return f"{self.prefix}:lock:{clinic_id}:{visit_id}"
 
@@ -149,6 +159,9 @@ class BillingStore:
                     pipe.sadd(self._patient(clinic_id, patient_ref), visit_id)
             pipe.zadd(self._timeline(clinic_id),
                       {entry_id: int(posted.occurred_at.timestamp() * 1000)}, nx=True)
+            checkout_event_id = getattr(posted.entry, "checkout_event_id", None)
+            if checkout_event_id and visit_id:
+                pipe.hsetnx(self._checkouts(clinic_id), checkout_event_id, visit_id)
             business_date = getattr(posted.entry, "business_date", None)
             if business_date is not None:
                 pipe.zadd(self._drawer(clinic_id, business_date), {entry_id: record.offset},
@@ -209,6 +222,21 @@ class BillingStore:
 
     async def clinics(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(self._clinics))
+
+    async def visit_of_checkout(self, clinic_id: str, checkout_event_id: str) -> str | None:
+        """The visit a charged checkout event priced (None: no charge came from it)."""
+        value = await self.redis.hget(self._checkouts(clinic_id), checkout_event_id)
+        return None if value is None else value.decode()
+
+    # ---------------------------------------------------------------- floor
+
+    async def remember_arrival(self, clinic_id: str, visit_id: str, patient_ref: str) -> None:
+        await self.redis.set(self._arrival(clinic_id, visit_id), patient_ref,
+                             ex=ARRIVAL_TTL_SECONDS)
+
+    async def arrival_ref(self, clinic_id: str, visit_id: str) -> str | None:
+        value = await self.redis.get(self._arrival(clinic_id, visit_id))
+        return None if value is None else value.decode()
 
     # ---------------------------------------------------------------- locks
 
