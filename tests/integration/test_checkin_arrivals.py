@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from shared.idempotency import fingerprint
 from tests.helpers import eventually
 from tests.integration.test_checkin_support import (
     CSV,
@@ -323,3 +325,36 @@ async def test_an_arrival_entered_in_error_frees_its_appointment_for_the_right_p
     assert left.status_code == 200
     again = await arrive(checkin, {"appointment_id": "apt-soon"})
     assert again.status_code == 409
+
+
+async def test_nothing_kept_in_redis_gives_back_a_birth_date_or_initials(
+    checkin: Checkin, redis_url: str, topic_prefix: str,
+) -> None:
+    body = b'{"date_of_birth":"1991-07-15","initials":"MB"}'
+    path = "/clinics/north/kiosk/check-ins"
+    answer = await checkin.client.post(path, content=body, headers={
+        **KIOSK, "Content-Type": "application/json", "Idempotency-Key": "kiosk-dob"})
+    assert answer.status_code == 201, answer.text
+    replayed = await checkin.client.post(path, content=body, headers={
+        **KIOSK, "Content-Type": "application/json", "Idempotency-Key": "kiosk-dob"})
+    assert replayed.json() == {**answer.json(), "replayed": True}
+    invalid = await checkin.client.post(path, json={"date_of_birth": "1991-13-45",
+                                                    "initials": "MB"}, headers=KIOSK)
+    assert invalid.status_code == 422 and "1991-13-45" not in invalid.text
+
+    # a plain hash of the request (birth date + initials) would be brute-forced in seconds
+    plain = fingerprint("POST", path, body)
+    client = aioredis.from_url(redis_url)
+    try:
+        stored = b""
+        async for key in client.scan_iter(match=f"{topic_prefix.rstrip('.')}:*"):
+            kind = await client.type(key)
+            if kind == b"string":
+                stored += key + b"=" + (await client.get(key) or b"") + b"\n"
+            elif kind == b"hash":
+                stored += key + b"=" + repr(await client.hgetall(key)).encode() + b"\n"
+    finally:
+        await client.aclose()
+    assert b"kiosk-dob" in stored
+    for secret in (plain.encode(), b"1991-07-15", b"1991", b'"MB"'):
+        assert secret not in stored, secret
