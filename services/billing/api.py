@@ -2,8 +2,8 @@
 balances, receipts and end-of-day reconciliation. Routes are thin: the desk decides.
 
 Roles: checkout and coverage by billing, front desk or manager; payments and refunds
-by billing staff; voids, drawer counts and reports by managers (billing may count
-the drawer too). Every command honours ``Idempotency-Key``; money commands derive
+by billing staff; voids and reports by managers; drawer counts and re-pricing by
+billing or managers. Every command honours ``Idempotency-Key``; money commands derive
 their ledger entry id from it, so a retry never posts twice.
 """
 
@@ -72,6 +72,8 @@ class RefundIn(BaseModel):
 
 
 class VoidIn(BaseModel):
+    """Why (a void, a re-price): kept on the ledger entry."""
+
     reason: str = Field(min_length=1, max_length=200, examples=["keyed twice"])
 
 
@@ -191,6 +193,24 @@ def make_router(desk: Desk, idempotency: IdempotencyStore) -> APIRouter:
             account = await desk.void(
                 clinic_id, visit_id, target_entry_id=entry_id,
                 void_id=new_entry_id("void", clinic_id, visit_id, idempotency_key),
+                reason=body.reason, made_by=principal.name)
+            return 200, views.account_json(account)
+
+        return await once(request, clinic_id, idempotency_key, act)
+
+    @router.post("/clinics/{clinic_id}/visits/{visit_id}/reprice", tags=["checkout"],
+                 summary="Re-price the patient's share under the latest coverage")
+    async def reprice(clinic_id: ClinicId, visit_id: VisitId, body: VoidIn, request: Request,
+                      idempotency_key: IdempotencyKey = None,
+                      principal: Principal = Depends(counters)) -> Any:
+        """Coverage recorded or corrected after checkout: the standing share is voided and
+        posted again from the charge and the latest coverage."""
+        principal.require_clinic(clinic_id)
+
+        async def act() -> tuple[int, Any]:
+            account = await desk.reprice(
+                clinic_id, visit_id,
+                command_id=new_entry_id("rep", clinic_id, visit_id, idempotency_key),
                 reason=body.reason, made_by=principal.name)
             return 200, views.account_json(account)
 

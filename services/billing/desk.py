@@ -260,6 +260,23 @@ class Desk:
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
+    async def reprice(self, clinic_id: str, visit_id: str, *, command_id: str, reason: str,
+                      made_by: str) -> d.Account:
+        """Post the visit's patient share again under its latest coverage (the standing
+        share is voided). Ids derive from ``command_id``: a retry re-prices once."""
+        token = await self._locked(clinic_id, visit_id)
+        try:
+            account = await self.account(clinic_id, visit_id)
+            entries = d.plan_reprice(account, command_id=command_id, reason=reason,
+                                     made_by=made_by)
+            entries = [e for e in entries if account.find(e.entry_id) is None]
+            if entries:
+                await self._post(clinic_id, entries, visit_id)
+                account = await self.account(clinic_id, visit_id)
+            return account
+        finally:
+            await self.store.unlock_visit(clinic_id, visit_id, token)
+
     async def count_drawer(self, clinic_id: str, *, entry_id: str, business_date: date,
                            counted: dict[str, int | None], made_by: str) -> None:
         entry = d.drawer_count_entry(entry_id=entry_id, business_date=business_date,

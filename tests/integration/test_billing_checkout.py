@@ -185,3 +185,28 @@ async def test_payments_refunds_voids_and_receipts(billing_env: dict[str, Any]) 
         assert balance.json()["balance_cents"] == 2000
         assert await store_of(client).entry("north", receipt["receipt_number"]) is not None
 
+
+
+async def test_coverage_recorded_after_checkout_is_applied_by_a_reprice_once(
+    billing_env: dict[str, Any],
+) -> None:
+    async with running_billing(billing_env) as client:
+        await client.post("/clinics/north/visits/v5/checkout", headers=BILLING,
+                          json={"cpt_codes": ["99213"]})
+        assert (await client.get("/clinics/north/visits/v5/account",
+                                 headers=BILLING)).json()["patient_share_cents"] == 13000
+        await client.put("/clinics/north/visits/v5/coverage", headers=FRONT_DESK,
+                         json={"copay_cents": 2000})
+        key = {**BILLING, "Idempotency-Key": "reprice-1"}
+        first = await client.post("/clinics/north/visits/v5/reprice", headers=key,
+                                  json={"reason": "insurance card found"})
+        assert first.status_code == 200, first.text
+        assert first.json()["patient_share_cents"] == 2000
+        again = await client.post("/clinics/north/visits/v5/reprice", headers=key,
+                                  json={"reason": "insurance card found"})
+        assert again.json()["replayed"] is True
+        account = (await client.get("/clinics/north/visits/v5/account",
+                                    headers=BILLING)).json()
+        assert (account["charges_cents"], account["patient_share_cents"]) == (13000, 2000)
+        assert (await client.post("/clinics/north/visits/v5/reprice", headers=FRONT_DESK,
+                                  json={"reason": "x"})).status_code == 403
