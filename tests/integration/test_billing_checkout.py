@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 from services.billing.domain import stable_id
 from shared import events as ev
 from shared.events_billing import ChargePosted
-from shared.topics import LEDGER, topic_name
-from tests.helpers import eventually, producer
+from shared.topics import DEAD_LETTER, LEDGER, topic_name
+from tests.helpers import eventually, producer, read_topic
 from tests.integration.test_billing_support import (
     BILLING,
     FRONT_DESK,
@@ -210,3 +211,25 @@ async def test_coverage_recorded_after_checkout_is_applied_by_a_reprice_once(
         assert (account["charges_cents"], account["patient_share_cents"]) == (13000, 2000)
         assert (await client.post("/clinics/north/visits/v5/reprice", headers=FRONT_DESK,
                                   json={"reason": "x"})).status_code == 403
+
+
+@pytest.mark.reliability(
+    "an unreadable record on the ledger topic",
+    "dead-lettered with the reason; the projection goes on",
+)
+async def test_an_unreadable_ledger_record_is_dead_lettered_and_the_projection_goes_on(
+    billing_env: dict[str, Any],
+) -> None:
+    async with running_billing(billing_env) as client:
+        async with producer(billing_env["kafka_bootstrap"]) as kafka:
+            await kafka.send_and_wait(topic_name(LEDGER, billing_env["topic_prefix"]),
+                                      b"{not json", key=b"north")
+        answer = await client.post("/clinics/north/visits/v6/checkout", headers=BILLING,
+                                   json={"cpt_codes": ["99211"]})
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["account"]["charges_cents"] == 2800
+        dead = await read_topic(billing_env["kafka_bootstrap"],
+                                topic_name(DEAD_LETTER, billing_env["topic_prefix"]), expect=1)
+        record = orjson.loads(dead[0].value)
+        assert record["consumer"] == "billing.ledger"
+        assert record["reason"].startswith("not valid JSON")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 
 from shared import events as ev
 from shared.topics import FLOOR, topic_name
@@ -40,6 +41,10 @@ async def _account(client: httpx.AsyncClient, visit: str) -> dict[str, Any]:
     return answer.json() if answer.status_code == 200 else {}
 
 
+@pytest.mark.reliability(
+    "a checkout on the floor delivered three times, its undo twice",
+    "one charge, voided once",
+)
 async def test_a_checkout_on_the_floor_delivered_twice_is_charged_once_then_undone_once(
     billing_env: dict[str, Any],
 ) -> None:
