@@ -79,7 +79,8 @@ class FloorConsumer:
         self._pending_offsets: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
         self._published: dict[str, tuple[datetime, float, float, float]] = {}
-        self._stale: dict[str, datetime] = {}  # clinics whose board waits for catch-up
+        self._stale: set[str] = set()  # clinics whose board waits (catch-up, Redis down)
+        self._last_lag: int | None = None
         # where each newly assigned partition must start; checked on its first batch
         self._expect: dict[tuple[str, int], int] = {}
         self.applied_total = 0
@@ -139,12 +140,14 @@ class FloorConsumer:
             self._pending_offsets.update(result.offsets)
             boards: dict[str, bytes] = {}
             estimates: list[tuple[str, Estimate, datetime]] = []
-            lag = self._lag(result)
+            lag = self._last_lag = self._lag(result)
             self._stale.update(result.touched)
+            drawn: set[str] = set()
             if lag is None or lag <= CATCH_UP_LAG:
                 # catching up (a rebuild, a backlog): boards are drawn once it is over,
                 # not for every batch on the way; what is applied is the same either way
-                for clinic_id in self._stale:
+                drawn = set(self._stale)
+                for clinic_id in drawn:
                     if clinic_id not in self.processor.flows:
                         continue
                     at = result.touched.get(clinic_id)
@@ -152,9 +155,11 @@ class FloorConsumer:
                     boards[clinic_id] = board
                     if at is not None:
                         estimates.extend((clinic_id, e, at) for e in clinic_estimates)
-                self._stale.clear()
             checkpoint = self._checkpoint_payload()
+            # a failed write (Redis down) leaves the boards stale: the next batch or the
+            # idle flush draws them again, so no board stays behind the events applied
             await self.store.write(boards, checkpoint)
+            self._stale -= drawn
             if checkpoint is not None:
                 self._after_checkpoint()
                 await self._commit(checkpoint[0])
@@ -215,11 +220,23 @@ class FloorConsumer:
         return [r for r in records if (r.topic, r.partition) not in skip]
 
     async def flush(self) -> None:
-        """Checkpoint what is pending now (on shutdown, and when the topic goes quiet)."""
-        if not self._pending_offsets:
+        """Checkpoint what is pending now, and draw the boards left stale (on shutdown,
+        when the topic goes quiet, and after Redis was unreachable)."""
+        if not self._pending_offsets and not self._stale:
             return
         async with self.lock:
-            await self._checkpoint(force=True)
+            if self._stale and (self._last_lag is None or self._last_lag <= CATCH_UP_LAG):
+                drawn = set(self._stale)
+                boards = {clinic_id: self._board_bytes(clinic_id)[0] for clinic_id in drawn
+                          if clinic_id in self.processor.flows}
+                payload = self._checkpoint_payload(force=True)
+                await self.store.write(boards, payload)
+                self._stale -= drawn
+                if payload is not None:
+                    self._after_checkpoint()
+                    await self._commit(payload[0])
+            else:
+                await self._checkpoint(force=True)
 
     async def _dead_letter(self, result: BatchResult) -> None:
         for dead in result.dead_letters:
