@@ -21,7 +21,8 @@ CHARGED = Counter(
 )
 COLLECTED = Counter(
     "clinicflow_billing_collected_cents_total",
-    "Cents taken (payments) and given back (refunds), by method.",
+    "Cents taken (payments, direction in) and given back (refunds, out), by method, as "
+    "applied by the projection.",
     ["clinic", "method", "direction"],
 )
 CHECKOUTS = Counter(

@@ -29,6 +29,7 @@ from services.billing import metrics as m
 from services.billing.domain import Refused, same_amounts
 from services.billing.store import BillingStore, LedgerRecord, posted_of
 from shared import events as ev
+from shared.events_billing import ChargePosted, PaymentRecorded, PaymentRefunded
 from shared.kafka import dead_letter_record
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_kind
@@ -183,6 +184,15 @@ class LedgerProjection:
                             entry_id=entry_id, clinic=record.clinic_id)
         await self.store.apply_ledger(records, offsets)
         EVENTS_CONSUMED.labels("billing", "applied").inc(len(seen))
+        for record in seen.values():
+            entry = record.posted.entry
+            if isinstance(entry, ChargePosted):
+                m.CHARGED.labels(record.clinic_id).inc(entry.amount_cents)
+            elif isinstance(entry, PaymentRecorded):
+                m.COLLECTED.labels(record.clinic_id, entry.method, "in").inc(entry.amount_cents)
+            elif isinstance(entry, PaymentRefunded):
+                m.COLLECTED.labels(record.clinic_id, entry.method, "out").inc(
+                    entry.amount_cents)
         await self._commit(offsets)
         return len(seen)
 
