@@ -73,6 +73,15 @@ async def test_a_patient_checks_in_with_the_appointment_code_on_a_portrait_table
     kafka_bootstrap: str,
 ) -> None:
     page = await open_kiosk(browser, checkin, 768, 1024)
+    assert await no_horizontal_scroll(page)
+    # one way of checking in at a time: the other tabs' forms are hidden
+    await expect(page.locator("#by-code")).to_be_visible()
+    await expect(page.locator("#by-identity")).to_be_hidden()
+    await expect(page.locator("#lookup")).to_be_hidden()
+    # big enough to touch: every tab and button at least 44 px high
+    for box in [await b.bounding_box() for b in await page.locator("button:visible").all()]:
+        assert box is not None and box["height"] >= 44, box
+    await page.screenshot(path=str(artifacts / "kiosk-start-768x1024.png"))
     await page.locator("#appointment-code").fill("APT-0815-LEE")
     await page.get_by_role("button", name="Check in").first.click()
     ticket = page.locator("#ticket")
@@ -109,6 +118,8 @@ async def test_date_of_birth_and_initials_then_the_place_in_line_on_a_landscape_
 ) -> None:
     page = await open_kiosk(browser, checkin, 1024, 768)
     await page.get_by_role("tab", name="Date of birth").click()
+    await expect(page.locator("#by-code")).to_be_hidden()
+    await expect(page.locator("#by-identity")).to_be_visible()
     await page.locator("#dob").fill("1975-11-30")
     await page.locator("#initials").fill("am")
     await page.locator("#by-identity").get_by_role("button", name="Check in").click()
@@ -132,3 +143,9 @@ async def test_date_of_birth_and_initials_then_the_place_in_line_on_a_landscape_
     await page.locator("#by-identity").get_by_role("button", name="Check in").click()
     await expect(page.locator("#error")).to_contain_text("could not find", timeout=5_000)
     assert "1975" not in await page.locator("#error").inner_text()
+
+    # a kiosk opened without its token says so and offers nothing to type into
+    fresh = await browser.new_page(viewport={"width": 1024, "height": 768})
+    await fresh.goto(f"{checkin.url}/kiosk/north")
+    await expect(fresh.locator("#setup")).to_be_visible()
+    await expect(fresh.locator("#start")).to_be_hidden()

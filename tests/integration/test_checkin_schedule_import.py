@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.integration.test_checkin_support import (
     CSV,
@@ -207,3 +208,29 @@ async def test_only_front_desk_may_import_and_wrong_types_and_oversized_files_ar
     assert dry.status_code == 200 and dry.json()["dry_run"] is True
     assert dry.json()["created"] == ["apt-1"]
     assert await checkin.events() == []
+
+
+async def test_a_retried_import_is_answered_again_and_imports_do_not_overlap(
+    checkin: Checkin, redis_url: str, topic_prefix: str,
+) -> None:
+    schedule = csv_rows(("apt-1", "p-aaa111", "dr-lee", "follow_up", at(30), "15", "", ""))
+    first = await checkin.import_csv(schedule, **{"Idempotency-Key": "import-1"})
+    again = await checkin.import_csv(schedule, **{"Idempotency-Key": "import-1"})
+    assert first.status_code == again.status_code == 200
+    assert again.json() == {**first.json(), "replayed": True}
+    assert again.json()["created"] == ["apt-1"]  # the first answer, not "unchanged"
+    assert len(await checkin.events(expect=1)) == 1
+
+    # another import of the same clinic still running: refused, nothing published
+    client = aioredis.from_url(redis_url)
+    lock = f"{topic_prefix.rstrip('.')}:checkin:import:north"
+    try:
+        await client.set(lock, "1", ex=30)
+        moved = await checkin.import_csv(schedule.replace("dr-lee", "dr-kim"))
+        assert moved.status_code == 409 and "running" in moved.json()["detail"]
+    finally:
+        await client.delete(lock)
+        await client.aclose()
+    assert len(await checkin.events()) == 1
+    moved = await checkin.import_csv(schedule.replace("dr-lee", "dr-kim"))
+    assert moved.json()["updated"] == ["apt-1"]
