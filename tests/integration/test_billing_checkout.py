@@ -125,6 +125,12 @@ async def test_bad_money_input_is_refused_clearly_and_nothing_is_published(
         assert "amount_cents" in negative.text
         assert await ledger(billing_env) == []
         assert await floor(billing_env) == []
+        charged = await client.post("/clinics/north/visits/v3b/checkout", headers=BILLING,
+                                    json={"cpt_codes": ["99213"]})
+        other_codes = await client.post("/clinics/north/visits/v3b/checkout", headers=BILLING,
+                                        json={"cpt_codes": ["99215"]})
+        assert charged.status_code == 202 and other_codes.status_code == 409
+        assert "already charged for 99213" in other_codes.json()["detail"]
 
         paid = await client.post("/clinics/north/visits/v3/payments", headers=BILLING,
                                  json={"method": "cash", "amount_cents": 2000})
@@ -145,7 +151,7 @@ async def test_bad_money_input_is_refused_clearly_and_nothing_is_published(
                                   json={"method": "cash", "amount_cents": 1})).status_code == 403
         assert (await client.post(f"/clinics/north/visits/v3/entries/{payment_id}/void",
                                   headers=BILLING, json={"reason": "x"})).status_code == 403
-        assert len(await ledger(billing_env)) == 1
+        assert len(await ledger(billing_env)) == 3  # v3b's charge and share, v3's payment
 
 
 async def test_payments_refunds_voids_and_receipts(billing_env: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ day's reconciliation. No broker, no Redis."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from services.billing import domain as d
 from services.billing import views
 from services.billing.app import create_app
-from services.billing.fees import EXAMPLE, load_fee_schedule
+from services.billing.desk import Desk
+from services.billing.fees import EXAMPLE, FeeScheduleFile, load_fee_schedule
 from shared.events_billing import (
     ChargePosted,
     CoverageRecorded,
@@ -253,3 +255,29 @@ def test_an_invalid_fee_schedule_stops_the_service_at_start_up(tmp_path: Path) -
     assert str(bad) in message and "line 2: fee '12.5.0'" in message and "line 3" in message
     with pytest.raises(d.FeeScheduleError, match="cannot read it"):
         create_app(BillingSettings(fee_schedule_path=str(tmp_path / "missing.csv")))
+
+
+def test_an_invalid_edit_of_the_fee_file_is_refused_and_the_last_good_schedule_stays(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "fees.csv"
+    path.write_text("clinic,cpt_code,description,fee\n*,99213,Visit,125.00\n")
+    fees = FeeScheduleFile(path)
+    assert fees.current().lines("north", ["99213"])[0].fee_cents == 12500
+    path.write_text("clinic,cpt_code,description,fee\n*,99213,Visit,lots\n")
+    os.utime(path, ns=(1, 1))  # a different modification time, whatever the clock
+    assert fees.current().lines("north", ["99213"])[0].fee_cents == 12500
+    assert fees.last_error is not None and "line 2" in fees.last_error
+    path.write_text("clinic,cpt_code,description,fee\n*,99213,Visit,140.00\n")
+    os.utime(path, ns=(2, 2))
+    assert fees.current().lines("north", ["99213"])[0].fee_cents == 14000
+    assert fees.last_error is None
+
+
+def test_a_business_day_is_cut_at_the_clinics_own_midnight() -> None:
+    starts, ends = Desk.day_bounds_for("America/Chicago", date(2026, 3, 2))
+    assert starts == datetime(2026, 3, 2, 6, tzinfo=UTC)
+    assert ends == datetime(2026, 3, 3, 6, tzinfo=UTC)
+    # the spring-forward day is 23 hours long
+    starts, ends = Desk.day_bounds_for("America/Chicago", date(2026, 3, 8))
+    assert ends - starts == timedelta(hours=23)
