@@ -13,6 +13,9 @@ offsets, says where to resume:
 * ``commit_applied`` tells Kafka what Redis holds, for lag monitoring only:
   Kafka's offsets never run ahead of Redis, so resuming from them can only
   replay records already applied (and skipped as such);
+* ``rewind`` puts a batch that could not be applied (Redis unreachable) back in
+  front of the consumer: the partition's position has moved past it, and Kafka
+  would not deliver it again before a rebalance;
 * ``rebalance_listener`` wires the assignment callbacks.
 """
 
@@ -93,6 +96,18 @@ async def off_course(kafka: Any, expect: dict[Partition, int],
         if kafka is not None:
             kafka.seek(partition, expected)
     return skip
+
+
+def rewind(kafka: Any, first: dict[Partition, int]) -> None:
+    """Seek each partition of a batch that was not applied back to its first record, so
+    the next fetch delivers it again."""
+    if kafka is None:
+        return
+    assigned = kafka.assignment()
+    for tp, offset in first.items():
+        partition = TopicPartition(*tp)
+        if partition in assigned:
+            kafka.seek(partition, offset)
 
 
 async def commit_applied(kafka: Any, offsets: dict[Partition, int]) -> None:

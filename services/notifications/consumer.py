@@ -51,6 +51,7 @@ from shared.consumer import (
     off_course,
     rebalance_listener,
     resume_at,
+    rewind,
 )
 from shared.kafka import dead_letter_record
 from shared.logging import get_logger
@@ -58,6 +59,7 @@ from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_k
 from shared.service import ServiceRuntime
 
 log = get_logger("clinicflow.notifications.consumer")
+RETRY_PAUSE_SECONDS = 0.5  # after a batch failed to apply (Redis unreachable)
 MAX_CONFLICTS = 50
 
 
@@ -137,7 +139,14 @@ class NotificationConsumer:
             items = await self._without_gaps(items)
             if not items:
                 return BatchResult()
-            writes, result = await self._apply(items, (), datetime.now(UTC))
+            try:
+                writes, result = await self._apply(items, (), datetime.now(UTC))
+            except Exception:
+                # nothing of the batch is in Redis: deliver it again (after a pause, so
+                # an unreachable Redis is not hammered)
+                rewind(self.kafka_consumer, first_offsets(items))
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                raise
         self._observe(result)
         self.on_committed()
         await self._commit(writes.offsets)

@@ -3,6 +3,7 @@ twice; records delivered again change nothing; contact details never reach the l
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from services.notifications.app import create_app
 from shared import events as ev
 from shared.settings import NotificationsSettings
+from shared.stack import LocalStack
 from shared.topics import ESTIMATES, FLOOR, topic_name
 from tests.helpers import ServiceProcess, eventually, read_topic, serving
 from tests.integration.notifications_support import (
@@ -147,3 +149,38 @@ async def test_records_delivered_again_change_nothing(
                                  headers={"Authorization": "Bearer dev-nurse"})).json() == \
             alerts_before
     assert len(smtp_server.mails) == 2
+
+
+@pytest.mark.reliability(
+    "Redis killed with -9 under the notifier while a delay streams in, then started again",
+    "every affected patient told once: no floor record lost while Redis was away",
+)
+async def test_records_arriving_while_redis_is_down_are_applied_once_it_is_back(
+    notifications_env: dict[str, Any], smtp_server: MailCatcher, own_stack: LocalStack,
+) -> None:
+    env = notifications_env
+    bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
+    t0 = datetime.now(UTC) - timedelta(minutes=5)
+    patients = [(f"v{n}", f"A-{n}") for n in range(1, 5)]
+    async with serving(create_app(NotificationsSettings(**env))) as url, \
+            httpx.AsyncClient(base_url=url) as client:
+        for visit, _ in patients:
+            await record_contact(client, visit, "email", f"{visit}@patients.example.org")
+        await publish_floor(bootstrap, prefix, [arrival(v, t, "dr-lee", t0) for v, t in patients])
+        await publish_estimates(bootstrap, prefix, [
+            estimate(v, t, "dr-lee", 10.0 * (i + 1), t0) for i, (v, t) in enumerate(patients)])
+        await asyncio.sleep(1.5)  # applied, and in Redis's append-only file
+        await asyncio.to_thread(own_stack.stop_redis, True)
+        # the delay and the new estimates reach the notifier while Redis is away
+        delay = floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=25,
+                                              reason="emergency"), t0 + timedelta(minutes=2))
+        await publish_floor(bootstrap, prefix, [delay])
+        await publish_estimates(bootstrap, prefix, [
+            estimate(v, t, "dr-lee", 10.0 * (i + 1) + 25, delay.occurred_at)
+            for i, (v, t) in enumerate(patients)])
+        await asyncio.sleep(2)
+        await asyncio.to_thread(own_stack.start_redis)
+        await eventually(lambda: len(smtp_server.mails) >= len(patients), timeout=30)
+        await asyncio.sleep(2)  # nothing more comes
+    told = sorted(address for m in smtp_server.mails for address in m.to)
+    assert told == sorted(f"{v}@patients.example.org" for v, _ in patients)

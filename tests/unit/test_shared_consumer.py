@@ -9,7 +9,14 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from shared.consumer import commit_applied, first_offsets, lag_after, off_course, resume_at
+from shared.consumer import (
+    commit_applied,
+    first_offsets,
+    lag_after,
+    off_course,
+    resume_at,
+    rewind,
+)
 
 
 @dataclass
@@ -96,3 +103,10 @@ def test_lag_is_what_remains_after_the_applied_offsets_and_unknown_without_metad
     assert lag_after(kafka, {("floor", 6): 1}) is None
     assert lag_after(None, {("floor", 3): 1}) is None
     assert lag_after(kafka, {}) is None
+
+
+def test_a_batch_not_applied_is_put_back_for_the_partitions_still_assigned() -> None:
+    kafka = FakeKafka(assigned={TP})
+    rewind(kafka, {("floor", 3): 17, ("floor", 9): 4})
+    assert kafka.seeks == [(TP, 17)]
+    rewind(None, {("floor", 3): 17})  # no consumer yet: nothing to do
