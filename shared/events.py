@@ -278,6 +278,9 @@ def encode(event: Event) -> bytes:
     return orjson.dumps(event.envelope.model_dump(mode="json"))
 
 
+MAX_EVENT_BYTES = 64 * 1024  # a floor fact is a few hundred bytes; nothing needs more
+
+
 def decode(raw: bytes | str) -> Event:
     """Parse and validate an event from Kafka bytes.
 
@@ -285,6 +288,9 @@ def decode(raw: bytes | str) -> Event:
     bytes are not JSON, the envelope is malformed, the type or version is unknown,
     or the payload fails validation. Old versions are upcast first.
     """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"too large: {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte "
+                           "limit for one event")
     try:
         envelope = Envelope.model_validate_json(raw)
     except ValidationError as exc:

@@ -54,7 +54,8 @@ def render_metrics(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
 
 def reason_kind(reason: str) -> str:
     """A bounded label for a dead-letter reason (the full reason goes in the record)."""
-    for kind in ("not valid JSON", "bad envelope", "unknown event_type", "unknown schema_version"):
+    for kind in ("not valid JSON", "bad envelope", "unknown event_type", "unknown schema_version",
+                 "too large"):
         if reason.startswith(kind):
             return kind.replace(" ", "_").lower()
     if reason.startswith("bad "):

@@ -109,7 +109,8 @@ async def test_an_arrival_on_the_floor_topic_shows_on_the_board_with_an_estimate
 
 
 @pytest.mark.reliability(
-    "malformed and unreadable events on the floor topic (plain Kafka client)",
+    "malformed, unknown-type, unknown-version, oversized and wrongly keyed events on the "
+    "floor topic (plain Kafka client)",
     "each lands on the dead-letter topic with its reason; the next valid event is applied",
 )
 async def test_a_malformed_event_goes_to_the_dead_letter_topic_and_the_consumer_keeps_going(
@@ -138,20 +139,33 @@ async def test_a_malformed_event_goes_to_the_dead_letter_topic_and_the_consumer_
             )
             roomed_ghost = floor_event(ev.PatientRoomed(visit_id="ghost", room_id="r1"))
             await client_kafka.send_and_wait(floor, ev.encode(roomed_ghost), key=b"north")
+            teleported = orjson.loads(ev.encode(roomed_ghost))
+            teleported["event_type"] = "patient.teleported"
+            await client_kafka.send_and_wait(floor, orjson.dumps(teleported), key=b"north")
+            oversized = orjson.loads(ev.encode(floor_event(ev.DelayAnnounced(
+                provider_id="dr-lee", minutes=5))))
+            oversized["data"]["reason"] = "x" * 100_000
+            await client_kafka.send_and_wait(floor, orjson.dumps(oversized), key=b"north")
+            elsewhere = floor_event(ev.RoomReady(room_id="r9"), "south")
+            await client_kafka.send_and_wait(floor, ev.encode(elsewhere), key=b"north")
         await publish(flow_env["kafka_bootstrap"], floor, opening())
         board = await eventually(lambda: get_board(client, "north", NURSE))
         await eventually(lambda: _has_waiting(client, 2))
         assert board["clinic_id"] == "north"
         letters = await read_topic(
-            flow_env["kafka_bootstrap"], topic_name(DEAD_LETTER, prefix), expect=3
+            flow_env["kafka_bootstrap"], topic_name(DEAD_LETTER, prefix), expect=6
         )
         reasons = sorted(orjson.loads(r.value)["reason"] for r in letters)
-        assert len(reasons) == 3
-        assert reasons[0].startswith("not valid JSON")
+        assert len(reasons) == 6
+        assert any(r.startswith("not valid JSON") for r in reasons)
         assert "roomed for unknown visit ghost" in reasons
         assert "unknown schema_version 7 for patient.arrived" in reasons
+        assert "unknown event_type 'patient.teleported'" in reasons
+        assert any(r.startswith("too large: ") for r in reasons)
+        assert any("is not the event's clinic_id 'south'" in r for r in reasons)
         metrics = (await client.get("/metrics")).text
         assert 'clinicflow_dead_letters_total{reason="not_valid_json",service="flow"}' in metrics
+        assert 'clinicflow_dead_letters_total{reason="too_large",service="flow"}' in metrics
 
 
 async def _has_waiting(client: httpx.AsyncClient, count: int) -> bool:

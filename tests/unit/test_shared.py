@@ -54,6 +54,16 @@ def test_consumers_ignore_fields_they_do_not_know() -> None:
     assert ev.decode(orjson.dumps(document)).payload == ev.RoomReady(room_id="r1")
 
 
+def test_an_event_over_the_size_limit_is_refused_before_it_is_parsed() -> None:
+    event = ev.make_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=5, reason="late"),
+                          clinic_id="north", source="t")
+    document = orjson.loads(ev.encode(event))
+    document["padding"] = "x" * ev.MAX_EVENT_BYTES
+    with pytest.raises(ev.InvalidEvent, match=r"^too large: \d+ bytes, over the 65536-byte"):
+        ev.decode(orjson.dumps(document))
+    assert ev.decode(ev.encode(event)).payload == event.payload
+
+
 def test_an_old_version_is_upcast_before_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     """room.ready v2 renamed a field: v1 events still on the topic are upcast on read."""
     monkeypatch.delitem(ev.EVENT_TYPES, ("room.ready", 1))
