@@ -302,9 +302,14 @@ def parse_fhir_bundle(data: bytes, *, clinic_id: str,
         return parsed
     line_of = _entry_lines(text, len(entries))
     patients: dict[str, dict[str, Any]] = {}
+    by_url: dict[str, dict[str, Any]] = {}  # entries' fullUrl (often urn:uuid:...) -> resource
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "Patient":
+        if not isinstance(resource, dict):
+            continue
+        if isinstance(entry.get("fullUrl"), str):
+            by_url[entry["fullUrl"]] = resource
+        if resource.get("resourceType") == "Patient":
             for reference in _patient_references(entry, resource):
                 patients[reference] = resource
     lines: list[int] = []
@@ -329,7 +334,7 @@ def parse_fhir_bundle(data: bytes, *, clinic_id: str,
                                              given_id))
             continue
         try:
-            appointment = _fhir_appointment(resource, patients, hash_identity)
+            appointment = _fhir_appointment(resource, patients, by_url, hash_identity)
         except _RowError as exc:
             parsed.errors.append(RowProblem(line, f"entry[{index}]: {exc}", given_id))
             continue
@@ -340,6 +345,7 @@ def parse_fhir_bundle(data: bytes, *, clinic_id: str,
 
 
 def _fhir_appointment(resource: dict[str, Any], patients: dict[str, dict[str, Any]],
+                      by_url: dict[str, dict[str, Any]],
                       hash_identity: IdentityHasher) -> Appointment:
     appointment_id = _identifier(resource.get("id"), "id")
     status_text = resource.get("status")
@@ -368,6 +374,12 @@ def _fhir_appointment(resource: dict[str, Any], patients: dict[str, dict[str, An
             continue
         kind, _, ident = reference.rstrip("/").rpartition("/")
         kind = kind.rpartition("/")[2]
+        target = by_url.get(reference)
+        if target is not None:
+            # a reference to another entry of the Bundle by its fullUrl (urn:uuid:...)
+            kind = str(target.get("resourceType") or "")
+            ident = target["id"] if isinstance(target.get("id"), str) else \
+                reference.rpartition(":")[2].rpartition("/")[2]
         if kind == "Patient" and patient_ref is None:
             patient_ref, patient_reference = _identifier(ident, "Patient reference"), reference
         elif kind in ("Practitioner", "PractitionerRole") and provider_id is None:

@@ -197,3 +197,24 @@ def test_a_file_separated_by_semicolons_is_refused_with_a_hint() -> None:
     parsed = parse_csv(data, clinic_id="north", hash_identity=lambda born, letters: "x")
     assert [p.line for p in parsed.errors] == [1]
     assert "separated by ';'" in parsed.errors[0].reason
+
+
+def test_fhir_participants_may_point_at_other_entries_by_their_full_url() -> None:
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0d3c6a52-patient",
+         "resource": {"resourceType": "Patient", "id": "p-7f3a9c", "birthDate": "1980-04-02",
+                      "name": [{"family": "Smith", "given": ["Jane"]}]}},
+        {"fullUrl": "urn:uuid:9a1b2c3d-practitioner",
+         "resource": {"resourceType": "Practitioner"}},
+        {"resource": {
+            "resourceType": "Appointment", "id": "apt-1", "status": "booked",
+            "serviceType": [{"text": "follow_up"}], "start": "2026-03-02T08:15:00-05:00",
+            "participant": [{"actor": {"reference": "urn:uuid:0d3c6a52-patient"}},
+                            {"actor": {"reference": "urn:uuid:9a1b2c3d-practitioner"}}]}}]}
+    parsed = parse_fhir_bundle(json.dumps(bundle).encode(), clinic_id="north",
+                               hash_identity=lambda born, letters: f"{born}|{letters}")
+    assert parsed.errors == []
+    (appointment,) = parsed.appointments
+    assert appointment.patient_ref == "p-7f3a9c"
+    assert appointment.provider_id == "9a1b2c3d-practitioner"
+    assert appointment.identity == "1980-04-02|JS"
