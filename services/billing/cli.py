@@ -85,7 +85,8 @@ def reconcile_from(entries: Sequence[d.Posted], *, clinic_id: str, business_date
     bounds = Desk.day_bounds_for(timezone, business_date)
     return d.reconcile(clinic_id=clinic_id, business_date=business_date, timezone=timezone,
                        starts_at=bounds[0], ends_at=bounds[1], entries=entries,
-                       source="ledger topic")
+                       source="ledger topic",
+                       carried={p.visit_id for p in entries if p.visit_id})
 
 
 def _reconcile(args: argparse.Namespace) -> int:

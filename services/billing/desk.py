@@ -307,17 +307,20 @@ class Desk:
 
     async def reconciliation(self, clinic_id: str, business_date: date,
                              counted: dict[str, int] | None = None) -> d.Reconciliation:
-        """The clinic's day from the Redis projection."""
+        """The clinic's day from the Redis projection. Open balances carried from earlier
+        days are the visits owing now, at what they owed at the end of the day (a visit
+        settled since is not listed for a past day)."""
         starts, ends = self.day_bounds(clinic_id, business_date)
         today = await self.store.entries_between(clinic_id, starts, ends)
-        visits = {p.visit_id for p in today if p.visit_id}
+        carried = await self.store.open_visits(clinic_id)
+        visits = {p.visit_id for p in today if p.visit_id} | set(carried)
         histories = await self.store.visits_entries(clinic_id, visits)
         counts = await self.store.drawer_counts(clinic_id, business_date)
         entries = [*today, *counts, *(p for h in histories.values() for p in h)]
         return d.reconcile(clinic_id=clinic_id, business_date=business_date,
                            timezone=self.timezone_of(clinic_id), starts_at=starts,
                            ends_at=ends, entries=entries, source="projection",
-                           counted=counted)
+                           counted=counted, carried=carried)
 
 
 def new_entry_id(prefix: str, clinic_id: str, visit_id: str, idempotency_key: str | None) -> str:

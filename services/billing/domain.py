@@ -728,6 +728,7 @@ class OpenBalance:
     paid_cents: int
     refunded_cents: int
     balance_cents: int
+    carried_over: bool = False  # from an earlier day, untouched on this one
 
 
 @dataclass(frozen=True)
@@ -786,13 +787,16 @@ class Reconciliation:
 def reconcile(*, clinic_id: str, business_date: date, timezone: str, starts_at: datetime,
               ends_at: datetime, entries: Iterable[Posted], source: str,
               conflicts: Sequence[tuple[Posted, Posted]] = (),
-              counted: Mapping[str, int] | None = None) -> Reconciliation:
+              counted: Mapping[str, int] | None = None,
+              carried: Iterable[str] = ()) -> Reconciliation:
     """Reconcile a clinic's day [``starts_at``, ``ends_at``).
 
     ``entries`` must hold the day's entries, the whole history (to the end of the
-    day) of every visit touched that day, and the drawer counts for the day;
-    more is fine. ``counted`` (cents per method) overrides the counted totals on the
-    ledger. ``conflicts`` are pairs of copies of one entry id that disagree."""
+    day) of every visit touched that day or ``carried``, and the drawer counts for the
+    day; more is fine. ``carried``: visits from earlier days whose balance at the end
+    of this day is listed too (untouched visits still owing). ``counted`` (cents per
+    method) overrides the counted totals on the ledger. ``conflicts`` are pairs of
+    copies of one entry id that disagree."""
     unique: dict[str, Posted] = {}
     for posted in sorted(entries, key=lambda p: p.position):
         unique.setdefault(posted.entry_id, posted)
@@ -867,18 +871,21 @@ def reconcile(*, clinic_id: str, business_date: date, timezone: str, starts_at: 
                 f"says {format_cents(totals.net_cents)} "
                 f"({'short' if short else 'over'} by {format_cents(abs(totals.difference_cents))})",
                 totals.difference_cents, totals.method))
-    touched = sorted({p.visit_id for p in today if p.visit_id})
+    touched = {p.visit_id for p in today if p.visit_id}
+    listed = touched | set(carried)
     histories: dict[str, list[Posted]] = {}
     for posted in before_end:
-        if posted.visit_id in touched:
+        if posted.visit_id in listed:
             histories.setdefault(posted.visit_id, []).append(posted)
-    for visit_id in touched:
+    for visit_id in sorted(listed):
         visit = account(visit_id, histories.get(visit_id, []))
-        _visit_discrepancies(report, visit)
+        if visit_id in touched:
+            _visit_discrepancies(report, visit)
         if visit.balance_cents:
             report.open_balances.append(OpenBalance(
                 visit_id, visit.patient_ref, visit.charges_cents, visit.patient_share_cents,
-                visit.paid_cents, visit.refunded_cents, visit.balance_cents))
+                visit.paid_cents, visit.refunded_cents, visit.balance_cents,
+                carried_over=visit_id not in touched))
     for first, second in conflicts:
         report.discrepancies.append(Discrepancy(
             "entry_conflict", f"entry {first.entry_id} is on the ledger twice with different "

@@ -26,7 +26,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.billing import metrics as m
-from services.billing.domain import Refused, same_amounts
+from services.billing.domain import Posted, Refused, account, same_amounts
 from services.billing.store import BillingStore, LedgerRecord, posted_of
 from shared import events as ev
 from shared.events_billing import ChargePosted, PaymentRecorded, PaymentRefunded
@@ -182,7 +182,8 @@ class LedgerProjection:
                 m.ENTRY_CONFLICTS.inc()
                 log.warning("two copies of one ledger entry disagree: the first counts",
                             entry_id=entry_id, clinic=record.clinic_id)
-        await self.store.apply_ledger(records, offsets)
+        await self.store.apply_ledger(records, offsets,
+                                      await self._open_visits(list(seen.values())))
         EVENTS_CONSUMED.labels("billing", "applied").inc(len(seen))
         for record in seen.values():
             entry = record.posted.entry
@@ -195,6 +196,21 @@ class LedgerProjection:
                     entry.amount_cents)
         await self._commit(offsets)
         return len(seen)
+
+    async def _open_visits(self, new: list[LedgerRecord]) -> dict[tuple[str, str], bool]:
+        """Whether each visit the new entries touch has a balance once they are applied."""
+        by_clinic: dict[str, dict[str, list[Posted]]] = {}
+        for record in new:
+            if record.posted.visit_id:
+                by_clinic.setdefault(record.clinic_id, {}).setdefault(
+                    record.posted.visit_id, []).append(record.posted)
+        result: dict[tuple[str, str], bool] = {}
+        for clinic_id, visits in by_clinic.items():
+            histories = await self.store.visits_entries(clinic_id, visits)
+            for visit_id, added in visits.items():
+                visit = account(visit_id, [*histories.get(visit_id, []), *added])
+                result[(clinic_id, visit_id)] = visit.balance_cents != 0
+        return result
 
     def _read(self, raw: Any) -> tuple[LedgerRecord | None, str]:
         if raw.value is None:

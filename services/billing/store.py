@@ -13,6 +13,7 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:billing:drawer:{clinic}:{yyyy-mm-dd}       ZSET drawer-count entry ids for a business day
     P:billing:clinics                            SET clinics with ledger entries
     P:billing:checkouts:{clinic}                 HASH checkout event id -> visit (from charges)
+    P:billing:open:{clinic}                      SET visits whose balance is not zero
     P:billing:arrival:{clinic}:{visit}           the visit's patient_ref, from patient.arrived
                                                  on the floor (40 days)
     P:billing:lock:{clinic}:{visit}              one money command at a time per visit (10 s)
@@ -106,6 +107,9 @@ class BillingStore:
     def _checkouts(self, clinic_id: str) -> str:
         return f"{self.prefix}:checkouts:{clinic_id}"
 
+    def _open(self, clinic_id: str) -> str:
+        return f"{self.prefix}:open:{clinic_id}"
+
     def _arrival(self, clinic_id: str, visit_id: str) -> str:
         return f"{self.prefix}:arrival:{clinic_id}:{visit_id}"
 
@@ -141,9 +145,16 @@ class BillingStore:
         return found
 
     async def apply_ledger(self, records: Sequence[LedgerRecord],
-                           offsets: Mapping[tuple[str, int], int]) -> None:
-        """Add the entries (first copy of an id wins) and store the offsets, atomically."""
+                           offsets: Mapping[tuple[str, int], int],
+                           open_visits: Mapping[tuple[str, str], bool] | None = None) -> None:
+        """Add the entries (first copy of an id wins), mark the touched visits open (a
+        balance) or settled, and store the offsets, atomically."""
         pipe = self.redis.pipeline(transaction=True)
+        for (open_clinic, open_visit), is_open in (open_visits or {}).items():
+            if is_open:
+                pipe.sadd(self._open(open_clinic), open_visit)
+            else:
+                pipe.srem(self._open(open_clinic), open_visit)
         clinics: set[str] = set()
         for record in records:
             posted, clinic_id = record.posted, record.clinic_id
@@ -222,6 +233,10 @@ class BillingStore:
 
     async def clinics(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(self._clinics))
+
+    async def open_visits(self, clinic_id: str) -> list[str]:
+        """Visits whose balance is not zero (owing, or a credit to refund)."""
+        return sorted(m.decode() for m in await self.redis.smembers(self._open(clinic_id)))
 
     async def visit_of_checkout(self, clinic_id: str, checkout_event_id: str) -> str | None:
         """The visit a charged checkout event priced (None: no charge came from it)."""

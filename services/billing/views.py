@@ -98,7 +98,7 @@ def reconciliation_json(report: d.Reconciliation) -> dict[str, Any]:
             {"visit_id": b.visit_id, "patient_ref": b.patient_ref,
              "charges_cents": b.charges_cents, "patient_share_cents": b.patient_share_cents,
              "paid_cents": b.paid_cents, "refunded_cents": b.refunded_cents,
-             "balance_cents": b.balance_cents}
+             "balance_cents": b.balance_cents, "carried_over": b.carried_over}
             for b in report.open_balances
         ],
         "discrepancies": [
@@ -132,7 +132,8 @@ def reconciliation_csv(report: d.Reconciliation) -> str:
     for b in report.open_balances:
         writer.writerow(["open_balance", c, day, b.visit_id, b.balance_cents,
                          f"share={b.patient_share_cents} paid={b.paid_cents} "
-                         f"refunded={b.refunded_cents}"])
+                         f"refunded={b.refunded_cents}"
+                         f"{' carried over' if b.carried_over else ''}"])
     for x in report.discrepancies:
         writer.writerow(["discrepancy", c, day, x.kind, "" if x.amount_cents is None
                          else x.amount_cents, x.message])
@@ -180,7 +181,8 @@ def reconciliation_html(report: d.Reconciliation) -> str:
         f"<td class=n>{_money(t.net_cents)}</td><td class=n>{_money(t.counted_cents)}</td>"
         f"<td class=n>{_money(t.difference_cents)}</td></tr>" for t in report.methods)
     balances = "".join(
-        f"<tr><td>{escape(b.visit_id)}</td><td class=n>{_money(b.patient_share_cents)}</td>"
+        f"<tr><td>{escape(b.visit_id)}{' (earlier day)' if b.carried_over else ''}</td>"
+        f"<td class=n>{_money(b.patient_share_cents)}</td>"
         f"<td class=n>{_money(b.paid_cents - b.refunded_cents)}</td>"
         f"<td class=n>{_money(b.balance_cents)}</td></tr>" for b in report.open_balances)
     problems = "".join(f"<li>{escape(x.message)}</li>" for x in report.discrepancies)

@@ -63,11 +63,13 @@ class Ledger:
                                  amount_cents=cents, reference=None if method == "cash"
                                  else "ref1", reason="desk", made_by="dev billing"))
 
-    def reconcile(self, day: date = DAY, **counted: int) -> d.Reconciliation:
+    def reconcile(self, day: date = DAY, carried: tuple[str, ...] | list[str] = (),
+                  **counted: int) -> d.Reconciliation:
         starts = datetime(day.year, day.month, day.day, tzinfo=UTC)
         return d.reconcile(clinic_id="north", business_date=day, timezone="UTC",
                            starts_at=starts, ends_at=starts + timedelta(days=1),
-                           entries=self.posted, source="test", counted=counted)
+                           entries=self.posted, source="test", counted=counted,
+                           carried=carried)
 
 
 def coverage(visit: str, **terms: int | bool) -> CoverageRecorded:
@@ -281,3 +283,17 @@ def test_a_business_day_is_cut_at_the_clinics_own_midnight() -> None:
     # the spring-forward day is 23 hours long
     starts, ends = Desk.day_bounds_for("America/Chicago", date(2026, 3, 8))
     assert ends - starts == timedelta(hours=23)
+
+
+def test_a_visit_still_owing_from_an_earlier_day_is_carried_into_the_days_open_balances(
+) -> None:
+    ledger = Ledger()
+    ledger.checkout("v1", ["99213"])  # Monday, unpaid
+    ledger.checkout("v2", ["36415"])
+    ledger.pay("v2", "pay-1", "cash", 1200)
+    ledger.at = END + timedelta(hours=9)
+    ledger.checkout("v3", ["99211"])  # Tuesday
+    tuesday = ledger.reconcile(DAY + timedelta(days=1), carried=["v1", "v2"])
+    assert [(b.visit_id, b.balance_cents, b.carried_over) for b in tuesday.open_balances] == [
+        ("v1", 13000, True), ("v3", 2800, False)]
+    assert tuesday.reconciled  # an old debt is listed, not a discrepancy of the day

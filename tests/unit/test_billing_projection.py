@@ -50,6 +50,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.offsets: dict[tuple[str, int], int] = {}
         self.entries: dict[str, Any] = {}
+        self.open: dict[tuple[str, str], bool] = {}
         self.fail = False
 
     async def ledger_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -59,13 +60,18 @@ class FakeStore:
         return {r.posted.entry_id: self.entries[r.posted.entry_id] for r in records
                 if r.posted.entry_id in self.entries}
 
+    async def visits_entries(self, _clinic_id: str, visits: Any) -> dict[str, list[Any]]:
+        return {v: [p for p in self.entries.values() if p.visit_id == v] for v in visits}
+
     async def apply_ledger(self, records: list[LedgerRecord],
-                           offsets: dict[tuple[str, int], int]) -> None:
+                           offsets: dict[tuple[str, int], int],
+                           open_visits: dict[tuple[str, str], bool]) -> None:
         if self.fail:
             raise ConnectionError("redis down")
         for record in records:
             self.entries.setdefault(record.posted.entry_id, record.posted)
         self.offsets.update(offsets)
+        self.open.update(open_visits)
 
 
 class Subscriber:
@@ -94,6 +100,7 @@ async def test_a_redelivered_entry_is_applied_once_and_the_first_copy_counts() -
              Record(TOPIC, 0, 1, b"north", payment("pay-1", 900))]
     assert await made.handle(batch) == 1
     assert store.entries["pay-1"].amount_cents == 500
+    assert store.open == {("north", "v1"): True}  # paid before any charge: a credit
     assert await made.handle(batch) == 0  # the same batch delivered again
     assert store.offsets == {(TOPIC, 0): 1}
     assert kafka.committed == {TopicPartition(TOPIC, 0): 2}
