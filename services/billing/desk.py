@@ -1,8 +1,9 @@
 """The billing desk's commands: checkout, coverage, payments, refunds, voids, drawer counts,
 and the reads that answer from the ledger projection (accounts, receipts, reconciliation).
 
-Each command runs under a per-visit lock, reads the visit's account from the Redis
-projection, lets the pure domain decide which ledger entries to post, publishes them
+Each command waits until the Redis projection holds the clinic's ledger partition up
+to its current end (after a restart it catches up first), takes a per-visit lock, reads
+the visit's account, lets the pure domain decide which ledger entries to post, publishes them
 on the ledger topic (``acks=all``, keyed by clinic, ``event_id`` = ``entry_id``) and
 waits until the projection has applied them, so the next command on the visit sees
 them. Entry ids are deterministic (the checkout's from the visit, a payment's from its
