@@ -66,7 +66,11 @@ class LedgerProjection:
         partitions = sorted(kafka.partitions_for_topic(self.ledger_topic))
         tp = TopicPartition(self.ledger_topic, self._partitioner(
             clinic_id.encode(), partitions, partitions))
-        end = (await kafka.end_offsets([tp]))[tp]
+        try:
+            end = (await kafka.end_offsets([tp]))[tp]
+        except Exception as exc:  # a rebalance or a broker away: the caller may retry
+            raise Refused(f"the ledger's end is not known right now ({exc!r}): try again "
+                          "shortly", 503) from None
         while end > 0:
             stored = await self.store.ledger_offsets([(tp.topic, tp.partition)])
             if stored.get((tp.topic, tp.partition), -1) >= end - 1:
