@@ -16,6 +16,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.helpers import REPO, ServiceProcess, auth, read_topic
+from tests.integration.test_checkin_support import midday_zone
 
 SCHEDULE = ("appointment_id,patient_ref,provider_id,visit_type,scheduled_at,"
             "duration_minutes,dob,initials\n"
@@ -34,6 +35,7 @@ async def checkin(flow: dict[str, Any], kafka_bootstrap: str, redis_url: str,
         "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
         "CLINICFLOW_REDIS_PREFIX": topic_prefix.rstrip("."),
         "CLINICFLOW_CHECKIN_GROUP_ID": f"{topic_prefix}checkin",
+        "CLINICFLOW_CHECKIN_TIMEZONE": midday_zone(),  # "today" whenever the test runs
     }
     service = ServiceProcess("checkin", env, tmp_path / "checkin.log")
     service.start()

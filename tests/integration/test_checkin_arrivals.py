@@ -187,14 +187,19 @@ async def test_kiosk_checks_in_by_code_or_birth_date_and_initials_without_publis
                                                 "initials": "XX"}, headers=KIOSK)
     assert wrong.status_code == 404
     assert "1991" not in wrong.text and "XX" not in wrong.text
+    late = await checkin.client.post("/clinics/north/kiosk/check-ins",
+                                     json={"appointment_code": "apt-late"}, headers=KIOSK)
+    assert late.status_code == 201 and late.json()["late"] is True
     both = await checkin.client.post(
         "/clinics/north/kiosk/check-ins",
         json={"appointment_code": "apt-soon", "initials": "MB"}, headers=KIOSK)
     assert both.status_code == 422
 
-    events = await checkin.events(expect=6)
+    events = await checkin.events(expect=7)
     arrivals = [e for e in events if e["event_type"] == "patient.arrived"]
-    assert {e["data"]["appointment_id"] for e in arrivals} == {"APT-Kiosk", "apt-dob"}
+    assert {e["data"]["appointment_id"] for e in arrivals} == {"APT-Kiosk", "apt-dob",
+                                                               "apt-late"}
+    assert [e["data"]["late"] for e in arrivals] == [False, False, True]
     raw = await checkin.raw_floor()
     for secret in (DOB.encode(), b"1991-07-15", b"JQ", b'"MB"', b"m.b.", b"initials",
                    b"date_of_birth"):

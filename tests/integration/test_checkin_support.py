@@ -64,6 +64,7 @@ async def running_checkin(kafka_bootstrap: str, redis_url: str, topic_prefix: st
         await ensure_topics(kafka_bootstrap, topic_prefix)
     settings = CheckinSettings(**{
         "env": "test",
+        "checkin_timezone": midday_zone(),
         "kafka_bootstrap": kafka_bootstrap,
         "redis_url": redis_url,
         "topic_prefix": topic_prefix,
@@ -84,6 +85,13 @@ async def _ready(client: httpx.AsyncClient) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("checkin did not become ready")
+
+
+def midday_zone() -> str:
+    """An IANA zone where it is about noon now: "today" of the clinic then holds every
+    time a test uses (now - 3 h ... now + 3 h), whenever the tests run."""
+    offset = 12 - datetime.now(UTC).hour  # hours east of UTC, -11 ... +12
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
 
 
 def at(minutes_from_now: float) -> str:
