@@ -117,3 +117,20 @@ async def test_two_desks_checking_in_the_same_appointment_at_once_make_one_arriv
         assert sorted(a.status_code for a in answers) == [201, 409, 409, 409, 409, 409]
         events = await checkin.events(expect=2)
         assert [e["event_type"] for e in events] == ["appointment.scheduled", "patient.arrived"]
+
+
+async def test_the_same_idempotency_key_sent_twice_at_once_makes_one_arrival(
+    kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+) -> None:
+    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix) as checkin:
+        answers = await asyncio.gather(*(
+            checkin.client.post("/clinics/north/arrivals", json={"visit_type": "follow_up"},
+                                headers={**FRONT_DESK, "Idempotency-Key": "double-tap"})
+            for _ in range(3)))
+        created = [a for a in answers if a.status_code == 201]
+        assert created, [a.text for a in answers]
+        # the others are the same arrival replayed, or told the first is still running
+        assert {a.json()["visit_id"] for a in created} == {created[0].json()["visit_id"]}
+        assert all(a.status_code in (201, 409) for a in answers)
+        events = await checkin.events(expect=1)
+        assert [e["event_type"] for e in events] == ["patient.arrived"]
