@@ -3,8 +3,12 @@ balances, receipts and end-of-day reconciliation. Routes are thin: the desk deci
 
 Roles: checkout and coverage by billing, front desk or manager; payments and refunds
 by billing staff; voids and reports by managers; drawer counts and re-pricing by
-billing or managers. Every command honours ``Idempotency-Key``; money commands derive
-their ledger entry id from it, so a retry never posts twice.
+billing or managers.
+
+Every command honours ``Idempotency-Key`` on the ledger itself rather than with a
+pending marker in Redis: the entry id derives from the key (the checkout's from the
+visit), so a retry, even one after a crash, posts nothing twice and answers
+``"replayed": true``; the same key for a different request is a 422.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
@@ -22,7 +26,6 @@ from services.billing import views
 from services.billing.desk import Desk, new_entry_id
 from shared.auth import Principal, require_role
 from shared.events_billing import CPT_PATTERN, MAX_CENTS, PaymentMethod
-from shared.idempotency import IdempotencyStore, fingerprint
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 ClinicId = Annotated[str, Path(pattern=_ID, examples=["north"])]
@@ -87,31 +90,20 @@ class DrawerCountIn(BaseModel):
 Action = Callable[[], Awaitable[tuple[int, Any]]]
 
 
-def make_router(desk: Desk, idempotency: IdempotencyStore) -> APIRouter:
+def make_router(desk: Desk) -> APIRouter:
     router = APIRouter()
 
-    async def once(request: Request, clinic_id: str, key: str | None, action: Action) -> Any:
-        """Run a command (refusals become 4xx naming the problem); a repeated
-        Idempotency-Key answers what the first request answered."""
-
-        async def guarded() -> tuple[int, Any]:
-            try:
-                return await action()
-            except d.Refused as exc:
-                raise HTTPException(exc.status, detail=exc.message) from None
-
-        if key is None:
-            return (await guarded())[1]
-        raw = await request.body()
-        _status, answer, replayed = await idempotency.run(
-            f"billing:{clinic_id}", key, fingerprint(request.method, request.url.path, raw),
-            guarded)
-        return {**answer, "replayed": replayed}
+    async def once(action: Action) -> Any:
+        """Run a command; refusals become 4xx naming the problem."""
+        try:
+            return (await action())[1]
+        except d.Refused as exc:
+            raise HTTPException(exc.status, detail=exc.message) from None
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/checkout", status_code=202,
                  tags=["checkout"], summary="Check a patient out: price the visit, end it")
     async def checkout(clinic_id: ClinicId, visit_id: VisitId, body: Checkout,
-                       request: Request, idempotency_key: IdempotencyKey = None,
+                       idempotency_key: IdempotencyKey = None,
                        principal: Principal = Depends(desk_staff)) -> Any:
         """Prices the visit from the clinic's fee schedule and its coverage, posts the charge
         and the patient's share on the ledger (once per visit, whatever the retries), then
@@ -125,82 +117,83 @@ def make_router(desk: Desk, idempotency: IdempotencyStore) -> APIRouter:
                                          patient_ref=body.patient_ref, made_by=principal.name)
             return 202, {"event_id": result.checkout_event_id, "visit_id": visit_id,
                          "outcome": result.outcome, "posted": list(result.entries),
+                         "replayed": result.outcome == "duplicate",
                          "account": views.account_json(result.account)}
 
-        return await once(request, clinic_id, idempotency_key, act)
+        return await once(act)
 
     @router.put("/clinics/{clinic_id}/visits/{visit_id}/coverage", tags=["coverage"],
                 summary="Record the visit's coverage (copay, coinsurance, deductible)")
     async def coverage(clinic_id: ClinicId, visit_id: VisitId, body: CoverageIn,
-                       request: Request, idempotency_key: IdempotencyKey = None,
+                       idempotency_key: IdempotencyKey = None,
                        principal: Principal = Depends(desk_staff)) -> Any:
         principal.require_clinic(clinic_id)
 
         async def act() -> tuple[int, Any]:
-            account = await desk.record_coverage(
+            account, replayed = await desk.record_coverage(
                 clinic_id, visit_id, entry_id=new_entry_id("cov", clinic_id, visit_id,
                                                            idempotency_key),
                 patient_ref=body.patient_ref, copay_cents=body.copay_cents,
                 coinsurance_basis_points=body.coinsurance_basis_points,
                 deductible_remaining_cents=body.deductible_remaining_cents,
                 self_pay=body.self_pay, made_by=principal.name)
-            return 200, views.account_json(account)
+            return 200, {**views.account_json(account), "replayed": replayed}
 
-        return await once(request, clinic_id, idempotency_key, act)
+        return await once(act)
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/payments", status_code=201,
                  tags=["payments"], summary="Record a payment (cash, check, card reference)")
-    async def pay(clinic_id: ClinicId, visit_id: VisitId, body: PaymentIn, request: Request,
+    async def pay(clinic_id: ClinicId, visit_id: VisitId, body: PaymentIn,
                   idempotency_key: IdempotencyKey = None,
                   principal: Principal = Depends(billing_staff)) -> Any:
         principal.require_clinic(clinic_id)
 
         async def act() -> tuple[int, Any]:
-            receipt = await desk.pay(
+            receipt, replayed = await desk.pay(
                 clinic_id, visit_id,
                 entry_id=new_entry_id("pay", clinic_id, visit_id, idempotency_key),
                 method=body.method, amount_cents=body.amount_cents, reference=body.reference,
                 reason=body.reason, made_by=principal.name)
-            return 201, views.receipt_json(receipt)
+            return 201, {**views.receipt_json(receipt), "replayed": replayed}
 
-        return await once(request, clinic_id, idempotency_key, act)
+        return await once(act)
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/payments/{payment_id}/refunds",
                  status_code=201, tags=["payments"], summary="Refund (part of) a payment")
     async def refund(clinic_id: ClinicId, visit_id: VisitId, payment_id: EntryId,
-                     body: RefundIn, request: Request, idempotency_key: IdempotencyKey = None,
+                     body: RefundIn, idempotency_key: IdempotencyKey = None,
                      principal: Principal = Depends(billing_staff)) -> Any:
         principal.require_clinic(clinic_id)
 
         async def act() -> tuple[int, Any]:
-            receipt = await desk.refund(
+            receipt, replayed = await desk.refund(
                 clinic_id, visit_id,
                 entry_id=new_entry_id("rfd", clinic_id, visit_id, idempotency_key),
                 payment_entry_id=payment_id, amount_cents=body.amount_cents,
                 reason=body.reason, made_by=principal.name)
-            return 201, views.receipt_json(receipt)
+            return 201, {**views.receipt_json(receipt), "replayed": replayed}
 
-        return await once(request, clinic_id, idempotency_key, act)
+        return await once(act)
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/entries/{entry_id}/void",
                  tags=["payments"], summary="Void an entry made in error (managers)")
     async def void(clinic_id: ClinicId, visit_id: VisitId, entry_id: EntryId, body: VoidIn,
-                   request: Request, idempotency_key: IdempotencyKey = None,
+                   idempotency_key: IdempotencyKey = None,
                    principal: Principal = Depends(managers)) -> Any:
         principal.require_clinic(clinic_id)
 
         async def act() -> tuple[int, Any]:
-            account = await desk.void(
+            account, replayed = await desk.void(
                 clinic_id, visit_id, target_entry_id=entry_id,
                 void_id=new_entry_id("void", clinic_id, visit_id, idempotency_key),
                 reason=body.reason, made_by=principal.name)
-            return 200, views.account_json(account)
+            return 200, {**views.account_json(account), "replayed": replayed}
 
-        return await once(request, clinic_id, idempotency_key, act)
+        return await once(act)
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/reprice", tags=["checkout"],
                  summary="Re-price the patient's share under the latest coverage")
-    async def reprice(clinic_id: ClinicId, visit_id: VisitId, body: VoidIn, request: Request,
+    async def reprice(clinic_id: ClinicId, visit_id: VisitId, body: VoidIn,
                       idempotency_key: IdempotencyKey = None,
                       principal: Principal = Depends(counters)) -> Any:
         """Coverage recorded or corrected after checkout: the standing share is voided and
@@ -208,13 +201,13 @@ def make_router(desk: Desk, idempotency: IdempotencyStore) -> APIRouter:
         principal.require_clinic(clinic_id)
 
         async def act() -> tuple[int, Any]:
-            account = await desk.reprice(
+            account, replayed = await desk.reprice(
                 clinic_id, visit_id,
                 command_id=new_entry_id("rep", clinic_id, visit_id, idempotency_key),
                 reason=body.reason, made_by=principal.name)
-            return 200, views.account_json(account)
+            return 200, {**views.account_json(account), "replayed": replayed}
 
-        return await once(request, clinic_id, idempotency_key, act)
+        return await once(act)
 
     @router.get("/clinics/{clinic_id}/visits/{visit_id}/account", tags=["balances"],
                 summary="A visit's charges, share, payments and balance")
@@ -254,7 +247,7 @@ def make_router(desk: Desk, idempotency: IdempotencyStore) -> APIRouter:
 
     @router.post("/clinics/{clinic_id}/drawer-counts", status_code=201, tags=["reports"],
                  summary="Declare the end-of-day count per method")
-    async def count_drawer(clinic_id: ClinicId, body: DrawerCountIn, request: Request,
+    async def count_drawer(clinic_id: ClinicId, body: DrawerCountIn,
                            idempotency_key: IdempotencyKey = None,
                            principal: Principal = Depends(counters)) -> Any:
         principal.require_clinic(clinic_id)
@@ -262,15 +255,15 @@ def make_router(desk: Desk, idempotency: IdempotencyStore) -> APIRouter:
         async def act() -> tuple[int, Any]:
             entry_id = new_entry_id("cnt", clinic_id, body.business_date.isoformat(),
                                     idempotency_key)
-            await desk.count_drawer(clinic_id, entry_id=entry_id,
+            replayed = await desk.count_drawer(clinic_id, entry_id=entry_id,
                                     business_date=body.business_date,
                                     counted={"cash": body.cash_cents,
                                              "check": body.check_cents,
                                              "card": body.card_cents},
                                     made_by=principal.name)
-            return 201, {"entry_id": entry_id}
+            return 201, {"entry_id": entry_id, "replayed": replayed}
 
-        return await once(request, clinic_id, idempotency_key, act)
+        return await once(act)
 
     @router.get("/clinics/{clinic_id}/reconciliation", tags=["reports"],
                 summary="End-of-day reconciliation (JSON, CSV or HTML)")

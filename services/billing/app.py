@@ -15,7 +15,6 @@ from services.billing.fees import FeeScheduleFile
 from services.billing.floor import FloorConsumer
 from services.billing.projection import LedgerProjection
 from services.billing.store import BillingStore
-from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
 from shared.metrics import EVENTS_PUBLISHED
 from shared.service import ServiceRuntime, make_http_app
@@ -99,5 +98,5 @@ def create_app(settings: BillingSettings) -> FastAPI:
     app.state.desk = desk
     app.state.projection = projection
     app.state.floor = floor
-    app.include_router(make_router(desk, IdempotencyStore(runtime.redis, settings.redis_prefix)))
+    app.include_router(make_router(desk))
     return app

@@ -32,6 +32,7 @@ from shared.events_billing import (
     CoverageRecorded,
     LedgerEntry,
     PaymentMethod,
+    PaymentRefunded,
 )
 from shared.logging import get_logger
 
@@ -200,8 +201,9 @@ class Desk:
     async def record_coverage(self, clinic_id: str, visit_id: str, *, entry_id: str,
                               patient_ref: str | None, copay_cents: int,
                               coinsurance_basis_points: int, deductible_remaining_cents: int,
-                              self_pay: bool, made_by: str) -> d.Account:
-        """The patient's cost-sharing for the visit (the latest recorded is the one used)."""
+                              self_pay: bool, made_by: str) -> tuple[d.Account, bool]:
+        """The patient's cost-sharing for the visit (the latest recorded is the one used).
+        Returns the account and whether ``entry_id`` was recorded already (a replay)."""
         entry = CoverageRecorded(
             entry_id=entry_id, visit_id=visit_id, patient_ref=patient_ref,
             copay_cents=copay_cents, coinsurance_basis_points=coinsurance_basis_points,
@@ -209,81 +211,113 @@ class Desk:
             reason="coverage captured", made_by=made_by)
         token = await self._locked(clinic_id, visit_id)
         try:
-            await self._post(clinic_id, [entry], visit_id)
-            return await self.account(clinic_id, visit_id)
+            account = await self.account(clinic_id, visit_id)
+            existing = account.find(entry_id)
+            if existing is None:
+                await self._post(clinic_id, [entry], visit_id)
+                return await self.account(clinic_id, visit_id), False
+            _same_request(existing.entry, entry, "coverage")
+            return account, True
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
     async def pay(self, clinic_id: str, visit_id: str, *, entry_id: str,
                   method: PaymentMethod, amount_cents: int, reference: str | None,
-                  reason: str, made_by: str) -> d.Receipt:
+                  reason: str, made_by: str) -> tuple[d.Receipt, bool]:
+        """A payment; returns its receipt and whether ``entry_id`` was taken already (a
+        replay: nothing posted; a different payment under the same id is refused)."""
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
-            if account.find(entry_id) is None:
-                payment = d.plan_payment(account, entry_id=entry_id, method=method,
-                                         amount_cents=amount_cents, reference=reference,
-                                         reason=reason, made_by=made_by)
-                await self._post(clinic_id, [payment], visit_id)
-                account = await self.account(clinic_id, visit_id)
-            return d.receipt(clinic_id, account, entry_id)
+            payment = d.plan_payment(account, entry_id=entry_id, method=method,
+                                     amount_cents=amount_cents, reference=reference,
+                                     reason=reason, made_by=made_by)
+            existing = account.find(entry_id)
+            if existing is not None:
+                _same_request(existing.entry, payment, "payment")
+                return d.receipt(clinic_id, account, entry_id), True
+            await self._post(clinic_id, [payment], visit_id)
+            account = await self.account(clinic_id, visit_id)
+            return d.receipt(clinic_id, account, entry_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
     async def refund(self, clinic_id: str, visit_id: str, *, entry_id: str,
                      payment_entry_id: str, amount_cents: int, reason: str,
-                     made_by: str) -> d.Receipt:
+                     made_by: str) -> tuple[d.Receipt, bool]:
+        """A refund of (part of) a payment; returns its receipt and whether it is a replay."""
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
-            if account.find(entry_id) is None:
-                refund = d.plan_refund(account, entry_id=entry_id,
-                                       payment_entry_id=payment_entry_id,
-                                       amount_cents=amount_cents, reason=reason,
-                                       made_by=made_by)
-                await self._post(clinic_id, [refund], visit_id)
-                account = await self.account(clinic_id, visit_id)
-            return d.receipt(clinic_id, account, entry_id)
+            existing = account.find(entry_id)
+            if existing is not None:
+                entry = existing.entry
+                if not (isinstance(entry, PaymentRefunded)
+                        and entry.payment_entry_id == payment_entry_id
+                        and entry.amount_cents == amount_cents):
+                    raise _reused("refund")
+                return d.receipt(clinic_id, account, entry_id), True
+            refund = d.plan_refund(account, entry_id=entry_id,
+                                   payment_entry_id=payment_entry_id,
+                                   amount_cents=amount_cents, reason=reason, made_by=made_by)
+            await self._post(clinic_id, [refund], visit_id)
+            account = await self.account(clinic_id, visit_id)
+            return d.receipt(clinic_id, account, entry_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
     async def void(self, clinic_id: str, visit_id: str, *, target_entry_id: str,
-                   void_id: str, reason: str, made_by: str) -> d.Account:
+                   void_id: str, reason: str, made_by: str) -> tuple[d.Account, bool]:
+        """Void an entry; returns the account and whether ``void_id`` was posted already."""
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
-            if account.find(void_id) is None:
-                voids = d.plan_void(account, target_entry_id=target_entry_id,
-                                    void_id=void_id, reason=reason, made_by=made_by)
-                await self._post(clinic_id, voids, visit_id)
-                account = await self.account(clinic_id, visit_id)
-            return account
+            existing = account.find(void_id)
+            if existing is not None:
+                if getattr(existing.entry, "voided_entry_id", None) != target_entry_id:
+                    raise _reused("void")
+                return account, True
+            voids = d.plan_void(account, target_entry_id=target_entry_id,
+                                void_id=void_id, reason=reason, made_by=made_by)
+            await self._post(clinic_id, voids, visit_id)
+            return await self.account(clinic_id, visit_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
     async def reprice(self, clinic_id: str, visit_id: str, *, command_id: str, reason: str,
-                      made_by: str) -> d.Account:
+                      made_by: str) -> tuple[d.Account, bool]:
         """Post the visit's patient share again under its latest coverage (the standing
-        share is voided). Ids derive from ``command_id``: a retry re-prices once."""
+        share is voided). Ids derive from ``command_id``: a retry re-prices once (and
+        answers ``True``, a replay)."""
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
+            if any(account.find(d.stable_id("shr", command_id, p.entry_id)) is not None
+                   for p in account.entries if isinstance(p.entry, d.ChargePosted)):
+                return account, True
             entries = d.plan_reprice(account, command_id=command_id, reason=reason,
                                      made_by=made_by)
             entries = [e for e in entries if account.find(e.entry_id) is None]
             if entries:
                 await self._post(clinic_id, entries, visit_id)
                 account = await self.account(clinic_id, visit_id)
-            return account
+            return account, False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
     async def count_drawer(self, clinic_id: str, *, entry_id: str, business_date: date,
-                           counted: dict[str, int | None], made_by: str) -> None:
+                           counted: dict[str, int | None], made_by: str) -> bool:
+        """Declare a day's count; returns whether ``entry_id`` was declared already."""
         entry = d.drawer_count_entry(entry_id=entry_id, business_date=business_date,
                                      counted=counted, reason="end-of-day count",
                                      made_by=made_by)
+        await self.barrier(clinic_id)
+        existing = await self.store.entry(clinic_id, entry_id)
+        if existing is not None:
+            _same_request(existing.entry, entry, "drawer count")
+            return True
         await self._post(clinic_id, [entry], None)
+        return False
 
     # --------------------------------------------------------------- reads
 
@@ -322,6 +356,19 @@ class Desk:
                            timezone=self.timezone_of(clinic_id), starts_at=starts,
                            ends_at=ends, entries=entries, source="projection",
                            counted=counted, carried=carried)
+
+
+def _reused(what: str) -> d.Refused:
+    return d.Refused(f"Idempotency-Key was already used for a different {what}", 422)
+
+
+def _same_request(existing: LedgerEntry, planned: LedgerEntry, what: str) -> None:
+    """Refuse a command whose entry id (from its Idempotency-Key) is on the ledger with
+    other contents: the same key for a different request."""
+    ignore = {"reason", "made_by"}
+    if (type(existing) is not type(planned)
+            or existing.model_dump(exclude=ignore) != planned.model_dump(exclude=ignore)):
+        raise _reused(what)
 
 
 def new_entry_id(prefix: str, clinic_id: str, visit_id: str, idempotency_key: str | None) -> str:

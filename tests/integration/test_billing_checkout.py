@@ -169,6 +169,11 @@ async def test_payments_refunds_voids_and_receipts(billing_env: dict[str, Any]) 
                                           "reference": "AUTH-123456"})
         assert first.status_code == 201, first.text
         assert retried.json()["replayed"] is True
+        reused = await client.post("/clinics/north/visits/v4/payments", headers=key,
+                                   json={"method": "card", "amount_cents": 2500,
+                                         "reference": "AUTH-123456"})
+        assert reused.status_code == 422
+        assert "Idempotency-Key was already used" in reused.json()["detail"]
         receipt = first.json()
         assert receipt["balance_cents"] == 1000 and receipt["reference"] == "•••••••3456"
         cash = await client.post("/clinics/north/visits/v4/payments", headers=BILLING,
