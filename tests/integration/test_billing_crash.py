@@ -1,5 +1,6 @@
-"""A billing service killed with -9 in the middle of a burst of checkouts, restarted, and
-retried by every desk: one charge per visit, and the day still adds up to the cent."""
+"""A billing service killed with -9 in the middle of a burst of checkouts, then of
+payments, restarted, and retried by every desk: one charge and one payment per visit,
+and the day still adds up to the cent."""
 
 from __future__ import annotations
 
@@ -26,28 +27,44 @@ __all__ = ["billing_env"]
 FEE_99214 = 18500  # the example schedule
 
 
-async def _check_out_until_done(client: httpx.AsyncClient, service: ServiceProcess,
-                                visit: str) -> str:
-    """What a desk does: send the checkout again until the service answers it."""
+async def _until_answered(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                          headers: dict[str, str]) -> dict[str, Any]:
+    """What a desk does: send the same request again until the service answers it."""
     for _attempt in range(400):
         try:
-            answer = await client.post(f"{service.url}/clinics/north/visits/{visit}/checkout",
-                                       headers=BILLING, json={"cpt_codes": ["99214"]},
-                                       timeout=5)
+            answer = await client.post(url, headers=headers, json=body, timeout=5)
         except httpx.HTTPError:
             await asyncio.sleep(0.1)
             continue
-        if answer.status_code == 202:
-            outcome: str = answer.json()["outcome"]
-            return outcome
+        if answer.status_code in (201, 202):
+            done: dict[str, Any] = answer.json()
+            return done
         assert answer.status_code in (409, 503), answer.text  # busy visit, not ready yet
         await asyncio.sleep(0.1)
-    raise AssertionError(f"checkout of {visit} never answered")
+    raise AssertionError(f"{url} never answered")
+
+
+async def _check_out_until_done(client: httpx.AsyncClient, service: ServiceProcess,
+                                visit: str) -> str:
+    answer = await _until_answered(client, f"{service.url}/clinics/north/visits/{visit}/checkout",
+                                   {"cpt_codes": ["99214"]}, BILLING)
+    outcome: str = answer["outcome"]
+    return outcome
+
+
+async def _pay_until_done(client: httpx.AsyncClient, service: ServiceProcess,
+                          visit: str) -> bool:
+    answer = await _until_answered(
+        client, f"{service.url}/clinics/north/visits/{visit}/payments",
+        {"method": "cash", "amount_cents": FEE_99214 // 2},
+        {**BILLING, "Idempotency-Key": f"desk-2-{visit}"})
+    replayed: bool = answer["replayed"]
+    return replayed
 
 
 @pytest.mark.reliability(
-    "billing killed with -9 mid-checkouts, requests retried",
-    "one charge per visit",
+    "billing killed with -9 mid-checkouts, then mid-payments, requests retried",
+    "one charge and one payment per visit; the day adds up",
 )
 async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_once(
     billing_env: dict[str, Any], tmp_path: Path,
@@ -83,5 +100,23 @@ async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_onc
             assert report["charges_cents"] == 30 * FEE_99214
             assert report["patient_share_cents"] == 30 * FEE_99214
             assert report["open_balance_cents"] == 30 * FEE_99214
+
+            # the same with payments, each sent with its Idempotency-Key until answered
+            tills = [asyncio.create_task(_pay_until_done(client, service, v)) for v in visits]
+            await asyncio.sleep(0.3)
+            service.kill()
+            service.start()
+            await asyncio.gather(*tills)
+            payments: dict[str, set[str]] = defaultdict(set)
+            for event in of_type(await ledger(billing_env), "payment.recorded"):
+                payments[event.payload.visit_id].add(  # type: ignore[attr-defined]
+                    event.envelope.event_id)
+            assert {v: len(ids) for v, ids in payments.items()} == dict.fromkeys(visits, 1)
+            report = (await client.get(
+                f"{service.url}/clinics/north/reconciliation?date={today}",
+                headers=MANAGER)).json()
+            cash = next(m for m in report["methods"] if m["method"] == "cash")
+            assert (cash["payment_count"], cash["net_cents"]) == (30, 30 * (FEE_99214 // 2))
+            assert report["open_balance_cents"] == 30 * (FEE_99214 - FEE_99214 // 2)
     finally:
         service.stop()
