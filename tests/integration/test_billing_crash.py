@@ -84,6 +84,7 @@ async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_onc
             service.kill()
             service.start()  # same port: the desks' retries reach the new process
             outcomes = await asyncio.gather(*desks)
+            await service.wait_ready()
             assert outcomes[:5] == ["duplicate"] * 5
             assert set(outcomes) <= {"priced", "duplicate", "completed"}
             events = await ledger(billing_env)
@@ -103,10 +104,11 @@ async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_onc
 
             # the same with payments, each sent with its Idempotency-Key until answered
             tills = [asyncio.create_task(_pay_until_done(client, service, v)) for v in visits]
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.05)  # some payments taken, some in flight
             service.kill()
             service.start()
             await asyncio.gather(*tills)
+            await service.wait_ready()
             payments: dict[str, set[str]] = defaultdict(set)
             for event in of_type(await ledger(billing_env), "payment.recorded"):
                 payments[event.payload.visit_id].add(  # type: ignore[attr-defined]
