@@ -3,11 +3,19 @@
 A retried request with the same key and the same body gets the first answer
 again, and publishes nothing new. The same key with a different body is a
 422: the client reused a key by mistake. A key whose first request is still
-running is a 409. Keys live for a day (a clinic day is the unit of work).
+running is a 409 with ``Retry-After``. Keys live for a day (a clinic day is the
+unit of work).
+
+The "still running" marker lives ``PENDING_TTL_SECONDS`` and is renewed while the
+request runs, so the marker of a process that died mid-request is gone within
+seconds and the client's retry runs the command (before, it was refused for a
+minute). Renewal stops before the answer is stored.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +25,7 @@ from fastapi import HTTPException
 from redis.asyncio import Redis
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
-PENDING_TTL_SECONDS = 60
+PENDING_TTL_SECONDS = 10.0
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
@@ -47,7 +55,8 @@ class IdempotencyStore:
             raise HTTPException(400, detail="Idempotency-Key must be 1 to 200 characters")
         redis_key = self._key(scope, key)
         pending = orjson.dumps({"state": "pending", "fingerprint": request_fingerprint})
-        claimed = await self._redis.set(redis_key, pending, nx=True, ex=PENDING_TTL_SECONDS)
+        ttl_ms = int(PENDING_TTL_SECONDS * 1000)
+        claimed = await self._redis.set(redis_key, pending, nx=True, px=ttl_ms)
         if not claimed:
             raw = await self._redis.get(redis_key)
             if raw is None:  # expired between the two calls: try once more
@@ -59,15 +68,20 @@ class IdempotencyStore:
                     detail="Idempotency-Key was already used for a different request",
                 )
             if stored["state"] == "pending":
+                retry = max(1, round(PENDING_TTL_SECONDS / 3))
                 raise HTTPException(
-                    409, detail="a request with this Idempotency-Key is still in progress"
+                    409, detail="a request with this Idempotency-Key is still in progress: "
+                    f"retry in {retry} s", headers={"Retry-After": str(retry)},
                 )
             return int(stored["status"]), stored["body"], True
+        renewing = asyncio.create_task(self._renew(redis_key, ttl_ms))
         try:
             status_code, body = await action()
         except BaseException:
+            await _stop(renewing)
             await self._redis.delete(redis_key)
             raise
+        await _stop(renewing)
         if status_code < 500:
             done = {
                 "state": "done",
@@ -79,3 +93,16 @@ class IdempotencyStore:
         else:
             await self._redis.delete(redis_key)
         return status_code, body, False
+
+    async def _renew(self, redis_key: str, ttl_ms: int) -> None:
+        """Keep the "still running" marker alive while this process works on it."""
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)
+            with contextlib.suppress(Exception):  # Redis away: the marker may lapse
+                await self._redis.pexpire(redis_key, ttl_ms)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,67 @@
+"""Idempotency-Key handling on a real Redis: a request still running keeps its key
+(others get 409 with Retry-After), and the key of a process that died mid-request frees
+itself within seconds, so the client's retry runs the command."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from fastapi import HTTPException
+from redis.asyncio import Redis
+
+from shared import idempotency
+from shared.idempotency import IdempotencyStore
+
+
+@pytest.fixture
+async def store(redis_url: str, redis_prefix: str,
+                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[IdempotencyStore]:
+    monkeypatch.setattr(idempotency, "PENDING_TTL_SECONDS", 0.6)
+    redis = Redis.from_url(redis_url)
+    yield IdempotencyStore(redis, redis_prefix)
+    await redis.aclose()
+
+
+async def test_a_request_still_running_keeps_its_key_past_the_marker_lifetime(
+    store: IdempotencyStore,
+) -> None:
+    runs: list[int] = []
+
+    async def slow() -> tuple[int, Any]:
+        runs.append(1)
+        await asyncio.sleep(2.0)  # over three marker lifetimes
+        return 201, {"ticket_code": "A-1"}
+
+    first = asyncio.create_task(store.run("arrivals", "k1", "fp", slow))
+    await asyncio.sleep(1.5)
+    with pytest.raises(HTTPException) as refused:
+        await store.run("arrivals", "k1", "fp", slow)
+    assert refused.value.status_code == 409
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert await first == (201, {"ticket_code": "A-1"}, False)
+    assert await store.run("arrivals", "k1", "fp", slow) == (201, {"ticket_code": "A-1"}, True)
+    assert len(runs) == 1
+
+
+async def test_the_key_of_a_process_that_died_mid_request_frees_itself(
+    store: IdempotencyStore, redis_url: str, redis_prefix: str,
+) -> None:
+    # what a process killed with -9 leaves: the pending marker, nobody renewing it
+    redis = Redis.from_url(redis_url)
+    await redis.set(f"{redis_prefix}:idem:arrivals:k2",
+                    orjson.dumps({"state": "pending", "fingerprint": "fp"}), px=600)
+    await redis.aclose()
+
+    async def arrive() -> tuple[int, Any]:
+        return 201, {"ticket_code": "A-2"}
+
+    with pytest.raises(HTTPException) as refused:
+        await store.run("arrivals", "k2", "fp", arrive)
+    assert refused.value.status_code == 409
+    await asyncio.sleep(0.8)
+    assert await store.run("arrivals", "k2", "fp", arrive) == (201, {"ticket_code": "A-2"},
+                                                                False)
