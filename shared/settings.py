@@ -141,6 +141,9 @@ class FlowSettings(CommonSettings):
     flow_batch_max: int = 2000
     flow_batch_timeout_ms: int = 20
     flow_checkpoint_seconds: float = 1.0
+    flow_session_timeout_ms: int = Field(
+        default=10_000, ge=1000,
+        description="how soon a dead flow instance's partitions move to a live one")
     flow_tick_seconds: float = 20.0
     flow_publish_estimates: bool = True
     flow_sse_max_per_credential: int = 20

@@ -48,6 +48,8 @@ def create_app(settings: FlowSettings) -> FastAPI:
         batch_timeout_ms=settings.flow_batch_timeout_ms,
         fetch_max_wait_ms=settings.flow_batch_timeout_ms,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        session_timeout_ms=settings.flow_session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.flow_session_timeout_ms // 3),
         listener=consumer.listener(),
         decoder=_raw_records,
         title="flow.floor",

@@ -320,6 +320,51 @@ def _stable(board: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in board.items() if k != "as_of"}
 
 
+def a_day(clinics: tuple[str, ...], visits: int = 60) -> list[ev.Event]:
+    """Each clinic: three rooms, ``visits`` arrivals a minute apart, each roomed, checked out
+    and its room made ready three minutes later (all but the last three are done)."""
+    base = datetime.now(UTC) - timedelta(hours=1)
+    day: list[ev.Event] = []
+    for clinic in clinics:
+        day += [floor_event(ev.RoomReady(room_id=f"r{n}"), clinic, 0, base) for n in range(3)]
+        for n in range(visits):
+            day.append(floor_event(ev.PatientArrived(
+                visit_id=f"{clinic}-{n}", ticket_code=f"A-{n}", provider_id=f"dr-{n % 3}",
+                visit_type="follow_up"), clinic, n, base))
+            if n >= 3:
+                done, room = f"{clinic}-{n - 3}", f"r{(n - 3) % 3}"
+                day += [
+                    floor_event(ev.PatientRoomed(visit_id=done, room_id=room), clinic, n, base),
+                    floor_event(ev.PatientCheckedOut(visit_id=done), clinic, n + 0.5, base),
+                    floor_event(ev.RoomReady(room_id=room), clinic, n + 0.6, base),
+                ]
+    return day
+
+
+async def boards_match_a_rebuild(client: httpx.AsyncClient, bootstrap: str, floor: str,
+                                 clinics: tuple[str, ...], visits: int = 60) -> None:
+    """Every clinic's served board equals the board the pure processor builds from the
+    whole topic, and the day's counts show no fact applied twice."""
+    records = await read_topic(bootstrap, floor)
+    expected = FloorProcessor()
+    expected.process([Record(r.topic, r.partition, r.offset, r.key, r.value)
+                      for r in sorted(records, key=lambda r: (r.partition, r.offset))])
+    for clinic in clinics:
+        flow = expected.flows[clinic]
+        at = flow.last_event_at
+        assert at is not None
+        want = build_board(flow, flow.estimates(at), at)
+
+        async def matches(clinic: str = clinic, want: dict[str, Any] = want) -> Any:
+            board = await get_board(client, clinic, NURSE)
+            return board if board and board["counts"] == want["counts"] \
+                and board["waiting"] == want["waiting"] else None
+
+        board = await eventually(matches, timeout=45)
+        assert board["counts"] == {"checked_out": visits - 3}
+        assert board["rooms"] == want["rooms"]
+
+
 FAULTS = [
     pytest.param("kill flow", id="flow-killed", marks=pytest.mark.reliability(
         "flow killed with -9 mid-stream, restarted",
@@ -349,33 +394,7 @@ async def test_flow_survives_a_fault_mid_stream_losing_nothing_and_applying_noth
     env = {f"CLINICFLOW_{k.upper()}": str(v) for k, v in flow_env.items()}
     env["CLINICFLOW_LOG_FORMAT"] = "json"
     service = ServiceProcess("flow", env, tmp_path / "flow.log")
-    base = datetime.now(UTC) - timedelta(hours=1)
-    day: list[ev.Event] = []
-    for clinic in ("north", "south", "east"):
-        day += [floor_event(ev.RoomReady(room_id=f"r{n}"), clinic, 0, base) for n in range(3)]
-        for n in range(60):
-            visit = f"{clinic}-{n}"
-            day.append(
-                floor_event(
-                    ev.PatientArrived(
-                        visit_id=visit,
-                        ticket_code=f"A-{n}",
-                        provider_id=f"dr-{n % 3}",
-                        visit_type="follow_up",
-                    ),
-                    clinic,
-                    n,
-                    base,
-                )
-            )
-            if n >= 3:
-                done = f"{clinic}-{n - 3}"
-                room = f"r{(n - 3) % 3}"
-                day += [
-                    floor_event(ev.PatientRoomed(visit_id=done, room_id=room), clinic, n, base),
-                    floor_event(ev.PatientCheckedOut(visit_id=done), clinic, n + 0.5, base),
-                    floor_event(ev.RoomReady(room_id=room), clinic, n + 0.6, base),
-                ]
+    day = a_day(("north", "south", "east"))
     service.start()
     try:
         await service.wait_ready()
@@ -394,34 +413,9 @@ async def test_flow_survives_a_fault_mid_stream_losing_nothing_and_applying_noth
             await asyncio.to_thread(own_stack.restart_redis, 1.0, True)
             await publishing
         await service.wait_ready(60)
-        records = await read_topic(flow_env["kafka_bootstrap"], floor)
-        expected = FloorProcessor()
-        expected.process(
-            [
-                Record(r.topic, r.partition, r.offset, r.key, r.value)
-                for r in sorted(records, key=lambda r: (r.partition, r.offset))
-            ]
-        )
         async with httpx.AsyncClient(base_url=service.url) as client:
-            for clinic in ("north", "south", "east"):
-                flow = expected.flows[clinic]
-                at = flow.last_event_at
-                assert at is not None
-                want = build_board(flow, flow.estimates(at), at)
-
-                async def matches(clinic: str = clinic, want: dict[str, Any] = want) -> Any:
-                    board = await get_board(client, clinic, NURSE)
-                    return (
-                        board
-                        if board
-                        and board["counts"] == want["counts"]
-                        and board["waiting"] == want["waiting"]
-                        else None
-                    )
-
-                board = await eventually(matches, timeout=45)
-                assert board["counts"] == {"checked_out": 57}
-                assert board["rooms"] == want["rooms"]
+            await boards_match_a_rebuild(client, flow_env["kafka_bootstrap"], floor,
+                                         ("north", "south", "east"))
     finally:
         service.stop()
 
@@ -453,3 +447,39 @@ async def test_flow_rebuilds_from_the_beginning_even_when_the_group_committed_fu
     ) as client:
         board = await eventually(lambda: _settled(client, "north", 2))
         assert [w["ticket_code"] for w in board["waiting"]] == ["A-1", "A-2"]
+
+
+@pytest.mark.reliability(
+    "two flow instances in one consumer group, one killed with -9 under load",
+    "its partitions move to the other; every board equals a board rebuilt from the topic",
+)
+async def test_a_killed_instance_s_partitions_move_and_the_boards_stay_right(
+    flow_env: dict[str, Any], tmp_path: Path,
+) -> None:
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    env = {f"CLINICFLOW_{k.upper()}": str(v) for k, v in flow_env.items()}
+    env["CLINICFLOW_FLOW_SESSION_TIMEOUT_MS"] = "3000"
+    first = ServiceProcess("flow", env, tmp_path / "flow-1.log")
+    second = ServiceProcess("flow", env, tmp_path / "flow-2.log")
+    clinics = tuple(f"clinic-{n}" for n in range(8))  # spread over the partitions
+    day = a_day(clinics, visits=30)
+    first.start()
+    second.start()
+    try:
+        await first.wait_ready()
+        await second.wait_ready()
+        # the second instance's first assignment is the group split between the two
+        await eventually(lambda: "rebuilding partition" in (tmp_path / "flow-2.log")
+                         .read_text(), timeout=30)
+        half = len(day) // 2
+        await publish(flow_env["kafka_bootstrap"], floor, day[:half])
+        publishing = asyncio.create_task(publish(flow_env["kafka_bootstrap"], floor, day[half:]))
+        await asyncio.sleep(0.3)
+        first.kill()
+        await publishing
+        async with httpx.AsyncClient(base_url=second.url) as client:
+            await boards_match_a_rebuild(client, flow_env["kafka_bootstrap"], floor, clinics,
+                                         visits=30)
+    finally:
+        first.stop()
+        second.stop()
