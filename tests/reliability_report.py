@@ -32,10 +32,13 @@ What issue 8 asks for and this suite does not do yet (said plainly rather than i
 
 - a three-broker KRaft cluster (replication factor 3, `min.insync.replicas=2`) with one
   broker killed under load;
-- two flow instances in one consumer group with one killed (partitions moving);
-- a consumer paused past its poll interval, and the network to Redis cut for a while;
+- a consumer paused past its poll interval (a forced rebalance); Redis is killed and
+  restarted under flow and the notifier, but the network to it is not cut while the
+  server lives;
 - Kafka over SASL_SSL (SCRAM) and Redis with a password tested against local servers;
 - fuzzing every HTTP API from its OpenAPI spec (schemathesis);
+- a role matrix over every endpoint of all four services in one table (each service's
+  tests check its own routes and roles);
 - a storm of SSE clients connecting and vanishing, checked for leaked connections;
 - `make soak` (hours of simulated clinics with idle stretches, memory sampled) exists
   as a target; its results are not in this table.
