@@ -6,6 +6,7 @@ record on every topic, every log line and every screen and board is scanned for 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,17 @@ DOB = "1951-03-09"
 PHONE = "+15550187342"
 EMAIL = "margaret.bellweather@example.org"
 # what would give her away, in the forms it could take in a line of text
-PHI = [NAME, "Bellweather", "Margaret", DOB, "1951", "03/09/1951", PHONE, "5550187342",
-       "555-018-7342", EMAIL]
+PHI = [NAME, "Bellweather", "Margaret", DOB, "1951", "03/09/1951", PHONE, "15550187342",
+       "5550187342", "555-018-7342", EMAIL]
+
+
+# each as a whole token: "1951" inside a timestamp's microseconds or a port is not her
+_PATTERNS = {secret: re.compile(r"(?<![0-9A-Za-z])" + re.escape(secret) + r"(?![0-9A-Za-z])",
+                                re.IGNORECASE) for secret in PHI}
 
 
 def leaks(text: str) -> list[str]:
-    return [secret for secret in PHI if secret.lower() in text.lower()]
+    return [secret for secret, pattern in _PATTERNS.items() if pattern.search(text)]
 
 
 @pytest.mark.reliability(
