@@ -25,6 +25,13 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from services.checkin.domain import VisitView, clinic_day, evolve_visit
 from services.checkin.store import CheckinStore, ProjectionWrites
 from shared import events as ev
+from shared.consumer import (
+    first_offsets,
+    lag_after,
+    off_course,
+    rebalance_listener,
+    resume_at,
+)
 from shared.kafka import dead_letter_record
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_kind
@@ -142,17 +149,7 @@ class ProjectionConsumer:
     # ------------------------------------------------------------- wiring
 
     def listener(self) -> ConsumerRebalanceListener:
-        consumer = self
-
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-                for tp in revoked:
-                    consumer._expect.pop((tp.topic, tp.partition), None)
-
-            async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-                await consumer.on_assigned(assigned)
-
-        return Listener()
+        return rebalance_listener(self.on_assigned, self.on_revoked)
 
     @property
     def kafka_consumer(self) -> Any:
@@ -160,16 +157,13 @@ class ProjectionConsumer:
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Position each new partition just after its stored offset (or at its start)."""
-        kafka = self.kafka_consumer
         for tp in assigned:
-            offset = await self.store.stored_offset(tp.topic, tp.partition)
-            if offset is None:
-                start = (await kafka.beginning_offsets([tp]))[tp] if kafka is not None else 0
-            else:
-                start = offset + 1
-            self._expect[(tp.topic, tp.partition)] = start
-            if kafka is not None:
-                kafka.seek(tp, start)
+            stored = await self.store.stored_offset(tp.topic, tp.partition)
+            await resume_at(self.kafka_consumer, tp, stored, self._expect)
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        for tp in revoked:
+            self._expect.pop((tp.topic, tp.partition), None)
 
     # ------------------------------------------------------------ batches
 
@@ -195,6 +189,8 @@ class ProjectionConsumer:
                 result = fresh
                 return writes
 
+            # on an error nothing of the batch is in Redis, and the subscriber's
+            # NACK_ON_ERROR seeks it back to be read again
             await self.store.apply_batch(partitions, refs, plan)
         self._observe(result, items)
         return result
@@ -222,28 +218,8 @@ class ProjectionConsumer:
     async def _without_gaps(self, items: list[Item]) -> list[Item]:
         """Drop a partition's records when it did not resume where Redis says (the group's
         committed offset won over our seek): it is sought again."""
-        if not self._expect:
-            return items
-        first: dict[tuple[str, int], int] = {}
-        for item in items:
-            first.setdefault(item.tp, item.offset)
-        skip: set[tuple[str, int]] = set()
-        kafka = self.kafka_consumer
-        for tp, offset in first.items():
-            expected = self._expect.pop(tp, None)
-            if expected is None or offset <= expected:
-                continue
-            partition = TopicPartition(*tp)
-            beginning = (await kafka.beginning_offsets([partition]))[partition] if kafka else 0
-            if offset <= beginning:
-                continue
-            log.warning("partition did not resume at its stored offset: seeking again",
-                        topic=tp[0], partition=tp[1], got=offset, expected=expected)
-            skip.add(tp)
-            self._expect[tp] = expected
-            if kafka is not None:
-                kafka.seek(partition, expected)
-        return [i for i in items if i.tp not in skip]
+        skip = await off_course(self.kafka_consumer, self._expect, first_offsets(items))
+        return [i for i in items if i.tp not in skip] if skip else items
 
     def _observe(self, result: BatchResult, items: Sequence[Item]) -> None:
         if result.applied:
@@ -253,22 +229,12 @@ class ProjectionConsumer:
         if result.dead_letters:
             EVENTS_CONSUMED.labels("checkin", "dead_lettered").inc(len(result.dead_letters))
         self.applied_total += result.applied
-        kafka = self.kafka_consumer
-        if kafka is None:
-            return
         last: dict[tuple[str, int], int] = {}
         for item in items:
             last[item.tp] = max(item.offset, last.get(item.tp, -1))
-        lag = 0
-        for tp, offset in last.items():
-            try:
-                highwater = kafka.highwater(TopicPartition(*tp))
-            except Exception:
-                return
-            if highwater is None:
-                return
-            lag += max(0, highwater - offset - 1)
-        CONSUMER_LAG.labels("checkin").set(lag)
+        lag = lag_after(self.kafka_consumer, last)
+        if lag is not None:
+            CONSUMER_LAG.labels("checkin").set(lag)
 
 
 async def pause_after_error(started: float, minimum: float = 1.0) -> None:

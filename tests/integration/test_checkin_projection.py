@@ -5,12 +5,15 @@ busy kiosk is limited even when every code it asks about is real."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 
 from shared import events as ev
+from shared.stack import LocalStack
 from tests.helpers import auth, eventually
 from tests.integration.notifications_support import publish_estimates, publish_floor
 from tests.integration.test_checkin_support import FRONT_DESK, KIOSK, running_checkin
@@ -93,3 +96,36 @@ async def test_credentials_scoped_to_one_clinic_and_the_lookup_rate_limit(
         statuses = [(await checkin.client.get(f"/clinics/north/tickets/{code}/wait",
                                               headers=desk)).status_code for _ in range(4)]
         assert statuses == [200, 200, 200, 429]
+
+
+@pytest.mark.reliability(
+    "Redis killed with -9 under checkin while flow's estimates stream in, then started again",
+    "the estimates that came while Redis was away are applied once it is back",
+)
+async def test_estimates_arriving_while_redis_is_down_are_applied_once_it_is_back(
+    kafka_bootstrap: str, redis_url: str, topic_prefix: str, own_stack: LocalStack,
+) -> None:
+    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix) as checkin:
+        arrived = await checkin.client.post("/clinics/north/arrivals",
+                                            json={"provider_id": "dr-lee",
+                                                  "visit_type": "follow_up"},
+                                            headers=FRONT_DESK)
+        visit, code = arrived.json()["visit_id"], arrived.json()["ticket_code"]
+        await asyncio.sleep(1.5)  # in Redis's append-only file
+        await asyncio.to_thread(own_stack.stop_redis, True)
+        await publish_estimates(kafka_bootstrap, topic_prefix, [ev.make_event(
+            ev.WaitEstimated(visit_id=visit, ticket_code=code, provider_id="dr-lee",
+                             position=3, wait_minutes=30.0, low=25.0, high=35.0),
+            clinic_id="north", source="flow", occurred_at=datetime.now(UTC),
+            correlation_id=visit)])
+        await asyncio.sleep(2)
+        await asyncio.to_thread(own_stack.start_redis)
+
+        async def estimated() -> Any:
+            response = await checkin.client.get(f"/clinics/north/tickets/{code}/wait",
+                                                headers=FRONT_DESK)
+            answer = response.json() if response.status_code == 200 else None
+            return answer if answer and answer["position"] is not None else None
+
+        answer = await eventually(estimated, timeout=20)
+        assert answer["position"] == 3
