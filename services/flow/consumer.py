@@ -49,6 +49,9 @@ from shared.service import ServiceRuntime
 log = get_logger("clinicflow.flow.consumer")
 FRESH = timedelta(minutes=30)  # estimates older than this are not published (catch-up)
 CATCH_UP_LAG = 5000  # records behind: above this, boards wait until flow has caught up
+# while catching up, checkpoints come this many times less often: each writes every touched
+# clinic's snapshot (about 20 KiB each), and a restart replays at most a few seconds more
+CATCH_UP_CHECKPOINT_FACTOR = 10
 
 
 class FloorConsumer:
@@ -184,7 +187,10 @@ class FloorConsumer:
     ) -> tuple[dict[tuple[str, int], int], dict[str, tuple[tuple[str, int], bytes]]] | None:
         if not self._pending_offsets:
             return None
-        if not force and time.monotonic() - self._last_checkpoint < self.checkpoint_seconds:
+        every = self.checkpoint_seconds
+        if self._last_lag is not None and self._last_lag > CATCH_UP_LAG:
+            every *= CATCH_UP_CHECKPOINT_FACTOR
+        if not force and time.monotonic() - self._last_checkpoint < every:
             return None
         snapshots = {
             clinic_id: (tp, orjson.dumps(dump_flow(self.processor.flows[clinic_id])))
