@@ -92,8 +92,10 @@ def _banner(stack: LocalStack, elapsed: float) -> str:
         for clinic in ("north", "south", "east"):
             lines.append(f"    {flow}/screens/{clinic}/waiting-room?token=dev-screen")
         for page, token in (("nurse", "dev-nurse"), ("operations", "dev-manager")):
-            if (REPO / "services" / "flow" / "static" / f"{page}.html").exists():
-                lines.append(f"  {page.title():20} {flow}/screens/north/{page}?token={token}")
+            if (REPO / "services" / "flow" / "templates" / f"{page}.html").exists():
+                lines.append(f"  {page.title() + ':':20} {flow}/screens/north/{page}?token={token}")
+        lines.append(f"  {'Kiosk:':20} http://127.0.0.1:{PORTS['checkin']}/kiosk/north"
+                     "?token=dev-kiosk")
     lines += [
         "  Live board (SSE):    " f"curl -N -H 'Authorization: Bearer dev-screen' "
         f"{flow}/clinics/north/stream",
