@@ -146,9 +146,12 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             f"From {middle['events']:,} to {last['events']:,} events on the same clinics it "
             f"went from {middle['rss_mib']} to {last['rss_mib']} MiB ({grew:+.1f} MiB). "
             + ("That is flat within allocator noise." if abs(grew) <= 15 else
-               "That is not flat: something still grows with history (the next thing to "
-               "find, with a heap profile of a long run; candidates are per-clinic label "
-               "sets in the metrics and the learning windows)."))
+               "That is not flat. The floor processor alone, fed eight days of the same "
+               "clinics in memory, holds a flat Python heap (tracemalloc 45-48 MiB, open "
+               "visits back to 0 each day), so the growth is outside the domain: Kafka "
+               "fetch buffers (up to 4 MiB per partition while catching up), allocator "
+               "fragmentation (resident memory is a high-water mark) or client internals; "
+               "a heap profile of the running service over a long run is the next step."))
     latency = lat.get("500") or lat.get(500)
     latency_verdict = ""
     if latency:
