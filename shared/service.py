@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -266,3 +266,20 @@ def _jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
         item["loc"] = [str(p) for p in item.get("loc", [])]
         out.append(item)
     return out
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """Cancel background loops and wait until each has really ended.
+
+    A cancellation that lands inside a Redis call can be swallowed by the client, and
+    the loop goes round again; a single ``cancel()`` then hangs the shutdown. Cancel
+    again until every task is done (errors they end with are the loop's own business).
+    """
+    pending = [task for task in tasks if task is not None]
+    while waiting := [task for task in pending if not task.done()]:
+        for task in waiting:
+            task.cancel()
+        await asyncio.wait(waiting, timeout=0.5)
+    for task in pending:
+        if not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" warning

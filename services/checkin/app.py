@@ -6,7 +6,6 @@ Wiring only: the rules are in domain.py, the commands in desk.py, the keys in st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,7 +27,7 @@ from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
-from shared.service import ServiceRuntime, make_http_app
+from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import CheckinSettings
 from shared.topics import ESTIMATES, FLOOR
 
@@ -121,10 +120,7 @@ def create_app(settings: CheckinSettings) -> FastAPI:
         tasks.append(asyncio.create_task(sweep_regularly(), name="checkin-no-shows"))
 
     async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks)
 
     app = make_http_app(
         runtime,

@@ -25,7 +25,7 @@ from shared.auth import Principal, require_role
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
-from shared.service import ServiceRuntime
+from shared.service import ServiceRuntime, stop_tasks
 
 log = get_logger("clinicflow.flow.api")
 
@@ -97,10 +97,7 @@ class BoardHub:
         self._task = asyncio.create_task(self._listen(), name="flow-board-hub")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_tasks([self._task])
 
     async def _listen(self) -> None:
         delay = 0.5

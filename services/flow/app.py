@@ -15,7 +15,7 @@ from services.flow.pages import make_pages_router, static_files
 from services.flow.store import FlowStore
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
-from shared.service import ServiceRuntime, make_http_app
+from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import FlowSettings
 from shared.topics import ESTIMATES, FLOOR
 
@@ -84,8 +84,7 @@ def create_app(settings: FlowSettings) -> FastAPI:
         ticker.append(asyncio.create_task(checkpoint_when_idle(), name="flow-checkpointer"))
 
     async def stop() -> None:
-        for task in ticker:
-            task.cancel()
+        await stop_tasks(ticker)
         await hub.stop()
         if runtime.kafka_started:
             with contextlib.suppress(Exception):

@@ -26,7 +26,7 @@ from services.notifications.store import NotificationStore
 from shared.auth import Principal, require_role
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
-from shared.service import ServiceRuntime
+from shared.service import ServiceRuntime, stop_tasks
 
 log = get_logger("clinicflow.notifications.api")
 
@@ -204,10 +204,7 @@ class AlertHub:
         self._task = asyncio.create_task(self._listen(), name="notifications-alert-hub")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_tasks([self._task])
 
     async def _listen(self) -> None:
         delay = 0.5

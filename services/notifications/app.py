@@ -29,7 +29,7 @@ from services.notifications.domain import RuleBook
 from services.notifications.store import NotificationStore
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
-from shared.service import ServiceRuntime, make_http_app
+from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import NotificationsSettings
 from shared.topics import AUDIT, ESTIMATES, FLOOR, NOTIFICATIONS
 
@@ -145,15 +145,7 @@ def create_app(settings: NotificationsSettings) -> FastAPI:
         spawn("ticker", tick)
 
     async def stop() -> None:
-        # A cancellation that lands inside a Redis call can be swallowed by the client, and
-        # the loop would go round again: cancel until each task has really ended.
-        while pending := [task for task in tasks if not task.done()]:
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending, timeout=0.5)
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                task.result()
+        await stop_tasks(tasks)
         await dispatcher.drain()
         with contextlib.suppress(Exception):
             if runtime.kafka_started:

@@ -173,3 +173,28 @@ def test_the_published_asyncapi_document_is_the_one_the_code_generates() -> None
     an event model changed without regenerating it fails here."""
     committed = json.loads((REPO / "docs" / "asyncapi.json").read_text())
     assert committed == json.loads(json.dumps(build_document(), default=str))
+
+
+async def test_stopping_background_loops_survives_a_swallowed_cancellation() -> None:
+    import asyncio
+
+    from shared.service import stop_tasks
+
+    swallowed = 0
+
+    async def loop() -> None:  # like a Redis client that eats a cancellation once
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+
+    async def failing() -> None:
+        raise RuntimeError("the loop's own error")
+
+    tasks = [asyncio.create_task(loop()), asyncio.create_task(failing())]
+    await asyncio.wait_for(stop_tasks([*tasks, None]), 5)
+    assert swallowed == 1 and all(task.done() for task in tasks)
