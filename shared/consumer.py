@@ -16,7 +16,8 @@ offsets, says where to resume:
 * ``rewind`` puts a batch that could not be applied (Redis unreachable) back in
   front of the consumer: the partition's position has moved past it, and Kafka
   would not deliver it again before a rebalance;
-* ``rebalance_listener`` wires the assignment callbacks.
+* ``rebalance_listener`` wires the assignment callbacks;
+* ``RedisPositioned`` puts these together for a consumer class.
 """
 
 from __future__ import annotations
@@ -139,3 +140,39 @@ def lag_after(kafka: Any, offsets: dict[Partition, int]) -> int | None:
             return None
         lag += max(0, highwater - offset - 1)
     return lag
+
+
+class RedisPositioned:
+    """The wiring of a consumer whose positions live in Redis: the FastStream subscriber
+    (set after the subscriber is made), its aiokafka consumer, the rebalance listener,
+    resuming each assigned partition after ``stored_offset`` and dropping a first batch
+    that did not start there (``without_gaps``)."""
+
+    def __init__(self) -> None:
+        self.subscriber: Any = None
+        self._expect: dict[Partition, int] = {}
+
+    def listener(self) -> ConsumerRebalanceListener:
+        return rebalance_listener(self.on_assigned, self.on_revoked)
+
+    @property
+    def kafka_consumer(self) -> Any:
+        return getattr(self.subscriber, "consumer", None)
+
+    async def stored_offset(self, topic: str, partition: int) -> int | None:
+        """The last offset of ``topic``/``partition`` applied to Redis (None: none yet)."""
+        raise NotImplementedError
+
+    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Position each new partition just after its stored offset (or at its start)."""
+        for tp in assigned:
+            stored = await self.stored_offset(tp.topic, tp.partition)
+            await resume_at(self.kafka_consumer, tp, stored, self._expect)
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        for tp in revoked:
+            self._expect.pop((tp.topic, tp.partition), None)
+
+    async def off_course_partitions(self, records: Iterable[Any]) -> set[Partition]:
+        """The partitions of a batch to drop: see ``off_course``."""
+        return await off_course(self.kafka_consumer, self._expect, first_offsets(records))

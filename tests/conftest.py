@@ -4,7 +4,7 @@ for them and stopped at the end. Each test gets its own topic names and Redis ke
 
 With ``CLINICFLOW_TEST_KAFKA`` (a bootstrap, e.g. ``127.0.0.1:9092``) and
 ``CLINICFLOW_TEST_REDIS`` (a URL) both set, the tests use those servers instead; tests that
-stop or restart servers skip then. CI never sets them.
+stop or restart servers fail then, saying why. CI never sets them.
 """
 
 from __future__ import annotations
@@ -75,10 +75,12 @@ def redis_url(stack: LocalStack | None) -> str:
 
 @pytest.fixture
 def own_stack(stack: LocalStack | None) -> LocalStack:
-    """The session stack for a test that stops or restarts a server (skips when the
-    servers are a developer's own: never restart those)."""
+    """The session stack for a test that stops or restarts a server. With a developer's
+    own servers (CLINICFLOW_TEST_*) such a test fails with this reason rather than
+    restart servers it does not own, or pass unseen by skipping."""
     if stack is None:
-        pytest.skip("restarts servers: needs the session's own stack, not CLINICFLOW_TEST_*")
+        pytest.fail("this test restarts Kafka or Redis: run it on the session's own stack "
+                    "(unset CLINICFLOW_TEST_KAFKA and CLINICFLOW_TEST_REDIS)")
     return stack
 
 

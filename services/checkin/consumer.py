@@ -20,17 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
-
 from services.checkin.domain import VisitView, clinic_day, evolve_visit
 from services.checkin.store import CheckinStore, ProjectionWrites
 from shared import events as ev
 from shared.consumer import (
-    first_offsets,
+    RedisPositioned,
     lag_after,
-    off_course,
-    rebalance_listener,
-    resume_at,
 )
 from shared.kafka import dead_letter_record
 from shared.logging import get_logger
@@ -131,39 +126,24 @@ def plan_batch(items: Sequence[Item], offsets: dict[tuple[str, int], int | None]
     return writes
 
 
-class ProjectionConsumer:
+class ProjectionConsumer(RedisPositioned):
     """Keeps checkin's view of waiting visits and estimates, exactly once per record."""
 
     def __init__(self, runtime: ServiceRuntime, store: CheckinStore, *, estimates_topic: str,
                  dead_letter_topic: str, zone: ZoneInfo) -> None:
+        super().__init__()
         self.runtime = runtime
         self.store = store
         self.estimates_topic = estimates_topic
         self.dead_letter_topic = dead_letter_topic
         self.zone = zone
-        self.subscriber: Any = None
         self.lock = asyncio.Lock()
-        self._expect: dict[tuple[str, int], int] = {}
         self.applied_total = 0
 
     # ------------------------------------------------------------- wiring
 
-    def listener(self) -> ConsumerRebalanceListener:
-        return rebalance_listener(self.on_assigned, self.on_revoked)
-
-    @property
-    def kafka_consumer(self) -> Any:
-        return getattr(self.subscriber, "consumer", None)
-
-    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        """Position each new partition just after its stored offset (or at its start)."""
-        for tp in assigned:
-            stored = await self.store.stored_offset(tp.topic, tp.partition)
-            await resume_at(self.kafka_consumer, tp, stored, self._expect)
-
-    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        for tp in revoked:
-            self._expect.pop((tp.topic, tp.partition), None)
+    async def stored_offset(self, topic: str, partition: int) -> int | None:
+        return await self.store.stored_offset(topic, partition)
 
     # ------------------------------------------------------------ batches
 
@@ -218,7 +198,7 @@ class ProjectionConsumer:
     async def _without_gaps(self, items: list[Item]) -> list[Item]:
         """Drop a partition's records when it did not resume where Redis says (the group's
         committed offset won over our seek): it is sought again."""
-        skip = await off_course(self.kafka_consumer, self._expect, first_offsets(items))
+        skip = await self.off_course_partitions(items)
         return [i for i in items if i.tp not in skip] if skip else items
 
     def _observe(self, result: BatchResult, items: Sequence[Item]) -> None:

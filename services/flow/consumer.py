@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 
 from services.flow import metrics as m
 from services.flow.estimator import Estimate
@@ -34,11 +34,9 @@ from services.flow.snapshot import dump_flow, load_flow
 from services.flow.store import FlowStore
 from shared import events as ev
 from shared.consumer import (
+    RedisPositioned,
     commit_applied,
-    first_offsets,
     lag_after,
-    off_course,
-    rebalance_listener,
     resume_at,
 )
 from shared.kafka import dead_letter_record
@@ -54,7 +52,7 @@ CATCH_UP_LAG = 5000  # records behind: above this, boards wait until flow has ca
 CATCH_UP_CHECKPOINT_FACTOR = 10
 
 
-class FloorConsumer:
+class FloorConsumer(RedisPositioned):
     """Applies the floor topic to flow's projection; owns the in-memory clinics."""
 
     def __init__(
@@ -68,6 +66,7 @@ class FloorConsumer:
         publish_estimates: bool = True,
         checkpoint_seconds: float = 1.0,
     ) -> None:
+        super().__init__()
         self.runtime = runtime
         self.store = store
         self.floor_topic = floor_topic
@@ -77,25 +76,15 @@ class FloorConsumer:
         self.checkpoint_seconds = checkpoint_seconds
         self.processor = FloorProcessor()
         self.lock = asyncio.Lock()
-        self.subscriber: Any = None
         self._dirty: dict[str, tuple[str, int]] = {}
         self._pending_offsets: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
         self._published: dict[str, tuple[datetime, float, float, float]] = {}
         self._stale: set[str] = set()  # clinics whose board waits (catch-up, Redis down)
         self._last_lag: int | None = None
-        # where each newly assigned partition must start; checked on its first batch
-        self._expect: dict[tuple[str, int], int] = {}
         self.applied_total = 0
 
     # ------------------------------------------------------------- wiring
-
-    def listener(self) -> ConsumerRebalanceListener:
-        return rebalance_listener(self.on_assigned, self.on_revoked)
-
-    @property
-    def kafka_consumer(self) -> Any:
-        return getattr(self.subscriber, "consumer", None)
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Restore each new partition's clinics from the checkpoint and seek past it."""
@@ -220,7 +209,7 @@ class FloorConsumer:
         checkpoint says (a position decided by the group's committed offset rather than
         by our seek): that partition is sought again and its records are dropped."""
         records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in raw_records]
-        skip = await off_course(self.kafka_consumer, self._expect, first_offsets(records))
+        skip = await self.off_course_partitions(records)
         if not skip:
             return records
         return [r for r in records if (r.topic, r.partition) not in skip]

@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRebalanceListener, TopicPartition
 from redis.exceptions import WatchError
 
 from services.notifications import metrics as m
@@ -45,12 +44,10 @@ from services.notifications.domain import (
 from services.notifications.store import BatchWrites, NotificationStore, outbox_entry
 from shared import events as ev
 from shared.consumer import (
+    RedisPositioned,
     commit_applied,
     first_offsets,
     lag_after,
-    off_course,
-    rebalance_listener,
-    resume_at,
     rewind,
 )
 from shared.kafka import dead_letter_record
@@ -90,12 +87,13 @@ class BatchResult:
     notifications: int = 0
 
 
-class NotificationConsumer:
+class NotificationConsumer(RedisPositioned):
     """Applies floor events and estimates to the clinics' notifiers, exactly once."""
 
     def __init__(self, runtime: ServiceRuntime, store: NotificationStore, rules: RuleBook, *,
                  floor_topic: str, estimates_topic: str, notifications_topic: str,
                  paging: bool, on_committed: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
         self.runtime = runtime
         self.store = store
         self.rules = rules
@@ -105,28 +103,12 @@ class NotificationConsumer:
         self.paging = paging
         self.on_committed = on_committed
         self.lock = asyncio.Lock()
-        self.subscriber: Any = None
-        self._expect: dict[tuple[str, int], int] = {}
         self.applied_total = 0
 
     # ------------------------------------------------------------- wiring
 
-    def listener(self) -> ConsumerRebalanceListener:
-        return rebalance_listener(self.on_assigned, self.on_revoked)
-
-    @property
-    def kafka_consumer(self) -> Any:
-        return getattr(self.subscriber, "consumer", None)
-
-    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        """Position each new partition just after its stored offset (or at the start)."""
-        for tp in assigned:
-            stored = await self.store.stored_offset(tp.topic, tp.partition)
-            await resume_at(self.kafka_consumer, tp, stored, self._expect)
-
-    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        for tp in revoked:
-            self._expect.pop((tp.topic, tp.partition), None)
+    async def stored_offset(self, topic: str, partition: int) -> int | None:
+        return await self.store.stored_offset(topic, partition)
 
     # ------------------------------------------------------------ batches
 
@@ -182,7 +164,7 @@ class NotificationConsumer:
     async def _without_gaps(self, items: list[Item]) -> list[Item]:
         """Drop a partition's records when it did not resume where Redis says (the group's
         committed offset won over our seek): it is sought again."""
-        skip = await off_course(self.kafka_consumer, self._expect, first_offsets(items))
+        skip = await self.off_course_partitions(items)
         return [i for i in items if i.tp not in skip] if skip else items
 
     # ------------------------------------------------------------- apply

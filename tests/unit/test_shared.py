@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ from shared import events as ev
 from shared.asyncapi import build_document
 from shared.auth import Authenticator
 from shared.logging import configure_logging
+from shared.service import stop_tasks
 from shared.settings import (
     CommonSettings,
     InsecureConfiguration,
@@ -176,10 +178,6 @@ def test_the_published_asyncapi_document_is_the_one_the_code_generates() -> None
 
 
 async def test_stopping_background_loops_survives_a_swallowed_cancellation() -> None:
-    import asyncio
-
-    from shared.service import stop_tasks
-
     swallowed = 0
 
     async def loop() -> None:  # like a Redis client that eats a cancellation once

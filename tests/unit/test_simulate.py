@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from services.flow import replay
 from services.flow.simulate import (
     SCENARIO_NAMES,
     SCENARIOS,
@@ -95,7 +96,6 @@ def test_events_are_in_time_order(scenario: str, seed: int) -> None:
 
 
 def test_the_replay_accepts_every_simulated_line() -> None:
-    replay = pytest.importorskip("services.flow.replay")
     problems: list[tuple[str, int, str]] = []
     for scenario in SCENARIO_NAMES:
         def report(number: int, reason: str, scenario: str = scenario) -> None:
