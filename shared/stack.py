@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -491,23 +491,31 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def start_kafka(data: Path, port: int, controller_port: int) -> Managed:
+def start_kafka(data: Path, port: int, controller_port: int, *,
+                properties: str | None = None, cluster_id: str | None = None,
+                format_args: Sequence[str] = ()) -> Managed:
     """Format ``data`` (first time only) and spawn the broker; returns without waiting
-    until it answers (``wait_kafka`` does). Raises StackError when formatting fails."""
+    until it answers (``wait_kafka`` does). Raises StackError when formatting fails.
+
+    The one-node loopback broker is the default; a cluster node or a secured broker
+    passes its own ``properties`` (server.properties text), the ``cluster_id`` its nodes
+    share, and extra ``format_args`` for the storage tool (``--add-scram ...``,
+    ``--initial-controllers ...``). Custom properties keep ``log.dirs`` at
+    ``data / "kafka-data"`` (formatting is skipped once its meta.properties exists)."""
     libs = ensure_kafka_jars()
     java = require_java()
     data.mkdir(parents=True, exist_ok=True)
     props = data / "server.properties"
-    props.write_text(kafka_properties(data, port, controller_port))
+    props.write_text(properties if properties is not None
+                     else kafka_properties(data, port, controller_port))
     classpath = f"{libs}/*"
     logging = [f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.dir={data}"]
     archive_options, part = _class_archive_options(java)
     if not (data / "kafka-data" / "meta.properties").exists():
-        cluster_id = new_cluster_id()
         reuse = archive_options if part is None else []
         result = subprocess.run(
             [java, *reuse, *logging, "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(props)],
+             "-t", cluster_id or new_cluster_id(), "-c", str(props), *format_args],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
