@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,49 +13,34 @@ import pytest
 from redis.asyncio import Redis
 
 from services.flow.app import create_app
-from services.flow.processor import FloorProcessor, Record, build_board
 from shared import events as ev
 from shared.admin import ensure_topics
 from shared.settings import FlowSettings
 from shared.stack import LocalStack
 from shared.topics import DEAD_LETTER, ESTIMATES, FLOOR, topic_name
 from tests.helpers import ServiceProcess, auth, eventually, producer, read_topic, serving
+from tests.integration.flow_support import (
+    NURSE,
+    a_day,
+    boards_match_a_rebuild,
+    floor_event,
+    flow_settings,
+    get_board,
+    publish,
+    service_env,
+)
 
-NURSE = auth("dev-nurse")
 SCREEN = auth("dev-screen")
 
 
 @pytest.fixture
 async def flow_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -> dict[str, Any]:
     await ensure_topics(kafka_bootstrap, topic_prefix)
-    return {
-        "kafka_bootstrap": kafka_bootstrap,
-        "redis_url": redis_url,
-        "topic_prefix": topic_prefix,
-        "redis_prefix": topic_prefix.rstrip("."),
-        "flow_checkpoint_seconds": 0.2,
-        "flow_group_id": f"{topic_prefix}flow",
-        "flow_tick_seconds": 3600,
-    }
+    return flow_settings(kafka_bootstrap, redis_url, topic_prefix)
 
 
 def settings_for(env: dict[str, Any]) -> FlowSettings:
     return FlowSettings(**env)
-
-
-def floor_event(
-    payload: ev.Payload, clinic: str = "north", minute: float = 0.0, base: datetime | None = None
-) -> ev.Event:
-    start = base or datetime.now(UTC)
-    return ev.make_event(
-        payload, clinic_id=clinic, source="test", occurred_at=start + timedelta(minutes=minute)
-    )
-
-
-async def publish(bootstrap: str, topic: str, events: list[ev.Event]) -> None:
-    async with producer(bootstrap) as client:
-        for event in events:
-            await client.send_and_wait(topic, ev.encode(event), key=event.clinic_id.encode())
 
 
 def opening(clinic: str = "north") -> list[ev.Event]:
@@ -75,11 +60,6 @@ def opening(clinic: str = "north") -> list[ev.Event]:
             clinic,
         ),
     ]
-
-
-async def get_board(client: httpx.AsyncClient, clinic: str, headers: dict[str, str]) -> Any:
-    response = await client.get(f"/clinics/{clinic}/board", headers=headers)
-    return response.json() if response.status_code == 200 else None
 
 
 async def test_an_arrival_on_the_floor_topic_shows_on_the_board_with_an_estimate(
@@ -320,51 +300,6 @@ def _stable(board: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in board.items() if k != "as_of"}
 
 
-def a_day(clinics: tuple[str, ...], visits: int = 60) -> list[ev.Event]:
-    """Each clinic: three rooms, ``visits`` arrivals a minute apart, each roomed, checked out
-    and its room made ready three minutes later (all but the last three are done)."""
-    base = datetime.now(UTC) - timedelta(hours=1)
-    day: list[ev.Event] = []
-    for clinic in clinics:
-        day += [floor_event(ev.RoomReady(room_id=f"r{n}"), clinic, 0, base) for n in range(3)]
-        for n in range(visits):
-            day.append(floor_event(ev.PatientArrived(
-                visit_id=f"{clinic}-{n}", ticket_code=f"A-{n}", provider_id=f"dr-{n % 3}",
-                visit_type="follow_up"), clinic, n, base))
-            if n >= 3:
-                done, room = f"{clinic}-{n - 3}", f"r{(n - 3) % 3}"
-                day += [
-                    floor_event(ev.PatientRoomed(visit_id=done, room_id=room), clinic, n, base),
-                    floor_event(ev.PatientCheckedOut(visit_id=done), clinic, n + 0.5, base),
-                    floor_event(ev.RoomReady(room_id=room), clinic, n + 0.6, base),
-                ]
-    return day
-
-
-async def boards_match_a_rebuild(client: httpx.AsyncClient, bootstrap: str, floor: str,
-                                 clinics: tuple[str, ...], visits: int = 60) -> None:
-    """Every clinic's served board equals the board the pure processor builds from the
-    whole topic, and the day's counts show no fact applied twice."""
-    records = await read_topic(bootstrap, floor)
-    expected = FloorProcessor()
-    expected.process([Record(r.topic, r.partition, r.offset, r.key, r.value)
-                      for r in sorted(records, key=lambda r: (r.partition, r.offset))])
-    for clinic in clinics:
-        flow = expected.flows[clinic]
-        at = flow.last_event_at
-        assert at is not None
-        want = build_board(flow, flow.estimates(at), at)
-
-        async def matches(clinic: str = clinic, want: dict[str, Any] = want) -> Any:
-            board = await get_board(client, clinic, NURSE)
-            return board if board and board["counts"] == want["counts"] \
-                and board["waiting"] == want["waiting"] else None
-
-        board = await eventually(matches, timeout=45)
-        assert board["counts"] == {"checked_out": visits - 3}
-        assert board["rooms"] == want["rooms"]
-
-
 FAULTS = [
     pytest.param("kill flow", id="flow-killed", marks=pytest.mark.reliability(
         "flow killed with -9 mid-stream, restarted",
@@ -391,7 +326,7 @@ async def test_flow_survives_a_fault_mid_stream_losing_nothing_and_applying_noth
     """A fault while a day streams in; afterwards every board equals a board rebuilt from
     the topic by the pure processor, and day counts show no fact applied twice."""
     floor = topic_name(FLOOR, flow_env["topic_prefix"])
-    env = {f"CLINICFLOW_{k.upper()}": str(v) for k, v in flow_env.items()}
+    env = service_env(flow_env)
     env["CLINICFLOW_LOG_FORMAT"] = "json"
     service = ServiceProcess("flow", env, tmp_path / "flow.log")
     day = a_day(("north", "south", "east"))
@@ -457,7 +392,7 @@ async def test_a_killed_instance_s_partitions_move_and_the_boards_stay_right(
     flow_env: dict[str, Any], tmp_path: Path,
 ) -> None:
     floor = topic_name(FLOOR, flow_env["topic_prefix"])
-    env = {f"CLINICFLOW_{k.upper()}": str(v) for k, v in flow_env.items()}
+    env = service_env(flow_env)
     env["CLINICFLOW_FLOW_SESSION_TIMEOUT_MS"] = "3000"
     first = ServiceProcess("flow", env, tmp_path / "flow-1.log")
     second = ServiceProcess("flow", env, tmp_path / "flow-2.log")
