@@ -8,6 +8,7 @@ that keep their applied offsets in Redis, not by Kafka transactions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from base64 import b64encode
@@ -62,6 +63,41 @@ def aiokafka_security_kwargs(settings: CommonSettings) -> dict[str, Any]:
             else None
         )
     return kwargs
+
+
+async def kafka_connect_problem(settings: CommonSettings, timeout: float = 5.0) -> str | None:
+    """Why a client with these settings cannot log in to the bootstrap brokers, or None.
+
+    aiokafka's bootstrap error says only "Unable to bootstrap"; the reason (a refused
+    SCRAM password, a certificate signed by a CA the client does not trust, nothing
+    listening) is what an operator needs, so one connection per bootstrap server is
+    tried here and its error kept.
+    """
+    from aiokafka.conn import create_conn
+
+    problems = []
+    for server in settings.kafka_bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, int(port), request_timeout_ms=int(timeout * 1000),
+                            **aiokafka_security_kwargs(settings)), timeout)
+        except Exception as exc:
+            problems.append(f"{server.strip()}: {_reason(exc)}")
+            continue
+        conn.close()
+        return None
+    return "; ".join(problems)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message} (is CLINICFLOW_KAFKA_SSL_CAFILE the brokers' CA?)"
+    if "SaslAuthenticationFailed" in text or "Authentication failed" in text:
+        return (f"SASL login refused: {text} (check CLINICFLOW_KAFKA_SASL_USERNAME, "
+                "_PASSWORD and _MECHANISM)")
+    return text
 
 
 def make_broker(settings: CommonSettings, service: str) -> KafkaBroker:

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import Authenticator
-from shared.kafka import make_broker
+from shared.kafka import kafka_connect_problem, make_broker
 from shared.logging import configure_logging, get_logger
 from shared.metrics import DEPENDENCY_UP, HTTP_LATENCY, HTTP_REQUESTS, render_metrics
 from shared.settings import CommonSettings
@@ -40,7 +40,8 @@ class ServiceRuntime:
         self.service = service
         self.broker: KafkaBroker = make_broker(settings, service)
         self.redis: Redis = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+            health_check_interval=15, **settings.redis_tls_options(),
         )
         self.kafka_started = False
         self.problems: dict[str, str] = {}
@@ -82,12 +83,13 @@ class ServiceRuntime:
                 self.problems.pop("kafka", None)
                 break
             except Exception as exc:
-                self.problems["kafka"] = f"unreachable at start: {exc!r}"
+                reason = await kafka_connect_problem(self.settings) or repr(exc)
+                self.problems["kafka"] = f"unreachable at start: {reason}"
                 self.log.warning(
                     "kafka not reachable, retrying",
                     attempt=attempt,
                     retry_in=delay,
-                    error=repr(exc),
+                    error=reason,
                 )
                 try:
                     await self.broker.stop()
@@ -123,7 +125,8 @@ class ServiceRuntime:
             await asyncio.wait_for(self.redis.ping(), 2.0)
             result["redis"] = "ok"
         except Exception as exc:
-            result["redis"] = f"unreachable: {exc!r}"
+            # redis-py's repr drops the message ("auth:AuthenticationError"): keep the why
+            result["redis"] = f"unreachable: {type(exc).__name__}: {exc}"
         if not self.kafka_started:
             result["kafka"] = self.problems.get("kafka", "connecting")
         else:

@@ -10,7 +10,14 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["front_desk", "kiosk", "nurse", "billing", "manager", "screen"]
@@ -62,9 +69,14 @@ class CommonSettings(BaseSettings):
     kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: str | None = None
+    kafka_ssl_cafile: str | None = Field(
+        default=None, description="PEM file of the CA(s) that signed the brokers' "
+        "certificates (default: the system's trust store)")
     topic_prefix: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_ca_file: str | None = Field(
+        default=None, description="PEM file of the CA(s) that signed Redis's certificate, "
+        "for a rediss:// URL (default: the system's trust store)")
     redis_prefix: str = "cf"
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -74,6 +86,33 @@ class CommonSettings(BaseSettings):
         description='JSON list of {"name","role","clinics":[..],"token" or "token_sha256"}',
     )
     max_body_bytes: int = 256 * 1024
+
+    @field_validator("kafka_ssl_cafile", "redis_ca_file")
+    @classmethod
+    def _ca_file_readable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            name = f"CLINICFLOW_{(info.field_name or '').upper()}"
+            try:
+                with open(value, "rb") as handle:
+                    handle.read(1)
+            except OSError as exc:
+                raise ValueError(f"{name}: cannot read {value!r}: {exc.strerror}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _transport_consistent(self) -> CommonSettings:
+        if self.redis_ca_file and not self.redis_url.startswith("rediss://"):
+            raise ValueError("CLINICFLOW_REDIS_CA_FILE is set but CLINICFLOW_REDIS_URL is not "
+                             "rediss:// (TLS): use rediss://:password@host:port/db")
+        if self.kafka_ssl_cafile and self.kafka_security_protocol not in ("SASL_SSL", "SSL"):
+            raise ValueError("CLINICFLOW_KAFKA_SSL_CAFILE is set but "
+                             "CLINICFLOW_KAFKA_SECURITY_PROTOCOL is "
+                             f"{self.kafka_security_protocol}, not SASL_SSL or SSL")
+        return self
+
+    def redis_tls_options(self) -> dict[str, str]:
+        """Keyword arguments for ``Redis.from_url``: the private CA of a rediss:// URL."""
+        return {"ssl_ca_certs": self.redis_ca_file} if self.redis_ca_file else {}
 
     @field_validator("credentials")
     @classmethod
@@ -101,6 +140,7 @@ class CommonSettings(BaseSettings):
                 problems.append("CLINICFLOW_CREDENTIALS contains a development token")
         if "@" not in self.redis_url and "password=" not in self.redis_url:
             problems.append("CLINICFLOW_REDIS_URL has no password")
+        problems.extend(self._kafka_production_problems())
         problems.extend(self.production_problems())
         if problems:
             raise InsecureConfiguration(
@@ -111,6 +151,18 @@ class CommonSettings(BaseSettings):
     def production_problems(self) -> list[str]:
         """Service-specific secrets that must be set in production (override)."""
         return []
+
+    def _kafka_production_problems(self) -> list[str]:
+        """Production events cross the network encrypted and authenticated: SASL_SSL
+        with a username and a password."""
+        if self.kafka_security_protocol != "SASL_SSL":
+            return [f"CLINICFLOW_KAFKA_SECURITY_PROTOCOL is {self.kafka_security_protocol} "
+                    "(production needs SASL_SSL: TLS and a SASL login)"]
+        missing = [name for name, value in (
+            ("CLINICFLOW_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+            ("CLINICFLOW_KAFKA_SASL_PASSWORD", self.kafka_sasl_password
+             and self.kafka_sasl_password.get_secret_value())) if not value]
+        return [f"{name} is not set" for name in missing]
 
 
 def parse_credentials(raw: str) -> list[Credential]:

@@ -106,6 +106,8 @@ def test_the_identity_digest_depends_on_secret_clinic_birth_date_and_initials() 
 
 def test_production_refuses_the_development_identity_secret() -> None:
     production = {"env": "production", "redis_url": "redis://:s@r:6379/0",
+                  "kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "checkin",
+                  "kafka_sasl_password": "a-kafka-secret",
                   "credentials": '[{"name": "desk", "role": "front_desk", '
                                  '"token": "a-long-enough-token-1234"}]'}
     with pytest.raises(InsecureConfiguration, match="CHECKIN_IDENTITY_SECRET"):

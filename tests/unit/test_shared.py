@@ -96,8 +96,14 @@ def test_production_refuses_default_or_missing_secrets() -> None:
     with pytest.raises(InsecureConfiguration, match="SMS_HMAC_SECRET"):
         NotificationsSettings(env="production", credentials=good,
                               redis_url="redis://:s@r:6379/0")
-    assert CommonSettings(env="production", credentials=good,
-                          redis_url="redis://:s@r:6379/0").env == "production"
+    with pytest.raises(InsecureConfiguration, match="needs SASL_SSL"):
+        CommonSettings(env="production", credentials=good, redis_url="redis://:s@r:6379/0")
+    with pytest.raises(InsecureConfiguration, match="SASL_PASSWORD is not set"):
+        CommonSettings(env="production", credentials=good, redis_url="redis://:s@r:6379/0",
+                       kafka_security_protocol="SASL_SSL", kafka_sasl_username="cf")
+    assert CommonSettings(env="production", credentials=good, redis_url="redis://:s@r:6379/0",
+                          kafka_security_protocol="SASL_SSL", kafka_sasl_username="cf",
+                          kafka_sasl_password="a-kafka-secret").env == "production"
 
 
 def test_tokens_are_kept_hashed_and_matched_to_their_role_and_clinics() -> None:
