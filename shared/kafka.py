@@ -109,7 +109,8 @@ def make_broker(settings: CommonSettings, service: str) -> KafkaBroker:
     logger = logging.getLogger(f"clinicflow.{service}.broker")
     logger.setLevel(logging.WARNING)
     return KafkaBroker(
-        settings.kafka_bootstrap,
+        # FastStream wraps a string in a list, so "a:9092,b:9092" would be one bad host
+        [server.strip() for server in settings.kafka_bootstrap.split(",")],
         client_id=f"clinicflow-{service}",
         acks="all",
         enable_idempotence=True,

@@ -30,8 +30,6 @@ NOT_YET = """
 
 What issue 8 asks for and this suite does not do yet (said plainly rather than implied):
 
-- a three-broker KRaft cluster (replication factor 3, `min.insync.replicas=2`) with one
-  broker killed under load;
 - a consumer paused past its poll interval (a forced rebalance); Redis is killed and
   restarted under flow and the notifier, but the network to it is not cut while the
   server lives;
