@@ -36,7 +36,6 @@ What issue 8 asks for and this suite does not do yet (said plainly rather than i
 - fuzzing every HTTP API from its OpenAPI spec (schemathesis);
 - a role matrix over every endpoint of all four services in one table (each service's
   tests check its own routes and roles);
-- a storm of SSE clients connecting and vanishing, checked for leaked connections;
 - `make soak` (hours of simulated clinics with idle stretches, memory sampled) exists
   as a target; its results are not in this table.
 """

@@ -8,9 +8,6 @@ consumer applies them like any other fact. Every command honours an
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
@@ -25,7 +22,8 @@ from shared.auth import Principal, require_role
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
-from shared.service import ServiceRuntime, stop_tasks
+from shared.service import ServiceRuntime
+from shared.sse import SseHub
 
 log = get_logger("clinicflow.flow.api")
 
@@ -79,76 +77,16 @@ class Undo(BaseModel):
     reason: str = Field("", max_length=200, examples=["wrong patient roomed"])
 
 
-class BoardHub:
-    """One Redis pub/sub listener per process, fanned out to SSE clients by clinic."""
+class BoardHub(SseHub):
+    """Boards fanned out to live screens by clinic: a slow screen skips to the newest board
+    (only the newest matters); 429 past ``max_per_credential``, 503 past ``max_total``."""
 
     def __init__(self, runtime: ServiceRuntime, store: FlowStore, max_total: int,
                  max_per_credential: int) -> None:
-        self.runtime = runtime
-        self.store = store
-        self.max_total = max_total
-        self.max_per_credential = max_per_credential
-        self.queues: dict[str, set[asyncio.Queue[bytes]]] = {}
-        self.per_credential: dict[str, int] = {}
-        self.total = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="flow-board-hub")
-
-    async def stop(self) -> None:
-        await stop_tasks([self._task])
-
-    async def _listen(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                pubsub = self.runtime.redis.pubsub()
-                await pubsub.psubscribe(self.store.changes_pattern)
-                delay = 0.5
-                async for message in pubsub.listen():
-                    if message["type"] != "pmessage":
-                        continue
-                    channel = message["channel"].decode()
-                    clinic_id = self.store.clinic_of_channel(channel)
-                    for queue in list(self.queues.get(clinic_id, ())):
-                        if queue.full():
-                            with contextlib.suppress(asyncio.QueueEmpty):
-                                queue.get_nowait()  # only the newest board matters
-                        queue.put_nowait(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("board listener lost redis, retrying", error=repr(exc),
-                            retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    def open(self, clinic_id: str, principal: Principal) -> asyncio.Queue[bytes]:
-        if self.total >= self.max_total:
-            raise HTTPException(503, detail="too many live connections; try again shortly",
-                                headers={"Retry-After": "5"})
-        if self.per_credential.get(principal.name, 0) >= self.max_per_credential:
-            raise HTTPException(429, detail=f"credential {principal.name!r} already has "
-                                f"{self.max_per_credential} live connections")
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
-        self.queues.setdefault(clinic_id, set()).add(queue)
-        self.per_credential[principal.name] = self.per_credential.get(principal.name, 0) + 1
-        self.total += 1
-        m.SSE_CLIENTS.set(self.total)
-        return queue
-
-    def close(self, clinic_id: str, principal: Principal, queue: asyncio.Queue[bytes]) -> None:
-        queues = self.queues.get(clinic_id)
-        if queues is not None:
-            queues.discard(queue)
-            if not queues:
-                del self.queues[clinic_id]
-        self.per_credential[principal.name] -= 1
-        if not self.per_credential[principal.name]:
-            del self.per_credential[principal.name]
-        self.total -= 1
-        m.SSE_CLIENTS.set(self.total)
+        super().__init__(runtime, name="flow-board-hub", pattern=store.changes_pattern,
+                         clinic_of_channel=store.clinic_of_channel, gauge=m.SSE_CLIENTS,
+                         max_total=max_total, max_per_credential=max_per_credential,
+                         queue_size=4, when_full="keep_newest")
 
 
 def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
@@ -233,29 +171,15 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     async def stream(clinic_id: ClinicId, request: Request,
                      principal: Principal = Depends(read_board)) -> StreamingResponse:
         principal.require_clinic(clinic_id)
-        queue = hub.open(clinic_id, principal)
 
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                yield b"retry: 2000\n\n"
-                first = await store.board(clinic_id)
-                if first is not None:
-                    yield _sse(view_for(orjson.loads(first), principal.role))
-                while True:
-                    try:
-                        raw = await asyncio.wait_for(queue.get(), timeout=15.0)
-                    except TimeoutError:
-                        if await request.is_disconnected():
-                            return
-                        yield b": keep-alive\n\n"
-                        continue
-                    yield _sse(view_for(orjson.loads(raw), principal.role))
-            finally:
-                hub.close(clinic_id, principal, queue)
+        def render(raw: bytes) -> bytes:
+            return _sse(view_for(orjson.loads(raw), principal.role))
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store",
-                                          "X-Accel-Buffering": "no"})
+        async def first() -> bytes | None:
+            board = await store.board(clinic_id)
+            return None if board is None else render(board)
+
+        return hub.stream(clinic_id, principal.name, request, first=first, render=render)
 
     @router.post("/clinics/{clinic_id}/rooms/{room_id}/ready", status_code=202,
                  tags=["floor commands"], summary="A room is clean and can take the next patient")

@@ -7,10 +7,7 @@ value). Nothing else the API serves carries contact details.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -26,7 +23,8 @@ from services.notifications.store import NotificationStore
 from shared.auth import Principal, require_role
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
-from shared.service import ServiceRuntime, stop_tasks
+from shared.service import ServiceRuntime
+from shared.sse import SseHub
 
 log = get_logger("clinicflow.notifications.api")
 
@@ -188,71 +186,17 @@ def address_hint(address: str) -> str:
 # -------------------------------------------------------------- alert hub
 
 
-class AlertHub:
-    """One Redis pub/sub listener per process, fanned out to nurse stations by clinic."""
+class AlertHub(SseHub):
+    """Alert changes fanned out to nurse stations by clinic: a station that falls 256
+    changes behind has its stream ended, reconnects and gets a fresh list; 503 past
+    ``max_total``."""
 
     def __init__(self, runtime: ServiceRuntime, store: NotificationStore, max_total: int) -> None:
-        self.runtime = runtime
-        self.store = store
-        self.max_total = max_total
-        self.queues: dict[str, set[asyncio.Queue[bytes | None]]] = {}
-        self.total = 0
-        self._task: asyncio.Task[None] | None = None
-        self.listening = asyncio.Event()
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="notifications-alert-hub")
-
-    async def stop(self) -> None:
-        await stop_tasks([self._task])
-
-    async def _listen(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                pubsub = self.runtime.redis.pubsub()
-                await pubsub.psubscribe(self.store.alerts_pattern)
-                self.listening.set()
-                delay = 0.5
-                async for message in pubsub.listen():
-                    if message["type"] != "pmessage":
-                        continue
-                    clinic_id = self.store.clinic_of_channel(message["channel"].decode())
-                    for queue in list(self.queues.get(clinic_id, ())):
-                        if queue.full():  # a stalled station: it reconnects and resyncs
-                            with contextlib.suppress(asyncio.QueueEmpty):
-                                while True:
-                                    queue.get_nowait()
-                            queue.put_nowait(None)
-                            continue
-                        queue.put_nowait(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.listening.clear()
-                log.warning("alert listener lost redis, retrying", error=repr(exc),
-                            retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    def open(self, clinic_id: str) -> asyncio.Queue[bytes | None]:
-        if self.total >= self.max_total:
-            raise HTTPException(503, detail="too many live alert streams; try again shortly",
-                                headers={"Retry-After": "5"})
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=256)
-        self.queues.setdefault(clinic_id, set()).add(queue)
-        self.total += 1
-        m.ALERT_STREAM_CLIENTS.set(self.total)
-        return queue
-
-    def close(self, clinic_id: str, queue: asyncio.Queue[bytes | None]) -> None:
-        queues = self.queues.get(clinic_id)
-        if queues is not None:
-            queues.discard(queue)
-            if not queues:
-                del self.queues[clinic_id]
-        self.total -= 1
-        m.ALERT_STREAM_CLIENTS.set(self.total)
+        super().__init__(runtime, name="notifications-alert-hub", pattern=store.alerts_pattern,
+                         clinic_of_channel=store.clinic_of_channel,
+                         gauge=m.ALERT_STREAM_CLIENTS, max_total=max_total, queue_size=256,
+                         when_full="resync",
+                         busy_detail="too many live alert streams; try again shortly")
 
 
 # ----------------------------------------------------------------- routes
@@ -446,34 +390,19 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
     async def alert_stream(clinic_id: ClinicId, request: Request,
                            principal: Principal = Depends(nurses)) -> StreamingResponse:
         principal.require_clinic(clinic_id)
-        queue = hub.open(clinic_id)
 
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                yield b"retry: 2000\n\n"
-                standing = await store.alerts(clinic_id)
-                yield _sse("alerts", {"clinic_id": clinic_id, "alerts": standing})
-                while True:
-                    try:
-                        raw = await asyncio.wait_for(queue.get(), timeout=15.0)
-                    except TimeoutError:
-                        if await request.is_disconnected():
-                            return
-                        yield b": keep-alive\n\n"
-                        continue
-                    if raw is None:
-                        return  # fell behind: the station reconnects and gets a fresh list
-                    change = orjson.loads(raw)
-                    alert = change["alert"]
-                    if change["type"] == "raised":
-                        yield _sse("alert.raised", alert, alert["alert_id"])
-                    else:
-                        yield _sse("alert.withdrawn", {**alert, "reason": change["reason"]})
-            finally:
-                hub.close(clinic_id, queue)
+        async def first() -> bytes:
+            standing = await store.alerts(clinic_id)
+            return _sse("alerts", {"clinic_id": clinic_id, "alerts": standing})
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        def render(raw: bytes) -> bytes:
+            change = orjson.loads(raw)
+            alert = change["alert"]
+            if change["type"] == "raised":
+                return _sse("alert.raised", alert, alert["alert_id"])
+            return _sse("alert.withdrawn", {**alert, "reason": change["reason"]})
+
+        return hub.stream(clinic_id, principal.name, request, first=first, render=render)
 
     # -------------------------------------------------------------- other
 
