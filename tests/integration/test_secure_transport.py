@@ -158,6 +158,7 @@ async def test_a_wrong_secret_or_an_untrusted_ca_keeps_the_service_unready_and_s
             healthz = await client.get(f"{service.url}/healthz", timeout=5)
             assert healthz.status_code == 200  # alive, answering, not hung
         secrets = [value for value in overrides.values() if isinstance(value, str)]
+        secrets += [secure_servers.kafka_password, secure_servers.redis_password]
         assert not any(secret in log.read_text() for secret in secrets), \
             "a password was written to the log"
     finally:
