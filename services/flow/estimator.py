@@ -383,7 +383,8 @@ class WaitEstimator:
                 end = occupant_end.get(room.room_id, self._remaining(
                     self.all_visits.value + intake, since(room.since)))
                 room_free[room.room_id] = end + cleaning
-        rooms_known = bool(clinic.rooms)
+        # no room in service (all out of service): estimate as if rooms were not tracked
+        rooms_known = bool(room_free)
 
         provider_set: set[str | None] = set(clinic.providers())
         provider_set.update(p for p in in_room_until if p is not None)

@@ -165,3 +165,16 @@ def test_errors_learned_at_rooming_widen_or_shift_later_estimates() -> None:
     assert q50 > 0.1 and q90 > 1.0  # relative errors well beyond the prior's
     later = {e.visit_id: e for e in flow.estimates(at(9))}
     assert later["v6"].high > first["v5"].high
+
+
+def test_a_clinic_whose_every_room_is_out_of_service_still_gets_estimates() -> None:
+    # found by the role matrix: a room made ready then taken out of service, then a
+    # walk-in, made the estimator take min() of no rooms and flow's consumer retried
+    # that batch for ever, every clinic's board frozen behind it
+    flow = ClinicFlow("north")
+    flow.apply(ev.RoomReady(room_id="r1"), at(0))
+    flow.apply(ev.RoomOutOfService(room_id="r1", reason="leak"), at(1))
+    flow.apply(arrival("v1"), at(2))
+    (estimate,) = flow.estimates(at(3))
+    assert estimate.visit_id == "v1"
+    assert 0 <= estimate.low <= estimate.wait_minutes <= estimate.high
