@@ -31,7 +31,7 @@ from services.flow import metrics as m
 from services.flow.estimator import Estimate
 from services.flow.processor import BatchResult, FloorProcessor, Record, build_board
 from services.flow.snapshot import dump_flow, load_flow
-from services.flow.store import FlowStore
+from services.flow.store import Fenced, FlowStore
 from shared import events as ev
 from shared.consumer import (
     RedisPositioned,
@@ -91,6 +91,7 @@ class FloorConsumer(RedisPositioned):
         async with self.lock:
             kafka = self.kafka_consumer
             for tp in assigned:
+                await self.store.claim(tp.topic, tp.partition)  # fences off a paused holder
                 offset, snapshots = await self.store.load_partition(tp.topic, tp.partition)
                 for raw in snapshots:
                     flow = load_flow(orjson.loads(raw))
@@ -112,11 +113,21 @@ class FloorConsumer(RedisPositioned):
                 await self.store.write(boards)
 
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        """Checkpoint what this instance applied, then let the partitions go."""
+        """Checkpoint what this instance applied, then let the partitions go (even when
+        the checkpoint fails: what was not stored is replayed by the next owner)."""
         async with self.lock:
-            await self._checkpoint(force=True)
-            for tp in revoked:
-                self.processor.drop_partition(tp.topic, tp.partition)
+            try:
+                await self._checkpoint(force=True)
+            except Fenced:
+                log.warning("partitions taken over while this instance was paused: its "
+                            "late checkpoint is dropped", partitions=len(revoked))
+            finally:
+                for tp in revoked:
+                    for clinic_id in self.processor.drop_partition(tp.topic, tp.partition):
+                        self._dirty.pop(clinic_id, None)
+                        self._stale.discard(clinic_id)
+                    self._pending_offsets.pop((tp.topic, tp.partition), None)
+                    self.store.release(tp.topic, tp.partition)
 
     # ------------------------------------------------------------ batches
 
@@ -148,6 +159,9 @@ class FloorConsumer(RedisPositioned):
                     if at is not None:
                         estimates.extend((clinic_id, e, at) for e in clinic_estimates)
             checkpoint = self._checkpoint_payload()
+            # counted now: applied in memory, the batch is not delivered again even when
+            # the write below fails (its records then reach Redis with a later write)
+            self._observe(result, lag)
             # a failed write (Redis down) leaves the boards stale: the next batch or the
             # idle flush draws them again, so no board stays behind the events applied
             await self.store.write(boards, checkpoint)
@@ -155,7 +169,6 @@ class FloorConsumer(RedisPositioned):
             if checkpoint is not None:
                 self._after_checkpoint()
                 await self._commit(checkpoint[0])
-        self._observe(result, lag)
         if self.publish_estimates and estimates:
             await self._publish_estimates(estimates)
         m.BATCH_SECONDS.observe(time.perf_counter() - started)

@@ -7,6 +7,7 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:flow:pclinics:{topic}:{partition}   SET of clinics whose events live on that partition
     P:flow:board:{clinic}                 the clinic's current board (JSON), served by the API
     P:flow:clinics                        SET of every clinic flow has seen
+    P:flow:owner:{topic}:{partition}      fencing token: bumped by each instance given it
     P:flow:changes:{clinic}               pub/sub channel: each new board, for SSE clients
     P:idem:flow:{key}                     Idempotency-Key answers (shared/idempotency.py)
 
@@ -17,6 +18,15 @@ is applied to the stored state exactly once. Boards are derived views,
 rewritten after every batch; they may run ahead of the checkpoint.
 Everything here can be thrown away: with no offset stored, flow replays the
 floor topic from the beginning and rebuilds it (design decision 1).
+
+Writes are fenced. An instance paused past its session (a long GC pause, a
+frozen VM, SIGSTOP) wakes up still holding batches of partitions the group has
+given to another instance; its late boards and checkpoint would overwrite the
+newer ones. Each instance ``claim``s a partition when it is assigned (a token
+the owner key counts up), and every write checks, in the same Lua call, that
+the partitions it holds are still its own; a write of a partition claimed since
+is refused with ``Fenced``. A flushed owner key is claimed again by the next
+write (Redis lost is rebuilt, design decision 1).
 """
 
 from __future__ import annotations
@@ -25,11 +35,32 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
+# KEYS: fence keys, SET keys, SADD keys, PUBLISH channels; ARGV: the four counts' first
+# three, then the fence tokens, SET values, SADD members and messages in the same order
+_FENCED_WRITE = """
+local fences, sets, adds = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, fences do
+  local owner = redis.call('GET', KEYS[i])
+  if owner and owner ~= ARGV[3 + i] then return 0 end
+  if not owner then redis.call('SET', KEYS[i], ARGV[3 + i]) end
+end
+for i = fences + 1, fences + sets do redis.call('SET', KEYS[i], ARGV[3 + i]) end
+for i = fences + sets + 1, fences + sets + adds do redis.call('SADD', KEYS[i], ARGV[3 + i]) end
+for i = fences + sets + adds + 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[3 + i]) end
+return 1
+"""
+
+
+class Fenced(Exception):
+    """A write refused: another instance was given one of this instance's partitions."""
+
 
 class FlowStore:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = f"{prefix}:flow"
+        self._claims: dict[tuple[str, int], int] = {}  # partitions held -> fencing token
+        self._fenced_write = redis.register_script(_FENCED_WRITE)
 
     # ------------------------------------------------------------------ keys
 
@@ -41,6 +72,9 @@ class FlowStore:
 
     def _pclinics(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:pclinics:{topic}:{partition}"
+
+    def _owner(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:owner:{topic}:{partition}"
 
     def _board(self, clinic_id: str) -> str:
         return f"{self.prefix}:board:{clinic_id}"
@@ -88,6 +122,16 @@ class FlowStore:
 
     # ---------------------------------------------------------------- writes
 
+    async def claim(self, topic: str, partition: int) -> None:
+        """Take a newly assigned partition: from now on, writes of any instance that held
+        it before are refused. Claim before loading the partition's checkpoint."""
+        token = await self.redis.incr(self._owner(topic, partition))
+        self._claims[(topic, partition)] = int(token)
+
+    def release(self, topic: str, partition: int) -> None:
+        """Forget a revoked partition's claim (its later writes are not ours to make)."""
+        self._claims.pop((topic, partition), None)
+
     async def write(
         self,
         boards: dict[str, bytes],
@@ -98,22 +142,32 @@ class FlowStore:
         atomically store snapshots and offsets as well.
 
         ``checkpoint`` is (offsets by (topic, partition), snapshots by clinic with
-        the (topic, partition) the clinic lives on).
+        the (topic, partition) the clinic lives on). All of it or nothing is written;
+        nothing when a partition this instance claimed was claimed since (``Fenced``).
         """
-        pipe = self.redis.pipeline(transaction=checkpoint is not None)
+        fences = [(self._owner(*tp), token) for tp, token in self._claims.items()]
+        sets: list[tuple[str, bytes | str | int]] = []
+        adds: list[tuple[str, str]] = [(self._clinics, clinic_id) for clinic_id in boards]
         for clinic_id, board in boards.items():
-            pipe.set(self._board(clinic_id), board)
-            pipe.publish(self.changes_channel(clinic_id), board)
-        if boards:
-            pipe.sadd(self._clinics, *boards)
+            sets.append((self._board(clinic_id), board))
         if checkpoint is not None:
             offsets, snapshots = checkpoint
             for clinic_id, ((topic, partition), snapshot) in snapshots.items():
-                pipe.set(self._snap(clinic_id), snapshot)
-                pipe.sadd(self._pclinics(topic, partition), clinic_id)
+                sets.append((self._snap(clinic_id), snapshot))
+                adds.append((self._pclinics(topic, partition), clinic_id))
             for (topic, partition), offset in offsets.items():
-                pipe.set(self._offset(topic, partition), offset)
-        await pipe.execute()
+                sets.append((self._offset(topic, partition), offset))
+        if not sets and not adds:
+            return
+        publishes = [(self.changes_channel(c), board) for c, board in boards.items()]
+        groups = (fences, sets, adds, publishes)
+        written = await self._fenced_write(
+            keys=[key for group in groups for key, _ in group],
+            args=[len(fences), len(sets), len(adds),
+                  *(value for group in groups for _, value in group)],
+        )
+        if not written:
+            raise Fenced("a partition of this write was given to another flow instance")
 
     async def forget_boards(self, clinic_ids: Iterable[str]) -> None:
         ids = list(clinic_ids)
