@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import Authenticator
@@ -165,7 +166,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         try:
@@ -174,8 +175,12 @@ class BodySizeLimit:
             await _too_large(self.max_bytes, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI passes it on when it meets it while parsing a JSON
+    body (a chunked body without Content-Length): any other error there becomes a 400."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, detail=f"request body larger than {max_bytes} bytes")
 
 
 async def _too_large(max_bytes: int, send: Send) -> None:
