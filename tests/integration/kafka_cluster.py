@@ -232,7 +232,14 @@ class KafkaCluster:
 @contextlib.contextmanager
 def running_cluster(data: Path, records: Path) -> Iterator[KafkaCluster]:
     """A started three-node cluster, stopped (every node) when the block ends."""
-    cluster = KafkaCluster(data, records).start()
+    for attempt in range(3):
+        try:
+            cluster = KafkaCluster(data / f"try{attempt}", records).start()
+            break
+        except StackError as exc:
+            # another test run on this machine may take a free port before a node binds it
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
     try:
         yield cluster
     finally:
