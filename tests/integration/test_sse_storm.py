@@ -17,6 +17,7 @@ import socket
 import struct
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,9 +26,10 @@ import orjson
 import pytest
 
 from services.flow.app import create_app
+from services.notifications.app import create_app as create_notifications
 from shared import events as ev
 from shared.admin import ensure_topics
-from shared.settings import FlowSettings
+from shared.settings import FlowSettings, NotificationsSettings
 from shared.topics import FLOOR, topic_name
 from tests.helpers import eventually, producer, serving
 from tests.integration.flow_support import flow_settings
@@ -39,6 +41,8 @@ STEADY_TOKEN = "steady-nurse-token-000000000"
 WAVES = 4  # after a warm-up wave: 5 x 84 = 420 clients
 WAVE_SIZE = 64  # vanishing clients per wave, spread over the storm credentials
 BURST = PER_CREDENTIAL + 8  # one credential asks for more than its limit in every wave
+NURSE_STATIONS = 16  # notifications' total limit in its test
+ALERT_GAUGE = "clinicflow_alert_stream_clients"
 MODES = ("before-response", "after-headers", "after-first-event", "after-first-event-rst")
 
 
@@ -90,25 +94,36 @@ def server_connections(port: int) -> list[str]:
     return states
 
 
-async def open_streams(client: httpx.AsyncClient) -> float:
-    """The hub's open connections, as /metrics reports them."""
+async def open_streams(client: httpx.AsyncClient, gauge: str) -> float:
+    """A hub's open connections, as /metrics reports them."""
     text = (await client.get("/metrics")).text
-    line = next(x for x in text.splitlines() if x.startswith("clinicflow_sse_clients "))
+    line = next(x for x in text.splitlines() if x.startswith(f"{gauge} "))
     return float(line.split()[1])
 
 
-async def settled(client: httpx.AsyncClient, wave: int) -> None:
-    """Wait until the steady screen is the only open stream left."""
+async def settled(client: httpx.AsyncClient, wave: int, *, gauge: str = "clinicflow_sse_clients",
+                  staying: int = 1) -> None:
+    """Wait until only the ``staying`` clients (the steady screen) hold a stream."""
+
+    async def only_the_staying() -> bool:
+        return await open_streams(client, gauge) == staying
+
     try:
-        await eventually(lambda: _only_one(client), timeout=60)
+        await eventually(only_the_staying, timeout=60)
     except AssertionError:
-        left = await open_streams(client)
-        raise AssertionError(f"after wave {wave}, {left:.0f} streams still open (1 expected: "
-                             "the steady screen)") from None
+        left = await open_streams(client, gauge)
+        raise AssertionError(f"after wave {wave}, {left:.0f} streams still open "
+                             f"({staying} expected)") from None
 
 
-async def _only_one(client: httpx.AsyncClient) -> bool:
-    return await open_streams(client) == 1
+async def tasks_back_to(baseline: int) -> None:
+    """Wait until this process runs no more asyncio tasks than ``baseline``."""
+    try:
+        await eventually(lambda: len(asyncio.all_tasks()) <= baseline, timeout=60)
+    except AssertionError:
+        running = sorted(repr(task.get_coro()) for task in asyncio.all_tasks())
+        raise AssertionError(f"{len(running)} tasks still run ({baseline} before the storm): "
+                             f"{running}") from None
 
 
 def traced_bytes() -> int:
@@ -119,20 +134,38 @@ def traced_bytes() -> int:
 # ------------------------------------------------------------------ clients
 
 
-async def vanishing_client(port: int, token: str, mode: str) -> int | None:
+@dataclass(frozen=True)
+class LiveStream:
+    """Where a raw client connects: the server's port, the stream's path, and the bytes
+    that mark its first event."""
+
+    port: int
+    path: str = "/clinics/north/stream"
+    first_event: bytes = b"event: board"
+
+    async def connect(self, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+                     f"Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        return reader, writer
+
+
+async def status_of(reader: asyncio.StreamReader) -> int:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+    return int(head.split(b" ", 2)[1])
+
+
+async def vanishing_client(live: LiveStream, token: str, mode: str) -> int | None:
     """Open the live stream over a raw socket and drop it abruptly at the point ``mode``
     names; the status line's code, when the client waited for it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /clinics/north/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                 f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    reader, writer = await live.connect(token)
     status = None
     try:
         await writer.drain()
         if mode != "before-response":
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-            status = int(head.split(b" ", 2)[1])
+            status = await status_of(reader)
             if status == 200 and mode.startswith("after-first-event"):
-                await asyncio.wait_for(reader.readuntil(b"event: board"), 60)
+                await asyncio.wait_for(reader.readuntil(live.first_event), 60)
     finally:
         if mode.endswith("-rst"):  # a reset rather than a close: no goodbye at all
             sock = writer.get_extra_info("socket")
@@ -141,16 +174,13 @@ async def vanishing_client(port: int, token: str, mode: str) -> int | None:
     return status
 
 
-async def held_client(port: int, token: str, opened: asyncio.Event) -> int:
+async def held_client(live: LiveStream, token: str, opened: asyncio.Event) -> int:
     """Open the stream, report the status, hold the connection until ``opened`` is set by
     the test (every client of the burst has its answer), then vanish."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await live.connect(token)
     try:
-        writer.write(f"GET /clinics/north/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     f"Authorization: Bearer {token}\r\n\r\n".encode())
         await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-        status = int(head.split(b" ", 2)[1])
+        status = await status_of(reader)
         if status == 200:
             await opened.wait()
         return status
@@ -158,25 +188,37 @@ async def held_client(port: int, token: str, opened: asyncio.Event) -> int:
         writer.transport.abort()
 
 
-async def storm_wave(port: int, wave: int) -> list[int]:
-    """One wave: clients vanishing at every stage, and a burst over one credential's
-    limit held open until all its answers are in. The burst's status codes."""
-    vanishing = [vanishing_client(port, STORM_TOKENS[i % len(STORM_TOKENS)],
-                                  MODES[(i + wave) % len(MODES)]) for i in range(WAVE_SIZE)]
+async def burst(live: LiveStream, token: str, size: int, admitted: int) -> list[int]:
+    """``size`` clients at once, each held open until all but the ``admitted`` ones have
+    been answered (refused); then all vanish. Their status codes."""
     opened = asyncio.Event()
-    burst = [asyncio.create_task(held_client(port, BURST_TOKEN, opened)) for _ in range(BURST)]
-    vanish = asyncio.gather(*vanishing)
+    clients = [asyncio.create_task(held_client(live, token, opened)) for _ in range(size)]
 
-    async def all_answered() -> bool:
-        return sum(t.done() for t in burst) == BURST - PER_CREDENTIAL
+    async def refusals_in() -> bool:
+        return sum(c.done() for c in clients) == size - admitted
 
     try:
-        await eventually(all_answered, timeout=60)
+        await eventually(refusals_in, timeout=60)
     finally:
         opened.set()
-    statuses = await asyncio.gather(*burst)
-    refused = [s for s in await vanish if s not in (None, 200)]
-    assert not refused, f"storm clients under their limit were refused: {refused}"
+    return sorted(await asyncio.gather(*clients))
+
+
+async def vanishing_wave(live: LiveStream, tokens: list[str], size: int, wave: int) -> None:
+    """``size`` clients vanishing at every stage, none of them over a limit."""
+    statuses = await asyncio.gather(*(
+        vanishing_client(live, tokens[i % len(tokens)], MODES[(i + wave) % len(MODES)])
+        for i in range(size)))
+    refused = [s for s in statuses if s not in (None, 200)]
+    assert not refused, f"clients under every limit were refused: {refused}"
+
+
+async def storm_wave(live: LiveStream, wave: int) -> list[int]:
+    """One wave at flow: clients vanishing at every stage while one credential asks for
+    more streams than its share. The burst's status codes."""
+    vanishing = asyncio.create_task(vanishing_wave(live, STORM_TOKENS, WAVE_SIZE, wave))
+    statuses = await burst(live, BURST_TOKEN, BURST, PER_CREDENTIAL)
+    await vanishing
     return statuses
 
 
@@ -195,6 +237,7 @@ async def test_a_storm_of_vanishing_live_screens_leaves_nothing_behind(
     _app, url = flow
     port = urlsplit(url).port
     assert port is not None
+    live = LiveStream(port)
     floor = topic_name(FLOOR, topic_prefix)
     steady_boards: list[dict[str, Any]] = []
 
@@ -240,7 +283,7 @@ async def test_a_storm_of_vanishing_live_screens_leaves_nothing_behind(
             await eventually(lambda: steady_boards, timeout=30)
 
             # a first wave warms every code path up; then the baselines are taken
-            await storm_wave(port, 0)
+            await storm_wave(live, 0)
             await settled(client, 0)
             tracemalloc.start()
             try:
@@ -248,13 +291,12 @@ async def test_a_storm_of_vanishing_live_screens_leaves_nothing_behind(
                 memory_before = traced_bytes()
 
                 for wave in range(1, WAVES + 1):
-                    statuses = await storm_wave(port, wave)
-                    assert sorted(statuses) == [200] * PER_CREDENTIAL + [429] * (
+                    statuses = await storm_wave(live, wave)
+                    assert statuses == [200] * PER_CREDENTIAL + [429] * (
                         BURST - PER_CREDENTIAL), f"wave {wave}: {statuses}"
                     await settled(client, wave)
 
-                await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before,
-                                 timeout=60)
+                await tasks_back_to(tasks_before)
                 # one established connection (the steady screen's); none left half-closed
                 await eventually(lambda: server_connections(port) == ["01"], timeout=60)
                 grown = traced_bytes() - memory_before
@@ -273,3 +315,45 @@ async def test_a_storm_of_vanishing_live_screens_leaves_nothing_behind(
             flowing.cancel()
             steady.cancel()
             await asyncio.gather(flowing, steady, return_exceptions=True)
+
+
+@pytest.mark.reliability(
+    "nurse stations' alert streams connecting and vanishing, more at once than the "
+    "process takes",
+    "503 with Retry-After past the total; open streams, asyncio tasks and server sockets "
+    "back to baseline",
+)
+async def test_nurse_stations_vanishing_past_the_limit_give_every_place_back(
+    notifications_env: dict[str, Any],
+) -> None:
+    settings = NotificationsSettings(**notifications_env,
+                                     notifications_sse_max_total=NURSE_STATIONS)
+    async with serving(create_notifications(settings)) as url, \
+            httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(
+                max_keepalive_connections=0)) as client:
+        port = urlsplit(url).port
+        assert port is not None
+        live = LiveStream(port, "/clinics/north/alerts/stream", b"event: alerts")
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready, timeout=60)
+        await vanishing_wave(live, ["dev-nurse"], NURSE_STATIONS, 0)  # warm-up
+        await settled(client, 0, gauge=ALERT_GAUGE, staying=0)
+        tasks_before = len(asyncio.all_tasks())
+        for wave in range(1, 4):
+            await vanishing_wave(live, ["dev-nurse"], NURSE_STATIONS, wave)
+            await settled(client, wave, gauge=ALERT_GAUGE, staying=0)
+            statuses = await burst(live, "dev-nurse", NURSE_STATIONS + 6, NURSE_STATIONS)
+            assert statuses == [200] * NURSE_STATIONS + [503] * 6, f"wave {wave}: {statuses}"
+            await settled(client, wave, gauge=ALERT_GAUGE, staying=0)
+        full = await burst_answer(live)
+        assert full == 200  # every place was given back: a station gets in again
+        await tasks_back_to(tasks_before)
+        await eventually(lambda: server_connections(port) == [], timeout=60)
+
+
+async def burst_answer(live: LiveStream) -> int:
+    """One more station's answer, after the storm."""
+    return (await burst(live, "dev-nurse", 1, 1))[0]
