@@ -140,7 +140,17 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         async def action() -> tuple[int, Any]:
             event = ev.make_event(payload, clinic_id=clinic_id, source="flow",
                                   correlation_id=correlation_id)
-            await runtime.broker.publish(ev.encode(event), floor_topic, key=clinic_id.encode())
+            if not runtime.kafka_started:
+                raise HTTPException(503, detail="Kafka is not connected yet: nothing was "
+                                    "published; try again shortly", headers={"Retry-After": "2"})
+            try:
+                await runtime.broker.publish(ev.encode(event), floor_topic,
+                                             key=clinic_id.encode())
+            except Exception as exc:
+                log.warning("floor command not published", error=repr(exc), clinic=clinic_id)
+                raise HTTPException(503, detail="could not publish to Kafka; try again (with "
+                                    "the same Idempotency-Key)",
+                                    headers={"Retry-After": "2"}) from exc
             EVENTS_PUBLISHED.labels("flow", event.event_type).inc()
             log.info("floor command published", event_type=event.event_type, clinic=clinic_id,
                      by=principal.name)
