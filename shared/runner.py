@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 from typing import Any
 
@@ -23,10 +24,24 @@ def build_app(service: str) -> tuple[Any, Any, int]:
     return module.create_app(settings), settings, int(getattr(settings, port_field))
 
 
+# Collect young objects every 50,000 allocations rather than 700: a consumer applying
+# tens of thousands of events a second allocates far faster than it makes garbage cycles,
+# and each collection otherwise walks much of the live state (measured in bench/).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Move what start-up built out of the collector's sight and collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     app, settings, port = build_app(args.service)
+    tune_gc()
     uvicorn.run(
         app,
         host=settings.host,

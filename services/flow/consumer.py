@@ -30,7 +30,7 @@ from aiokafka import TopicPartition
 from services.flow import metrics as m
 from services.flow.estimator import Estimate
 from services.flow.processor import BatchResult, FloorProcessor, Record, build_board
-from services.flow.snapshot import dump_flow, load_flow
+from services.flow.snapshot import dump_flow_json, load_flow
 from services.flow.store import Fenced, FlowStore
 from shared import events as ev
 from shared.consumer import (
@@ -195,7 +195,7 @@ class FloorConsumer(RedisPositioned):
         if not force and time.monotonic() - self._last_checkpoint < every:
             return None
         snapshots = {
-            clinic_id: (tp, orjson.dumps(dump_flow(self.processor.flows[clinic_id])))
+            clinic_id: (tp, dump_flow_json(self.processor.flows[clinic_id]))
             for clinic_id, tp in self._dirty.items()
             if clinic_id in self.processor.flows
         }
@@ -387,6 +387,9 @@ class FloorConsumer(RedisPositioned):
                     continue
                 board, _ = self._board_bytes(clinic_id, wall)
                 boards[clinic_id] = board
-            await self.store.write(boards, self._checkpoint_payload(force=True))
+            payload = self._checkpoint_payload(force=True)
+            await self.store.write(boards, payload)
             self._after_checkpoint()
+            if payload is not None:  # what Redis now holds, Kafka is told (lag monitoring)
+                await self._commit(payload[0])
         return len(boards)

@@ -183,6 +183,8 @@ class _UndoRecord:
     delays: dict[str | None, Delay | None] | None
     visit_marks: dict[str, int]  # len(history) right after the fact
     room_marks: dict[str, datetime]
+    # a sealed record never changes: its checkpoint JSON is made once (snapshot.py)
+    snapshot: bytes | None = None
 
 
 class Clinic:
@@ -197,6 +199,8 @@ class Clinic:
         self._closed_set: set[str] = set()
         self._undo: deque[_UndoRecord] = deque(maxlen=UNDO_MEMORY)
         self.counts: dict[str, int] = {}  # outcomes today: checked_out, lwbs, ...
+        # open visits per status, kept as facts apply (statistics read it after every fact)
+        self.open_counts: dict[VisitStatus, int] = dict.fromkeys(OPEN_STATUSES, 0)
 
     # ------------------------------------------------------------------ queries
 
@@ -206,6 +210,13 @@ class Clinic:
             (v for v in self.visits.values() if v.status is VisitStatus.WAITING),
             key=Visit.queue_key,
         )
+
+    def recount(self) -> None:
+        """Count open visits per status afresh (after a restore or an undo)."""
+        counts = dict.fromkeys(OPEN_STATUSES, 0)
+        for visit in self.visits.values():
+            counts[visit.status] += 1
+        self.open_counts = counts
 
     def roomed(self) -> list[Visit]:
         return [v for v in self.visits.values() if v.status is not VisitStatus.WAITING]
@@ -245,6 +256,7 @@ class Clinic:
         visit = Visit(visit_id, ticket_code, provider_id, visit_type, priority, scheduled_at, at)
         visit.history.append((VisitStatus.WAITING.value, at))
         self.visits[visit_id] = visit
+        self.open_counts[VisitStatus.WAITING] += 1
         self._seal(record)
         return Change("arrival", (visit_id,))
 
@@ -295,7 +307,7 @@ class Clinic:
         room.state, room.since, room.visit_id = RoomState.OCCUPIED, at, visit_id
         visit.room_id = room_id
         visit.roomed_at = at
-        visit.set_status(VisitStatus.ROOMED, at)
+        self._move(visit, VisitStatus.ROOMED, at)
         self._seal(record)
         stage = StageTime("arrival_to_roomed", _minutes(at - visit.arrived_at), visit.provider_id,
                           visit.visit_type)
@@ -315,7 +327,7 @@ class Clinic:
         if provider_id is not None:
             visit.provider_id = provider_id
         visit.provider_in_at = at
-        visit.set_status(VisitStatus.WITH_PROVIDER, at)
+        self._move(visit, VisitStatus.WITH_PROVIDER, at)
         self._seal(record)
         return Change("provider_in", (visit_id,), stages=stages)
 
@@ -400,6 +412,7 @@ class Clinic:
                 else:
                     self.delays[provider_id] = copy.copy(delay_before)
         self._undo.remove(record)
+        self.recount()
         return Change("undo", tuple(record.visits), tuple(record.rooms))
 
     # ---------------------------------------------------------------- helpers
@@ -419,8 +432,16 @@ class Clinic:
         if room is not None and room.visit_id == visit.visit_id:
             room.state, room.since, room.visit_id = RoomState.NEEDS_CLEANING, at, None
 
-    def _close(self, visit: Visit, status: VisitStatus, at: datetime) -> None:
+    def _move(self, visit: Visit, status: VisitStatus, at: datetime) -> None:
+        """An open visit's new status, kept in ``open_counts``."""
+        counts = self.open_counts
+        counts[visit.status] -= 1
+        if status in OPEN_STATUSES:
+            counts[status] += 1
         visit.set_status(status, at)
+
+    def _close(self, visit: Visit, status: VisitStatus, at: datetime) -> None:
+        self._move(visit, status, at)
         visit.ended_at = at
         del self.visits[visit.visit_id]
         if len(self.closed_ids) == self.closed_ids.maxlen:

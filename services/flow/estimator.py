@@ -114,10 +114,15 @@ class RoomsUsed:
 class ProviderHabits:
     """How many patients a provider keeps roomed at once, learned from roomings."""
 
-    __slots__ = ("observed",)
+    __slots__ = ("_capacity", "observed")
 
     def __init__(self) -> None:
         self.observed: deque[int] = deque(maxlen=30)
+        self._capacity: int | None = None  # worked out again after each observation
+
+    def observe(self, in_rooms: int) -> None:
+        self.observed.append(in_rooms)
+        self._capacity = None
 
     def capacity(self) -> int:
         """Patients this provider may have in rooms at once.
@@ -125,11 +130,14 @@ class ProviderHabits:
         What is seen at rooming is a lower bound (a quiet day never shows the
         limit), so the prior stands until the day shows more.
         """
-        if not self.observed:
-            return ROOMS_PER_PROVIDER_PRIOR
-        ordered = sorted(self.observed)
-        high = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-        return max(ROOMS_PER_PROVIDER_PRIOR, high)
+        if self._capacity is None:
+            if not self.observed:
+                self._capacity = ROOMS_PER_PROVIDER_PRIOR
+            else:
+                ordered = sorted(self.observed)
+                high = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+                self._capacity = max(ROOMS_PER_PROVIDER_PRIOR, high)
+        return self._capacity
 
 
 class WaitEstimator:
@@ -208,7 +216,7 @@ class WaitEstimator:
             1 for v in clinic.visits.values()
             if v.status is not VisitStatus.WAITING and v.provider_id == provider
         )
-        self.habits.setdefault(provider, ProviderHabits()).observed.append(max(1, in_rooms))
+        self.habits.setdefault(provider, ProviderHabits()).observe(max(1, in_rooms))
         if provider is not None and visit.room_id is not None:
             used = self.rooms_used.setdefault(provider, RoomsUsed())
             used.rooms.add(visit.room_id)
@@ -348,6 +356,15 @@ class WaitEstimator:
             return max(clinic_until, absent_until(provider))
 
         handover = self.handover.value
+        minutes_of: dict[tuple[str, str | None], float] = {}  # visit type, provider
+
+        def visit_minutes_of(visit_type: str, provider: str | None) -> float:
+            key = (visit_type, provider)
+            minutes = minutes_of.get(key)
+            if minutes is None:
+                minutes = minutes_of[key] = self.expected_visit_minutes(visit_type, provider)
+            return minutes
+
         provider_free: dict[str | None, float] = {}
         in_room_until: dict[str | None, list[float]] = {}
         occupant_end: dict[str, float] = {}
@@ -358,7 +375,7 @@ class WaitEstimator:
             provider = visit.provider_id
             if provider not in provider_free:
                 provider_free[provider] = delay_until(provider)
-            visit_minutes = self.expected_visit_minutes(visit.visit_type, provider)
+            visit_minutes = visit_minutes_of(visit.visit_type, provider)
             if visit.status is VisitStatus.WITH_PROVIDER and visit.provider_in_at is not None:
                 end = self._remaining(visit_minutes, since(visit.provider_in_at))
             else:
@@ -380,9 +397,10 @@ class WaitEstimator:
             elif room.state is RoomState.NEEDS_CLEANING:
                 room_free[room.room_id] = self._remaining(cleaning, since(room.since))
             else:
-                end = occupant_end.get(room.room_id, self._remaining(
-                    self.all_visits.value + intake, since(room.since)))
-                room_free[room.room_id] = end + cleaning
+                occupant = occupant_end.get(room.room_id)
+                if occupant is None:
+                    occupant = self._remaining(self.all_visits.value + intake, since(room.since))
+                room_free[room.room_id] = occupant + cleaning
         # no room in service (all out of service): estimate as if rooms were not tracked
         rooms_known = bool(room_free)
 
@@ -415,7 +433,6 @@ class WaitEstimator:
             for p in providers
         }
         arrives_of = {p: absent_until(p) for p in providers}
-        minutes_of: dict[tuple[str, str | None], float] = {}
 
         result: dict[str, float] = {}
         for count, visit in enumerate(waiting):
@@ -444,7 +461,7 @@ class WaitEstimator:
                 room_id: str | None = None
                 if rooms_known:
                     eligible = eligible_rooms.get(provider) or list(room_free)
-                    first_free = min(room_free[r] for r in eligible)
+                    first_free = min(map(room_free.__getitem__, eligible))
                     if first_free > start:
                         start = first_free
                     # take the latest room already free by then, leaving earlier ones
@@ -456,10 +473,7 @@ class WaitEstimator:
                 if start < best_start:
                     best_start, best_provider, best_room = start, provider, room_id
             start, provider, room_id = best_start, best_provider, best_room
-            key = (visit.visit_type, provider)
-            if key not in minutes_of:
-                minutes_of[key] = self.expected_visit_minutes(visit.visit_type, provider)
-            visit_minutes = minutes_of[key]
+            visit_minutes = visit_minutes_of(visit.visit_type, provider)
             begin = max(start + intake, provider_free.get(provider, 0.0) + handover)
             end = begin + visit_minutes
             provider_free[provider] = end

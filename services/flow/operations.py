@@ -35,10 +35,9 @@ take its stage time back out of the day (it was a real wait, briefly).
 from __future__ import annotations
 
 import bisect
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from typing import Any
 
 from services.flow.domain import Change, Clinic, RoomState, Visit, VisitStatus
@@ -61,7 +60,7 @@ ON_TIME_MINUTES = 5.0  # pace within this many minutes of the schedule is "on ti
 BOTTLENECK_SCORE = 15.0
 LONG_VISIT_MINUTES = 60.0  # a provider this long with one patient holds a room up
 _ROOMS_ONLY = frozenset({"room_ready", "room_out_of_service", "delay", "schedule"})
-_STATUS = attrgetter("status")
+_ENDS_VISITS = frozenset({"checkout", "cancel"})
 
 
 class Durations:
@@ -222,12 +221,13 @@ class DayStats:
                     pace.seen += 1
                 elif visit.scheduled_at is not None and not visit.late and visit.roomed_at:
                     pace.add(_minutes(visit.roomed_at - visit.scheduled_at))
-        self._count_outcomes(clinic)
+        if self.counts_seen is None or change.kind in _ENDS_VISITS:
+            self._count_outcomes(clinic)  # outcomes change only when a visit ends
         if change.kind in _ROOMS_ONLY:
             waiting, roomed = self.now_waiting, self.now_roomed
         else:
-            statuses = Counter(map(_STATUS, clinic.visits.values()))
-            waiting, roomed = statuses[VisitStatus.WAITING], statuses[VisitStatus.ROOMED]
+            counts = clinic.open_counts
+            waiting, roomed = counts[VisitStatus.WAITING], counts[VisitStatus.ROOMED]
         self._sample(at, waiting, roomed)
 
     def _count_outcomes(self, clinic: Clinic) -> None:

@@ -7,8 +7,11 @@ snapshot's size follows the clinic's open visits, not its history.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from services.flow.domain import Delay, Room, RoomState, Visit, VisitStatus, _UndoRecord
 from services.flow.estimator import ProviderHabits, RoomsUsed, RunningMean, _History
@@ -74,6 +77,15 @@ def _undelay(values: list[Any]) -> Delay:
     return Delay(provider, minutes, announced_at, reason)
 
 
+def _undo_json(r: _UndoRecord) -> orjson.Fragment:
+    """The record as JSON, made once: a sealed record never changes, and a clinic's
+    undo window is most of its checkpoint (kept as bytes, which the garbage collector
+    does not walk)."""
+    if r.snapshot is None:
+        r.snapshot = orjson.dumps(_undo(r))
+    return orjson.Fragment(r.snapshot)
+
+
 def _undo(r: _UndoRecord) -> dict[str, Any]:
     return {
         "e": r.event_id, "k": r.kind,
@@ -99,6 +111,16 @@ def _unundo(d: dict[str, Any]) -> _UndoRecord:
 
 def dump_flow(flow: ClinicFlow) -> dict[str, Any]:
     """Everything needed to carry on exactly where the clinic was."""
+    return _document(flow, _undo)
+
+
+def dump_flow_json(flow: ClinicFlow) -> bytes:
+    """``dump_flow`` as the JSON the checkpoint stores, with each undo record's JSON
+    made once rather than at every checkpoint."""
+    return orjson.dumps(_document(flow, _undo_json))
+
+
+def _document(flow: ClinicFlow, undo: Callable[[_UndoRecord], Any]) -> dict[str, Any]:
     clinic = flow.clinic
     estimator = flow.estimator
     return {
@@ -109,7 +131,7 @@ def dump_flow(flow: ClinicFlow) -> dict[str, Any]:
         "visits": [_visit(v) for v in clinic.visits.values()],
         "rooms": [_room(r) for r in clinic.rooms.values()],
         "delays": [_delay(d) for d in clinic.delays.values()],
-        "undo": [_undo(r) for r in clinic._undo],
+        "undo": [undo(r) for r in clinic._undo],
         "closed": list(clinic.closed_ids),
         "counts": clinic.counts,
         "day": flow.day.to_dict(),
@@ -156,6 +178,7 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
         clinic._undo.append(_unundo(record))
     clinic.closed_ids.extend(document["closed"])
     clinic._closed_set = set(clinic.closed_ids)
+    clinic.recount()
     clinic.counts = dict(document["counts"])
     flow.day = DayStats.from_dict(document.get("day", {}))
     flow.provider_free_since = {k: _dt(v) for k, v in document["provider_free_since"]}

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from services.flow.domain import NotApplicable
 from services.flow.processor import FloorProcessor, Record, build_board
 from services.flow.snapshot import dump_flow, load_flow
 from shared import events as ev
@@ -139,3 +140,36 @@ def test_a_clinic_restored_mid_day_estimates_exactly_like_one_that_never_stopped
             continuous.estimates(at)
     assert continuous.estimates(at) == restored.estimates(at)
     assert dump_flow(continuous) == dump_flow(restored)
+
+
+def test_the_checkpoint_json_is_the_snapshot_and_open_counts_follow_the_floor() -> None:
+    """``dump_flow_json`` (each undo record's JSON made once) writes what ``dump_flow``
+    says, and the per-status counts kept as facts apply equal a fresh count, through
+    a whole day with undos and restores."""
+    from services.flow.handlers import ClinicFlow
+    from services.flow.replay import to_fact
+    from services.flow.simulate import simulate_day
+    from services.flow.snapshot import dump_flow_json
+
+    flow = ClinicFlow("c1")
+    undone = 0
+    for number, record in enumerate(simulate_day("mixed", 5).events):
+        at = datetime.fromisoformat(record["ts"])
+        try:
+            flow.apply(to_fact(record, lambda _c, v: "A-1"), at, event_id=f"e{number}")
+        except NotApplicable:
+            pass  # a fact about a visit whose arrival was taken back
+        if number % 50 == 49:  # take the last fact back, when the floor allows it
+            try:
+                flow.apply(ev.ActionUndone(undone_event_id=f"e{number}"), at, f"u{number}")
+                undone += 1
+            except NotApplicable:
+                pass
+        if number % 80 == 79:
+            assert dump_flow_json(flow) == orjson.dumps(dump_flow(flow))
+            assert dump_flow_json(flow) == dump_flow_json(flow)  # made once, reused
+            flow = load_flow(orjson.loads(dump_flow_json(flow)))
+        counted = flow.clinic.open_counts
+        flow.clinic.recount()
+        assert counted == flow.clinic.open_counts, number
+    assert undone > 0
