@@ -83,6 +83,7 @@ class FloorConsumer(RedisPositioned):
         self._stale: set[str] = set()  # clinics whose board waits (catch-up, Redis down)
         self._last_lag: int | None = None
         self.applied_total = 0
+        self._stage_histograms: dict[tuple[str, str, str], Any] = {}
 
     # ------------------------------------------------------------- wiring
 
@@ -221,7 +222,8 @@ class FloorConsumer(RedisPositioned):
         """The batch's records, minus those of a partition that did not start where its
         checkpoint says (a position decided by the group's committed offset rather than
         by our seek): that partition is sought again and its records are dropped."""
-        records = [Record(r.topic, r.partition, r.offset, r.key, r.value) for r in raw_records]
+        # aiokafka's records have Record's fields: no copy of each
+        records: list[Record] = list(raw_records)
         skip = await self.off_course_partitions(records)
         if not skip:
             return records
@@ -332,10 +334,13 @@ class FloorConsumer(RedisPositioned):
         if result.dead_letters:
             EVENTS_CONSUMED.labels("flow", "dead_lettered").inc(len(result.dead_letters))
         self.applied_total += result.applied
+        histograms = self._stage_histograms
         for clinic_id, stage in result.stages:
-            m.STAGE_MINUTES.labels(clinic_id, stage.provider_id or "any", stage.stage).observe(
-                stage.minutes
-            )
+            key = (clinic_id, stage.provider_id or "any", stage.stage)
+            histogram = histograms.get(key)
+            if histogram is None:  # a labelled child looked up once, not per event
+                histogram = histograms[key] = m.STAGE_MINUTES.labels(*key)
+            histogram.observe(stage.minutes)
         if lag is not None:
             CONSUMER_LAG.labels("flow").set(lag)
 
