@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import sys
 from typing import Any
+
+from pydantic import ValidationError
+
+from shared.settings import InsecureConfiguration
 
 SERVICES = {
     "checkin": ("services.checkin.app", "CheckinSettings", "checkin_port"),
@@ -40,7 +45,17 @@ def tune_gc() -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    app, settings, port = build_app(args.service)
+    try:
+        app, settings, port = build_app(args.service)
+    except InsecureConfiguration as exc:
+        print(f"clinicflow run {args.service}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        # what is wrong with which setting, never the value given (it may be a secret)
+        for error in exc.errors(include_input=False, include_url=False):
+            name = "CLINICFLOW_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"clinicflow run {args.service}: {name}: {error['msg']}", file=sys.stderr)
+        return 2
     tune_gc()
     uvicorn.run(
         app,
