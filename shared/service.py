@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
@@ -259,7 +259,8 @@ def make_http_app(
             content={"ready": ready, "service": runtime.service, "checks": checks},
         )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             response_class=PlainTextResponse)
     async def metrics() -> Response:
         body, content_type = render_metrics()
         return Response(content=body, media_type=content_type)

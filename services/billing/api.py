@@ -26,6 +26,7 @@ from services.billing import views
 from services.billing.desk import Desk, new_entry_id
 from shared.auth import Principal, require_role
 from shared.events_billing import CPT_PATTERN, MAX_CENTS, PaymentMethod
+from shared.refusals import REFUSALS
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 ClinicId = Annotated[str, Path(pattern=_ID, examples=["north"])]
@@ -91,7 +92,7 @@ Action = Callable[[], Awaitable[tuple[int, Any]]]
 
 
 def make_router(desk: Desk) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=REFUSALS)
 
     async def once(action: Action) -> Any:
         """Run a command; refusals become 4xx naming the problem."""
@@ -232,7 +233,8 @@ def make_router(desk: Desk) -> APIRouter:
                            for a in accounts]}
 
     @router.get("/clinics/{clinic_id}/visits/{visit_id}/receipts/{entry_id}",
-                tags=["payments"], summary="Receipt for a payment or refund (JSON or HTML)")
+                tags=["payments"], summary="Receipt for a payment or refund (JSON or HTML)",
+                responses={200: {"content": {"application/json": {}, "text/html": {}}}})
     async def receipt(clinic_id: ClinicId, visit_id: VisitId, entry_id: EntryId,
                       format: Literal["json", "html"] = "json",
                       principal: Principal = Depends(readers)) -> Any:
@@ -266,7 +268,9 @@ def make_router(desk: Desk) -> APIRouter:
         return await once(act)
 
     @router.get("/clinics/{clinic_id}/reconciliation", tags=["reports"],
-                summary="End-of-day reconciliation (JSON, CSV or HTML)")
+                summary="End-of-day reconciliation (JSON, CSV or HTML)",
+                responses={200: {"content": {"application/json": {}, "text/csv": {},
+                                             "text/html": {}}}})
     async def reconciliation(clinic_id: ClinicId,
                              day: Annotated[date, Query(alias="date")],
                              format: Literal["json", "csv", "html"] = "json",

@@ -31,6 +31,7 @@ from services.checkin.store import CheckinStore
 from shared.auth import Principal, require_role
 from shared.events import CancelReason, Priority
 from shared.idempotency import IdempotencyStore, fingerprint
+from shared.refusals import Invalid
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 ClinicId = Annotated[str, Path(pattern=_ID, description="the clinic", examples=["north"])]
@@ -248,14 +249,6 @@ class Refusal(BaseModel):
     detail: str = Field(examples=["no appointment 'apt-9' on clinic 'north''s schedule"])
 
 
-class Invalid(BaseModel):
-    """A request that does not match its schema: ``detail`` names every bad field."""
-
-    detail: str = Field(examples=["invalid request: priority: Input should be 'routine' or "
-                                  "'urgent'"])
-    errors: list[dict[str, Any]] = Field(default_factory=list)
-
-
 # --------------------------------------------------------- answer examples
 # shown in the OpenAPI document for each route's success answer (a unit test checks each
 # one is a valid answer of its route's model)
@@ -320,6 +313,7 @@ def _problems(items: list[RowProblem]) -> list[Problem]:
 
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: refusal("the body cannot be read (not UTF-8)", "There was an error parsing the body"),
     401: refusal("no or unknown bearer token", "unknown or revoked token"),
     403: refusal("role not allowed, or clinic not opened by the credential",
                  "role 'kiosk' may not do this (allowed: front_desk, manager)"),
@@ -424,7 +418,8 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
         415: refusal("wrong content type for this route",
                      "content type 'application/json' is not accepted here: CSV goes to this "
                      "route; a FHIR Bundle to .../schedule/fhir"),
-        422: {"model": ImportRejected, "description": "bad rows: nothing was imported",
+        422: {"model": ImportRejected | Invalid,
+              "description": "bad rows: nothing was imported (or an invalid parameter)",
               "content": {"application/json": {"example": {
                   "detail": "2 problem(s) in 42 row(s); nothing was imported (fix the rows "
                             "and import the whole file again)",

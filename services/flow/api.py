@@ -22,6 +22,7 @@ from shared.auth import Principal, require_role
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
+from shared.refusals import REFUSALS
 from shared.service import ServiceRuntime
 from shared.sse import SseHub
 
@@ -114,7 +115,7 @@ def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
 
 def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_topic: str,
                 idempotency: IdempotencyStore) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=REFUSALS)
 
     async def current_board(clinic_id: str) -> dict[str, Any]:
         raw = await store.board(clinic_id)

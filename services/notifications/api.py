@@ -23,6 +23,7 @@ from services.notifications.store import NotificationStore
 from shared.auth import Principal, require_role
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
+from shared.refusals import REFUSALS
 from shared.service import ServiceRuntime
 from shared.sse import SseHub
 
@@ -205,7 +206,7 @@ class AlertHub(SseHub):
 def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBook,
                 hub: AlertHub, idempotency: IdempotencyStore, *, sms_available: bool,
                 allow_log_channel: bool) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(responses=REFUSALS)
 
     async def idempotent(clinic_id: str, key: str | None, request: Request,
                          action: Any) -> tuple[dict[str, Any], bool]:
