@@ -292,10 +292,10 @@ clinic) for its ids swapped into its own paths and bodies (tested in the same fi
 def write_matrix(cells: list[Cell]) -> None:
     lines = [MATRIX_INTRO,
              f"Last run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {len(cells)} calls, "
-             f"**{sum(c.ok for c in cells)} as documented**.\n"]
+             f"**{sum(c.ok for c in cells)} as documented**."]
     for service in SERVICES:
         rows = [c for c in cells if c.endpoint.service == service]
-        lines += [f"\n## {service}\n", "| route | " + " | ".join(EVERY_ROLE) + " |",
+        lines += ["", f"## {service}", "", "| route | " + " | ".join(EVERY_ROLE) + " |",
                   "|---|" + "---|" * len(EVERY_ROLE)]
         for endpoint in dict.fromkeys(c.endpoint for c in rows):
             marks = []
