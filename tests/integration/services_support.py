@@ -2,8 +2,9 @@
 on the session's Kafka and Redis with their own topics and keys, and one credential per
 role, for every clinic ("any") and for clinic north only ("north").
 
-One set is started per session (``clinic_services``, registered in conftest.py) and
-shared by the role matrix and the API fuzzing: tests that read the topics look only at
+One set is started per session (``clinic_services``; tests take ``all_services``, which
+waits until each is ready; both registered in conftest.py) and shared by the role matrix
+and the API fuzzing: tests that read the topics look only at
 what they added. Collected by pytest but holds no tests."""
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ class Services:
         spec = next(s for s in ALL_TOPICS if s.name == declared)
         return topic_name(spec, self.topic_prefix)
 
+    async def ready(self) -> None:
+        """Wait until every service has Kafka and Redis (the set lives for the session:
+        a fault test in between may have restarted either)."""
+        for client in self.clients.values():
+
+            async def ready(client: httpx.AsyncClient = client) -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, timeout=90)
+
     async def events(self) -> list[dict[str, Any]]:
         """Every event the services published (every declared topic), as JSON envelopes."""
         found: list[dict[str, Any]] = []
@@ -109,11 +120,7 @@ async def running_services(kafka_bootstrap: str, redis_url: str) -> AsyncIterato
             client = await stack.enter_async_context(httpx.AsyncClient(base_url=url,
                                                                        timeout=30))
             services.clients[name] = client
-
-            async def ready(client: httpx.AsyncClient = client) -> bool:
-                return (await client.get("/readyz")).status_code == 200
-
-            await eventually(ready, timeout=90)
+        await services.ready()
         yield services
 
 
@@ -122,3 +129,10 @@ async def clinic_services(kafka_bootstrap: str, redis_url: str) -> AsyncIterator
     """The four services, started once per session."""
     async with running_services(kafka_bootstrap, redis_url) as running:
         yield running
+
+
+@pytest.fixture
+async def all_services(clinic_services: Services) -> Services:
+    """The session's four services, each ready now."""
+    await clinic_services.ready()
+    return clinic_services

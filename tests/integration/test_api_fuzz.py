@@ -163,8 +163,8 @@ def command_events(events: list[dict[str, Any]], seen: set[str]) -> list[dict[st
     "request; every event published belongs to an accepted request (flow and checkin "
     "commands: the very event id they answered)")
 async def test_fuzzing_every_api_from_its_spec_finds_no_5xx_and_no_half_effect(
-        clinic_services: Services) -> None:
-    services = clinic_services
+        all_services: Services) -> None:
+    services = all_services
     seen = {e["event_id"] for e in await services.events()}
 
     refused = await fuzz_all(services, anonymous=True)
@@ -210,10 +210,10 @@ FROM_COMMANDS = {"room.ready", "room.out_of_service", "patient.roomed", "provide
     "credential and with one",
     "401 without a credential, 403 for a role not named, 200 text/event-stream for one "
     "that is")
-async def test_streams_refuse_without_the_right_credential(clinic_services: Services) -> None:
+async def test_streams_refuse_without_the_right_credential(all_services: Services) -> None:
     for service, key in sorted(STREAMS):
         path = key.split(" ", 1)[1].replace("{clinic_id}", "fuzz")
-        client = clinic_services.clients[service]
+        client = all_services.clients[service]
         allowed = POLICY[service][key]
         assert isinstance(allowed, frozenset)
         for role in ("none", "kiosk", *sorted(allowed)):

@@ -7,7 +7,7 @@ reads, streams and changes nothing of clinic south, ids swapped in paths and bod
 The matrix is written to ``test-artifacts/role-matrix.md`` after every run and to
 ``docs/security.md`` with ``CLINICFLOW_UPDATE_REPORTS=1`` (like the reliability report).
 
-The four services come from ``clinic_services`` (tests/integration/services_support.py),
+The four services come from ``all_services`` (tests/integration/services_support.py),
 shared with ``test_api_fuzz.py``.
 """
 
@@ -243,8 +243,8 @@ def expectation(policy: frozenset[str] | str, role: str) -> str:
     "no credential: 401; a role the README does not name: 403; a named role gets past "
     "authorization (its route's own answer, never 5xx); a route with no declared policy "
     "fails; the matrix is written to docs/security.md")
-async def test_every_route_answers_every_role_as_documented(clinic_services: Services) -> None:
-    services = clinic_services
+async def test_every_route_answers_every_role_as_documented(all_services: Services) -> None:
+    services = all_services
     cells: list[Cell] = []
     undeclared: list[str] = []
     for service in SERVICES:
@@ -426,8 +426,8 @@ def south_events(events: list[dict[str, Any]]) -> list[str]:
     "included; south's ids under north: 404/409/422 or an answer holding none of "
     "south's data; south's board, schedule, account, contact and events unchanged")
 async def test_a_credential_for_one_clinic_reads_streams_and_changes_nothing_of_another(
-        clinic_services: Services) -> None:
-    services = clinic_services
+        all_services: Services) -> None:
+    services = all_services
     south = await make_south(services)
     before = await south_state(services, south)
     south_ids = south.ids()
