@@ -97,13 +97,12 @@ async def checkpoint_at_the_end(redis_url: str, prefix: str, bootstrap: str,
     last: dict[int, int] = {}
     for record in await read_topic(bootstrap, floor):
         last[record.partition] = max(last.get(record.partition, -1), record.offset)
-    await eventually(lambda: _equal(stored_offsets(redis_url, prefix, floor), last),
-                     timeout=30)
 
+    async def reached() -> dict[int, int] | None:
+        stored = await stored_offsets(redis_url, prefix, floor)
+        return stored if stored == last else None
 
-async def _equal(stored: Any, want: dict[int, int]) -> dict[int, int] | None:
-    got: dict[int, int] = await stored
-    return got if got == want else None
+    await eventually(reached, timeout=30)
 
 
 def applied_events(metrics: str) -> float:
