@@ -28,7 +28,7 @@ class SoakConfig:
     speed: float  # simulated seconds per real second while busy (default 60)
     sample_seconds: float  # RSS sampling period
     slope_bound: float  # MiB/h a service may grow after the warm-up
-    noise_floor: float  # MiB of growth a window too short to fit a slope may show
+    noise_floor: float  # MiB a window too short to fit a slope may grow (state still filling)
 
     @classmethod
     def from_env(cls) -> SoakConfig:
@@ -40,7 +40,7 @@ class SoakConfig:
             sample_seconds=float(os.environ.get(
                 "CLINICFLOW_SOAK_SAMPLE_SECONDS", str(min(15.0, max(2.0, minutes * 60 / 150))))),
             slope_bound=float(os.environ.get("CLINICFLOW_SOAK_SLOPE_BOUND_MIB_PER_HOUR", "10")),
-            noise_floor=float(os.environ.get("CLINICFLOW_SOAK_NOISE_FLOOR_MIB", "6")),
+            noise_floor=float(os.environ.get("CLINICFLOW_SOAK_NOISE_FLOOR_MIB", "10")),
         )
 
 

@@ -116,12 +116,14 @@ class ClinicNetwork:
         self.rng = random.Random(seed)
         self.day = -1
         self.sim_days_started = 0
+        self.first_day_ended: float | None = None  # time.monotonic()
         self._timeline: Iterator[tuple[float, dict[str, Any]]] = iter(())
         self._pending: tuple[float, dict[str, Any]] | None = None
         self._sim_clock = 0.0  # simulated seconds into the current day
         self._visit_ids: dict[str, str] = {}  # simulated visit id -> the id the floor knows
         self._tickets: dict[str, int] = defaultdict(int)
         self._visit_types: dict[str, str] = {}  # the floor's visit id -> visit type
+        self._references = 0
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._side_limit = asyncio.Semaphore(4)
         self.producer: AIOKafkaProducer | None = None
@@ -145,6 +147,8 @@ class ClinicNetwork:
 
     def _next_day(self) -> None:
         self.day += 1
+        if self.day == 1:  # the first clinic day is over: its state has filled and emptied
+            self.first_day_ended = time.monotonic()
         self.sim_days_started += 1
         day = simulate_clinics("all", self.seed + self.day, self.clinics)
         start = datetime.fromisoformat(day.events[0]["ts"])
@@ -284,7 +288,8 @@ class ClinicNetwork:
 
     async def _pay(self, clinic: str, visit: str, amount: int, method: str) -> None:
         assert self.client is not None
-        reference = None if method == "cash" else f"R-{visit}"[:40]
+        self._references += 1  # a terminal's authorization or a check number, short
+        reference = None if method == "cash" else f"AUTH-{self._references}"
         answer = await self.client.post(
             f"{self.urls['billing']}/clinics/{clinic}/visits/{visit}/payments",
             headers={**BILLING, "Idempotency-Key": f"pay-{visit}"},
@@ -299,7 +304,10 @@ class ClinicNetwork:
     def _side(self, work: Any) -> None:
         async def limited() -> None:
             async with self._side_limit:
-                await work
+                try:
+                    await work
+                except httpx.HTTPError as exc:  # a service gone or hung: said, not raised
+                    self.expected.http_failures.append(repr(exc))
 
         task = asyncio.create_task(limited())
         self._side_tasks.add(task)

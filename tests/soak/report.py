@@ -65,8 +65,10 @@ def render(*, config: Any, started: datetime, seconds: float, phases: list[Any],
              f"stretch |",
              "",
              "## Memory (RSS, MiB)\n",
-             f"Warm-up: the first {warm_up / 60:.1f} min (its samples are kept in the CSV, "
-             f"left out of the fit). Slope: least squares over every later sample. Busy and "
+             f"Warm-up: the first {warm_up / 60:.1f} min (kept in the CSV, left out of the "
+             f"fit): until the first simulated clinic day ended, at least 15 min, at most "
+             f"half the run; {_first_day(facts.get('first_day_ended'))}. "
+             f"Slope: least squares over every later sample. Busy and "
              f"idle: RSS change summed over the busy (resp. idle) stretches after the "
              f"warm-up, per hour of such stretches. Bound: {config.slope_bound:g} MiB/h; a "
              f"window too short to tell a slope from noise may grow "
@@ -89,6 +91,14 @@ def render(*, config: Any, started: datetime, seconds: float, phases: list[Any],
               f"Python {facts_of_machine['python']}, {facts_of_machine['java']}, "
               f"{facts_of_machine['platform']}; other work may have shared the machine.", ""]
     return "\n".join(lines)
+
+
+def _first_day(ended: float | None) -> str:
+    if ended is None:
+        return ("no clinic day ended in this run, so the fitted window lies within the "
+                "first day, while its visits and statistics still fill: it tells a leak "
+                "from that filling only over hours")
+    return f"the first clinic day ended {ended / 60:.1f} min in"
 
 
 def _plain(mapping: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ CLINICFLOW_UPDATE_REPORTS=1) before the verdict, passed or not."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from pathlib import Path
@@ -29,15 +30,16 @@ from tests.soak.checks import (
 )
 from tests.soak.conftest import SoakConfig
 from tests.soak.memory import MemorySampler, growth
-from tests.soak.network import ClinicNetwork, Phase, schedule
+from tests.soak.network import ClinicNetwork, schedule
 
 MINUTES = SoakConfig.from_env().minutes
 
 
-def warm_up_seconds(phases: list[Phase], minutes: float) -> float:
-    """The first busy stretch, or the first 15 minutes if longer, never past half the run:
-    start-up allocations and the first clinic days filling the projections."""
-    return min(max(phases[0].seconds, 15 * 60.0), minutes * 30)
+def warm_up_seconds(first_day_ended: float | None, minutes: float) -> float:
+    """Until the first simulated clinic day has ended (its open visits, queues and day
+    statistics filled and emptied once), and at least 15 minutes (start-up allocations);
+    never past half the run: a run shorter than a clinic day is fitted within its first."""
+    return min(max(first_day_ended or math.inf, 15 * 60.0), minutes * 30)
 
 
 @pytest.mark.soak
@@ -51,7 +53,6 @@ async def test_a_clinic_network_runs_for_hours_losing_nothing_and_keeping_its_me
     pids = {name: service.process.pid for name, service in soak_services.items()
             if service.process is not None}
     phases = schedule(config.minutes)
-    warm_up = warm_up_seconds(phases, config.minutes)
     sampler = MemorySampler(pids, soak_dir / "memory.csv", config.sample_seconds)
     started_at, started = report.now(), time.monotonic()
     network = ClinicNetwork(
@@ -91,6 +92,10 @@ async def test_a_clinic_network_runs_for_hours_losing_nothing_and_keeping_its_me
     await guarded(checks, "notifications", check_notifications(
         checks, kafka_bootstrap, topic_name(NOTIFICATIONS, topic_prefix), smtp_server))
     checks.facts["checks_seconds"] = time.monotonic() - checks_started
+    day_ended = None if network.first_day_ended is None else \
+        network.first_day_ended - sampler.started
+    checks.facts["first_day_ended"] = day_ended
+    warm_up = warm_up_seconds(day_ended, config.minutes)
     growths = [growth(sampler.samples, name, warm_up) for name in pids]
     for g in growths:
         allowed = max(config.slope_bound * g.window_hours, config.noise_floor)
