@@ -184,7 +184,7 @@ class _UndoRecord:
     visit_marks: dict[str, int]  # len(history) right after the fact
     room_marks: dict[str, datetime]
     # a sealed record never changes: its checkpoint JSON is made once (snapshot.py)
-    snapshot: bytes | None = None
+    snapshot: str | None = None
 
 
 class Clinic:

@@ -82,7 +82,7 @@ def _undo_json(r: _UndoRecord) -> orjson.Fragment:
     undo window is most of its checkpoint (kept as bytes, which the garbage collector
     does not walk)."""
     if r.snapshot is None:
-        r.snapshot = orjson.dumps(_undo(r))
+        r.snapshot = orjson.dumps(_undo(r)).decode()  # exactly its size (orjson over-allocates)
     return orjson.Fragment(r.snapshot)
 
 
