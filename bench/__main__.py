@@ -1,7 +1,9 @@
 """``make bench``: every benchmark on a fresh local Kafka + Redis; results written to
 bench/results/latest.json and docs/performance.md. Numbers, never assertions.
 
-Sizes can be lowered for a quick run: ``BENCH_SCALE=0.2 make bench``.
+Sizes can be lowered for a quick run: ``BENCH_SCALE=0.2 make bench``; some benchmarks
+alone: ``BENCH_ONLY=flow_throughput,recovery make bench`` (written to
+bench/results/partial.json only).
 """
 
 from __future__ import annotations
@@ -241,7 +243,10 @@ async def main() -> int:
                 b, r, workdir, steps=tuple(int(s * SCALE) for s in
                                            (100_000, 1_000_000, 3_000_000)))),
         ]
+        only = {n for n in os.environ.get("BENCH_ONLY", "").split(",") if n}
         for name, step in steps:
+            if only and name not in only:
+                continue
             print(f"{name} ...", flush=True)
             started = time.perf_counter()
             results[name] = await step()
@@ -252,6 +257,10 @@ async def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    if only:  # a partial run informs; it does not replace the report of a full one
+        (out / "partial.json").write_text(json.dumps(results, indent=2))
+        print("written: bench/results/partial.json (BENCH_ONLY: docs/performance.md kept)")
+        return 0
     (out / "latest.json").write_text(json.dumps(results, indent=2))
     write_report(results, REPO / "docs" / "performance.md")
     print("written: bench/results/latest.json, docs/performance.md")
