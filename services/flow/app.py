@@ -76,7 +76,7 @@ def create_app(settings: FlowSettings) -> FastAPI:
         while True:
             await asyncio.sleep(settings.flow_checkpoint_seconds)
             with contextlib.suppress(Exception):
-                await consumer.flush()
+                await consumer.flush(idle_only=True)
 
     async def start() -> None:
         await hub.start()

@@ -79,6 +79,7 @@ class FloorConsumer(RedisPositioned):
         self._dirty: dict[str, tuple[str, int]] = {}
         self._pending_offsets: dict[tuple[str, int], int] = {}
         self._last_checkpoint = time.monotonic()
+        self._last_batch = 0.0  # monotonic time the last batch came
         self._published: dict[str, tuple[datetime, float, float, float]] = {}
         self._stale: set[str] = set()  # clinics whose board waits (catch-up, Redis down)
         self._last_lag: int | None = None
@@ -135,6 +136,7 @@ class FloorConsumer(RedisPositioned):
     async def handle(self, raw_records: Sequence[Any]) -> BatchResult:
         """Apply one Kafka batch (aiokafka ``ConsumerRecord`` objects)."""
         started = time.perf_counter()
+        self._last_batch = time.monotonic()
         async with self.lock:
             records = await self._without_gaps(raw_records)
             result = self.processor.process(records)
@@ -229,10 +231,16 @@ class FloorConsumer(RedisPositioned):
             return records
         return [r for r in records if (r.topic, r.partition) not in skip]
 
-    async def flush(self) -> None:
+    async def flush(self, idle_only: bool = False) -> None:
         """Checkpoint what is pending now, and draw the boards left stale (on shutdown,
-        when the topic goes quiet, and after Redis was unreachable)."""
+        when the topic goes quiet, and after Redis was unreachable).
+
+        ``idle_only``: only once no batch has come for ``checkpoint_seconds`` (the idle
+        loop's call); while batches come, they checkpoint at their own pace (less often
+        while catching up), and a forced one in between would undo that."""
         if not self._pending_offsets and not self._stale:
+            return
+        if idle_only and time.monotonic() - self._last_batch < self.checkpoint_seconds:
             return
         async with self.lock:
             if self._stale and (self._last_lag is None or self._last_lag <= CATCH_UP_LAG):
