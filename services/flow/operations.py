@@ -210,9 +210,14 @@ class DayStats:
                 key = change.room_ids[0] if change.room_ids else ANY
             else:
                 key = stage.provider_id or ANY
-            self.stages.setdefault(stage.stage, Durations()).add(stage.minutes)
-            self._bounded(self.stage_by.setdefault(stage.stage, {}), key, Durations) \
-                .add(stage.minutes)
+            durations = self.stages.get(stage.stage)
+            if durations is None:
+                durations = self.stages[stage.stage] = Durations()
+            durations.add(stage.minutes)
+            by = self.stage_by.get(stage.stage)
+            if by is None:
+                by = self.stage_by[stage.stage] = {}
+            self._bounded(by, key, Durations).add(stage.minutes)
         if change.kind in ("roomed", "provider_in") and change.visit_ids:
             visit = clinic.visits.get(change.visit_ids[0])
             if visit is not None:
@@ -256,8 +261,10 @@ class DayStats:
                 del self.waiting_peaks[:overflow]
                 del self.roomed_peaks[:overflow]
             self.sample_start = period - len(self.waiting_peaks) + 1
-        self.waiting_peaks[-1] = max(self.waiting_peaks[-1], waiting)
-        self.roomed_peaks[-1] = max(self.roomed_peaks[-1], roomed)
+        if waiting > self.waiting_peaks[-1]:
+            self.waiting_peaks[-1] = waiting
+        if roomed > self.roomed_peaks[-1]:
+            self.roomed_peaks[-1] = roomed
         self.now_waiting, self.now_roomed = waiting, roomed
 
     @staticmethod
