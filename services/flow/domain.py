@@ -103,10 +103,18 @@ class Visit:
     provider_in_at: datetime | None = None
     ended_at: datetime | None = None
     history: list[tuple[str, datetime]] = field(default_factory=list)
+    # worked out once: what they derive from (priority, appointment, arrival) never changes
+    _late: bool | None = field(default=None, repr=False, compare=False)
+    _key: tuple[int, datetime, datetime, str] | None = field(default=None, repr=False,
+                                                             compare=False)
 
     @property
     def late(self) -> bool:
-        return self.scheduled_at is not None and self.arrived_at > self.scheduled_at + LATE_GRACE
+        late = self._late
+        if late is None:
+            late = self._late = (self.scheduled_at is not None
+                                 and self.arrived_at > self.scheduled_at + LATE_GRACE)
+        return late
 
     @property
     def queue_time(self) -> datetime:
@@ -121,8 +129,11 @@ class Visit:
 
     def queue_key(self) -> tuple[int, datetime, datetime, str]:
         """Urgent first, then queue time, then arrival, then id (a total order)."""
-        return (0 if self.priority == "urgent" else 1, self.queue_time, self.arrived_at,
-                self.visit_id)
+        key = self._key
+        if key is None:
+            key = self._key = (0 if self.priority == "urgent" else 1, self.queue_time,
+                               self.arrived_at, self.visit_id)
+        return key
 
     def set_status(self, status: VisitStatus, at: datetime) -> None:
         self.status = status
