@@ -130,6 +130,11 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             (f"rebuild after Redis flush ({r['events']:,} events)", f"{r['rebuild_seconds']} s"),
             ("kill -9 to correct board again", f"{r['kill9_to_correct_board_seconds']} s"),
         ]
+    for clinics, item in results.get("cost_by_clinics", {}).items():
+        rows.append((f"floor processor CPU per event, {clinics} clinics "
+                     f"({item['events']:,} events)",
+                     f"{item['us_per_event']} µs; ratio to the smallest "
+                     f"{item['ratio_to_smallest']}x"))
     for sample in mem.get("samples", []):
         rows.append((f"flow resident memory after {sample['events']:,} events "
                      f"({mem['clinics']} clinics, day after day)", f"{sample['rss_mib']} MiB"))
@@ -239,6 +244,8 @@ async def main() -> int:
                                                 requests=max(500, int(4000 * SCALE)))),
             ("recovery", lambda: flow_bench.recovery(b, r, workdir,
                                                      clinics=max(20, int(600 * SCALE)))),
+            ("cost_by_clinics", lambda: asyncio.to_thread(flow_bench.cost_by_clinics, tuple(
+                max(2, int(n * min(1.0, SCALE * 2))) for n in (10, 100, 1000)))),
             ("memory", lambda: flow_bench.memory_growth(
                 b, r, workdir, steps=tuple(int(s * SCALE) for s in
                                            (100_000, 1_000_000, 3_000_000)))),

@@ -332,3 +332,27 @@ async def _send(producer: AIOKafkaProducer, topic: str, clinic: str, payload: ev
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+def cost_by_clinics(sizes: tuple[int, ...] = (10, 100, 1000)) -> dict[str, Any]:
+    """CPU microseconds per event in flow's floor processor (decode, apply, learn) for a
+    day of ``n`` clinics: flat means the cost of an event
+    does not grow with the number of clinics. In process, no Kafka or Redis, so the
+    figure is the processing alone; the ratio is against the smallest size."""
+    from services.flow.processor import FloorProcessor, Record
+
+    results: dict[str, Any] = {}
+    for clinics in sizes:
+        records = [Record(FLOOR, 0, offset, key, value)
+                   for offset, (key, value) in enumerate(floor_records(clinics, seed=7))]
+        processor = FloorProcessor()
+        started = time.process_time()
+        for start in range(0, len(records), 2000):
+            processor.process(records[start:start + 2000])
+        seconds = time.process_time() - started
+        results[str(clinics)] = {"events": len(records),
+                                 "us_per_event": round(seconds / len(records) * 1e6, 1)}
+    base = results[str(sizes[0])]["us_per_event"]
+    for item in results.values():
+        item["ratio_to_smallest"] = round(item["us_per_event"] / base, 2)
+    return results
