@@ -21,6 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +47,10 @@ class ServiceRuntime:
         self.redis: Redis = Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
             health_check_interval=15, **settings.redis_tls_options(),
+            # a pooled connection left over from before a Redis restart fails once: the
+            # command is tried again on a fresh one (redis-py 8 would raise at once)
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self.kafka_started = False
         self.problems: dict[str, str] = {}
@@ -235,6 +243,14 @@ def make_http_app(
         HTTP_REQUESTS.labels(runtime.service, path, f"{response.status_code // 100}xx").inc()
         HTTP_LATENCY.labels(runtime.service, path).observe(time.perf_counter() - started)
         return response
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_unreachable(_request: Request, exc: Exception) -> JSONResponse:
+        # Redis down past the client's retries: a 503 the caller may retry, not a 500
+        runtime.log.warning("request refused: redis unreachable", error=type(exc).__name__)
+        return JSONResponse(status_code=503, headers={"Retry-After": "2"},
+                            content={"detail": "Redis is unreachable; try again shortly"})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,6 +3,8 @@ backoff (and logs it), and becomes ready by itself once the dependency is there.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,57 @@ async def test_readyz_names_kafka_when_the_broker_is_unreachable(
                          (tmp_path / "checkin.log").read_text(), timeout=10)
     finally:
         service.stop()
+
+
+@pytest.mark.reliability(
+    "Redis restarted under a serving API, then stopped",
+    "the first requests after the restart succeed (no 500 from stale pooled connections); "
+    "with Redis down a request gets 503 with Retry-After",
+)
+async def test_requests_ride_out_a_redis_restart_and_get_503_while_it_is_down(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path,
+) -> None:
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    redis_port = free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    redis = start_redis(tmp_path / "redis", redis_port)
+    await wait_redis(redis_url, redis)
+    env = {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CLINICFLOW_REDIS_URL": redis_url,
+        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
+        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
+        "CLINICFLOW_LOG_FORMAT": "json",
+    }
+    service = ServiceProcess("flow", env, tmp_path / "flow.log")
+    service.start()
+    headers = {"Authorization": "Bearer dev-manager"}
+    try:
+        await service.wait_ready(60)
+        async with httpx.AsyncClient(base_url=service.url, headers=headers,
+                                     timeout=10) as client:
+            async def burst() -> list[int]:
+                # several at once, so the service's pool holds several connections
+                answers = await asyncio.gather(*(
+                    client.post("/clinics/north/delays", json={
+                        "provider_id": "dr-lee", "minutes": n, "reason": "running late"},
+                        headers={"Idempotency-Key": uuid.uuid4().hex})
+                    for n in range(1, 7)))
+                return [a.status_code for a in answers]
+
+            assert await burst() == [202] * 6
+            stop_process(redis.pid, redis.cmdline_hint)
+            redis = start_redis(tmp_path / "redis", redis_port)
+            await wait_redis(redis_url, redis)
+            assert await burst() == [202] * 6  # stale connections replaced, not a 500
+
+            stop_process(redis.pid, redis.cmdline_hint)
+            down = await client.post("/clinics/north/delays", json={
+                "provider_id": "dr-lee", "minutes": 5, "reason": "late"},
+                headers={"Idempotency-Key": uuid.uuid4().hex})
+            assert down.status_code == 503, down.text
+            assert down.headers["Retry-After"]
+            assert "Redis" in down.json()["detail"]
+    finally:
+        service.stop()
+        stop_process(redis.pid, redis.cmdline_hint)
