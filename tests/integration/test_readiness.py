@@ -16,6 +16,16 @@ from shared.stack import free_port, start_redis, stop_process, wait_redis
 from tests.helpers import ServiceProcess, eventually
 
 
+def _flow_env(kafka_bootstrap: str, topic_prefix: str, redis_url: str) -> dict[str, str]:
+    return {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CLINICFLOW_REDIS_URL": redis_url,
+        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
+        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
+        "CLINICFLOW_LOG_FORMAT": "json",
+    }
+
+
 async def _ready(url: str) -> Any:
     async with httpx.AsyncClient() as client:
         try:
@@ -34,13 +44,7 @@ async def test_readyz_names_the_missing_dependency_and_the_service_recovers_by_i
 ) -> None:
     await ensure_topics(kafka_bootstrap, topic_prefix)
     redis_port = free_port()
-    env = {
-        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CLINICFLOW_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
-        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
-        "CLINICFLOW_LOG_FORMAT": "json",
-    }
+    env = _flow_env(kafka_bootstrap, topic_prefix, f"redis://127.0.0.1:{redis_port}/0")
     service = ServiceProcess("flow", env, tmp_path / "flow.log")
     service.start()
     redis = None
@@ -116,13 +120,7 @@ async def test_requests_ride_out_a_redis_restart_and_get_503_while_it_is_down(
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     redis = start_redis(tmp_path / "redis", redis_port)
     await wait_redis(redis_url, redis)
-    env = {
-        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "CLINICFLOW_REDIS_URL": redis_url,
-        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
-        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
-        "CLINICFLOW_LOG_FORMAT": "json",
-    }
+    env = _flow_env(kafka_bootstrap, topic_prefix, redis_url)
     service = ServiceProcess("flow", env, tmp_path / "flow.log")
     service.start()
     headers = {"Authorization": "Bearer dev-manager"}
