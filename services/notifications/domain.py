@@ -331,6 +331,10 @@ class ClinicNotifier:
             case ev.PatientArrived():
                 notes = self._notes(payload.visit_id, payload.ticket_code, payload.provider_id)
                 notes.ticket_code, notes.provider_id = payload.ticket_code, payload.provider_id
+                if notes.estimate is not None:  # flow's estimate was read before the arrival
+                    self._consider_come_back(
+                        notes, notes.estimate.aged(now), event_id, now,
+                        prefs.get(payload.visit_id, NO_CONTACT), rules, wall, out)
             case ev.DelayAnnounced() if payload.minutes > 0:
                 self._arm_delay(payload, at, event_id, rules, prefs, out)
             case ev.DelayAnnounced() | ev.DelayCleared():
@@ -371,18 +375,25 @@ class ClinicNotifier:
                         at + timedelta(minutes=rules.max_message_age_minutes))
                 else:
                     out.decisions.append(("delay_warning", _quiet_reason(preference)))
-            if rules.wait_anywhere and preference.wait_anywhere and not notes.come_back_sent \
-                    and new.low <= rules.come_back_lead_minutes:
-                notes.come_back_sent = True
-                if not preference.reachable:
-                    out.decisions.append(("come_back_now", _quiet_reason(preference)))
-                elif _stale(at, wall, rules):
-                    out.decisions.append(("come_back_now", "stale"))
-                else:
-                    self._send(notes, "come_back_now", (event_id,), now, preference, rules,
-                               new, out)
+            self._consider_come_back(notes, new, event_id, now, preference, rules, wall, out)
         self._release(now, rules, prefs, wall, out)
         return out
+
+    def _consider_come_back(self, notes: PatientNotes, estimate: Estimate, trigger: str,
+                            now: datetime, preference: Preferences, rules: Rules,
+                            wall: datetime, out: Outcome) -> None:
+        """Call a patient waiting outside back once their range reaches the lead time."""
+        if not (rules.wait_anywhere and preference.wait_anywhere) or notes.come_back_sent \
+                or estimate.low > rules.come_back_lead_minutes:
+            return
+        notes.come_back_sent = True
+        if not preference.reachable:
+            out.decisions.append(("come_back_now", _quiet_reason(preference)))
+        elif _stale(estimate.at, wall, rules):
+            out.decisions.append(("come_back_now", "stale"))
+        else:
+            self._send(notes, "come_back_now", (trigger,), now, preference, rules, estimate,
+                       out)
 
     def tick(self, *, now: datetime, rules: Rules, prefs: dict[str, Preferences]) -> Outcome:
         """The clock moved on (no event): send what has settled or left its window, and

@@ -280,6 +280,17 @@ def test_a_patient_waiting_in_the_car_is_called_back_once_when_the_range_reaches
     assert day.estimate("v1", 27, 6, low=2, high=9, position=1).messages == []
 
 
+def test_an_estimate_read_before_the_arrival_still_calls_the_patient_back() -> None:
+    """The notifier reads the floor and flow's estimates as two streams: under load the
+    estimate (made after flow applied the arrival) can be read first."""
+    day = Day()
+    day.prefs["v1"] = OUTSIDE
+    assert day.estimate("v1", 0, 12, low=8, high=16, position=1).messages == []
+    sent = day.arrive("v1", "A-17", "dr-lee", minute=0.1, prefs=OUTSIDE)
+    assert [m.kind for m in sent.messages] == ["come_back_now"]
+    assert day.estimate("v1", 1, 10, low=6, high=14, position=1).messages == []  # once
+
+
 def test_a_room_ready_for_a_patient_outside_tells_them_we_are_ready() -> None:
     day = Day()
     day.arrive("v1", "A-17", "dr-lee", prefs=OUTSIDE)
