@@ -50,6 +50,8 @@ CATCH_UP_LAG = 5000  # records behind: above this, boards wait until flow has ca
 # while catching up, checkpoints come this many times less often: each writes every touched
 # clinic's snapshot (about 20 KiB each), and a restart replays at most a few seconds more
 CATCH_UP_CHECKPOINT_FACTOR = 10
+# the last estimate published per visit is pruned of ended visits past this many entries
+PUBLISHED_PRUNE_AT = 2000
 
 
 class FloorConsumer(RedisPositioned):
@@ -81,6 +83,7 @@ class FloorConsumer(RedisPositioned):
         self._last_checkpoint = time.monotonic()
         self._last_batch = 0.0  # monotonic time the last batch came
         self._published: dict[str, tuple[datetime, float, float, float]] = {}
+        self._prune_published_at = PUBLISHED_PRUNE_AT
         self._stale: set[str] = set()  # clinics whose board waits (catch-up, Redis down)
         self._last_lag: int | None = None
         self.applied_total = 0
@@ -321,8 +324,11 @@ class FloorConsumer(RedisPositioned):
                 correlation_id=visit.visit_id,
             )
             batch.append((clinic_id, ev.encode(event)))
-        if len(self._published) > 50_000:  # visits long gone: keep memory bounded
-            self._published.clear()
+        if len(self._published) > self._prune_published_at:
+            # keep only visits still open: memory follows the open visits, not the day
+            open_ids = {v for flow in self.processor.flows.values() for v in flow.clinic.visits}
+            self._published = {v: p for v, p in self._published.items() if v in open_ids}
+            self._prune_published_at = max(PUBLISHED_PRUNE_AT, 2 * len(self._published))
         producer = self.runtime.broker
         await asyncio.gather(
             *(
