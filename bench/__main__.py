@@ -198,7 +198,11 @@ learned), one validation pass per event instead of two, and overlapping the Redi
 of one batch with the processing of the next (the process waits on I/O about a sixth of
 the time). Partitions are per clinic, so more flow instances scale out until Redis is the
 limit. The floor processor's CPU per event by number of clinics (10, 100, 1000) is in the
-table: a ratio near 1 means an event costs the same however many clinics there are.
+table: a ratio near 1 would mean an event costs the same however many clinics there are.
+It is not near 1 (about 1.5 at 1000 clinics). Every step of applying an event works on
+its own clinic (dictionary lookups, no scan over clinics), so the likely cause is the
+larger working set (CPU caches, the allocator) rather than more work per event; it has
+not been profiled apart yet. {results.get('cost_by_clinics_note', '')}
 
 ## Memory
 

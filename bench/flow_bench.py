@@ -5,6 +5,7 @@ here asserts a time."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import statistics
 import time
@@ -19,8 +20,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from bench.common import floor_records, preload
+from services.flow.processor import FloorProcessor, Record
 from shared import events as ev
 from shared.admin import ensure_topics
+from shared.runner import GC_THRESHOLDS
 from tests.helpers import ServiceProcess
 
 FLOOR = "clinicflow.floor.v1"
@@ -336,22 +339,25 @@ def cpu_count() -> int:
 
 def cost_by_clinics(sizes: tuple[int, ...] = (10, 100, 1000)) -> dict[str, Any]:
     """CPU microseconds per event in flow's floor processor (decode, apply, learn) for a
-    day of ``n`` clinics: flat means the cost of an event
-    does not grow with the number of clinics. In process, no Kafka or Redis, so the
-    figure is the processing alone; the ratio is against the smallest size."""
-    from services.flow.processor import FloorProcessor, Record
-
+    day of ``n`` clinics, with the garbage collector set as the service sets it: flat
+    means an event does not cost more as clinics grow. In process, no Kafka or Redis, so
+    the figure is the processing alone; the ratio is against the smallest size."""
     results: dict[str, Any] = {}
-    for clinics in sizes:
-        records = [Record(FLOOR, 0, offset, key, value)
-                   for offset, (key, value) in enumerate(floor_records(clinics, seed=7))]
-        processor = FloorProcessor()
-        started = time.process_time()
-        for start in range(0, len(records), 2000):
-            processor.process(records[start:start + 2000])
-        seconds = time.process_time() - started
-        results[str(clinics)] = {"events": len(records),
-                                 "us_per_event": round(seconds / len(records) * 1e6, 1)}
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)  # as the service runs (shared/runner.py)
+    try:
+        for clinics in sizes:
+            records = [Record(FLOOR, 0, offset, key, value)
+                       for offset, (key, value) in enumerate(floor_records(clinics, seed=7))]
+            processor = FloorProcessor()
+            started = time.process_time()
+            for start in range(0, len(records), 2000):
+                processor.process(records[start:start + 2000])
+            seconds = time.process_time() - started
+            results[str(clinics)] = {"events": len(records),
+                                     "us_per_event": round(seconds / len(records) * 1e6, 1)}
+    finally:
+        gc.set_threshold(*thresholds)
     base = results[str(sizes[0])]["us_per_event"]
     for item in results.values():
         item["ratio_to_smallest"] = round(item["us_per_event"] / base, 2)
