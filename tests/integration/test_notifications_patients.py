@@ -37,8 +37,10 @@ async def test_a_delay_announcement_reaches_every_affected_waiting_patient_once_
 ) -> None:
     env = notifications_env
     bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
-    # flow's new estimates can take a moment under load: let warnings settle for them
-    settings = NotificationsSettings(**{**env, "notifications_rules": rules_json(settle_seconds=3)})
+    # flow's new estimates come on another topic, read by another consumer that may lag
+    # under load: warnings settle for them (the estimates must not come first either: a
+    # grown estimate read before the delay is a warning of its own)
+    settings = NotificationsSettings(**{**env, "notifications_rules": rules_json(settle_seconds=6)})
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     lee = [("v1", "A-1"), ("v2", "A-2"), ("v3", "A-3"), ("v4", "A-4")]
     others = [("v5", "B-1", "dr-kim"), ("v6", "W-1", None), ("v7", "A-5", "dr-lee"),
@@ -60,17 +62,15 @@ async def test_a_delay_announcement_reaches_every_affected_waiting_patient_once_
         ])
         await publish_estimates(bootstrap, prefix, [
             estimate(v, t, "dr-lee", 10.0 * (i + 1), t0) for i, (v, t) in enumerate(lee)])
-        # Dr. Lee runs 25 minutes late; flow re-estimates three of his patients at once.
-        # The estimates go out first: the two topics are read by two consumers, and under
-        # load either may be ahead; estimates made at the delay count whichever comes first
+        # Dr. Lee runs 25 minutes late; flow re-estimates three of his patients at once
         delay = floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=25,
                                               reason="emergency"), t0 + timedelta(minutes=2))
+        await publish_floor(bootstrap, prefix, [delay])
         await publish_estimates(bootstrap, prefix, [
             estimate("v1", "A-1", "dr-lee", 35, delay.occurred_at, position=1),
             estimate("v2", "A-2", "dr-lee", 45, delay.occurred_at),
             estimate("v3", "A-3", "dr-lee", 55, delay.occurred_at),
         ])
-        await publish_floor(bootstrap, prefix, [delay])
         # A-4's fresh estimate never comes: the warning goes out after settling anyway
         await eventually(lambda: len(smtp_server.mails) >= 4, timeout=20)
         assert smtp_server.to(mail("v1"))[0].text == (
