@@ -98,7 +98,11 @@ async def _a_visit_with_phi_entered(services: dict[str, ServiceProcess],
     checkin, flow = services["checkin"].url, services["flow"].url
     notifications, billing = services["notifications"].url, services["billing"].url
     desk, kiosk, nurse = auth("dev-front-desk"), auth("dev-kiosk"), auth("dev-nurse")
-    soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    now = datetime.now(UTC)
+    # today's appointment: five minutes from now, unless that is already tomorrow (a run
+    # just before midnight UTC looked for today's and found none)
+    soon = (now + timedelta(minutes=5) if (now + timedelta(minutes=5)).date() == now.date()
+            else now).isoformat()
     schedule = ("appointment_id,patient_ref,provider_id,visit_type,scheduled_at,dob,initials,"
                 "patient_name,phone\n"
                 f"apt-1,p-001,dr-lee,follow_up,{soon},{DOB},MB,{NAME},{PHONE}\n")
