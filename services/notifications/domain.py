@@ -336,7 +336,7 @@ class ClinicNotifier:
                         notes, notes.estimate.aged(now), event_id, now,
                         prefs.get(payload.visit_id, NO_CONTACT), rules, wall, out)
             case ev.DelayAnnounced() if payload.minutes > 0:
-                self._arm_delay(payload, at, event_id, rules, prefs, out)
+                self._arm_delay(payload, at, event_id, rules, prefs, wall, out)
             case ev.DelayAnnounced() | ev.DelayCleared():
                 self._drop_delay_warnings(payload.provider_id)
         self._settle_visits(out)
@@ -371,7 +371,7 @@ class ClinicNotifier:
                     rules.delay_warnings:
                 if preference.reachable and preference.delay_updates:
                     notes.pending = Pending(
-                        "estimate", (event_id,), at, at + timedelta(seconds=rules.settle_seconds),
+                        "estimate", (event_id,), at, _settled(at, wall, rules),
                         at + timedelta(minutes=rules.max_message_age_minutes))
                 else:
                     out.decisions.append(("delay_warning", _quiet_reason(preference)))
@@ -480,7 +480,7 @@ class ClinicNotifier:
     # ------------------------------------------------------------ delays
 
     def _arm_delay(self, delay: ev.DelayAnnounced, at: datetime, event_id: str, rules: Rules,
-                   prefs: dict[str, Preferences], out: Outcome) -> None:
+                   prefs: dict[str, Preferences], wall: datetime, out: Outcome) -> None:
         if not rules.delay_warnings or delay.minutes < rules.announce_delays_from_minutes:
             return
         for visit in self.floor.waiting():
@@ -495,9 +495,9 @@ class ClinicNotifier:
             triggers = (*(before.trigger_ids if before else ()), event_id)
             notes.pending = Pending(
                 "delay", triggers, at,
-                min(before.due_at, at + timedelta(seconds=rules.settle_seconds))
+                min(before.due_at, _settled(at, wall, rules))
                 if before and before.reason == "estimate"
-                else at + timedelta(seconds=rules.settle_seconds),
+                else _settled(at, wall, rules),
                 at + timedelta(minutes=rules.max_message_age_minutes),
                 delay.minutes, delay.provider_id,
                 fresh=notes.estimate is not None and notes.estimate.at >= at,
@@ -739,6 +739,16 @@ def _quiet_reason(preference: Preferences) -> str:
     if preference.channel is None:
         return "no_contact"
     return "declined"  # has a contact, but not for this kind of message
+
+
+def _settled(at: datetime, wall: datetime, rules: Rules) -> datetime:
+    """When a warning armed by a trigger made at ``at`` and read at ``wall`` stops waiting
+    for the other half of its story. The wait counts from the reading: the other half
+    comes on another topic, read by another consumer, so a notifier catching up on
+    old events (``at`` long past) still gives it ``settle_seconds`` to arrive. A trigger
+    already too old to be news when read is not waited for: it is dropped at once."""
+    settle = timedelta(seconds=rules.settle_seconds)
+    return at + settle if _stale(at, wall, rules) else max(at, wall) + settle
 
 
 def _stale(at: datetime, wall: datetime, rules: Rules) -> bool:

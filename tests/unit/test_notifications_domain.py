@@ -132,6 +132,29 @@ def test_a_delay_whose_fresh_estimate_never_comes_is_sent_after_settling_with_th
     assert "your new estimated wait is 25\u201335 minutes" in told(sent)["v1"]
 
 
+def test_a_delay_read_minutes_late_still_waits_for_its_fresh_estimates_before_warning(
+) -> None:
+    # the notifier is behind: the delay made at 9:01 is read at 9:04, and flow's fresh
+    # estimates (another topic, another consumer) come a moment after it
+    day = morning()
+    day.wall = at(4)
+    assert day.delay("dr-lee", 25, 1).messages == []
+    assert day.tick(4).messages == []  # the clock is past 9:01 + settle, not past the read
+    sent = Outcome()
+    for visit, wait in (("v1", 30), ("v2", 35)):
+        sent.extend(day.estimate(visit, 1, wait))
+    assert told(sent) == {
+        "v1": "Dr. Lee is running about 25 minutes behind; your new estimated wait is "
+              "20\u201330 minutes.",  # 25-35 when made at 9:01, three minutes ago
+        "v2": "Dr. Lee is running about 25 minutes behind; your new estimated wait is "
+              "25\u201335 minutes.",
+    }
+    # v3's fresh estimate never comes: settled from the read, with the delay as its floor
+    late = day.tick(4 + 6 / 60)
+    assert list(told(late)) == ["v3"]
+    assert "about 25 minutes behind" in told(late)["v3"]
+
+
 def test_an_estimate_read_before_its_delay_waits_for_the_delay_to_tell_the_whole_story() -> None:
     day = morning()
     early = day.estimate("v2", 1, 35)  # flow's new estimate arrives first (another topic)
