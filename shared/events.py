@@ -291,8 +291,10 @@ def decode(raw: bytes | str) -> Event:
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"too large: {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte "
                            "limit for one event")
+    # The models' validators are called directly: the keyword arguments that
+    # model_validate_json and model_validate pass on cost about 0.8 of decode's 6.5 µs.
     try:
-        envelope = Envelope.model_validate_json(raw)
+        envelope: Envelope = Envelope.__pydantic_validator__.validate_json(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
         if error["type"] == "json_invalid":
@@ -300,6 +302,18 @@ def decode(raw: bytes | str) -> Event:
         if error["type"] == "model_type":
             raise InvalidEvent("event is not a JSON object") from None
         raise InvalidEvent(f"bad envelope: {_first_error(exc)}") from None
+    model = EVENT_TYPES.get((envelope.event_type, envelope.schema_version))
+    if model is None:
+        return _decode_old_version(envelope)
+    try:
+        payload: Payload = model.__pydantic_validator__.validate_python(envelope.data)
+    except ValidationError as exc:
+        raise InvalidEvent(f"bad {envelope.event_type} data: {_first_error(exc)}") from None
+    return _new_event(envelope, payload)
+
+
+def _decode_old_version(envelope: Envelope) -> Event:
+    """Upcast an envelope whose (type, version) has no model, or say why it cannot be read."""
     key = (envelope.event_type, envelope.schema_version)
     data = envelope.data
     while key not in EVENT_TYPES and key in UPCASTERS:
@@ -317,9 +331,22 @@ def decode(raw: bytes | str) -> Event:
         payload = model.model_validate(data)
     except ValidationError as exc:
         raise InvalidEvent(f"bad {envelope.event_type} data: {_first_error(exc)}") from None
-    if key != (envelope.event_type, envelope.schema_version):
-        envelope = envelope.model_copy(update={"schema_version": key[1], "data": data})
+    envelope = envelope.model_copy(update={"schema_version": key[1], "data": data})
     return Event(envelope=envelope, payload=payload)
+
+
+# Event(envelope, payload) for decode, setting the two slots directly: the frozen
+# dataclass's __init__ goes through object.__setattr__ and takes twice as long.
+_new_event_object = object.__new__
+_set_event_envelope = Event.__dict__["envelope"].__set__
+_set_event_payload = Event.__dict__["payload"].__set__
+
+
+def _new_event(envelope: Envelope, payload: Payload) -> Event:
+    event: Event = _new_event_object(Event)
+    _set_event_envelope(event, envelope)
+    _set_event_payload(event, payload)
+    return event
 
 
 def _first_error(exc: ValidationError) -> str:

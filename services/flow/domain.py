@@ -217,10 +217,9 @@ class Clinic:
 
     def waiting(self) -> list[Visit]:
         """Waiting visits in queue order (urgent first, then queue time)."""
-        return sorted(
-            (v for v in self.visits.values() if v.status is VisitStatus.WAITING),
-            key=Visit.queue_key,
-        )
+        waiting = VisitStatus.WAITING
+        return sorted([v for v in self.visits.values() if v.status is waiting],
+                      key=Visit.queue_key)
 
     def recount(self) -> None:
         """Count open visits per status afresh (after a restore or an undo)."""
@@ -472,30 +471,32 @@ class Clinic:
     ) -> _UndoRecord | None:
         if not event_id:
             return None
+        held_visits, held_rooms = self.visits, self.rooms
         return _UndoRecord(
-            event_id=event_id,
-            kind=kind,
-            visits={v: _copy_visit(self.visits.get(v)) for v in visits},
-            rooms={r: _copy_room(self.rooms.get(r)) for r in rooms},
-            delays={p: copy.copy(self.delays.get(p)) for p in delays} if delays is not None
-            else None,
-            visit_marks={},
-            room_marks={},
+            event_id,
+            kind,
+            {v: _copy_visit(held_visits.get(v)) for v in visits} if visits else {},
+            {r: _copy_room(held_rooms.get(r)) for r in rooms} if rooms else {},
+            {p: copy.copy(self.delays.get(p)) for p in delays} if delays is not None else None,
+            {},
+            {},
         )
 
     def _seal(self, record: _UndoRecord | None) -> None:
         if record is None:
             return
-        for visit_id in record.visits:
-            visit = self.visits.get(visit_id)
-            record.visit_marks[visit_id] = len(visit.history) if visit is not None else -1
-            if visit is None:
-                # the fact closed the visit: a later re-open would change nothing to compare
-                record.visit_marks.pop(visit_id)
-        for room_id in record.rooms:
-            room = self.rooms.get(room_id)
-            if room is not None:
-                record.room_marks[room_id] = room.since
+        if record.visits:
+            marks, visits = record.visit_marks, self.visits
+            for visit_id in record.visits:
+                visit = visits.get(visit_id)
+                # a fact that closed the visit: a later re-open would change nothing to compare
+                if visit is not None:
+                    marks[visit_id] = len(visit.history)
+        if record.rooms:
+            for room_id in record.rooms:
+                room = self.rooms.get(room_id)
+                if room is not None:
+                    record.room_marks[room_id] = room.since
         self._undo.append(record)
 
 

@@ -161,6 +161,8 @@ class WaitEstimator:
         # this clinic rooms a patient ahead of their appointment
         self.early_rooming: deque[float] = deque([EARLY_ROOMING_PRIOR_MINUTES] * 3, maxlen=40)
         self._earliest: float | None = None
+        # expected_visit_minutes per (visit type, provider), until a visit length is learned
+        self._minutes: dict[tuple[str | None, str | None], float] = {}
 
     # --------------------------------------------------------------- learning
 
@@ -181,6 +183,7 @@ class WaitEstimator:
             if stage.provider_id is not None and expected > 0:
                 pace = self.provider_pace.setdefault(stage.provider_id, RunningMean(1.0, 3.0))
                 pace.add(min(4.0, max(0.25, minutes / expected)))
+            self._minutes.clear()  # visit lengths and paces moved: so do expectations
         elif stage.stage == "roomed_to_checkout":
             # no provider-in recorded: the room time less the intake is the visit
             if stage.visit_type is not None:
@@ -212,10 +215,10 @@ class WaitEstimator:
     def observe_rooming(self, clinic: Clinic, visit: Visit) -> None:
         """Learn the provider's rooming habit and score the visit's past estimates."""
         provider = visit.provider_id
-        in_rooms = sum(
-            1 for v in clinic.visits.values()
-            if v.status is not VisitStatus.WAITING and v.provider_id == provider
-        )
+        in_rooms, waiting = 0, VisitStatus.WAITING
+        for v in clinic.visits.values():
+            if v.provider_id == provider and v.status is not waiting:
+                in_rooms += 1
         self.habits.setdefault(provider, ProviderHabits()).observe(max(1, in_rooms))
         if provider is not None and visit.room_id is not None:
             used = self.rooms_used.setdefault(provider, RoomsUsed())
@@ -243,6 +246,13 @@ class WaitEstimator:
 
     def expected_visit_minutes(self, visit_type: str | None, provider_id: str | None) -> float:
         """Expected provider time for a visit of this type with this provider."""
+        key = (visit_type, provider_id)
+        minutes = self._minutes.get(key)
+        if minutes is None:
+            minutes = self._minutes[key] = self._expected_visit_minutes(visit_type, provider_id)
+        return minutes
+
+    def _expected_visit_minutes(self, visit_type: str | None, provider_id: str | None) -> float:
         if visit_type is not None and visit_type in self.visit_minutes:
             base = self.visit_minutes[visit_type].value
         elif visit_type is not None and visit_type.lower() in VISIT_TYPE_PRIOR_MINUTES:
@@ -332,84 +342,98 @@ class WaitEstimator:
 
     def _look_ahead(self, clinic: Clinic, waiting: list[Visit], now: datetime) -> dict[str, float]:
         """Play the floor forward with expected durations; minutes until each is roomed."""
-        minute = 60.0
         intake = self.intake.value
         cleaning = self.cleaning.value
         earliest = self.earliest_rooming()
+        remaining = self._remaining
+        visit_minutes_of = self.expected_visit_minutes
+        memo = self._minutes  # what visit_minutes_of remembers, read without the call
+        with_provider = VisitStatus.WITH_PROVIDER
 
         def since(at: datetime) -> float:
-            return (now - at).total_seconds() / minute
+            return (now - at).total_seconds() / 60.0
 
         # A clinic-wide delay stops the floor: nobody is roomed or seen until it ends.
         # A provider's delay before they have started means they are not in yet; once
         # they are seeing patients, "running behind" is already on the floor itself.
-        clinic_delay = clinic.delays.get(None)
+        delays = clinic.delays
+        clinic_delay = delays.get(None)
         clinic_until = 0.0 if clinic_delay is None else max(0.0, -since(clinic_delay.until))
+        active = self.active_providers
 
         def absent_until(provider: str | None) -> float:
-            delay = clinic.delays.get(provider) if provider is not None else None
-            if delay is None or provider in self.active_providers:
+            delay = delays.get(provider) if provider is not None else None
+            if delay is None or provider in active:
                 return 0.0
             return max(0.0, -since(delay.until))
 
         def delay_until(provider: str | None) -> float:
-            return max(clinic_until, absent_until(provider))
+            return max(clinic_until, absent_until(provider)) if delays else 0.0
 
         handover = self.handover.value
-        minutes_of: dict[tuple[str, str | None], float] = {}  # visit type, provider
 
-        def visit_minutes_of(visit_type: str, provider: str | None) -> float:
-            key = (visit_type, provider)
-            minutes = minutes_of.get(key)
-            if minutes is None:
-                minutes = minutes_of[key] = self.expected_visit_minutes(visit_type, provider)
-            return minutes
-
+        # one pass over the open visits: who is in a room, and which providers are about
+        roomed: list[Visit] = []
+        provider_set: set[str | None] = {p for p in delays if p is not None}
+        for visit in clinic.visits.values():
+            if visit.status is not VisitStatus.WAITING:
+                roomed.append(visit)
+                if visit.provider_id is not None:
+                    provider_set.add(visit.provider_id)
+            elif visit.provider_id:
+                provider_set.add(visit.provider_id)
+        # those with their provider now come first: the provider finishes them before the next
+        roomed.sort(key=lambda v: (v.status is not with_provider, v.roomed_at or now))
         provider_free: dict[str | None, float] = {}
         in_room_until: dict[str | None, list[float]] = {}
         occupant_end: dict[str, float] = {}
-        # those with their provider now come first: the provider finishes them before the next
-        roomed = sorted(clinic.roomed(), key=lambda v: (v.status is not VisitStatus.WITH_PROVIDER,
-                                                        v.roomed_at or now))
         for visit in roomed:
             provider = visit.provider_id
             if provider not in provider_free:
                 provider_free[provider] = delay_until(provider)
-            visit_minutes = visit_minutes_of(visit.visit_type, provider)
-            if visit.status is VisitStatus.WITH_PROVIDER and visit.provider_in_at is not None:
-                end = self._remaining(visit_minutes, since(visit.provider_in_at))
+            visit_minutes = memo.get((visit.visit_type, provider))
+            if visit_minutes is None:
+                visit_minutes = visit_minutes_of(visit.visit_type, provider)
+            if visit.status is with_provider and visit.provider_in_at is not None:
+                end = remaining(visit_minutes, since(visit.provider_in_at))
             else:
                 start = max(provider_free[provider],
-                            self._remaining(intake, since(visit.roomed_at or now)))
+                            remaining(intake, since(visit.roomed_at or now)))
                 end = start + visit_minutes
             provider_free[provider] = max(provider_free[provider], end)
-            in_room_until.setdefault(provider, []).append(end)
+            ends = in_room_until.get(provider)
+            if ends is None:
+                in_room_until[provider] = [end]
+            else:
+                ends.append(end)
             if visit.room_id is not None:
                 occupant_end[visit.room_id] = end
 
         # When each usable room is (expected to be) free, in minutes from now.
         room_free: dict[str, float] = {}
+        ready, out_of_service, needs_cleaning = (RoomState.READY, RoomState.OUT_OF_SERVICE,
+                                                 RoomState.NEEDS_CLEANING)
         for room in clinic.rooms.values():
-            if room.state is RoomState.OUT_OF_SERVICE:
-                continue
-            if room.state is RoomState.READY:
+            state = room.state
+            if state is ready:
                 room_free[room.room_id] = 0.0
-            elif room.state is RoomState.NEEDS_CLEANING:
-                room_free[room.room_id] = self._remaining(cleaning, since(room.since))
+            elif state is out_of_service:
+                continue
+            elif state is needs_cleaning:
+                room_free[room.room_id] = remaining(cleaning, since(room.since))
             else:
                 occupant = occupant_end.get(room.room_id)
                 if occupant is None:
-                    occupant = self._remaining(self.all_visits.value + intake, since(room.since))
+                    occupant = remaining(self.all_visits.value + intake, since(room.since))
                 room_free[room.room_id] = occupant + cleaning
         # no room in service (all out of service): estimate as if rooms were not tracked
         rooms_known = bool(room_free)
 
-        provider_set: set[str | None] = set(clinic.providers())
-        provider_set.update(p for p in in_room_until if p is not None)
         for provider in provider_set:
             provider_free[provider] = max(provider_free.get(provider, 0.0),
                                           delay_until(provider))
-            in_room_until.setdefault(provider, [])
+            if provider not in in_room_until:
+                in_room_until[provider] = []
         if not provider_set:
             provider_set = {None}
             provider_free.setdefault(None, delay_until(None))
@@ -420,19 +444,21 @@ class WaitEstimator:
 
         # per-provider facts that do not change during the look-ahead, worked out once
         eligible_rooms: dict[str | None, list[str]] = {}
+        capacity_of: dict[str | None, int] = {}
+        all_rooms = list(room_free)
+        rooms_used, habits = self.rooms_used, self.habits
         for provider in providers:
-            usual = self.rooms_used.get(provider or "")
+            usual = rooms_used.get(provider or "")
             eligible: list[str] = []
             # trust a provider's usual rooms once they keep coming back to the same few
             if usual is not None and usual.count >= max(POOL_LEARNING_ROOMINGS,
                                                         3 * len(usual.rooms)):
                 eligible = [r for r in room_free if r in usual.rooms]
-            eligible_rooms[provider] = eligible or list(room_free)
-        capacity_of = {
-            p: (self.habits[p].capacity() if p in self.habits else ROOMS_PER_PROVIDER_PRIOR)
-            for p in providers
-        }
-        arrives_of = {p: absent_until(p) for p in providers}
+            eligible_rooms[provider] = eligible or all_rooms
+            habit = habits.get(provider)
+            capacity_of[provider] = ROOMS_PER_PROVIDER_PRIOR if habit is None \
+                else habit.capacity()
+        arrives_of = {p: absent_until(p) for p in providers} if delays else {}
 
         result: dict[str, float] = {}
         for count, visit in enumerate(waiting):
@@ -460,20 +486,24 @@ class WaitEstimator:
                     start = not_before
                 room_id: str | None = None
                 if rooms_known:
-                    eligible = eligible_rooms.get(provider) or list(room_free)
-                    first_free = min(map(room_free.__getitem__, eligible))
-                    if first_free > start:
-                        start = first_free
-                    # take the latest room already free by then, leaving earlier ones
+                    # the room: the latest one already free by ``start``, leaving earlier
+                    # ones; when none is free by then, wait for the first to come free
+                    first_free, first_room = math.inf, None
                     latest = -math.inf
-                    for r in eligible:
+                    for r in eligible_rooms.get(provider) or all_rooms:
                         free = room_free[r]
+                        if free < first_free:
+                            first_free, first_room = free, r
                         if latest < free <= start:
                             latest, room_id = free, r
+                    if first_free > start:
+                        start, room_id = first_free, first_room
                 if start < best_start:
                     best_start, best_provider, best_room = start, provider, room_id
             start, provider, room_id = best_start, best_provider, best_room
-            visit_minutes = visit_minutes_of(visit.visit_type, provider)
+            visit_minutes = memo.get((visit.visit_type, provider))
+            if visit_minutes is None:
+                visit_minutes = visit_minutes_of(visit.visit_type, provider)
             begin = max(start + intake, provider_free.get(provider, 0.0) + handover)
             end = begin + visit_minutes
             provider_free[provider] = end

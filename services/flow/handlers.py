@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from services.flow.domain import Change, Clinic, NotApplicable
+from services.flow.domain import Change, Clinic, NotApplicable, Visit
 from services.flow.estimator import Estimate, WaitEstimator
 from services.flow.operations import DayStats
 from shared import events as ev
@@ -32,71 +34,104 @@ class ClinicFlow:
 
     def apply(self, payload: ev.Payload, at: datetime, event_id: str = "") -> Change:
         """Apply one floor fact. Raises ``NotApplicable`` for what the floor cannot apply."""
-        clinic = self.clinic
-        change: Change
-        match payload:
-            case ev.PatientArrived():
-                change = clinic.arrive(
-                    at=at, visit_id=payload.visit_id, ticket_code=payload.ticket_code,
-                    provider_id=payload.provider_id, visit_type=payload.visit_type,
-                    scheduled_at=payload.scheduled_at, priority=payload.priority,
-                    event_id=event_id,
-                )
-            case ev.RoomReady():
-                change = clinic.room_ready(at=at, room_id=payload.room_id, event_id=event_id)
-            case ev.RoomOutOfService():
-                change = clinic.room_out_of_service(at=at, room_id=payload.room_id,
-                                                    event_id=event_id)
-            case ev.PatientRoomed():
-                change = clinic.patient_roomed(at=at, visit_id=payload.visit_id,
-                                               room_id=payload.room_id, event_id=event_id)
-                visit = clinic.visits.get(payload.visit_id)
-                if visit is not None and not change.duplicate:
-                    self.estimator.observe_rooming(clinic, visit)
-            case ev.ProviderIn():
-                change = clinic.provider_in(at=at, visit_id=payload.visit_id,
-                                            provider_id=payload.provider_id, event_id=event_id)
-                visit = clinic.visits.get(payload.visit_id)
-                if visit is not None and not change.duplicate:
-                    provider = visit.provider_id
-                    self.estimator.observe_provider_in(
-                        provider, visit.roomed_at, self.provider_free_since.get(provider), at)
-                    self.provider_free_since[provider] = None
-            case ev.PatientCheckedOut():
-                seen_by = clinic.visits.get(payload.visit_id)
-                change = clinic.checked_out(at=at, visit_id=payload.visit_id, event_id=event_id)
-                if seen_by is not None and not change.duplicate and seen_by.provider_in_at:
-                    self.provider_free_since[seen_by.provider_id] = at
-                self.estimator.forget(payload.visit_id)
-            case ev.ArrivalCancelled():
-                change = clinic.cancelled(at=at, visit_id=payload.visit_id,
-                                          reason=payload.reason, event_id=event_id)
-                self.estimator.forget(payload.visit_id)
-            case ev.DelayAnnounced():
-                change = clinic.delay_announced(at=at, provider_id=payload.provider_id,
-                                                minutes=payload.minutes, reason=payload.reason,
-                                                event_id=event_id)
-            case ev.DelayCleared():
-                change = clinic.delay_announced(at=at, provider_id=payload.provider_id,
-                                                minutes=0, event_id=event_id)
-            case ev.ActionUndone():
-                change = clinic.action_undone(at=at, undone_event_id=payload.undone_event_id,
-                                              event_id=event_id)
-            case ev.AppointmentScheduled() | ev.PatientNoShow():
-                change = Change("schedule", queue_changed=False)
-            case _:
-                raise NotApplicable(f"flow does not handle {type(payload).__name__}")
+        fact = _FACTS.get(type(payload))
+        if fact is None:
+            raise NotApplicable(f"flow does not handle {type(payload).__name__}")
+        change = fact(self, payload, at, event_id)
         for stage in change.stages:
             self.estimator.observe_stage(stage)
         if not change.duplicate:
-            self.day.observe(change, clinic, at)
+            self.day.observe(change, self.clinic, at)
             tick = int(at.timestamp() // RECORD_EVERY_SECONDS)
             if tick != self.last_tick:
-                self.estimator.record(clinic, at)
+                self.estimator.record(self.clinic, at)
                 self.last_tick = tick
         self.last_event_at = at
         return change
 
+    # one method per kind of fact (looked up by the payload's type: no chain of checks)
+
+    def _arrived(self, p: ev.PatientArrived, at: datetime, event_id: str) -> Change:
+        return self.clinic.arrive(
+            at=at, visit_id=p.visit_id, ticket_code=p.ticket_code, provider_id=p.provider_id,
+            visit_type=p.visit_type, scheduled_at=p.scheduled_at, priority=p.priority,
+            event_id=event_id,
+        )
+
+    def _room_ready(self, p: ev.RoomReady, at: datetime, event_id: str) -> Change:
+        return self.clinic.room_ready(at=at, room_id=p.room_id, event_id=event_id)
+
+    def _room_out(self, p: ev.RoomOutOfService, at: datetime, event_id: str) -> Change:
+        return self.clinic.room_out_of_service(at=at, room_id=p.room_id, event_id=event_id)
+
+    def _applied_to(self, change: Change, visit_id: str) -> Visit | None:
+        """The open visit a fact just changed (None: a duplicate, or the visit is gone)."""
+        return None if change.duplicate else self.clinic.visits.get(visit_id)
+
+    def _roomed(self, p: ev.PatientRoomed, at: datetime, event_id: str) -> Change:
+        change = self.clinic.patient_roomed(at=at, visit_id=p.visit_id, room_id=p.room_id,
+                                            event_id=event_id)
+        visit = self._applied_to(change, p.visit_id)
+        if visit is not None:
+            self.estimator.observe_rooming(self.clinic, visit)
+        return change
+
+    def _provider_in(self, p: ev.ProviderIn, at: datetime, event_id: str) -> Change:
+        change = self.clinic.provider_in(at=at, visit_id=p.visit_id, provider_id=p.provider_id,
+                                         event_id=event_id)
+        visit = self._applied_to(change, p.visit_id)
+        if visit is not None:
+            provider = visit.provider_id
+            self.estimator.observe_provider_in(
+                provider, visit.roomed_at, self.provider_free_since.get(provider), at)
+            self.provider_free_since[provider] = None
+        return change
+
+    def _checked_out(self, p: ev.PatientCheckedOut, at: datetime, event_id: str) -> Change:
+        seen_by = self.clinic.visits.get(p.visit_id)
+        change = self.clinic.checked_out(at=at, visit_id=p.visit_id, event_id=event_id)
+        if seen_by is not None and not change.duplicate and seen_by.provider_in_at:
+            self.provider_free_since[seen_by.provider_id] = at
+        self.estimator.forget(p.visit_id)
+        return change
+
+    def _cancelled(self, p: ev.ArrivalCancelled, at: datetime, event_id: str) -> Change:
+        change = self.clinic.cancelled(at=at, visit_id=p.visit_id, reason=p.reason,
+                                       event_id=event_id)
+        self.estimator.forget(p.visit_id)
+        return change
+
+    def _delay(self, p: ev.DelayAnnounced, at: datetime, event_id: str) -> Change:
+        return self.clinic.delay_announced(at=at, provider_id=p.provider_id, minutes=p.minutes,
+                                           reason=p.reason, event_id=event_id)
+
+    def _delay_cleared(self, p: ev.DelayCleared, at: datetime, event_id: str) -> Change:
+        return self.clinic.delay_announced(at=at, provider_id=p.provider_id, minutes=0,
+                                           event_id=event_id)
+
+    def _undone(self, p: ev.ActionUndone, at: datetime, event_id: str) -> Change:
+        return self.clinic.action_undone(at=at, undone_event_id=p.undone_event_id,
+                                         event_id=event_id)
+
+    def _scheduling(self, p: ev.Payload, at: datetime, event_id: str) -> Change:
+        return Change("schedule", queue_changed=False)
+
     def estimates(self, now: datetime) -> list[Estimate]:
         """Current estimates for every waiting visit, in queue order."""
         return self.estimator.estimate(self.clinic, now)
+
+
+_FACTS: dict[type[ev.Payload], Callable[[ClinicFlow, Any, datetime, str], Change]] = {
+    ev.PatientArrived: ClinicFlow._arrived,
+    ev.RoomReady: ClinicFlow._room_ready,
+    ev.RoomOutOfService: ClinicFlow._room_out,
+    ev.PatientRoomed: ClinicFlow._roomed,
+    ev.ProviderIn: ClinicFlow._provider_in,
+    ev.PatientCheckedOut: ClinicFlow._checked_out,
+    ev.ArrivalCancelled: ClinicFlow._cancelled,
+    ev.DelayAnnounced: ClinicFlow._delay,
+    ev.DelayCleared: ClinicFlow._delay_cleared,
+    ev.ActionUndone: ClinicFlow._undone,
+    ev.AppointmentScheduled: ClinicFlow._scheduling,
+    ev.PatientNoShow: ClinicFlow._scheduling,
+}

@@ -77,47 +77,53 @@ class FloorProcessor:
     def process(self, records: list[Record]) -> BatchResult:
         """Apply each record once, in order; unappliable ones become dead letters."""
         result = BatchResult()
+        applied, flows, decode = self.applied, self.flows, ev.decode
+        dead, offsets, touched, stages = (result.dead_letters, result.offsets, result.touched,
+                                          result.stages)
         for record in records:
             tp = (record.topic, record.partition)
-            if record.offset <= self.applied.get(tp, -1):
+            if record.offset <= applied.get(tp, -1):
                 result.already_applied += 1
                 continue
-            self.applied[tp] = record.offset
-            result.offsets[tp] = record.offset
+            applied[tp] = offsets[tp] = record.offset
             if record.value is None:
-                result.dead_letters.append(DeadLetter(record, "empty record (tombstone)"))
+                dead.append(DeadLetter(record, "empty record (tombstone)"))
                 continue
             try:
-                event = ev.decode(record.value)
+                event = decode(record.value)
             except ev.InvalidEvent as exc:
-                result.dead_letters.append(DeadLetter(record, exc.reason))
+                dead.append(DeadLetter(record, exc.reason))
                 continue
-            clinic_id = event.clinic_id
+            envelope = event.envelope
+            clinic_id = envelope.clinic_id
             if record.key is not None and record.key != clinic_id.encode():
-                result.dead_letters.append(DeadLetter(
+                dead.append(DeadLetter(
                     record, f"key {record.key.decode('utf-8', 'replace')!r} is not the event's "
                             f"clinic_id {clinic_id!r}: floor events are keyed by clinic"))
                 continue
-            if isinstance(event.payload, ev.WaitEstimated):
-                result.dead_letters.append(DeadLetter(record, "wait.estimated on the floor topic"))
+            payload = event.payload
+            if type(payload) is ev.WaitEstimated:
+                dead.append(DeadLetter(record, "wait.estimated on the floor topic"))
                 continue
-            flow = self.flows.get(clinic_id)
+            flow = flows.get(clinic_id)
             if flow is None:
-                flow = self.flows[clinic_id] = ClinicFlow(clinic_id)
+                flow = flows[clinic_id] = ClinicFlow(clinic_id)
                 self.partition_of[clinic_id] = tp
+            at = envelope.occurred_at
             try:
-                change = flow.apply(event.payload, event.occurred_at, event.envelope.event_id)
+                change = flow.apply(payload, at, envelope.event_id)
             except NotApplicable as exc:
-                result.dead_letters.append(DeadLetter(record, exc.reason))
+                dead.append(DeadLetter(record, exc.reason))
                 continue
             if change.duplicate:
                 result.duplicates += 1
             else:
                 result.applied += 1
-                result.touched[clinic_id] = event.occurred_at
-                result.stages.extend((clinic_id, stage) for stage in change.stages)
+                touched[clinic_id] = at
+                for stage in change.stages:
+                    stages.append((clinic_id, stage))
                 if change.kind == "undo":
-                    result.undone.append((clinic_id, event.envelope.event_id))
+                    result.undone.append((clinic_id, envelope.event_id))
         return result
 
 

@@ -78,6 +78,57 @@ def test_an_old_version_is_upcast_before_validation(monkeypatch: pytest.MonkeyPa
     assert decoded.envelope.schema_version == 2
 
 
+def test_a_decoded_event_equals_the_event_sent_with_its_time_in_utc() -> None:
+    local = timezone(timedelta(hours=-5))
+    event = ev.make_event(ev.RoomReady(room_id="r2"), clinic_id="north", source="t",
+                          occurred_at=datetime(2026, 3, 2, 8, 45, tzinfo=local))
+    document = orjson.loads(ev.encode(event))
+    document["occurred_at"] = "2026-03-02T08:45:00-05:00"  # as sent from a local clock
+    raw = orjson.dumps(document)
+    back = ev.decode(raw)
+    assert back == event
+    assert back.occurred_at == datetime(2026, 3, 2, 13, 45, tzinfo=UTC)
+    assert back.occurred_at.tzinfo is UTC
+
+
+_ROOM_READY = {"event_type": "room.ready", "schema_version": 1, "clinic_id": "north",
+               "source": "t", "data": {"room_id": "r1"}}
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{", "not valid JSON: Invalid JSON: EOF while parsing an object at line 1 column 1"),
+    (b"[1]", "event is not a JSON object"),
+    (orjson.dumps({**_ROOM_READY, "occurred_at": "2026-03-02T13:14:00"}),
+     "bad envelope: occurred_at: Input should have timezone info"),
+    (orjson.dumps({**_ROOM_READY, "schema_version": 3}), "unknown schema_version 3 for room.ready"),
+    (orjson.dumps({**_ROOM_READY, "event_type": "room.painted"}),
+     "unknown event_type 'room.painted'"),
+    (orjson.dumps({**_ROOM_READY, "data": {}}), "bad room.ready data: room_id: Field required"),
+    (orjson.dumps({**_ROOM_READY, "event_type": "delay.announced", "data": {"minutes": -1}}),
+     "bad delay.announced data: minutes: Input should be greater than or equal to 0"),
+    (orjson.dumps({**_ROOM_READY, "event_type": "charge.posted", "data": {}}),
+     "bad charge.posted data: entry_id: Field required"),
+])
+def test_an_unreadable_event_is_refused_with_the_reason_for_its_dead_letter_record(
+    raw: bytes, reason: str,
+) -> None:
+    with pytest.raises(ev.InvalidEvent) as refused:
+        ev.decode(raw)
+    assert refused.value.reason == reason
+
+
+def test_an_upcast_event_that_is_still_invalid_is_refused_for_its_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(ev.EVENT_TYPES, ("room.ready", 1))
+    monkeypatch.setitem(ev.EVENT_TYPES, ("room.ready", 2), ev.RoomReady)
+    monkeypatch.setitem(ev.UPCASTERS, ("room.ready", 1), lambda data: {"room_id": data["room"]})
+    with pytest.raises(ev.InvalidEvent) as refused:
+        ev.decode(orjson.dumps({**_ROOM_READY, "data": {"room": ""}}))
+    assert refused.value.reason == ("bad room.ready data: room_id: String should match pattern "
+                                    "'^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'")
+
+
 @pytest.mark.parametrize("field", ["name", "birth_date", "phone"])
 def test_no_event_model_has_a_field_for_names_birth_dates_or_phones(field: str) -> None:
     for model in ev.EVENT_TYPES.values():
