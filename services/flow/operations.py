@@ -46,6 +46,9 @@ from services.flow.domain import Change, Clinic, RoomState, Visit, VisitStatus
 BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240)
 STAGES = ("arrival_to_roomed", "roomed_to_provider", "provider_to_checkout",
           "roomed_to_checkout", "room_turnover")
+# the same bounds as floats (exactly: small whole numbers), as a float is bisected among
+# floats several times quicker than among ints
+_BUCKET_BOUNDS = tuple(float(b) for b in BUCKETS)
 SAMPLE_MINUTES = 5
 DAY_SAMPLES = 24 * 60 // SAMPLE_MINUTES  # 288 five-minute periods: one day at most
 MAX_KEYS = 64  # providers (or rooms) tracked per stage; more are folded into "other"
@@ -61,6 +64,14 @@ BOTTLENECK_SCORE = 15.0
 LONG_VISIT_MINUTES = 60.0  # a provider this long with one patient holds a room up
 _ROOMS_ONLY = frozenset({"room_ready", "room_out_of_service", "delay", "schedule"})
 _ENDS_VISITS = frozenset({"checkout", "cancel"})
+# read once: an enum member looked up on its class costs more than the dict lookup itself
+_WAITING, _ROOMED = VisitStatus.WAITING, VisitStatus.ROOMED
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PERIOD = timedelta(minutes=SAMPLE_MINUTES)
+# a UTC time within 2**33 s of 1970 (the years 1698 to 2242) has a float timestamp within
+# half a microsecond of it, so never rounded across a period's bound: every time between
+# a period's bounds has that period
+_EXACT_PERIODS = 2**33 // (SAMPLE_MINUTES * 60)
 
 
 class Durations:
@@ -77,13 +88,18 @@ class Durations:
         self.buckets = [0] * (len(BUCKETS) + 1)
 
     def add(self, minutes: float) -> None:
-        minutes = max(0.0, minutes)
+        # comparisons rather than min/max (this runs for every stage): the same values,
+        # 0.0 for NaN too, as max(0.0, nan) gave
+        if not minutes > 0.0:
+            minutes = 0.0
         self._summary = None
-        self.minimum = minutes if not self.count else min(self.minimum, minutes)
+        if not self.count or minutes < self.minimum:
+            self.minimum = minutes
         self.count += 1
         self.total += minutes
-        self.maximum = max(self.maximum, minutes)
-        self.buckets[bisect.bisect_left(BUCKETS, minutes)] += 1
+        if minutes > self.maximum:
+            self.maximum = minutes
+        self.buckets[bisect.bisect_left(_BUCKET_BOUNDS, minutes)] += 1
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile, interpolated inside its bucket (as PromQL's histogram_quantile
@@ -140,7 +156,8 @@ class Pace:
     def add(self, late_minutes: float) -> None:
         self.roomed += 1
         self.late_total += late_minutes
-        self.late_max = max(self.late_max, late_minutes)
+        if late_minutes > self.late_max:
+            self.late_max = late_minutes
         self.recent.append(round(late_minutes, 2))
 
     def to_list(self) -> list[Any]:
@@ -179,6 +196,11 @@ class DayStats:
     def __init__(self) -> None:
         # the clinic's lifetime outcome counts at the last fact (None: not known yet)
         self.counts_seen: dict[str, int] | None = {}
+        # the five-minute period of UTC times from _period_from up to _period_until: most
+        # facts fall in the period of the one before, and comparing is cheaper than a
+        # timestamp (times in other zones, which envelopes never carry, take the timestamp)
+        self._period = 0
+        self._period_from, self._period_until = _EPOCH, _EPOCH + _PERIOD
         self._start_day(None)
 
     def _start_day(self, at: datetime | None) -> None:
@@ -198,41 +220,45 @@ class DayStats:
 
     def observe(self, change: Change, clinic: Clinic, at: datetime) -> None:
         """Account for one applied fact (``at``: when it happened)."""
-        if self.last_at is not None and at < self.last_at:
-            at = self.last_at  # a slightly out-of-order clock: keep time moving forward
-        if self.day_started_at is None or self.last_at is None or \
-                at - self.last_at >= QUIET_BEFORE_NEW_DAY or \
+        last_at = self.last_at
+        if last_at is not None and at < last_at:
+            at = last_at  # a slightly out-of-order clock: keep time moving forward
+        if self.day_started_at is None or last_at is None or \
+                at - last_at >= QUIET_BEFORE_NEW_DAY or \
                 at - self.day_started_at >= LONGEST_DAY:
             self._start_day(at)
         self.last_at = at
+        kind = change.kind
         for stage in change.stages:
-            if stage.stage == "room_turnover":
+            name, minutes = stage.stage, stage.minutes
+            if name == "room_turnover":
                 key = change.room_ids[0] if change.room_ids else ANY
             else:
                 key = stage.provider_id or ANY
-            durations = self.stages.get(stage.stage)
+            durations = self.stages.get(name)
             if durations is None:
-                durations = self.stages[stage.stage] = Durations()
-            durations.add(stage.minutes)
-            by = self.stage_by.get(stage.stage)
+                durations = self.stages[name] = Durations()
+            durations.add(minutes)
+            by = self.stage_by.get(name)
             if by is None:
-                by = self.stage_by[stage.stage] = {}
-            self._bounded(by, key, Durations).add(stage.minutes)
-        if change.kind in ("roomed", "provider_in") and change.visit_ids:
+                by = self.stage_by[name] = {}
+            (by.get(key) or self._bounded(by, key, Durations)).add(minutes)
+        if kind in ("roomed", "provider_in") and change.visit_ids:
             visit = clinic.visits.get(change.visit_ids[0])
             if visit is not None:
-                pace = self._bounded(self.pace, visit.provider_id or ANY, Pace)
-                if change.kind == "provider_in":
+                provider = visit.provider_id or ANY
+                pace = self.pace.get(provider) or self._bounded(self.pace, provider, Pace)
+                if kind == "provider_in":
                     pace.seen += 1
                 elif visit.scheduled_at is not None and not visit.late and visit.roomed_at:
                     pace.add(_minutes(visit.roomed_at - visit.scheduled_at))
-        if self.counts_seen is None or change.kind in _ENDS_VISITS:
+        if self.counts_seen is None or kind in _ENDS_VISITS:
             self._count_outcomes(clinic)  # outcomes change only when a visit ends
-        if change.kind in _ROOMS_ONLY:
+        if kind in _ROOMS_ONLY:
             waiting, roomed = self.now_waiting, self.now_roomed
         else:
             counts = clinic.open_counts
-            waiting, roomed = counts[VisitStatus.WAITING], counts[VisitStatus.ROOMED]
+            waiting, roomed = counts[_WAITING], counts[_ROOMED]
         self._sample(at, waiting, roomed)
 
     def _count_outcomes(self, clinic: Clinic) -> None:
@@ -247,7 +273,10 @@ class DayStats:
             self.counts_seen = dict(clinic.counts)
 
     def _sample(self, at: datetime, waiting: int, roomed: int) -> None:
-        period = _period(at)
+        if at.tzinfo is UTC and self._period_from <= at < self._period_until:
+            period = self._period
+        else:
+            period = self._period_of(at)
         if self.sample_start is None:
             self.sample_start = period
         missing = period - (self.sample_start + len(self.waiting_peaks)) + 1
@@ -266,6 +295,16 @@ class DayStats:
         if roomed > self.roomed_peaks[-1]:
             self.roomed_peaks[-1] = roomed
         self.now_waiting, self.now_roomed = waiting, roomed
+
+    def _period_of(self, at: datetime) -> int:
+        """``_period(at)``, remembering the period's bounds for the facts that follow."""
+        period = _period(at)
+        if at.tzinfo is UTC and -_EXACT_PERIODS < period < _EXACT_PERIODS:
+            # most often the next period: it starts where the remembered one ends
+            start = (self._period_until if period == self._period + 1
+                     else _EPOCH + _PERIOD * period)
+            self._period, self._period_from, self._period_until = period, start, start + _PERIOD
+        return period
 
     @staticmethod
     def _bounded(table: dict[str, Any], key: str, make: type[Any]) -> Any:

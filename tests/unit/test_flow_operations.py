@@ -4,7 +4,7 @@ Pure: the floor is driven through ``ClinicFlow.apply`` with explicit times."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -130,6 +130,25 @@ def test_queue_lengths_are_sampled_every_five_minutes_and_quiet_periods_hold_the
     assert queue["roomed_waiting_provider"] == [1, 1, 1, 1, 2, 2, 2]
     assert queue["now"] == {"waiting": 1, "roomed_waiting_provider": 2}
     assert queue["peak"]["waiting"] == 3
+
+
+def test_a_fact_a_microsecond_before_a_period_ends_is_counted_in_that_period() -> None:
+    day = Day()
+    just_before = timedelta(microseconds=-1)
+    clinic_zone = timezone(timedelta(hours=-5))
+    day.at(1).arrive("v1")
+    day.now = OPEN + timedelta(minutes=5) + just_before
+    day.arrive("v2")  # 8:04:59.999999: still the first period
+    day.at(5).arrive("v3")
+    day.now = (OPEN + timedelta(minutes=10) + just_before).astimezone(clinic_zone)
+    day.arrive("v4")  # 8:09:59.999999 told in the clinic's time zone: the second period
+    day.now = (OPEN + timedelta(minutes=10)).astimezone(clinic_zone)
+    day.arrive("v5")
+
+    queue = day.report()["queue"]
+
+    assert queue["start"] == "2026-03-02T13:00:00+00:00"
+    assert queue["waiting"] == [2, 4, 5]
 
 
 def test_the_queue_history_never_holds_more_than_one_day() -> None:
