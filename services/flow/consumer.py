@@ -6,8 +6,10 @@ One FastStream batch subscriber reads the floor topic. For each batch:
 2. dead letters are published (awaited, ``acks=all``) before anything that
    would mark their offsets as done;
 3. boards of the touched clinics are written and published to SSE listeners,
-   and, at most every ``checkpoint_seconds``, the changed clinics' state and
-   the partitions' offsets are stored in one Redis transaction;
+   and, at most every ``checkpoint_seconds`` (ten times less often while
+   catching up on a backlog, and at once when the backlog is read), the changed
+   clinics' state and the partitions' offsets are stored in one Redis
+   transaction;
 4. changed wait estimates are published to the estimates topic.
 
 Where to resume comes from Redis, not from Kafka's committed offsets: on
@@ -86,6 +88,7 @@ class FloorConsumer(RedisPositioned):
         self._prune_published_at = PUBLISHED_PRUNE_AT
         self._stale: set[str] = set()  # clinics whose board waits (catch-up, Redis down)
         self._last_lag: int | None = None
+        self._catching_up = False  # a backlog (or a rebuild) is being read: checkpoint at its end
         self.applied_total = 0
         self._stage_histograms: dict[tuple[str, str, str], Any] = {}
 
@@ -164,7 +167,12 @@ class FloorConsumer(RedisPositioned):
                     boards[clinic_id] = board
                     if at is not None:
                         estimates.extend((clinic_id, e, at) for e in clinic_estimates)
-            checkpoint = self._checkpoint_payload()
+            if lag is not None and lag > CATCH_UP_LAG:
+                self._catching_up = True
+            # caught up at last: what took the rebuild is stored at once, not a checkpoint
+            # period later (a restart now would replay it all again)
+            caught_up = self._catching_up and lag == 0
+            checkpoint = self._checkpoint_payload(force=caught_up)
             # counted now: applied in memory, the batch is not delivered again even when
             # the write below fails (its records then reach Redis with a later write)
             self._observe(result, lag)
@@ -174,6 +182,8 @@ class FloorConsumer(RedisPositioned):
             self._stale -= drawn
             if checkpoint is not None:
                 self._after_checkpoint()
+                if caught_up:
+                    self._catching_up = False
                 await self._commit(checkpoint[0])
         if self.publish_estimates and estimates:
             await self._publish_estimates(estimates)

@@ -10,6 +10,7 @@ from services.flow import consumer as consumer_module
 from services.flow.consumer import FloorConsumer
 from services.flow.estimator import Estimate
 from services.flow.handlers import ClinicFlow
+from services.flow.processor import Record
 from shared import events as ev
 
 
@@ -44,3 +45,38 @@ async def test_published_estimates_of_ended_visits_are_forgotten(monkeypatch: An
     assert len(runtime.broker.published) == 200  # every estimate went out
     assert len(floor._published) <= 2 * 50  # pruned as it went
     assert {f"v{n}" for n in range(10)} <= set(floor._published)  # the open ones kept
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.checkpoints: list[dict[tuple[str, int], int]] = []
+
+    async def write(self, boards: dict[str, bytes], checkpoint: Any = None) -> None:
+        if checkpoint is not None:
+            self.checkpoints.append(checkpoint[0])
+
+
+async def test_a_backlog_is_checkpointed_as_soon_as_it_is_read_and_not_on_every_batch_after(
+    monkeypatch: Any,
+) -> None:
+    store = _Store()
+    floor = FloorConsumer(_Runtime(), store, floor_topic="f", estimates_topic="e",  # type: ignore[arg-type]
+                          dead_letter_topic="d", checkpoint_seconds=3600)
+    lags = iter([20_000, 3_000, 0, 0])
+    monkeypatch.setattr(floor, "_lag", lambda result: next(lags))
+
+    async def as_given(records: Any) -> Any:
+        return list(records)
+
+    async def committed(offsets: Any) -> None:
+        return None
+
+    monkeypatch.setattr(floor, "_without_gaps", as_given)
+    monkeypatch.setattr(floor, "_commit", committed)
+    now = datetime.now(UTC)
+    for offset in range(4):
+        event = ev.make_event(ev.RoomReady(room_id=f"room-{offset}"), clinic_id="north",
+                              source="test", occurred_at=now)
+        await floor.handle([Record("f", 0, offset, b"north", ev.encode(event))])
+        # nothing before the backlog is read; then everything at once; then the usual pace
+        assert store.checkpoints == ([] if offset < 2 else [{("f", 0): 2}])
