@@ -34,7 +34,6 @@ no_show                 (none)                 noshow
 
 from __future__ import annotations
 
-import copy
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -137,7 +136,7 @@ class Visit:
 
     def set_status(self, status: VisitStatus, at: datetime) -> None:
         self.status = status
-        self.history.append((status.value, at))
+        self.history.append((status._value_, at))  # ``.value`` is a slower property
 
 
 @dataclass(slots=True)
@@ -261,20 +260,20 @@ class Clinic:
         event_id: str = "",
     ) -> Change:
         if visit_id in self.visits or visit_id in self._closed_set:
-            return Change("arrival", (visit_id,), queue_changed=False, duplicate=True)
-        record = self._remember(event_id, "arrival", visits=[visit_id])
+            return Change("arrival", (visit_id,), (), [], False, True)
+        record = self._remember(event_id, "arrival", visit_id)
         visit = Visit(visit_id, ticket_code, provider_id, visit_type, priority, scheduled_at, at)
-        visit.history.append((VisitStatus.WAITING.value, at))
+        visit.history.append((VisitStatus.WAITING._value_, at))
         self.visits[visit_id] = visit
         self.open_counts[VisitStatus.WAITING] += 1
         self._seal(record)
-        return Change("arrival", (visit_id,))
+        return Change("arrival", (visit_id,), (), [])
 
     def room_ready(self, *, at: datetime, room_id: str, event_id: str = "") -> Change:
         room = self.rooms.get(room_id)
         if room is not None and room.state is RoomState.READY:
-            return Change("room_ready", room_ids=(room_id,), queue_changed=False, duplicate=True)
-        record = self._remember(event_id, "room_ready", rooms=[room_id])
+            return Change("room_ready", (), (room_id,), [], False, True)
+        record = self._remember(event_id, "room_ready", None, room_id)
         stages: list[StageTime] = []
         if room is None:
             self.rooms[room_id] = Room(room_id, RoomState.READY, at)
@@ -283,20 +282,20 @@ class Clinic:
                 stages.append(StageTime("room_turnover", _minutes(at - room.since), None, None))
             room.state, room.since, room.visit_id = RoomState.READY, at, None
         self._seal(record)
-        return Change("room_ready", room_ids=(room_id,), stages=stages)
+        return Change("room_ready", (), (room_id,), stages)
 
     def room_out_of_service(self, *, at: datetime, room_id: str, event_id: str = "") -> Change:
         room = self.rooms.get(room_id)
         if room is not None and room.state is RoomState.OCCUPIED:
             raise NotApplicable(f"room {room_id} holds visit {room.visit_id}; room the patient "
                                 "elsewhere or check them out first")
-        record = self._remember(event_id, "room_out_of_service", rooms=[room_id])
+        record = self._remember(event_id, "room_out_of_service", None, room_id)
         if room is None:
             self.rooms[room_id] = Room(room_id, RoomState.OUT_OF_SERVICE, at)
         else:
             room.state, room.since, room.visit_id = RoomState.OUT_OF_SERVICE, at, None
         self._seal(record)
-        return Change("room_out_of_service", room_ids=(room_id,))
+        return Change("room_out_of_service", (), (room_id,), [])
 
     def patient_roomed(
         self, *, at: datetime, visit_id: str, room_id: str, event_id: str = ""
@@ -304,14 +303,13 @@ class Clinic:
         visit = self._open_visit(visit_id, "roomed")
         if visit.status is not VisitStatus.WAITING:
             if visit.room_id == room_id:
-                return Change("roomed", (visit_id,), (room_id,), queue_changed=False,
-                              duplicate=True)
+                return Change("roomed", (visit_id,), (room_id,), [], False, True)
             raise NotApplicable(f"visit {visit_id} is already {visit.status.value} in room "
                                 f"{visit.room_id}")
         room = self.rooms.get(room_id)
         if room is not None and room.state is RoomState.OCCUPIED and room.visit_id != visit_id:
             raise NotApplicable(f"room {room_id} already holds visit {room.visit_id}")
-        record = self._remember(event_id, "roomed", visits=[visit_id], rooms=[room_id])
+        record = self._remember(event_id, "roomed", visit_id, room_id)
         if room is None:
             room = self.rooms[room_id] = Room(room_id, RoomState.OCCUPIED, at, visit_id)
         room.state, room.since, room.visit_id = RoomState.OCCUPIED, at, visit_id
@@ -321,15 +319,15 @@ class Clinic:
         self._seal(record)
         stage = StageTime("arrival_to_roomed", _minutes(at - visit.arrived_at), visit.provider_id,
                           visit.visit_type)
-        return Change("roomed", (visit_id,), (room_id,), stages=[stage])
+        return Change("roomed", (visit_id,), (room_id,), [stage])
 
     def provider_in(
         self, *, at: datetime, visit_id: str, provider_id: str | None = None, event_id: str = ""
     ) -> Change:
         visit = self._open_visit(visit_id, "provider in")
         if visit.status is VisitStatus.WITH_PROVIDER:
-            return Change("provider_in", (visit_id,), queue_changed=False, duplicate=True)
-        record = self._remember(event_id, "provider_in", visits=[visit_id])
+            return Change("provider_in", (visit_id,), (), [], False, True)
+        record = self._remember(event_id, "provider_in", visit_id)
         stages = []
         if visit.roomed_at is not None:
             stages.append(StageTime("roomed_to_provider", _minutes(at - visit.roomed_at),
@@ -339,14 +337,14 @@ class Clinic:
         visit.provider_in_at = at
         self._move(visit, VisitStatus.WITH_PROVIDER, at)
         self._seal(record)
-        return Change("provider_in", (visit_id,), stages=stages)
+        return Change("provider_in", (visit_id,), (), stages)
 
     def checked_out(self, *, at: datetime, visit_id: str, event_id: str = "") -> Change:
         if visit_id in self._closed_set and visit_id not in self.visits:
-            return Change("checkout", (visit_id,), queue_changed=False, duplicate=True)
+            return Change("checkout", (visit_id,), (), [], False, True)
         visit = self._open_visit(visit_id, "checkout")
-        rooms = [visit.room_id] if visit.room_id else []
-        record = self._remember(event_id, "checkout", visits=[visit_id], rooms=rooms)
+        room_id = visit.room_id or None
+        record = self._remember(event_id, "checkout", visit_id, room_id)
         stages = []
         if visit.provider_in_at is not None:
             stages.append(StageTime("provider_to_checkout", _minutes(at - visit.provider_in_at),
@@ -357,34 +355,34 @@ class Clinic:
         self._release_room(visit, at)
         self._close(visit, VisitStatus.CHECKED_OUT, at)
         self._seal(record)
-        return Change("checkout", (visit_id,), tuple(rooms), stages=stages)
+        return Change("checkout", (visit_id,), () if room_id is None else (room_id,), stages)
 
     def cancelled(
         self, *, at: datetime, visit_id: str, reason: str = "cancelled", event_id: str = ""
     ) -> Change:
         if visit_id in self._closed_set and visit_id not in self.visits:
-            return Change("cancel", (visit_id,), queue_changed=False, duplicate=True)
+            return Change("cancel", (visit_id,), (), [], False, True)
         visit = self._open_visit(visit_id, "cancel")
-        rooms = [visit.room_id] if visit.room_id else []
-        record = self._remember(event_id, "cancel", visits=[visit_id], rooms=rooms)
+        room_id = visit.room_id or None
+        record = self._remember(event_id, "cancel", visit_id, room_id)
         self._release_room(visit, at)
         status = (VisitStatus.LEFT_WITHOUT_BEING_SEEN if reason == "left_without_being_seen"
                   else VisitStatus.CANCELLED)
         self._close(visit, status, at)
         self._seal(record)
-        return Change("cancel", (visit_id,), tuple(rooms))
+        return Change("cancel", (visit_id,), () if room_id is None else (room_id,), [])
 
     def delay_announced(
         self, *, at: datetime, provider_id: str | None, minutes: int, reason: str = "",
         event_id: str = "",
     ) -> Change:
-        record = self._remember(event_id, "delay", delays=[provider_id])
+        record = self._remember_delay(event_id, provider_id)
         if minutes <= 0:
             self.delays.pop(provider_id, None)
         else:
             self.delays[provider_id] = Delay(provider_id, minutes, at, reason)
         self._seal(record)
-        return Change("delay")
+        return Change("delay", (), (), [])
 
     def action_undone(self, *, at: datetime, undone_event_id: str, event_id: str = "") -> Change:
         """Reverse a recent fact by restoring what it changed, if nothing changed it since."""
@@ -420,7 +418,7 @@ class Clinic:
                 if delay_before is None:
                     self.delays.pop(provider_id, None)
                 else:
-                    self.delays[provider_id] = copy.copy(delay_before)
+                    self.delays[provider_id] = _copy_delay(delay_before)  # type: ignore[assignment]
         self._undo.remove(record)
         self.recount()
         return Change("undo", tuple(record.visits), tuple(record.rooms))
@@ -461,42 +459,43 @@ class Clinic:
         self.counts[status.value] = self.counts.get(status.value, 0) + 1
 
     def _remember(
-        self,
-        event_id: str,
-        kind: str,
-        *,
-        visits: list[str] = (),  # type: ignore[assignment]
-        rooms: list[str] = (),  # type: ignore[assignment]
-        delays: list[str | None] | None = None,
+        self, event_id: str, kind: str, visit_id: str | None = None, room_id: str | None = None
     ) -> _UndoRecord | None:
+        """The undo record of a fact about (at most) one visit and one room, holding them as
+        they are before it (None: they did not exist). No event id, no record: nothing could
+        name the fact to undo it."""
         if not event_id:
             return None
-        held_visits, held_rooms = self.visits, self.rooms
         return _UndoRecord(
             event_id,
             kind,
-            {v: _copy_visit(held_visits.get(v)) for v in visits} if visits else {},
-            {r: _copy_room(held_rooms.get(r)) for r in rooms} if rooms else {},
-            {p: copy.copy(self.delays.get(p)) for p in delays} if delays is not None else None,
+            {} if visit_id is None else {visit_id: _copy_visit(self.visits.get(visit_id))},
+            {} if room_id is None else {room_id: _copy_room(self.rooms.get(room_id))},
+            None,
             {},
             {},
         )
 
+    def _remember_delay(self, event_id: str, provider_id: str | None) -> _UndoRecord | None:
+        """``_remember`` for a delay: the provider's (or clinic's) delay before the fact."""
+        if not event_id:
+            return None
+        return _UndoRecord(event_id, "delay", {}, {},
+                           {provider_id: _copy_delay(self.delays.get(provider_id))}, {}, {})
+
     def _seal(self, record: _UndoRecord | None) -> None:
+        """Mark what the fact left (to see later changes) and keep the record."""
         if record is None:
             return
-        if record.visits:
-            marks, visits = record.visit_marks, self.visits
-            for visit_id in record.visits:
-                visit = visits.get(visit_id)
-                # a fact that closed the visit: a later re-open would change nothing to compare
-                if visit is not None:
-                    marks[visit_id] = len(visit.history)
-        if record.rooms:
-            for room_id in record.rooms:
-                room = self.rooms.get(room_id)
-                if room is not None:
-                    record.room_marks[room_id] = room.since
+        for visit_id in record.visits:
+            visit = self.visits.get(visit_id)
+            # a fact that closed the visit: a later re-open would change nothing to compare
+            if visit is not None:
+                record.visit_marks[visit_id] = len(visit.history)
+        for room_id in record.rooms:
+            room = self.rooms.get(room_id)
+            if room is not None:
+                record.room_marks[room_id] = room.since
         self._undo.append(record)
 
 
@@ -514,6 +513,12 @@ def _copy_room(room: Room | None) -> Room | None:
     if room is None:
         return None
     return Room(room.room_id, room.state, room.since, room.visit_id)
+
+
+def _copy_delay(delay: Delay | None) -> Delay | None:
+    if delay is None:
+        return None
+    return Delay(delay.provider_id, delay.minutes, delay.announced_at, delay.reason)
 
 
 def _minutes(delta: timedelta) -> float:

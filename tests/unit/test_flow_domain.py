@@ -178,3 +178,16 @@ def test_every_status_maps_to_fhir() -> None:
     assert set(FHIR_STATUS) == set(VisitStatus)
     assert FHIR_STATUS[VisitStatus.NO_SHOW] == (None, "noshow")
     assert FHIR_STATUS[VisitStatus.WITH_PROVIDER][0] == "in-progress"
+
+
+def test_undo_of_a_delay_brings_back_the_delay_it_replaced() -> None:
+    clinic = Clinic("north")
+    clinic.delay_announced(at=at(0), provider_id="dr-lee", minutes=25, reason="late start",
+                           event_id="e1")
+    clinic.delay_announced(at=at(5), provider_id="dr-lee", minutes=0, event_id="e2")
+    assert clinic.delay_for("dr-lee") is None
+    clinic.action_undone(at=at(6), undone_event_id="e2", event_id="e3")
+    delay = clinic.delay_for("dr-lee")
+    assert delay is not None and (delay.minutes, delay.reason) == (25, "late start")
+    clinic.action_undone(at=at(7), undone_event_id="e1", event_id="e4")
+    assert clinic.delay_for("dr-lee") is None

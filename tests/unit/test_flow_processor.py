@@ -173,3 +173,30 @@ def test_the_checkpoint_json_is_the_snapshot_and_open_counts_follow_the_floor() 
         flow.clinic.recount()
         assert counted == flow.clinic.open_counts, number
     assert undone > 0
+
+
+def test_the_checkpoint_json_writes_times_of_any_zone_as_the_snapshot_does() -> None:
+    """``dump_flow_json`` hands UTC times to orjson and others to ``isoformat``: the text
+    must be ``dump_flow``'s either way (an odd-seconds offset included)."""
+    from datetime import timezone
+    from zoneinfo import ZoneInfo
+
+    from services.flow.handlers import ClinicFlow
+    from services.flow.snapshot import dump_flow_json
+
+    flow = ClinicFlow("c1")
+    zones = [UTC, ZoneInfo("America/New_York"), timezone(timedelta(hours=5, minutes=30)),
+             timezone(timedelta(minutes=-1, seconds=-15))]
+    start = datetime(2026, 3, 2, 9, 0, 0, 123456, tzinfo=UTC)
+    for number, zone in enumerate(zones * 3):
+        at = (start + timedelta(minutes=number)).astimezone(zone)
+        visit = f"v{number}"
+        flow.apply(ev.PatientArrived(visit_id=visit, ticket_code=f"A-{number}",
+                                     provider_id="dr-lee", visit_type="follow_up",
+                                     scheduled_at=at + timedelta(minutes=30)), at, f"a{number}")
+        flow.apply(ev.PatientRoomed(visit_id=visit, room_id=f"r{number}"), at, f"r{number}")
+        if number % 2:
+            flow.apply(ev.DelayAnnounced(provider_id="dr-lee", minutes=number), at, f"d{number}")
+        else:
+            flow.apply(ev.PatientCheckedOut(visit_id=visit), at, f"c{number}")
+    assert dump_flow_json(flow) == orjson.dumps(dump_flow(flow))
