@@ -39,6 +39,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 
 from services.flow.domain import Clinic, RoomState, StageTime, Visit, VisitStatus
 
@@ -263,17 +264,6 @@ class WaitEstimator:
         pace = self.provider_pace.get(provider_id or "") if provider_id else None
         return base * (pace.value if pace else 1.0)
 
-    @staticmethod
-    def _remaining(expected: float, elapsed: float) -> float:
-        """Expected minutes left of an activity that has run ``elapsed`` of ``expected``.
-
-        Past its expected length an activity is not about to end at once: a
-        long-tailed duration keeps a remaining part that shrinks slowly.
-        """
-        if elapsed < expected:
-            return max(expected - elapsed, 0.25 * expected)
-        return min(expected, 0.25 * expected + 0.1 * (elapsed - expected))
-
     # ------------------------------------------------------------- estimating
 
     def quantiles(self) -> tuple[float, float, float]:
@@ -307,8 +297,7 @@ class WaitEstimator:
         raw = self._look_ahead(clinic, waiting, now)
         q10, q50, q90 = self.quantiles()
         estimates = []
-        for position, visit in enumerate(waiting, start=1):
-            minutes = raw[visit.visit_id]
+        for position, (visit, minutes) in enumerate(zip(waiting, raw, strict=True), start=1):
             scale = minutes + SCALE_MINUTES
             centre = max(0.0, minutes + q50 * scale)
             low = max(0.0, minutes + q10 * scale)
@@ -330,77 +319,91 @@ class WaitEstimator:
         if not waiting:
             return
         raw = self._look_ahead(clinic, waiting, now)
-        for visit in waiting:
-            minutes = raw[visit.visit_id]
-            history = self._histories.get(visit.visit_id)
+        histories = self._histories
+        for visit, minutes in zip(waiting, raw, strict=True):
+            history = histories.get(visit.visit_id)
             if history is None:
-                history = self._histories[visit.visit_id] = _History(visit.arrived_at)
-            if history.estimates and history.estimates[-1][0] == now:
-                history.estimates[-1] = (now, minutes)
-            elif len(history.estimates) < 200:
-                history.estimates.append((now, minutes))
+                history = histories[visit.visit_id] = _History(visit.arrived_at)
+            made = history.estimates
+            if made and made[-1][0] == now:
+                made[-1] = (now, minutes)
+            elif len(made) < 200:
+                made.append((now, minutes))
 
-    def _look_ahead(self, clinic: Clinic, waiting: list[Visit], now: datetime) -> dict[str, float]:
-        """Play the floor forward with expected durations; minutes until each is roomed."""
+    def _look_ahead(self, clinic: Clinic, waiting: list[Visit], now: datetime) -> list[float]:
+        """Play the floor forward with expected durations; minutes until each of ``waiting``
+        is roomed, in the same order.
+
+        Runs at every recorded event with a floor of a few visits and rooms, so the
+        fixed cost of a call counts: no closures, minutes since a time written out
+        where they are needed, and delays (rare) worked out once per call.
+        """
         intake = self.intake.value
         cleaning = self.cleaning.value
         earliest = self.earliest_rooming()
-        remaining = self._remaining
+        remaining = _remaining
         visit_minutes_of = self.expected_visit_minutes
         memo = self._minutes  # what visit_minutes_of remembers, read without the call
         with_provider = VisitStatus.WITH_PROVIDER
-
-        def since(at: datetime) -> float:
-            return (now - at).total_seconds() / 60.0
+        waiting_status = VisitStatus.WAITING
 
         # A clinic-wide delay stops the floor: nobody is roomed or seen until it ends.
         # A provider's delay before they have started means they are not in yet; once
         # they are seeing patients, "running behind" is already on the floor itself.
         delays = clinic.delays
-        clinic_delay = delays.get(None)
-        clinic_until = 0.0 if clinic_delay is None else max(0.0, -since(clinic_delay.until))
-        active = self.active_providers
-
-        def absent_until(provider: str | None) -> float:
-            delay = delays.get(provider) if provider is not None else None
-            if delay is None or provider in active:
-                return 0.0
-            return max(0.0, -since(delay.until))
-
-        def delay_until(provider: str | None) -> float:
-            return max(clinic_until, absent_until(provider)) if delays else 0.0
-
+        clinic_until = 0.0  # minutes until the clinic-wide delay ends
+        absent: dict[str | None, float] = {}  # minutes until a provider not in yet arrives
+        provider_set: set[str | None] = set()
+        if delays:
+            active = self.active_providers
+            for provider, delay in delays.items():
+                if provider is None:
+                    clinic_until = max(0.0, -((now - delay.until).total_seconds() / 60.0))
+                    continue
+                provider_set.add(provider)
+                if provider not in active:
+                    absent[provider] = max(0.0, -((now - delay.until).total_seconds() / 60.0))
+        absent_get = absent.get
         handover = self.handover.value
 
         # one pass over the open visits: who is in a room, and which providers are about
-        roomed: list[Visit] = []
-        provider_set: set[str | None] = {p for p in delays if p is not None}
+        seeing: list[Visit] = []  # with their provider now
+        roomed: list[Visit] = []  # in a room, waiting for their provider
         for visit in clinic.visits.values():
-            if visit.status is not VisitStatus.WAITING:
-                roomed.append(visit)
+            status = visit.status
+            if status is not waiting_status:
+                (seeing if status is with_provider else roomed).append(visit)
                 if visit.provider_id is not None:
                     provider_set.add(visit.provider_id)
             elif visit.provider_id:
                 provider_set.add(visit.provider_id)
-        # those with their provider now come first: the provider finishes them before the next
-        roomed.sort(key=lambda v: (v.status is not with_provider, v.roomed_at or now))
+        # those with their provider now come first: the provider finishes them before the
+        # next; each group by rooming (a stable sort: ties keep the floor's order)
+        if len(seeing) > 1:
+            seeing.sort(key=lambda v: v.roomed_at or now)
+        if len(roomed) > 1:
+            roomed.sort(key=lambda v: v.roomed_at or now)
         provider_free: dict[str | None, float] = {}
         in_room_until: dict[str | None, list[float]] = {}
         occupant_end: dict[str, float] = {}
-        for visit in roomed:
+        for visit in chain(seeing, roomed):
             provider = visit.provider_id
-            if provider not in provider_free:
-                provider_free[provider] = delay_until(provider)
+            free = provider_free.get(provider)
+            if free is None:
+                # when the provider can start: after any delay of theirs or the clinic's
+                free = max(clinic_until, absent_get(provider, 0.0)) if absent else clinic_until
             visit_minutes = memo.get((visit.visit_type, provider))
             if visit_minutes is None:
                 visit_minutes = visit_minutes_of(visit.visit_type, provider)
             if visit.status is with_provider and visit.provider_in_at is not None:
-                end = remaining(visit_minutes, since(visit.provider_in_at))
+                end = remaining(visit_minutes,
+                                (now - visit.provider_in_at).total_seconds() / 60.0)
             else:
-                start = max(provider_free[provider],
-                            remaining(intake, since(visit.roomed_at or now)))
+                start = max(free, remaining(intake,
+                                            (now - (visit.roomed_at or now)).total_seconds()
+                                            / 60.0))
                 end = start + visit_minutes
-            provider_free[provider] = max(provider_free[provider], end)
+            provider_free[provider] = max(free, end)
             ends = in_room_until.get(provider)
             if ends is None:
                 in_room_until[provider] = [end]
@@ -420,97 +423,121 @@ class WaitEstimator:
             elif state is out_of_service:
                 continue
             elif state is needs_cleaning:
-                room_free[room.room_id] = remaining(cleaning, since(room.since))
+                room_free[room.room_id] = remaining(cleaning,
+                                                    (now - room.since).total_seconds() / 60.0)
             else:
                 occupant = occupant_end.get(room.room_id)
                 if occupant is None:
-                    occupant = remaining(self.all_visits.value + intake, since(room.since))
+                    occupant = remaining(self.all_visits.value + intake,
+                                         (now - room.since).total_seconds() / 60.0)
                 room_free[room.room_id] = occupant + cleaning
         # no room in service (all out of service): estimate as if rooms were not tracked
         rooms_known = bool(room_free)
+        # the same, as a list by position: the room search below runs in min/max/index
+        room_ids = list(room_free)
+        free_at = list(room_free.values())
 
         for provider in provider_set:
-            provider_free[provider] = max(provider_free.get(provider, 0.0),
-                                          delay_until(provider))
-            if provider not in in_room_until:
+            starts = max(clinic_until, absent_get(provider, 0.0)) if absent else clinic_until
+            free = provider_free.get(provider)
+            if free is None:
+                provider_free[provider] = max(0.0, starts)
                 in_room_until[provider] = []
+            else:
+                provider_free[provider] = max(free, starts)
         if not provider_set:
             provider_set = {None}
-            provider_free.setdefault(None, delay_until(None))
+            provider_free.setdefault(None, clinic_until)
             in_room_until.setdefault(None, [])
         for ends in in_room_until.values():
-            ends.sort()
-        providers = tuple(sorted(provider_set, key=lambda p: (p is None, p or "")))
+            if len(ends) > 1:
+                ends.sort()
+        # by name, the first-available "provider" (None) last
+        named = [p for p in provider_set if p is not None]
+        named.sort()
+        providers: tuple[str | None, ...] = (*named, None) if None in provider_set \
+            else tuple(named)
 
         # per-provider facts that do not change during the look-ahead, worked out once
-        eligible_rooms: dict[str | None, list[str]] = {}
+        # positions of the rooms of providers trusted with their usual rooms
+        pools: dict[str | None, list[int]] = {}
         capacity_of: dict[str | None, int] = {}
-        all_rooms = list(room_free)
         rooms_used, habits = self.rooms_used, self.habits
         for provider in providers:
             usual = rooms_used.get(provider or "")
-            eligible: list[str] = []
             # trust a provider's usual rooms once they keep coming back to the same few
             if usual is not None and usual.count >= max(POOL_LEARNING_ROOMINGS,
                                                         3 * len(usual.rooms)):
-                eligible = [r for r in room_free if r in usual.rooms]
-            eligible_rooms[provider] = eligible or all_rooms
+                trusted = [i for i, r in enumerate(room_ids) if r in usual.rooms]
+                if trusted:
+                    pools[provider] = trusted
             habit = habits.get(provider)
-            capacity_of[provider] = ROOMS_PER_PROVIDER_PRIOR if habit is None \
-                else habit.capacity()
-        arrives_of = {p: absent_until(p) for p in providers} if delays else {}
+            if habit is not None:
+                capacity_of[provider] = habit.capacity()
+        pools_get, capacity_get, in_room_get = pools.get, capacity_of.get, in_room_until.get
+        bisect_right, insort = bisect.bisect_right, bisect.insort
 
-        result: dict[str, float] = {}
+        result: list[float] = []
         for count, visit in enumerate(waiting):
             if count >= HORIZON_GUARD:
-                result[visit.visit_id] = result[waiting[HORIZON_GUARD - 1].visit_id]
+                result.append(result[HORIZON_GUARD - 1])
                 continue
             not_before = clinic_until
             if visit.scheduled_at is not None and visit.priority != "urgent" and not visit.late:
-                not_before = max(not_before, -since(visit.scheduled_at) + earliest)
+                not_before = max(not_before,
+                                 -((now - visit.scheduled_at).total_seconds() / 60.0) + earliest)
             candidates = (visit.provider_id,) if visit.provider_id is not None else providers
             best_start = math.inf
             best_provider: str | None = None
-            best_room: str | None = None
+            best_room = -1  # a position in room_ids; -1: none
             for provider in candidates:
-                ends = in_room_until.setdefault(provider, [])
-                capacity = capacity_of.get(provider, ROOMS_PER_PROVIDER_PRIOR)
+                ends = in_room_get(provider)
+                if ends is None:
+                    ends = in_room_until[provider] = []
+                capacity = capacity_get(provider, ROOMS_PER_PROVIDER_PRIOR)
                 # the provider can take one more into a room once enough of theirs have left
-                first_busy = bisect.bisect_right(ends, 0.0)
-                busy = len(ends) - first_busy
+                busy = len(ends) - bisect_right(ends, 0.0) if ends else 0
                 start = 0.0 if busy < capacity else ends[len(ends) - capacity]
-                arrives = arrives_of.get(provider, 0.0)
-                if arrives > 0.0 and busy and start < arrives:
-                    start = arrives  # one patient is roomed ahead of a provider not in yet
+                if absent:
+                    arrives = absent_get(provider, 0.0)
+                    if arrives > 0.0 and busy and start < arrives:
+                        start = arrives  # one patient is roomed ahead of a provider not in yet
                 if not_before > start:
                     start = not_before
-                room_id: str | None = None
+                room_at = -1
                 if rooms_known:
                     # the room: the latest one already free by ``start``, leaving earlier
                     # ones; when none is free by then, wait for the first to come free
-                    first_free, first_room = math.inf, None
-                    latest = -math.inf
-                    for r in eligible_rooms.get(provider) or all_rooms:
-                        free = room_free[r]
-                        if free < first_free:
-                            first_free, first_room = free, r
-                        if latest < free <= start:
-                            latest, room_id = free, r
-                    if first_free > start:
-                        start, room_id = first_free, first_room
+                    # (on ties the first room in the clinic's order)
+                    pool = pools_get(provider)
+                    if pool is None:
+                        first_free = min(free_at)
+                        if first_free > start:
+                            start, room_at = first_free, free_at.index(first_free)
+                        else:
+                            room_at = free_at.index(max(filter(start.__ge__, free_at)))
+                    else:
+                        room_at = _room_in_pool(pool, free_at, start)
+                        if room_at < 0:
+                            room_at = -room_at - 1
+                            start = free_at[room_at]
                 if start < best_start:
-                    best_start, best_provider, best_room = start, provider, room_id
-            start, provider, room_id = best_start, best_provider, best_room
+                    best_start, best_provider, best_room = start, provider, room_at
+            start, provider, room_at = best_start, best_provider, best_room
             visit_minutes = memo.get((visit.visit_type, provider))
             if visit_minutes is None:
                 visit_minutes = visit_minutes_of(visit.visit_type, provider)
             begin = max(start + intake, provider_free.get(provider, 0.0) + handover)
             end = begin + visit_minutes
             provider_free[provider] = end
-            bisect.insort(in_room_until.setdefault(provider, []), end)
-            if room_id is not None:
-                room_free[room_id] = end + cleaning
-            result[visit.visit_id] = max(0.0, start)
+            ends = in_room_get(provider)
+            if ends is None:
+                in_room_until[provider] = [end]
+            else:
+                insort(ends, end)
+            if room_at >= 0:
+                free_at[room_at] = end + cleaning
+            result.append(max(0.0, start))
         return result
 
     def rolling_average(self) -> float | None:
@@ -518,3 +545,30 @@ class WaitEstimator:
         if not self.recent_waits:
             return None
         return sum(self.recent_waits) / len(self.recent_waits)
+
+
+def _remaining(expected: float, elapsed: float) -> float:
+    """Expected minutes left of an activity that has run ``elapsed`` of ``expected``.
+
+    Past its expected length an activity is not about to end at once: a
+    long-tailed duration keeps a remaining part that shrinks slowly.
+    """
+    if elapsed < expected:
+        return max(expected - elapsed, 0.25 * expected)
+    return min(expected, 0.25 * expected + 0.1 * (elapsed - expected))
+
+
+def _room_in_pool(pool: list[int], free_at: list[float], start: float) -> int:
+    """The position of the latest room of ``pool`` already free by ``start``; when none
+    is, ``-1 - position`` of the first to come free (ties: the first in the pool)."""
+    first_free, first_room = math.inf, -1
+    latest, room_at = -math.inf, -1
+    for i in pool:
+        free = free_at[i]
+        if free < first_free:
+            first_free, first_room = free, i
+        if latest < free <= start:
+            latest, room_at = free, i
+    if first_free > start:
+        return -1 - first_room
+    return room_at
