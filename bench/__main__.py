@@ -254,7 +254,8 @@ async def main() -> int:
         b, r = stack.kafka_bootstrap, stack.redis_url
         steps = [
             ("flow_throughput", lambda: flow_bench.flow_throughput(
-                b, r, workdir, clinics=max(20, int(500 * SCALE)))),
+                b, r, workdir, clinics=max(20, int(500 * SCALE)),
+                events=max(10_000, int(500_000 * SCALE)))),
             ("event_to_screen", lambda: flow_bench.event_to_screen(b, r, workdir)),
             ("checkin_api", lambda: checkin_api(b, r, workdir,
                                                 requests=max(500, int(4000 * SCALE)))),

@@ -65,8 +65,11 @@ def _rss_mib(pid: int) -> float:
 
 
 async def bare_consumer(bootstrap: str, topic: str, expected: int) -> float:
-    """Events/s of a plain aiokafka consumer that only reads and decodes JSON."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+    """Events/s of a plain aiokafka consumer that only reads and decodes JSON. It joins a
+    consumer group as flow does (so it pays the same join, and the broker's group
+    coordinator is up before flow is timed)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                group_id=f"{topic}.bare-consumer",
                                 auto_offset_reset="earliest", enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
@@ -85,14 +88,27 @@ async def bare_consumer(bootstrap: str, topic: str, expected: int) -> float:
     return seen / elapsed
 
 
+def clinic_days(clinics: int, events: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
+    """Successive simulated days of the same ``clinics`` clinics, cut at ``events`` records
+    (a cut day leaves its visits open, as a topic read mid-day does)."""
+    records: list[tuple[bytes, bytes]] = []
+    day = 0
+    while len(records) < events:
+        one_day = floor_records(clinics, seed=seed + day)
+        records.extend(_shift_days(one_day, day) if day else one_day)
+        day += 1
+    return records[:events]
+
+
 async def flow_throughput(bootstrap: str, redis_url: str, workdir: Path,
-                          clinics: int = 500) -> dict[str, Any]:
-    """Preload a day of ``clinics`` clinics; time flow from process start to all applied,
-    and a bare consumer on the same topic in the same run."""
+                          clinics: int = 500, events: int = 500_000) -> dict[str, Any]:
+    """Preload ``events`` floor events of ``clinics`` clinics (successive days); time flow
+    from process start to all applied, and a bare consumer on the same topic in the same
+    run."""
     prefix = f"b{uuid.uuid4().hex[:6]}."
     await ensure_topics(bootstrap, prefix)
     topic = prefix + FLOOR
-    records = floor_records(clinics)
+    records = clinic_days(clinics, events)
     await preload(bootstrap, topic, records)
     bare = await bare_consumer(bootstrap, topic, len(records))
     service = ServiceProcess("flow", _env(bootstrap, redis_url, prefix,

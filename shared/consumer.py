@@ -5,7 +5,7 @@ A service that applies a topic to Redis stores, in the same Redis transaction as
 the change, the last offset it applied per partition. Redis, not Kafka's group
 offsets, says where to resume:
 
-* ``resume_at`` seeks a newly assigned partition just after its stored offset
+* ``resume_at`` (``resume_all``) seeks a newly assigned partition just after its stored offset
   (the beginning when nothing is stored) and notes where it must start;
 * ``off_course`` checks the first batch of each such partition: when it did not
   start there (the group's committed offset won over our seek), the partition is
@@ -53,14 +53,23 @@ async def resume_at(kafka: Any, tp: TopicPartition, stored: int | None,
                     expect: dict[Partition, int]) -> int:
     """Seek ``tp`` just after its ``stored`` offset (its beginning when None), note in
     ``expect`` where its first batch must start, and return that offset."""
-    if stored is None:
-        start = (await kafka.beginning_offsets([tp]))[tp] if kafka is not None else 0
-    else:
-        start = stored + 1
-    expect[(tp.topic, tp.partition)] = start
-    if kafka is not None:
-        kafka.seek(tp, start)
-    return start
+    return (await resume_all(kafka, {tp: stored}, expect))[tp]
+
+
+async def resume_all(kafka: Any, stored: dict[TopicPartition, int | None],
+                     expect: dict[Partition, int]) -> dict[TopicPartition, int]:
+    """``resume_at`` for many partitions, asking Kafka for the beginnings of those
+    without a stored offset in one request (not one round trip per partition)."""
+    unknown = [tp for tp, offset in stored.items() if offset is None]
+    beginnings = (await kafka.beginning_offsets(unknown) if kafka is not None
+                  else dict.fromkeys(unknown, 0)) if unknown else {}
+    starts = {}
+    for tp, offset in stored.items():
+        start = starts[tp] = beginnings[tp] if offset is None else offset + 1
+        expect[(tp.topic, tp.partition)] = start
+        if kafka is not None:
+            kafka.seek(tp, start)
+    return starts
 
 
 def first_offsets(records: Iterable[Any]) -> dict[Partition, int]:
@@ -165,9 +174,8 @@ class RedisPositioned:
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Position each new partition just after its stored offset (or at its start)."""
-        for tp in assigned:
-            stored = await self.stored_offset(tp.topic, tp.partition)
-            await resume_at(self.kafka_consumer, tp, stored, self._expect)
+        stored = {tp: await self.stored_offset(tp.topic, tp.partition) for tp in assigned}
+        await resume_all(self.kafka_consumer, stored, self._expect)
 
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         for tp in revoked:

@@ -39,7 +39,7 @@ from shared.consumer import (
     RedisPositioned,
     commit_applied,
     lag_after,
-    resume_at,
+    resume_all,
 )
 from shared.kafka import dead_letter_record
 from shared.logging import get_logger
@@ -47,7 +47,8 @@ from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_k
 from shared.service import ServiceRuntime
 
 log = get_logger("clinicflow.flow.consumer")
-FRESH = timedelta(minutes=30)  # estimates older than this are not published (catch-up)
+# estimates and stage timings older than this are not published (catch-up)
+FRESH = timedelta(minutes=30)
 CATCH_UP_LAG = 5000  # records behind: above this, boards wait until flow has caught up
 # while catching up, checkpoints come this many times less often: each writes every touched
 # clinic's snapshot (about 20 KiB each), and a restart replays at most a few seconds more
@@ -97,21 +98,24 @@ class FloorConsumer(RedisPositioned):
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Restore each new partition's clinics from the checkpoint and seek past it."""
         async with self.lock:
-            kafka = self.kafka_consumer
+            stored: dict[TopicPartition, int | None] = {}
             for tp in assigned:
                 await self.store.claim(tp.topic, tp.partition)  # fences off a paused holder
                 offset, snapshots = await self.store.load_partition(tp.topic, tp.partition)
                 for raw in snapshots:
                     flow = load_flow(orjson.loads(raw))
                     self.processor.adopt(flow, tp.topic, tp.partition)
-                await resume_at(kafka, tp, offset, self._expect)
+                stored[tp] = offset
+            await resume_all(self.kafka_consumer, stored, self._expect)
+            for tp, offset in stored.items():
                 if offset is None:
                     log.info("no checkpoint: rebuilding partition from the beginning",
                              topic=tp.topic, partition=tp.partition)
                 else:
                     self.processor.applied[(tp.topic, tp.partition)] = offset
                     log.info("resuming partition from checkpoint", topic=tp.topic,
-                             partition=tp.partition, offset=offset, clinics=len(snapshots))
+                             partition=tp.partition, offset=offset,
+                             clinics=len(self.processor.clinics_of(tp.topic, tp.partition)))
             # the restored clinics' boards are current again
             boards = {}
             for tp in assigned:
@@ -359,7 +363,14 @@ class FloorConsumer(RedisPositioned):
             EVENTS_CONSUMED.labels("flow", "dead_lettered").inc(len(result.dead_letters))
         self.applied_total += result.applied
         histograms = self._stage_histograms
+        # stages finished long ago (a rebuild, a backlog) are history, not what the clinic
+        # is doing now: observed, they would show a day's worth at once (and set off the
+        # alerts on rates); the day's own report (the board's operations) keeps them
+        fresh_from = datetime.now(UTC) - FRESH
+        old = {clinic for clinic, at in result.touched.items() if at < fresh_from}
         for clinic_id, stage in result.stages:
+            if clinic_id in old:
+                continue
             key = (clinic_id, stage.provider_id or "any", stage.stage)
             histogram = histograms.get(key)
             if histogram is None:  # a labelled child looked up once, not per event

@@ -80,3 +80,40 @@ async def test_a_backlog_is_checkpointed_as_soon_as_it_is_read_and_not_on_every_
         await floor.handle([Record("f", 0, offset, b"north", ev.encode(event))])
         # nothing before the backlog is read; then everything at once; then the usual pace
         assert store.checkpoints == ([] if offset < 2 else [{("f", 0): 2}])
+
+
+async def test_stage_timings_of_old_facts_are_not_observed_as_if_they_happened_now(
+    monkeypatch: Any,
+) -> None:
+    from datetime import timedelta
+
+    from prometheus_client import REGISTRY
+
+    floor = FloorConsumer(_Runtime(), _Store(), floor_topic="f", estimates_topic="e",  # type: ignore[arg-type]
+                          dead_letter_topic="d", checkpoint_seconds=3600)
+    monkeypatch.setattr(floor, "_lag", lambda result: 0)
+
+    async def as_given(records: Any) -> Any:
+        return list(records)
+
+    monkeypatch.setattr(floor, "_without_gaps", as_given)
+
+    def observed(clinic: str) -> float:
+        return REGISTRY.get_sample_value("clinicflow_stage_duration_minutes_count", {
+            "clinic": clinic, "provider": "dr-lee", "stage": "arrival_to_roomed"}) or 0.0
+
+    offset = 0
+    for clinic, at in (("yesterday", datetime.now(UTC) - timedelta(days=1)),
+                       ("today", datetime.now(UTC) - timedelta(minutes=2))):
+        records = []
+        for payload, minutes in ((ev.PatientArrived(visit_id="v1", ticket_code="A-1",
+                                                    provider_id="dr-lee",
+                                                    visit_type="follow_up"), 0),
+                                 (ev.PatientRoomed(visit_id="v1", room_id="r1"), 1)):
+            event = ev.make_event(payload, clinic_id=clinic, source="test",
+                                  occurred_at=at + timedelta(minutes=minutes))
+            records.append(Record("f", 0, offset, clinic.encode(), ev.encode(event)))
+            offset += 1
+        await floor.handle(records)
+    assert observed("yesterday") == 0  # a rebuild's history: the day's report keeps it
+    assert observed("today") == 1

@@ -14,6 +14,7 @@ from shared.consumer import (
     first_offsets,
     lag_after,
     off_course,
+    resume_all,
     resume_at,
     rewind,
 )
@@ -26,8 +27,10 @@ class FakeKafka:
     assigned: set[TopicPartition] = field(default_factory=set)
     seeks: list[tuple[TopicPartition, int]] = field(default_factory=list)
     commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    asked: list[list[TopicPartition]] = field(default_factory=list)
 
     async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.asked.append(list(tps))
         return dict.fromkeys(tps, self.beginning)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -59,6 +62,17 @@ async def test_a_partition_resumes_after_its_stored_offset_or_at_its_beginning()
     assert await resume_at(kafka, TopicPartition("floor", 4), None, expect) == 40
     assert kafka.seeks == [(TP, 100), (TopicPartition("floor", 4), 40)]
     assert expect == {("floor", 3): 100, ("floor", 4): 40}
+
+
+async def test_partitions_assigned_together_ask_for_their_beginnings_in_one_request() -> None:
+    kafka, expect = FakeKafka(beginning=7), {}
+    stored = {TopicPartition("floor", p): (None if p % 2 else 10 * p) for p in range(6)}
+    starts = await resume_all(kafka, stored, expect)
+    assert kafka.asked == [[TopicPartition("floor", p) for p in (1, 3, 5)]]
+    assert starts == {TopicPartition("floor", p): (7 if p % 2 else 10 * p + 1) for p in range(6)}
+    assert kafka.seeks == list(starts.items())
+    assert await resume_all(kafka, {TP: 4}, expect) == {TP: 5}
+    assert len(kafka.asked) == 1  # every offset stored: Kafka is not asked
 
 
 async def test_a_batch_that_skipped_records_is_dropped_and_sought_back() -> None:
