@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
 # Where flow's CPU goes: py-spy on the service during the throughput benchmark (taken by
 # hand, written here so the report says it; re-take it when the processing changes)
-PROFILE = {"note": "500 clinics, 2026-11-24", "handler": "82%", "apply": "45%",
-           "lookahead": "22%", "decode": "14%"}
+PROFILE = {"note": "500k events of 500 clinics, 2026-12-05", "handler": "86%",
+           "apply": "55%", "lookahead": "22%", "decode": "16%", "stats": "9%", "undo": "7%",
+           "checkpoints": "3%", "boards": "4%"}
 
 
 async def checkin_api(bootstrap: str, redis_url: str, workdir: Path,
@@ -181,28 +182,38 @@ Raw results: `bench/results/latest.json`.
 ## Where the time goes
 
 Profiling the flow service (py-spy on the running process during the throughput
-benchmark, {PROFILE['note']}): the batch handler is {PROFILE['handler']} of its CPU. Applying
-facts is {PROFILE['apply']}, of which the learning look-ahead (run every five minutes of
-clinic time per clinic, so that a replay, a rebuild and the live service learn the same)
-is {PROFILE['lookahead']}; decoding and validating events (pydantic) {PROFILE['decode']};
-checkpoints and metrics a few percent each; the rest is Kafka fetching and the event loop.
-The design takes one Redis transaction per batch (not per event), awaits
-acknowledgements per batch, fetches with a 20 ms batch timeout, and draws boards and
-checkpoints less often while catching up. {throughput_verdict}
-This session took out what was not needed (open visits counted as facts apply, undo
-records' JSON made once, a throwaway statistics object per stage, a forced checkpoint
-every 0.2 s while catching up, per-record copies, label lookups, garbage collection
-every 700 allocations) with the same boards and snapshots as before. What would move it
-further is design: a look-ahead on floats (or run less often, which changes what is
-learned), one validation pass per event instead of two, and overlapping the Redis write
-of one batch with the processing of the next (the process waits on I/O about a sixth of
-the time). Partitions are per clinic, so more flow instances scale out until Redis is the
-limit. The floor processor's CPU per event by number of clinics (10, 100, 1000) is in the
-table: a ratio near 1 would mean an event costs the same however many clinics there are.
-It is not near 1 (about 1.5 at 1000 clinics). Every step of applying an event works on
-its own clinic (dictionary lookups, no scan over clinics), so the likely cause is the
-larger working set (CPU caches, the allocator) rather than more work per event; it has
-not been profiled apart yet. {results.get('cost_by_clinics_note', '')}
+benchmark, {PROFILE['note']}): the batch handler is {PROFILE['handler']} of its CPU.
+Applying facts is {PROFILE['apply']}, of which the learning look-ahead (run every five
+minutes of clinic time per clinic, so that a replay, a rebuild and the live service learn
+the same) is {PROFILE['lookahead']}, the day's statistics {PROFILE['stats']} and undo
+records {PROFILE['undo']}; decoding and validating events (pydantic) {PROFILE['decode']};
+checkpoints {PROFILE['checkpoints']} and drawing the boards at the end {PROFILE['boards']};
+the rest is start-up (imports), Kafka fetching and the event loop. The design takes one
+Redis transaction per batch (not per event), awaits acknowledgements per batch, fetches
+with a 20 ms batch timeout, draws boards and checkpoints less often while catching up,
+and checkpoints a backlog as soon as it is read. {throughput_verdict}
+
+The throughput is measured over the issue's example size, 500,000 events of 500
+clinics (successive simulated days of the same clinics, the last one cut), from process
+start, so start-up (about 1.3 s of imports and joining the group) is in the figure. The
+bare consumer joins a consumer group as flow does. What made the difference, each with
+the same boards and snapshots as before (a digest of every board and checkpoint over
+203k events, compared after each change): the look-ahead in one pass over the open visits
+without closures or a loop per room, with visit lengths remembered until one is learned;
+facts dispatched by payload type; pydantic's validators called directly; day statistics
+that remember the five-minute period; undo records and changes built positionally; UTC
+times in checkpoints written by orjson; stage timings of history (a rebuild) not observed
+as live metrics; partitions' beginnings asked for in one request. In process, the floor
+processor went from about 51 to about 40 µs of CPU per event. What would move it further
+is the look-ahead (a fifth of the CPU; per call it costs about twice as much inside the
+service as on a warm floor, so memory access is much of it) and validation, which is
+pydantic's own work. Partitions are per clinic, so more flow instances scale out until
+Redis is the limit. The floor processor's CPU per event by number of clinics (10, 100,
+1000) is in the table: a ratio near 1 would mean an event costs the same however many
+clinics there are. Every step of applying an event works on its own clinic (dictionary
+lookups, no scan over clinics), so what ratio there is comes from the larger working set
+(CPU caches, the allocator), not from more work per event.
+{results.get('cost_by_clinics_note', '')}
 
 ## Memory
 
@@ -211,12 +222,18 @@ clinic), the last 300 ended visit ids per clinic (to recognise a re-sent fact)
 and bounded learning windows, so its memory should follow the number of clinics
 and their open visits, not the history. {memory_verdict} The first step fills those
 bounded windows (the first days of every clinic), so growth up to it is expected.
-A heap profile of the running service (tracemalloc, 250 clinics) showed no growth of
-the Python heap from the first to the sixth day beyond objects rebuilt after a rebalance.
-It did find that a cache added during this work (each undo record's checkpoint JSON)
-held 49 MiB in orjson's over-allocated buffers; each is now kept at its exact size.
-What remains is mostly module code (about 25 MiB) and Prometheus histogram children per
-clinic, provider and stage (about 16 MiB at 250 clinics).
+
+What looked like growth in earlier runs was the C allocator, not live objects. glibc
+serves a buffer over its mmap threshold (128 KiB) with a mapping of its own, returned
+when freed, but after freeing one it raises the threshold to that size (up to 32 MiB):
+later big transient buffers (a checkpoint's snapshots, a Kafka fetch) then came from the
+heap, which only shrinks from its top. Over 30 simulated days of 250 clinics, flow's
+resident memory went 234 -> 246 MiB from 1M to 3M events while its heap held 52 MiB that
+`malloc_trim` gave back at once (gdb on the running process). Every service now fixes the
+threshold at start (`shared/runner.tune_malloc`, tested): the same run then settled at
+190 MiB from 0.7M events on (234 before). What remains is mostly module code (about
+25 MiB) and Prometheus histogram children per clinic, provider and stage (about 16 MiB
+at 250 clinics).
 
 ## Check-in API
 
