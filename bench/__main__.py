@@ -111,7 +111,10 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             ("flow throughput (start to all applied)",
              f"{t['flow_events_per_second']:,} events/s ({t['events']:,} events, "
              f"{t['clinics']} clinics, {t['flow_seconds']} s incl. {t['flow_seconds_to_ready']}"
-             " s start)"),
+             " s start)" + (f"; median of {t['runs']} runs, range "
+                            f"{t['flow_events_per_second_range'][0]:,}–"
+                            f"{t['flow_events_per_second_range'][1]:,}"
+                            if t.get("runs", 1) > 1 else "")),
             ("bare aiokafka consumer + JSON decode, same topic, same run",
              f"{t['bare_consumer_events_per_second']:,} events/s"),
             ("ratio bare / flow", f"{t['bare_over_flow_ratio']}x"),
