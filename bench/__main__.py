@@ -198,7 +198,7 @@ and checkpoints a backlog as soon as it is read. {throughput_verdict}
 
 The throughput is measured over the issue's example size, 500,000 events of 500
 clinics (successive simulated days of the same clinics, the last one cut), from process
-start, so start-up (about 1.3 s of imports and joining the group) is in the figure. The
+start, so start-up (about a second of imports and joining the group) is in the figure. The
 bare consumer joins a consumer group as flow does. What made the difference, each with
 the same boards and snapshots as before (a digest of every board and checkpoint over
 203k events, compared after each change): the look-ahead in one pass over the open visits
@@ -233,10 +233,10 @@ later big transient buffers (a checkpoint's snapshots, a Kafka fetch) then came 
 heap, which only shrinks from its top. Over 30 simulated days of 250 clinics, flow's
 resident memory went 234 -> 246 MiB from 1M to 3M events while its heap held 52 MiB that
 `malloc_trim` gave back at once (gdb on the running process). Every service now fixes the
-threshold at start (`shared/runner.tune_malloc`, tested): the same run then settled at
-190 MiB from 0.7M events on (234 before). What remains is mostly module code (about
-25 MiB) and Prometheus histogram children per clinic, provider and stage (about 16 MiB
-at 250 clinics).
+threshold at start (`shared/runner.tune_malloc`, tested): a 12-day run of the same
+clinics then settled at 190 MiB from 0.7M events on (234 MiB at 1M before). What
+remains is mostly module code (about 25 MiB) and Prometheus histogram children per
+clinic, provider and stage (about 16 MiB at 250 clinics).
 
 ## Check-in API
 
