@@ -106,13 +106,19 @@ class FloorConsumer(RedisPositioned):
                     flow = load_flow(orjson.loads(raw))
                     self.processor.adopt(flow, tp.topic, tp.partition)
                 stored[tp] = offset
+                # set with the adopted state, before any seek: should the seeks below fail
+                # (the listener's errors do not stop the consumer), a record at or below
+                # the checkpoint is still never applied again, and a first batch from
+                # elsewhere is sought back (``off_course``; 0: the partition's beginning)
+                if offset is not None:
+                    self.processor.applied[(tp.topic, tp.partition)] = offset
+                self._expect[(tp.topic, tp.partition)] = 0 if offset is None else offset + 1
             await resume_all(self.kafka_consumer, stored, self._expect)
             for tp, offset in stored.items():
                 if offset is None:
                     log.info("no checkpoint: rebuilding partition from the beginning",
                              topic=tp.topic, partition=tp.partition)
                 else:
-                    self.processor.applied[(tp.topic, tp.partition)] = offset
                     log.info("resuming partition from checkpoint", topic=tp.topic,
                              partition=tp.partition, offset=offset,
                              clinics=len(self.processor.clinics_of(tp.topic, tp.partition)))
@@ -175,7 +181,7 @@ class FloorConsumer(RedisPositioned):
                 self._catching_up = True
             # caught up at last: what took the rebuild is stored at once, not a checkpoint
             # period later (a restart now would replay it all again)
-            caught_up = self._catching_up and lag == 0
+            caught_up = self._catching_up and lag == 0 and self._behind_anywhere() == 0
             checkpoint = self._checkpoint_payload(force=caught_up)
             # counted now: applied in memory, the batch is not delivered again even when
             # the write below fails (its records then reach Redis with a later write)
@@ -367,9 +373,8 @@ class FloorConsumer(RedisPositioned):
         # is doing now: observed, they would show a day's worth at once (and set off the
         # alerts on rates); the day's own report (the board's operations) keeps them
         fresh_from = datetime.now(UTC) - FRESH
-        old = {clinic for clinic, at in result.touched.items() if at < fresh_from}
-        for clinic_id, stage in result.stages:
-            if clinic_id in old:
+        for clinic_id, stage, ended_at in result.stages:
+            if ended_at < fresh_from:
                 continue
             key = (clinic_id, stage.provider_id or "any", stage.stage)
             histogram = histograms.get(key)
@@ -382,6 +387,11 @@ class FloorConsumer(RedisPositioned):
     def _lag(self, result: BatchResult) -> int | None:
         """Records left on the partitions this batch came from (None: not known yet)."""
         return lag_after(self.kafka_consumer, result.offsets)
+
+    def _behind_anywhere(self) -> int | None:
+        """Records left on every partition this instance has applied records of (a batch
+        may come from the partitions read to the end while others still have a backlog)."""
+        return lag_after(self.kafka_consumer, self.processor.applied)
 
     def _gauges(self, clinic_id: str, board: dict[str, Any]) -> None:
         per_provider: dict[str, list[float]] = {}

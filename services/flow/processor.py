@@ -44,7 +44,7 @@ class BatchResult:
     already_applied: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     touched: dict[str, datetime] = field(default_factory=dict)  # clinic -> its latest event time
-    stages: list[tuple[str, StageTime]] = field(default_factory=list)
+    stages: list[tuple[str, StageTime, datetime]] = field(default_factory=list)  # ended at
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     undone: list[tuple[str, str]] = field(default_factory=list)
 
@@ -121,7 +121,7 @@ class FloorProcessor:
                 result.applied += 1
                 touched[clinic_id] = at
                 for stage in change.stages:
-                    stages.append((clinic_id, stage))
+                    stages.append((clinic_id, stage, at))
                 if change.kind == "undo":
                     result.undone.append((clinic_id, envelope.event_id))
         return result

@@ -370,9 +370,9 @@ class ClinicNotifier:
             if pending is None and slip >= rules.warn_after_growth_minutes and \
                     rules.delay_warnings:
                 if preference.reachable and preference.delay_updates:
-                    notes.pending = Pending(
-                        "estimate", (event_id,), at, _settled(at, wall, rules),
-                        at + timedelta(minutes=rules.max_message_age_minutes))
+                    due = _settled(at, wall, rules)
+                    notes.pending = Pending("estimate", (event_id,), at, due,
+                                            _expires(at, due, rules))
                 else:
                     out.decisions.append(("delay_warning", _quiet_reason(preference)))
             self._consider_come_back(notes, new, event_id, now, preference, rules, wall, out)
@@ -493,12 +493,11 @@ class ClinicNotifier:
             notes = self._notes(visit.visit_id, visit.ticket_code, visit.provider_id)
             before = notes.pending
             triggers = (*(before.trigger_ids if before else ()), event_id)
+            due = _settled(at, wall, rules)
+            if before and before.reason == "estimate":
+                due = min(before.due_at, due)
             notes.pending = Pending(
-                "delay", triggers, at,
-                min(before.due_at, _settled(at, wall, rules))
-                if before and before.reason == "estimate"
-                else _settled(at, wall, rules),
-                at + timedelta(minutes=rules.max_message_age_minutes),
+                "delay", triggers, at, due, _expires(at, due, rules),
                 delay.minutes, delay.provider_id,
                 fresh=notes.estimate is not None and notes.estimate.at >= at,
             )
@@ -749,6 +748,13 @@ def _settled(at: datetime, wall: datetime, rules: Rules) -> datetime:
     already too old to be news when read is not waited for: it is dropped at once."""
     settle = timedelta(seconds=rules.settle_seconds)
     return at + settle if _stale(at, wall, rules) else max(at, wall) + settle
+
+
+def _expires(at: datetime, due: datetime, rules: Rules) -> datetime:
+    """When a warning armed by a trigger made at ``at`` is no longer news: its age limit,
+    but never before its settle time ends (a trigger read just inside the limit would
+    otherwise always be dropped while it waits)."""
+    return max(at + timedelta(minutes=rules.max_message_age_minutes), due)
 
 
 def _stale(at: datetime, wall: datetime, rules: Rules) -> bool:

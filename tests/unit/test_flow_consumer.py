@@ -62,8 +62,10 @@ async def test_a_backlog_is_checkpointed_as_soon_as_it_is_read_and_not_on_every_
     store = _Store()
     floor = FloorConsumer(_Runtime(), store, floor_topic="f", estimates_topic="e",  # type: ignore[arg-type]
                           dead_letter_topic="d", checkpoint_seconds=3600)
-    lags = iter([20_000, 3_000, 0, 0])
+    lags = iter([20_000, 3_000, 0, 0, 0])
     monkeypatch.setattr(floor, "_lag", lambda result: next(lags))
+    elsewhere = iter([1_000, 0])  # at the third batch another partition is still behind
+    monkeypatch.setattr(floor, "_behind_anywhere", lambda: next(elsewhere))
 
     async def as_given(records: Any) -> Any:
         return list(records)
@@ -74,12 +76,13 @@ async def test_a_backlog_is_checkpointed_as_soon_as_it_is_read_and_not_on_every_
     monkeypatch.setattr(floor, "_without_gaps", as_given)
     monkeypatch.setattr(floor, "_commit", committed)
     now = datetime.now(UTC)
-    for offset in range(4):
+    for offset in range(5):
         event = ev.make_event(ev.RoomReady(room_id=f"room-{offset}"), clinic_id="north",
                               source="test", occurred_at=now)
         await floor.handle([Record("f", 0, offset, b"north", ev.encode(event))])
-        # nothing before the backlog is read; then everything at once; then the usual pace
-        assert store.checkpoints == ([] if offset < 2 else [{("f", 0): 2}])
+        # nothing before the whole backlog is read; then everything at once; then the
+        # usual pace
+        assert store.checkpoints == ([] if offset < 3 else [{("f", 0): 3}])
 
 
 async def test_stage_timings_of_old_facts_are_not_observed_as_if_they_happened_now(
@@ -117,3 +120,58 @@ async def test_stage_timings_of_old_facts_are_not_observed_as_if_they_happened_n
         await floor.handle(records)
     assert observed("yesterday") == 0  # a rebuild's history: the day's report keeps it
     assert observed("today") == 1
+
+
+class _Kafka:
+    """Kafka whose offset lookups fail (the broker went away mid-rebalance)."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[Any, int]] = []
+
+    async def beginning_offsets(self, tps: Any) -> Any:
+        raise ConnectionError("broker unreachable")
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+async def test_a_failed_seek_on_assignment_never_applies_a_checkpointed_record_again(
+    monkeypatch: Any,
+) -> None:
+    import types
+
+    import pytest
+    from aiokafka import TopicPartition
+
+    from services.flow.snapshot import dump_flow_json
+
+    restored = ClinicFlow("north")
+    now = datetime.now(UTC)
+    restored.apply(ev.PatientArrived(visit_id="v1", ticket_code="A-1", provider_id="dr-lee",
+                                     visit_type="follow_up"), now, "e0")
+
+    class Store(_Store):
+        async def claim(self, topic: str, partition: int) -> None:
+            return None
+
+        async def load_partition(self, topic: str, partition: int) -> Any:
+            return (7, [dump_flow_json(restored)]) if partition == 0 else (None, [])
+
+    kafka = _Kafka()
+    floor = FloorConsumer(_Runtime(), Store(), floor_topic="f", estimates_topic="e",  # type: ignore[arg-type]
+                          dead_letter_topic="d", checkpoint_seconds=3600)
+    floor.subscriber = types.SimpleNamespace(consumer=kafka)
+    with pytest.raises(ConnectionError):  # aiokafka logs it and goes on consuming
+        await floor.on_assigned([TopicPartition("f", 0), TopicPartition("f", 1)])
+    monkeypatch.setattr(floor, "_lag", lambda result: 0)
+
+    def arrival(offset: int) -> Record:
+        event = ev.make_event(ev.PatientArrived(visit_id=f"w{offset}", ticket_code="A-2",
+                                                provider_id="dr-lee", visit_type="follow_up"),
+                              clinic_id="north", source="test", occurred_at=now)
+        return Record("f", 0, offset, b"north", ev.encode(event))
+
+    # resumed from an older committed offset: what the checkpoint holds is not applied again
+    result = await floor.handle([arrival(offset) for offset in range(5, 10)])
+    assert (result.already_applied, result.applied) == (3, 2)
+    assert set(floor.processor.flows["north"].clinic.visits) == {"v1", "w8", "w9"}

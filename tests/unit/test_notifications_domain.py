@@ -155,6 +155,17 @@ def test_a_delay_read_minutes_late_still_waits_for_its_fresh_estimates_before_wa
     assert "about 25 minutes behind" in told(late)["v3"]
 
 
+def test_a_delay_read_just_inside_the_age_limit_still_goes_out_after_settling() -> None:
+    # made at 9:01, read at 9:30:57 (three seconds inside the 30-minute limit): it was
+    # news when read, so the five seconds it waits for its estimates do not make it stale
+    day = morning()
+    day.wall = at(30 + 57 / 60)
+    assert day.delay("dr-lee", 25, 1).messages == []
+    sent = day.tick(30 + 57 / 60 + 5 / 60)
+    assert sorted(told(sent)) == ["v1", "v2", "v3"]
+    assert ("delay_warning", "stale") not in sent.decisions
+
+
 def test_an_estimate_read_before_its_delay_waits_for_the_delay_to_tell_the_whole_story() -> None:
     day = morning()
     early = day.estimate("v2", 1, 35)  # flow's new estimate arrives first (another topic)
