@@ -110,8 +110,9 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         rows += [
             ("flow throughput (start to all applied)",
              f"{t['flow_events_per_second']:,} events/s ({t['events']:,} events, "
-             f"{t['clinics']} clinics, {t['flow_seconds']} s incl. {t['flow_seconds_to_ready']}"
-             " s start)" + (f"; median of {t['runs']} runs, range "
+             f"{t['clinics']} clinics, {t['flow_seconds']} s; first /readyz answer after "
+             f"{t['flow_seconds_to_ready']} s, later when consuming has begun)"
+             + (f"; median of {t['runs']} runs, range "
                             f"{t['flow_events_per_second_range'][0]:,}–"
                             f"{t['flow_events_per_second_range'][1]:,}"
                             if t.get("runs", 1) > 1 else "")),
