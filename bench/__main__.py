@@ -236,8 +236,9 @@ resident memory went 234 -> 246 MiB from 1M to 3M events while its heap held 52 
 `malloc_trim` gave back at once (gdb on the running process). Every service now fixes the
 threshold at start (`shared/runner.tune_malloc`, tested): a 12-day run of the same
 clinics then settled at 190 MiB from 0.7M events on (234 MiB at 1M before). What
-remains is mostly module code (about 25 MiB) and Prometheus histogram children per
-clinic, provider and stage (about 16 MiB at 250 clinics).
+remains was measured on 2026-11-24 (tracemalloc) as mostly module code (about 25 MiB)
+and Prometheus histogram children per clinic, provider and stage (about 16 MiB at 250
+clinics).
 
 ## Check-in API
 

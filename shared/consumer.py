@@ -5,8 +5,8 @@ A service that applies a topic to Redis stores, in the same Redis transaction as
 the change, the last offset it applied per partition. Redis, not Kafka's group
 offsets, says where to resume:
 
-* ``resume_at`` (``resume_all``) seeks a newly assigned partition just after its stored offset
-  (the beginning when nothing is stored) and notes where it must start;
+* ``resume_all`` seeks newly assigned partitions just after their stored offsets
+  (the beginning when nothing is stored) and notes where each must start;
 * ``off_course`` checks the first batch of each such partition: when it did not
   start there (the group's committed offset won over our seek), the partition is
   sought again and its records are to be dropped;
@@ -49,17 +49,11 @@ def rebalance_listener(on_assigned: Callback,
     return Listener()
 
 
-async def resume_at(kafka: Any, tp: TopicPartition, stored: int | None,
-                    expect: dict[Partition, int]) -> int:
-    """Seek ``tp`` just after its ``stored`` offset (its beginning when None), note in
-    ``expect`` where its first batch must start, and return that offset."""
-    return (await resume_all(kafka, {tp: stored}, expect))[tp]
-
-
 async def resume_all(kafka: Any, stored: dict[TopicPartition, int | None],
                      expect: dict[Partition, int]) -> dict[TopicPartition, int]:
-    """``resume_at`` for many partitions, asking Kafka for the beginnings of those
-    without a stored offset in one request (not one round trip per partition)."""
+    """Seek each partition just after its ``stored`` offset (its beginning when None),
+    note in ``expect`` where its first batch must start, and return those offsets. The
+    beginnings are asked for in one request, not one round trip per partition."""
     unknown = [tp for tp, offset in stored.items() if offset is None]
     beginnings = (await kafka.beginning_offsets(unknown) if kafka is not None
                   else dict.fromkeys(unknown, 0)) if unknown else {}
@@ -83,7 +77,7 @@ def first_offsets(records: Iterable[Any]) -> dict[Partition, int]:
 
 async def off_course(kafka: Any, expect: dict[Partition, int],
                      first: dict[Partition, int]) -> set[Partition]:
-    """The partitions whose first batch did not start where ``resume_at`` put them:
+    """The partitions whose first batch did not start where ``resume_all`` put them:
     each is sought back there, and the caller drops its records from this batch.
 
     A start past the expected offset is allowed when the records in between were

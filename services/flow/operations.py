@@ -66,12 +66,6 @@ _ROOMS_ONLY = frozenset({"room_ready", "room_out_of_service", "delay", "schedule
 _ENDS_VISITS = frozenset({"checkout", "cancel"})
 # read once: an enum member looked up on its class costs more than the dict lookup itself
 _WAITING, _ROOMED = VisitStatus.WAITING, VisitStatus.ROOMED
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_PERIOD = timedelta(minutes=SAMPLE_MINUTES)
-# a UTC time within 2**33 s of 1970 (the years 1698 to 2242) has a float timestamp within
-# half a microsecond of it, so never rounded across a period's bound: every time between
-# a period's bounds has that period
-_EXACT_PERIODS = 2**33 // (SAMPLE_MINUTES * 60)
 
 
 class Durations:
@@ -196,11 +190,6 @@ class DayStats:
     def __init__(self) -> None:
         # the clinic's lifetime outcome counts at the last fact (None: not known yet)
         self.counts_seen: dict[str, int] | None = {}
-        # the five-minute period of UTC times from _period_from up to _period_until: most
-        # facts fall in the period of the one before, and comparing is cheaper than a
-        # timestamp (times in other zones, which envelopes never carry, take the timestamp)
-        self._period = 0
-        self._period_from, self._period_until = _EPOCH, _EPOCH + _PERIOD
         self._start_day(None)
 
     def _start_day(self, at: datetime | None) -> None:
@@ -273,10 +262,7 @@ class DayStats:
             self.counts_seen = dict(clinic.counts)
 
     def _sample(self, at: datetime, waiting: int, roomed: int) -> None:
-        if at.tzinfo is UTC and self._period_from <= at < self._period_until:
-            period = self._period
-        else:
-            period = self._period_of(at)
+        period = _period(at)
         if self.sample_start is None:
             self.sample_start = period
         missing = period - (self.sample_start + len(self.waiting_peaks)) + 1
@@ -295,16 +281,6 @@ class DayStats:
         if roomed > self.roomed_peaks[-1]:
             self.roomed_peaks[-1] = roomed
         self.now_waiting, self.now_roomed = waiting, roomed
-
-    def _period_of(self, at: datetime) -> int:
-        """``_period(at)``, remembering the period's bounds for the facts that follow."""
-        period = _period(at)
-        if at.tzinfo is UTC and -_EXACT_PERIODS < period < _EXACT_PERIODS:
-            # most often the next period: it starts where the remembered one ends
-            start = (self._period_until if period == self._period + 1
-                     else _EPOCH + _PERIOD * period)
-            self._period, self._period_from, self._period_until = period, start, start + _PERIOD
-        return period
 
     @staticmethod
     def _bounded(table: dict[str, Any], key: str, make: type[Any]) -> Any:

@@ -15,7 +15,6 @@ from shared.consumer import (
     lag_after,
     off_course,
     resume_all,
-    resume_at,
     rewind,
 )
 
@@ -58,8 +57,9 @@ TP = TopicPartition("floor", 3)
 
 async def test_a_partition_resumes_after_its_stored_offset_or_at_its_beginning() -> None:
     kafka, expect = FakeKafka(beginning=40), {}
-    assert await resume_at(kafka, TP, 99, expect) == 100
-    assert await resume_at(kafka, TopicPartition("floor", 4), None, expect) == 40
+    assert (await resume_all(kafka, {TP: 99}, expect))[TP] == 100
+    other = TopicPartition("floor", 4)
+    assert (await resume_all(kafka, {other: None}, expect))[other] == 40
     assert kafka.seeks == [(TP, 100), (TopicPartition("floor", 4), 40)]
     assert expect == {("floor", 3): 100, ("floor", 4): 40}
 
