@@ -52,7 +52,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 typecheck: venv
-	$(BIN)/mypy shared services bench
+	$(BIN)/mypy shared services tools bench
 
 unit: venv
 	$(BIN)/pytest tests/unit -q

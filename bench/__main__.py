@@ -26,8 +26,8 @@ import httpx
 from bench import flow_bench
 from bench.common import machine
 from shared.admin import ensure_topics
-from shared.stack import KAFKA_VERSION, LocalStack, free_port
 from tests.helpers import ServiceProcess
+from tools.stack import KAFKA_VERSION, LocalStack, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))

@@ -10,9 +10,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.flow.replay import to_fact
-from services.flow.simulate import simulate_clinics
 from shared import events as ev
+from tools.replay import to_fact
+from tools.simulate import simulate_clinics
 
 
 def floor_records(clinics: int, seed: int = 1, days: int = 1) -> list[tuple[bytes, bytes]]:

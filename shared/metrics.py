@@ -40,6 +40,27 @@ CONSUMER_LAG = Gauge(
     "Events on the topic not yet applied by this consumer (summed over its partitions).",
     ["service"],
 )
+BATCH_FAILURES = Counter(
+    "clinicflow_batch_failures_total",
+    "Batches a consumer could not apply (Redis or Kafka away): each is read again.",
+    ["service", "consumer"],
+)
+BATCH_SECONDS = Histogram(
+    "clinicflow_batch_seconds",
+    "Time to apply one Kafka batch, from delivery to stored, by consumer.",
+    ["service", "consumer"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PERIODIC_FAILURES = Counter(
+    "clinicflow_periodic_failures_total",
+    "Runs of a periodic job (sweep, ticker, checkpoint, outbox relay) that failed.",
+    ["service", "job"],
+)
+OUTBOX_EVENTS = Gauge(
+    "clinicflow_outbox_events",
+    "Events written to a service's Redis outbox and not yet published to Kafka.",
+    ["service"],
+)
 DEPENDENCY_UP = Gauge(
     "clinicflow_dependency_up",
     "1 when the dependency (kafka, redis) answered the last readiness check.",

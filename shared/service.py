@@ -29,6 +29,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import Authenticator
+from shared.clock import Clock, Job, SystemClock, every
+from shared.errors import Refusal, status_of
 from shared.kafka import kafka_connect_problem, make_broker
 from shared.logging import configure_logging, get_logger
 from shared.metrics import DEPENDENCY_UP, HTTP_LATENCY, HTTP_REQUESTS, render_metrics
@@ -40,9 +42,13 @@ Hook = Callable[[], Awaitable[None]]
 class ServiceRuntime:
     """Owns one service's broker and Redis client and knows whether they are up."""
 
-    def __init__(self, settings: CommonSettings, service: str) -> None:
+    def __init__(self, settings: CommonSettings, service: str,
+                 clock: Clock | None = None) -> None:
         self.settings = settings
         self.service = service
+        self.clock: Clock = clock or SystemClock()
+        self.periodic: list[tuple[float, Job, str, bool]] = []
+        self._periodic_tasks: list[asyncio.Task[None]] = []
         self.broker: KafkaBroker = make_broker(settings, service)
         self.redis: Redis = Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
@@ -59,11 +65,24 @@ class ServiceRuntime:
         self._starter: asyncio.Task[None] | None = None
         self.log = get_logger(f"clinicflow.{service}")
 
+    def every(self, seconds: float, job: Job, name: str, *, needs_kafka: bool = True) -> None:
+        """Run ``job(now)`` every ``seconds`` while the service runs (``shared.clock.every``:
+        failures logged and counted, never silent); with ``needs_kafka`` a run waits
+        until Kafka is connected. A period of 0 or less registers nothing: tests build
+        services that way and call the job's ``tick(now)`` themselves."""
+        if seconds > 0:
+            self.periodic.append((seconds, job, name, needs_kafka))
+
     async def start(self) -> None:
-        """Start connecting in the background; returns at once."""
+        """Start connecting in the background, and the periodic jobs; returns at once."""
         self._starter = asyncio.create_task(
             self._start_with_backoff(), name=f"{self.service}-start"
         )
+        for seconds, job, name, needs_kafka in self.periodic:
+            ready = (lambda: self.kafka_started) if needs_kafka else (lambda: True)
+            self._periodic_tasks.append(asyncio.create_task(
+                every(seconds, job, name=name, service=self.service, clock=self.clock,
+                      ready=ready), name=f"{self.service}-{name}"))
 
     async def wait_started(self, timeout: float = 60.0) -> None:
         """For tests and tools: wait until Kafka is connected and start hooks ran."""
@@ -110,7 +129,12 @@ class ServiceRuntime:
             await hook()
         self.log.info("service started", kafka=self.settings.kafka_bootstrap)
 
+    async def stop_periodic(self) -> None:
+        await stop_tasks(self._periodic_tasks)
+        self._periodic_tasks.clear()
+
     async def stop(self) -> None:
+        await self.stop_periodic()
         if self._starter is not None and not self._starter.done():
             self._starter.cancel()
             try:
@@ -224,6 +248,7 @@ def make_http_app(
         try:
             yield
         finally:
+            await runtime.stop_periodic()  # no job runs while the service winds down
             for hook in on_shutdown or []:
                 await hook()
             await runtime.stop()
@@ -251,6 +276,12 @@ def make_http_app(
         runtime.log.warning("request refused: redis unreachable", error=type(exc).__name__)
         return JSONResponse(status_code=503, headers={"Retry-After": "2"},
                             content={"detail": "Redis is unreachable; try again shortly"})
+
+    @app.exception_handler(Refusal)
+    async def refused(_request: Request, exc: Refusal) -> JSONResponse:
+        # the one place a domain refusal becomes an HTTP status (shared/errors.py)
+        return JSONResponse(status_code=status_of(exc),
+                            content={"detail": exc.detail, "code": exc.code})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

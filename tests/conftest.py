@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.stack import LocalStack, StackError, create_topics, free_ports, sweep_orphans
 from shared.topics import ALL_TOPICS, topic_name
+from tools.stack import LocalStack, StackError, create_topics, free_ports, sweep_orphans
 
 pytest_plugins = ["tests.reliability_report"]
 

@@ -80,7 +80,7 @@ class ServiceProcess:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "run", self.service],
+            [sys.executable, "-m", "tools.cli", "run", self.service],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
 

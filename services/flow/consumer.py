@@ -30,9 +30,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from services.flow import metrics as m
-from services.flow.estimator import Estimate
 from services.flow.processor import BatchResult, FloorProcessor, Record, build_board
-from services.flow.snapshot import dump_flow_json, load_flow
 from services.flow.store import Fenced, FlowStore
 from shared import events as ev
 from shared.consumer import (
@@ -41,6 +39,8 @@ from shared.consumer import (
     lag_after,
     resume_all,
 )
+from shared.floor.estimator import Estimate
+from shared.floor.snapshot import dump_flow_json, load_flow
 from shared.kafka import dead_letter_record
 from shared.logging import get_logger
 from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_kind

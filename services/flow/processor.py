@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.flow.domain import NotApplicable, RoomState, StageTime
-from services.flow.estimator import Estimate
-from services.flow.handlers import ClinicFlow
 from shared import events as ev
+from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.estimator import Estimate
+from shared.floor.model import NotApplicable, RoomState, StageTime
 
 
 @dataclass(frozen=True, slots=True)

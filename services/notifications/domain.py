@@ -51,10 +51,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.flow.domain import Clinic, NotApplicable, RoomState, Visit, VisitStatus
-from services.flow.handlers import ClinicFlow
-from services.flow.snapshot import dump_flow, load_flow
 from shared import events as ev
+from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.model import Clinic, NotApplicable, RoomState, Visit, VisitStatus
+from shared.floor.snapshot import dump_flow, load_flow
 
 PatientKind = Literal["delay_warning", "come_back_now", "ready_for_you"]
 Channel = Literal["email", "sms", "log"]

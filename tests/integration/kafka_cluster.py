@@ -2,7 +2,7 @@
 broker and controller, the three vote in one static quorum, topics are replicated three
 times and a write needs two in-sync replicas (``min.insync.replicas=2``).
 
-Built on ``shared.stack``: each node is one ``start_kafka`` with its own properties and the
+Built on ``tools.stack``: each node is one ``start_kafka`` with its own properties and the
 cluster's shared id, and a ``Managed`` process that a test can kill (``kill -9``) and start
 again on the same ports and data. Each node is recorded like the session stack's servers,
 so a test run that was itself killed has them stopped by the next run.
@@ -24,7 +24,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.stack import (
+from tools.stack import (
     Managed,
     StackError,
     _run_sync,
@@ -41,7 +41,7 @@ NODES = 3
 REPLICATION_FACTOR = 3
 MIN_INSYNC_REPLICAS = 2
 
-# what a replicated cluster changes in the one-node properties of shared.stack (which keeps
+# what a replicated cluster changes in the one-node properties of tools.stack (which keeps
 # its quick broker session timeouts: a killed node is fenced and its partitions move in ~3 s)
 REPLICATED = {
     "default.replication.factor": str(REPLICATION_FACTOR),
@@ -58,7 +58,7 @@ REPLICATED = {
 def node_properties(data: Path, node_id: int, port: int, controller_port: int,
                     voters: str) -> str:
     """server.properties of one cluster node: the one-node loopback properties of
-    ``shared.stack.kafka_properties`` with this node's id, the three voters and the
+    ``tools.stack.kafka_properties`` with this node's id, the three voters and the
     replication settings above."""
     lines = kafka_properties(data, port, controller_port).splitlines()
     settings = dict(line.split("=", 1) for line in lines if "=" in line)
@@ -218,7 +218,7 @@ class KafkaCluster:
             await client.close()
 
     def _record(self, node: KafkaNode) -> None:
-        """The state-file shape ``shared.stack.read_state`` and ``sweep_orphans`` read."""
+        """The state-file shape ``tools.stack.read_state`` and ``sweep_orphans`` read."""
         assert node.process is not None
         state = {"owner": {"pid": os.getpid(), "started": process_start_time(os.getpid())},
                  "data": str(node.data), "kafka_bootstrap": node.bootstrap,

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.kafka import aiokafka_security_kwargs
 from shared.settings import CommonSettings
-from shared.stack import (
+from tools.stack import (
     Managed,
     StackError,
     ensure_redis_server,

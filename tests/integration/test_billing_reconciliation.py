@@ -170,7 +170,7 @@ async def test_a_day_of_fifty_visits_reconciles_to_the_cent_before_and_after_a_r
     # the CLI reads the ledger topic itself and agrees to the cent
     env = {**os.environ, **{f"CLINICFLOW_{k.upper()}": str(v) for k, v in billing_env.items()}}
     cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "billing", "reconcile", "--clinic", "north",
+        sys.executable, "-m", "tools.cli", "billing", "reconcile", "--clinic", "north",
         "--date", today, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(cli.communicate(), 60)
     assert cli.returncode == 0, stderr.decode()[-2000:]

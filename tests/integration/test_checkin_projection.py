@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 from shared import events as ev
-from shared.stack import LocalStack
 from tests.helpers import auth, eventually
 from tests.integration.notifications_support import publish_estimates, publish_floor
 from tests.integration.test_checkin_support import FRONT_DESK, KIOSK, running_checkin
+from tools.stack import LocalStack
 
 
 async def test_the_lookup_follows_flows_estimates_and_stops_when_the_patient_is_roomed(

@@ -15,7 +15,6 @@ import pytest
 from services.flow.app import create_app
 from shared import events as ev
 from shared.settings import FlowSettings
-from shared.stack import create_topics
 from shared.topics import FLOOR, topic_name
 from tests.conftest import _RUNS
 from tests.helpers import eventually, producer, read_topic, serving
@@ -25,6 +24,7 @@ from tests.integration.flow_support import (
     flow_settings,
 )
 from tests.integration.kafka_cluster import REPLICATION_FACTOR, KafkaCluster, running_cluster
+from tools.stack import create_topics
 
 CLINICS = tuple(f"clinic-{n}" for n in range(8))  # spread over the floor's partitions
 VISITS = 30

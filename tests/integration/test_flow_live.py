@@ -16,7 +16,6 @@ from services.flow.app import create_app
 from shared import events as ev
 from shared.admin import ensure_topics
 from shared.settings import FlowSettings
-from shared.stack import LocalStack
 from shared.topics import DEAD_LETTER, ESTIMATES, FLOOR, topic_name
 from tests.helpers import ServiceProcess, auth, eventually, producer, read_topic, serving
 from tests.integration.flow_support import (
@@ -29,6 +28,7 @@ from tests.integration.flow_support import (
     publish,
     service_env,
 )
+from tools.stack import LocalStack
 
 SCREEN = auth("dev-screen")
 

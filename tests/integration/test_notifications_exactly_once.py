@@ -15,7 +15,6 @@ import pytest
 from services.notifications.app import create_app
 from shared import events as ev
 from shared.settings import NotificationsSettings
-from shared.stack import LocalStack
 from shared.topics import ESTIMATES, FLOOR, topic_name
 from tests.helpers import ServiceProcess, eventually, read_topic, serving
 from tests.integration.notifications_support import (
@@ -29,6 +28,7 @@ from tests.integration.notifications_support import (
     record_contact,
     rules_json,
 )
+from tools.stack import LocalStack
 
 SETTLED = {"sent", "unconfirmed"}
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from shared.admin import ensure_topics
-from shared.stack import free_port, start_redis, stop_process, wait_redis
 from tests.helpers import ServiceProcess, eventually
+from tools.stack import free_port, start_redis, stop_process, wait_redis
 
 
 def _flow_env(kafka_bootstrap: str, topic_prefix: str, redis_url: str) -> dict[str, str]:

@@ -177,7 +177,7 @@ def test_production_without_kafka_security_refuses_to_start(
     env = {**service_env(secure_servers, topic_prefix),
            "CLINICFLOW_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
     env.pop("CLINICFLOW_KAFKA_SSL_CAFILE")
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "run", "flow", "--port", "1"],
+    result = subprocess.run([sys.executable, "-m", "tools.cli", "run", "flow", "--port", "1"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode != 0

@@ -16,8 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from redis.asyncio import Redis
 
-from shared.stack import REPO, LocalStack, create_topics, free_ports, is_our_process
 from shared.topics import ALL_TOPICS, AUDIT, topic_name
+from tools.stack import REPO, LocalStack, create_topics, free_ports, is_our_process
 
 
 async def _partitions_and_retention(bootstrap: str,
@@ -126,7 +126,7 @@ def test_stack_up_detached_status_and_down_leave_no_process_behind(tmp_path: Pat
            "CLINICFLOW_TOPIC_PREFIX": "cli."}
 
     def clinicflow(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "shared.cli", "stack", *args], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "tools.cli", "stack", *args], cwd=REPO,
                               env=env, capture_output=True, text=True, timeout=180)
 
     processes: list[tuple[int, str, int]] = []

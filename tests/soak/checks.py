@@ -193,7 +193,7 @@ async def check_flow(checks: Checks, bootstrap: str, floor: str, flow_url: str,
 async def _cli_reconcile(env: dict[str, str], clinic: str, day: date) -> tuple[int, Any, str]:
     """``clinicflow billing reconcile`` itself, as a manager would run it."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "billing", "reconcile", "--clinic", clinic,
+        sys.executable, "-m", "tools.cli", "billing", "reconcile", "--clinic", clinic,
         "--date", day.isoformat(), "--timeout", "300", cwd=REPO, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(process.communicate(), 600)

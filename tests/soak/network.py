@@ -1,4 +1,4 @@
-"""The soak's clinic network: simulated clinic days (``services.flow.simulate``, the same
+"""The soak's clinic network: simulated clinic days (``tools.simulate``, the same
 simulator ``make up`` and bench/ use) played in accelerated time through the services'
 real front doors, in bursts separated by idle stretches with no events at all.
 
@@ -29,10 +29,10 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaProducer
 
-from services.flow.replay import to_fact
-from services.flow.simulate import simulate_clinics
 from shared import events as ev
 from tests.helpers import REPO, auth
+from tools.replay import to_fact
+from tools.simulate import simulate_clinics
 
 FRONT_DESK = auth("dev-front-desk")
 BILLING = auth("dev-billing")

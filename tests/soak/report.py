@@ -19,7 +19,7 @@ INTRO = """# Soak: hours of a simulated clinic network
 Written by the soak itself (`tests/soak/`, `make soak`; `CLINICFLOW_SOAK_MINUTES` sets
 the length, default 120). A real Apache Kafka broker and Redis server on loopback, the
 four services as separate processes (`clinicflow run NAME`), a local SMTP server, and a
-network of simulated clinics (`services/flow/simulate.py`) played in accelerated time:
+network of simulated clinics (`tools/simulate.py`) played in accelerated time:
 bursts of clinic days separated by idle stretches with no events and no requests at all.
 Floor facts go onto the floor topic with a plain producer, walk-ins check in through
 checkin's API, every checkout carries CPT codes (billing prices it from the floor), a

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.flow import backtest
-from services.flow.backtest import (
+from tools import backtest
+from tools.backtest import (
     Score,
     add_cli,
     markdown_report,
@@ -18,7 +18,7 @@ from services.flow.backtest import (
     run_scenarios,
     score,
 )
-from services.flow.simulate import SCENARIO_NAMES, simulate_day
+from tools.simulate import SCENARIO_NAMES, simulate_day
 
 
 def ts(clock: str, clinic_offset: str = "-05:00") -> str:

@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from services.flow.pages import make_pages_router
-from shared.devup import _banner
 from shared.settings import FlowSettings
+from tools.devup import _banner
 
 
 def test_the_banner_links_every_flow_page_and_the_kiosk() -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 from services.flow import consumer as consumer_module
 from services.flow.consumer import FloorConsumer
-from services.flow.estimator import Estimate
-from services.flow.handlers import ClinicFlow
 from services.flow.processor import Record
 from shared import events as ev
+from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.estimator import Estimate
 
 
 class _Broker:
@@ -143,7 +143,7 @@ async def test_a_failed_seek_on_assignment_never_applies_a_checkpointed_record_a
     import pytest
     from aiokafka import TopicPartition
 
-    from services.flow.snapshot import dump_flow_json
+    from shared.floor.snapshot import dump_flow_json
 
     restored = ClinicFlow("north")
     now = datetime.now(UTC)

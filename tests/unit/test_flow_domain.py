@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.flow.domain import FHIR_STATUS, Clinic, NotApplicable, RoomState, VisitStatus
+from shared.floor.model import FHIR_STATUS, Clinic, NotApplicable, RoomState, VisitStatus
 
 T0 = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
 

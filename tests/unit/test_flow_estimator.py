@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.flow.handlers import ClinicFlow
 from shared import events as ev
+from shared.floor.clinic_flow import ClinicFlow
 
 T0 = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
 

@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from services.flow.handlers import ClinicFlow
-from services.flow.operations import DAY_SAMPLES, MAX_KEYS, DayStats, Durations
 from services.flow.processor import build_board
-from services.flow.snapshot import dump_flow, load_flow
 from shared import events as ev
+from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.day_stats import DAY_SAMPLES, MAX_KEYS, DayStats, Durations
+from shared.floor.snapshot import dump_flow, load_flow
 
 OPEN = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)  # 8:00 in the clinic
 

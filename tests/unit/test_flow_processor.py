@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from services.flow.domain import NotApplicable
 from services.flow.processor import FloorProcessor, Record, build_board
-from services.flow.snapshot import dump_flow, load_flow
 from shared import events as ev
+from shared.floor.model import NotApplicable
+from shared.floor.snapshot import dump_flow, load_flow
 
 T0 = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
 TOPIC = "clinicflow.floor.v1"
@@ -121,9 +121,9 @@ def test_the_board_shows_ticket_codes_estimates_rooms_and_delays() -> None:
 def test_a_clinic_restored_mid_day_estimates_exactly_like_one_that_never_stopped() -> None:
     """A whole simulated day, checkpointed and restored every hundred events: the
     estimates at the end are the same as those of an uninterrupted run."""
-    from services.flow.handlers import ClinicFlow
-    from services.flow.replay import to_fact
-    from services.flow.simulate import simulate_day
+    from shared.floor.clinic_flow import ClinicFlow
+    from tools.replay import to_fact
+    from tools.simulate import simulate_day
 
     day = simulate_day("mixed", 3).events
     continuous = ClinicFlow("c1")
@@ -146,10 +146,10 @@ def test_the_checkpoint_json_is_the_snapshot_and_open_counts_follow_the_floor() 
     """``dump_flow_json`` (each undo record's JSON made once) writes what ``dump_flow``
     says, and the per-status counts kept as facts apply equal a fresh count, through
     a whole day with undos and restores."""
-    from services.flow.handlers import ClinicFlow
-    from services.flow.replay import to_fact
-    from services.flow.simulate import simulate_day
-    from services.flow.snapshot import dump_flow_json
+    from shared.floor.clinic_flow import ClinicFlow
+    from shared.floor.snapshot import dump_flow_json
+    from tools.replay import to_fact
+    from tools.simulate import simulate_day
 
     flow = ClinicFlow("c1")
     undone = 0
@@ -181,8 +181,8 @@ def test_the_checkpoint_json_writes_times_of_any_zone_as_the_snapshot_does() -> 
     from datetime import timezone
     from zoneinfo import ZoneInfo
 
-    from services.flow.handlers import ClinicFlow
-    from services.flow.snapshot import dump_flow_json
+    from shared.floor.clinic_flow import ClinicFlow
+    from shared.floor.snapshot import dump_flow_json
 
     flow = ClinicFlow("c1")
     zones = [UTC, ZoneInfo("America/New_York"), timezone(timedelta(hours=5, minutes=30)),

@@ -16,7 +16,6 @@ import structlog
 import yaml
 
 from shared import events as ev
-from shared.asyncapi import build_document
 from shared.auth import Authenticator
 from shared.logging import configure_logging
 from shared.service import stop_tasks
@@ -27,6 +26,7 @@ from shared.settings import (
     hash_token,
     parse_credentials,
 )
+from tools.asyncapi import build_document
 
 REPO = Path(__file__).resolve().parents[2]
 

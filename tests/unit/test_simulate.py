@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.flow import replay
-from services.flow.simulate import (
+from tools import replay
+from tools.simulate import (
     SCENARIO_NAMES,
     SCENARIOS,
     SimulatedDay,

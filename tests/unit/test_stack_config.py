@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import stack as local
-from shared.stack import (
+from tools import stack as local
+from tools.stack import (
     LocalStack,
     Managed,
     StackError,

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain
 
-from services.flow.domain import Clinic, RoomState, StageTime, Visit, VisitStatus
+from shared.floor.model import Clinic, RoomState, StageTime, Visit, VisitStatus
 
 # Priors: typical minutes a provider spends per visit type (provider in -> checkout).
 VISIT_TYPE_PRIOR_MINUTES: dict[str, float] = {

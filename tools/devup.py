@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from shared.runner import SERVICES
-from shared.stack import REPO, LocalStack, StackError, state_dir
+from tools.stack import REPO, LocalStack, StackError, state_dir
 
 PORTS = {"checkin": 8001, "flow": 8002, "notifications": 8003, "billing": 8004}
 
@@ -51,7 +51,7 @@ def _start_services(stack: LocalStack, logs: Path) -> dict[str, subprocess.Popen
     for name in available_services():
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         started[name] = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "run", name],
+            [sys.executable, "-m", "tools.cli", "run", name],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     return started
@@ -128,8 +128,8 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.flow.live_demo import play
     from shared.topics import FLOOR, topic_name
+    from tools.live_demo import play
 
     started = time.monotonic()
     kafka_port = int(os.environ.get("CLINICFLOW_KAFKA_PORT", "9092"))

@@ -15,9 +15,9 @@ from typing import IO, Any
 
 import orjson
 
-from services.flow.domain import NotApplicable
-from services.flow.handlers import ClinicFlow
 from shared import events as ev
+from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.model import NotApplicable
 
 REQUIRED: dict[str, tuple[str, ...]] = {
     "arrival": ("visit_id", "provider_id", "visit_type", "scheduled_at", "priority"),

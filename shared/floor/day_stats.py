@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.flow.domain import Change, Clinic, RoomState, Visit, VisitStatus
+from shared.floor.model import Change, Clinic, RoomState, Visit, VisitStatus
 
 # the buckets of the clinicflow_stage_duration_minutes histogram, plus one for "longer"
 BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240)

@@ -14,14 +14,15 @@ import sys
 
 # module path -> registers one or more subcommands
 _COMMAND_MODULES = (
-    "shared.stack",  # clinicflow stack up|status|down
-    "shared.devup",  # clinicflow up (make up)
+    "tools.stack",  # clinicflow stack up|status|down
+    "tools.devup",  # clinicflow up (make up)
     "shared.runner",  # clinicflow run checkin|flow|notifications|billing
     "shared.admin",  # clinicflow topics create|list
-    "services.flow.replay",  # clinicflow replay LOG.jsonl
-    "services.flow.simulate",  # clinicflow simulate
-    "services.flow.backtest",  # clinicflow backtest
-    "shared.asyncapi",  # clinicflow asyncapi
+    "tools.replay",  # clinicflow replay LOG.jsonl
+    "tools.simulate",  # clinicflow simulate
+    "tools.backtest",  # clinicflow backtest
+    "tools.asyncapi",  # clinicflow asyncapi
+    "tools.digest",  # clinicflow digest (boards and checkpoints of simulated days, hashed)
     "services.billing.cli",  # clinicflow billing reconcile
 )
 

@@ -310,7 +310,7 @@ class ScenarioResult:
 
 
 def _default_replay() -> Replay:
-    from services.flow.replay import replay_events
+    from tools.replay import replay_events
 
     return replay_events
 
@@ -326,7 +326,7 @@ def run_scenarios(
     ``replay`` defaults to the live estimator's ``replay_events``; pass
     ``rolling_average_estimates`` (or any stand-in) to check the harness.
     """
-    from services.flow.simulate import DEFAULT_DATE, simulate_day
+    from tools.simulate import DEFAULT_DATE, simulate_day
 
     run_replay = replay if replay is not None else _default_replay()
     seed_list = list(seeds)
@@ -413,7 +413,7 @@ def markdown_report(results: list[ScenarioResult], seeds: list[int], command: st
         "```",
         "",
         f"Each scenario shape of `clinicflow simulate` is simulated for {seed_text},",
-        "replayed through the live estimator (`services.flow.replay.replay_events`) and scored as",
+        "replayed through the live estimator (`tools.replay.replay_events`) and scored as",
         "`shared/replay-format.md` says: every roomed visit is sampled at arrival and every",
         "5 minutes while it waits; the latest estimate, aged by the clock, is compared with",
         "the true remaining wait. The rolling average predicts the mean of the clinic's last",
@@ -438,7 +438,7 @@ def markdown_report(results: list[ScenarioResult], seeds: list[int], command: st
 
 
 def _shape_lines() -> list[str]:
-    from services.flow.simulate import SCENARIOS
+    from tools.simulate import SCENARIOS
 
     return [f"- `{name}`: {shape.description}." for name, shape in SCENARIOS.items()]
 
@@ -488,7 +488,7 @@ def _run_files(args: argparse.Namespace) -> int:
 
 
 def _run_scenarios(args: argparse.Namespace) -> int:
-    from services.flow.simulate import SCENARIO_NAMES
+    from tools.simulate import SCENARIO_NAMES
 
     names = (list(SCENARIO_NAMES) if args.scenarios == "all"
              else [n.strip() for n in args.scenarios.split(",") if n.strip()])

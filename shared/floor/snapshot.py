@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from services.flow.domain import Delay, Room, RoomState, Visit, VisitStatus, _UndoRecord
-from services.flow.estimator import ProviderHabits, RoomsUsed, RunningMean, _History
-from services.flow.handlers import ClinicFlow
-from services.flow.operations import DayStats
+from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.day_stats import DayStats
+from shared.floor.estimator import ProviderHabits, RoomsUsed, RunningMean, _History
+from shared.floor.model import Delay, Room, RoomState, Visit, VisitStatus, _UndoRecord
 
 SNAPSHOT_VERSION = 1
 

@@ -1,6 +1,6 @@
 """A simulated clinic day, played live onto the floor topic (``make up``'s demo).
 
-Each demo clinic gets a simulated day (``services.flow.simulate``) moved to
+Each demo clinic gets a simulated day (``tools.simulate``) moved to
 today so that it is mid-morning now: the morning so far is published at once
 (the board is full within seconds) and the rest follows in real time, as a
 clinic's front desk and nurses would produce it. ``--speed`` plays it faster.
@@ -18,10 +18,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.flow.replay import BadRecord, to_fact
-from services.flow.simulate import simulate_day
 from shared import events as ev
 from shared.logging import get_logger
+from tools.replay import BadRecord, to_fact
+from tools.simulate import simulate_day
 
 log = get_logger("clinicflow.demo")
 

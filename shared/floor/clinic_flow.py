@@ -8,10 +8,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from services.flow.domain import Change, Clinic, NotApplicable, Visit
-from services.flow.estimator import Estimate, WaitEstimator
-from services.flow.operations import DayStats
 from shared import events as ev
+from shared.floor.day_stats import DayStats
+from shared.floor.estimator import Estimate, WaitEstimator
+from shared.floor.model import Change, Clinic, NotApplicable, Visit
 
 RECORD_EVERY_SECONDS = 300
 

@@ -1,0 +1,142 @@
+"""The Redis outbox: events a service decided in a Redis transaction, published to Kafka
+afterwards, in order, at least once.
+
+A consumer that must publish something because of what it applied (a dead letter, a
+notification event, an audit record) cannot publish inside its Redis transaction. It
+queues the event in the outbox *in* that transaction instead (``Outbox.queue``), so the
+state change, the stored offsets and the events to publish commit together or not at
+all. ``OutboxRelay.tick`` then publishes the oldest entries with ``acks=all`` and drops
+them from the list. One relay drains at a time (a lock with an expiry, so a relay that
+died leaves no lock behind). An entry published but not yet dropped when the relay
+dies is published again by the next one: consumers of these topics take events by
+``event_id`` (dead letters by topic, partition and offset).
+
+Key layout (``P`` is the service's Redis prefix)::
+
+    P:outbox          LIST of entries (JSON: topic role, key, value)
+    P:outbox-lock     the current drainer's token (expires)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from shared.metrics import OUTBOX_EVENTS
+
+Publish = Callable[[bytes, str, bytes | None], Awaitable[Any]]
+
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def outbox_entry(role: str, key: str | None, value: bytes) -> bytes:
+    """An event waiting in the outbox: the role of its topic ("deadletter",
+    "notifications", "audit", ...), its Kafka key and its bytes (UTF-8 JSON)."""
+    return orjson.dumps({"topic": role, "key": key, "value": value.decode()})
+
+
+class Outbox:
+    """The outbox list of one service (or one consumer): what to queue, what to relay."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.key = f"{prefix}:outbox"
+        self.lock_key = f"{prefix}:outbox-lock"
+        self._release = redis.register_script(_RELEASE_LOCK)
+
+    def queue(self, pipe: Any, entries: list[bytes]) -> None:
+        """Queue ``entries`` (``outbox_entry``) on a Redis pipeline inside its MULTI."""
+        if entries:
+            pipe.rpush(self.key, *entries)
+
+    async def take(self, limit: int) -> tuple[str, list[bytes]] | None:
+        """Take the drainer's lock and the oldest ``limit`` entries (None: someone else
+        drains, or nothing waits)."""
+        token = uuid.uuid4().hex
+        if not await self.redis.set(self.lock_key, token, nx=True, px=15_000):
+            return None
+        entries: list[bytes] = await self.redis.lrange(self.key, 0, limit - 1)
+        if not entries:
+            await self.done(token, 0)
+            return None
+        return token, entries
+
+    async def done(self, token: str, published: int) -> None:
+        """Drop the ``published`` entries (from the head) and release the lock."""
+        if published:
+            await self.redis.ltrim(self.key, published, -1)
+        await self._release(keys=[self.lock_key], args=[token])
+
+    async def length(self) -> int:
+        return int(await self.redis.llen(self.key))
+
+
+class OutboxRelay:
+    """Publishes an outbox to Kafka: ``tick(now)`` drains what waits, and ``kick`` wakes
+    the service's relay loop at once after a transaction that queued something."""
+
+    def __init__(self, outbox: Outbox, publish: Publish, topics: Mapping[str, str], *,
+                 service: str, batch: int = 200) -> None:
+        self.outbox = outbox
+        self.publish = publish
+        self.topics = dict(topics)
+        self.service = service
+        self.batch = batch
+        self.kick = asyncio.Event()
+
+    async def tick(self, _now: datetime | None = None) -> int:
+        """Publish everything waiting, in order; returns how many events went out."""
+        total = 0
+        while True:
+            taken = await self.outbox.take(self.batch)
+            if taken is None:
+                break
+            token, entries = taken
+            published = 0
+            try:
+                for raw in entries:
+                    entry = orjson.loads(raw)
+                    key = entry["key"]
+                    await self.publish(entry["value"].encode(), self.topics[entry["topic"]],
+                                       key.encode() if key else None)
+                    published += 1
+            finally:
+                await self.outbox.done(token, published)
+            total += published
+        OUTBOX_EVENTS.labels(self.service).set(await self.outbox.length())
+        return total
+
+    async def run(self, every: float, ready: Callable[[], bool]) -> None:
+        """Drain whenever kicked, and at least every ``every`` seconds; a failure is
+        retried with a growing pause (the entries stay in Redis meanwhile)."""
+        from shared.logging import get_logger
+
+        log = get_logger("clinicflow.outbox")
+        delay = every
+        while True:
+            try:
+                await asyncio.wait_for(self.kick.wait(), every)
+            except TimeoutError:
+                pass
+            self.kick.clear()
+            if not ready():
+                continue
+            try:
+                await self.tick()
+                delay = every
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay failed, retrying", service=self.service,
+                            error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
