@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.clinics import ClinicDirectory
+
 Role = Literal["front_desk", "kiosk", "nurse", "billing", "manager", "screen"]
 ROLES: tuple[Role, ...] = ("front_desk", "kiosk", "nurse", "billing", "manager", "screen")
 
@@ -86,6 +88,21 @@ class CommonSettings(BaseSettings):
         description='JSON list of {"name","role","clinics":[..],"token" or "token_sha256"}',
     )
     max_body_bytes: int = 256 * 1024
+    clinics: str | None = Field(
+        default=None,
+        description='JSON: {"north": {"name", "timezone": "America/Chicago", "providers": '
+                    '{"p1": "Dr. Okafor"}, "rooms": {"r1": "Room 1"}}} (shared/clinics.py)')
+    default_timezone: str = Field(
+        default="UTC", description="IANA zone of a clinic not in CLINICFLOW_CLINICS")
+
+    @model_validator(mode="after")
+    def _clinics_parse(self) -> CommonSettings:
+        self.clinic_directory()  # refuses to start with a bad zone or shape, saying where
+        return self
+
+    def clinic_directory(self) -> ClinicDirectory:
+        """The configured clinics (zones, names of providers and rooms)."""
+        return ClinicDirectory.parse(self.clinics, self.default_timezone)
 
     @field_validator("kafka_ssl_cafile", "redis_ca_file")
     @classmethod
