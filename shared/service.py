@@ -286,8 +286,7 @@ def make_http_app(
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in errors]
-        message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, errors, strict=True))
+        message = "; ".join(_describe(e) for e in errors)
         return JSONResponse(
             status_code=422,
             content={"detail": f"invalid request: {message}", "errors": _jsonable(errors)},
@@ -313,6 +312,20 @@ def make_http_app(
         return Response(content=body, media_type=content_type)
 
     return app
+
+
+def _describe(error: Any) -> str:
+    """One validation error in words: the field and what is wrong with it."""
+    if error.get("type") == "json_invalid":
+        # FastAPI reports the character position as the "field": say it is the body
+        position = next((p for p in error.get("loc", ()) if isinstance(p, int)), None)
+        reason = (error.get("ctx") or {}).get("error") or "not valid JSON"
+        where = f" at character {position}" if position is not None else ""
+        return f"the body is not valid JSON{where}: {reason}"
+    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+    if error.get("type") == "missing" and not loc:
+        return "the body is missing: send a JSON object"
+    return f"{'.'.join(loc) or 'body'}: {error.get('msg', 'invalid')}"
 
 
 def _jsonable(errors: Sequence[Any]) -> list[dict[str, Any]]:
