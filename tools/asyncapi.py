@@ -10,6 +10,17 @@ from typing import Any
 
 from shared import events as ev
 from shared.topics import ALL_TOPICS, DEAD_LETTER, ESTIMATES, FLOOR, LEDGER, NOTIFICATIONS
+from tools.asyncapi_examples import example
+
+PARTITIONING = (
+    "Records are keyed by clinic_id (UTF-8) and placed by Kafka's default partitioner: "
+    "murmur2 of the key, made positive, modulo the topic's partition count, as the Java "
+    "client and aiokafka do. Every record of a clinic is on one partition, which keeps the "
+    "clinic's day in order. librdkafka clients (kcat, confluent-kafka) default to another "
+    "partitioner (consistent_random, crc32): set partitioner=murmur2_random, e.g. "
+    "`kcat -P -b HOST:9092 -t clinicflow.floor.v1 -k north -X partitioner=murmur2_random`. "
+    "A consumer that reads a record on another partition than its key's refuses it to the "
+    "dead-letter topic with the reason ('wrong partition: ...').")
 
 # which event types travel on which topic, and who publishes / consumes them
 CHANNEL_EVENTS: dict[str, tuple[str, ...]] = {
@@ -38,6 +49,7 @@ def build_document() -> dict[str, Any]:
         for def_name, definition in payload_schema.pop("$defs", {}).items():
             schemas[def_name] = definition
         schemas[model.__name__] = payload_schema
+        sample = example(event_type, version)
         messages[name] = {
             "name": event_type,
             "title": f"{event_type} v{version}",
@@ -54,6 +66,9 @@ def build_document() -> dict[str, Any]:
                     "data": {"$ref": f"#/components/schemas/{model.__name__}"},
                 },
             },
+            "bindings": {"kafka": {"key": {"type": "string",
+                                           "description": "the event's clinic_id"}}},
+            "examples": [{"name": f"{event_type} example", "payload": sample}],
         }
         by_type.setdefault(event_type, []).append(name)
     channels: dict[str, Any] = {}
@@ -70,7 +85,8 @@ def build_document() -> dict[str, Any]:
             names = []
         channel: dict[str, Any] = {
             "address": spec.name,
-            "description": spec.description,
+            "description": f"{spec.description} {PARTITIONING}"
+            if spec.name in (FLOOR.name, ESTIMATES.name, LEDGER.name) else spec.description,
             "bindings": {"kafka": {"partitions": spec.partitions,
                                    "topicConfiguration": {"retention.ms": spec.retention_ms}}},
             "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in names},
@@ -86,7 +102,7 @@ def build_document() -> dict[str, Any]:
             "title": "clinicflow events",
             "version": "1",
             "description": "Every event clinicflow publishes. One JSON envelope for all; "
-                           "floor events are keyed by clinic_id.",
+                           f"floor events are keyed by clinic_id. {PARTITIONING}",
         },
         "defaultContentType": "application/json",
         "channels": channels,

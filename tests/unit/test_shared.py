@@ -202,6 +202,28 @@ def test_the_asyncapi_document_lists_every_event_on_its_topic() -> None:
         assert name in document["components"]["messages"]
 
 
+def test_every_event_in_the_asyncapi_document_has_an_example_that_decodes() -> None:
+    """Each message's example is what a consumer accepts (shared.events.decode) and what
+    its own schema in the document describes (checked with jsonschema)."""
+    document = build_document()
+    messages = document["components"]["messages"]
+    assert len(messages) == len(ev.EVENT_TYPES)
+    for name, message in messages.items():
+        (sample,) = [e["payload"] for e in message["examples"]]
+        event = ev.decode(orjson.dumps(sample))
+        assert event.event_type == message["name"], name
+        schema = {**message["payload"], "components": document["components"]}
+        jsonschema.validate(sample, schema)
+        for forbidden in ("name", "birth", "phone", "dob"):
+            assert forbidden not in {k.lower() for k in sample["data"]}, (name, forbidden)
+
+
+def test_the_asyncapi_document_says_how_records_are_partitioned() -> None:
+    floor = build_document()["channels"]["clinicflow_floor_v1"]
+    assert "murmur2" in floor["description"]
+    assert "partitioner=murmur2_random" in floor["description"]
+
+
 def test_the_compose_file_follows_the_compose_specification() -> None:
     schema = json.loads((REPO / "tests" / "data" / "compose-spec.json").read_text())
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
