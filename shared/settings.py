@@ -274,7 +274,9 @@ class CheckinSettings(CommonSettings):
     checkin_port: int = 8001
     checkin_group_id: str = "checkin"
     checkin_no_show_after_minutes: int = Field(default=30, ge=1)
-    checkin_no_show_check_seconds: float = Field(default=60.0, gt=0)
+    checkin_no_show_check_seconds: float = Field(
+        default=60.0, ge=0, description="how often the no-show sweep runs (0: never; tests "
+        "call its tick themselves)")
     checkin_late_after_minutes: int = Field(default=10, ge=0)
     checkin_lookup_rate_per_minute: int = Field(default=20, ge=1)
     checkin_lookup_misses_per_minute: int = Field(default=5, ge=1)

@@ -1,41 +1,73 @@
-"""Checkin's HTTP API: routes only (role check, clinic check, Idempotency-Key, the desk).
+"""Checkin's HTTP API: routes only (role check, clinic check, rate limit,
+Idempotency-Key, then the desk). The request and answer models are in schemas.py, the
+lookup limiter in limiter.py.
 
 Every route names its roles; every route with a clinic checks the credential opens
-that clinic. Refusals from the desk become 4xx answers that say what is wrong.
+that clinic. The desk's refusals are ``shared.errors`` kinds, answered as HTTP in one
+place (``shared/service.py``); what is wrong with the request itself (a missing field,
+a content type) is answered here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime
-from typing import Annotated, Any, Literal
+from datetime import date
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request
-from pydantic import AwareDatetime, BaseModel, Field
 
 from services.checkin import metrics as m
 from services.checkin.desk import (
+    ArrivalOverrides,
     ArrivalResult,
     CheckinDesk,
     ImportResult,
-    Overrides,
-    ScheduleRejected,
     WalkIn,
 )
-from services.checkin.domain import CheckinRefused, WaitStatus
-from services.checkin.schedule import RowProblem, parse_csv, parse_fhir_bundle
-from services.checkin.store import CheckinStore
+from services.checkin.limiter import LookupLimiter
+from services.checkin.schedule import parse_csv, parse_fhir_bundle
+from services.checkin.schemas import (
+    ARRIVAL_ANSWER_EXAMPLE,
+    ARRIVAL_EXAMPLES,
+    CANCEL_ANSWER_EXAMPLE,
+    CANCEL_EXAMPLES,
+    COMMON_ERRORS,
+    CSV_EXAMPLE,
+    FHIR_EXAMPLE,
+    FOLLOW_UP_EXAMPLE,
+    ID_TEXT,
+    IMPORT_ANSWER_EXAMPLE,
+    KIOSK_ANSWER_EXAMPLE,
+    KIOSK_EXAMPLES,
+    SCHEDULE_EXAMPLE,
+    WAIT_EXAMPLE,
+    AppointmentRow,
+    ArrivalAnswer,
+    ArrivalRequest,
+    CancelAnswer,
+    CancelRequest,
+    FollowUpAnswer,
+    FollowUpRow,
+    ImportAnswer,
+    ImportRejected,
+    KioskAnswer,
+    KioskRequest,
+    ScheduleAnswer,
+    WaitAnswer,
+    answer,
+    import_problems,
+    refusal,
+)
 from shared.auth import Principal, require_role
-from shared.events import CancelReason, Priority
+from shared.clock import Clock
+from shared.errors import NotFound
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.refusals import Invalid
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-ClinicId = Annotated[str, Path(pattern=_ID, description="the clinic", examples=["north"])]
-VisitId = Annotated[str, Path(pattern=_ID, description="the visit (from the arrival)",
+ClinicId = Annotated[str, Path(pattern=ID_TEXT, description="the clinic", examples=["north"])]
+VisitId = Annotated[str, Path(pattern=ID_TEXT, description="the visit (from the arrival)",
                               examples=["v-3f2a9c1e5b7d4a60"])]
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", max_length=200,
@@ -48,327 +80,10 @@ FRONT_DESK = require_role("front_desk", "manager")
 KIOSK = require_role("kiosk", "front_desk")
 LOOKUP = require_role("kiosk", "front_desk", "manager")
 
-CSV_EXAMPLE = (
-    "appointment_id,patient_ref,provider_id,visit_type,scheduled_at,duration_minutes,dob,"
-    "initials\n"
-    "apt-0815-lee,p-7f3a9c,dr-lee,follow_up,2026-03-02T08:15:00-05:00,15,1980-04-02,JS\n"
-    "apt-0830-lee,p-1b2c3d,dr-lee,physical,2026-03-02T08:30:00-05:00,30,,\n"
-)
-FHIR_EXAMPLE: dict[str, Any] = {
-    "resourceType": "Bundle",
-    "type": "collection",
-    "entry": [
-        {"fullUrl": "urn:uuid:6b2e6c4e-0001",
-         "resource": {"resourceType": "Patient", "id": "p-7f3a9c", "birthDate": "1980-04-02",
-                      "name": [{"family": "Smith", "given": ["Jane"]}]}},
-        {"resource": {
-            "resourceType": "Appointment", "id": "apt-0815-lee", "status": "booked",
-            "appointmentType": {"coding": [{"code": "follow_up"}]},
-            "start": "2026-03-02T08:15:00-05:00", "minutesDuration": 15,
-            "participant": [{"actor": {"reference": "Patient/p-7f3a9c"}, "status": "accepted"},
-                            {"actor": {"reference": "Practitioner/dr-lee"},
-                             "status": "accepted"}]}},
-    ],
-}
 
-
-# ------------------------------------------------------------------ models
-
-
-class Problem(BaseModel):
-    """A row that was refused or skipped: where it is in the file and why."""
-
-    line: int = Field(examples=[4])
-    appointment_id: str | None = Field(None, examples=["apt-0900-kim"])
-    reason: str = Field(examples=["scheduled_at '2026-03-02 09:00' has no UTC offset"])
-
-
-class ImportAnswer(BaseModel):
-    """What an import did. ``created`` and ``updated`` were published; ``unchanged``
-    rows published nothing; ``restored``: only the kiosk check data changed."""
-
-    dry_run: bool = False
-    rows: int = Field(examples=[42])
-    created: list[str] = Field(examples=[["apt-0815-lee"]])
-    updated: list[str] = Field(examples=[["apt-0830-lee"]])
-    unchanged: int = Field(examples=[40])
-    restored: int = Field(0, examples=[0])
-    skipped: list[Problem] = Field(default_factory=list,
-                                   examples=[[{"line": 30, "appointment_id": "apt-1",
-                                               "reason": "status 'proposed' is not on the "
-                                                         "schedule"}]])
-    ignored_columns: list[str] = Field(default_factory=list, examples=[["patient_name"]])
-    replayed: bool = False
-
-
-class ImportRejected(BaseModel):
-    """Nothing was imported: every bad row, with its line and the reason."""
-
-    detail: str = Field(examples=["2 of 42 rows are invalid; nothing was imported"])
-    errors: list[Problem]
-
-
-class AppointmentRow(BaseModel):
-    appointment_id: str = Field(examples=["apt-0815-lee"])
-    patient_ref: str = Field(examples=["p-7f3a9c"])
-    provider_id: str = Field(examples=["dr-lee"])
-    visit_type: str = Field(examples=["follow_up"])
-    scheduled_at: AwareDatetime = Field(examples=["2026-03-02T13:15:00Z"])
-    duration_minutes: int | None = Field(None, examples=[15])
-    status: Literal["booked", "cancelled", "arrived", "no_show"] = Field(examples=["booked"])
-    visit_id: str | None = Field(None, description="the arrival's visit, once arrived")
-    kiosk_check: bool = Field(description="a date-of-birth + initials check is on file "
-                                          "(the values themselves are never kept)")
-
-
-class ScheduleAnswer(BaseModel):
-    clinic_id: str = Field(examples=["north"])
-    day: date = Field(examples=["2026-03-02"])
-    appointments: list[AppointmentRow]
-
-
-class ArrivalRequest(BaseModel):
-    """A patient checking in: scheduled (``appointment_id``; the rest comes from the
-    schedule and may be overridden) or a walk-in (``visit_type`` required;
-    ``provider_id`` null means the first available provider)."""
-
-    appointment_id: str | None = Field(None, pattern=_ID, examples=["apt-0815-lee"])
-    provider_id: str | None = Field(None, pattern=_ID, description="null: first available",
-                                    examples=["dr-lee"])
-    visit_type: str | None = Field(None, min_length=1, max_length=40, examples=["follow_up"])
-    priority: Priority = "routine"
-    patient_ref: str | None = Field(None, pattern=_ID,
-                                    description="pseudonymous patient reference (walk-ins)",
-                                    examples=["p-7f3a9c"])
-
-
-ARRIVAL_EXAMPLES: dict[str, Any] = {
-    "scheduled": {"summary": "A scheduled patient (from the day's schedule)",
-                  "value": {"appointment_id": "apt-0815-lee"}},
-    "walk_in": {"summary": "A walk-in for the first available provider, urgent",
-                "value": {"provider_id": None, "visit_type": "minor_procedure",
-                          "priority": "urgent", "patient_ref": "p-9d8e7f"}},
-    "walk_in_provider": {"summary": "A walk-in for a named provider",
-                         "value": {"provider_id": "dr-lee", "visit_type": "follow_up"}},
-}
-
-
-class WaitAnswer(BaseModel):
-    """Place in line and the estimate range, nothing else. ``waiting`` false: the
-    patient has been called (or the visit ended). Minutes are null until flow has made
-    its first estimate."""
-
-    ticket_code: str = Field(examples=["A-17"])
-    waiting: bool = Field(examples=[True])
-    position: int | None = Field(None, examples=[3])
-    low_minutes: int | None = Field(None, examples=[10])
-    high_minutes: int | None = Field(None, examples=[25])
-
-    @classmethod
-    def of(cls, status: WaitStatus) -> WaitAnswer:
-        return cls(ticket_code=status.ticket_code, waiting=status.waiting,
-                   position=status.position, low_minutes=status.low_minutes,
-                   high_minutes=status.high_minutes)
-
-
-class ArrivalAnswer(BaseModel):
-    """The arrival as published: the ticket code is what screens show instead of a name."""
-
-    visit_id: str = Field(examples=["v-3f2a9c1e5b7d4a60"])
-    ticket_code: str = Field(examples=["A-17"])
-    event_id: str = Field(examples=["0b6c3e1f9a8d4c2b"])
-    late: bool = Field(examples=[False])
-    appointment_id: str | None = Field(None, examples=["apt-0815-lee"])
-    provider_id: str | None = Field(None, examples=["dr-lee"])
-    visit_type: str = Field(examples=["follow_up"])
-    priority: Priority = "routine"
-    replayed: bool = Field(False, description="true: the answer to an earlier request "
-                                              "with the same Idempotency-Key")
-
-
-class KioskRequest(BaseModel):
-    """Self check-in: the appointment code, or date of birth and initials (checked
-    against today's schedule as a salted hash; never published, logged or echoed)."""
-
-    appointment_code: str | None = Field(None, min_length=1, max_length=64,
-                                         examples=["apt-0815-lee"])
-    date_of_birth: date | None = Field(None, examples=["1980-04-02"])
-    initials: str | None = Field(None, min_length=1, max_length=12, examples=["JS"])
-
-
-KIOSK_EXAMPLES: dict[str, Any] = {
-    "code": {"summary": "With the appointment code", "value": {"appointment_code": "apt-0815-lee"}},
-    "identity": {"summary": "With date of birth and initials",
-                 "value": {"date_of_birth": "1980-04-02", "initials": "JS"}},
-}
-
-
-class KioskAnswer(BaseModel):
-    ticket_code: str = Field(examples=["A-17"])
-    visit_id: str = Field(description="to follow this visit's wait from the kiosk",
-                          examples=["v-3f2a9c1e5b7d4a60"])
-    late: bool = Field(examples=[False])
-    wait: WaitAnswer
-    replayed: bool = False
-
-
-class CancelRequest(BaseModel):
-    reason: CancelReason = Field("cancelled", examples=["left_without_being_seen"])
-
-
-CANCEL_EXAMPLES: dict[str, Any] = {
-    "left": {"summary": "The patient left", "value": {"reason": "left_without_being_seen"}},
-    "rescheduled": {"summary": "Rescheduled at the desk", "value": {"reason": "rescheduled"}},
-}
-
-
-class CancelAnswer(BaseModel):
-    visit_id: str = Field(examples=["v-3f2a9c1e5b7d4a60"])
-    ticket_code: str = Field(examples=["A-17"])
-    reason: CancelReason = Field(examples=["left_without_being_seen"])
-    replayed: bool = False
-
-
-class FollowUpRow(BaseModel):
-    appointment_id: str = Field(examples=["apt-0900-kim"])
-    provider_id: str | None = Field(examples=["dr-kim"])
-    visit_type: str | None = Field(examples=["physical"])
-    scheduled_at: AwareDatetime = Field(examples=["2026-03-02T14:00:00Z"])
-    patient_ref: str | None = Field(description="pseudonymous: look the patient up in the "
-                                                "practice system to call", examples=["p-1b2c3d"])
-    arrived_later: bool = Field(description="the patient came after all (checked in late)")
-
-
-class FollowUpAnswer(BaseModel):
-    clinic_id: str = Field(examples=["north"])
-    day: date = Field(examples=["2026-03-02"])
-    no_shows: list[FollowUpRow]
-
-
-class Refusal(BaseModel):
-    detail: str = Field(examples=["no appointment 'apt-9' on clinic 'north''s schedule"])
-
-
-# --------------------------------------------------------- answer examples
-# shown in the OpenAPI document for each route's success answer (a unit test checks each
-# one is a valid answer of its route's model)
-
-WAIT_EXAMPLE: dict[str, Any] = {"ticket_code": "A-17", "waiting": True, "position": 3,
-                                "low_minutes": 10, "high_minutes": 25}
-IMPORT_ANSWER_EXAMPLE: dict[str, Any] = {
-    "dry_run": False, "rows": 42, "created": ["apt-0815-lee"], "updated": ["apt-0830-lee"],
-    "unchanged": 40, "restored": 0,
-    "skipped": [{"line": 30, "appointment_id": "apt-1",
-                 "reason": "status 'proposed' is not on the schedule"}],
-    "ignored_columns": ["patient_name"], "replayed": False}
-SCHEDULE_EXAMPLE: dict[str, Any] = {
-    "clinic_id": "north", "day": "2026-03-02",
-    "appointments": [
-        {"appointment_id": "apt-0815-lee", "patient_ref": "p-7f3a9c", "provider_id": "dr-lee",
-         "visit_type": "follow_up", "scheduled_at": "2026-03-02T13:15:00Z",
-         "duration_minutes": 15, "status": "arrived", "visit_id": "v-3f2a9c1e5b7d4a60",
-         "kiosk_check": True},
-        {"appointment_id": "apt-0830-lee", "patient_ref": "p-1b2c3d", "provider_id": "dr-lee",
-         "visit_type": "physical", "scheduled_at": "2026-03-02T13:30:00Z",
-         "duration_minutes": 30, "status": "booked", "visit_id": None,
-         "kiosk_check": False}]}
-ARRIVAL_ANSWER_EXAMPLE: dict[str, Any] = {
-    "visit_id": "v-3f2a9c1e5b7d4a60", "ticket_code": "A-17", "event_id": "0b6c3e1f9a8d4c2b",
-    "late": False, "appointment_id": "apt-0815-lee", "provider_id": "dr-lee",
-    "visit_type": "follow_up", "priority": "routine", "replayed": False}
-CANCEL_ANSWER_EXAMPLE: dict[str, Any] = {"visit_id": "v-3f2a9c1e5b7d4a60", "ticket_code": "A-17",
-                                         "reason": "left_without_being_seen", "replayed": False}
-FOLLOW_UP_EXAMPLE: dict[str, Any] = {
-    "clinic_id": "north", "day": "2026-03-02",
-    "no_shows": [{"appointment_id": "apt-0900-kim", "provider_id": "dr-kim",
-                  "visit_type": "physical", "scheduled_at": "2026-03-02T14:00:00Z",
-                  "patient_ref": "p-1b2c3d", "arrived_later": False}]}
-KIOSK_ANSWER_EXAMPLE: dict[str, Any] = {
-    "ticket_code": "A-17", "visit_id": "v-3f2a9c1e5b7d4a60", "late": False,
-    "wait": {"ticket_code": "A-17", "waiting": True, "position": 3, "low_minutes": None,
-             "high_minutes": None},
-    "replayed": False}
-
-
-def answer(status: int, example: Any, description: str,
-           **refusals: tuple[str, str]) -> dict[int | str, dict[str, Any]]:
-    """A route's documented answers: the success one with its example, and refusals
-    given as ``r404=("when", "an example detail")``."""
-    documented: dict[int | str, dict[str, Any]] = {
-        status: {"description": description,
-                 "content": {"application/json": {"example": example}}}}
-    for name, (when, detail) in refusals.items():
-        documented[int(name.removeprefix("r"))] = refusal(when, detail)
-    return documented
-
-
-def refusal(when: str, detail: str) -> dict[str, Any]:
-    return {"model": Refusal, "description": when,
-            "content": {"application/json": {"example": {"detail": detail}}}}
-
-
-def _problems(items: list[RowProblem]) -> list[Problem]:
-    return [Problem(line=p.line, appointment_id=p.appointment_id, reason=p.reason)
-            for p in items]
-
-
-COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: refusal("the body cannot be read (not UTF-8)", "There was an error parsing the body"),
-    401: refusal("no or unknown bearer token", "unknown or revoked token"),
-    403: refusal("role not allowed, or clinic not opened by the credential",
-                 "role 'kiosk' may not do this (allowed: front_desk, manager)"),
-    422: {"model": Invalid, "description": "invalid request: ``detail`` names each field",
-          "content": {"application/json": {"example": {
-              "detail": "invalid request: priority: Input should be 'routine' or 'urgent'",
-              "errors": [{"type": "literal_error", "loc": ["body", "priority"],
-                          "msg": "Input should be 'routine' or 'urgent'"}]}}}},
-}
-
-
-# ------------------------------------------------------------------ limits
-
-
-class LookupLimiter:
-    """Fixed one-minute windows per client (credential + address): at most
-    ``per_minute`` lookups, and at most ``misses_per_minute`` unknown codes or failed
-    kiosk checks (guessing), each answered 429 with ``Retry-After`` once exceeded."""
-
-    def __init__(self, store: CheckinStore, per_minute: int, misses_per_minute: int) -> None:
-        self.store = store
-        self.per_minute = per_minute
-        self.misses_per_minute = misses_per_minute
-
-    @staticmethod
-    def client(request: Request, principal: Principal) -> str:
-        address = request.client.host if request.client else "-"
-        return hashlib.sha256(f"{principal.name}|{address}".encode()).hexdigest()[:20]
-
-    @staticmethod
-    def _retry_after(now: datetime) -> str:
-        return str(max(1, 60 - math.floor(now.timestamp()) % 60))
-
-    async def admit(self, client: str, now: datetime, kind: str, *, count: bool = True) -> None:
-        minute = int(now.timestamp() // 60)
-        if await self.store.counted("miss", client, minute) >= self.misses_per_minute:
-            m.LOOKUPS.labels(kind, "limited").inc()
-            raise HTTPException(429, detail="too many unknown codes or failed checks; "
-                                "try again in a minute or see the front desk",
-                                headers={"Retry-After": self._retry_after(now)})
-        if count and await self.store.count("lookup", client, minute) > self.per_minute:
-            m.LOOKUPS.labels(kind, "limited").inc()
-            raise HTTPException(429, detail=f"more than {self.per_minute} lookups a minute; "
-                                "try again in a minute",
-                                headers={"Retry-After": self._retry_after(now)})
-
-    async def missed(self, client: str, now: datetime) -> None:
-        await self.store.count("miss", client, int(now.timestamp() // 60))
-
-
-# ------------------------------------------------------------------ router
-
-
-def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
-                limiter: LookupLimiter) -> APIRouter:
+def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: LookupLimiter,
+                clock: Clock) -> APIRouter:
+    """Checkin's routes; the time of every command and lookup is ``clock.now()``."""
     router = APIRouter(responses=COMMON_ERRORS)
 
     async def once(request: Request, clinic_id: str, key: str | None,
@@ -397,7 +112,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
             parsed = parse(body, clinic_id=clinic_id, hash_identity=hasher)
             # ScheduleRejected becomes the 422 listing every bad row (see rejected_schedule)
             result = await desk.import_schedule(clinic_id, parsed, fmt=fmt, dry_run=dry_run,
-                                                now=datetime.now(UTC))
+                                                now=clock.now())
             return 200, _import_answer(result).model_dump(mode="json")
 
         answer, replayed = await once(request, clinic_id, key, action)
@@ -481,7 +196,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
     async def schedule(clinic_id: ClinicId, day: Day = None,
                        principal: Principal = Depends(FRONT_DESK)) -> ScheduleAnswer:
         principal.require_clinic(clinic_id)
-        the_day = day or desk.today(datetime.now(UTC))
+        the_day = day or desk.today(clock.now())
         rows = []
         for state in await desk.schedule(clinic_id, the_day):
             a = state.appointment
@@ -526,11 +241,11 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                                 "without appointment_id)")
 
         async def action() -> tuple[int, Any]:
-            now = datetime.now(UTC)
+            now = clock.now()
             if body.appointment_id is not None:
                 result = await desk.arrive_scheduled(
                     clinic_id, body.appointment_id, channel="front_desk", now=now,
-                    overrides=Overrides(provider_id=body.provider_id,
+                    overrides=ArrivalOverrides(provider_id=body.provider_id,
                                         visit_type=body.visit_type, priority=body.priority))
             else:
                 assert body.visit_type is not None
@@ -564,7 +279,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
         principal.require_clinic(clinic_id)
 
         async def action() -> tuple[int, Any]:
-            view = await desk.cancel(clinic_id, visit_id, body.reason, now=datetime.now(UTC))
+            view = await desk.cancel(clinic_id, visit_id, body.reason, now=clock.now())
             return 200, {"visit_id": view.visit_id, "ticket_code": view.ticket_code,
                          "reason": body.reason}
 
@@ -580,7 +295,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
     async def no_shows(clinic_id: ClinicId, day: Day = None,
                        principal: Principal = Depends(FRONT_DESK)) -> FollowUpAnswer:
         principal.require_clinic(clinic_id)
-        the_day = day or desk.today(datetime.now(UTC))
+        the_day = day or desk.today(clock.now())
         rows = [FollowUpRow(appointment_id=f.appointment_id, provider_id=f.provider_id,
                             visit_type=f.visit_type, scheduled_at=f.scheduled_at,
                             patient_ref=f.patient_ref, arrived_later=f.arrived_later)
@@ -622,7 +337,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
             raise HTTPException(422, detail="give appointment_code, or date_of_birth and "
                                 "initials (not both)")
         client = limiter.client(request, principal)
-        now = datetime.now(UTC)
+        now = clock.now()
         await limiter.admit(client, now, "kiosk")
 
         async def action() -> tuple[int, Any]:
@@ -633,10 +348,9 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                     assert body.date_of_birth is not None and body.initials is not None
                     result = await desk.kiosk_by_identity(clinic_id, body.date_of_birth,
                                                           body.initials, now=now)
-            except CheckinRefused as refused:
-                if refused.status == 404:
-                    m.LOOKUPS.labels("kiosk", "unknown").inc()
-                    await limiter.missed(client, now)
+            except NotFound:
+                m.LOOKUPS.labels("kiosk", "unknown").inc()
+                await limiter.missed(client, now)
                 raise
             m.LOOKUPS.labels("kiosk", "found").inc()
             return 201, {"ticket_code": result.ticket_code, "visit_id": result.visit_id,
@@ -659,7 +373,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                          principal: Principal = Depends(LOOKUP)) -> WaitAnswer:
         principal.require_clinic(clinic_id)
         client = limiter.client(request, principal)
-        now = datetime.now(UTC)
+        now = clock.now()
         await limiter.admit(client, now, "visit", count=False)
         status = await desk.wait_for_visit(clinic_id, visit_id, now)
         if status is None:
@@ -687,7 +401,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore,
                           principal: Principal = Depends(LOOKUP)) -> WaitAnswer:
         principal.require_clinic(clinic_id)
         client = limiter.client(request, principal)
-        now = datetime.now(UTC)
+        now = clock.now()
         await limiter.admit(client, now, "ticket")
         status = await desk.wait_for_ticket(clinic_id, ticket_code, now)
         if status is None:
@@ -710,7 +424,7 @@ def _content_type(request: Request, accepted: tuple[str, ...], hint: str) -> Non
 def _import_answer(result: ImportResult) -> ImportAnswer:
     return ImportAnswer(dry_run=result.dry_run, rows=result.rows, created=result.created,
                         updated=result.updated, unchanged=result.unchanged,
-                        restored=result.restored, skipped=_problems(result.skipped),
+                        restored=result.restored, skipped=import_problems(result.skipped),
                         ignored_columns=result.ignored_columns)
 
 
@@ -719,13 +433,3 @@ def _arrival_answer(result: ArrivalResult) -> dict[str, Any]:
             "event_id": result.event_id, "late": result.late,
             "appointment_id": result.appointment_id, "provider_id": result.provider_id,
             "visit_type": result.visit_type, "priority": result.priority}
-
-
-def rejected_schedule(rejected: ScheduleRejected) -> dict[str, Any]:
-    """The 422 body of an import with bad rows."""
-    errors = _problems(rejected.errors)
-    total = max(rejected.rows, len(errors))
-    return ImportRejected(
-        detail=f"{len(errors)} problem(s) in {total} row(s); nothing was imported (fix the "
-               "rows and import the whole file again)",
-        errors=errors).model_dump()

@@ -1,51 +1,52 @@
 """The check-in service, wired: schedule import, arrivals, kiosk, cancel, no-shows, wait
-lookups; the projection consumer of the floor and estimates topics; the no-show sweep.
-Wiring only: the rules are in domain.py, the commands in desk.py, the keys in store.py.
+lookups; the projection of the floor and estimates topics (the shared runner); the
+dead-letter outbox relay; the no-show sweep. Wiring only: the rules are in domain.py,
+the commands in desk.py, the projection's plan in projection.py, the keys in store.py,
+the routes in api.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
 
-from services.checkin.api import LookupLimiter, make_router, rejected_schedule
-from services.checkin.consumer import ProjectionConsumer, pause_after_error
+from services.checkin.api import make_router
 from services.checkin.desk import CheckinDesk, DeskConfig, ScheduleRejected
-from services.checkin.domain import CheckinRefused
+from services.checkin.domain import VisitView
+from services.checkin.limiter import LookupLimiter
 from services.checkin.pages import make_pages_router, static_files
-from services.checkin.store import CheckinStore
+from services.checkin.projection import CheckinChanges, VisitRef, checkin_reader, plan_visits
+from services.checkin.schemas import rejected_schedule
+from services.checkin.store import CheckinStore, VisitProjectionStore
 from shared import events as ev
+from shared.clock import Clock
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
-from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
+from shared.outbox import Outbox, OutboxRelay
+from shared.projection import Inbound, Planned, ProjectionRunner, RedisProjection
 from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import CheckinSettings
 from shared.topics import ESTIMATES, FLOOR
 
-log = get_logger("clinicflow.checkin")
+# the relay publishes dead letters as soon as a batch queued some; this is how often it
+# looks anyway (entries left by an instance that stopped before relaying them)
+OUTBOX_CHECK_SECONDS = 5.0
 
 
 class KafkaNotConnected(RuntimeError):
     pass
 
 
-async def _raw_records(message: KafkaMessage) -> object:
-    """Keep the batch as aiokafka records: the consumer decodes (and dead-letters) each."""
-    return message.raw_message
-
-
-def create_app(settings: CheckinSettings) -> FastAPI:
-    """Build the checkin service; nothing connects until the app starts."""
-    runtime = ServiceRuntime(settings, "checkin")
+def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI:
+    """Build the checkin service; nothing connects until the app starts. ``clock``
+    (default: the system's) gives every command, lookup and no-show sweep its time."""
+    runtime = ServiceRuntime(settings, "checkin", clock=clock)
     store = CheckinStore(runtime.redis, settings.redis_prefix)
     zone = ZoneInfo(settings.checkin_timezone)
     floor_topic = topic(FLOOR, settings)
@@ -73,51 +74,37 @@ def create_app(settings: CheckinSettings) -> FastAPI:
         no_show_after=timedelta(minutes=settings.checkin_no_show_after_minutes),
         identity_secret=settings.checkin_identity_secret.get_secret_value().encode(),
     ))
-    consumer = ProjectionConsumer(runtime, store, estimates_topic=estimates_topic,
-                                  dead_letter_topic=dead_letter_topic(settings), zone=zone)
-    subscriber = runtime.broker.subscriber(
-        floor_topic, estimates_topic,
-        batch=True,
-        group_id=settings.checkin_group_id,
-        auto_offset_reset="earliest",
-        # acked (committed) after the batch is in Redis; on an error the batch is sought
-        # back and read again (what was applied is skipped by the stored offsets)
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        max_records=500,
-        batch_timeout_ms=20,
-        fetch_max_wait_ms=20,
-        listener=consumer.listener(),
-        decoder=_raw_records,
+    runtime.every(settings.checkin_no_show_check_seconds, desk.sweep_no_shows, "no-show-sweep")
+
+    # the projection: dead letters queued in the batch's transaction, relayed to Kafka
+    outbox = Outbox(runtime.redis, store.outbox_prefix)
+
+    async def publish_raw(value: bytes, to_topic: str, key: bytes | None) -> None:
+        await runtime.broker.publish(value, to_topic, key=key)
+
+    relay = OutboxRelay(outbox, publish_raw, {"deadletter": dead_letter_topic(settings)},
+                        service="checkin")
+
+    def plan(records: list[Inbound],
+             visits: dict[VisitRef, VisitView]) -> Planned[CheckinChanges]:
+        return plan_visits(records, visits, zone)
+
+    projection = RedisProjection(runtime.redis, settings.redis_prefix, consumer="checkin",
+                                 store=VisitProjectionStore(store), plan=plan, outbox=outbox)
+    runner = ProjectionRunner(
+        runtime.broker, projection, checkin_reader(floor_topic, estimates_topic),
+        service="checkin", consumer="checkin", topics=[floor_topic, estimates_topic],
+        group_id=settings.checkin_group_id, on_dead_letters=relay.kick.set,
         title="checkin.floor-and-estimates",
         description="Which visits still wait, their ticket codes and flow's latest estimate "
-                    "(for the kiosk and the status lookup); arrival and no-show marks.",
-    )
-    consumer.subscriber = subscriber
-
-    @subscriber
-    async def on_floor_and_estimates(records: list[object]) -> None:
-        started = time.monotonic()
-        try:
-            await consumer.handle(records)
-        except Exception as exc:
-            log.warning("batch not applied; it will be read again", error=repr(exc))
-            await pause_after_error(started)
-            raise
+                    "(for the kiosk and the status lookup); arrival and no-show marks.")
 
     tasks: list[asyncio.Task[None]] = []
 
-    async def sweep_regularly() -> None:
-        while True:
-            await asyncio.sleep(settings.checkin_no_show_check_seconds)
-            if not runtime.kafka_started:
-                continue
-            try:
-                await desk.sweep_no_shows(datetime.now(UTC))
-            except Exception as exc:
-                log.warning("no-show sweep failed; next one retries", error=repr(exc))
-
     async def start() -> None:
-        tasks.append(asyncio.create_task(sweep_regularly(), name="checkin-no-shows"))
+        tasks.append(asyncio.create_task(
+            relay.run(OUTBOX_CHECK_SECONDS, lambda: runtime.kafka_started),
+            name="checkin-outbox-relay"))
 
     async def stop() -> None:
         await stop_tasks(tasks)
@@ -133,21 +120,19 @@ def create_app(settings: CheckinSettings) -> FastAPI:
         on_shutdown=[stop],
     )
 
-    @app.exception_handler(CheckinRefused)
-    async def refused(_request: Request, exc: CheckinRefused) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
-
     @app.exception_handler(ScheduleRejected)
     async def rejected(_request: Request, exc: ScheduleRejected) -> JSONResponse:
+        # every bad row listed beside the refusal (the shared handler gives detail only)
         return JSONResponse(status_code=422, content=rejected_schedule(exc))
 
     limiter = LookupLimiter(store, settings.checkin_lookup_rate_per_minute,
                             settings.checkin_lookup_misses_per_minute)
     app.include_router(make_router(desk, IdempotencyStore(runtime.redis, settings.redis_prefix),
-                                   limiter))
+                                   limiter, runtime.clock))
     app.include_router(make_pages_router())
     app.mount("/static", static_files(), name="static")
     app.state.desk = desk
     app.state.store = store
-    app.state.consumer = consumer
+    app.state.runner = runner
+    app.state.relay = relay
     return app

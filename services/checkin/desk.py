@@ -3,8 +3,9 @@ cancel, sweep for no-shows, answer "where am I in line".
 
 Each command reads what it needs from the store, asks the domain, publishes, then
 records. Everything is validated before anything is published; a command that cannot
-publish undoes what it recorded and says so (503). No Kafka or HTTP here: events go
-out through the ``Publish`` function given in.
+publish undoes what it recorded and says so (``Unavailable``). Refusals are
+``shared.errors`` kinds, never HTTP statuses. No Kafka or HTTP here: events go out
+through the ``Publish`` function given in.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from services.checkin.domain import (
     Appointment,
     AppointmentState,
     Channel,
-    CheckinRefused,
     VisitView,
     WaitStatus,
     check_scheduled_arrival,
@@ -40,6 +40,7 @@ from services.checkin.domain import (
 from services.checkin.schedule import IdentityHasher, ParsedSchedule, RowProblem
 from services.checkin.store import CheckinStore
 from shared import events as ev
+from shared.errors import Conflict, NotFound, Refusal, Rejected, Unavailable
 from shared.logging import get_logger
 
 log = get_logger("clinicflow.checkin.desk")
@@ -59,11 +60,14 @@ class DeskConfig:
     identity_secret: bytes
 
 
-class ScheduleRejected(Exception):
-    """The import has bad rows: nothing was published or stored."""
+class ScheduleRejected(Rejected):
+    """The import has bad rows: nothing was published or stored. ``errors`` lists every
+    bad row (the answer names each one)."""
 
     def __init__(self, errors: list[RowProblem], rows: int) -> None:
-        super().__init__(f"{len(errors)} problem(s)")
+        super().__init__(f"{len(errors)} problem(s) in {max(rows, len(errors))} row(s); "
+                         "nothing was imported (fix the rows and import the whole file "
+                         "again)", "bad_rows")
         self.errors = errors
         self.rows = rows
 
@@ -114,7 +118,7 @@ class WalkIn:
 
 
 @dataclass(slots=True)
-class Overrides:
+class ArrivalOverrides:
     """What the front desk may change when checking in a scheduled patient."""
 
     provider_id: str | None = None
@@ -123,7 +127,10 @@ class Overrides:
 
 
 @dataclass(slots=True)
-class SweepResult:
+class NoShowSweepResult:
+    """What one no-show sweep did: the ``patient.no_show`` events it published, and how
+    many it could not publish (the next sweep tries them again)."""
+
     published: list[ev.Event] = field(default_factory=list)
     failed: int = 0
 
@@ -149,8 +156,8 @@ class CheckinDesk:
         outcome = (await self.publish([event]))[0]
         if outcome is not None:
             log.warning("publish failed", event_type=event.event_type, error=repr(outcome))
-            raise CheckinRefused(503, "could not publish to Kafka; nothing was recorded, "
-                                 "try again", "unavailable")
+            raise Unavailable("could not publish to Kafka; nothing was recorded, try again",
+                              "unavailable")
 
     # ------------------------------------------------------------- schedule
 
@@ -165,8 +172,8 @@ class CheckinDesk:
             m.SCHEDULE_ROWS.labels(fmt, "rejected").inc(len(parsed.errors))
             raise ScheduleRejected(parsed.errors, parsed.rows)
         if not dry_run and not await self.store.lock_import(clinic_id):
-            raise CheckinRefused(409, f"another schedule import for clinic {clinic_id!r} is "
-                                 "running; try again when it is done", "import_running")
+            raise Conflict(f"another schedule import for clinic {clinic_id!r} is running; "
+                           "try again when it is done", "import_running")
         try:
             ids = [a.appointment_id for a in parsed.appointments]
             stored = await self.store.appointments(clinic_id, ids)
@@ -196,10 +203,9 @@ class CheckinDesk:
             m.IMPORTS.labels(fmt, "failed").inc()
             log.warning("schedule import partly published", clinic=clinic_id, failed=failed,
                         published=len(published))
-            raise CheckinRefused(503, f"{failed} of {len(plan.to_publish)} appointment "
-                                 "changes could not be published to Kafka; import the same "
-                                 "file again to finish (what was published is not repeated)",
-                                 "unavailable")
+            raise Unavailable(f"{failed} of {len(plan.to_publish)} appointment changes could "
+                              "not be published to Kafka; import the same file again to "
+                              "finish (what was published is not repeated)", "unavailable")
         m.IMPORTS.labels(fmt, "imported").inc()
         for outcome, count in (("created", len(plan.created)), ("updated", len(plan.updated)),
                                ("unchanged", len(plan.unchanged)),
@@ -218,33 +224,34 @@ class CheckinDesk:
     # ------------------------------------------------------------- arrivals
 
     async def arrive_scheduled(self, clinic_id: str, appointment_id: str, *, channel: Channel,
-                               now: datetime, overrides: Overrides | None = None,
+                               now: datetime, overrides: ArrivalOverrides | None = None,
                                ) -> ArrivalResult:
-        """Check in a scheduled patient: 404 for an appointment not on this clinic's
-        schedule (another clinic's looks exactly the same), 409 for a second arrival."""
+        """Check in a scheduled patient: ``NotFound`` for an appointment not on this
+        clinic's schedule (another clinic's looks exactly the same), ``Conflict`` for a
+        second arrival."""
         state = (await self.store.appointment_states(clinic_id, [appointment_id])).get(
             appointment_id)
         if state is None:
             m.ARRIVALS_REFUSED.labels(channel, "not_found").inc()
-            raise CheckinRefused(404, f"no appointment {appointment_id!r} on clinic "
-                                 f"{clinic_id!r}'s schedule", "not_found")
+            raise NotFound(f"no appointment {appointment_id!r} on clinic {clinic_id!r}'s "
+                           "schedule", "not_found")
         return await self._arrive(clinic_id, state, channel=channel, now=now,
-                                  overrides=overrides or Overrides())
+                                  overrides=overrides or ArrivalOverrides())
 
     async def _arrive(self, clinic_id: str, state: AppointmentState, *, channel: Channel,
-                      now: datetime, overrides: Overrides) -> ArrivalResult:
+                      now: datetime, overrides: ArrivalOverrides) -> ArrivalResult:
         appointment = state.appointment
         try:
             check_scheduled_arrival(state, channel=channel, today=self.today(now),
                                     zone=self.config.zone)
-        except CheckinRefused as refused:
+        except Refusal as refused:
             m.ARRIVALS_REFUSED.labels(channel, refused.code).inc()
             raise
         visit_id = new_visit_id()
         holder = await self.store.claim_arrival(clinic_id, appointment, visit_id)
         if holder is not None:
             m.ARRIVALS_REFUSED.labels(channel, "already_arrived").inc()
-            # raises the 409, worded for this channel
+            # raises the Conflict, worded for this channel
             check_scheduled_arrival(replace(state, arrived_visit=holder), channel=channel,
                                     today=self.today(now), zone=self.config.zone)
             raise AssertionError("a second arrival is always refused")
@@ -313,10 +320,10 @@ class CheckinDesk:
                 appointment_id)
         if state is None:
             m.ARRIVALS_REFUSED.labels("kiosk", "not_found").inc()
-            raise CheckinRefused(404, "we could not find an appointment with that code; "
-                                 "please check it or see the front desk", "not_found")
+            raise NotFound("we could not find an appointment with that code; please check it "
+                           "or see the front desk", "not_found")
         return await self._arrive(clinic_id, state, channel="kiosk", now=now,
-                                  overrides=Overrides())
+                                  overrides=ArrivalOverrides())
 
     async def kiosk_by_identity(self, clinic_id: str, birth_date: date, initials: str, *,
                                 now: datetime) -> ArrivalResult:
@@ -324,7 +331,7 @@ class CheckinDesk:
         compared in plain)."""
         letters = normalize_initials(initials)
         if letters is None:
-            raise CheckinRefused(422, "initials must be 1 to 4 letters", "bad_initials")
+            raise Rejected("initials must be 1 to 4 letters", "bad_initials")
         digest = self.identity_hasher(clinic_id)(birth_date, letters)
         today = self.today(now)
         ids = await self.store.identity_matches(clinic_id, today, digest)
@@ -332,11 +339,11 @@ class CheckinDesk:
         candidates = [s for s in states.values() if s.appointment.identity == digest]
         try:
             chosen = choose_kiosk_appointment(candidates, today=today, zone=self.config.zone)
-        except CheckinRefused as refused:
+        except Refusal as refused:
             m.ARRIVALS_REFUSED.labels("kiosk", refused.code).inc()
             raise
         return await self._arrive(clinic_id, chosen, channel="kiosk", now=now,
-                                  overrides=Overrides())
+                                  overrides=ArrivalOverrides())
 
     # --------------------------------------------------------------- cancel
 
@@ -347,12 +354,11 @@ class CheckinDesk:
 
         def cancelled(current: VisitView | None) -> VisitView:
             if current is None:
-                raise CheckinRefused(404, f"no visit {visit_id!r} at clinic {clinic_id!r}",
-                                     "not_found")
+                raise NotFound(f"no visit {visit_id!r} at clinic {clinic_id!r}", "not_found")
             if current.status != "waiting":
                 status = current.status.replace("_", " ")
-                raise CheckinRefused(409, f"visit {visit_id!r} is {status}, not waiting: "
-                                     "it can no longer be cancelled", "not_waiting")
+                raise Conflict(f"visit {visit_id!r} is {status}, not waiting: it can no "
+                               "longer be cancelled", "not_waiting")
             before.append(current)
             return replace(current, status="cancelled", status_at=now)
 
@@ -374,10 +380,10 @@ class CheckinDesk:
 
     # ------------------------------------------------------------- no-shows
 
-    async def sweep_no_shows(self, now: datetime) -> SweepResult:
+    async def sweep_no_shows(self, now: datetime) -> NoShowSweepResult:
         """Publish ``patient.no_show`` once for every booked appointment with no arrival
         ``no_show_after`` past its time. Safe to run from several instances at once."""
-        result = SweepResult()
+        result = NoShowSweepResult()
         after = self.config.no_show_after
         for clinic_id in await self.store.clinics():
             ids = await self.store.pending_until(clinic_id, now - after)

@@ -19,6 +19,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from shared import events as ev
+from shared.errors import Conflict, NotFound
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 TICKET_LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # no I, O, Q: not mistaken for 1 and 0
@@ -27,16 +28,6 @@ _TICKET_INPUT = re.compile(r"^\s*([A-Za-z])\s*[-‐–]?\s*0*([0-9]{1,4})\s*$")
 
 Channel = Literal["front_desk", "kiosk"]
 VisitStatus = Literal["waiting", "roomed", "cancelled", "checked_out"]
-
-
-class CheckinRefused(Exception):
-    """A command the clinic's rules refuse; ``status`` is the HTTP status that says so."""
-
-    def __init__(self, status: int, detail: str, code: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.code = code
 
 
 # ---------------------------------------------------------------- small rules
@@ -183,7 +174,7 @@ class AppointmentState:
 
 def check_scheduled_arrival(state: AppointmentState, *, channel: Channel, today: date,
                             zone: ZoneInfo) -> None:
-    """Raise ``CheckinRefused`` when this appointment cannot be checked in now.
+    """Raise ``Conflict`` when this appointment cannot be checked in now.
 
     The front desk may check in any booked appointment not yet arrived, including one
     already marked a no-show (the patient came after all) or on another day. The kiosk
@@ -193,20 +184,20 @@ def check_scheduled_arrival(state: AppointmentState, *, channel: Channel, today:
     appointment = state.appointment
     name = appointment.appointment_id
     if appointment.status == "cancelled":
-        raise CheckinRefused(409, f"appointment {name!r} was cancelled", "cancelled")
+        raise Conflict(f"appointment {name!r} was cancelled", "cancelled")
     if state.arrived_visit is not None:
         if channel == "kiosk":
-            raise CheckinRefused(409, "this appointment is already checked in; "
-                                 "please see the front desk", "already_arrived")
-        raise CheckinRefused(409, f"appointment {name!r} is already checked in "
-                             f"(visit {state.arrived_visit})", "already_arrived")
+            raise Conflict("this appointment is already checked in; please see the front desk",
+                           "already_arrived")
+        raise Conflict(f"appointment {name!r} is already checked in "
+                       f"(visit {state.arrived_visit})", "already_arrived")
     if channel == "kiosk":
         if clinic_day(appointment.scheduled_at, zone) != today:
-            raise CheckinRefused(409, "this appointment is not today; please see the "
-                                 "front desk", "other_day")
+            raise Conflict("this appointment is not today; please see the front desk",
+                           "other_day")
         if state.no_show:
-            raise CheckinRefused(409, "this appointment was marked as missed; please see "
-                                 "the front desk", "no_show")
+            raise Conflict("this appointment was marked as missed; please see the front desk",
+                           "no_show")
 
 
 def choose_kiosk_appointment(candidates: list[AppointmentState], *, today: date,
@@ -215,21 +206,22 @@ def choose_kiosk_appointment(candidates: list[AppointmentState], *, today: date,
 
     Only today's booked appointments count. Two different patients sharing a birth date
     and initials are sent to the front desk; one patient with several appointments
-    today checks in the earliest not yet arrived.
+    today checks in the earliest not yet arrived. Raises ``NotFound`` (no booked
+    appointment today) or ``Conflict`` (ambiguous, already checked in).
     """
     todays = [c for c in candidates if c.appointment.status == "booked"
               and clinic_day(c.appointment.scheduled_at, zone) == today]
     if not todays:
-        raise CheckinRefused(404, "we could not find an appointment today for that date "
-                             "of birth and initials; please see the front desk", "not_found")
+        raise NotFound("we could not find an appointment today for that date of birth and "
+                       "initials; please see the front desk", "not_found")
     if len({c.appointment.patient_ref for c in todays}) > 1:
-        raise CheckinRefused(409, "we could not tell your appointment apart from another; "
-                             "please see the front desk", "ambiguous")
+        raise Conflict("we could not tell your appointment apart from another; please see "
+                       "the front desk", "ambiguous")
     open_ones = sorted((c for c in todays if c.arrived_visit is None),
                        key=lambda c: c.appointment.scheduled_at)
     if not open_ones:
-        raise CheckinRefused(409, "this appointment is already checked in; please see the "
-                             "front desk", "already_arrived")
+        raise Conflict("this appointment is already checked in; please see the front desk",
+                       "already_arrived")
     return open_ones[0]
 
 

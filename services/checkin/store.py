@@ -21,25 +21,31 @@ calendar day ``YYYY-MM-DD`` in ``CLINICFLOW_CHECKIN_TIMEZONE``)::
                                                   rebuilds, so no code is handed out twice)
     P:checkin:ticket:{clinic}:{day}:{code}  STR   visit id of a ticket code
     P:checkin:visit:{clinic}:{visit}        HASH  the visit: ticket, status, latest estimate
-    P:checkin:offsets                       HASH  ``{topic}:{partition}`` -> last offset applied
-    P:checkin:limit:{kind}:{client}:{minute} INT  rate-limit counters (lookups, misses)
+    P:checkin:limit:{kind}:{client}:{minute} INT  rate-limit counters (lookups, misses;
+                                                  ``kind`` is ``lookup`` or ``miss``)
     P:checkin:import:{clinic}               STR   held while an import of that clinic runs
+    P:checkin:outbox                        LIST  dead letters waiting for the relay, and
+    P:checkin:outbox-lock                   STR   its drainer's lock (shared/outbox.py)
+    P:applied:checkin:{topic}:{partition}   STR   the consumer's last offset applied per
+                                                  partition (shared/projection.py)
     P:idem:checkin:{clinic}:{key}           Idempotency-Key answers (shared/idempotency.py)
 
 Day-scoped keys and visits expire ``KEEP_DAYS`` after their day; appointments and their
 arrival / no-show marks ``KEEP_DAYS`` after their time.
 
 What comes from Kafka is rebuilt by replaying it: visits, tickets, estimates, arrival
-and no-show marks are applied by the consumer, each batch in one ``MULTI``/``EXEC``
-together with the partitions' offsets (records at or below a stored offset are
-skipped). The schedule itself (with the kiosk's identity digests, which are never
-published) comes from imports: after losing Redis, import the day's schedule again.
+and no-show marks are applied by the consumer (``VisitProjectionStore``: the shared
+runner's ``RedisProjection`` watches and reads the batch's visits, and writes its
+changes, each batch in one ``MULTI``/``EXEC`` together with the partitions' offsets and
+its dead letters). The schedule itself (with the kiosk's identity digests, which are
+never published) comes from imports: after losing Redis, import the day's schedule
+again. The offsets once kept in a ``P:checkin:offsets`` hash are no longer read: a
+Redis from before rebuilds the projection from the topics' beginnings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -53,6 +59,8 @@ from services.checkin.domain import (
     clinic_day,
     ticket_number,
 )
+from services.checkin.projection import CheckinChanges, VisitRef, visit_refs
+from shared.projection import Inbound
 
 KEEP_DAYS = 3
 KEEP = timedelta(days=KEEP_DAYS)
@@ -71,19 +79,6 @@ return 0
 """
 
 
-@dataclass(slots=True)
-class ProjectionWrites:
-    """What one consumer batch writes, in one transaction with its offsets."""
-
-    visits: dict[tuple[str, str], VisitView] = field(default_factory=dict)
-    # (clinic, appointment, visit, True) marks the appointment arrived as that visit;
-    # (..., False) frees it again if that visit holds it (an arrival entered in error).
-    # In the order of the records: an arrival, its undoing and the right one may share a batch
-    arrivals: list[tuple[str, str, str, bool]] = field(default_factory=list)
-    no_shows: list[tuple[str, str, datetime, date]] = field(default_factory=list)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -97,6 +92,9 @@ def _opt(value: str | None) -> str | None:
 
 
 class CheckinStore:
+    """Checkin's keys (see the module's docstring) and what the desk, the kiosk and the
+    lookups do with them."""
+
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = f"{prefix}:checkin"
@@ -140,10 +138,6 @@ class CheckinStore:
 
     def _visit(self, clinic: str, visit_id: str) -> str:
         return f"{self.prefix}:visit:{clinic}:{visit_id}"
-
-    @property
-    def _offsets(self) -> str:
-        return f"{self.prefix}:offsets"
 
     def _limit(self, kind: str, client: str, minute: int) -> str:
         return f"{self.prefix}:limit:{kind}:{client}:{minute}"
@@ -473,55 +467,48 @@ class CheckinStore:
         raw = await self.redis.get(self._limit(kind, client, minute))
         return int(raw) if raw else 0
 
-    # ------------------------------------------------------------- consumer
+    # --------------------------------------------------------------- outbox
 
-    async def stored_offset(self, topic: str, partition: int) -> int | None:
-        raw = await self.redis.hget(self._offsets, f"{topic}:{partition}")
-        return int(raw) if raw is not None else None
+    @property
+    def outbox_prefix(self) -> str:
+        """Where the outbox lives (``Outbox(redis, store.outbox_prefix)``)."""
+        return self.prefix
 
-    async def apply_batch(
-        self,
-        partitions: Sequence[tuple[str, int]],
-        visit_refs: Sequence[tuple[str, str]],
-        plan: Callable[[dict[tuple[str, int], int | None], dict[tuple[str, str], VisitView]],
-                       ProjectionWrites],
-    ) -> ProjectionWrites:
-        """Read the partitions' offsets and the batch's visits, let ``plan`` decide (pure),
-        and write its decisions with the new offsets in one transaction. Another writer
-        touching the same visits meanwhile (a cancel, another instance) makes it plan again."""
-        visit_keys = [self._visit(c, v) for c, v in visit_refs]
-        fields = [f"{t}:{p}" for t, p in partitions]
-        for _attempt in range(MAX_CONFLICTS):
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    await pipe.watch(self._offsets, *visit_keys)
-                    raw_offsets = await pipe.hmget(self._offsets, fields) if fields else []
-                    offsets = {tp: int(raw) if raw is not None else None
-                               for tp, raw in zip(partitions, raw_offsets, strict=True)}
-                    visits = {}
-                    for ref, key in zip(visit_refs, visit_keys, strict=True):
-                        raw_visit = await pipe.hgetall(key)
-                        if raw_visit:
-                            visits[ref] = self._visit_of(_decode_hash(raw_visit))
-                    writes = plan(offsets, visits)
-                    pipe.multi()
-                    for view in writes.visits.values():
-                        self._queue_visit(pipe, view)
-                    for clinic, appointment_id, visit_id, arrived in writes.arrivals:
-                        key = self._arrived(clinic, appointment_id)
-                        if arrived:
-                            pipe.set(key, visit_id, nx=True, ex=KEEP_DAYS * 86400)
-                            pipe.zrem(self._pending(clinic), appointment_id)
-                        else:
-                            pipe.eval(_RELEASE_IF_OURS, 1, key, visit_id)
-                    for clinic, appointment_id, scheduled_at, day in writes.no_shows:
-                        self._queue_no_show(pipe, clinic, appointment_id, scheduled_at, day)
-                        pipe.zrem(self._pending(clinic), appointment_id)
-                    if writes.offsets:
-                        pipe.hset(self._offsets, mapping={
-                            f"{t}:{p}": str(o) for (t, p), o in writes.offsets.items()})
-                    await pipe.execute()
-                    return writes
-            except WatchError:
-                continue
-        raise RuntimeError(f"gave up after {MAX_CONFLICTS} conflicting writes to {visit_refs}")
+
+class VisitProjectionStore:
+    """The projection's side of the store (``shared.projection.ProjectionStore``): the
+    visits a batch touches, watched and read before it is planned, and the plan's
+    changes queued inside the batch's transaction."""
+
+    def __init__(self, store: CheckinStore) -> None:
+        self.store = store
+
+    def watched(self, records: Sequence[Inbound]) -> list[str]:
+        """The keys of the visits the batch is about (another writer, a cancel at the
+        desk say, makes the batch plan again)."""
+        return [self.store._visit(c, v) for c, v in visit_refs(list(records))]
+
+    async def read(self, pipe: Any, records: Sequence[Inbound]) -> dict[VisitRef, VisitView]:
+        """The stored visits among those the batch is about."""
+        visits = {}
+        for ref in visit_refs(list(records)):
+            raw_visit = await pipe.hgetall(self.store._visit(*ref))
+            if raw_visit:
+                visits[ref] = self.store._visit_of(_decode_hash(raw_visit))
+        return visits
+
+    def write(self, pipe: Any, changes: CheckinChanges) -> None:
+        """Queue the visits, arrival marks and no-show marks (inside the MULTI)."""
+        store = self.store
+        for view in changes.visits.values():
+            store._queue_visit(pipe, view)
+        for clinic, appointment_id, visit_id, arrived in changes.arrivals:
+            key = store._arrived(clinic, appointment_id)
+            if arrived:
+                pipe.set(key, visit_id, nx=True, ex=KEEP_DAYS * 86400)
+                pipe.zrem(store._pending(clinic), appointment_id)
+            else:
+                pipe.eval(_RELEASE_IF_OURS, 1, key, visit_id)
+        for clinic, appointment_id, scheduled_at, day in changes.no_shows:
+            store._queue_no_show(pipe, clinic, appointment_id, scheduled_at, day)
+            pipe.zrem(store._pending(clinic), appointment_id)

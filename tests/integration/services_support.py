@@ -104,8 +104,10 @@ async def running_services(kafka_bootstrap: str, redis_url: str) -> AsyncIterato
                               "redis_prefix": prefix.rstrip("."),
                               "credentials": credentials_json()}
     apps: dict[str, FastAPI] = {
+        # no no-show sweep of its own: no test here wants one publishing in between
         "checkin": checkin_app(CheckinSettings(**common, checkin_timezone=midday_zone(),
-                                               checkin_group_id=f"{prefix}checkin")),
+                                               checkin_group_id=f"{prefix}checkin",
+                                               checkin_no_show_check_seconds=0)),
         "flow": flow_app(FlowSettings(**common, flow_group_id=f"{prefix}flow")),
         "notifications": notifications_app(NotificationsSettings(
             **common, notifications_group_id=f"{prefix}notifications")),

@@ -4,15 +4,16 @@ nothing half-published, and that names, birth dates and initials never reach an 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from shared import events as ev
 from shared.idempotency import fingerprint
-from tests.helpers import eventually
+from tests.fakes import FakeClock
 from tests.integration.test_checkin_support import (
     CSV,
     FRONT_DESK,
@@ -31,13 +32,18 @@ DOB, INITIALS = "1980-04-02", "JQ"
 @pytest.fixture
 async def checkin(kafka_bootstrap: str, redis_url: str,
                   topic_prefix: str) -> AsyncIterator[Checkin]:
-    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix,
+    # the clinic's clock stands still: every lookup of a test falls in one rate-limit minute
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix, clock=clock,
                                checkin_lookup_misses_per_minute=3) as service:
+        now = clock.now()
         schedule = csv_rows(
-            ("apt-late", "p-aaa111", "dr-lee", "follow_up", at(-20), "15", "", ""),
-            ("apt-soon", "p-bbb222", "dr-kim", "physical", at(30), "30", "", ""),
-            ("APT-Kiosk", "p-ccc333", "dr-lee", "follow_up", at(15), "15", DOB, INITIALS),
-            ("apt-dob", "p-ddd444", "dr-kim", "follow_up", at(5), "15", "1991-07-15", "MB"),
+            ("apt-late", "p-aaa111", "dr-lee", "follow_up", at(-20, now), "15", "", ""),
+            ("apt-soon", "p-bbb222", "dr-kim", "physical", at(30, now), "30", "", ""),
+            ("APT-Kiosk", "p-ccc333", "dr-lee", "follow_up", at(15, now), "15", DOB,
+             INITIALS),
+            ("apt-dob", "p-ddd444", "dr-kim", "follow_up", at(5, now), "15", "1991-07-15",
+             "MB"),
         )
         answer = await service.import_csv(schedule)
         assert answer.status_code == 200, answer.text
@@ -248,32 +254,32 @@ async def test_ticket_lookup_gives_place_and_range_only_and_guessing_is_rate_lim
 async def test_a_booked_appointment_with_no_arrival_becomes_a_no_show_on_the_follow_up_list(
     kafka_bootstrap: str, redis_url: str, topic_prefix: str,
 ) -> None:
-    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix,
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix, clock=clock,
                                checkin_no_show_after_minutes=1,
-                               checkin_late_after_minutes=0,
-                               checkin_no_show_check_seconds=0.2) as checkin:
+                               checkin_late_after_minutes=0) as checkin:
+        start = clock.now()
         schedule = csv_rows(
-            ("apt-missed", "p-aaa111", "dr-lee", "follow_up", at(-3), "15", DOB, INITIALS),
-            # late already, but 30 s from being a no-show: a sweep between the import and
-            # the check-in below cannot take it (a clean-clone run once saw that race when
-            # it was as old as the others)
-            ("apt-came", "p-bbb222", "dr-lee", "follow_up", at(-0.5), "15", "", ""),
-            ("apt-later", "p-ccc333", "dr-kim", "physical", at(30), "15", "", ""),
-            ("apt-off", "p-ddd444", "dr-kim", "physical", at(-3), "15", "", ""),
+            ("apt-missed", "p-aaa111", "dr-lee", "follow_up", at(-3, start), "15", DOB,
+             INITIALS),
+            ("apt-came", "p-bbb222", "dr-lee", "follow_up", at(-0.5, start), "15", "", ""),
+            ("apt-later", "p-ccc333", "dr-kim", "physical", at(30, start), "15", "", ""),
+            ("apt-off", "p-ddd444", "dr-kim", "physical", at(-3, start), "15", "", ""),
         )
-        # apt-came checks in while it is late but not yet missed
         answer = await checkin.import_csv(schedule)
         assert answer.status_code == 200, answer.text
+        # apt-came checks in while it is late but not yet missed
         came = await arrive(checkin, {"appointment_id": "apt-came"})
         assert came.status_code == 201 and came.json()["late"] is True
 
-        async def no_shows() -> list[dict[str, Any]]:
-            events = await checkin.events()
-            return [e for e in events if e["event_type"] == "patient.no_show"]
-
-        found = await eventually(lambda: _at_least(no_shows, 2), timeout=10)
-        ids = sorted(e["data"]["appointment_id"] for e in found)
-        assert ids == ["apt-missed", "apt-off"]
+        # the sweep a minute later: apt-came would be missed by now had it not come
+        swept = await checkin.sweep_no_shows(clock.advance(minutes=1))
+        missed = [e.payload.appointment_id for e in swept.published
+                  if isinstance(e.payload, ev.PatientNoShow)]
+        assert sorted(missed) == ["apt-missed", "apt-off"] and len(swept.published) == 2
+        events = await checkin.events(expect=7)
+        found = [e for e in events if e["event_type"] == "patient.no_show"]
+        assert sorted(e["data"]["appointment_id"] for e in found) == ["apt-missed", "apt-off"]
         assert all(e["correlation_id"] == e["data"]["appointment_id"] for e in found)
 
         listed = await checkin.client.get("/clinics/north/no-shows", headers=FRONT_DESK)
@@ -295,19 +301,12 @@ async def test_a_booked_appointment_with_no_arrival_becomes_a_no_show_on_the_fol
         assert off.status_code == 409 and "front desk" in off.json()["detail"]
 
         # another sweep publishes nothing more
-        await _pause(0.6)
-        assert len(await no_shows()) == 2
+        again = await checkin.sweep_no_shows(clock.advance(minutes=1))
+        assert again.published == [] and again.failed == 0
+        events = await checkin.events(expect=8)
+        assert [e["event_type"] for e in events].count("patient.no_show") == 2
         raw = await checkin.raw_floor()
         assert DOB.encode() not in raw and INITIALS.encode() not in raw
-
-
-async def _at_least(check: Any, count: int) -> Any:
-    found = await check()
-    return found if len(found) >= count else None
-
-
-async def _pause(seconds: float) -> None:
-    await asyncio.sleep(seconds)
 
 
 async def test_an_arrival_entered_in_error_frees_its_appointment_for_the_right_patient(

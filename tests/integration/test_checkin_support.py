@@ -2,6 +2,10 @@
 in this loop) on the session's Kafka and Redis with this test's own topics and keys,
 schedule files built around "now", and reading the floor topic back.
 
+The service runs no no-show sweep of its own here: a test that wants one calls
+``Checkin.sweep_no_shows(now)`` at the time it chooses, and may give the service a
+``FakeClock`` for the time of its commands and lookups.
+
 Collected by pytest but holds no tests; the checkin test modules import from here."""
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import httpx
 import orjson
 
 from services.checkin.app import create_app
+from services.checkin.desk import NoShowSweepResult
+from shared import events as ev
 from shared.admin import ensure_topics
+from shared.clock import Clock
 from shared.settings import CheckinSettings
-from shared.topics import FLOOR, topic_name
-from tests.helpers import auth, read_topic, serving
+from shared.topics import FLOOR, TopicSpec, topic_name
+from tests.helpers import auth, producer, read_topic, serving
 
 FRONT_DESK = auth("dev-front-desk")
 KIOSK = auth("dev-kiosk")
@@ -54,12 +61,19 @@ class Checkin:
         return await self.client.post("/clinics/north/schedule/csv", content=text.encode(),
                                       headers={**FRONT_DESK, **CSV, **headers})
 
+    async def sweep_no_shows(self, now: datetime) -> NoShowSweepResult:
+        """One run of the service's no-show sweep, at ``now``."""
+        result: NoShowSweepResult = await self.app.state.desk.sweep_no_shows(now)
+        return result
+
 
 @contextlib.asynccontextmanager
 async def running_checkin(kafka_bootstrap: str, redis_url: str, topic_prefix: str,
-                          ready: bool = True, **overrides: Any) -> AsyncIterator[Checkin]:
+                          ready: bool = True, clock: Clock | None = None,
+                          **overrides: Any) -> AsyncIterator[Checkin]:
     """Checkin serving on a free port; ``ready=False``: do not wait for Kafka (a test of
-    an unreachable broker)."""
+    an unreachable broker); ``clock``: the time of its commands and lookups (default:
+    the system's)."""
     if ready:
         await ensure_topics(kafka_bootstrap, topic_prefix)
     settings = CheckinSettings(**{
@@ -70,9 +84,10 @@ async def running_checkin(kafka_bootstrap: str, redis_url: str, topic_prefix: st
         "topic_prefix": topic_prefix,
         "redis_prefix": topic_prefix.rstrip("."),
         "checkin_group_id": f"{topic_prefix}checkin",
+        "checkin_no_show_check_seconds": 0,  # no sweep of its own: tests call it
         **overrides,
     })
-    app = create_app(settings)
+    app = create_app(settings, clock=clock)
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
         if ready:
             await _ready(client)
@@ -87,6 +102,15 @@ async def _ready(client: httpx.AsyncClient) -> None:
     raise AssertionError("checkin did not become ready")
 
 
+async def publish(kafka_bootstrap: str, topic: TopicSpec, topic_prefix: str,
+                  events: list[ev.Event]) -> None:
+    """Events on this test's ``topic``, keyed by clinic, as flow publishes them."""
+    async with producer(kafka_bootstrap) as client:
+        for event in events:
+            await client.send_and_wait(topic_name(topic, topic_prefix), ev.encode(event),
+                                       key=event.clinic_id.encode())
+
+
 def midday_zone() -> str:
     """An IANA zone where it is about noon now: "today" of the clinic then holds every
     time a test uses (now - 3 h ... now + 3 h), whenever the tests run."""
@@ -94,9 +118,10 @@ def midday_zone() -> str:
     return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
 
 
-def at(minutes_from_now: float) -> str:
-    """An ISO time with an offset, ``minutes_from_now`` from now (negative: past)."""
-    moment = datetime.now(UTC) + timedelta(minutes=minutes_from_now)
+def at(minutes_from_now: float, now: datetime | None = None) -> str:
+    """An ISO time with an offset, ``minutes_from_now`` from ``now`` (default: the
+    system's now; negative: past)."""
+    moment = (now or datetime.now(UTC)) + timedelta(minutes=minutes_from_now)
     return moment.replace(microsecond=0).astimezone(ZoneInfo("America/New_York")).isoformat()
 
 

@@ -1,22 +1,37 @@
-"""The projection's plan for one batch (pure): which appointments it marks arrived or
-frees again, in the order of the records."""
+"""Checkin's consumer without Kafka or Redis: what its reader takes from each topic (and
+refuses, with the reason, for the dead-letter topic), and the pure plan of a batch: the
+visits it changes and the appointments it marks arrived, frees again or marks missed, in
+the order of the records. The same batches through the shared runner on a real Redis
+are in tests/integration/test_checkin_projection.py."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from services.checkin.consumer import BatchResult, Item, plan_batch
 from services.checkin.domain import VisitView
+from services.checkin.projection import checkin_reader, plan_visits, visit_refs
 from shared import events as ev
+from shared.projection import Inbound
+from tests.fakes import KafkaRecord, record_of
 
 NINE = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
-FLOOR = "clinicflow.floor.v1"
+FLOOR, ESTIMATES = "clinicflow.floor.v1", "clinicflow.estimates.v1"
+UTC_ZONE = ZoneInfo("UTC")
+READER = checkin_reader(FLOOR, ESTIMATES)
 
 
-def item(offset: int, payload: ev.Payload, at: datetime) -> Item:
-    event = ev.make_event(payload, clinic_id="north", source="checkin", occurred_at=at)
-    return Item(FLOOR, 0, offset, b"north", ev.encode(event), event=event)
+def event(payload: ev.Payload, at: datetime = NINE) -> ev.Event:
+    return ev.make_event(payload, clinic_id="north", source="checkin", occurred_at=at)
+
+
+def read(record: KafkaRecord) -> Inbound:
+    return READER.read(record.topic, record.partition, record.offset, record.key,
+                       record.value, 12)
+
+
+def on_floor(offset: int, payload: ev.Payload, at: datetime) -> Inbound:
+    return read(record_of(event(payload, at), FLOOR, offset, partitions=12))
 
 
 def arrival(visit: str, ticket: str, appointment: str | None = "apt-1") -> ev.PatientArrived:
@@ -24,27 +39,90 @@ def arrival(visit: str, ticket: str, appointment: str | None = "apt-1") -> ev.Pa
                              appointment_id=appointment)
 
 
+def estimate(visit: str = "v-1", position: int = 2) -> ev.WaitEstimated:
+    return ev.WaitEstimated(visit_id=visit, ticket_code="A-1", provider_id="dr-lee",
+                            position=position, wait_minutes=20.0, low=15.0, high=25.0)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def test_the_floor_topic_takes_every_floor_fact_and_the_estimates_topic_only_estimates() -> None:
+    floor = READER.accepts[FLOOR]
+    assert floor is not None
+    assert ev.WaitEstimated not in floor
+    assert floor | {ev.WaitEstimated} == set(ev.EVENT_TYPES.values())
+    assert READER.accepts[ESTIMATES] == {ev.WaitEstimated}
+    roomed = on_floor(0, ev.PatientRoomed(visit_id="v-1", room_id="4"), NINE)
+    assert roomed.reason is None and roomed.event is not None
+    estimated = read(record_of(event(estimate()), ESTIMATES, 0, partitions=12))
+    assert estimated.reason is None
+
+
+def test_what_cannot_be_applied_is_refused_with_the_reason_for_the_dead_letter_topic() -> None:
+    good = record_of(event(arrival("v-1", "A-1")), FLOOR, 0, partitions=12)
+    refused = {
+        "empty record (tombstone)": KafkaRecord(FLOOR, good.partition, 1, b"north", None),
+        "key 'south' is not the event's clinic_id 'north'": KafkaRecord(
+            FLOOR, good.partition, 2, b"south", good.value),
+        f"wait.estimated does not belong on {FLOOR}": record_of(
+            event(estimate()), FLOOR, 3, partitions=12),
+        f"patient.arrived does not belong on {ESTIMATES}": record_of(
+            event(arrival("v-1", "A-1")), ESTIMATES, 4, partitions=12),
+    }
+    for reason, record in refused.items():
+        inbound = read(record)
+        assert inbound.event is None, reason
+        assert inbound.reason is not None and reason in inbound.reason, inbound.reason
+
+
+# ------------------------------------------------------------------ planning
+
+
 def test_a_rebuild_marks_arrivals_frees_those_entered_in_error_and_keeps_the_order() -> None:
-    items = [item(0, arrival("v-1", "A-1"), NINE),
-             item(1, ev.ArrivalCancelled(visit_id="v-1", reason="entered_in_error"),
-                  NINE + timedelta(minutes=1)),
-             item(2, arrival("v-2", "A-2"), NINE + timedelta(minutes=2)),
-             item(3, ev.ArrivalCancelled(visit_id="v-2", reason="left_without_being_seen"),
-                  NINE + timedelta(minutes=3)),
-             item(4, arrival("v-3", "A-3", appointment=None), NINE + timedelta(minutes=4))]
-    writes = plan_batch(items, {}, {}, ZoneInfo("UTC"), BatchResult())
-    assert writes.arrivals == [("north", "apt-1", "v-1", True),
-                               ("north", "apt-1", "v-1", False),
-                               ("north", "apt-1", "v-2", True)]
-    assert writes.visits[("north", "v-2")].status == "cancelled"
-    assert writes.offsets == {(FLOOR, 0): 4}
+    records = [on_floor(0, arrival("v-1", "A-1"), NINE),
+               on_floor(1, ev.ArrivalCancelled(visit_id="v-1", reason="entered_in_error"),
+                        NINE + timedelta(minutes=1)),
+               on_floor(2, arrival("v-2", "A-2"), NINE + timedelta(minutes=2)),
+               on_floor(3, ev.ArrivalCancelled(visit_id="v-2", reason="left_without_being_seen"),
+                        NINE + timedelta(minutes=3)),
+               on_floor(4, arrival("v-3", "A-3", appointment=None), NINE + timedelta(minutes=4))]
+    planned = plan_visits(records, {}, UTC_ZONE)
+    assert planned.changes.arrivals == [("north", "apt-1", "v-1", True),
+                                        ("north", "apt-1", "v-1", False),
+                                        ("north", "apt-1", "v-2", True)]
+    assert planned.changes.visits[("north", "v-2")].status == "cancelled"
+    assert planned.applied == 5 and planned.dead_letters == []
 
 
 def test_a_visit_checkin_saved_itself_is_not_marked_again_by_its_own_event() -> None:
     known = VisitView(clinic_id="north", visit_id="v-1", ticket_code="A-1", day=date(2026, 3, 2),
                       status="cancelled", status_at=NINE + timedelta(minutes=1),
                       appointment_id="apt-1")
-    writes = plan_batch([item(7, arrival("v-1", "A-1"), NINE)], {},
-                        {("north", "v-1"): known}, ZoneInfo("UTC"), BatchResult())
-    assert writes.arrivals == []
-    assert writes.visits == {}
+    planned = plan_visits([on_floor(7, arrival("v-1", "A-1"), NINE)],
+                          {("north", "v-1"): known}, UTC_ZONE)
+    assert planned.changes.arrivals == []
+    assert planned.changes.visits == {}
+    assert planned.applied == 1
+
+
+def test_an_estimate_read_before_its_arrival_is_kept_and_the_arrival_marks_the_appointment(
+) -> None:
+    records = [read(record_of(event(estimate(), NINE + timedelta(minutes=1)), ESTIMATES, 0,
+                              partitions=12)),
+               on_floor(0, arrival("v-1", "A-1"), NINE)]
+    planned = plan_visits(records, {}, UTC_ZONE)
+    visit = planned.changes.visits[("north", "v-1")]
+    assert (visit.status, visit.position, visit.appointment_id) == ("waiting", 2, "apt-1")
+    assert planned.changes.arrivals == [("north", "apt-1", "v-1", True)]
+    assert visit_refs(records) == [("north", "v-1")]
+
+
+def test_a_no_show_is_listed_on_the_clinics_day_of_the_appointment() -> None:
+    late_evening = datetime(2026, 3, 3, 1, 30, tzinfo=UTC)  # 20:30 on the 2nd in New York
+    missed = on_floor(0, ev.PatientNoShow(appointment_id="apt-9", provider_id="dr-lee",
+                                          scheduled_at=late_evening),
+                      late_evening + timedelta(minutes=30))
+    planned = plan_visits([missed], {}, ZoneInfo("America/New_York"))
+    assert planned.changes.no_shows == [("north", "apt-9", late_evening, date(2026, 3, 2))]
+    assert planned.changes.visits == {} and planned.changes.arrivals == []

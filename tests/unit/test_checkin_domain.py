@@ -11,7 +11,6 @@ import pytest
 from services.checkin.domain import (
     Appointment,
     AppointmentState,
-    CheckinRefused,
     VisitView,
     check_scheduled_arrival,
     choose_kiosk_appointment,
@@ -28,6 +27,7 @@ from services.checkin.domain import (
     wait_status,
 )
 from shared import events as ev
+from shared.errors import Conflict, NotFound, Refusal, status_of
 from shared.settings import CheckinSettings, InsecureConfiguration
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -160,30 +160,30 @@ def test_the_published_appointment_never_carries_the_identity_digest() -> None:
 def test_the_front_desk_may_check_in_a_no_show_who_came_after_all() -> None:
     state = AppointmentState(appointment(), no_show=True)
     check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
-    with pytest.raises(CheckinRefused) as refused:
+    with pytest.raises(Conflict) as refused:
         check_scheduled_arrival(state, channel="kiosk", today=TODAY, zone=NEW_YORK)
-    assert refused.value.status == 409 and "front desk" in refused.value.detail
+    assert refused.value.code == "no_show" and "front desk" in refused.value.detail
 
 
 def test_a_second_arrival_is_refused_and_the_kiosk_does_not_say_whose_visit_it_is() -> None:
     state = AppointmentState(appointment(), arrived_visit="v-123")
-    with pytest.raises(CheckinRefused) as desk:
+    with pytest.raises(Conflict) as desk:
         check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
-    assert desk.value.status == 409 and "v-123" in desk.value.detail
-    with pytest.raises(CheckinRefused) as kiosk:
+    assert desk.value.code == "already_arrived" and "v-123" in desk.value.detail
+    with pytest.raises(Conflict) as kiosk:
         check_scheduled_arrival(state, channel="kiosk", today=TODAY, zone=NEW_YORK)
-    assert kiosk.value.status == 409 and "v-123" not in kiosk.value.detail
+    assert kiosk.value.code == "already_arrived" and "v-123" not in kiosk.value.detail
 
 
 def test_a_cancelled_appointment_cannot_be_checked_in() -> None:
     state = AppointmentState(appointment(status="cancelled"))
-    with pytest.raises(CheckinRefused, match="cancelled"):
+    with pytest.raises(Conflict, match="cancelled"):
         check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
 
 
 def test_the_kiosk_only_takes_todays_appointments() -> None:
     tomorrow = AppointmentState(appointment(at=NINE + timedelta(days=1)))
-    with pytest.raises(CheckinRefused, match="not today"):
+    with pytest.raises(Conflict, match="not today"):
         check_scheduled_arrival(tomorrow, channel="kiosk", today=TODAY, zone=NEW_YORK)
     check_scheduled_arrival(tomorrow, channel="front_desk", today=TODAY, zone=NEW_YORK)
 
@@ -199,17 +199,34 @@ def test_a_patient_with_two_appointments_today_checks_in_the_earliest_open_one()
 def test_two_patients_sharing_birth_date_and_initials_go_to_the_front_desk() -> None:
     one = AppointmentState(appointment("apt-1", patient="p-1"))
     other = AppointmentState(appointment("apt-2", patient="p-2"))
-    with pytest.raises(CheckinRefused) as refused:
+    with pytest.raises(Conflict) as refused:
         choose_kiosk_appointment([one, other], today=TODAY, zone=NEW_YORK)
     assert refused.value.code == "ambiguous" and "p-" not in refused.value.detail
 
 
-def test_no_match_today_is_a_404_that_names_nobody() -> None:
+def test_no_match_today_is_not_found_and_names_nobody() -> None:
     yesterday = AppointmentState(appointment(at=NINE - timedelta(days=1)))
     cancelled = AppointmentState(appointment("apt-2", status="cancelled"))
-    with pytest.raises(CheckinRefused) as refused:
+    with pytest.raises(NotFound) as refused:
         choose_kiosk_appointment([yesterday, cancelled], today=TODAY, zone=NEW_YORK)
-    assert refused.value.status == 404
+    assert "p-" not in refused.value.detail and "apt-" not in refused.value.detail
+
+
+def test_the_kiosks_refusals_keep_their_http_answers() -> None:
+    """The statuses the kiosk and the desk answered before the refusal kinds: 409 for an
+    appointment that cannot be checked in, 404 for no match."""
+    refusals: list[Refusal] = []
+    for state, channel in ((AppointmentState(appointment(), no_show=True), "kiosk"),
+                           (AppointmentState(appointment(status="cancelled")), "front_desk")):
+        with pytest.raises(Refusal) as refused:
+            check_scheduled_arrival(state, channel=channel,  # type: ignore[arg-type]
+                                    today=TODAY, zone=NEW_YORK)
+        refusals.append(refused.value)
+    with pytest.raises(Refusal) as none_today:
+        choose_kiosk_appointment([], today=TODAY, zone=NEW_YORK)
+    refusals.append(none_today.value)
+    assert [(status_of(r), r.code) for r in refusals] == [
+        (409, "no_show"), (409, "cancelled"), (404, "not_found")]
 
 
 # ----------------------------------------------------------------- no-shows

@@ -11,10 +11,10 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from services.checkin import api
-from services.checkin.api import CSV_EXAMPLE, FHIR_EXAMPLE
+from services.checkin import schemas
 from services.checkin.app import create_app
 from services.checkin.schedule import parse_csv, parse_fhir_bundle
+from services.checkin.schemas import CSV_EXAMPLE, FHIR_EXAMPLE
 from shared.settings import CheckinSettings
 
 # probes every service shares (shared/service.py), documented there
@@ -91,20 +91,20 @@ def test_commands_document_their_idempotency_key_and_refusals(spec: dict[str, An
 
 
 ANSWERS: dict[str, type[BaseModel]] = {
-    "/clinics/{clinic_id}/schedule/csv": api.ImportAnswer,
-    "/clinics/{clinic_id}/schedule/fhir": api.ImportAnswer,
-    "/clinics/{clinic_id}/schedule": api.ScheduleAnswer,
-    "/clinics/{clinic_id}/arrivals": api.ArrivalAnswer,
-    "/clinics/{clinic_id}/visits/{visit_id}/cancel": api.CancelAnswer,
-    "/clinics/{clinic_id}/no-shows": api.FollowUpAnswer,
-    "/clinics/{clinic_id}/kiosk/check-ins": api.KioskAnswer,
-    "/clinics/{clinic_id}/visits/{visit_id}/wait": api.WaitAnswer,
-    "/clinics/{clinic_id}/tickets/{ticket_code}/wait": api.WaitAnswer,
+    "/clinics/{clinic_id}/schedule/csv": schemas.ImportAnswer,
+    "/clinics/{clinic_id}/schedule/fhir": schemas.ImportAnswer,
+    "/clinics/{clinic_id}/schedule": schemas.ScheduleAnswer,
+    "/clinics/{clinic_id}/arrivals": schemas.ArrivalAnswer,
+    "/clinics/{clinic_id}/visits/{visit_id}/cancel": schemas.CancelAnswer,
+    "/clinics/{clinic_id}/no-shows": schemas.FollowUpAnswer,
+    "/clinics/{clinic_id}/kiosk/check-ins": schemas.KioskAnswer,
+    "/clinics/{clinic_id}/visits/{visit_id}/wait": schemas.WaitAnswer,
+    "/clinics/{clinic_id}/tickets/{ticket_code}/wait": schemas.WaitAnswer,
 }
 REQUESTS: dict[str, type[BaseModel]] = {
-    "/clinics/{clinic_id}/arrivals": api.ArrivalRequest,
-    "/clinics/{clinic_id}/visits/{visit_id}/cancel": api.CancelRequest,
-    "/clinics/{clinic_id}/kiosk/check-ins": api.KioskRequest,
+    "/clinics/{clinic_id}/arrivals": schemas.ArrivalRequest,
+    "/clinics/{clinic_id}/visits/{visit_id}/cancel": schemas.CancelRequest,
+    "/clinics/{clinic_id}/kiosk/check-ins": schemas.KioskRequest,
 }
 
 

@@ -1,0 +1,95 @@
+"""Checkin's projection of the floor and of flow's estimates: which visits still wait,
+their ticket codes and their latest estimate (for the kiosk and the status lookup), and
+the arrival and no-show marks of appointments (a rebuild after Redis was lost).
+
+The shared runner (``shared/projection.py``) does the Kafka and Redis side: it reads
+each record with ``checkin_reader`` (records it cannot apply go to the dead-letter topic
+with the reason), skips what Redis holds as applied, and stores a batch's changes, its
+offsets and its dead letters in one transaction. What is here decides, without I/O,
+what a batch changes: ``plan_visits``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from services.checkin.domain import VisitView, clinic_day, evolve_visit
+from shared import events as ev
+from shared.projection import Inbound, Planned, RecordReader
+
+# (clinic, visit)
+VisitRef = tuple[str, str]
+VISIT_EVENTS = (ev.PatientArrived, ev.PatientRoomed, ev.ArrivalCancelled, ev.PatientCheckedOut,
+                ev.WaitEstimated)
+# the floor topic carries every floor fact; flow's estimates have a topic of their own
+FLOOR_EVENTS = frozenset(set(ev.EVENT_TYPES.values()) - {ev.WaitEstimated})
+ESTIMATE_EVENTS: frozenset[type[ev.Payload]] = frozenset({ev.WaitEstimated})
+
+
+def checkin_reader(floor_topic: str, estimates_topic: str) -> RecordReader:
+    """The record reader of checkin's consumer: any floor fact on the floor topic, only
+    ``wait.estimated`` on the estimates topic (anything else is dead-lettered)."""
+    return RecordReader({floor_topic: FLOOR_EVENTS, estimates_topic: ESTIMATE_EVENTS})
+
+
+@dataclass(slots=True)
+class CheckinChanges:
+    """What one batch changes, written in one transaction with its offsets."""
+
+    visits: dict[VisitRef, VisitView] = field(default_factory=dict)
+    # (clinic, appointment, visit, True) marks the appointment arrived as that visit;
+    # (..., False) frees it again if that visit holds it (an arrival entered in error).
+    # In the order of the records: an arrival, its undoing and the right one may share a batch
+    arrivals: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    # (clinic, appointment, scheduled at, the clinic's day of it)
+    no_shows: list[tuple[str, str, datetime, date]] = field(default_factory=list)
+
+
+def visit_refs(records: list[Inbound]) -> list[VisitRef]:
+    """The visits a batch's records are about (sorted, each once)."""
+    return sorted({(r.event.clinic_id, r.event.payload.visit_id) for r in records
+                   if r.event is not None and isinstance(r.event.payload, VISIT_EVENTS)})
+
+
+def plan_visits(records: list[Inbound], visits: dict[VisitRef, VisitView],
+                zone: ZoneInfo) -> Planned[CheckinChanges]:
+    """What a batch changes (pure): visits, arrival and no-show marks.
+
+    ``records`` are the batch's readable records not applied before, in order;
+    ``visits`` what is stored of the visits they touch (``visit_refs``). Every record
+    takes effect (``applied``); none is refused here (the reader refused the rest)."""
+    changes = CheckinChanges()
+    current = dict(visits)
+    applied = 0
+    for record in records:
+        event = record.event
+        if event is None:
+            continue
+        applied += 1
+        payload = event.payload
+        before = None
+        if isinstance(payload, VISIT_EVENTS):
+            ref = (event.clinic_id, payload.visit_id)
+            before = current.get(ref)
+            after = evolve_visit(before, event, zone)
+            if after is not None and after != before:
+                current[ref] = after
+                changes.visits[ref] = after
+        if (isinstance(payload, ev.PatientArrived) and payload.appointment_id is not None
+                and (before is None or before.appointment_id is None)):
+            # a visit checkin saved itself was marked when it was checked in; only a
+            # rebuild (Redis lost; the visit unknown, or known only from an estimate) marks
+            # it here. Marking it again could undo a later "entered in error" that freed
+            # the appointment for the right patient.
+            changes.arrivals.append((event.clinic_id, payload.appointment_id,
+                                     payload.visit_id, True))
+        elif (isinstance(payload, ev.ArrivalCancelled) and payload.reason == "entered_in_error"
+              and before is not None and before.appointment_id is not None):
+            changes.arrivals.append((event.clinic_id, before.appointment_id, payload.visit_id,
+                                     False))
+        elif isinstance(payload, ev.PatientNoShow):
+            changes.no_shows.append((event.clinic_id, payload.appointment_id,
+                                     payload.scheduled_at, clinic_day(payload.scheduled_at, zone)))
+    return Planned(changes, applied)
