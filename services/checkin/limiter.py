@@ -1,6 +1,6 @@
 """The status lookup's rate limiter: fixed one-minute windows per client, counted in
-Redis (the keys are the store's: ``P:checkin:limit:{kind}:{client}:{minute}``), so every
-instance of checkin counts the same client together.
+Redis through the store (which keeps the counters' keys), so every instance of checkin
+counts the same client together.
 """
 
 from __future__ import annotations
