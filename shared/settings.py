@@ -381,6 +381,10 @@ class BillingSettings(CommonSettings):
     billing_batch_timeout_ms: int = Field(default=20, ge=1)
     billing_barrier_timeout_seconds: float = Field(default=30.0, gt=0)
     billing_command_wait_seconds: float = Field(default=5.0, ge=0)
+    billing_outbox_relay_seconds: float = Field(
+        default=1.0, ge=0, description="how often the outbox relay publishes the consumers' "
+        "dead letters; 0: no relay loop (tests call its tick themselves)"
+    )
 
     @field_validator("billing_timezone")
     @classmethod

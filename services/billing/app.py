@@ -1,93 +1,78 @@
 """The billing service, wired: fee schedule (validated at start-up), checkout desk and
-money API, the ledger projection (a batch subscriber on the ledger topic whose Kafka
-commits follow the Redis write) and the floor consumer (arrivals, checkouts from other
-clients, undone checkouts). Wiring only."""
+money API, the ledger projection and the floor consumer (both run by the shared
+``ProjectionRunner``), and the outbox their dead letters leave by. Wiring only."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
-from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
 
 from services.billing.api import make_router
+from services.billing.barrier import LedgerBarrier
 from services.billing.desk import Desk
 from services.billing.fees import FeeScheduleFile
-from services.billing.floor import FloorConsumer
-from services.billing.projection import LedgerProjection
-from services.billing.store import BillingStore
+from services.billing.floor import FLOOR_CONSUMER, BillingFloorProjection, floor_reader
+from services.billing.metrics import observe_ledger_batch
+from services.billing.projection import LEDGER_CONSUMER, ledger_reader, plan_ledger
+from services.billing.store import BillingStore, LedgerProjectionStore
+from shared.clock import Clock
 from shared.kafka import dead_letter_topic, topic
 from shared.metrics import EVENTS_PUBLISHED
+from shared.outbox import Outbox, OutboxRelay
+from shared.projection import ProjectionRunner, RedisProjection
 from shared.service import ServiceRuntime, make_http_app
 from shared.settings import BillingSettings
 from shared.topics import FLOOR, LEDGER
 
-
-async def _raw_records(message: KafkaMessage) -> object:
-    """Keep the batch as aiokafka records: the projection decodes (and dead-letters) each."""
-    return message.raw_message
+SERVICE = "billing"
 
 
-def create_app(settings: BillingSettings) -> FastAPI:
+def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI:
     """Build the billing service; nothing connects until the app starts. An invalid fee
     schedule stops it here (``FeeScheduleError`` names the file and its bad lines)."""
     fees = FeeScheduleFile(settings.fee_schedule_path)
-    runtime = ServiceRuntime(settings, "billing")
-    store = BillingStore(runtime.redis, settings.redis_prefix)
+    runtime = ServiceRuntime(settings, SERVICE, clock=clock)
+    redis, prefix = runtime.redis, settings.redis_prefix
+    store = BillingStore(redis, prefix)
     ledger_topic, floor_topic = topic(LEDGER, settings), topic(FLOOR, settings)
+    published_as = {ledger_topic: "ledger", floor_topic: "floor",
+                    dead_letter_topic(settings): "deadletter"}
 
-    async def publish(value: bytes, to_topic: str, key: bytes) -> None:
+    async def publish(value: bytes, to_topic: str, key: bytes | None) -> None:
         await runtime.broker.publish(value, to_topic, key=key)
-        EVENTS_PUBLISHED.labels("billing", "ledger" if to_topic == ledger_topic
-                                else "floor").inc()
+        EVENTS_PUBLISHED.labels(SERVICE, published_as.get(to_topic, "other")).inc()
 
-    projection = LedgerProjection(runtime, store, ledger_topic=ledger_topic,
-                                  dead_letter_topic=dead_letter_topic(settings),
-                                  barrier_timeout=settings.billing_barrier_timeout_seconds)
+    outbox = Outbox(redis, store.prefix)
+    relay = OutboxRelay(outbox, publish, {"deadletter": dead_letter_topic(settings)},
+                        service=SERVICE)
+    runtime.every(settings.billing_outbox_relay_seconds, relay.tick, "outbox-relay")
+    batches: dict[str, Any] = {"max_records": settings.billing_batch_max,
+                               "batch_timeout_ms": settings.billing_batch_timeout_ms,
+                               "fetch_max_wait_ms": settings.billing_batch_timeout_ms}
+
+    ledger = RedisProjection(redis, prefix, consumer=LEDGER_CONSUMER,
+                             store=LedgerProjectionStore(redis, prefix), plan=plan_ledger,
+                             outbox=outbox, after=observe_ledger_batch)
+    ledger_runner = ProjectionRunner(
+        runtime.broker, ledger, ledger_reader(ledger_topic), service=SERVICE,
+        consumer=LEDGER_CONSUMER, topics=[ledger_topic],
+        group_id=f"{settings.billing_group_id}-ledger", title="billing.ledger-projection",
+        description="Ledger entries -> the Redis projection that answers balances, "
+        "receipts and reconciliation.", **batches)
+    barrier = LedgerBarrier(lambda: ledger_runner.kafka, ledger.offsets, ledger_topic,
+                            timeout=settings.billing_barrier_timeout_seconds)
     desk = Desk(store, fees, publish, ledger_topic=ledger_topic, floor_topic=floor_topic,
                 timezone_of=settings.timezone_of,
                 wait_seconds=settings.billing_command_wait_seconds,
-                barrier=projection.caught_up)
-    subscriber = runtime.broker.subscriber(
-        ledger_topic,
-        batch=True,
-        group_id=f"{settings.billing_group_id}-ledger",
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,  # Kafka commits follow the Redis transaction
-        max_records=settings.billing_batch_max,
-        batch_timeout_ms=settings.billing_batch_timeout_ms,
-        fetch_max_wait_ms=settings.billing_batch_timeout_ms,
-        listener=projection.listener(),
-        decoder=_raw_records,
-        title="billing.ledger-projection",
-        description="Ledger entries -> the Redis projection that answers balances, "
-        "receipts and reconciliation.",
-    )
-    projection.subscriber = subscriber
+                barrier=barrier.caught_up, clock=runtime.clock)
 
-    @subscriber
-    async def on_ledger_entries(records: list[object]) -> None:
-        await projection.handle(records)
-
-    floor = FloorConsumer(desk)
-    floor_subscriber = runtime.broker.subscriber(
-        floor_topic,
-        batch=True,
-        group_id=settings.billing_group_id,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,  # committed after the ledger commands took effect
-        max_records=settings.billing_batch_max,
-        batch_timeout_ms=settings.billing_batch_timeout_ms,
-        fetch_max_wait_ms=settings.billing_batch_timeout_ms,
-        decoder=_raw_records,
-        title="billing.floor",
-        description="Arrivals (patient ref), checkouts from other clients (priced), "
-        "undone checkouts (charge voided).",
-    )
-    floor.subscriber = floor_subscriber
-
-    @floor_subscriber
-    async def on_floor_events(records: list[object]) -> None:
-        await floor.handle(records)
+    floor = BillingFloorProjection(desk, redis, prefix, outbox, runtime.clock)
+    floor_runner = ProjectionRunner(
+        runtime.broker, floor, floor_reader(floor_topic), service=SERVICE,
+        consumer=FLOOR_CONSUMER, topics=[floor_topic], group_id=settings.billing_group_id,
+        title="billing.floor", description="Arrivals (patient ref), checkouts from other "
+        "clients (priced), undone checkouts (charge voided).", **batches)
 
     app = make_http_app(
         runtime,
@@ -96,7 +81,9 @@ def create_app(settings: BillingSettings) -> FastAPI:
     )
     app.state.store = store
     app.state.desk = desk
-    app.state.projection = projection
-    app.state.floor = floor
+    app.state.barrier = barrier
+    app.state.ledger_runner = ledger_runner
+    app.state.floor_runner = floor_runner
+    app.state.outbox_relay = relay
     app.include_router(make_router(desk))
     return app

@@ -19,18 +19,20 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.billing import domain as d
 from services.billing import views
-from services.billing.store import posted_of
-from shared import events as ev
+from services.billing.domain.accounts import Posted
+from services.billing.domain.fee_schedule import FeeScheduleError
+from services.billing.domain.reconciliation import Reconciliation, business_day, reconcile
+from services.billing.projection import LedgerRecord, ledger_reader, ledger_record_of
 from shared.kafka import aiokafka_security_kwargs, topic
 from shared.settings import BillingSettings
 from shared.topics import LEDGER
 
 
 async def read_ledger(settings: BillingSettings, clinic_id: str,
-                      timeout: float = 30.0) -> list[d.Posted]:
-    """Every readable entry of ``clinic_id`` on the ledger topic, up to its current end."""
+                      timeout: float = 30.0) -> list[Posted]:
+    """Every readable entry of ``clinic_id`` on the ledger topic, up to its current end
+    (read as the ledger projection reads it: what it dead-letters is left out)."""
     name = topic(LEDGER, settings)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -45,7 +47,8 @@ async def read_ledger(settings: BillingSettings, clinic_id: str,
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        entries: list[d.Posted] = []
+        reader = ledger_reader(name)
+        entries: list[Posted] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while any([await consumer.position(tp) < end[tp] for tp in tps]):
@@ -54,39 +57,24 @@ async def read_ledger(settings: BillingSettings, clinic_id: str,
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
                 for record in records:
-                    entry = _entry(record, clinic_id)
-                    if entry is not None:
-                        entries.append(entry)
+                    entry = ledger_record_of(reader.read(
+                        record.topic, record.partition, record.offset, record.key,
+                        record.value, len(tps)))
+                    if isinstance(entry, LedgerRecord) and entry.clinic_id == clinic_id:
+                        entries.append(entry.posted)
         return entries
     finally:
         await consumer.stop()
 
 
-def _entry(record: Any, clinic_id: str) -> d.Posted | None:
-    if record.value is None or (record.key is not None and record.key != clinic_id.encode()):
-        return None
-    try:
-        event = ev.decode(record.value)
-    except ev.InvalidEvent:
-        return None
-    if event.clinic_id != clinic_id:
-        return None
-    posted = posted_of(event, record.offset)
-    if posted is None or posted.entry_id != event.envelope.event_id:
-        return None
-    return posted
-
-
-def reconcile_from(entries: Sequence[d.Posted], *, clinic_id: str, business_date: date,
-                   settings: BillingSettings) -> d.Reconciliation:
-    from services.billing.desk import Desk
-
+def reconcile_from(entries: Sequence[Posted], *, clinic_id: str, business_date: date,
+                   settings: BillingSettings) -> Reconciliation:
+    """The clinic's day from the whole ledger (every visit's balance is known exactly)."""
     timezone = settings.timezone_of(clinic_id)
-    bounds = Desk.day_bounds_for(timezone, business_date)
-    return d.reconcile(clinic_id=clinic_id, business_date=business_date, timezone=timezone,
-                       starts_at=bounds[0], ends_at=bounds[1], entries=entries,
-                       source="ledger topic",
-                       carried={p.visit_id for p in entries if p.visit_id})
+    starts, ends = business_day(timezone, business_date)
+    return reconcile(clinic_id=clinic_id, business_date=business_date, timezone=timezone,
+                     starts_at=starts, ends_at=ends, entries=entries, source="ledger topic",
+                     carried={p.visit_id for p in entries if p.visit_id})
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -118,7 +106,7 @@ def _check_fees(args: argparse.Namespace) -> int:
 
     try:
         schedule = load_fee_schedule(args.path)
-    except d.FeeScheduleError as exc:
+    except FeeScheduleError as exc:
         print(str(exc), file=sys.stderr)
         return 1
     codes = sum(len(fees) for fees in schedule.fees.values())

@@ -7,7 +7,11 @@ import os
 from pathlib import Path
 
 from services.billing import metrics as m
-from services.billing.domain import FeeSchedule, FeeScheduleError, parse_fee_schedule
+from services.billing.domain.fee_schedule import (
+    FeeSchedule,
+    FeeScheduleError,
+    parse_fee_schedule,
+)
 from shared.logging import get_logger
 
 EXAMPLE = Path(__file__).with_name("fee_schedule.example.csv")

@@ -2,114 +2,214 @@
 ref), checkouts published by other clients (priced like the desk's), and undone
 checkouts (their charge is voided).
 
-Every effect is an idempotent ledger command (entry ids derive from the visit or the
-floor event), so the consumer is at-least-once with Kafka commits after the effects:
-a redelivered or replayed floor event posts nothing twice. A record whose effect fails
-(Redis or Kafka down, the visit busy) is sought back and read again.
+``floor_effect(event, now)`` decides, without I/O, what a floor event asks of billing
+(most ask nothing). ``BillingFloorProjection`` is the floor consumer's ``Projection`` for
+the shared runner: for a batch's new records, in order, it runs the effects through the
+desk, then stores the batch's offsets (``P:applied:billing.floor:...``) and its dead
+letters (to the outbox) in one Redis transaction.
+
+Every effect is idempotent (entry ids derive from the visit or the floor event), so the
+effects run before their offsets are stored: a batch that fails part way (Redis or
+Kafka away, the visit busy, the ledger projection behind) is read again by the runner
+and what already took effect posts nothing twice. A record billing cannot read (a
+tombstone, not an event, keyed other than by its clinic, on another partition than its
+key's) is dead-lettered with the reason; a readable event billing has nothing to do with
+is applied as a no-op.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from aiokafka import TopicPartition
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from services.billing import metrics as m
 from services.billing.desk import Desk
-from services.billing.domain import UnknownServices
+from services.billing.domain.fee_schedule import UnknownServices
 from shared import events as ev
+from shared.clock import Clock
 from shared.logging import get_logger
+from shared.outbox import Outbox
+from shared.projection import (
+    Applied,
+    DeadLetter,
+    Inbound,
+    Offsets,
+    Partition,
+    RecordReader,
+    fresh,
+)
 
 log = get_logger("clinicflow.billing.floor")
+FLOOR_CONSUMER = "billing.floor"
 MAX_CHECKOUT_AGE = timedelta(days=1)  # a new group reading 14 days of floor bills nothing old
 
 
-class FloorConsumer:
-    def __init__(self, desk: Desk) -> None:
+def floor_reader(floor_topic: str) -> RecordReader:
+    """The floor consumer's reader: any event (billing ignores most of them)."""
+    return RecordReader({floor_topic: None})
+
+
+# ------------------------------------------------------------------ effects (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class RememberArrival:
+    """Keep the visit's patient ref for its checkout."""
+
+    clinic_id: str
+    visit_id: str
+    patient_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceFloorCheckout:
+    """Price a checkout another client published, like the desk's (once per event)."""
+
+    clinic_id: str
+    visit_id: str
+    cpt_codes: tuple[str, ...]
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutTooOld:
+    """A checkout from another client older than ``MAX_CHECKOUT_AGE``: logged, not
+    priced (the desk prices it)."""
+
+    clinic_id: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoidUndoneCheckout:
+    """A checkout undone on the floor: void its charge and share."""
+
+    clinic_id: str
+    undone_event_id: str
+    undo_event_id: str
+
+
+FloorEffect = RememberArrival | PriceFloorCheckout | CheckoutTooOld | VoidUndoneCheckout
+
+
+def floor_effect(event: ev.Event, now: datetime) -> FloorEffect | None:
+    """What a floor event asks of billing at ``now`` (None: nothing)."""
+    payload, clinic_id = event.payload, event.clinic_id
+    if isinstance(payload, ev.PatientArrived):
+        if payload.patient_ref:
+            return RememberArrival(clinic_id, payload.visit_id, payload.patient_ref)
+        return None
+    if isinstance(payload, ev.PatientCheckedOut):
+        if event.envelope.source == "billing" or not payload.cpt_codes:
+            return None  # the desk priced its own checkouts before publishing them
+        if now - event.occurred_at > MAX_CHECKOUT_AGE:
+            return CheckoutTooOld(clinic_id, event.envelope.event_id)
+        return PriceFloorCheckout(clinic_id, payload.visit_id, tuple(payload.cpt_codes),
+                                  event.envelope.event_id)
+    if isinstance(payload, ev.ActionUndone):
+        return VoidUndoneCheckout(clinic_id, payload.undone_event_id, event.envelope.event_id)
+    return None
+
+
+# ------------------------------------------------------------------ the projection
+
+
+class BillingFloorProjection:
+    """The floor consumer, run by the shared ``ProjectionRunner`` (module docstring)."""
+
+    max_conflicts = 50
+
+    def __init__(self, desk: Desk, redis: Redis, prefix: str, outbox: Outbox,
+                 clock: Clock, consumer: str = FLOOR_CONSUMER) -> None:
         self.desk = desk
-        self.subscriber: Any = None
+        self.redis = redis
+        self.offsets = Offsets(redis, prefix, consumer)
+        self.outbox = outbox
+        self.clock = clock
+        self.consumer = consumer
 
-    @property
-    def kafka_consumer(self) -> Any:
-        return getattr(self.subscriber, "consumer", None)
+    async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int | None]:
+        return await self.offsets.read(partitions)
 
-    async def handle(self, raw_records: Sequence[Any], now: datetime | None = None) -> int:
-        """Apply a batch in order; returns how many records took effect."""
-        wall = now or datetime.now(UTC)
-        done: dict[tuple[str, int], int] = {}
-        failed: set[tuple[str, int]] = set()
+    async def release(self, partitions: Sequence[Partition]) -> None:
+        return None  # nothing kept in memory
+
+    async def apply(self, records: list[Inbound]) -> Applied:
+        """Run the effects of the records past the stored offsets, in order, then store
+        the offsets and the dead letters together. An effect that fails raises: the
+        runner reads the batch again."""
+        stored = await self.offsets.read(sorted({r.tp for r in records}))
+        new, already, offsets = fresh(records, stored)
+        now = self.clock.now()
         effects = 0
-        for raw in raw_records:
-            tp = (raw.topic, raw.partition)
-            if tp in failed:
+        dead: list[DeadLetter] = []
+        for record in new:
+            if record.event is None:
+                dead.append(DeadLetter(record, record.reason or "not an event"))
                 continue
-            try:
-                effects += await self._apply(raw, wall)
-            except Exception as exc:
-                log.warning("floor record not applied: it will be read again",
-                            error=repr(exc), partition=raw.partition, offset=raw.offset)
-                m.BATCH_FAILURES.labels("floor").inc()
-                failed.add(tp)
-                kafka = self.kafka_consumer
-                if kafka is not None and TopicPartition(*tp) in kafka.assignment():
-                    kafka.seek(TopicPartition(*tp), raw.offset)
-                continue
-            done[tp] = raw.offset
-        await self._commit(done)
-        if failed:
-            await asyncio.sleep(0.5)
-        return effects
+            effects += await self.take_effect(floor_effect(record.event, now))
+        dead = await self._store(offsets, dead)
+        return Applied(effects, already, dead, offsets)
 
-    async def _apply(self, raw: Any, wall: datetime) -> int:
-        if raw.value is None:
+    async def take_effect(self, effect: FloorEffect | None) -> int:
+        """Run one effect through the desk; 1 when it changed something, else 0."""
+        desk = self.desk
+        if isinstance(effect, RememberArrival):
+            await desk.store.remember_arrival(effect.clinic_id, effect.visit_id,
+                                              effect.patient_ref)
+            return 1
+        if isinstance(effect, CheckoutTooOld):
+            log.warning("old checkout on the floor not priced: price it at the desk",
+                        clinic=effect.clinic_id, event_id=effect.event_id)
             return 0
-        try:
-            event = ev.decode(raw.value)
-        except ev.InvalidEvent:
-            return 0  # flow dead-letters bad floor events; billing only skips them
-        payload, clinic_id = event.payload, event.clinic_id
-        if isinstance(payload, ev.PatientArrived):
-            if payload.patient_ref:
-                await self.desk.store.remember_arrival(clinic_id, payload.visit_id,
-                                                       payload.patient_ref)
-                return 1
-            return 0
-        if isinstance(payload, ev.PatientCheckedOut):
-            if event.envelope.source == "billing" or not payload.cpt_codes:
-                return 0  # the desk priced its own checkouts before publishing them
-            if wall - event.occurred_at > MAX_CHECKOUT_AGE:
-                log.warning("old checkout on the floor not priced: price it at the desk",
-                            clinic=clinic_id, event_id=event.envelope.event_id)
-                return 0
+        if isinstance(effect, PriceFloorCheckout):
             try:
-                result = await self.desk.checkout(
-                    clinic_id, payload.visit_id, cpt_codes=payload.cpt_codes,
-                    floor_event_id=event.envelope.event_id)
+                result = await desk.checkout(effect.clinic_id, effect.visit_id,
+                                             cpt_codes=effect.cpt_codes,
+                                             floor_event_id=effect.event_id)
             except UnknownServices as exc:
                 m.CHECKOUTS.labels("unpriceable").inc()
-                log.error("checkout on the floor not priced", clinic=clinic_id,
-                          event_id=event.envelope.event_id, reason=exc.message)
+                log.error("checkout on the floor not priced", clinic=effect.clinic_id,
+                          event_id=effect.event_id, reason=exc.detail)
                 return 0
             return 1 if result.entries else 0
-        if isinstance(payload, ev.ActionUndone):
-            voids = await self.desk.undo_checkout(
-                clinic_id, undone_event_id=payload.undone_event_id,
-                undo_event_id=event.envelope.event_id)
+        if isinstance(effect, VoidUndoneCheckout):
+            voids = await desk.undo_checkout(effect.clinic_id,
+                                             undone_event_id=effect.undone_event_id,
+                                             undo_event_id=effect.undo_event_id)
             return 1 if voids else 0
         return 0
 
-    async def _commit(self, done: dict[tuple[str, int], int]) -> None:
-        kafka = self.kafka_consumer
-        if kafka is None or not done:
-            return
-        assigned = kafka.assignment()
-        commit = {TopicPartition(*tp): offset + 1 for tp, offset in done.items()
-                  if TopicPartition(*tp) in assigned}
-        if commit:
+    async def _store(self, offsets: dict[Partition, int],
+                     dead: list[DeadLetter]) -> list[DeadLetter]:
+        """Store the offsets and queue the dead letters in one transaction; returns the
+        dead letters queued. Fenced like ``RedisProjection``: an instance that took a
+        partition over meanwhile and got further keeps its offset, and the records at
+        or below it (dead letters included) are its own."""
+        if not offsets:
+            return []
+        partitions = sorted(offsets)
+        keys = [self.offsets.key(tp) for tp in partitions]
+        for _attempt in range(self.max_conflicts):
             try:
-                await kafka.commit(commit)
-            except Exception as exc:  # a rebalance: the records are applied again, harmlessly
-                log.info("kafka commit skipped", error=repr(exc))
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(*keys)
+                    raw = await pipe.mget(keys)
+                    theirs = {tp: int(value) for tp, value in zip(partitions, raw, strict=True)
+                              if value is not None}
+                    ahead = {tp: offset for tp, offset in offsets.items()
+                             if offset > theirs.get(tp, -1)}
+                    letters = [d for d in dead if d.record.offset > theirs.get(d.record.tp, -1)]
+                    pipe.multi()
+                    self.offsets.write(pipe, ahead)
+                    self.outbox.queue(pipe, [d.entry(self.consumer) for d in letters])
+                    await pipe.execute()
+                    return letters
+            except WatchError:
+                continue
+        raise RuntimeError(f"{self.consumer}: gave up after {self.max_conflicts} conflicting "
+                           "writes to its offsets")

@@ -9,10 +9,13 @@ import io
 from html import escape
 from typing import Any
 
-from services.billing import domain as d
+from services.billing.domain.accounts import Account
+from services.billing.domain.money import format_cents
+from services.billing.domain.receipts import Receipt
+from services.billing.domain.reconciliation import Reconciliation
 
 
-def account_json(account: d.Account) -> dict[str, Any]:
+def account_json(account: Account) -> dict[str, Any]:
     return {
         "visit_id": account.visit_id,
         "patient_ref": account.patient_ref,
@@ -24,7 +27,7 @@ def account_json(account: d.Account) -> dict[str, Any]:
         "paid_cents": account.paid_cents,
         "refunded_cents": account.refunded_cents,
         "balance_cents": account.balance_cents,
-        "balance": d.format_cents(account.balance_cents),
+        "balance": format_cents(account.balance_cents),
         "entries": [
             {"entry_id": p.entry_id, "event_type": p.event_type,
              "occurred_at": p.occurred_at.isoformat(), "amount_cents": p.amount_cents,
@@ -35,7 +38,7 @@ def account_json(account: d.Account) -> dict[str, Any]:
     }
 
 
-def receipt_json(receipt: d.Receipt) -> dict[str, Any]:
+def receipt_json(receipt: Receipt) -> dict[str, Any]:
     return {
         "receipt_number": receipt.receipt_number,
         "kind": receipt.kind,
@@ -44,7 +47,7 @@ def receipt_json(receipt: d.Receipt) -> dict[str, Any]:
         "patient_ref": receipt.patient_ref,
         "method": receipt.method,
         "amount_cents": receipt.amount_cents,
-        "amount": d.format_cents(receipt.amount_cents),
+        "amount": format_cents(receipt.amount_cents),
         "reference": receipt.reference,
         "made_at": receipt.made_at.isoformat(),
         "made_by": receipt.made_by,
@@ -58,11 +61,11 @@ def receipt_json(receipt: d.Receipt) -> dict[str, Any]:
         "paid_cents": receipt.paid_cents,
         "refunded_cents": receipt.refunded_cents,
         "balance_cents": receipt.balance_cents,
-        "balance": d.format_cents(receipt.balance_cents),
+        "balance": format_cents(receipt.balance_cents),
     }
 
 
-def reconciliation_json(report: d.Reconciliation) -> dict[str, Any]:
+def reconciliation_json(report: Reconciliation) -> dict[str, Any]:
     return {
         "clinic_id": report.clinic_id,
         "business_date": report.business_date.isoformat(),
@@ -110,7 +113,7 @@ def reconciliation_json(report: d.Reconciliation) -> dict[str, Any]:
     }
 
 
-def reconciliation_csv(report: d.Reconciliation) -> str:
+def reconciliation_csv(report: Reconciliation) -> str:
     """One CSV with a ``section`` column: totals by method, open balances, discrepancies."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -148,10 +151,10 @@ padding:.25rem .5rem;text-align:left}}td.n{{text-align:right}}
 
 
 def _money(cents: int | None) -> str:
-    return "" if cents is None else escape(d.format_cents(cents))
+    return "" if cents is None else escape(format_cents(cents))
 
 
-def receipt_html(receipt: d.Receipt) -> str:
+def receipt_html(receipt: Receipt) -> str:
     rows = "".join(f"<tr><td>{escape(line.cpt_code)}</td><td>{escape(line.description)}</td>"
                    f"<td class=n>{_money(line.fee_cents)}</td></tr>" for line in receipt.lines)
     title = f"Receipt {receipt.receipt_number}"
@@ -174,7 +177,7 @@ def receipt_html(receipt: d.Receipt) -> str:
     return _PAGE.format(title=escape(title), body=body)
 
 
-def reconciliation_html(report: d.Reconciliation) -> str:
+def reconciliation_html(report: Reconciliation) -> str:
     methods = "".join(
         f"<tr><td>{escape(t.method)}</td><td class=n>{_money(t.payments_cents)}</td>"
         f"<td class=n>{_money(t.refunds_cents)}</td><td class=n>{_money(t.voided_cents)}</td>"

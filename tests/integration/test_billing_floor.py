@@ -1,6 +1,7 @@
 """Billing reading the floor: a checkout published by another client and delivered twice
 is charged once, with the patient ref its arrival carried; an undone checkout has its
-charge voided, once, however often the undo is delivered."""
+charge voided, once, however often the undo is delivered; a floor record billing cannot
+read is dead-lettered with the reason, and billing goes on with the next."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ import httpx
 import pytest
 
 from shared import events as ev
+from shared.projection import partition_for
 from shared.topics import FLOOR, topic_name
 from tests.helpers import eventually, producer
 from tests.integration.test_billing_support import (
     BILLING,
     billing_env,
+    dead_letters,
     ledger,
     of_type,
+    relay_of,
     running_billing,
 )
 
@@ -91,3 +95,47 @@ async def test_a_checkout_on_the_floor_delivered_twice_is_charged_once_then_undo
                                   json={"cpt_codes": ["99214"]})
         assert again.json()["outcome"] == "priced"
         assert (await _account(client, "v2"))["charges_cents"] == 18500
+
+
+@pytest.mark.reliability(
+    "unreadable floor records (a tombstone, not JSON, keyed by another clinic, on another "
+    "partition than its key's)",
+    "each dead-lettered by billing with the reason; the next checkout is charged",
+)
+async def test_an_unreadable_floor_record_is_dead_lettered_and_billing_goes_on(
+    billing_env: dict[str, Any],
+) -> None:
+    floor_topic = topic_name(FLOOR, billing_env["topic_prefix"])
+    north = partition_for(b"north", FLOOR.partitions)
+    checkout = _floor(ev.PatientCheckedOut(visit_id="v9", cpt_codes=["99212"]))
+    async with running_billing(billing_env) as client:
+        async with producer(billing_env["kafka_bootstrap"]) as kafka:
+            await kafka.send_and_wait(floor_topic, None, key=b"north")
+            await kafka.send_and_wait(floor_topic, b"{not json", key=b"north")
+            await kafka.send_and_wait(floor_topic, ev.encode(checkout), key=b"south")
+            await kafka.send_and_wait(floor_topic, ev.encode(checkout), key=b"north",
+                                      partition=(north + 1) % FLOOR.partitions)
+            await kafka.send_and_wait(floor_topic, ev.encode(checkout), key=b"north")
+
+        async def charged() -> bool:
+            return bool((await _account(client, "v9")).get("charges_cents"))
+
+        await eventually(charged, timeout=30)
+        relay = relay_of(client)
+
+        async def four_letters_waiting() -> bool:  # the other partitions read to their end
+            return await relay.outbox.length() == 4
+
+        await eventually(four_letters_waiting, timeout=30)
+        assert await relay.tick() == 4
+        letters = await dead_letters(billing_env, expect=4)
+        assert {letter["consumer"] for letter in letters} == {"billing.floor"}
+        reasons = sorted(letter["reason"] for letter in letters)
+        assert reasons[0] == "empty record (tombstone)"
+        assert reasons[1].startswith("key 'south' is not the event's clinic_id 'north'")
+        assert reasons[2].startswith("not valid JSON")
+        assert reasons[3].startswith("wrong partition: key 'north' belongs on partition "
+                                     f"{north} of {FLOOR.partitions}")
+        # the copies billing could not read priced nothing: one charge, from the good copy
+        events = await ledger(billing_env)
+        assert len(of_type(events, "charge.posted")) == 1

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from services.billing import domain as d
 from services.billing import views
 from services.billing.app import create_app
-from services.billing.desk import Desk
+from services.billing.domain.accounts import Account, Posted
+from services.billing.domain.accounts import account as account_of
+from services.billing.domain.coverage import Coverage, patient_share
+from services.billing.domain.fee_schedule import FeeScheduleError, UnknownServices
+from services.billing.domain.payments import plan_payment, plan_refund, plan_void
+from services.billing.domain.pricing import CheckoutDecision, checkout_key, price_checkout
+from services.billing.domain.reconciliation import Reconciliation, business_day, reconcile
 from services.billing.fees import EXAMPLE, FeeScheduleFile, load_fee_schedule
+from shared.errors import Conflict, Rejected, status_of
 from shared.events_billing import (
     ChargePosted,
     CoverageRecorded,
@@ -35,7 +41,7 @@ class Ledger:
     """Entries posted in order, each a minute after the last (from 09:00 on DAY)."""
 
     def __init__(self, at: datetime = START + timedelta(hours=9)) -> None:
-        self.posted: list[d.Posted] = []
+        self.posted: list[Posted] = []
         self.at = at
 
     def post(self, *entries: LedgerEntry, at: datetime | None = None) -> None:
@@ -45,28 +51,28 @@ class Ledger:
                           "patient_share.posted", CoverageRecorded: "coverage.recorded",
                           PaymentRecorded: "payment.recorded", PaymentRefunded:
                           "payment.refunded", EntryVoided: "entry.voided"}[type(entry)]
-            self.posted.append(d.Posted(entry, event_type, self.at, len(self.posted)))
+            self.posted.append(Posted(entry, event_type, self.at, len(self.posted)))
 
-    def account(self, visit: str) -> d.Account:
-        return d.account(visit, [p for p in self.posted if p.visit_id == visit])
+    def account(self, visit: str) -> Account:
+        return account_of(visit, [p for p in self.posted if p.visit_id == visit])
 
-    def checkout(self, visit: str, codes: list[str]) -> d.CheckoutDecision:
+    def checkout(self, visit: str, codes: list[str]) -> CheckoutDecision:
         account = self.account(visit)
-        decision = d.price_checkout(SCHEDULE, account, clinic_id="north",
+        decision = price_checkout(SCHEDULE, account, clinic_id="north",
                                     checkout_event_id="e1", cpt_codes=codes, patient_ref=None,
-                                    key=d.checkout_key(account))
+                                    key=checkout_key(account))
         self.post(*decision.entries)
         return decision
 
     def pay(self, visit: str, entry_id: str, method: str, cents: int) -> None:
-        self.post(d.plan_payment(self.account(visit), entry_id=entry_id, method=method,  # type: ignore[arg-type]
+        self.post(plan_payment(self.account(visit), entry_id=entry_id, method=method,  # type: ignore[arg-type]
                                  amount_cents=cents, reference=None if method == "cash"
                                  else "ref1", reason="desk", made_by="dev billing"))
 
     def reconcile(self, day: date = DAY, carried: tuple[str, ...] | list[str] = (),
-                  **counted: int) -> d.Reconciliation:
+                  **counted: int) -> Reconciliation:
         starts = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return d.reconcile(clinic_id="north", business_date=day, timezone="UTC",
+        return reconcile(clinic_id="north", business_date=day, timezone="UTC",
                            starts_at=starts, ends_at=starts + timedelta(days=1),
                            entries=self.posted, source="test", counted=counted,
                            carried=carried)
@@ -87,27 +93,28 @@ def test_a_clinics_own_fee_wins_over_the_fee_for_every_clinic() -> None:
 
 
 def test_a_checkout_with_an_unknown_code_is_not_priced_at_all() -> None:
-    with pytest.raises(d.UnknownServices, match="12345 not in clinic 'north'"):
+    with pytest.raises(UnknownServices, match="12345 not in clinic 'north'") as unknown:
         SCHEDULE.lines("north", ["99213", "12345"])
+    assert isinstance(unknown.value, Rejected) and status_of(unknown.value) == 422
 
 
 def test_copay_then_deductible_then_coinsurance_rounded_half_up_to_the_cent() -> None:
-    share = d.patient_share(14200, d.Coverage(copay_cents=2500, coinsurance_basis_points=2000,
+    share = patient_share(14200, Coverage(copay_cents=2500, coinsurance_basis_points=2000,
                                               deductible_remaining_cents=1000))
     assert (share.copay_cents, share.deductible_cents, share.coinsurance_cents) == (
         2500, 1000, 2140)
     assert share.amount_cents == 5640 and share.insurance_cents == 8560
     # 3333 bp of 1 cent is a third of a cent: rounds to 0; of 3 cents is 0.9999 -> 1
-    assert d.patient_share(1, d.Coverage(coinsurance_basis_points=3333)).amount_cents == 0
-    assert d.patient_share(3, d.Coverage(coinsurance_basis_points=3333)).amount_cents == 1
-    assert d.patient_share(1, d.Coverage(coinsurance_basis_points=5000)).amount_cents == 1
+    assert patient_share(1, Coverage(coinsurance_basis_points=3333)).amount_cents == 0
+    assert patient_share(3, Coverage(coinsurance_basis_points=3333)).amount_cents == 1
+    assert patient_share(1, Coverage(coinsurance_basis_points=5000)).amount_cents == 1
 
 
 def test_the_share_never_exceeds_the_charge_and_no_coverage_is_self_pay() -> None:
-    assert d.patient_share(1000, d.Coverage(copay_cents=4000)).amount_cents == 1000
-    assert d.patient_share(1000, d.Coverage(deductible_remaining_cents=9999)).amount_cents == (
+    assert patient_share(1000, Coverage(copay_cents=4000)).amount_cents == 1000
+    assert patient_share(1000, Coverage(deductible_remaining_cents=9999)).amount_cents == (
         1000)
-    assert d.patient_share(1000, None).amount_cents == 1000
+    assert patient_share(1000, None).amount_cents == 1000
 
 
 def test_a_checkout_done_twice_posts_one_charge() -> None:
@@ -124,11 +131,11 @@ def test_the_same_ledger_state_derives_the_same_ids_and_a_voided_charge_is_charg
 ) -> None:
     ledger = Ledger()
     first = ledger.checkout("v1", ["99213"])
-    same = d.price_checkout(SCHEDULE, d.account("v1", []), clinic_id="north",
+    same = price_checkout(SCHEDULE, account_of("v1", []), clinic_id="north",
                             checkout_event_id="other", cpt_codes=["99213"], patient_ref=None,
                             key="v1")
     assert [e.entry_id for e in same.entries] == [e.entry_id for e in first.entries]
-    ledger.post(*d.plan_void(ledger.account("v1"), target_entry_id="chg-v1", void_id="void-1",
+    ledger.post(*plan_void(ledger.account("v1"), target_entry_id="chg-v1", void_id="void-1",
                              reason="wrong codes", made_by="dev manager"))
     assert ledger.account("v1").charges_cents == 0
     assert ledger.account("v1").patient_share_cents == 0  # the share went with its charge
@@ -146,33 +153,35 @@ def test_partial_payments_refunds_and_voids_make_the_balance() -> None:
     ledger.pay("v1", "pay-1", "cash", 10000)
     ledger.pay("v1", "pay-2", "card", 10000)
     assert ledger.account("v1").balance_cents == -1500  # a credit
-    ledger.post(d.plan_refund(ledger.account("v1"), entry_id="rfd-1", payment_entry_id="pay-2",
+    ledger.post(plan_refund(ledger.account("v1"), entry_id="rfd-1", payment_entry_id="pay-2",
                               amount_cents=1500, reason="overpaid", made_by="dev billing"))
     assert ledger.account("v1").balance_cents == 0
-    with pytest.raises(d.Refused, match=r"more than the 85\.00 left to refund"):
-        d.plan_refund(ledger.account("v1"), entry_id="rfd-2", payment_entry_id="pay-2",
+    with pytest.raises(Conflict, match=r"more than the 85\.00 left to refund") as over:
+        plan_refund(ledger.account("v1"), entry_id="rfd-2", payment_entry_id="pay-2",
                       amount_cents=8501, reason="x", made_by="dev billing")
-    with pytest.raises(d.Refused, match="refunds standing"):
-        d.plan_void(ledger.account("v1"), target_entry_id="pay-2", void_id="void-x",
+    assert status_of(over.value) == 409
+    with pytest.raises(Conflict, match="refunds standing"):
+        plan_void(ledger.account("v1"), target_entry_id="pay-2", void_id="void-x",
                     reason="x", made_by="dev manager")
-    ledger.post(*d.plan_void(ledger.account("v1"), target_entry_id="pay-1", void_id="void-1",
+    ledger.post(*plan_void(ledger.account("v1"), target_entry_id="pay-1", void_id="void-1",
                              reason="wrong visit", made_by="dev manager"))
     assert ledger.account("v1").balance_cents == 10000
-    with pytest.raises(d.Refused, match="already voided"):
-        d.plan_void(ledger.account("v1"), target_entry_id="pay-1", void_id="void-2",
+    with pytest.raises(Conflict, match="already voided"):
+        plan_void(ledger.account("v1"), target_entry_id="pay-1", void_id="void-2",
                     reason="x", made_by="dev manager")
 
 
 def test_amounts_must_be_positive_and_card_numbers_are_never_kept() -> None:
-    account = d.account("v1", [])
-    with pytest.raises(d.Refused, match="more than 0"):
-        d.plan_payment(account, entry_id="p", method="cash", amount_cents=-1, reference=None,
+    account = account_of("v1", [])
+    with pytest.raises(Rejected, match="more than 0") as negative:
+        plan_payment(account, entry_id="p", method="cash", amount_cents=-1, reference=None,
                        reason="x", made_by="y")
-    with pytest.raises(d.Refused, match="card number"):
-        d.plan_payment(account, entry_id="p", method="card", amount_cents=100,
+    assert status_of(negative.value) == 422
+    with pytest.raises(Rejected, match="card number"):
+        plan_payment(account, entry_id="p", method="card", amount_cents=100,
                        reference="4111-1111-1111-1111", reason="x", made_by="y")
-    with pytest.raises(d.Refused, match="needs a reference"):
-        d.plan_payment(account, entry_id="p", method="check", amount_cents=100,
+    with pytest.raises(Rejected, match="needs a reference"):
+        plan_payment(account, entry_id="p", method="check", amount_cents=100,
                        reference=None, reason="x", made_by="y")
 
 
@@ -203,7 +212,7 @@ def test_a_payment_voided_the_same_day_counts_once_out_not_twice() -> None:
     ledger = Ledger()
     ledger.checkout("v1", ["99214"])
     ledger.pay("v1", "pay-1", "cash", 5000)
-    ledger.post(*d.plan_void(ledger.account("v1"), target_entry_id="pay-1", void_id="void-1",
+    ledger.post(*plan_void(ledger.account("v1"), target_entry_id="pay-1", void_id="void-1",
                              reason="keyed twice", made_by="dev manager"))
     ledger.pay("v1", "pay-2", "cash", 5000)
     report = ledger.reconcile(cash=5000)
@@ -212,7 +221,7 @@ def test_a_payment_voided_the_same_day_counts_once_out_not_twice() -> None:
     assert report.reconciled, report.discrepancies
     voided_charge = Ledger()
     voided_charge.checkout("v9", ["99213"])
-    voided_charge.post(*d.plan_void(voided_charge.account("v9"), target_entry_id="chg-v9",
+    voided_charge.post(*plan_void(voided_charge.account("v9"), target_entry_id="chg-v9",
                                     void_id="void-9", reason="wrong patient",
                                     made_by="dev manager"))
     report = voided_charge.reconcile()
@@ -224,7 +233,7 @@ def test_a_void_made_the_next_day_changes_the_next_days_totals() -> None:
     ledger = Ledger()
     ledger.checkout("v1", ["99214"])
     ledger.pay("v1", "pay-1", "card", 5000)
-    ledger.post(*d.plan_void(ledger.account("v1"), target_entry_id="pay-1", void_id="void-1",
+    ledger.post(*plan_void(ledger.account("v1"), target_entry_id="pay-1", void_id="void-1",
                              reason="declined", made_by="dev manager"),
                 at=END + timedelta(hours=9))
     monday = ledger.reconcile(card=5000)
@@ -251,11 +260,11 @@ def test_the_csv_export_and_html_report_carry_the_cents() -> None:
 def test_an_invalid_fee_schedule_stops_the_service_at_start_up(tmp_path: Path) -> None:
     bad = tmp_path / "fees.csv"
     bad.write_text("clinic,cpt_code,description,fee\n*,99213,Visit,12.5.0\n*,9921,Short,1.00\n")
-    with pytest.raises(d.FeeScheduleError) as caught:
+    with pytest.raises(FeeScheduleError) as caught:
         create_app(BillingSettings(fee_schedule_path=str(bad)))
     message = str(caught.value)
     assert str(bad) in message and "line 2: fee '12.5.0'" in message and "line 3" in message
-    with pytest.raises(d.FeeScheduleError, match="cannot read it"):
+    with pytest.raises(FeeScheduleError, match="cannot read it"):
         create_app(BillingSettings(fee_schedule_path=str(tmp_path / "missing.csv")))
 
 
@@ -277,11 +286,11 @@ def test_an_invalid_edit_of_the_fee_file_is_refused_and_the_last_good_schedule_s
 
 
 def test_a_business_day_is_cut_at_the_clinics_own_midnight() -> None:
-    starts, ends = Desk.day_bounds_for("America/Chicago", date(2026, 3, 2))
+    starts, ends = business_day("America/Chicago", date(2026, 3, 2))
     assert starts == datetime(2026, 3, 2, 6, tzinfo=UTC)
     assert ends == datetime(2026, 3, 3, 6, tzinfo=UTC)
     # the spring-forward day is 23 hours long
-    starts, ends = Desk.day_bounds_for("America/Chicago", date(2026, 3, 8))
+    starts, ends = business_day("America/Chicago", date(2026, 3, 8))
     assert ends - starts == timedelta(hours=23)
 
 

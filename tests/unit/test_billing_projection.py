@@ -1,121 +1,201 @@
-"""The ledger projection's batch handling with a fake Kafka consumer and a fake store:
-duplicates apply once, a failed batch is read again, a gap is sought back."""
+"""The ledger projection's pure plan (the first copy of an entry id wins, copies that
+disagree are counted, visits marked open or settled, entries that lie about their id
+dead-lettered), what the ledger reader refuses, and the desk's barrier on the runner's
+consumer. No broker, no Redis: records are built with tests/fakes.py, time is a counter.
+The runner's own paths (positioning, a failed or misplaced batch read again) are tested
+in test_projection_runner.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
 
+import pytest
 from aiokafka import TopicPartition
 
-from services.billing.projection import LedgerProjection
-from services.billing.store import LedgerRecord
+from services.billing.barrier import LedgerBarrier
+from services.billing.domain.accounts import Posted
+from services.billing.projection import (
+    LedgerState,
+    ledger_reader,
+    plan_ledger,
+    posted_of,
+)
 from shared import events as ev
-from shared.events_billing import PaymentRecorded
+from shared.errors import Unavailable, status_of
+from shared.events_billing import ChargeLine, ChargePosted, PatientSharePosted, PaymentRecorded
+from shared.projection import Inbound, Partition, partition_for
+from tests.fakes import FakeKafka, KafkaRecord, record_of
 
 TOPIC = "clinicflow.ledger.v1"
+PARTITIONS = 6
+AT = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+NORTH = (TOPIC, partition_for(b"north", PARTITIONS))
 
 
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+def entry_event(entry: ChargePosted | PatientSharePosted | PaymentRecorded,
+                event_id: str | None = None) -> ev.Event:
+    return ev.make_event(entry, clinic_id="north", source="billing", occurred_at=AT,
+                         correlation_id=entry.visit_id, event_id=event_id or entry.entry_id)
 
 
-class FakeKafka:
+def payment(entry_id: str, cents: int, visit: str = "v1") -> ev.Event:
+    return entry_event(PaymentRecorded(entry_id=entry_id, visit_id=visit, method="cash",
+                                       amount_cents=cents, reason="desk",
+                                       made_by="dev billing"))
+
+
+def charge(visit: str, cents: int) -> ev.Event:
+    return entry_event(ChargePosted(
+        entry_id=f"chg-{visit}", visit_id=visit, checkout_event_id=f"out-{visit}",
+        lines=[ChargeLine(cpt_code="99213", fee_cents=cents)], amount_cents=cents,
+        reason="checkout", made_by="dev billing"))
+
+
+def share(visit: str, cents: int) -> ev.Event:
+    return entry_event(PatientSharePosted(
+        entry_id=f"shr-{visit}", visit_id=visit, charge_entry_id=f"chg-{visit}",
+        amount_cents=cents, reason="checkout", made_by="dev billing"))
+
+
+def read(*events_or_records: ev.Event | KafkaRecord) -> list[Inbound]:
+    """The records as the ledger consumer reads them, at offsets 0, 1, 2, ..."""
+    reader = ledger_reader(TOPIC)
+    records = [item if isinstance(item, KafkaRecord)
+               else record_of(item, TOPIC, offset, partitions=PARTITIONS)
+               for offset, item in enumerate(events_or_records)]
+    return [reader.read(r.topic, r.partition, r.offset, r.key, r.value, PARTITIONS)
+            for r in records]
+
+
+def stored(event: ev.Event, offset: int) -> Posted:
+    posted = posted_of(event, offset)
+    assert posted is not None
+    return posted
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def test_a_redelivered_payment_is_applied_once_and_the_first_copy_counts() -> None:
+    first, disagreeing = payment("pay-1", 500), payment("pay-1", 900)
+    planned = plan_ledger(read(first, first, disagreeing), LedgerState())
+    changes = planned.changes
+    assert [r.posted.amount_cents for r in changes.added] == [500]
+    assert planned.applied == 1 and planned.dead_letters == []
+    assert len(changes.duplicates) == 2
+    # the copy saying 900 disagrees about money: counted, and still changes nothing
+    assert [(f.amount_cents, later.posted.amount_cents) for f, later in changes.conflicts] == [
+        (500, 900)]
+    assert changes.open_visits == {("north", "v1"): True}  # paid before any charge: a credit
+
+
+def test_an_entry_the_projection_holds_already_wins_over_a_copy_read_again() -> None:
+    copy = payment("pay-1", 500)
+    state = LedgerState(existing={("north", "pay-1"): stored(copy, 3)})
+    planned = plan_ledger(read(copy), state)
+    assert planned.changes.added == [] and planned.applied == 0
+    assert len(planned.changes.duplicates) == 1 and planned.changes.conflicts == []
+    assert planned.changes.open_visits == {}  # nothing new: the visit is left as it is
+
+
+def test_a_visit_is_open_while_it_owes_and_settled_once_paid_in_full() -> None:
+    history = [stored(charge("v7", 13000), 0), stored(share("v7", 2500), 1)]
+    state = LedgerState(histories={("north", "v7"): history})
+    part = plan_ledger(read(payment("pay-a", 1000, visit="v7")), state)
+    assert part.changes.open_visits == {("north", "v7"): True}
+    whole = plan_ledger(read(payment("pay-b", 2500, visit="v7")), state)
+    assert whole.changes.open_visits == {("north", "v7"): False}
+
+
+def test_an_entry_whose_event_id_is_not_its_entry_id_is_dead_lettered() -> None:
+    liar = entry_event(PaymentRecorded(entry_id="pay-9", visit_id="v1", method="cash",
+                                       amount_cents=100, reason="desk", made_by="dev billing"),
+                       event_id="something-else")
+    planned = plan_ledger(read(payment("pay-1", 500), liar), LedgerState())
+    assert planned.applied == 1
+    assert [d.reason for d in planned.dead_letters] == [
+        "event_id 'something-else' is not the entry_id 'pay-9'"]
+
+
+def test_the_ledger_reader_takes_only_ledger_entries_keyed_by_their_clinic() -> None:
+    arrival = ev.make_event(ev.PatientArrived(visit_id="v1", ticket_code="A-1",
+                                              visit_type="follow_up"),
+                            clinic_id="north", source="checkin", occurred_at=AT)
+    good = record_of(payment("pay-1", 500), TOPIC, 3, partitions=PARTITIONS)
+    records = read(
+        payment("pay-1", 500),
+        arrival,
+        KafkaRecord(TOPIC, NORTH[1], 2, b"north", None),
+        KafkaRecord(TOPIC, NORTH[1], 3, b"south", good.value),
+        KafkaRecord(TOPIC, (NORTH[1] + 1) % PARTITIONS, 4, b"north", good.value),
+    )
+    assert records[0].event is not None and records[0].reason is None
+    reasons = [r.reason or "" for r in records[1:]]
+    assert reasons[0] == f"patient.arrived does not belong on {TOPIC}"
+    assert reasons[1] == "empty record (tombstone)"
+    assert reasons[2].startswith("key 'south' is not the event's clinic_id 'north'")
+    assert reasons[3].startswith("wrong partition")
+
+
+# ------------------------------------------------------------------ the barrier
+
+
+class LedgerKafka(FakeKafka):
+    """The runner's consumer, with the ledger's end offsets."""
+
+    def __init__(self, end: int, partitions: int | None = PARTITIONS) -> None:
+        super().__init__(partitions=partitions)
+        self.end = end
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, self.end)
+
+
+class CatchingUp:
+    """Stored offsets as the projection writes them: each look finds the next one."""
+
+    def __init__(self, *looks: int | None) -> None:
+        self.looks = list(looks)
+        self.asked: list[Partition] = []
+
+    async def read(self, partitions: list[Partition]) -> dict[Partition, int | None]:
+        self.asked.extend(partitions)
+        value = self.looks.pop(0) if len(self.looks) > 1 else self.looks[0]
+        return dict.fromkeys(partitions, value)
+
+
+class Seconds:
+    """A monotonic clock that moves one second each time it is read."""
+
     def __init__(self) -> None:
-        self.sought: list[tuple[int, int]] = []
-        self.committed: dict[TopicPartition, int] = {}
+        self.now = 0.0
 
-    def assignment(self) -> set[TopicPartition]:
-        return {TopicPartition(TOPIC, 0)}
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.sought.append((tp.partition, offset))
-
-    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return dict.fromkeys(tps, 0)
-
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.committed.update(offsets)
-
-    def highwater(self, _tp: TopicPartition) -> int:
-        return 0
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.offsets: dict[tuple[str, int], int] = {}
-        self.entries: dict[str, Any] = {}
-        self.open: dict[tuple[str, str], bool] = {}
-        self.fail = False
-
-    async def ledger_offsets(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        return {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
-
-    async def existing(self, records: list[LedgerRecord]) -> dict[str, Any]:
-        return {r.posted.entry_id: self.entries[r.posted.entry_id] for r in records
-                if r.posted.entry_id in self.entries}
-
-    async def visits_entries(self, _clinic_id: str, visits: Any) -> dict[str, list[Any]]:
-        return {v: [p for p in self.entries.values() if p.visit_id == v] for v in visits}
-
-    async def apply_ledger(self, records: list[LedgerRecord],
-                           offsets: dict[tuple[str, int], int],
-                           open_visits: dict[tuple[str, str], bool]) -> None:
-        if self.fail:
-            raise ConnectionError("redis down")
-        for record in records:
-            self.entries.setdefault(record.posted.entry_id, record.posted)
-        self.offsets.update(offsets)
-        self.open.update(open_visits)
+def barrier(kafka: FakeKafka | None, offsets: CatchingUp, timeout: float) -> LedgerBarrier:
+    return LedgerBarrier(lambda: kafka, offsets, TOPIC,  # type: ignore[arg-type]
+                         timeout=timeout, poll_seconds=0.0, monotonic=Seconds())
 
 
-class Subscriber:
-    def __init__(self, kafka: FakeKafka) -> None:
-        self.consumer = kafka
+async def test_a_command_waits_until_the_projection_holds_its_clinics_ledger() -> None:
+    offsets = CatchingUp(None, 7, 9)  # rebuilding, behind, then at the end (offset 9 of 10)
+    await barrier(LedgerKafka(end=10), offsets, timeout=30).caught_up("north")
+    assert offsets.asked == [NORTH] * 3  # north's own partition, murmur2 as Kafka puts it
 
 
-def payment(entry_id: str, cents: int) -> bytes:
-    return ev.encode(ev.make_event(
-        PaymentRecorded(entry_id=entry_id, visit_id="v1", method="cash", amount_cents=cents,
-                        reason="desk", made_by="dev billing"),
-        clinic_id="north", source="test", event_id=entry_id))
+async def test_a_projection_that_does_not_catch_up_in_time_makes_the_command_unavailable(
+) -> None:
+    with pytest.raises(Unavailable, match="behind the ledger") as behind:
+        await barrier(LedgerKafka(end=10), CatchingUp(7), timeout=3).caught_up("north")
+    assert status_of(behind.value) == 503
+    with pytest.raises(Unavailable, match="is starting"):
+        await barrier(None, CatchingUp(None), timeout=3).caught_up("north")
 
 
-def projection() -> tuple[LedgerProjection, FakeStore, FakeKafka]:
-    store, kafka = FakeStore(), FakeKafka()
-    made = LedgerProjection(None, store, ledger_topic=TOPIC,  # type: ignore[arg-type]
-                            dead_letter_topic="dl")
-    made.subscriber = Subscriber(kafka)
-    return made, store, kafka
-
-
-async def test_a_redelivered_entry_is_applied_once_and_the_first_copy_counts() -> None:
-    made, store, kafka = projection()
-    batch = [Record(TOPIC, 0, 0, b"north", payment("pay-1", 500)),
-             Record(TOPIC, 0, 1, b"north", payment("pay-1", 900))]
-    assert await made.handle(batch) == 1
-    assert store.entries["pay-1"].amount_cents == 500
-    assert store.open == {("north", "v1"): True}  # paid before any charge: a credit
-    assert await made.handle(batch) == 0  # the same batch delivered again
-    assert store.offsets == {(TOPIC, 0): 1}
-    assert kafka.committed == {TopicPartition(TOPIC, 0): 2}
-
-
-async def test_a_failed_batch_is_read_again_from_the_stored_offset() -> None:
-    made, store, kafka = projection()
-    await made.handle([Record(TOPIC, 0, 0, b"north", payment("pay-1", 500))])
-    store.fail = True
-    assert await made.handle([Record(TOPIC, 0, 1, b"north", payment("pay-2", 700))]) == 0
-    assert kafka.sought == [(0, 1)]
-    store.fail = False
-    # the next batch starts later than the stored offset: sought back, not applied
-    assert await made.handle([Record(TOPIC, 0, 2, b"north", payment("pay-3", 100))]) == 0
-    assert kafka.sought == [(0, 1), (0, 1)]
-    assert await made.handle([Record(TOPIC, 0, 1, b"north", payment("pay-2", 700)),
-                              Record(TOPIC, 0, 2, b"north", payment("pay-3", 100))]) == 2
-    assert sorted(store.entries) == ["pay-1", "pay-2", "pay-3"]
+async def test_an_empty_ledger_needs_no_waiting() -> None:
+    offsets = CatchingUp(None)
+    await barrier(LedgerKafka(end=0), offsets, timeout=30).caught_up("north")
+    assert offsets.asked == []
