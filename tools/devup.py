@@ -1,42 +1,105 @@
 """``clinicflow up`` (``make up``): the local stack, the four services and a simulated
-clinic day, live. Ctrl-C stops everything it started, and nothing else."""
+clinic day, live. Ctrl-C stops everything it started, and nothing else.
+
+Every run is a fresh demo day. Kafka's and Redis's data live in ``up/`` under the state
+directory (``CLINICFLOW_STATE_DIR``, default ``.clinicflow/``), with the services' logs;
+a run first moves the previous run's ``up/`` aside to ``up.previous/`` (dropping the one
+before), so the day's visits are never published onto a floor that has seen them. Only
+directories this command made are moved or removed (``is_demo_state``). A run that was
+killed (``kill -9``) leaves its processes recorded in ``stack.json``: the next run stops
+exactly those (PID, start time and command line checked) before it starts. A lock file
+keeps a second ``make up`` from starting while one runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
+from shared.clinics import ClinicConfigError, ClinicDirectory
 from shared.runner import SERVICES
-from tools.stack import REPO, LocalStack, StackError, state_dir
+from tools.stack import (
+    REPO,
+    LocalStack,
+    Managed,
+    StackError,
+    is_our_process,
+    process_start_time,
+    read_state,
+    recorded_processes,
+    require_free,
+    state_dir,
+    stop_recorded,
+)
 
-PORTS = {"checkin": 8001, "flow": 8002, "notifications": 8003, "billing": 8004}
+DEFAULT_PORTS = {"checkin": 8001, "flow": 8002, "notifications": 8003, "billing": 8004}
+DEMO_DIR = "up"  # under the state directory: this run's Kafka, Redis and logs
+MARKER = ".clinicflow-up"  # in every demo directory this command made
 
 
-def _service_env(stack: LocalStack) -> dict[str, str]:
+def port_setting(service: str) -> str:
+    return f"CLINICFLOW_{service.upper()}_PORT"
+
+
+def service_ports(environ: Mapping[str, str]) -> dict[str, int]:
+    """Each service's HTTP port: ``CLINICFLOW_<SERVICE>_PORT`` as the services read it,
+    else the default (8001-8004)."""
+    ports = {}
+    for name, default in DEFAULT_PORTS.items():
+        value = environ.get(port_setting(name), str(default))
+        try:
+            ports[name] = int(value)
+        except ValueError:
+            raise StackError(f"{port_setting(name)}={value!r} is not a port number") from None
+    return ports
+
+
+def service_env(environ: Mapping[str, str], stack: LocalStack,
+                ports: Mapping[str, int]) -> dict[str, str]:
+    """What every service is started with: the stack's addresses, the demo clinics (zones
+    and names, unless ``CLINICFLOW_CLINICS`` is set already) and the links between them."""
+    from tools.live_demo import clinics_setting
+
     return {
-        **os.environ,
+        **environ,
         "CLINICFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "CLINICFLOW_REDIS_URL": stack.redis_url,
-        "CLINICFLOW_LOG_FORMAT": os.environ.get("CLINICFLOW_LOG_FORMAT", "json"),
+        "CLINICFLOW_LOG_FORMAT": environ.get("CLINICFLOW_LOG_FORMAT", "json"),
+        "CLINICFLOW_CLINICS": environ.get("CLINICFLOW_CLINICS") or clinics_setting(),
+        **{port_setting(name): str(port) for name, port in ports.items()},
         # the nurse station (served by flow) also shows notifications' room-ready alerts
-        "CLINICFLOW_FLOW_NURSE_ALERTS_URL": os.environ.get(
-            "CLINICFLOW_FLOW_NURSE_ALERTS_URL", f"http://127.0.0.1:{PORTS['notifications']}"),
-        "CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS": os.environ.get(
+        "CLINICFLOW_FLOW_NURSE_ALERTS_URL": environ.get(
+            "CLINICFLOW_FLOW_NURSE_ALERTS_URL", f"http://127.0.0.1:{ports['notifications']}"),
+        "CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS": environ.get(
             "CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS",
-            json.dumps([f"http://{host}:{PORTS['flow']}" for host in ("127.0.0.1", "localhost")])),
+            json.dumps([f"http://{host}:{ports['flow']}" for host in ("127.0.0.1", "localhost")])),
     }
+
+
+def clinic_directory(env: Mapping[str, str]) -> ClinicDirectory:
+    """The clinics the services are given (StackError naming the bad entry otherwise)."""
+    try:
+        return ClinicDirectory.parse(env.get("CLINICFLOW_CLINICS"),
+                                     env.get("CLINICFLOW_DEFAULT_TIMEZONE") or "UTC")
+    except ClinicConfigError as exc:
+        raise StackError(str(exc)) from None
 
 
 def available_services() -> list[str]:
@@ -45,70 +108,170 @@ def available_services() -> list[str]:
             if importlib.util.find_spec(module) is not None]
 
 
-def _start_services(stack: LocalStack, logs: Path) -> dict[str, subprocess.Popen[bytes]]:
-    env = _service_env(stack)
+# ------------------------------------------------------------------ a fresh day each run
+
+
+def is_demo_state(path: Path) -> bool:
+    """True when ``path`` is a demo directory this command made: it holds the marker, or
+    (made before there was one) nothing but Kafka's and Redis's data."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if (path / MARKER).is_file():
+        return True
+    return {child.name for child in path.iterdir()} <= {"kafka", "redis"}
+
+
+def fresh_demo_dir(data: Path) -> Path:
+    """An empty ``data/up`` for this run; the previous run's is moved to ``up.previous``
+    (and the one before is removed). Refuses (StackError) to touch a directory of that
+    name that this command did not make."""
+    current, previous = data / DEMO_DIR, data / f"{DEMO_DIR}.previous"
+    for leftover in data.glob(f"{DEMO_DIR}.discarded-*"):  # a removal that was cut short
+        shutil.rmtree(leftover, ignore_errors=True)
+    for path in (current, previous):
+        if path.exists() and not is_demo_state(path):
+            raise StackError(f"{path} was not made by `make up`, so it is left alone: move "
+                             "it away, or choose another CLINICFLOW_STATE_DIR")
+    if previous.exists():
+        # renamed first, so an interrupted removal never leaves a half-deleted directory
+        # that looks like someone else's
+        discarded = data / f"{DEMO_DIR}.discarded-{uuid.uuid4().hex[:8]}"
+        previous.rename(discarded)
+        shutil.rmtree(discarded, ignore_errors=True)
+    if current.exists():
+        current.rename(previous)
+    current.mkdir(parents=True)
+    (current / MARKER).write_text(json.dumps({
+        "made_by": "clinicflow up", "pid": os.getpid(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
+    return current
+
+
+def stop_leftovers(state_file: Path, demo_dir: Path, say: Callable[[str], None]) -> None:
+    """Stop what a killed ``make up`` left running (recorded in ``state_file``), exactly
+    those processes. A running ``clinicflow stack up`` is left alone: StackError."""
+    state = read_state(state_file)
+    if state is None:
+        return
+    if state.get("data") != str(demo_dir):  # `clinicflow stack up`'s own stack
+        alive = [m.name for m in recorded_processes(state) if m.alive()]
+        if alive:
+            raise StackError(f"`clinicflow stack up` is running ({', '.join(alive)}, recorded "
+                             f"in {state_file}): stop it with `make down` first; `make up` "
+                             "starts its own")
+        return
+    owner = state.get("owner") or {}
+    if is_our_process(int(owner.get("pid") or 0), None, owner.get("started")):
+        raise StackError(f"`make up` is already running (pid {owner['pid']}): Ctrl-C it there "
+                         "or `make down`")
+    if any(m.alive() for m in recorded_processes(state)):
+        say("a previous `make up` was killed; stopping what it left running ...")
+    stop_recorded(state_file, say)
+
+
+@contextlib.contextmanager
+def single_run(lock: Path) -> Iterator[IO[str]]:
+    """Held while this run lasts; a second ``make up`` gets a StackError. The kernel lets
+    go of it when this process ends, however it ends (the services do not inherit it)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError("`make up` is already running from this directory "
+                             f"({lock.parent}): Ctrl-C it there, or `make down`") from None
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -------------------------------------------------------------------------- services
+
+
+def _start_services(stack: LocalStack, env: dict[str, str], logs: Path,
+                    ports: Mapping[str, int]) -> dict[str, subprocess.Popen[bytes]]:
     started: dict[str, subprocess.Popen[bytes]] = {}
     for name in available_services():
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        started[name] = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "run", name],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
+        log.close()
+        started[name] = process
+        # recorded at once: a run killed from here on has them stopped by the next one
+        stack.add_companion(Managed(name, process.pid, ports[name], f"tools.cli run {name}",
+                                    logs / f"{name}.log", process,
+                                    process_start_time(process.pid)))
     return started
 
 
 async def _wait_ready(processes: dict[str, subprocess.Popen[bytes]], logs: Path,
+                      ports: Mapping[str, int], stop: asyncio.Event,
                       timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     pending = set(processes)
     async with httpx.AsyncClient() as client:
-        while pending and time.monotonic() < deadline:
+        while pending and time.monotonic() < deadline and not stop.is_set():
             for name in list(pending):
                 if processes[name].poll() is not None:
                     tail = (logs / f"{name}.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"{name} exited at start:\n{tail}")
                 with contextlib.suppress(httpx.HTTPError):
-                    answer = await client.get(f"http://127.0.0.1:{PORTS[name]}/readyz",
+                    answer = await client.get(f"http://127.0.0.1:{ports[name]}/readyz",
                                               timeout=2)
                     if answer.status_code == 200:
                         pending.discard(name)
-            await asyncio.sleep(0.3)
-    if pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.3)
+    if pending and not stop.is_set():
         raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(sorted(pending))} "
                            f"(logs in {logs})")
 
 
-def _banner(stack: LocalStack, elapsed: float) -> str:
-    flow = "http://127.0.0.1:8002"
+def _banner(stack: LocalStack, elapsed: float, ports: Mapping[str, int],
+            directory: ClinicDirectory, logs: Path) -> str:
+    from tools.live_demo import DEMO_CLINICS
+
+    flow = f"http://127.0.0.1:{ports['flow']}"
     lines = [
         "",
-        f"clinicflow is up ({elapsed:.0f}s). A simulated clinic day is playing live.",
+        f"clinicflow is up ({elapsed:.0f}s). A fresh simulated day is playing live in each "
+        "clinic, on the clinic's own clock.",
         "",
         f"  Kafka   {stack.kafka_bootstrap}     Redis  {stack.redis_url}",
         "",
     ]
-    if importlib.util.find_spec("services.flow.pages") is not None:
-        lines.append("  Waiting-room screens (TV):")
-        for clinic in ("north", "south", "east"):
-            lines.append(f"    {flow}/screens/{clinic}/waiting-room?token=dev-screen")
-        for page, token in (("nurse", "dev-nurse"), ("operations", "dev-manager")):
-            if (REPO / "services" / "flow" / "templates" / f"{page}.html").exists():
-                lines.append(f"  {page.title() + ':':20} {flow}/screens/north/{page}?token={token}")
-        lines.append(f"  {'Kiosk:':20} http://127.0.0.1:{PORTS['checkin']}/kiosk/north"
-                     "?token=dev-kiosk")
+    pages = importlib.util.find_spec("services.flow.pages") is not None
+    for demo in DEMO_CLINICS:
+        clinic = directory[demo.clinic_id]
+        lines.append(f"  {clinic.display_name} ({demo.clinic_id}, {clinic.zone.key}):")
+        if pages:
+            lines.append(f"    {'waiting room':13}{flow}/screens/{demo.clinic_id}/waiting-room"
+                         "?token=dev-screen")
+            for page, token in (("nurse", "dev-nurse"), ("operations", "dev-manager")):
+                if (REPO / "services" / "flow" / "templates" / f"{page}.html").exists():
+                    lines.append(f"    {page:13}{flow}/screens/{demo.clinic_id}/{page}"
+                                 f"?token={token}")
+            lines.append(f"    {'kiosk':13}http://127.0.0.1:{ports['checkin']}/kiosk/"
+                         f"{demo.clinic_id}?token=dev-kiosk")
+        lines.append(f"    {'board (JSON)':13}curl -H 'Authorization: Bearer dev-manager' "
+                     f"{flow}/clinics/{demo.clinic_id}/board")
     lines += [
+        "",
         "  Live board (SSE):    " f"curl -N -H 'Authorization: Bearer dev-screen' "
         f"{flow}/clinics/north/stream",
-        "  Board (JSON):        " f"curl -H 'Authorization: Bearer dev-manager' "
-        f"{flow}/clinics/north/board",
-        "  APIs (OpenAPI):      http://127.0.0.1:8001/docs (checkin)  :8002/docs (flow)  "
-        ":8003/docs (notifications)  :8004/docs (billing)",
-        "  Metrics:             http://127.0.0.1:800[1-4]/metrics",
-        f"  Logs:                {state_dir() / 'logs'}",
+        "  APIs (OpenAPI):      " + "  ".join(
+            f"http://127.0.0.1:{port}/docs ({name})" for name, port in ports.items()),
+        "  Metrics:             " + "  ".join(
+            f"http://127.0.0.1:{port}/metrics" for port in ports.values()),
+        f"  Logs:                {logs}",
         "",
         "Development tokens: dev-front-desk, dev-kiosk, dev-nurse, dev-billing, dev-manager,"
         " dev-screen.",
-        "Ctrl-C stops everything.",
+        "Ctrl-C stops everything. The next `make up` starts a fresh day (this one is then "
+        f"kept in {logs.parent.with_name(DEMO_DIR + '.previous')}).",
     ]
     return "\n".join(lines)
 
@@ -127,48 +290,89 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
             process.wait(5)
 
 
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from shared.topics import FLOOR, topic_name
     from tools.live_demo import play
 
     started = time.monotonic()
-    kafka_port = int(os.environ.get("CLINICFLOW_KAFKA_PORT", "9092"))
-    redis_port = int(os.environ.get("CLINICFLOW_REDIS_PORT", "6379"))
     data = state_dir()
-    logs = data / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    # recorded like `clinicflow stack up`, so `make down` can stop it if this terminal is lost
-    stack = LocalStack(data / "up", kafka_port=kafka_port, redis_port=redis_port,
-                       state_file=data / "stack.json")
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    print("starting Kafka and Redis ...", flush=True)
+    # until the event loop takes them over: a terminal closed or a `kill` while Kafka
+    # starts still stops what was started
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
-        stack.start(topics_prefix="")
+        with single_run(data / "up.lock"):
+            return _run_locked(args, data, started, play, topic_name(FLOOR, _topic_prefix()))
     except StackError as exc:
         print(f"clinicflow up: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _topic_prefix() -> str:
+    return os.environ.get("CLINICFLOW_TOPIC_PREFIX", "")
+
+
+def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
+                floor_topic: str) -> int:
+    kafka_port = int(os.environ.get("CLINICFLOW_KAFKA_PORT", "9092"))
+    redis_port = int(os.environ.get("CLINICFLOW_REDIS_PORT", "6379"))
+    ports = service_ports(os.environ)
+    state_file = data / "stack.json"  # as `clinicflow stack up` records, so `make down` works
+    stop_leftovers(state_file, data / DEMO_DIR, _say)
+    for name, port in ports.items():
+        require_free(port, name, port_setting(name))
+    demo = fresh_demo_dir(data)
+    logs = demo / "logs"
+    logs.mkdir()
+    stack = LocalStack(demo, kafka_port=kafka_port, redis_port=redis_port,
+                       state_file=state_file)
+    env = service_env(os.environ, stack, ports)
+    directory = clinic_directory(env)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     stop = asyncio.Event()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, stop.set)
-        print(f"starting {', '.join(available_services())} ...", flush=True)
-        processes.update(_start_services(stack, logs))
-        await _wait_ready(processes, logs)
-        feeder = asyncio.create_task(play(stack.kafka_bootstrap, topic_name(FLOOR, ""),
-                                          speed=args.speed, stop=stop))
-        print(_banner(stack, time.monotonic() - started), flush=True)
+        _say(f"starting {', '.join(available_services())} ...")
+        processes.update(_start_services(stack, env, logs, ports))
+        await _wait_ready(processes, logs, ports, stop)
+        if stop.is_set():
+            return
+
+        def caught_up(count: int) -> None:
+            _say(f"the day so far is published ({count} events); the rest plays live")
+
+        feeder = asyncio.create_task(play(stack.kafka_bootstrap, floor_topic,
+                                          speed=args.speed, stop=stop, directory=directory,
+                                          on_caught_up=caught_up))
+        _say(_banner(stack, time.monotonic() - started, ports, directory, logs))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({feeder, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if feeder.done() and feeder.exception() is not None:
+            _say(f"clinicflow up: the demo stopped: {feeder.exception()!r}")
         await stop.wait()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(feeder, 10)
 
     try:
+        _say("starting Kafka and Redis (a fresh day: the previous one is set aside) ...")
+        stack.start(topics_prefix=_topic_prefix())
         asyncio.run(main())
     except RuntimeError as exc:
         print(f"clinicflow up: {exc}", file=sys.stderr)
         return 1
     finally:
+        # the clean-up is short (services 15 s, Kafka 20 s at most): let nothing cut it
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         _say("\nstopping ...")
         _stop(processes)
         stack.stop()
@@ -184,7 +388,8 @@ def _say(text: str) -> None:
 
 def add_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "up", help="the whole local stack, the four services and a live simulated clinic day")
+        "up", help="the whole local stack, the four services and a live simulated clinic day "
+        "(a fresh day each run)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="play the simulated day this many times faster (default 1)")
     parser.set_defaults(func=run)

@@ -1,112 +1,252 @@
 """A simulated clinic day, played live onto the floor topic (``make up``'s demo).
 
-Each demo clinic gets a simulated day (``tools.simulate``) moved to
-today so that it is mid-morning now: the morning so far is published at once
-(the board is full within seconds) and the rest follows in real time, as a
-clinic's front desk and nurses would produce it. ``--speed`` plays it faster.
+Three demo clinics (``DEMO_CLINICS``), each in its own IANA time zone and with the
+names its people use for providers and rooms (``clinics_setting()`` is the
+``CLINICFLOW_CLINICS`` every service is given). Each gets a simulated day
+(``tools.simulate``) on today's date on its own clock: appointments, arrivals and
+every other fact are times of that one clock, so a patient who came eight minutes
+early for a 10:15 appointment arrived at 10:07 there, and only the patients the
+simulator made late (about one scheduled patient in twenty is more than ten minutes
+late) are late.
+
+So that the screens are full at once, the day is slid along the clinic's clock
+(``clock_shift``) to make it mid-morning there (10:30, the busiest part of these days,
+whose seeds were picked for a busy morning), in whole quarter hours (appointments
+stay on the quarter hour) and never past either end of today's date: late in the
+clinic's evening the demo starts in the afternoon of its day, just after its midnight
+early in the morning. What is already past is published at once with its own times;
+the rest follows in real time (``speed`` plays it faster, appointments included).
 Events go straight onto the floor topic with ``source="simulator"``.
+
+Pure except ``play``: ``demo_day`` and the functions it uses take ``now``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-from collections.abc import Iterator
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaProducer
 
 from shared import events as ev
+from shared.clinics import ClinicDirectory
+from shared.floor.model import LATE_GRACE
 from shared.logging import get_logger
 from tools.replay import BadRecord, to_fact
-from tools.simulate import simulate_day
+from tools.simulate import get_scenario, simulate_day
 
 log = get_logger("clinicflow.demo")
 
-DEMO_CLINICS: tuple[tuple[str, str], ...] = (
-    ("north", "mixed"),
-    ("south", "walk_in_urgent_care"),
-    ("east", "room_bound"),
+# where in its simulated day the demo starts: well under way, the waiting room full
+MID_MORNING = timedelta(hours=10, minutes=30)
+SHIFT_STEP = timedelta(minutes=15)  # appointments stay on the quarter hour
+DAY = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class DemoClinic:
+    """One demo clinic: its simulated shape, zone, names, and ticket letter."""
+
+    clinic_id: str
+    scenario: str  # a tools.simulate scenario name
+    name: str
+    timezone: str  # IANA
+    providers: tuple[str, ...]  # display names of p1, p2, ... (one per simulated provider)
+    room_label: str  # rooms r1, r2, ... are "<label> 1", "<label> 2", ...
+    ticket_letter: str
+    seed: int  # the simulated day (picked for a busy mid-morning)
+
+    def config(self) -> dict[str, Any]:
+        """This clinic's entry in ``CLINICFLOW_CLINICS`` (shared/clinics.py)."""
+        rooms = get_scenario(self.scenario).rooms
+        return {
+            "name": self.name,
+            "timezone": self.timezone,
+            "providers": {f"p{n}": name for n, name in enumerate(self.providers, start=1)},
+            "rooms": {f"r{n}": f"{self.room_label} {n}" for n in range(1, rooms + 1)},
+        }
+
+
+DEMO_CLINICS: tuple[DemoClinic, ...] = (
+    DemoClinic("north", "mixed", "Northside Family Practice", "America/New_York",
+               ("Dr. Okafor", "Dr. Lindqvist", "Dr. Patel", "Dr. Moreno"), "Exam", "N", 276),
+    DemoClinic("south", "walk_in_urgent_care", "Southside Urgent Care", "America/Chicago",
+               ("Dr. Nakamura", "Dr. Haddad", "Dr. Brennan"), "Bay", "S", 519),
+    DemoClinic("east", "room_bound", "Eastgate Health Center", "America/Denver",
+               ("Dr. Adeyemi", "Dr. Kowalski", "Dr. Chen", "Dr. Ramirez", "Dr. Fischer",
+                "Dr. Dubois"), "Room", "E", 49),
 )
-MORNING_ALREADY_PLAYED = timedelta(hours=2, minutes=30)
+
+
+def clinics_setting(clinics: tuple[DemoClinic, ...] = DEMO_CLINICS) -> str:
+    """``CLINICFLOW_CLINICS`` for the demo clinics (JSON)."""
+    return json.dumps({c.clinic_id: c.config() for c in clinics})
 
 
 @dataclass(frozen=True, slots=True)
 class DemoEvent:
-    at: datetime  # when it happens, today
+    at: datetime  # when it happens (UTC), today on its clinic's clock
     clinic_id: str
     payload: ev.Payload
 
 
-def demo_day(clinics: tuple[tuple[str, str], ...] = DEMO_CLINICS, seed: int = 7,
-             now: datetime | None = None) -> list[DemoEvent]:
-    """Every clinic's simulated day moved so that ``MORNING_ALREADY_PLAYED`` is behind us."""
-    now = now or datetime.now(UTC)
-    merged: list[DemoEvent] = []
-    for index, (clinic_id, scenario) in enumerate(clinics):
-        day = simulate_day(scenario, seed + index, clinic_id=clinic_id)
-        if not day.events:
-            continue
-        first = datetime.fromisoformat(day.events[0]["ts"])
-        shift = now - MORNING_ALREADY_PLAYED - first
-        tickets: dict[str, str] = {}
-        letter = "ABCDEFGH"[index % 8]
+@dataclass(frozen=True)
+class ClinicDay:
+    """One demo clinic's day as planned: its date and how far it was slid on its clock."""
 
-        def ticket_for(_clinic: str, visit_id: str, letter: str = letter,
+    clinic_id: str
+    zone: ZoneInfo
+    day: date
+    shift: timedelta
+    records: list[dict[str, Any]]  # the simulator's log (replay format), already slid
+    truth: dict[str, Any]
+
+
+def time_of_day(at: datetime, zone: ZoneInfo) -> timedelta:
+    """How far into its day an instant is on a clinic's clock (wall-clock time)."""
+    local = at.astimezone(zone)
+    return local.replace(tzinfo=None) - datetime.combine(local.date(), time(0))
+
+
+def clock_shift(now: timedelta, first: timedelta, last: timedelta) -> timedelta:
+    """How far to slide a simulated day along its clinic's clock.
+
+    ``now``: the clinic's time of day now; ``first``/``last``: the times of day of the
+    simulated day's first and last events, unslid. The whole quarter hours that make
+    ``now`` ``MID_MORNING`` of the simulated day, as far as the day stays within its date
+    (first event at 00:00 or later, last before 24:00).
+    """
+    wanted = now - MID_MORNING
+    shift = SHIFT_STEP * round(wanted / SHIFT_STEP)
+    earliest = -SHIFT_STEP * (first // SHIFT_STEP)
+    latest = SHIFT_STEP * ((DAY - last - timedelta(seconds=1)) // SHIFT_STEP)
+    return max(earliest, min(shift, latest))
+
+
+def clinic_day(clinic: DemoClinic, zone: ZoneInfo, now: datetime) -> ClinicDay:
+    """The clinic's simulated day on today's date on its clock, slid so that ``now``
+    is mid-morning there (``clock_shift``)."""
+    today = now.astimezone(zone).date()
+    draft = simulate_day(clinic.scenario, clinic.seed, clinic_id=clinic.clinic_id,
+                         date=today, zone=zone)
+    shift = timedelta(0)
+    if draft.events:
+        first = time_of_day(datetime.fromisoformat(draft.events[0]["ts"]), zone)
+        last = time_of_day(datetime.fromisoformat(draft.events[-1]["ts"]), zone)
+        shift = clock_shift(time_of_day(now, zone), first, last)
+    day = draft if not shift else simulate_day(
+        clinic.scenario, clinic.seed, clinic_id=clinic.clinic_id, date=today, zone=zone,
+        clock_shift=shift)
+    return ClinicDay(clinic.clinic_id, zone, today, shift, day.events, day.truth)
+
+
+def demo_day(clinics: tuple[DemoClinic, ...] = DEMO_CLINICS,
+             directory: ClinicDirectory | None = None, *, now: datetime,
+             ) -> list[DemoEvent]:
+    """Every demo clinic's day as floor facts, in time order (each clinic's own order
+    kept). Zones come from ``directory`` (the services' ``CLINICFLOW_CLINICS``), else
+    from the demo clinics themselves."""
+    directory = directory or ClinicDirectory.parse(clinics_setting(clinics))
+    merged: list[DemoEvent] = []
+    for clinic in clinics:
+        planned = clinic_day(clinic, directory.zone(clinic.clinic_id), now)
+        tickets: dict[str, str] = {}
+
+        def ticket_for(_clinic: str, visit_id: str, letter: str = clinic.ticket_letter,
                        tickets: dict[str, str] = tickets) -> str:
             tickets.setdefault(visit_id, f"{letter}-{len(tickets) + 1}")
             return tickets[visit_id]
 
-        for record in day.events:
-            record = {**record, "clinic_id": clinic_id}
+        previous: datetime | None = None
+        for record in planned.records:
             try:
                 payload = to_fact(record, ticket_for)
             except BadRecord:  # the simulator writes valid logs; skip rather than stop
                 continue
-            at = datetime.fromisoformat(record["ts"]) + shift
-            merged.append(DemoEvent(at.astimezone(UTC), clinic_id, payload))
-    merged.sort(key=lambda e: e.at)
+            at = datetime.fromisoformat(record["ts"]).astimezone(UTC)
+            # a wall-clock time in a daylight-saving gap reads an hour late: keep the order
+            if previous is not None and at < previous:
+                at = previous
+            previous = at
+            if isinstance(payload, ev.PatientArrived) and payload.scheduled_at is not None:
+                payload = payload.model_copy(
+                    update={"late": at > payload.scheduled_at + LATE_GRACE})
+            merged.append(DemoEvent(at, clinic.clinic_id, payload))
+    merged.sort(key=lambda e: e.at)  # stable: each clinic's order is kept
     return merged
 
 
-def _timeline(events: list[DemoEvent]) -> Iterator[DemoEvent]:
-    heap = [(e.at, i, e) for i, e in enumerate(events)]
-    heapq.heapify(heap)
-    while heap:
-        yield heapq.heappop(heap)[2]
+def warp(at: datetime, started: datetime, speed: float) -> datetime:
+    """When a moment of the day is played: the past as it was, the future ``speed``
+    times sooner (appointment times too, so arrivals stay early or late as simulated)."""
+    return at if at <= started else started + (at - started) / speed
+
+
+def played(event: DemoEvent, started: datetime, speed: float) -> DemoEvent:
+    """The event as played at ``speed`` from ``started``: its time and its appointment
+    time warped alike."""
+    if speed == 1.0 or event.at <= started:
+        return event
+    payload = event.payload
+    if isinstance(payload, ev.PatientArrived) and payload.scheduled_at is not None:
+        payload = payload.model_copy(
+            update={"scheduled_at": warp(payload.scheduled_at, started, speed)})
+    return DemoEvent(warp(event.at, started, speed), event.clinic_id, payload)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 async def play(bootstrap: str, floor_topic: str, *, speed: float = 1.0,
                stop: asyncio.Event | None = None, producer_kwargs: dict[str, Any] | None = None,
-               clinics: tuple[tuple[str, str], ...] = DEMO_CLINICS) -> int:
-    """Publish the demo day; returns how many events were sent before ``stop``."""
+               clinics: tuple[DemoClinic, ...] = DEMO_CLINICS,
+               directory: ClinicDirectory | None = None,
+               clock: Callable[[], datetime] = _utcnow,
+               on_caught_up: Callable[[int], None] | None = None) -> int:
+    """Publish the demo day: what is already past at once (then ``on_caught_up`` is
+    called with how many events that was), the rest when it happens. Returns how many
+    events were sent before ``stop``."""
+    if speed <= 0:
+        raise ValueError("speed must be positive")
     stop = stop or asyncio.Event()
-    started = datetime.now(UTC)
-    events = demo_day(clinics, now=started)
+    started = clock()
+    events = [played(e, started, speed)
+              for e in demo_day(clinics, directory, now=started)]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 enable_idempotence=True, linger_ms=5, **(producer_kwargs or {}))
     await producer.start()
     sent = 0
+
+    async def send(event: DemoEvent, occurred: datetime) -> None:
+        envelope = ev.make_event(event.payload, clinic_id=event.clinic_id, source="simulator",
+                                 occurred_at=occurred,
+                                 correlation_id=getattr(event.payload, "visit_id", None))
+        await producer.send(floor_topic, ev.encode(envelope), key=event.clinic_id.encode())
+
     try:
-        for event in _timeline(events):
-            due = started + (event.at - started) / speed if event.at > started else event.at
-            wait = (due - datetime.now(UTC)).total_seconds()
+        past = [e for e in events if e.at <= started]
+        for event in past:
+            await send(event, event.at)
+        await producer.flush()
+        sent = len(past)
+        if on_caught_up is not None:
+            on_caught_up(sent)
+        for event in events[len(past):]:
+            wait = (event.at - clock()).total_seconds()
             if wait > 0:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=wait)
-                    break
                 except TimeoutError:
                     pass
             if stop.is_set():
                 break
-            occurred = min(due, datetime.now(UTC))
-            envelope = ev.make_event(event.payload, clinic_id=event.clinic_id,
-                                     source="simulator", occurred_at=occurred,
-                                     correlation_id=getattr(event.payload, "visit_id", None))
-            await producer.send(floor_topic, ev.encode(envelope),
-                                key=event.clinic_id.encode())
+            await send(event, min(event.at, clock()))
             sent += 1
         await producer.flush()
     finally:

@@ -38,8 +38,12 @@ How the floor works here (one seeded ``random.Random``, so a seed is a day):
   (``left_without_being_seen``). A few cancel while waiting.
 
 Time runs in whole seconds since local midnight; timestamps carry the
-clinic's UTC offset. Pure: no clock reads, no I/O except ``write_log`` and
-``write_truth``.
+clinic's UTC offset (the scenario's fixed ``utc_offset_hours``, or, given a
+``zone``, the offset an IANA zone has at that wall-clock time, as a clinic's
+own clock reads it). ``clock_shift`` moves the whole day along the clinic's
+clock, appointments and arrivals alike (``make up``'s demo uses it so that the
+day is under way when it starts). Pure: no clock reads, no I/O except
+``write_log`` and ``write_truth``.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import random
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import IO, Any, Literal
 
 import orjson
@@ -317,7 +321,8 @@ def _round5(minutes: float) -> int:
 class _Day:
     """One clinic's day: built from the scenario and the seed, then run to the end."""
 
-    def __init__(self, scenario: Scenario, seed: int, clinic_id: str, day: date) -> None:
+    def __init__(self, scenario: Scenario, seed: int, clinic_id: str, day: date,
+                 zone: tzinfo | None = None, clock_shift: timedelta = timedelta(0)) -> None:
         if scenario.rooms < scenario.room_pools or scenario.providers < scenario.room_pools:
             raise ValueError(f"scenario {scenario.name}: every room pool needs a provider "
                              "and a room")
@@ -328,6 +333,8 @@ class _Day:
         self.rng = random.Random(seed)
         self.midnight = datetime.combine(
             day, time(0), tzinfo=timezone(timedelta(hours=scenario.utc_offset_hours)))
+        self.zone = zone
+        self.clock_shift = clock_shift
         self.events: list[dict[str, Any]] = []
         self._heap: list[tuple[int, int, str, str]] = []
         self._seq = 0
@@ -469,7 +476,12 @@ class _Day:
         heapq.heappush(self._heap, (at, self._seq, kind, subject))
 
     def _iso(self, at: int) -> str:
-        return (self.midnight + timedelta(seconds=at)).isoformat()
+        if self.zone is None:
+            return (self.midnight + timedelta(seconds=at) + self.clock_shift).isoformat()
+        # wall-clock time on the clinic's clock: an 08:00 session is at 08:00 on a day
+        # that changes to or from daylight-saving time too
+        wall = datetime.combine(self.day, time(0)) + timedelta(seconds=at) + self.clock_shift
+        return wall.replace(tzinfo=self.zone).isoformat()
 
     def _emit(self, at: int, kind: str, **fields: Any) -> None:
         self.events.append({"ts": self._iso(at), "type": kind, "clinic_id": self.clinic_id,
@@ -708,6 +720,10 @@ class _Day:
             "rooms": [{"room_id": r.room_id, "pool": r.pool} for r in self.rooms],
             "clinic_delay": self.clinic_delay,
         }
+        if self.zone is not None:  # only then: a day on a fixed offset reads as before
+            clinic["timezone"] = str(self.zone)
+        if self.clock_shift:
+            clinic["clock_shift_minutes"] = self.clock_shift.total_seconds() / 60
         return {"format": TRUTH_FORMAT, "scenario": self.scenario.name, "seed": self.seed,
                 "date": self.day.isoformat(), "clinics": [clinic], "visits": visits}
 
@@ -728,12 +744,19 @@ def simulate_day(
     seed: int,
     clinic_id: str = "c1",
     date: date = DEFAULT_DATE,
+    zone: tzinfo | None = None,
+    clock_shift: timedelta = timedelta(0),
 ) -> SimulatedDay:
     """Simulate one clinic's day. The same scenario and seed give the same day;
     ``clinic_id`` only labels it (and prefixes visit ids, which stay unique across
-    clinics because the estimate format carries no clinic)."""
+    clinics because the estimate format carries no clinic).
+
+    ``zone`` (an IANA zone, e.g. ``ZoneInfo("America/New_York")``) puts the day on that
+    clinic's clock instead of the scenario's fixed UTC offset; ``clock_shift`` moves
+    every time of the day (appointments, arrivals, every event) by that much on the
+    clinic's clock. Neither changes what happens, only when the clock says it did."""
     shape = get_scenario(scenario) if isinstance(scenario, str) else scenario
-    return _Day(shape, seed, clinic_id, date).run()
+    return _Day(shape, seed, clinic_id, date, zone, clock_shift).run()
 
 
 def simulate_clinics(

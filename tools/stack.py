@@ -716,7 +716,9 @@ class LocalStack:
     ``start()`` returns once both answer. From async code, call the blocking methods
     through ``asyncio.to_thread`` so the event loop keeps running meanwhile.
     ``state_file``, when set, is kept up to date with the processes (PIDs, start times,
-    ports) so ``stop_recorded`` can stop exactly them from another process.
+    ports) so ``stop_recorded`` can stop exactly them from another process; so are
+    ``companions``, processes started alongside the stack (``make up``'s services), which
+    ``stop_recorded`` stops first.
     """
 
     data: Path
@@ -727,6 +729,7 @@ class LocalStack:
     state_file: Path | None = None
     kafka: Managed | None = None
     redis: Managed | None = None
+    companions: list[Managed] = field(default_factory=list)
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -839,6 +842,12 @@ class LocalStack:
         if self.state_file is not None:
             self.state_file.unlink(missing_ok=True)
 
+    def add_companion(self, managed: Managed) -> None:
+        """Record a process started alongside the stack (``stop`` leaves it to its owner;
+        ``stop_recorded``, from another process, stops it before Kafka and Redis)."""
+        self.companions.append(managed)
+        self._save()
+
     def running(self) -> dict[str, bool]:
         return {"kafka": self.kafka is not None and self.kafka.alive(),
                 "redis": self.redis is not None and self.redis.alive()}
@@ -860,6 +869,7 @@ def write_state(path: Path, stack: LocalStack) -> None:
         "redis_url": stack.redis_url,
         "kafka": stack.kafka.record() if stack.kafka else None,
         "redis": stack.redis.record() if stack.redis else None,
+        "companions": [{"name": m.name, **m.record()} for m in stack.companions],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".stack-", delete=False) as f:
@@ -876,8 +886,11 @@ def read_state(path: Path) -> dict[str, Any] | None:
 
 
 def recorded_processes(state: dict[str, Any]) -> list[Managed]:
-    return [Managed.from_record(name, state[name]) for name in ("kafka", "redis")
-            if state.get(name)]
+    """The recorded processes: companions first (they use Kafka and Redis), then those."""
+    companions = [Managed.from_record(str(item["name"]), item)
+                  for item in state.get("companions") or ()]
+    return companions + [Managed.from_record(name, state[name]) for name in ("kafka", "redis")
+                         if state.get(name)]
 
 
 def stop_recorded(path: Path, say: Callable[[str], None] = lambda _: None) -> None:
@@ -934,7 +947,8 @@ def up(args: argparse.Namespace) -> int:
     path = _state_file()
     state = read_state(path)
     if state is not None:
-        alive = [m.name for m in recorded_processes(state) if m.alive()]
+        alive = [m.name for m in recorded_processes(state)
+                 if m.name in ("kafka", "redis") and m.alive()]
         if len(alive) == 2:
             _say(f"the stack is already up: Kafka {state['kafka_bootstrap']}, Redis "
                  f"{state['redis_url']} (`clinicflow stack down` stops it)")

@@ -1,29 +1,374 @@
-"""`make up`'s banner names every page the services really serve."""
+"""`make up`: a fresh demo day each run, on each clinic's own calendar and clock, busy from
+the first minute; the banner names every page the services really serve. Pure: the
+clock is an argument, processes are stand-ins, no Kafka, no Redis."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from services.flow.pages import make_pages_router
+from shared import events as ev
+from shared.clinics import ClinicDirectory
+from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.model import LATE_GRACE
 from shared.settings import FlowSettings
-from tools.devup import _banner
+from tools.devup import (
+    DEFAULT_PORTS,
+    MARKER,
+    _banner,
+    fresh_demo_dir,
+    is_demo_state,
+    service_env,
+    service_ports,
+    single_run,
+    stop_leftovers,
+)
+from tools.live_demo import (
+    DEMO_CLINICS,
+    MID_MORNING,
+    DemoEvent,
+    clinic_day,
+    clinics_setting,
+    clock_shift,
+    demo_day,
+    played,
+    time_of_day,
+)
+from tools.simulate import get_scenario
+from tools.stack import (
+    LocalStack,
+    Managed,
+    StackError,
+    is_our_process,
+    process_start_time,
+    write_state,
+)
+
+DIRECTORY = ClinicDirectory.parse(clinics_setting())
+# a Sunday afternoon in December, and the edges of the clinics' days
+AFTERNOON_IN_NEW_YORK = datetime(2026, 12, 6, 20, 20, tzinfo=UTC)  # 15:20 EST, 14:20 CST
+LATE_EVENING_IN_NEW_YORK = datetime(2026, 12, 7, 4, 50, tzinfo=UTC)  # 23:50 EST, Dec 6
+JUST_AFTER_MIDNIGHT_IN_NEW_YORK = datetime(2026, 12, 7, 5, 10, tzinfo=UTC)  # 00:10 EST
+SUMMER_MORNING = datetime(2026, 7, 1, 13, 0, tzinfo=UTC)  # 09:00 EDT
+MOMENTS = (AFTERNOON_IN_NEW_YORK, LATE_EVENING_IN_NEW_YORK, JUST_AFTER_MIDNIGHT_IN_NEW_YORK,
+           SUMMER_MORNING)
 
 
-def test_the_banner_links_every_flow_page_and_the_kiosk() -> None:
+def _local(at: datetime, clinic_id: str) -> datetime:
+    return at.astimezone(DIRECTORY.zone(clinic_id))
+
+
+def _floors(events: list[DemoEvent], until: datetime | None = None) -> dict[str, ClinicFlow]:
+    """Each clinic's floor after the demo's facts up to ``until``, applied as flow does
+    (a fact the floor could not apply raises: it would be a dead letter)."""
+    floors: dict[str, ClinicFlow] = {}
+    for event in events:
+        if until is not None and event.at > until:
+            break
+        floor = floors.setdefault(event.clinic_id, ClinicFlow(event.clinic_id))
+        floor.apply(event.payload, event.at)
+    return floors
+
+
+# ------------------------------------------------------------------ the clinics
+
+
+def test_each_demo_clinic_has_its_own_zone_and_names_for_every_provider_and_room() -> None:
+    zones = {c.clinic_id: DIRECTORY.zone(c.clinic_id).key for c in DEMO_CLINICS}
+    assert zones == {"north": "America/New_York", "south": "America/Chicago",
+                     "east": "America/Denver"}
+    # a UTC-5 clinic in winter, as the screens are checked in
+    assert _local(AFTERNOON_IN_NEW_YORK, "north").utcoffset() == timedelta(hours=-5)
+    for demo in DEMO_CLINICS:
+        clinic = DIRECTORY[demo.clinic_id]
+        shape = get_scenario(demo.scenario)
+        assert clinic.display_name == demo.name
+        assert sorted(clinic.providers) == sorted(f"p{n}" for n in range(1, shape.providers + 1))
+        assert sorted(clinic.rooms) == sorted(f"r{n}" for n in range(1, shape.rooms + 1))
+        assert all(name.startswith("Dr. ") for name in clinic.providers.values())
+        assert not any(re.search(r"\br\d", name) for name in clinic.rooms.values())
+    assert DIRECTORY["north"].provider_name("p1") == "Dr. Okafor"
+    assert DIRECTORY["north"].room_name("r5") == "Exam 5"
+
+
+def test_every_service_is_given_the_demo_clinics_unless_clinics_are_configured() -> None:
+    stack: Any = SimpleNamespace(kafka_bootstrap="127.0.0.1:19092",
+                                 redis_url="redis://127.0.0.1:16379/0")
+    env = service_env({}, stack, DEFAULT_PORTS)
+    assert ClinicDirectory.parse(env["CLINICFLOW_CLINICS"]).zone("north").key == \
+        "America/New_York"
+    assert env["CLINICFLOW_KAFKA_BOOTSTRAP"] == "127.0.0.1:19092"
+    assert env["CLINICFLOW_FLOW_PORT"] == "8002"
+    own = '{"north": {"timezone": "Pacific/Honolulu"}}'
+    assert service_env({"CLINICFLOW_CLINICS": own}, stack, DEFAULT_PORTS)[
+        "CLINICFLOW_CLINICS"] == own
+
+
+def test_services_listen_where_their_port_settings_say() -> None:
+    assert service_ports({}) == DEFAULT_PORTS
+    assert service_ports({"CLINICFLOW_FLOW_PORT": "18002"})["flow"] == 18002
+    with pytest.raises(StackError, match="CLINICFLOW_BILLING_PORT"):
+        service_ports({"CLINICFLOW_BILLING_PORT": "eighty"})
+
+
+# ------------------------------------------------------------ one calendar, one clock
+
+
+@pytest.mark.parametrize("now", MOMENTS, ids=lambda m: m.isoformat())
+def test_the_demo_day_is_today_on_each_clinics_own_calendar(now: datetime) -> None:
+    events = demo_day(now=now)
+    assert {e.clinic_id for e in events} == {"north", "south", "east"}
+    for event in events:
+        today = _local(now, event.clinic_id).date()
+        assert _local(event.at, event.clinic_id).date() == today, event
+        if isinstance(event.payload, ev.PatientArrived) and event.payload.scheduled_at:
+            appointment = _local(event.payload.scheduled_at, event.clinic_id)
+            assert appointment.date() == today
+            assert appointment.minute % 15 == 0 and appointment.second == 0  # as booked
+
+
+def test_patients_arrive_around_their_appointment_on_the_same_clock() -> None:
+    events = demo_day(now=AFTERNOON_IN_NEW_YORK)
+    scheduled = [e for e in events if isinstance(e.payload, ev.PatientArrived)
+                 and e.payload.scheduled_at is not None]
+    offsets = [(e.at - e.payload.scheduled_at).total_seconds() / 60 for e in scheduled
+               if isinstance(e.payload, ev.PatientArrived) and e.payload.scheduled_at]
+    # the simulator's patients: most a little early, some late, none hours away
+    assert all(-50 <= minutes <= 120 for minutes in offsets)
+    assert sum(1 for m in offsets if m < 0) > 0.7 * len(offsets)
+
+
+def test_a_realistic_share_of_scheduled_patients_come_late_not_all() -> None:
+    events = demo_day(now=AFTERNOON_IN_NEW_YORK)
+    arrivals = [e.payload for e in events if isinstance(e.payload, ev.PatientArrived)]
+    scheduled = [a for a in arrivals if a.scheduled_at is not None]
+    late = [a for a in scheduled if a.late]
+    assert len(scheduled) > 100
+    assert 0.02 <= len(late) / len(scheduled) <= 0.15
+    # the flag says what the floor will conclude: more than 10 minutes past the appointment
+    for event in events:
+        payload = event.payload
+        if isinstance(payload, ev.PatientArrived) and payload.scheduled_at is not None:
+            assert payload.late == (event.at > payload.scheduled_at + LATE_GRACE)
+    # and the floor agrees: late patients are few on every clinic's board at the start
+    floors = _floors(events, until=AFTERNOON_IN_NEW_YORK)
+    for floor in floors.values():
+        visits = [v for v in floor.clinic.visits.values() if v.scheduled_at is not None]
+        assert sum(v.late for v in visits) < len(visits) / 2
+
+
+# ----------------------------------------------------------------- busy at once
+
+
+def test_the_day_is_slid_to_mid_morning_in_whole_quarter_hours_within_the_date() -> None:
+    first, last = timedelta(hours=7, minutes=30), timedelta(hours=18)
+    assert clock_shift(MID_MORNING, first, last) == timedelta(0)  # real hours
+    assert clock_shift(timedelta(hours=15, minutes=20), first, last) == \
+        timedelta(hours=4, minutes=45)
+    # the evening: as late as the date allows (the last event before midnight)
+    assert clock_shift(timedelta(hours=23, minutes=50), first, last) == \
+        timedelta(hours=5, minutes=45)
+    # just after midnight: as early as the date allows (the first event at 00:00)
+    assert clock_shift(timedelta(minutes=10), first, last) == timedelta(hours=-7, minutes=-30)
+
+
+@pytest.mark.parametrize("now", MOMENTS, ids=lambda m: m.isoformat())
+def test_it_is_mid_morning_of_the_simulated_day_unless_the_date_ends_first(
+        now: datetime) -> None:
+    for demo in DEMO_CLINICS:
+        zone = DIRECTORY.zone(demo.clinic_id)
+        planned = clinic_day(demo, zone, now)
+        simulated_now = time_of_day(now, zone) - planned.shift
+        first = time_of_day(datetime.fromisoformat(planned.records[0]["ts"]), zone)
+        last = time_of_day(datetime.fromisoformat(planned.records[-1]["ts"]), zone)
+        at_an_end = first < timedelta(minutes=15) or last > timedelta(hours=23, minutes=45)
+        assert abs(simulated_now - MID_MORNING) <= timedelta(minutes=8) or at_an_end
+        assert planned.shift % timedelta(minutes=15) == timedelta(0)
+
+
+@pytest.mark.parametrize("clinic_id", ["north", "south", "east"])
+def test_every_panel_has_something_to_show_the_moment_the_morning_is_published(
+        clinic_id: str) -> None:
+    now = AFTERNOON_IN_NEW_YORK
+    floor = _floors(demo_day(now=now), until=now)[clinic_id]
+    clinic = floor.clinic
+    assert len(clinic.waiting()) >= 3  # expected waits on the waiting-room screen
+    assert clinic.roomed()  # rooms in use on the nurse station, someone being called
+    report = floor.day.report(clinic, now)
+    assert report["outcomes"]["checked_out"] >= 5  # stage durations, the day's counts
+    assert len(report["queue"]["waiting"]) >= 12  # an hour of queue over the day
+    paces = {row["provider_id"]: row["text"] for row in report["providers"]}
+    # every provider has roomed on-time patients to measure the pace against
+    assert all(text != "no on-time patient roomed yet"
+               for provider, text in paces.items() if provider.startswith("p")), paces
+
+
+@pytest.mark.parametrize("now", MOMENTS, ids=lambda m: m.isoformat())
+def test_the_whole_day_applies_to_the_floor_without_a_refusal(now: datetime) -> None:
+    events = demo_day(now=now)
+    assert [e.at for e in events] == sorted(e.at for e in events)
+    _floors(events)  # raises NotApplicable on a fact the floor would dead-letter
+
+
+def test_played_faster_the_appointments_move_with_the_arrivals() -> None:
+    started = AFTERNOON_IN_NEW_YORK
+    events = demo_day(now=started)
+    future = [e for e in events if e.at > started and isinstance(e.payload, ev.PatientArrived)
+              and e.payload.scheduled_at is not None and e.payload.scheduled_at > started]
+    past = next(e for e in events if e.at <= started)
+    assert played(past, started, 10.0) == past  # what happened keeps its time
+    for event in future:
+        fast = played(event, started, 10.0)
+        assert isinstance(fast.payload, ev.PatientArrived)
+        assert isinstance(event.payload, ev.PatientArrived)
+        assert fast.at - started == (event.at - started) / 10
+        assert fast.payload.scheduled_at and event.payload.scheduled_at
+        assert (fast.at - fast.payload.scheduled_at) == \
+            (event.at - event.payload.scheduled_at) / 10  # early stays early, late late
+
+
+# ------------------------------------------------------------- a fresh day each run
+
+
+def test_each_run_starts_a_fresh_day_and_keeps_only_the_previous_one(tmp_path: Path) -> None:
+    first = fresh_demo_dir(tmp_path)
+    assert first == tmp_path / "up" and (first / MARKER).is_file()
+    (first / "kafka").mkdir()
+    (first / "kafka" / "day-one").write_text("north-v001 roomed")
+
+    second = fresh_demo_dir(tmp_path)
+    assert list(second.iterdir()) == [second / MARKER]  # nothing of day one
+    assert (tmp_path / "up.previous" / "kafka" / "day-one").is_file()
+    (second / "redis").mkdir()
+
+    fresh_demo_dir(tmp_path)
+    assert (tmp_path / "up.previous" / "redis").is_dir()  # day two set aside, day one gone
+    assert not any(tmp_path.glob("up.discarded-*"))
+
+
+def test_a_directory_make_up_did_not_create_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / "thesis.tex").write_text("years of work")
+    with pytest.raises(StackError, match="not made by `make up`"):
+        fresh_demo_dir(tmp_path)
+    assert (tmp_path / "up" / "thesis.tex").read_text() == "years of work"
+    assert not (tmp_path / "up.previous").exists()
+
+
+def test_the_state_of_an_earlier_make_up_without_a_marker_is_recognised(tmp_path: Path) -> None:
+    old = tmp_path / "up"
+    (old / "kafka").mkdir(parents=True)
+    (old / "redis").mkdir()
+    assert is_demo_state(old)
+    fresh_demo_dir(tmp_path)
+    assert (tmp_path / "up.previous" / "redis").is_dir()
+
+
+def test_a_removal_cut_short_is_finished_by_the_next_run(tmp_path: Path) -> None:
+    (tmp_path / "up.discarded-1234abcd" / "kafka").mkdir(parents=True)
+    fresh_demo_dir(tmp_path)
+    assert not (tmp_path / "up.discarded-1234abcd").exists()
+
+
+def test_a_second_make_up_is_refused_while_one_runs(tmp_path: Path) -> None:
+    with single_run(tmp_path / "up.lock"), \
+            pytest.raises(StackError, match="already running"), \
+            single_run(tmp_path / "up.lock"):
+        pass
+    with single_run(tmp_path / "up.lock"):  # free again once the first run ends
+        pass
+
+
+@pytest.fixture
+def stand_in_service() -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose command line reads like a service `make up` started."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                "tools.cli run flow"])
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def _record_killed_run(state_file: Path, demo: Path, service: subprocess.Popen[bytes]) -> None:
+    """What a `make up` killed with -9 leaves: its record, naming a service still running."""
+    stack = LocalStack(demo)
+    stack.companions.append(Managed("flow", service.pid, 8002, "tools.cli run flow",
+                                    demo / "flow.log", None,
+                                    process_start_time(service.pid)))
+    write_state(state_file, stack)
+
+
+def test_what_a_killed_make_up_left_running_is_stopped_by_the_next(
+        tmp_path: Path, stand_in_service: subprocess.Popen[bytes]) -> None:
+    state_file, demo = tmp_path / "stack.json", tmp_path / "up"
+    _record_killed_run(state_file, demo, stand_in_service)
+    state = json.loads(state_file.read_text())
+    # its owner is gone: a PID that exited (the record's start time no longer matches)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    state["owner"] = {"pid": gone.pid, "started": 1}
+    state_file.write_text(json.dumps(state))
+    said: list[str] = []
+
+    stop_leftovers(state_file, demo, said.append)
+
+    assert stand_in_service.wait(5) is not None
+    assert any("stopped flow" in line for line in said)
+    assert not state_file.exists()
+
+
+def test_a_running_make_up_or_stack_is_never_stopped_by_another(
+        tmp_path: Path, stand_in_service: subprocess.Popen[bytes]) -> None:
+    state_file, demo = tmp_path / "stack.json", tmp_path / "up"
+    _record_killed_run(state_file, demo, stand_in_service)  # owner: this very process
+    with pytest.raises(StackError, match="already running"):
+        stop_leftovers(state_file, demo, print)
+    # `clinicflow stack up`'s own stack (its data elsewhere) is not make up's to stop
+    _record_killed_run(state_file, tmp_path, stand_in_service)
+    with pytest.raises(StackError, match="`clinicflow stack up` is running"):
+        stop_leftovers(state_file, demo, print)
+    assert is_our_process(stand_in_service.pid, "tools.cli run flow")
+    assert state_file.exists()
+
+
+# ------------------------------------------------------------------------ the banner
+
+
+def test_the_banner_links_every_flow_page_and_the_kiosk_of_every_clinic(tmp_path: Path) -> None:
     stack: Any = SimpleNamespace(kafka_bootstrap="127.0.0.1:9092",
                                  redis_url="redis://127.0.0.1:6379/0")
-    text = _banner(stack, 4.0)
-    pages = set(re.findall(r"http://127\.0\.0\.1:8002/screens/north/([a-z-]+)\?token=", text))
-    assert pages == {"waiting-room", "nurse", "operations"}
-    assert "http://127.0.0.1:8001/kiosk/north?token=dev-kiosk" in text
-    # and flow serves each of them
+    text = _banner(stack, 4.0, DEFAULT_PORTS, DIRECTORY, tmp_path / "up" / "logs")
+    assert "Northside Family Practice (north, America/New_York)" in text
     app = FastAPI()
     app.include_router(make_pages_router(FlowSettings()))
     client = TestClient(app)
-    for page in pages:
-        assert client.get(f"/screens/north/{page}").status_code == 200, page
+    for clinic in ("north", "south", "east"):
+        pages = set(re.findall(rf"http://127\.0\.0\.1:8002/screens/{clinic}/([a-z-]+)\?token=",
+                               text))
+        assert pages == {"waiting-room", "nurse", "operations"}
+        assert f"http://127.0.0.1:8001/kiosk/{clinic}?token=dev-kiosk" in text
+        for page in pages:  # and flow serves each of them
+            assert client.get(f"/screens/{clinic}/{page}").status_code == 200, page
+
+
+def test_the_clinic_day_is_the_date_in_the_clinics_zone_not_the_servers() -> None:
+    # 23:50 in New York is already tomorrow in UTC: the day is still the 6th there
+    planned = clinic_day(DEMO_CLINICS[0], ZoneInfo("America/New_York"),
+                         LATE_EVENING_IN_NEW_YORK)
+    assert planned.day == date(2026, 12, 6)
+    assert LATE_EVENING_IN_NEW_YORK.date() == date(2026, 12, 7)
+    assert datetime.combine(planned.day, time(0)).weekday() == 6  # that Sunday

@@ -251,3 +251,60 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     cluster_id = local.new_cluster_id()
     assert not cluster_id.startswith("-")
     assert len(cluster_id) == 22
+
+
+def test_make_ups_services_are_recorded_with_the_stack_and_listed_before_it(
+    stranger: subprocess.Popen[bytes], tmp_path: Path,
+) -> None:
+    stack = LocalStack(tmp_path / "up", state_file=tmp_path / "stack.json")
+    stack.kafka = Managed("kafka", 2**22 + 1, 9092, "server.properties", tmp_path / "k")
+    stack.redis = Managed("redis", 2**22 + 2, 6379, "127.0.0.1:6379", tmp_path / "r")
+    stack.add_companion(Managed("flow", stranger.pid, 8002, "sleep 60", tmp_path / "flow.log",
+                                started=process_start_time(stranger.pid)))
+    state = local.read_state(tmp_path / "stack.json")
+    assert state is not None
+    recorded = local.recorded_processes(state)
+    # the services go first: they use Kafka and Redis until they stop
+    assert [m.name for m in recorded] == ["flow", "kafka", "redis"]
+    assert recorded[0].pid == stranger.pid and recorded[0].alive()
+
+
+def test_down_stops_the_services_a_lost_make_up_left_as_well(
+    stranger: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLINICFLOW_STATE_DIR", str(tmp_path))
+    gone_kafka = Managed("kafka", 2**22 + 1, 9092, "server.properties", tmp_path / "k")
+    gone_redis = Managed("redis", 2**22 + 2, 6379, "127.0.0.1:6379", tmp_path / "r")
+    state = _write_state(tmp_path, gone_kafka, gone_redis)
+    record = json.loads(state.read_text())
+    service = Managed("flow", stranger.pid, 8002, "sleep 60", tmp_path / "flow.log",
+                      started=process_start_time(stranger.pid))
+    record["companions"] = [{"name": "flow", **service.record()}]
+    state.write_text(json.dumps(record))
+
+    assert local.down(argparse.Namespace()) == 0
+
+    stranger.wait(5)
+    said = capsys.readouterr().out
+    assert said.index(f"stopped flow (pid {stranger.pid})") < said.index("kafka (pid")
+    assert not state.exists()
+
+
+def test_up_sees_the_stack_running_whatever_else_was_recorded_with_it(
+    stranger: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLINICFLOW_STATE_DIR", str(tmp_path))
+    started = process_start_time(stranger.pid)
+    state = _write_state(tmp_path, Managed("kafka", stranger.pid, 9092, "sleep", tmp_path / "k",
+                                           started=started),
+                         Managed("redis", stranger.pid, 6379, "sleep", tmp_path / "r",
+                                 started=started))
+    record = json.loads(state.read_text())
+    record["companions"] = [{"name": "flow", **Managed(
+        "flow", stranger.pid, 8002, "sleep", tmp_path / "f", started=started).record()}]
+    state.write_text(json.dumps(record))
+    assert local.up(argparse.Namespace(detach=True)) == 0
+    assert "already up" in capsys.readouterr().out
+    assert stranger.poll() is None
