@@ -6,7 +6,7 @@ names its people use for providers and rooms (``clinics_setting()`` is the
 (``tools.simulate``) on today's date on its own clock: appointments, arrivals and
 every other fact are times of that one clock, so a patient who came eight minutes
 early for a 10:15 appointment arrived at 10:07 there, and only the patients the
-simulator made late (about one scheduled patient in twenty is more than ten minutes
+simulator made late (about one scheduled patient in fifteen is more than ten minutes
 late) are late.
 
 So that the screens are full at once, the day is slid along the clinic's clock

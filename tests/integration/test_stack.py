@@ -1,23 +1,35 @@
 """The real local stack: topics as declared, a Kafka round trip, Redis with an append-only
-file, restarts that keep the data, and the `clinicflow stack` command."""
+file, restarts that keep the data, the `clinicflow stack` command, and `make up` run again
+and again (after Ctrl-C, after a kill) without a dead letter."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from redis.asyncio import Redis
 
-from shared.topics import ALL_TOPICS, AUDIT, topic_name
-from tools.stack import REPO, LocalStack, create_topics, free_ports, is_our_process
+from shared.topics import ALL_TOPICS, AUDIT, DEAD_LETTER, ESTIMATES, FLOOR, topic_name
+from tests.helpers import eventually, read_topic
+from tools.stack import (
+    REPO,
+    LocalStack,
+    create_topics,
+    free_ports,
+    is_our_process,
+    stop_recorded,
+)
 
 
 async def _partitions_and_retention(bootstrap: str,
@@ -155,3 +167,173 @@ def test_stack_up_detached_status_and_down_leave_no_process_behind(tmp_path: Pat
     assert not any(is_our_process(*process) for process in processes)
     assert not (tmp_path / "stack.json").exists()
     assert clinicflow("status").returncode == 1
+
+
+# ------------------------------------------------------------------------- make up
+
+UP_SERVICES = ("checkin", "flow", "notifications", "billing")
+FLOOR_GROUPS = {"flow", "notifications", "billing"}  # the services' default consumer groups
+
+
+class MakeUp:
+    """`clinicflow up` run as a person runs it, on ports of its own and a state directory
+    of its own, so a developer's `make up` on 9092/8001-8004 is left alone."""
+
+    def __init__(self, state: Path) -> None:
+        kafka, redis, *services = free_ports(2 + len(UP_SERVICES))
+        self.ports = dict(zip(UP_SERVICES, services, strict=True))
+        self.bootstrap = f"127.0.0.1:{kafka}"
+        self.state = state
+        keep = {"CLINICFLOW_CACHE_DIR"}  # Kafka's jars; nothing else of the caller's
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("CLINICFLOW_") or k in keep}
+        self.env.update({"CLINICFLOW_STATE_DIR": str(state),
+                         "CLINICFLOW_KAFKA_PORT": str(kafka),
+                         "CLINICFLOW_REDIS_PORT": str(redis),
+                         **{f"CLINICFLOW_{name.upper()}_PORT": str(port)
+                            for name, port in self.ports.items()}})
+        self.runs = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output = state / "up.out"
+
+    def start(self, speed: float = 10.0) -> None:
+        self.runs += 1
+        self.output = self.state.parent / f"run{self.runs}.out"
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tools.cli", "up", "--speed", str(speed)], cwd=REPO,
+                env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def said(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    async def day_so_far_published(self) -> int:
+        """How many events of the day so far the demo published at once."""
+        def published() -> int | None:
+            assert self.process is not None
+            found = re.search(r"the day so far is published \((\d+) events\)", self.said())
+            if found is None and self.process.poll() is not None:
+                raise AssertionError(f"`clinicflow up` exited:\n{self.said()}")
+            return int(found.group(1)) if found else None
+
+        count: int = await eventually(published, timeout=180, interval=0.2)
+        return count
+
+    def stop(self) -> int:
+        """Ctrl-C, as in the terminal; its exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(90)
+
+    def kill(self) -> None:
+        """kill -9 of `clinicflow up` alone: its services, Kafka and Redis live on."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def clean_up(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        stop_recorded(self.state / "stack.json")
+
+
+async def _end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
+    """The end of every partition of the floor and estimate topics, now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic_name(spec), p) for spec in (FLOOR, ESTIMATES)
+                      for p in sorted(consumer.partitions_for_topic(topic_name(spec)) or ())]
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def _caught_up(bootstrap: str, ends: dict[TopicPartition, int]) -> bool:
+    """Every consumer group has applied what was on its topics at ``ends`` (the services
+    commit to Kafka what they have applied; the floor groups must all be there)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        groups = [group for group, _protocol in await admin.list_consumer_groups()]
+        on_floor = set()
+        for group in groups:
+            committed = await admin.list_consumer_group_offsets(group)
+            for tp, end in ends.items():
+                if tp.topic not in {t.topic for t in committed}:
+                    continue  # a topic this group does not read
+                if tp.topic == topic_name(FLOOR):
+                    on_floor.add(group)
+                done = committed.get(tp)
+                if end > 0 and (done is None or done.offset < end):
+                    return False
+        return on_floor >= FLOOR_GROUPS
+    finally:
+        await admin.close()
+
+
+async def _dead_letters(up: MakeUp) -> int:
+    """Dead letters counted by the services (when they applied the event) and on the topic."""
+    counted = 0
+    async with httpx.AsyncClient() as client:
+        for port in up.ports.values():
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+            counted += sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                           if line.startswith("clinicflow_dead_letters_total{"))
+    on_topic = await read_topic(up.bootstrap, topic_name(DEAD_LETTER), timeout=10)
+    return counted + len(on_topic)
+
+
+async def _cluster_id(bootstrap: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        cluster = await admin.describe_cluster()
+        return str(cluster["cluster_id"])
+    finally:
+        await admin.close()
+
+
+async def _a_fresh_day_with_no_dead_letter(up: MakeUp) -> str:
+    """Waits for the day so far, checks the screens have it and no event was refused;
+    returns the Kafka cluster's id (a new one is a fresh day)."""
+    published = await up.day_so_far_published()
+    assert published > 300, up.said()
+    ends = await _end_offsets(up.bootstrap)
+    floor = sum(end for tp, end in ends.items() if tp.topic == topic_name(FLOOR))
+    assert published <= floor < 2 * published  # this day only, nothing of an earlier run
+    await eventually(lambda: _caught_up(up.bootstrap, ends), timeout=60, interval=0.2)
+    assert await _dead_letters(up) == 0
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{up.ports['flow']}") as flow:
+        for clinic in ("north", "south", "east"):
+            board = (await flow.get(f"/clinics/{clinic}/board",
+                                    headers={"Authorization": "Bearer dev-manager"})).json()
+            assert board["waiting"] and board["in_rooms"], (clinic, board)
+    return await _cluster_id(up.bootstrap)
+
+
+async def test_make_up_plays_a_fresh_day_every_run_after_ctrl_c_and_after_a_kill(
+    tmp_path: Path,
+) -> None:
+    up = MakeUp(tmp_path / "state")
+    try:
+        up.start()
+        first = await _a_fresh_day_with_no_dead_letter(up)
+        assert await asyncio.to_thread(up.stop) == 0
+
+        up.start()  # the same day's visit ids again: onto a fresh floor
+        second = await _a_fresh_day_with_no_dead_letter(up)
+        await asyncio.to_thread(up.kill)  # its services, Kafka and Redis keep running
+
+        up.start()
+        third = await _a_fresh_day_with_no_dead_letter(up)
+        assert "a previous `make up` was killed" in up.said()
+        assert len({first, second, third}) == 3
+        assert (up.state / "up.previous" / ".clinicflow-up").is_file()
+        assert await asyncio.to_thread(up.stop) == 0
+        assert not (up.state / "stack.json").exists()  # nothing left running
+    finally:
+        up.clean_up()
