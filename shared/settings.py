@@ -280,8 +280,18 @@ class CheckinSettings(CommonSettings):
     checkin_late_after_minutes: int = Field(default=10, ge=0)
     checkin_lookup_rate_per_minute: int = Field(default=20, ge=1)
     checkin_lookup_misses_per_minute: int = Field(default=5, ge=1)
-    checkin_timezone: str = Field(
-        default="UTC", description="IANA zone of the clinics' day (ticket codes, no-show lists)"
+    checkin_timezone: str | None = Field(
+        default=None, description="IANA zone of the day of a clinic that CLINICFLOW_CLINICS "
+        "gives none (unset: CLINICFLOW_DEFAULT_TIMEZONE); a zone in CLINICFLOW_CLINICS wins"
+    )
+    checkin_visit_types: str = Field(
+        default="{}", description='JSON {"code": "visit_type"}: appointment-type codes (FHIR, '
+        "CSV, walk-ins; any case) and the visit type they become, over the default map of "
+        "HL7 v2 table 0276 and common codes (services/checkin/README.md)",
+    )
+    checkin_barrier_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="how long a cancel waits for checkin's projection to "
+        "hold the clinic's floor partition up to its end before answering 503",
     )
     checkin_identity_secret: SecretStr = Field(
         default=SecretStr("dev-checkin-identity-secret"),
@@ -292,14 +302,42 @@ class CheckinSettings(CommonSettings):
 
     @field_validator("checkin_timezone")
     @classmethod
-    def _known_timezone(cls, value: str) -> str:
+    def _known_timezone(cls, value: str | None) -> str | None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+        if value is None:
+            return None
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"CLINICFLOW_CHECKIN_TIMEZONE {value!r} is not an IANA zone") from None
         return value
+
+    @field_validator("checkin_visit_types")
+    @classmethod
+    def _visit_types_parse(cls, value: str) -> str:
+        name = "CLINICFLOW_CHECKIN_VISIT_TYPES"
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name} is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f'{name} must be an object: {{"FOLLOWUP": "follow_up"}}')
+        for code, visit_type in parsed.items():
+            if not isinstance(visit_type, str) or not 1 <= len(visit_type.strip()) <= 40:
+                raise ValueError(f"{name}[{code!r}] must be a visit type of 1 to 40 characters")
+        return value
+
+    def checkin_visit_type_map(self) -> dict[str, str]:
+        """The deployment's own appointment-type codes (over checkin's default map)."""
+        parsed: dict[str, str] = json.loads(self.checkin_visit_types)
+        return parsed
+
+    def clinic_directory(self) -> ClinicDirectory:
+        """The configured clinics; a clinic not in CLINICFLOW_CLINICS lives in
+        CLINICFLOW_CHECKIN_TIMEZONE when it is set, else CLINICFLOW_DEFAULT_TIMEZONE."""
+        return ClinicDirectory.parse(self.clinics,
+                                     self.checkin_timezone or self.default_timezone)
 
     def production_problems(self) -> list[str]:
         secret = self.checkin_identity_secret.get_secret_value()

@@ -2,6 +2,18 @@
 Idempotency-Key, then the desk). The request and answer models are in schemas.py, the
 lookup limiter in limiter.py.
 
+Retries never duplicate an effect. Each command's rule (the README's table):
+
+- ``POST .../arrivals`` for a walk-in: an ``Idempotency-Key`` is required (428 without):
+  nothing else tells a retry from a second patient.
+- ``POST .../arrivals`` for an appointment, ``POST .../kiosk/check-ins``: deduplicated
+  on the appointment (one arrival each: a second is 409 naming the visit); the key, when
+  sent, replays the first answer (the kiosk page sends one per attempt).
+- ``POST .../visits/{visit}/cancel``: deduplicated on the visit (cancelled once; again is
+  409); the key replays the first answer.
+- ``POST .../schedule/csv|fhir``: deduplicated on the appointment ids (an identical
+  re-import publishes nothing); the key replays the first answer.
+
 Every route names its roles; every route with a clinic checks the credential opens
 that clinic. The desk's refusals are ``shared.errors`` kinds, answered as HTTP in one
 place (``shared/service.py``); what is wrong with the request itself (a missing field,
@@ -26,6 +38,7 @@ from services.checkin.desk import (
     ImportResult,
     WalkIn,
 )
+from services.checkin.domain import printed_kiosk_code
 from services.checkin.limiter import LookupLimiter
 from services.checkin.schedule import parse_csv, parse_fhir_bundle
 from services.checkin.schemas import (
@@ -35,6 +48,7 @@ from services.checkin.schemas import (
     CANCEL_EXAMPLES,
     COMMON_ERRORS,
     CSV_EXAMPLE,
+    DIRECTORY_EXAMPLE,
     FHIR_EXAMPLE,
     FOLLOW_UP_EXAMPLE,
     ID_TEXT,
@@ -48,12 +62,14 @@ from services.checkin.schemas import (
     ArrivalRequest,
     CancelAnswer,
     CancelRequest,
+    DirectoryAnswer,
     FollowUpAnswer,
     FollowUpRow,
     ImportAnswer,
     ImportRejected,
     KioskAnswer,
     KioskRequest,
+    NamedEntryAnswer,
     ScheduleAnswer,
     WaitAnswer,
     answer,
@@ -62,23 +78,38 @@ from services.checkin.schemas import (
 )
 from shared.auth import Principal, require_role
 from shared.clock import Clock
-from shared.errors import NotFound
+from shared.errors import NotFound, PreconditionRequired
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.refusals import Invalid
+from shared.settings import ROLES
 
 ClinicId = Annotated[str, Path(pattern=ID_TEXT, description="the clinic", examples=["north"])]
 VisitId = Annotated[str, Path(pattern=ID_TEXT, description="the visit (from the arrival)",
                               examples=["v-3f2a9c1e5b7d4a60"])]
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", max_length=200,
-    description="makes a retried command the same command: same answer, nothing new "
-                "published", examples=["arrival-7c1e"])]
-Day = Annotated[date | None, Query(description="the clinic's day (default: today)",
+    description="optional here (the command is deduplicated on what it names); with it, a "
+                "retried command gets the first answer again (`replayed: true`) and "
+                "publishes nothing. One key per attempt; a retry reuses it",
+    examples=["arrival-7c1e"])]
+ArrivalKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=200,
+    description="REQUIRED for a walk-in (428 without): one key per check-in, reused by its "
+                "retries, so a retried walk-in is one ticket, never two. Optional for a "
+                "scheduled arrival (deduplicated on the appointment); with it, a retry gets "
+                "the first answer again (`replayed: true`)", examples=["arrival-7c1e"])]
+Day = Annotated[date | None, Query(description="the clinic's day in its own zone "
+                                               "(default: the clinic's today)",
                                    examples=["2026-03-02"])]
 
 FRONT_DESK = require_role("front_desk", "manager")
 KIOSK = require_role("kiosk", "front_desk")
 LOOKUP = require_role("kiosk", "front_desk", "manager")
+ANY_ROLE = require_role(*ROLES)
+WALK_IN_NEEDS_A_KEY = (
+    "a walk-in needs an Idempotency-Key header: nothing else tells a retried walk-in from "
+    "a second patient. Send one key per check-in (any unique text, e.g. a UUID) and the "
+    "same key again when retrying it")
 
 
 def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: LookupLimiter,
@@ -105,11 +136,11 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
     async def run_import(request: Request, clinic_id: str, fmt: str, dry_run: bool,
                          key: str | None) -> ImportAnswer:
         body = await request.body()
-        hasher = desk.identity_hasher(clinic_id)
+        keys = desk.import_keys(clinic_id)
         parse = parse_csv if fmt == "csv" else parse_fhir_bundle
 
         async def action() -> tuple[int, Any]:
-            parsed = parse(body, clinic_id=clinic_id, hash_identity=hasher)
+            parsed = parse(body, clinic_id=clinic_id, keys=keys)
             # ScheduleRejected becomes the 422 listing every bad row (see rejected_schedule)
             result = await desk.import_schedule(clinic_id, parsed, fmt=fmt, dry_run=dry_run,
                                                 now=clock.now())
@@ -152,10 +183,14 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
                  tags=["schedule"], summary="Import the day's schedule from CSV",
                  description="All rows or none: one bad row rejects the file with every "
                  "bad row's line and reason. New and changed appointments publish "
-                 "`appointment.scheduled`; an identical re-import publishes nothing. Columns: "
-                 "appointment_id, patient_ref, provider_id, visit_type, scheduled_at (ISO "
-                 "8601 with offset); optional duration_minutes, status (booked|cancelled), "
-                 "dob + initials (kiosk check, kept only as a salted hash), clinic_id.",
+                 "`appointment.scheduled`; an identical re-import publishes nothing (retries "
+                 "are deduplicated on the appointment ids). Columns: appointment_id, "
+                 "patient_ref (pseudonymous) or mrn (an EHR identifier: only its keyed "
+                 "pseudonym is kept), provider_id, visit_type (mapped: FOLLOWUP -> "
+                 "follow_up), scheduled_at (ISO 8601 with offset); optional "
+                 "duration_minutes, status (booked|cancelled), dob + initials (kiosk check, "
+                 "kept only as a salted hash), clinic_id. Each appointment gets a kiosk "
+                 "code (see the schedule).",
                  openapi_extra=csv_body, responses=import_errors)
     async def import_csv(clinic_id: ClinicId, request: Request,
                          dry_run: Annotated[bool, Query(
@@ -173,9 +208,14 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
                  tags=["schedule"], summary="Import the day's schedule from a FHIR R4 Bundle",
                  description="A Bundle of `Appointment` resources (Patient resources in the "
                  "same Bundle give the kiosk check's birth date and initials, kept only as a "
-                 "salted hash). All entries or none; errors name each entry's line. Status "
-                 "booked/pending/arrived/checked-in/fulfilled is booked; cancelled/noshow/"
-                 "entered-in-error is cancelled; proposed/waitlist entries are skipped.",
+                 "salted hash; `Patient.id` becomes a keyed pseudonym, never published). "
+                 "`appointmentType` codes (HL7 v2 table 0276: ROUTINE, WALKIN, CHECKUP, "
+                 "FOLLOWUP, EMERGENCY, and common codes) become the clinic's visit types. "
+                 "`Practitioner` and `Location` names (and participants' `display`) become "
+                 "display names (GET .../directory). All entries or none; errors name each "
+                 "entry's line. Status booked/pending/arrived/checked-in/fulfilled is booked; "
+                 "cancelled/noshow/entered-in-error is cancelled; proposed/waitlist entries "
+                 "are skipped. Retries are deduplicated on the appointment ids.",
                  openapi_extra=fhir_body, responses=import_errors)
     async def import_fhir(clinic_id: ClinicId, request: Request,
                           dry_run: Annotated[bool, Query(description="validate and compare "
@@ -190,13 +230,16 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
 
     @router.get("/clinics/{clinic_id}/schedule", response_model=ScheduleAnswer,
                 tags=["schedule"], summary="The day's schedule with arrivals and no-shows",
-                description="Every appointment of the clinic's day, with its arrival (visit "
-                "id) or no-show. No names: a pseudonymous patient reference.",
+                description="Every appointment of the clinic's day (in its own zone), with "
+                "its kiosk code and its arrival (visit id) or no-show; times on the clinic's "
+                "clock. No patient names: a pseudonymous patient reference.",
                 responses=answer(200, SCHEDULE_EXAMPLE, "the day's appointments"))
     async def schedule(clinic_id: ClinicId, day: Day = None,
                        principal: Principal = Depends(FRONT_DESK)) -> ScheduleAnswer:
         principal.require_clinic(clinic_id)
-        the_day = day or desk.today(clock.now())
+        the_day = day or desk.today(clinic_id, clock.now())
+        zone = desk.zone(clinic_id)
+        names = await provider_names(clinic_id)
         rows = []
         for state in await desk.schedule(clinic_id, the_day):
             a = state.appointment
@@ -207,23 +250,55 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
                 status = "no_show"
             rows.append(AppointmentRow(
                 appointment_id=a.appointment_id, patient_ref=a.patient_ref,
-                provider_id=a.provider_id, visit_type=a.visit_type,
-                scheduled_at=a.scheduled_at, duration_minutes=a.duration_minutes,
-                status=status, visit_id=state.arrived_visit, kiosk_check=bool(a.identity)))
-        return ScheduleAnswer(clinic_id=clinic_id, day=the_day, appointments=rows)
+                provider_id=a.provider_id, provider_name=names.get(a.provider_id, a.provider_id),
+                visit_type=a.visit_type, scheduled_at=a.scheduled_at.astimezone(zone),
+                kiosk_code=printed_kiosk_code(a.kiosk_code) if a.kiosk_code else None,
+                duration_minutes=a.duration_minutes, status=status,
+                visit_id=state.arrived_visit, kiosk_check=bool(a.identity)))
+        return ScheduleAnswer(clinic_id=clinic_id, day=the_day, timezone=zone.key,
+                              appointments=rows)
+
+    async def provider_names(clinic_id: str) -> dict[str, str]:
+        return {entry.id: entry.name for entry in (await desk.names(clinic_id)).providers}
+
+    @router.get("/clinics/{clinic_id}/directory", response_model=DirectoryAnswer,
+                tags=["schedule"], summary="The clinic's providers and rooms by name",
+                description="How the clinic calls its providers and rooms, for screens and "
+                "messages (events and metrics keep the ids): CLINICFLOW_CLINICS first, then "
+                "the names imported FHIR Bundles brought (Practitioner, Location, "
+                "participants' display), then the ids on imported schedules. Any role of "
+                "the clinic may read it.",
+                responses=answer(200, DIRECTORY_EXAMPLE, "the clinic's names"))
+    async def directory(clinic_id: ClinicId,
+                        principal: Principal = Depends(ANY_ROLE)) -> DirectoryAnswer:
+        principal.require_clinic(clinic_id)
+        names = await desk.names(clinic_id)
+
+        def entries(found: Any) -> list[NamedEntryAnswer]:
+            return [NamedEntryAnswer(id=e.id, name=e.name, source=e.source) for e in found]
+
+        return DirectoryAnswer(clinic_id=clinic_id, name=names.name, timezone=names.timezone,
+                               providers=entries(names.providers), rooms=entries(names.rooms))
 
     # ----------------------------------------------------------- arrivals
 
     @router.post("/clinics/{clinic_id}/arrivals", status_code=201, response_model=ArrivalAnswer,
                  tags=["arrivals"], summary="Check a patient in (scheduled or walk-in)",
-                 description="Publishes `patient.arrived` with a new ticket code. A scheduled "
-                 "arrival is late when more than CLINICFLOW_CHECKIN_LATE_AFTER_MINUTES after "
-                 "the appointment. A second arrival for the same appointment is a 409; the "
-                 "same request again with the same Idempotency-Key gets the first answer.",
+                 description="Publishes `patient.arrived` with a new ticket code (numbered "
+                 "per clinic day, in the clinic's zone). A scheduled arrival is late when "
+                 "more than CLINICFLOW_CHECKIN_LATE_AFTER_MINUTES after the appointment. "
+                 "Retries: a walk-in REQUIRES an Idempotency-Key (428 without one: two "
+                 "identical walk-ins could be two patients); a scheduled arrival is "
+                 "deduplicated on the appointment (a second one is a 409 naming the visit). "
+                 "The same request again with the same key gets the first answer. A "
+                 "provider the clinic does not know (configuration, imports) is a 404.",
                  responses=answer(
                      201, ARRIVAL_ANSWER_EXAMPLE, "checked in: the ticket code to show",
-                     r404=("no such appointment on this clinic's schedule",
+                     r404=("no such appointment on this clinic's schedule, or an unknown "
+                           "provider",
                            "no appointment 'apt-9' on clinic 'north''s schedule"),
+                     r428=("a walk-in without an Idempotency-Key",
+                           WALK_IN_NEEDS_A_KEY),
                      r409=("already checked in, or cancelled",
                            "appointment 'apt-0815-lee' is already checked in (visit "
                            "v-3f2a9c1e5b7d4a60)"),
@@ -233,12 +308,14 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
                            "could not publish to Kafka; nothing was recorded, try again")))
     async def check_in(clinic_id: ClinicId, request: Request,
                        body: Annotated[ArrivalRequest, Body(openapi_examples=ARRIVAL_EXAMPLES)],
-                       idempotency_key: IdempotencyKey = None,
+                       idempotency_key: ArrivalKey = None,
                        principal: Principal = Depends(FRONT_DESK)) -> ArrivalAnswer:
         principal.require_clinic(clinic_id)
         if body.appointment_id is None and body.visit_type is None:
             raise HTTPException(422, detail="visit_type is required for a walk-in (an arrival "
                                 "without appointment_id)")
+        if body.appointment_id is None and idempotency_key is None:
+            raise PreconditionRequired(WALK_IN_NEEDS_A_KEY, "idempotency_key_required")
 
         async def action() -> tuple[int, Any]:
             now = clock.now()
@@ -261,8 +338,12 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/cancel", response_model=CancelAnswer,
                  tags=["arrivals"], summary="Cancel a waiting patient's arrival",
                  description="Publishes `arrival.cancelled` (left without being seen, "
-                 "cancelled, rescheduled, entered in error). Only a waiting visit can be "
-                 "cancelled. Kiosk credentials cannot cancel.",
+                 "cancelled, rescheduled, entered in error). Only a visit still waiting on "
+                 "the floor can be cancelled: checkin first reads the clinic's floor up to "
+                 "now, so a visit roomed, checked out or undone a moment ago is a 409, never "
+                 "a cancel flow cannot apply. Retries are deduplicated on the visit (a "
+                 "second cancel is a 409); the same Idempotency-Key gets the first answer. "
+                 "Kiosk credentials cannot cancel.",
                  responses=answer(
                      200, CANCEL_ANSWER_EXAMPLE, "cancelled",
                      r404=("no such visit here",
@@ -270,7 +351,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
                      r409=("not waiting any more",
                            "visit 'v-3f2a9c1e5b7d4a60' is roomed, not waiting: it can no "
                            "longer be cancelled"),
-                     r503=("Kafka unavailable; nothing recorded",
+                     r503=("Kafka unavailable, or checkin behind the floor; nothing recorded",
                            "could not publish to Kafka; nothing was recorded, try again")))
     async def cancel(clinic_id: ClinicId, visit_id: VisitId, request: Request,
                      body: Annotated[CancelRequest, Body(openapi_examples=CANCEL_EXAMPLES)],
@@ -288,29 +369,39 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
 
     @router.get("/clinics/{clinic_id}/no-shows", response_model=FollowUpAnswer,
                 tags=["arrivals"], summary="The day's no-shows to call and reschedule",
-                description="Appointments published as `patient.no_show` (no arrival "
-                "CLINICFLOW_CHECKIN_NO_SHOW_AFTER_MINUTES after their time). No names: the "
-                "pseudonymous patient reference is looked up in the practice system.",
+                description="Appointments of the clinic's day (in its own zone) published as "
+                "`patient.no_show` (no arrival CLINICFLOW_CHECKIN_NO_SHOW_AFTER_MINUTES after "
+                "their time); times on the clinic's clock. No names: the pseudonymous "
+                "patient reference is looked up in the practice system.",
                 responses=answer(200, FOLLOW_UP_EXAMPLE, "the no-shows to call"))
     async def no_shows(clinic_id: ClinicId, day: Day = None,
                        principal: Principal = Depends(FRONT_DESK)) -> FollowUpAnswer:
         principal.require_clinic(clinic_id)
-        the_day = day or desk.today(clock.now())
+        the_day = day or desk.today(clinic_id, clock.now())
+        zone = desk.zone(clinic_id)
+        names = await provider_names(clinic_id)
         rows = [FollowUpRow(appointment_id=f.appointment_id, provider_id=f.provider_id,
-                            visit_type=f.visit_type, scheduled_at=f.scheduled_at,
+                            provider_name=(names.get(f.provider_id, f.provider_id)
+                                           if f.provider_id else None),
+                            visit_type=f.visit_type, scheduled_at=f.scheduled_at.astimezone(zone),
                             patient_ref=f.patient_ref, arrived_later=f.arrived_later)
                 for f in await desk.follow_up_list(clinic_id, the_day)]
-        return FollowUpAnswer(clinic_id=clinic_id, day=the_day, no_shows=rows)
+        return FollowUpAnswer(clinic_id=clinic_id, day=the_day, timezone=zone.key,
+                              no_shows=rows)
 
     # -------------------------------------------------------------- kiosk
 
     @router.post("/clinics/{clinic_id}/kiosk/check-ins", status_code=201,
                  response_model=KioskAnswer, tags=["kiosk"],
                  summary="Self check-in at the kiosk",
-                 description="With the appointment code (case does not matter) or the date "
-                 "of birth and initials, matched against today's schedule as a salted hash. "
-                 "Unknown codes and failed checks count against the client's miss limit "
-                 "(429 once exceeded). Answers never say whose appointment it is.",
+                 description="With the appointment's kiosk code (the schedule's `kiosk_code`: "
+                 "six characters, any case) or the date of birth and initials (matched as a "
+                 "salted hash), against the clinic's today in its own zone (and, across "
+                 "midnight, appointments within 2 hours of now). Unknown codes and failed "
+                 "checks count against the client's miss limit (429 once exceeded). Answers "
+                 "never say whose appointment it is. Retries are deduplicated on the "
+                 "appointment (one arrival); send an Idempotency-Key per attempt (the kiosk "
+                 "page does) so a retry gets its ticket back instead of a 409.",
                  responses=answer(
                      201, KIOSK_ANSWER_EXAMPLE, "checked in: the ticket code and the wait",
                      r404=("no matching appointment today",

@@ -1,8 +1,8 @@
 """The check-in service, wired: schedule import, arrivals, kiosk, cancel, no-shows, wait
-lookups; the projection of the floor and estimates topics (the shared runner); the
-dead-letter outbox relay; the no-show sweep. Wiring only: the rules are in domain.py,
-the commands in desk.py, the projection's plan in projection.py, the keys in store.py,
-the routes in api.py.
+lookups, the clinic's names; the projection of the floor and estimates topics (the
+shared runner); the dead-letter outbox relay; the no-show sweep; the cancel's barrier.
+Wiring only: the rules are in domain.py, the commands in desk.py, the projection's plan
+in projection.py, the keys in store.py, the routes in api.py.
 """
 
 from __future__ import annotations
@@ -10,17 +10,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
-from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from services.checkin.api import make_router
+from services.checkin.barrier import FloorBarrier
 from services.checkin.desk import CheckinDesk, DeskConfig, ScheduleRejected
-from services.checkin.domain import VisitView
+from services.checkin.domain import visit_type_table
 from services.checkin.limiter import LookupLimiter
 from services.checkin.pages import make_pages_router, static_files
-from services.checkin.projection import CheckinChanges, VisitRef, checkin_reader, plan_visits
+from services.checkin.projection import (
+    CheckinChanges,
+    ProjectionState,
+    checkin_reader,
+    plan_visits,
+)
 from services.checkin.schemas import rejected_schedule
 from services.checkin.store import CheckinStore, VisitProjectionStore
 from shared import events as ev
@@ -48,7 +53,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     (default: the system's) gives every command, lookup and no-show sweep its time."""
     runtime = ServiceRuntime(settings, "checkin", clock=clock)
     store = CheckinStore(runtime.redis, settings.redis_prefix)
-    zone = ZoneInfo(settings.checkin_timezone)
+    clinics = settings.clinic_directory()  # each clinic's zone: its days, its clock
     floor_topic = topic(FLOOR, settings)
     estimates_topic = topic(ESTIMATES, settings)
 
@@ -68,14 +73,6 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
                 outcomes.append(None)
         return outcomes
 
-    desk = CheckinDesk(store, publish, DeskConfig(
-        zone=zone,
-        late_after=timedelta(minutes=settings.checkin_late_after_minutes),
-        no_show_after=timedelta(minutes=settings.checkin_no_show_after_minutes),
-        identity_secret=settings.checkin_identity_secret.get_secret_value().encode(),
-    ))
-    runtime.every(settings.checkin_no_show_check_seconds, desk.sweep_no_shows, "no-show-sweep")
-
     # the projection: dead letters queued in the batch's transaction, relayed to Kafka
     outbox = Outbox(runtime.redis, store.outbox_prefix)
 
@@ -85,9 +82,8 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     relay = OutboxRelay(outbox, publish_raw, {"deadletter": dead_letter_topic(settings)},
                         service="checkin")
 
-    def plan(records: list[Inbound],
-             visits: dict[VisitRef, VisitView]) -> Planned[CheckinChanges]:
-        return plan_visits(records, visits, zone)
+    def plan(records: list[Inbound], state: ProjectionState) -> Planned[CheckinChanges]:
+        return plan_visits(records, state, clinics.zone)
 
     projection = RedisProjection(runtime.redis, settings.redis_prefix, consumer="checkin",
                                  store=VisitProjectionStore(store), plan=plan, outbox=outbox)
@@ -98,6 +94,17 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
         title="checkin.floor-and-estimates",
         description="Which visits still wait, their ticket codes and flow's latest estimate "
                     "(for the kiosk and the status lookup); arrival and no-show marks.")
+
+    barrier = FloorBarrier(lambda: runner.kafka, projection.offsets, floor_topic,
+                           timeout=settings.checkin_barrier_timeout_seconds)
+    desk = CheckinDesk(store, publish, DeskConfig(
+        clinics=clinics,
+        late_after=timedelta(minutes=settings.checkin_late_after_minutes),
+        no_show_after=timedelta(minutes=settings.checkin_no_show_after_minutes),
+        identity_secret=settings.checkin_identity_secret.get_secret_value().encode(),
+        visit_types=visit_type_table(settings.checkin_visit_type_map()),
+    ), barrier=barrier.caught_up)
+    runtime.every(settings.checkin_no_show_check_seconds, desk.sweep_no_shows, "no-show-sweep")
 
     tasks: list[asyncio.Task[None]] = []
 
@@ -114,8 +121,11 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
         title="clinicflow checkin",
         description="Front desk and kiosk: the day's schedule (CSV, FHIR R4), arrivals with "
                     "ticket codes, cancellations, no-shows and the follow-up list, and where "
-                    "a waiting patient is in line. Bearer tokens; every command takes an "
-                    "Idempotency-Key.",
+                    "a waiting patient is in line, each clinic's providers and rooms by name. "
+                    "Every day and time is the clinic's own (CLINICFLOW_CLINICS). Bearer "
+                    "tokens. Retries never duplicate: a walk-in requires an Idempotency-Key "
+                    "(428 without one); the other commands are deduplicated on what they "
+                    "name (appointment, visit) and take the key to replay their answer.",
         on_startup=[start],
         on_shutdown=[stop],
     )

@@ -3,16 +3,19 @@ cancel, sweep for no-shows, answer "where am I in line".
 
 Each command reads what it needs from the store, asks the domain, publishes, then
 records. Everything is validated before anything is published; a command that cannot
-publish undoes what it recorded and says so (``Unavailable``). Refusals are
-``shared.errors`` kinds, never HTTP statuses. No Kafka or HTTP here: events go out
-through the ``Publish`` function given in.
+publish undoes what it recorded and says so (``Unavailable``). A command names only what
+exists at its clinic (appointments, visits, tickets, providers): anything else is refused
+(``NotFound``, ``Conflict``) before anything is published, so no answered command is
+dead-lettered later. Refusals are ``shared.errors`` kinds, never HTTP statuses. Every day
+is the clinic's own (``shared/clinics.py``). No Kafka or HTTP here: events go out through
+the ``Publish`` function given in.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Literal
@@ -20,26 +23,34 @@ from zoneinfo import ZoneInfo
 
 from services.checkin import metrics as m
 from services.checkin.domain import (
+    DEFAULT_VISIT_TYPES,
     Appointment,
     AppointmentState,
     Channel,
     VisitView,
     WaitStatus,
+    assign_kiosk_codes,
+    check_provider,
     check_scheduled_arrival,
     choose_kiosk_appointment,
     clinic_day,
     identity_digest,
     is_late,
+    kiosk_days,
+    map_visit_type,
     no_show_verdict,
     normalize_initials,
+    normalize_kiosk_code,
     normalize_ticket_code,
+    patient_pseudonym,
     plan_import,
     ticket_code,
     wait_status,
 )
-from services.checkin.schedule import IdentityHasher, ParsedSchedule, RowProblem
+from services.checkin.schedule import IdentityHasher, ImportKeys, ParsedSchedule, RowProblem
 from services.checkin.store import CheckinStore
 from shared import events as ev
+from shared.clinics import ClinicDirectory
 from shared.errors import Conflict, NotFound, Refusal, Rejected, Unavailable
 from shared.logging import get_logger
 
@@ -50,14 +61,26 @@ NO_SHOW_HORIZON = timedelta(hours=24)
 # publishes events to the floor topic (keyed by clinic); one outcome per event, in order:
 # None when it is safely on Kafka, the exception otherwise
 Publish = Callable[[Sequence[ev.Event]], Awaitable[list[BaseException | None]]]
+# returns once checkin's projection holds the clinic's floor partition up to its end as of
+# now (``barrier.FloorBarrier``); raises ``Unavailable`` when it cannot
+Barrier = Callable[[str], Awaitable[None]]
+
+
+async def _no_barrier(_clinic_id: str) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class DeskConfig:
-    zone: ZoneInfo
+    """``clinics``: each clinic's zone and names; ``identity_secret`` keys the kiosk check's
+    digests, the kiosk codes and the patients' pseudonyms; ``visit_types`` maps
+    appointment-type codes (normalized) to visit types."""
+
+    clinics: ClinicDirectory
     late_after: timedelta
     no_show_after: timedelta
     identity_secret: bytes
+    visit_types: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_VISIT_TYPES))
 
 
 class ScheduleRejected(Rejected):
@@ -95,6 +118,28 @@ class ArrivalResult:
     visit_type: str
     priority: str
     wait: WaitStatus
+
+
+@dataclass(frozen=True, slots=True)
+class NamedEntry:
+    """A provider or room and how the clinic calls it; ``source``: ``configuration``
+    (CLINICFLOW_CLINICS, the first source), ``fhir`` (an imported Practitioner or
+    Location) or ``schedule`` (an id on an imported schedule, with no name anywhere)."""
+
+    id: str
+    name: str
+    source: Literal["configuration", "fhir", "schedule"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicNames:
+    """A clinic as its people know it: name, zone, providers and rooms."""
+
+    clinic_id: str
+    name: str
+    timezone: str
+    providers: list[NamedEntry]
+    rooms: list[NamedEntry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +181,20 @@ class NoShowSweepResult:
 
 
 class CheckinDesk:
-    def __init__(self, store: CheckinStore, publish: Publish, config: DeskConfig) -> None:
+    def __init__(self, store: CheckinStore, publish: Publish, config: DeskConfig,
+                 barrier: Barrier = _no_barrier) -> None:
         self.store = store
         self.publish = publish
         self.config = config
+        self.barrier = barrier
 
-    def today(self, now: datetime) -> date:
-        return clinic_day(now, self.config.zone)
+    def zone(self, clinic_id: str) -> ZoneInfo:
+        """The clinic's IANA zone (CLINICFLOW_CLINICS, else the default)."""
+        return self.config.clinics.zone(clinic_id)
+
+    def today(self, clinic_id: str, now: datetime) -> date:
+        """The clinic's calendar day at ``now``, in its own zone."""
+        return clinic_day(now, self.zone(clinic_id))
 
     def identity_hasher(self, clinic_id: str) -> IdentityHasher:
         secret = self.config.identity_secret
@@ -151,6 +203,21 @@ class CheckinDesk:
             return identity_digest(secret, clinic_id, birth_date, initials)
 
         return digest
+
+    def import_keys(self, clinic_id: str) -> ImportKeys:
+        """What the clinic's imports turn identifying data and codes into (keyed by the
+        identity secret: the kiosk check's digest, the patients' pseudonyms)."""
+        secret = self.config.identity_secret
+
+        def pseudonymize(ehr_id: str) -> str:
+            return patient_pseudonym(secret, clinic_id, ehr_id)
+
+        return ImportKeys(self.identity_hasher(clinic_id), pseudonymize,
+                          self.config.visit_types)
+
+    def visit_type(self, code: str) -> str:
+        """A visit type as the clinic's map has it (``FOLLOWUP`` -> ``follow_up``)."""
+        return map_visit_type(code, self.config.visit_types)
 
     async def _publish_one(self, event: ev.Event) -> None:
         outcome = (await self.publish([event]))[0]
@@ -177,7 +244,12 @@ class CheckinDesk:
         try:
             ids = [a.appointment_id for a in parsed.appointments]
             stored = await self.store.appointments(clinic_id, ids)
-            plan = plan_import(parsed.appointments, stored)
+            zone = self.zone(clinic_id)
+            days = sorted({clinic_day(a.scheduled_at, zone) for a in parsed.appointments})
+            coded = assign_kiosk_codes(
+                parsed.appointments, stored, await self.store.kiosk_codes(clinic_id, days),
+                secret=self.config.identity_secret, clinic_id=clinic_id, zone=zone)
+            plan = plan_import(coded, stored)
             result = ImportResult(
                 dry_run=dry_run, rows=parsed.rows,
                 created=[a.appointment_id for a in plan.created],
@@ -194,7 +266,8 @@ class CheckinDesk:
             outcomes = await self.publish(events) if events else []
             published = [a for a, o in zip(plan.to_publish, outcomes, strict=True) if o is None]
             await self.store.save_appointments(clinic_id, [*published, *plan.restored],
-                                               stored, self.config.zone)
+                                               stored, zone)
+            await self.store.save_names(clinic_id, parsed.providers, parsed.rooms)
         finally:
             if not dry_run:
                 await self.store.unlock_import(clinic_id)
@@ -219,7 +292,50 @@ class CheckinDesk:
         return result
 
     async def schedule(self, clinic_id: str, day: date) -> list[AppointmentState]:
+        """The clinic's appointments of ``day`` (a day in its own zone), by time."""
         return await self.store.day_schedule(clinic_id, day)
+
+    # ------------------------------------------------------------ directory
+
+    async def names(self, clinic_id: str) -> ClinicNames:
+        """The clinic's providers and rooms with their display names: configuration
+        first, then what FHIR imports brought, then the bare ids of imported schedules."""
+        clinic = self.config.clinics[clinic_id]
+        imported_providers, imported_rooms = await self.store.names(clinic_id)
+        scheduled = await self.store.scheduled_providers(clinic_id)
+
+        def entries(configured: dict[str, str], imported: dict[str, str],
+                    ids: set[str]) -> list[NamedEntry]:
+            found: dict[str, NamedEntry] = {}
+            for ident in sorted(ids):
+                found[ident] = NamedEntry(ident, ident, "schedule")
+            for ident, name in imported.items():
+                found[ident] = NamedEntry(ident, name, "fhir")
+            for ident, name in configured.items():
+                found[ident] = NamedEntry(ident, name, "configuration")
+            return sorted(found.values(), key=lambda e: e.id)
+
+        return ClinicNames(clinic_id=clinic_id, name=clinic.display_name,
+                           timezone=clinic.zone.key,
+                           providers=entries(clinic.providers, imported_providers, scheduled),
+                           rooms=entries(clinic.rooms, imported_rooms, set()))
+
+    async def known_providers(self, clinic_id: str) -> set[str]:
+        """The providers the clinic knows: configured, imported from FHIR, or on an
+        imported schedule."""
+        imported, _rooms = await self.store.names(clinic_id)
+        return (set(self.config.clinics[clinic_id].providers) | set(imported)
+                | await self.store.scheduled_providers(clinic_id))
+
+    async def _check_provider(self, clinic_id: str, provider_id: str | None,
+                              channel: Channel) -> None:
+        if provider_id is None:
+            return
+        try:
+            check_provider(provider_id, await self.known_providers(clinic_id), clinic_id)
+        except Refusal as refused:
+            m.ARRIVALS_REFUSED.labels(channel, refused.code).inc()
+            raise
 
     # ------------------------------------------------------------- arrivals
 
@@ -235,15 +351,17 @@ class CheckinDesk:
             m.ARRIVALS_REFUSED.labels(channel, "not_found").inc()
             raise NotFound(f"no appointment {appointment_id!r} on clinic {clinic_id!r}'s "
                            "schedule", "not_found")
+        overrides = overrides or ArrivalOverrides()
+        await self._check_provider(clinic_id, overrides.provider_id, channel)
         return await self._arrive(clinic_id, state, channel=channel, now=now,
-                                  overrides=overrides or ArrivalOverrides())
+                                  overrides=overrides)
 
     async def _arrive(self, clinic_id: str, state: AppointmentState, *, channel: Channel,
                       now: datetime, overrides: ArrivalOverrides) -> ArrivalResult:
         appointment = state.appointment
+        zone = self.zone(clinic_id)
         try:
-            check_scheduled_arrival(state, channel=channel, today=self.today(now),
-                                    zone=self.config.zone)
+            check_scheduled_arrival(state, channel=channel, now=now, zone=zone)
         except Refusal as refused:
             m.ARRIVALS_REFUSED.labels(channel, refused.code).inc()
             raise
@@ -253,13 +371,14 @@ class CheckinDesk:
             m.ARRIVALS_REFUSED.labels(channel, "already_arrived").inc()
             # raises the Conflict, worded for this channel
             check_scheduled_arrival(replace(state, arrived_visit=holder), channel=channel,
-                                    today=self.today(now), zone=self.config.zone)
+                                    now=now, zone=zone)
             raise AssertionError("a second arrival is always refused")
         try:
             result = await self._publish_arrival(
                 clinic_id, visit_id, now=now, channel=channel, appointment=appointment,
                 provider_id=overrides.provider_id or appointment.provider_id,
-                visit_type=overrides.visit_type or appointment.visit_type,
+                visit_type=(self.visit_type(overrides.visit_type) if overrides.visit_type
+                            else appointment.visit_type),
                 priority=overrides.priority, patient_ref=appointment.patient_ref)
         except BaseException:
             await self.store.release_arrival(clinic_id, appointment.appointment_id, visit_id)
@@ -269,17 +388,19 @@ class CheckinDesk:
 
     async def arrive_walk_in(self, clinic_id: str, walk_in: WalkIn, *, channel: Channel,
                              now: datetime) -> ArrivalResult:
-        """Check in a patient without an appointment (``provider_id`` None: first available)."""
+        """Check in a patient without an appointment (``provider_id`` None: first
+        available; one the clinic does not know is ``NotFound``)."""
+        await self._check_provider(clinic_id, walk_in.provider_id, channel)
         return await self._publish_arrival(
             clinic_id, new_visit_id(), now=now, channel=channel, appointment=None,
-            provider_id=walk_in.provider_id, visit_type=walk_in.visit_type,
+            provider_id=walk_in.provider_id, visit_type=self.visit_type(walk_in.visit_type),
             priority=walk_in.priority, patient_ref=walk_in.patient_ref)
 
     async def _publish_arrival(self, clinic_id: str, visit_id: str, *, now: datetime,
                                channel: Channel, appointment: Appointment | None,
                                provider_id: str | None, visit_type: str, priority: str,
                                patient_ref: str | None) -> ArrivalResult:
-        day = self.today(now)
+        day = self.today(clinic_id, now)
         scheduled_at = appointment.scheduled_at if appointment is not None else None
         late = is_late(now, scheduled_at, self.config.late_after)
         code = ticket_code(await self.store.next_ticket_number(clinic_id, day))
@@ -313,12 +434,19 @@ class CheckinDesk:
     # ---------------------------------------------------------------- kiosk
 
     async def kiosk_by_code(self, clinic_id: str, code: str, *, now: datetime) -> ArrivalResult:
-        appointment_id = await self.store.appointment_for_code(clinic_id, code.strip())
+        """Check in by the short kiosk code of an appointment the kiosk takes now (the
+        clinic's today, or across midnight a nearby one). The appointment id itself is
+        not a kiosk code."""
+        typed = normalize_kiosk_code(code)
         state = None
-        if appointment_id is not None:
-            state = (await self.store.appointment_states(clinic_id, [appointment_id])).get(
-                appointment_id)
-        if state is None:
+        if typed is not None:
+            days = kiosk_days(now, self.zone(clinic_id))
+            appointment_id = await self.store.appointment_for_kiosk_code(clinic_id, days,
+                                                                        typed)
+            if appointment_id is not None:
+                state = (await self.store.appointment_states(clinic_id, [appointment_id])
+                         ).get(appointment_id)
+        if state is None or state.appointment.kiosk_code != typed:
             m.ARRIVALS_REFUSED.labels("kiosk", "not_found").inc()
             raise NotFound("we could not find an appointment with that code; please check it "
                            "or see the front desk", "not_found")
@@ -333,12 +461,12 @@ class CheckinDesk:
         if letters is None:
             raise Rejected("initials must be 1 to 4 letters", "bad_initials")
         digest = self.identity_hasher(clinic_id)(birth_date, letters)
-        today = self.today(now)
-        ids = await self.store.identity_matches(clinic_id, today, digest)
+        zone = self.zone(clinic_id)
+        ids = await self.store.identity_matches(clinic_id, kiosk_days(now, zone), digest)
         states = await self.store.appointment_states(clinic_id, ids)
         candidates = [s for s in states.values() if s.appointment.identity == digest]
         try:
-            chosen = choose_kiosk_appointment(candidates, today=today, zone=self.config.zone)
+            chosen = choose_kiosk_appointment(candidates, now=now, zone=zone)
         except Refusal as refused:
             m.ARRIVALS_REFUSED.labels("kiosk", refused.code).inc()
             raise
@@ -349,12 +477,20 @@ class CheckinDesk:
 
     async def cancel(self, clinic_id: str, visit_id: str, reason: str, *,
                      now: datetime) -> VisitView:
-        """Cancel a waiting patient's arrival (left, rescheduled, entered in error)."""
+        """Cancel a waiting patient's arrival (left, rescheduled, entered in error).
+
+        Decided once checkin holds the clinic's floor up to now (the barrier): a visit
+        roomed, checked out or undone on the floor a moment ago is refused here, not
+        dead-lettered by flow later."""
         before: list[VisitView] = []
+        await self.barrier(clinic_id)
 
         def cancelled(current: VisitView | None) -> VisitView:
             if current is None:
                 raise NotFound(f"no visit {visit_id!r} at clinic {clinic_id!r}", "not_found")
+            if current.status == "undone":
+                raise Conflict(f"visit {visit_id!r}'s arrival was undone on the floor: there "
+                               "is nothing to cancel", "not_waiting")
             if current.status != "waiting":
                 status = current.status.replace("_", " ")
                 raise Conflict(f"visit {visit_id!r} is {status}, not waiting: it can no "
@@ -424,7 +560,7 @@ class CheckinDesk:
                     continue
                 await self.store.record_no_show(
                     clinic_id, appointment_id, appointment.scheduled_at,
-                    clinic_day(appointment.scheduled_at, self.config.zone))
+                    clinic_day(appointment.scheduled_at, self.zone(clinic_id)))
                 m.NO_SHOWS.labels(clinic_id).inc()
                 result.published.append(event)
             await self.store.drop_pending(clinic_id, settled)
@@ -433,7 +569,8 @@ class CheckinDesk:
         return result
 
     async def follow_up_list(self, clinic_id: str, day: date) -> list[FollowUp]:
-        """The day's no-shows to call and reschedule, in appointment order."""
+        """The no-shows of the clinic's ``day`` (its own zone) to call and reschedule, in
+        appointment order."""
         entries = await self.store.no_shows(clinic_id, day)
         states = await self.store.appointment_states(clinic_id, [i for i, _ in entries])
         listed = []
@@ -454,12 +591,12 @@ class CheckinDesk:
 
     async def wait_for_ticket(self, clinic_id: str, text: str,
                               now: datetime) -> WaitStatus | None:
-        """Place in line and range for a ticket code of today (or yesterday, just after
-        midnight); None for a code that is unknown or not a code at all."""
+        """Place in line and range for a ticket code of the clinic's today (or yesterday,
+        just after midnight); None for a code that is unknown or not a code at all."""
         code = normalize_ticket_code(text)
         if code is None:
             return None
-        today = self.today(now)
+        today = self.today(clinic_id, now)
         view = await self.store.visit_for_ticket(clinic_id, [today, today - timedelta(days=1)],
                                                  code)
         return wait_status(view, now) if view is not None else None

@@ -1,10 +1,12 @@
 """Check-in's clinic rules: the schedule, arrivals, no-shows and what a waiting patient
 is told. Pure: no I/O, no clock reads (time is always an argument), no globals.
 
-The words are the front desk's: an *appointment* is on the day's schedule; an
-*arrival* turns it (or a walk-in) into a *visit* with a *ticket code* that screens
-show instead of a name; a booked appointment with no arrival long enough after its
-time is a *no-show*; a waiting patient sees their *place in line* and a *range*.
+The words are the front desk's: an *appointment* is on the day's schedule, with a short
+*kiosk code* the patient types; an *arrival* turns it (or a walk-in) into a *visit* with a
+*ticket code* that screens show instead of a name; a booked appointment with no arrival
+long enough after its time is a *no-show*; a waiting patient sees their *place in line*
+and a *range*. Every day is the clinic's own (its IANA zone): a zone comes in with the
+clinic, never from the server.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import hmac
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Literal
@@ -27,7 +30,18 @@ TICKETS_PER_LETTER = 9999
 _TICKET_INPUT = re.compile(r"^\s*([A-Za-z])\s*[-‐–]?\s*0*([0-9]{1,4})\s*$")
 
 Channel = Literal["front_desk", "kiosk"]
-VisitStatus = Literal["waiting", "roomed", "cancelled", "checked_out"]
+# "undone": flow undid the arrival itself (``action.undone`` naming it): the floor no
+# longer knows the visit
+VisitStatus = Literal["waiting", "roomed", "cancelled", "checked_out", "undone"]
+
+# The kiosk takes the clinic's appointments of today, and across midnight those this close
+# to now: a patient checking in at 23:55 for 00:05, or at 00:10 for 23:50 (late).
+KIOSK_ACROSS_MIDNIGHT = timedelta(hours=2)
+
+# Kiosk codes: six characters a patient types from a confirmation, with no 0/O, 1/I/L
+# to mistake for each other (31 symbols: about 887 million codes per clinic day).
+KIOSK_CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+KIOSK_CODE_LENGTH = 6
 
 
 # ---------------------------------------------------------------- small rules
@@ -69,6 +83,26 @@ def clinic_day(at: datetime, zone: ZoneInfo) -> date:
     return at.astimezone(zone).date()
 
 
+def kiosk_days(now: datetime, zone: ZoneInfo) -> list[date]:
+    """The clinic days whose appointments the kiosk may take at ``now``: today first, then
+    the neighbouring day when midnight is less than ``KIOSK_ACROSS_MIDNIGHT`` away."""
+    today = clinic_day(now, zone)
+    days = [today]
+    for moment in (now + KIOSK_ACROSS_MIDNIGHT, now - KIOSK_ACROSS_MIDNIGHT):
+        day = clinic_day(moment, zone)
+        if day not in days:
+            days.append(day)
+    return days
+
+
+def kiosk_takes(scheduled_at: datetime, now: datetime, zone: ZoneInfo) -> bool:
+    """Whether the kiosk takes an appointment at ``scheduled_at`` now: the clinic's today
+    (early or late), or the neighbouring day within ``KIOSK_ACROSS_MIDNIGHT`` of now."""
+    if clinic_day(scheduled_at, zone) == clinic_day(now, zone):
+        return True
+    return abs(scheduled_at - now) <= KIOSK_ACROSS_MIDNIGHT
+
+
 def is_late(arrived_at: datetime, scheduled_at: datetime | None, late_after: timedelta) -> bool:
     """Late: arrived more than ``late_after`` after the appointment (a walk-in never is)."""
     return scheduled_at is not None and arrived_at > scheduled_at + late_after
@@ -80,6 +114,44 @@ def normalize_initials(text: str) -> str | None:
     return letters if 1 <= len(letters) <= 4 else None
 
 
+def patient_pseudonym(secret: bytes, clinic_id: str, ehr_id: str) -> str:
+    """The pseudonymous ``patient_ref`` of a patient known to the EHR as ``ehr_id`` (a FHIR
+    ``Patient.id``, an MRN): HMAC-SHA256 keyed by the identity secret, per clinic. The
+    same patient gets the same reference at every import; the EHR identifier itself is
+    never stored or published, and cannot be read back from the reference."""
+    message = f"patient|{clinic_id}|{ehr_id}".encode()
+    return "pt-" + hmac.new(secret, message, hashlib.sha256).hexdigest()[:24]
+
+
+def kiosk_code(secret: bytes, clinic_id: str, appointment_id: str, day: date,
+               attempt: int = 0) -> str:
+    """The short code a patient types at the kiosk for an appointment on ``day``: keyed by
+    the identity secret (not guessable from the appointment id), the same at every
+    import; ``attempt`` > 0 gives another one when two appointments of a day collide."""
+    message = f"kiosk|{clinic_id}|{appointment_id}|{day.isoformat()}|{attempt}".encode()
+    number = int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:8], "big")
+    symbols = []
+    for _ in range(KIOSK_CODE_LENGTH):
+        number, index = divmod(number, len(KIOSK_CODE_ALPHABET))
+        symbols.append(KIOSK_CODE_ALPHABET[index])
+    return "".join(symbols)
+
+
+def normalize_kiosk_code(text: str) -> str | None:
+    """A kiosk code as typed (``k7p 4qx``, ``K7P-4QX``) in its stored form, or None."""
+    letters = "".join(ch for ch in text.upper() if ch not in " -‐–.")
+    if len(letters) != KIOSK_CODE_LENGTH or any(ch not in KIOSK_CODE_ALPHABET
+                                               for ch in letters):
+        return None
+    return letters
+
+
+def printed_kiosk_code(code: str) -> str:
+    """A kiosk code as printed on a confirmation: ``K7P-4QX``."""
+    half = KIOSK_CODE_LENGTH // 2
+    return f"{code[:half]}-{code[half:]}"
+
+
 def identity_digest(secret: bytes, clinic_id: str, birth_date: date, initials: str) -> str:
     """The salted hash under which the kiosk's date-of-birth + initials check is kept.
 
@@ -88,6 +160,50 @@ def identity_digest(secret: bytes, clinic_id: str, birth_date: date, initials: s
     """
     message = f"{clinic_id}|{birth_date.isoformat()}|{initials}".encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+# ---------------------------------------------------------------- visit types
+
+# Appointment-type codes and the visit types the estimator knows (its priors, the
+# simulator's mix): HL7 v2 table 0276 (FHIR's appointmentType binding) and common codes.
+# Keys are normalized (``visit_type_key``); a deployment adds or overrides its own
+# (CLINICFLOW_CHECKIN_VISIT_TYPES). A code not in the map keeps its normalized form.
+DEFAULT_VISIT_TYPES: dict[str, str] = {
+    # HL7 v2 table 0276
+    "routine": "follow_up", "walkin": "walk_in", "checkup": "physical",
+    "followup": "follow_up", "emergency": "urgent",
+    # common codes and words
+    "follow_up": "follow_up", "fu": "follow_up", "return": "follow_up",
+    "return_visit": "follow_up", "established": "follow_up",
+    "new": "new_patient", "new_patient": "new_patient", "np": "new_patient",
+    "consult": "consultation", "consultation": "consultation",
+    "physical": "physical", "annual": "physical", "annual_physical": "physical",
+    "wellness": "physical", "well_visit": "physical", "preventive": "physical",
+    "procedure": "procedure", "minor_procedure": "minor_procedure",
+    "urgent": "urgent", "acute": "urgent", "sick": "urgent", "same_day": "urgent",
+    "walk_in": "walk_in",
+}  # fmt: skip
+
+
+def visit_type_key(code: str) -> str:
+    """A code as the map knows it: lower case, runs of spaces, dashes and dots as ``_``."""
+    return re.sub(r"[\s\-./]+", "_", code.strip().lower()).strip("_")
+
+
+def map_visit_type(code: str, table: Mapping[str, str]) -> str:
+    """The clinic's visit type for an appointment-type code (``FOLLOWUP``, ``Follow-up``,
+    ``follow_up`` are all ``follow_up``); a code the table does not know keeps its
+    normalized form, so the estimator still learns it as one type."""
+    key = visit_type_key(code)
+    return table.get(key, key or code.strip())[:40]
+
+
+def visit_type_table(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The default map with a deployment's own codes over it (keys normalized)."""
+    table = dict(DEFAULT_VISIT_TYPES)
+    table.update({visit_type_key(code): visit_type.strip()
+                  for code, visit_type in overrides.items()})
+    return table
 
 
 # -------------------------------------------------------------- the schedule
@@ -105,9 +221,10 @@ class Appointment:
     duration_minutes: int | None = None
     status: Literal["booked", "cancelled"] = "booked"
     identity: str | None = None
+    kiosk_code: str | None = None  # set at import (``assign_kiosk_codes``), never published
 
     def payload(self) -> ev.AppointmentScheduled:
-        """The ``appointment.scheduled`` payload (never the identity digest)."""
+        """The ``appointment.scheduled`` payload (never the identity digest or kiosk code)."""
         return ev.AppointmentScheduled(
             appointment_id=self.appointment_id,
             patient_ref=self.patient_ref,
@@ -127,7 +244,8 @@ class Appointment:
 @dataclass(frozen=True, slots=True)
 class ImportPlan:
     """What an import does: publish ``created`` and ``updated``, store those and
-    ``restored`` (identity digest changed only); ``unchanged`` publishes nothing."""
+    ``restored`` (identity digest or kiosk code changed only); ``unchanged`` publishes
+    nothing."""
 
     created: tuple[Appointment, ...]
     updated: tuple[Appointment, ...]
@@ -153,14 +271,51 @@ def plan_import(incoming: list[Appointment], stored: dict[str, Appointment]) -> 
             created.append(appointment)
         elif before.published_fields() != appointment.published_fields():
             updated.append(appointment)
-        elif before.identity != appointment.identity and appointment.identity is not None:
+        elif ((before.identity != appointment.identity and appointment.identity is not None)
+              or before.kiosk_code != appointment.kiosk_code):
             restored.append(appointment)
         else:
             unchanged.append(appointment)
     return ImportPlan(tuple(created), tuple(updated), tuple(unchanged), tuple(restored))
 
 
+def assign_kiosk_codes(incoming: list[Appointment], stored: Mapping[str, Appointment],
+                      taken: Mapping[date, Mapping[str, str]], *, secret: bytes,
+                      clinic_id: str, zone: ZoneInfo) -> list[Appointment]:
+    """Every imported appointment with its kiosk code: the one it has for its day, else a
+    new one unique among the day's codes (``taken``: code -> appointment, per day)."""
+    used: dict[date, dict[str, str]] = {day: dict(codes) for day, codes in taken.items()}
+    coded = []
+    for appointment in incoming:
+        day = clinic_day(appointment.scheduled_at, zone)
+        codes = used.setdefault(day, {})
+        before = stored.get(appointment.appointment_id)
+        code = before.kiosk_code if before is not None else None
+        if (code is None or before is None or clinic_day(before.scheduled_at, zone) != day
+                or codes.get(code, appointment.appointment_id) != appointment.appointment_id):
+            attempt = 0
+            code = kiosk_code(secret, clinic_id, appointment.appointment_id, day)
+            while codes.get(code, appointment.appointment_id) != appointment.appointment_id:
+                attempt += 1
+                code = kiosk_code(secret, clinic_id, appointment.appointment_id, day, attempt)
+        codes[code] = appointment.appointment_id
+        coded.append(replace(appointment, kiosk_code=code))
+    return coded
+
+
 # ----------------------------------------------------------------- arrivals
+
+
+def check_provider(provider_id: str | None, known: Iterable[str], clinic_id: str) -> None:
+    """Raise ``NotFound`` for a provider the clinic does not know. ``known``: the providers
+    of its configuration, its imported schedules and FHIR Practitioners; a clinic that
+    knows none yet (nothing configured or imported) takes any id. None: first available."""
+    names = set(known)
+    if provider_id is None or not names or provider_id in names:
+        return
+    listed = ", ".join(sorted(names)[:12]) + (", ..." if len(names) > 12 else "")
+    raise NotFound(f"no provider {provider_id!r} at clinic {clinic_id!r} (known: {listed})",
+                   "unknown_provider")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,13 +327,14 @@ class AppointmentState:
     no_show: bool = False
 
 
-def check_scheduled_arrival(state: AppointmentState, *, channel: Channel, today: date,
+def check_scheduled_arrival(state: AppointmentState, *, channel: Channel, now: datetime,
                             zone: ZoneInfo) -> None:
     """Raise ``Conflict`` when this appointment cannot be checked in now.
 
     The front desk may check in any booked appointment not yet arrived, including one
     already marked a no-show (the patient came after all) or on another day. The kiosk
-    only takes today's appointments that are neither no-shows nor arrived, and never
+    only takes the clinic's today's appointments (and, across midnight, those within
+    ``KIOSK_ACROSS_MIDNIGHT`` of now) that are neither no-shows nor arrived, and never
     says more than "see the front desk" about someone else's appointment.
     """
     appointment = state.appointment
@@ -192,7 +348,7 @@ def check_scheduled_arrival(state: AppointmentState, *, channel: Channel, today:
         raise Conflict(f"appointment {name!r} is already checked in "
                        f"(visit {state.arrived_visit})", "already_arrived")
     if channel == "kiosk":
-        if clinic_day(appointment.scheduled_at, zone) != today:
+        if not kiosk_takes(appointment.scheduled_at, now, zone):
             raise Conflict("this appointment is not today; please see the front desk",
                            "other_day")
         if state.no_show:
@@ -200,17 +356,18 @@ def check_scheduled_arrival(state: AppointmentState, *, channel: Channel, today:
                            "no_show")
 
 
-def choose_kiosk_appointment(candidates: list[AppointmentState], *, today: date,
+def choose_kiosk_appointment(candidates: list[AppointmentState], *, now: datetime,
                              zone: ZoneInfo) -> AppointmentState:
     """The appointment a date-of-birth + initials match at the kiosk checks in.
 
-    Only today's booked appointments count. Two different patients sharing a birth date
-    and initials are sent to the front desk; one patient with several appointments
-    today checks in the earliest not yet arrived. Raises ``NotFound`` (no booked
-    appointment today) or ``Conflict`` (ambiguous, already checked in).
+    Only the booked appointments the kiosk takes now count (``kiosk_takes``: the clinic's
+    today, and across midnight the nearby ones). Two different patients sharing a birth
+    date and initials are sent to the front desk; one patient with several appointments
+    checks in the earliest not yet arrived. Raises ``NotFound`` (no booked appointment
+    today) or ``Conflict`` (ambiguous, already checked in).
     """
     todays = [c for c in candidates if c.appointment.status == "booked"
-              and clinic_day(c.appointment.scheduled_at, zone) == today]
+              and kiosk_takes(c.appointment.scheduled_at, now, zone)]
     if not todays:
         raise NotFound("we could not find an appointment today for that date of birth and "
                        "initials; please see the front desk", "not_found")
@@ -274,6 +431,16 @@ ENDED: dict[str, VisitStatus] = {
     "arrival.cancelled": "cancelled",
     "patient.checked_out": "checked_out",
 }
+
+
+def undo_arrival(view: VisitView, at: datetime) -> VisitView:
+    """The visit once flow undid its arrival (an ``action.undone`` naming the arrival's
+    event): the floor no longer knows it, so it no longer waits and cannot be cancelled.
+    Flow undoes an arrival only while nothing else happened to the visit: a visit that
+    no longer waits here is left as it is."""
+    if view.status != "waiting" or at < view.status_at:
+        return view
+    return replace(view, status="undone", status_at=at)
 
 
 def evolve_visit(view: VisitView | None, event: ev.Event, zone: ZoneInfo) -> VisitView | None:

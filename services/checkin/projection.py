@@ -6,21 +6,26 @@ The shared runner (``shared/projection.py``) does the Kafka and Redis side: it r
 each record with ``checkin_reader`` (records it cannot apply go to the dead-letter topic
 with the reason), skips what Redis holds as applied, and stores a batch's changes, its
 offsets and its dead letters in one transaction. What is here decides, without I/O,
-what a batch changes: ``plan_visits``.
+what a batch changes: ``plan_visits``. Each clinic's days are its own zone's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from services.checkin.domain import VisitView, clinic_day, evolve_visit
+from services.checkin.domain import VisitView, clinic_day, evolve_visit, undo_arrival
 from shared import events as ev
 from shared.projection import Inbound, Planned, RecordReader
 
 # (clinic, visit)
 VisitRef = tuple[str, str]
+# (clinic, event id) of a ``patient.arrived``
+ArrivalEventRef = tuple[str, str]
+# a clinic's IANA zone (its days: tickets, follow-up lists)
+ZoneOf = Callable[[str], ZoneInfo]
 VISIT_EVENTS = (ev.PatientArrived, ev.PatientRoomed, ev.ArrivalCancelled, ev.PatientCheckedOut,
                 ev.WaitEstimated)
 # the floor topic carries every floor fact; flow's estimates have a topic of their own
@@ -35,16 +40,28 @@ def checkin_reader(floor_topic: str, estimates_topic: str) -> RecordReader:
 
 
 @dataclass(slots=True)
+class ProjectionState:
+    """What is stored of a batch's visits, and which visit each arrival event an
+    ``action.undone`` of the batch names belongs to."""
+
+    visits: dict[VisitRef, VisitView] = field(default_factory=dict)
+    arrival_events: dict[ArrivalEventRef, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class CheckinChanges:
     """What one batch changes, written in one transaction with its offsets."""
 
     visits: dict[VisitRef, VisitView] = field(default_factory=dict)
     # (clinic, appointment, visit, True) marks the appointment arrived as that visit;
-    # (..., False) frees it again if that visit holds it (an arrival entered in error).
-    # In the order of the records: an arrival, its undoing and the right one may share a batch
+    # (..., False) frees it again if that visit holds it (an arrival entered in error or
+    # undone). In the order of the records: an arrival, its undoing and the right one
+    # may share a batch
     arrivals: list[tuple[str, str, str, bool]] = field(default_factory=list)
     # (clinic, appointment, scheduled at, the clinic's day of it)
     no_shows: list[tuple[str, str, datetime, date]] = field(default_factory=list)
+    # (clinic, arrival event id, visit, the clinic's day of the arrival)
+    arrival_events: list[tuple[str, str, str, date]] = field(default_factory=list)
 
 
 def visit_refs(records: list[Inbound]) -> list[VisitRef]:
@@ -53,15 +70,25 @@ def visit_refs(records: list[Inbound]) -> list[VisitRef]:
                    if r.event is not None and isinstance(r.event.payload, VISIT_EVENTS)})
 
 
-def plan_visits(records: list[Inbound], visits: dict[VisitRef, VisitView],
-                zone: ZoneInfo) -> Planned[CheckinChanges]:
+def undone_refs(records: list[Inbound]) -> list[ArrivalEventRef]:
+    """The events the batch's ``action.undone`` records name (arrivals among them undo a
+    visit), sorted, each once."""
+    return sorted({(r.event.clinic_id, r.event.payload.undone_event_id) for r in records
+                   if r.event is not None and isinstance(r.event.payload, ev.ActionUndone)})
+
+
+def plan_visits(records: list[Inbound], state: ProjectionState,
+                zone_of: ZoneOf) -> Planned[CheckinChanges]:
     """What a batch changes (pure): visits, arrival and no-show marks.
 
-    ``records`` are the batch's readable records not applied before, in order;
-    ``visits`` what is stored of the visits they touch (``visit_refs``). Every record
-    takes effect (``applied``); none is refused here (the reader refused the rest)."""
+    ``records`` are the batch's readable records not applied before, in order; ``state``
+    what is stored of the visits they touch (``visit_refs``) and of the arrivals their
+    undos name (``undone_refs``); ``zone_of`` each clinic's zone (the day of a ticket or
+    a no-show). Every record takes effect (``applied``); none is refused here (the
+    reader refused the rest)."""
     changes = CheckinChanges()
-    current = dict(visits)
+    current = dict(state.visits)
+    arrival_events = dict(state.arrival_events)
     applied = 0
     for record in records:
         event = record.event
@@ -69,6 +96,7 @@ def plan_visits(records: list[Inbound], visits: dict[VisitRef, VisitView],
             continue
         applied += 1
         payload = event.payload
+        zone = zone_of(event.clinic_id)
         before = None
         if isinstance(payload, VISIT_EVENTS):
             ref = (event.clinic_id, payload.visit_id)
@@ -77,6 +105,12 @@ def plan_visits(records: list[Inbound], visits: dict[VisitRef, VisitView],
             if after is not None and after != before:
                 current[ref] = after
                 changes.visits[ref] = after
+        if isinstance(payload, ev.PatientArrived):
+            arrival = (event.clinic_id, event.envelope.event_id)
+            if arrival not in arrival_events:
+                arrival_events[arrival] = payload.visit_id
+                changes.arrival_events.append((*arrival, payload.visit_id,
+                                               clinic_day(event.occurred_at, zone)))
         if (isinstance(payload, ev.PatientArrived) and payload.appointment_id is not None
                 and (before is None or before.appointment_id is None)):
             # a visit checkin saved itself was marked when it was checked in; only a
@@ -92,4 +126,27 @@ def plan_visits(records: list[Inbound], visits: dict[VisitRef, VisitView],
         elif isinstance(payload, ev.PatientNoShow):
             changes.no_shows.append((event.clinic_id, payload.appointment_id,
                                      payload.scheduled_at, clinic_day(payload.scheduled_at, zone)))
+        elif isinstance(payload, ev.ActionUndone):
+            _undo(changes, current, arrival_events, event, payload)
     return Planned(changes, applied)
+
+
+def _undo(changes: CheckinChanges, current: dict[VisitRef, VisitView],
+          arrival_events: dict[ArrivalEventRef, str], event: ev.Event,
+          payload: ev.ActionUndone) -> None:
+    """Flow undid an arrival: the visit no longer waits (and cannot be cancelled), and its
+    appointment is free for the right arrival. Undos of other events change nothing here
+    (an undone rooming shows as flow's next estimate of the visit)."""
+    visit_id = arrival_events.get((event.clinic_id, payload.undone_event_id))
+    if visit_id is None:
+        return
+    ref = (event.clinic_id, visit_id)
+    before = current.get(ref)
+    if before is None:
+        return
+    after = undo_arrival(before, event.occurred_at)
+    if after == before:
+        return
+    current[ref] = changes.visits[ref] = after
+    if before.appointment_id is not None:
+        changes.arrivals.append((event.clinic_id, before.appointment_id, visit_id, False))

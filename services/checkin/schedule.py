@@ -2,18 +2,24 @@
 
 Pure: bytes in, ``ParsedSchedule`` out. Every bad row is reported with its line number
 and the reason; the caller imports all rows or none (see the README). Identifying data
-(date of birth, initials, a FHIR Patient's name) is turned into a salted digest by the
-``hash_identity`` function passed in, here, at once: the plain values never leave this
-module, and reasons never quote them.
+is turned into keyed digests by the ``ImportKeys`` functions passed in, here, at once:
+date of birth, initials and a FHIR Patient's name become the kiosk check's digest; an
+EHR identifier (a FHIR ``Patient.id``, an MRN column) becomes the pseudonymous
+``patient_ref``. The plain values never leave this module, and reasons never quote them.
+Appointment-type codes become the clinic's visit types (``ImportKeys.visit_types``).
 
 CSV: a header row, then one appointment per row. Columns (any order, case-insensitive)::
 
-    appointment_id, patient_ref, provider_id, visit_type, scheduled_at   required
+    appointment_id, provider_id, visit_type, scheduled_at                 required
+    patient_ref (already pseudonymous) or mrn (an EHR identifier)         one of them
     duration_minutes, status (booked|cancelled), dob, initials, clinic_id  optional
 
 ``scheduled_at`` is ISO 8601 with a UTC offset (``2026-03-02T08:15:00-05:00``); a
 time without one is refused rather than guessed. Other columns (a patient's name...)
 are ignored and listed in the answer, never stored.
+
+FHIR: ``Practitioner`` and ``Location`` resources (and participants' ``display``) give
+the providers' and rooms' display names (``ParsedSchedule.providers`` / ``rooms``).
 """
 
 from __future__ import annotations
@@ -23,28 +29,47 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from services.checkin.domain import ID_PATTERN, Appointment, normalize_initials
+from services.checkin.domain import (
+    DEFAULT_VISIT_TYPES,
+    ID_PATTERN,
+    Appointment,
+    map_visit_type,
+    normalize_initials,
+)
 
 IdentityHasher = Callable[[date, str], str]
+Pseudonymizer = Callable[[str], str]
 
-REQUIRED_COLUMNS = ("appointment_id", "patient_ref", "provider_id", "visit_type",
-                    "scheduled_at")
+REQUIRED_COLUMNS = ("appointment_id", "provider_id", "visit_type", "scheduled_at")
+PATIENT_COLUMNS = ("patient_ref", "mrn")  # one of them
 OPTIONAL_COLUMNS = ("duration_minutes", "status", "dob", "initials", "clinic_id")
 COLUMN_ALIASES = {"date_of_birth": "dob", "birth_date": "dob", "appointment": "appointment_id",
-                  "provider": "provider_id", "start": "scheduled_at"}
+                  "provider": "provider_id", "start": "scheduled_at",
+                  "medical_record_number": "mrn", "patient_mrn": "mrn", "patient_id": "mrn"}
 MAX_ROWS = 5000
 
 # FHIR Appointment.status -> what it means for the day's schedule
 FHIR_BOOKED = {"booked", "pending", "arrived", "checked-in", "fulfilled"}
 FHIR_CANCELLED = {"cancelled", "noshow", "entered-in-error"}
 FHIR_NOT_SCHEDULED = {"proposed", "waitlist"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImportKeys:
+    """What an import turns identifying data and codes into: ``hash_identity`` the kiosk
+    check's digest of birth date + initials, ``pseudonymize`` an EHR patient identifier
+    into ``patient_ref``, ``visit_types`` appointment-type codes into visit types."""
+
+    hash_identity: IdentityHasher
+    pseudonymize: Pseudonymizer
+    visit_types: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_VISIT_TYPES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +90,9 @@ class ParsedSchedule:
     skipped: list[RowProblem] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
     rows: int = 0
+    # display names from a FHIR Bundle: Practitioner id -> name, Location id -> name
+    providers: dict[str, str] = field(default_factory=dict)
+    rooms: dict[str, str] = field(default_factory=dict)
 
 
 class _RowError(ValueError):
@@ -84,13 +112,13 @@ def _identifier(value: Any, column: str) -> str:
     return text
 
 
-def _visit_type(value: Any) -> str:
+def _visit_type(value: Any, table: Mapping[str, str]) -> str:
     text = "" if value is None else str(value).strip()
     if not text:
         raise _RowError("visit_type is missing")
     if len(text) > 40:
         raise _RowError("visit_type is longer than 40 characters")
-    return text
+    return map_visit_type(text, table)
 
 
 def _instant(value: Any, column: str) -> datetime:
@@ -176,7 +204,7 @@ def _drop_duplicates(parsed: ParsedSchedule, lines: list[int], what: str) -> Non
 # --------------------------------------------------------------------- CSV
 
 
-def parse_csv(data: bytes, *, clinic_id: str, hash_identity: IdentityHasher) -> ParsedSchedule:
+def parse_csv(data: bytes, *, clinic_id: str, keys: ImportKeys) -> ParsedSchedule:
     """Read a CSV schedule. Line numbers count physical lines (a quoted field may span
     several); the header is line 1."""
     parsed = ParsedSchedule()
@@ -197,6 +225,8 @@ def parse_csv(data: bytes, *, clinic_id: str, hash_identity: IdentityHasher) -> 
         return parsed
     columns = [COLUMN_ALIASES.get(c.strip().lower(), c.strip().lower()) for c in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if not any(c in columns for c in PATIENT_COLUMNS):
+        missing.insert(0, "patient_ref (or mrn)")
     repeated = sorted({c for c in columns if c and columns.count(c) > 1})
     if missing or repeated:
         reasons = []
@@ -208,10 +238,11 @@ def parse_csv(data: bytes, *, clinic_id: str, hash_identity: IdentityHasher) -> 
         if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
             hint = "; the fields seem separated by ';' or tabs: save the file as CSV " \
                    "with commas"
-        parsed.errors.append(RowProblem(1, "; ".join(reasons) + " (header: "
-                                        + ", ".join(REQUIRED_COLUMNS) + ", ...)" + hint))
+        parsed.errors.append(RowProblem(1, "; ".join(reasons) + " (header: appointment_id, "
+                                        "patient_ref, provider_id, visit_type, scheduled_at, "
+                                        "...)" + hint))
         return parsed
-    known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
+    known = set(REQUIRED_COLUMNS) | set(PATIENT_COLUMNS) | set(OPTIONAL_COLUMNS)
     parsed.ignored_columns = [h.strip() for h, c in zip(header, columns, strict=True)
                               if c not in known]
     lines: list[int] = []
@@ -241,7 +272,7 @@ def parse_csv(data: bytes, *, clinic_id: str, hash_identity: IdentityHasher) -> 
         values = dict(zip(columns, row, strict=True))
         appointment_id = values.get("appointment_id", "").strip() or None
         try:
-            appointment = _csv_row(values, clinic_id, hash_identity)
+            appointment = _csv_row(values, clinic_id, keys)
         except _RowError as exc:
             parsed.errors.append(RowProblem(start, str(exc), appointment_id))
             continue
@@ -251,8 +282,7 @@ def parse_csv(data: bytes, *, clinic_id: str, hash_identity: IdentityHasher) -> 
     return parsed
 
 
-def _csv_row(values: dict[str, str], clinic_id: str,
-             hash_identity: IdentityHasher) -> Appointment:
+def _csv_row(values: dict[str, str], clinic_id: str, keys: ImportKeys) -> Appointment:
     row_clinic = values.get("clinic_id", "").strip()
     if row_clinic and row_clinic != clinic_id:
         raise _RowError(f"row is for clinic {row_clinic[:64]!r}, not {clinic_id!r}")
@@ -261,24 +291,41 @@ def _csv_row(values: dict[str, str], clinic_id: str,
         raise _RowError(f"status {status[:20]!r} is not booked or cancelled")
     return _appointment(
         appointment_id=_identifier(values.get("appointment_id"), "appointment_id"),
-        patient_ref=_identifier(values.get("patient_ref"), "patient_ref"),
+        patient_ref=_csv_patient(values, keys.pseudonymize),
         provider_id=_identifier(values.get("provider_id"), "provider_id"),
-        visit_type=_visit_type(values.get("visit_type")),
+        visit_type=_visit_type(values.get("visit_type"), keys.visit_types),
         scheduled_at=_instant(values.get("scheduled_at"), "scheduled_at"),
         duration_minutes=_duration(values.get("duration_minutes")),
         status=status,
-        identity=_identity(values.get("dob"), values.get("initials"), hash_identity),
+        identity=_identity(values.get("dob"), values.get("initials"), keys.hash_identity),
     )
+
+
+def _csv_patient(values: dict[str, str], pseudonymize: Pseudonymizer) -> str:
+    """The row's ``patient_ref``: the pseudonym of its MRN, or its ``patient_ref`` as given
+    (already pseudonymous). Never both: which one would be meant is not for us to guess."""
+    mrn = (values.get("mrn") or "").strip()
+    given = (values.get("patient_ref") or "").strip()
+    if mrn and given:
+        raise _RowError("give patient_ref or mrn, not both")
+    if mrn:
+        # an EHR identifier: reasons never quote it
+        if len(mrn) > 64 or not mrn.isprintable():
+            raise _RowError("mrn is longer than 64 characters or not printable")
+        return pseudonymize(mrn)
+    if not given:
+        raise _RowError("patient_ref (or mrn) is missing")
+    return _identifier(given, "patient_ref")
 
 
 # -------------------------------------------------------------------- FHIR
 
 
-def parse_fhir_bundle(data: bytes, *, clinic_id: str,
-                      hash_identity: IdentityHasher) -> ParsedSchedule:
+def parse_fhir_bundle(data: bytes, *, clinic_id: str, keys: ImportKeys) -> ParsedSchedule:
     """Read a FHIR R4 Bundle of ``Appointment`` resources (``Patient`` resources in the same
-    Bundle give the kiosk check's birth date and initials). A row is a Bundle entry; its
-    line is where the entry starts in the uploaded JSON."""
+    Bundle give the kiosk check's birth date and initials; ``Practitioner`` and
+    ``Location`` resources display names). A row is a Bundle entry; its line is where the
+    entry starts in the uploaded JSON. Every ``Patient.id`` becomes a pseudonym."""
     parsed = ParsedSchedule()
     try:
         text = data.decode("utf-8-sig")
@@ -312,6 +359,10 @@ def parse_fhir_bundle(data: bytes, *, clinic_id: str,
         if resource.get("resourceType") == "Patient":
             for reference in _patient_references(entry, resource):
                 patients[reference] = resource
+        elif resource.get("resourceType") == "Practitioner":
+            _keep_name(parsed.providers, resource.get("id"), _person_name(resource))
+        elif resource.get("resourceType") == "Location":
+            _keep_name(parsed.rooms, resource.get("id"), resource.get("name"))
     lines: list[int] = []
     for index, entry in enumerate(entries):
         line = line_of[index]
@@ -334,7 +385,7 @@ def parse_fhir_bundle(data: bytes, *, clinic_id: str,
                                              given_id))
             continue
         try:
-            appointment = _fhir_appointment(resource, patients, by_url, hash_identity)
+            appointment = _fhir_appointment(resource, patients, by_url, keys, parsed)
         except _RowError as exc:
             parsed.errors.append(RowProblem(line, f"entry[{index}]: {exc}", given_id))
             continue
@@ -345,8 +396,8 @@ def parse_fhir_bundle(data: bytes, *, clinic_id: str,
 
 
 def _fhir_appointment(resource: dict[str, Any], patients: dict[str, dict[str, Any]],
-                      by_url: dict[str, dict[str, Any]],
-                      hash_identity: IdentityHasher) -> Appointment:
+                      by_url: dict[str, dict[str, Any]], keys: ImportKeys,
+                      parsed: ParsedSchedule) -> Appointment:
     appointment_id = _identifier(resource.get("id"), "id")
     status_text = resource.get("status")
     if status_text in FHIR_BOOKED:
@@ -380,23 +431,66 @@ def _fhir_appointment(resource: dict[str, Any], patients: dict[str, dict[str, An
             kind = str(target.get("resourceType") or "")
             ident = target["id"] if isinstance(target.get("id"), str) else \
                 reference.rpartition(":")[2].rpartition("/")[2]
+        display = actor.get("display") if isinstance(actor, dict) else None
         if kind == "Patient" and patient_ref is None:
-            patient_ref, patient_reference = _identifier(ident, "Patient reference"), reference
+            # the EHR's identifier of the patient: only its pseudonym goes any further
+            patient_ref = keys.pseudonymize(_identifier(ident, "Patient reference"))
+            patient_reference = reference
         elif kind in ("Practitioner", "PractitionerRole") and provider_id is None:
             provider_id = _identifier(ident, "Practitioner reference")
+            _keep_name(parsed.providers, provider_id, display, replace_name=False)
+        elif kind == "Location" and ID_PATTERN.match(ident or ""):
+            _keep_name(parsed.rooms, ident, display, replace_name=False)
     if patient_ref is None:
         raise _RowError("no participant is a Patient")
     if provider_id is None:
         raise _RowError("no participant is a Practitioner")
     identity = None
-    patient = patients.get(patient_reference or "") or patients.get(f"Patient/{patient_ref}")
+    patient = patients.get(patient_reference or "")
+    if patient is None and patient_reference is not None:
+        patient = patients.get(f"Patient/{patient_reference.rstrip('/').rpartition('/')[2]}")
     if patient is not None:
-        identity = _fhir_identity(patient, hash_identity)
+        identity = _fhir_identity(patient, keys.hash_identity)
     return _appointment(
         appointment_id=appointment_id, patient_ref=patient_ref, provider_id=provider_id,
-        visit_type=_visit_type(_fhir_visit_type(resource)), scheduled_at=start,
-        duration_minutes=_duration(duration), status=status, identity=identity,
+        visit_type=_visit_type(_fhir_visit_type(resource), keys.visit_types),
+        scheduled_at=start, duration_minutes=_duration(duration), status=status,
+        identity=identity,
     )
+
+
+def _keep_name(names: dict[str, str], ident: Any, name: Any, *,
+               replace_name: bool = True) -> None:
+    """Keep a display name of a Practitioner or Location (a resource's own name wins over
+    a participant's ``display``)."""
+    if not isinstance(ident, str) or not ID_PATTERN.match(ident):
+        return
+    if not isinstance(name, str) or not name.strip():
+        return
+    if replace_name or ident not in names:
+        names[ident] = " ".join(name.split())[:80]
+
+
+def _person_name(resource: dict[str, Any]) -> str | None:
+    """A Practitioner's name as people say it: ``text``, else prefix, given and family
+    (``Dr. Ada Okafor``)."""
+    names = resource.get("name")
+    if not isinstance(names, list) or not names:
+        return None
+    name = next((n for n in names if isinstance(n, dict) and n.get("use") == "official"),
+                names[0])
+    if not isinstance(name, dict):
+        return None
+    if isinstance(name.get("text"), str) and name["text"].strip():
+        return str(name["text"])
+    parts: list[str] = []
+    for key in ("prefix", "given"):
+        values = name.get(key)
+        if isinstance(values, list):
+            parts.extend(v for v in values if isinstance(v, str))
+    if isinstance(name.get("family"), str):
+        parts.append(name["family"])
+    return " ".join(parts) or None
 
 
 def _fhir_visit_type(resource: dict[str, Any]) -> str | None:

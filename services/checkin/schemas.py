@@ -30,17 +30,26 @@ FHIR_EXAMPLE: dict[str, Any] = {
     "type": "collection",
     "entry": [
         {"fullUrl": "urn:uuid:6b2e6c4e-0001",
-         "resource": {"resourceType": "Patient", "id": "p-7f3a9c", "birthDate": "1980-04-02",
+         "resource": {"resourceType": "Patient", "id": "ehr-448120", "birthDate": "1980-04-02",
                       "name": [{"family": "Smith", "given": ["Jane"]}]}},
+        {"resource": {"resourceType": "Practitioner", "id": "dr-lee",
+                      "name": [{"prefix": ["Dr."], "given": ["Ada"], "family": "Lee"}]}},
+        {"resource": {"resourceType": "Location", "id": "r5", "name": "Exam room 5"}},
         {"resource": {
             "resourceType": "Appointment", "id": "apt-0815-lee", "status": "booked",
-            "appointmentType": {"coding": [{"code": "follow_up"}]},
+            "appointmentType": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v2-0276",
+                "code": "FOLLOWUP"}]},
             "start": "2026-03-02T08:15:00-05:00", "minutesDuration": 15,
-            "participant": [{"actor": {"reference": "Patient/p-7f3a9c"}, "status": "accepted"},
-                            {"actor": {"reference": "Practitioner/dr-lee"},
-                             "status": "accepted"}]}},
+            "participant": [{"actor": {"reference": "Patient/ehr-448120"},
+                             "status": "accepted"},
+                            {"actor": {"reference": "Practitioner/dr-lee",
+                                       "display": "Dr. Ada Lee"}, "status": "accepted"},
+                            {"actor": {"reference": "Location/r5"}, "status": "accepted"}]}},
     ],
 }
+KIOSK_CODE_TEXT = "the short code from the appointment's confirmation (``kiosk_code`` of the " \
+    "schedule): six letters and digits, any case, with or without the dash"
 
 
 # ------------------------------------------------------------------ models
@@ -83,8 +92,15 @@ class AppointmentRow(BaseModel):
     appointment_id: str = Field(examples=["apt-0815-lee"])
     patient_ref: str = Field(examples=["p-7f3a9c"])
     provider_id: str = Field(examples=["dr-lee"])
+    provider_name: str = Field(description="how the clinic calls the provider "
+                                           "(configuration, else an imported FHIR name, "
+                                           "else the id)", examples=["Dr. Ada Lee"])
     visit_type: str = Field(examples=["follow_up"])
-    scheduled_at: AwareDatetime = Field(examples=["2026-03-02T13:15:00Z"])
+    scheduled_at: AwareDatetime = Field(description="on the clinic's clock (its UTC offset)",
+                                        examples=["2026-03-02T08:15:00-05:00"])
+    kiosk_code: str | None = Field(None, description="the short code the patient types at "
+                                   "the kiosk (send it with the confirmation)",
+                                   examples=["K7P-4QX"])
     duration_minutes: int | None = Field(None, examples=[15])
     status: Literal["booked", "cancelled", "arrived", "no_show"] = Field(examples=["booked"])
     visit_id: str | None = Field(None, description="the arrival's visit, once arrived")
@@ -94,7 +110,9 @@ class AppointmentRow(BaseModel):
 
 class ScheduleAnswer(BaseModel):
     clinic_id: str = Field(examples=["north"])
-    day: date = Field(examples=["2026-03-02"])
+    day: date = Field(description="the clinic's calendar day, in its own zone",
+                      examples=["2026-03-02"])
+    timezone: str = Field(description="the clinic's IANA zone", examples=["America/New_York"])
     appointments: list[AppointmentRow]
 
 
@@ -162,13 +180,14 @@ class KioskRequest(BaseModel):
     against today's schedule as a salted hash; never published, logged or echoed)."""
 
     appointment_code: str | None = Field(None, min_length=1, max_length=64,
-                                         examples=["apt-0815-lee"])
+                                         description=KIOSK_CODE_TEXT, examples=["K7P-4QX"])
     date_of_birth: date | None = Field(None, examples=["1980-04-02"])
     initials: str | None = Field(None, min_length=1, max_length=12, examples=["JS"])
 
 
 KIOSK_EXAMPLES: dict[str, Any] = {
-    "code": {"summary": "With the appointment code", "value": {"appointment_code": "apt-0815-lee"}},
+    "code": {"summary": "With the appointment's kiosk code",
+             "value": {"appointment_code": "K7P-4QX"}},
     "identity": {"summary": "With date of birth and initials",
                  "value": {"date_of_birth": "1980-04-02", "initials": "JS"}},
 }
@@ -203,8 +222,10 @@ class CancelAnswer(BaseModel):
 class FollowUpRow(BaseModel):
     appointment_id: str = Field(examples=["apt-0900-kim"])
     provider_id: str | None = Field(examples=["dr-kim"])
+    provider_name: str | None = Field(None, examples=["Dr. Kim"])
     visit_type: str | None = Field(examples=["physical"])
-    scheduled_at: AwareDatetime = Field(examples=["2026-03-02T14:00:00Z"])
+    scheduled_at: AwareDatetime = Field(description="on the clinic's clock (its UTC offset)",
+                                        examples=["2026-03-02T09:00:00-05:00"])
     patient_ref: str | None = Field(description="pseudonymous: look the patient up in the "
                                                 "practice system to call", examples=["p-1b2c3d"])
     arrived_later: bool = Field(description="the patient came after all (checked in late)")
@@ -212,8 +233,30 @@ class FollowUpRow(BaseModel):
 
 class FollowUpAnswer(BaseModel):
     clinic_id: str = Field(examples=["north"])
-    day: date = Field(examples=["2026-03-02"])
+    day: date = Field(description="the clinic's calendar day, in its own zone",
+                      examples=["2026-03-02"])
+    timezone: str = Field(description="the clinic's IANA zone", examples=["America/New_York"])
     no_shows: list[FollowUpRow]
+
+
+class NamedEntryAnswer(BaseModel):
+    id: str = Field(examples=["dr-lee"])
+    name: str = Field(examples=["Dr. Ada Lee"])
+    source: Literal["configuration", "fhir", "schedule"] = Field(
+        description="configuration (CLINICFLOW_CLINICS, the first source), fhir (an imported "
+                    "Practitioner or Location) or schedule (an id on an imported schedule "
+                    "with no name anywhere: shown as the id)", examples=["fhir"])
+
+
+class DirectoryAnswer(BaseModel):
+    """A clinic as its people know it: its name and zone, its providers and rooms by
+    name. Events and metrics keep the ids; screens and messages show these names."""
+
+    clinic_id: str = Field(examples=["north"])
+    name: str = Field(examples=["North Family Practice"])
+    timezone: str = Field(examples=["America/New_York"])
+    providers: list[NamedEntryAnswer]
+    rooms: list[NamedEntryAnswer]
 
 
 class RefusalAnswer(BaseModel):
@@ -237,14 +280,16 @@ IMPORT_ANSWER_EXAMPLE: dict[str, Any] = {
                  "reason": "status 'proposed' is not on the schedule"}],
     "ignored_columns": ["patient_name"], "replayed": False}
 SCHEDULE_EXAMPLE: dict[str, Any] = {
-    "clinic_id": "north", "day": "2026-03-02",
+    "clinic_id": "north", "day": "2026-03-02", "timezone": "America/New_York",
     "appointments": [
         {"appointment_id": "apt-0815-lee", "patient_ref": "p-7f3a9c", "provider_id": "dr-lee",
-         "visit_type": "follow_up", "scheduled_at": "2026-03-02T13:15:00Z",
+         "provider_name": "Dr. Ada Lee", "visit_type": "follow_up",
+         "scheduled_at": "2026-03-02T08:15:00-05:00", "kiosk_code": "K7P-4QX",
          "duration_minutes": 15, "status": "arrived", "visit_id": "v-3f2a9c1e5b7d4a60",
          "kiosk_check": True},
         {"appointment_id": "apt-0830-lee", "patient_ref": "p-1b2c3d", "provider_id": "dr-lee",
-         "visit_type": "physical", "scheduled_at": "2026-03-02T13:30:00Z",
+         "provider_name": "Dr. Ada Lee", "visit_type": "physical",
+         "scheduled_at": "2026-03-02T08:30:00-05:00", "kiosk_code": "M3W-9TR",
          "duration_minutes": 30, "status": "booked", "visit_id": None,
          "kiosk_check": False}]}
 ARRIVAL_ANSWER_EXAMPLE: dict[str, Any] = {
@@ -254,10 +299,18 @@ ARRIVAL_ANSWER_EXAMPLE: dict[str, Any] = {
 CANCEL_ANSWER_EXAMPLE: dict[str, Any] = {"visit_id": "v-3f2a9c1e5b7d4a60", "ticket_code": "A-17",
                                          "reason": "left_without_being_seen", "replayed": False}
 FOLLOW_UP_EXAMPLE: dict[str, Any] = {
-    "clinic_id": "north", "day": "2026-03-02",
+    "clinic_id": "north", "day": "2026-03-02", "timezone": "America/New_York",
     "no_shows": [{"appointment_id": "apt-0900-kim", "provider_id": "dr-kim",
-                  "visit_type": "physical", "scheduled_at": "2026-03-02T14:00:00Z",
+                  "provider_name": "Dr. Kim", "visit_type": "physical",
+                  "scheduled_at": "2026-03-02T09:00:00-05:00",
                   "patient_ref": "p-1b2c3d", "arrived_later": False}]}
+DIRECTORY_EXAMPLE: dict[str, Any] = {
+    "clinic_id": "north", "name": "North Family Practice", "timezone": "America/New_York",
+    "providers": [{"id": "dr-kim", "name": "dr-kim", "source": "schedule"},
+                  {"id": "dr-lee", "name": "Dr. Ada Lee", "source": "fhir"},
+                  {"id": "p1", "name": "Dr. Okafor", "source": "configuration"}],
+    "rooms": [{"id": "r1", "name": "Room 1", "source": "configuration"},
+              {"id": "r5", "name": "Exam room 5", "source": "fhir"}]}
 KIOSK_ANSWER_EXAMPLE: dict[str, Any] = {
     "ticket_code": "A-17", "visit_id": "v-3f2a9c1e5b7d4a60", "late": False,
     "wait": {"ticket_code": "A-17", "waiting": True, "position": 3, "low_minutes": None,

@@ -1,14 +1,18 @@
 """Checkin's Redis store. The one place that knows its key layout.
 
 Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``; ``{day}`` is the clinic's
-calendar day ``YYYY-MM-DD`` in ``CLINICFLOW_CHECKIN_TIMEZONE``)::
+calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
 
     P:checkin:clinics                       SET   clinics with a schedule (the no-show sweep)
     P:checkin:appt:{clinic}:{appointment}   HASH  the imported appointment; ``identity`` is the
                                                   HMAC digest of birth date + initials, never
-                                                  the plain values
-    P:checkin:code:{clinic}:{appointment}   STR   appointment id by its lower-case form
-                                                  (the kiosk's appointment code)
+                                                  the plain values; ``kiosk_code`` its code
+    P:checkin:kcodes:{clinic}:{day}         HASH  kiosk code -> appointment id (the day's
+                                                  codes, unique per clinic day)
+    P:checkin:providers:{clinic}            SET   providers on the clinic's imported schedules
+    P:checkin:names:{clinic}:{kind}         HASH  display names from imported FHIR Practitioner
+                                                  (``kind`` provider) and Location (``room``)
+                                                  resources, by id
     P:checkin:who:{clinic}:{day}:{digest}   SET   appointment ids with that identity digest
     P:checkin:day:{clinic}:{day}            ZSET  the day's appointment ids by time
     P:checkin:pending:{clinic}              ZSET  booked appointments not yet settled (arrived
@@ -21,6 +25,8 @@ calendar day ``YYYY-MM-DD`` in ``CLINICFLOW_CHECKIN_TIMEZONE``)::
                                                   rebuilds, so no code is handed out twice)
     P:checkin:ticket:{clinic}:{day}:{code}  STR   visit id of a ticket code
     P:checkin:visit:{clinic}:{visit}        HASH  the visit: ticket, status, latest estimate
+    P:checkin:arrival:{clinic}:{event}      STR   visit id of a ``patient.arrived`` event (an
+                                                  ``action.undone`` names the event)
     P:checkin:limit:{kind}:{client}:{minute} INT  rate-limit counters (lookups, misses;
                                                   ``kind`` is ``lookup`` or ``miss``)
     P:checkin:import:{clinic}               STR   held while an import of that clinic runs
@@ -31,16 +37,19 @@ calendar day ``YYYY-MM-DD`` in ``CLINICFLOW_CHECKIN_TIMEZONE``)::
     P:idem:checkin:{clinic}:{key}           Idempotency-Key answers (shared/idempotency.py)
 
 Day-scoped keys and visits expire ``KEEP_DAYS`` after their day; appointments and their
-arrival / no-show marks ``KEEP_DAYS`` after their time.
+arrival / no-show marks ``KEEP_DAYS`` after their time; the providers seen on schedules
+``PROVIDERS_KEEP_DAYS`` after the last import that listed any. Display names do not
+expire (configuration stays their first source; an import replaces those it names).
 
 What comes from Kafka is rebuilt by replaying it: visits, tickets, estimates, arrival
 and no-show marks are applied by the consumer (``VisitProjectionStore``: the shared
 runner's ``RedisProjection`` watches and reads the batch's visits, and writes its
 changes, each batch in one ``MULTI``/``EXEC`` together with the partitions' offsets and
-its dead letters). The schedule itself (with the kiosk's identity digests, which are
-never published) comes from imports: after losing Redis, import the day's schedule
-again. The offsets once kept in a ``P:checkin:offsets`` hash are no longer read: a
-Redis from before rebuilds the projection from the topics' beginnings.
+its dead letters). The schedule itself (with the kiosk's identity digests and codes and the
+display names, which are never published) comes from imports: after losing Redis,
+import the day's schedule again. The offsets once kept in a ``P:checkin:offsets`` hash
+are no longer read: a Redis from before rebuilds the projection from the topics'
+beginnings.
 """
 
 from __future__ import annotations
@@ -59,11 +68,17 @@ from services.checkin.domain import (
     clinic_day,
     ticket_number,
 )
-from services.checkin.projection import CheckinChanges, VisitRef, visit_refs
+from services.checkin.projection import (
+    CheckinChanges,
+    ProjectionState,
+    undone_refs,
+    visit_refs,
+)
 from shared.projection import Inbound
 
 KEEP_DAYS = 3
 KEEP = timedelta(days=KEEP_DAYS)
+PROVIDERS_KEEP_DAYS = 30
 MAX_CONFLICTS = 50
 _RELEASE_IF_OURS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -109,8 +124,17 @@ class CheckinStore:
     def _appt(self, clinic: str, appointment_id: str) -> str:
         return f"{self.prefix}:appt:{clinic}:{appointment_id}"
 
-    def _code(self, clinic: str, code: str) -> str:
-        return f"{self.prefix}:code:{clinic}:{code.lower()}"
+    def _kcodes(self, clinic: str, day: date) -> str:
+        return f"{self.prefix}:kcodes:{clinic}:{day.isoformat()}"
+
+    def _providers(self, clinic: str) -> str:
+        return f"{self.prefix}:providers:{clinic}"
+
+    def _names(self, clinic: str, kind: str) -> str:
+        return f"{self.prefix}:names:{clinic}:{kind}"
+
+    def _arrival_event(self, clinic: str, event_id: str) -> str:
+        return f"{self.prefix}:arrival:{clinic}:{event_id}"
 
     def _who(self, clinic: str, day: date, digest: str) -> str:
         return f"{self.prefix}:who:{clinic}:{day.isoformat()}:{digest}"
@@ -165,6 +189,7 @@ class CheckinStore:
             else str(appointment.duration_minutes),
             "status": appointment.status,
             "identity": appointment.identity or "",
+            "kiosk_code": appointment.kiosk_code or "",
             "day": day.isoformat(),
         }
 
@@ -180,6 +205,7 @@ class CheckinStore:
             duration_minutes=int(duration) if duration else None,
             status="cancelled" if fields.get("status") == "cancelled" else "booked",
             identity=_opt(fields.get("identity")),
+            kiosk_code=_opt(fields.get("kiosk_code")),
         )
 
     async def appointments(self, clinic: str, ids: Sequence[str]) -> dict[str, Appointment]:
@@ -226,14 +252,15 @@ class CheckinStore:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(self._clinics, clinic)
+            providers = self._providers(clinic)
+            pipe.sadd(providers, *{a.provider_id for a in appointments})
+            pipe.expire(providers, PROVIDERS_KEEP_DAYS * 86400)
             for appointment in appointments:
                 day = clinic_day(appointment.scheduled_at, zone)
                 key = self._appt(clinic, appointment.appointment_id)
                 expires = int((appointment.scheduled_at + KEEP).timestamp())
                 pipe.hset(key, mapping=self._appointment_fields(appointment, day))
                 pipe.expireat(key, expires)
-                code = self._code(clinic, appointment.appointment_id)
-                pipe.set(code, appointment.appointment_id, exat=expires)
                 before = previous.get(appointment.appointment_id)
                 if before is not None:
                     before_day = clinic_day(before.scheduled_at, zone)
@@ -243,6 +270,13 @@ class CheckinStore:
                                             or before_day != day):
                         pipe.srem(self._who(clinic, before_day, before.identity),
                                   appointment.appointment_id)
+                    if before.kiosk_code and (before.kiosk_code != appointment.kiosk_code
+                                              or before_day != day):
+                        pipe.hdel(self._kcodes(clinic, before_day), before.kiosk_code)
+                if appointment.kiosk_code:
+                    codes = self._kcodes(clinic, day)
+                    pipe.hset(codes, appointment.kiosk_code, appointment.appointment_id)
+                    pipe.expireat(codes, self._until(day))
                 score = appointment.scheduled_at.timestamp()
                 pipe.zadd(self._day(clinic, day), {appointment.appointment_id: score})
                 pipe.expireat(self._day(clinic, day), self._until(day))
@@ -256,13 +290,56 @@ class CheckinStore:
                     pipe.zrem(self._pending(clinic), appointment.appointment_id)
             await pipe.execute()
 
-    async def appointment_for_code(self, clinic: str, code: str) -> str | None:
-        raw = await self.redis.get(self._code(clinic, code))
-        return _text(raw) if raw else None
+    async def kiosk_codes(self, clinic: str, days: Sequence[date]
+                          ) -> dict[date, dict[str, str]]:
+        """The kiosk codes handed out for each of ``days``: code -> appointment id."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.hgetall(self._kcodes(clinic, day))
+            raw = await pipe.execute()
+        return {day: _decode_hash(codes) for day, codes in zip(days, raw, strict=True)}
 
-    async def identity_matches(self, clinic: str, day: date, digest: str) -> list[str]:
-        members = await self.redis.smembers(self._who(clinic, day, digest))
-        return sorted(_text(m) for m in members)
+    async def appointment_for_kiosk_code(self, clinic: str, days: Sequence[date],
+                                         code: str) -> str | None:
+        """The appointment holding ``code`` on the first of ``days`` that has it."""
+        for day in days:
+            found = await self.redis.hget(self._kcodes(clinic, day), code)
+            if found:
+                return _text(found)
+        return None
+
+    async def identity_matches(self, clinic: str, days: Sequence[date],
+                               digest: str) -> list[str]:
+        """Appointment ids of ``days`` with that identity digest."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.smembers(self._who(clinic, day, digest))
+            raw = await pipe.execute()
+        return sorted({_text(m) for members in raw for m in members})
+
+    # ------------------------------------------------------------ directory
+
+    async def scheduled_providers(self, clinic: str) -> set[str]:
+        """The providers on the clinic's imported schedules (the last 30 days' imports)."""
+        return {_text(m) for m in await self.redis.smembers(self._providers(clinic))}
+
+    async def save_names(self, clinic: str, providers: dict[str, str],
+                         rooms: dict[str, str]) -> None:
+        """Keep the display names an import brought (FHIR Practitioner, Location)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if providers:
+                pipe.hset(self._names(clinic, "provider"), mapping=providers)
+            if rooms:
+                pipe.hset(self._names(clinic, "room"), mapping=rooms)
+            await pipe.execute()
+
+    async def names(self, clinic: str) -> tuple[dict[str, str], dict[str, str]]:
+        """Imported display names: (providers, rooms), by id."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._names(clinic, "provider"))
+            pipe.hgetall(self._names(clinic, "room"))
+            providers, rooms = await pipe.execute()
+        return _decode_hash(providers), _decode_hash(rooms)
 
     async def day_schedule(self, clinic: str, day: date) -> list[AppointmentState]:
         ids = [_text(m) for m in await self.redis.zrange(self._day(clinic, day), 0, -1)]
@@ -485,23 +562,38 @@ class VisitProjectionStore:
 
     def watched(self, records: Sequence[Inbound]) -> list[str]:
         """The keys of the visits the batch is about (another writer, a cancel at the
-        desk say, makes the batch plan again)."""
-        return [self.store._visit(c, v) for c, v in visit_refs(list(records))]
+        desk say, makes the batch plan again), and of the arrivals its undos name."""
+        store = self.store
+        return ([store._visit(c, v) for c, v in visit_refs(list(records))]
+                + [store._arrival_event(c, e) for c, e in undone_refs(list(records))])
 
-    async def read(self, pipe: Any, records: Sequence[Inbound]) -> dict[VisitRef, VisitView]:
-        """The stored visits among those the batch is about."""
-        visits = {}
-        for ref in visit_refs(list(records)):
-            raw_visit = await pipe.hgetall(self.store._visit(*ref))
+    async def read(self, pipe: Any, records: Sequence[Inbound]) -> ProjectionState:
+        """The stored visits among those the batch is about, and the visits of the
+        arrival events its undos name (watched too, once known)."""
+        store = self.store
+        state = ProjectionState()
+        refs = visit_refs(list(records))
+        for clinic, event_id in undone_refs(list(records)):
+            visit_id = await pipe.get(store._arrival_event(clinic, event_id))
+            if visit_id:
+                state.arrival_events[(clinic, event_id)] = _text(visit_id)
+                ref = (clinic, _text(visit_id))
+                if ref not in refs:
+                    await pipe.watch(store._visit(*ref))
+                    refs.append(ref)
+        for ref in refs:
+            raw_visit = await pipe.hgetall(store._visit(*ref))
             if raw_visit:
-                visits[ref] = self.store._visit_of(_decode_hash(raw_visit))
-        return visits
+                state.visits[ref] = store._visit_of(_decode_hash(raw_visit))
+        return state
 
     def write(self, pipe: Any, changes: CheckinChanges) -> None:
         """Queue the visits, arrival marks and no-show marks (inside the MULTI)."""
         store = self.store
         for view in changes.visits.values():
             store._queue_visit(pipe, view)
+        for clinic, event_id, visit_id, day in changes.arrival_events:
+            pipe.set(store._arrival_event(clinic, event_id), visit_id, exat=store._until(day))
         for clinic, appointment_id, visit_id, arrived in changes.arrivals:
             key = store._arrived(clinic, appointment_id)
             if arrived:

@@ -51,6 +51,11 @@ async def checkin(flow: dict[str, Any], kafka_bootstrap: str, redis_url: str,
                                        headers={**auth("dev-front-desk"),
                                                 "Content-Type": "text/csv"})
             assert answer.status_code == 200, answer.text
+            listed = await client.get(f"{service.url}/clinics/north/schedule",
+                                      headers=auth("dev-front-desk"))
+            service.kiosk_codes = {  # type: ignore[attr-defined]
+                row["appointment_id"]: row["kiosk_code"]
+                for row in listed.json()["appointments"]}
         yield service
     finally:
         service.stop()
@@ -85,7 +90,9 @@ async def test_a_patient_checks_in_with_the_appointment_code_on_a_portrait_table
     for box in [await b.bounding_box() for b in await page.locator("button:visible").all()]:
         assert box is not None and box["height"] >= 44, box
     await page.screenshot(path=str(artifacts / "kiosk-start-768x1024.png"))
-    await page.locator("#appointment-code").fill("APT-0815-LEE")
+    code = checkin.kiosk_codes["apt-0815-lee"]  # type: ignore[attr-defined]
+    # typed as a patient would, in lower case, from the confirmation
+    await page.locator("#appointment-code").fill(code.lower())
     await page.get_by_role("button", name="Check in").first.click()
     ticket = page.locator("#ticket")
     await expect(ticket).to_have_text("A-1", timeout=5_000)
@@ -107,7 +114,7 @@ async def test_a_patient_checks_in_with_the_appointment_code_on_a_portrait_table
     await page.get_by_role("button", name="Done").click()
     await expect(page.locator("#start")).to_be_visible()
     await expect(page.locator("#appointment-code")).to_have_value("")
-    await page.locator("#appointment-code").fill("apt-0815-lee")
+    await page.locator("#appointment-code").fill(code)
     await page.get_by_role("button", name="Check in").first.click()
     await expect(page.locator("#error")).to_contain_text("already checked in")
 

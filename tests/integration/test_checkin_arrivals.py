@@ -65,7 +65,7 @@ async def test_scheduled_and_walk_in_arrivals_publish_ticket_codes_and_the_late_
     assert late.status_code == 201, late.text
     soon = await arrive(checkin, {"appointment_id": "apt-soon", "priority": "urgent"})
     walk_in = await arrive(checkin, {"provider_id": None, "visit_type": "minor_procedure",
-                                     "patient_ref": "p-walk01"})
+                                     "patient_ref": "p-walk01"}, key="k-walk-in")
     assert soon.status_code == 201 and walk_in.status_code == 201, (soon.text, walk_in.text)
     answers = [late.json(), soon.json(), walk_in.json()]
     assert [a["late"] for a in answers] == [True, False, False]
@@ -171,8 +171,11 @@ async def test_cancel_publishes_once_and_kiosk_credentials_cannot_cancel(
 async def test_kiosk_checks_in_by_code_or_birth_date_and_initials_without_publishing_them(
     checkin: Checkin,
 ) -> None:
+    codes = await checkin.kiosk_codes()
+    # the patient types the short code from the confirmation, in any case
+    typed = f" {codes['APT-Kiosk'].lower()} "
     by_code = await checkin.client.post("/clinics/north/kiosk/check-ins",
-                                        json={"appointment_code": " apt-kiosk "},
+                                        json={"appointment_code": typed},
                                         headers={**KIOSK, "Idempotency-Key": "kiosk-1"})
     assert by_code.status_code == 201, by_code.text
     answer = by_code.json()
@@ -181,7 +184,8 @@ async def test_kiosk_checks_in_by_code_or_birth_date_and_initials_without_publis
     assert set(answer["wait"]) == {"ticket_code", "waiting", "position", "low_minutes",
                                    "high_minutes"}
     again = await checkin.client.post("/clinics/north/kiosk/check-ins",
-                                      json={"appointment_code": "APT-KIOSK"}, headers=KIOSK)
+                                      json={"appointment_code": codes["APT-Kiosk"]},
+                                      headers=KIOSK)
     assert again.status_code == 409 and "front desk" in again.json()["detail"]
 
     by_identity = await checkin.client.post(
@@ -194,7 +198,8 @@ async def test_kiosk_checks_in_by_code_or_birth_date_and_initials_without_publis
     assert wrong.status_code == 404
     assert "1991" not in wrong.text and "XX" not in wrong.text
     late = await checkin.client.post("/clinics/north/kiosk/check-ins",
-                                     json={"appointment_code": "apt-late"}, headers=KIOSK)
+                                     json={"appointment_code": codes["apt-late"]},
+                                     headers=KIOSK)
     assert late.status_code == 201 and late.json()["late"] is True
     both = await checkin.client.post(
         "/clinics/north/kiosk/check-ins",
@@ -247,7 +252,7 @@ async def test_ticket_lookup_gives_place_and_range_only_and_guessing_is_rate_lim
     assert desk.status_code == 200
     # the kiosk's failed check-ins count against the same misses
     kiosk = await checkin.client.post("/clinics/north/kiosk/check-ins",
-                                      json={"appointment_code": "apt-kiosk"}, headers=KIOSK)
+                                      json={"appointment_code": "K7P-4QX"}, headers=KIOSK)
     assert kiosk.status_code == 429
 
 
@@ -297,7 +302,9 @@ async def test_a_booked_appointment_with_no_arrival_becomes_a_no_show_on_the_fol
         assert relisted.json()["no_shows"][0]["arrived_later"] is True
         # the kiosk refuses a missed appointment and sends them to the desk
         off = await checkin.client.post("/clinics/north/kiosk/check-ins",
-                                        json={"appointment_code": "apt-off"}, headers=KIOSK)
+                                        json={"appointment_code": (
+                                            await checkin.kiosk_codes())["apt-off"]},
+                                        headers=KIOSK)
         assert off.status_code == 409 and "front desk" in off.json()["detail"]
 
         # another sweep publishes nothing more

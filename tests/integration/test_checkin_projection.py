@@ -25,7 +25,13 @@ from shared.settings import CheckinSettings
 from shared.topics import DEAD_LETTER, ESTIMATES, FLOOR, topic_name
 from tests.fakes import FakeClock, KafkaRecord, record_of
 from tests.helpers import auth, eventually, producer, read_topic
-from tests.integration.test_checkin_support import FRONT_DESK, KIOSK, publish, running_checkin
+from tests.integration.test_checkin_support import (
+    FRONT_DESK,
+    KIOSK,
+    a_key,
+    publish,
+    running_checkin,
+)
 from tools.stack import LocalStack
 
 
@@ -54,7 +60,7 @@ async def test_the_lookup_follows_flows_estimates_and_stops_when_the_patient_is_
         arrived = await checkin.client.post("/clinics/north/arrivals",
                                             json={"provider_id": "dr-lee",
                                                   "visit_type": "follow_up"},
-                                            headers=FRONT_DESK)
+                                            headers={**FRONT_DESK, **a_key()})
         visit, code = arrived.json()["visit_id"], arrived.json()["ticket_code"]
         path = f"/clinics/north/tickets/{code}/wait"
         first = (await checkin.client.get(path, headers=KIOSK)).json()
@@ -113,11 +119,13 @@ async def test_credentials_scoped_to_one_clinic_and_the_lookup_rate_limit(
                                checkin_lookup_rate_per_minute=3) as checkin:
         desk, kiosk = auth("north-desk-token-0123456789"), auth("south-kiosk-token-0123456789")
         arrived = await checkin.client.post("/clinics/north/arrivals",
-                                            json={"visit_type": "follow_up"}, headers=desk)
+                                            json={"visit_type": "follow_up"},
+                                            headers={**desk, **a_key()})
         assert arrived.status_code == 201
         code = arrived.json()["ticket_code"]
         elsewhere = await checkin.client.post("/clinics/south/arrivals",
-                                              json={"visit_type": "follow_up"}, headers=desk)
+                                              json={"visit_type": "follow_up"},
+                                              headers={**desk, **a_key()})
         assert elsewhere.status_code == 403 and "south" in elsewhere.json()["detail"]
         other = await checkin.client.get(f"/clinics/north/tickets/{code}/wait", headers=kiosk)
         assert other.status_code == 403
@@ -142,7 +150,7 @@ async def test_estimates_arriving_while_redis_is_down_are_applied_once_it_is_bac
         arrived = await checkin.client.post("/clinics/north/arrivals",
                                             json={"provider_id": "dr-lee",
                                                   "visit_type": "follow_up"},
-                                            headers=FRONT_DESK)
+                                            headers={**FRONT_DESK, **a_key()})
         visit, code = arrived.json()["visit_id"], arrived.json()["ticket_code"]
         runner = checkin.app.state.runner
         # the arrival read back and applied first: what fails below is the estimate

@@ -13,6 +13,7 @@ from tests.helpers import eventually, free_port
 from tests.integration.test_checkin_support import (
     FRONT_DESK,
     KIOSK,
+    a_key,
     at,
     csv_rows,
     running_checkin,
@@ -34,7 +35,7 @@ async def test_with_kafka_unreachable_commands_answer_503_and_record_nothing(
                                ready=False) as offline:
         walk_in = await offline.client.post("/clinics/north/arrivals",
                                             json={"visit_type": "follow_up"},
-                                            headers=FRONT_DESK)
+                                            headers={**FRONT_DESK, **a_key()})
         assert walk_in.status_code == 503, walk_in.text
         assert "nothing was recorded" in walk_in.json()["detail"]
         scheduled = await offline.client.post("/clinics/north/arrivals",
@@ -72,7 +73,7 @@ async def test_after_redis_is_lost_visits_come_back_and_no_ticket_code_is_reused
         for _ in range(2):
             answer = await checkin.client.post("/clinics/north/arrivals",
                                                json={"visit_type": "follow_up"},
-                                               headers=FRONT_DESK)
+                                               headers={**FRONT_DESK, **a_key()})
             assert answer.status_code == 201, answer.text
             first.append(answer.json()["ticket_code"])
         assert first == ["A-1", "A-2"]
@@ -92,7 +93,7 @@ async def test_after_redis_is_lost_visits_come_back_and_no_ticket_code_is_reused
         await eventually(rebuilt, timeout=10)
         answer = await checkin.client.post("/clinics/north/arrivals",
                                            json={"visit_type": "follow_up"},
-                                           headers=FRONT_DESK)
+                                           headers={**FRONT_DESK, **a_key()})
         assert answer.status_code == 201, answer.text
         assert answer.json()["ticket_code"] == "A-3"
 
@@ -108,11 +109,12 @@ async def test_two_desks_checking_in_the_same_appointment_at_once_make_one_arriv
         schedule = csv_rows(("apt-1", "p-aaa111", "dr-lee", "follow_up", at(10), "15",
                              "1980-04-02", "JS"))
         assert (await checkin.import_csv(schedule)).status_code == 200
+        code = (await checkin.kiosk_codes())["apt-1"]
         answers = await asyncio.gather(
             *(checkin.client.post("/clinics/north/arrivals", json={"appointment_id": "apt-1"},
                                   headers=FRONT_DESK) for _ in range(4)),
             *(checkin.client.post("/clinics/north/kiosk/check-ins",
-                                  json={"appointment_code": "apt-1"}, headers=KIOSK)
+                                  json={"appointment_code": code}, headers=KIOSK)
               for _ in range(2)))
         assert sorted(a.status_code for a in answers) == [201, 409, 409, 409, 409, 409]
         events = await checkin.events(expect=2)

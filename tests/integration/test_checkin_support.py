@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,6 +62,17 @@ class Checkin:
         return await self.client.post("/clinics/north/schedule/csv", content=text.encode(),
                                       headers={**FRONT_DESK, **CSV, **headers})
 
+    async def kiosk_codes(self, clinic: str = "north",
+                          day: str | None = None) -> dict[str, str]:
+        """The kiosk code of each appointment of the clinic's day (default: its today), as
+        the front desk reads them from the schedule to send with the confirmations."""
+        query = f"?day={day}" if day else ""
+        answer = await self.client.get(f"/clinics/{clinic}/schedule{query}",
+                                       headers=FRONT_DESK)
+        assert answer.status_code == 200, answer.text
+        return {row["appointment_id"]: row["kiosk_code"]
+                for row in answer.json()["appointments"]}
+
     async def sweep_no_shows(self, now: datetime) -> NoShowSweepResult:
         """One run of the service's no-show sweep, at ``now``."""
         result: NoShowSweepResult = await self.app.state.desk.sweep_no_shows(now)
@@ -109,6 +121,11 @@ async def publish(kafka_bootstrap: str, topic: TopicSpec, topic_prefix: str,
         for event in events:
             await client.send_and_wait(topic_name(topic, topic_prefix), ev.encode(event),
                                        key=event.clinic_id.encode())
+
+
+def a_key() -> dict[str, str]:
+    """A fresh ``Idempotency-Key`` header: one check-in attempt."""
+    return {"Idempotency-Key": uuid.uuid4().hex}
 
 
 def midday_zone() -> str:

@@ -10,7 +10,13 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from services.checkin.domain import VisitView
-from services.checkin.projection import checkin_reader, plan_visits, visit_refs
+from services.checkin.projection import (
+    ProjectionState,
+    checkin_reader,
+    plan_visits,
+    undone_refs,
+    visit_refs,
+)
 from shared import events as ev
 from shared.projection import Inbound
 from tests.fakes import KafkaRecord, record_of
@@ -19,6 +25,16 @@ NINE = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 FLOOR, ESTIMATES = "clinicflow.floor.v1", "clinicflow.estimates.v1"
 UTC_ZONE = ZoneInfo("UTC")
 READER = checkin_reader(FLOOR, ESTIMATES)
+ZONES = {"north": ZoneInfo("America/New_York"), "reef": ZoneInfo("Pacific/Tongatapu"),
+         "surf": ZoneInfo("Pacific/Honolulu")}
+
+
+def in_utc(_clinic: str) -> ZoneInfo:
+    return UTC_ZONE
+
+
+def zone_of(clinic: str) -> ZoneInfo:
+    return ZONES[clinic]
 
 
 def event(payload: ev.Payload, at: datetime = NINE) -> ev.Event:
@@ -87,7 +103,7 @@ def test_a_rebuild_marks_arrivals_frees_those_entered_in_error_and_keeps_the_ord
                on_floor(3, ev.ArrivalCancelled(visit_id="v-2", reason="left_without_being_seen"),
                         NINE + timedelta(minutes=3)),
                on_floor(4, arrival("v-3", "A-3", appointment=None), NINE + timedelta(minutes=4))]
-    planned = plan_visits(records, {}, UTC_ZONE)
+    planned = plan_visits(records, ProjectionState(), in_utc)
     assert planned.changes.arrivals == [("north", "apt-1", "v-1", True),
                                         ("north", "apt-1", "v-1", False),
                                         ("north", "apt-1", "v-2", True)]
@@ -100,7 +116,7 @@ def test_a_visit_checkin_saved_itself_is_not_marked_again_by_its_own_event() -> 
                       status="cancelled", status_at=NINE + timedelta(minutes=1),
                       appointment_id="apt-1")
     planned = plan_visits([on_floor(7, arrival("v-1", "A-1"), NINE)],
-                          {("north", "v-1"): known}, UTC_ZONE)
+                          ProjectionState({("north", "v-1"): known}), in_utc)
     assert planned.changes.arrivals == []
     assert planned.changes.visits == {}
     assert planned.applied == 1
@@ -111,7 +127,7 @@ def test_an_estimate_read_before_its_arrival_is_kept_and_the_arrival_marks_the_a
     records = [read(record_of(event(estimate(), NINE + timedelta(minutes=1)), ESTIMATES, 0,
                               partitions=12)),
                on_floor(0, arrival("v-1", "A-1"), NINE)]
-    planned = plan_visits(records, {}, UTC_ZONE)
+    planned = plan_visits(records, ProjectionState(), in_utc)
     visit = planned.changes.visits[("north", "v-1")]
     assert (visit.status, visit.position, visit.appointment_id) == ("waiting", 2, "apt-1")
     assert planned.changes.arrivals == [("north", "apt-1", "v-1", True)]
@@ -123,6 +139,64 @@ def test_a_no_show_is_listed_on_the_clinics_day_of_the_appointment() -> None:
     missed = on_floor(0, ev.PatientNoShow(appointment_id="apt-9", provider_id="dr-lee",
                                           scheduled_at=late_evening),
                       late_evening + timedelta(minutes=30))
-    planned = plan_visits([missed], {}, ZoneInfo("America/New_York"))
+    planned = plan_visits([missed], ProjectionState(), zone_of)
     assert planned.changes.no_shows == [("north", "apt-9", late_evening, date(2026, 3, 2))]
     assert planned.changes.visits == {} and planned.changes.arrivals == []
+
+
+def on_floor_of(clinic: str, offset: int, payload: ev.Payload, at: datetime) -> Inbound:
+    return read(record_of(ev.make_event(payload, clinic_id=clinic, source="checkin",
+                                        occurred_at=at), FLOOR, offset, partitions=12))
+
+
+def test_each_clinic_has_its_tickets_and_no_shows_on_its_own_day_across_midnight_utc(
+) -> None:
+    # 09:30 UTC on 1 July: 23:30 on 30 June in Honolulu (UTC-10), 22:30 on 1 July in
+    # Tongatapu (UTC+13)
+    at = datetime(2026, 7, 1, 9, 30, tzinfo=UTC)
+    # 00:15 on 1 July in Tongatapu, still 30 June in UTC
+    just_after_midnight = datetime(2026, 6, 30, 11, 15, tzinfo=UTC)
+    records = [on_floor_of("surf", 0, arrival("v-s", "A-1", None), at),
+               on_floor_of("reef", 1, arrival("v-r", "A-1", None), at),
+               on_floor_of("reef", 2, ev.PatientNoShow(appointment_id="apt-r",
+                                                       provider_id="dr-tu",
+                                                       scheduled_at=just_after_midnight),
+                           at)]
+    planned = plan_visits(records, ProjectionState(), zone_of)
+    days = {ref: view.day for ref, view in planned.changes.visits.items()}
+    assert days == {("surf", "v-s"): date(2026, 6, 30), ("reef", "v-r"): date(2026, 7, 1)}
+    assert planned.changes.no_shows == [("reef", "apt-r", just_after_midnight,
+                                         date(2026, 7, 1))]
+    assert [(c, v, d) for c, _e, v, d in planned.changes.arrival_events] == [
+        ("surf", "v-s", date(2026, 6, 30)), ("reef", "v-r", date(2026, 7, 1))]
+
+
+def test_an_arrival_flow_undid_no_longer_waits_and_frees_its_appointment() -> None:
+    arrived = event(arrival("v-1", "A-1"), NINE)
+    undone = event(ev.ActionUndone(undone_event_id=arrived.envelope.event_id),
+                   NINE + timedelta(minutes=1))
+    records = [read(record_of(arrived, FLOOR, 0, partitions=12)),
+               read(record_of(undone, FLOOR, 1, partitions=12))]
+    assert undone_refs(records) == [("north", arrived.envelope.event_id)]
+    # in one batch: the arrival's event is known from the batch itself
+    planned = plan_visits(records, ProjectionState(), in_utc)
+    visit = planned.changes.visits[("north", "v-1")]
+    assert (visit.status, visit.status_at) == ("undone", NINE + timedelta(minutes=1))
+    assert planned.changes.arrivals == [("north", "apt-1", "v-1", True),
+                                        ("north", "apt-1", "v-1", False)]
+
+    # in a later batch: the stored arrival event names the visit
+    waiting = VisitView(clinic_id="north", visit_id="v-1", ticket_code="A-1",
+                        day=date(2026, 3, 2), status="waiting", status_at=NINE,
+                        appointment_id="apt-1")
+    later = plan_visits(records[1:], ProjectionState(
+        {("north", "v-1"): waiting}, {("north", arrived.envelope.event_id): "v-1"}), in_utc)
+    assert later.changes.visits[("north", "v-1")].status == "undone"
+    assert later.changes.arrivals == [("north", "apt-1", "v-1", False)]
+
+    # an undo of anything else (a rooming) changes nothing here: flow's next estimate does
+    other = event(ev.ActionUndone(undone_event_id="e-rooming"), NINE)
+    nothing = plan_visits([read(record_of(other, FLOOR, 2, partitions=12))],
+                          ProjectionState({("north", "v-1"): waiting}), in_utc)
+    assert nothing.changes.visits == {} and nothing.changes.arrivals == []
+    assert nothing.applied == 1

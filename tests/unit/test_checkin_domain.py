@@ -9,21 +9,33 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.checkin.domain import (
+    KIOSK_CODE_ALPHABET,
     Appointment,
     AppointmentState,
     VisitView,
+    assign_kiosk_codes,
+    check_provider,
     check_scheduled_arrival,
     choose_kiosk_appointment,
     clinic_day,
     evolve_visit,
     identity_digest,
     is_late,
+    kiosk_code,
+    kiosk_days,
+    kiosk_takes,
+    map_visit_type,
     no_show_verdict,
     normalize_initials,
+    normalize_kiosk_code,
     normalize_ticket_code,
+    patient_pseudonym,
     plan_import,
+    printed_kiosk_code,
     ticket_code,
     ticket_number,
+    undo_arrival,
+    visit_type_table,
     wait_status,
 )
 from shared import events as ev
@@ -31,6 +43,8 @@ from shared.errors import Conflict, NotFound, Refusal, status_of
 from shared.settings import CheckinSettings, InsecureConfiguration
 
 NEW_YORK = ZoneInfo("America/New_York")
+HONOLULU = ZoneInfo("Pacific/Honolulu")  # UTC-10 all year
+AUCKLAND = ZoneInfo("Pacific/Auckland")  # UTC+13 in December (daylight saving)
 NINE = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 09:00 in New York
 TODAY = date(2026, 3, 2)
 SECRET = b"test-secret-0123456789"
@@ -75,12 +89,69 @@ def test_the_clinics_day_is_its_own_calendar_day_not_utcs() -> None:
     assert clinic_day(late_evening, ZoneInfo("UTC")) == date(2026, 3, 3)
 
 
+def test_one_instant_is_three_different_days_in_honolulu_utc_and_auckland_in_december(
+) -> None:
+    # 10:30 UTC on 10 December: 00:30 on the 10th in Honolulu, 23:30 on the 10th in
+    # Auckland (UTC+13); an hour earlier it is still the 9th in Honolulu
+    at = datetime(2026, 12, 10, 10, 30, tzinfo=UTC)
+    assert clinic_day(at, HONOLULU) == date(2026, 12, 10)
+    assert clinic_day(at - timedelta(hours=1), HONOLULU) == date(2026, 12, 9)
+    assert clinic_day(at, AUCKLAND) == date(2026, 12, 10)
+    assert clinic_day(at + timedelta(hours=1), AUCKLAND) == date(2026, 12, 11)
+    assert clinic_day(at + timedelta(hours=1), ZoneInfo("UTC")) == date(2026, 12, 10)
+
+
 def test_a_patient_is_late_only_past_the_grace_period_and_a_walk_in_never() -> None:
     grace = timedelta(minutes=10)
     assert not is_late(NINE + timedelta(minutes=10), NINE, grace)
     assert is_late(NINE + timedelta(minutes=11), NINE, grace)
     assert not is_late(NINE - timedelta(minutes=30), NINE, grace)
     assert not is_late(NINE + timedelta(hours=3), None, grace)
+
+
+# ------------------------------------------------------- kiosk at midnight
+
+# 23:55 on 9 December in Honolulu is 09:55 UTC on the 10th
+HONOLULU_BEFORE_MIDNIGHT = datetime(2026, 12, 9, 23, 55, tzinfo=HONOLULU)
+# 23:55 on 10 December in Auckland (UTC+13) is 10:55 UTC on the 10th
+AUCKLAND_BEFORE_MIDNIGHT = datetime(2026, 12, 10, 23, 55, tzinfo=AUCKLAND)
+
+
+@pytest.mark.parametrize(("zone", "now"), [(HONOLULU, HONOLULU_BEFORE_MIDNIGHT),
+                                           (AUCKLAND, AUCKLAND_BEFORE_MIDNIGHT)])
+def test_a_patient_checking_in_just_before_midnight_for_just_after_it_is_found(
+        zone: ZoneInfo, now: datetime) -> None:
+    just_after = AppointmentState(appointment(at=now + timedelta(minutes=10)))
+    check_scheduled_arrival(just_after, channel="kiosk", now=now, zone=zone)
+    identity_match = choose_kiosk_appointment([just_after], now=now, zone=zone)
+    assert identity_match is just_after
+    # the kiosk looks the code and the identity up on today's and tomorrow's schedule
+    assert kiosk_days(now, zone) == [clinic_day(now, zone),
+                                     clinic_day(now, zone) + timedelta(days=1)]
+
+
+@pytest.mark.parametrize(("zone", "now"), [(HONOLULU, HONOLULU_BEFORE_MIDNIGHT),
+                                           (AUCKLAND, AUCKLAND_BEFORE_MIDNIGHT)])
+def test_tomorrows_morning_appointment_still_goes_to_the_front_desk_at_midnight(
+        zone: ZoneInfo, now: datetime) -> None:
+    tomorrow_morning = AppointmentState(appointment(at=now + timedelta(hours=9)))
+    with pytest.raises(Conflict, match="not today") as refused:
+        check_scheduled_arrival(tomorrow_morning, channel="kiosk", now=now, zone=zone)
+    assert refused.value.code == "other_day"
+    with pytest.raises(NotFound):
+        choose_kiosk_appointment([tomorrow_morning], now=now, zone=zone)
+
+
+def test_just_after_midnight_a_late_patient_for_last_nights_appointment_is_found() -> None:
+    just_after = HONOLULU_BEFORE_MIDNIGHT + timedelta(minutes=15)  # 00:10 on the 10th
+    last_night = AppointmentState(appointment(at=HONOLULU_BEFORE_MIDNIGHT - timedelta(minutes=5)))
+    check_scheduled_arrival(last_night, channel="kiosk", now=just_after, zone=HONOLULU)
+    assert kiosk_days(just_after, HONOLULU) == [date(2026, 12, 10), date(2026, 12, 9)]
+    # at noon the kiosk takes the whole day, early or late, and nothing of the next one
+    noon = datetime(2026, 12, 10, 12, 0, tzinfo=HONOLULU)
+    assert kiosk_days(noon, HONOLULU) == [date(2026, 12, 10)]
+    assert kiosk_takes(datetime(2026, 12, 10, 23, 30, tzinfo=HONOLULU), noon, HONOLULU)
+    assert not kiosk_takes(datetime(2026, 12, 11, 0, 30, tzinfo=HONOLULU), noon, HONOLULU)
 
 
 # ----------------------------------------------------------------- identity
@@ -102,6 +173,88 @@ def test_the_identity_digest_depends_on_secret_clinic_birth_date_and_initials() 
     assert digest != identity_digest(SECRET, "south", born, "JS")
     assert digest != identity_digest(SECRET, "north", date(1980, 4, 3), "JS")
     assert digest != identity_digest(SECRET, "north", born, "JT")
+
+
+def test_an_ehr_patient_id_becomes_a_keyed_pseudonym_per_clinic() -> None:
+    ref = patient_pseudonym(SECRET, "north", "448120")
+    assert ref.startswith("pt-") and "448120" not in ref and len(ref) == 27
+    assert ref == patient_pseudonym(SECRET, "north", "448120")  # the same at every import
+    assert ref != patient_pseudonym(SECRET, "south", "448120")
+    assert ref != patient_pseudonym(b"another-secret-000000", "north", "448120")
+    assert ev.AppointmentScheduled(appointment_id="a", patient_ref=ref, provider_id="p",
+                                   visit_type="t", scheduled_at=NINE).patient_ref == ref
+
+
+def test_kiosk_codes_are_short_typeable_keyed_and_read_however_they_are_typed() -> None:
+    code = kiosk_code(SECRET, "north", "apt-1", TODAY)
+    assert len(code) == 6 and set(code) <= set(KIOSK_CODE_ALPHABET)
+    assert not set(code) & set("01OIL")
+    assert code == kiosk_code(SECRET, "north", "apt-1", TODAY)
+    assert code != kiosk_code(SECRET, "north", "apt-1", TODAY + timedelta(days=1))
+    assert code != kiosk_code(SECRET, "north", "apt-1", TODAY, attempt=1)
+    printed = printed_kiosk_code(code)
+    assert printed == f"{code[:3]}-{code[3:]}"
+    for typed in (printed, printed.lower(), f" {code[:3]} {code[3:]} ", code):
+        assert normalize_kiosk_code(typed) == code, typed
+    for nonsense in ("", "apt-1", code[:5], code + "A", "ABC-10O"):
+        assert normalize_kiosk_code(nonsense) is None, nonsense
+
+
+def test_kiosk_codes_stay_with_their_appointment_and_never_repeat_in_a_clinic_day() -> None:
+    first = assign_kiosk_codes([appointment("apt-1"), appointment("apt-2")], {}, {},
+                               secret=SECRET, clinic_id="north", zone=NEW_YORK)
+    codes = [a.kiosk_code or "" for a in first]
+    assert "" not in codes and len(set(codes)) == 2
+    stored = {a.appointment_id: a for a in first}
+    again = assign_kiosk_codes([appointment("apt-1")], stored, {TODAY: {codes[0]: "apt-1"}},
+                               secret=SECRET, clinic_id="north", zone=NEW_YORK)
+    assert again[0].kiosk_code == codes[0]  # a re-import keeps the code the patient has
+    # another appointment of the day already holds apt-3's first code: it gets another
+    wanted = kiosk_code(SECRET, "north", "apt-3", TODAY)
+    taken = assign_kiosk_codes([appointment("apt-3")], {}, {TODAY: {wanted: "apt-9"}},
+                               secret=SECRET, clinic_id="north", zone=NEW_YORK)
+    assert taken[0].kiosk_code == kiosk_code(SECRET, "north", "apt-3", TODAY, attempt=1)
+    # moved to another day: a code of that day
+    moved = assign_kiosk_codes([appointment("apt-1", at=NINE + timedelta(days=1))], stored,
+                               {}, secret=SECRET, clinic_id="north", zone=NEW_YORK)
+    assert moved[0].kiosk_code == kiosk_code(SECRET, "north", "apt-1",
+                                             TODAY + timedelta(days=1))
+    # the code is never published
+    assert codes[0] not in first[0].payload().model_dump_json()
+
+
+@pytest.mark.parametrize(("code", "visit_type"), [
+    ("FOLLOWUP", "follow_up"), ("ROUTINE", "follow_up"), ("WALKIN", "walk_in"),
+    ("CHECKUP", "physical"), ("EMERGENCY", "urgent"), ("Follow-up", "follow_up"),
+    ("follow_up", "follow_up"), ("New Patient", "new_patient"), ("Consult", "consultation"),
+    ("Annual physical", "physical"), ("minor procedure", "minor_procedure"),
+    ("Sports Clearance", "sports_clearance"),
+])
+def test_appointment_type_codes_become_the_visit_types_the_estimator_knows(
+        code: str, visit_type: str) -> None:
+    assert map_visit_type(code, visit_type_table({})) == visit_type
+
+
+def test_a_deployment_maps_its_own_codes_over_the_default_map() -> None:
+    table = visit_type_table({"SPORTS": "physical", "routine": "consultation"})
+    assert map_visit_type("sports", table) == "physical"
+    assert map_visit_type("ROUTINE", table) == "consultation"
+    assert map_visit_type("FOLLOWUP", table) == "follow_up"
+    with pytest.raises(ValueError, match="VISIT_TYPES"):
+        CheckinSettings(checkin_visit_types='{"SPORTS": ""}')
+    settings = CheckinSettings(checkin_visit_types='{"SPORTS": "physical"}')
+    assert settings.checkin_visit_type_map() == {"SPORTS": "physical"}
+
+
+def test_the_default_zone_is_checkins_own_when_set_else_the_common_one() -> None:
+    clinics = '{"surf": {"timezone": "Pacific/Honolulu"}}'
+    own = CheckinSettings(clinics=clinics, checkin_timezone="Pacific/Tongatapu",
+                          default_timezone="Europe/Paris").clinic_directory()
+    assert own.zone("surf") == HONOLULU
+    assert own.zone("elsewhere") == ZoneInfo("Pacific/Tongatapu")
+    common = CheckinSettings(clinics=clinics, default_timezone="Europe/Paris").clinic_directory()
+    assert common.zone("elsewhere") == ZoneInfo("Europe/Paris")
+    assert CheckinSettings().clinic_directory().zone("north") == ZoneInfo("UTC")
 
 
 def test_production_refuses_the_development_identity_secret() -> None:
@@ -159,40 +312,50 @@ def test_the_published_appointment_never_carries_the_identity_digest() -> None:
 
 def test_the_front_desk_may_check_in_a_no_show_who_came_after_all() -> None:
     state = AppointmentState(appointment(), no_show=True)
-    check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
+    check_scheduled_arrival(state, channel="front_desk", now=NINE, zone=NEW_YORK)
     with pytest.raises(Conflict) as refused:
-        check_scheduled_arrival(state, channel="kiosk", today=TODAY, zone=NEW_YORK)
+        check_scheduled_arrival(state, channel="kiosk", now=NINE, zone=NEW_YORK)
     assert refused.value.code == "no_show" and "front desk" in refused.value.detail
 
 
 def test_a_second_arrival_is_refused_and_the_kiosk_does_not_say_whose_visit_it_is() -> None:
     state = AppointmentState(appointment(), arrived_visit="v-123")
     with pytest.raises(Conflict) as desk:
-        check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
+        check_scheduled_arrival(state, channel="front_desk", now=NINE, zone=NEW_YORK)
     assert desk.value.code == "already_arrived" and "v-123" in desk.value.detail
     with pytest.raises(Conflict) as kiosk:
-        check_scheduled_arrival(state, channel="kiosk", today=TODAY, zone=NEW_YORK)
+        check_scheduled_arrival(state, channel="kiosk", now=NINE, zone=NEW_YORK)
     assert kiosk.value.code == "already_arrived" and "v-123" not in kiosk.value.detail
 
 
 def test_a_cancelled_appointment_cannot_be_checked_in() -> None:
     state = AppointmentState(appointment(status="cancelled"))
     with pytest.raises(Conflict, match="cancelled"):
-        check_scheduled_arrival(state, channel="front_desk", today=TODAY, zone=NEW_YORK)
+        check_scheduled_arrival(state, channel="front_desk", now=NINE, zone=NEW_YORK)
 
 
 def test_the_kiosk_only_takes_todays_appointments() -> None:
     tomorrow = AppointmentState(appointment(at=NINE + timedelta(days=1)))
     with pytest.raises(Conflict, match="not today"):
-        check_scheduled_arrival(tomorrow, channel="kiosk", today=TODAY, zone=NEW_YORK)
-    check_scheduled_arrival(tomorrow, channel="front_desk", today=TODAY, zone=NEW_YORK)
+        check_scheduled_arrival(tomorrow, channel="kiosk", now=NINE, zone=NEW_YORK)
+    check_scheduled_arrival(tomorrow, channel="front_desk", now=NINE, zone=NEW_YORK)
+
+
+def test_a_provider_the_clinic_does_not_know_is_refused_naming_it() -> None:
+    check_provider("dr-lee", {"dr-lee", "dr-kim"}, "north")
+    check_provider(None, {"dr-lee"}, "north")  # the first available provider
+    check_provider("dr-any", set(), "north")  # a clinic that told checkin of none yet
+    with pytest.raises(NotFound) as refused:
+        check_provider("dr-nobody", {"dr-lee", "dr-kim"}, "north")
+    assert "dr-nobody" in refused.value.detail and "dr-kim, dr-lee" in refused.value.detail
+    assert refused.value.code == "unknown_provider"
 
 
 def test_a_patient_with_two_appointments_today_checks_in_the_earliest_open_one() -> None:
     first = AppointmentState(appointment("apt-1", at=NINE), arrived_visit="v-1")
     second = AppointmentState(appointment("apt-2", at=NINE + timedelta(hours=2)))
     third = AppointmentState(appointment("apt-3", at=NINE + timedelta(hours=4)))
-    chosen = choose_kiosk_appointment([third, first, second], today=TODAY, zone=NEW_YORK)
+    chosen = choose_kiosk_appointment([third, first, second], now=NINE, zone=NEW_YORK)
     assert chosen.appointment.appointment_id == "apt-2"
 
 
@@ -200,7 +363,7 @@ def test_two_patients_sharing_birth_date_and_initials_go_to_the_front_desk() -> 
     one = AppointmentState(appointment("apt-1", patient="p-1"))
     other = AppointmentState(appointment("apt-2", patient="p-2"))
     with pytest.raises(Conflict) as refused:
-        choose_kiosk_appointment([one, other], today=TODAY, zone=NEW_YORK)
+        choose_kiosk_appointment([one, other], now=NINE, zone=NEW_YORK)
     assert refused.value.code == "ambiguous" and "p-" not in refused.value.detail
 
 
@@ -208,7 +371,7 @@ def test_no_match_today_is_not_found_and_names_nobody() -> None:
     yesterday = AppointmentState(appointment(at=NINE - timedelta(days=1)))
     cancelled = AppointmentState(appointment("apt-2", status="cancelled"))
     with pytest.raises(NotFound) as refused:
-        choose_kiosk_appointment([yesterday, cancelled], today=TODAY, zone=NEW_YORK)
+        choose_kiosk_appointment([yesterday, cancelled], now=NINE, zone=NEW_YORK)
     assert "p-" not in refused.value.detail and "apt-" not in refused.value.detail
 
 
@@ -220,10 +383,10 @@ def test_the_kiosks_refusals_keep_their_http_answers() -> None:
                            (AppointmentState(appointment(status="cancelled")), "front_desk")):
         with pytest.raises(Refusal) as refused:
             check_scheduled_arrival(state, channel=channel,  # type: ignore[arg-type]
-                                    today=TODAY, zone=NEW_YORK)
+                                    now=NINE, zone=NEW_YORK)
         refusals.append(refused.value)
     with pytest.raises(Refusal) as none_today:
-        choose_kiosk_appointment([], today=TODAY, zone=NEW_YORK)
+        choose_kiosk_appointment([], now=NINE, zone=NEW_YORK)
     refusals.append(none_today.value)
     assert [(status_of(r), r.code) for r in refusals] == [
         (409, "no_show"), (409, "cancelled"), (404, "not_found")]
@@ -300,6 +463,18 @@ def test_an_estimate_read_before_the_arrival_starts_the_visit() -> None:
     view = evolve_visit(None, estimate(NINE), NEW_YORK)
     assert isinstance(view, VisitView) and view.ticket_code == "A-17"
     assert evolve_visit(view, arrived(NINE - timedelta(seconds=1)), NEW_YORK) == view
+
+
+def test_an_arrival_undone_on_the_floor_no_longer_waits_and_later_estimates_do_not_revive_it(
+) -> None:
+    view = evolve_visit(None, arrived(), NEW_YORK)
+    assert view is not None
+    undone = undo_arrival(view, NINE + timedelta(minutes=2))
+    assert (undone.status, wait_status(undone, NINE).waiting) == ("undone", False)
+    assert evolve_visit(undone, estimate(NINE + timedelta(minutes=1)), NEW_YORK) == undone
+    roomed = evolve_visit(view, event(ev.PatientRoomed(visit_id="v-1", room_id="r1"),
+                                      NINE + timedelta(minutes=1)), NEW_YORK)
+    assert roomed is not None and undo_arrival(roomed, NINE + timedelta(minutes=2)) == roomed
 
 
 def test_an_arrival_read_after_an_estimate_still_tells_which_appointment_it_was() -> None:

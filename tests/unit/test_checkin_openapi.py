@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from services.checkin import schemas
 from services.checkin.app import create_app
-from services.checkin.schedule import parse_csv, parse_fhir_bundle
+from services.checkin.domain import DEFAULT_VISIT_TYPES
+from services.checkin.schedule import ImportKeys, parse_csv, parse_fhir_bundle
 from services.checkin.schemas import CSV_EXAMPLE, FHIR_EXAMPLE
 from shared.settings import CheckinSettings
 
@@ -47,6 +48,7 @@ def test_every_checkin_route_is_in_the_document(spec: dict[str, Any]) -> None:
         ("POST", "/clinics/{clinic_id}/schedule/csv"),
         ("POST", "/clinics/{clinic_id}/schedule/fhir"),
         ("GET", "/clinics/{clinic_id}/schedule"),
+        ("GET", "/clinics/{clinic_id}/directory"),
         ("POST", "/clinics/{clinic_id}/arrivals"),
         ("POST", "/clinics/{clinic_id}/visits/{visit_id}/cancel"),
         ("GET", "/clinics/{clinic_id}/no-shows"),
@@ -84,16 +86,24 @@ def test_commands_document_their_idempotency_key_and_refusals(spec: dict[str, An
     for method, path, op in operations(spec):
         if method != "POST":
             continue
-        names = {p["name"] for p in op.get("parameters", [])}
-        assert "Idempotency-Key" in names, path
+        keys = [p for p in op.get("parameters", []) if p["name"] == "Idempotency-Key"]
+        assert keys, path
         for code in ("401", "403", "422", "503"):
             assert code in op["responses"], f"{path} {code}"
+        # every command says how its retries are kept from duplicating
+        assert "deduplicated" in op["description"] or "REQUIRE" in op["description"], path
+    arrivals = spec["paths"]["/clinics/{clinic_id}/arrivals"]["post"]
+    (key,) = [p for p in arrivals["parameters"] if p["name"] == "Idempotency-Key"]
+    assert "REQUIRED for a walk-in" in key["description"]
+    assert "Idempotency-Key" in arrivals["responses"]["428"]["content"]["application/json"][
+        "example"]["detail"]
 
 
 ANSWERS: dict[str, type[BaseModel]] = {
     "/clinics/{clinic_id}/schedule/csv": schemas.ImportAnswer,
     "/clinics/{clinic_id}/schedule/fhir": schemas.ImportAnswer,
     "/clinics/{clinic_id}/schedule": schemas.ScheduleAnswer,
+    "/clinics/{clinic_id}/directory": schemas.DirectoryAnswer,
     "/clinics/{clinic_id}/arrivals": schemas.ArrivalAnswer,
     "/clinics/{clinic_id}/visits/{visit_id}/cancel": schemas.CancelAnswer,
     "/clinics/{clinic_id}/no-shows": schemas.FollowUpAnswer,
@@ -118,12 +128,15 @@ def test_success_examples_are_valid_answers_of_their_routes(spec: dict[str, Any]
 
 
 def test_request_examples_are_valid_requests(spec: dict[str, Any]) -> None:
-    parsed = parse_csv(CSV_EXAMPLE.encode(), clinic_id="north",
-                       hash_identity=lambda born, letters: f"{born}{letters}")
+    keys = ImportKeys(lambda born, letters: "digest", lambda ehr_id: f"pt-{len(ehr_id)}",
+                      DEFAULT_VISIT_TYPES)
+    parsed = parse_csv(CSV_EXAMPLE.encode(), clinic_id="north", keys=keys)
     assert parsed.errors == [] and len(parsed.appointments) == 2
-    bundle = parse_fhir_bundle(orjson.dumps(FHIR_EXAMPLE), clinic_id="north",
-                               hash_identity=lambda born, letters: "digest")
+    bundle = parse_fhir_bundle(orjson.dumps(FHIR_EXAMPLE), clinic_id="north", keys=keys)
     assert bundle.errors == [] and bundle.appointments[0].identity == "digest"
+    assert bundle.appointments[0].visit_type == "follow_up"  # FOLLOWUP, HL7 v2 table 0276
+    assert bundle.providers == {"dr-lee": "Dr. Ada Lee"}
+    assert bundle.rooms == {"r5": "Exam room 5"}
     for path, model in REQUESTS.items():
         examples = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"][
             "examples"]

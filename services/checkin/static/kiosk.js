@@ -1,7 +1,10 @@
 // The self check-in kiosk. The kiosk's bearer token comes once as ?token=... on the first
 // load and is kept in this tab's sessionStorage (the address bar no longer shows it).
 // Nothing the patient types is stored in the browser; the page resets itself for the
-// next patient.
+// next patient. Each check-in attempt carries an Idempotency-Key; its retries (the page's
+// own after a lost answer, or the patient tapping "Check in" again with the same entry
+// after an error) reuse it, so a check-in whose answer was lost is answered again with
+// its ticket, never checked in twice.
 (function () {
   "use strict";
   const clinic = document.body.dataset.clinic;
@@ -21,6 +24,9 @@
   const RESET_AFTER_MS = 90 * 1000;
   let pollTimer = null;
   let resetTimer = null;
+  // the check-in being tried: what was sent and its Idempotency-Key (kept in memory only,
+  // dropped once it succeeded or the page resets for the next patient)
+  let attempt = null;
 
   if (!token) {
     el("setup").hidden = false;
@@ -106,7 +112,15 @@
     if (first) first.focus();
   }
 
+  // the same entry again is a retry of the same attempt: the same key
+  function attemptKey(body) {
+    const sent = JSON.stringify(body);
+    if (!attempt || attempt.sent !== sent) attempt = { sent, key: newKey() };
+    return attempt.key;
+  }
+
   function reset() {
+    attempt = null;
     clearTimeout(pollTimer);
     clearTimeout(resetTimer);
     for (const form of document.querySelectorAll("form")) form.reset();
@@ -145,8 +159,9 @@
     button.disabled = true;
     el("error").textContent = "";
     try {
-      const answer = await call("POST", "/kiosk/check-ins", body, newKey());
+      const answer = await call("POST", "/kiosk/check-ins", body, attemptKey(body));
       if (answer.status === 201) {
+        attempt = null;
         show("You are checked in. Your number is", answer.data.ticket_code, answer.data.late,
              answer.data.wait);
         follow("/visits/" + encodeURIComponent(answer.data.visit_id) + "/wait",
@@ -155,7 +170,9 @@
         el("error").textContent = problemText(answer);
       }
     } catch (error) {
-      el("error").textContent = "The kiosk is offline. Please see the front desk.";
+      // the answer was lost: tapping "Check in" again retries this attempt (same key)
+      el("error").textContent = "We could not reach the front desk's system. Please tap " +
+        "Check in again, or see the front desk.";
     } finally {
       button.disabled = false;
     }
