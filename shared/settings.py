@@ -359,9 +359,7 @@ class NotificationsSettings(CommonSettings):
     notifications_batch_max: int = Field(default=500, ge=1)
     notifications_batch_timeout_ms: int = Field(default=20, ge=1)
     notifications_session_timeout_ms: int = Field(default=10_000, ge=1000)
-    notifications_tick_seconds: float = Field(
-        default=1.0, ge=0, description="how often the notifier acts on the clock (settled "
-        "warnings, windows that ended); 0: never (tests call its tick themselves)")
+    notifications_tick_seconds: float = Field(default=1.0, gt=0)
     notifications_send_concurrency: int = Field(default=8, ge=1)
     notifications_send_timeout_seconds: float = Field(default=10.0, gt=0)
     notifications_max_attempts: int = Field(default=5, ge=1)
@@ -411,11 +409,15 @@ class BillingSettings(CommonSettings):
         default=None, description="the clinics' fee schedule (CSV); default: "
         "services/billing/fee_schedule.example.csv"
     )
-    billing_timezone: str = Field(
-        default="UTC", description="IANA time zone that cuts a clinic's business day"
+    billing_timezone: str | None = Field(
+        default=None, description="older setting: IANA zone of the business day of a clinic "
+        "CLINICFLOW_CLINICS gives no zone (unset: CLINICFLOW_DEFAULT_TIMEZONE); refused at "
+        "start when CLINICFLOW_DEFAULT_TIMEZONE is set to another zone"
     )
     billing_clinic_timezones: dict[str, str] = Field(
-        default_factory=dict, description='JSON per clinic, e.g. {"north": "America/Chicago"}'
+        default_factory=dict, description='older setting: JSON per clinic, e.g. {"north": '
+        '"America/Chicago"}, read for a clinic CLINICFLOW_CLINICS gives no zone; refused at '
+        "start when CLINICFLOW_CLINICS names another zone for the clinic"
     )
     billing_batch_max: int = Field(default=500, ge=1)
     billing_batch_timeout_ms: int = Field(default=20, ge=1)
@@ -428,8 +430,9 @@ class BillingSettings(CommonSettings):
 
     @field_validator("billing_timezone")
     @classmethod
-    def _zone_exists(cls, value: str) -> str:
-        _check_zone(value, "CLINICFLOW_BILLING_TIMEZONE")
+    def _zone_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_zone(value, "CLINICFLOW_BILLING_TIMEZONE")
         return value
 
     @field_validator("billing_clinic_timezones")
@@ -439,9 +442,65 @@ class BillingSettings(CommonSettings):
             _check_zone(zone, f"CLINICFLOW_BILLING_CLINIC_TIMEZONES[{clinic_id!r}]")
         return value
 
+    @model_validator(mode="after")
+    def _billing_zones_agree(self) -> BillingSettings:
+        """The older billing zones only fill in what CLINICFLOW_CLINICS and
+        CLINICFLOW_DEFAULT_TIMEZONE leave unsaid: naming another zone for the same clinic
+        (or as the default) would cut billing's day elsewhere than every other service's,
+        so billing refuses to start and says which settings disagree."""
+        from zoneinfo import ZoneInfo
+
+        problems = []
+        zoned = _clinics_with_a_zone(self.clinics)
+        directory = ClinicDirectory.parse(self.clinics, self.default_timezone)
+        for clinic_id, zone in sorted(self.billing_clinic_timezones.items()):
+            theirs = directory.zone(clinic_id).key
+            if clinic_id in zoned and ZoneInfo(zone).key != theirs:
+                problems.append(
+                    f"CLINICFLOW_BILLING_CLINIC_TIMEZONES[{clinic_id!r}] is {zone} but "
+                    f"CLINICFLOW_CLINICS[{clinic_id!r}].timezone is {theirs}")
+        if (self.billing_timezone is not None and "default_timezone" in self.model_fields_set
+                and ZoneInfo(self.billing_timezone).key != ZoneInfo(self.default_timezone).key):
+            problems.append(f"CLINICFLOW_BILLING_TIMEZONE is {self.billing_timezone} but "
+                            f"CLINICFLOW_DEFAULT_TIMEZONE is {self.default_timezone}")
+        if problems:
+            raise ValueError("; ".join(problems) + ": a clinic's zone belongs in "
+                             "CLINICFLOW_CLINICS (or CLINICFLOW_DEFAULT_TIMEZONE); remove the "
+                             "billing setting that disagrees")
+        return self
+
+    def clinic_directory(self) -> ClinicDirectory:
+        """The configured clinics, whose zones cut billing's business days and stamp its
+        receipts: CLINICFLOW_CLINICS first; for a clinic it gives no zone,
+        CLINICFLOW_BILLING_CLINIC_TIMEZONES, then CLINICFLOW_BILLING_TIMEZONE, then
+        CLINICFLOW_DEFAULT_TIMEZONE (the older billing settings fill in only)."""
+        from dataclasses import replace
+        from zoneinfo import ZoneInfo
+
+        from shared.clinics import Clinic
+
+        directory = ClinicDirectory.parse(self.clinics,
+                                          self.billing_timezone or self.default_timezone)
+        zoned = _clinics_with_a_zone(self.clinics)
+        clinics = dict(directory.clinics)
+        for clinic_id, zone in self.billing_clinic_timezones.items():
+            if clinic_id not in zoned:
+                known = clinics.get(clinic_id) or Clinic(clinic_id, directory.default_zone)
+                clinics[clinic_id] = replace(known, zone=ZoneInfo(zone))
+        return ClinicDirectory(clinics, directory.default_zone)
+
     def timezone_of(self, clinic_id: str) -> str:
         """The IANA zone whose midnight starts ``clinic_id``'s business day."""
-        return self.billing_clinic_timezones.get(clinic_id, self.billing_timezone)
+        return self.clinic_directory().zone(clinic_id).key
+
+
+def _clinics_with_a_zone(raw: str | None) -> set[str]:
+    """The clinics CLINICFLOW_CLINICS (already checked) names a zone for."""
+    if not raw:
+        return set()
+    document = json.loads(raw)
+    return {clinic_id for clinic_id, entry in document.items()
+            if isinstance(entry, dict) and "timezone" in entry}
 
 
 def _check_zone(name: str, where: str) -> None:

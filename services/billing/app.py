@@ -9,18 +9,18 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.billing.api import make_router
-from services.billing.barrier import LedgerBarrier
+from services.billing.barrier import ConsumerBarrier
 from services.billing.desk import Desk
 from services.billing.fees import FeeScheduleFile
 from services.billing.floor import FLOOR_CONSUMER, BillingFloorProjection, floor_reader
-from services.billing.metrics import observe_ledger_batch
+from services.billing.metrics import BARRIER_SECONDS, observe_ledger_batch
 from services.billing.projection import LEDGER_CONSUMER, ledger_reader, plan_ledger
 from services.billing.store import BillingStore, LedgerProjectionStore
 from shared.clock import Clock
 from shared.kafka import dead_letter_topic, topic
 from shared.metrics import EVENTS_PUBLISHED
 from shared.outbox import Outbox, OutboxRelay
-from shared.projection import ProjectionRunner, RedisProjection
+from shared.projection import Offsets, ProjectionRunner, RedisProjection
 from shared.service import ServiceRuntime, make_http_app
 from shared.settings import BillingSettings
 from shared.topics import FLOOR, LEDGER
@@ -60,19 +60,28 @@ def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI
         group_id=f"{settings.billing_group_id}-ledger", title="billing.ledger-projection",
         description="Ledger entries -> the Redis projection that answers balances, "
         "receipts and reconciliation.", **batches)
-    barrier = LedgerBarrier(lambda: ledger_runner.kafka, ledger.offsets, ledger_topic,
-                            timeout=settings.billing_barrier_timeout_seconds)
+    barrier = ConsumerBarrier(lambda: ledger_runner.kafka, ledger.offsets, ledger_topic,
+                              timeout=settings.billing_barrier_timeout_seconds,
+                              observe=BARRIER_SECONDS.observe)
+    # the floor runner (below) is built on the desk: the barrier asks for it once started
+    floor_barrier = ConsumerBarrier(
+        lambda: floor_runner.kafka, Offsets(redis, prefix, FLOOR_CONSUMER), floor_topic,
+        what="billing's floor consumer", topic_role="floor",
+        timeout=settings.billing_barrier_timeout_seconds)
     desk = Desk(store, fees, publish, ledger_topic=ledger_topic, floor_topic=floor_topic,
-                timezone_of=settings.timezone_of,
+                clinics=settings.clinic_directory(),
                 wait_seconds=settings.billing_command_wait_seconds,
-                barrier=barrier.caught_up, clock=runtime.clock)
+                barrier=barrier.caught_up, floor_barrier=floor_barrier.caught_up,
+                clock=runtime.clock)
 
     floor = BillingFloorProjection(desk, redis, prefix, outbox, runtime.clock)
     floor_runner = ProjectionRunner(
         runtime.broker, floor, floor_reader(floor_topic), service=SERVICE,
         consumer=FLOOR_CONSUMER, topics=[floor_topic], group_id=settings.billing_group_id,
-        title="billing.floor", description="Arrivals (patient ref), checkouts from other "
-        "clients (priced), undone checkouts (charge voided).", **batches)
+        title="billing.floor", description="Arrivals (the visit, its patient ref and "
+        "provider), providers in, visits ended (checked out, cancelled), checkouts from "
+        "other clients (priced), undone facts (a checkout's charge voided, the visit open "
+        "again).", **batches)
 
     app = make_http_app(
         runtime,
@@ -82,6 +91,7 @@ def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI
     app.state.store = store
     app.state.desk = desk
     app.state.barrier = barrier
+    app.state.floor_barrier = floor_barrier
     app.state.ledger_runner = ledger_runner
     app.state.floor_runner = floor_runner
     app.state.outbox_relay = relay

@@ -1,9 +1,11 @@
 """``clinicflow billing``: end-of-day reconciliation from the ledger topic itself, and a
 fee schedule check.
 
-``clinicflow billing reconcile --clinic C --date D`` reads the whole ledger topic from
+``clinicflow billing reconcile --clinic C [--date D]`` reads the whole ledger topic from
 Kafka (not the Redis projection: it is the independent check of it), folds the clinic's
-entries with the same domain code the service uses, and prints JSON, CSV or HTML.
+entries of its business day D (the clinic's own midnights, its zone from
+``CLINICFLOW_CLINICS``; default: its today) with the same domain code the service uses,
+and prints JSON, CSV or HTML.
 Exit code 0: reconciled; 1: discrepancies; 2: could not run.
 """
 
@@ -24,6 +26,7 @@ from services.billing.domain.accounts import Posted
 from services.billing.domain.fee_schedule import FeeScheduleError
 from services.billing.domain.reconciliation import Reconciliation, business_day, reconcile
 from services.billing.projection import LedgerRecord, ledger_reader, ledger_record_of
+from shared.clock import SystemClock
 from shared.kafka import aiokafka_security_kwargs, topic
 from shared.settings import BillingSettings
 from shared.topics import LEDGER
@@ -69,8 +72,9 @@ async def read_ledger(settings: BillingSettings, clinic_id: str,
 
 def reconcile_from(entries: Sequence[Posted], *, clinic_id: str, business_date: date,
                    settings: BillingSettings) -> Reconciliation:
-    """The clinic's day from the whole ledger (every visit's balance is known exactly)."""
-    timezone = settings.timezone_of(clinic_id)
+    """The clinic's day, cut at its own midnights (its zone from ``CLINICFLOW_CLINICS``),
+    from the whole ledger (every visit's balance is known exactly)."""
+    timezone = settings.clinic_directory().zone(clinic_id).key
     starts, ends = business_day(timezone, business_date)
     return reconcile(clinic_id=clinic_id, business_date=business_date, timezone=timezone,
                      starts_at=starts, ends_at=ends, entries=entries, source="ledger topic",
@@ -78,12 +82,20 @@ def reconcile_from(entries: Sequence[Posted], *, clinic_id: str, business_date: 
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    settings = BillingSettings()
     try:
-        business_date = date.fromisoformat(args.date)
-    except ValueError:
-        print(f"--date {args.date!r} is not a date like 2026-03-02", file=sys.stderr)
+        settings = BillingSettings()
+    except ValueError as exc:  # pydantic's ValidationError: which setting, and why
+        print(f"billing settings: {exc}", file=sys.stderr)
         return 2
+    clinic = settings.clinic_directory()[args.clinic]
+    if args.date is None:
+        business_date = clinic.day_of(SystemClock().now())
+    else:
+        try:
+            business_date = date.fromisoformat(args.date)
+        except ValueError:
+            print(f"--date {args.date!r} is not a date like 2026-03-02", file=sys.stderr)
+            return 2
     try:
         entries = asyncio.run(read_ledger(settings, args.clinic, args.timeout))
     except SystemExit as exc:
@@ -94,9 +106,9 @@ def _reconcile(args: argparse.Namespace) -> int:
     if args.format == "csv":
         sys.stdout.write(views.reconciliation_csv(report))
     elif args.format == "html":
-        sys.stdout.write(views.reconciliation_html(report))
+        sys.stdout.write(views.reconciliation_html(report, clinic.display_name))
     else:
-        sys.stdout.write(orjson.dumps(views.reconciliation_json(report),
+        sys.stdout.write(orjson.dumps(views.reconciliation_json(report, clinic.display_name),
                                       option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if report.reconciled else 1
 
@@ -120,7 +132,8 @@ def add_cli(subparsers: Any) -> None:
     reconcile = commands.add_parser(
         "reconcile", help="end-of-day reconciliation of a clinic from the ledger topic")
     reconcile.add_argument("--clinic", required=True)
-    reconcile.add_argument("--date", required=True, help="business day, YYYY-MM-DD")
+    reconcile.add_argument("--date", help="the clinic's business day, YYYY-MM-DD (default: "
+                           "its today, in its own time zone)")
     reconcile.add_argument("--format", choices=("json", "csv", "html"), default="json")
     reconcile.add_argument("--timeout", type=float, default=30.0,
                            help="seconds to read the ledger to its end")

@@ -1,19 +1,30 @@
 """The billing desk's commands: checkout, coverage, payments, refunds, voids, drawer counts,
 and the reads that answer from the ledger projection (accounts, receipts, reconciliation).
 
-Each command waits until the Redis projection holds the clinic's ledger partition up
-to its current end (after a restart it catches up first), takes a per-visit lock, reads
-the visit's account, lets the pure domain decide which ledger entries to post, publishes them
-on the ledger topic (``acks=all``, keyed by clinic, ``event_id`` = ``entry_id``) and
-waits until the projection has applied them, so the next command on the visit sees
-them. Entry ids are deterministic (the checkout's from the visit, a payment's from its
-``Idempotency-Key``): a command retried after a crash posts the same ids, and the
-projection applies an id once.
+Each command on a visit first checks the visit exists at the clinic (it checked in there,
+read from the floor, or it has entries on the clinic's ledger; a visit not known yet is
+looked for again once billing has read the clinic's floor as of now), then waits until
+the Redis projection holds the clinic's ledger partition up to its current end (after a
+restart it catches up first), takes a per-visit lock, reads the visit's account, lets the
+pure domain decide which ledger entries to post, publishes them on the ledger topic
+(``acks=all``, keyed by clinic, ``event_id`` = ``entry_id``) and waits until the
+projection has applied them, so the next command on the visit sees them.
+
+Entry ids are deterministic, so a command retried (even after a crash) posts the same
+ids and the projection applies an id once: a payment's and a refund's derive from their
+``Idempotency-Key`` (required: two identical payments are two payments), the others'
+from what makes them the same command (the natural key): a checkout's from the visit,
+a void's from the entry voided, a coverage's and a re-pricing's from the standing
+coverage, a drawer count's from the day's standing count and the amounts.
+
+Times on receipts and days in reports are the clinic's own (its IANA zone from
+``CLINICFLOW_CLINICS``, ``shared/clinics.py``); entries are stamped in UTC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,7 +43,7 @@ from services.billing.domain.pricing import (
     price_checkout,
     undo_checkout,
 )
-from services.billing.domain.receipts import Receipt
+from services.billing.domain.receipts import Receipt, ReceiptHeading
 from services.billing.domain.receipts import receipt as receipt_of
 from services.billing.domain.reconciliation import (
     Reconciliation,
@@ -40,16 +51,25 @@ from services.billing.domain.reconciliation import (
     drawer_count_entry,
     reconcile,
 )
+from services.billing.domain.visits import (
+    FloorVisit,
+    publishes_checkout,
+    require_checkout_allowed,
+    require_known,
+)
 from services.billing.fees import FeeScheduleFile
 from services.billing.store import BillingStore
 from shared import events as ev
+from shared.clinics import Clinic, ClinicDirectory
 from shared.clock import Clock, SystemClock
-from shared.errors import Conflict, Rejected
+from shared.errors import Conflict, NotFound, PreconditionRequired, Rejected
 from shared.events_billing import (
     SYSTEM,
     ChargePosted,
     CoverageRecorded,
+    DrawerCounted,
     LedgerEntry,
+    PatientSharePosted,
     PaymentMethod,
     PaymentRefunded,
 )
@@ -57,7 +77,7 @@ from shared.logging import get_logger
 
 log = get_logger("clinicflow.billing.desk")
 Publish = Callable[[bytes, str, bytes], Awaitable[None]]  # (value, topic, key)
-Barrier = Callable[[str], Awaitable[None]]  # clinic_id: the projection holds its ledger
+Barrier = Callable[[str], Awaitable[None]]  # clinic_id: a consumer holds its partition
 
 
 async def _no_barrier(_clinic_id: str) -> None:
@@ -72,39 +92,71 @@ class CheckoutResult:
     entries: tuple[str, ...]
     account: Account
     reason: str = ""
+    published: bool = False  # patient.checked_out published on the floor by this checkout
+
+
+@dataclass(frozen=True)
+class DrawerCountResult:
+    entry_id: str
+    replayed: bool
 
 
 class Desk:
     """Commands and reads over one clinic group's ledger (wiring-free: publish is given).
 
-    Entries are stamped with ``clock.now()``. The waits (for a busy visit's lock, for
-    posted entries to be projected) poll Redis every ``lock_poll_seconds`` /
-    ``projection_poll_seconds``, for ``wait_seconds`` of ``monotonic`` at most: another
-    task's or instance's progress cannot be awaited otherwise. Tests give their own."""
+    Entries are stamped with ``clock.now()``; ``clinics`` gives each clinic's zone (its
+    business day, the time on its receipts) and names. ``barrier`` waits for the ledger
+    projection, ``floor_barrier`` for the floor consumer (``barrier.py``). The waits (for
+    a busy visit's lock, for posted entries to be projected) poll Redis every
+    ``lock_poll_seconds`` / ``projection_poll_seconds``, for ``wait_seconds`` of
+    ``monotonic`` at most: another task's or instance's progress cannot be awaited
+    otherwise. Tests give their own."""
 
     lock_poll_seconds = 0.02
     projection_poll_seconds = 0.01
 
     def __init__(self, store: BillingStore, fees: FeeScheduleFile, publish: Publish, *,
-                 ledger_topic: str, floor_topic: str, timezone_of: Callable[[str], str],
+                 ledger_topic: str, floor_topic: str, clinics: ClinicDirectory | None = None,
                  wait_seconds: float = 5.0, barrier: Barrier = _no_barrier,
-                 clock: Clock | None = None,
+                 floor_barrier: Barrier = _no_barrier, clock: Clock | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.fees = fees
         self.publish = publish
         self.ledger_topic = ledger_topic
         self.floor_topic = floor_topic
-        self.timezone_of = timezone_of
+        self.clinics = clinics or ClinicDirectory.parse(None)
         self.wait_seconds = wait_seconds
         self.barrier = barrier
+        self.floor_barrier = floor_barrier
         self.clock: Clock = clock or SystemClock()
         self.monotonic = monotonic
 
     # ------------------------------------------------------------ plumbing
 
+    def clinic(self, clinic_id: str) -> Clinic:
+        """The clinic's zone and names (its ids when CLINICFLOW_CLINICS has none)."""
+        return self.clinics[clinic_id]
+
+    def today(self, clinic_id: str) -> date:
+        """The clinic's calendar day now, on its own clock."""
+        return self.clinic(clinic_id).day_of(self.clock.now())
+
     async def account(self, clinic_id: str, visit_id: str) -> Account:
         return account_of(visit_id, await self.store.visit_entries(clinic_id, visit_id))
+
+    async def known_visit(self, clinic_id: str, visit_id: str, *,
+                          floor_read: bool = False) -> FloorVisit:
+        """What the floor said of a visit of the clinic; ``NotFound`` naming the visit and
+        the clinic when it neither checked in there nor has entries on its ledger. A visit
+        not known at first is looked for again once billing has read the clinic's floor as
+        of now (an arrival published a moment ago), unless ``floor_read`` says it has."""
+        floor, on_ledger = await self.store.visit_known(clinic_id, visit_id)
+        if not (floor.arrived or on_ledger) and not floor_read:
+            await self.floor_barrier(clinic_id)
+            floor, on_ledger = await self.store.visit_known(clinic_id, visit_id)
+        require_known(clinic_id, visit_id, floor, on_ledger)
+        return floor
 
     async def _locked(self, clinic_id: str, visit_id: str) -> str:
         """Wait for the projection to hold the clinic's ledger as of now (a restart, another
@@ -153,8 +205,9 @@ class Desk:
                        made_by: str = SYSTEM,
                        floor_event_id: str | None = None) -> CheckoutResult:
         """Price the visit and post its charge and patient share (once per visit), then
-        publish ``patient.checked_out`` on the floor. Unknown CPT codes: ``UnknownServices``
-        (a ``Rejected``), nothing published.
+        publish ``patient.checked_out`` on the floor while the floor has the visit open.
+        Unknown CPT codes: ``UnknownServices`` (a ``Rejected``), nothing published; a visit
+        the clinic does not know: ``NotFound``; a visit cancelled or left: ``Conflict``.
 
         ``floor_event_id``: the checkout was read from the floor (published by another
         client): nothing is published there, and an event that already priced a charge
@@ -163,9 +216,17 @@ class Desk:
         unknown = schedule.unknown_codes(clinic_id, cpt_codes)
         if unknown:
             raise UnknownServices(clinic_id, unknown)
-        patient_ref = patient_ref or await self.store.arrival_ref(clinic_id, visit_id)
+        desk = floor_event_id is None
+        if desk:
+            # read the clinic's floor as of now: an arrival or a cancellation just made
+            await self.floor_barrier(clinic_id)
+            await self.known_visit(clinic_id, visit_id, floor_read=True)
         token = await self._locked(clinic_id, visit_id)
         try:
+            floor = await self.store.floor_visit(clinic_id, visit_id)
+            if desk:
+                require_checkout_allowed(clinic_id, visit_id, floor)
+            patient_ref = patient_ref or floor.patient_ref
             account = await self.account(clinic_id, visit_id)
             key = checkout_key(account)
             checkout_event_id = floor_event_id or stable_id("out", key)
@@ -185,25 +246,27 @@ class Desk:
                 checkout_event_id = (standing[0].entry.checkout_event_id  # type: ignore[attr-defined]
                                      if standing else checkout_event_id)
                 codes = [line.cpt_code for line in account.lines]
-                if cpt_codes and sorted(codes) != sorted(cpt_codes) and not floor_event_id:
+                if cpt_codes and sorted(codes) != sorted(cpt_codes) and desk:
                     raise Conflict(
                         f"visit {visit_id} is already charged for {', '.join(codes)}: "
                         "a manager voids that charge before it is charged again")
             if decision.entries:
                 await self._post(clinic_id, decision.entries, visit_id)
                 account = await self.account(clinic_id, visit_id)
-            if floor_event_id is None:
+            published = desk and publishes_checkout(floor)
+            if published:
                 # the floor event follows the ledger: a crash in between is healed by a
                 # retry, which finds the charge and publishes this same event (same id)
-                floor = ev.make_event(
+                event = ev.make_event(
                     ev.PatientCheckedOut(visit_id=visit_id, cpt_codes=list(cpt_codes),
                                          icd10_codes=list(icd10_codes)),
                     clinic_id=clinic_id, source="billing", occurred_at=self.clock.now(),
                     correlation_id=visit_id, event_id=checkout_event_id)
-                await self.publish(ev.encode(floor), self.floor_topic, clinic_id.encode())
+                await self.publish(ev.encode(event), self.floor_topic, clinic_id.encode())
+                await self.store.checkout_published(clinic_id, visit_id, checkout_event_id)
             return CheckoutResult(decision.outcome, visit_id, checkout_event_id,
                                   tuple(e.entry_id for e in decision.entries), account,
-                                  decision.reason)
+                                  decision.reason, published)
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
@@ -221,7 +284,7 @@ class Desk:
         try:
             account = await self.account(clinic_id, visit_id)
             voids = undo_checkout(account, undone_event_id=undone_event_id,
-                                    undo_event_id=undo_event_id)
+                                  undo_event_id=undo_event_id)
             voids = [v for v in voids if account.find(v.entry_id) is None]
             if voids:
                 await self._post(clinic_id, voids, visit_id)
@@ -229,54 +292,62 @@ class Desk:
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
-    async def record_coverage(self, clinic_id: str, visit_id: str, *, entry_id: str,
+    async def record_coverage(self, clinic_id: str, visit_id: str, *,
                               patient_ref: str | None, copay_cents: int,
                               coinsurance_basis_points: int, deductible_remaining_cents: int,
                               self_pay: bool, made_by: str) -> tuple[Account, bool]:
         """The patient's cost-sharing for the visit (the latest recorded is the one used).
-        Returns the account and whether ``entry_id`` was recorded already (a replay)."""
-        entry = CoverageRecorded(
-            entry_id=entry_id, visit_id=visit_id, patient_ref=patient_ref,
-            copay_cents=copay_cents, coinsurance_basis_points=coinsurance_basis_points,
-            deductible_remaining_cents=deductible_remaining_cents, self_pay=self_pay,
-            reason="coverage captured", made_by=made_by)
+        The natural key is the coverage itself: the same terms as the standing coverage
+        post nothing. Returns the account and whether nothing was posted (a replay)."""
+        await self.known_visit(clinic_id, visit_id)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
-            existing = account.find(entry_id)
-            if existing is None:
-                await self._post(clinic_id, [entry], visit_id)
-                return await self.account(clinic_id, visit_id), False
-            _same_request(existing.entry, entry, "coverage")
-            return account, True
+            standing = account.coverage
+            entry = CoverageRecorded(
+                entry_id="cov-planned", visit_id=visit_id, patient_ref=patient_ref,
+                copay_cents=copay_cents, coinsurance_basis_points=coinsurance_basis_points,
+                deductible_remaining_cents=deductible_remaining_cents, self_pay=self_pay,
+                reason="coverage captured", made_by=made_by)
+            if standing is not None and _same_terms(standing.entry, entry):
+                return account, True
+            entry = entry.model_copy(update={"entry_id": stable_id(
+                "cov", clinic_id, visit_id, standing.entry_id if standing else "-",
+                _terms_digest(entry))})
+            await self._post(clinic_id, [entry], visit_id)
+            return await self.account(clinic_id, visit_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
     async def pay(self, clinic_id: str, visit_id: str, *, entry_id: str,
                   method: PaymentMethod, amount_cents: int, reference: str | None,
                   reason: str, made_by: str) -> tuple[Receipt, bool]:
-        """A payment; returns its receipt and whether ``entry_id`` was taken already (a
-        replay: nothing posted; a different payment under the same id is refused)."""
+        """A payment; returns its receipt and whether ``entry_id`` (from the request's
+        Idempotency-Key) was taken already (a replay: nothing posted; a different payment
+        under the same id is refused)."""
+        await self.known_visit(clinic_id, visit_id)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
             payment = plan_payment(account, entry_id=entry_id, method=method,
-                                     amount_cents=amount_cents, reference=reference,
-                                     reason=reason, made_by=made_by)
+                                   amount_cents=amount_cents, reference=reference,
+                                   reason=reason, made_by=made_by)
             existing = account.find(entry_id)
             if existing is not None:
                 _same_request(existing.entry, payment, "payment")
-                return receipt_of(clinic_id, account, entry_id), True
+                return await self._receipt_of(clinic_id, account, entry_id), True
             await self._post(clinic_id, [payment], visit_id)
             account = await self.account(clinic_id, visit_id)
-            return receipt_of(clinic_id, account, entry_id), False
+            return await self._receipt_of(clinic_id, account, entry_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
     async def refund(self, clinic_id: str, visit_id: str, *, entry_id: str,
                      payment_entry_id: str, amount_cents: int, reason: str,
                      made_by: str) -> tuple[Receipt, bool]:
-        """A refund of (part of) a payment; returns its receipt and whether it is a replay."""
+        """A refund of (part of) a payment; returns its receipt and whether it is a replay
+        (``entry_id`` from the request's Idempotency-Key)."""
+        await self.known_visit(clinic_id, visit_id)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
@@ -287,47 +358,58 @@ class Desk:
                         and entry.payment_entry_id == payment_entry_id
                         and entry.amount_cents == amount_cents):
                     raise _reused("refund")
-                return receipt_of(clinic_id, account, entry_id), True
+                return await self._receipt_of(clinic_id, account, entry_id), True
             refund = plan_refund(account, entry_id=entry_id,
-                                   payment_entry_id=payment_entry_id,
-                                   amount_cents=amount_cents, reason=reason, made_by=made_by)
+                                 payment_entry_id=payment_entry_id,
+                                 amount_cents=amount_cents, reason=reason, made_by=made_by)
             await self._post(clinic_id, [refund], visit_id)
             account = await self.account(clinic_id, visit_id)
-            return receipt_of(clinic_id, account, entry_id), False
+            return await self._receipt_of(clinic_id, account, entry_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
     async def void(self, clinic_id: str, visit_id: str, *, target_entry_id: str,
-                   void_id: str, reason: str, made_by: str) -> tuple[Account, bool]:
-        """Void an entry; returns the account and whether ``void_id`` was posted already."""
+                   reason: str, made_by: str) -> tuple[Account, bool]:
+        """Void an entry. The natural key is the entry voided (an entry is voided once):
+        a void of an entry already voided posts nothing. Returns the account and whether
+        nothing was posted (a replay)."""
+        await self.known_visit(clinic_id, visit_id)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
-            existing = account.find(void_id)
-            if existing is not None:
-                if getattr(existing.entry, "voided_entry_id", None) != target_entry_id:
-                    raise _reused("void")
+            target = account.find(target_entry_id)
+            if target is not None and not account.is_active(target):
                 return account, True
             voids = plan_void(account, target_entry_id=target_entry_id,
-                                void_id=void_id, reason=reason, made_by=made_by)
+                              void_id=stable_id("void", clinic_id, visit_id, target_entry_id),
+                              reason=reason, made_by=made_by)
             await self._post(clinic_id, voids, visit_id)
             return await self.account(clinic_id, visit_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
-    async def reprice(self, clinic_id: str, visit_id: str, *, command_id: str, reason: str,
+    async def reprice(self, clinic_id: str, visit_id: str, *, reason: str,
                       made_by: str) -> tuple[Account, bool]:
         """Post the visit's patient share again under its latest coverage (the standing
-        share is voided). Ids derive from ``command_id``: a retry re-prices once (and
-        answers ``True``, a replay)."""
+        share is voided). The natural key is that coverage: a visit whose standing shares
+        were priced under it already posts nothing (and answers ``True``, a replay)."""
+        await self.known_visit(clinic_id, visit_id)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
-            if any(account.find(stable_id("shr", command_id, p.entry_id)) is not None
-                   for p in account.entries if isinstance(p.entry, ChargePosted)):
+            coverage = account.current_coverage()
+            under = coverage.entry_id if coverage is not None and not coverage.self_pay \
+                else None
+            shares = account.active(PatientSharePosted)
+            charges = account.active(ChargePosted)
+            if charges and shares and len(shares) == len(charges) and all(
+                    s.entry.coverage_entry_id == under  # type: ignore[attr-defined]
+                    for s in shares):
                 return account, True
+            command_id = stable_id("rep", clinic_id, visit_id, under or "-",
+                                   *sorted(s.entry_id for s in shares))
             entries = plan_reprice(account, command_id=command_id, reason=reason,
-                                     made_by=made_by)
+                                   made_by=made_by)
             entries = [e for e in entries if account.find(e.entry_id) is None]
             if entries:
                 await self._post(clinic_id, entries, visit_id)
@@ -336,39 +418,69 @@ class Desk:
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
-    async def count_drawer(self, clinic_id: str, *, entry_id: str, business_date: date,
-                           counted: dict[str, int | None], made_by: str) -> bool:
-        """Declare a day's count; returns whether ``entry_id`` was declared already."""
-        entry = drawer_count_entry(entry_id=entry_id, business_date=business_date,
-                                     counted=counted, reason="end-of-day count",
-                                     made_by=made_by)
+    async def count_drawer(self, clinic_id: str, *, business_date: date,
+                           counted: dict[str, int | None], made_by: str) -> DrawerCountResult:
+        """Declare a business day's count (a day of the clinic that has begun: ``Rejected``
+        otherwise). The natural key is the day and the amounts: the same amounts as the
+        day's standing count post nothing (a replay); a different count is a recount."""
+        today = self.today(clinic_id)
+        if business_date > today:
+            raise Rejected(f"business_date {business_date.isoformat()} has not begun at "
+                           f"clinic {clinic_id} (its day is {today.isoformat()} in "
+                           f"{self.clinic(clinic_id).zone.key})", code="day_not_begun")
         await self.barrier(clinic_id)
-        existing = await self.store.entry(clinic_id, entry_id)
-        if existing is not None:
-            _same_request(existing.entry, entry, "drawer count")
-            return True
+        counts = await self.store.drawer_counts(clinic_id, business_date)
+        standing = max(counts, key=lambda p: p.position) if counts else None
+        entry = drawer_count_entry(
+            entry_id=stable_id("cnt", clinic_id, business_date.isoformat(),
+                               standing.entry_id if standing else "-",
+                               *(str(counted.get(k)) for k in ("cash", "check", "card"))),
+            business_date=business_date, counted=counted, reason="end-of-day count",
+            made_by=made_by)
+        if standing is not None and isinstance(standing.entry, DrawerCounted) and (
+                _same_terms(standing.entry, entry)):
+            return DrawerCountResult(standing.entry_id, True)
         await self._post(clinic_id, [entry], None)
-        return False
+        return DrawerCountResult(entry.entry_id, False)
 
     # --------------------------------------------------------------- reads
 
+    async def visit_account(self, clinic_id: str, visit_id: str) -> Account:
+        """The account of a visit of the clinic (``NotFound`` when it does not know it)."""
+        await self.known_visit(clinic_id, visit_id)
+        return await self.account(clinic_id, visit_id)
+
     async def receipt(self, clinic_id: str, visit_id: str, entry_id: str) -> Receipt:
-        return receipt_of(clinic_id, await self.account(clinic_id, visit_id), entry_id)
+        return await self._receipt_of(clinic_id, await self.account(clinic_id, visit_id),
+                                      entry_id)
+
+    async def _receipt_of(self, clinic_id: str, account: Account, entry_id: str) -> Receipt:
+        clinic = self.clinic(clinic_id)
+        floor = await self.store.floor_visit(clinic_id, account.visit_id)
+        provider = floor.provider_id
+        heading = ReceiptHeading(clinic.display_name, clinic.zone.key, provider,
+                                 clinic.provider_name(provider) if provider else None)
+        return receipt_of(clinic_id, account, entry_id, heading)
 
     async def patient_accounts(self, clinic_id: str, patient_ref: str) -> list[Account]:
+        """The patient's visits on the clinic's ledger (``NotFound`` when there is none)."""
         visits = await self.store.patient_visits(clinic_id, patient_ref)
+        if not visits:
+            raise NotFound(f"patient {patient_ref} has no visit on the ledger of clinic "
+                           f"{clinic_id}", code="unknown_patient")
         histories = await self.store.visits_entries(clinic_id, visits)
         return [account_of(v, histories.get(v, [])) for v in visits]
 
     def day_bounds(self, clinic_id: str, business_date: date) -> tuple[datetime, datetime]:
         """[start, end) of the clinic's business day, in UTC."""
-        return business_day(self.timezone_of(clinic_id), business_date)
+        return business_day(self.clinic(clinic_id).zone.key, business_date)
 
-    async def reconciliation(self, clinic_id: str, business_date: date,
+    async def reconciliation(self, clinic_id: str, business_date: date | None = None,
                              counted: dict[str, int] | None = None) -> Reconciliation:
-        """The clinic's day from the Redis projection. Open balances carried from earlier
-        days are the visits owing now, at what they owed at the end of the day (a visit
-        settled since is not listed for a past day)."""
+        """The clinic's day (default: its today) from the Redis projection. Open balances
+        carried from earlier days are the visits owing now, at what they owed at the end of
+        the day (a visit settled since is not listed for a past day)."""
+        business_date = business_date or self.today(clinic_id)
         starts, ends = self.day_bounds(clinic_id, business_date)
         today = await self.store.entries_between(clinic_id, starts, ends)
         carried = await self.store.open_visits(clinic_id)
@@ -377,13 +489,16 @@ class Desk:
         counts = await self.store.drawer_counts(clinic_id, business_date)
         entries = [*today, *counts, *(p for h in histories.values() for p in h)]
         return reconcile(clinic_id=clinic_id, business_date=business_date,
-                         timezone=self.timezone_of(clinic_id), starts_at=starts,
+                         timezone=self.clinic(clinic_id).zone.key, starts_at=starts,
                          ends_at=ends, entries=entries, source="projection",
                          counted=counted, carried=carried)
 
 
 def _reused(what: str) -> Rejected:
     return Rejected(f"Idempotency-Key was already used for a different {what}")
+
+
+_IGNORED = {"entry_id", "reason", "made_by"}
 
 
 def _same_request(existing: LedgerEntry, planned: LedgerEntry, what: str) -> None:
@@ -395,9 +510,27 @@ def _same_request(existing: LedgerEntry, planned: LedgerEntry, what: str) -> Non
         raise _reused(what)
 
 
-def new_entry_id(prefix: str, clinic_id: str, visit_id: str, idempotency_key: str | None) -> str:
-    """A command's entry id: derived from its Idempotency-Key (a retry posts the same id),
-    or fresh."""
-    if idempotency_key:
-        return stable_id(prefix, clinic_id, visit_id, idempotency_key)
-    return f"{prefix}-{uuid.uuid4().hex}"
+def _same_terms(existing: LedgerEntry, planned: LedgerEntry) -> bool:
+    """Whether two entries say the same thing (ids, reasons and who made them aside)."""
+    return (type(existing) is type(planned)
+            and existing.model_dump(exclude=_IGNORED) == planned.model_dump(exclude=_IGNORED))
+
+
+def _terms_digest(entry: LedgerEntry) -> str:
+    return hashlib.sha256(entry.model_dump_json(exclude=_IGNORED).encode()).hexdigest()[:16]
+
+
+def required_key(idempotency_key: str | None, what: str) -> str:
+    """The request's Idempotency-Key, or ``PreconditionRequired`` (428) naming the header:
+    without it a retried payment could not be told from a second one."""
+    if not idempotency_key:
+        raise PreconditionRequired(
+            f"the Idempotency-Key header is required for a {what}: send a new unique key "
+            f"(a UUID) with each {what}, and the same key again when retrying it",
+            code="idempotency_key_required")
+    return idempotency_key
+
+
+def keyed_entry_id(prefix: str, clinic_id: str, visit_id: str, idempotency_key: str) -> str:
+    """A command's entry id derived from its Idempotency-Key (a retry posts the same id)."""
+    return stable_id(prefix, clinic_id, visit_id, idempotency_key)

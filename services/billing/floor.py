@@ -1,20 +1,23 @@
-"""What billing reads on the floor topic: arrivals (the visit's pseudonymous patient
-ref), checkouts published by other clients (priced like the desk's), and undone
-checkouts (their charge is voided).
+"""What billing reads on the floor topic: arrivals (the visit exists at the clinic, its
+pseudonymous patient ref and provider), who saw the patient (provider.in, for the
+receipt), how visits end (checkout, cancellation: a visit cancelled cannot be checked
+out, a visit checked out is not told to the floor again), checkouts published by other
+clients (priced like the desk's), and undone facts (an undone checkout's charge is
+voided; the visit an undone fact ended is open again).
 
-``floor_effect(event, now)`` decides, without I/O, what a floor event asks of billing
+``floor_effects(event, now)`` decides, without I/O, what a floor event asks of billing
 (most ask nothing). ``BillingFloorProjection`` is the floor consumer's ``Projection`` for
 the shared runner: for a batch's new records, in order, it runs the effects through the
 desk, then stores the batch's offsets (``P:applied:billing.floor:...``) and its dead
 letters (to the outbox) in one Redis transaction.
 
-Every effect is idempotent (entry ids derive from the visit or the floor event), so the
-effects run before their offsets are stored: a batch that fails part way (Redis or
-Kafka away, the visit busy, the ledger projection behind) is read again by the runner
-and what already took effect posts nothing twice. A record billing cannot read (a
-tombstone, not an event, keyed other than by its clinic, on another partition than its
-key's) is dead-lettered with the reason; a readable event billing has nothing to do with
-is applied as a no-op.
+Every effect is idempotent (entry ids derive from the visit or the floor event; what is
+remembered of a visit is overwritten with the same values), so the effects run before
+their offsets are stored: a batch that fails part way (Redis or Kafka away, the visit
+busy, the ledger projection behind) is read again by the runner and what already took
+effect posts nothing twice. A record billing cannot read (a tombstone, not an event,
+keyed other than by its clinic, on another partition than its key's) is dead-lettered
+with the reason; a readable event billing has nothing to do with is applied as a no-op.
 """
 
 from __future__ import annotations
@@ -58,11 +61,40 @@ def floor_reader(floor_topic: str) -> RecordReader:
 
 @dataclass(frozen=True, slots=True)
 class RememberArrival:
-    """Keep the visit's patient ref for its checkout."""
+    """The visit checked in at the clinic: it exists there; keep its patient ref for its
+    checkout and its provider for its receipt."""
 
     clinic_id: str
     visit_id: str
-    patient_ref: str
+    patient_ref: str | None
+    provider_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RememberProvider:
+    """The provider who saw the patient (named on the receipt)."""
+
+    clinic_id: str
+    visit_id: str
+    provider_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class VisitEnded:
+    """The floor ended the visit: ``how`` is ``checked_out`` or a cancellation's reason."""
+
+    clinic_id: str
+    visit_id: str
+    how: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenVisit:
+    """An undo: the visit the undone event ended (if any) is open again."""
+
+    clinic_id: str
+    undone_event_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,26 +125,35 @@ class VoidUndoneCheckout:
     undo_event_id: str
 
 
-FloorEffect = RememberArrival | PriceFloorCheckout | CheckoutTooOld | VoidUndoneCheckout
+FloorEffect = (RememberArrival | RememberProvider | VisitEnded | ReopenVisit
+               | PriceFloorCheckout | CheckoutTooOld | VoidUndoneCheckout)
 
 
-def floor_effect(event: ev.Event, now: datetime) -> FloorEffect | None:
-    """What a floor event asks of billing at ``now`` (None: nothing)."""
+def floor_effects(event: ev.Event, now: datetime) -> tuple[FloorEffect, ...]:
+    """What a floor event asks of billing at ``now``, in order (empty: nothing)."""
     payload, clinic_id = event.payload, event.clinic_id
+    event_id = event.envelope.event_id
     if isinstance(payload, ev.PatientArrived):
-        if payload.patient_ref:
-            return RememberArrival(clinic_id, payload.visit_id, payload.patient_ref)
-        return None
+        return (RememberArrival(clinic_id, payload.visit_id, payload.patient_ref,
+                                payload.provider_id),)
+    if isinstance(payload, ev.ProviderIn):
+        if payload.provider_id:
+            return (RememberProvider(clinic_id, payload.visit_id, payload.provider_id),)
+        return ()
+    if isinstance(payload, ev.ArrivalCancelled):
+        return (VisitEnded(clinic_id, payload.visit_id, payload.reason, event_id),)
     if isinstance(payload, ev.PatientCheckedOut):
+        ended = VisitEnded(clinic_id, payload.visit_id, "checked_out", event_id)
         if event.envelope.source == "billing" or not payload.cpt_codes:
-            return None  # the desk priced its own checkouts before publishing them
+            return (ended,)  # the desk priced its own checkouts before publishing them
         if now - event.occurred_at > MAX_CHECKOUT_AGE:
-            return CheckoutTooOld(clinic_id, event.envelope.event_id)
-        return PriceFloorCheckout(clinic_id, payload.visit_id, tuple(payload.cpt_codes),
-                                  event.envelope.event_id)
+            return (CheckoutTooOld(clinic_id, event_id), ended)
+        return (PriceFloorCheckout(clinic_id, payload.visit_id, tuple(payload.cpt_codes),
+                                   event_id), ended)
     if isinstance(payload, ev.ActionUndone):
-        return VoidUndoneCheckout(clinic_id, payload.undone_event_id, event.envelope.event_id)
-    return None
+        return (VoidUndoneCheckout(clinic_id, payload.undone_event_id, event_id),
+                ReopenVisit(clinic_id, payload.undone_event_id))
+    return ()
 
 
 # ------------------------------------------------------------------ the projection
@@ -151,17 +192,29 @@ class BillingFloorProjection:
             if record.event is None:
                 dead.append(DeadLetter(record, record.reason or "not an event"))
                 continue
-            effects += await self.take_effect(floor_effect(record.event, now))
+            for effect in floor_effects(record.event, now):
+                effects += await self.take_effect(effect)
         dead = await self._store(offsets, dead)
         return Applied(effects, already, dead, offsets)
 
-    async def take_effect(self, effect: FloorEffect | None) -> int:
+    async def take_effect(self, effect: FloorEffect) -> int:
         """Run one effect through the desk; 1 when it changed something, else 0."""
         desk = self.desk
         if isinstance(effect, RememberArrival):
             await desk.store.remember_arrival(effect.clinic_id, effect.visit_id,
-                                              effect.patient_ref)
+                                              effect.patient_ref, effect.provider_id)
             return 1
+        if isinstance(effect, RememberProvider):
+            await desk.store.remember_provider(effect.clinic_id, effect.visit_id,
+                                               effect.provider_id)
+            return 1
+        if isinstance(effect, VisitEnded):
+            await desk.store.visit_ended(effect.clinic_id, effect.visit_id, effect.how,
+                                         effect.event_id)
+            return 1
+        if isinstance(effect, ReopenVisit):
+            return 1 if await desk.store.reopen_visit(effect.clinic_id,
+                                                      effect.undone_event_id) else 0
         if isinstance(effect, CheckoutTooOld):
             log.warning("old checkout on the floor not priced: price it at the desk",
                         clinic=effect.clinic_id, event_id=effect.event_id)

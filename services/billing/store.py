@@ -18,10 +18,17 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:billing:clinics                            SET clinics with ledger entries
     P:billing:checkouts:{clinic}                 HASH checkout event id -> visit (from charges)
     P:billing:open:{clinic}                      SET visits whose balance is not zero
-    P:billing:arrival:{clinic}:{visit}           the visit's patient_ref, from patient.arrived
-                                                 on the floor (40 days)
+    P:billing:floor-visit:{clinic}:{visit}       HASH what the floor said of the visit (40
+                                                 days): arrived, patient_ref, provider_id
+                                                 (arrival, then provider.in), ended (checked_out
+                                                 or the cancellation's reason), ended_by (its
+                                                 event id), published (the patient.checked_out
+                                                 id the desk published)
+    P:billing:ended-by:{clinic}:{event_id}       the visit a floor event ended (40 days): an
+                                                 undo of that event opens the visit again
+    P:billing:arrival:{clinic}:{visit}           (read only) the patient_ref of an arrival read
+                                                 before floor-visit existed: the visit is known
     P:billing:lock:{clinic}:{visit}              one money command at a time per visit (10 s)
-    P:idem:billing:{clinic}:{key}                Idempotency-Key answers (shared/idempotency.py)
 
 Exactly once:
 
@@ -47,6 +54,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.billing.domain.accounts import Posted
+from services.billing.domain.visits import FloorVisit
 from services.billing.projection import (
     LedgerChanges,
     LedgerRecord,
@@ -106,6 +114,12 @@ class BillingKeys:
 
     def arrival(self, clinic_id: str, visit_id: str) -> str:
         return f"{self.prefix}:arrival:{clinic_id}:{visit_id}"
+
+    def floor_visit(self, clinic_id: str, visit_id: str) -> str:
+        return f"{self.prefix}:floor-visit:{clinic_id}:{visit_id}"
+
+    def ended_by(self, clinic_id: str, event_id: str) -> str:
+        return f"{self.prefix}:ended-by:{clinic_id}:{event_id}"
 
     def lock(self, clinic_id: str, visit_id: str) -> str:
         return f"{self.prefix}:lock:{clinic_id}:{visit_id}"
@@ -271,13 +285,72 @@ class BillingStore:
 
     # ---------------------------------------------------------------- floor
 
-    async def remember_arrival(self, clinic_id: str, visit_id: str, patient_ref: str) -> None:
-        await self.redis.set(self.keys.arrival(clinic_id, visit_id), patient_ref,
-                             ex=ARRIVAL_TTL_SECONDS)
+    async def _floor_fields(self, clinic_id: str, visit_id: str, fields: dict[str, str],
+                            ended_by: str | None = None) -> None:
+        key = self.keys.floor_visit(clinic_id, visit_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.expire(key, ARRIVAL_TTL_SECONDS)
+            if ended_by is not None:
+                pipe.set(self.keys.ended_by(clinic_id, ended_by), visit_id,
+                         ex=ARRIVAL_TTL_SECONDS)
+            await pipe.execute()
 
-    async def arrival_ref(self, clinic_id: str, visit_id: str) -> str | None:
-        value = await self.redis.get(self.keys.arrival(clinic_id, visit_id))
-        return None if value is None else value.decode()
+    async def remember_arrival(self, clinic_id: str, visit_id: str, patient_ref: str | None,
+                               provider_id: str | None = None) -> None:
+        """The visit checked in at the clinic (a repeat overwrites the same fields)."""
+        fields = {"arrived": "1"}
+        if patient_ref:
+            fields["patient_ref"] = patient_ref
+        if provider_id:
+            fields["provider_id"] = provider_id
+        await self._floor_fields(clinic_id, visit_id, fields)
+
+    async def remember_provider(self, clinic_id: str, visit_id: str, provider_id: str) -> None:
+        """The provider who saw the patient (provider.in): named on the receipt."""
+        await self._floor_fields(clinic_id, visit_id, {"provider_id": provider_id})
+
+    async def visit_ended(self, clinic_id: str, visit_id: str, how: str,
+                          event_id: str) -> None:
+        """The floor ended the visit (checked out, cancelled, left) by ``event_id``."""
+        await self._floor_fields(clinic_id, visit_id, {"ended": how, "ended_by": event_id},
+                                 ended_by=event_id)
+
+    async def reopen_visit(self, clinic_id: str, undone_event_id: str) -> str | None:
+        """An undo of the event that ended a visit: the visit is open again (and its next
+        checkout is published). Returns the visit, or None when the event ended none."""
+        reopened = await self.redis.eval(
+            "local visit = redis.call('get', KEYS[1]) "
+            "if not visit then return false end "
+            "local key = ARGV[1] .. visit "
+            "if redis.call('hget', key, 'ended_by') == ARGV[2] then "
+            "  redis.call('hdel', key, 'ended', 'ended_by', 'published') return visit end "
+            "return false", 1, self.keys.ended_by(clinic_id, undone_event_id),
+            self.keys.floor_visit(clinic_id, ""), undone_event_id)
+        return reopened.decode() if isinstance(reopened, bytes) else None
+
+    async def checkout_published(self, clinic_id: str, visit_id: str, event_id: str) -> None:
+        """The desk published ``patient.checked_out`` ``event_id`` for the visit."""
+        await self._floor_fields(clinic_id, visit_id, {"published": event_id})
+
+    async def floor_visit(self, clinic_id: str, visit_id: str) -> FloorVisit:
+        return (await self.visit_known(clinic_id, visit_id))[0]
+
+    async def visit_known(self, clinic_id: str, visit_id: str) -> tuple[FloorVisit, bool]:
+        """What the floor said of the visit, and whether it has entries on the ledger."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.floor_visit(clinic_id, visit_id))
+        pipe.get(self.keys.arrival(clinic_id, visit_id))
+        pipe.exists(self.keys.visit(clinic_id, visit_id))
+        raw, legacy_ref, on_ledger = await pipe.execute()
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        legacy = legacy_ref.decode() if legacy_ref is not None else None
+        floor = FloorVisit(
+            arrived=fields.get("arrived") == "1" or legacy is not None,
+            patient_ref=fields.get("patient_ref") or legacy or None,
+            provider_id=fields.get("provider_id"), ended=fields.get("ended"),
+            ended_by=fields.get("ended_by"), checkout_published=fields.get("published"))
+        return floor, bool(on_ledger)
 
     # ---------------------------------------------------------------- locks
 

@@ -1,21 +1,33 @@
 """How accounts, receipts and reconciliations are shown: JSON documents, a CSV export and
 printable HTML pages. Pure functions of the domain's objects (amounts stay integer cents;
-the ``*_display`` strings are for people)."""
+the ``*_display`` strings are for people).
+
+Times are shown on the clinic's own clock: ISO 8601 with the clinic's UTC offset in JSON
+(the same instant, read as the clinic reads it), and ``2026-03-02 23:30 HST`` (the zone's
+abbreviation, or its offset where it has none) on paper. Ids stay as they are; the
+clinic's and the provider's names come from ``CLINICFLOW_CLINICS``."""
 
 from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime
 from html import escape
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from services.billing.domain.accounts import Account
 from services.billing.domain.money import format_cents
-from services.billing.domain.receipts import Receipt
+from services.billing.domain.receipts import Receipt, clock_text
 from services.billing.domain.reconciliation import Reconciliation
 
 
-def account_json(account: Account) -> dict[str, Any]:
+def local_iso(at: datetime, timezone: str) -> str:
+    """An instant in ISO 8601 with the clinic's offset (``2026-03-02T23:30:00-10:00``)."""
+    return at.astimezone(ZoneInfo(timezone)).isoformat()
+
+
+def account_json(account: Account, timezone: str = "UTC") -> dict[str, Any]:
     return {
         "visit_id": account.visit_id,
         "patient_ref": account.patient_ref,
@@ -28,9 +40,11 @@ def account_json(account: Account) -> dict[str, Any]:
         "refunded_cents": account.refunded_cents,
         "balance_cents": account.balance_cents,
         "balance": format_cents(account.balance_cents),
+        "timezone": timezone,
         "entries": [
             {"entry_id": p.entry_id, "event_type": p.event_type,
-             "occurred_at": p.occurred_at.isoformat(), "amount_cents": p.amount_cents,
+             "occurred_at": local_iso(p.occurred_at, timezone),
+             "amount_cents": p.amount_cents,
              "voided": not account.is_active(p), "reason": p.entry.reason,
              "made_by": p.entry.made_by}
             for p in account.entries
@@ -43,13 +57,19 @@ def receipt_json(receipt: Receipt) -> dict[str, Any]:
         "receipt_number": receipt.receipt_number,
         "kind": receipt.kind,
         "clinic_id": receipt.clinic_id,
+        "clinic_name": receipt.clinic_name,
         "visit_id": receipt.visit_id,
         "patient_ref": receipt.patient_ref,
+        "provider_id": receipt.provider_id,
+        "provider_name": receipt.provider_name,
         "method": receipt.method,
         "amount_cents": receipt.amount_cents,
         "amount": format_cents(receipt.amount_cents),
         "reference": receipt.reference,
         "made_at": receipt.made_at.isoformat(),
+        "made_at_display": clock_text(receipt.made_at),
+        "timezone": receipt.timezone,
+        "business_date": receipt.business_date.isoformat(),
         "made_by": receipt.made_by,
         "reason": receipt.reason,
         "voided": receipt.voided,
@@ -65,13 +85,17 @@ def receipt_json(receipt: Receipt) -> dict[str, Any]:
     }
 
 
-def reconciliation_json(report: Reconciliation) -> dict[str, Any]:
+def reconciliation_json(report: Reconciliation, clinic_name: str | None = None
+                        ) -> dict[str, Any]:
+    """The day's report; its bounds and the drawer count's time on the clinic's clock."""
+    zone = report.timezone
     return {
         "clinic_id": report.clinic_id,
+        "clinic_name": clinic_name or report.clinic_id,
         "business_date": report.business_date.isoformat(),
-        "timezone": report.timezone,
-        "starts_at": report.starts_at.isoformat(),
-        "ends_at": report.ends_at.isoformat(),
+        "timezone": zone,
+        "starts_at": local_iso(report.starts_at, zone),
+        "ends_at": local_iso(report.ends_at, zone),
         "source": report.source,
         "entries": report.entries,
         "visits_charged": report.visits_charged,
@@ -93,7 +117,7 @@ def reconciliation_json(report: Reconciliation) -> dict[str, Any]:
         ],
         "drawer_count": None if report.drawer_count is None else {
             "entry_id": report.drawer_count.entry_id,
-            "counted_at": report.drawer_count.counted_at.isoformat(),
+            "counted_at": local_iso(report.drawer_count.counted_at, zone),
             "made_by": report.drawer_count.made_by,
             "cents": report.drawer_count.cents,
         },
@@ -114,11 +138,15 @@ def reconciliation_json(report: Reconciliation) -> dict[str, Any]:
 
 
 def reconciliation_csv(report: Reconciliation) -> str:
-    """One CSV with a ``section`` column: totals by method, open balances, discrepancies."""
+    """One CSV with a ``section`` column: the day (the clinic's zone and where its day
+    starts and ends), totals by method, open balances, discrepancies."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["section", "clinic", "date", "key", "amount_cents", "detail"])
     c, day = report.clinic_id, report.business_date.isoformat()
+    writer.writerow(["day", c, day, report.timezone, "",
+                     f"{local_iso(report.starts_at, report.timezone)} to "
+                     f"{local_iso(report.ends_at, report.timezone)}"])
     for name, cents in (("charges", report.charges_cents),
                         ("charges_voided", report.charges_voided_cents),
                         ("patient_share", report.patient_share_cents),
@@ -158,10 +186,14 @@ def receipt_html(receipt: Receipt) -> str:
     rows = "".join(f"<tr><td>{escape(line.cpt_code)}</td><td>{escape(line.description)}</td>"
                    f"<td class=n>{_money(line.fee_cents)}</td></tr>" for line in receipt.lines)
     title = f"Receipt {receipt.receipt_number}"
+    seen_by = (f"<br>Seen by {escape(receipt.provider_name)}" if receipt.provider_name
+               else "")
     body = (
-        f"<h1>{'Refund' if receipt.kind == 'refund' else 'Payment'} receipt</h1>"
-        f"<p>Clinic {escape(receipt.clinic_id)} · visit {escape(receipt.visit_id)} · "
-        f"receipt {escape(receipt.receipt_number)}<br>{escape(receipt.made_at.isoformat())}"
+        f"<h1>{escape(receipt.clinic_name)}</h1>"
+        f"<h2>{'Refund' if receipt.kind == 'refund' else 'Payment'} receipt</h2>"
+        f"<p>Visit {escape(receipt.visit_id)} · receipt {escape(receipt.receipt_number)}"
+        f"{seen_by}<br><time datetime=\"{escape(receipt.made_at.isoformat())}\">"
+        f"{escape(clock_text(receipt.made_at))}</time>"
         f"{' · <strong>VOIDED</strong>' if receipt.voided else ''}</p>"
         f"<p><strong>{escape(receipt.method)}</strong> {_money(receipt.amount_cents)}"
         f"{' · ref ' + escape(receipt.reference) if receipt.reference else ''}</p>"
@@ -177,7 +209,7 @@ def receipt_html(receipt: Receipt) -> str:
     return _PAGE.format(title=escape(title), body=body)
 
 
-def reconciliation_html(report: Reconciliation) -> str:
+def reconciliation_html(report: Reconciliation, clinic_name: str | None = None) -> str:
     methods = "".join(
         f"<tr><td>{escape(t.method)}</td><td class=n>{_money(t.payments_cents)}</td>"
         f"<td class=n>{_money(t.refunds_cents)}</td><td class=n>{_money(t.voided_cents)}</td>"
@@ -189,8 +221,13 @@ def reconciliation_html(report: Reconciliation) -> str:
         f"<td class=n>{_money(b.paid_cents - b.refunded_cents)}</td>"
         f"<td class=n>{_money(b.balance_cents)}</td></tr>" for b in report.open_balances)
     problems = "".join(f"<li>{escape(x.message)}</li>" for x in report.discrepancies)
+    zone = ZoneInfo(report.timezone)
     body = (
-        f"<h1>End of day: {escape(report.clinic_id)}, {report.business_date.isoformat()}</h1>"
+        f"<h1>End of day: {escape(clinic_name or report.clinic_id)}, "
+        f"{report.business_date.isoformat()}</h1>"
+        f"<p>The clinic's day: {escape(clock_text(report.starts_at.astimezone(zone)))} to "
+        f"{escape(clock_text(report.ends_at.astimezone(zone)))} ({escape(report.timezone)})"
+        "</p>"
         f"<p>{'Reconciled' if report.reconciled else 'Not reconciled'} · "
         f"{report.visits_charged} visits charged · net charges "
         f"{_money(report.net_charges_cents)} · patient share "

@@ -18,6 +18,7 @@ from tests.integration.test_billing_support import (
     BILLING,
     MANAGER,
     billing_env,
+    check_in,
     ledger,
     of_type,
 )
@@ -72,6 +73,7 @@ async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_onc
     env = {f"CLINICFLOW_{k.upper()}": str(v) for k, v in billing_env.items()}
     service = ServiceProcess("billing", env, tmp_path / "billing.log")
     visits = [f"v{n:02}" for n in range(1, 31)]
+    await check_in(billing_env, "north", *visits)
     service.start()
     try:
         await service.wait_ready()

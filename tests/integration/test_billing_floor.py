@@ -1,7 +1,8 @@
 """Billing reading the floor: a checkout published by another client and delivered twice
 is charged once, with the patient ref its arrival carried; an undone checkout has its
-charge voided, once, however often the undo is delivered; a floor record billing cannot
-read is dead-lettered with the reason, and billing goes on with the next."""
+charge voided, once, however often the undo is delivered, and the visit is open again
+(its next checkout is told to the floor); a floor record billing cannot read is
+dead-lettered with the reason, and billing goes on with the next."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.integration.test_billing_support import (
     BILLING,
     billing_env,
     dead_letters,
+    floor,
     ledger,
     of_type,
     relay_of,
@@ -80,9 +82,12 @@ async def test_a_checkout_on_the_floor_delivered_twice_is_charged_once_then_undo
         assert len({e.envelope.event_id for e in of_type(events, "entry.voided")}) == 2
 
         # a desk checkout undone on the floor loses its charge the same way
+        await _publish(billing_env, _floor(ev.PatientArrived(
+            visit_id="v2", ticket_code="A-14", patient_ref="p-902", visit_type="follow-up")))
         desk = await client.post("/clinics/north/visits/v2/checkout", headers=BILLING,
                                  json={"cpt_codes": ["99213"]})
         assert desk.status_code == 202, desk.text
+        assert desk.json()["ended_on_floor"] is True
         await _publish(billing_env, _floor(ev.ActionUndone(
             undone_event_id=desk.json()["event_id"], reason="not finished")))
 
@@ -90,11 +95,16 @@ async def test_a_checkout_on_the_floor_delivered_twice_is_charged_once_then_undo
             return (await _account(client, "v2")).get("charges_cents") == 0
 
         await eventually(desk_voided, timeout=30)
-        # checked out again after the undo: charged anew, once
+        # checked out again after the undo: charged anew, once, and the floor, which has
+        # the visit open again, hears of this checkout too
         again = await client.post("/clinics/north/visits/v2/checkout", headers=BILLING,
                                   json={"cpt_codes": ["99214"]})
-        assert again.json()["outcome"] == "priced"
+        assert (again.json()["outcome"], again.json()["ended_on_floor"]) == ("priced", True)
         assert (await _account(client, "v2"))["charges_cents"] == 18500
+        desk_checkouts = [e for e in of_type(await floor(billing_env), "patient.checked_out")
+                          if e.envelope.source == "billing"]
+        assert [e.envelope.event_id for e in desk_checkouts] == [
+            desk.json()["event_id"], again.json()["event_id"]]
 
 
 @pytest.mark.reliability(

@@ -22,6 +22,8 @@ from tests.integration.test_billing_support import (
     FRONT_DESK,
     MANAGER,
     billing_env,
+    check_in,
+    keyed,
     running_billing,
     store_of,
 )
@@ -77,7 +79,8 @@ async def _visit(client: httpx.AsyncClient, rng: random.Random, n: int,
             continue
         method = rng.choice(["cash", "check", "card"])
         reference = None if method == "cash" else f"R{n}-{amount}"
-        answer = await client.post(f"/clinics/north/visits/{visit}/payments", headers=BILLING,
+        answer = await client.post(f"/clinics/north/visits/{visit}/payments",
+                                   headers=keyed(BILLING),
                                    json={"method": method, "amount_cents": amount,
                                          "reference": reference})
         assert answer.status_code == 201, answer.text
@@ -88,7 +91,7 @@ async def _visit(client: httpx.AsyncClient, rng: random.Random, n: int,
             refunded = min(amount, 500)
             refund = await client.post(
                 f"/clinics/north/visits/{visit}/payments/{receipt['receipt_number']}/refunds",
-                headers=BILLING, json={"amount_cents": refunded, "reason": "goodwill"})
+                headers=keyed(BILLING), json={"amount_cents": refunded, "reason": "goodwill"})
             assert refund.status_code == 201, refund.text
             paid -= refunded
             expected[method] -= refunded
@@ -98,7 +101,7 @@ async def _visit(client: httpx.AsyncClient, rng: random.Random, n: int,
                 headers=MANAGER, json={"reason": "keyed on the wrong visit"})
             assert void.status_code == 200, void.text
             again = await client.post(f"/clinics/north/visits/{visit}/payments",
-                                      headers=BILLING,
+                                      headers=keyed(BILLING),
                                       json={"method": "cash", "amount_cents": amount})
             assert again.status_code == 201, again.text
             expected[method] -= amount
@@ -126,6 +129,7 @@ async def test_a_day_of_fifty_visits_reconciles_to_the_cent_before_and_after_a_r
     expected: dict[str, Any] = {"charges": 0, "share": 0, "cash": 0, "check": 0, "card": 0,
                                 "open": {}}
     today = datetime.now(UTC).date().isoformat()
+    await check_in(billing_env, "north", *(f"v{n:03}" for n in range(1, 51)))
     async with running_billing(billing_env) as client:
         for start in range(1, 51, 10):  # ten desks at a time
             await asyncio.gather(*[_visit(client, rng, n, expected)

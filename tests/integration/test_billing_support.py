@@ -1,10 +1,14 @@
 """Shared pieces of the billing tests (no tests here): the service's settings for one test,
-running it in-process, and reading its ledger topic. Test modules import from here."""
+running it in-process, patients checking in on the floor (as checkin publishes them),
+reading its topics, and replaying the floor as flow applies it. Test modules import from
+here."""
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -12,14 +16,17 @@ import orjson
 import pytest
 
 from services.billing.app import create_app
-from services.billing.barrier import LedgerBarrier
+from services.billing.barrier import ConsumerBarrier
 from services.billing.store import BillingStore
 from shared import events as ev
 from shared.admin import ensure_topics
+from shared.clock import Clock
+from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.model import NotApplicable
 from shared.outbox import OutboxRelay
 from shared.settings import BillingSettings
 from shared.topics import DEAD_LETTER, FLOOR, LEDGER, topic_name
-from tests.helpers import auth, eventually, read_topic, serving
+from tests.helpers import auth, eventually, producer, read_topic, serving
 
 BILLING = auth("dev-billing")
 MANAGER = auth("dev-manager")
@@ -42,10 +49,17 @@ async def billing_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -
     }
 
 
+def keyed(headers: dict[str, str], key: str | None = None) -> dict[str, str]:
+    """``headers`` with an Idempotency-Key (a new one unless given): what a desk sends with
+    each payment and refund, and again unchanged when it retries one."""
+    return {**headers, "Idempotency-Key": key or uuid.uuid4().hex}
+
+
 @contextlib.asynccontextmanager
-async def running_billing(env: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
+async def running_billing(env: dict[str, Any],
+                          clock: Clock | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """The billing service in this event loop, ready (Kafka up, projection assigned)."""
-    app = create_app(BillingSettings(**env))
+    app = create_app(BillingSettings(**env), clock=clock)
     async with serving(app) as base_url, httpx.AsyncClient(base_url=base_url,
                                                             timeout=20) as client:
         async def ready() -> bool:
@@ -61,11 +75,56 @@ def store_of(client: httpx.AsyncClient) -> BillingStore:
     return store
 
 
-def barrier_of(client: httpx.AsyncClient) -> LedgerBarrier:
+def barrier_of(client: httpx.AsyncClient) -> ConsumerBarrier:
     """The desk's barrier: ``caught_up(clinic)`` returns once the ledger projection holds
     the clinic's ledger partition to its end."""
-    barrier: LedgerBarrier = client.app.state.barrier  # type: ignore[attr-defined]
+    barrier: ConsumerBarrier = client.app.state.barrier  # type: ignore[attr-defined]
     return barrier
+
+
+def floor_barrier_of(client: httpx.AsyncClient) -> ConsumerBarrier:
+    """``caught_up(clinic)`` returns once billing's floor consumer holds the clinic's floor
+    partition to its end."""
+    barrier: ConsumerBarrier = client.app.state.floor_barrier  # type: ignore[attr-defined]
+    return barrier
+
+
+def arrival(clinic: str, visit: str, *, patient_ref: str | None = None,
+            provider_id: str | None = None, at: datetime | None = None) -> ev.Event:
+    """``patient.arrived`` as checkin publishes it when the patient checks in."""
+    return ev.make_event(
+        ev.PatientArrived(visit_id=visit, ticket_code=f"A-{abs(hash(visit)) % 1000}",
+                          patient_ref=patient_ref, provider_id=provider_id,
+                          visit_type="follow_up"),
+        clinic_id=clinic, source="checkin", occurred_at=at or datetime.now(UTC),
+        correlation_id=visit)
+
+
+async def publish_floor(env: dict[str, Any], *events: ev.Event) -> None:
+    """Publish floor events as their services do (keyed by clinic, Kafka's partitioner)."""
+    async with producer(env["kafka_bootstrap"]) as kafka:
+        for event in events:
+            await kafka.send_and_wait(topic_name(FLOOR, env["topic_prefix"]), ev.encode(event),
+                                      key=event.clinic_id.encode())
+
+
+async def check_in(env: dict[str, Any], clinic: str, *visits: str, **arriving: Any) -> None:
+    """The patients of ``visits`` check in at ``clinic`` (their arrivals on the floor)."""
+    await publish_floor(env, *(arrival(clinic, v, **arriving) for v in visits))
+
+
+async def not_appliable_on_the_floor(env: dict[str, Any]) -> list[str]:
+    """Every fact on this test's floor topic applied in order as flow applies it (the
+    shared floor model): what it could not apply, and why (flow would dead-letter it)."""
+    floors: dict[str, ClinicFlow] = {}
+    refused: list[str] = []
+    for event in await floor(env):
+        clinic = floors.setdefault(event.clinic_id, ClinicFlow(event.clinic_id))
+        try:
+            clinic.apply(event.payload, event.occurred_at, event.envelope.event_id)
+        except NotApplicable as exc:
+            refused.append(f"{event.event_type} {event.envelope.event_id}: {exc}")
+    return refused
 
 
 def relay_of(client: httpx.AsyncClient) -> OutboxRelay:

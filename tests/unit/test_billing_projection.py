@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka import TopicPartition
 
-from services.billing.barrier import LedgerBarrier
+from services.billing.barrier import ConsumerBarrier
 from services.billing.domain.accounts import Posted
 from services.billing.projection import (
     LedgerState,
@@ -175,8 +175,8 @@ class Seconds:
         return self.now
 
 
-def barrier(kafka: FakeKafka | None, offsets: CatchingUp, timeout: float) -> LedgerBarrier:
-    return LedgerBarrier(lambda: kafka, offsets, TOPIC,  # type: ignore[arg-type]
+def barrier(kafka: FakeKafka | None, offsets: CatchingUp, timeout: float) -> ConsumerBarrier:
+    return ConsumerBarrier(lambda: kafka, offsets, TOPIC,  # type: ignore[arg-type]
                          timeout=timeout, poll_seconds=0.0, monotonic=Seconds())
 
 

@@ -23,9 +23,16 @@ Rules, in the clinic's words:
 * **Days** (``reconciliation``). An entry counts on the business day (clinic time zone)
   it was made: a refund or a void made on Tuesday changes Tuesday's totals.
 
+* **Visits** (``visits``). A command names a visit of the clinic (checked in there, or
+  on its ledger); a visit cancelled or left cannot be checked out; the floor is told of
+  a visit's checkout once, while it has the visit open.
+* **Clinic time** (``receipts``, ``reconciliation``). Entries are stamped in UTC; the
+  clinic's zone turns them into its business day and the time printed on its receipts.
+
 Modules: ``money`` (cents, stable ids), ``fee_schedule``, ``coverage`` (the share),
 ``accounts`` (a visit's entries folded), ``payments`` (payments, refunds, voids),
-``pricing`` (checkout, re-pricing, undone checkouts), ``receipts``, ``reconciliation``.
+``pricing`` (checkout, re-pricing, undone checkouts), ``receipts``, ``reconciliation``,
+``visits``.
 A command the ledger cannot take raises a ``shared.errors`` refusal (``NotFound``,
 ``Conflict``, ``Rejected``), never an HTTP status.
 """

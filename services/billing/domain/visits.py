@@ -1,0 +1,62 @@
+"""A visit as billing knows it from the floor (its arrival, its provider, how it ended)
+and what a money command may do with it: a command names a visit that exists at the
+clinic, a checkout ends a visit that is still open on the floor, and the floor hears of
+a visit's checkout once.
+
+Billing knows a visit when its arrival was read on the clinic's floor or when it has
+entries on the clinic's ledger (a visit paid weeks after it ended is still a visit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.errors import Conflict, NotFound
+
+ENDED_WORDS = {
+    "checked_out": "checked out",
+    "cancelled": "cancelled",
+    "rescheduled": "cancelled (rescheduled)",
+    "left_without_being_seen": "left without being seen",
+    "entered_in_error": "an arrival entered in error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FloorVisit:
+    """What the floor said about a visit. ``ended``: how it ended (``checked_out``, or a
+    cancellation's reason), by the floor event ``ended_by``; ``checkout_published``: the
+    id of the ``patient.checked_out`` the desk published for it (its floor copy may not
+    have been read back yet)."""
+
+    arrived: bool = False
+    patient_ref: str | None = None
+    provider_id: str | None = None
+    ended: str | None = None
+    ended_by: str | None = None
+    checkout_published: str | None = None
+
+
+def require_known(clinic_id: str, visit_id: str, floor: FloorVisit, on_ledger: bool) -> None:
+    """Refuse (``NotFound``, naming the visit and the clinic) a visit neither arrived at the
+    clinic nor on its ledger: another clinic's visit, a typo, a visit not checked in."""
+    if not (floor.arrived or on_ledger):
+        raise NotFound(f"visit {visit_id} is not a visit of clinic {clinic_id}: it has not "
+                       "checked in there and has nothing on its ledger", code="unknown_visit")
+
+
+def require_checkout_allowed(clinic_id: str, visit_id: str, floor: FloorVisit) -> None:
+    """A visit that ended otherwise than by a checkout (cancelled, left without being seen,
+    entered in error) cannot be checked out (``Conflict``)."""
+    if floor.ended is not None and floor.ended != "checked_out":
+        how = ENDED_WORDS.get(floor.ended, floor.ended.replace("_", " "))
+        raise Conflict(f"visit {visit_id} of clinic {clinic_id} was {how}: it cannot be "
+                       "checked out", code="visit_ended")
+
+
+def publishes_checkout(floor: FloorVisit) -> bool:
+    """Whether a desk checkout tells the floor the visit is over: only for a visit the
+    floor has open (arrived, not ended, no checkout of it published yet). A visit known
+    only from the ledger (its arrival long gone from the floor), or already ended, is
+    priced without a floor event the floor could not apply."""
+    return floor.arrived and floor.ended is None and floor.checkout_published is None
