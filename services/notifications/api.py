@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -21,6 +21,7 @@ from services.notifications import records
 from services.notifications.domain import Preferences, RuleBook, contact_expiry
 from services.notifications.store import NotificationStore
 from shared.auth import Principal, require_role
+from shared.errors import NotFound, Rejected
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
 from shared.refusals import REFUSALS
@@ -228,13 +229,13 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
                           principal: Principal = Depends(front_desk)) -> ContactSaved:
         principal.require_clinic(clinic_id)
         if body.channel == "sms" and not sms_available:
-            raise HTTPException(422, detail="channel: SMS is not available here (no gateway "
-                                "configured); use e-mail")
+            raise Rejected("channel: SMS is not available here (no gateway configured); "
+                           "use e-mail")
         if body.channel == "log" and not allow_log_channel:
-            raise HTTPException(422, detail="channel: the log channel is for development only")
+            raise Rejected("channel: the log channel is for development only")
 
         async def action() -> tuple[int, Any]:
-            now = datetime.now(UTC)
+            now = runtime.clock.now()
             expires = contact_expiry(now, rules.for_clinic(clinic_id).timezone)
             preferences = Preferences(channel=body.channel, delay_updates=body.delay_updates,
                                       wait_anywhere=body.wait_anywhere)
@@ -266,10 +267,10 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
             clinic_id, visit_id,
             records.contact_read(clinic_id, visit_id, reader=principal.name,
                                  role=principal.role, purpose="front_desk_view",
-                                 at=datetime.now(UTC)))
+                                 at=runtime.clock.now()))
         if contact is None:
-            raise HTTPException(404, detail=f"no contact details for visit {visit_id} at "
-                                f"clinic {clinic_id} (never given, erased, or expired)")
+            raise NotFound(f"no contact details for visit {visit_id} at clinic {clinic_id} "
+                           "(never given, erased, or expired)")
         preference = await store.preference(clinic_id, visit_id) or Preferences()
         expires = await store.contact_expires_at(clinic_id, visit_id)
         return ContactView(
@@ -290,8 +291,8 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
             preference = await store.preference(clinic_id, visit_id)
             expires = await store.contact_expires_at(clinic_id, visit_id)
             if preference is None or not preference.reachable or expires is None:
-                raise HTTPException(404, detail=f"no contact details for visit {visit_id}: "
-                                    "record them first (PUT)")
+                raise NotFound(f"no contact details for visit {visit_id}: record them "
+                               "first (PUT)")
             updated = Preferences(
                 channel=preference.channel,
                 delay_updates=preference.delay_updates if body.delay_updates is None
@@ -314,7 +315,7 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
     async def delete_contact(clinic_id: ClinicId, visit_id: VisitId,
                              principal: Principal = Depends(front_desk)) -> Response:
         principal.require_clinic(clinic_id)
-        now = datetime.now(UTC)
+        now = runtime.clock.now()
         await store.erase_contact(
             clinic_id, visit_id,
             expires_at=contact_expiry(now, rules.for_clinic(clinic_id).timezone),
@@ -352,8 +353,7 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         principal.require_clinic(clinic_id)
         record = await store.record(notification_id)
         if record is None or record.get("clinic_id") != clinic_id:
-            raise HTTPException(404, detail=f"no notification {notification_id} at clinic "
-                                f"{clinic_id}")
+            raise NotFound(f"no notification {notification_id} at clinic {clinic_id}")
         return _status(record)
 
     # ------------------------------------------------------------- alerts

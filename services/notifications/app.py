@@ -1,19 +1,15 @@
-"""The notifications service, wired: floor + estimates consumer, sender, outbox, API.
-Wiring only."""
+"""The notifications service, wired: floor + estimates consumer and its ticker, sender,
+outbox relay, API. Wiring only."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Awaitable, Callable
 
 import httpx
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from faststream import AckPolicy
-from faststream.kafka import KafkaMessage
 
 from services.notifications.api import AlertHub, make_router
 from services.notifications.channels import (
@@ -23,20 +19,24 @@ from services.notifications.channels import (
     PagingWebhook,
     SmsGateway,
 )
-from services.notifications.consumer import NotificationConsumer
-from services.notifications.delivery import Dispatcher, OutboxPublisher
+from services.notifications.consumer import NotifierProjection
+from services.notifications.delivery import (
+    HEARTBEAT_EVERY_SECONDS,
+    SEND_EVERY_SECONDS,
+    NotificationSender,
+)
 from services.notifications.domain import RuleBook
+from services.notifications.plan import NotificationChanges
 from services.notifications.store import NotificationStore
+from shared.clock import Clock
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
+from shared.outbox import OutboxRelay
 from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import NotificationsSettings
 from shared.topics import AUDIT, ESTIMATES, FLOOR, NOTIFICATIONS
 
-
-async def _raw_records(message: KafkaMessage) -> object:
-    """Keep the batch as aiokafka records: the consumer decodes (and dead-letters) each."""
-    return message.raw_message
+OUTBOX_EVERY_SECONDS = 0.5
 
 
 def build_channels(settings: NotificationsSettings,
@@ -62,49 +62,49 @@ def build_channels(settings: NotificationsSettings,
     return channels
 
 
-def create_app(settings: NotificationsSettings) -> FastAPI:
-    """Build the notifications service; nothing connects until the app starts."""
+def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> FastAPI:
+    """Build the notifications service; nothing connects until the app starts. ``clock``
+    is the time every part reads (the system's by default; tests pass their own)."""
     try:
         rules = RuleBook.parse(json.loads(settings.notifications_rules))
     except ValueError as exc:
         raise ValueError(f"CLINICFLOW_NOTIFICATIONS_RULES: {exc}") from None
-    runtime = ServiceRuntime(settings, "notifications")
+    runtime = ServiceRuntime(settings, "notifications", clock=clock)
     store = NotificationStore(runtime.redis, settings.redis_prefix)
-    floor_topic, estimates_topic = topic(FLOOR, settings), topic(ESTIMATES, settings)
     notifications_topic = topic(NOTIFICATIONS, settings)
     client = httpx.AsyncClient()
-    dispatcher = Dispatcher(
-        store, build_channels(settings, client),
+
+    async def publish(value: bytes, to: str, key: bytes | None) -> None:
+        await runtime.broker.publish(value, to, key=key)
+
+    relay = OutboxRelay(store.outbox, publish, {
+        "notifications": notifications_topic,
+        "audit": topic(AUDIT, settings),
+        "deadletter": dead_letter_topic(settings),
+    }, service="notifications")
+    sender = NotificationSender(
+        store, build_channels(settings, client), clock=runtime.clock,
         notifications_topic=notifications_topic,
         concurrency=settings.notifications_send_concurrency,
         send_timeout=settings.notifications_send_timeout_seconds,
         max_attempts=settings.notifications_max_attempts,
         retry_base=settings.notifications_retry_base_seconds,
         retry_max=settings.notifications_retry_max_seconds,
+        on_settled=relay.kick.set,
     )
-    outbox = OutboxPublisher(runtime, store, {
-        "notifications": notifications_topic,
-        "audit": topic(AUDIT, settings),
-        "deadletter": dead_letter_topic(settings),
-    })
-    dispatcher.on_settled = outbox.kick
 
-    def committed() -> None:
-        dispatcher.kick.set()
-        outbox.kick.set()
+    async def stored(changes: NotificationChanges) -> None:
+        # what a batch or tick decided goes out now, not at the next tick
+        sender.send(n.notification_id for n in changes.notifications)
+        if changes.outbox:
+            relay.kick.set()
 
-    consumer = NotificationConsumer(
-        runtime, store, rules,
-        floor_topic=floor_topic, estimates_topic=estimates_topic,
-        notifications_topic=notifications_topic,
-        paging=bool(settings.paging_webhook_url), on_committed=committed,
-    )
-    subscriber = runtime.broker.subscriber(
-        floor_topic, estimates_topic,
-        batch=True,
+    notifier = NotifierProjection(
+        runtime.broker, store, rules, runtime.clock, prefix=settings.redis_prefix,
+        floor_topic=topic(FLOOR, settings), estimates_topic=topic(ESTIMATES, settings),
         group_id=settings.notifications_group_id,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,  # Kafka commits follow the Redis transaction
+        paging=bool(settings.paging_webhook_url), on_stored=stored,
+        on_dead_letters=relay.kick.set,
         max_records=settings.notifications_batch_max,
         batch_timeout_ms=settings.notifications_batch_timeout_ms,
         fetch_max_wait_ms=settings.notifications_batch_timeout_ms,
@@ -113,43 +113,32 @@ def create_app(settings: NotificationsSettings) -> FastAPI:
         heartbeat_interval_ms=max(100, settings.notifications_session_timeout_ms // 3),
         # a clinic's floor and estimates partitions (same key, same count) stay together
         partition_assignment_strategy=(RangePartitionAssignor,),
-        listener=consumer.listener(),
-        decoder=_raw_records,
         title="notifications.floor-and-estimates",
         description="Floor events and wait estimates -> patient messages and nurse alerts.",
     )
-    consumer.subscriber = subscriber
-
-    @subscriber
-    async def on_floor_and_estimates(records: list[object]) -> None:
-        await consumer.handle(records)
+    runtime.every(settings.notifications_tick_seconds, notifier.tick, "notifier-tick")
+    runtime.every(SEND_EVERY_SECONDS, sender.tick, "sender", needs_kafka=False)
+    runtime.every(HEARTBEAT_EVERY_SECONDS, sender.heartbeat, "sender-heartbeat",
+                  needs_kafka=False)
 
     hub = AlertHub(runtime, store, settings.notifications_sse_max_total)
-    tasks: list[asyncio.Task[None]] = []
-
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(settings.notifications_tick_seconds)
-            if runtime.kafka_started:
-                with contextlib.suppress(Exception):
-                    await consumer.tick()
-
-    def spawn(name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        tasks.append(asyncio.create_task(loop(), name=f"notifications-{name}"))  # type: ignore[arg-type]
+    relaying: list[asyncio.Task[None]] = []
 
     async def start() -> None:
         await hub.start()
-        spawn("sender", dispatcher.run)
-        spawn("heartbeat", dispatcher.keep_alive)
-        spawn("outbox", outbox.run)
-        spawn("ticker", tick)
+        relaying.append(asyncio.create_task(
+            relay.run(OUTBOX_EVERY_SECONDS, ready=lambda: runtime.kafka_started),
+            name="notifications-outbox"))
 
     async def stop() -> None:
-        await stop_tasks(tasks)
-        await dispatcher.drain()
-        with contextlib.suppress(Exception):
-            if runtime.kafka_started:
-                await outbox.drain()
+        sender.close()
+        await sender.drain()
+        await stop_tasks(relaying)
+        if runtime.kafka_started:
+            try:
+                await relay.tick(runtime.clock.now())  # what the last sends reported
+            except Exception as exc:  # left in Redis: the next start publishes it
+                runtime.log.warning("outbox not drained at shutdown", error=repr(exc))
         await hub.stop()
         await client.aclose()
 
@@ -166,9 +155,9 @@ def create_app(settings: NotificationsSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.notifications_cors_origins,
                            allow_methods=["GET"], allow_headers=["Authorization",
                                                                  "Last-Event-ID"])
-    app.state.consumer = consumer
-    app.state.dispatcher = dispatcher
-    app.state.outbox = outbox
+    app.state.notifier = notifier
+    app.state.sender = sender
+    app.state.outbox_relay = relay
     app.state.store = store
     app.include_router(make_router(
         runtime, store, rules, hub, IdempotencyStore(runtime.redis, settings.redis_prefix),

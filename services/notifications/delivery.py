@@ -1,9 +1,9 @@
-"""Sending: due notifications out through their channels; events out through the outbox.
+"""Sending: due notifications out through their channels.
 
-``Dispatcher`` takes due notifications from Redis, claims each atomically, reads
-the contact details at send time (an audit event is queued with the read),
-records the hand-over just before the channel can have the message, and
-settles the outcome:
+``NotificationSender`` takes due notifications from Redis, claims each atomically,
+reads the contact details at send time (an audit event is queued with the read),
+records the hand-over just before the channel can have the message, and settles the
+outcome:
 
 * sent -> ``notification.sent``;
 * the channel certainly does not have it -> retried with exponential backoff;
@@ -13,27 +13,26 @@ settles the outcome:
   ``unconfirmed``: never sent again, ``notification.failed`` with
   ``may_have_been_delivered``, and a dead-letter record for staff to follow up.
 
-Instances announce themselves with a heartbeat. A claim whose instance died is
-recovered by any live one: not yet handed over -> tried again; handed over ->
-unconfirmed. The one window left: the process dies after the channel accepted
-the message and before Redis records "sent" (one Redis round trip): the
-notification ends "unconfirmed" though it was delivered. Nothing is ever sent
-twice for the same notification id; a message can be lost only if the channel
-lost it.
+Two periodic jobs drive it (``tick(now)``: start what is due at ``now``;
+``heartbeat(now)``: announce this instance, recover claims left by dead ones), and
+``send(ids)`` starts the notifications a batch just decided at once rather than at the
+next tick. A claim whose instance died is recovered by any live one: not yet handed
+over -> tried again; handed over -> unconfirmed. The one window left: the process dies
+after the channel accepted the message and before Redis records "sent" (one Redis round
+trip): the notification ends "unconfirmed" though it was delivered. Nothing is ever sent
+twice for the same notification id; a message can be lost only if the channel lost it.
 
-``OutboxPublisher`` publishes the events written to the Redis outbox (one
-drainer at a time across instances), then trims what it published. A crash in
-between publishes them again: at least once, with stable event ids.
+The events it queues (sent, failed, audit, dead letters) leave through the service's
+outbox (shared/outbox.py), in the same Redis step as the outcome they report.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 
 import orjson
 
@@ -48,71 +47,59 @@ from services.notifications.channels import (
 )
 from services.notifications.domain import backoff_seconds
 from services.notifications.store import NotificationStore
+from shared.clock import Clock
 from shared.logging import get_logger, scrub
-from shared.service import ServiceRuntime
 
 log = get_logger("clinicflow.notifications.delivery")
 
+SEND_EVERY_SECONDS = 0.5  # how often due notifications (retries) are looked for
+HEARTBEAT_EVERY_SECONDS = 1.0
 
-class Dispatcher:
+
+class NotificationSender:
     """Sends due notifications, at most once each."""
 
     def __init__(self, store: NotificationStore, channels: Mapping[str, Channel], *,
-                 notifications_topic: str, concurrency: int, send_timeout: float,
+                 clock: Clock, notifications_topic: str, concurrency: int, send_timeout: float,
                  max_attempts: int, retry_base: float, retry_max: float,
-                 on_settled: asyncio.Event | None = None) -> None:
+                 on_settled: Callable[[], None] | None = None) -> None:
         self.store = store
         self.channels = dict(channels)
+        self.clock = clock
         self.notifications_topic = notifications_topic
         self.send_timeout = send_timeout
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.instance_id = uuid.uuid4().hex
-        self.kick = asyncio.Event()
         self.on_settled = on_settled
+        self.closed = False
         self._semaphore = asyncio.Semaphore(concurrency)
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task[str]] = set()
 
-    # -------------------------------------------------------------- loops
+    # -------------------------------------------------------------- jobs
 
-    async def run(self) -> None:
-        """Send what is due whenever kicked, and at least twice a second."""
-        delay = 0.5
-        while True:
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.kick.wait(), 0.5)
-                self.kick.clear()
-                await self.pump()
-                delay = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("sender loop failed, retrying", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    async def tick(self, now: datetime) -> int:
+        """Start sending every notification due at ``now`` (first attempts the batch
+        that decided them did not start, retries whose time came); returns how many."""
+        return self.send(await self.store.due_notifications(now.timestamp(), 200))
 
-    async def keep_alive(self, every: float = 1.0) -> None:
-        """Heartbeat, and recover claims left by instances that died."""
-        while True:
-            try:
-                await self.store.heartbeat(self.instance_id)
-                await self.recover_abandoned()
-                m.DUE_NOTIFICATIONS.set(await self.store.due_count())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("sender heartbeat failed", error=repr(exc))
-            await asyncio.sleep(every)
+    async def heartbeat(self, now: datetime) -> None:
+        """Announce this instance, recover claims left by instances that died, and report
+        what waits (due notifications, outbox events)."""
+        await self.store.heartbeat(self.instance_id)
+        await self.recover_abandoned(now)
+        m.DUE_NOTIFICATIONS.set(await self.store.due_count())
+        m.OUTBOX_EVENTS.set(await self.store.outbox.length())
 
-    async def pump(self) -> int:
-        """Start sending every due notification not already on its way; returns how many."""
-        due = await self.store.due_notifications(time.time(), 200)
+    def send(self, notification_ids: Iterable[str]) -> int:
+        """Start sending these notifications now, each not already on its way (each is
+        claimed first: one not due, or already settled, is left alone). Returns how many
+        were started."""
         started = 0
-        for notification_id in due:
-            if notification_id in self._active:
+        for notification_id in notification_ids:
+            if self.closed or notification_id in self._active:
                 continue
             self._active.add(notification_id)
             task = asyncio.create_task(self._deliver_and_forget(notification_id))
@@ -120,6 +107,10 @@ class Dispatcher:
             task.add_done_callback(self._tasks.discard)
             started += 1
         return started
+
+    def close(self) -> None:
+        """Start nothing more (shutdown); ``drain`` waits for what is on its way."""
+        self.closed = True
 
     async def drain(self) -> None:
         """Wait for the sends in progress (shutdown, tests)."""
@@ -141,13 +132,13 @@ class Dispatcher:
         """Claim, send and settle one notification. Returns the outcome."""
         async with self._semaphore:
             claim = uuid.uuid4().hex
-            record = await self.store.claim(notification_id, time.time(), claim,
-                                            self.instance_id)
+            record = await self.store.claim(notification_id, self.clock.now().timestamp(),
+                                            claim, self.instance_id)
             if record is None:
                 return "not_due"
             outcome = await self._send(record, claim)
             if self.on_settled is not None:
-                self.on_settled.set()
+                self.on_settled()
             return outcome
 
     async def _send(self, record: dict[str, str], claim: str) -> str:
@@ -160,7 +151,7 @@ class Dispatcher:
                 record["clinic_id"], record["visit_id"],
                 records.contact_read(record["clinic_id"], record["visit_id"],
                                      reader=records.SENDER, role="service", purpose="send",
-                                     at=datetime.now(UTC), notification_id=notification_id))
+                                     at=self.clock.now(), notification_id=notification_id))
             if contact is None:
                 return await self._finish(record, claim, "cancelled", channel_kind,
                                           "no contact details on file (erased, expired or "
@@ -199,7 +190,7 @@ class Dispatcher:
             return await self._not_delivered(record, claim, channel_kind, reason, False)
         finally:
             m.SEND_SECONDS.labels(channel_kind).observe(time.perf_counter() - started)
-        now = datetime.now(UTC)
+        now = self.clock.now()
         await self.store.settle(notification_id, claim, "sent",
                                 fields={"sent_at": now.isoformat(),
                                         "finished_at": now.isoformat(), "channel": channel_kind,
@@ -217,7 +208,7 @@ class Dispatcher:
             wait = backoff_seconds(attempts, self.retry_base, self.retry_max)
             await self.store.settle(record["notification_id"], claim, "retrying",
                                     fields={"last_error": reason, "channel": channel},
-                                    next_at=time.time() + wait)
+                                    next_at=self.clock.now().timestamp() + wait)
             m.DELIVERIES.labels(channel, record["kind"], "retrying").inc()
             log.info("notification not delivered, will retry",
                      notification_id=record["notification_id"], attempt=attempts,
@@ -232,7 +223,7 @@ class Dispatcher:
 
     async def _finish(self, record: dict[str, str], claim: str, status: str, channel: str,
                       reason: str) -> str:
-        now = datetime.now(UTC)
+        now = self.clock.now()
         events: list[bytes] = []
         if status in ("failed", "unconfirmed"):
             events = records.failed_events(record, channel, now, reason,
@@ -248,10 +239,10 @@ class Dispatcher:
 
     # -------------------------------------------------------------- recovery
 
-    async def recover_abandoned(self) -> int:
+    async def recover_abandoned(self, at: datetime) -> int:
         """Settle claims whose sender died (or hung far past its timeout)."""
         recovered = 0
-        now = time.time()
+        now = at.timestamp()
         for notification_id, claimed_at in await self.store.inflight():
             if notification_id in self._active:
                 continue
@@ -266,7 +257,7 @@ class Dispatcher:
                 continue
             channel = record.get("channel", "log")
             events = records.failed_events(
-                record, channel, datetime.now(UTC),
+                record, channel, at,
                 "the sender stopped while the channel had the message", "unconfirmed",
                 self.notifications_topic)
             outcome = await self.store.recover(notification_id, record.get("claim", ""), now,
@@ -276,57 +267,6 @@ class Dispatcher:
                 log.warning("abandoned send marked unconfirmed", notification_id=notification_id)
             elif outcome == 1:
                 log.info("abandoned send tried again", notification_id=notification_id)
-                self.kick.set()
+                self.send([notification_id])
             recovered += 1 if outcome else 0
         return recovered
-
-
-class OutboxPublisher:
-    """Publishes the Redis outbox to Kafka, in order, one drainer at a time."""
-
-    def __init__(self, runtime: ServiceRuntime, store: NotificationStore,
-                 topics: Mapping[str, str]) -> None:
-        self.runtime = runtime
-        self.store = store
-        self.topics = dict(topics)
-        self.kick = asyncio.Event()
-
-    async def run(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.kick.wait(), 0.5)
-                self.kick.clear()
-                if self.runtime.kafka_started:
-                    await self.drain()
-                delay = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox publisher failed, retrying", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    async def drain(self) -> int:
-        """Publish everything waiting; returns how many events went out."""
-        total = 0
-        while True:
-            taken = await self.store.outbox_batch(200)
-            if taken is None:
-                break
-            token, entries = taken
-            published = 0
-            try:
-                for raw in entries:
-                    entry = orjson.loads(raw)
-                    key = entry["key"]
-                    await self.runtime.broker.publish(
-                        entry["value"].encode(), self.topics[entry["topic"]],
-                        key=key.encode() if key else None)
-                    published += 1
-            finally:
-                await self.store.release_outbox(token, published)
-            total += published
-        m.OUTBOX_EVENTS.set(await self.store.outbox_length())
-        return total

@@ -38,10 +38,6 @@ DUE_NOTIFICATIONS = Gauge(
 )
 OUTBOX_EVENTS = Gauge(
     "clinicflow_notification_outbox_events",
-    "Events written to Redis and not yet published to Kafka.",
-)
-BATCH_SECONDS = Histogram(
-    "clinicflow_notification_batch_seconds",
-    "Time to apply one batch of floor and estimate records (Redis transaction included).",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    "Events written to Redis and not yet published to Kafka, as last seen by the sender's "
+    "heartbeat (the relay reports the same as clinicflow_outbox_events{service}).",
 )

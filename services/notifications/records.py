@@ -7,19 +7,31 @@ published twice (the outbox is at least once) is recognisably the same event.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 
 from services.notifications.domain import Alert, Message, WithdrawReason, page_id
-from services.notifications.store import NewNotification, outbox_entry
 from shared import events as ev
 from shared import events_notifications as nev
 from shared.kafka import dead_letter_record
+from shared.outbox import outbox_entry
 
 SOURCE = "notifications"
 SENDER = "notifications-sender"
+
+
+@dataclass(slots=True)
+class NewNotification:
+    """A notification record to create (if absent) with the batch that decided it."""
+
+    notification_id: str
+    clinic_id: str
+    due_at: float
+    created_at: float
+    fields: dict[str, str]
 
 
 def message_record(message: Message, clinic_id: str, now: datetime) -> NewNotification:

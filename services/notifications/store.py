@@ -2,7 +2,12 @@
 
 Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
 
-    P:notifications:offset:{topic}:{partition}  last floor / estimates offset applied
+    P:applied:notifications:{topic}:{partition}
+                                                last floor / estimates offset applied (the
+                                                shared projection runner's, shared/projection.py;
+                                                versions before it kept it at
+                                                P:notifications:offset:{topic}:{partition}, adopted
+                                                on assignment: ``adopt_old_offsets``)
     P:notifications:state:{clinic}              the clinic's notifier (floor, what each
                                                 patient was told, active alerts): JSON
     P:notifications:timers                      ZSET clinic -> when its notifier next has
@@ -21,19 +26,19 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:notifications:instance:{id}               a running instance's heartbeat (expires)
     P:notifications:alerts:{clinic}             HASH room -> the active nurse alert (JSON)
     P:notifications:alerts-live:{clinic}        pub/sub channel: alert raised / withdrawn
-    P:notifications:outbox                      LIST of events to publish to Kafka
-                                                ({"topic", "key", "value"} JSON)
-    P:notifications:outbox-lock                 one drainer at a time
+    P:notifications:outbox                      LIST of events to publish to Kafka, and
+    P:notifications:outbox-lock                 its drainer's lock (shared/outbox.py)
     P:notifications:estimate:{clinic}           HASH visit -> flow's latest estimate (a day)
     P:idem:notifications:{clinic}:{key}         Idempotency-Key answers (shared/idempotency.py)
 
 Exactly once, in three places:
 
-1. A batch of floor and estimate records is applied in one ``WATCH``/``MULTI``/
-   ``EXEC``: the clinics' states, the partitions' offsets, the new notification
-   records (created only if absent), alert changes, their pub/sub messages and
-   the events for the outbox all commit together or not at all. A record at or
-   below its partition's stored offset is skipped.
+1. A batch of floor and estimate records (or a tick) is applied in one ``WATCH``/
+   ``MULTI``/``EXEC`` (the shared ``RedisProjection``; ``NotifierStates`` below reads
+   and writes the notifiers' side of it): the clinics' states, the partitions' offsets,
+   the new notification records (created only if absent), alert changes, their pub/sub
+   messages, the events for the outbox and the dead letters all commit together or not
+   at all. A record at or below its partition's stored offset is skipped.
 2. A sender claims a notification atomically (``pending``/``retrying`` ->
    ``sending``, phase ``preparing``) before it touches a channel, marks the
    phase ``handing_over`` just before the channel can have the message, and
@@ -42,23 +47,28 @@ Exactly once, in three places:
    ``preparing`` -> tried again (nothing was handed over); ``handing_over`` ->
    ``unconfirmed``, never sent again.
 3. Events leave through the outbox, written in the same transactions as the
-   changes they report; the drainer publishes then trims (at least once, with
+   changes they report; the relay publishes then trims (at least once, with
    stable event ids for consumers to de-duplicate).
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
-from services.notifications.domain import Preferences
+from services.notifications.domain import ClinicNotifier, Preferences
+from services.notifications.plan import NotificationChanges, NotifierState
+from shared.clock import Clock
+from shared.logging import get_logger
+from shared.outbox import Outbox
+from shared.projection import Inbound, Partition
 
+log = get_logger("clinicflow.notifications.store")
 RECORD_TTL_SECONDS = 3 * 24 * 3600
 LIST_TTL_SECONDS = 2 * 24 * 3600
 ESTIMATE_TTL_SECONDS = 24 * 3600
@@ -154,44 +164,6 @@ if #contact > 0 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
 return contact
 """
 
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-def outbox_entry(topic: str, key: str | None, value: bytes) -> bytes:
-    """An event waiting in the outbox: which topic ("notifications", "audit",
-    "deadletter"), its Kafka key and its bytes."""
-    return orjson.dumps({"topic": topic, "key": key, "value": value.decode()})
-
-
-@dataclass(slots=True)
-class NewNotification:
-    """A notification record to create (if absent) with the batch that decided it."""
-
-    notification_id: str
-    clinic_id: str
-    due_at: float
-    created_at: float
-    fields: dict[str, str]
-
-
-@dataclass(slots=True)
-class BatchWrites:
-    """Everything one batch (or tick) changes, committed in one transaction."""
-
-    states: dict[str, bytes] = field(default_factory=dict)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    timers: dict[str, float | None] = field(default_factory=dict)
-    notifications: list[NewNotification] = field(default_factory=list)
-    cancels: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
-    alert_changes: list[tuple[str, str, str, bytes | None]] = field(default_factory=list)
-    live: list[tuple[str, bytes]] = field(default_factory=list)  # (clinic, message)
-    outbox: list[bytes] = field(default_factory=list)
-    estimates: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    finished_at: str = ""
-
 
 class NotificationStore:
     """Redis access for the notifications service (see the module docstring for keys)."""
@@ -206,11 +178,11 @@ class NotificationStore:
         self._settle = redis.register_script(_SETTLE)
         self._recover = redis.register_script(_RECOVER)
         self._read_contact = redis.register_script(_READ_CONTACT)
-        self._release_lock = redis.register_script(_RELEASE_LOCK)
+        self.outbox = Outbox(redis, self.prefix)
 
     # ------------------------------------------------------------------ keys
 
-    def offset_key(self, topic: str, partition: int) -> str:
+    def old_offset_key(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:offset:{topic}:{partition}"
 
     def state_key(self, clinic_id: str) -> str:
@@ -258,16 +230,32 @@ class NotificationStore:
 
     @property
     def outbox_key(self) -> str:
-        return f"{self.prefix}:outbox"
+        return self.outbox.key
 
     def estimates_key(self, clinic_id: str) -> str:
         return f"{self.prefix}:estimate:{clinic_id}"
 
     # --------------------------------------------------------- consumer side
 
-    async def stored_offset(self, topic: str, partition: int) -> int | None:
-        raw = await self.redis.get(self.offset_key(topic, partition))
-        return None if raw is None else int(raw)
+    async def adopt_old_offsets(self, partitions: Sequence[Partition],
+                                new_key: Callable[[Partition], str]) -> int:
+        """Move the offsets a version before the shared runner stored for ``partitions`` to
+        the runner's keys (``new_key``), unless these hold one already: a Redis from
+        before carries on where it was instead of replaying the topics over its
+        notifiers. Returns how many were found."""
+        old = [self.old_offset_key(*tp) for tp in partitions]
+        raw = await self.redis.mget(old)
+        found = [(tp, key, int(value)) for tp, key, value in zip(partitions, old, raw, strict=True)
+                 if value is not None]
+        if found:
+            pipe = self.redis.pipeline(transaction=True)
+            for tp, key, offset in found:
+                pipe.set(new_key(tp), offset, nx=True)
+                pipe.delete(key)
+            await pipe.execute()
+            log.info("offsets adopted from the layout before the shared runner",
+                     partitions=len(found))
+        return len(found)
 
     async def preferences(self, clinic_ids: Sequence[str]) -> dict[str, dict[str, Preferences]]:
         """Every visit's preferences, per clinic (no contact details in there)."""
@@ -281,40 +269,47 @@ class NotificationStore:
             for clinic_id, answer in zip(clinic_ids, answers, strict=True)
         }
 
-    async def queue_writes(self, pipe: Any, writes: BatchWrites) -> None:
-        """Queue a batch's writes on a pipeline already in MULTI."""
-        for clinic_id, state in writes.states.items():
+    def queue_changes(self, pipe: Any, changes: NotificationChanges) -> None:
+        """Queue a batch's (or a tick's) changes on a pipeline already in MULTI."""
+        for clinic_id, state in changes.states.items():
             pipe.set(self.state_key(clinic_id), state)
-        for (topic, partition), offset in writes.offsets.items():
-            pipe.set(self.offset_key(topic, partition), offset)
-        for clinic_id, due in writes.timers.items():
+        for clinic_id, due in changes.timers.items():
             if due is None:
                 pipe.zrem(self.timers_key, clinic_id)
             else:
                 pipe.zadd(self.timers_key, {clinic_id: due})
-        for new in writes.notifications:
+        for new in changes.notifications:
             flat: list[Any] = [new.notification_id, new.due_at, new.created_at,
                                RECORD_TTL_SECONDS]
             for name, value in new.fields.items():
                 flat.extend((name, value))
-            await self._create(keys=[self.record_key(new.notification_id), self.due_key,
-                                     self.list_key(new.clinic_id)], args=flat, client=pipe)
-        for notification_id, reason in writes.cancels:
-            await self._cancel(keys=[self.record_key(notification_id), self.due_key],
-                               args=[notification_id, reason, writes.finished_at], client=pipe)
-        for action, clinic_id, room_id, alert in writes.alert_changes:
+            _queue_script(pipe, self._create, [self.record_key(new.notification_id),
+                                               self.due_key, self.list_key(new.clinic_id)], flat)
+        for notification_id, reason in changes.cancels:
+            _queue_script(pipe, self._cancel, [self.record_key(notification_id), self.due_key],
+                          [notification_id, reason, changes.finished_at])
+        for action, clinic_id, room_id, alert in changes.alert_changes:
             if action == "raise":
                 assert alert is not None
                 pipe.hset(self.alerts_key(clinic_id), room_id, alert)
             else:
                 pipe.hdel(self.alerts_key(clinic_id), room_id)
-        for clinic_id, message in writes.live:
+        for clinic_id, message in changes.live:
             pipe.publish(self.alerts_channel(clinic_id), message)
-        if writes.outbox:
-            pipe.rpush(self.outbox_key, *writes.outbox)
-        for clinic_id, estimates in writes.estimates.items():
+        self.outbox.queue(pipe, changes.outbox)
+        for clinic_id, estimates in changes.estimates.items():
             pipe.hset(self.estimates_key(clinic_id), mapping=estimates)
             pipe.expire(self.estimates_key(clinic_id), ESTIMATE_TTL_SECONDS)
+
+    async def notifiers(self, pipe: Any, clinic_ids: Sequence[str]
+                        ) -> dict[str, ClinicNotifier]:
+        """The clinics' notifiers, read on ``pipe`` (watching their keys); a clinic never
+        seen, or whose state this version cannot read, starts afresh."""
+        if not clinic_ids:
+            return {}
+        raw = await pipe.mget([self.state_key(c) for c in clinic_ids])
+        return {clinic_id: _notifier(clinic_id, state)
+                for clinic_id, state in zip(clinic_ids, raw, strict=True)}
 
     async def due_clinics(self, now: float, limit: int = 100) -> list[str]:
         members = await self.redis.zrangebyscore(self.timers_key, "-inf", now, start=0,
@@ -462,25 +457,60 @@ class NotificationStore:
         raw = await self.redis.hgetall(self.estimates_key(clinic_id))
         return sorted((orjson.loads(v) for v in raw.values()), key=lambda e: e["position"])
 
-    # ---------------------------------------------------------------- outbox
 
-    async def outbox_batch(self, limit: int) -> tuple[str, list[bytes]] | None:
-        """Take the drainer's lock and the oldest ``limit`` entries (None: someone else
-        drains, or nothing waits)."""
-        token = uuid.uuid4().hex
-        if not await self.redis.set(f"{self.outbox_key}-lock", token, nx=True, px=15_000):
-            return None
-        entries: list[bytes] = await self.redis.lrange(self.outbox_key, 0, limit - 1)
-        if not entries:
-            await self.release_outbox(token, 0)
-            return None
-        return token, entries
+def _notifier(clinic_id: str, raw: bytes | None) -> ClinicNotifier:
+    if raw is None:
+        return ClinicNotifier(clinic_id)
+    try:
+        return ClinicNotifier.from_dict(orjson.loads(raw))
+    except (ValueError, KeyError, TypeError) as exc:
+        # a snapshot from another version: start the clinic afresh rather than stop
+        log.error("clinic state unreadable, starting afresh", clinic=clinic_id,
+                  error=repr(exc))
+        return ClinicNotifier(clinic_id)
 
-    async def release_outbox(self, token: str, published: int) -> None:
-        """Drop the entries published (from the head) and release the lock."""
-        if published:
-            await self.redis.ltrim(self.outbox_key, published, -1)
-        await self._release_lock(keys=[f"{self.outbox_key}-lock"], args=[token])
 
-    async def outbox_length(self) -> int:
-        return int(await self.redis.llen(self.outbox_key))
+def _queue_script(pipe: Any, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+    """Queue a registered script on a pipeline in MULTI (the pipeline loads it first if
+    Redis does not know it, as ``AsyncScript.__call__`` arranges)."""
+    pipe.scripts.add(script)
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+class NotifierStates:
+    """The clinics' notifiers as the notifier's ``RedisProjection`` reads and writes them
+    (a ``ProjectionStore``): the state keys a batch watches, the notifiers and
+    preferences it is planned from, and its changes queued in the transaction.
+
+    A batch of records is planned at the service clock's ``now``; a tick
+    (``ticking_at``) at the time it was given, for the clinics that have something due
+    then."""
+
+    def __init__(self, store: NotificationStore, clock: Clock, *,
+                 ticking: Sequence[str] = (), at: datetime | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.ticking = tuple(ticking)
+        self.at = at
+
+    def ticking_at(self, clinic_ids: Sequence[str], now: datetime) -> NotifierStates:
+        """The same store for a tick of ``clinic_ids`` at ``now``."""
+        return NotifierStates(self.store, self.clock, ticking=clinic_ids, at=now)
+
+    def _clinics(self, records: Sequence[Inbound]) -> list[str]:
+        touched = {r.event.clinic_id for r in records if r.event is not None}
+        return sorted(touched.union(self.ticking))
+
+    def watched(self, records: Sequence[Inbound]) -> list[str]:
+        return [self.store.state_key(c) for c in self._clinics(records)]
+
+    async def read(self, pipe: Any, records: Sequence[Inbound]) -> NotifierState:
+        clinics = self._clinics(records)
+        now = self.at or self.clock.now()
+        # preferences are not watched: a contact saved meanwhile counts from the next batch
+        preferences = await self.store.preferences(clinics)
+        notifiers = await self.store.notifiers(pipe, clinics)
+        return NotifierState(now, notifiers, preferences, self.ticking)
+
+    def write(self, pipe: Any, changes: NotificationChanges) -> None:
+        self.store.queue_changes(pipe, changes)

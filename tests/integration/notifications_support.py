@@ -1,6 +1,7 @@
 """Shared pieces of the notifications tests: a real SMTP server (aiosmtpd) that keeps what
 it receives, a local HTTP receiver that checks HMAC signatures (SMS gateway, pager), the
-service's settings for a test, and event helpers. Other notifications test modules import
+service's settings for a test, event helpers, and a barrier that waits until the notifier has
+read everything published (before a test ticks it). Other notifications test modules import
 the helpers from here; tests/integration/conftest.py registers the fixtures."""
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 from fastapi import FastAPI, Request, Response
 
 from services.notifications.channels import SIGNATURE_HEADER, signature_valid
+from services.notifications.consumer import NotifierProjection
 from shared import events as ev
 from shared.admin import ensure_topics
 from shared.topics import ESTIMATES, FLOOR, topic_name
-from tests.helpers import auth, free_port, producer, serving
+from tests.helpers import auth, eventually, free_port, producer, serving
 
 FRONT_DESK = auth("dev-front-desk")
 NURSE = auth("dev-nurse")
@@ -138,7 +141,9 @@ async def receiving(secret: str) -> AsyncIterator[Receiver]:
 async def notifications_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str,
                             smtp_server: MailCatcher) -> dict[str, Any]:
     """Settings for one test: its own topics, group, Redis keys and SMTP server; quick
-    clocks (ticks, retries, a short settle)."""
+    retries and a short settle. The notifier never acts on the clock by itself (tick
+    period 0): a test that needs time to pass calls its ``tick(now)`` with the time it
+    chose."""
     await ensure_topics(kafka_bootstrap, topic_prefix)
     return {
         "kafka_bootstrap": kafka_bootstrap,
@@ -146,7 +151,7 @@ async def notifications_env(kafka_bootstrap: str, redis_url: str, topic_prefix: 
         "topic_prefix": topic_prefix,
         "redis_prefix": topic_prefix.rstrip("."),
         "notifications_group_id": f"{topic_prefix}notifications",
-        "notifications_tick_seconds": 0.1,
+        "notifications_tick_seconds": 0,
         "notifications_retry_base_seconds": 0.1,
         "notifications_send_timeout_seconds": 3.0,
         "smtp_host": "127.0.0.1",
@@ -208,3 +213,29 @@ async def record_contact(client: httpx.AsyncClient, visit: str, channel: str, ad
 
 def minutes_ago(minutes: float) -> datetime:
     return datetime.now(UTC) - timedelta(minutes=minutes)
+
+
+async def notifier_has_read_everything(app: FastAPI, bootstrap: str, prefix: str,
+                                       timeout: float = 20.0) -> None:
+    """Wait until the notifier has applied every floor and estimate record published so
+    far (its stored offsets reach the end of each partition)."""
+    notifier: NotifierProjection = app.state.notifier
+    partitions = [TopicPartition(topic_name(spec, prefix), p)
+                  for spec in (FLOOR, ESTIMATES) for p in range(spec.partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    published = {(tp.topic, tp.partition): end - 1 for tp, end in ends.items() if end > 0}
+
+    async def caught_up() -> bool:
+        applied = await notifier.projection.positions(list(published))
+        for tp, last in published.items():
+            done = applied[tp]
+            if done is None or done < last:
+                return False
+        return True
+
+    await eventually(caught_up, timeout=timeout)

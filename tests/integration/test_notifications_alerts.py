@@ -52,7 +52,7 @@ async def test_a_room_ready_alert_reaches_a_subscribed_nurse_stream_within_a_sec
             await publish_floor(bootstrap, prefix, [
                 arrival("v17", "A-17", "dr-lee", now),
                 arrival("v18", "A-18", "dr-lee", now + timedelta(seconds=1))])
-            await eventually(lambda: app.state.consumer.applied_total >= 2, timeout=20)
+            await eventually(lambda: app.state.notifier.runner.applied_total >= 2, timeout=20)
             # the nurse station's EventSource: the token rides in the query string
             async with client.stream("GET", "/clinics/north/alerts/stream",
                                      params={"access_token": "dev-nurse"}) as stream:

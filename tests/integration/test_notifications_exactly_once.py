@@ -1,5 +1,7 @@
 """Exactly once: a notifier killed with -9 while sending, and restarted, sends nothing
-twice; records delivered again change nothing; contact details never reach the log."""
+twice; records delivered again change nothing, nor do records applied by the version
+before the shared runner; records that arrive while Redis is down are applied once it is
+back; contact details never reach the log."""
 
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
 
 from services.notifications.app import create_app
 from shared import events as ev
+from shared.projection import partition_for
 from shared.settings import NotificationsSettings
 from shared.topics import ESTIMATES, FLOOR, topic_name
 from tests.helpers import ServiceProcess, eventually, read_topic, serving
@@ -23,6 +28,7 @@ from tests.integration.notifications_support import (
     arrival,
     estimate,
     floor_event,
+    notifier_has_read_everything,
     publish_estimates,
     publish_floor,
     record_contact,
@@ -140,15 +146,47 @@ async def test_records_delivered_again_change_nothing(
         # Kafka hands the same records over again (a rebalance, a lost commit)
         again = [*await read_topic(bootstrap, topic_name(FLOOR, prefix)),
                  *await read_topic(bootstrap, topic_name(ESTIMATES, prefix))]
-        result = await app.state.consumer.handle(again)
-        assert (result.applied, result.already_applied, result.notifications) == (0, 6, 0)
-        await app.state.dispatcher.pump()
-        await app.state.dispatcher.drain()
+        result = await app.state.notifier.runner.handle(again)
+        assert (result.applied, result.already_applied, result.dead_letters) == (0, 6, [])
+        assert await app.state.sender.tick(datetime.now(UTC)) == 0  # nothing new is due
+        await app.state.sender.drain()
         assert await notifications(url) == before
         assert (await client.get("/clinics/north/alerts",
                                  headers={"Authorization": "Bearer dev-nurse"})).json() == \
             alerts_before
     assert len(smtp_server.mails) == 2
+
+
+async def test_offsets_stored_before_the_shared_runner_are_adopted_not_replayed(
+    notifications_env: dict[str, Any], smtp_server: MailCatcher,
+) -> None:
+    bootstrap, prefix = notifications_env["kafka_bootstrap"], notifications_env["topic_prefix"]
+    now = datetime.now(UTC)
+    floor = topic_name(FLOOR, prefix)
+    partition = partition_for(b"north", FLOOR.partitions)
+    await publish_floor(bootstrap, prefix, [
+        arrival("v1", "A-1", "dr-lee", now), arrival("v2", "A-2", "dr-lee", now),
+        floor_event(ev.RoomReady(room_id="room-1"), now + timedelta(seconds=1))])
+    app = create_app(NotificationsSettings(**notifications_env))
+    store, projection = app.state.store, app.state.notifier.projection
+    # the version before the shared runner had applied A-1's arrival (offset 0)
+    redis = Redis.from_url(notifications_env["redis_url"])
+    try:
+        await redis.set(store.old_offset_key(floor, partition), 0)
+        async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+
+            async def standing() -> list[dict[str, Any]]:
+                answer = await client.get("/clinics/north/alerts",
+                                          headers={"Authorization": "Bearer dev-nurse"})
+                alerts: list[dict[str, Any]] = answer.json()["alerts"]
+                return alerts
+
+            alerts = await eventually(standing, timeout=20)
+        assert [a["ticket_code"] for a in alerts] == ["A-2"]  # A-1 was not applied again
+        assert await redis.get(store.old_offset_key(floor, partition)) is None
+        assert await redis.get(projection.offsets.key((floor, partition))) == b"2"
+    finally:
+        await redis.aclose()
 
 
 @pytest.mark.reliability(
@@ -162,14 +200,16 @@ async def test_records_arriving_while_redis_is_down_are_applied_once_it_is_back(
     bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
     t0 = datetime.now(UTC) - timedelta(minutes=5)
     patients = [(f"v{n}", f"A-{n}") for n in range(1, 5)]
-    async with serving(create_app(NotificationsSettings(**env))) as url, \
-            httpx.AsyncClient(base_url=url) as client:
+    app = create_app(NotificationsSettings(**env))
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
         for visit, _ in patients:
             await record_contact(client, visit, "email", f"{visit}@patients.example.org")
         await publish_floor(bootstrap, prefix, [arrival(v, t, "dr-lee", t0) for v, t in patients])
         await publish_estimates(bootstrap, prefix, [
             estimate(v, t, "dr-lee", 10.0 * (i + 1), t0) for i, (v, t) in enumerate(patients)])
-        await asyncio.sleep(1.5)  # applied, and in Redis's append-only file
+        # applied: Redis answered the transaction, so its append-only file has it
+        await notifier_has_read_everything(app, bootstrap, prefix)
+        failed_before = batches_failed()
         await asyncio.to_thread(own_stack.stop_redis, True)
         # the delay and the new estimates reach the notifier while Redis is away
         delay = floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=25,
@@ -178,9 +218,24 @@ async def test_records_arriving_while_redis_is_down_are_applied_once_it_is_back(
         await publish_estimates(bootstrap, prefix, [
             estimate(v, t, "dr-lee", 10.0 * (i + 1) + 25, delay.occurred_at)
             for i, (v, t) in enumerate(patients)])
-        await asyncio.sleep(2)
+        await eventually(lambda: batches_failed() > failed_before, timeout=30)
         await asyncio.to_thread(own_stack.start_redis)
         await eventually(lambda: len(smtp_server.mails) >= len(patients), timeout=30)
-        await asyncio.sleep(2)  # nothing more comes
+        # everything read, every message sent and settled: nothing more can come
+        await notifier_has_read_everything(app, bootstrap, prefix)
+        await eventually(lambda: _all_settled(url, len(patients)), timeout=20)
+        await app.state.sender.drain()
     told = sorted(address for m in smtp_server.mails for address in m.to)
     assert told == sorted(f"{v}@patients.example.org" for v, _ in patients)
+
+
+def batches_failed() -> float:
+    """Batches the notifier could not apply so far (this process)."""
+    return REGISTRY.get_sample_value("clinicflow_batch_failures_total",
+                                     {"service": "notifications",
+                                      "consumer": "notifications"}) or 0.0
+
+
+async def _all_settled(base_url: str, count: int) -> bool:
+    listed = await notifications(base_url)
+    return len(listed) == count and all(n["status"] in SETTLED for n in listed)

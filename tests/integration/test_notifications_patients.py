@@ -1,6 +1,10 @@
 """Patients are told, on the real broker, Redis and SMTP server: delays reach exactly the
 waiting patients they affect, once; rate limits hold; patients waiting outside are called
-back; the front desk sees who has been told."""
+back; the front desk sees who has been told.
+
+The notifier acts on the clock only when a test ticks it (``tick(now)``), at a time the
+test chose on its ``FakeClock``: what waits for time to pass (a warning settling, a rate
+limit's window) goes out at that tick, never earlier by a wall-clock ticker."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from services.notifications.app import create_app
 from shared import events as ev
 from shared.settings import NotificationsSettings
 from shared.topics import AUDIT, NOTIFICATIONS, topic_name
+from tests.fakes import FakeClock
 from tests.helpers import auth, eventually, read_topic, serving
 from tests.integration.notifications_support import (
     FRONT_DESK,
@@ -21,6 +26,7 @@ from tests.integration.notifications_support import (
     arrival,
     estimate,
     floor_event,
+    notifier_has_read_everything,
     publish_estimates,
     publish_floor,
     record_contact,
@@ -35,18 +41,15 @@ def mail(visit: str) -> str:
 async def test_a_delay_announcement_reaches_every_affected_waiting_patient_once_and_nobody_else(
     notifications_env: dict[str, Any], smtp_server: MailCatcher,
 ) -> None:
-    env = notifications_env
+    env = {**notifications_env, "notifications_rules": rules_json(settle_seconds=5)}
     bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
-    # flow's new estimates come on another topic, read by another consumer that may lag
-    # under load: warnings settle for them (the estimates must not come first either: a
-    # grown estimate read before the delay is a warning of its own)
-    settings = NotificationsSettings(**{**env, "notifications_rules": rules_json(settle_seconds=6)})
-    t0 = datetime.now(UTC) - timedelta(minutes=5)
+    clock = FakeClock(datetime.now(UTC))  # the notifier reads the day now; the test moves on
+    t0 = clock.now() - timedelta(minutes=5)
     lee = [("v1", "A-1"), ("v2", "A-2"), ("v3", "A-3"), ("v4", "A-4")]
     others = [("v5", "B-1", "dr-kim"), ("v6", "W-1", None), ("v7", "A-5", "dr-lee"),
               ("v8", "A-6", "dr-lee"), ("v9", "A-7", "dr-lee")]
-    async with serving(create_app(settings)) as url, \
-            httpx.AsyncClient(base_url=url) as client:
+    app = create_app(NotificationsSettings(**env), clock=clock)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
         for visit, _ in lee:
             await record_contact(client, visit, "email", mail(visit))
         for visit, _, _ in others[:4]:
@@ -71,29 +74,36 @@ async def test_a_delay_announcement_reaches_every_affected_waiting_patient_once_
             estimate("v2", "A-2", "dr-lee", 45, delay.occurred_at),
             estimate("v3", "A-3", "dr-lee", 55, delay.occurred_at),
         ])
-        # A-4's fresh estimate never comes: the warning goes out after settling anyway
-        await eventually(lambda: len(smtp_server.mails) >= 4, timeout=20)
+        # each warning waits for its fresh estimate (another topic, read whenever) and
+        # quotes it, however late the notifier read it after the delay
+        await eventually(lambda: len(smtp_server.mails) >= 3, timeout=20)
         assert smtp_server.to(mail("v1"))[0].text == (
             "Dr. Lee is running about 25 minutes behind; your new estimated wait is "
             "30\u201340 minutes.")
-        # each quotes its own fresh estimate, however late the notifier read the delay
         assert "40\u201350 minutes" in smtp_server.to(mail("v2"))[0].text
         assert "50\u201360 minutes" in smtp_server.to(mail("v3"))[0].text
+        # A-4's fresh estimate never comes: the warning waits out its five seconds...
+        await notifier_has_read_everything(app, bootstrap, prefix)
+        assert sorted(n["ticket_code"] for n in await _listed(client)) == ["A-1", "A-2", "A-3"]
+        # ...and goes out when they are over, with the delay as the least wait
+        await app.state.notifier.tick(clock.advance(seconds=5))
+        await eventually(lambda: smtp_server.to(mail("v4")), timeout=20)
         assert "about 25 minutes behind" in smtp_server.to(mail("v4"))[0].text
 
-        # the same delay delivered again changes nothing; then a sentinel for Dr. Kim's
-        # patient, read after everything before it on the clinic's partition
+        # the same delay delivered again changes nothing; Dr. Kim's delay reaches his
+        # patient once it has settled
         await publish_floor(bootstrap, prefix, [delay])
         await publish_floor(bootstrap, prefix, [floor_event(
             ev.DelayAnnounced(provider_id="dr-kim", minutes=15), t0 + timedelta(minutes=3))])
+        await notifier_has_read_everything(app, bootstrap, prefix)
+        await app.state.notifier.tick(clock.advance(seconds=5))
         await eventually(lambda: smtp_server.to(mail("v5")), timeout=20)
 
         told = sorted(address for m in smtp_server.mails for address in m.to)
         assert told == sorted(mail(v) for v in ("v1", "v2", "v3", "v4", "v5"))
         assert len({m.message_id for m in smtp_server.mails}) == 5
 
-        listed = (await client.get("/clinics/north/notifications",
-                                   headers=FRONT_DESK)).json()["notifications"]
+        listed = await _listed(client)
         assert sorted((n["ticket_code"], n["kind"], n["channel"]) for n in listed) == [
             ("A-1", "delay_warning", "email"), ("A-2", "delay_warning", "email"),
             ("A-3", "delay_warning", "email"), ("A-4", "delay_warning", "email"),
@@ -121,6 +131,13 @@ async def test_a_delay_announcement_reaches_every_affected_waiting_patient_once_
     assert all(b"@" not in ev.encode(e) for e in audit)
 
 
+async def _listed(client: httpx.AsyncClient, kind: str | None = None) -> list[dict[str, Any]]:
+    query = f"?kind={kind}" if kind else ""
+    answer = await client.get(f"/clinics/north/notifications{query}", headers=FRONT_DESK)
+    listed: list[dict[str, Any]] = answer.json()["notifications"]
+    return listed
+
+
 async def _all_sent(client: httpx.AsyncClient) -> bool:
     listed = (await client.get("/clinics/north/notifications",
                                headers=FRONT_DESK)).json()["notifications"]
@@ -135,9 +152,10 @@ async def test_rate_limits_hold_and_a_held_warning_goes_out_when_the_window_ends
                                              min_minutes_between_messages=0.1,  # 6 s
                                              come_back_lead_minutes=10)}
     bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
-    now = datetime.now(UTC)
-    async with serving(create_app(NotificationsSettings(**env))) as url, \
-            httpx.AsyncClient(base_url=url) as client:
+    clock = FakeClock(datetime.now(UTC))
+    now = clock.now()
+    app = create_app(NotificationsSettings(**env), clock=clock)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
         await record_contact(client, "v1", "email", mail("v1"))
         await record_contact(client, "v2", "email", mail("v2"), wait_anywhere=True)
         await publish_floor(bootstrap, prefix, [arrival("v1", "A-1", "dr-lee", now),
@@ -154,17 +172,21 @@ async def test_rate_limits_hold_and_a_held_warning_goes_out_when_the_window_ends
             ev.DelayAnnounced(provider_id="dr-lee", minutes=45), later)])
         await publish_estimates(bootstrap, prefix, [
             estimate("v1", "A-1", "dr-lee", 55, later),
-            estimate("v2", "A-2", "dr-kim", 8, later, position=1)])  # sentinel: come back
+            estimate("v2", "A-2", "dr-kim", 8, later, position=1)])  # come back: never held
         await eventually(lambda: smtp_server.to(mail("v2")), timeout=20)
-        assert len(smtp_server.to(mail("v1"))) == 1  # held, though everything before is read
         assert smtp_server.to(mail("v2"))[0].text.startswith("Please come back now, you are next")
-        # the window (6 s from the first warning) ends: the held warning goes out, once
+        await notifier_has_read_everything(app, bootstrap, prefix)
+        assert len(smtp_server.to(mail("v1"))) == 1  # held, though everything is read
+        # the window runs 6 s from the first warning: a tick just before it ends sends
+        # nothing; the tick when it ends sends the held warning, once
+        await app.state.notifier.tick(clock.set(now + timedelta(seconds=5.9)))
+        assert len(await _listed(client, "delay_warning")) == 1
+        await app.state.notifier.tick(clock.set(now + timedelta(seconds=6)))
         await eventually(lambda: len(smtp_server.to(mail("v1"))) == 2, timeout=20)
-        first_mail, second_mail = smtp_server.to(mail("v1"))
-        assert second_mail.received_at - first_mail.received_at >= 5.0
+        assert len(await _listed(client, "delay_warning")) == 2
+        second_mail = smtp_server.to(mail("v1"))[1]
         assert second_mail.text.startswith("Dr. Lee is running about 45 minutes behind")
-        listed = (await client.get("/clinics/north/notifications?kind=come_back_now",
-                                   headers=FRONT_DESK)).json()["notifications"]
+        listed = await _listed(client, "come_back_now")
         assert [n["ticket_code"] for n in listed] == ["A-2"]
 
 

@@ -64,7 +64,7 @@ class Day:
     def estimate(self, visit: str, minute: float, wait: float, low: float | None = None,
                  high: float | None = None, position: int = 2,
                  event_id: str | None = None) -> Outcome:
-        notes = self.notifier.patients.get(visit)
+        notes = self.notifier.patients.notes.get(visit)
         ticket = notes.ticket_code if notes else "A-0"
         provider = notes.provider_id if notes else None
         when = at(minute)

@@ -1,0 +1,153 @@
+"""The rules a clinic sets for contacting people, and what each patient agreed to. Pure.
+
+``Rules`` are one clinic's thresholds (``CLINICFLOW_NOTIFICATIONS_RULES``, read into a
+``RuleBook``); ``Preferences`` are what the front desk recorded for a visit, without the
+contact details themselves; ``backoff_seconds`` and ``contact_expiry`` are the two timing
+rules of sending: how long to wait before trying a channel again, and when contact
+details are deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PatientChannel = Literal["email", "sms", "log"]
+
+
+class Rules(BaseModel):
+    """One clinic's notification rules. Defaults suit a typical outpatient clinic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delay_warnings: bool = Field(True, description="warn waiting patients of delays")
+    warn_after_growth_minutes: float = Field(
+        15, ge=1, le=240,
+        description="warn when the expected call time moved this much later than last told")
+    announce_delays_from_minutes: int = Field(
+        10, ge=1, le=600, description="announced delays shorter than this are not sent")
+    min_minutes_between_messages: float = Field(
+        20, ge=0, le=600, description="at most one delay warning per patient per window")
+    wait_anywhere: bool = Field(True, description="'come back now' / 'we are ready for you'")
+    come_back_lead_minutes: float = Field(
+        15, ge=1, le=180, description="call back when the low end of the range reaches this")
+    nurse_alerts: bool = Field(True, description="room-ready alerts to the nurse station")
+    patients_roomed_per_provider: int = Field(
+        2, ge=1, le=10, description="a provider with this many patients roomed and waiting "
+        "for them is not offered another room")
+    settle_seconds: float = Field(
+        5, ge=0, le=120, description="how long a warning waits for the rest of the story")
+    max_message_age_minutes: float = Field(
+        30, ge=1, le=1440, description="triggers older than this are not sent (replays)")
+    clinic_name: str = Field("", max_length=60, description="prefix of patient messages")
+    provider_names: dict[str, str] = Field(
+        default_factory=dict, description='display names, e.g. {"dr-lee": "Dr. Lee"}')
+    timezone: str = Field("UTC", description="the clinic's zone: contacts expire at midnight")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class RuleBook(BaseModel):
+    """Default rules plus per-clinic overrides (``CLINICFLOW_NOTIFICATIONS_RULES``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: Rules = Field(default_factory=Rules)
+    clinics: dict[str, Rules] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, document: dict[str, Any]) -> RuleBook:
+        """Build from ``{"default": {...}, "clinics": {"north": {...}}}``; a clinic's
+        overrides are merged over the defaults. Raises ``ValueError`` naming the bad rule."""
+        try:
+            base = Rules.model_validate(document.get("default", {}))
+            unknown = set(document) - {"default", "clinics"}
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)} (use 'default' and 'clinics')")
+            clinics = {}
+            for clinic_id, override in (document.get("clinics") or {}).items():
+                merged = {**base.model_dump(), **override}
+                if "provider_names" in override:
+                    merged["provider_names"] = {**base.provider_names,
+                                                **override["provider_names"]}
+                try:
+                    clinics[clinic_id] = Rules.model_validate(merged)
+                except ValidationError as exc:
+                    raise ValueError(f"clinics.{clinic_id}.{_first_error(exc)}") from None
+            return cls(default=base, clinics=clinics)
+        except ValidationError as exc:
+            raise ValueError(f"default.{_first_error(exc)}") from None
+
+    def for_clinic(self, clinic_id: str) -> Rules:
+        return self.clinics.get(clinic_id, self.default)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "(root)"
+    return f"{where}: {error['msg']}"
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """What the front desk recorded for a visit, minus the contact details themselves."""
+
+    channel: PatientChannel | None = None  # None: no contact on file
+    delay_updates: bool = True
+    wait_anywhere: bool = False
+    opted_out: bool = False
+
+    @property
+    def reachable(self) -> bool:
+        return self.channel is not None and not self.opted_out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channel": self.channel, "delay_updates": self.delay_updates,
+                "wait_anywhere": self.wait_anywhere, "opted_out": self.opted_out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preferences:
+        return cls(data.get("channel"), bool(data.get("delay_updates", True)),
+                   bool(data.get("wait_anywhere", False)), bool(data.get("opted_out", False)))
+
+
+NO_CONTACT = Preferences()
+
+
+def quiet_reason(preference: Preferences) -> str:
+    """Why a patient is not told (a decision's outcome in the metrics)."""
+    if preference.opted_out:
+        return "opted_out"
+    if preference.channel is None:
+        return "no_contact"
+    return "declined"  # has a contact, but not for this kind of message
+
+
+def stale(at: datetime, wall: datetime, rules: Rules) -> bool:
+    """A trigger made at ``at`` and read at ``wall`` is too old to be news (a replay)."""
+    return wall - at > timedelta(minutes=rules.max_message_age_minutes)
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Wait before retry number ``attempt`` (1-based): base, 2x, 4x, ... up to ``cap``."""
+    return float(min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+def contact_expiry(now: datetime, timezone: str) -> datetime:
+    """When contact details entered at ``now`` are deleted: the clinic's next local
+    midnight, and never sooner than an hour (a late patient keeps theirs for the visit)."""
+    zone = ZoneInfo(timezone)
+    local = now.astimezone(zone)
+    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
+    return max(midnight.astimezone(UTC), now + timedelta(hours=1))

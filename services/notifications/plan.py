@@ -1,0 +1,158 @@
+"""What a batch of floor and estimate records, or a tick of the clock, changes: pure.
+
+``NotifierPlan`` is the ``plan`` of the notifier's ``RedisProjection``
+(shared/projection.py). It is given the readable records not applied before and the
+state the store read for them (``NotifierState``: the touched clinics' notifiers,
+their patients' preferences, the time), and returns the ``NotificationChanges`` to
+store with the offsets, how many records took effect, and the records the floor
+refused (dead letters, with the reason). No I/O: Redis is store.py's business.
+
+Each clinic's floor events and flow's estimates are applied in time order: the two
+topics are merged by ``occurred_at``, each partition keeping its own order, and a floor
+fact goes before an estimate made at the same instant (flow made the estimate after
+applying the fact). A tick is the same plan with no records: the clinics whose notifier
+has something due (``NotifierState.ticking``) act on the clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+
+from services.notifications import records
+from services.notifications.domain import (
+    ClinicNotifier,
+    NotApplicable,
+    Outcome,
+    Preferences,
+    RuleBook,
+)
+from services.notifications.records import NewNotification
+from shared import events as ev
+from shared.projection import DeadLetter, Inbound, Partition, Planned
+
+# (raise | withdraw, clinic, room, the alert's JSON when raised)
+AlertChange = tuple[str, str, str, bytes | None]
+
+
+@dataclass(slots=True)
+class NotifierState:
+    """What a batch (or a tick) is planned from."""
+
+    now: datetime  # when it is applied: the service's clock, or the tick's time
+    notifiers: dict[str, ClinicNotifier]  # every clinic the records or the tick touch
+    preferences: dict[str, dict[str, Preferences]]  # clinic -> visit -> preferences
+    ticking: tuple[str, ...] = ()  # clinics whose notifier acts on the clock at ``now``
+
+
+@dataclass(slots=True)
+class NotificationChanges:
+    """Everything one batch (or tick) changes, stored in one transaction with the offsets
+    (``NotificationStore.queue_changes``); ``decisions`` and ``alerts`` are counted in
+    the metrics once it is stored."""
+
+    finished_at: str = ""
+    states: dict[str, bytes] = field(default_factory=dict)
+    timers: dict[str, float | None] = field(default_factory=dict)
+    notifications: list[NewNotification] = field(default_factory=list)
+    cancels: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    alert_changes: list[AlertChange] = field(default_factory=list)
+    live: list[tuple[str, bytes]] = field(default_factory=list)  # (clinic, message)
+    outbox: list[bytes] = field(default_factory=list)
+    estimates: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    decisions: list[tuple[str, str]] = field(default_factory=list)  # (kind, outcome)
+    alerts: list[tuple[str, str]] = field(default_factory=list)  # (clinic, raised|withdrawn)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierPlan:
+    """The notifier's pure ``plan(records, state)`` for one deployment's rules."""
+
+    rules: RuleBook
+    floor_topic: str
+    paging: bool  # a paging webhook is configured: alerts are paged too
+
+    def __call__(self, records: list[Inbound], state: NotifierState
+                 ) -> Planned[NotificationChanges]:
+        wall = state.now
+        changes = NotificationChanges(finished_at=wall.isoformat())
+        planned = Planned(changes)
+        streams = self._streams(records)
+        for clinic_id in sorted(set(streams) | set(state.ticking)):
+            notifier = state.notifiers[clinic_id]
+            rules = self.rules.for_clinic(clinic_id)
+            prefs = state.preferences.get(clinic_id, {})
+            for record in heapq.merge(*streams.get(clinic_id, []), key=_occurred_at):
+                event = record.event
+                assert event is not None
+                payload = event.payload
+                at, event_id = event.occurred_at, event.envelope.event_id
+                try:
+                    if isinstance(payload, ev.WaitEstimated):
+                        changes.estimates.setdefault(clinic_id, {})[payload.visit_id] = \
+                            orjson.dumps(payload.model_dump(mode="json"))
+                        outcome = notifier.on_estimate(payload, at=at, event_id=event_id,
+                                                       rules=rules, prefs=prefs, wall=wall)
+                    else:
+                        outcome = notifier.on_floor(payload, at=at, event_id=event_id,
+                                                    rules=rules, prefs=prefs, wall=wall)
+                except NotApplicable as exc:
+                    planned.dead_letters.append(DeadLetter(record, exc.reason))
+                    continue
+                planned.applied += 1
+                self._effects(clinic_id, outcome, wall, changes)
+            if clinic_id in state.ticking:
+                self._effects(clinic_id, notifier.tick(now=wall, rules=rules, prefs=prefs),
+                              wall, changes)
+            notifier.housekeeping(notifier.clock or wall)
+            changes.states[clinic_id] = orjson.dumps(notifier.to_dict())
+            due = notifier.next_due()
+            changes.timers[clinic_id] = None if due is None else due.timestamp()
+        return planned
+
+    def _streams(self, records: list[Inbound]) -> dict[str, list[list[Inbound]]]:
+        """Each clinic's records by partition, the floor's partitions first (so a floor
+        fact goes before an estimate made at the same instant)."""
+        by_clinic: dict[str, dict[Partition, list[Inbound]]] = {}
+        for record in records:
+            if record.event is not None:
+                by_clinic.setdefault(record.event.clinic_id, {}).setdefault(
+                    record.tp, []).append(record)
+        return {clinic_id: [stream for _tp, stream in sorted(
+                    partitions.items(), key=lambda entry: (entry[0][0] != self.floor_topic,
+                                                           entry[0]))]
+                for clinic_id, partitions in by_clinic.items()}
+
+    def _effects(self, clinic_id: str, outcome: Outcome, wall: datetime,
+                 changes: NotificationChanges) -> None:
+        for message in outcome.messages:
+            changes.notifications.append(records.message_record(message, clinic_id, wall))
+        for alert, reason, page in outcome.withdrawn:
+            changes.alert_changes.append(("withdraw", clinic_id, alert.room_id, None))
+            changes.live.append((clinic_id, records.live_message("withdrawn", alert, reason)))
+            changes.outbox.append(records.alert_withdrawn(alert, reason, clinic_id,
+                                                          max(alert.raised_at, wall)))
+            if page and self.paging:
+                changes.notifications.append(
+                    records.page_record(alert, "withdrawn", clinic_id, wall, reason))
+            changes.alerts.append((clinic_id, "withdrawn"))
+        for alert, page in outcome.raised:
+            changes.alert_changes.append(("raise", clinic_id, alert.room_id,
+                                          orjson.dumps(alert.to_dict())))
+            changes.live.append((clinic_id, records.live_message("raised", alert)))
+            changes.outbox.append(records.alert_raised(alert, clinic_id))
+            if page and self.paging:
+                changes.notifications.append(
+                    records.page_record(alert, "raised", clinic_id, wall))
+            changes.alerts.append((clinic_id, "raised"))
+        for _visit_id, ids in outcome.cancelled:
+            changes.cancels.extend((i, "the patient was roomed or left first") for i in ids)
+        changes.decisions.extend(outcome.decisions)
+
+
+def _occurred_at(record: Inbound) -> datetime:
+    assert record.event is not None
+    return record.event.occurred_at
