@@ -359,7 +359,9 @@ class NotificationsSettings(CommonSettings):
     notifications_batch_max: int = Field(default=500, ge=1)
     notifications_batch_timeout_ms: int = Field(default=20, ge=1)
     notifications_session_timeout_ms: int = Field(default=10_000, ge=1000)
-    notifications_tick_seconds: float = Field(default=1.0, gt=0)
+    notifications_tick_seconds: float = Field(
+        default=1.0, ge=0, description="how often the notifier acts on the clock (settled "
+        "warnings, windows that ended); 0: never (tests call its tick themselves)")
     notifications_send_concurrency: int = Field(default=8, ge=1)
     notifications_send_timeout_seconds: float = Field(default=10.0, gt=0)
     notifications_max_attempts: int = Field(default=5, ge=1)
