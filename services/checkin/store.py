@@ -171,9 +171,10 @@ class CheckinStore:
 
     @staticmethod
     def _until(day: date) -> int:
-        """Expiry (epoch seconds) of a key about ``day``: KEEP_DAYS after it."""
+        """Expiry (epoch seconds) of a key about a clinic's ``day``: at least KEEP_DAYS
+        after that day ends in any zone (UTC-12 to UTC+14)."""
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return int(start.timestamp()) + (KEEP_DAYS + 1) * 86400
+        return int(start.timestamp()) + (KEEP_DAYS + 2) * 86400
 
     # ------------------------------------------------------------- schedule
 

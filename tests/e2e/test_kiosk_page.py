@@ -1,6 +1,8 @@
 """The self check-in kiosk in a real browser (Debian's Chromium driven by Playwright) at
 tablet sizes, against checkin and flow running for real on the session's Kafka and Redis:
-the patient enters an appointment code and gets a ticket code and flow's estimate."""
+the patient enters the appointment's kiosk code (or birth date and initials) and gets a
+ticket code and flow's estimate; a check-in whose answer is lost is retried under the
+same Idempotency-Key and answered with its ticket, never checked in twice."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from tests.helpers import REPO, ServiceProcess, auth, read_topic
 from tests.integration.test_checkin_support import midday_zone
@@ -160,3 +162,47 @@ async def test_date_of_birth_and_initials_then_the_place_in_line_on_a_landscape_
     await fresh.goto(f"{checkin.url}/kiosk/north")
     await expect(fresh.locator("#setup")).to_be_visible()
     await expect(fresh.locator("#start")).to_be_hidden()
+
+
+async def test_a_check_in_whose_answer_is_lost_gets_its_ticket_on_the_retry_never_a_second(
+    browser: Browser, checkin: ServiceProcess, flow: dict[str, Any], artifacts: Path,
+) -> None:
+    page = await open_kiosk(browser, checkin, 768, 1024)
+    sent_keys: list[str | None] = []
+    lost = 0
+
+    async def lose_the_first_answers(route: Route) -> None:
+        nonlocal lost
+        sent_keys.append(route.request.headers.get("idempotency-key"))
+        if lost < 2:
+            lost += 1
+            await route.fetch()  # checkin checks the patient in...
+            await route.abort("connectionreset")  # ...and the answer never reaches the kiosk
+        else:
+            await route.continue_()
+
+    await page.route("**/kiosk/check-ins", lose_the_first_answers)
+    code = checkin.kiosk_codes["apt-0830-kim"]  # type: ignore[attr-defined]
+    await page.locator("#appointment-code").fill(code)
+    await page.get_by_role("button", name="Check in").first.click()
+    # the page retried once by itself under the same key; that answer was lost too
+    await expect(page.locator("#error")).to_contain_text("tap Check in again", timeout=5_000)
+    # the patient taps again: the same attempt, so the same key, so the same check-in
+    await page.get_by_role("button", name="Check in").first.click()
+    await expect(page.locator("#ticket")).to_have_text("A-1", timeout=5_000)
+    await page.screenshot(path=str(artifacts / "kiosk-retried-768x1024.png"))
+    assert len(sent_keys) == 3 and sent_keys[0] and len(set(sent_keys)) == 1, sent_keys
+
+    records = await read_topic(flow["bootstrap"], flow["topic"], expect=3)
+    arrived = [e for e in (orjson.loads(r.value) for r in records)
+               if e["event_type"] == "patient.arrived"]
+    assert [e["data"]["ticket_code"] for e in arrived] == ["A-1"]
+
+    # the next patient's check-in is a new attempt with a key of its own
+    await page.get_by_role("button", name="Done").click()
+    await page.get_by_role("tab", name="Date of birth").click()
+    await page.locator("#dob").fill("1980-04-02")
+    await page.locator("#initials").fill("JS")
+    await page.locator("#by-identity").get_by_role("button", name="Check in").click()
+    await expect(page.locator("#ticket")).to_have_text("A-2", timeout=5_000)
+    assert len(sent_keys) == 4 and sent_keys[3] not in sent_keys[:3]

@@ -372,3 +372,82 @@ async def test_nothing_kept_in_redis_gives_back_a_birth_date_or_initials(
     assert b"kiosk-dob" in stored
     for secret in (plain.encode(), b"1991-07-15", b"1991", b'"MB"'):
         assert secret not in stored, secret
+
+
+@pytest.mark.reliability(
+    "a walk-in retried without an Idempotency-Key, twice the same walk-in",
+    "428 naming the header and no ticket; with the key, one ticket whatever the retries",
+)
+async def test_a_walk_in_needs_an_idempotency_key_and_its_retries_are_one_ticket(
+    checkin: Checkin,
+) -> None:
+    before = len(await checkin.events(expect=4))
+    body = {"provider_id": "dr-lee", "visit_type": "follow_up"}
+    # two identical walk-ins without a key: refused, not two tickets
+    for _ in range(2):
+        refused = await arrive(checkin, body)
+        assert refused.status_code == 428, refused.text
+        assert "Idempotency-Key" in refused.json()["detail"]
+        assert refused.json()["code"] == "idempotency_key_required"
+    assert len(await checkin.events()) == before
+    # one walk-in, its answer lost and the request retried under its key: one ticket
+    first = await arrive(checkin, body, key="walk-in-7c1e")
+    retried = await arrive(checkin, body, key="walk-in-7c1e")
+    assert first.status_code == retried.status_code == 201, (first.text, retried.text)
+    assert retried.json() == {**first.json(), "replayed": True}
+    # another patient with the same request is another key: another ticket
+    other = await arrive(checkin, body, key="walk-in-9d2f")
+    assert other.json()["ticket_code"] != first.json()["ticket_code"]
+    events = await checkin.events(expect=before + 2)
+    assert [e["event_type"] for e in events[before:]] == ["patient.arrived"] * 2
+    # a scheduled arrival needs no key: the appointment itself is the natural key
+    scheduled = await arrive(checkin, {"appointment_id": "apt-soon"})
+    assert scheduled.status_code == 201, scheduled.text
+    again = await arrive(checkin, {"appointment_id": "apt-soon"})
+    assert again.status_code == 409 and scheduled.json()["visit_id"] in again.json()["detail"]
+
+
+@pytest.mark.reliability(
+    "commands naming a provider, visit, ticket or code that does not exist here, or "
+    "another clinic's",
+    "404 naming it; nothing published",
+)
+async def test_commands_naming_what_this_clinic_does_not_have_are_refused_naming_it(
+    checkin: Checkin,
+) -> None:
+    south = csv_rows(("apt-south", "p-sss111", "dr-ray", "follow_up", at(10), "15", "", ""))
+    assert (await checkin.client.post("/clinics/south/schedule/csv", content=south,
+                                      headers={**FRONT_DESK, **CSV})).status_code == 200
+    south_codes = await checkin.kiosk_codes("south")
+    south_visit = (await arrive(checkin, {"appointment_id": "apt-south"},
+                                clinic="south")).json()
+    before = len(await checkin.events(expect=6))
+
+    nobody = await arrive(checkin, {"provider_id": "dr-nobody", "visit_type": "follow_up"},
+                          key="k-nobody")
+    assert nobody.status_code == 404, nobody.text
+    assert "dr-nobody" in nobody.json()["detail"] and "dr-lee" in nobody.json()["detail"]
+    # south's provider is not north's either
+    theirs = await arrive(checkin, {"appointment_id": "apt-soon", "provider_id": "dr-ray"})
+    assert theirs.status_code == 404 and "dr-ray" in theirs.json()["detail"], theirs.text
+    visit = south_visit["visit_id"]
+    cancel = await checkin.client.post(f"/clinics/north/visits/{visit}/cancel",
+                                       json={"reason": "cancelled"}, headers=FRONT_DESK)
+    assert cancel.status_code == 404 and visit in cancel.json()["detail"], cancel.text
+    followed = await checkin.client.get(f"/clinics/north/visits/{visit}/wait",
+                                        headers=FRONT_DESK)
+    assert followed.status_code == 404 and visit in followed.json()["detail"]
+    ticket = south_visit["ticket_code"]
+    looked_up = await checkin.client.get(f"/clinics/north/tickets/{ticket}/wait",
+                                         headers=FRONT_DESK)
+    assert looked_up.status_code == 404 and ticket in looked_up.json()["detail"]
+    # at the kiosk: the raw appointment id is not a kiosk code, south's code not north's
+    for code in ("apt-soon", south_codes["apt-south"]):
+        typed = await checkin.client.post("/clinics/north/kiosk/check-ins",
+                                          json={"appointment_code": code}, headers=KIOSK)
+        assert typed.status_code == 404, typed.text
+    assert len(await checkin.events()) == before
+    # the south visit is untouched and still waiting
+    theirs_still = await checkin.client.get(f"/clinics/south/visits/{visit}/wait",
+                                            headers=FRONT_DESK)
+    assert theirs_still.json()["waiting"] is True

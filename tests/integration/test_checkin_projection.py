@@ -178,6 +178,43 @@ async def test_estimates_arriving_while_redis_is_down_are_applied_once_it_is_bac
         assert answer["position"] == 3
 
 
+@pytest.mark.reliability(
+    "a cancel sent the moment the patient is checked out, or the arrival undone, on the "
+    "floor (before checkin has read it)",
+    "409 naming the visit; never a 2xx for a cancel flow would dead-letter",
+)
+async def test_a_cancel_just_after_the_floor_moved_on_is_refused_not_dead_lettered_later(
+    kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+) -> None:
+    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix) as checkin:
+        seen, mistaken = [
+            (await checkin.client.post("/clinics/north/arrivals",
+                                       json={"visit_type": "follow_up"},
+                                       headers={**FRONT_DESK, **a_key()})).json()
+            for _ in range(2)]
+        now = datetime.now(UTC)
+        # billing checks the first patient out; flow undoes the second arrival; the desk
+        # cancels both at once, without waiting for checkin to read any of it
+        await publish_floor(kafka_bootstrap, topic_prefix, [
+            ev.make_event(ev.PatientCheckedOut(visit_id=seen["visit_id"]), clinic_id="north",
+                          source="billing", occurred_at=now, correlation_id=seen["visit_id"]),
+            ev.make_event(ev.ActionUndone(undone_event_id=mistaken["event_id"]),
+                          clinic_id="north", source="flow", occurred_at=now)])
+        for visit, state in ((seen["visit_id"], "checked out"),
+                             (mistaken["visit_id"], "undone")):
+            cancel = await checkin.client.post(f"/clinics/north/visits/{visit}/cancel",
+                                               json={"reason": "left_without_being_seen"},
+                                               headers=FRONT_DESK)
+            assert cancel.status_code == 409, cancel.text
+            assert visit in cancel.json()["detail"] and state in cancel.json()["detail"]
+        events = await checkin.events(expect=4)
+        assert "arrival.cancelled" not in [e["event_type"] for e in events]
+        # the undone arrival's ticket no longer waits
+        gone = await checkin.client.get(
+            f"/clinics/north/tickets/{mistaken['ticket_code']}/wait", headers=FRONT_DESK)
+        assert gone.json()["waiting"] is False
+
+
 # ------------------------------------------------------------------ the consumer
 
 

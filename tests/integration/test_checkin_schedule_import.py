@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from tests.helpers import auth
 from tests.integration.test_checkin_support import (
     CSV,
     FHIR,
     FRONT_DESK,
     KIOSK,
+    NURSE,
     Checkin,
     at,
     csv_rows,
@@ -234,3 +237,73 @@ async def test_a_retried_import_is_answered_again_and_imports_do_not_overlap(
     assert len(await checkin.events()) == 1
     moved = await checkin.import_csv(schedule.replace("dr-lee", "dr-kim"))
     assert moved.json()["updated"] == ["apt-1"]
+
+
+async def test_a_fhir_import_publishes_pseudonyms_mapped_visit_types_and_keeps_the_names(
+    kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+) -> None:
+    clinics = orjson.dumps({"north": {"name": "North Family Practice",
+                                      "providers": {"dr-kim": "Dr. Min-jun Kim"},
+                                      "rooms": {"r1": "Room One"}}}).decode()
+    async with running_checkin(kafka_bootstrap, redis_url, topic_prefix,
+                               clinics=clinics) as checkin:
+        patient = {"resourceType": "Patient", "id": "ehr-448120", "birthDate": "1975-11-30",
+                   "name": [{"family": "Moreau", "given": ["Anne"]}]}
+        lee = {"resourceType": "Practitioner", "id": "dr-lee",
+               "name": [{"prefix": ["Dr."], "given": ["Ada"], "family": "Lee"}]}
+        kim = {"resourceType": "Practitioner", "id": "dr-kim", "name": [{"text": "Kim M."}]}
+        room = {"resourceType": "Location", "id": "r5", "name": "Exam room 5"}
+        followup = fhir_appointment("apt-f1", "ehr-448120", "dr-lee", at(45),
+                                    visit_type="FOLLOWUP")
+        checkup = fhir_appointment("apt-f2", "ehr-448121", "dr-kim", at(75),
+                                   visit_type="CHECKUP")
+        bundle = fhir_bundle(followup, checkup, patients=(patient, lee, kim, room))
+        answer = await checkin.client.post("/clinics/north/schedule/fhir", content=bundle,
+                                           headers={**FRONT_DESK, **FHIR})
+        assert answer.status_code == 200, answer.text
+
+        events = await checkin.events(expect=2)
+        refs = {e["data"]["appointment_id"]: e["data"]["patient_ref"] for e in events}
+        assert all(ref.startswith("pt-") for ref in refs.values())
+        assert refs["apt-f1"] != refs["apt-f2"]
+        assert {e["data"]["visit_type"] for e in events} == {"follow_up", "physical"}
+        raw = await checkin.raw_floor()
+        for ehr in (b"ehr-448120", b"ehr-448121", b"Moreau", b"1975-11-30"):
+            assert ehr not in raw, ehr
+        # the same Bundle again: the same pseudonyms, so nothing to publish
+        again = await checkin.client.post("/clinics/north/schedule/fhir", content=bundle,
+                                          headers={**FRONT_DESK, **FHIR})
+        assert again.json()["unchanged"] == 2
+        # the kiosk check still works from the Patient resource
+        code = (await checkin.kiosk_codes())["apt-f1"]
+        assert code and len(code) == 7  # printed as XXX-XXX
+
+        directory = await checkin.client.get("/clinics/north/directory", headers=NURSE)
+        assert directory.status_code == 200, directory.text
+        names = directory.json()
+        assert names["name"] == "North Family Practice"
+        assert {p["id"]: (p["name"], p["source"]) for p in names["providers"]} == {
+            "dr-lee": ("Dr. Ada Lee", "fhir"),
+            "dr-kim": ("Dr. Min-jun Kim", "configuration")}  # configuration wins
+        assert {r["id"]: (r["name"], r["source"]) for r in names["rooms"]} == {
+            "r1": ("Room One", "configuration"), "r5": ("Exam room 5", "fhir")}
+        screen = await checkin.client.get("/clinics/north/directory",
+                                          headers=auth("dev-screen"))
+        assert screen.status_code == 200
+        nobody = await checkin.client.get("/clinics/north/directory")
+        assert nobody.status_code == 401
+        listed = await checkin.client.get("/clinics/north/schedule", headers=FRONT_DESK)
+        rows = {r["appointment_id"]: r for r in listed.json()["appointments"]}
+        assert rows["apt-f1"]["provider_name"] == "Dr. Ada Lee"
+        assert rows["apt-f2"]["provider_name"] == "Dr. Min-jun Kim"
+
+
+async def test_a_csv_with_an_mrn_column_never_publishes_the_mrn(checkin: Checkin) -> None:
+    schedule = ("appointment_id,mrn,provider_id,visit_type,scheduled_at\n"
+                f"apt-m1,MRN-0048812,dr-lee,Follow-up,{at(30)}\n")
+    answer = await checkin.import_csv(schedule)
+    assert answer.status_code == 200, answer.text
+    (event,) = await checkin.events(expect=1)
+    assert event["data"]["patient_ref"].startswith("pt-")
+    assert event["data"]["visit_type"] == "follow_up"
+    assert b"MRN-0048812" not in await checkin.raw_floor()
