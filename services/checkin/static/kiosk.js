@@ -93,6 +93,12 @@
       return "Please check what you entered.";
     }
     const detail = answer.data && typeof answer.data.detail === "string" ? answer.data.detail : "";
+    // this attempt is still being checked in (its retry came too soon), or checkin could
+    // not finish it: tapping "Check in" again retries the same attempt, never a second one
+    if ((answer.status === 409 && !(answer.data && answer.data.code)) || answer.status === 503) {
+      return "We are still checking you in. Please tap Check in again in a moment, or see " +
+             "the front desk.";
+    }
     if (answer.status === 404 || answer.status === 409) {
       return detail ? detail.charAt(0).toUpperCase() + detail.slice(1) + "."
                     : "Please see the front desk.";
