@@ -4,6 +4,7 @@ estimate. Real Kafka, real Redis, both services running for real."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ async def test_the_four_services_run_alone_and_a_visit_goes_from_arrival_to_chec
             arrival = (await client.post(
                 f"{services['checkin'].url}/clinics/north/arrivals",
                 json={"provider_id": "dr-lee", "visit_type": "follow_up"},
-                headers=auth("dev-front-desk"))).json()
+                headers={**auth("dev-front-desk"), "Idempotency-Key": uuid.uuid4().hex})).json()
             visit = arrival["visit_id"]
             flow = services["flow"].url
 

@@ -56,6 +56,7 @@ POLICY: dict[str, dict[str, frozenset[str] | str]] = {
         **OPERATIONS,
         "GET /static": PUBLIC,
         "POST /clinics/{clinic_id}/schedule/csv": FRONT_DESK_OR_MANAGER,
+        "GET /clinics/{clinic_id}/directory": frozenset(ROLES),
         "POST /clinics/{clinic_id}/schedule/fhir": FRONT_DESK_OR_MANAGER,
         "GET /clinics/{clinic_id}/schedule": FRONT_DESK_OR_MANAGER,
         "POST /clinics/{clinic_id}/arrivals": FRONT_DESK_OR_MANAGER,
@@ -377,7 +378,7 @@ async def make_south(services: Services) -> South:
     assert checked_out.status_code == 202, checked_out.text
     paid = await billing.post(f"/clinics/south/visits/{visit}/payments",
                               json={"method": "cash", "amount_cents": 1500},
-                              headers=bearer("billing"))
+                              headers={**bearer("billing"), "Idempotency-Key": uuid.uuid4().hex})
     assert paid.status_code == 201, paid.text
 
     async def on_board() -> bool:

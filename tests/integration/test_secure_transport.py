@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ async def test_an_arrival_crosses_the_secured_broker_and_redis_to_the_board(
                 f"{checkin.url}/clinics/north/arrivals",
                 json={"provider_id": "dr-lee", "visit_type": "follow_up",
                       "patient_ref": "p-5ec0e"},
-                headers=auth(DESK_TOKEN))
+                headers={**auth(DESK_TOKEN), "Idempotency-Key": uuid.uuid4().hex})
             assert answer.status_code == 201, answer.text
             ticket = answer.json()["ticket_code"]
 
