@@ -369,7 +369,12 @@ class NotificationsSettings(CommonSettings):
     notifications_retry_max_seconds: float = Field(default=300.0, gt=0)
     notifications_sse_max_total: int = Field(default=200, ge=1)
     notifications_cors_origins: list[str] = Field(default_factory=list)
-    smtp_host: str = "127.0.0.1"
+    notifications_barrier_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="how long a contact command naming a visit the "
+        "notifier does not know yet waits for it to read the clinic's floor (then 503)")
+    smtp_host: str | None = Field(
+        default=None, description="the mail server; unset (or empty): e-mail is not "
+        "available and contacts by e-mail are refused")
     smtp_port: int = 1025
     smtp_sender: str = "clinic@example.invalid"
     smtp_username: str | None = None
@@ -390,6 +395,11 @@ class NotificationsSettings(CommonSettings):
         if not isinstance(parsed, dict):
             raise ValueError("CLINICFLOW_NOTIFICATIONS_RULES must be a JSON object")
         return value
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _no_host_is_none(cls, value: str | None) -> str | None:
+        return (value or "").strip() or None
 
     def production_problems(self) -> list[str]:
         problems = []

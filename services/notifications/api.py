@@ -3,150 +3,105 @@
 Contact details are written and read here only by the front desk, and every
 read is audited (an event on the audit topic: who, what, when; never the
 value). Nothing else the API serves carries contact details.
+
+A contact command names a visit that must be on the clinic's floor as the notifier
+knows it (an unknown visit, or another clinic's, is a 404; one that ended is a 409),
+and a channel this deployment can send on (422 otherwise): a 2xx answer means the
+patient can be told. Storing a contact is deduplicated on its natural key, the visit:
+the same contact again changes nothing and says ``replayed``; an ``Idempotency-Key`` is
+honoured when sent. Times in answers are on the clinic's clock; names are the clinic's
+(``Names``), made when shown.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from services.notifications import metrics as m
 from services.notifications import records
-from services.notifications.domain import Preferences, RuleBook, contact_expiry
+from services.notifications.barrier import FloorBarrier
+from services.notifications.domain import Names, Preferences, RuleBook, contact_expiry
+from services.notifications.schemas import (
+    ALERTS_EXAMPLE,
+    COMMON_ERRORS,
+    CONTACT_EXAMPLES,
+    CONTACT_SAVED_EXAMPLE,
+    CONTACT_VIEW_EXAMPLE,
+    ESTIMATES_EXAMPLE,
+    ID_TEXT,
+    LIST_EXAMPLE,
+    NO_CONTACT,
+    NOTIFICATION_ID_TEXT,
+    PATCH_EXAMPLES,
+    RULES_EXAMPLE,
+    STATUS_EXAMPLE,
+    STREAM_EXAMPLE,
+    TOLD_EXAMPLE,
+    TOLD_KINDS,
+    UNKNOWN_VISIT,
+    VISIT_ENDED,
+    AlertsAnswer,
+    AlertView,
+    ContactIn,
+    ContactSaved,
+    ContactView,
+    EstimateRow,
+    EstimatesAnswer,
+    NotificationList,
+    NotificationStatus,
+    NotificationSummary,
+    PreferencesPatch,
+    RulesAnswer,
+    Told,
+    ToldAnswer,
+    answer,
+)
 from services.notifications.store import NotificationStore
 from shared.auth import Principal, require_role
-from shared.errors import NotFound, Rejected
+from shared.errors import Conflict, NotFound, Rejected
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
-from shared.refusals import REFUSALS
 from shared.service import ServiceRuntime
 from shared.sse import SseHub
 
 log = get_logger("clinicflow.notifications.api")
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-ClinicId = Annotated[str, Path(pattern=_ID, examples=["north"])]
-VisitId = Annotated[str, Path(pattern=_ID, examples=["v-20260302-017"])]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+ClinicId = Annotated[str, Path(pattern=ID_TEXT, description="the clinic",
+                               examples=["north"])]
+VisitId = Annotated[str, Path(pattern=ID_TEXT, description="the visit (from the arrival at "
+                              "checkin)", examples=["v-20260302-017"])]
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=200, examples=["desk-2-v017-contact"],
+    description="optional: the command is deduplicated on the visit it names (the same "
+    "contact or preferences again change nothing and answer replayed: true); with a key, "
+    "a retry gets the first answer again and the same key with another body is a 422")]
 
 front_desk = require_role("front_desk")
 staff = require_role("front_desk", "nurse", "manager")
 nurses = require_role("nurse", "manager")
 # the lobby screen sees ticket codes and what kind of message went out, nothing else
 lobby = require_role("screen", "front_desk", "nurse", "manager")
-TOLD_KINDS = ("delay_warning", "come_back_now", "ready_for_you")
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
-_PHONE = re.compile(r"^\+[1-9][0-9]{7,14}$")
+CONTACT_ROUTES = "/clinics/{clinic_id}/visits/{visit_id}/contact"
 
 
-# ----------------------------------------------------------------- models
+# ------------------------------------------------------------------ views
 
 
-class ContactIn(BaseModel):
-    """A patient's contact details and what they agreed to, entered by the front desk."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"channel": "sms", "address": "+15551234567", "consent": True, "wait_anywhere": True},
-        {"channel": "email", "address": "patient@example.org", "consent": True},
-    ]})
-
-    channel: Literal["email", "sms", "log"] = Field(
-        description="'log' is for development: messages go to the service log")
-    address: str = Field("", max_length=254,
-                         description="e-mail address, or phone number in E.164 (+15551234567)")
-    consent: bool = Field(description="the patient agreed to be contacted today (must be true)")
-    wait_anywhere: bool = Field(False, description="waits outside: 'come back now' notices")
-    delay_updates: bool = Field(True, description="wants to hear of delays")
-
-    @field_validator("consent")
-    @classmethod
-    def _consented(cls, value: bool) -> bool:
-        if not value:
-            raise ValueError("the patient must agree to be contacted (consent: true); "
-                             "nothing was stored")
-        return value
-
-    @field_validator("address")
-    @classmethod
-    def _address_fits_channel(cls, value: str, info: ValidationInfo) -> str:
-        channel = info.data.get("channel")
-        value = value.strip()
-        if channel == "email" and not _EMAIL.match(value):
-            raise ValueError("not an e-mail address")
-        if channel == "sms":
-            value = re.sub(r"[\s().-]", "", value)
-            if not _PHONE.match(value):
-                raise ValueError("not a phone number in international form (+15551234567)")
-        return value
+def _local(value: str | None, names: Names) -> str | None:
+    """A stored ISO time on the clinic's clock (None stays None)."""
+    if not value:
+        return None
+    return names.local(datetime.fromisoformat(value)).isoformat()
 
 
-class PreferencesPatch(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"wait_anywhere": True}]})
-
-    wait_anywhere: bool | None = None
-    delay_updates: bool | None = None
-
-
-class ContactSaved(BaseModel):
-    """What was kept (the address itself is not echoed)."""
-
-    visit_id: str = Field(examples=["v-20260302-017"])
-    channel: str = Field(examples=["sms"])
-    address_hint: str = Field(examples=["+1•••••••567"])
-    wait_anywhere: bool
-    delay_updates: bool
-    expires_at: datetime = Field(description="when the details are deleted")
-    replayed: bool = False
-
-
-class ContactView(BaseModel):
-    """A contact as the front desk reads it back (this read is audited)."""
-
-    visit_id: str
-    channel: str
-    address: str
-    wait_anywhere: bool
-    delay_updates: bool
-    recorded_by: str
-    recorded_at: datetime
-    expires_at: datetime | None
-
-
-class NotificationSummary(BaseModel):
-    """One line of "who has been told": never a contact detail."""
-
-    notification_id: str = Field(examples=["n-3f2a9c0d1e4b5a6978877665"])
-    visit_id: str | None = Field(None, examples=["v-20260302-017"])
-    ticket_code: str | None = Field(None, examples=["A-17"])
-    kind: str = Field(examples=["delay_warning"])
-    channel: str = Field(examples=["sms"])
-    status: str = Field(examples=["sent"], description="pending, sending, retrying, sent, "
-                        "failed, unconfirmed (may have been delivered), cancelled")
-    created_at: datetime
-    sent_at: datetime | None = None
-
-
-class NotificationStatus(NotificationSummary):
-    """A notification's delivery, in full (still no contact details)."""
-
-    subject: str = ""
-    text: str = Field("", examples=["Dr. Lee is running about 25 minutes behind; your new "
-                                    "estimated wait is 30\u201340 minutes."])
-    attempts: int
-    next_attempt_at: datetime | None = None
-    finished_at: datetime | None = None
-    last_error: str = ""
-    trigger_event_ids: list[str] = Field(default_factory=list)
-
-
-def _summary(record: dict[str, str]) -> dict[str, Any]:
+def _summary(record: dict[str, str], names: Names) -> dict[str, Any]:
     return {
         "notification_id": record["notification_id"],
         "visit_id": record.get("visit_id") or None,
@@ -154,22 +109,26 @@ def _summary(record: dict[str, str]) -> dict[str, Any]:
         "kind": record["kind"],
         "channel": record["channel"],
         "status": record["status"],
-        "created_at": record["created_at"],
-        "sent_at": record.get("sent_at") or None,
+        "created_at": _local(record["created_at"], names),
+        "sent_at": _local(record.get("sent_at"), names),
     }
 
 
-def _status(record: dict[str, str]) -> NotificationStatus:
+def _status(record: dict[str, str], names: Names) -> NotificationStatus:
     next_at = record.get("next_attempt_at")
     waiting = record["status"] in ("pending", "retrying")
+    if record["status"] == "sent" and record.get("text"):
+        subject, text = record.get("subject", ""), record["text"]  # what went out
+    else:
+        subject, text, _payload = records.words(record, names)  # what will go out
     return NotificationStatus(
-        **_summary(record),
-        subject=record.get("subject", ""),
-        text=record.get("text", ""),
+        **_summary(record, names),
+        subject=subject,
+        text=text,
         attempts=int(record.get("attempts", "0")),
-        next_attempt_at=datetime.fromtimestamp(float(next_at), UTC) if next_at and waiting
-        else None,
-        finished_at=record.get("finished_at") or None,
+        next_attempt_at=names.local(datetime.fromtimestamp(float(next_at), UTC))
+        if next_at and waiting else None,
+        finished_at=_local(record.get("finished_at"), names),
         last_error=record.get("last_error", ""),
         trigger_event_ids=orjson.loads(record.get("trigger_ids", "[]")),
     )
@@ -205,9 +164,11 @@ class AlertHub(SseHub):
 
 
 def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBook,
-                hub: AlertHub, idempotency: IdempotencyStore, *, sms_available: bool,
-                allow_log_channel: bool) -> APIRouter:
-    router = APIRouter(responses=REFUSALS)
+                names: Callable[[str], Names], hub: AlertHub, idempotency: IdempotencyStore,
+                barrier: FloorBarrier, *, channels: frozenset[str]) -> APIRouter:
+    """The API's routes. ``channels`` are the patient channels this deployment can send on
+    (email with a mail server, sms with a gateway, log in development)."""
+    router = APIRouter(responses=COMMON_ERRORS)
 
     async def idempotent(clinic_id: str, key: str | None, request: Request,
                          action: Any) -> tuple[dict[str, Any], bool]:
@@ -219,50 +180,105 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
             fingerprint(request.method, request.url.path, await request.body()), action)
         return body, replayed
 
+    def channel_available(channel: str) -> None:
+        if channel in channels:
+            return
+        if channel == "email":
+            raise Rejected("channel: e-mail is not available here (no mail server "
+                           "configured: CLINICFLOW_SMTP_HOST)"
+                           + ("; use SMS" if "sms" in channels else ""),
+                           "channel_unavailable")
+        if channel == "sms":
+            raise Rejected("channel: SMS is not available here (no gateway configured: "
+                           "CLINICFLOW_SMS_GATEWAY_URL)"
+                           + ("; use e-mail" if "email" in channels else ""),
+                           "channel_unavailable")
+        raise Rejected("channel: the log channel is for development only",
+                       "channel_unavailable")
+
+    async def on_the_floor(clinic_id: str, visit_id: str) -> str:
+        """The visit's status on the clinic's floor, once the notifier has read the floor
+        as of now if it did not know the visit yet (an arrival just published); refused
+        when it is unknown (404) or has ended (409)."""
+        status = await store.visit_status(clinic_id, visit_id)
+        if status is None:
+            await barrier.caught_up(clinic_id)
+            status = await store.visit_status(clinic_id, visit_id)
+        if status is None:
+            raise NotFound(f"no visit {visit_id} on the floor of clinic {clinic_id} (not "
+                           "checked in there, or another clinic's)", "unknown_visit")
+        if status == "ended":
+            raise Conflict(f"visit {visit_id} at clinic {clinic_id} has ended: no message "
+                           "goes to it any more", "visit_ended")
+        return status
+
     # ---------------------------------------------------------- contacts
 
-    @router.put("/clinics/{clinic_id}/visits/{visit_id}/contact", tags=["contacts"],
-                summary="Record a patient's contact details and consent (kept for the day)",
-                response_model=ContactSaved)
-    async def put_contact(clinic_id: ClinicId, visit_id: VisitId, body: ContactIn,
-                          request: Request, idempotency_key: IdempotencyKey = None,
+    @router.put(
+        CONTACT_ROUTES, tags=["contacts"], response_model=ContactSaved,
+        summary="Record a patient's contact details and consent (kept for the day)",
+        description="The front desk records how to reach a patient who agreed to be "
+        "contacted today, for a visit on the clinic's floor (checked in at this clinic: a "
+        "visit just checked in is waited for; an unknown one, or another clinic's, is a "
+        "404; one that ended a 409). The channel must be one this deployment can send on "
+        "(e-mail needs a mail server, SMS a gateway: 422 otherwise). The details are kept "
+        "until the clinic's midnight, never published; the recording is audited. "
+        "**Retries**: deduplicated on the visit: the same contact and preferences again "
+        "change nothing (`replayed: true`, no second audit event); a different contact "
+        "replaces the one on file (the latest given wins). An `Idempotency-Key` is "
+        "honoured when sent (the same key with another body: 422).",
+        openapi_extra={"requestBody": {"content": {"application/json": {
+            "examples": CONTACT_EXAMPLES}}}},
+        responses=answer(200, CONTACT_SAVED_EXAMPLE, "kept (or already on file: replayed)",
+                         refusals={404: UNKNOWN_VISIT, 409: VISIT_ENDED}))
+    async def put_contact(clinic_id: ClinicId, visit_id: VisitId, request: Request,
+                          body: Annotated[ContactIn, Body()],
+                          idempotency_key: IdempotencyKey = None,
                           principal: Principal = Depends(front_desk)) -> ContactSaved:
         principal.require_clinic(clinic_id)
-        if body.channel == "sms" and not sms_available:
-            raise Rejected("channel: SMS is not available here (no gateway configured); "
-                           "use e-mail")
-        if body.channel == "log" and not allow_log_channel:
-            raise Rejected("channel: the log channel is for development only")
+        channel_available(body.channel)
+        clinic = names(clinic_id)
 
         async def action() -> tuple[int, Any]:
+            await on_the_floor(clinic_id, visit_id)
             now = runtime.clock.now()
-            expires = contact_expiry(now, rules.for_clinic(clinic_id).timezone)
+            expires = contact_expiry(now, clinic.zone)
             preferences = Preferences(channel=body.channel, delay_updates=body.delay_updates,
                                       wait_anywhere=body.wait_anywhere)
-            await store.save_contact(
+            saved = await store.save_contact(
                 clinic_id, visit_id, channel=body.channel, address=body.address,
                 preferences=preferences, recorded_by=principal.name, recorded_at=now,
                 expires_at=expires,
                 audit=records.contact_recorded(clinic_id, visit_id, by=principal.name,
                                                channel=body.channel, at=now,
                                                expires_at=expires))
-            log.info("contact recorded", clinic=clinic_id, visit_id=visit_id,
-                     channel=body.channel, by=principal.name)
+            if saved:
+                log.info("contact recorded", clinic=clinic_id, visit_id=visit_id,
+                         channel=body.channel, by=principal.name)
+            else:  # the same details again: the expiry set when they were first given
+                kept = await store.contact_expires_at(clinic_id, visit_id)
+                expires = datetime.fromtimestamp(kept, UTC) if kept else expires
             return 200, ContactSaved(
                 visit_id=visit_id, channel=body.channel,
                 address_hint=address_hint(body.address) if body.address else "",
                 wait_anywhere=body.wait_anywhere, delay_updates=body.delay_updates,
-                expires_at=expires).model_dump(mode="json")
+                expires_at=clinic.local(expires), replayed=not saved).model_dump(mode="json")
 
-        answer, replayed = await idempotent(clinic_id, idempotency_key, request, action)
-        return ContactSaved(**{**answer, "replayed": replayed})
+        kept, replayed = await idempotent(clinic_id, idempotency_key, request, action)
+        return ContactSaved(**{**kept, "replayed": kept["replayed"] or replayed})
 
-    @router.get("/clinics/{clinic_id}/visits/{visit_id}/contact", tags=["contacts"],
-                summary="Read a patient's contact details back (audited)",
-                response_model=ContactView)
+    @router.get(
+        CONTACT_ROUTES, tags=["contacts"], response_model=ContactView,
+        summary="Read a patient's contact details back (audited)",
+        description="The one answer that carries a contact detail: for the front desk to "
+        "confirm with the patient. Every read is an audit event (who, when, which visit; "
+        "never the value).",
+        responses=answer(200, CONTACT_VIEW_EXAMPLE, "the contact on file",
+                         refusals={404: NO_CONTACT}))
     async def get_contact(clinic_id: ClinicId, visit_id: VisitId,
                           principal: Principal = Depends(front_desk)) -> ContactView:
         principal.require_clinic(clinic_id)
+        clinic = names(clinic_id)
         contact = await store.read_contact(
             clinic_id, visit_id,
             records.contact_read(clinic_id, visit_id, reader=principal.name,
@@ -276,77 +292,128 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         return ContactView(
             visit_id=visit_id, channel=contact["channel"], address=contact["address"],
             wait_anywhere=preference.wait_anywhere, delay_updates=preference.delay_updates,
-            recorded_by=contact["recorded_by"], recorded_at=contact["recorded_at"],
-            expires_at=datetime.fromtimestamp(expires, UTC) if expires else None)
+            recorded_by=contact["recorded_by"],
+            recorded_at=clinic.local(datetime.fromisoformat(contact["recorded_at"])),
+            expires_at=clinic.local(datetime.fromtimestamp(expires, UTC)) if expires
+            else None)
 
-    @router.patch("/clinics/{clinic_id}/visits/{visit_id}/contact", tags=["contacts"],
-                  summary="Change what a patient wants to hear (waiting outside, delays)",
-                  response_model=ContactSaved)
-    async def patch_contact(clinic_id: ClinicId, visit_id: VisitId, body: PreferencesPatch,
-                            request: Request, idempotency_key: IdempotencyKey = None,
+    @router.patch(
+        CONTACT_ROUTES, tags=["contacts"], response_model=ContactSaved,
+        summary="Change what a patient wants to hear (waiting outside, delays)",
+        description="Changes the preferences of a contact on file (404 without one; 409 "
+        "once the visit has ended). **Retries**: deduplicated on the visit: preferences "
+        "already as asked change nothing (`replayed: true`). An `Idempotency-Key` is "
+        "honoured when sent.",
+        openapi_extra={"requestBody": {"content": {"application/json": {
+            "examples": PATCH_EXAMPLES}}}},
+        responses=answer(200, {**CONTACT_SAVED_EXAMPLE, "address_hint": ""},
+                         "the preferences now on file",
+                         refusals={404: NO_CONTACT, 409: VISIT_ENDED}))
+    async def patch_contact(clinic_id: ClinicId, visit_id: VisitId, request: Request,
+                            body: Annotated[PreferencesPatch, Body()],
+                            idempotency_key: IdempotencyKey = None,
                             principal: Principal = Depends(front_desk)) -> ContactSaved:
         principal.require_clinic(clinic_id)
+        clinic = names(clinic_id)
 
         async def action() -> tuple[int, Any]:
             preference = await store.preference(clinic_id, visit_id)
             expires = await store.contact_expires_at(clinic_id, visit_id)
             if preference is None or not preference.reachable or expires is None:
-                raise NotFound(f"no contact details for visit {visit_id}: record them "
-                               "first (PUT)")
+                raise NotFound(f"no contact details for visit {visit_id} at clinic "
+                               f"{clinic_id}: record them first (PUT)")
+            if await store.visit_status(clinic_id, visit_id) == "ended":
+                raise Conflict(f"visit {visit_id} at clinic {clinic_id} has ended: no "
+                               "message goes to it any more", "visit_ended")
             updated = Preferences(
                 channel=preference.channel,
                 delay_updates=preference.delay_updates if body.delay_updates is None
                 else body.delay_updates,
                 wait_anywhere=preference.wait_anywhere if body.wait_anywhere is None
                 else body.wait_anywhere)
-            await store.set_preference(clinic_id, visit_id, updated)
+            if updated != preference:
+                await store.set_preference(clinic_id, visit_id, updated)
             assert updated.channel is not None
             return 200, ContactSaved(
                 visit_id=visit_id, channel=updated.channel, address_hint="",
                 wait_anywhere=updated.wait_anywhere, delay_updates=updated.delay_updates,
-                expires_at=datetime.fromtimestamp(expires, UTC)).model_dump(mode="json")
+                expires_at=clinic.local(datetime.fromtimestamp(expires, UTC)),
+                replayed=updated == preference).model_dump(mode="json")
 
-        answer, replayed = await idempotent(clinic_id, idempotency_key, request, action)
-        return ContactSaved(**{**answer, "replayed": replayed})
+        kept, replayed = await idempotent(clinic_id, idempotency_key, request, action)
+        return ContactSaved(**{**kept, "replayed": kept["replayed"] or replayed})
 
-    @router.delete("/clinics/{clinic_id}/visits/{visit_id}/contact", tags=["contacts"],
-                   status_code=204, response_class=Response,
-                   summary="The patient opts out: erase their details, tell them nothing more")
+    @router.delete(
+        CONTACT_ROUTES, tags=["contacts"], status_code=204, response_class=Response,
+        summary="The patient opts out: erase their details, tell them nothing more",
+        description="Erases the contact on file and cancels what was not yet sent; the "
+        "visit stays opted out for the day. Without a contact on file, a visit on the "
+        "clinic's floor is marked opted out; any other visit is a 404. Naturally "
+        "idempotent: erasing again answers 204 and changes nothing.",
+        responses=answer(204, None, "erased (or already erased)",
+                         refusals={404: UNKNOWN_VISIT}))
     async def delete_contact(clinic_id: ClinicId, visit_id: VisitId,
                              principal: Principal = Depends(front_desk)) -> Response:
         principal.require_clinic(clinic_id)
+        if await store.preference(clinic_id, visit_id) is None:
+            status = await store.visit_status(clinic_id, visit_id)
+            if status is None:
+                await barrier.caught_up(clinic_id)
+                status = await store.visit_status(clinic_id, visit_id)
+            if status is None:
+                raise NotFound(f"no visit {visit_id} on the floor of clinic {clinic_id} "
+                               "and no contact details for it: nothing to erase",
+                               "unknown_visit")
         now = runtime.clock.now()
         await store.erase_contact(
-            clinic_id, visit_id,
-            expires_at=contact_expiry(now, rules.for_clinic(clinic_id).timezone),
+            clinic_id, visit_id, expires_at=contact_expiry(now, names(clinic_id).zone),
             audit=records.contact_erased(clinic_id, visit_id, by=principal.name, at=now))
         log.info("contact erased", clinic=clinic_id, visit_id=visit_id, by=principal.name)
         return Response(status_code=204)
 
     # ------------------------------------------------------ notifications
 
-    @router.get("/clinics/{clinic_id}/notifications", tags=["notifications"],
-                summary="Who has been told what, newest first (no contact details)")
+    @router.get(
+        "/clinics/{clinic_id}/notifications", tags=["notifications"],
+        response_model=NotificationList,
+        summary="Who has been told what, newest first (no contact details)",
+        description="The clinic's patient messages and nurse pages of the last two days, "
+        "newest first, with their delivery status: for the front desk to see who has "
+        "been told. Never a contact detail, never the text.",
+        responses=answer(200, LIST_EXAMPLE, "the notifications, newest first"))
     async def list_notifications(
         clinic_id: ClinicId,
-        kind: Annotated[str | None, Query(examples=["come_back_now"])] = None,
-        since: Annotated[datetime | None, Query(description="only newer than this")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        kind: Annotated[str | None, Query(description="only this kind (delay_warning, "
+                                          "come_back_now, ready_for_you, nurse_page, ...)",
+                                          examples=["come_back_now"])] = None,
+        since: Annotated[datetime | None, Query(description="only newer than this",
+                                                examples=["2026-03-02T09:00:00-06:00"])
+                         ] = None,
+        limit: Annotated[int, Query(ge=1, le=500, description="at most this many",
+                                    examples=[100])] = 100,
         principal: Principal = Depends(staff),
-    ) -> dict[str, Any]:
+    ) -> NotificationList:
         principal.require_clinic(clinic_id)
+        clinic = names(clinic_id)
         found = await store.records(clinic_id, since=since.timestamp() if since else 0,
                                     limit=limit if kind is None else 500)
-        items = [NotificationSummary(**_summary(r)) for r in found
+        items = [NotificationSummary(**_summary(r, clinic)) for r in found
                  if kind is None or r["kind"] == kind][:limit]
-        return {"clinic_id": clinic_id, "notifications": [i.model_dump(mode="json")
-                                                          for i in items]}
+        return NotificationList(clinic_id=clinic_id, notifications=items)
 
-    @router.get("/clinics/{clinic_id}/notifications/{notification_id}", tags=["notifications"],
-                summary="One notification's delivery status", response_model=NotificationStatus)
+    @router.get(
+        "/clinics/{clinic_id}/notifications/{notification_id}", tags=["notifications"],
+        response_model=NotificationStatus, summary="One notification's delivery status",
+        description="Status, attempts, last error and the events that triggered it; the "
+        "text is what was sent (or will be, in the clinic's words as configured now). "
+        "Never a contact detail.",
+        responses=answer(200, STATUS_EXAMPLE, "the notification", refusals={404: (
+            "no such notification at this clinic (ids are per clinic)",
+            "no notification n-3f2a9c0d1e4b5a6978877665 at clinic north", "not_found")}))
     async def notification_status(
         clinic_id: ClinicId,
-        notification_id: Annotated[str, Path(pattern=r"^[a-z]-[0-9a-f]{24}$",
+        notification_id: Annotated[str, Path(pattern=NOTIFICATION_ID_TEXT,
+                                             description="from the list or an event",
                                              examples=["n-3f2a9c0d1e4b5a6978877665"])],
         principal: Principal = Depends(staff),
     ) -> NotificationStatus:
@@ -354,51 +421,67 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         record = await store.record(notification_id)
         if record is None or record.get("clinic_id") != clinic_id:
             raise NotFound(f"no notification {notification_id} at clinic {clinic_id}")
-        return _status(record)
+        return _status(record, names(clinic_id))
 
-    # ------------------------------------------------------------- alerts
-
-    @router.get("/clinics/{clinic_id}/told", tags=["notifications"],
-                summary="Which tickets have been told what today (for the lobby screen)")
-    async def told(clinic_id: ClinicId,
-                   principal: Principal = Depends(lobby)) -> dict[str, Any]:
-        """The latest message each ticket was sent (delivered or on its way), by ticket
-        code: no visit id, no channel, no contact detail, no text."""
+    @router.get(
+        "/clinics/{clinic_id}/told", tags=["notifications"], response_model=ToldAnswer,
+        summary="Which tickets have been told what today (for the lobby screen)",
+        description="The latest message each ticket was sent (delivered or on its way), by "
+        "ticket code: no visit id, no channel, no contact detail, no text. The waiting-room "
+        "screen marks those tickets.",
+        responses=answer(200, TOLD_EXAMPLE, "the latest message per ticket"))
+    async def told(clinic_id: ClinicId, principal: Principal = Depends(lobby)) -> ToldAnswer:
         principal.require_clinic(clinic_id)
-        latest: dict[str, dict[str, Any]] = {}
+        clinic = names(clinic_id)
+        latest: dict[str, Told] = {}
         for record in await store.records(clinic_id, since=0, limit=500):  # newest first
             ticket = record.get("ticket_code")
             if (not ticket or ticket in latest or record["kind"] not in TOLD_KINDS
                     or record["status"] in ("failed", "cancelled")):
                 continue
-            latest[ticket] = {"ticket_code": ticket, "kind": record["kind"],
-                              "at": record.get("sent_at") or record["created_at"]}
-        return {"clinic_id": clinic_id, "told": list(latest.values())}
+            at = record.get("sent_at") or record["created_at"]
+            latest[ticket] = Told(ticket_code=ticket, kind=record["kind"],  # type: ignore[arg-type]
+                                  at=clinic.local(datetime.fromisoformat(at)))
+        return ToldAnswer(clinic_id=clinic_id, told=list(latest.values()))
 
-    @router.get("/clinics/{clinic_id}/alerts", tags=["nurse alerts"],
-                summary="Room-ready alerts standing now")
+    # ------------------------------------------------------------- alerts
+
+    @router.get(
+        "/clinics/{clinic_id}/alerts", tags=["nurse alerts"], response_model=AlertsAnswer,
+        summary="Room-ready alerts standing now",
+        description="Each ready room matched with who should be roomed next, longest "
+        "ready first: ids, and the room's and provider's names as the clinic calls them.",
+        responses=answer(200, ALERTS_EXAMPLE, "the alerts standing"))
     async def alerts(clinic_id: ClinicId,
-                     principal: Principal = Depends(nurses)) -> dict[str, Any]:
+                     principal: Principal = Depends(nurses)) -> AlertsAnswer:
         principal.require_clinic(clinic_id)
-        return {"clinic_id": clinic_id, "alerts": await store.alerts(clinic_id)}
+        clinic = names(clinic_id)
+        standing = [AlertView(**records.alert_view(a, clinic))
+                    for a in await store.alerts(clinic_id)]
+        return AlertsAnswer(clinic_id=clinic_id, alerts=standing)
 
-    @router.get("/clinics/{clinic_id}/alerts/stream", tags=["nurse alerts"],
-                summary="Server-Sent Events: room-ready alerts raised and withdrawn, live",
-                response_class=StreamingResponse,
-                description="First `event: alerts` (everything standing now), then "
-                "`event: alert.raised` and `event: alert.withdrawn` (`data.reason`) as they "
-                "happen, keyed by `alert_id`. `?access_token=` works for EventSource.")
+    @router.get(
+        "/clinics/{clinic_id}/alerts/stream", tags=["nurse alerts"],
+        response_class=StreamingResponse,
+        summary="Server-Sent Events: room-ready alerts raised and withdrawn, live",
+        description="First `event: alerts` (everything standing now, as "
+        "`GET /clinics/{clinic_id}/alerts` answers), then `event: alert.raised` and "
+        "`event: alert.withdrawn` (`data.reason`) as they happen, keyed by `alert_id`. "
+        "`?access_token=` works for EventSource. 503 when too many stations are "
+        "connected.",
+        responses=answer(200, STREAM_EXAMPLE, "the live stream", media="text/event-stream"))
     async def alert_stream(clinic_id: ClinicId, request: Request,
                            principal: Principal = Depends(nurses)) -> StreamingResponse:
         principal.require_clinic(clinic_id)
+        clinic = names(clinic_id)
 
         async def first() -> bytes:
-            standing = await store.alerts(clinic_id)
+            standing = [records.alert_view(a, clinic) for a in await store.alerts(clinic_id)]
             return _sse("alerts", {"clinic_id": clinic_id, "alerts": standing})
 
         def render(raw: bytes) -> bytes:
             change = orjson.loads(raw)
-            alert = change["alert"]
+            alert = records.alert_view(change["alert"], clinic)
             if change["type"] == "raised":
                 return _sse("alert.raised", alert, alert["alert_id"])
             return _sse("alert.withdrawn", {**alert, "reason": change["reason"]})
@@ -407,19 +490,32 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
 
     # -------------------------------------------------------------- other
 
-    @router.get("/clinics/{clinic_id}/estimates", tags=["estimates"],
-                summary="The latest wait estimate flow published for each visit today")
+    @router.get(
+        "/clinics/{clinic_id}/estimates", tags=["estimates"], response_model=EstimatesAnswer,
+        summary="The latest wait estimate flow published for each visit today",
+        description="What the notifier last read from flow for each waiting visit, in "
+        "queue order: minutes until roomed and the 80% range it quotes to patients.",
+        responses=answer(200, ESTIMATES_EXAMPLE, "the estimates, in queue order"))
     async def estimates(clinic_id: ClinicId,
-                        principal: Principal = Depends(staff)) -> dict[str, Any]:
+                        principal: Principal = Depends(staff)) -> EstimatesAnswer:
         principal.require_clinic(clinic_id)
-        return {"clinic_id": clinic_id, "estimates": await store.estimates(clinic_id)}
+        rows = [EstimateRow.model_validate(e) for e in await store.estimates(clinic_id)]
+        return EstimatesAnswer(clinic_id=clinic_id, estimates=rows)
 
-    @router.get("/clinics/{clinic_id}/rules", tags=["rules"],
-                summary="The notification rules in force at a clinic")
+    @router.get(
+        "/clinics/{clinic_id}/rules", tags=["rules"], response_model=RulesAnswer,
+        summary="The notification rules in force at a clinic",
+        description="CLINICFLOW_NOTIFICATIONS_RULES as it applies to the clinic, with the "
+        "name, provider names and zone its messages use (CLINICFLOW_CLINICS first).",
+        responses=answer(200, RULES_EXAMPLE, "the rules in force"))
     async def clinic_rules(clinic_id: ClinicId,
-                           principal: Principal = Depends(staff)) -> dict[str, Any]:
+                           principal: Principal = Depends(staff)) -> RulesAnswer:
         principal.require_clinic(clinic_id)
-        return {"clinic_id": clinic_id, **rules.for_clinic(clinic_id).model_dump()}
+        clinic = names(clinic_id)
+        return RulesAnswer(**{**rules.for_clinic(clinic_id).model_dump(),
+                              "clinic_id": clinic_id, "clinic_name": clinic.clinic,
+                              "provider_names": dict(clinic.providers),
+                              "timezone": clinic.zone.key})
 
     return router
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from services.notifications.api import AlertHub, make_router
+from services.notifications.barrier import FloorBarrier
 from services.notifications.channels import (
     Channel,
     EmailChannel,
@@ -26,6 +27,7 @@ from services.notifications.delivery import (
     NotificationSender,
 )
 from services.notifications.domain import RuleBook
+from services.notifications.names import NameBook
 from services.notifications.plan import NotificationChanges
 from services.notifications.store import NotificationStore
 from shared.clock import Clock
@@ -41,16 +43,18 @@ OUTBOX_EVERY_SECONDS = 0.5
 
 def build_channels(settings: NotificationsSettings,
                    client: httpx.AsyncClient) -> dict[str, Channel]:
-    """The channels this deployment can use (SMS and paging only when configured)."""
+    """The channels this deployment can use: e-mail with a mail server, SMS with a gateway,
+    paging with a webhook (each only when configured), the log in development."""
     timeout = settings.notifications_send_timeout_seconds
-    channels: dict[str, Channel] = {
-        "email": EmailChannel(
+    channels: dict[str, Channel] = {}
+    if settings.smtp_host:
+        channels["email"] = EmailChannel(
             host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_sender,
             timeout=timeout, username=settings.smtp_username,
             password=settings.smtp_password.get_secret_value() if settings.smtp_password
-            else None, starttls=settings.smtp_starttls),
-        "log": LogChannel(),
-    }
+            else None, starttls=settings.smtp_starttls)
+    if settings.env != "production":
+        channels["log"] = LogChannel()
     if settings.sms_gateway_url:
         channels["sms"] = SmsGateway(url=settings.sms_gateway_url,
                                      secret=settings.sms_hmac_secret.get_secret_value(),
@@ -69,10 +73,13 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         rules = RuleBook.parse(json.loads(settings.notifications_rules))
     except ValueError as exc:
         raise ValueError(f"CLINICFLOW_NOTIFICATIONS_RULES: {exc}") from None
+    names = NameBook.of(settings, rules)
     runtime = ServiceRuntime(settings, "notifications", clock=clock)
     store = NotificationStore(runtime.redis, settings.redis_prefix)
     notifications_topic = topic(NOTIFICATIONS, settings)
+    floor_topic = topic(FLOOR, settings)
     client = httpx.AsyncClient()
+    channels = build_channels(settings, client)
 
     async def publish(value: bytes, to: str, key: bytes | None) -> None:
         await runtime.broker.publish(value, to, key=key)
@@ -83,7 +90,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         "deadletter": dead_letter_topic(settings),
     }, service="notifications")
     sender = NotificationSender(
-        store, build_channels(settings, client), clock=runtime.clock,
+        store, channels, clock=runtime.clock, names=names,
         notifications_topic=notifications_topic,
         concurrency=settings.notifications_send_concurrency,
         send_timeout=settings.notifications_send_timeout_seconds,
@@ -100,8 +107,8 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
             relay.kick.set()
 
     notifier = NotifierProjection(
-        runtime.broker, store, rules, runtime.clock, prefix=settings.redis_prefix,
-        floor_topic=topic(FLOOR, settings), estimates_topic=topic(ESTIMATES, settings),
+        runtime.broker, store, rules, runtime.clock, names=names, prefix=settings.redis_prefix,
+        floor_topic=floor_topic, estimates_topic=topic(ESTIMATES, settings),
         group_id=settings.notifications_group_id,
         paging=bool(settings.paging_webhook_url), on_stored=stored,
         on_dead_letters=relay.kick.set,
@@ -159,8 +166,10 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     app.state.sender = sender
     app.state.outbox_relay = relay
     app.state.store = store
+    barrier = FloorBarrier(lambda: notifier.runner.kafka, notifier.projection.offsets,
+                           floor_topic, timeout=settings.notifications_barrier_timeout_seconds)
     app.include_router(make_router(
-        runtime, store, rules, hub, IdempotencyStore(runtime.redis, settings.redis_prefix),
-        sms_available=bool(settings.sms_gateway_url),
-        allow_log_channel=settings.env != "production"))
+        runtime, store, rules, names, hub,
+        IdempotencyStore(runtime.redis, settings.redis_prefix), barrier,
+        channels=frozenset(channels) & {"email", "sms", "log"}))
     return app

@@ -74,6 +74,7 @@ class Outgoing:
     text: str
     address: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+    sent_at: datetime | None = None  # on the clinic's clock (the e-mail's Date)
 
 
 class Channel(Protocol):
@@ -165,7 +166,7 @@ class EmailChannel:
         email["From"] = self.sender
         email["To"] = message.address or ""
         email["Subject"] = message.subject
-        email["Date"] = format_datetime(datetime.now(UTC))
+        email["Date"] = format_datetime(message.sent_at or datetime.now(UTC))
         email["Message-ID"] = f"<{message.notification_id}@clinicflow.invalid>"
         email["Auto-Submitted"] = "auto-generated"
         email["X-Clinicflow-Notification"] = message.notification_id

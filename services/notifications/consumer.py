@@ -25,6 +25,7 @@ from typing import Any
 
 from services.notifications import metrics as m
 from services.notifications.domain import RuleBook
+from services.notifications.names import NameBook
 from services.notifications.plan import NotificationChanges, NotifierPlan, NotifierState
 from services.notifications.store import NotificationStore, NotifierStates
 from shared import events as ev
@@ -66,13 +67,14 @@ class NotifierProjection:
     """The floor and estimates consumer of the notifications service, and its ticker."""
 
     def __init__(self, broker: Any, store: NotificationStore, rules: RuleBook, clock: Clock, *,
-                 prefix: str, floor_topic: str, estimates_topic: str, group_id: str,
-                 paging: bool, on_stored: Stored | None = None,
+                 names: NameBook, prefix: str, floor_topic: str, estimates_topic: str,
+                 group_id: str, paging: bool, on_stored: Stored | None = None,
                  on_dead_letters: Callable[[], None] | None = None,
                  **subscriber_options: Any) -> None:
         self.store = store
         self.on_stored = on_stored
-        self.plan = NotifierPlan(rules, floor_topic=floor_topic, paging=paging)
+        self.names = names
+        self.plan = NotifierPlan(rules, floor_topic=floor_topic, paging=paging, names=names)
         self.states = NotifierStates(store, clock)
         self.reader = notifier_reader(floor_topic, estimates_topic)
         self.prefix = prefix
@@ -98,6 +100,8 @@ class NotifierProjection:
         for kind, outcome in changes.decisions:
             m.DECISIONS.labels(kind, outcome).inc()
         for clinic_id, action in changes.alerts:
-            m.NURSE_ALERTS.labels(clinic_id, action).inc()
+            # clinic ids come from events: only configured clinics get a series of their own
+            m.NURSE_ALERTS.labels(m.clinic_label(clinic_id, self.names.configured),
+                                  action).inc()
         if self.on_stored is not None:
             await self.on_stored(changes)

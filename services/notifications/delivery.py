@@ -34,8 +34,6 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
-import orjson
-
 from services.notifications import metrics as m
 from services.notifications import records
 from services.notifications.channels import (
@@ -45,10 +43,11 @@ from services.notifications.channels import (
     Outgoing,
     Unconfirmed,
 )
-from services.notifications.domain import backoff_seconds
+from services.notifications.domain import Names, backoff_seconds
 from services.notifications.store import NotificationStore
 from shared.clock import Clock
 from shared.logging import get_logger, scrub
+from shared.metrics import OUTBOX_EVENTS
 
 log = get_logger("clinicflow.notifications.delivery")
 
@@ -60,12 +59,14 @@ class NotificationSender:
     """Sends due notifications, at most once each."""
 
     def __init__(self, store: NotificationStore, channels: Mapping[str, Channel], *,
-                 clock: Clock, notifications_topic: str, concurrency: int, send_timeout: float,
+                 clock: Clock, names: Callable[[str], Names], notifications_topic: str,
+                 concurrency: int, send_timeout: float,
                  max_attempts: int, retry_base: float, retry_max: float,
                  on_settled: Callable[[], None] | None = None) -> None:
         self.store = store
         self.channels = dict(channels)
         self.clock = clock
+        self.names = names
         self.notifications_topic = notifications_topic
         self.send_timeout = send_timeout
         self.max_attempts = max_attempts
@@ -91,7 +92,7 @@ class NotificationSender:
         await self.store.heartbeat(self.instance_id)
         await self.recover_abandoned(now)
         m.DUE_NOTIFICATIONS.set(await self.store.due_count())
-        m.OUTBOX_EVENTS.set(await self.store.outbox.length())
+        OUTBOX_EVENTS.labels("notifications").set(await self.store.outbox.length())
 
     def send(self, notification_ids: Iterable[str]) -> int:
         """Start sending these notifications now, each not already on its way (each is
@@ -161,11 +162,12 @@ class NotificationSender:
         if channel is None:
             return await self._not_delivered(
                 record, claim, channel_kind, f"no {channel_kind} channel is configured", True)
-        message = Outgoing(notification_id=notification_id, kind=kind,
-                           subject=record.get("subject", ""), text=record.get("text", ""),
-                           address=address,
-                           payload=orjson.loads(record["payload"]) if record.get("payload")
-                           else {})
+        # the words are made now, with the clinic's names as configured now
+        names = self.names(record["clinic_id"])
+        subject, text, payload = records.words(record, names)
+        message = Outgoing(notification_id=notification_id, kind=kind, subject=subject,
+                           text=text, address=address, payload=payload,
+                           sent_at=names.local(self.clock.now()))
         handed_over = False
 
         async def hand_over() -> bool:
@@ -194,7 +196,7 @@ class NotificationSender:
         await self.store.settle(notification_id, claim, "sent",
                                 fields={"sent_at": now.isoformat(),
                                         "finished_at": now.isoformat(), "channel": channel_kind,
-                                        "last_error": ""},
+                                        "last_error": "", "subject": subject, "text": text},
                                 events=[records.sent_event(record, channel_kind, now)])
         m.DELIVERIES.labels(channel_kind, kind, "sent").inc()
         log.info("notification sent", notification_id=notification_id, kind=kind,

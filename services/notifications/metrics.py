@@ -1,9 +1,22 @@
 """The notifications service's own metrics. Labels are bounded: kind, channel kind,
-outcome, clinic, action; never a visit, a ticket or an address."""
+outcome, action, and clinic for the configured clinics only (any other clinic id an event
+carries is counted as ``other``); never a visit, a ticket, a provider or an address.
+Events waiting in the outbox are the shared ``clinicflow_outbox_events{service=
+"notifications"}`` (shared/metrics.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
+
+OTHER_CLINIC = "other"
+
+
+def clinic_label(clinic_id: str, configured: Callable[[str], bool]) -> str:
+    """A clinic's metric label: its id when it is configured, else ``other`` (clinic ids
+    come from events: arbitrary ones must not grow the series without bound)."""
+    return clinic_id if configured(clinic_id) else OTHER_CLINIC
 
 DECISIONS = Counter(
     "clinicflow_notification_decisions_total",
@@ -25,7 +38,8 @@ SEND_SECONDS = Histogram(
 )
 NURSE_ALERTS = Counter(
     "clinicflow_nurse_alerts_total",
-    "Room-ready alerts raised and withdrawn, by clinic.",
+    "Room-ready alerts raised and withdrawn, by clinic (configured clinics; others: "
+    "'other').",
     ["clinic", "action"],
 )
 ALERT_STREAM_CLIENTS = Gauge(
@@ -35,9 +49,4 @@ ALERT_STREAM_CLIENTS = Gauge(
 DUE_NOTIFICATIONS = Gauge(
     "clinicflow_notifications_due",
     "Notifications waiting for their (next) attempt, as last seen by the sender.",
-)
-OUTBOX_EVENTS = Gauge(
-    "clinicflow_notification_outbox_events",
-    "Events written to Redis and not yet published to Kafka, as last seen by the sender's "
-    "heartbeat (the relay reports the same as clinicflow_outbox_events{service}).",
 )

@@ -17,6 +17,7 @@ has something due (``NotifierState.ticking``) act on the clock.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,6 +26,7 @@ import orjson
 from services.notifications import records
 from services.notifications.domain import (
     ClinicNotifier,
+    Names,
     NotApplicable,
     Outcome,
     Preferences,
@@ -69,11 +71,14 @@ class NotificationChanges:
 
 @dataclass(frozen=True, slots=True)
 class NotifierPlan:
-    """The notifier's pure ``plan(records, state)`` for one deployment's rules."""
+    """The notifier's pure ``plan(records, state)`` for one deployment's rules. ``names``
+    words the ``nurse_alert.raised`` events it publishes (nothing it stores holds a
+    name)."""
 
     rules: RuleBook
     floor_topic: str
     paging: bool  # a paging webhook is configured: alerts are paged too
+    names: Callable[[str], Names] = field(default=lambda _clinic_id: Names())
 
     def __call__(self, records: list[Inbound], state: NotifierState
                  ) -> Planned[NotificationChanges]:
@@ -143,7 +148,8 @@ class NotifierPlan:
             changes.alert_changes.append(("raise", clinic_id, alert.room_id,
                                           orjson.dumps(alert.to_dict())))
             changes.live.append((clinic_id, records.live_message("raised", alert)))
-            changes.outbox.append(records.alert_raised(alert, clinic_id))
+            changes.outbox.append(records.alert_raised(alert, clinic_id,
+                                                       self.names(clinic_id)))
             if page and self.paging:
                 changes.notifications.append(
                     records.page_record(alert, "raised", clinic_id, wall))

@@ -13,7 +13,16 @@ from typing import Any, Literal
 
 import orjson
 
-from services.notifications.domain import Alert, Message, WithdrawReason, page_id
+from services.notifications.domain import (
+    Alert,
+    Message,
+    Names,
+    WithdrawReason,
+    Wording,
+    alert_text,
+    page_id,
+    render,
+)
 from shared import events as ev
 from shared import events_notifications as nev
 from shared.kafka import dead_letter_record
@@ -54,8 +63,8 @@ def message_record(message: Message, clinic_id: str, now: datetime) -> NewNotifi
             "created_at": now.isoformat(),
             "decided_at": message.decided_at.isoformat(),
             "next_attempt_at": str(now.timestamp()),
-            "subject": message.subject,
-            "text": message.text,
+            # ids and numbers: the words are made when it is sent or shown (``words``)
+            "wording": orjson.dumps(message.wording.to_dict()).decode(),
             "trigger_ids": orjson.dumps(list(message.trigger_ids)).decode(),
         },
     )
@@ -87,19 +96,44 @@ def page_record(alert: Alert, action: Literal["raised", "withdrawn"], clinic_id:
             "created_at": now.isoformat(),
             "decided_at": alert.raised_at.isoformat(),
             "next_attempt_at": str(now.timestamp()),
-            "subject": alert.text,
-            "text": alert.text if action == "raised" else f"Withdrawn: {alert.text}",
             "trigger_ids": orjson.dumps([alert.alert_id]).decode(),
             "payload": orjson.dumps(payload).decode(),
         },
     )
 
 
-def alert_raised(alert: Alert, clinic_id: str) -> bytes:
+def alert_view(alert: dict[str, Any], names: Names) -> dict[str, Any]:
+    """A stored alert (ids) as nurses see it: with the room's and the provider's names,
+    the text, and the time on the clinic's clock."""
+    raised_at = datetime.fromisoformat(alert["raised_at"])
+    return {**alert, "raised_at": names.local(raised_at).isoformat(),
+            "room_name": names.room(alert["room_id"]),
+            "provider_name": names.provider(alert.get("provider_id")),
+            "text": alert_text(alert["room_id"], alert["ticket_code"],
+                               alert.get("provider_id"), names)}
+
+
+def words(record: dict[str, str], names: Names) -> tuple[str, str, dict[str, Any]]:
+    """(subject, text, webhook payload) of a stored notification, in the clinic's words
+    as configured now. A record stored by a version before keeps the words it has."""
+    payload: dict[str, Any] = orjson.loads(record["payload"]) if record.get("payload") else {}
+    if record.get("wording"):
+        return (*render(Wording.from_dict(orjson.loads(record["wording"])), names), payload)
+    if payload.get("alert") is not None:
+        payload["alert"] = alert_view(payload["alert"], names)
+        text = payload["alert"]["text"]
+        withdrawn = payload.get("type") == "nurse_alert.withdrawn"
+        return text, f"Withdrawn: {text}" if withdrawn else text, payload
+    return record.get("subject", ""), record.get("text", ""), payload
+
+
+def alert_raised(alert: Alert, clinic_id: str, names: Names) -> bytes:
     event = ev.make_event(
         nev.NurseAlertRaised(alert_id=alert.alert_id, room_id=alert.room_id,
                              visit_id=alert.visit_id, ticket_code=alert.ticket_code,
-                             provider_id=alert.provider_id, text=alert.text),
+                             provider_id=alert.provider_id,
+                             text=alert_text(alert.room_id, alert.ticket_code,
+                                             alert.provider_id, names)[:200]),
         clinic_id=clinic_id, source=SOURCE, occurred_at=alert.raised_at,
         correlation_id=alert.visit_id, event_id=f"{alert.alert_id}.raised")
     return outbox_entry("notifications", clinic_id, ev.encode(event))

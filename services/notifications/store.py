@@ -60,6 +60,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import WatchError
 
 from services.notifications.domain import ClinicNotifier, Preferences
 from services.notifications.plan import NotificationChanges, NotifierState
@@ -318,25 +319,50 @@ class NotificationStore:
 
     # ------------------------------------------------------------- contacts
 
+    async def visit_status(self, clinic_id: str, visit_id: str) -> str | None:
+        """Where a visit stands on the clinic's floor as the notifier knows it
+        (``ClinicNotifier.visit_status``: an open status, "ended", or None: unknown)."""
+        raw = await self.redis.get(self.state_key(clinic_id))
+        if raw is None:
+            return None
+        return _notifier(clinic_id, raw).visit_status(visit_id)
+
     async def save_contact(self, clinic_id: str, visit_id: str, *, channel: str, address: str,
                            preferences: Preferences, recorded_by: str, recorded_at: datetime,
-                           expires_at: datetime, audit: bytes) -> None:
-        """Keep a contact (and its preferences) until ``expires_at``; audit in the same
-        transaction."""
+                           expires_at: datetime, audit: bytes) -> bool:
+        """Keep a contact (and its preferences) until ``expires_at``, audited in the same
+        transaction; the latest given for a visit replaces the one before. The same
+        contact and preferences already on file change nothing (no write, no audit):
+        returns False then, True when stored."""
         contact = self.contact_key(clinic_id, visit_id)
         prefs = self.prefs_key(clinic_id)
         until = int(expires_at.timestamp())
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(contact)
-        pipe.hset(contact, mapping={"channel": channel, "address": address,
-                                    "recorded_by": recorded_by,
-                                    "recorded_at": recorded_at.isoformat()})
-        pipe.expireat(contact, until)
-        pipe.hset(prefs, visit_id, orjson.dumps(preferences.to_dict()))
-        pipe.expireat(prefs, until, nx=True)
-        pipe.expireat(prefs, until, gt=True)
-        pipe.rpush(self.outbox_key, audit)
-        await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(contact, prefs)
+                    stored = await pipe.hgetall(contact)
+                    stored_prefs = await pipe.hget(prefs, visit_id)
+                    if (stored.get(b"channel") == channel.encode()
+                            and stored.get(b"address") == address.encode()
+                            and stored_prefs is not None
+                            and Preferences.from_dict(orjson.loads(stored_prefs)) == preferences):
+                        await pipe.reset()
+                        return False
+                    pipe.multi()
+                    pipe.delete(contact)
+                    pipe.hset(contact, mapping={"channel": channel, "address": address,
+                                                "recorded_by": recorded_by,
+                                                "recorded_at": recorded_at.isoformat()})
+                    pipe.expireat(contact, until)
+                    pipe.hset(prefs, visit_id, orjson.dumps(preferences.to_dict()))
+                    pipe.expireat(prefs, until, nx=True)
+                    pipe.expireat(prefs, until, gt=True)
+                    pipe.rpush(self.outbox_key, audit)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue  # changed meanwhile: compare with what is there now
 
     async def erase_contact(self, clinic_id: str, visit_id: str, *, expires_at: datetime,
                             audit: bytes) -> bool:

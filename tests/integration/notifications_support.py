@@ -47,6 +47,7 @@ class Mail:
     subject: str
     text: str
     received_at: float
+    date: str = ""  # the Date header: the clinic's clock
 
 
 class MailCatcher:
@@ -64,7 +65,8 @@ class MailCatcher:
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         body = parsed.get_body(("plain",))
         mail = Mail(tuple(envelope.rcpt_tos), str(parsed["Message-ID"]), str(parsed["Subject"]),
-                    body.get_content().strip() if body is not None else "", time.monotonic())
+                    body.get_content().strip() if body is not None else "", time.monotonic(),
+                    str(parsed["Date"]))
         with self._lock:
             self._mails.append(mail)
         return "250 Message accepted for delivery"
@@ -203,6 +205,8 @@ async def _publish(bootstrap: str, topic: str, events: list[ev.Event]) -> None:
 
 async def record_contact(client: httpx.AsyncClient, visit: str, channel: str, address: str,
                          clinic: str = "north", **preferences: Any) -> dict[str, Any]:
+    """The front desk records a contact for a visit on the clinic's floor (its arrival
+    published before: the service waits until it has read it)."""
     answer = await client.put(f"/clinics/{clinic}/visits/{visit}/contact",
                               json={"channel": channel, "address": address, "consent": True,
                                     **preferences}, headers=FRONT_DESK)

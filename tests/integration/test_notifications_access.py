@@ -3,6 +3,7 @@ contact details, Idempotency-Key on contact commands, CORS for the nurse station
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,6 +17,8 @@ from shared.topics import AUDIT, topic_name
 from tests.helpers import auth, read_topic, serving
 from tests.integration.notifications_support import (
     FRONT_DESK,
+    arrival,
+    publish_floor,
 )
 
 ROLES = ("front_desk", "kiosk", "nurse", "billing", "manager", "screen")
@@ -47,6 +50,11 @@ async def service(notifications_env: dict[str, Any]) -> Any:
     ]
     env = {**notifications_env, "credentials": orjson.dumps(credentials).decode(),
            "notifications_cors_origins": ["http://127.0.0.1:8002"]}
+    # the visits the contacts are for checked in at north (v1 to v3) and south (v1)
+    now = datetime.now(UTC)
+    await publish_floor(env["kafka_bootstrap"], env["topic_prefix"], [
+        *(arrival(v, f"A-{n}", "dr-lee", now) for n, v in enumerate(("v1", "v2", "v3"), 1)),
+        arrival("v1", "S-1", "dr-ng", now, clinic="south")])
     async with serving(create_app(NotificationsSettings(**env))) as url, \
             httpx.AsyncClient(base_url=url) as client:
         yield client

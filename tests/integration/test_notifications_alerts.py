@@ -66,7 +66,7 @@ async def test_a_room_ready_alert_reaches_a_subscribed_nurse_stream_within_a_sec
                     floor_event(ev.RoomReady(room_id="room-4"), now + timedelta(seconds=2))])
                 name, alert = await asyncio.wait_for(anext(events), 15)
                 assert name == "alert.raised"
-                assert alert["text"] == "Room 4 ready: next is A-17 for Dr. Lee."
+                assert alert["text"] == "Room 4 is ready for A-17 (Dr. Lee)."
 
                 await publish_floor(bootstrap, prefix, [floor_event(
                     ev.PatientRoomed(visit_id="v17", room_id="room-4"),
@@ -115,7 +115,7 @@ async def test_a_new_urgent_patient_changes_who_the_ready_room_is_for(
             return alerts
 
         alerts = await eventually(lambda: _with_ticket(standing(), "U-1"), timeout=20)
-        assert [a["text"] for a in alerts] == ["Room 2 ready: next is U-1 for Dr. Kim."]
+        assert [a["text"] for a in alerts] == ["Room 2 is ready for U-1 (Dr. Kim)."]
 
 
 async def _with_ticket(alerts: Any, ticket: str) -> list[dict[str, Any]] | None:

@@ -187,12 +187,14 @@ async def test_a_gateway_that_takes_the_request_but_never_answers_is_unconfirmed
 # ------------------------------------------------------- through the service
 
 
-async def _warn_v1(env: dict[str, Any]) -> None:
-    """A-1 waits for Dr. Lee, who runs 20 minutes late."""
+async def _warn_v1(env: dict[str, Any], client: httpx.AsyncClient, channel: str,
+                   address: str) -> None:
+    """A-1 checks in for Dr. Lee and leaves a contact; Dr. Lee runs 20 minutes late."""
     now = datetime.now(UTC)
     bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
+    await publish_floor(bootstrap, prefix, [arrival("v1", "A-1", "dr-lee", now)])
+    await record_contact(client, "v1", channel, address)
     await publish_floor(bootstrap, prefix, [
-        arrival("v1", "A-1", "dr-lee", now),
         floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20), now)])
     await publish_estimates(bootstrap, prefix, [estimate("v1", "A-1", "dr-lee", 25, now)])
 
@@ -221,8 +223,7 @@ async def test_a_gateway_refusal_is_retried_with_backoff_and_the_sms_goes_once(
                "sms_hmac_secret": SMS_SECRET}
         async with serving(create_app(NotificationsSettings(**env))) as url, \
                 httpx.AsyncClient(base_url=url) as client:
-            await record_contact(client, "v1", "sms", "+1 (555) 123-4567")
-            await _warn_v1(env)
+            await _warn_v1(env, client, "sms", "+1 (555) 123-4567")
             status = await eventually(lambda: _status_of_only(client, "sent"), timeout=20)
     assert status["attempts"] == 3 and status["channel"] == "sms"
     [sms] = gateway.accepted
@@ -245,8 +246,7 @@ async def test_an_unreachable_mail_server_is_retried_then_reported_failed_and_de
     bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
     async with serving(create_app(NotificationsSettings(**env))) as url, \
             httpx.AsyncClient(base_url=url) as client:
-        await record_contact(client, "v1", "email", "a1@patients.example.org")
-        await _warn_v1(env)
+        await _warn_v1(env, client, "email", "a1@patients.example.org")
         status = await eventually(lambda: _status_of_only(client, "failed"), timeout=20)
     assert status["attempts"] == 3
     assert "unreachable" in status["last_error"] and "a1@" not in status["last_error"]
@@ -268,8 +268,7 @@ async def test_a_contact_erased_before_sending_cancels_the_message(
            "notifications_retry_base_seconds": 0.2, "notifications_retry_max_seconds": 0.2}
     async with serving(create_app(NotificationsSettings(**env))) as url, \
             httpx.AsyncClient(base_url=url) as client:
-        await record_contact(client, "v1", "email", "a1@patients.example.org")
-        await _warn_v1(env)
+        await _warn_v1(env, client, "email", "a1@patients.example.org")
         await eventually(lambda: _status_of_only(client, "retrying"), timeout=20)
         assert (await client.delete("/clinics/north/visits/v1/contact",
                                     headers=FRONT_DESK)).status_code == 204

@@ -75,12 +75,12 @@ async def test_a_notifier_killed_while_sending_and_restarted_sends_no_duplicates
     service.start()
     try:
         await service.wait_ready()
+        await publish_floor(bootstrap, prefix, [
+            arrival(v, f"A-{n}", "dr-lee", now) for n, v in enumerate(patients, 1)])
         async with httpx.AsyncClient(base_url=service.url) as client:
             for visit in patients:
                 await record_contact(client, visit, "email", address(visit),
                                      wait_anywhere=visit in outside)
-        await publish_floor(bootstrap, prefix, [
-            arrival(v, f"A-{n}", "dr-lee", now) for n, v in enumerate(patients, 1)])
         await publish_estimates(bootstrap, prefix, [
             estimate(v, f"A-{n}", "dr-lee", 20 + 5 * n, now) for n, v in enumerate(patients, 1)])
         # the whole clinic runs 30 minutes late: 24 warnings, sent two at a time
@@ -131,10 +131,11 @@ async def test_records_delivered_again_change_nothing(
     now = datetime.now(UTC)
     app = create_app(NotificationsSettings(**notifications_env))
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        await publish_floor(bootstrap, prefix, [
+            arrival("v1", "A-1", "dr-lee", now), arrival("v2", "A-2", "dr-lee", now)])
         for visit in ("v1", "v2"):
             await record_contact(client, visit, "email", address(visit))
         await publish_floor(bootstrap, prefix, [
-            arrival("v1", "A-1", "dr-lee", now), arrival("v2", "A-2", "dr-lee", now),
             floor_event(ev.RoomReady(room_id="room-1"), now),
             floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20), now)])
         await publish_estimates(bootstrap, prefix, [
@@ -202,9 +203,9 @@ async def test_records_arriving_while_redis_is_down_are_applied_once_it_is_back(
     patients = [(f"v{n}", f"A-{n}") for n in range(1, 5)]
     app = create_app(NotificationsSettings(**env))
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        await publish_floor(bootstrap, prefix, [arrival(v, t, "dr-lee", t0) for v, t in patients])
         for visit, _ in patients:
             await record_contact(client, visit, "email", f"{visit}@patients.example.org")
-        await publish_floor(bootstrap, prefix, [arrival(v, t, "dr-lee", t0) for v, t in patients])
         await publish_estimates(bootstrap, prefix, [
             estimate(v, t, "dr-lee", 10.0 * (i + 1), t0) for i, (v, t) in enumerate(patients)])
         # applied: Redis answered the transaction, so its append-only file has it

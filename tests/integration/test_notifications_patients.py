@@ -50,6 +50,12 @@ async def test_a_delay_announcement_reaches_every_affected_waiting_patient_once_
               ("v8", "A-6", "dr-lee"), ("v9", "A-7", "dr-lee")]
     app = create_app(NotificationsSettings(**env), clock=clock)
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        await publish_floor(bootstrap, prefix, [
+            *(arrival(v, t, "dr-lee", t0) for v, t in lee),
+            *(arrival(v, t, p, t0) for v, t, p in others),
+            floor_event(ev.PatientRoomed(visit_id="v7", room_id="room-1"), t0 + timedelta(
+                minutes=1)),
+        ])
         for visit, _ in lee:
             await record_contact(client, visit, "email", mail(visit))
         for visit, _, _ in others[:4]:
@@ -57,12 +63,6 @@ async def test_a_delay_announcement_reaches_every_affected_waiting_patient_once_
         # A-6 opts out at the desk; A-7 gave no contact at all
         assert (await client.delete("/clinics/north/visits/v8/contact",
                                     headers=FRONT_DESK)).status_code == 204
-        await publish_floor(bootstrap, prefix, [
-            *(arrival(v, t, "dr-lee", t0) for v, t in lee),
-            *(arrival(v, t, p, t0) for v, t, p in others),
-            floor_event(ev.PatientRoomed(visit_id="v7", room_id="room-1"), t0 + timedelta(
-                minutes=1)),
-        ])
         await publish_estimates(bootstrap, prefix, [
             estimate(v, t, "dr-lee", 10.0 * (i + 1), t0) for i, (v, t) in enumerate(lee)])
         # Dr. Lee runs 25 minutes late; flow re-estimates three of his patients at once
@@ -156,10 +156,10 @@ async def test_rate_limits_hold_and_a_held_warning_goes_out_when_the_window_ends
     now = clock.now()
     app = create_app(NotificationsSettings(**env), clock=clock)
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
-        await record_contact(client, "v1", "email", mail("v1"))
-        await record_contact(client, "v2", "email", mail("v2"), wait_anywhere=True)
         await publish_floor(bootstrap, prefix, [arrival("v1", "A-1", "dr-lee", now),
                                                 arrival("v2", "A-2", "dr-kim", now)])
+        await record_contact(client, "v1", "email", mail("v1"))
+        await record_contact(client, "v2", "email", mail("v2"), wait_anywhere=True)
         await publish_estimates(bootstrap, prefix, [estimate("v1", "A-1", "dr-lee", 10, now),
                                                     estimate("v2", "A-2", "dr-kim", 40, now)])
         first = floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20), now)
@@ -198,9 +198,9 @@ async def test_a_patient_waiting_outside_is_called_back_then_told_we_are_ready(
     now = datetime.now(UTC)
     async with serving(create_app(NotificationsSettings(**env))) as url, \
             httpx.AsyncClient(base_url=url) as client:
+        await publish_floor(bootstrap, prefix, [arrival("v17", "A-17", "dr-lee", now)])
         await record_contact(client, "v17", "email", mail("v17"), wait_anywhere=True,
                              delay_updates=False)
-        await publish_floor(bootstrap, prefix, [arrival("v17", "A-17", "dr-lee", now)])
         await publish_estimates(bootstrap, prefix, [
             estimate("v17", "A-17", "dr-lee", 40, now),
             estimate("v17", "A-17", "dr-lee", 25, now + timedelta(seconds=1)),

@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 
 from services.notifications.domain import (
     ClinicNotifier,
+    Names,
     NotApplicable,
     Outcome,
     Preferences,
     RuleBook,
     Rules,
+    alert_text,
     backoff_seconds,
     contact_expiry,
     format_range,
     notification_id,
-    provider_label,
-    room_label,
+    render,
 )
+from services.notifications.names import NameBook
 from shared import events as ev
+from shared.clinics import ClinicDirectory
 
 NINE = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+UTC_ZONE = ZoneInfo("UTC")
 RULES = Rules(settle_seconds=5, min_minutes_between_messages=20, warn_after_growth_minutes=15,
               come_back_lead_minutes=10)
 SMS = Preferences(channel="sms")
@@ -37,11 +42,14 @@ def at(minutes: float) -> datetime:
 
 
 class Day:
-    """A clinic day driven by hand: floor events, flow's estimates, the clock."""
+    """A clinic day driven by hand: floor events, flow's estimates, the clock. Messages
+    are read in the clinic's ``names``."""
 
-    def __init__(self, rules: Rules = RULES, clinic: str = "north") -> None:
+    def __init__(self, rules: Rules = RULES, clinic: str = "north",
+                 names: Names | None = None) -> None:
         self.notifier = ClinicNotifier(clinic)
         self.rules = rules
+        self.names = names or Names(clinic=rules.clinic_name, providers=rules.provider_names)
         self.prefs: dict[str, Preferences] = {}
         self.wall: datetime | None = None  # None: the wall clock follows the events
 
@@ -85,8 +93,9 @@ class Day:
                           event_id)
 
 
-def told(outcome: Outcome) -> dict[str, str]:
-    return {m.visit_id: m.text for m in outcome.messages}
+def told(outcome: Outcome, names: Names | None = None) -> dict[str, str]:
+    """What each patient reads, in the clinic's words."""
+    return {m.visit_id: render(m.wording, names or Names())[1] for m in outcome.messages}
 
 
 def morning() -> Day:
@@ -180,7 +189,8 @@ def test_a_clinic_wide_delay_reaches_every_waiting_patient() -> None:
     day.arrive("v2", "W-1", None)
     sent = day.delay(None, 30, 1)
     assert set(told(sent)) == {"v1", "v2"}
-    assert told(sent)["v2"].startswith("North Clinic is running about 30 minutes behind")
+    assert told(sent, day.names)["v2"].startswith(
+        "North Clinic is running about 30 minutes behind")
 
 
 def test_a_short_delay_or_one_cleared_before_it_was_told_bothers_nobody() -> None:
@@ -265,7 +275,8 @@ def test_rate_limits_are_per_clinic() -> None:
                                                  "provider_names": {"dr-lee": "Dr. Ana Lee"}}}})
     assert book.for_clinic("north").min_minutes_between_messages == 20
     assert book.for_clinic("south").min_minutes_between_messages == 5
-    assert provider_label("dr-lee", book.for_clinic("south")) == "Dr. Ana Lee"
+    south = NameBook(ClinicDirectory({}, UTC_ZONE), book)
+    assert south("south").provider("dr-lee") == "Dr. Ana Lee"
     with pytest.raises(ValueError, match=r"clinics\.east\.come_back_lead_minutes"):
         RuleBook.parse({"clinics": {"east": {"come_back_lead_minutes": -1}}})
     with pytest.raises(ValueError, match="unknown time zone"):
@@ -344,7 +355,8 @@ def test_a_ready_room_alerts_the_nurses_with_who_is_next_and_is_withdrawn_when_t
     day.arrive("v2", "A-18", "dr-lee")
     out = day.floor(ev.RoomReady(room_id="room-4"), 3)
     [(alert, page)] = out.raised
-    assert alert.text == "Room 4 ready: next is A-17 for Dr. Lee." and page
+    assert alert_text(alert.room_id, alert.ticket_code, alert.provider_id, Names()) == (
+        "Room 4 is ready for A-17 (Dr. Lee).") and page
     taken = day.floor(ev.PatientRoomed(visit_id="v1", room_id="room-4"), 4)
     assert [(a.alert_id, reason) for a, reason, _ in taken.withdrawn] == [
         (alert.alert_id, "room_taken")]
@@ -375,7 +387,8 @@ def test_a_provider_running_late_or_with_enough_patients_roomed_is_passed_over()
     assert day.floor(ev.RoomReady(room_id="room-2"), 6).raised == []  # nobody can take a room
     assert day.notifier.next_due() == at(20)  # when Dr. Kim's delay runs out
     [(alert, _)] = day.tick(20).raised
-    assert alert.text == "Room 2 ready: next is B-1 for Dr. Kim."
+    assert alert_text(alert.room_id, alert.ticket_code, alert.provider_id, Names()) == (
+        "Room 2 is ready for B-1 (Dr. Kim).")
 
 
 def test_an_undone_rooming_puts_the_patient_back_in_line_for_the_room() -> None:
@@ -412,10 +425,12 @@ def test_texts_read_as_the_front_desk_would_say_them() -> None:
     assert format_range(31.2, 38.7) == "30\u201340 minutes"
     assert format_range(0.0, 4.0) == "up to 5 minutes"
     assert format_range(20, 20) == "20\u201325 minutes"
-    assert provider_label("dr-lee", Rules()) == "Dr. Lee"
-    assert provider_label("nurse_practitioner_ng", Rules()) == "Nurse Practitioner Ng"
-    assert provider_label(None, Rules()) == "the first available provider"
-    assert room_label("room-4") == "Room 4" and room_label("exam2") == "Room exam2"
+    unnamed = Names()
+    assert unnamed.provider("dr-lee") == "Dr. Lee"
+    assert unnamed.provider("nurse_practitioner_ng") == "Nurse Practitioner Ng"
+    assert unnamed.provider(None) == "the first available provider"
+    assert unnamed.room("room-4") == "Room 4" and unnamed.room("r5") == "Room 5"
+    assert unnamed.room("exam2") == "Room exam2"
 
 
 def test_retries_back_off_exponentially_up_to_a_cap() -> None:

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from services.notifications.consumer import notifier_reader
-from services.notifications.domain import ClinicNotifier, Preferences, RuleBook
+from services.notifications.domain import ClinicNotifier, Names, Preferences, RuleBook
 from services.notifications.plan import NotificationChanges, NotifierPlan, NotifierState
+from services.notifications.records import words
 from shared import events as ev
 from shared.projection import Inbound, Planned
 from tests.fakes import KafkaRecord, record_of
@@ -67,8 +68,10 @@ def reloaded(changes: NotificationChanges) -> ClinicNotifier:
     return ClinicNotifier.from_dict(orjson.loads(changes.states["north"]))
 
 
-def texts(planned: Planned[NotificationChanges]) -> list[str]:
-    return [n.fields["text"] for n in planned.changes.notifications]
+def texts(planned: Planned[NotificationChanges], names: Names | None = None) -> list[str]:
+    """What the patients the batch decided to tell will read (in the clinic's ``names``,
+    when the message is sent)."""
+    return [words(n.fields, names or Names())[1] for n in planned.changes.notifications]
 
 
 def test_a_delay_and_its_fresh_estimate_in_one_batch_tell_the_patient_the_new_wait_at_once(

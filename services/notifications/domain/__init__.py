@@ -14,8 +14,11 @@ alert). Its parts:
 - ``alerts``: nurse room-ready alerts (``NurseAlerts``, ``Alert``);
 - ``notifier``: the clinic's state machine over the shared floor model
   (``ClinicNotifier``) and its snapshot;
-- ``texts`` and ``ids``: what people read, and ids derived from triggers (the same
-  trigger always names the same notification: the store refuses a second one).
+- ``texts``: what people read, made from what was decided (a ``Wording``, an alert's
+  ids) with the clinic's ``Names`` when it is sent or shown, so nothing stored holds a
+  name;
+- ``ids``: ids derived from triggers (the same trigger always names the same
+  notification: the store refuses a second one).
 """
 
 from services.notifications.domain.alerts import Alert, NurseAlerts, WithdrawReason, page_id
@@ -32,14 +35,20 @@ from services.notifications.domain.rules import (
     backoff_seconds,
     contact_expiry,
 )
-from services.notifications.domain.texts import format_range, provider_label, room_label
+from services.notifications.domain.texts import (
+    Names,
+    Wording,
+    alert_text,
+    format_range,
+    render,
+)
 from services.notifications.domain.warnings import WaitingPatients
 from shared.floor.model import NotApplicable
 
 __all__ = [
-    "NO_CONTACT", "Alert", "ClinicNotifier", "Message", "NotApplicable", "NurseAlerts",
-    "Outcome", "PatientChannel", "PatientKind", "PatientNotes", "PendingWarning",
-    "Preferences", "RuleBook", "Rules", "WaitQuote", "WaitingPatients", "WithdrawReason",
-    "backoff_seconds", "contact_expiry", "format_range", "notification_id", "page_id",
-    "provider_label", "room_label",
+    "NO_CONTACT", "Alert", "ClinicNotifier", "Message", "Names",
+    "NotApplicable", "NurseAlerts", "Outcome", "PatientChannel", "PatientKind",
+    "PatientNotes", "PendingWarning", "Preferences", "RuleBook", "Rules", "WaitQuote",
+    "WaitingPatients", "WithdrawReason", "Wording", "alert_text", "backoff_seconds",
+    "contact_expiry", "format_range", "notification_id", "page_id", "render",
 ]  # fmt: skip

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from services.notifications.domain.ids import digest
 from services.notifications.domain.rules import Rules
-from services.notifications.domain.texts import provider_label, room_label
 from shared.floor.model import Clinic, RoomState, Visit, VisitStatus
 
 WithdrawReason = Literal["room_taken", "room_unavailable", "next_patient_changed",
@@ -24,25 +23,26 @@ WithdrawReason = Literal["room_taken", "room_unavailable", "next_patient_changed
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A room-ready alert for the nurses."""
+    """A room-ready alert for the nurses, in ids (its words are ``texts.alert_text``, made
+    when it is shown or paged)."""
 
     alert_id: str
     room_id: str
     visit_id: str
     ticket_code: str
     provider_id: str | None
-    text: str
     raised_at: datetime
 
     def to_dict(self) -> dict[str, Any]:
         return {"alert_id": self.alert_id, "room_id": self.room_id, "visit_id": self.visit_id,
                 "ticket_code": self.ticket_code, "provider_id": self.provider_id,
-                "text": self.text, "raised_at": self.raised_at.isoformat()}
+                "raised_at": self.raised_at.isoformat()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Alert:
+        """From ``to_dict`` (a ``text`` kept by a version before is not read)."""
         return cls(data["alert_id"], data["room_id"], data["visit_id"], data["ticket_code"],
-                   data["provider_id"], data["text"], datetime.fromisoformat(data["raised_at"]))
+                   data["provider_id"], datetime.fromisoformat(data["raised_at"]))
 
 
 def page_id(alert: Alert, action: Literal["raised", "withdrawn"]) -> str:
@@ -115,10 +115,7 @@ class NurseAlerts:
                 alert_id=digest("alert", self.clinic_id, room_id, room.since.isoformat(),
                                 visit.visit_id),
                 room_id=room_id, visit_id=visit.visit_id, ticket_code=visit.ticket_code,
-                provider_id=visit.provider_id,
-                text=f"{room_label(room_id)} ready: next is {visit.ticket_code} for "
-                     f"{provider_label(visit.provider_id, rules)}.",
-                raised_at=now,
+                provider_id=visit.provider_id, raised_at=now,
             )
             self.standing[room_id] = alert
             raised.append((alert, visit))

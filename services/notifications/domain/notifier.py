@@ -98,6 +98,15 @@ class ClinicNotifier:
         self.patients.release(self.floor, now, rules, prefs, now, out)
         return out
 
+    def visit_status(self, visit_id: str) -> str | None:
+        """Where a visit stands on this clinic's floor: its status while open (waiting,
+        roomed, with_provider), "ended" for one that ended lately, None for one the
+        floor does not know (never arrived here, or ended long ago)."""
+        visit = self.floor.visits.get(visit_id)
+        if visit is not None:
+            return visit.status.value
+        return "ended" if visit_id in self.floor.closed_ids else None
+
     def next_due(self) -> datetime | None:
         """When ``tick`` next has something to do (None: nothing is waiting)."""
         dues = self.patients.next_due()

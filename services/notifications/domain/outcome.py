@@ -8,18 +8,18 @@ from datetime import datetime
 from services.notifications.domain.alerts import Alert, WithdrawReason
 from services.notifications.domain.notes import PatientKind
 from services.notifications.domain.rules import PatientChannel
+from services.notifications.domain.texts import Wording
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A patient message to queue: who (by visit), what, and why."""
+    """A patient message to queue: who (by visit), what (its ``wording``), and why."""
 
     notification_id: str
     visit_id: str
     ticket_code: str
     kind: PatientKind
-    subject: str
-    text: str
+    wording: Wording  # ids and numbers; made into words when sent or shown (texts.render)
     trigger_ids: tuple[str, ...]
     decided_at: datetime
     channel: PatientChannel

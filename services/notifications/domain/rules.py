@@ -43,14 +43,22 @@ class Rules(BaseModel):
         5, ge=0, le=120, description="how long a warning waits for the rest of the story")
     max_message_age_minutes: float = Field(
         30, ge=1, le=1440, description="triggers older than this are not sent (replays)")
-    clinic_name: str = Field("", max_length=60, description="prefix of patient messages")
+    # the clinic's names and zone belong in CLINICFLOW_CLINICS (shared/clinics.py): these
+    # older rules only fill in what it leaves unsaid (texts.NameBook)
+    clinic_name: str = Field("", max_length=60, description="older: the clinic's name in "
+                             "messages when CLINICFLOW_CLINICS gives none")
     provider_names: dict[str, str] = Field(
-        default_factory=dict, description='display names, e.g. {"dr-lee": "Dr. Lee"}')
-    timezone: str = Field("UTC", description="the clinic's zone: contacts expire at midnight")
+        default_factory=dict, description='older: display names CLINICFLOW_CLINICS does not '
+        'give, e.g. {"dr-lee": "Dr. Lee"}')
+    timezone: str | None = Field(None, description="older: the clinic's zone when "
+                                 "CLINICFLOW_CLINICS gives none (unset: "
+                                 "CLINICFLOW_DEFAULT_TIMEZONE)")
 
     @field_validator("timezone")
     @classmethod
-    def _known_zone(cls, value: str) -> str:
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
@@ -144,10 +152,11 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     return float(min(cap, base * (2 ** max(0, attempt - 1))))
 
 
-def contact_expiry(now: datetime, timezone: str) -> datetime:
+def contact_expiry(now: datetime, timezone: str | ZoneInfo) -> datetime:
     """When contact details entered at ``now`` are deleted: the clinic's next local
-    midnight, and never sooner than an hour (a late patient keeps theirs for the visit)."""
-    zone = ZoneInfo(timezone)
+    midnight (in its zone), and never sooner than an hour (a late patient keeps theirs
+    for the visit)."""
+    zone = timezone if isinstance(timezone, ZoneInfo) else ZoneInfo(timezone)
     local = now.astimezone(zone)
     midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
     return max(midnight.astimezone(UTC), now + timedelta(hours=1))

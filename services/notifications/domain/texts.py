@@ -1,31 +1,94 @@
-"""What patients and nurses read: provider and room names, wait ranges, message texts.
-No names of patients, ever: a ticket code at most. Pure."""
+"""What patients and nurses read: the clinic's own names for its providers and rooms, wait
+ranges, message texts. No names of patients, ever: a ticket code at most. Pure.
+
+What the notifier decides is kept with ids only (a ``Wording``: the kind of message, the
+ticket, whose delay, the range, the room); the words are made from it when the message is
+sent or shown (``render``), with the clinic's ``Names`` as configured then: a name changed
+in the configuration reaches the next message, and nothing stored ever holds a name.
+"""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from services.notifications.domain.notes import PatientKind, PatientNotes, PendingWarning, WaitQuote
-from services.notifications.domain.rules import Rules
+from services.notifications.domain.notes import PatientKind
+
+UTC_ZONE = ZoneInfo("UTC")
 
 
-def provider_label(provider_id: str | None, rules: Rules) -> str:
-    """How patients and nurses know a provider: ``dr-lee`` reads "Dr. Lee"."""
-    if provider_id is None:
-        return "the first available provider"
-    if provider_id in rules.provider_names:
-        return rules.provider_names[provider_id]
+@dataclass(frozen=True, slots=True)
+class Names:
+    """How one clinic's people and places are called, and its clock: the clinic's name
+    (``""``: none), its providers' and rooms' display names by id, its IANA zone."""
+
+    clinic: str = ""
+    providers: Mapping[str, str] = field(default_factory=dict)
+    rooms: Mapping[str, str] = field(default_factory=dict)
+    zone: ZoneInfo = UTC_ZONE
+
+    def provider(self, provider_id: str | None) -> str:
+        """A provider as patients and nurses know them: the configured name, else read from
+        the id (``dr-lee`` reads "Dr. Lee"); nobody in particular is "the first available
+        provider"."""
+        if provider_id is None:
+            return "the first available provider"
+        return self.providers.get(provider_id) or _read_id(provider_id)
+
+    def room(self, room_id: str) -> str:
+        """A room as nurses and patients know it: the configured name ("Exam 5"), else
+        read from the id (``room-4`` and ``r4`` read "Room 4"; others "Room <id>")."""
+        named = self.rooms.get(room_id)
+        if named:
+            return named
+        match = (re.fullmatch(r"(?i)room[-_ ]?(.+)", room_id)
+                 or re.fullmatch(r"(?i)r[-_]?([0-9]+)", room_id))
+        return f"Room {match.group(1) if match else room_id}"
+
+    def local(self, at: datetime) -> datetime:
+        """An instant on the clinic's clock."""
+        return at.astimezone(self.zone)
+
+
+def _read_id(provider_id: str) -> str:
     parts = [p for p in re.split(r"[-_.\s]+", provider_id) if p]
     if parts and parts[0].lower() in ("dr", "doctor"):
         return "Dr. " + " ".join(p.capitalize() for p in parts[1:]) if parts[1:] else "Dr."
     return " ".join(p.capitalize() for p in parts) or provider_id
 
 
-def room_label(room_id: str) -> str:
-    """``room-4`` reads "Room 4"; other ids are kept as they are."""
-    match = re.fullmatch(r"(?i)room[-_ ]?(.+)", room_id)
-    return f"Room {match.group(1) if match else room_id}"
+@dataclass(frozen=True, slots=True)
+class Wording:
+    """A patient message as decided, in ids and numbers: what ``render`` makes words of.
+
+    ``provider_id`` is whose delay or slip it is (None: the clinic's, or a patient for the
+    first available provider); ``delay_minutes`` the announced delay (None: the estimate
+    slipped); ``low``/``high`` the range quoted; ``position`` the place in line;
+    ``room_id`` the room that is ready."""
+
+    kind: PatientKind
+    ticket_code: str
+    provider_id: str | None = None
+    delay_minutes: int | None = None
+    low: float | None = None
+    high: float | None = None
+    position: int = 0
+    room_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ticket": self.ticket_code, "provider": self.provider_id,
+                "delay": self.delay_minutes, "low": self.low, "high": self.high,
+                "position": self.position, "room": self.room_id}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Wording:
+        return cls(d["kind"], d["ticket"], d.get("provider"), d.get("delay"), d.get("low"),
+                   d.get("high"), int(d.get("position", 0)), d.get("room"))
 
 
 def format_range(low: float, high: float) -> str:
@@ -37,34 +100,38 @@ def format_range(low: float, high: float) -> str:
     return f"{lo}\u2013{hi} minutes"
 
 
-def compose(kind: PatientKind, rules: Rules, notes: PatientNotes, estimate: WaitQuote | None,
-            pending: PendingWarning | None, room_id: str | None) -> tuple[str, str]:
-    """(subject, text) of a patient message. No names: a ticket code at most."""
-    clinic = rules.clinic_name
+def render(wording: Wording, names: Names) -> tuple[str, str]:
+    """(subject, text) of a patient message, in the clinic's words."""
+    clinic = names.clinic
     subject_prefix = f"{clinic}: " if clinic else ""
-    wait = format_range(estimate.low, estimate.high) if estimate is not None else None
-    if kind == "delay_warning":
-        assert wait is not None
+    wait = (format_range(wording.low, wording.high)
+            if wording.low is not None and wording.high is not None else None)
+    if wording.kind == "delay_warning":
         subject = "your wait is longer"
-        if pending is not None and pending.reason == "delay":
-            who = (provider_label(pending.delay_provider, rules)
-                   if pending.delay_provider is not None else clinic or "The clinic")
-            text = (f"{who} is running about {pending.delay_minutes} minutes behind; "
+        who = (names.provider(wording.provider_id) if wording.provider_id is not None
+               else clinic or "The clinic")
+        if wording.delay_minutes is not None:
+            text = (f"{who} is running about {wording.delay_minutes} minutes behind; "
                     f"your new estimated wait is {wait}.")
         else:
-            who = (provider_label(notes.provider_id, rules) if notes.provider_id
-                   else clinic or "The clinic")
             text = f"{who} is running behind; your new estimated wait is {wait}."
-    elif kind == "come_back_now":
-        assert estimate is not None and wait is not None
+        if clinic and not text.startswith(clinic):
+            text = f"{clinic}: {text}"
+    elif wording.kind == "come_back_now":
         subject = "please come back now"
-        lead = "you are next" if estimate.position == 1 else "you will be called soon"
-        text = (f"Please come back now, {lead} (ticket {notes.ticket_code}); "
+        lead = "you are next" if wording.position == 1 else "you will be called soon"
+        text = (f"Please come back now, {lead} (ticket {wording.ticket_code}); "
                 f"estimated wait {wait}.")
     else:
         subject = "we are ready for you"
-        where = f" {room_label(room_id)} is ready." if room_id else ""
-        text = f"We are ready for you (ticket {notes.ticket_code}): please come in now.{where}"
-    if clinic and kind == "delay_warning" and not text.startswith(clinic):
-        text = f"{clinic}: {text}"
+        where = f" {names.room(wording.room_id)} is ready." if wording.room_id else ""
+        text = (f"We are ready for you (ticket {wording.ticket_code}): please come in now."
+                f"{where}")
     return f"{subject_prefix}{subject}", text
+
+
+def alert_text(room_id: str, ticket_code: str, provider_id: str | None, names: Names) -> str:
+    """A nurse room-ready alert: "Exam 5 is ready for A-17 (Dr. Okafor)."."""
+    return (f"{names.room(room_id)} is ready for {ticket_code} "
+            f"({names.provider(provider_id)}).")
+

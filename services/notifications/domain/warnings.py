@@ -40,7 +40,7 @@ from services.notifications.domain.rules import (
     quiet_reason,
     stale,
 )
-from services.notifications.domain.texts import compose
+from services.notifications.domain.texts import Wording
 from shared import events as ev
 from shared.floor.model import Clinic, Visit, VisitStatus
 
@@ -172,7 +172,7 @@ class WaitingPatients:
             out.decisions.append(("ready_for_you", "stale"))
         else:
             self._send(notes, "ready_for_you", (alert.alert_id,), alert.raised_at, preference,
-                       rules, None, out, room_id=alert.room_id)
+                       None, out, room_id=alert.room_id)
 
     # ------------------------------------------------------------ release
 
@@ -220,7 +220,7 @@ class WaitingPatients:
                 notes.pending = None
                 continue
             notes.pending = None
-            self._send(notes, "delay_warning", pending.trigger_ids, now, preference, rules,
+            self._send(notes, "delay_warning", pending.trigger_ids, now, preference,
                        estimate, out, pending)
 
     def next_due(self) -> list[datetime]:
@@ -249,20 +249,18 @@ class WaitingPatients:
         elif stale(estimate.at, wall, rules):
             out.decisions.append(("come_back_now", "stale"))
         else:
-            self._send(notes, "come_back_now", (trigger,), now, preference, rules, estimate,
-                       out)
+            self._send(notes, "come_back_now", (trigger,), now, preference, estimate, out)
 
     def _send(self, notes: PatientNotes, kind: PatientKind, triggers: tuple[str, ...],
-              now: datetime, preference: Preferences, rules: Rules, estimate: WaitQuote | None,
+              now: datetime, preference: Preferences, estimate: WaitQuote | None,
               out: Outcome, pending: PendingWarning | None = None,
               room_id: str | None = None) -> None:
         assert preference.channel is not None
-        subject, text = compose(kind, rules, notes, estimate, pending, room_id)
         message = Message(
             notification_id=notification_id(self.clinic_id, notes.visit_id, kind, triggers),
             visit_id=notes.visit_id, ticket_code=notes.ticket_code, kind=kind,
-            subject=subject, text=text, trigger_ids=triggers, decided_at=now,
-            channel=preference.channel,
+            wording=_wording(kind, notes, estimate, pending, room_id), trigger_ids=triggers,
+            decided_at=now, channel=preference.channel,
         )
         out.messages.append(message)
         out.decisions.append((kind, "queued"))
@@ -270,6 +268,23 @@ class WaitingPatients:
         if kind == "delay_warning" and estimate is not None:
             notes.told = estimate
         notes.intents = [*notes.intents, message.notification_id][-INTENTS_PER_VISIT:]
+
+
+def _wording(kind: PatientKind, notes: PatientNotes, estimate: WaitQuote | None,
+             pending: PendingWarning | None, room_id: str | None) -> Wording:
+    """What a message says, in ids and numbers (``texts.render`` makes the words)."""
+    low, high = (None, None) if estimate is None else (estimate.low, estimate.high)
+    position = 0 if estimate is None else estimate.position
+    if kind == "delay_warning":
+        assert estimate is not None
+        if pending is not None and pending.reason == "delay":
+            return Wording(kind, notes.ticket_code, pending.delay_provider,
+                           pending.delay_minutes, low, high, position)
+        return Wording(kind, notes.ticket_code, notes.provider_id, None, low, high, position)
+    if kind == "come_back_now":
+        assert estimate is not None
+    return Wording(kind, notes.ticket_code, notes.provider_id, None, low, high, position,
+                   room_id)
 
 
 def _estimate_to_tell(notes: PatientNotes, pending: PendingWarning,
