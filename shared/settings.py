@@ -297,8 +297,33 @@ class CheckinSettings(CommonSettings):
         default=SecretStr("dev-checkin-identity-secret"),
         description="HMAC key for the kiosk's date-of-birth + initials check (min 16 chars)",
     )
+    checkin_hl7_port: int = Field(
+        default=0, ge=0, le=65535, description="port of the HL7 v2 MLLP listener on "
+        "CLINICFLOW_CHECKIN_HL7_HOST (0: no listener)")
+    checkin_hl7_host: str = Field(default="127.0.0.1", description="address the MLLP "
+                                  "listener binds (loopback unless a deployment opens it)")
+    checkin_hl7_max_message_bytes: int = Field(
+        default=1024 * 1024, ge=4096, description="a larger HL7 message is answered AR "
+        "unread (its bytes are skipped, never held)")
+    checkin_feeds: str = Field(
+        default="{}", description='JSON {"SENDING_FACILITY": {"clinic": "north", '
+        '"providers": {...}, "rooms": {...}, "visit_types": {...}}}: which clinic each EHR '
+        "feed (HL7 MSH-4, FHIR source) writes to and its code maps "
+        "(docs/interfaces.md)")
     # a day's FHIR Bundle for a large clinic is bigger than the common 256 KiB
     max_body_bytes: int = 1024 * 1024
+
+    @field_validator("checkin_feeds")
+    @classmethod
+    def _feeds_parse(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"CLINICFLOW_CHECKIN_FEEDS is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError('CLINICFLOW_CHECKIN_FEEDS must be an object: {"GENHOS": '
+                             '{"clinic": "north"}}')
+        return value
 
     @field_validator("checkin_timezone")
     @classmethod

@@ -18,6 +18,9 @@ from services.checkin.api import make_router
 from services.checkin.barrier import FloorBarrier
 from services.checkin.desk import CheckinDesk, DeskConfig, ScheduleRejected
 from services.checkin.domain import visit_type_table
+from services.checkin.feeds import Feeds
+from services.checkin.hl7.feed import Hl7Feed
+from services.checkin.hl7.mllp import MllpServer
 from services.checkin.limiter import LookupLimiter
 from services.checkin.pages import make_pages_router, static_files
 from services.checkin.projection import (
@@ -106,14 +109,27 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     ), barrier=barrier.caught_up)
     runtime.every(settings.checkin_no_show_check_seconds, desk.sweep_no_shows, "no-show-sweep")
 
+    # the EHR feeds: HL7 v2 over MLLP (CLINICFLOW_CHECKIN_HL7_PORT; 0: none), into the
+    # desk's own commands
+    feeds = Feeds.parse(settings.checkin_feeds)
+    hl7_feed = Hl7Feed(desk, store, feeds, runtime.clock,
+                       max_bytes=settings.checkin_hl7_max_message_bytes)
+    mllp = MllpServer(hl7_feed.answer, settings.checkin_hl7_host, settings.checkin_hl7_port,
+                      settings.checkin_hl7_max_message_bytes) \
+        if settings.checkin_hl7_port else None
+
     tasks: list[asyncio.Task[None]] = []
 
     async def start() -> None:
         tasks.append(asyncio.create_task(
             relay.run(OUTBOX_CHECK_SECONDS, lambda: runtime.kafka_started),
             name="checkin-outbox-relay"))
+        if mllp is not None:
+            await mllp.start()
 
     async def stop() -> None:
+        if mllp is not None:
+            await mllp.stop()
         await stop_tasks(tasks)
 
     app = make_http_app(
@@ -145,4 +161,6 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     app.state.store = store
     app.state.runner = runner
     app.state.relay = relay
+    app.state.hl7_feed = hl7_feed
+    app.state.mllp = mllp
     return app

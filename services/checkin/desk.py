@@ -545,28 +545,68 @@ class CheckinDesk:
                     await self.store.release_no_show(clinic_id, appointment_id)
                     settled.append(appointment_id)
                     continue
-                event = ev.make_event(
-                    ev.PatientNoShow(appointment_id=appointment_id,
-                                     provider_id=appointment.provider_id,
-                                     scheduled_at=appointment.scheduled_at),
-                    clinic_id=clinic_id, source=SOURCE, occurred_at=now,
-                    correlation_id=appointment_id)
-                outcome = (await self.publish([event]))[0]
+                event, outcome = await self._publish_no_show(clinic_id, appointment, now)
                 if outcome is not None:
-                    await self.store.release_no_show(clinic_id, appointment_id)
                     result.failed += 1
                     log.warning("no-show not published; next sweep retries", clinic=clinic_id,
                                 error=repr(outcome))
                     continue
-                await self.store.record_no_show(
-                    clinic_id, appointment_id, appointment.scheduled_at,
-                    clinic_day(appointment.scheduled_at, self.zone(clinic_id)))
-                m.NO_SHOWS.labels(clinic_id).inc()
                 result.published.append(event)
             await self.store.drop_pending(clinic_id, settled)
         if result.published:
             log.info("no-shows published", count=len(result.published))
         return result
+
+    async def _publish_no_show(self, clinic_id: str, appointment: Appointment,
+                               now: datetime) -> tuple[ev.Event, BaseException | None]:
+        """Publish a claimed no-show and put it on the follow-up list; a failed publish
+        releases the claim (the outcome says why)."""
+        appointment_id = appointment.appointment_id
+        event = ev.make_event(
+            ev.PatientNoShow(appointment_id=appointment_id,
+                             provider_id=appointment.provider_id,
+                             scheduled_at=appointment.scheduled_at),
+            clinic_id=clinic_id, source=SOURCE, occurred_at=now,
+            correlation_id=appointment_id)
+        outcome = (await self.publish([event]))[0]
+        if outcome is not None:
+            await self.store.release_no_show(clinic_id, appointment_id)
+            return event, outcome
+        await self.store.record_no_show(
+            clinic_id, appointment_id, appointment.scheduled_at,
+            clinic_day(appointment.scheduled_at, self.zone(clinic_id)))
+        m.NO_SHOWS.labels(clinic_id).inc()
+        return event, None
+
+    async def mark_no_show(self, clinic_id: str, appointment_id: str, *,
+                           now: datetime) -> ev.Event | None:
+        """Mark one appointment a no-show now, as the EHR says (HL7 ``SIU^S26``), before
+        the sweep would: ``patient.no_show`` once (None: it already is one).
+        ``NotFound`` for an appointment not on the clinic's schedule, ``Conflict`` for one
+        cancelled or checked in, ``Unavailable`` when Kafka cannot take it."""
+        state = (await self.store.appointment_states(clinic_id, [appointment_id])).get(
+            appointment_id)
+        if state is None:
+            raise NotFound(f"no appointment {appointment_id!r} on clinic {clinic_id!r}'s "
+                           "schedule", "not_found")
+        if state.appointment.status == "cancelled":
+            raise Conflict(f"appointment {appointment_id!r} was cancelled", "cancelled")
+        if state.arrived_visit is not None:
+            raise Conflict(f"appointment {appointment_id!r} is checked in (visit "
+                           f"{state.arrived_visit}): it is no no-show", "already_arrived")
+        if state.no_show or not await self.store.claim_no_show(clinic_id, state.appointment):
+            return None
+        fresh = await self.store.appointment_states(clinic_id, [appointment_id])
+        if appointment_id in fresh and fresh[appointment_id].arrived_visit is not None:
+            await self.store.release_no_show(clinic_id, appointment_id)
+            raise Conflict(f"appointment {appointment_id!r} was just checked in: it is no "
+                           "no-show", "already_arrived")
+        event, outcome = await self._publish_no_show(clinic_id, state.appointment, now)
+        if outcome is not None:
+            log.warning("publish failed", event_type=event.event_type, error=repr(outcome))
+            raise Unavailable("could not publish to Kafka; nothing was recorded, try again",
+                              "unavailable")
+        return event
 
     async def follow_up_list(self, clinic_id: str, day: date) -> list[FollowUp]:
         """The no-shows of the clinic's ``day`` (its own zone) to call and reschedule, in

@@ -29,7 +29,9 @@ TICKET_LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # no I, O, Q: not mistaken for 1 and
 TICKETS_PER_LETTER = 9999
 _TICKET_INPUT = re.compile(r"^\s*([A-Za-z])\s*[-‐–]?\s*0*([0-9]{1,4})\s*$")
 
-Channel = Literal["front_desk", "kiosk"]
+# "ehr": an EHR feed (HL7 v2 ADT, FHIR Encounter) registered the arrival; checked as the
+# front desk is
+Channel = Literal["front_desk", "kiosk", "ehr"]
 # "undone": flow undid the arrival itself (``action.undone`` naming it): the floor no
 # longer knows the visit
 VisitStatus = Literal["waiting", "roomed", "cancelled", "checked_out", "undone"]

@@ -30,6 +30,15 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
     P:checkin:limit:{kind}:{client}:{minute} INT  rate-limit counters (lookups, misses;
                                                   ``kind`` is ``lookup`` or ``miss``)
     P:checkin:import:{clinic}               STR   held while an import of that clinic runs
+    P:checkin:feed:ack:{message}            STR   the HL7 ACK answered to a message (``message``:
+                                                  a digest of MSH-3, MSH-4 and MSH-10), so a
+                                                  resent message gets it again, with no effect
+    P:checkin:feed:at:{clinic}:{subject}    STR   the own time (epoch) of the last feed message
+                                                  applied to an appointment, EHR visit or
+                                                  patient (``subject``): an older one is stale
+    P:checkin:feed:visit:{clinic}:{ehr}     STR   our visit id of an EHR visit (``ehr``: a keyed
+                                                  digest of PV1-19), ``pending`` while its
+                                                  arrival is being published
     P:checkin:outbox                        LIST  dead letters waiting for the relay, and
     P:checkin:outbox-lock                   STR   its drainer's lock (shared/outbox.py)
     P:applied:checkin:{topic}:{partition}   STR   the consumer's last offset applied per
@@ -77,12 +86,22 @@ from services.checkin.projection import (
 from shared.projection import Inbound
 
 KEEP_DAYS = 3
+FEED_ACK_KEEP_DAYS = 7  # a sender resending a week-old message still gets its first ACK
+FEED_PENDING = "pending"
+FEED_PENDING_SECONDS = 60
 KEEP = timedelta(days=KEEP_DAYS)
 PROVIDERS_KEEP_DAYS = 30
 MAX_CONFLICTS = 50
 _RELEASE_IF_OURS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+# a subject's latest feed message time (epoch seconds), never moved back
+_LATEST = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1e300')
+if current > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
 """
 # the day's ticket counter raised to at least ARGV[1] (a visit rebuilt from the floor topic
 # after Redis was lost: the next arrival must not get its code again)
@@ -544,6 +563,56 @@ class CheckinStore:
     async def counted(self, kind: str, client: str, minute: int) -> int:
         raw = await self.redis.get(self._limit(kind, client, minute))
         return int(raw) if raw else 0
+
+    # ---------------------------------------------------------- EHR feeds
+
+    def _feed_ack(self, message: str) -> str:
+        return f"{self.prefix}:feed:ack:{message}"
+
+    def _feed_at(self, clinic: str, subject: str) -> str:
+        return f"{self.prefix}:feed:at:{clinic}:{subject}"
+
+    def _feed_visit(self, clinic: str, ehr_visit: str) -> str:
+        return f"{self.prefix}:feed:visit:{clinic}:{ehr_visit}"
+
+    async def feed_ack(self, message: str) -> bytes | None:
+        """The ACK already answered to a message (None: not seen, or not settled)."""
+        raw = await self.redis.get(self._feed_ack(message))
+        return raw if isinstance(raw, bytes) else (raw.encode() if raw else None)
+
+    async def save_feed_ack(self, message: str, ack: bytes) -> None:
+        await self.redis.set(self._feed_ack(message), ack, ex=FEED_ACK_KEEP_DAYS * 86400)
+
+    async def feed_seen_at(self, clinic: str, subject: str) -> datetime | None:
+        """The own time of the last feed message applied to ``subject``."""
+        raw = await self.redis.get(self._feed_at(clinic, subject))
+        return datetime.fromtimestamp(float(_text(raw)), UTC) if raw else None
+
+    async def mark_feed_seen(self, clinic: str, subject: str, at: datetime) -> None:
+        """Remember ``at`` as the subject's latest message time (never moved back)."""
+        await self.redis.eval(_LATEST, 1, self._feed_at(clinic, subject),
+                              repr(at.timestamp()), KEEP_DAYS * 86400)
+
+    async def claim_feed_visit(self, clinic: str, ehr_visit: str) -> str | None:
+        """Hold an EHR visit while its arrival is published: None when this call took
+        it, else what holds it (our visit id, or ``pending``)."""
+        key = self._feed_visit(clinic, ehr_visit)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, FEED_PENDING, nx=True, ex=FEED_PENDING_SECONDS)
+            pipe.get(key)
+            took, holder = await pipe.execute()
+        return None if took else (_text(holder) if holder else None)
+
+    async def feed_visit(self, clinic: str, ehr_visit: str) -> str | None:
+        raw = await self.redis.get(self._feed_visit(clinic, ehr_visit))
+        return _text(raw) if raw else None
+
+    async def set_feed_visit(self, clinic: str, ehr_visit: str, visit_id: str) -> None:
+        await self.redis.set(self._feed_visit(clinic, ehr_visit), visit_id,
+                             ex=KEEP_DAYS * 86400)
+
+    async def forget_feed_visit(self, clinic: str, ehr_visit: str) -> None:
+        await self.redis.delete(self._feed_visit(clinic, ehr_visit))
 
     # --------------------------------------------------------------- outbox
 
