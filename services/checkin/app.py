@@ -18,7 +18,9 @@ from services.checkin.api import make_router
 from services.checkin.barrier import FloorBarrier
 from services.checkin.desk import CheckinDesk, DeskConfig, ScheduleRejected
 from services.checkin.domain import visit_type_table
+from services.checkin.ehr import EhrCommands
 from services.checkin.feeds import Feeds
+from services.checkin.fhir_api import make_fhir_router
 from services.checkin.hl7.feed import Hl7Feed
 from services.checkin.hl7.mllp import MllpServer
 from services.checkin.limiter import LookupLimiter
@@ -112,7 +114,8 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     # the EHR feeds: HL7 v2 over MLLP (CLINICFLOW_CHECKIN_HL7_PORT; 0: none), into the
     # desk's own commands
     feeds = Feeds.parse(settings.checkin_feeds)
-    hl7_feed = Hl7Feed(desk, store, feeds, runtime.clock,
+    ehr = EhrCommands(desk, store)
+    hl7_feed = Hl7Feed(ehr, feeds, runtime.clock,
                        max_bytes=settings.checkin_hl7_max_message_bytes)
     mllp = MllpServer(hl7_feed.answer, settings.checkin_hl7_host, settings.checkin_hl7_port,
                       settings.checkin_hl7_max_message_bytes) \
@@ -155,6 +158,8 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
                             settings.checkin_lookup_misses_per_minute)
     app.include_router(make_router(desk, IdempotencyStore(runtime.redis, settings.redis_prefix),
                                    limiter, runtime.clock))
+    app.include_router(make_fhir_router(desk, ehr, store, feeds, runtime.clock,
+                                        IdempotencyStore(runtime.redis, settings.redis_prefix)))
     app.include_router(make_pages_router())
     app.mount("/static", static_files(), name="static")
     app.state.desk = desk

@@ -75,6 +75,7 @@ from services.checkin.domain import (
     AppointmentState,
     VisitView,
     clinic_day,
+    ticket_code,
     ticket_number,
 )
 from services.checkin.projection import (
@@ -479,6 +480,23 @@ class CheckinStore:
     async def visit(self, clinic: str, visit_id: str) -> VisitView | None:
         fields = await self.redis.hgetall(self._visit(clinic, visit_id))
         return self._visit_of(_decode_hash(fields)) if fields else None
+
+    async def day_visits(self, clinic: str, day: date) -> list[VisitView]:
+        """The visits of the clinic's ``day`` in ticket order (the day's ticket counter
+        says how many codes were handed out; each code names its visit)."""
+        raw = await self.redis.get(self._seq(clinic, day))
+        count = min(int(raw) if raw else 0, 20_000)
+        if not count:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for number in range(1, count + 1):
+                pipe.get(self._ticket(clinic, day, ticket_code(number)))
+            ids = [_text(v) for v in await pipe.execute() if v]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for visit_id in ids:
+                pipe.hgetall(self._visit(clinic, visit_id))
+            found = await pipe.execute()
+        return [self._visit_of(_decode_hash(fields)) for fields in found if fields]
 
     async def visit_for_ticket(self, clinic: str, days: Sequence[date],
                                code: str) -> VisitView | None:

@@ -68,6 +68,14 @@ POLICY: dict[str, dict[str, frozenset[str] | str]] = {
         "GET /clinics/{clinic_id}/tickets/{ticket_code}/wait":
             frozenset({"kiosk", "front_desk", "manager"}),
         "GET /kiosk/{clinic_id}": PUBLIC,
+        "POST /clinics/{clinic_id}/fhir/Appointment": FRONT_DESK_OR_MANAGER,
+        "PUT /clinics/{clinic_id}/fhir/Appointment/{resource_id}": FRONT_DESK_OR_MANAGER,
+        "PUT /clinics/{clinic_id}/fhir/Encounter/{resource_id}": FRONT_DESK_OR_MANAGER,
+        "POST /clinics/{clinic_id}/fhir": FRONT_DESK_OR_MANAGER,
+        "POST /clinics/{clinic_id}/fhir/subscription": FRONT_DESK_OR_MANAGER,
+        "GET /clinics/{clinic_id}/fhir/Encounter": frozenset({"front_desk", "nurse", "manager"}),
+        "GET /clinics/{clinic_id}/fhir/Appointment":
+            frozenset({"front_desk", "nurse", "manager"}),
     },
     "flow": {
         **OPERATIONS,
@@ -151,6 +159,20 @@ RAW_BODIES: dict[str, tuple[str, bytes]] = {
                                                b"provider_id,visit_type,scheduled_at\n"),
     "POST /clinics/{clinic_id}/schedule/fhir": ("application/fhir+json",
                                                 b'{"resourceType": "Bundle", "entry": []}'),
+    # FHIR writes that change nothing (a proposed appointment, a planned encounter)
+    "POST /clinics/{clinic_id}/fhir/Appointment": ("application/fhir+json", orjson.dumps({
+        "resourceType": "Appointment", "status": "proposed", "participant": [
+            {"actor": {"reference": "Patient/matrix"}, "status": "needs-action"}]})),
+    "PUT /clinics/{clinic_id}/fhir/Appointment/{resource_id}": ("application/fhir+json",
+                                                                orjson.dumps({
+        "resourceType": "Appointment", "status": "proposed", "participant": [
+            {"actor": {"reference": "Patient/matrix"}, "status": "needs-action"}]})),
+    "PUT /clinics/{clinic_id}/fhir/Encounter/{resource_id}": ("application/fhir+json",
+                                                              orjson.dumps({
+        "resourceType": "Encounter", "status": "planned", "class": {"code": "AMB"}})),
+    "POST /clinics/{clinic_id}/fhir": ("application/fhir+json",
+                                       b'{"resourceType": "Bundle", "type": "batch"}'),
+    "POST /clinics/{clinic_id}/fhir/subscription": ("application/fhir+json", b""),
 }
 QUERIES: dict[str, dict[str, str]] = {
     "GET /clinics/{clinic_id}/reconciliation": {"date": "2026-03-02"},

@@ -56,6 +56,13 @@ def test_every_checkin_route_is_in_the_document(spec: dict[str, Any]) -> None:
         ("GET", "/clinics/{clinic_id}/visits/{visit_id}/wait"),
         ("GET", "/clinics/{clinic_id}/tickets/{ticket_code}/wait"),
         ("GET", "/kiosk/{clinic_id}"),
+        ("POST", "/clinics/{clinic_id}/fhir/Appointment"),
+        ("PUT", "/clinics/{clinic_id}/fhir/Appointment/{resource_id}"),
+        ("PUT", "/clinics/{clinic_id}/fhir/Encounter/{resource_id}"),
+        ("POST", "/clinics/{clinic_id}/fhir"),
+        ("POST", "/clinics/{clinic_id}/fhir/subscription"),
+        ("GET", "/clinics/{clinic_id}/fhir/Encounter"),
+        ("GET", "/clinics/{clinic_id}/fhir/Appointment"),
     }
 
 

@@ -24,27 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import replace
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Literal
 
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from services.checkin.desk import ArrivalOverrides, CheckinDesk, WalkIn
 from services.checkin.domain import (
     ID_PATTERN,
     Appointment,
-    AppointmentState,
-    kiosk_days,
     map_visit_type,
     normalize_initials,
 )
+from services.checkin.ehr import EhrCommands
 from services.checkin.feeds import Feed, Feeds
 from services.checkin.hl7.messages import (
     APPLICATION_INTERNAL_ERROR,
@@ -65,8 +59,6 @@ from services.checkin.hl7.messages import (
     read_message,
 )
 from services.checkin.hl7.mllp import Frame
-from services.checkin.schedule import ParsedSchedule
-from services.checkin.store import FEED_PENDING, CheckinStore
 from shared.clock import Clock
 from shared.errors import Conflict, NotFound, Refusal, Unavailable
 from shared.logging import get_logger
@@ -91,15 +83,15 @@ KNOWN_TYPES = {f"{c}^{t}" for c, ts in (("SIU", ("S12", "S13", "S14", "S15", "S1
 class Hl7Feed:
     """Answers HL7 frames: reads each, applies it through ``desk``, returns the ACK."""
 
-    def __init__(self, desk: CheckinDesk, store: CheckinStore, feeds: Feeds, clock: Clock,
-                 *, max_bytes: int) -> None:
-        self.desk = desk
-        self.store = store
+    def __init__(self, ehr: EhrCommands, feeds: Feeds, clock: Clock, *,
+                 max_bytes: int) -> None:
+        self.ehr = ehr
+        self.desk = ehr.desk
+        self.store = ehr.store
         self.feeds = feeds
         self.clock = clock
         self.max_bytes = max_bytes
         self._messages: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-        self._clinics: dict[str, asyncio.Lock] = {}
         self._visit_types: dict[str, Mapping[str, str]] = {}
 
     # ---------------------------------------------------------------- answer
@@ -215,14 +207,6 @@ class Hl7Feed:
             self._visit_types[feed.facility] = table
         return table
 
-    @asynccontextmanager
-    async def _clinic(self, clinic_id: str) -> AsyncIterator[None]:
-        """One schedule change of a clinic at a time in this process (the desk's import
-        takes the clinic's lock and refuses a second import meanwhile)."""
-        lock = self._clinics.setdefault(clinic_id, asyncio.Lock())
-        async with lock:
-            yield
-
     # --------------------------------------------------------------- schedule
 
     async def _schedule(self, feed: Feed, message: ScheduleMessage, now: datetime) -> str:
@@ -232,20 +216,19 @@ class Hl7Feed:
                           f"from {feed.source_of_truth}, not from this HL7 feed", "MSH", 4)
         at = self._at(feed, message.at, now)
         subject = f"appt:{message.appointment_id}"
-        async with self._clinic(clinic):
-            seen = await self.store.feed_seen_at(clinic, subject)
-            if seen is not None and at < seen:
+        async with self.ehr.schedule_lock(clinic):
+            if await self.ehr.superseded(clinic, subject, at):
                 return "superseded by a later message for this appointment; nothing changed"
             if message.action == "no_show":
                 text = await self._no_show(clinic, message, now)
             else:
                 text = await self._book(feed, message, now)
-            await self.store.mark_feed_seen(clinic, subject, at)
+            await self.ehr.applied(clinic, subject, at)
         return text
 
     async def _no_show(self, clinic: str, message: ScheduleMessage, now: datetime) -> str:
         try:
-            event = await self.desk.mark_no_show(clinic, message.appointment_id, now=now)
+            return await self.ehr.no_show(clinic, message.appointment_id, now=now)
         except NotFound:
             raise Problem("AE", UNKNOWN_KEY_IDENTIFIER, f"appointment "
                           f"{message.appointment_id!r} is not on the clinic's schedule",
@@ -253,7 +236,6 @@ class Hl7Feed:
         except Conflict as refused:
             raise Problem("AE", APPLICATION_INTERNAL_ERROR, refused.detail, "SCH", 2,
                           1) from None
-        return "no-show recorded" if event is not None else "already a no-show"
 
     async def _book(self, feed: Feed, message: ScheduleMessage, now: datetime) -> str:
         clinic = feed.clinic_id
@@ -262,21 +244,16 @@ class Hl7Feed:
         appointment = self._appointment(feed, message, stored)
         if appointment is None:
             return "appointment not known here: nothing to cancel"
-        parsed = ParsedSchedule(appointments=[appointment], rows=1)
+        providers: dict[str, str] = {}
+        rooms: dict[str, str] = {}
         if message.provider is not None and message.provider.name:
-            parsed.providers[appointment.provider_id] = message.provider.name[:80]
+            providers[appointment.provider_id] = message.provider.name[:80]
         if message.room is not None and message.room.name:
             room = feed.room(message.room.ehr_id)
             if ID_PATTERN.match(room):
-                parsed.rooms[room] = message.room.name[:80]
-        result = await self.desk.import_schedule(clinic, parsed, fmt="hl7", dry_run=False,
-                                                 now=now)
-        if result.created:
-            return "appointment booked"
-        if result.updated:
-            return "appointment cancelled" if appointment.status == "cancelled" \
-                else "appointment updated"
-        return "no change"
+                rooms[room] = message.room.name[:80]
+        return await self.ehr.book(clinic, appointment, now=now, providers=providers,
+                                   rooms=rooms)
 
     def _appointment(self, feed: Feed, message: ScheduleMessage,
                      stored: Appointment | None) -> Appointment | None:
@@ -340,152 +317,49 @@ class Hl7Feed:
 
     # ----------------------------------------------------------- registration
 
-    def _ehr_visit(self, feed: Feed, message: RegistrationMessage) -> str:
-        """A keyed digest of the EHR's visit number (PV1-19), else of the message: the
-        EHR's identifiers are not kept in plain."""
-        number = message.visit_number or f"msg|{message.header.control_id}"
-        text = f"ehr-visit|{feed.clinic_id}|{number}".encode()
-        return hmac.new(self.desk.config.identity_secret, text, hashlib.sha256).hexdigest()[:32]
-
     async def _registration(self, feed: Feed, message: RegistrationMessage,
                             now: datetime) -> str:
         clinic = feed.clinic_id
         at = self._at(feed, message.at, now)
-        if message.action == "update_patient":
-            assert message.patient is not None
+        patient_ref = None
+        if message.patient is not None:
             patient_ref = self.desk.import_keys(clinic).pseudonymize(message.patient.mrn)
-            subject = f"patient:{patient_ref}"
-        else:
-            ehr_visit = self._ehr_visit(feed, message)
-            subject = f"visit:{ehr_visit}"
-        seen = await self.store.feed_seen_at(clinic, subject)
-        if seen is not None and at < seen:
+        ehr_visit = self.ehr.ehr_visit(
+            clinic, message.visit_number or f"msg|{message.header.control_id}")
+        subject = f"patient:{patient_ref}" if message.action == "update_patient" \
+            else f"visit:{ehr_visit}"
+        if await self.ehr.superseded(clinic, subject, at):
             return "superseded by a later message for this visit; nothing changed"
-        if message.action == "arrive":
-            text = await self._arrive(feed, message, ehr_visit, now)
-        elif message.action == "update_patient":
-            text = await self._update_patient(feed, message, patient_ref, now)
-        else:
-            text = await self._end(feed, message, ehr_visit, now)
-        await self.store.mark_feed_seen(clinic, subject, at)
-        return text
-
-    async def _patient_appointments(self, clinic: str, patient_ref: str,
-                                    now: datetime) -> list[AppointmentState]:
-        """The patient's booked appointments the kiosk would take now (the clinic's
-        today, and across midnight the nearby ones)."""
-        found: list[AppointmentState] = []
-        for day in kiosk_days(now, self.desk.zone(clinic)):
-            found.extend(s for s in await self.desk.schedule(clinic, day)
-                         if s.appointment.patient_ref == patient_ref
-                         and s.appointment.status == "booked")
-        return found
-
-    async def _arrive(self, feed: Feed, message: RegistrationMessage, ehr_visit: str,
-                      now: datetime) -> str:
-        clinic = feed.clinic_id
-        assert message.patient is not None
-        patient_ref = self.desk.import_keys(clinic).pseudonymize(message.patient.mrn)
-        holder = await self.store.claim_feed_visit(clinic, ehr_visit)
-        if holder == FEED_PENDING:
-            raise Problem("AR", "206", "this visit's registration is being processed; send "
-                          "the message again", "PV1", 19, 1, retry=True)
-        if holder is not None:
-            return f"already checked in (visit {holder})"
         try:
-            visit_id, text = await self._check_in(feed, message, patient_ref, now)
-        except BaseException:
-            await self.store.forget_feed_visit(clinic, ehr_visit)
-            raise
-        await self.store.set_feed_visit(clinic, ehr_visit, visit_id)
-        return text
-
-    async def _check_in(self, feed: Feed, message: RegistrationMessage, patient_ref: str,
-                        now: datetime) -> tuple[str, str]:
-        """Check the patient in on their appointment closest to now, or as a walk-in."""
-        clinic = feed.clinic_id
-        priority: Literal["routine", "urgent"] = "urgent" if message.urgent else "routine"
-        states = await self._patient_appointments(clinic, patient_ref, now)
-        open_ones = sorted((s for s in states if s.arrived_visit is None),
-                           key=lambda s: abs(s.appointment.scheduled_at - now))
-        if open_ones:
-            appointment_id = open_ones[0].appointment.appointment_id
-            try:
-                result = await self.desk.arrive_scheduled(
-                    clinic, appointment_id, channel="ehr", now=now,
-                    overrides=ArrivalOverrides(priority=priority))
-            except Conflict as refused:
-                if refused.code != "already_arrived":
-                    raise Problem("AE", APPLICATION_INTERNAL_ERROR, refused.detail, "PV1",
-                                  19, 1) from None
-                fresh = await self.store.appointment_states(clinic, [appointment_id])
-                visit_id = fresh[appointment_id].arrived_visit if appointment_id in fresh \
+            if message.action == "arrive":
+                provider = feed.provider(message.attending.ehr_id) if message.attending \
                     else None
-                if visit_id is None:
-                    raise
-                return visit_id, f"already checked in (visit {visit_id})"
-            return result.visit_id, (f"checked in on appointment {appointment_id}, ticket "
-                                     f"{result.ticket_code}")
-        arrived = [s for s in states if s.arrived_visit is not None]
-        if arrived:
-            visit_id = str(arrived[0].arrived_visit)
-            return visit_id, f"already checked in (visit {visit_id})"
-        provider_id = feed.provider(message.attending.ehr_id) if message.attending else None
-        if provider_id is not None and (
-                not ID_PATTERN.match(provider_id)
-                or provider_id not in await self.desk.known_providers(clinic)):
-            provider_id = None  # a provider the clinic does not know: first available
-        result = await self.desk.arrive_walk_in(
-            clinic, WalkIn(provider_id=provider_id, visit_type="walk_in",
-                           priority=priority, patient_ref=patient_ref),
-            channel="ehr", now=now)
-        return result.visit_id, f"checked in as a walk-in, ticket {result.ticket_code}"
-
-    async def _end(self, feed: Feed, message: RegistrationMessage, ehr_visit: str,
-                   now: datetime) -> str:
-        """A11 (registration cancelled): the arrival was entered in error. A03 (visit
-        ended): a patient still waiting here left without being seen; a visit that was
-        roomed ends at checkout, which is billing's."""
-        clinic = feed.clinic_id
-        visit_id = await self.store.feed_visit(clinic, ehr_visit)
-        if visit_id is None or visit_id == FEED_PENDING:
-            return "no arrival of this visit here: nothing to change"
-        view = await self.store.visit(clinic, visit_id)
-        if message.action == "end_visit" and (view is None or view.status != "waiting"):
-            return f"visit {visit_id} is not waiting here: nothing to change"
-        reason = "entered_in_error" if message.action == "cancel_arrival" \
-            else "left_without_being_seen"
-        try:
-            await self.desk.cancel(clinic, visit_id, reason, now=now)
-        except NotFound:
-            return f"visit {visit_id} is not known here any more: nothing to change"
+                _visit, text = await self.ehr.arrive(clinic, ehr_visit, patient_ref, now=now,
+                                                     provider_id=provider,
+                                                     urgent=message.urgent)
+            elif message.action == "update_patient":
+                assert message.patient is not None and patient_ref is not None
+                identity = self._identity(feed, message.patient)
+                if identity is None:
+                    text = "no birth date and name to update"
+                else:
+                    async with self.ehr.schedule_lock(clinic):
+                        text = await self.ehr.update_identity(clinic, patient_ref, identity,
+                                                              now=now)
+            else:
+                text = await self.ehr.end(clinic, ehr_visit, "entered_in_error"
+                                          if message.action == "cancel_arrival" else "ended",
+                                          now=now)
+        except Unavailable as refused:
+            if refused.code == "in_progress":
+                raise Problem("AR", "206", f"{refused.detail}", "PV1", 19, 1,
+                              retry=True) from None
+            raise
         except Conflict as refused:
             raise Problem("AE", APPLICATION_INTERNAL_ERROR, refused.detail, "PV1", 19,
                           1) from None
-        if message.action == "cancel_arrival":
-            await self.store.forget_feed_visit(clinic, ehr_visit)
-            return f"arrival of visit {visit_id} cancelled"
-        return f"visit {visit_id} ended before it was roomed: left without being seen"
-
-    async def _update_patient(self, feed: Feed, message: RegistrationMessage,
-                              patient_ref: str, now: datetime) -> str:
-        """A08: the patient's birth date or name changed; the kiosk check of their
-        appointments (today and across midnight) follows. Nothing is published."""
-        assert message.patient is not None
-        identity = self._identity(feed, message.patient)
-        if identity is None:
-            return "no birth date and name to update"
-        clinic = feed.clinic_id
-        async with self._clinic(clinic):
-            states = await self._patient_appointments(clinic, patient_ref, now)
-            changed = [replace(s.appointment, identity=identity) for s in states
-                       if s.appointment.identity != identity]
-            if not changed:
-                return "no change"
-            await self.desk.import_schedule(
-                clinic, ParsedSchedule(appointments=changed, rows=len(changed)), fmt="hl7",
-                dry_run=False, now=now)
-        return f"kiosk check of {len(changed)} appointment(s) updated"
+        await self.ehr.applied(clinic, subject, at)
+        return text
 
 
 def _ack_code(answer: bytes) -> str:
