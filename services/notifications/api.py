@@ -197,13 +197,11 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
                        "channel_unavailable")
 
     async def on_the_floor(clinic_id: str, visit_id: str) -> str:
-        """The visit's status on the clinic's floor, once the notifier has read the floor
-        as of now if it did not know the visit yet (an arrival just published); refused
+        """The visit's status on the clinic's floor once the notifier has read the floor
+        as of now (an arrival, or a departure, published a moment ago is known); refused
         when it is unknown (404) or has ended (409)."""
+        await barrier.caught_up(clinic_id)
         status = await store.visit_status(clinic_id, visit_id)
-        if status is None:
-            await barrier.caught_up(clinic_id)
-            status = await store.visit_status(clinic_id, visit_id)
         if status is None:
             raise NotFound(f"no visit {visit_id} on the floor of clinic {clinic_id} (not "
                            "checked in there, or another clinic's)", "unknown_visit")
@@ -218,10 +216,12 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         CONTACT_ROUTES, tags=["contacts"], response_model=ContactSaved,
         summary="Record a patient's contact details and consent (kept for the day)",
         description="The front desk records how to reach a patient who agreed to be "
-        "contacted today, for a visit on the clinic's floor (checked in at this clinic: a "
-        "visit just checked in is waited for; an unknown one, or another clinic's, is a "
-        "404; one that ended a 409). The channel must be one this deployment can send on "
-        "(e-mail needs a mail server, SMS a gateway: 422 otherwise). The details are kept "
+        "contacted today, for a visit on the clinic's floor (checked in at this clinic; "
+        "the answer waits until the service has read the clinic's floor as of now, so a "
+        "check-in or a departure a moment ago counts: an unknown visit, or another "
+        "clinic's, is a 404; one that ended a 409; 503 if the floor cannot be read). The "
+        "channel must be one this deployment can send on (e-mail needs a mail server, SMS "
+        "a gateway: 422 otherwise). The details are kept "
         "until the clinic's midnight, never published; the recording is audited. "
         "**Retries**: deduplicated on the visit: the same contact and preferences again "
         "change nothing (`replayed: true`, no second audit event); a different contact "
@@ -322,6 +322,7 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
             if preference is None or not preference.reachable or expires is None:
                 raise NotFound(f"no contact details for visit {visit_id} at clinic "
                                f"{clinic_id}: record them first (PUT)")
+            await barrier.caught_up(clinic_id)
             if await store.visit_status(clinic_id, visit_id) == "ended":
                 raise Conflict(f"visit {visit_id} at clinic {clinic_id} has ended: no "
                                "message goes to it any more", "visit_ended")
@@ -348,8 +349,9 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         summary="The patient opts out: erase their details, tell them nothing more",
         description="Erases the contact on file and cancels what was not yet sent; the "
         "visit stays opted out for the day. Without a contact on file, a visit on the "
-        "clinic's floor is marked opted out; any other visit is a 404. Naturally "
-        "idempotent: erasing again answers 204 and changes nothing.",
+        "clinic's floor is marked opted out; any other visit is a 404. **Retries**: "
+        "deduplicated on the visit: erasing again answers 204 and changes nothing (no "
+        "second audit event).",
         responses=answer(204, None, "erased (or already erased)",
                          refusals={404: UNKNOWN_VISIT}))
     async def delete_contact(clinic_id: ClinicId, visit_id: VisitId,
@@ -365,10 +367,10 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
                                "and no contact details for it: nothing to erase",
                                "unknown_visit")
         now = runtime.clock.now()
-        await store.erase_contact(
-            clinic_id, visit_id, expires_at=contact_expiry(now, names(clinic_id).zone),
-            audit=records.contact_erased(clinic_id, visit_id, by=principal.name, at=now))
-        log.info("contact erased", clinic=clinic_id, visit_id=visit_id, by=principal.name)
+        if await store.erase_contact(
+                clinic_id, visit_id, expires_at=contact_expiry(now, names(clinic_id).zone),
+                audit=records.contact_erased(clinic_id, visit_id, by=principal.name, at=now)):
+            log.info("contact erased", clinic=clinic_id, visit_id=visit_id, by=principal.name)
         return Response(status_code=204)
 
     # ------------------------------------------------------ notifications

@@ -1,8 +1,8 @@
-"""The contact desk's barrier: a contact command naming a visit the notifier does not know
-looks again once the notifier holds the clinic's floor partition up to its end as of now.
-The front desk checks a patient in (checkin publishes the arrival) and records their
-contact a moment later: the arrival is known before the answer, and a visit that is
-still unknown then really is not on the clinic's floor (404).
+"""The contact desk's barrier: a contact command decides on a visit only once the notifier
+holds the clinic's floor partition up to its end as of now. The front desk checks a
+patient in (checkin publishes the arrival) and records their contact a moment later: the
+arrival is known before the answer, and a visit that is still unknown then really is not
+on the clinic's floor (404); a patient who left a moment ago has left (409).
 
 It asks the projection runner's Kafka consumer for the partition's end and reads the
 offset the projection stored (``P:applied:notifications:...``), polling Redis until they
@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
 from shared.errors import Unavailable
-from shared.projection import Offsets, partition_for
+from shared.projection import Partition, partition_for
+
+
+class StoredOffsets(Protocol):
+    """What the projection stored per partition (``shared.projection.Offsets``)."""
+
+    async def read(self, partitions: Sequence[Partition]) -> dict[Partition, int | None]: ...
 
 
 class FloorBarrier:
@@ -30,7 +36,7 @@ class FloorBarrier:
     until the service has started) and the projection's stored ``offsets``. It waits
     ``poll_seconds`` between looks, at most ``timeout`` seconds of ``monotonic`` in all."""
 
-    def __init__(self, consumer: Callable[[], Any], offsets: Offsets, floor_topic: str, *,
+    def __init__(self, consumer: Callable[[], Any], offsets: StoredOffsets, floor_topic: str, *,
                  timeout: float = 5.0, poll_seconds: float = 0.01,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.consumer = consumer
@@ -44,20 +50,23 @@ class FloorBarrier:
         """Return once the notifier holds everything on the clinic's floor partition as of
         now; ``Unavailable`` when it does not within ``timeout`` seconds."""
         started = self.monotonic()
-        kafka = self.consumer()
-        while kafka is None or not kafka.partitions_for_topic(self.floor_topic):
-            if self.monotonic() - started > self.timeout:
-                raise Unavailable("notifications is not reading the floor yet (Kafka not "
-                                  "connected): try again shortly", "unavailable")
-            await asyncio.sleep(self.poll_seconds)
+        end, tp, problem = None, None, "Kafka not connected"
+        while end is None:
             kafka = self.consumer()
-        partitions = len(kafka.partitions_for_topic(self.floor_topic))
-        tp = TopicPartition(self.floor_topic, partition_for(clinic_id.encode(), partitions))
-        try:
-            end = (await kafka.end_offsets([tp]))[tp]
-        except Exception as exc:  # a rebalance or a broker away: the caller may retry
-            raise Unavailable(f"the floor's end is not known right now ({exc!r}): try "
-                              "again shortly", "unavailable") from None
+            partitions = kafka.partitions_for_topic(self.floor_topic) if kafka else None
+            if partitions:
+                tp = TopicPartition(self.floor_topic,
+                                    partition_for(clinic_id.encode(), len(partitions)))
+                try:
+                    end = (await kafka.end_offsets([tp]))[tp]
+                    break
+                except Exception as exc:  # still starting, a rebalance, a broker away
+                    problem = f"the floor's end is not known: {exc!r}"
+            if self.monotonic() - started > self.timeout:
+                raise Unavailable(f"notifications is not reading the floor yet ({problem}): "
+                                  "try again shortly", "unavailable")
+            await asyncio.sleep(self.poll_seconds)
+        assert tp is not None
         partition = (tp.topic, tp.partition)
         while end > 0:
             stored = (await self.offsets.read([partition]))[partition]

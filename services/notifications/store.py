@@ -366,17 +366,33 @@ class NotificationStore:
 
     async def erase_contact(self, clinic_id: str, visit_id: str, *, expires_at: datetime,
                             audit: bytes) -> bool:
-        """Forget a contact; the visit stays opted out for the day. True if one existed."""
+        """Forget a contact; the visit stays opted out for the day (audited in the same
+        transaction). A visit already erased and opted out changes nothing (no write, no
+        audit): returns False then, True when something was erased or marked."""
+        contact = self.contact_key(clinic_id, visit_id)
         prefs = self.prefs_key(clinic_id)
         until = int(expires_at.timestamp())
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.contact_key(clinic_id, visit_id))
-        pipe.hset(prefs, visit_id, orjson.dumps(Preferences(opted_out=True).to_dict()))
-        pipe.expireat(prefs, until, nx=True)
-        pipe.expireat(prefs, until, gt=True)
-        pipe.rpush(self.outbox_key, audit)
-        deleted, *_ = await pipe.execute()
-        return bool(deleted)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(contact, prefs)
+                    exists = await pipe.exists(contact)
+                    stored_prefs = await pipe.hget(prefs, visit_id)
+                    if not exists and stored_prefs is not None and \
+                            Preferences.from_dict(orjson.loads(stored_prefs)).opted_out:
+                        await pipe.reset()
+                        return False
+                    pipe.multi()
+                    pipe.delete(contact)
+                    pipe.hset(prefs, visit_id,
+                              orjson.dumps(Preferences(opted_out=True).to_dict()))
+                    pipe.expireat(prefs, until, nx=True)
+                    pipe.expireat(prefs, until, gt=True)
+                    pipe.rpush(self.outbox_key, audit)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue  # changed meanwhile: look again
 
     async def read_contact(self, clinic_id: str, visit_id: str,
                            audit: bytes) -> dict[str, str] | None:

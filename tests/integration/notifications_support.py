@@ -154,6 +154,9 @@ async def notifications_env(kafka_bootstrap: str, redis_url: str, topic_prefix: 
         "redis_prefix": topic_prefix.rstrip("."),
         "notifications_group_id": f"{topic_prefix}notifications",
         "notifications_tick_seconds": 0,
+        # a contact command waits for the notifier to hold the floor: on a test's fresh
+        # consumer group that includes joining it (a loaded machine takes seconds)
+        "notifications_barrier_timeout_seconds": 30,
         "notifications_retry_base_seconds": 0.1,
         "notifications_send_timeout_seconds": 3.0,
         "smtp_host": "127.0.0.1",

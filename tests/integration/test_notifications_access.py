@@ -138,7 +138,9 @@ async def test_a_retried_contact_request_is_one_recording(service: httpx.AsyncCl
 async def test_reading_contact_details_back_is_audited_without_the_value(
     service: httpx.AsyncClient, notifications_env: dict[str, Any],
 ) -> None:
-    await service.put("/clinics/north/visits/v3/contact", json=CONTACT, headers=FRONT_DESK)
+    saved = await service.put("/clinics/north/visits/v3/contact", json=CONTACT,
+                              headers=FRONT_DESK)
+    assert saved.status_code == 200, saved.text
     read = await service.get("/clinics/north/visits/v3/contact", headers=FRONT_DESK)
     assert read.json()["address"] == CONTACT["address"]
     records = await read_topic(notifications_env["kafka_bootstrap"],
