@@ -1,7 +1,8 @@
 """Sending: due notifications out through their channels.
 
 ``NotificationSender`` takes due notifications from Redis, claims each atomically,
-reads the contact details at send time (an audit event is queued with the read),
+reads the contact details at send time (an audit event is queued with the read), words
+the message with the clinic's names as configured now (``records.words``),
 records the hand-over just before the channel can have the message, and settles the
 outcome:
 

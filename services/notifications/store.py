@@ -19,12 +19,14 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
                                                 EXPIREAT the end of the clinic's day
     P:notifications:n:{notification_id}         HASH one notification and its delivery:
                                                 kind, channel kind, status, attempts, times,
-                                                text; never the address (3 days)
+                                                its wording in ids (a page: its payload),
+                                                the text once sent; never the address and
+                                                never a name before it is sent (3 days)
     P:notifications:list:{clinic}               ZSET notification ids by creation time
     P:notifications:due                         ZSET notification id -> next attempt (epoch s)
     P:notifications:inflight                    ZSET notification id -> when a sender claimed it
     P:notifications:instance:{id}               a running instance's heartbeat (expires)
-    P:notifications:alerts:{clinic}             HASH room -> the active nurse alert (JSON)
+    P:notifications:alerts:{clinic}             HASH room -> the active nurse alert (JSON, ids)
     P:notifications:alerts-live:{clinic}        pub/sub channel: alert raised / withdrawn
     P:notifications:outbox                      LIST of events to publish to Kafka, and
     P:notifications:outbox-lock                 its drainer's lock (shared/outbox.py)
