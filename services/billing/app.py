@@ -9,13 +9,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.billing.api import make_router
-from services.billing.barrier import ConsumerBarrier
 from services.billing.desk import Desk
 from services.billing.fees import FeeScheduleFile
 from services.billing.floor import FLOOR_CONSUMER, BillingFloorProjection, floor_reader
 from services.billing.metrics import BARRIER_SECONDS, observe_ledger_batch
 from services.billing.projection import LEDGER_CONSUMER, ledger_reader, plan_ledger
 from services.billing.store import BillingStore, LedgerProjectionStore
+from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
 from shared.kafka import dead_letter_topic, topic
 from shared.metrics import EVENTS_PUBLISHED
@@ -60,11 +60,12 @@ def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI
         group_id=f"{settings.billing_group_id}-ledger", title="billing.ledger-projection",
         description="Ledger entries -> the Redis projection that answers balances, "
         "receipts and reconciliation.", **batches)
-    barrier = ConsumerBarrier(lambda: ledger_runner.kafka, ledger.offsets, ledger_topic,
-                              timeout=settings.billing_barrier_timeout_seconds,
-                              observe=BARRIER_SECONDS.observe)
+    barrier = ProjectionBarrier(lambda: ledger_runner.kafka, ledger.offsets, ledger_topic,
+                                what="the ledger projection", topic_role="ledger",
+                                timeout=settings.billing_barrier_timeout_seconds,
+                                observe=BARRIER_SECONDS.observe)
     # the floor runner (below) is built on the desk: the barrier asks for it once started
-    floor_barrier = ConsumerBarrier(
+    floor_barrier = ProjectionBarrier(
         lambda: floor_runner.kafka, Offsets(redis, prefix, FLOOR_CONSUMER), floor_topic,
         what="billing's floor consumer", topic_role="floor",
         timeout=settings.billing_barrier_timeout_seconds)

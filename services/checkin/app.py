@@ -15,7 +15,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from services.checkin.api import make_router
-from services.checkin.barrier import FloorBarrier
 from services.checkin.desk import CheckinDesk, DeskConfig, ScheduleRejected
 from services.checkin.domain import visit_type_table
 from services.checkin.ehr import EhrCommands
@@ -34,6 +33,7 @@ from services.checkin.projection import (
 from services.checkin.schemas import rejected_schedule
 from services.checkin.store import CheckinStore, VisitProjectionStore
 from shared import events as ev
+from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
@@ -100,8 +100,9 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
         description="Which visits still wait, their ticket codes and flow's latest estimate "
                     "(for the kiosk and the status lookup); arrival and no-show marks.")
 
-    barrier = FloorBarrier(lambda: runner.kafka, projection.offsets, floor_topic,
-                           timeout=settings.checkin_barrier_timeout_seconds)
+    barrier = ProjectionBarrier(lambda: runner.kafka, projection.offsets, floor_topic,
+                                what="checkin's floor consumer",
+                                timeout=settings.checkin_barrier_timeout_seconds)
     desk = CheckinDesk(store, publish, DeskConfig(
         clinics=clinics,
         late_after=timedelta(minutes=settings.checkin_late_after_minutes),

@@ -25,7 +25,6 @@ from fastapi.responses import StreamingResponse
 
 from services.notifications import metrics as m
 from services.notifications import records
-from services.notifications.barrier import FloorBarrier
 from services.notifications.domain import Names, Preferences, RuleBook, contact_expiry
 from services.notifications.schemas import (
     ALERTS_EXAMPLE,
@@ -64,6 +63,7 @@ from services.notifications.schemas import (
 )
 from services.notifications.store import NotificationStore
 from shared.auth import Principal, require_role
+from shared.barrier import ProjectionBarrier
 from shared.errors import Conflict, NotFound, Rejected
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
@@ -165,7 +165,7 @@ class AlertHub(SseHub):
 
 def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBook,
                 names: Callable[[str], Names], hub: AlertHub, idempotency: IdempotencyStore,
-                barrier: FloorBarrier, *, channels: frozenset[str]) -> APIRouter:
+                barrier: ProjectionBarrier, *, channels: frozenset[str]) -> APIRouter:
     """The API's routes. ``channels`` are the patient channels this deployment can send on
     (email with a mail server, sms with a gateway, log in development)."""
     router = APIRouter(responses=COMMON_ERRORS)

@@ -12,7 +12,6 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from services.notifications.api import AlertHub, make_router
-from services.notifications.barrier import FloorBarrier
 from services.notifications.channels import (
     Channel,
     EmailChannel,
@@ -30,6 +29,7 @@ from services.notifications.domain import RuleBook
 from services.notifications.names import NameBook
 from services.notifications.plan import NotificationChanges
 from services.notifications.store import NotificationStore
+from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
@@ -166,8 +166,9 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     app.state.sender = sender
     app.state.outbox_relay = relay
     app.state.store = store
-    barrier = FloorBarrier(lambda: notifier.runner.kafka, notifier.projection.offsets,
-                           floor_topic, timeout=settings.notifications_barrier_timeout_seconds)
+    barrier = ProjectionBarrier(lambda: notifier.runner.kafka, notifier.projection.offsets,
+                                floor_topic, what="notifications",
+                                timeout=settings.notifications_barrier_timeout_seconds)
     app.include_router(make_router(
         runtime, store, rules, names, hub,
         IdempotencyStore(runtime.redis, settings.redis_prefix), barrier,

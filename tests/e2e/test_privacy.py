@@ -18,7 +18,7 @@ import pytest
 from shared.admin import ensure_topics
 from shared.topics import ALL_TOPICS, topic_name
 from tests.helpers import ServiceProcess, auth, eventually, read_topic
-from tests.integration.notifications_support import SMS_SECRET, receiving
+from tests.integration.notifications_support import SMS_SECRET, MailCatcher, receiving
 
 NAME = "Margaret Bellweather"
 DOB = "1951-03-09"
@@ -44,6 +44,7 @@ def leaks(text: str) -> list[str]:
 )
 async def test_identifying_data_never_reaches_events_logs_or_screens(
     kafka_bootstrap: str, redis_url: str, topic_prefix: str, tmp_path: Path,
+    smtp_server: MailCatcher,
 ) -> None:
     await ensure_topics(kafka_bootstrap, topic_prefix)
     async with receiving(SMS_SECRET) as gateway:
@@ -58,6 +59,8 @@ async def test_identifying_data_never_reaches_events_logs_or_screens(
             "CLINICFLOW_CHECKIN_GROUP_ID": f"{topic_prefix}checkin",
             "CLINICFLOW_SMS_GATEWAY_URL": gateway.url,
             "CLINICFLOW_SMS_HMAC_SECRET": SMS_SECRET,
+            "CLINICFLOW_SMTP_HOST": "127.0.0.1",
+            "CLINICFLOW_SMTP_PORT": str(smtp_server.port),
             "CLINICFLOW_NOTIFICATIONS_RULES": orjson.dumps(
                 {"default": {"settle_seconds": 0.5, "clinic_name": "North Clinic"}}).decode(),
             "CLINICFLOW_LOG_FORMAT": "json",

@@ -165,11 +165,6 @@ async def test_the_lobby_screen_marks_a_patient_who_was_called_back_from_outside
         flow.start()
         try:
             await flow.wait_ready()
-            answer = await client.put(
-                "/clinics/north/visits/v17/contact", headers=auth("dev-front-desk"),
-                json={"channel": "email", "address": "a17@patients.example.org",
-                      "consent": True, "wait_anywhere": True, "delay_updates": False})
-            assert answer.status_code == 200, answer.text
             async with producer(kafka_bootstrap) as kafka:
                 for payload in (ev.PatientArrived(visit_id="v17", ticket_code="A-17",
                                                   provider_id="dr-lee", visit_type="follow_up"),
@@ -179,6 +174,12 @@ async def test_the_lobby_screen_marks_a_patient_who_was_called_back_from_outside
                                           occurred_at=datetime.now(UTC))
                     await kafka.send_and_wait(f"{topic_prefix}clinicflow.floor.v1",
                                               ev.encode(event), key=b"north")
+            # the contact is taken for a visit on the floor (the notifier waits to have read it)
+            answer = await client.put(
+                "/clinics/north/visits/v17/contact", headers=auth("dev-front-desk"),
+                json={"channel": "email", "address": "a17@patients.example.org",
+                      "consent": True, "wait_anywhere": True, "delay_updates": False})
+            assert answer.status_code == 200, answer.text
             page = await browser.new_page(viewport={"width": 1920, "height": 1080})
             await page.goto(f"{flow.url}/screens/north/waiting-room?token=dev-screen")
             row = page.locator("#waiting li", has_text="A-17")

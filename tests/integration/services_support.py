@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 
 from services.billing.app import create_app as billing_app
@@ -34,7 +35,8 @@ from shared.settings import (
     NotificationsSettings,
 )
 from shared.topics import ALL_TOPICS, topic_name
-from tests.helpers import eventually, read_topic, serving
+from tests.helpers import eventually, free_port, read_topic, serving
+from tests.integration.notifications_support import MailCatcher
 from tests.integration.test_checkin_support import midday_zone
 
 NONE = "none"
@@ -99,6 +101,11 @@ async def running_services(kafka_bootstrap: str, redis_url: str) -> AsyncIterato
     """All four services in this loop, on their own topics and Redis keys, ready."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     await ensure_topics(kafka_bootstrap, prefix)
+    # a real mail server, so the notifier takes e-mail contacts (it refuses them without)
+    mail = MailCatcher()
+    mail.port = free_port()
+    mail_server = Controller(mail, hostname="127.0.0.1", port=mail.port)
+    mail_server.start()
     common: dict[str, Any] = {"env": "test", "kafka_bootstrap": kafka_bootstrap,
                               "redis_url": redis_url, "topic_prefix": prefix,
                               "redis_prefix": prefix.rstrip("."),
@@ -110,11 +117,13 @@ async def running_services(kafka_bootstrap: str, redis_url: str) -> AsyncIterato
                                                checkin_no_show_check_seconds=0)),
         "flow": flow_app(FlowSettings(**common, flow_group_id=f"{prefix}flow")),
         "notifications": notifications_app(NotificationsSettings(
-            **common, notifications_group_id=f"{prefix}notifications")),
+            **common, notifications_group_id=f"{prefix}notifications",
+            smtp_host="127.0.0.1", smtp_port=mail.port)),
         "billing": billing_app(BillingSettings(**common, billing_group_id=f"{prefix}billing",
                                                billing_batch_timeout_ms=10)),
     }
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(mail_server.stop)
         urls = {name: await stack.enter_async_context(serving(app))
                 for name, app in apps.items()}
         services = Services(kafka_bootstrap, prefix, urls, apps)

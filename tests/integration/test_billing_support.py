@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from services.billing.app import create_app
-from services.billing.barrier import ConsumerBarrier
 from services.billing.store import BillingStore
 from shared import events as ev
 from shared.admin import ensure_topics
+from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
 from shared.floor.clinic_flow import ClinicFlow
 from shared.floor.model import NotApplicable
@@ -75,17 +75,17 @@ def store_of(client: httpx.AsyncClient) -> BillingStore:
     return store
 
 
-def barrier_of(client: httpx.AsyncClient) -> ConsumerBarrier:
+def barrier_of(client: httpx.AsyncClient) -> ProjectionBarrier:
     """The desk's barrier: ``caught_up(clinic)`` returns once the ledger projection holds
     the clinic's ledger partition to its end."""
-    barrier: ConsumerBarrier = client.app.state.barrier  # type: ignore[attr-defined]
+    barrier: ProjectionBarrier = client.app.state.barrier  # type: ignore[attr-defined]
     return barrier
 
 
-def floor_barrier_of(client: httpx.AsyncClient) -> ConsumerBarrier:
+def floor_barrier_of(client: httpx.AsyncClient) -> ProjectionBarrier:
     """``caught_up(clinic)`` returns once billing's floor consumer holds the clinic's floor
     partition to its end."""
-    barrier: ConsumerBarrier = client.app.state.floor_barrier  # type: ignore[attr-defined]
+    barrier: ProjectionBarrier = client.app.state.floor_barrier  # type: ignore[attr-defined]
     return barrier
 
 

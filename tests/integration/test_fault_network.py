@@ -265,10 +265,11 @@ async def test_a_notifier_cut_off_from_redis_tells_each_patient_once_when_it_is_
         settings = NotificationsSettings(**{**env, "redis_url": through(proxy, env["redis_url"])})
         async with serving(create_app(settings)) as url, \
                 httpx.AsyncClient(base_url=url, timeout=20) as client:
-            for visit, _ in patients:
-                await record_contact(client, visit, "email", f"{visit}@patients.example.org")
+            # the patients check in first: a contact is taken only for a visit on the floor
             await publish_floor(bootstrap, prefix,
                                 [arrival(v, t, "dr-lee", t0) for v, t in patients])
+            for visit, _ in patients:
+                await record_contact(client, visit, "email", f"{visit}@patients.example.org")
             await publish_estimates(bootstrap, prefix, [
                 estimate(v, t, "dr-lee", 10.0 * (i + 1), t0) for i, (v, t) in enumerate(patients)])
             await proxy.cut("reset")

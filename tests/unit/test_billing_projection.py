@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka import TopicPartition
 
-from services.billing.barrier import ConsumerBarrier
 from services.billing.domain.accounts import Posted
 from services.billing.projection import (
     LedgerState,
@@ -21,6 +20,7 @@ from services.billing.projection import (
     posted_of,
 )
 from shared import events as ev
+from shared.barrier import ProjectionBarrier
 from shared.errors import Unavailable, status_of
 from shared.events_billing import ChargeLine, ChargePosted, PatientSharePosted, PaymentRecorded
 from shared.projection import Inbound, Partition, partition_for
@@ -175,8 +175,9 @@ class Seconds:
         return self.now
 
 
-def barrier(kafka: FakeKafka | None, offsets: CatchingUp, timeout: float) -> ConsumerBarrier:
-    return ConsumerBarrier(lambda: kafka, offsets, TOPIC,  # type: ignore[arg-type]
+def barrier(kafka: FakeKafka | None, offsets: CatchingUp, timeout: float) -> ProjectionBarrier:
+    return ProjectionBarrier(lambda: kafka, offsets, TOPIC,  # type: ignore[arg-type]
+                         what="the ledger projection", topic_role="ledger",
                          timeout=timeout, poll_seconds=0.0, monotonic=Seconds())
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from services.notifications.barrier import FloorBarrier
+from shared.barrier import ProjectionBarrier
 from shared.errors import Unavailable
 from shared.projection import Partition, partition_for
 
@@ -64,8 +64,9 @@ class Seconds:
 async def test_a_command_waits_for_a_starting_consumer_and_for_the_floor_to_be_read() -> None:
     consumers: list[Any] = [None, None, StartingConsumer(end=6, fails=2)]
     offsets = AppliedOffsets([None, 3, 4, 5])
-    barrier = FloorBarrier(lambda: consumers.pop(0) if len(consumers) > 1 else consumers[0],
-                           offsets, FLOOR, timeout=5, poll_seconds=0, monotonic=Seconds(0.01))
+    barrier = ProjectionBarrier(lambda: consumers.pop(0) if len(consumers) > 1 else consumers[0],
+                           offsets, FLOOR, what="notifications", timeout=5, poll_seconds=0,
+                           monotonic=Seconds(0.01))
     await barrier.caught_up("north")
     assert offsets.looks == 4  # until record 5, the partition's last, was applied
     assert NORTH.partition == partition_for(b"north", 4)
@@ -73,21 +74,23 @@ async def test_a_command_waits_for_a_starting_consumer_and_for_the_floor_to_be_r
 
 async def test_an_empty_floor_partition_needs_no_wait() -> None:
     offsets = AppliedOffsets([None])
-    barrier = FloorBarrier(lambda: StartingConsumer(end=0, fails=0), offsets, FLOOR,
+    barrier = ProjectionBarrier(lambda: StartingConsumer(end=0, fails=0), offsets, FLOOR,
+                           what="notifications",
                            poll_seconds=0)
     await barrier.caught_up("north")
     assert offsets.looks == 0
 
 
 @pytest.mark.parametrize("consumer, applied, says", [
-    (None, [None], "not reading the floor yet (Kafka not connected)"),
-    (StartingConsumer(end=6, fails=10**6), [None], "the floor's end is not known"),
-    (StartingConsumer(end=6, fails=0), [2], "behind the floor"),
+    (None, [None], "notifications is starting (the floor topic floor is not known yet)"),
+    (StartingConsumer(end=6, fails=10**6), [None], "the floor topic's end is not known"),
+    (StartingConsumer(end=6, fails=0), [2], "notifications is behind the floor topic"),
 ])
 async def test_a_notifier_that_cannot_read_the_floor_in_time_refuses_the_command(
     consumer: Any, applied: list[int | None], says: str,
 ) -> None:
-    barrier = FloorBarrier(lambda: consumer, AppliedOffsets(applied), FLOOR, timeout=1,
-                           poll_seconds=0, monotonic=Seconds(0.3))
+    barrier = ProjectionBarrier(lambda: consumer, AppliedOffsets(applied), FLOOR,
+                                what="notifications", timeout=1,
+                                poll_seconds=0, monotonic=Seconds(0.3))
     with pytest.raises(Unavailable, match=re.escape(says)):
         await barrier.caught_up("north")
