@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from services.flow.processor import FloorProcessor, Record, build_board
+from services.flow.processor import FloorProcessor, build_board, floor_reader
 from shared import events as ev
 from shared.floor.snapshot import dump_flow_json
 from shared.projection import partition_for
@@ -72,22 +72,25 @@ def digest(clinics: int = 50, events: int = 200_000, batch: int = 500, seed: int
            ) -> dict[str, Any]:
     """The digest and what it covered."""
     offsets = [0] * PARTITIONS
-    records: list[Record] = []
+    records: list[tuple[int, int, bytes, bytes | None]] = []  # partition, offset, key, value
     for index, (key, value) in enumerate(simulated_days(clinics, events, seed)):
         partition = partition_for(key, PARTITIONS)
         if index % 20_011 == 7:  # a few records no consumer can apply
-            records.append(Record(TOPIC, partition, offsets[partition], key, None))
+            records.append((partition, offsets[partition], key, None))
             offsets[partition] += 1
-            records.append(Record(TOPIC, partition, offsets[partition], key, b"not json"))
+            records.append((partition, offsets[partition], key, b"not json"))
             offsets[partition] += 1
-        records.append(Record(TOPIC, partition, offsets[partition], key, value))
+        records.append((partition, offsets[partition], key, value))
         offsets[partition] += 1
+    read = floor_reader(TOPIC).read  # as the service reads them: decoded, checked
     processor = FloorProcessor()
     hasher = hashlib.sha256()
     dead = 0
     started = time.perf_counter()
     for start in range(0, len(records), batch):
-        result = processor.process(records[start:start + batch])
+        result = processor.process([read(TOPIC, partition, offset, key, value, PARTITIONS)
+                                    for partition, offset, key, value
+                                    in records[start:start + batch]])
         for letter in result.dead_letters:
             hasher.update(f"dead {letter.record.partition}:{letter.record.offset}\n".encode())
             dead += 1

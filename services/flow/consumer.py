@@ -1,52 +1,57 @@
-"""The floor consumer: Kafka batches in, Redis checkpoints and boards out.
+"""Flow's projection of the floor topic: every clinic live in memory, boards after every
+batch, checkpoints in Redis.
 
-One FastStream batch subscriber reads the floor topic. For each batch:
+``FlowProjection`` is the ``Projection`` that ``shared.projection.ProjectionRunner`` runs
+(app.py wires them). The runner owns the Kafka side: the batch subscriber, positioning
+each assigned partition, dropping an off-course first batch, Kafka commits of what Redis
+holds, lag, and the counts and logs of what was applied and dead-lettered. Flow's side:
 
-1. ``FloorProcessor.process`` applies every record not applied yet (pure);
-2. dead letters are published (awaited, ``acks=all``) before anything that
-   would mark their offsets as done;
-3. boards of the touched clinics are written and published to SSE listeners,
-   and, at most every ``checkpoint_seconds`` (ten times less often while
-   catching up on a backlog, and at once when the backlog is read), the changed
-   clinics' state and the partitions' offsets are stored in one Redis
-   transaction;
-4. changed wait estimates are published to the estimates topic.
+``positions``
+    claims each newly assigned partition (fencing off an instance that held it and may
+    still write), restores its clinics from their snapshots and says where its checkpoint
+    ends; the runner seeks just after it (no checkpoint: the beginning, so a flushed
+    Redis rebuilds itself). Resuming comes from Redis, never from Kafka's committed
+    offsets.
+``apply``
+    ``FloorProcessor.process`` applies every record past the last applied offset, in
+    memory; the touched clinics' boards are written and published to SSE listeners; at
+    most every ``checkpoint_seconds`` of the injected clock (ten times less often while
+    catching up on a backlog, at once when the backlog is read), the changed clinics'
+    snapshots, the partitions' offsets and the dead letters decided since the last
+    checkpoint (queued in the outbox) are stored in one atomic Redis write; changed wait
+    estimates go to the estimates topic. ``Applied.offsets`` is what that checkpoint
+    stored (empty between checkpoints), so Kafka's commits and the lag follow Redis.
+``release``
+    a last checkpoint of the partitions going to another instance, then forgets them.
 
-Where to resume comes from Redis, not from Kafka's committed offsets: on
-assignment a partition is positioned just after its checkpointed offset, or
-at the beginning when Redis has none (a flushed Redis rebuilds itself). The
-group's Kafka commits only serve lag monitoring.
+Two periodic jobs, each a ``tick(now)`` (registered in app.py, called directly by tests):
+``refresh_boards`` re-estimates every live clinic as the clock moves, and
+``flush_when_idle`` checkpoints the tail of a burst once the topic goes quiet.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from aiokafka import TopicPartition
 
 from services.flow import metrics as m
-from services.flow.processor import BatchResult, FloorProcessor, Record, build_board
-from services.flow.store import Fenced, FlowStore
+from services.flow.processor import FloorBatchOutcome, FloorProcessor, build_board
+from services.flow.store import Checkpoint, Fenced, FlowStore
 from shared import events as ev
-from shared.consumer import (
-    RedisPositioned,
-    commit_applied,
-    lag_after,
-    resume_all,
-)
-from shared.floor.estimator import Estimate
+from shared.clock import Clock
+from shared.floor.estimator import WaitEstimate
 from shared.floor.snapshot import dump_flow_json, load_flow
-from shared.kafka import dead_letter_record
 from shared.logging import get_logger
-from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, EVENTS_CONSUMED, reason_kind
-from shared.service import ServiceRuntime
+from shared.metrics import EVENTS_CONSUMED
+from shared.outbox import Publish
+from shared.projection import Applied, DeadLetter, Inbound, Partition
 
 log = get_logger("clinicflow.flow.consumer")
+CONSUMER = "flow"  # names the projection in metrics, logs and dead letters
 # estimates and stage timings older than this are not published (catch-up)
 FRESH = timedelta(minutes=30)
 CATCH_UP_LAG = 5000  # records behind: above this, boards wait until flow has caught up
@@ -55,115 +60,126 @@ CATCH_UP_LAG = 5000  # records behind: above this, boards wait until flow has ca
 CATCH_UP_CHECKPOINT_FACTOR = 10
 # the last estimate published per visit is pruned of ended visits past this many entries
 PUBLISHED_PRUNE_AT = 2000
+LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
-class FloorConsumer(RedisPositioned):
-    """Applies the floor topic to flow's projection; owns the in-memory clinics."""
+class KafkaPositions(Protocol):
+    """What flow asks of its runner (``ProjectionRunner``): how far behind the ends of
+    the partitions some offsets are, and Kafka commits of the checkpoints it stores
+    between batches (the periodic jobs, a revocation)."""
 
-    def __init__(
-        self,
-        runtime: ServiceRuntime,
-        store: FlowStore,
-        *,
-        floor_topic: str,
-        estimates_topic: str,
-        dead_letter_topic: str,
-        publish_estimates: bool = True,
-        checkpoint_seconds: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.runtime = runtime
+    def lag(self, offsets: Mapping[Partition, int]) -> int | None: ...
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None: ...
+
+
+class NoKafka:
+    """Positions unknown (unit tests, benchmarks): no lag known, nothing committed."""
+
+    def lag(self, offsets: Mapping[Partition, int]) -> int | None:
+        return None
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        return None
+
+
+class FlowProjection:
+    """Applies the floor topic to flow's projection; owns the in-memory clinics.
+
+    ``kafka`` is the runner once app.py has made it (lag and commits); ``publish`` sends
+    wait estimates (bytes, topic, key)."""
+
+    def __init__(self, store: FlowStore, publish: Publish, clock: Clock, *,
+                 estimates_topic: str, publish_estimates: bool = True,
+                 checkpoint_seconds: float = 1.0) -> None:
         self.store = store
-        self.floor_topic = floor_topic
+        self.publish = publish
+        self.clock = clock
         self.estimates_topic = estimates_topic
-        self.dead_letter_topic = dead_letter_topic
         self.publish_estimates = publish_estimates
         self.checkpoint_seconds = checkpoint_seconds
+        self.kafka: KafkaPositions = NoKafka()
         self.processor = FloorProcessor()
         self.lock = asyncio.Lock()
-        self._dirty: dict[str, tuple[str, int]] = {}
-        self._pending_offsets: dict[tuple[str, int], int] = {}
-        self._last_checkpoint = time.monotonic()
-        self._last_batch = 0.0  # monotonic time the last batch came
+        self._dirty: dict[str, Partition] = {}
+        self._pending_offsets: dict[Partition, int] = {}
+        self._pending_dead: list[DeadLetter] = []  # decided since the last checkpoint
+        self._last_checkpoint = clock.now()
+        self._last_batch = LONG_AGO
         self._published: dict[str, tuple[datetime, float, float, float]] = {}
         self._prune_published_at = PUBLISHED_PRUNE_AT
         self._stale: set[str] = set()  # clinics whose board waits (catch-up, Redis down)
         self._last_lag: int | None = None
         self._catching_up = False  # a backlog (or a rebuild) is being read: checkpoint at its end
-        self.applied_total = 0
         self._stage_histograms: dict[tuple[str, str, str], Any] = {}
+        self._duplicates = EVENTS_CONSUMED.labels("flow", "duplicate")
 
-    # ------------------------------------------------------------- wiring
+    # ------------------------------------------------------------ partitions
 
-    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        """Restore each new partition's clinics from the checkpoint and seek past it."""
+    async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int | None]:
+        """Claim each new partition, restore its clinics from the checkpoint, and return
+        the checkpointed offset of each (None: none, rebuild from the beginning)."""
         async with self.lock:
-            stored: dict[TopicPartition, int | None] = {}
-            for tp in assigned:
-                await self.store.claim(tp.topic, tp.partition)  # fences off a paused holder
-                offset, snapshots = await self.store.load_partition(tp.topic, tp.partition)
+            stored: dict[Partition, int | None] = {}
+            for tp in partitions:
+                await self.store.claim(*tp)  # fences off a paused holder
+                offset, snapshots = await self.store.load_partition(*tp)
                 for raw in snapshots:
-                    flow = load_flow(orjson.loads(raw))
-                    self.processor.adopt(flow, tp.topic, tp.partition)
-                stored[tp] = offset
-                # set with the adopted state, before any seek: should the seeks below fail
-                # (the listener's errors do not stop the consumer), a record at or below
-                # the checkpoint is still never applied again, and a first batch from
-                # elsewhere is sought back (``off_course``; 0: the partition's beginning)
+                    self.processor.adopt(load_flow(orjson.loads(raw)), *tp)
+                # set with the adopted state, before the runner seeks: should a seek fail,
+                # a record at or below the checkpoint is still never applied again
                 if offset is not None:
-                    self.processor.applied[(tp.topic, tp.partition)] = offset
-                self._expect[(tp.topic, tp.partition)] = 0 if offset is None else offset + 1
-            await resume_all(self.kafka_consumer, stored, self._expect)
-            for tp, offset in stored.items():
-                if offset is None:
-                    log.info("no checkpoint: rebuilding partition from the beginning",
-                             topic=tp.topic, partition=tp.partition)
-                else:
-                    log.info("resuming partition from checkpoint", topic=tp.topic,
-                             partition=tp.partition, offset=offset,
-                             clinics=len(self.processor.clinics_of(tp.topic, tp.partition)))
+                    self.processor.applied[tp] = offset
+                    log.info("partition restored from its checkpoint", topic=tp[0],
+                             partition=tp[1], offset=offset,
+                             clinics=len(self.processor.clinics_of(*tp)))
+                stored[tp] = offset
             # the restored clinics' boards are current again
-            boards = {}
-            for tp in assigned:
-                for clinic_id in self.processor.clinics_of(tp.topic, tp.partition):
-                    boards[clinic_id] = self._board_bytes(clinic_id)[0]
+            restored = [c for tp in partitions for c in self.processor.clinics_of(*tp)]
+            boards = {clinic_id: self._board_bytes(clinic_id)[0] for clinic_id in restored}
             if boards:
-                await self.store.write(boards)
+                try:
+                    await self.store.write(boards)
+                except Exception as exc:  # drawn again by the next batch or idle checkpoint
+                    log.warning("restored boards not written", error=repr(exc))
+                    self._stale.update(boards)
+            return stored
 
-    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+    async def release(self, partitions: Sequence[Partition]) -> None:
         """Checkpoint what this instance applied, then let the partitions go (even when
         the checkpoint fails: what was not stored is replayed by the next owner)."""
         async with self.lock:
             try:
-                await self._checkpoint(force=True)
+                await self._write_checkpoint(self.clock.now(), {})
             except Fenced:
                 log.warning("partitions taken over while this instance was paused: its "
-                            "late checkpoint is dropped", partitions=len(revoked))
+                            "late checkpoint is dropped", partitions=len(partitions))
             finally:
-                for tp in revoked:
-                    for clinic_id in self.processor.drop_partition(tp.topic, tp.partition):
+                gone = set(partitions)
+                for tp in partitions:
+                    for clinic_id in self.processor.drop_partition(*tp):
                         self._dirty.pop(clinic_id, None)
                         self._stale.discard(clinic_id)
-                    self._pending_offsets.pop((tp.topic, tp.partition), None)
-                    self.store.release(tp.topic, tp.partition)
+                    self._pending_offsets.pop(tp, None)
+                    self.store.release(*tp)
+                self._pending_dead = [d for d in self._pending_dead if d.record.tp not in gone]
 
     # ------------------------------------------------------------ batches
 
-    async def handle(self, raw_records: Sequence[Any]) -> BatchResult:
-        """Apply one Kafka batch (aiokafka ``ConsumerRecord`` objects)."""
-        started = time.perf_counter()
-        self._last_batch = time.monotonic()
+    async def apply(self, records: list[Inbound]) -> Applied:
+        """Apply one batch read by the runner (see the module docstring)."""
+        now = self._last_batch = self.clock.now()
         async with self.lock:
-            records = await self._without_gaps(raw_records)
-            result = self.processor.process(records)
-            await self._dead_letter(result)
-            for clinic_id in result.touched:
-                self._dirty[clinic_id] = self.processor.partition_of[clinic_id]
-            self._pending_offsets.update(result.offsets)
+            outcome = self.processor.process(records)
+            self._pending_dead.extend(outcome.dead_letters)
+            partition_of = self.processor.partition_of
+            for clinic_id in outcome.touched:
+                self._dirty[clinic_id] = partition_of[clinic_id]
+            self._pending_offsets.update(outcome.offsets)
             boards: dict[str, bytes] = {}
-            estimates: list[tuple[str, Estimate, datetime]] = []
-            lag = self._last_lag = self._lag(result)
-            self._stale.update(result.touched)
+            estimates: list[tuple[str, WaitEstimate, datetime]] = []
+            lag = self._last_lag = self.kafka.lag(outcome.offsets)
+            self._stale.update(outcome.touched)
             drawn: set[str] = set()
             if lag is None or lag <= CATCH_UP_LAG:
                 # catching up (a rebuild, a backlog): boards are drawn once it is over,
@@ -172,7 +188,7 @@ class FloorConsumer(RedisPositioned):
                 for clinic_id in drawn:
                     if clinic_id not in self.processor.flows:
                         continue
-                    at = result.touched.get(clinic_id)
+                    at = outcome.touched.get(clinic_id)
                     board, clinic_estimates = self._board_bytes(clinic_id, at)
                     boards[clinic_id] = board
                     if at is not None:
@@ -181,130 +197,124 @@ class FloorConsumer(RedisPositioned):
                 self._catching_up = True
             # caught up at last: what took the rebuild is stored at once, not a checkpoint
             # period later (a restart now would replay it all again)
-            caught_up = self._catching_up and lag == 0 and self._behind_anywhere() == 0
-            checkpoint = self._checkpoint_payload(force=caught_up)
-            # counted now: applied in memory, the batch is not delivered again even when
-            # the write below fails (its records then reach Redis with a later write)
-            self._observe(result, lag)
-            # a failed write (Redis down) leaves the boards stale: the next batch or the
-            # idle flush draws them again, so no board stays behind the events applied
-            await self.store.write(boards, checkpoint)
+            caught_up = (self._catching_up and lag == 0
+                         and self.kafka.lag(self.processor.applied) == 0)
+            checkpoint = self._checkpoint_due(now, force=caught_up)
+            self._observe(outcome, now)
+            try:
+                await self.store.write(boards, checkpoint)
+            except Exception as exc:
+                # applied in memory all the same (the batch is not read again): the boards
+                # stay stale and the checkpoint pending until the next batch or the idle
+                # checkpoint writes them, so no board stays behind the events applied
+                log.warning("boards and checkpoint not written: they will be with the next "
+                            "write", error=repr(exc))
+                return Applied(outcome.applied, outcome.already_applied, outcome.dead_letters)
             self._stale -= drawn
+            stored: dict[Partition, int] = {}
             if checkpoint is not None:
-                self._after_checkpoint()
+                self._after_checkpoint(now)
                 if caught_up:
                     self._catching_up = False
-                await self._commit(checkpoint[0])
+                stored = checkpoint.offsets
         if self.publish_estimates and estimates:
             await self._publish_estimates(estimates)
-        m.BATCH_SECONDS.observe(time.perf_counter() - started)
-        return result
+        return Applied(outcome.applied, outcome.already_applied, outcome.dead_letters, stored)
 
     def _board_bytes(
         self, clinic_id: str, at: datetime | None = None
-    ) -> tuple[bytes, list[Estimate]]:
+    ) -> tuple[bytes, list[WaitEstimate]]:
         flow = self.processor.flows[clinic_id]
-        now = at or flow.last_event_at or datetime.now(UTC)
+        now = at or flow.last_event_at or self.clock.now()
         estimates = flow.estimates(now)
         board = build_board(flow, estimates, now)
         self._gauges(clinic_id, board)
         return orjson.dumps(board), estimates
 
-    def _checkpoint_payload(
-        self, force: bool = False
-    ) -> tuple[dict[tuple[str, int], int], dict[str, tuple[tuple[str, int], bytes]]] | None:
+    # ------------------------------------------------------------ checkpoints
+
+    def _checkpoint_due(self, now: datetime, force: bool = False) -> Checkpoint | None:
+        """What a checkpoint now would store, or None: nothing pending, or (unless
+        ``force``) the last one is more recent than the checkpoint period."""
         if not self._pending_offsets:
             return None
         every = self.checkpoint_seconds
         if self._last_lag is not None and self._last_lag > CATCH_UP_LAG:
             every *= CATCH_UP_CHECKPOINT_FACTOR
-        if not force and time.monotonic() - self._last_checkpoint < every:
+        # a clock set back (negative) does not hold checkpoints off until it catches up
+        if not force and 0 <= (now - self._last_checkpoint).total_seconds() < every:
             return None
-        snapshots = {
-            clinic_id: (tp, dump_flow_json(self.processor.flows[clinic_id]))
-            for clinic_id, tp in self._dirty.items()
-            if clinic_id in self.processor.flows
-        }
-        return dict(self._pending_offsets), snapshots
+        flows = self.processor.flows
+        snapshots = {clinic_id: (tp, dump_flow_json(flows[clinic_id]))
+                     for clinic_id, tp in self._dirty.items() if clinic_id in flows}
+        return Checkpoint(dict(self._pending_offsets), snapshots,
+                          [letter.entry(CONSUMER) for letter in self._pending_dead])
 
-    def _after_checkpoint(self) -> None:
+    def _after_checkpoint(self, now: datetime) -> None:
         self._dirty.clear()
         self._pending_offsets.clear()
-        self._last_checkpoint = time.monotonic()
+        self._pending_dead.clear()
+        self._last_checkpoint = now
 
-    async def _checkpoint(self, force: bool = False) -> None:
-        payload = self._checkpoint_payload(force)
-        if payload is not None:
-            await self.store.write({}, payload)
-            self._after_checkpoint()
-            await self._commit(payload[0])
+    async def _write_checkpoint(self, now: datetime, boards: dict[str, bytes]) -> None:
+        """Write ``boards`` with a checkpoint of everything pending, and tell Kafka what
+        Redis now holds (lag monitoring)."""
+        checkpoint = self._checkpoint_due(now, force=True)
+        await self.store.write(boards, checkpoint)
+        if checkpoint is not None:
+            self._after_checkpoint(now)
+            await self.kafka.commit(checkpoint.offsets)
 
-    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """Tell Kafka what is checkpointed (for lag monitoring; see shared/consumer.py)."""
-        await commit_applied(self.kafka_consumer, offsets)
-
-    async def _without_gaps(self, raw_records: Sequence[Any]) -> list[Record]:
-        """The batch's records, minus those of a partition that did not start where its
-        checkpoint says (a position decided by the group's committed offset rather than
-        by our seek): that partition is sought again and its records are dropped."""
-        # aiokafka's records have Record's fields: no copy of each
-        records: list[Record] = list(raw_records)
-        skip = await self.off_course_partitions(records)
-        if not skip:
-            return records
-        return [r for r in records if (r.topic, r.partition) not in skip]
-
-    async def flush(self, idle_only: bool = False) -> None:
+    async def flush(self, now: datetime) -> None:
         """Checkpoint what is pending now, and draw the boards left stale (on shutdown,
-        when the topic goes quiet, and after Redis was unreachable).
-
-        ``idle_only``: only once no batch has come for ``checkpoint_seconds`` (the idle
-        loop's call); while batches come, they checkpoint at their own pace (less often
-        while catching up), and a forced one in between would undo that."""
+        when the topic goes quiet, and after Redis was unreachable)."""
         if not self._pending_offsets and not self._stale:
             return
-        if idle_only and time.monotonic() - self._last_batch < self.checkpoint_seconds:
-            return
         async with self.lock:
+            boards: dict[str, bytes] = {}
+            drawn: set[str] = set()
             if self._stale and (self._last_lag is None or self._last_lag <= CATCH_UP_LAG):
                 drawn = set(self._stale)
                 boards = {clinic_id: self._board_bytes(clinic_id)[0] for clinic_id in drawn
                           if clinic_id in self.processor.flows}
-                payload = self._checkpoint_payload(force=True)
-                await self.store.write(boards, payload)
-                self._stale -= drawn
-                if payload is not None:
-                    self._after_checkpoint()
-                    await self._commit(payload[0])
-            else:
-                await self._checkpoint(force=True)
+            await self._write_checkpoint(now, boards)
+            self._stale -= drawn
 
-    async def _dead_letter(self, result: BatchResult) -> None:
-        for dead in result.dead_letters:
-            record = dead.record
-            await self.runtime.broker.publish(
-                dead_letter_record(
-                    raw=record.value,
-                    reason=dead.reason,
-                    consumer="flow",
-                    source_topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key,
-                ),
-                self.dead_letter_topic,
-                key=record.key,
-            )
-            DEAD_LETTERS.labels("flow", reason_kind(dead.reason)).inc()
-            log.warning(
-                "event dead-lettered",
-                reason=dead.reason,
-                partition=record.partition,
-                offset=record.offset,
-            )
+    async def flush_when_idle(self, now: datetime) -> None:
+        """The idle checkpoint (a periodic ``tick``): once no batch has come for
+        ``checkpoint_seconds``, ``flush``. While batches come, they checkpoint at their
+        own pace (less often while catching up), and a forced one in between would undo
+        that; a burst followed by silence must not leave its tail out of the checkpoint."""
+        if not self._pending_offsets and not self._stale:
+            return
+        if 0 <= (now - self._last_batch).total_seconds() < self.checkpoint_seconds:
+            return
+        await self.flush(now)
 
-    async def _publish_estimates(self, estimates: list[tuple[str, Estimate, datetime]]) -> None:
-        wall = datetime.now(UTC)
+    async def refresh_boards(self, now: datetime) -> int:
+        """Re-estimate every live clinic at ``now`` (estimates age with the clock even when
+        nothing happens) and checkpoint (a periodic ``tick``). Returns boards written."""
+        async with self.lock:
+            boards = {}
+            for clinic_id, flow in self.processor.flows.items():
+                last = flow.last_event_at
+                if last is None or now - last > timedelta(hours=12) or now < last:
+                    continue
+                board, _ = self._board_bytes(clinic_id, now)
+                boards[clinic_id] = board
+            checkpoint = self._checkpoint_due(now, force=True)
+            await self.store.write(boards, checkpoint)
+            self._after_checkpoint(now)
+            if checkpoint is not None:  # what Redis now holds, Kafka is told (lag monitoring)
+                await self.kafka.commit(checkpoint.offsets)
+        return len(boards)
+
+    # ------------------------------------------------------------ estimates
+
+    async def _publish_estimates(
+        self, estimates: list[tuple[str, WaitEstimate, datetime]]
+    ) -> None:
+        wall = self.clock.now()
         batch: list[tuple[str, bytes]] = []
         for clinic_id, estimate, at in estimates:
             if wall - at > FRESH:
@@ -349,31 +359,21 @@ class FloorConsumer(RedisPositioned):
             open_ids = {v for flow in self.processor.flows.values() for v in flow.clinic.visits}
             self._published = {v: p for v, p in self._published.items() if v in open_ids}
             self._prune_published_at = max(PUBLISHED_PRUNE_AT, 2 * len(self._published))
-        producer = self.runtime.broker
-        await asyncio.gather(
-            *(
-                producer.publish(body, self.estimates_topic, key=clinic_id.encode())
-                for clinic_id, body in batch
-            )
-        )
+        await asyncio.gather(*(self.publish(body, self.estimates_topic, clinic_id.encode())
+                               for clinic_id, body in batch))
 
     # ------------------------------------------------------------ metrics
 
-    def _observe(self, result: BatchResult, lag: int | None) -> None:
-        EVENTS_CONSUMED.labels("flow", "applied").inc(result.applied)
-        if result.duplicates:
-            EVENTS_CONSUMED.labels("flow", "duplicate").inc(result.duplicates)
-        if result.already_applied:
-            EVENTS_CONSUMED.labels("flow", "already_applied").inc(result.already_applied)
-        if result.dead_letters:
-            EVENTS_CONSUMED.labels("flow", "dead_lettered").inc(len(result.dead_letters))
-        self.applied_total += result.applied
+    def _observe(self, outcome: FloorBatchOutcome, now: datetime) -> None:
+        """Flow's own counts (the runner counts applied, already applied, dead letters)."""
+        if outcome.duplicates:
+            self._duplicates.inc(outcome.duplicates)
         histograms = self._stage_histograms
         # stages finished long ago (a rebuild, a backlog) are history, not what the clinic
         # is doing now: observed, they would show a day's worth at once (and set off the
         # alerts on rates); the day's own report (the board's operations) keeps them
-        fresh_from = datetime.now(UTC) - FRESH
-        for clinic_id, stage, ended_at in result.stages:
+        fresh_from = now - FRESH
+        for clinic_id, stage, ended_at in outcome.stages:
             if ended_at < fresh_from:
                 continue
             key = (clinic_id, stage.provider_id or "any", stage.stage)
@@ -381,17 +381,6 @@ class FloorConsumer(RedisPositioned):
             if histogram is None:  # a labelled child looked up once, not per event
                 histogram = histograms[key] = m.STAGE_MINUTES.labels(*key)
             histogram.observe(stage.minutes)
-        if lag is not None:
-            CONSUMER_LAG.labels("flow").set(lag)
-
-    def _lag(self, result: BatchResult) -> int | None:
-        """Records left on the partitions this batch came from (None: not known yet)."""
-        return lag_after(self.kafka_consumer, result.offsets)
-
-    def _behind_anywhere(self) -> int | None:
-        """Records left on every partition this instance has applied records of (a batch
-        may come from the partitions read to the end while others still have a backlog)."""
-        return lag_after(self.kafka_consumer, self.processor.applied)
 
     def _gauges(self, clinic_id: str, board: dict[str, Any]) -> None:
         per_provider: dict[str, list[float]] = {}
@@ -422,24 +411,3 @@ class FloorConsumer(RedisPositioned):
         m.DELAY_MINUTES.labels(clinic_id, "clinic").set(
             clinic_delay["minutes"] if clinic_delay else 0
         )
-
-    # ------------------------------------------------------------- ticker
-
-    async def refresh_boards(self, now: datetime | None = None) -> int:
-        """Re-estimate every live clinic at the current time (estimates age with the
-        clock even when nothing happens) and checkpoint. Returns boards written."""
-        wall = now or datetime.now(UTC)
-        async with self.lock:
-            boards = {}
-            for clinic_id, flow in self.processor.flows.items():
-                last = flow.last_event_at
-                if last is None or wall - last > timedelta(hours=12) or wall < last:
-                    continue
-                board, _ = self._board_bytes(clinic_id, wall)
-                boards[clinic_id] = board
-            payload = self._checkpoint_payload(force=True)
-            await self.store.write(boards, payload)
-            self._after_checkpoint()
-            if payload is not None:  # what Redis now holds, Kafka is told (lag monitoring)
-                await self._commit(payload[0])
-        return len(boards)

@@ -37,9 +37,4 @@ VISITS_ENDED = Counter(
     "Visits ended, by outcome (checked_out, cancelled, left_without_being_seen).",
     ["clinic", "outcome"],
 )
-BATCH_SECONDS = Histogram(
-    "clinicflow_flow_batch_seconds",
-    "Time to apply one consumed batch and write it to Redis.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
 SSE_CLIENTS = Gauge("clinicflow_sse_clients", "Open Server-Sent-Events connections.")

@@ -1,9 +1,10 @@
-"""Batches of floor records -> applied facts, boards and estimates. No I/O.
+"""Floor records -> applied facts, and clinics -> boards. No I/O.
 
-The live consumer hands each Kafka batch to ``FloorProcessor.process`` and
-writes what comes back (boards, dead letters, estimates, a checkpoint) with
-one Redis transaction and one batch of publishes. Keeping this step free of
-Kafka and Redis lets it be tested in microseconds and benchmarked alone.
+The shared runner reads each Kafka batch into ``Inbound`` records (``floor_reader``:
+decoded, keyed by clinic, floor facts only); ``FloorProcessor.process`` applies them to
+the clinics in memory and says what changed, and ``FlowProjection`` (consumer.py) writes
+that to Redis. Keeping this step free of Kafka and Redis lets it be tested in
+microseconds, benchmarked alone, and digested (``clinicflow digest``).
 """
 
 from __future__ import annotations
@@ -12,32 +13,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared import events as ev
-from shared.floor.clinic_flow import ClinicFlow
-from shared.floor.estimator import Estimate
+from shared.floor.clinic_flow import FLOOR_FACTS, ClinicFlow
+from shared.floor.estimator import WaitEstimate
 from shared.floor.model import NotApplicable, RoomState, StageTime
+from shared.projection import DeadLetter, Inbound, Partition, RecordReader
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One Kafka record as the processor sees it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
+def floor_reader(floor_topic: str) -> RecordReader:
+    """How flow reads its one topic: floor facts keyed by their clinic, nothing else (a
+    ``wait.estimated`` there is refused: estimates have their own topic)."""
+    return RecordReader({floor_topic: FLOOR_FACTS})
 
 
 @dataclass(slots=True)
-class DeadLetter:
-    record: Record
-    reason: str
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What a batch did, for the adapters to write and count."""
+class FloorBatchOutcome:
+    """What applying a batch did, for the projection to write and count."""
 
     applied: int = 0
     duplicates: int = 0
@@ -45,7 +35,7 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     touched: dict[str, datetime] = field(default_factory=dict)  # clinic -> its latest event time
     stages: list[tuple[str, StageTime, datetime]] = field(default_factory=list)  # ended at
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    offsets: dict[Partition, int] = field(default_factory=dict)
     undone: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -54,8 +44,8 @@ class FloorProcessor:
 
     def __init__(self) -> None:
         self.flows: dict[str, ClinicFlow] = {}
-        self.partition_of: dict[str, tuple[str, int]] = {}
-        self.applied: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset applied
+        self.partition_of: dict[str, Partition] = {}
+        self.applied: dict[Partition, int] = {}  # (topic, partition) -> last offset applied
 
     def adopt(self, flow: ClinicFlow, topic: str, partition: int) -> None:
         """Take over a clinic restored from a checkpoint."""
@@ -74,60 +64,51 @@ class FloorProcessor:
     def clinics_of(self, topic: str, partition: int) -> list[str]:
         return [c for c, tp in self.partition_of.items() if tp == (topic, partition)]
 
-    def process(self, records: list[Record]) -> BatchResult:
-        """Apply each record once, in order; unappliable ones become dead letters."""
-        result = BatchResult()
-        applied, flows, decode = self.applied, self.flows, ev.decode
-        dead, offsets, touched, stages = (result.dead_letters, result.offsets, result.touched,
-                                          result.stages)
+    def process(self, records: list[Inbound]) -> FloorBatchOutcome:
+        """Apply each record past its partition's last applied offset, in order; those
+        the reader refused and those the floor cannot apply become dead letters."""
+        outcome = FloorBatchOutcome()
+        applied, flows = self.applied, self.flows
+        dead, offsets, touched, stages = (outcome.dead_letters, outcome.offsets,
+                                          outcome.touched, outcome.stages)
+        took_effect = duplicates = already_applied = 0
         for record in records:
             tp = (record.topic, record.partition)
             if record.offset <= applied.get(tp, -1):
-                result.already_applied += 1
+                already_applied += 1
                 continue
             applied[tp] = offsets[tp] = record.offset
-            if record.value is None:
-                dead.append(DeadLetter(record, "empty record (tombstone)"))
-                continue
-            try:
-                event = decode(record.value)
-            except ev.InvalidEvent as exc:
-                dead.append(DeadLetter(record, exc.reason))
+            event = record.event
+            if event is None:
+                dead.append(DeadLetter(record, record.reason or "unreadable record"))
                 continue
             envelope = event.envelope
             clinic_id = envelope.clinic_id
-            if record.key is not None and record.key != clinic_id.encode():
-                dead.append(DeadLetter(
-                    record, f"key {record.key.decode('utf-8', 'replace')!r} is not the event's "
-                            f"clinic_id {clinic_id!r}: floor events are keyed by clinic"))
-                continue
-            payload = event.payload
-            if type(payload) is ev.WaitEstimated:
-                dead.append(DeadLetter(record, "wait.estimated on the floor topic"))
-                continue
             flow = flows.get(clinic_id)
             if flow is None:
                 flow = flows[clinic_id] = ClinicFlow(clinic_id)
                 self.partition_of[clinic_id] = tp
             at = envelope.occurred_at
             try:
-                change = flow.apply(payload, at, envelope.event_id)
+                change = flow.apply(event.payload, at, envelope.event_id)
             except NotApplicable as exc:
                 dead.append(DeadLetter(record, exc.reason))
                 continue
             if change.duplicate:
-                result.duplicates += 1
+                duplicates += 1
             else:
-                result.applied += 1
+                took_effect += 1
                 touched[clinic_id] = at
                 for stage in change.stages:
                     stages.append((clinic_id, stage, at))
                 if change.kind == "undo":
-                    result.undone.append((clinic_id, envelope.event_id))
-        return result
+                    outcome.undone.append((clinic_id, envelope.event_id))
+        outcome.applied, outcome.duplicates, outcome.already_applied = (
+            took_effect, duplicates, already_applied)
+        return outcome
 
 
-def build_board(flow: ClinicFlow, estimates: list[Estimate], now: datetime) -> dict[str, Any]:
+def build_board(flow: ClinicFlow, estimates: list[WaitEstimate], now: datetime) -> dict[str, Any]:
     """The clinic's board: waiting patients by ticket code, rooms, providers, counts.
 
     No names: a visit appears as its ticket code (and its pseudonymous visit id,

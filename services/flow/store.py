@@ -9,13 +9,15 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:flow:clinics                        SET of every clinic flow has seen
     P:flow:owner:{topic}:{partition}      fencing token: bumped by each instance given it
     P:flow:changes:{clinic}               pub/sub channel: each new board, for SSE clients
+    P:flow:outbox, P:flow:outbox-lock     dead letters waiting for Kafka (shared/outbox.py)
     P:idem:flow:{key}                     Idempotency-Key answers (shared/idempotency.py)
 
-A checkpoint writes the snapshots of the clinics that changed and the
-partitions' offsets in one MULTI/EXEC transaction, so after a crash the
-service resumes from a state and an offset that belong together: every event
-is applied to the stored state exactly once. Boards are derived views,
-rewritten after every batch; they may run ahead of the checkpoint.
+A checkpoint writes the snapshots of the clinics that changed, the partitions'
+offsets and the dead letters of the records it covers (queued in the outbox) in one
+atomic write (a Lua script), so after a crash the service resumes from a state and an
+offset that belong together: every event is applied to the stored state exactly once,
+and a record is dead-lettered exactly when its offset is stored. Boards are derived
+views, rewritten after every batch; they may run ahead of the checkpoint.
 Everything here can be thrown away: with no offset stored, flow replays the
 floor topic from the beginning and rebuilds it (design decision 1).
 
@@ -32,23 +34,43 @@ write (Redis lost is rebuilt, design decision 1).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-# KEYS: fence keys, SET keys, SADD keys, PUBLISH channels; ARGV: the four counts' first
-# three, then the fence tokens, SET values, SADD members and messages in the same order
+from shared.outbox import Outbox
+from shared.projection import Partition
+
+# KEYS: fence keys, SET keys, SADD keys, RPUSH keys, PUBLISH channels; ARGV: the first four
+# counts, then the fence tokens, SET values, SADD members, RPUSH entries and messages in order
 _FENCED_WRITE = """
-local fences, sets, adds = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local fences, sets = tonumber(ARGV[1]), tonumber(ARGV[2])
+local adds, pushes = tonumber(ARGV[3]), tonumber(ARGV[4])
 for i = 1, fences do
   local owner = redis.call('GET', KEYS[i])
-  if owner and owner ~= ARGV[3 + i] then return 0 end
-  if not owner then redis.call('SET', KEYS[i], ARGV[3 + i]) end
+  if owner and owner ~= ARGV[4 + i] then return 0 end
+  if not owner then redis.call('SET', KEYS[i], ARGV[4 + i]) end
 end
-for i = fences + 1, fences + sets do redis.call('SET', KEYS[i], ARGV[3 + i]) end
-for i = fences + sets + 1, fences + sets + adds do redis.call('SADD', KEYS[i], ARGV[3 + i]) end
-for i = fences + sets + adds + 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[3 + i]) end
+local at = fences
+for i = at + 1, at + sets do redis.call('SET', KEYS[i], ARGV[4 + i]) end
+at = at + sets
+for i = at + 1, at + adds do redis.call('SADD', KEYS[i], ARGV[4 + i]) end
+at = at + adds
+for i = at + 1, at + pushes do redis.call('RPUSH', KEYS[i], ARGV[4 + i]) end
+for i = at + pushes + 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[4 + i]) end
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What one checkpoint stores together: each partition's last applied offset, the
+    snapshots of the clinics that changed (with the partition each lives on), and the
+    dead letters among the records it covers (outbox entries, oldest first)."""
+
+    offsets: dict[Partition, int]
+    snapshots: dict[str, tuple[Partition, bytes]]
+    dead_letters: list[bytes] = field(default_factory=list)
 
 
 class Fenced(Exception):
@@ -59,8 +81,9 @@ class FlowStore:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = f"{prefix}:flow"
-        self._claims: dict[tuple[str, int], int] = {}  # partitions held -> fencing token
+        self._claims: dict[Partition, int] = {}  # partitions held -> fencing token
         self._fenced_write = redis.register_script(_FENCED_WRITE)
+        self.outbox = Outbox(redis, self.prefix)  # dead letters, relayed to Kafka
 
     # ------------------------------------------------------------------ keys
 
@@ -132,38 +155,34 @@ class FlowStore:
         """Forget a revoked partition's claim (its later writes are not ours to make)."""
         self._claims.pop((topic, partition), None)
 
-    async def write(
-        self,
-        boards: dict[str, bytes],
-        checkpoint: tuple[dict[tuple[str, int], int], dict[str, tuple[tuple[str, int], bytes]]]
-        | None = None,
-    ) -> None:
-        """Write boards (and publish them to SSE listeners); with ``checkpoint``,
-        atomically store snapshots and offsets as well.
+    async def write(self, boards: dict[str, bytes], checkpoint: Checkpoint | None = None
+                    ) -> None:
+        """Write boards (and publish them to SSE listeners); with ``checkpoint``, store its
+        snapshots and offsets and queue its dead letters as well.
 
-        ``checkpoint`` is (offsets by (topic, partition), snapshots by clinic with
-        the (topic, partition) the clinic lives on). All of it or nothing is written;
-        nothing when a partition this instance claimed was claimed since (``Fenced``).
+        All of it or nothing is written; nothing when a partition this instance claimed
+        was claimed since (``Fenced``).
         """
         fences = [(self._owner(*tp), token) for tp, token in self._claims.items()]
         sets: list[tuple[str, bytes | str | int]] = []
         adds: list[tuple[str, str]] = [(self._clinics, clinic_id) for clinic_id in boards]
+        pushes: list[tuple[str, bytes]] = []
         for clinic_id, board in boards.items():
             sets.append((self._board(clinic_id), board))
         if checkpoint is not None:
-            offsets, snapshots = checkpoint
-            for clinic_id, ((topic, partition), snapshot) in snapshots.items():
+            for clinic_id, ((topic, partition), snapshot) in checkpoint.snapshots.items():
                 sets.append((self._snap(clinic_id), snapshot))
                 adds.append((self._pclinics(topic, partition), clinic_id))
-            for (topic, partition), offset in offsets.items():
+            for (topic, partition), offset in checkpoint.offsets.items():
                 sets.append((self._offset(topic, partition), offset))
+            pushes = [(self.outbox.key, entry) for entry in checkpoint.dead_letters]
         if not sets and not adds:
             return
         publishes = [(self.changes_channel(c), board) for c, board in boards.items()]
-        groups = (fences, sets, adds, publishes)
+        groups = (fences, sets, adds, pushes, publishes)
         written = await self._fenced_write(
             keys=[key for group in groups for key, _ in group],
-            args=[len(fences), len(sets), len(adds),
+            args=[len(fences), len(sets), len(adds), len(pushes),
                   *(value for group in groups for _, value in group)],
         )
         if not written:

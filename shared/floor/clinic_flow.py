@@ -10,7 +10,7 @@ from typing import Any
 
 from shared import events as ev
 from shared.floor.day_stats import DayStats
-from shared.floor.estimator import Estimate, WaitEstimator
+from shared.floor.estimator import WaitEstimate, WaitEstimator
 from shared.floor.model import Change, Clinic, NotApplicable, Visit
 
 RECORD_EVERY_SECONDS = 300
@@ -116,7 +116,7 @@ class ClinicFlow:
     def _scheduling(self, p: ev.Payload, at: datetime, event_id: str) -> Change:
         return Change("schedule", queue_changed=False)
 
-    def estimates(self, now: datetime) -> list[Estimate]:
+    def estimates(self, now: datetime) -> list[WaitEstimate]:
         """Current estimates for every waiting visit, in queue order."""
         return self.estimator.estimate(self.clinic, now)
 
@@ -135,3 +135,7 @@ _FACTS: dict[type[ev.Payload], Callable[[ClinicFlow, Any, datetime, str], Change
     ev.AppointmentScheduled: ClinicFlow._scheduling,
     ev.PatientNoShow: ClinicFlow._scheduling,
 }
+
+# the payloads a clinic's floor applies: every floor fact (a wait.estimated is flow's own
+# output, never a floor fact)
+FLOOR_FACTS: frozenset[type[ev.Payload]] = frozenset(_FACTS)

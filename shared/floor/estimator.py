@@ -86,7 +86,7 @@ class RunningMean:
 
 
 @dataclass(slots=True)
-class Estimate:
+class WaitEstimate:
     """An estimate for one waiting visit, made at ``made_at``."""
 
     visit_id: str
@@ -289,7 +289,7 @@ class WaitEstimator:
             self._earliest = ordered[int(0.1 * (len(ordered) - 1))]
         return self._earliest
 
-    def estimate(self, clinic: Clinic, now: datetime) -> list[Estimate]:
+    def estimate(self, clinic: Clinic, now: datetime) -> list[WaitEstimate]:
         """Estimates for every waiting visit of ``clinic``, in queue order."""
         waiting = clinic.waiting()
         if not waiting:
@@ -303,8 +303,8 @@ class WaitEstimator:
             low = max(0.0, minutes + q10 * scale)
             high = max(low, minutes + q90 * scale)
             centre = min(max(centre, low), high)
-            estimates.append(Estimate(visit.visit_id, now, round(centre, 1), round(low, 1),
-                                      round(high, 1), position, minutes))
+            estimates.append(WaitEstimate(visit.visit_id, now, round(centre, 1), round(low, 1),
+                                          round(high, 1), position, minutes))
         return estimates
 
     def record(self, clinic: Clinic, now: datetime) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from services.flow.processor import FloorProcessor, Record, build_board
+from services.flow.processor import FloorProcessor, build_board, floor_reader
 from shared import events as ev
 from tests.helpers import auth, eventually, producer, read_topic
 
@@ -25,7 +25,7 @@ def flow_settings(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -> di
         "redis_prefix": topic_prefix.rstrip("."),
         "flow_checkpoint_seconds": 0.2,
         "flow_group_id": f"{topic_prefix}flow",
-        "flow_tick_seconds": 3600,
+        "flow_tick_seconds": 0,  # no board refresh on its own: a test calls it with its time
     }
 
 
@@ -80,8 +80,9 @@ async def boards_match_a_rebuild(client: httpx.AsyncClient, bootstrap: str, floo
     """Every clinic's served board equals the board the pure processor builds from the
     whole topic, and the day's counts show no fact applied twice."""
     records = await read_topic(bootstrap, floor)
+    read = floor_reader(floor).read
     expected = FloorProcessor()
-    expected.process([Record(r.topic, r.partition, r.offset, r.key, r.value)
+    expected.process([read(r.topic, r.partition, r.offset, r.key, r.value)
                       for r in sorted(records, key=lambda r: (r.partition, r.offset))])
     for clinic in clinics:
         flow = expected.flows[clinic]

@@ -57,7 +57,7 @@ async def flow_url(kafka_bootstrap: str, redis_url: str,
                                            ev.encode(event), key=b"north")
 
         async def has_v1() -> bool:
-            raw = await app.state.consumer.store.board("north")
+            raw = await app.state.projection.store.board("north")
             return raw is not None and b'"v1"' in raw
 
         await eventually(has_v1)

@@ -1,6 +1,7 @@
-"""Flow tells Kafka what it has checkpointed: after the ticker's board refresh (which also
-checkpoints) the group's committed offsets reach the end of the floor topic, so Kafka-side
-lag monitoring does not show a quiet flow as lagging. Found by the soak (tests/soak/)."""
+"""Flow tells Kafka what it has checkpointed: after the board refresh (a periodic job, which
+also checkpoints) the group's committed offsets reach the end of the floor topic, so
+Kafka-side lag monitoring does not show a quiet flow as lagging. Found by the soak
+(tests/soak/)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from shared import events as ev
 from shared.admin import ensure_topics
 from shared.settings import FlowSettings
 from shared.topics import FLOOR, topic_name
+from tests.fakes import FakeClock
 from tests.helpers import eventually, serving
 from tests.integration.flow_support import NURSE, floor_event, flow_settings, get_board, publish
 
@@ -50,22 +52,22 @@ async def test_the_board_refresh_commits_what_it_checkpoints(
     settings = {**flow_settings(kafka_bootstrap, redis_url, topic_prefix),
                 "flow_checkpoint_seconds": 3600}
     floor = topic_name(FLOOR, topic_prefix)
-    app = create_app(FlowSettings(**settings))
+    clock = FakeClock()
+    app = create_app(FlowSettings(**settings), clock=clock)
     async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
         await publish(kafka_bootstrap, floor, [
-            floor_event(ev.RoomReady(room_id="r1")),
+            floor_event(ev.RoomReady(room_id="r1"), base=clock.now()),
             floor_event(ev.PatientArrived(visit_id="v1", ticket_code="A-1",
-                                          provider_id="dr-lee", visit_type="follow_up"))])
+                                          provider_id="dr-lee", visit_type="follow_up"),
+                        base=clock.now())])
 
         async def one_waiting() -> Any:
             board = await get_board(client, "north", NURSE)
             return board if board and len(board["waiting"]) == 1 else None
 
         await eventually(one_waiting, timeout=30)
-        assert await app.state.consumer.refresh_boards() == 1
-
-        async def committed_to_the_end() -> bool:
-            return await committed_behind_end(kafka_bootstrap, settings["flow_group_id"],
-                                              floor) == 0
-
-        await eventually(committed_to_the_end, timeout=20, interval=0.5)
+        assert await committed_behind_end(kafka_bootstrap, settings["flow_group_id"],
+                                          floor) == 2  # applied, not checkpointed yet
+        assert await app.state.projection.refresh_boards(clock.advance(minutes=1)) == 1
+        assert await committed_behind_end(kafka_bootstrap, settings["flow_group_id"],
+                                          floor) == 0

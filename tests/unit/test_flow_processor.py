@@ -1,5 +1,5 @@
-"""Batches of raw floor records: applied once, bad ones dead-lettered, state survives a
-checkpoint round trip exactly."""
+"""Batches of floor records, read as the service reads them: applied once, bad ones
+dead-lettered with the reason, state survives a checkpoint round trip exactly."""
 
 from __future__ import annotations
 
@@ -7,24 +7,33 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from services.flow.processor import FloorProcessor, Record, build_board
+from services.flow.processor import FloorProcessor, build_board, floor_reader
 from shared import events as ev
 from shared.floor.model import NotApplicable
 from shared.floor.snapshot import dump_flow, load_flow
+from shared.projection import Inbound
+from tests.fakes import KafkaRecord
 
 T0 = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
 TOPIC = "clinicflow.floor.v1"
+READER = floor_reader(TOPIC)
+
+
+def read(records: list[KafkaRecord]) -> list[Inbound]:
+    """The records as flow's reader hands them to the processor."""
+    return [READER.read(r.topic, r.partition, r.offset, r.key, r.value) for r in records]
 
 
 def record(offset: int, payload: ev.Payload, *, clinic: str = "north", minute: float = 0,
-           event_id: str | None = None, key: bytes | None = None) -> Record:
+           event_id: str | None = None, key: bytes | None = None) -> KafkaRecord:
     event = ev.make_event(payload, clinic_id=clinic, source="test",
                           occurred_at=T0 + timedelta(minutes=minute),
                           event_id=event_id or f"e{offset}")
-    return Record(TOPIC, 0, offset, key if key is not None else clinic.encode(), ev.encode(event))
+    return KafkaRecord(TOPIC, 0, offset, key if key is not None else clinic.encode(),
+                       ev.encode(event))
 
 
-def day() -> list[Record]:
+def day() -> list[KafkaRecord]:
     return [
         record(0, ev.RoomReady(room_id="r1")),
         record(1, ev.RoomReady(room_id="r2")),
@@ -43,9 +52,9 @@ def day() -> list[Record]:
 
 def test_every_record_is_applied_once_even_when_a_batch_is_redelivered() -> None:
     processor = FloorProcessor()
-    first = processor.process(day())
+    first = processor.process(read(day()))
     assert first.applied == 8 and not first.dead_letters
-    again = processor.process(day())
+    again = processor.process(read(day()))
     assert again.applied == 0 and again.already_applied == 8
     assert set(processor.flows) == {"north", "south"}
     assert first.offsets == {(TOPIC, 0): 7}
@@ -54,21 +63,24 @@ def test_every_record_is_applied_once_even_when_a_batch_is_redelivered() -> None
 def test_malformed_unknown_and_unappliable_events_become_dead_letters_with_reasons() -> None:
     processor = FloorProcessor()
     bad = [
-        Record(TOPIC, 0, 0, b"north", b"{not json"),
-        Record(TOPIC, 0, 1, b"north", orjson.dumps({"event_type": "x"})),
-        Record(TOPIC, 0, 2, b"north", orjson.dumps({
+        KafkaRecord(TOPIC, 0, 0, b"north", b"{not json"),
+        KafkaRecord(TOPIC, 0, 1, b"north", orjson.dumps({"event_type": "x"})),
+        KafkaRecord(TOPIC, 0, 2, b"north", orjson.dumps({
             "event_type": "patient.teleported", "clinic_id": "north", "source": "t",
             "data": {}})),
-        Record(TOPIC, 0, 3, b"north", orjson.dumps({
+        KafkaRecord(TOPIC, 0, 3, b"north", orjson.dumps({
             "event_type": "room.ready", "schema_version": 9, "clinic_id": "north",
             "source": "t", "data": {"room_id": "r1"}})),
         record(4, ev.PatientRoomed(visit_id="ghost", room_id="r1")),
         record(5, ev.RoomReady(room_id="r1"), key=b"south"),
-        Record(TOPIC, 0, 6, b"north", None),
-        record(7, ev.RoomReady(room_id="r9")),
+        KafkaRecord(TOPIC, 0, 6, b"north", None),
+        record(7, ev.WaitEstimated(visit_id="v1", ticket_code="A-1", position=1,
+                                   wait_minutes=5, low=2, high=9)),
+        record(8, ev.RoomReady(room_id="r9")),
     ]
-    result = processor.process(bad)
+    result = processor.process(read(bad))
     reasons = [d.reason for d in result.dead_letters]
+    assert [d.record.offset for d in result.dead_letters] == list(range(8))
     assert reasons[0].startswith("not valid JSON")
     assert reasons[1].startswith("bad envelope")
     assert reasons[2] == "unknown event_type 'patient.teleported'"
@@ -76,25 +88,28 @@ def test_malformed_unknown_and_unappliable_events_become_dead_letters_with_reaso
     assert reasons[4] == "roomed for unknown visit ghost"
     assert "keyed by clinic" in reasons[5]
     assert "tombstone" in reasons[6]
+    assert reasons[7] == f"wait.estimated does not belong on {TOPIC}"  # estimates have their own
     assert result.applied == 1  # the consumer kept going: r9 is ready
     assert "r9" in processor.flows["north"].clinic.rooms
+    again = processor.process(read(bad))  # redelivered: nothing dead-lettered twice
+    assert again.already_applied == len(bad) and not again.dead_letters
 
 
 def test_a_checkpointed_clinic_carries_on_exactly_as_if_it_never_stopped() -> None:
     continuous = FloorProcessor()
-    continuous.process(day())
+    continuous.process(read(day()))
     restored = FloorProcessor()
-    restored.process(day()[:6])
+    restored.process(read(day()[:6]))
     for flow in list(restored.flows.values()):
         snapshot = orjson.dumps(dump_flow(flow))
         restored.adopt(load_flow(orjson.loads(snapshot)), TOPIC, 0)
-    restored.process(day())  # redelivery from the start: already-applied ones are skipped
+    restored.process(read(day()))  # redelivery from the start: already-applied ones skipped
     later = [
         record(8, ev.ActionUndone(undone_event_id="room-v3"), minute=6),
         record(9, ev.PatientCheckedOut(visit_id="v1"), minute=7),
     ]
-    continuous.process(later)
-    restored.process(later)
+    continuous.process(read(later))
+    restored.process(read(later))
     now = T0 + timedelta(minutes=8)
     for clinic_id in ("north", "south"):
         a, b = continuous.flows[clinic_id], restored.flows[clinic_id]
@@ -105,7 +120,7 @@ def test_a_checkpointed_clinic_carries_on_exactly_as_if_it_never_stopped() -> No
 
 def test_the_board_shows_ticket_codes_estimates_rooms_and_delays() -> None:
     processor = FloorProcessor()
-    processor.process(day())
+    processor.process(read(day()))
     flow = processor.flows["north"]
     now = T0 + timedelta(minutes=5)
     board = build_board(flow, flow.estimates(now), now)
