@@ -128,9 +128,12 @@ class FlowProjection:
                     self.processor.adopt(load_flow(orjson.loads(raw)), *tp)
                 # set with the adopted state, before the runner seeks: should a seek fail,
                 # a record at or below the checkpoint is still never applied again
-                if offset is not None:
+                if offset is None:
+                    log.info("no checkpoint: rebuilding partition from the beginning",
+                             topic=tp[0], partition=tp[1])
+                else:
                     self.processor.applied[tp] = offset
-                    log.info("partition restored from its checkpoint", topic=tp[0],
+                    log.info("resuming partition from checkpoint", topic=tp[0],
                              partition=tp[1], offset=offset,
                              clinics=len(self.processor.clinics_of(*tp)))
                 stored[tp] = offset

@@ -404,7 +404,7 @@ async def test_a_killed_instance_s_partitions_move_and_the_boards_stay_right(
         await first.wait_ready()
         await second.wait_ready()
         # the second instance's first assignment is the group split between the two
-        await eventually(lambda: "partition assigned" in (tmp_path / "flow-2.log")
+        await eventually(lambda: "rebuilding partition" in (tmp_path / "flow-2.log")
                          .read_text(), timeout=30)
         half = len(day) // 2
         await publish(flow_env["kafka_bootstrap"], floor, day[:half])
