@@ -317,12 +317,12 @@ def test_each_service_has_a_disruption_budget_a_service_and_is_scraped(
                            "prometheus.io/path": "/metrics"}
     monitors = load(DEPLOY / "monitoring" / "servicemonitors.yaml")
     monitor = one(monitors, "ServiceMonitor", service)["spec"]
-    assert monitor["selector"]["matchLabels"].items() <= one(
-        app, "Service", service)["metadata"]["labels"].items()
+    service_labels = one(app, "Service", service)["metadata"]["labels"]
+    assert monitor["selector"]["matchLabels"].items() <= service_labels.items()
     assert monitor["endpoints"][0]["port"] == "http"
     assert monitor["endpoints"][0]["path"] == "/metrics"
     # the Prometheus rules know the services by job name (deploy/prometheus)
-    assert pod_labels[monitor["jobLabel"]] == service
+    assert service_labels[monitor["jobLabel"]] == pod_labels[monitor["jobLabel"]] == service
 
 
 # ------------------------------------------------------------------ settings and secrets
