@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from services.billing import views
 from services.billing.cli import read_ledger, reconcile_from
-from services.flow.processor import BatchResult, FloorProcessor, Record, build_board
+from services.flow.processor import FloorBatchOutcome, FloorProcessor, build_board, floor_reader
 from shared import events as ev
 from shared.events_notifications import NotificationSent
 from shared.settings import BillingSettings
@@ -152,9 +152,9 @@ async def check_flow(checks: Checks, bootstrap: str, floor: str, flow_url: str,
                "checkin's)", len(records) == sent,
                f"{len(records)} records; {expected.floor_published} sent by the network, "
                f"{expected.walk_ins_via_checkin} walk-ins published by checkin")
-    rebuilt = FloorProcessor()
-    result: BatchResult = rebuilt.process([
-        Record(r.topic, r.partition, r.offset, r.key, r.value)
+    rebuilt, reader = FloorProcessor(), floor_reader(floor)
+    result: FloorBatchOutcome = rebuilt.process([
+        reader.read(r.topic, r.partition, r.offset, r.key, r.value)
         for r in sorted(records, key=lambda r: (r.partition, r.offset))])
     text = await metrics_of(flow_url)
     consumed = by_label(metric(text, "clinicflow_events_consumed_total"), "outcome")
