@@ -18,6 +18,10 @@ from shared.service import ServiceRuntime, make_http_app
 from shared.settings import FlowSettings
 from shared.topics import ESTIMATES, FLOOR
 
+# how often the dead letters checkpoints queued are published (what one instance queued,
+# any instance relays)
+DEAD_LETTER_RELAY_SECONDS = 1.0
+
 
 def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
     """Build the flow service; nothing connects until the app starts. ``clock``: the
@@ -54,7 +58,7 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
     runtime.every(settings.flow_tick_seconds, floor.refresh_boards, "board-refresh")
     # a burst followed by silence must not leave its tail out of the checkpoint
     runtime.every(settings.flow_checkpoint_seconds, floor.flush_when_idle, "idle-checkpoint")
-    runtime.every(settings.flow_checkpoint_seconds, dead_letters.tick, "dead-letter-relay")
+    runtime.every(DEAD_LETTER_RELAY_SECONDS, dead_letters.tick, "dead-letter-relay")
 
     hub = BoardHub(runtime, store, settings.flow_sse_max_total,
                    settings.flow_sse_max_per_credential)
@@ -78,7 +82,8 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
     app.state.projection = floor
     app.state.runner = runner
     app.include_router(make_router(runtime, store, hub, floor_topic,
-                                   IdempotencyStore(runtime.redis, settings.redis_prefix)))
+                                   IdempotencyStore(runtime.redis, settings.redis_prefix),
+                                   clinics=settings.clinic_directory()))
     app.include_router(make_pages_router(settings))
     app.mount("/static", static_files(), name="static")
     return app
