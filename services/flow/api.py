@@ -8,6 +8,7 @@ consumer applies them like any other fact. Every command honours an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
@@ -19,6 +20,8 @@ from services.flow import metrics as m
 from services.flow.store import FlowStore
 from shared import events as ev
 from shared.auth import Principal, require_role
+from shared.clinics import ClinicDirectory
+from shared.errors import Conflict, NotFound
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
@@ -114,8 +117,12 @@ def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
 
 
 def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_topic: str,
-                idempotency: IdempotencyStore) -> APIRouter:
+                idempotency: IdempotencyStore, clinics: ClinicDirectory | None = None
+                ) -> APIRouter:
+    """``clinics``: the rooms and providers each clinic has (every command is checked
+    against them and the board); None: none configured."""
     router = APIRouter(responses=REFUSALS)
+    clinics = clinics if clinics is not None else ClinicDirectory.parse(None)
 
     async def current_board(clinic_id: str) -> dict[str, Any]:
         raw = await store.board(clinic_id)
@@ -135,10 +142,16 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
 
     async def publish(clinic_id: str, payload: ev.Payload, request: Request,
                       key: str | None, principal: Principal,
-                      correlation_id: str | None = None) -> Accepted:
+                      correlation_id: str | None = None,
+                      check: Callable[[dict[str, Any]], None] | None = None) -> Accepted:
+        """Check the command against the clinic's board, then publish it. The check runs
+        inside the idempotent action: a retry with the same key replays the first answer,
+        and a refusal stores nothing (so no 2xx answer is a command the floor refuses)."""
         body = await request.body()
 
         async def action() -> tuple[int, Any]:
+            if check is not None:
+                check(await board_or_empty(clinic_id))
             event = ev.make_event(payload, clinic_id=clinic_id, source="flow",
                                   correlation_id=correlation_id)
             if not runtime.kafka_started:
@@ -163,6 +176,30 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         _status, answer, replayed = await idempotency.run(
             f"flow:{clinic_id}", key, fingerprint(request.method, request.url.path, body), action)
         return Accepted(**answer, replayed=replayed)
+
+    def room_of(clinic_id: str, board: dict[str, Any], room_id: str) -> dict[str, Any] | None:
+        """The room as the board has it; NotFound when the clinic has no such room. A clinic
+        with rooms in CLINICFLOW_CLINICS has those rooms (and any already on its board); a
+        clinic with none configured opens a room by naming it, as before."""
+        room = next((r for r in board["rooms"] if r["room_id"] == room_id), None)
+        configured = clinics[clinic_id].rooms
+        if room is None and configured and room_id not in configured:
+            raise NotFound(f"clinic {clinic_id} has no room {room_id!r} (its rooms: "
+                           f"{', '.join(sorted(configured))})", code="unknown_room")
+        return room
+
+    def check_provider(clinic_id: str, board: dict[str, Any], provider_id: str | None) -> None:
+        """NotFound for a provider the clinic does not have: configured providers, and any
+        on its board; a clinic with none configured takes any provider id, as before."""
+        if provider_id is None:
+            return
+        configured = clinics[clinic_id].providers
+        known = {p["provider_id"] for p in board["providers"]}
+        known.update(v["provider_id"] for v in [*board["waiting"], *board["in_rooms"]])
+        if configured and provider_id not in configured and provider_id not in known:
+            raise NotFound(f"clinic {clinic_id} has no provider {provider_id!r} (its "
+                           f"providers: {', '.join(sorted(configured))})",
+                           code="unknown_provider")
 
     @router.get("/clinics", tags=["boards"], summary="Clinics with a board today")
     async def list_clinics(principal: Principal = Depends(read_board)) -> dict[str, list[str]]:
@@ -198,13 +235,14 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                          idempotency_key: IdempotencyKey = None,
                          principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
-        board = await board_or_empty(clinic_id)
-        room = next((r for r in board["rooms"] if r["room_id"] == room_id), None)
-        if room is not None and room["state"] == "occupied":
-            raise HTTPException(409, detail=f"room {room_id} holds patient "
-                                f"{room['ticket_code']}; check them out or room them elsewhere")
+
+        def check(board: dict[str, Any]) -> None:
+            room = room_of(clinic_id, board, room_id)
+            if room is not None and room["state"] == "occupied":
+                raise Conflict(f"room {room_id} holds patient {room['ticket_code']}; check "
+                               "them out or room them elsewhere", code="room_occupied")
         return await publish(clinic_id, ev.RoomReady(room_id=room_id), request,
-                             idempotency_key, principal)
+                             idempotency_key, principal, check=check)
 
     @router.post("/clinics/{clinic_id}/rooms/{room_id}/out-of-service", status_code=202,
                  tags=["floor commands"], summary="Take a room out of service")
@@ -213,12 +251,14 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                        idempotency_key: IdempotencyKey = None,
                        principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
-        board = await board_or_empty(clinic_id)
-        room = next((r for r in board["rooms"] if r["room_id"] == room_id), None)
-        if room is not None and room["state"] == "occupied":
-            raise HTTPException(409, detail=f"room {room_id} holds patient {room['ticket_code']}")
+
+        def check(board: dict[str, Any]) -> None:
+            room = room_of(clinic_id, board, room_id)
+            if room is not None and room["state"] == "occupied":
+                raise Conflict(f"room {room_id} holds patient {room['ticket_code']}; room "
+                               "them elsewhere or check them out first", code="room_occupied")
         return await publish(clinic_id, ev.RoomOutOfService(room_id=room_id, reason=body.reason),
-                             request, idempotency_key, principal)
+                             request, idempotency_key, principal, check=check)
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/room", status_code=202,
                  tags=["floor commands"], summary="Call a waiting patient into a room")
@@ -226,21 +266,23 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                            request: Request, idempotency_key: IdempotencyKey = None,
                            principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
-        board = await current_board(clinic_id)
-        if not any(w["visit_id"] == visit_id for w in board["waiting"]):
-            where = next((v for v in board["in_rooms"] if v["visit_id"] == visit_id), None)
-            if where is not None and idempotency_key is None:
-                raise HTTPException(409, detail=f"visit {visit_id} is already {where['status']}"
-                                    f" in room {where['room_id']}")
-            if where is None:
-                raise HTTPException(404, detail=f"visit {visit_id} is not waiting at clinic "
-                                    f"{clinic_id}")
-        room = next((r for r in board["rooms"] if r["room_id"] == body.room_id), None)
-        if room is not None and room["state"] in ("occupied", "out_of_service") and \
-                idempotency_key is None:
-            raise HTTPException(409, detail=f"room {body.room_id} is {room['state']}")
+
+        def check(board: dict[str, Any]) -> None:
+            if not any(w["visit_id"] == visit_id for w in board["waiting"]):
+                where = next((v for v in board["in_rooms"] if v["visit_id"] == visit_id), None)
+                if where is None:
+                    raise NotFound(f"visit {visit_id} is not waiting at clinic {clinic_id}",
+                                   code="unknown_visit")
+                raise Conflict(f"visit {visit_id} is already {where['status']} in room "
+                               f"{where['room_id']}", code="visit_not_waiting")
+            room = room_of(clinic_id, board, body.room_id)
+            if room is not None and room["state"] in ("occupied", "out_of_service"):
+                holder = f" (patient {room['ticket_code']})" if room["ticket_code"] else ""
+                raise Conflict(f"room {body.room_id} is {room['state'].replace('_', ' ')}"
+                               f"{holder}", code=f"room_{room['state']}")
         return await publish(clinic_id, ev.PatientRoomed(visit_id=visit_id, room_id=body.room_id),
-                             request, idempotency_key, principal, correlation_id=visit_id)
+                             request, idempotency_key, principal, correlation_id=visit_id,
+                             check=check)
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/provider-in", status_code=202,
                  tags=["floor commands"], summary="The provider starts seeing the patient")
@@ -249,13 +291,17 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                           idempotency_key: IdempotencyKey = None,
                           principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
-        board = await current_board(clinic_id)
-        known = [*board["waiting"], *board["in_rooms"]]
-        if not any(v["visit_id"] == visit_id for v in known):
-            raise HTTPException(404, detail=f"visit {visit_id} is not open at clinic {clinic_id}")
+
+        def check(board: dict[str, Any]) -> None:
+            known = [*board["waiting"], *board["in_rooms"]]
+            if not any(v["visit_id"] == visit_id for v in known):
+                raise NotFound(f"visit {visit_id} is not open at clinic {clinic_id}",
+                               code="unknown_visit")
+            check_provider(clinic_id, board, body.provider_id)
         return await publish(clinic_id, ev.ProviderIn(visit_id=visit_id,
                                                       provider_id=body.provider_id),
-                             request, idempotency_key, principal, correlation_id=visit_id)
+                             request, idempotency_key, principal, correlation_id=visit_id,
+                             check=check)
 
     @router.post("/clinics/{clinic_id}/delays", status_code=202, tags=["floor commands"],
                  summary="Announce (or with 0 minutes, clear) a provider's or the clinic's delay")
@@ -268,7 +314,9 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             else ev.DelayAnnounced(provider_id=body.provider_id, minutes=body.minutes,
                                    reason=body.reason)
         )
-        return await publish(clinic_id, payload, request, idempotency_key, principal)
+        return await publish(clinic_id, payload, request, idempotency_key, principal,
+                             check=lambda board: check_provider(clinic_id, board,
+                                                                body.provider_id))
 
     @router.delete("/clinics/{clinic_id}/delays/{provider_id}", status_code=202,
                    tags=["floor commands"],
@@ -279,7 +327,8 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         principal.require_clinic(clinic_id)
         target = None if provider_id == "clinic" else provider_id
         return await publish(clinic_id, ev.DelayCleared(provider_id=target), request,
-                             idempotency_key, principal)
+                             idempotency_key, principal,
+                             check=lambda board: check_provider(clinic_id, board, target))
 
     @router.post("/clinics/{clinic_id}/undo", status_code=202, tags=["floor commands"],
                  summary="Undo a mistaken floor action with a correcting event")
@@ -287,9 +336,21 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                    idempotency_key: IdempotencyKey = None,
                    principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
+
+        def check(board: dict[str, Any]) -> None:
+            action = next((a for a in board.get("undo", []) if a["event_id"] == body.event_id),
+                          None)
+            if action is None:
+                raise NotFound(f"event {body.event_id} is not a recent floor action of clinic "
+                               f"{clinic_id} (unknown, another clinic's, already undone or too "
+                               "old to undo)", code="unknown_event")
+            if not action["undoable"]:
+                raise Conflict(f"event {body.event_id} ({action['kind'].replace('_', ' ')}) "
+                               "cannot be undone: its patient or room changed since; undo the "
+                               "later action first", code="not_undoable")
         return await publish(clinic_id, ev.ActionUndone(undone_event_id=body.event_id,
                                                         reason=body.reason),
-                             request, idempotency_key, principal)
+                             request, idempotency_key, principal, check=check)
 
     return router
 

@@ -176,7 +176,25 @@ def build_board(flow: ClinicFlow, estimates: list[WaitEstimate], now: datetime) 
             "minutes": clinic_delay.minutes, "reason": clinic_delay.reason,
             "until": clinic_delay.until.isoformat(),
         },
+        "undo": _undo_window(clinic),
         "counts": dict(clinic.counts),
         "rolling_average_minutes": flow.estimator.rolling_average(),
         "operations": flow.day.report(clinic, now),
     }
+
+
+def _undo_window(clinic: Any) -> list[dict[str, Any]]:
+    """The facts that an undo may still name (newest first), each with whether it can be
+    undone now (nothing changed its visit or room since): the API checks an undo against
+    this, so an accepted undo is never a dead letter."""
+    window = []
+    for record in reversed(clinic._undo):
+        undoable = all(
+            (visit := clinic.visits.get(visit_id)) is None or len(visit.history) == mark
+            for visit_id, mark in record.visit_marks.items()
+        ) and all(
+            (room := clinic.rooms.get(room_id)) is None or room.since == since
+            for room_id, since in record.room_marks.items()
+        )
+        window.append({"event_id": record.event_id, "kind": record.kind, "undoable": undoable})
+    return window

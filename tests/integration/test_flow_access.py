@@ -73,7 +73,10 @@ async def test_every_route_refuses_every_role_it_does_not_name(flow_url: str) ->
                 answer = await client.request(method, path, json=body, headers={
                     "Authorization": f"Bearer {token}", "Idempotency-Key": f"{method}{path}"})
                 if role in allowed:
-                    assert answer.status_code in (200, 202), (method, path, role, answer.text)
+                    # past the door: an undo of an event the clinic never had is refused
+                    # as unknown (404), everything else is accepted
+                    passed = (404,) if path.endswith("/undo") else (200, 202)
+                    assert answer.status_code in passed, (method, path, role, answer.text)
                 else:
                     assert answer.status_code == 403, (method, path, role)
                     assert role in answer.json()["detail"]

@@ -1,0 +1,164 @@
+"""Floor commands are checked against what the clinic has, on a real Kafka and Redis: a
+room, provider, visit or event the clinic does not have is a 404 naming it, a room that
+holds a patient takes no second one (409), an undo names an undoable action of that
+clinic; and no command answered 2xx ever becomes a dead letter."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from services.flow.app import create_app
+from shared import events as ev
+from shared.admin import ensure_topics
+from shared.settings import FlowSettings
+from shared.topics import FLOOR, topic_name
+from tests.helpers import auth, eventually, serving
+from tests.integration.flow_support import NURSE, floor_event, flow_settings, get_board, publish
+
+NORTH = {"north": {"name": "North Family Practice", "timezone": "America/New_York",
+                   "providers": {"dr-lee": "Dr. Lee", "dr-okafor": "Dr. Okafor"},
+                   "rooms": {"r1": "Exam 1", "r2": "Exam 2", "r3": "Exam 3"}}}
+
+
+@pytest.fixture
+async def flow_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -> dict[str, Any]:
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    return {**flow_settings(kafka_bootstrap, redis_url, topic_prefix),
+            "clinics": json.dumps(NORTH)}
+
+
+def the_morning(clinic: str) -> list[ev.Event]:
+    return [
+        floor_event(ev.RoomReady(room_id="r1"), clinic),
+        floor_event(ev.RoomReady(room_id="r2"), clinic),
+        *(floor_event(ev.PatientArrived(visit_id=f"{clinic}-v{n}", ticket_code=f"A-{n}",
+                                        provider_id="dr-lee", visit_type="follow_up"), clinic)
+          for n in (1, 2)),
+    ]
+
+
+async def dead_letters(client: httpx.AsyncClient) -> float:
+    """Flow's dead letters so far (every reason), from its metrics."""
+    text = (await client.get("/metrics")).text
+    pattern = re.compile(r'^clinicflow_dead_letters_total\{[^}]*service="flow"[^}]*\} (\S+)$',
+                         re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {**NURSE, "Idempotency-Key": key}
+
+
+async def test_commands_name_what_the_clinic_does_not_have_and_never_dead_letter(
+    flow_env: dict[str, Any],
+) -> None:
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    async with (
+        serving(create_app(FlowSettings(**flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        await publish(flow_env["kafka_bootstrap"], floor,
+                      the_morning("north") + the_morning("south"))
+
+        async def board(clinic: str, predicate: Any) -> Any:
+            async def found() -> Any:
+                b = await get_board(client, clinic, NURSE)
+                return b if b and predicate(b) else None
+            return await eventually(found)
+
+        await board("north", lambda b: len(b["waiting"]) == 2)
+        await board("south", lambda b: len(b["waiting"]) == 2)
+        before = await dead_letters(client)
+
+        # North's rooms are r1..r3 (configured): a room it does not have is named in a 404
+        for path, body in [("/clinics/north/rooms/r999/ready", None),
+                           ("/clinics/north/rooms/r999/out-of-service", {"reason": "x"}),
+                           ("/clinics/north/visits/north-v1/room", {"room_id": "r999"})]:
+            answer = await client.post(path, json=body, headers=keyed(f"k-{path}"))
+            assert answer.status_code == 404, (path, answer.text)
+            assert "r999" in answer.json()["detail"]
+            assert answer.json()["code"] == "unknown_room"
+        # a configured room not yet on the board opens; a visit it does not have is a 404
+        assert (await client.post("/clinics/north/rooms/r3/ready", headers=NURSE)
+                ).status_code == 202
+        nobody = await client.post("/clinics/north/visits/south-v1/room",
+                                   json={"room_id": "r2"}, headers=NURSE)
+        assert nobody.status_code == 404 and "south-v1" in nobody.json()["detail"]
+
+        # rooming: once; a second patient into the occupied room is refused, even with a
+        # fresh key
+        roomed = await client.post("/clinics/north/visits/north-v1/room",
+                                   json={"room_id": "r1"}, headers=keyed("room-v1"))
+        assert roomed.status_code == 202
+        await board("north", lambda b: len(b["waiting"]) == 1)
+        again = await client.post("/clinics/north/visits/north-v1/room",
+                                  json={"room_id": "r1"}, headers=keyed("room-v1"))
+        assert again.status_code == 202 and again.json()["replayed"] is True
+        second = await client.post("/clinics/north/visits/north-v2/room",
+                                   json={"room_id": "r1"}, headers=keyed("room-v2-into-r1"))
+        assert second.status_code == 409 and "r1" in second.json()["detail"]
+        assert second.json()["code"] == "room_occupied"
+        busy = await client.post("/clinics/north/rooms/r1/ready", headers=NURSE)
+        assert busy.status_code == 409 and "A-1" in busy.json()["detail"]
+
+        # providers: configured ones (and any on the board); others are named in a 404
+        commands: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("POST", "/clinics/north/visits/north-v1/provider-in", {"provider_id": "dr-who"}),
+            ("POST", "/clinics/north/delays", {"provider_id": "dr-who", "minutes": 20}),
+            ("DELETE", "/clinics/north/delays/dr-who", None),
+        ]
+        for method, path, body in commands:
+            answer = await client.request(method, path, json=body, headers=NURSE)
+            assert answer.status_code == 404, (path, answer.text)
+            assert "dr-who" in answer.json()["detail"]
+        delay = await client.post("/clinics/north/delays",
+                                  json={"provider_id": "dr-okafor", "minutes": 40},
+                                  headers=NURSE)
+        assert delay.status_code == 202
+
+        # undo: only a recent, undoable action of this clinic
+        unknown = await client.post("/clinics/north/undo", json={"event_id": "no-such-event"},
+                                    headers=NURSE)
+        assert unknown.status_code == 404 and "no-such-event" in unknown.json()["detail"]
+        south_room = await client.post("/clinics/south/visits/south-v1/room",
+                                       json={"room_id": "r1"}, headers=NURSE)
+        assert south_room.status_code == 202
+        elsewhere = await client.post("/clinics/north/undo",
+                                      json={"event_id": south_room.json()["event_id"]},
+                                      headers=NURSE)
+        assert elsewhere.status_code == 404
+        seen = await client.post("/clinics/north/visits/north-v1/provider-in",
+                                 json={"provider_id": "dr-okafor"}, headers=NURSE)
+        assert seen.status_code == 202
+        await board("north", lambda b: b["in_rooms"][0]["status"] == "with_provider")
+        stale = await client.post("/clinics/north/undo",
+                                  json={"event_id": roomed.json()["event_id"]}, headers=NURSE)
+        assert stale.status_code == 409 and stale.json()["code"] == "not_undoable"
+        undone = await client.post("/clinics/north/undo",
+                                   json={"event_id": seen.json()["event_id"]}, headers=NURSE)
+        assert undone.status_code == 202
+        # an unconfigured clinic opens a room by naming it, as before
+        assert (await client.post("/clinics/south/rooms/x7/ready", headers=NURSE)
+                ).status_code == 202
+
+        await board("north", lambda b: b["in_rooms"][0]["status"] == "roomed"
+                    and any(p["provider_id"] == "dr-okafor" and p["delay_minutes"] == 40
+                            for p in b["providers"]))
+        await board("south", lambda b: any(r["room_id"] == "x7" for r in b["rooms"]))
+        north = await get_board(client, "north", NURSE)
+        assert {r["room_id"] for r in north["rooms"]} == {"r1", "r2", "r3"}
+        assert await dead_letters(client) == before
+
+
+async def test_a_screen_may_not_command(flow_env: dict[str, Any]) -> None:
+    async with (
+        serving(create_app(FlowSettings(**flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        answer = await client.post("/clinics/north/rooms/r1/ready", headers=auth("dev-screen"))
+        assert answer.status_code == 403
