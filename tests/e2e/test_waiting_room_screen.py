@@ -94,3 +94,41 @@ async def test_the_screen_recovers_by_itself_after_the_flow_service_restarts(
     await expect(page.locator("#waiting .ticket")).to_have_text(["A-1", "A-2"],
                                                                 timeout=20_000)
     await expect(page.locator("#status")).to_contain_text("live")
+
+
+@pytest.mark.parametrize(("width", "height"), [(1920, 1080), (1280, 720)])
+async def test_forty_waiting_patients_each_see_their_ticket_page_by_page(
+    browser: Browser, flow: dict[str, Any], artifacts: Path, width: int, height: int,
+) -> None:
+    tickets = [f"B-{n:02d}" for n in range(1, 41)]
+    await publish(flow, *(ev.PatientArrived(visit_id=f"v{n}", ticket_code=ticket,
+                                            provider_id="dr-lee", visit_type="follow_up")
+                          for n, ticket in enumerate(tickets)))
+    page = await open_screen(browser, flow, width, height)
+    await expect(page.locator("#waiting li")).to_have_count(40, timeout=15_000)
+    pages = await page.evaluate("window.waitingRoom.pages")
+    assert pages > 1
+    await expect(page.locator("#waiting-page")).to_have_text(f"page 1 of {pages}")
+    seen: list[str] = []
+    for n in range(pages):
+        if n > 0:  # the screen turns pages on a timer; the test turns them itself
+            assert await page.evaluate("window.waitingRoom.nextPage().page") == n + 1
+            await expect(page.locator("#waiting-page")).to_have_text(
+                f"page {n + 1} of {pages}")
+        visible = page.locator("#waiting li:not([hidden])")
+        shown = await visible.locator(".ticket").all_inner_texts()
+        assert shown, f"page {n + 1} is empty"
+        # every row of the page is whole, inside the panel
+        fits = await page.evaluate("""() => {
+            const panel = document.getElementById('waiting-panel').getBoundingClientRect();
+            return Array.from(document.querySelectorAll('#waiting li:not([hidden])'))
+              .every((li) => li.getBoundingClientRect().bottom <= panel.bottom + 0.5);
+        }""")
+        assert fits, f"a row of page {n + 1} is cut at {width}x{height}"
+        seen += shown
+        await page.screenshot(path=str(artifacts / f"waiting-room-40-{width}x{height}-"
+                                                    f"page{n + 1}.png"))
+    assert seen == tickets  # each ticket once, in queue order
+    assert "more" not in await page.locator("#waiting-panel").inner_text()
+    # after the last page, the first again
+    assert await page.evaluate("window.waitingRoom.nextPage().page") == 1

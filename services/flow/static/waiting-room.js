@@ -4,7 +4,6 @@
   "use strict";
   const live = ClinicFlowLive.init("waiting-room");
   const {el} = ClinicFlowLive;
-  const MAX_ROWS = 12;
   const byId = (id) => document.getElementById(id);
 
   function rangeText(low, high) {
@@ -21,17 +20,58 @@
     return li;
   }
 
-  // as many rows as the screen holds, then "+N more": nothing is ever cut in half
-  function fit(total) {
+  // Every waiting ticket is shown: as many rows as the panel holds make a page, and the
+  // screen turns to the next page every PAGE_SECONDS (a row is never cut in half, nothing
+  // is summed up as "+N more"). Tests turn pages with window.waitingRoom.nextPage().
+  const PAGE_SECONDS = Number(document.body.dataset.pageSeconds || 8);
+  let pages = [[]];
+  let pageIndex = 0;
+
+  function paginate() {
     const panel = byId("waiting-panel");
-    const list = byId("waiting");
-    let shown = list.querySelectorAll("li:not(.overflow)").length;
-    while (shown > 1 && panel.scrollHeight > panel.clientHeight + 1) {
-      list.replaceChildren(...Array.from(list.children).slice(0, shown - 1));
-      shown -= 1;
-      list.appendChild(row("overflow", [["ticket", "+" + (total - shown) + " more"]]));
+    const rows = Array.from(byId("waiting").children);
+    for (const li of rows) li.hidden = false;
+    pages = [];
+    if (rows.length > 0) {
+      const bottom = panel.getBoundingClientRect().bottom;
+      const room = bottom - rows[0].getBoundingClientRect().top;
+      let current = [];
+      let top = rows[0].getBoundingClientRect().top;
+      for (const li of rows) {
+        const box = li.getBoundingClientRect();
+        if (current.length > 0 && box.bottom - top > room) {
+          pages.push(current);
+          current = [];
+          top = box.top;
+        }
+        current.push(li);
+      }
+      pages.push(current);
     }
+    if (pages.length === 0) pages = [[]];
+    pageIndex = Math.min(pageIndex, pages.length - 1);
+    showPage();
   }
+
+  function showPage() {
+    pages.forEach((rows, n) => { for (const li of rows) li.hidden = n !== pageIndex; });
+    const indicator = byId("waiting-page");
+    indicator.textContent = pages.length > 1 ? "page " + (pageIndex + 1) + " of " +
+      pages.length : "";
+    indicator.hidden = pages.length <= 1;
+  }
+
+  function nextPage() {
+    pageIndex = (pageIndex + 1) % pages.length;
+    showPage();
+    return {page: pageIndex + 1, pages: pages.length};
+  }
+
+  window.waitingRoom = {
+    nextPage,
+    get page() { return pageIndex + 1; },
+    get pages() { return pages.length; },
+  };
 
   function providerName(id) {
     return id;  // provider ids are what the clinic chose to show (e.g. "dr-lee")
@@ -63,18 +103,14 @@
     byId("calling").replaceChildren(...(board.calling || []).slice(-4).reverse().map(
       (c) => row("", [["ticket", c.ticket_code], ["room", "Room " + c.room_id]])));
     const waiting = board.waiting || [];
-    const rows = waiting.slice(0, MAX_ROWS).map((w) => {
+    const rows = waiting.map((w) => {
       const li = row("", [["ticket", w.ticket_code], ["range", rangeText(w.low, w.high)]]);
       const kind = told.get(w.ticket_code);
       if (kind && TOLD[kind]) li.insertBefore(el("span", "told", TOLD[kind]), li.lastChild);
       return li;
     });
-    if (waiting.length > MAX_ROWS) {
-      rows.push(row("overflow", [["ticket", "+" + (waiting.length - MAX_ROWS) + " more"]]));
-    }
     byId("waiting").replaceChildren(...rows);
     byId("empty").hidden = waiting.length > 0;
-    fit(waiting.length);
     const banners = [];
     if (board.clinic_delay && board.clinic_delay.minutes > 0) {
       banners.push("We are running about " + board.clinic_delay.minutes +
@@ -87,6 +123,7 @@
       }
     }
     byId("banners").replaceChildren(...banners.map((text) => el("div", "banner", text)));
+    paginate();
   }
 
   function status(state, text) {
@@ -98,6 +135,8 @@
 
   ClinicFlowLive.startClock(byId("clock"));
   live.stream(render, status);
+  setInterval(nextPage, PAGE_SECONDS * 1000);
+  window.addEventListener("resize", () => { if (lastBoard) paginate(); });
   refreshTold();
   setInterval(refreshTold, 5000);
 })();
