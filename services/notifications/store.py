@@ -361,6 +361,11 @@ class NotificationStore:
                     pipe.expireat(prefs, until, nx=True)
                     pipe.expireat(prefs, until, gt=True)
                     pipe.rpush(self.outbox_key, audit)
+                    if preferences.wait_anywhere:
+                        # the notifier's next tick looks at this patient now: one already
+                        # near the front is called back without waiting for an estimate
+                        pipe.zadd(self.timers_key, {clinic_id: recorded_at.timestamp()},
+                                  lt=True)
                     await pipe.execute()
                     return True
                 except WatchError:

@@ -336,6 +336,25 @@ def test_an_estimate_read_before_the_arrival_still_calls_the_patient_back() -> N
     assert day.estimate("v1", 1, 10, low=6, high=14, position=1).messages == []  # once
 
 
+def test_a_patient_near_the_front_who_then_chooses_to_wait_outside_is_called_back_at_the_tick(
+) -> None:
+    """The front desk takes the contact after flow's estimate was read: no later estimate
+    need come (the patient is next), the next tick calls them back, once."""
+    day = Day()
+    day.arrive("v1", "A-17", "dr-lee", prefs=None)
+    assert day.estimate("v1", 0, 6, low=3, high=9, position=1).messages == []
+    day.prefs["v1"] = OUTSIDE
+    sent = day.tick(0.5)
+    assert [(m.visit_id, m.kind) for m in sent.messages] == [("v1", "come_back_now")]
+    assert day.tick(1).messages == []
+    # not for a patient already roomed, nor one whose range is still far off
+    later = Day()
+    later.arrive("v2", "A-18", "dr-lee", prefs=None)
+    later.estimate("v2", 0, 40, low=30, high=50)
+    later.prefs["v2"] = OUTSIDE
+    assert later.tick(0.5).messages == []
+
+
 def test_a_room_ready_for_a_patient_outside_tells_them_we_are_ready() -> None:
     day = Day()
     day.arrive("v1", "A-17", "dr-lee", prefs=OUTSIDE)

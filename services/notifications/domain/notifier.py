@@ -95,6 +95,7 @@ class ClinicNotifier:
         out = Outcome()
         now = self._advance(now)
         self._refresh_alerts(now, rules, prefs, now, out)
+        self.patients.recall(self.floor, now, rules, prefs, now, out)
         self.patients.release(self.floor, now, rules, prefs, now, out)
         return out
 

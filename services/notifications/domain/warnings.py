@@ -223,6 +223,22 @@ class WaitingPatients:
             self._send(notes, "delay_warning", pending.trigger_ids, now, preference,
                        estimate, out, pending)
 
+    def recall(self, floor: Clinic, now: datetime, rules: Rules,
+               prefs: dict[str, Preferences], wall: datetime, out: Outcome) -> None:
+        """Call back each patient waiting outside whose range already reached the lead
+        time: a contact given (or switched to waiting outside) after flow's estimate was
+        read is acted on at the next tick, not only at the next estimate, which may never
+        come when the patient is next in line."""
+        for notes in self.notes.values():
+            preference = prefs.get(notes.visit_id)
+            visit = floor.visits.get(notes.visit_id)
+            if (preference is None or notes.estimate is None or visit is None
+                    or visit.status is not VisitStatus.WAITING):
+                continue
+            self._consider_come_back(notes, notes.estimate.aged(now),
+                                     f"contact-{notes.visit_id}", now, preference, rules,
+                                     wall, out)
+
     def next_due(self) -> list[datetime]:
         """When each waiting warning is next due."""
         return [n.pending.due_at for n in self.notes.values() if n.pending is not None]
