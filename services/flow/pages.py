@@ -43,6 +43,7 @@ def make_pages_router(settings: FlowSettings) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     templates = Environment(loader=FileSystemLoader(TEMPLATES),
                             autoescape=select_autoescape(["html"]))
+    clinics = settings.clinic_directory()
     alerts_origin = _origin(settings.flow_nurse_alerts_url)
     alerts_url = (settings.flow_nurse_alerts_url or "").rstrip("/") if alerts_origin else ""
     policy = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -55,9 +56,15 @@ def make_pages_router(settings: FlowSettings) -> APIRouter:
         if not _CLINIC.match(clinic_id):
             raise HTTPException(404, detail=f"no such clinic {clinic_id!r}: clinic ids are "
                                 "letters, digits and _.:-")
+        clinic = clinics[clinic_id]
         html = templates.get_template(PAGES[page]).render(
             page=page, clinic_id=clinic_id, alerts_url=alerts_url,
             limits_json=json.dumps(settings.overdue_limits_for(clinic_id)),
+            clinic_name=clinic.display_name,
+            # the clinic's zone and names: the scripts show times on the clinic's clock
+            # (Intl.DateTimeFormat timeZone) and names instead of ids (static/live.js)
+            clinic_json=json.dumps({"name": clinic.display_name, "timezone": clinic.zone.key,
+                                    "providers": clinic.providers, "rooms": clinic.rooms}),
         )
         return HTMLResponse(html, headers=headers)
 

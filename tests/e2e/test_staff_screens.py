@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
+import pytest
 from playwright.async_api import Browser, Page, expect
 
 from services.notifications.app import create_app
@@ -191,3 +194,86 @@ async def test_the_lobby_screen_marks_a_patient_who_was_called_back_from_outside
             assert len(smtp_server.to("a17@patients.example.org")) >= 1
         finally:
             flow.stop()
+
+
+NAMED_CLINIC = {"lobby": {"name": "Lobby Family Practice", "timezone": "America/New_York",
+                          "providers": {"p1": "Dr. Okafor"},
+                          "rooms": {"r5": "Exam 5", "r6": "Exam 6"}}}
+
+
+@pytest.fixture
+async def named_flow(kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+                     tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """Flow for a clinic in New York whose provider and rooms have names."""
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    env = {
+        "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "CLINICFLOW_REDIS_URL": redis_url,
+        "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
+        "CLINICFLOW_REDIS_PREFIX": topic_prefix.rstrip("."),
+        "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
+        "CLINICFLOW_FLOW_CHECKPOINT_SECONDS": "0.2",
+        "CLINICFLOW_CLINICS": orjson.dumps(NAMED_CLINIC).decode(),
+    }
+    service = ServiceProcess("flow", env, tmp_path / "flow.log")
+    service.start()
+    await service.wait_ready()
+    try:
+        yield {"service": service, "topic": f"{topic_prefix}clinicflow.floor.v1",
+               "bootstrap": kafka_bootstrap}
+    finally:
+        service.stop()
+
+
+async def test_screens_use_the_clinic_s_names_and_clock_in_a_browser_elsewhere(
+    browser: Browser, named_flow: dict[str, Any], artifacts: Path,
+) -> None:
+    new_york = ZoneInfo("America/New_York")
+    today = datetime.now(new_york).date()
+    appointment = datetime.combine(today, time(9, 45), tzinfo=new_york)
+    await publish(named_flow,
+                  ev.RoomReady(room_id="r5"), ev.RoomReady(room_id="r6"),
+                  ev.PatientArrived(visit_id="v1", ticket_code="A-1", provider_id="p1",
+                                    visit_type="follow_up", scheduled_at=appointment),
+                  ev.PatientArrived(visit_id="v2", ticket_code="A-2", provider_id="p1",
+                                    visit_type="follow_up"),
+                  ev.PatientRoomed(visit_id="v2", room_id="r6"),
+                  ev.DelayAnnounced(provider_id="p1", minutes=40, reason="late start"))
+    # the browser lives in Tokyo; the clinic in New York
+    context = await browser.new_context(timezone_id="Asia/Tokyo",
+                                        viewport={"width": 1920, "height": 1080})
+    url = named_flow["service"].url
+
+    async def open_in_tokyo(page_name: str, token: str) -> Page:
+        page = await context.new_page()
+        await page.goto(f"{url}/screens/lobby/{page_name}?token={token}")
+        await expect(page.locator("#status")).to_contain_text("live", timeout=10_000)
+        return page
+
+    try:
+        nurse = await open_in_tokyo("nurse", "dev-nurse")
+        patient = nurse.locator('#queues li.patient[data-visit="v1"]')
+        await expect(patient).to_contain_text("appt 09:45")
+        assert "02:45" not in await patient.inner_text()
+        assert "10:45" not in await patient.inner_text()  # nor 23:45 Tokyo's next day
+        await expect(nurse.locator("#queues")).to_contain_text("Dr. Okafor")
+        await expect(nurse.locator('#rooms [data-room="r6"]')).to_contain_text("Exam 6")
+        await expect(nurse.locator('#rooms [data-room="r5"]')).to_contain_text("Exam 5")
+        clock = await nurse.locator("#clock").inner_text()
+        assert clock == datetime.now(new_york).strftime("%H:%M") or \
+            clock == (datetime.now(new_york) - timedelta(minutes=1)).strftime("%H:%M")
+        await nurse.screenshot(path=str(artifacts / "nurse-station-new-york.png"))
+
+        lobby = await open_in_tokyo("waiting-room", "dev-screen")
+        await expect(lobby.locator(".banner")).to_contain_text(
+            "Dr. Okafor is running about 40 minutes behind")
+        await expect(lobby.locator("#calling li").first).to_contain_text("Exam 6")
+        assert "p1" not in await lobby.locator("body").inner_text()
+        assert await lobby.title() == "Waiting room · Lobby Family Practice"
+
+        operations = await open_in_tokyo("operations", "dev-manager")
+        await expect(operations.locator("#pace-list")).to_contain_text("Dr. Okafor")
+        text = await operations.locator("main").inner_text()
+        assert not re.search(r"\bp1\b", text) and not re.search(r"\br[56]\b", text), text
+    finally:
+        await context.close()

@@ -154,18 +154,58 @@
     return Math.floor(m / 60) + " h " + String(m % 60).padStart(2, "0");
   }
 
+  // The clinic as its people know it (the page carries it: data-clinic-info, from
+  // CLINICFLOW_CLINICS): its IANA zone, and the names of its providers and rooms. Times
+  // are shown on the clinic's clock whatever the browser's zone; ids never reach a screen
+  // when the clinic has named them.
+  const CLINIC = (() => {
+    try { return JSON.parse(document.body.dataset.clinicInfo || "{}"); }
+    catch (error) { return {}; }
+  })();
+  const ZONE = CLINIC.timezone || undefined;
+  const TIME = new Intl.DateTimeFormat("en-US", {hour: "2-digit", minute: "2-digit",
+                                                 hourCycle: "h23", timeZone: ZONE});
+
   function clockTime(iso) {
-    return new Date(iso).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+    return TIME.format(typeof iso === "string" ? new Date(iso) : iso);
+  }
+
+  function providerName(id) {
+    if (!id || id === "any") return "the first available provider";
+    return (CLINIC.providers || {})[id] || id;
+  }
+
+  function roomName(id) {
+    const named = (CLINIC.rooms || {})[id];
+    if (named) return named;
+    return /^\d+$/.test(id) ? "Room " + id : id;
+  }
+
+  // a sentence made with ids (the operations report), with the clinic's names instead;
+  // an id made of digits only is left alone (it cannot be told from a count)
+  const ID_CHARS = "A-Za-z0-9_.:-";
+  function named(text) {
+    const names = Object.assign({}, CLINIC.rooms || {}, CLINIC.providers || {});
+    let result = text;
+    for (const id of Object.keys(names).filter((i) => !/^\d+$/.test(i))
+      .sort((a, b) => b.length - a.length)) {
+      const escaped = id.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      // "." or ":" then a space ends a sentence or a label, not the id
+      result = result.replace(new RegExp("(^|[^" + ID_CHARS + "])" + escaped +
+                                         "(?![A-Za-z0-9_-]|[.:][A-Za-z0-9_])", "g"),
+                              (match, before) => before + names[id]);
+    }
+    return result;
   }
 
   function startClock(node) {
-    const tick = () => {
-      node.textContent = new Date().toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
-    };
+    const tick = () => { node.textContent = clockTime(new Date()); };
     tick();
     setInterval(tick, 10000);
   }
 
   window.ClinicFlowLive = {init: init, el: el, minutesSince: minutesSince, duration: duration,
-                           clockTime: clockTime, startClock: startClock, randomKey: randomKey};
+                           clockTime: clockTime, startClock: startClock, randomKey: randomKey,
+                           clinic: CLINIC, providerName: providerName, roomName: roomName,
+                           named: named};
 })();

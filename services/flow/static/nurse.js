@@ -20,12 +20,13 @@
 
   // ------------------------------------------------------------ words and time
 
+  // the clinic's names for its rooms and providers (CLINICFLOW_CLINICS), else their ids
   function roomLabel(id) {
-    return /^\d+$/.test(id) ? "Room " + id : id;
+    return ClinicFlowLive.roomName(id);
   }
 
   function providerLabel(id) {
-    return id ? id : "first available";
+    return id ? ClinicFlowLive.providerName(id) : "first available";
   }
 
   // 0: fine; 1: over the limit; 2: over twice the limit; 3: over six times (hours, not
@@ -318,7 +319,7 @@
 
   function status(state, text) {
     const node = byId("status");
-    node.textContent = state === "live" ? "live \u00b7 " + new Date().toLocaleTimeString()
+    node.textContent = state === "live" ? "live \u00b7 " + clockTime(new Date())
       : text;
     node.classList.toggle("lost", state !== "live");
   }

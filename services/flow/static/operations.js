@@ -72,7 +72,7 @@
     if (queue.start) {
       const start = new Date(queue.start);
       const end = new Date(start.getTime() + (points - 1) * queue.every_minutes * 60000);
-      const fmt = (d) => d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+      const fmt = ClinicFlowLive.clockTime;  // the clinic's clock, not the browser's
       const y = node.height600 - 6;
       node.appendChild(svg("text", {x: left, y: y, class: "tick"}, fmt(start)));
       node.appendChild(svg("text", {x: right, y: y, "text-anchor": "end", class: "tick"}, fmt(end)));
@@ -127,7 +127,7 @@
     }
     const mean = (stage, p) => (((stages[stage] || {}).by || {})[p] || {}).mean_minutes;
     const rows = Array.from(providers).sort().map((p) => ({
-      label: p, s1: mean("arrival_to_roomed", p), s2: mean("roomed_to_provider", p),
+      label: ClinicFlowLive.providerName(p), s1: mean("arrival_to_roomed", p), s2: mean("roomed_to_provider", p),
       s3: mean("provider_to_checkout", p)}));
     barChart("journey-chart", rows, [["s1", "s1"], ["s2", "s2"], ["s3", "s3"]], "min",
              "no provider has finished a visit yet");
@@ -135,12 +135,12 @@
 
   function paceChart(providers) {
     const rows = providers.filter((p) => p.roomed_on_time_patients || p.behind_minutes)
-      .map((p) => ({label: p.provider_id, behind: p.late_minutes_recent !== null
+      .map((p) => ({label: ClinicFlowLive.providerName(p.provider_id), behind: p.late_minutes_recent !== null
         ? Math.max(p.late_minutes_recent, p.behind_minutes) : p.behind_minutes}));
     barChart("pace-chart", rows, [["behind", "pace"]], "min behind",
              "no on-time patient roomed yet");
     const list = byId("pace-list");
-    list.replaceChildren(...providers.map((p) => el("li", "", p.provider_id + ": " + p.text)));
+    list.replaceChildren(...providers.map((p) => el("li", "", ClinicFlowLive.providerName(p.provider_id) + ": " + p.text)));
   }
 
   function render(board) {
@@ -151,9 +151,9 @@
     }
     const panel = byId("bottleneck-panel");
     panel.classList.toggle("stuck", Boolean(report.bottleneck));
-    byId("bottleneck").textContent = report.summary;
+    byId("bottleneck").textContent = ClinicFlowLive.named(report.summary);
     byId("more-bottlenecks").replaceChildren(
-      ...report.bottlenecks.slice(1).map((b) => el("li", "", b.text)));
+      ...report.bottlenecks.slice(1).map((b) => el("li", "", ClinicFlowLive.named(b.text))));
     const occupied = board.rooms.filter((r) => r.state === "occupied").length;
     byId("tile-waiting").textContent = board.waiting.length;
     byId("tile-roomed").textContent = report.queue.now.roomed_waiting_provider;

@@ -73,9 +73,7 @@
     get pages() { return pages.length; },
   };
 
-  function providerName(id) {
-    return id;  // provider ids are what the clinic chose to show (e.g. "dr-lee")
-  }
+  const {providerName, roomName} = ClinicFlowLive;  // the clinic's names (CLINICFLOW_CLINICS)
 
   // who has been told what (notifications' /told, when flow knows where it runs): a
   // small mark by the ticket, so a patient back from outside sees they were called
@@ -101,7 +99,7 @@
   function render(board) {
     lastBoard = board;
     byId("calling").replaceChildren(...(board.calling || []).slice(-4).reverse().map(
-      (c) => row("", [["ticket", c.ticket_code], ["room", "Room " + c.room_id]])));
+      (c) => row("", [["ticket", c.ticket_code], ["room", roomName(c.room_id)]])));
     const waiting = board.waiting || [];
     const rows = waiting.map((w) => {
       const li = row("", [["ticket", w.ticket_code], ["range", rangeText(w.low, w.high)]]);
@@ -129,7 +127,7 @@
   function status(state, text) {
     const node = byId("status");
     node.textContent = state === "live"
-      ? "live \u00b7 updated " + new Date().toLocaleTimeString() : text;
+      ? "live \u00b7 updated " + ClinicFlowLive.clockTime(new Date()) : text;
     node.classList.toggle("lost", state !== "live");
   }
 
