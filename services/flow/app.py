@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from services.flow.api import BoardHub, make_router
 from services.flow.consumer import CONSUMER, FlowProjection
+from services.flow.metrics import Labels
 from services.flow.pages import make_pages_router, static_files
 from services.flow.processor import floor_reader
 from services.flow.store import FlowStore
@@ -38,6 +39,7 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
         estimates_topic=topic(ESTIMATES, settings),
         publish_estimates=settings.flow_publish_estimates,
         checkpoint_seconds=settings.flow_checkpoint_seconds,
+        labels=Labels(settings.clinic_directory()),
     )
     runner = ProjectionRunner(
         runtime.broker, floor, floor_reader(floor_topic),

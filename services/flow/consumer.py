@@ -91,8 +91,9 @@ class FlowProjection:
 
     def __init__(self, store: FlowStore, publish: Publish, clock: Clock, *,
                  estimates_topic: str, publish_estimates: bool = True,
-                 checkpoint_seconds: float = 1.0) -> None:
+                 checkpoint_seconds: float = 1.0, labels: m.Labels | None = None) -> None:
         self.store = store
+        self.labels = labels if labels is not None else m.Labels()  # bounded label values
         self.publish = publish
         self.clock = clock
         self.estimates_topic = estimates_topic
@@ -379,19 +380,21 @@ class FlowProjection:
         for clinic_id, stage, ended_at in outcome.stages:
             if ended_at < fresh_from:
                 continue
-            key = (clinic_id, stage.provider_id or "any", stage.stage)
+            key = (clinic_id, self.labels.provider(clinic_id, stage.provider_id), stage.stage)
             histogram = histograms.get(key)
             if histogram is None:  # a labelled child looked up once, not per event
                 histogram = histograms[key] = m.STAGE_MINUTES.labels(*key)
             histogram.observe(stage.minutes)
 
     def _gauges(self, clinic_id: str, board: dict[str, Any]) -> None:
+        provider_label = self.labels.provider
         per_provider: dict[str, list[float]] = {}
         for waiting in board["waiting"]:
-            per_provider.setdefault(waiting["provider_id"] or "any", []).append(
+            per_provider.setdefault(provider_label(clinic_id, waiting["provider_id"]), []).append(
                 waiting["wait_minutes"] or 0.0
             )
-        for provider in {p["provider_id"] for p in board["providers"]} | set(per_provider):
+        known = {provider_label(clinic_id, p["provider_id"]) for p in board["providers"]}
+        for provider in known | set(per_provider):
             waits = per_provider.get(provider, [])
             m.QUEUE_LENGTH.labels(clinic_id, provider).set(len(waits))
             m.ESTIMATED_WAIT.labels(clinic_id, provider).set(max(waits, default=0.0))
@@ -406,11 +409,16 @@ class FlowProjection:
         for state, count in states.items():
             m.ROOMS.labels(clinic_id, state).set(count)
         m.IN_ROOMS.labels(clinic_id).set(len(board["in_rooms"]))
+        delays: dict[str, float] = {}
         for provider in board["providers"]:
-            m.DELAY_MINUTES.labels(clinic_id, provider["provider_id"]).set(
-                provider["delay_minutes"]
-            )
+            label = provider_label(clinic_id, provider["provider_id"])
+            delays[label] = max(delays.get(label, 0), provider["delay_minutes"])
+        for label, minutes in delays.items():
+            m.DELAY_MINUTES.labels(clinic_id, label).set(minutes)
         clinic_delay = board["clinic_delay"]
         m.DELAY_MINUTES.labels(clinic_id, "clinic").set(
             clinic_delay["minutes"] if clinic_delay else 0
         )
+        operations = board.get("operations")
+        if operations is not None:
+            self.labels.set_bottleneck(clinic_id, operations.get("bottleneck"))
