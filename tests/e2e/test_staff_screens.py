@@ -24,7 +24,7 @@ from shared import events as ev
 from shared.admin import ensure_topics
 from shared.settings import NotificationsSettings
 from tests.e2e.conftest import publish
-from tests.helpers import ServiceProcess, auth, producer, serving
+from tests.helpers import ServiceProcess, auth, producer, read_topic, serving
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
@@ -277,3 +277,44 @@ async def test_screens_use_the_clinic_s_names_and_clock_in_a_browser_elsewhere(
         assert not re.search(r"\bp1\b", text) and not re.search(r"\br[56]\b", text), text
     finally:
         await context.close()
+
+
+async def test_a_nurse_action_retried_keeps_its_idempotency_key_and_happens_once(
+    browser: Browser, flow: dict[str, Any],
+) -> None:
+    await publish(flow, ev.RoomOutOfService(room_id="4", reason="leak"),
+                  ev.RoomOutOfService(room_id="5", reason="leak"))
+    nurse = await open_page(browser, flow, "nurse", "dev-nurse")
+    keys: list[str] = []
+    lost = {"left": 1}
+
+    async def drop_the_first(route: Any) -> None:
+        keys.append(route.request.headers["idempotency-key"])
+        if lost["left"] > 0:  # the request never gets an answer
+            lost["left"] -= 1
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    # the page retries by itself with the same key
+    await nurse.route("**/clinics/lobby/rooms/4/ready", drop_the_first)
+    await nurse.locator('#rooms [data-room="4"]').get_by_role(
+        "button", name="Back in service").click()
+    await expect(nurse.locator("#notice")).to_contain_text("ready \u2713", timeout=10_000)
+    assert len(keys) == 2 and keys[0] == keys[1]
+
+    # every automatic try lost: the nurse's second click sends the same key again
+    keys.clear()
+    lost["left"] = 3
+    await nurse.route("**/clinics/lobby/rooms/5/ready", drop_the_first)
+    room5 = nurse.locator('#rooms [data-room="5"]')
+    await room5.get_by_role("button", name="Back in service").click()
+    await expect(nurse.locator("#notice")).to_contain_text("failed", timeout=10_000)
+    await room5.get_by_role("button", name="Back in service").click()
+    await expect(nurse.locator("#notice")).to_contain_text("ready \u2713", timeout=10_000)
+    assert len(keys) == 4 and len(set(keys)) == 1
+    await expect(room5).to_contain_text("Ready", timeout=5_000)
+    records = await read_topic(flow["bootstrap"], flow["topic"], expect=4)
+    ready = [ev.decode(r.value).payload for r in records
+             if ev.decode(r.value).event_type == "room.ready"]
+    assert sorted(p.room_id for p in ready) == ["4", "5"]  # each once

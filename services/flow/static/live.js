@@ -44,8 +44,11 @@
       return Object.assign({"Authorization": "Bearer " + token}, extra || {});
     }
 
-    async function request(method, path, body) {
-      const init = {method: method, headers: headers({"Idempotency-Key": randomKey()})};
+    // A command carries an Idempotency-Key: one per action, the same on every retry of
+    // it (the automatic ones below, and a nurse's second click on an action that failed
+    // for want of an answer: ``key``), so a retried command happens once.
+    async function request(method, path, body, key) {
+      const init = {method: method, headers: headers({"Idempotency-Key": key || randomKey()})};
       if (body !== undefined) {
         init.headers["Content-Type"] = "application/json";
         init.body = JSON.stringify(body);
@@ -54,6 +57,11 @@
       for (let attempt = 0; ; attempt++) {
         try {
           response = await fetch(base + path, init);
+          // Kafka not reachable right now: nothing was published, the same key again
+          if (response.status === 503 && attempt < 2) {
+            await new Promise((resolve) => setTimeout(resolve, 1000 * (attempt + 1)));
+            continue;
+          }
           break;
         } catch (error) {
           // same Idempotency-Key: a retried command happens once

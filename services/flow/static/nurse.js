@@ -66,12 +66,42 @@
     if (text) setTimeout(() => { if (node.textContent === text) node.hidden = true; }, 8000);
   }
 
+  // The Idempotency-Key of an action that got no answer (flow unreachable, 5xx, still in
+  // progress), kept in this tab: the nurse's retry of the same action sends the same key,
+  // so it happens once even if the first try did reach flow.
+  const PENDING = "clinicflow-nurse-pending:" + live.clinic;
+
+  function pendingKeys() {
+    try { return JSON.parse(sessionStorage.getItem(PENDING) || "{}"); }
+    catch (error) { return {}; }
+  }
+
+  function keyFor(action) {
+    const pending = pendingKeys();
+    if (!pending[action]) {
+      pending[action] = ClinicFlowLive.randomKey();
+      sessionStorage.setItem(PENDING, JSON.stringify(pending));
+    }
+    return pending[action];
+  }
+
+  function settled(action) {
+    const pending = pendingKeys();
+    delete pending[action];
+    sessionStorage.setItem(PENDING, JSON.stringify(pending));
+  }
+
   async function act(label, method, path, body, undoable) {
     if (busy) return;
     busy = true;
     document.body.classList.add("busy");
     render();
-    const answer = await live.request(method, path, body);
+    const action = method + " " + path + " " + JSON.stringify(body === undefined ? null : body);
+    const answer = await live.request(method, path, body, keyFor(action));
+    // no answer, a server error or "still in progress": the next try is the same action
+    const unanswered = answer.status === 0 || answer.status >= 500 ||
+      (answer.status === 409 && answer.body && /Idempotency-Key/.test(answer.body.detail || ""));
+    if (!unanswered) settled(action);
     busy = false;
     document.body.classList.remove("busy");
     if (answer.ok) {
