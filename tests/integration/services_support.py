@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 
@@ -68,6 +69,7 @@ class Services:
     urls: dict[str, str]
     apps: dict[str, FastAPI]
     clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
+    redis_url: str = ""
 
     def topic(self, declared: str) -> str:
         spec = next(s for s in ALL_TOPICS if s.name == declared)
@@ -82,6 +84,49 @@ class Services:
                 return (await client.get("/readyz")).status_code == 200
 
             await eventually(ready, timeout=90)
+
+    async def settled(self) -> bool:
+        """Every consumer group of this set has applied (and told Kafka) every record of
+        its topics, and every service's outbox is empty: what the records lead to, dead
+        letters included, is on Kafka now."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        from redis.asyncio import Redis
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka_bootstrap)
+        await admin.start()
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka_bootstrap)
+        await consumer.start()
+        await consumer._client.force_metadata_update()  # every topic's partitions known
+        try:
+            floor, estimates, ledger = (self.topic(n) for n in (
+                "clinicflow.floor.v1", "clinicflow.estimates.v1", "clinicflow.ledger.v1"))
+            reads = {"checkin": (floor, estimates), "flow": (floor,),
+                     "notifications": (floor, estimates), "billing": (floor,),
+                     "billing-ledger": (ledger,)}
+            for name, topics in reads.items():
+                committed = await admin.list_consumer_group_offsets(
+                    f"{self.topic_prefix}{name}")
+                partitions = [TopicPartition(t, p) for t in topics
+                              for p in consumer.partitions_for_topic(t) or ()]
+                if not partitions:
+                    return False  # metadata not there yet: nothing can be said
+                ends = await consumer.end_offsets(partitions)
+                for tp, end in ends.items():
+                    meta = committed.get(tp)
+                    if end > 0 and (meta is None or meta.offset < end):
+                        return False
+        finally:
+            await consumer.stop()
+            await admin.close()
+        redis = Redis.from_url(self.redis_url)
+        try:
+            prefix = self.topic_prefix.rstrip(".")
+            async for key in redis.scan_iter(match=f"{prefix}:*outbox"):
+                if await redis.llen(key):
+                    return False
+        finally:
+            await redis.aclose()
+        return True
 
     async def events(self) -> list[dict[str, Any]]:
         """Every event the services published (every declared topic), as JSON envelopes."""
@@ -126,7 +171,7 @@ async def running_services(kafka_bootstrap: str, redis_url: str) -> AsyncIterato
         stack.callback(mail_server.stop)
         urls = {name: await stack.enter_async_context(serving(app))
                 for name, app in apps.items()}
-        services = Services(kafka_bootstrap, prefix, urls, apps)
+        services = Services(kafka_bootstrap, prefix, urls, apps, redis_url=redis_url)
         for name, url in urls.items():
             client = await stack.enter_async_context(httpx.AsyncClient(base_url=url,
                                                                        timeout=30))

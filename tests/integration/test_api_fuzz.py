@@ -34,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.helpers import eventually
 from tests.integration.services_support import Services, bearer
 from tests.integration.test_role_matrix import POLICY, PUBLIC, SERVICES, STREAMS
 
@@ -150,6 +151,12 @@ async def fuzz_all(services: Services, *, anonymous: bool) -> FuzzRun:
     return total
 
 
+def dead_letters(events: list[dict[str, Any]]) -> set[tuple[str, str, str, int, int]]:
+    """The dead letters on the topic: (consumer, reason, source topic, partition, offset)."""
+    return {(e["consumer"], e["reason"], e["source_topic"], e["partition"], e["offset"])
+            for e in events if e["_topic"] == "clinicflow.deadletter.v1"}
+
+
 def command_events(events: list[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
     return [e for e in events if e["_topic"] in COMMAND_TOPICS and e["event_id"] not in seen]
 
@@ -165,7 +172,9 @@ def command_events(events: list[dict[str, Any]], seen: set[str]) -> list[dict[st
 async def test_fuzzing_every_api_from_its_spec_finds_no_5xx_and_no_half_effect(
         all_services: Services) -> None:
     services = all_services
+    assert await eventually(services.settled, timeout=60)
     seen = {e["event_id"] for e in await services.events()}
+    letters_before = dead_letters(await services.events())
 
     refused = await fuzz_all(services, anonymous=True)
     assert not refused.failures, "\n\n".join(refused.failures)
@@ -198,6 +207,13 @@ async def test_fuzzing_every_api_from_its_spec_finds_no_5xx_and_no_half_effect(
         f"answered, never published: {sorted(answered_ids - made)}")
     statuses = {a.status for a in accepted.answered}
     assert any(200 <= s < 300 for s in statuses), statuses  # the fuzz did get through
+    # the invariant of a command checked against what exists: once every consumer has
+    # applied everything the accepted requests published, none of it was dead-lettered
+    # (a 2xx means the consumers will apply it)
+    assert await eventually(services.settled, timeout=60)
+    letters = dead_letters(await services.events()) - letters_before
+    assert not letters, "accepted requests led to dead letters: " + "; ".join(
+        f"{consumer}: {reason}" for consumer, reason, *_ in sorted(letters)[:5])
 
 
 # the events flow's and checkin's commands publish, each answered with its event id
