@@ -1,7 +1,7 @@
 # clinicflow: the two commands are `make up` and `make test`.
 # Each installs what it needs: a .venv at the repo root (Python packages from PyPI),
 # Apache Kafka's jars (Maven Central, on first use, cached in ~/.cache/clinicflow),
-# redis-server and Chromium (Debian packages, when missing and running as root).
+# redis-server, Chromium, promtool and kcat (Debian packages, when missing and running as root).
 
 PYTHON ?= python3
 VENV := .venv
@@ -28,6 +28,7 @@ system-packages:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v kcat >/dev/null || missing="$$missing kcat"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
