@@ -52,8 +52,9 @@ async def test_a_record_on_the_wrong_partition_is_dead_lettered_and_the_right_on
     kcat(services, clinic, placed, "-X", "partitioner=murmur2_random")
 
     assert await eventually(services.settled, timeout=60)
+    wrong_id = misplaced.envelope.event_id
     letters = [e for e in await services.events() if e["_topic"] == "clinicflow.deadletter.v1"
-               and orjson.loads(e["original"] or "{}").get("event_id") == misplaced.envelope.event_id]
+               and orjson.loads(e["original"] or "{}").get("event_id") == wrong_id]
     consumers = {letter["consumer"] for letter in letters}
     assert {"flow", "checkin", "notifications"} <= consumers, consumers
     right = partition_for(clinic.encode(), PARTITIONS)
