@@ -112,6 +112,8 @@ class NotifierPlan:
             if clinic_id in state.ticking:
                 self._effects(clinic_id, notifier.tick(now=wall, rules=rules, prefs=prefs),
                               wall, changes)
+            self._effects(clinic_id, notifier.recall(now=wall, rules=rules, prefs=prefs),
+                          wall, changes)
             notifier.housekeeping(notifier.clock or wall)
             changes.states[clinic_id] = orjson.dumps(notifier.to_dict())
             due = notifier.next_due()

@@ -551,12 +551,15 @@ class NotifierStates:
         return sorted(touched.union(self.ticking))
 
     def watched(self, records: Sequence[Inbound]) -> list[str]:
-        return [self.store.state_key(c) for c in self._clinics(records)]
+        # preferences too: a contact saved while the batch is planned makes it plan again
+        # with it (a patient waiting outside is then called back by this very batch)
+        clinics = self._clinics(records)
+        return [*(self.store.state_key(c) for c in clinics),
+                *(self.store.prefs_key(c) for c in clinics)]
 
     async def read(self, pipe: Any, records: Sequence[Inbound]) -> NotifierState:
         clinics = self._clinics(records)
         now = self.at or self.clock.now()
-        # preferences are not watched: a contact saved meanwhile counts from the next batch
         preferences = await self.store.preferences(clinics)
         notifiers = await self.store.notifiers(pipe, clinics)
         return NotifierState(now, notifiers, preferences, self.ticking)

@@ -99,6 +99,13 @@ class ClinicNotifier:
         self.patients.release(self.floor, now, rules, prefs, now, out)
         return out
 
+    def recall(self, *, now: datetime, rules: Rules, prefs: dict[str, Preferences]) -> Outcome:
+        """Call back the patients waiting outside whose range already reached the lead
+        time (a contact given after their estimate was read): after every batch and tick."""
+        out = Outcome()
+        self.patients.recall(self.floor, self.clock or now, rules, prefs, now, out)
+        return out
+
     def visit_status(self, visit_id: str) -> str | None:
         """Where a visit stands on this clinic's floor: its status while open (waiting,
         roomed, with_provider), "ended" for one that ended lately, None for one the
