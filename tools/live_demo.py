@@ -9,13 +9,14 @@ early for a 10:15 appointment arrived at 10:07 there, and only the patients the
 simulator made late (about one scheduled patient in fifteen is more than ten minutes
 late) are late.
 
-So that the screens are full at once, the day is slid along the clinic's clock
-(``clock_shift``) to make it mid-morning there (10:30, the busiest part of these days,
-whose seeds were picked for a busy morning), in whole quarter hours (appointments
-stay on the quarter hour) and never past either end of today's date: late in the
-clinic's evening the demo starts in the afternoon of its day, just after its midnight
-early in the morning. What is already past is published at once with its own times;
-the rest follows in real time (``speed`` plays it faster, appointments included).
+So that the screens are full at once, whatever the hour, the day is slid along the
+clinic's clock (``clock_shift``) to make it mid-morning there (10:30, the busiest part
+of these days, whose seeds were picked for a busy morning), in whole quarter hours
+(appointments stay on the quarter hour). A run in the clinic's evening or night plays
+a day that crosses its midnight: appointments and arrivals are still times of the one
+clock, dated as that clock says (the evening before, or the next morning). What is
+already past is published at once with its own times; the rest follows in real time
+(``speed`` plays it faster, appointments included).
 Events go straight onto the floor topic with ``source="simulator"``.
 
 Pure except ``play``: ``demo_day`` and the functions it uses take ``now``.
@@ -45,7 +46,6 @@ log = get_logger("clinicflow.demo")
 # where in its simulated day the demo starts: well under way, the waiting room full
 MID_MORNING = timedelta(hours=10, minutes=30)
 SHIFT_STEP = timedelta(minutes=15)  # appointments stay on the quarter hour
-DAY = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -113,35 +113,21 @@ def time_of_day(at: datetime, zone: ZoneInfo) -> timedelta:
     return local.replace(tzinfo=None) - datetime.combine(local.date(), time(0))
 
 
-def clock_shift(now: timedelta, first: timedelta, last: timedelta) -> timedelta:
-    """How far to slide a simulated day along its clinic's clock.
-
-    ``now``: the clinic's time of day now; ``first``/``last``: the times of day of the
-    simulated day's first and last events, unslid. The whole quarter hours that make
-    ``now`` ``MID_MORNING`` of the simulated day, as far as the day stays within its date
-    (first event at 00:00 or later, last before 24:00).
-    """
-    wanted = now - MID_MORNING
-    shift = SHIFT_STEP * round(wanted / SHIFT_STEP)
-    earliest = -SHIFT_STEP * (first // SHIFT_STEP)
-    latest = SHIFT_STEP * ((DAY - last - timedelta(seconds=1)) // SHIFT_STEP)
-    return max(earliest, min(shift, latest))
+def clock_shift(now: timedelta) -> timedelta:
+    """How far to slide a simulated day along its clinic's clock: the whole quarter
+    hours that make ``now`` (the clinic's time of day) ``MID_MORNING`` of the simulated
+    day. Late in the clinic's evening the day runs into the next morning; just after
+    its midnight it began the evening before."""
+    return SHIFT_STEP * round((now - MID_MORNING) / SHIFT_STEP)
 
 
 def clinic_day(clinic: DemoClinic, zone: ZoneInfo, now: datetime) -> ClinicDay:
     """The clinic's simulated day on today's date on its clock, slid so that ``now``
     is mid-morning there (``clock_shift``)."""
     today = now.astimezone(zone).date()
-    draft = simulate_day(clinic.scenario, clinic.seed, clinic_id=clinic.clinic_id,
-                         date=today, zone=zone)
-    shift = timedelta(0)
-    if draft.events:
-        first = time_of_day(datetime.fromisoformat(draft.events[0]["ts"]), zone)
-        last = time_of_day(datetime.fromisoformat(draft.events[-1]["ts"]), zone)
-        shift = clock_shift(time_of_day(now, zone), first, last)
-    day = draft if not shift else simulate_day(
-        clinic.scenario, clinic.seed, clinic_id=clinic.clinic_id, date=today, zone=zone,
-        clock_shift=shift)
+    shift = clock_shift(time_of_day(now, zone))
+    day = simulate_day(clinic.scenario, clinic.seed, clinic_id=clinic.clinic_id,
+                       date=today, zone=zone, clock_shift=shift)
     return ClinicDay(clinic.clinic_id, zone, today, shift, day.events, day.truth)
 
 

@@ -128,15 +128,23 @@ def test_services_listen_where_their_port_settings_say() -> None:
 
 
 @pytest.mark.parametrize("now", MOMENTS, ids=lambda m: m.isoformat())
-def test_the_demo_day_is_today_on_each_clinics_own_calendar(now: datetime) -> None:
+def test_the_demo_day_is_on_each_clinics_own_calendar_and_clock(now: datetime) -> None:
     events = demo_day(now=now)
     assert {e.clinic_id for e in events} == {"north", "south", "east"}
+    for clinic_id in ("north", "south", "east"):
+        mine = [e for e in events if e.clinic_id == clinic_id]
+        assert mine[0].at <= now <= mine[-1].at  # under way: begun, not over
+        today = _local(now, clinic_id).date()
+        dates = {_local(e.at, clinic_id).date() for e in mine}
+        # the clinic's date, or across its midnight for a run in its evening or night
+        assert dates <= {today - timedelta(days=1), today, today + timedelta(days=1)}
+        if time(9) <= _local(now, clinic_id).time() <= time(14):
+            assert dates == {today}  # a daytime run keeps to the clinic's date
     for event in events:
-        today = _local(now, event.clinic_id).date()
-        assert _local(event.at, event.clinic_id).date() == today, event
         if isinstance(event.payload, ev.PatientArrived) and event.payload.scheduled_at:
             appointment = _local(event.payload.scheduled_at, event.clinic_id)
-            assert appointment.date() == today
+            arrived = _local(event.at, event.clinic_id)
+            assert abs(arrived - appointment) < timedelta(hours=3)  # one clock
             assert appointment.minute % 15 == 0 and appointment.second == 0  # as booked
 
 
@@ -173,36 +181,34 @@ def test_a_realistic_share_of_scheduled_patients_come_late_not_all() -> None:
 # ----------------------------------------------------------------- busy at once
 
 
-def test_the_day_is_slid_to_mid_morning_in_whole_quarter_hours_within_the_date() -> None:
-    first, last = timedelta(hours=7, minutes=30), timedelta(hours=18)
-    assert clock_shift(MID_MORNING, first, last) == timedelta(0)  # real hours
-    assert clock_shift(timedelta(hours=15, minutes=20), first, last) == \
-        timedelta(hours=4, minutes=45)
-    # the evening: as late as the date allows (the last event before midnight)
-    assert clock_shift(timedelta(hours=23, minutes=50), first, last) == \
-        timedelta(hours=5, minutes=45)
-    # just after midnight: as early as the date allows (the first event at 00:00)
-    assert clock_shift(timedelta(minutes=10), first, last) == timedelta(hours=-7, minutes=-30)
+def test_the_day_is_slid_to_mid_morning_in_whole_quarter_hours() -> None:
+    assert clock_shift(MID_MORNING) == timedelta(0)  # real hours
+    assert clock_shift(timedelta(hours=15, minutes=20)) == timedelta(hours=4, minutes=45)
+    # the evening: the day runs into the next morning
+    assert clock_shift(timedelta(hours=23, minutes=50)) == timedelta(hours=13, minutes=15)
+    # just after midnight: it began the evening before
+    assert clock_shift(timedelta(minutes=10)) == timedelta(hours=-10, minutes=-15)
 
 
 @pytest.mark.parametrize("now", MOMENTS, ids=lambda m: m.isoformat())
-def test_it_is_mid_morning_of_the_simulated_day_unless_the_date_ends_first(
-        now: datetime) -> None:
+def test_it_is_mid_morning_of_the_simulated_day_at_any_hour(now: datetime) -> None:
     for demo in DEMO_CLINICS:
         zone = DIRECTORY.zone(demo.clinic_id)
         planned = clinic_day(demo, zone, now)
         simulated_now = time_of_day(now, zone) - planned.shift
-        first = time_of_day(datetime.fromisoformat(planned.records[0]["ts"]), zone)
-        last = time_of_day(datetime.fromisoformat(planned.records[-1]["ts"]), zone)
-        at_an_end = first < timedelta(minutes=15) or last > timedelta(hours=23, minutes=45)
-        assert abs(simulated_now - MID_MORNING) <= timedelta(minutes=8) or at_an_end
+        assert abs(simulated_now - MID_MORNING) <= timedelta(minutes=8)
         assert planned.shift % timedelta(minutes=15) == timedelta(0)
 
 
+# every two hours of a day in UTC, so every hour of the clinics' clocks is near one
+AROUND_THE_CLOCK = tuple(datetime(2026, 12, 6, 1, 10, tzinfo=UTC) + timedelta(hours=2 * n)
+                         for n in range(12))
+
+
 @pytest.mark.parametrize("clinic_id", ["north", "south", "east"])
+@pytest.mark.parametrize("now", AROUND_THE_CLOCK + MOMENTS, ids=lambda m: m.isoformat())
 def test_every_panel_has_something_to_show_the_moment_the_morning_is_published(
-        clinic_id: str) -> None:
-    now = AFTERNOON_IN_NEW_YORK
+        clinic_id: str, now: datetime) -> None:
     floor = _floors(demo_day(now=now), until=now)[clinic_id]
     clinic = floor.clinic
     assert len(clinic.waiting()) >= 3  # expected waits on the waiting-room screen

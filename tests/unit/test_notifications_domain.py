@@ -462,3 +462,7 @@ def test_contacts_are_kept_until_the_end_of_the_clinic_day() -> None:
                                                                      tzinfo=UTC)
     late = datetime(2026, 3, 2, 23, 30, tzinfo=UTC)
     assert contact_expiry(late, "UTC") == late + timedelta(hours=1)
+    # kept in whole seconds, as the store keeps it: a repeat answers the same instant
+    late_with_fraction = datetime(2026, 3, 2, 23, 30, 5, 467_267, tzinfo=UTC)
+    assert contact_expiry(late_with_fraction, "UTC") == datetime(2026, 3, 3, 0, 30, 6,
+                                                                 tzinfo=UTC)

@@ -159,4 +159,7 @@ def contact_expiry(now: datetime, timezone: str | ZoneInfo) -> datetime:
     zone = timezone if isinstance(timezone, ZoneInfo) else ZoneInfo(timezone)
     local = now.astimezone(zone)
     midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), zone)
-    return max(midnight.astimezone(UTC), now + timedelta(hours=1))
+    an_hour = now + timedelta(hours=1)
+    if an_hour.microsecond:  # whole seconds, as stored: a repeat answers the same instant
+        an_hour = an_hour.replace(microsecond=0) + timedelta(seconds=1)
+    return max(midnight.astimezone(UTC), an_hour)
