@@ -21,6 +21,12 @@ Scoring, precisely:
   average MAE (below 1.0 beats the rolling average); coverage = share of
   samples with low <= true <= high. Per clinic and overall (overall pools
   every sample, so a busy clinic weighs more than a quiet one).
+* Width = high - low (aged); interval score = width + 10 x the miss (how far
+  true lies below low or above high): the interval score of an 80% interval
+  (Gneiting and Raftery 2007, width + 2/alpha x miss with alpha = 0.2), lower
+  is better. It rewards a narrow range as much as a covering one: a range
+  that is wide to be safe pays its width at every sample. A missing estimate
+  is a range [0, 0].
 
 Estimates carry no clinic, so visit ids must be unique within a log.
 """
@@ -40,6 +46,8 @@ import orjson
 
 SAMPLE_EVERY_SECONDS = 5 * 60
 ROLLING_WINDOW = 5  # finished waits in the rolling average
+INTERVAL_ALPHA = 0.2  # the ranges are 80% intervals: the score's miss penalty is 2/alpha
+MISS_PENALTY = 2 / INTERVAL_ALPHA
 
 Replay = Callable[[Iterable[dict[str, Any]]], Iterator[dict[str, Any]]]
 ErrorReport = Callable[[int, str], None]
@@ -59,15 +67,20 @@ class Score:
     covered_samples: int = 0
     estimator_error_minutes: float = 0.0  # sum of |predicted - true|
     baseline_error_minutes: float = 0.0
+    width_minutes: float = 0.0  # sum of high - low
+    interval_score_minutes: float = 0.0  # sum of width + 10 x miss
     clinics: dict[str, Score] = field(default_factory=dict)
+
+    def _per_sample(self, total: float) -> float | None:
+        return total / self.samples if self.samples else None
 
     @property
     def estimator_mae(self) -> float | None:
-        return self.estimator_error_minutes / self.samples if self.samples else None
+        return self._per_sample(self.estimator_error_minutes)
 
     @property
     def baseline_mae(self) -> float | None:
-        return self.baseline_error_minutes / self.samples if self.samples else None
+        return self._per_sample(self.baseline_error_minutes)
 
     @property
     def ratio(self) -> float | None:
@@ -78,7 +91,17 @@ class Score:
 
     @property
     def coverage(self) -> float | None:
-        return self.covered_samples / self.samples if self.samples else None
+        return self._per_sample(self.covered_samples)
+
+    @property
+    def mean_width(self) -> float | None:
+        """Mean width of the 80% ranges, in minutes."""
+        return self._per_sample(self.width_minutes)
+
+    @property
+    def interval_score(self) -> float | None:
+        """Mean interval score (width + 10 x miss) of the 80% ranges; lower is better."""
+        return self._per_sample(self.interval_score_minutes)
 
     def __add__(self, other: Score) -> Score:
         clinics = dict(self.clinics)
@@ -91,6 +114,8 @@ class Score:
             covered_samples=self.covered_samples + other.covered_samples,
             estimator_error_minutes=self.estimator_error_minutes + other.estimator_error_minutes,
             baseline_error_minutes=self.baseline_error_minutes + other.baseline_error_minutes,
+            width_minutes=self.width_minutes + other.width_minutes,
+            interval_score_minutes=self.interval_score_minutes + other.interval_score_minutes,
             clinics=clinics,
         )
 
@@ -101,6 +126,8 @@ class Score:
             "rolling_average_mae": _round(self.baseline_mae),
             "ratio": _round(self.ratio, 3),
             "coverage": _round(self.coverage, 3),
+            "mean_width": _round(self.mean_width),
+            "interval_score": _round(self.interval_score),
             "samples": self.samples,
             "visits": self.visits,
             "missing_estimates": self.missing_estimates,
@@ -212,11 +239,12 @@ def score(
                 (visit.roomed, (visit.roomed - visit.arrived) / 60.0))
     rolling = {clinic_id: _RollingAverage(waits) for clinic_id, waits in finished.items()}
 
-    tallies: dict[str, list[float]] = {}  # clinic -> [samples, visits, missing, covered, est, base]
+    # clinic -> [samples, visits, missing, covered, est, base, width, interval score]
+    tallies: dict[str, list[float]] = {}
     for visit_id, visit in visits.items():
         if visit.roomed is None or visit.roomed <= visit.arrived:
             continue
-        tally = tallies.setdefault(visit.clinic_id, [0, 0, 0, 0, 0.0, 0.0])
+        tally = tallies.setdefault(visit.clinic_id, [0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0])
         tally[1] += 1
         own = by_visit.get(visit_id, [])
         made_at = [e[0] for e in own]
@@ -228,13 +256,17 @@ def score(
             tally[0] += 1
             if latest < 0:
                 tally[2] += 1
-                predicted = 0.0
+                predicted = lower = upper = 0.0
             else:
                 ts, wait, low, high = own[latest]
                 age = (at - ts) / 60.0
                 predicted = max(0.0, wait - age)
-                if max(0.0, low - age) <= true <= max(0.0, high - age):
+                lower, upper = max(0.0, low - age), max(0.0, high - age)
+                if lower <= true <= upper:
                     tally[3] += 1
+            miss = lower - true if true < lower else true - upper if true > upper else 0.0
+            tally[6] += upper - lower
+            tally[7] += upper - lower + MISS_PENALTY * miss
             tally[4] += abs(predicted - true)
             tally[5] += abs(baseline.predict(at, (at - visit.arrived) / 60.0) - true)
             at += SAMPLE_EVERY_SECONDS
@@ -242,13 +274,15 @@ def score(
     clinics = {
         clinic_id: Score(samples=int(t[0]), visits=int(t[1]), missing_estimates=int(t[2]),
                          covered_samples=int(t[3]), estimator_error_minutes=t[4],
-                         baseline_error_minutes=t[5])
+                         baseline_error_minutes=t[5], width_minutes=t[6],
+                         interval_score_minutes=t[7])
         for clinic_id, t in sorted(tallies.items())
     }
     overall = sum(clinics.values(), Score())
     return Score(overall.samples, overall.visits, overall.missing_estimates,
                  overall.covered_samples, overall.estimator_error_minutes,
-                 overall.baseline_error_minutes, clinics)
+                 overall.baseline_error_minutes, overall.width_minutes,
+                 overall.interval_score_minutes, clinics)
 
 
 def rolling_average_estimates(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -357,7 +391,7 @@ def _number(value: float | None, digits: int = 2) -> str:
 def scenario_table(results: list[ScenarioResult]) -> list[list[str]]:
     """Header and rows: one per scenario shape."""
     rows = [["scenario", "estimator MAE", "rolling-average MAE", "ratio", "ratio by seed",
-             "coverage", "samples", "missing"]]
+             "coverage", "mean width", "interval score", "samples", "missing"]]
     for result in results:
         s = result.score
         spread = result.seed_ratio_range()
@@ -365,17 +399,19 @@ def scenario_table(results: list[ScenarioResult]) -> list[list[str]]:
             result.scenario, _number(s.estimator_mae), _number(s.baseline_mae),
             _number(s.ratio, 3),
             "-" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}",
-            _number(s.coverage, 3), str(s.samples), str(s.missing_estimates),
+            _number(s.coverage, 3), _number(s.mean_width, 1), _number(s.interval_score, 1),
+            str(s.samples), str(s.missing_estimates),
         ])
     return rows
 
 
 def clinic_table(result: Score) -> list[list[str]]:
     rows = [["clinic", "estimator MAE", "rolling-average MAE", "ratio", "coverage",
-             "samples", "missing"]]
+             "mean width", "interval score", "samples", "missing"]]
     for name, s in [*sorted(result.clinics.items()), ("overall", result)]:
         rows.append([name, _number(s.estimator_mae), _number(s.baseline_mae),
-                     _number(s.ratio, 3), _number(s.coverage, 3), str(s.samples),
+                     _number(s.ratio, 3), _number(s.coverage, 3), _number(s.mean_width, 1),
+                     _number(s.interval_score, 1), str(s.samples),
                      str(s.missing_estimates)])
     return rows
 
@@ -423,6 +459,10 @@ def markdown_report(results: list[ScenarioResult], seeds: list[int], command: st
         " below 1.0 beats the rolling average. **ratio by seed** is the range over seeds.",
         "- **coverage** = share of samples whose true remaining wait lies in the aged"
         " [low, high] interval (aim: 0.80).",
+        "- **mean width** = mean of high - low, in minutes: how much a patient can plan on.",
+        "- **interval score** = mean of width + 10 x the miss (how far the true wait lies"
+        " outside the range), the standard score of an 80% interval (Gneiting and Raftery"
+        " 2007): lower is better; a range wide to be safe pays its width at every sample.",
         "- **missing** = samples with no estimate yet (scored as a prediction of 0).",
         "- MAE in minutes.",
         "",

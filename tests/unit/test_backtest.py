@@ -57,6 +57,25 @@ def test_an_estimate_ages_with_the_clock_between_samples() -> None:
     assert result.missing_estimates == 0
 
 
+def test_width_and_interval_score_reward_a_narrow_range_and_charge_ten_times_the_miss(
+) -> None:
+    log = [arrival("08:00", "v1"), roomed("08:12", "v1")]
+    # 10 [5, 15] ages to [0, 10] and [0, 5]: widths 10, 10, 5, every sample covered
+    covering = score(log, [estimate("08:00", "v1", 10, 5, 15)])
+    assert covering.mean_width == pytest.approx(25 / 3)
+    assert covering.interval_score == pytest.approx(25 / 3)
+    # 2 [1, 3] for a 12-minute wait: [1, 3] misses 12 by 9, then [0, 0] misses 7 and 2
+    missing = score(log, [estimate("08:00", "v1", 2, 1, 3)])
+    assert missing.coverage == 0.0
+    assert missing.mean_width == pytest.approx(2 / 3)
+    assert missing.interval_score == pytest.approx((2 + 10 * 9 + 10 * 7 + 10 * 2) / 3)
+    # no estimate at all: a range [0, 0] that misses the whole wait
+    assert score(log, []).interval_score == pytest.approx(10 * (12 + 7 + 2) / 3)
+    pooled = covering + missing
+    assert pooled.interval_score == pytest.approx((25 + 182) / 6)
+    assert covering.summary()["mean_width"] == 8.33
+
+
 def test_the_latest_estimate_stands_and_a_later_line_wins_a_tie() -> None:
     log = [arrival("08:00", "v1"), roomed("08:20", "v1")]  # true 20, 15, 10, 5
     estimates = [
