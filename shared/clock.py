@@ -11,6 +11,7 @@ themselves, with the time they choose, and never wait for a loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -39,16 +40,21 @@ class SystemClock:
 
 async def every(seconds: float, job: Job, *, name: str, service: str,
                 clock: Clock | None = None,
-                ready: Callable[[], bool] = lambda: True) -> None:
-    """Run ``job(clock.now())`` every ``seconds`` until cancelled.
+                ready: Callable[[], bool] = lambda: True,
+                stopping: asyncio.Event | None = None) -> None:
+    """Run ``job(clock.now())`` every ``seconds`` until ``stopping`` is set (or the task
+    is cancelled).
 
     A failing run is logged (with the job's name and the error) and counted in
     ``clinicflow_periodic_failures_total``; the next run comes on schedule. A run is
     skipped while ``ready()`` is false (Kafka not connected yet, say). The interval is
     measured from the start of one run to the start of the next, so a slow run does not
-    push the schedule back by its own length."""
+    push the schedule back by its own length. ``stopping`` ends the loop between runs,
+    never inside one: a relay stopped that way is never cut between a publish and the
+    record that it went out."""
     wall = clock or SystemClock()
-    while True:
+    stopping = stopping or asyncio.Event()
+    while not stopping.is_set():
         started = time.monotonic()
         if ready():
             try:
@@ -59,4 +65,6 @@ async def every(seconds: float, job: Job, *, name: str, service: str,
                 PERIODIC_FAILURES.labels(service, name).inc()
                 log.warning("periodic job failed; the next run retries", job=name,
                             error=repr(exc))
-        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(),
+                                   max(0.0, seconds - (time.monotonic() - started)))

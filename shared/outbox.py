@@ -20,8 +20,9 @@ Key layout (``P`` is the service's Redis prefix)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -92,6 +93,7 @@ class OutboxRelay:
         self.service = service
         self.batch = batch
         self.kick = asyncio.Event()
+        self._stopping = False
 
     async def tick(self, _now: datetime | None = None) -> int:
         """Publish everything waiting, in order; returns how many events went out."""
@@ -117,17 +119,21 @@ class OutboxRelay:
 
     async def run(self, every: float, ready: Callable[[], bool]) -> None:
         """Drain whenever kicked, and at least every ``every`` seconds; a failure is
-        retried with a growing pause (the entries stay in Redis meanwhile)."""
+        retried with a growing pause (the entries stay in Redis meanwhile). Ends after
+        the drain under way when ``stop`` is called: never cancelled between a publish
+        and the trim that records it (that entry would go out twice)."""
         from shared.logging import get_logger
 
         log = get_logger("clinicflow.outbox")
         delay = every
-        while True:
-            try:
-                await asyncio.wait_for(self.kick.wait(), every)
-            except TimeoutError:
-                pass
+        pause = every
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.kick.wait(), pause)
             self.kick.clear()
+            pause = every
+            if self._stopping:
+                break
             if not ready():
                 continue
             try:
@@ -138,5 +144,15 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("outbox relay failed, retrying", service=self.service,
                             error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
+                pause = delay  # a stop wakes it at once all the same
                 delay = min(delay * 2, 10.0)
+
+    async def stop(self, running: Iterable[asyncio.Task[None]],
+                   timeout: float = 5.0) -> None:
+        """Ask the ``run`` loops to end after the drain under way and wait for them up to
+        ``timeout`` seconds (whatever is left is the caller's to cancel)."""
+        self._stopping = True
+        self.kick.set()
+        tasks = [task for task in running if not task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)

@@ -49,6 +49,7 @@ class ServiceRuntime:
         self.clock: Clock = clock or SystemClock()
         self.periodic: list[tuple[float, Job, str, bool]] = []
         self._periodic_tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self.broker: KafkaBroker = make_broker(settings, service)
         self.redis: Redis = Redis.from_url(
             settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
@@ -75,6 +76,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         """Start connecting in the background, and the periodic jobs; returns at once."""
+        self._stopping.clear()
         self._starter = asyncio.create_task(
             self._start_with_backoff(), name=f"{self.service}-start"
         )
@@ -82,7 +84,7 @@ class ServiceRuntime:
             ready = (lambda: self.kafka_started) if needs_kafka else (lambda: True)
             self._periodic_tasks.append(asyncio.create_task(
                 every(seconds, job, name=name, service=self.service, clock=self.clock,
-                      ready=ready), name=f"{self.service}-{name}"))
+                      ready=ready, stopping=self._stopping), name=f"{self.service}-{name}"))
 
     async def wait_started(self, timeout: float = 60.0) -> None:
         """For tests and tools: wait until Kafka is connected and start hooks ran."""
@@ -129,7 +131,12 @@ class ServiceRuntime:
             await hook()
         self.log.info("service started", kafka=self.settings.kafka_bootstrap)
 
-    async def stop_periodic(self) -> None:
+    async def stop_periodic(self, grace: float = 5.0) -> None:
+        """End the periodic jobs after the runs under way (up to ``grace`` seconds;
+        then they are cancelled)."""
+        self._stopping.set()
+        if running := [task for task in self._periodic_tasks if not task.done()]:
+            await asyncio.wait(running, timeout=grace)
         await stop_tasks(self._periodic_tasks)
         self._periodic_tasks.clear()
 

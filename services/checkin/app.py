@@ -134,6 +134,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     async def stop() -> None:
         if mllp is not None:
             await mllp.stop()
+        await relay.stop(tasks)
         await stop_tasks(tasks)
 
     app = make_http_app(

@@ -140,6 +140,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     async def stop() -> None:
         sender.close()
         await sender.drain()
+        await relay.stop(relaying)
         await stop_tasks(relaying)
         if runtime.kafka_started:
             try:
