@@ -486,8 +486,9 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
                     r429=("too many lookups or unknown codes",
                           "more than 20 lookups a minute; try again in a minute")))
     async def ticket_wait(clinic_id: ClinicId,
-                          ticket_code: Annotated[str, Path(max_length=12,
-                                                           examples=["A-17"])],
+                          ticket_code: Annotated[str, Path(
+                              max_length=12, examples=["A-17"],
+                              description="the ticket the patient was given on arrival")],
                           request: Request,
                           principal: Principal = Depends(LOOKUP)) -> WaitAnswer:
         principal.require_clinic(clinic_id)

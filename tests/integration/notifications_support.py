@@ -24,10 +24,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
 from fastapi import FastAPI, Request, Response
 
+from services.notifications.app import create_app
 from services.notifications.channels import SIGNATURE_HEADER, signature_valid
 from services.notifications.consumer import NotifierProjection
 from shared import events as ev
 from shared.admin import ensure_topics
+from shared.settings import NotificationsSettings
 from shared.topics import ESTIMATES, FLOOR, topic_name
 from tests.helpers import auth, eventually, free_port, producer, serving
 
@@ -246,3 +248,13 @@ async def notifier_has_read_everything(app: FastAPI, bootstrap: str, prefix: str
         return True
 
     await eventually(caught_up, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def notifications_service(env: dict[str, Any],
+                                ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The notifications service on ``env`` (``notifications_env``), served by uvicorn in
+    this event loop, and a client of it."""
+    app = create_app(NotificationsSettings(**env))
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        yield app, client

@@ -21,6 +21,7 @@ from tests.integration.notifications_support import (
     MailCatcher,
     arrival,
     floor_event,
+    notifications_service,
     publish_floor,
     receiving,
 )
@@ -98,8 +99,7 @@ async def test_a_new_urgent_patient_changes_who_the_ready_room_is_for(
 ) -> None:
     bootstrap, prefix = notifications_env["kafka_bootstrap"], notifications_env["topic_prefix"]
     now = datetime.now(UTC)
-    app = create_app(NotificationsSettings(**notifications_env))
-    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with notifications_service(notifications_env) as (_app, client):
         await publish_floor(bootstrap, prefix, [
             arrival("v1", "A-1", "dr-lee", now),
             floor_event(ev.RoomReady(room_id="room-2"), now + timedelta(seconds=1)),

@@ -25,6 +25,7 @@ from tests.integration.notifications_support import (
     arrival,
     estimate,
     floor_event,
+    notifications_service,
     notifier_has_read_everything,
     publish_estimates,
     publish_floor,
@@ -48,8 +49,7 @@ async def test_a_contact_is_taken_only_for_a_visit_on_the_clinics_floor(
 ) -> None:
     bootstrap, prefix = notifications_env["kafka_bootstrap"], notifications_env["topic_prefix"]
     now = datetime.now(UTC)
-    app = create_app(NotificationsSettings(**notifications_env))
-    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+    async with notifications_service(notifications_env) as (_app, client):
         await publish_floor(bootstrap, prefix, [
             arrival("v17", "A-17", "dr-lee", now), arrival("v18", "A-18", "dr-lee", now),
             arrival("s1", "S-1", "dr-ng", now, clinic="south")])
@@ -127,8 +127,7 @@ async def test_the_same_contact_given_twice_is_one_recording_and_every_message_i
 ) -> None:
     bootstrap, prefix = notifications_env["kafka_bootstrap"], notifications_env["topic_prefix"]
     now = datetime.now(UTC)
-    app = create_app(NotificationsSettings(**notifications_env))
-    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+    async with notifications_service(notifications_env) as (app, client):
         await publish_floor(bootstrap, prefix, [arrival("v17", "A-17", "dr-lee", now)])
         first = await client.put(contact_path("v17"), json=EMAIL, headers=FRONT_DESK)
         again = await client.put(contact_path("v17"), json=EMAIL, headers=FRONT_DESK)

@@ -28,6 +28,7 @@ from tests.integration.notifications_support import (
     arrival,
     estimate,
     floor_event,
+    notifications_service,
     notifier_has_read_everything,
     publish_estimates,
     publish_floor,
@@ -129,8 +130,7 @@ async def test_records_delivered_again_change_nothing(
 ) -> None:
     bootstrap, prefix = notifications_env["kafka_bootstrap"], notifications_env["topic_prefix"]
     now = datetime.now(UTC)
-    app = create_app(NotificationsSettings(**notifications_env))
-    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+    async with notifications_service(notifications_env) as (app, client):
         await publish_floor(bootstrap, prefix, [
             arrival("v1", "A-1", "dr-lee", now), arrival("v2", "A-2", "dr-lee", now)])
         for visit in ("v1", "v2"):
@@ -141,7 +141,7 @@ async def test_records_delivered_again_change_nothing(
         await publish_estimates(bootstrap, prefix, [
             estimate("v1", "A-1", "dr-lee", 25, now), estimate("v2", "A-2", "dr-lee", 35, now)])
         await eventually(lambda: len(smtp_server.mails) == 2, timeout=20)
-        before = await notifications(url)
+        before = await notifications(str(client.base_url))
         alerts_before = (await client.get("/clinics/north/alerts",
                                           headers={"Authorization": "Bearer dev-nurse"})).json()
         # Kafka hands the same records over again (a rebalance, a lost commit)
@@ -151,7 +151,7 @@ async def test_records_delivered_again_change_nothing(
         assert (result.applied, result.already_applied, result.dead_letters) == (0, 6, [])
         assert await app.state.sender.tick(datetime.now(UTC)) == 0  # nothing new is due
         await app.state.sender.drain()
-        assert await notifications(url) == before
+        assert await notifications(str(client.base_url)) == before
         assert (await client.get("/clinics/north/alerts",
                                  headers={"Authorization": "Bearer dev-nurse"})).json() == \
             alerts_before

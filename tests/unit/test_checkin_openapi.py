@@ -17,9 +17,7 @@ from services.checkin.domain import DEFAULT_VISIT_TYPES
 from services.checkin.schedule import ImportKeys, parse_csv, parse_fhir_bundle
 from services.checkin.schemas import CSV_EXAMPLE, FHIR_EXAMPLE
 from shared.settings import CheckinSettings
-
-# probes every service shares (shared/service.py), documented there
-SHARED = {"/healthz", "/readyz", "/metrics"}
+from tests.openapi_support import assert_every_route_is_documented, operations
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +29,6 @@ def app() -> FastAPI:
 def spec(app: FastAPI) -> dict[str, Any]:
     document: dict[str, Any] = app.openapi()
     return document
-
-
-def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(method.upper(), path, op) for path, ops in spec["paths"].items()
-            if path not in SHARED for method, op in ops.items()]
-
-
-def has_example(media: dict[str, Any]) -> bool:
-    return bool(media.get("example") is not None or media.get("examples"))
 
 
 def test_every_checkin_route_is_in_the_document(spec: dict[str, Any]) -> None:
@@ -67,26 +56,7 @@ def test_every_checkin_route_is_in_the_document(spec: dict[str, Any]) -> None:
 
 
 def test_every_route_has_a_summary_a_description_and_examples(spec: dict[str, Any]) -> None:
-    for method, path, op in operations(spec):
-        where = f"{method} {path}"
-        assert op.get("summary"), where
-        assert op.get("description"), where
-        for parameter in op.get("parameters", []):
-            schema = parameter.get("schema", {})
-            assert (parameter.get("example") is not None or parameter.get("examples")
-                    or schema.get("examples")), f"{where}: parameter {parameter['name']}"
-        if method == "POST":
-            content = op["requestBody"]["content"]
-            assert content and all(has_example(m) for m in content.values()), where
-        successes = {code: r for code, r in op["responses"].items() if code.startswith("2")}
-        assert len(successes) == 1, where
-        for response in successes.values():
-            assert response["content"] and all(
-                has_example(m) for m in response["content"].values()), where
-        for code, response in op["responses"].items():
-            assert response.get("description"), f"{where} {code}"
-            for media in response.get("content", {}).values():
-                assert has_example(media) or media.get("schema"), f"{where} {code}"
+    assert_every_route_is_documented(spec)
 
 
 def test_commands_document_their_idempotency_key_and_refusals(spec: dict[str, Any]) -> None:

@@ -16,9 +16,8 @@ from pydantic import BaseModel
 from services.notifications import schemas
 from services.notifications.app import create_app
 from shared.settings import NotificationsSettings
+from tests.openapi_support import assert_every_route_is_documented, has_example, operations
 
-# probes every service shares (shared/service.py), documented there
-SHARED = {"/healthz", "/readyz", "/metrics"}
 CONTACT = "/clinics/{clinic_id}/visits/{visit_id}/contact"
 
 
@@ -31,15 +30,6 @@ def app() -> FastAPI:
 def spec(app: FastAPI) -> dict[str, Any]:
     document: dict[str, Any] = app.openapi()
     return document
-
-
-def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(method.upper(), path, op) for path, ops in spec["paths"].items()
-            if path not in SHARED for method, op in ops.items()]
-
-
-def has_example(media: dict[str, Any]) -> bool:
-    return bool(media.get("example") is not None or media.get("examples"))
 
 
 def test_every_notifications_route_is_in_the_document(spec: dict[str, Any]) -> None:
@@ -56,26 +46,7 @@ def test_every_notifications_route_is_in_the_document(spec: dict[str, Any]) -> N
 
 
 def test_every_route_has_a_summary_a_description_and_examples(spec: dict[str, Any]) -> None:
-    for method, path, op in operations(spec):
-        where = f"{method} {path}"
-        assert op.get("summary"), where
-        assert len(op.get("description", "")) > 40, where
-        for parameter in op.get("parameters", []):
-            schema = parameter.get("schema", {})
-            assert parameter.get("description"), f"{where}: parameter {parameter['name']}"
-            assert (parameter.get("example") is not None or parameter.get("examples")
-                    or schema.get("examples")), f"{where}: parameter {parameter['name']}"
-        if method in ("PUT", "PATCH"):
-            content = op["requestBody"]["content"]
-            assert content and all(has_example(m) for m in content.values()), where
-        successes = {code: r for code, r in op["responses"].items() if code.startswith("2")}
-        assert len(successes) == 1, where
-        for code, response in successes.items():
-            if code == "204":
-                assert "content" not in response, where
-                continue
-            assert response["content"] and all(
-                has_example(m) for m in response["content"].values()), where
+    assert_every_route_is_documented(spec)
 
 
 def test_every_route_documents_its_refusals_with_an_example(spec: dict[str, Any]) -> None:
