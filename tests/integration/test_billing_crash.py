@@ -63,6 +63,13 @@ async def _pay_until_done(client: httpx.AsyncClient, service: ServiceProcess,
     return replayed
 
 
+async def _some_answered(tasks: list[asyncio.Task[Any]], count: int) -> None:
+    """Returns once ``count`` of ``tasks`` have their answer (the others still going)."""
+    pending = set(tasks)
+    while len(tasks) - len(pending) < count:
+        _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+
 @pytest.mark.reliability(
     "billing killed with -9 mid-checkouts, then mid-payments, requests retried",
     "one charge and one payment per visit; the day adds up",
@@ -82,7 +89,7 @@ async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_onc
                 assert await _check_out_until_done(client, service, visit) == "priced"
             desks = [asyncio.create_task(_check_out_until_done(client, service, v))
                      for v in visits]
-            await asyncio.sleep(0.15)  # some checkouts done, some in flight
+            await _some_answered(desks, 10)  # the five done before, five new, more going
             service.kill()
             service.start()  # same port: the desks' retries reach the new process
             outcomes = await asyncio.gather(*desks)
@@ -106,7 +113,7 @@ async def test_a_service_killed_mid_checkouts_and_retried_charges_each_visit_onc
 
             # the same with payments, each sent with its Idempotency-Key until answered
             tills = [asyncio.create_task(_pay_until_done(client, service, v)) for v in visits]
-            await asyncio.sleep(0.05)  # some payments taken, some in flight
+            await _some_answered(tills, 5)  # some payments taken, the others going
             service.kill()
             service.start()
             await asyncio.gather(*tills)
