@@ -47,7 +47,7 @@ up: venv
 ## make test: lint, type check and every test against a real Kafka, Redis and Chromium.
 ## The tests start their own Kafka and Redis on free ports (a running `make up` is left alone).
 test: venv lint typecheck
-	$(BIN)/pytest tests -q
+	$(BIN)/pytest tests -q --durations=20
 
 lint: venv
 	$(BIN)/ruff check .
