@@ -25,6 +25,7 @@ import httpx
 
 from bench import flow_bench
 from bench.common import machine
+from bench.scaleout_bench import scale_out
 from shared.admin import ensure_topics
 from tests.helpers import ServiceProcess
 from tools.stack import KAFKA_VERSION, LocalStack, free_port
@@ -288,6 +289,8 @@ async def main() -> int:
             ("memory", lambda: flow_bench.memory_growth(
                 b, r, workdir, steps=tuple(int(s * SCALE) for s in
                                            (100_000, 1_000_000, 3_000_000)))),
+            ("scale_out", lambda: scale_out(b, r, workdir, clinics=max(20, int(500 * SCALE)),
+                                            events=max(20_000, int(300_000 * SCALE)))),
         ]
         only = {n for n in os.environ.get("BENCH_ONLY", "").split(",") if n}
         for name, step in steps:

@@ -189,19 +189,39 @@ def single_run(lock: Path) -> Iterator[IO[str]]:
 # -------------------------------------------------------------------------- services
 
 
+INSTANCE_PORT_STEP = 100  # the k-th instance of a service listens 100 * (k - 1) higher
+
+
+def instance_ports(ports: Mapping[str, int], instances: int) -> dict[str, int]:
+    """Every process's HTTP port: ``flow`` on its port, ``flow.2`` 100 higher, ``flow.3``
+    200 higher... (``clinicflow up --instances N``)."""
+    every = dict(ports)
+    for k in range(2, instances + 1):
+        every.update({f"{name}.{k}": port + INSTANCE_PORT_STEP * (k - 1)
+                      for name, port in ports.items()})
+    return every
+
+
 def _start_services(stack: LocalStack, env: dict[str, str], logs: Path,
                     ports: Mapping[str, int]) -> dict[str, subprocess.Popen[bytes]]:
+    """One process per entry of ``ports`` whose service is present (``flow.2`` is a
+    second flow in the same consumer group: the partitions are shared out)."""
     started: dict[str, subprocess.Popen[bytes]] = {}
-    for name in available_services():
+    available = available_services()
+    for name in (n for n in ports if n.split(".")[0] in available):
+        service = name.split(".")[0]
+        own = {port_setting(service): str(ports[name])}
+        if name != service:  # one MLLP listener is enough (the first instance's)
+            own["CLINICFLOW_CHECKIN_HL7_PORT"] = "0"
         log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         process = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "run", name],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tools.cli", "run", service],
+            cwd=REPO, env={**env, **own}, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
         started[name] = process
         # recorded at once: a run killed from here on has them stopped by the next one
-        stack.add_companion(Managed(name, process.pid, ports[name], f"tools.cli run {name}",
+        stack.add_companion(Managed(name, process.pid, ports[name], f"tools.cli run {service}",
                                     logs / f"{name}.log", process,
                                     process_start_time(process.pid)))
     return started
@@ -323,16 +343,22 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
     kafka_port = int(os.environ.get("CLINICFLOW_KAFKA_PORT", "9092"))
     redis_port = int(os.environ.get("CLINICFLOW_REDIS_PORT", "6379"))
     ports = service_ports(os.environ)
+    processes_ports = instance_ports(ports, args.instances)
     state_file = data / "stack.json"  # as `clinicflow stack up` records, so `make down` works
     stop_leftovers(state_file, data / DEMO_DIR, _say)
-    for name, port in ports.items():
-        require_free(port, name, port_setting(name))
+    for name, port in processes_ports.items():
+        require_free(port, name, port_setting(name.split(".")[0]))
     demo = fresh_demo_dir(data)
     logs = demo / "logs"
     logs.mkdir()
     stack = LocalStack(demo, kafka_port=kafka_port, redis_port=redis_port,
                        state_file=state_file)
     env = service_env(os.environ, stack, ports)
+    if args.instances > 1 and not os.environ.get("CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS"):
+        # every flow instance's nurse station reads the room-ready alerts
+        env["CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS"] = json.dumps([
+            f"http://{host}:{port}" for name, port in processes_ports.items()
+            if name.split(".")[0] == "flow" for host in ("127.0.0.1", "localhost")])
     directory = clinic_directory(env)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     stop = asyncio.Event()
@@ -341,9 +367,10 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, stop.set)
-        _say(f"starting {', '.join(available_services())} ...")
-        processes.update(_start_services(stack, env, logs, ports))
-        await _wait_ready(processes, logs, ports, stop)
+        _say(f"starting {', '.join(available_services())}"
+             + (f", {args.instances} instances of each" if args.instances > 1 else "") + " ...")
+        processes.update(_start_services(stack, env, logs, processes_ports))
+        await _wait_ready(processes, logs, processes_ports, stop)
         if stop.is_set():
             return
 
@@ -354,6 +381,11 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
                                           speed=args.speed, stop=stop, directory=directory,
                                           on_caught_up=caught_up))
         _say(_banner(stack, time.monotonic() - started, ports, directory, logs))
+        if args.instances > 1:
+            _say("  More instances, each in its service's consumer group (the partitions "
+                 "are shared out):\n    " + "  ".join(
+                     f"{name} http://127.0.0.1:{port}" for name, port in
+                     processes_ports.items() if "." in name))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({feeder, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if feeder.done() and feeder.exception() is not None:
@@ -392,4 +424,17 @@ def add_cli(subparsers: Any) -> None:
         "(a fresh day each run)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="play the simulated day this many times faster (default 1)")
+    parser.add_argument("--instances", type=_instances, default=1,
+                        help="processes of each service, sharing its consumer group's "
+                        "partitions (default 1; the k-th on its port + 100*(k-1))")
     parser.set_defaults(func=run)
+
+
+def _instances(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 4:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of processes from 1 to 4")
+    return count

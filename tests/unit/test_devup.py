@@ -4,6 +4,7 @@ clock is an argument, processes are stand-ins, no Kafka, no Redis."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -29,7 +30,9 @@ from tools.devup import (
     DEFAULT_PORTS,
     MARKER,
     _banner,
+    add_cli,
     fresh_demo_dir,
+    instance_ports,
     is_demo_state,
     service_env,
     service_ports,
@@ -115,6 +118,19 @@ def test_every_service_is_given_the_demo_clinics_unless_clinics_are_configured()
     own = '{"north": {"timezone": "Pacific/Honolulu"}}'
     assert service_env({"CLINICFLOW_CLINICS": own}, stack, DEFAULT_PORTS)[
         "CLINICFLOW_CLINICS"] == own
+
+
+def test_more_instances_of_each_service_listen_100_ports_apart() -> None:
+    ports = instance_ports(DEFAULT_PORTS, 3)
+    assert ports["flow"] == 8002 and ports["flow.2"] == 8102 and ports["flow.3"] == 8202
+    assert ports["checkin.3"] == 8201 and len(ports) == 12
+    assert instance_ports(DEFAULT_PORTS, 1) == DEFAULT_PORTS
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    assert parser.parse_args(["up", "--instances", "2"]).instances == 2
+    for wrong in ("0", "5", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["up", "--instances", wrong])
 
 
 def test_services_listen_where_their_port_settings_say() -> None:

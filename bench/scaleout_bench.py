@@ -1,0 +1,120 @@
+"""Scale-out: one, two and three flow processes in one consumer group on the same floor
+topic, events/s of each, and whether the boards they leave are the boards one process
+leaves. Numbers, never assertions.
+
+Each run starts its processes together on a fresh group and Redis space (so every run
+rebuilds the whole topic), times from the start to every event applied, and then reads
+a sample of boards; runs alternate 1, 2, 3, 1, 2, 3... so that a shared machine's noise
+falls on every size alike. The partitions a process takes move as the others join: the
+figure includes those rebalances, as a real scale-out does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from bench.common import preload
+from bench.flow_bench import FLOOR, _checkpointed, _env, clinic_days
+from shared.admin import ensure_topics
+from shared.topics import FLOOR as FLOOR_TOPIC
+from tests.helpers import ServiceProcess
+
+MANAGER = {"Authorization": "Bearer dev-manager"}
+VOLATILE = ("as_of", "waited_minutes", "expected_wait_minutes", "range_minutes")
+
+
+def _stable(board: dict[str, Any]) -> bytes:
+    """A board without what depends on when it is read (the time of the answer)."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in VOLATILE}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return orjson.dumps(strip(board), option=orjson.OPT_SORT_KEYS)
+
+
+async def _boards(url: str, clinics: list[str]) -> dict[str, bytes]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        return {clinic: _stable((await client.get(f"/clinics/{clinic}/board",
+                                                  headers=MANAGER)).json())
+                for clinic in clinics}
+
+
+async def _one_run(bootstrap: str, redis_url: str, workdir: Path, prefix: str,
+                   instances: int, run: int, expected: int,
+                   sample: list[str]) -> tuple[float, dict[str, bytes]]:
+    space = f"{prefix}s{instances}r{run}."
+    env = _env(bootstrap, redis_url, prefix, flow_publish_estimates="false",
+               redis_prefix=space.rstrip("."), flow_group_id=f"{space}flow")
+    services = [ServiceProcess("flow", env, workdir / f"scaleout-{instances}-{run}-{n}.log")
+                for n in range(instances)]
+    redis = Redis.from_url(redis_url)
+    for service in services:
+        service.start()
+    try:
+        await asyncio.gather(*(service.wait_ready(120) for service in services))
+        crossed: dict[float, float] = {}  # share of the topic applied -> when
+        while (done := await _checkpointed(redis, space)) < expected:
+            for share in (0.1, 0.9):
+                if done >= share * expected:
+                    crossed.setdefault(share, time.perf_counter())
+            await asyncio.sleep(0.05)
+        finished = time.perf_counter()
+        for share in (0.1, 0.9):
+            crossed.setdefault(share, finished)
+        # every process answers for every clinic (the boards are in Redis): read them
+        # from the last one started, which took its partitions from the others
+        boards = await _boards(services[-1].url, sample)
+    finally:
+        for service in services:
+            service.stop()
+        await redis.aclose()
+    # the pace between 10% and 90% applied: the processes' work, not their start-up
+    return 0.8 * expected / max(1e-3, crossed[0.9] - crossed[0.1]), boards
+
+
+async def scale_out(bootstrap: str, redis_url: str, workdir: Path, clinics: int = 500,
+                    events: int = 200_000, sizes: tuple[int, ...] = (1, 2, 3),
+                    runs: int = 2) -> dict[str, Any]:
+    """Events/s of ``sizes`` flow processes in one group, ``runs`` alternating rounds:
+    the pace from 10% to 90% of the topic applied (start-up and the last stragglers
+    left out)."""
+    prefix = f"x{uuid.uuid4().hex[:6]}."
+    await ensure_topics(bootstrap, prefix)
+    records = clinic_days(clinics, events)
+    await preload(bootstrap, prefix + FLOOR, records)
+    sample = sorted({key.decode() for key, _value in records})[::max(1, clinics // 50)]
+    rates: dict[int, list[float]] = {n: [] for n in sizes}
+    reference: dict[str, bytes] | None = None
+    differing: dict[int, int] = dict.fromkeys(sizes, 0)
+    for run in range(runs):
+        for instances in sizes:
+            rate, boards = await _one_run(bootstrap, redis_url, workdir, prefix, instances,
+                                          run, len(records), sample)
+            rates[instances].append(rate)
+            reference = reference or boards
+            differing[instances] += sum(boards[c] != reference[c] for c in sample)
+    one = statistics.median(rates[sizes[0]])
+    return {
+        "events": len(records),
+        "clinics": clinics,
+        "runs": runs,
+        "partitions": FLOOR_TOPIC.partitions,
+        "boards_compared_per_run": len(sample),
+        "by_instances": {
+            str(n): {"events_per_second": round(statistics.median(rates[n])),
+                     "range": [round(min(rates[n])), round(max(rates[n]))],
+                     "speedup": round(statistics.median(rates[n]) / one, 2),
+                     "boards_differing_from_one_process": differing[n]}
+            for n in sizes},
+    }
