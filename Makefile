@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test venv system-packages lint typecheck unit integration e2e down bench soak clean
+.PHONY: up test venv system-packages lint typecheck unit integration e2e down bench bench-packages soak clean
 
 # re-installs when pyproject.toml is newer than the stamp
 $(STAMP): pyproject.toml
@@ -69,8 +69,19 @@ down: venv
 	$(BIN)/clinicflow stack down
 
 ## make bench: benchmarks (results in bench/results/ and docs/performance.md)
-bench: venv
+bench: venv bench-packages
 	$(BIN)/python -m bench
+
+# the HTTP benchmarks' load generator (wrk, a Debian package), installed only when missing
+bench-packages:
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: wrk"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null; \
+	  else \
+	    echo "note: missing Debian package: wrk (as root: apt-get install wrk)" >&2; \
+	  fi; \
+	fi
 
 ## make soak: hours of a simulated clinic network with memory sampled
 soak: venv

@@ -193,7 +193,8 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = next((value for name, value in scope.get("headers") or ()
+                         if name == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _too_large(self.max_bytes, send)
             return
@@ -212,6 +213,47 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
             await _too_large(self.max_bytes, send)
+
+
+class RequestMetrics:
+    """ASGI middleware: count each request by route and status class and time it to the
+    start of its answer (the headers; a live stream's body goes on after that).
+
+    A plain ASGI wrapper of ``send``: Starlette's ``@app.middleware("http")`` ran every
+    request in a task of its own with memory streams between the two, which cost as much
+    CPU as a bare FastAPI route (docs/performance.md)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+        # the labelled children, by (route, status class): .labels() takes a lock each time
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.observe(scope, message["status"], time.perf_counter() - started)
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        path = getattr(scope.get("route"), "path", "unmatched")
+        counter = self._counters.get((path, status // 100))
+        if counter is None:
+            counter = HTTP_REQUESTS.labels(self.service, path, f"{status // 100}xx")
+            self._counters[(path, status // 100)] = counter
+        counter.inc()
+        timer = self._timers.get(path)
+        if timer is None:
+            timer = self._timers[path] = HTTP_LATENCY.labels(self.service, path)
+        timer.observe(seconds)
 
 
 class _BodyTooLarge(HTTPException):
@@ -265,16 +307,7 @@ def make_http_app(
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings.credential_list())
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(runtime.service, path, f"{response.status_code // 100}xx").inc()
-        HTTP_LATENCY.labels(runtime.service, path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics, service=runtime.service)  # outermost: sees the 413s
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

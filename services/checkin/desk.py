@@ -57,6 +57,9 @@ from shared.logging import get_logger
 log = get_logger("clinicflow.checkin.desk")
 SOURCE = "checkin"
 NO_SHOW_HORIZON = timedelta(hours=24)
+# how long a provider seen among a clinic's known providers is taken as known without
+# asking Redis again (two of an arrival's round trips); an unknown one is always asked
+PROVIDERS_KEPT = timedelta(seconds=5)
 
 # publishes events to the floor topic (keyed by clinic); one outcome per event, in order:
 # None when it is safely on Kafka, the exception otherwise
@@ -187,6 +190,8 @@ class CheckinDesk:
         self.publish = publish
         self.config = config
         self.barrier = barrier
+        # by clinic: when its known providers were read, and them (see PROVIDERS_KEPT)
+        self._providers_read: dict[str, tuple[datetime, frozenset[str]]] = {}
 
     def zone(self, clinic_id: str) -> ZoneInfo:
         """The clinic's IANA zone (CLINICFLOW_CLINICS, else the default)."""
@@ -328,11 +333,17 @@ class CheckinDesk:
                 | await self.store.scheduled_providers(clinic_id))
 
     async def _check_provider(self, clinic_id: str, provider_id: str | None,
-                              channel: Channel) -> None:
+                              channel: Channel, now: datetime) -> None:
         if provider_id is None:
             return
+        read = self._providers_read.get(clinic_id)
+        if (read is not None and provider_id in read[1]
+                and timedelta(0) <= now - read[0] < PROVIDERS_KEPT):
+            return  # known a moment ago: providers are added, never taken away so soon
+        known = await self.known_providers(clinic_id)
+        self._providers_read[clinic_id] = (now, frozenset(known))
         try:
-            check_provider(provider_id, await self.known_providers(clinic_id), clinic_id)
+            check_provider(provider_id, known, clinic_id)
         except Refusal as refused:
             m.ARRIVALS_REFUSED.labels(channel, refused.code).inc()
             raise
@@ -352,7 +363,7 @@ class CheckinDesk:
             raise NotFound(f"no appointment {appointment_id!r} on clinic {clinic_id!r}'s "
                            "schedule", "not_found")
         overrides = overrides or ArrivalOverrides()
-        await self._check_provider(clinic_id, overrides.provider_id, channel)
+        await self._check_provider(clinic_id, overrides.provider_id, channel, now)
         return await self._arrive(clinic_id, state, channel=channel, now=now,
                                   overrides=overrides)
 
@@ -390,7 +401,7 @@ class CheckinDesk:
                              now: datetime) -> ArrivalResult:
         """Check in a patient without an appointment (``provider_id`` None: first
         available; one the clinic does not know is ``NotFound``)."""
-        await self._check_provider(clinic_id, walk_in.provider_id, channel)
+        await self._check_provider(clinic_id, walk_in.provider_id, channel, now)
         return await self._publish_arrival(
             clinic_id, new_visit_id(), now=now, channel=channel, appointment=None,
             provider_id=walk_in.provider_id, visit_type=self.visit_type(walk_in.visit_type),
