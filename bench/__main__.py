@@ -3,7 +3,7 @@ bench/results/latest.json and docs/performance.md. Numbers, never assertions.
 
 Sizes can be lowered for a quick run: ``BENCH_SCALE=0.2 make bench``; some benchmarks
 alone: ``BENCH_ONLY=flow_throughput,recovery make bench`` (written to
-bench/results/partial.json only).
+bench/results/partial.json only; the HTTP and screens sections are printed).
 """
 
 from __future__ import annotations
@@ -12,22 +12,16 @@ import asyncio
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench import flow_bench
+from bench import flow_bench, http_bench, sse_bench
 from bench.common import machine
 from bench.scaleout_bench import scale_out
-from shared.admin import ensure_topics
-from tests.helpers import ServiceProcess
 from tools.stack import KAFKA_VERSION, LocalStack, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,60 +33,6 @@ PROFILE = {"note": "500k events of 500 clinics, 2026-12-05", "handler": "86%",
            "checkpoints": "3%", "boards": "4%"}
 
 
-async def checkin_api(bootstrap: str, redis_url: str, workdir: Path,
-                      requests: int = 4000, concurrency: int = 32) -> dict[str, Any]:
-    """Arrivals per second and latency (each waits for Kafka's acks=all), against
-    ``/healthz`` on the same server in the same run as the HTTP floor."""
-    prefix = f"c{uuid.uuid4().hex[:6]}."
-    await ensure_topics(bootstrap, prefix)
-    env = {"CLINICFLOW_KAFKA_BOOTSTRAP": bootstrap, "CLINICFLOW_REDIS_URL": redis_url,
-           "CLINICFLOW_TOPIC_PREFIX": prefix, "CLINICFLOW_REDIS_PREFIX": prefix.rstrip("."),
-           "CLINICFLOW_LOG_LEVEL": "WARNING", "CLINICFLOW_LOG_FORMAT": "json"}
-    service = ServiceProcess("checkin", env, workdir / "checkin-bench.log")
-    service.start()
-    try:
-        await service.wait_ready(60)
-
-        async def load(path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-            latencies: list[float] = []
-            queue: asyncio.Queue[int] = asyncio.Queue()
-            for n in range(requests):
-                queue.put_nowait(n)
-            limits = httpx.Limits(max_connections=concurrency)
-            async with httpx.AsyncClient(base_url=service.url, limits=limits,
-                                         headers={"Authorization": "Bearer dev-front-desk"},
-                                         timeout=30) as client:
-                async def worker() -> None:
-                    while not queue.empty():
-                        n = queue.get_nowait()
-                        started = time.perf_counter()
-                        if body is None:
-                            response = await client.get(path)
-                        else:
-                            response = await client.post(
-                                path, json=body, headers={"Idempotency-Key": f"b-{n}"})
-                        response.raise_for_status()
-                        latencies.append((time.perf_counter() - started) * 1000)
-
-                started = time.perf_counter()
-                await asyncio.gather(*(worker() for _ in range(concurrency)))
-                elapsed = time.perf_counter() - started
-            ordered = sorted(latencies)
-            return {"requests_per_second": round(len(ordered) / elapsed),
-                    "p50_ms": round(statistics.median(ordered), 1),
-                    "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))], 1)}
-
-        health = await load("/healthz", None)
-        arrivals = await load("/clinics/bench/arrivals",
-                              {"provider_id": "dr-b", "visit_type": "follow_up"})
-    finally:
-        service.stop()
-    return {"concurrency": concurrency, "requests": requests, "arrivals": arrivals,
-            "healthz_baseline": health,
-            "healthz_over_arrivals_ratio": round(
-                health["requests_per_second"] / arrivals["requests_per_second"], 2)}
-
-
 def _table(rows: list[tuple[str, str]]) -> str:
     lines = ["| measure | result |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
@@ -102,8 +42,6 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def write_report(results: dict[str, Any], path: Path) -> None:
     m = results["machine"]
     t = results.get("flow_throughput", {})
-    lat = results.get("event_to_screen", {})
-    c = results.get("checkin_api", {})
     r = results.get("recovery", {})
     mem = results.get("memory", {})
     rows = []
@@ -121,20 +59,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
              f"{t['bare_consumer_events_per_second']:,} events/s"),
             ("ratio bare / flow", f"{t['bare_over_flow_ratio']}x"),
         ]
-    for rate, item in lat.items():
-        rows.append((f"event to screen (SSE) at {rate} events/s "
-                     f"(achieved {item['achieved_events_per_second']})",
-                     f"p50 {item['p50_ms']} ms, p99 {item['p99_ms']} ms, max {item['max_ms']} ms"
-                     f" ({item['samples']} samples)"))
-    if c:
-        rows += [
-            (f"check-in arrivals (acks=all), {c['concurrency']} concurrent",
-             f"{c['arrivals']['requests_per_second']:,} req/s, p50 {c['arrivals']['p50_ms']} ms,"
-             f" p99 {c['arrivals']['p99_ms']} ms"),
-            ("same server's /healthz (HTTP floor)",
-             f"{c['healthz_baseline']['requests_per_second']:,} req/s; ratio "
-             f"{c['healthz_over_arrivals_ratio']}x"),
-        ]
+    rows += sse_bench.report_rows(results.get("screens"))
+    rows += http_bench.report_rows(results.get("http"))
     if r:
         rows += [
             (f"rebuild after Redis flush ({r['events']:,} events)", f"{r['rebuild_seconds']} s"),
@@ -164,11 +90,6 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             f"went from {middle['rss_mib']} to {last['rss_mib']} MiB ({grew:+.1f} MiB). "
             + ("That is flat within allocator noise." if abs(grew) <= 15 else
                "That is not flat."))
-    latency = lat.get("500") or lat.get(500)
-    latency_verdict = ""
-    if latency:
-        latency_verdict = (f"This run: p99 {latency['p99_ms']} ms, "
-                           f"{'met' if latency['p99_ms'] < 50 else 'not met'}.")
     text = f"""# Performance
 
 Measured by `make bench` on {results['measured_at']} (numbers, not assertions; each
@@ -241,21 +162,8 @@ remains was measured on 2026-11-24 (tracemalloc) as mostly module code (about 25
 and Prometheus histogram children per clinic, provider and stage (about 16 MiB at 250
 clinics).
 
-## Check-in API
-
-The load generator is Python (httpx, 32 connections) in one process on the same
-two cores as the service, Kafka and Redis, so the `/healthz` baseline measured in
-the same run is the ceiling of this set-up, not of the service; the ratio says
-what an arrival (Redis ticket counter, Kafka publish with `acks=all`,
-idempotency) costs over a bare request. A native load tool (`wrk`, from Debian)
-would measure the service's own ceiling; that is the next step for this benchmark.
-
-## Event to screen
-
-The target is a p99 under 50 ms at 500 events/s. {latency_verdict} The tail at higher
-rates comes from checkpoints, which write every touched clinic's snapshot (about
-20 KiB, 0.3 ms to serialise) in one go; staggering them by partition is the fix.
-"""
+{http_bench.report_section(results.get("http"))}
+{sse_bench.report_section(results.get("screens"))}"""
     path.write_text(text)
 
 
@@ -279,9 +187,8 @@ async def main() -> int:
             ("flow_throughput", lambda: flow_bench.flow_throughput(
                 b, r, workdir, clinics=max(20, int(500 * SCALE)),
                 events=max(10_000, int(500_000 * SCALE)))),
-            ("event_to_screen", lambda: flow_bench.event_to_screen(b, r, workdir)),
-            ("checkin_api", lambda: checkin_api(b, r, workdir,
-                                                requests=max(500, int(4000 * SCALE)))),
+            ("screens", lambda: sse_bench.screens(b, r, workdir, scale=SCALE)),
+            ("http", lambda: http_bench.http(b, r, workdir, scale=SCALE)),
             ("recovery", lambda: flow_bench.recovery(b, r, workdir,
                                                      clinics=max(20, int(600 * SCALE)))),
             ("cost_by_clinics", lambda: asyncio.to_thread(flow_bench.cost_by_clinics, tuple(
@@ -308,6 +215,9 @@ async def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if only:  # a partial run informs; it does not replace the report of a full one
         (out / "partial.json").write_text(json.dumps(results, indent=2))
+        for section in (http_bench.report_section(results.get("http")),
+                        sse_bench.report_section(results.get("screens"))):
+            print(section)
         print("written: bench/results/partial.json (BENCH_ONLY: docs/performance.md kept)")
         return 0
     (out / "latest.json").write_text(json.dumps(results, indent=2))

@@ -8,6 +8,10 @@ watching that clinic. The hub also owns the limits (open streams in total: 503 w
 stream has been quiet for ``heartbeat_seconds``) and the clean-up: a client's place is
 given back however its stream ends (closed, reset, gone before the first byte).
 
+Each message is rendered once per view, not once per client: a stream says which view it
+shows (flow's: the role's), and the hub hands every client of that view the same frame.
+A stream that names no view is rendered for itself.
+
 A client that falls behind either loses its oldest messages (``when_full="keep_newest"``:
 a board replaces the one before, only the newest matters) or has its stream ended so that
 it reconnects and starts from a fresh snapshot (``"resync"``: alerts are changes, none may
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,14 +41,25 @@ HEARTBEAT = b": keep-alive\n\n"
 RETRY = b"retry: 2000\n\n"
 
 
+Render = Callable[[bytes], bytes]
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
 @dataclass(eq=False)
 class Subscription:
-    """One open stream: the clinic it watches, the credential that opened it, its queue
-    (``None`` in the queue ends the stream: the client reconnects and resyncs)."""
+    """One open stream: the clinic it watches, the credential that opened it, its queue of
+    rendered frames (``None`` in the queue ends the stream: the client reconnects and
+    resyncs), how a message becomes its frame and the view that frame belongs to
+    (``None``: its own)."""
 
     clinic_id: str
     credential: str
     queue: asyncio.Queue[bytes | None]
+    render: Render = _as_is
+    view: Hashable | None = None
     closed: bool = field(default=False)
 
 
@@ -103,33 +118,62 @@ class SseHub:
                 delay = min(delay * 2, 10.0)
 
     def deliver(self, clinic_id: str, data: bytes) -> None:
-        """Queue ``data`` for every client watching ``clinic_id``; never blocks."""
-        for subscription in list(self.subscribers.get(clinic_id, ())):
+        """Render ``data`` once per view and queue the frame for every client watching
+        ``clinic_id``; never blocks. A client whose frame could not be rendered has its
+        stream ended (it reconnects and starts from a fresh snapshot)."""
+        watching = self.subscribers.get(clinic_id)
+        if not watching:
+            return
+        frames: dict[Hashable, bytes | None] = {}
+        for subscription in list(watching):
+            view = subscription if subscription.view is None else subscription.view
+            if view in frames:
+                frame = frames[view]
+            else:
+                try:
+                    frame = subscription.render(data)
+                except Exception as exc:
+                    log.warning("live stream message not rendered: streams ended",
+                                hub=self.name, clinic=clinic_id, error=repr(exc))
+                    frame = None
+                frames[view] = frame
+            if frame is None:
+                self._end(subscription)
+                continue
             queue = subscription.queue
             if not queue.full():
-                queue.put_nowait(data)
+                queue.put_nowait(frame)
             elif self.when_full == "keep_newest":
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
-                queue.put_nowait(data)
+                queue.put_nowait(frame)
             else:  # a stalled client: end its stream, it reconnects and resyncs
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    while True:
-                        queue.get_nowait()
-                queue.put_nowait(None)
+                self._end(subscription)
+
+    @staticmethod
+    def _end(subscription: Subscription) -> None:
+        """Drop what the client has not read and end its stream."""
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while True:
+                subscription.queue.get_nowait()
+        subscription.queue.put_nowait(None)
 
     # ----------------------------------------------------------- the clients
 
-    def open(self, clinic_id: str, credential: str) -> Subscription:
+    def open(self, clinic_id: str, credential: str, render: Render = _as_is,
+             view: Hashable | None = None) -> Subscription:
         """A place for one more stream, or the refusal: 503 when the process is full,
-        429 when this credential already has its share."""
+        429 when this credential already has its share. ``render`` makes a message its
+        frame; streams of the same ``view`` share one rendering (None: rendered for this
+        stream alone)."""
         if self.total >= self.max_total:
             raise HTTPException(503, detail=self.busy_detail, headers={"Retry-After": "5"})
         held = self.per_credential.get(credential, 0)
         if self.max_per_credential is not None and held >= self.max_per_credential:
             raise HTTPException(429, detail=f"credential {credential!r} already has "
                                 f"{self.max_per_credential} live connections")
-        subscription = Subscription(clinic_id, credential, asyncio.Queue(self.queue_size))
+        subscription = Subscription(clinic_id, credential, asyncio.Queue(self.queue_size),
+                                    render, view)
         self.subscribers.setdefault(clinic_id, set()).add(subscription)
         self.per_credential[credential] = held + 1
         self.total += 1
@@ -155,13 +199,14 @@ class SseHub:
         self.gauge.set(self.total)
 
     def stream(self, clinic_id: str, credential: str, request: Request, *,
-               first: Callable[[], Awaitable[bytes | None]],
-               render: Callable[[bytes], bytes]) -> StreamingResponse:
+               first: Callable[[], Awaitable[bytes | None]], render: Render,
+               view: Hashable | None = None) -> StreamingResponse:
         """Open a stream (or refuse, see ``open``) and answer with it: ``retry:``, then
         what ``first()`` returns (the snapshot, if any), then ``render(message)`` for each
-        message, keep-alive comments when quiet; it ends when the client goes away or
-        falls behind (resync)."""
-        subscription = self.open(clinic_id, credential)
+        message (once per ``view``, see ``open``), keep-alive comments when quiet; it ends
+        when the client goes away or falls behind (resync)."""
+        subscription = self.open(clinic_id, credential, render, view)
+        queue = subscription.queue
 
         async def events() -> AsyncIterator[bytes]:
             try:
@@ -170,17 +215,20 @@ class SseHub:
                 if opening is not None:
                     yield opening
                 while True:
-                    try:
-                        raw = await asyncio.wait_for(subscription.queue.get(),
-                                                     timeout=self.heartbeat_seconds)
-                    except TimeoutError:
-                        if await request.is_disconnected():
-                            return
-                        yield HEARTBEAT
-                        continue
-                    if raw is None:
+                    try:  # a frame already waiting needs no timer
+                        frame = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        try:
+                            async with asyncio.timeout(self.heartbeat_seconds):
+                                frame = await queue.get()
+                        except TimeoutError:
+                            if await request.is_disconnected():
+                                return
+                            yield HEARTBEAT
+                            continue
+                    if frame is None:
                         return
-                    yield render(raw)
+                    yield frame
             finally:
                 self.close(subscription)
 

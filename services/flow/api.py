@@ -8,12 +8,13 @@ consumer applies them like any other fact. Every command honours an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.flow import metrics as m
@@ -116,6 +117,57 @@ def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
     }
 
 
+class BoardViews:
+    """What each role sees of a clinic's board, rendered once per board: the answer of a
+    GET (JSON) and the frame of a live stream (SSE). Every screen and station of a clinic
+    asks for the same few views of the same board; the last rendering of each (clinic,
+    role, form) is kept, at most ``size`` of them (the oldest go first)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._kept: dict[tuple[str, str, bool], tuple[bytes, bytes]] = {}
+
+    def render(self, clinic_id: str, role: str, raw: bytes, *, frame: bool) -> bytes:
+        """``raw`` (the board as stored) as ``role`` sees it: JSON, or with ``frame`` an
+        SSE ``board`` event."""
+        key = (clinic_id, role, frame)
+        kept = self._kept.get(key)
+        if kept is not None and (kept[0] is raw or kept[0] == raw):
+            return kept[1]
+        # a manager sees the whole board: the stored JSON is already the answer
+        body = raw if role == "manager" else orjson.dumps(view_for(orjson.loads(raw), role))
+        rendered = b"event: board\ndata: " + body + b"\n\n" if frame else body
+        if kept is None and len(self._kept) >= self.size:
+            del self._kept[next(iter(self._kept))]
+        self._kept[key] = (raw, rendered)
+        return rendered
+
+
+class SnapshotReads:
+    """The boards a new stream opens with, read from Redis at most once at a time per
+    clinic and at most ``at_once`` clinics at a time. A thousand screens reconnecting
+    together (a restart, a network blip) took a pooled Redis connection each, past the
+    pool's size (100), and their streams failed."""
+
+    def __init__(self, store: FlowStore, at_once: int = 32) -> None:
+        self.store = store
+        self.slots = asyncio.Semaphore(at_once)
+        self.reading: dict[str, asyncio.Future[bytes | None]] = {}
+
+    async def read(self, clinic_id: str) -> bytes | None:
+        pending = self.reading.get(clinic_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read(clinic_id))
+            self.reading[clinic_id] = pending
+            pending.add_done_callback(lambda _: self.reading.pop(clinic_id, None))
+        # a stream that goes away while waiting leaves the read to the others
+        return await asyncio.shield(pending)
+
+    async def _read(self, clinic_id: str) -> bytes | None:
+        async with self.slots:
+            return await self.store.board(clinic_id)
+
+
 def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_topic: str,
                 idempotency: IdempotencyStore, clinics: ClinicDirectory | None = None
                 ) -> APIRouter:
@@ -123,14 +175,8 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     against them and the board); None: none configured."""
     router = APIRouter(responses=REFUSALS)
     clinics = clinics if clinics is not None else ClinicDirectory.parse(None)
-
-    async def current_board(clinic_id: str) -> dict[str, Any]:
-        raw = await store.board(clinic_id)
-        if raw is None:
-            raise HTTPException(404, detail=f"no board for clinic {clinic_id!r}: nothing has "
-                                "happened there today")
-        board: dict[str, Any] = orjson.loads(raw)
-        return board
+    views = BoardViews()
+    snapshots = SnapshotReads(store)
 
     async def board_or_empty(clinic_id: str) -> dict[str, Any]:
         raw = await store.board(clinic_id)
@@ -206,12 +252,17 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         clinics = [c for c in await store.clinics() if principal.allows_clinic(c)]
         return {"clinics": clinics}
 
-    @router.get("/clinics/{clinic_id}/board", tags=["boards"],
+    @router.get("/clinics/{clinic_id}/board", tags=["boards"], response_model=dict[str, Any],
                 summary="The clinic's board: waiting patients by ticket code, rooms, providers")
     async def get_board(clinic_id: ClinicId,
-                        principal: Principal = Depends(read_board)) -> dict[str, Any]:
+                        principal: Principal = Depends(read_board)) -> Response:
         principal.require_clinic(clinic_id)
-        return view_for(await current_board(clinic_id), principal.role)
+        raw = await store.board(clinic_id)
+        if raw is None:
+            raise HTTPException(404, detail=f"no board for clinic {clinic_id!r}: nothing has "
+                                "happened there today")
+        return Response(views.render(clinic_id, principal.role, raw, frame=False),
+                        media_type="application/json")
 
     @router.get("/clinics/{clinic_id}/stream", tags=["boards"],
                 summary="Server-Sent Events: the board each time it changes",
@@ -219,15 +270,18 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     async def stream(clinic_id: ClinicId, request: Request,
                      principal: Principal = Depends(read_board)) -> StreamingResponse:
         principal.require_clinic(clinic_id)
+        role = principal.role
 
         def render(raw: bytes) -> bytes:
-            return _sse(view_for(orjson.loads(raw), principal.role))
+            return views.render(clinic_id, role, raw, frame=True)
 
         async def first() -> bytes | None:
-            board = await store.board(clinic_id)
+            board = await snapshots.read(clinic_id)
             return None if board is None else render(board)
 
-        return hub.stream(clinic_id, principal.name, request, first=first, render=render)
+        # every stream of a role shows the same frame of each board: rendered once
+        return hub.stream(clinic_id, principal.name, request, first=first, render=render,
+                          view=role)
 
     @router.post("/clinics/{clinic_id}/rooms/{room_id}/ready", status_code=202,
                  tags=["floor commands"], summary="A room is clean and can take the next patient")
@@ -353,7 +407,3 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                              request, idempotency_key, principal, check=check)
 
     return router
-
-
-def _sse(board: dict[str, Any]) -> bytes:
-    return b"event: board\ndata: " + orjson.dumps(board) + b"\n\n"

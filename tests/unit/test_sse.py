@@ -195,3 +195,40 @@ async def test_a_refused_stream_takes_no_place() -> None:
     refused = refusal(lambda: hub.stream("north", "station", FakeClient().request(),
                                          first=snapshot, render=bytes))
     assert refused.status_code == 429 and hub.total == 1
+
+
+# ------------------------------------------------------------ rendered once
+
+
+def test_each_board_is_rendered_once_per_view_and_every_screen_of_it_gets_that_frame() -> None:
+    hub = make_hub(max_per_credential=None)
+    rendered: list[tuple[str, bytes]] = []
+
+    def render_as(view: str) -> Callable[[bytes], bytes]:
+        def render(raw: bytes) -> bytes:
+            rendered.append((view, raw))
+            return view.encode() + b":" + raw
+        return render
+
+    tvs = [hub.open("north", "tv", render_as("screen"), "screen") for _ in range(3)]
+    stations = [hub.open("north", "station", render_as("nurse"), "nurse") for _ in range(2)]
+    alone = hub.open("north", "other", render_as("own"))  # no view: rendered for itself
+    hub.deliver("north", b"board-1")
+    assert sorted(rendered) == [("nurse", b"board-1"), ("own", b"board-1"),
+                                ("screen", b"board-1")]
+    assert {tv.queue.get_nowait() for tv in tvs} == {b"screen:board-1"}
+    assert {s.queue.get_nowait() for s in stations} == {b"nurse:board-1"}
+    assert alone.queue.get_nowait() == b"own:board-1"
+
+
+def test_a_board_that_cannot_be_rendered_ends_the_streams_of_that_view_only() -> None:
+    hub = make_hub(max_per_credential=None)
+
+    def broken(raw: bytes) -> bytes:
+        raise ValueError("not a board")
+
+    tv = hub.open("north", "tv", broken, "screen")
+    station = hub.open("north", "station", lambda raw: raw, "nurse")
+    hub.deliver("north", b"board-1")
+    assert tv.queue.get_nowait() is None  # the screen reconnects and starts afresh
+    assert station.queue.get_nowait() == b"board-1"
