@@ -19,14 +19,20 @@ The model, in the clinic's words:
    events, starting from priors so the first patient already gets an
    estimate.
 
-3. **Learn how wrong the look-ahead is.** What the look-ahead cannot see
-   (patients who arrive later but go first, nurses' reaction time,
+3. **Learn how wrong the look-ahead is, per situation.** What the look-ahead
+   cannot see (patients who arrive later but go first, nurses' reaction time,
    walk-outs) shows up as a systematic error. Every roomed visit's past
    estimates are compared with its true wait, sampled as the backtest
-   samples them; the median of those errors corrects the estimate and
-   their 10th and 90th percentiles give the 80% interval. Errors are kept
-   relative to the size of the estimate, so the interval widens with the
-   wait.
+   samples them, and filed under the situation the estimate was made in
+   (how many were ahead, whether the provider or the clinic had announced a
+   delay: ``situation``). The median of a situation's errors corrects the
+   estimate and their 10th and 90th percentiles give the 80% interval, shrunk
+   towards the whole day's errors while the situation has been seen only a
+   few times. Errors are kept relative to the size of the estimate, so the
+   interval widens with the wait. A routine patient who came early to a
+   floor that keeps up is roomed when their appointment allows: their range
+   is the minutes to the appointment plus the spread of how long before or
+   after their appointment such patients were roomed today, which is narrow.
 
 Cost per event grows with the clinic's open visits and rooms, not with the
 day's history: learned statistics are running sums and bounded windows.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain
@@ -63,7 +70,17 @@ SAMPLE_EVERY = timedelta(minutes=5)
 # A prior spread of relative errors (about +-50%), displaced as real errors arrive.
 PRIOR_ERRORS = (-0.45, -0.25, -0.1, 0.0, 0.15, 0.35, 0.6, 0.9)
 EARLY_ROOMING_PRIOR_MINUTES = -10.0
+SITUATION_WINDOW = 200  # errors kept per situation
+AT_APPOINTMENT = 0  # the situation of a patient roomed as soon as their appointment allows
+# minutes from appointment to rooming of such patients, before the day shows its own
+DELAYED = 8  # added to the situation of a patient whose provider or clinic runs late
+_POSITION_BANDS = (1, 2, 2, 3, 3, 3, 3, 4)  # patients ahead: 0, 1-2, 3-6, 7 or more
+PRIOR_OFFSETS = (-10.0, -8.0, -6.0, -4.0, -2.0, 0.0, 3.0, 8.0)
+SITUATION_WEIGHT = 20.0  # errors a situation needs to count as much as the whole day's
 HORIZON_GUARD = 500  # never simulate more patients than this ahead (pathological queues)
+# a provider with no patient on the floor who started one this recently is between
+# patients, not gone: a walk-in for the first available provider may go to them
+BETWEEN_PATIENTS = timedelta(minutes=90)
 POOL_LEARNING_ROOMINGS = 6  # roomings before a provider's usual rooms are trusted as a pool
 
 
@@ -101,7 +118,8 @@ class WaitEstimate:
 @dataclass(slots=True)
 class _History:
     arrived_at: datetime
-    estimates: list[tuple[datetime, float]] = field(default_factory=list)  # (made_at, raw)
+    # (made_at, raw, situation)
+    estimates: list[tuple[datetime, float, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -151,11 +169,18 @@ class WaitEstimator:
         self.intake = RunningMean(INTAKE_PRIOR_MINUTES)
         self.handover = RunningMean(HANDOVER_PRIOR_MINUTES)
         self.active_providers: set[str] = set()  # providers who have started seeing patients
+        self.last_seen: dict[str, datetime] = {}  # when each last started seeing a patient
         self.cleaning = RunningMean(CLEANING_PRIOR_MINUTES)
         self.habits: dict[str | None, ProviderHabits] = {}
         self.rooms_used: dict[str, RoomsUsed] = {}
         self.errors: deque[float] = deque(PRIOR_ERRORS, maxlen=ERROR_WINDOW)
+        # the same errors by the situation the estimate was made in (``situation``)
+        self.situation_errors: dict[int, deque[float]] = {}
+        # minutes from appointment to rooming, for estimates made AT_APPOINTMENT
+        self.appointment_offsets: deque[float] = deque(PRIOR_OFFSETS, maxlen=SITUATION_WINDOW)
+        self._offset_quantiles: tuple[float, float, float] | None = None
         self._quantiles: tuple[float, float, float] | None = None
+        self._situation_quantiles: dict[int, tuple[float, float, float]] = {}
         self._histories: dict[str, _History] = {}
         self.recent_waits: deque[float] = deque(maxlen=5)  # for the rolling-average comparison
         # minutes from appointment to rooming for patients who came early: how early
@@ -206,6 +231,7 @@ class WaitEstimator:
         """
         if provider_id is not None:
             self.active_providers.add(provider_id)
+            self.last_seen[provider_id] = at
         if roomed_at is None:
             return
         if provider_free_since is None or provider_free_since <= roomed_at:
@@ -233,11 +259,24 @@ class WaitEstimator:
         if history is None or visit.roomed_at is None or not history.estimates:
             return
         roomed_at = visit.roomed_at
-        for made_at, raw in history.estimates:
+        by_situation = self.situation_errors
+        offset = None if visit.scheduled_at is None \
+            else (roomed_at - visit.scheduled_at).total_seconds() / 60.0
+        for made_at, raw, situation in history.estimates:
             if made_at < roomed_at:
+                if situation == AT_APPOINTMENT and offset is not None:
+                    self.appointment_offsets.append(offset)
+                    self._offset_quantiles = None
+                    continue
                 true = (roomed_at - made_at).total_seconds() / 60.0
-                self.errors.append((true - raw) / (raw + SCALE_MINUTES))
+                error = (true - raw) / (raw + SCALE_MINUTES)
+                self.errors.append(error)
+                errors = by_situation.get(situation)
+                if errors is None:
+                    errors = by_situation[situation] = deque(maxlen=SITUATION_WINDOW)
+                errors.append(error)
                 self._quantiles = None
+                self._situation_quantiles.clear()
 
     def forget(self, visit_id: str) -> None:
         """A visit ended without being roomed: drop its estimate history."""
@@ -269,17 +308,32 @@ class WaitEstimator:
     def quantiles(self) -> tuple[float, float, float]:
         """(10th, 50th, 90th) percentiles of the relative errors seen today."""
         if self._quantiles is None:
-            ordered = sorted(self.errors)
-            n = len(ordered)
-
-            def q(p: float) -> float:
-                position = p * (n - 1)
-                lower = math.floor(position)
-                upper = min(n - 1, lower + 1)
-                return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
-
-            self._quantiles = (q(0.1), q(0.5), q(0.9))
+            self._quantiles = _quantiles(self.errors)
         return self._quantiles
+
+    def offset_quantiles(self) -> tuple[float, float, float]:
+        """(10th, 50th, 90th) percentiles of the minutes from appointment to rooming of
+        patients estimated to be roomed as soon as their appointment allowed."""
+        if self._offset_quantiles is None:
+            self._offset_quantiles = _quantiles(self.appointment_offsets)
+        return self._offset_quantiles
+
+    def situation_quantiles(self, situation: int) -> tuple[float, float, float]:
+        """The percentiles of the errors made in ``situation``, shrunk towards the day's:
+        a situation seen a few times moves the range a little, one seen often sets it."""
+        cached = self._situation_quantiles.get(situation)
+        if cached is None:
+            pooled = self.quantiles()
+            errors = self.situation_errors.get(situation)
+            if not errors:
+                cached = pooled
+            else:
+                own = _quantiles(errors)
+                w = len(errors) / (len(errors) + SITUATION_WEIGHT)
+                cached = (w * own[0] + (1 - w) * pooled[0], w * own[1] + (1 - w) * pooled[1],
+                          w * own[2] + (1 - w) * pooled[2])
+            self._situation_quantiles[situation] = cached
+        return cached
 
     def earliest_rooming(self) -> float:
         """How many minutes before (negative) or after the appointment this clinic rooms
@@ -294,10 +348,22 @@ class WaitEstimator:
         waiting = clinic.waiting()
         if not waiting:
             return []
-        raw = self._look_ahead(clinic, waiting, now)
-        q10, q50, q90 = self.quantiles()
+        raw, situations = self._look_ahead(clinic, waiting, now)
+        quantiles = self.situation_quantiles
         estimates = []
-        for position, (visit, minutes) in enumerate(zip(waiting, raw, strict=True), start=1):
+        for position, (visit, minutes, situation) in enumerate(
+                zip(waiting, raw, situations, strict=True), start=1):
+            if situation == AT_APPOINTMENT:
+                # roomed when the appointment allows: minutes to it plus the usual offset
+                to_appointment = minutes - self.earliest_rooming()
+                o10, o50, o90 = self.offset_quantiles()
+                low = max(0.0, to_appointment + o10)
+                high = max(low, to_appointment + o90)
+                centre = min(max(to_appointment + o50, low), high)
+                estimates.append(WaitEstimate(visit.visit_id, now, round(centre, 1),
+                                              round(low, 1), round(high, 1), position, minutes))
+                continue
+            q10, q50, q90 = quantiles(situation)
             scale = minutes + SCALE_MINUTES
             centre = max(0.0, minutes + q50 * scale)
             low = max(0.0, minutes + q10 * scale)
@@ -318,21 +384,22 @@ class WaitEstimator:
         waiting = clinic.waiting()
         if not waiting:
             return
-        raw = self._look_ahead(clinic, waiting, now)
+        raw, situations = self._look_ahead(clinic, waiting, now)
         histories = self._histories
-        for visit, minutes in zip(waiting, raw, strict=True):
+        for visit, minutes, situation in zip(waiting, raw, situations, strict=True):
             history = histories.get(visit.visit_id)
             if history is None:
                 history = histories[visit.visit_id] = _History(visit.arrived_at)
             made = history.estimates
             if made and made[-1][0] == now:
-                made[-1] = (now, minutes)
+                made[-1] = (now, minutes, situation)
             elif len(made) < 200:
-                made.append((now, minutes))
+                made.append((now, minutes, situation))
 
-    def _look_ahead(self, clinic: Clinic, waiting: list[Visit], now: datetime) -> list[float]:
+    def _look_ahead(self, clinic: Clinic, waiting: list[Visit], now: datetime,
+                    ) -> tuple[list[float], list[int]]:
         """Play the floor forward with expected durations; minutes until each of ``waiting``
-        is roomed, in the same order.
+        is roomed, in the same order, and the situation of each (``situation``).
 
         Runs at every recorded event with a floor of a few visits and rooms, so the
         fixed cost of a call counts: no closures, minutes since a time written out
@@ -377,6 +444,11 @@ class WaitEstimator:
                     provider_set.add(visit.provider_id)
             elif visit.provider_id:
                 provider_set.add(visit.provider_id)
+        if self.last_seen:
+            recently = now - BETWEEN_PATIENTS
+            for provider, seen in self.last_seen.items():
+                if seen > recently:
+                    provider_set.add(provider)
         # those with their provider now come first: the provider finishes them before the
         # next; each group by rooming (a stable sort: ties keep the floor's order)
         if len(seeing) > 1:
@@ -478,14 +550,18 @@ class WaitEstimator:
         bisect_right, insort = bisect.bisect_right, bisect.insort
 
         result: list[float] = []
+        situations: list[int] = []
         for count, visit in enumerate(waiting):
             if count >= HORIZON_GUARD:
                 result.append(result[HORIZON_GUARD - 1])
+                situations.append(situations[HORIZON_GUARD - 1])
                 continue
             not_before = clinic_until
+            gate = -math.inf  # when the appointment lets a routine patient be roomed
             if visit.scheduled_at is not None and visit.priority != "urgent" and not visit.late:
-                not_before = max(not_before,
-                                 -((now - visit.scheduled_at).total_seconds() / 60.0) + earliest)
+                gate = -((now - visit.scheduled_at).total_seconds() / 60.0) + earliest
+                if gate > not_before:
+                    not_before = gate
             candidates = (visit.provider_id,) if visit.provider_id is not None else providers
             best_start = math.inf
             best_provider: str | None = None
@@ -538,13 +614,43 @@ class WaitEstimator:
             if room_at >= 0:
                 free_at[room_at] = end + cleaning
             result.append(max(0.0, start))
-        return result
+            situations.append(situation(count, start <= gate, provider in delays or
+                                        clinic_until > 0.0))
+        return result, situations
 
     def rolling_average(self) -> float | None:
         """What clinics show today: the mean of the last five finished waits."""
         if not self.recent_waits:
             return None
         return sum(self.recent_waits) / len(self.recent_waits)
+
+
+def situation(count: int, at_appointment: bool, delayed: bool) -> int:
+    """The situation an estimate is made in, as a small number: errors are learned and
+    ranges set per situation.
+
+    * the look-ahead rooms the patient as soon as their appointment allows (a routine
+      patient who came early to a floor that keeps up): little can go wrong; or
+    * the patient waits for the floor, by how many are ahead (0, 1-2, 3-6, 7 or more):
+      the further back, the more can overtake or run long;
+    * and either way, whether their provider (or the whole clinic) has announced a delay.
+    """
+    code = AT_APPOINTMENT if at_appointment else _POSITION_BANDS[min(count, 7)]
+    return code + DELAYED if delayed else code
+
+
+def _quantiles(errors: Iterable[float]) -> tuple[float, float, float]:
+    """(10th, 50th, 90th) percentiles, interpolated."""
+    ordered = sorted(errors)
+    n = len(ordered)
+
+    def q(p: float) -> float:
+        position = p * (n - 1)
+        lower = math.floor(position)
+        upper = min(n - 1, lower + 1)
+        return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+    return q(0.1), q(0.5), q(0.9)
 
 
 def _remaining(expected: float, elapsed: float) -> float:

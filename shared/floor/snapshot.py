@@ -15,7 +15,13 @@ import orjson
 
 from shared.floor.clinic_flow import ClinicFlow
 from shared.floor.day_stats import DayStats
-from shared.floor.estimator import ProviderHabits, RoomsUsed, RunningMean, _History
+from shared.floor.estimator import (
+    SITUATION_WINDOW,
+    ProviderHabits,
+    RoomsUsed,
+    RunningMean,
+    _History,
+)
 from shared.floor.model import Delay, Room, RoomState, Visit, VisitStatus, _UndoRecord
 
 SNAPSHOT_VERSION = 1
@@ -169,10 +175,13 @@ def _document(
             "habits": [[k, list(h.observed)] for k, h in estimator.habits.items()],
             "rooms_used": {k: [sorted(u.rooms), u.count] for k, u in estimator.rooms_used.items()},
             "errors": list(estimator.errors),
+            "situation_errors": {str(k): list(e) for k, e in estimator.situation_errors.items()},
+            "offsets": list(estimator.appointment_offsets),
+            "last_seen": {k: t(at) for k, at in estimator.last_seen.items()},
             "early": list(estimator.early_rooming),
             "recent_waits": list(estimator.recent_waits),
             "histories": {
-                k: [t(h.arrived_at), [[t(at), raw] for at, raw in h.estimates]]
+                k: [t(h.arrived_at), [[t(at), raw, s] for at, raw, s in h.estimates]]
                 for k, h in estimator._histories.items()
             },
         },
@@ -219,12 +228,19 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
     estimator.rooms_used = {k: RoomsUsed(set(rooms), count)
                             for k, (rooms, count) in est["rooms_used"].items()}
     estimator.errors = deque(est["errors"], maxlen=estimator.errors.maxlen)
+    estimator.situation_errors = {int(k): deque(e, maxlen=SITUATION_WINDOW)
+                                  for k, e in est.get("situation_errors", {}).items()}
+    if "offsets" in est:
+        estimator.appointment_offsets = deque(est["offsets"], maxlen=SITUATION_WINDOW)
+    estimator.last_seen = {k: _dt(at) for k, at in est.get("last_seen", {}).items()}  # type: ignore[misc]
     estimator.early_rooming = deque(est["early"], maxlen=estimator.early_rooming.maxlen)
     estimator.recent_waits = deque(est["recent_waits"], maxlen=5)
     for visit_id, (arrived, estimates) in est["histories"].items():
         arrived_at = _dt(arrived)
         assert arrived_at is not None
+        # an estimate from before situations were kept: waiting for the floor, first
         estimator._histories[visit_id] = _History(
-            arrived_at, [(_dt(at) or arrived_at, raw) for at, raw in estimates]
+            arrived_at, [(_dt(e[0]) or arrived_at, e[1], e[2] if len(e) > 2 else 1)
+                         for e in estimates]
         )
     return flow

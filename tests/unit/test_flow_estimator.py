@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import UTC, datetime, timedelta
 
 from shared import events as ev
@@ -83,12 +84,18 @@ def test_a_late_start_lengthens_only_that_providers_patients_waits() -> None:
     assert waits(flow, 10)["p3"] == before["p3"]
 
 
+def look_ahead(flow: ClinicFlow, minute: float) -> dict[str, float]:
+    return {e.visit_id: e.raw_minutes for e in flow.estimates(at(minute))}
+
+
 def test_running_behind_is_already_on_the_floor_and_is_not_counted_twice() -> None:
     flow = busy_clinic()  # Dr. Lee is seeing v1 now
-    before = waits(flow, 10)
+    before = look_ahead(flow, 10)
     flow.apply(ev.DelayAnnounced(provider_id="dr-lee", minutes=25, reason="running behind"),
                at(10))
-    assert waits(flow, 10) == before
+    # the floor played forward is the same; only the range learned for patients of a
+    # provider running late (none roomed yet: the day's) applies
+    assert look_ahead(flow, 10) == before
 
 
 def test_a_clinic_wide_stop_holds_everyone_until_it_ends() -> None:
@@ -178,3 +185,53 @@ def test_a_clinic_whose_every_room_is_out_of_service_still_gets_estimates() -> N
     (estimate,) = flow.estimates(at(3))
     assert estimate.visit_id == "v1"
     assert 0 <= estimate.low <= estimate.wait_minutes <= estimate.high
+
+
+def test_an_early_patient_on_a_floor_that_keeps_up_is_estimated_from_their_appointment(
+) -> None:
+    """The clinic rooms routine patients 5 minutes before their appointment; once the day
+    shows it, a patient who comes 30 minutes early is told about 25 minutes, narrowly."""
+    flow = ClinicFlow("north")
+    for room in ("r1", "r2", "r3"):
+        flow.apply(ev.RoomReady(room_id=room), at(0))
+    for n in range(12):  # each comes 20 minutes early and is roomed 5 minutes before
+        visit, slot = f"e{n}", 30.0 + 20 * n
+        flow.apply(arrival(visit, scheduled=slot), at(slot - 20))
+        flow.apply(ev.PatientRoomed(visit_id=visit, room_id="r1"), at(slot - 5))
+        flow.apply(ev.ProviderIn(visit_id=visit), at(slot - 4))
+        flow.apply(ev.PatientCheckedOut(visit_id=visit), at(slot + 8))
+        flow.apply(ev.RoomReady(room_id="r1"), at(slot + 9))
+    now = 30.0 + 20 * 12
+    flow.apply(arrival("x", scheduled=now + 30), at(now))
+    (estimate,) = flow.estimates(at(now))
+    assert 22 <= estimate.wait_minutes <= 28
+    assert estimate.low <= 25 <= estimate.high
+    assert estimate.high - estimate.low <= 8  # the day has shown how exact it is
+
+
+def test_a_first_available_walk_in_goes_to_a_provider_between_patients() -> None:
+    flow = busy_clinic()  # Dr. Lee has two patients in rooms and three waiting
+    flow.apply(ev.RoomReady(room_id="r3"), at(9))
+    flow.apply(ev.RoomReady(room_id="r4"), at(9))
+    flow.apply(arrival("k1", "dr-kim"), at(9))
+    flow.apply(ev.PatientRoomed(visit_id="k1", room_id="r3"), at(10))
+    flow.apply(ev.ProviderIn(visit_id="k1"), at(11))
+    flow.apply(ev.PatientCheckedOut(visit_id="k1"), at(25))
+    flow.apply(ev.RoomReady(room_id="r3"), at(26))
+    # Dr. Kim has nobody on the floor now but was seeing patients a quarter hour ago
+    flow.apply(arrival("w1", None), at(27))
+    assert waits(flow, 27)["w1"] < 5
+
+
+def test_ranges_are_learned_per_situation() -> None:
+    """Errors made for patients far back in the queue set their range; the first in
+    line keeps the day's."""
+    flow = busy_clinic()
+    estimator = flow.estimator
+    before_first, before_far = (estimator.situation_quantiles(1),
+                                estimator.situation_quantiles(3))
+    for _ in range(60):  # far back in the queue, the wait ran twice the look-ahead
+        estimator.situation_errors.setdefault(3, deque(maxlen=200)).append(1.0)
+    estimator._situation_quantiles.clear()
+    assert estimator.situation_quantiles(1) == before_first
+    assert estimator.situation_quantiles(3)[1] > before_far[1] + 0.5
