@@ -83,15 +83,17 @@ class Undo(BaseModel):
 
 
 class BoardHub(SseHub):
-    """Boards fanned out to live screens by clinic: a slow screen skips to the newest board
-    (only the newest matters); 429 past ``max_per_credential``, 503 past ``max_total``."""
+    """Boards fanned out to live screens by clinic: a screen that has not taken its last
+    board yet gets the newest one in its place (only the newest matters, and a busy
+    process sends no stale boards); 429 past ``max_per_credential``, 503 past
+    ``max_total``."""
 
     def __init__(self, runtime: ServiceRuntime, store: FlowStore, max_total: int,
                  max_per_credential: int) -> None:
         super().__init__(runtime, name="flow-board-hub", pattern=store.changes_pattern,
                          clinic_of_channel=store.clinic_of_channel, gauge=m.SSE_CLIENTS,
                          max_total=max_total, max_per_credential=max_per_credential,
-                         queue_size=4, when_full="keep_newest")
+                         queue_size=1, when_full="keep_newest")
 
 
 def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
