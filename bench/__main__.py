@@ -21,6 +21,9 @@ from typing import Any
 
 from bench import flow_bench, http_bench, sse_bench
 from bench.common import machine
+from bench.feed_bench import ehr_feed
+from bench.feed_bench import report_rows as feed_rows
+from bench.feed_bench import report_section as feed_section
 from bench.scaleout_bench import scale_out
 from tools.stack import KAFKA_VERSION, LocalStack, free_port
 
@@ -71,6 +74,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                      f"({item['events']:,} events)",
                      f"{item['us_per_event']} µs; ratio to the smallest "
                      f"{item['ratio_to_smallest']}x"))
+    rows += feed_rows(results.get("ehr_feed"))
     for sample in mem.get("samples", []):
         rows.append((f"flow resident memory after {sample['events']:,} events "
                      f"({mem['clinics']} clinics, day after day)", f"{sample['rss_mib']} MiB"))
@@ -164,7 +168,7 @@ clinics).
 
 {http_bench.report_section(results.get("http"))}
 {sse_bench.report_section(results.get("screens"))}"""
-    path.write_text(text)
+    path.write_text(text + feed_section(results.get("ehr_feed")))
 
 
 async def main() -> int:
@@ -198,6 +202,7 @@ async def main() -> int:
                                            (100_000, 1_000_000, 3_000_000)))),
             ("scale_out", lambda: scale_out(b, r, workdir, clinics=max(20, int(500 * SCALE)),
                                             events=max(20_000, int(300_000 * SCALE)))),
+            ("ehr_feed", lambda: ehr_feed(b, r, workdir, patients=max(200, int(1500 * SCALE)))),
         ]
         only = {n for n in os.environ.get("BENCH_ONLY", "").split(",") if n}
         for name, step in steps:

@@ -9,6 +9,13 @@ with what a feed needs around them:
   our visit once, so a second registration of it is not a second arrival and a cancel
   or end names the right one. The EHR's identifier is kept only as a keyed digest.
 
+- **no clinic-wide lock**: a message waits only for messages of the same subject in
+  this process (``subject_lock``); a booking holds its one appointment in Redis
+  (``CheckinStore.hold_appointment``: a whole-file import of the clinic and a feed's
+  booking never run at once, and two messages never change one appointment at once),
+  so one clinic's messages about different appointments and visits are applied side by
+  side.
+
 Refusals are ``shared.errors`` kinds (the HL7 feed turns them into AE/AR, the FHIR API
 into HTTP statuses). No HL7 or FHIR here.
 """
@@ -18,17 +25,35 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from services.checkin.desk import ArrivalOverrides, CheckinDesk, WalkIn
-from services.checkin.domain import ID_PATTERN, Appointment, AppointmentState, kiosk_days
-from services.checkin.schedule import ParsedSchedule
-from services.checkin.store import FEED_PENDING, CheckinStore
+from services.checkin import metrics as m
+from services.checkin.desk import SOURCE, ArrivalOverrides, CheckinDesk, WalkIn
+from services.checkin.domain import (
+    ID_PATTERN,
+    Appointment,
+    AppointmentState,
+    clinic_day,
+    kiosk_code,
+    kiosk_days,
+    plan_import,
+)
+from services.checkin.store import FEED_PENDING, CheckinStore, VisitClaim
+from shared import events as ev
 from shared.errors import Conflict, NotFound, Unavailable
+from shared.logging import get_logger
+
+log = get_logger("clinicflow.checkin.ehr")
+KIOSK_CODE_TRIES = 8
+# what a booking makes of the appointment as stored (None: not stored); None: nothing
+Build = Callable[[Appointment | None], Appointment | None]
+# queues, into the Redis transaction that stores a change, what the caller keeps with it
+# (the HL7 feed: its ACK and order mark); given what happened, in words
+Finish = Callable[[str, Any], None]
 
 EndReason = Literal["entered_in_error", "ended"]
 
@@ -39,7 +64,7 @@ class EhrCommands:
     def __init__(self, desk: CheckinDesk, store: CheckinStore) -> None:
         self.desk = desk
         self.store = store
-        self._clinics: dict[str, asyncio.Lock] = {}
+        self._subjects: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # ------------------------------------------------------------------ order
 
@@ -53,12 +78,21 @@ class EhrCommands:
         await self.store.mark_feed_seen(clinic, subject, at)
 
     @asynccontextmanager
-    async def schedule_lock(self, clinic: str) -> AsyncIterator[None]:
-        """One schedule change of a clinic at a time in this process (the desk's import
-        holds the clinic's lock in Redis and refuses a second import meanwhile)."""
-        lock = self._clinics.setdefault(clinic, asyncio.Lock())
-        async with lock:
-            yield
+    async def subject_lock(self, clinic: str, subject: str) -> AsyncIterator[None]:
+        """One message about ``subject`` (an appointment, an EHR visit, a patient) at a time
+        in this process, so its order check and its change are one step; messages about
+        other subjects go on meanwhile. The lock is dropped once nobody holds or awaits
+        it."""
+        key = f"{clinic}|{subject}"
+        lock, users = self._subjects.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._subjects[key]
 
     def ehr_visit(self, clinic: str, number: str) -> str:
         """A keyed digest of the EHR's visit identifier (the identifier is not kept)."""
@@ -67,49 +101,124 @@ class EhrCommands:
 
     # --------------------------------------------------------------- schedule
 
-    async def book(self, clinic: str, appointment: Appointment, *, now: datetime,
-                   providers: dict[str, str] | None = None,
-                   rooms: dict[str, str] | None = None) -> str:
-        """Book, change or cancel one appointment through the desk's schedule import
-        (published only when it changed). Returns what happened, in words."""
-        parsed = ParsedSchedule(appointments=[appointment], rows=1,
-                                providers=dict(providers or {}), rooms=dict(rooms or {}))
-        result = await self.desk.import_schedule(clinic, parsed, fmt="ehr", dry_run=False,
-                                                 now=now)
-        if result.created:
-            return "appointment booked" if appointment.status == "booked" \
+    async def book(self, clinic: str, appointment_id: str, build: Build, *, now: datetime,
+                   holder: str, providers: dict[str, str] | None = None,
+                   rooms: dict[str, str] | None = None,
+                   held: tuple[int, Appointment | None] | None = None,
+                   finish: Finish | None = None) -> str:
+        """Book, change or cancel one appointment as the desk's schedule import would
+        (the same planning, kiosk code and ``appointment.scheduled``, published only when
+        it changed), holding only that appointment: ``build`` makes the appointment from
+        the one stored. ``holder`` names the message (a resend of it takes its own hold
+        back); ``held``: the hold already asked for (``CheckinStore.feed_state``);
+        ``finish``: what to store with the change. Returns what happened, in words;
+        ``Conflict`` (``import_running``) while an import of the clinic runs or another
+        message changes the appointment."""
+        answer, stored = held or await self.store.hold_appointment(clinic, appointment_id,
+                                                                   holder)
+        if answer != 1:
+            raise Conflict("a schedule import of this clinic is running" if answer == 0 else
+                           f"appointment {appointment_id!r} is being changed by another "
+                           "message", "import_running")
+        try:
+            appointment = build(stored)
+            if appointment is None:
+                await self.store.release_hold(clinic, appointment_id)
+                return "appointment not known here: nothing to cancel"
+            return await self._book_held(clinic, stored, appointment, now=now,
+                                         providers=providers or {}, rooms=rooms or {},
+                                         finish=finish)
+        except BaseException:
+            await self.store.release_hold(clinic, appointment_id)
+            raise
+
+    async def _book_held(self, clinic: str, stored: Appointment | None,
+                         appointment: Appointment, *, now: datetime,
+                         providers: dict[str, str], rooms: dict[str, str],
+                         finish: Finish | None) -> str:
+        appointment_id = appointment.appointment_id
+        zone = self.desk.zone(clinic)
+        day = clinic_day(appointment.scheduled_at, zone)
+        code = stored.kiosk_code if stored is not None and clinic_day(
+            stored.scheduled_at, zone) == day else None
+        if code is None:
+            secret = self.desk.config.identity_secret
+            code = await self.store.claim_kiosk_code(clinic, appointment_id, day, [
+                kiosk_code(secret, clinic, appointment_id, day, attempt)
+                for attempt in range(KIOSK_CODE_TRIES)])
+            if code is None:
+                raise Unavailable("no free kiosk code for this appointment's day; try again",
+                                  "unavailable")
+        previous = {appointment_id: stored} if stored is not None else {}
+        plan = plan_import([replace(appointment, kiosk_code=code)], previous)
+        if plan.to_publish:
+            event = ev.make_event(plan.to_publish[0].payload(), clinic_id=clinic,
+                                  source=SOURCE, occurred_at=now,
+                                  correlation_id=appointment_id)
+            outcome = (await self.desk.publish([event]))[0]
+            if outcome is not None:
+                log.warning("publish failed", event_type=event.event_type,
+                            error=repr(outcome))
+                raise Unavailable("could not publish to Kafka; nothing was recorded, try "
+                                  "again", "unavailable")
+        if plan.created:
+            text = "appointment booked" if appointment.status == "booked" \
                 else "appointment recorded as cancelled"
-        if result.updated:
-            return "appointment cancelled" if appointment.status == "cancelled" \
+        elif plan.updated:
+            text = "appointment cancelled" if appointment.status == "cancelled" \
                 else "appointment updated"
-        return "no change"
+        else:
+            text = "no change"
+        await self.store.save_held(
+            clinic, [*plan.to_publish, *plan.restored], previous, zone, providers, rooms,
+            held=appointment_id,
+            also=(lambda pipe: finish(text, pipe)) if finish is not None else None)
+        outcome_name = ("created" if plan.created else "updated" if plan.updated
+                        else "restored" if plan.restored else "unchanged")
+        m.SCHEDULE_ROWS.labels("ehr", outcome_name).inc()
+        return text
 
     async def no_show(self, clinic: str, appointment_id: str, *, now: datetime) -> str:
         event = await self.desk.mark_no_show(clinic, appointment_id, now=now)
         return "no-show recorded" if event is not None else "already a no-show"
 
     async def update_identity(self, clinic: str, patient_ref: str, identity: str, *,
-                              now: datetime) -> str:
+                              now: datetime, holder: str) -> str:
         """The patient's kiosk check (birth date + initials digest) on their appointments
-        the kiosk takes now; nothing is published."""
+        the kiosk takes now; nothing is published (each appointment held as a booking
+        holds it)."""
         states = await self.patient_appointments(clinic, patient_ref, now)
-        changed = [replace(s.appointment, identity=identity) for s in states
-                   if s.appointment.identity != identity]
+        changed = [s.appointment for s in states if s.appointment.identity != identity]
         if not changed:
             return "no change"
-        await self.desk.import_schedule(
-            clinic, ParsedSchedule(appointments=changed, rows=len(changed)), fmt="ehr",
-            dry_run=False, now=now)
+
+        def with_identity(stored: Appointment | None) -> Appointment | None:
+            return replace(stored, identity=identity) if stored is not None else None
+
+        for appointment in changed:
+            async with self.subject_lock(clinic, f"appt:{appointment.appointment_id}"):
+                await self.book(clinic, appointment.appointment_id, with_identity, now=now,
+                                holder=holder)
         return f"kiosk check of {len(changed)} appointment(s) updated"
 
     # --------------------------------------------------------------- arrivals
 
-    async def patient_appointments(self, clinic: str, patient_ref: str,
-                                   now: datetime) -> list[AppointmentState]:
+    async def patient_appointments(self, clinic: str, patient_ref: str, now: datetime,
+                                   identity: str | None = None) -> list[AppointmentState]:
         """The patient's booked appointments the kiosk would take now (the clinic's
-        today, and across midnight the nearby ones)."""
-        found: list[AppointmentState] = []
-        for day in kiosk_days(now, self.desk.zone(clinic)):
+        today, and across midnight the nearby ones). ``identity`` (the kiosk check's
+        digest, when the message names birth date and name) finds them through the
+        kiosk's index; without it, or when it finds none, the days are read whole."""
+        days = kiosk_days(now, self.desk.zone(clinic))
+        if identity is not None:
+            ids = await self.store.identity_matches(clinic, days, identity)
+            states = await self.store.appointment_states(clinic, ids)
+            found = [s for s in states.values() if s.appointment.patient_ref == patient_ref
+                     and s.appointment.status == "booked"]
+            if found:
+                return found
+        found = []
+        for day in days:
             found.extend(s for s in await self.desk.schedule(clinic, day)
                          if s.appointment.patient_ref == patient_ref
                          and s.appointment.status == "booked")
@@ -117,11 +226,17 @@ class EhrCommands:
 
     async def arrive(self, clinic: str, ehr_visit: str, patient_ref: str | None, *,
                      now: datetime, appointment_id: str | None = None,
-                     provider_id: str | None = None, urgent: bool = False) -> tuple[str, str]:
+                     provider_id: str | None = None, urgent: bool = False,
+                     identity: str | None = None, finish: Finish | None = None,
+                     claim: VisitClaim | None = None) -> tuple[str, str]:
         """The EHR registered a visit: check the patient in once, on ``appointment_id``
-        when the EHR names it, else on their appointment closest to now, else as a
-        walk-in. Returns (our visit id, what happened in words)."""
-        holder = await self.store.claim_feed_visit(clinic, ehr_visit)
+        when the EHR names it, else on their appointment closest to now (``identity``,
+        the kiosk check's digest, finds it faster), else as a walk-in; ``finish``: what to
+        store with the EHR visit's mapping; ``claim``: the EHR visit's claim already asked
+        for (``CheckinStore.feed_state``). Returns (our visit id, what happened in
+        words)."""
+        holder = claim.holder if claim is not None else \
+            await self.store.claim_feed_visit(clinic, ehr_visit)
         if holder == FEED_PENDING:
             raise Unavailable("this visit's registration is being processed; try again",
                               "in_progress")
@@ -130,18 +245,21 @@ class EhrCommands:
         try:
             visit_id, text = await self._check_in(clinic, patient_ref, now=now,
                                                   appointment_id=appointment_id,
-                                                  provider_id=provider_id, urgent=urgent)
+                                                  provider_id=provider_id, urgent=urgent,
+                                                  identity=identity)
         except BaseException:
             await self.store.forget_feed_visit(clinic, ehr_visit)
             raise
-        await self.store.set_feed_visit(clinic, ehr_visit, visit_id)
+        await self.store.set_feed_visit(
+            clinic, ehr_visit, visit_id,
+            also=(lambda pipe: finish(text, pipe)) if finish is not None else None)
         return visit_id, text
 
     async def _check_in(self, clinic: str, patient_ref: str | None, *, now: datetime,
                         appointment_id: str | None, provider_id: str | None,
-                        urgent: bool) -> tuple[str, str]:
+                        urgent: bool, identity: str | None) -> tuple[str, str]:
         priority: Literal["routine", "urgent"] = "urgent" if urgent else "routine"
-        states = await self.patient_appointments(clinic, patient_ref, now) \
+        states = await self.patient_appointments(clinic, patient_ref, now, identity) \
             if patient_ref and appointment_id is None else []
         if appointment_id is None:
             open_ones = sorted((s for s in states if s.arrived_visit is None),

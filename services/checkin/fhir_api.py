@@ -25,6 +25,7 @@ pseudonymous references.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import date, datetime
@@ -233,14 +234,17 @@ class FhirIn:
         subject = f"appt:{appointment.appointment_id}"
         at = _instant((resource.get("meta") or {}).get("lastUpdated")) or now
         status = resource.get("status")
-        async with self.ehr.schedule_lock(clinic):
+        async with self.ehr.subject_lock(clinic, subject):
             if await self.ehr.superseded(clinic, subject, at):
                 return 200, "superseded by a later update of this appointment; nothing changed"
             known = await self.desk.store.appointments(clinic, [appointment.appointment_id])
             if status == "noshow" and known:
                 text = await self.ehr.no_show(clinic, appointment.appointment_id, now=now)
             else:
-                text = await self.ehr.book(clinic, appointment, now=now,
+                booked = appointment
+                text = await self.ehr.book(clinic, appointment.appointment_id,
+                                           lambda _stored: booked, now=now,
+                                           holder=f"fhir:{uuid.uuid4().hex}",
                                            providers=parsed.providers, rooms=parsed.rooms)
             await self.ehr.applied(clinic, subject, at)
         created = text == "appointment booked"

@@ -30,6 +30,12 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
     P:checkin:limit:{kind}:{client}:{minute} INT  rate-limit counters (lookups, misses;
                                                   ``kind`` is ``lookup`` or ``miss``)
     P:checkin:import:{clinic}               STR   held while an import of that clinic runs
+    P:checkin:feedholds:{clinic}            ZSET  appointments an EHR feed is changing now,
+                                                  by when the hold lapses: no import starts
+                                                  while one is held, and a feed holds none
+                                                  while an import runs
+    P:checkin:feedhold:{clinic}:{appointment} STR the message holding it (``message`` as in
+                                                  ``feed:ack``)
     P:checkin:feed:ack:{message}            STR   the HL7 ACK answered to a message (``message``:
                                                   a digest of MSH-3, MSH-4 and MSH-10), so a
                                                   resent message gets it again, with no effect
@@ -64,6 +70,7 @@ beginnings.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -104,6 +111,45 @@ if current > tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
+# an import's lock, taken only while no EHR feed holds one of the clinic's appointments
+_LOCK_IMPORT = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 1 end
+return 0
+"""
+# an EHR feed message's hold on one appointment (KEYS[3] names its holder; ARGV[3] is the
+# message, so a resent message takes its own hold back): 0 while an import of the clinic
+# runs, -1 while another message holds it, 1 when held
+_HOLD = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[3] then return -1 end
+local lapses = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], lapses, ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
+return 1
+"""
+# an EHR visit claimed while its arrival is published: nil when taken, else its holder
+_CLAIM_VISIT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+"""
+# the first of the candidate kiosk codes (ARGV[3..]) free on the day (KEYS[1]) or already
+# the appointment's (ARGV[1]), taken for it at once (two bookings never share one)
+_CLAIM_CODE = """
+for i = 3, #ARGV do
+  local holder = redis.call('HGET', KEYS[1], ARGV[i])
+  if not holder or holder == ARGV[1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+    redis.call('EXPIREAT', KEYS[1], ARGV[2])
+    return ARGV[i]
+  end
+end
+return false
+"""
 # the day's ticket counter raised to at least ARGV[1] (a visit rebuilt from the floor topic
 # after Redis was lost: the next arrival must not get its code again)
 _RAISE_TO = """
@@ -112,6 +158,28 @@ if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
 return 0
 """
+
+
+# queues more writes into a store method's transaction (an EHR feed's ACK with its change)
+Also = Callable[[Any], None]
+
+
+@dataclass(slots=True)
+class FeedState:
+    """What a feed message finds before it is applied (``CheckinStore.feed_state``)."""
+
+    ack: bytes | None  # the ACK answered to it before: a resend
+    seen: datetime | None  # the own time of the last message applied to its subject
+    held: int | None = None  # with a hold asked: hold_appointment's answer
+    stored: Appointment | None = None  # ... and the appointment as stored
+    visit_claim: VisitClaim | None = None  # with a claim asked: claim_feed_visit's answer
+
+
+@dataclass(frozen=True, slots=True)
+class VisitClaim:
+    """``claim_feed_visit``'s answer: None when the claim was taken, else its holder."""
+
+    holder: str | None
 
 
 def _text(value: Any) -> str:
@@ -272,6 +340,12 @@ class CheckinStore:
         if not appointments:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
+            self._queue_appointments(pipe, clinic, appointments, previous, zone)
+            await pipe.execute()
+
+    def _queue_appointments(self, pipe: Any, clinic: str, appointments: Sequence[Appointment],
+                            previous: dict[str, Appointment], zone: Any) -> None:
+        if appointments:
             pipe.sadd(self._clinics, clinic)
             providers = self._providers(clinic)
             pipe.sadd(providers, *{a.provider_id for a in appointments})
@@ -309,7 +383,6 @@ class CheckinStore:
                     pipe.zadd(self._pending(clinic), {appointment.appointment_id: score})
                 else:
                     pipe.zrem(self._pending(clinic), appointment.appointment_id)
-            await pipe.execute()
 
     async def kiosk_codes(self, clinic: str, days: Sequence[date]
                           ) -> dict[date, dict[str, str]]:
@@ -368,7 +441,10 @@ class CheckinStore:
         return [states[i] for i in ids if i in states]
 
     async def lock_import(self, clinic: str, seconds: int = 120) -> bool:
-        return bool(await self.redis.set(self._import_lock(clinic), "1", nx=True, ex=seconds))
+        """Take the clinic's import lock: False while another import holds it or an EHR
+        feed is changing one of its appointments (``hold_appointment``)."""
+        return bool(await self.redis.eval(_LOCK_IMPORT, 2, self._import_lock(clinic),
+                                          self._feed_holds(clinic), seconds))
 
     async def unlock_import(self, clinic: str) -> None:
         await self.redis.delete(self._import_lock(clinic))
@@ -593,6 +669,111 @@ class CheckinStore:
     def _feed_visit(self, clinic: str, ehr_visit: str) -> str:
         return f"{self.prefix}:feed:visit:{clinic}:{ehr_visit}"
 
+    def _feed_holds(self, clinic: str) -> str:
+        return f"{self.prefix}:feedholds:{clinic}"
+
+    def _feed_hold(self, clinic: str, appointment_id: str) -> str:
+        return f"{self.prefix}:feedhold:{clinic}:{appointment_id}"
+
+    async def feed_state(self, message: str, clinic: str, subject: str,
+                         hold: tuple[str, str] | None = None,
+                         claim_visit: str | None = None) -> FeedState:
+        """In one round trip: the ACK already answered to a message (``feed_ack``), the
+        own time of the last message applied to its subject (``feed_seen_at``) and, with
+        ``hold`` (appointment id, holding message), ``hold_appointment``'s answer, or with
+        ``claim_visit`` (an EHR visit), ``claim_feed_visit``'s."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._feed_ack(message))
+            pipe.get(self._feed_at(clinic, subject))
+            if hold is not None:
+                self._queue_hold(pipe, clinic, *hold)
+            if claim_visit is not None:
+                self._queue_claim_visit(pipe, clinic, claim_visit)
+            ack, seen, *more = await pipe.execute()
+        if isinstance(ack, str):
+            ack = ack.encode()
+        state = FeedState(ack or None,
+                          datetime.fromtimestamp(float(_text(seen)), UTC) if seen else None)
+        if hold is not None:
+            state.held, state.stored = self._held(more)
+        if claim_visit is not None:
+            state.visit_claim = VisitClaim(self._claimed(more))
+        return state
+
+    def queue_feed_done(self, pipe: Any, message: str, ack: bytes, clinic: str,
+                        seen: tuple[str, datetime] | None) -> None:
+        """Queue ``feed_done``'s writes in a transaction that stores the change itself
+        (a resend finds the change, the ACK and the order mark, or none of them)."""
+        pipe.set(self._feed_ack(message), ack, ex=FEED_ACK_KEEP_DAYS * 86400)
+        if seen is not None:
+            subject, at = seen
+            pipe.eval(_LATEST, 1, self._feed_at(clinic, subject), repr(at.timestamp()),
+                      KEEP_DAYS * 86400)
+
+    async def feed_done(self, message: str, ack: bytes, clinic: str,
+                        seen: tuple[str, datetime] | None) -> None:
+        """Keep a message's ACK and, when it was applied, its subject's time (one
+        transaction: a resend finds both or neither)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.queue_feed_done(pipe, message, ack, clinic, seen)
+            await pipe.execute()
+
+    async def hold_appointment(self, clinic: str, appointment_id: str, message: str,
+                               ) -> tuple[int, Appointment | None]:
+        """An EHR feed message's hold on one appointment while it changes it, and the
+        appointment as stored, in one round trip: 1 held (also when this message held it
+        already: a resend), 0 not while an import of the clinic runs, -1 not while
+        another message holds it. Released by ``save_held``/``release_hold``, else it
+        lapses after ``FEED_PENDING_SECONDS``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_hold(pipe, clinic, appointment_id, message)
+            return self._held(await pipe.execute())
+
+    def _queue_hold(self, pipe: Any, clinic: str, appointment_id: str, message: str) -> None:
+        pipe.eval(_HOLD, 3, self._import_lock(clinic), self._feed_holds(clinic),
+                  self._feed_hold(clinic, appointment_id), appointment_id,
+                  FEED_PENDING_SECONDS, message)
+        pipe.hgetall(self._appt(clinic, appointment_id))
+
+    def _held(self, answers: list[Any]) -> tuple[int, Appointment | None]:
+        held, fields = answers
+        return int(held), self._appointment_of(_decode_hash(fields)) if fields else None
+
+    def _queue_release(self, pipe: Any, clinic: str, appointment_id: str) -> None:
+        pipe.zrem(self._feed_holds(clinic), appointment_id)
+        pipe.delete(self._feed_hold(clinic, appointment_id))
+
+    async def release_hold(self, clinic: str, appointment_id: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._queue_release(pipe, clinic, appointment_id)
+            await pipe.execute()
+
+    async def claim_kiosk_code(self, clinic: str, appointment_id: str, day: date,
+                               candidates: Sequence[str]) -> str | None:
+        """The first of ``candidates`` free on the clinic's ``day`` (or already this
+        appointment's), taken for it at once; None when every one is taken."""
+        code = await self.redis.eval(_CLAIM_CODE, 1, self._kcodes(clinic, day),
+                                     appointment_id, self._until(day), *candidates)
+        return _text(code) if code else None
+
+    async def save_held(self, clinic: str, appointments: Sequence[Appointment],
+                        previous: dict[str, Appointment], zone: Any,
+                        providers: dict[str, str], rooms: dict[str, str],
+                        held: str, also: Also | None = None) -> None:
+        """Store what a feed message changed (``save_appointments``, the display names)
+        and release its hold on appointment ``held``, in one transaction with what
+        ``also`` queues (the message's ACK)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self._queue_appointments(pipe, clinic, appointments, previous, zone)
+            if providers:
+                pipe.hset(self._names(clinic, "provider"), mapping=providers)
+            if rooms:
+                pipe.hset(self._names(clinic, "room"), mapping=rooms)
+            self._queue_release(pipe, clinic, held)
+            if also is not None:
+                also(pipe)
+            await pipe.execute()
+
     async def feed_ack(self, message: str) -> bytes | None:
         """The ACK already answered to a message (None: not seen, or not settled)."""
         raw = await self.redis.get(self._feed_ack(message))
@@ -614,20 +795,31 @@ class CheckinStore:
     async def claim_feed_visit(self, clinic: str, ehr_visit: str) -> str | None:
         """Hold an EHR visit while its arrival is published: None when this call took
         it, else what holds it (our visit id, or ``pending``)."""
-        key = self._feed_visit(clinic, ehr_visit)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, FEED_PENDING, nx=True, ex=FEED_PENDING_SECONDS)
-            pipe.get(key)
-            took, holder = await pipe.execute()
-        return None if took else (_text(holder) if holder else None)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_claim_visit(pipe, clinic, ehr_visit)
+            return self._claimed(await pipe.execute())
+
+    def _queue_claim_visit(self, pipe: Any, clinic: str, ehr_visit: str) -> None:
+        pipe.eval(_CLAIM_VISIT, 1, self._feed_visit(clinic, ehr_visit), FEED_PENDING,
+                  FEED_PENDING_SECONDS)
+
+    @staticmethod
+    def _claimed(answers: list[Any]) -> str | None:
+        holder = answers[-1]
+        return _text(holder) if holder else None
 
     async def feed_visit(self, clinic: str, ehr_visit: str) -> str | None:
         raw = await self.redis.get(self._feed_visit(clinic, ehr_visit))
         return _text(raw) if raw else None
 
-    async def set_feed_visit(self, clinic: str, ehr_visit: str, visit_id: str) -> None:
-        await self.redis.set(self._feed_visit(clinic, ehr_visit), visit_id,
-                             ex=KEEP_DAYS * 86400)
+    async def set_feed_visit(self, clinic: str, ehr_visit: str, visit_id: str,
+                             also: Also | None = None) -> None:
+        """Our visit of an EHR visit, in one transaction with what ``also`` queues."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._feed_visit(clinic, ehr_visit), visit_id, ex=KEEP_DAYS * 86400)
+            if also is not None:
+                also(pipe)
+            await pipe.execute()
 
     async def forget_feed_visit(self, clinic: str, ehr_visit: str) -> None:
         await self.redis.delete(self._feed_visit(clinic, ehr_visit))

@@ -8,6 +8,7 @@ appointments, patients and visits."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from tests.integration.test_checkin_hl7_support import (
     module_prefix,
     running_feed,
 )
-from tests.integration.test_checkin_support import FRONT_DESK, KIOSK
+from tests.integration.test_checkin_support import FRONT_DESK, KIOSK, csv_rows
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +251,59 @@ async def test_what_the_feed_cannot_take_is_answered_with_the_segment_field_and_
     missing = await feed.send(no_patient)
     assert missing.code == "AE" and missing.error is not None
     assert missing.error[2] == "PID^1"
+
+
+async def test_one_clinics_messages_about_different_appointments_go_side_by_side(
+    feed: Feed,
+) -> None:
+    """No clinic-wide lock: eight engines book eight appointments of one clinic at once,
+    each answered AA and booked once, each with its own kiosk code."""
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    appointments = [unique("P") for _ in range(8)]
+
+    async def engine(appointment: str) -> str:
+        client = await MllpClient.connect(feed.port)
+        try:
+            answer = await client.send(ehr.siu("S12", appointment, now + timedelta(hours=1),
+                                               sent_at=now, mrn=mrn()))
+            return answer.code
+        finally:
+            await client.close()
+
+    assert await asyncio.gather(*(engine(a) for a in appointments)) == ["AA"] * 8
+    events = await feed.floor()
+    for appointment in appointments:
+        assert len(about(events, "appointment_id", appointment)) == 1
+    codes = await feed.checkin.kiosk_codes()
+    assert len({codes[a] for a in appointments}) == 8
+
+
+async def test_a_schedule_file_import_and_the_feed_never_change_a_clinic_at_once(
+    feed: Feed,
+) -> None:
+    """A feed message holds only its appointment; a whole-file import of the clinic is
+    refused while one is held, and a feed booking is answered AR (resend later) while an
+    import runs."""
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    store = feed.checkin.app.state.store
+    held = unique("H")
+    assert (await store.hold_appointment("north", held, "a-message-in-flight"))[0] == 1
+    row = csv_rows((unique("C"), "pt-x", "dr-addison", "follow_up",
+                    (now + timedelta(hours=1)).isoformat(), "15", "", ""))
+    refused = await feed.checkin.import_csv(row)
+    assert refused.status_code == 409 and refused.json()["code"] == "import_running"
+    await store.release_hold("north", held)
+    assert (await feed.checkin.import_csv(row)).status_code == 200
+
+    assert await store.lock_import("north")
+    try:
+        appointment = unique("I")
+        message = ehr.siu("S12", appointment, now + timedelta(hours=1), sent_at=now, mrn=mrn())
+        busy = await feed.send(message)
+        assert busy.code == "AR" and busy.error is not None
+        assert busy.error[3].startswith("206^")
+    finally:
+        await store.unlock_import("north")
+    landed = await feed.send(message)  # the engine's resend, once the import is done
+    assert landed.code == "AA", landed.raw
+    assert len(about(await feed.floor(), "appointment_id", appointment)) == 1

@@ -27,7 +27,9 @@ import hashlib
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
@@ -38,7 +40,7 @@ from services.checkin.domain import (
     map_visit_type,
     normalize_initials,
 )
-from services.checkin.ehr import EhrCommands
+from services.checkin.ehr import EhrCommands, Finish
 from services.checkin.feeds import Feed, Feeds
 from services.checkin.hl7.messages import (
     APPLICATION_INTERNAL_ERROR,
@@ -56,9 +58,10 @@ from services.checkin.hl7.messages import (
     ack_bytes,
     check_header,
     parse_message,
-    read_message,
+    read_parsed,
 )
 from services.checkin.hl7.mllp import Frame
+from services.checkin.store import VisitClaim
 from shared.clock import Clock
 from shared.errors import Conflict, NotFound, Refusal, Unavailable
 from shared.logging import get_logger
@@ -76,8 +79,22 @@ HL7_MESSAGES = Counter(
 HL7_ACK_SECONDS = Histogram(
     "clinicflow_hl7_ack_seconds", "Time from a whole HL7 message received to its ACK ready",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+# messages applied at once (the others wait for a place): each holds one Redis connection
+# at a time, and the service's pool (100) also serves its HTTP routes and its consumer
+APPLYING_AT_ONCE = 32
 KNOWN_TYPES = {f"{c}^{t}" for c, ts in (("SIU", ("S12", "S13", "S14", "S15", "S17", "S26")),
                                         ("ADT", ("A04", "A11", "A08", "A03"))) for t in ts}
+
+
+@dataclass(frozen=True, slots=True)
+class Applying:
+    """One message being applied: its key (``feed:ack``), what stores its ACK with its
+    change, and its appointment's hold when one was asked for with its state."""
+
+    message_key: str
+    finish: Finish
+    held: tuple[int, Appointment | None] | None = None
+    visit_claim: VisitClaim | None = None
 
 
 class Hl7Feed:
@@ -92,6 +109,7 @@ class Hl7Feed:
         self.clock = clock
         self.max_bytes = max_bytes
         self._messages: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._applying = asyncio.Semaphore(APPLYING_AT_ONCE)
         self._visit_types: dict[str, Mapping[str, str]] = {}
 
     # ---------------------------------------------------------------- answer
@@ -110,9 +128,9 @@ class Hl7Feed:
                     f"over this listener's limit of {self.max_bytes}: it was not read",
                     "MSH"))
             else:
-                _message, header = parse_message(received.payload)
+                parsed, header = parse_message(received.payload)
                 check_header(header)
-                ack, repeated = await self._once(header, received.payload)
+                ack, repeated = await self._once(header, parsed)
         except Problem as problem:
             ack = Ack(problem.ack, problem)
         except Exception:  # the sender gets an AR (and may resend); we log why
@@ -140,9 +158,11 @@ class Hl7Feed:
         return ack_bytes(ack, header, application=application, facility=facility,
                          control_id=uuid.uuid4().hex[:20], now=self.clock.now())
 
-    async def _once(self, header: Header, payload: bytes) -> tuple[Ack | bytes, bool]:
+    async def _once(self, header: Header, parsed: Any) -> tuple[Ack | bytes, bool]:
         """Apply a message once per control id: a repeat gets the ACK it got then. A
-        transient AR is not kept (the resent message is tried again)."""
+        transient AR is not kept (the resent message is tried again). Messages about one
+        subject (an appointment, an EHR visit, a patient) are applied one at a time, in
+        the order of their own times; others go on side by side."""
         feed = self.feeds.for_facility(header.sending_facility)
         if feed is None:
             raise Problem("AR", TABLE_VALUE_NOT_FOUND, f"no clinic takes messages from "
@@ -156,33 +176,101 @@ class Hl7Feed:
         lock, users = self._messages.setdefault(message_key, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
-            async with lock:
-                stored = await self.store.feed_ack(message_key)
-                if stored is not None:
-                    return stored, True
-                try:
-                    text = await self._apply(feed, read_message(payload))
-                    ack = Ack("AA", text=text)
-                except Problem as problem:
-                    if problem.retry or problem.ack == "AR":
-                        raise
-                    ack = Ack(problem.ack, problem)
-                answer = self._ack(ack, header)
-                await self.store.save_feed_ack(message_key, answer)
-                return answer, False
+            async with lock, self._applying:
+                return await self._once_locked(feed, header, parsed, message_key)
         finally:
             users[0] -= 1
             if users[0] == 0:
                 del self._messages[message_key]
 
+    async def _once_locked(self, feed: Feed, header: Header, parsed: Any,
+                           message_key: str) -> tuple[Ack | bytes, bool]:
+        clinic = feed.clinic_id
+        try:
+            message = read_parsed(parsed, header)
+            subject, at = self._subject(feed, message)
+        except Problem as problem:
+            # unreadable content: answered AE (or AR) as it is, kept like any other answer
+            stored = await self.store.feed_ack(message_key)
+            if stored is not None:
+                return stored, True
+            if problem.retry or problem.ack == "AR":
+                raise
+            answer = self._ack(Ack(problem.ack, problem), header)
+            await self.store.feed_done(message_key, answer, clinic, None)
+            return answer, False
+        # what a booking holds and an arrival claims is asked for in the same round trip
+        hold = (message.appointment_id, message_key) if isinstance(message, ScheduleMessage) \
+            and message.action != "no_show" and feed.takes_schedule_from("hl7") else None
+        claim = subject.removeprefix("visit:") if isinstance(message, RegistrationMessage) \
+            and message.action == "arrive" else None
+        async with self.ehr.subject_lock(clinic, subject):
+            state = await self.store.feed_state(message_key, clinic, subject, hold=hold,
+                                                claim_visit=claim)
+            seen = state.seen
+            stale = seen is not None and at < seen
+            if state.ack is not None or stale:  # nothing to apply: give back what was taken
+                if hold is not None and state.held == 1:
+                    await self.store.release_hold(clinic, hold[0])
+                if claim is not None and state.visit_claim == VisitClaim(None):
+                    await self.store.forget_feed_visit(clinic, claim)
+            if state.ack is not None:
+                return state.ack, True
+            finished: list[bytes] = []
+
+            def finish(text: str, pipe: Any) -> None:
+                """The ACK and order mark, stored with the change itself."""
+                answer = self._ack(Ack("AA", text=text), header)
+                self.store.queue_feed_done(pipe, message_key, answer, clinic, (subject, at))
+                finished.append(answer)
+
+            applied = False
+            if stale:
+                what = "appointment" if isinstance(message, ScheduleMessage) else "visit"
+                ack = Ack("AA", text=f"superseded by a later message for this {what}; "
+                                     "nothing changed")
+            else:
+                try:
+                    text = await self._apply(feed, message, Applying(
+                        message_key, finish, (state.held, state.stored)
+                        if state.held is not None else None, state.visit_claim))
+                    if finished:
+                        return finished[0], False
+                    ack = Ack("AA", text=text)
+                    applied = True
+                except Problem as problem:
+                    if problem.retry or problem.ack == "AR":
+                        raise
+                    ack = Ack(problem.ack, problem)
+            answer = self._ack(ack, header)
+            await self.store.feed_done(message_key, answer, clinic,
+                                       (subject, at) if applied else None)
+            return answer, False
+
+    def _subject(self, feed: Feed, message: FeedMessage) -> tuple[str, datetime]:
+        """What a message is about (its order is kept per subject), and its own time."""
+        now = self.clock.now()
+        if isinstance(message, ScheduleMessage):
+            return f"appt:{message.appointment_id}", self._at(feed, message.at, now)
+        at = self._at(feed, message.at, now)
+        if message.action == "update_patient":
+            assert message.patient is not None
+            ref = self.desk.import_keys(feed.clinic_id).pseudonymize(message.patient.mrn)
+            return f"patient:{ref}", at
+        return f"visit:{self._ehr_visit(feed, message)}", at
+
+    def _ehr_visit(self, feed: Feed, message: RegistrationMessage) -> str:
+        return self.ehr.ehr_visit(
+            feed.clinic_id, message.visit_number or f"msg|{message.header.control_id}")
+
     # ------------------------------------------------------------------ apply
 
-    async def _apply(self, feed: Feed, message: FeedMessage) -> str:
+    async def _apply(self, feed: Feed, message: FeedMessage, applying: Applying) -> str:
         now = self.clock.now()
         try:
             if isinstance(message, ScheduleMessage):
-                return await self._schedule(feed, message, now)
-            return await self._registration(feed, message, now)
+                return await self._schedule(feed, message, now, applying)
+            return await self._registration(feed, message, now, applying)
         except Unavailable as refused:
             raise Problem("AR", APPLICATION_INTERNAL_ERROR, f"{refused.detail}: nothing was "
                           "changed; send the message again", "MSH", retry=True) from None
@@ -209,22 +297,15 @@ class Hl7Feed:
 
     # --------------------------------------------------------------- schedule
 
-    async def _schedule(self, feed: Feed, message: ScheduleMessage, now: datetime) -> str:
-        clinic = feed.clinic_id
+    async def _schedule(self, feed: Feed, message: ScheduleMessage, now: datetime,
+                        applying: Applying) -> str:
         if not feed.takes_schedule_from("hl7"):
-            raise Problem("AR", TABLE_VALUE_NOT_FOUND, f"clinic {clinic!r} takes its schedule "
-                          f"from {feed.source_of_truth}, not from this HL7 feed", "MSH", 4)
-        at = self._at(feed, message.at, now)
-        subject = f"appt:{message.appointment_id}"
-        async with self.ehr.schedule_lock(clinic):
-            if await self.ehr.superseded(clinic, subject, at):
-                return "superseded by a later message for this appointment; nothing changed"
-            if message.action == "no_show":
-                text = await self._no_show(clinic, message, now)
-            else:
-                text = await self._book(feed, message, now)
-            await self.ehr.applied(clinic, subject, at)
-        return text
+            raise Problem("AR", TABLE_VALUE_NOT_FOUND, f"clinic {feed.clinic_id!r} takes its "
+                          f"schedule from {feed.source_of_truth}, not from this HL7 feed",
+                          "MSH", 4)
+        if message.action == "no_show":
+            return await self._no_show(feed.clinic_id, message, now)
+        return await self._book(feed, message, now, applying)
 
     async def _no_show(self, clinic: str, message: ScheduleMessage, now: datetime) -> str:
         try:
@@ -237,23 +318,23 @@ class Hl7Feed:
             raise Problem("AE", APPLICATION_INTERNAL_ERROR, refused.detail, "SCH", 2,
                           1) from None
 
-    async def _book(self, feed: Feed, message: ScheduleMessage, now: datetime) -> str:
-        clinic = feed.clinic_id
-        stored = (await self.store.appointments(clinic, [message.appointment_id])).get(
-            message.appointment_id)
-        appointment = self._appointment(feed, message, stored)
-        if appointment is None:
-            return "appointment not known here: nothing to cancel"
+    async def _book(self, feed: Feed, message: ScheduleMessage, now: datetime,
+                    applying: Applying) -> str:
         providers: dict[str, str] = {}
         rooms: dict[str, str] = {}
         if message.provider is not None and message.provider.name:
-            providers[appointment.provider_id] = message.provider.name[:80]
+            providers[feed.provider(message.provider.ehr_id)] = message.provider.name[:80]
         if message.room is not None and message.room.name:
             room = feed.room(message.room.ehr_id)
             if ID_PATTERN.match(room):
                 rooms[room] = message.room.name[:80]
-        return await self.ehr.book(clinic, appointment, now=now, providers=providers,
-                                   rooms=rooms)
+
+        def build(stored: Appointment | None) -> Appointment | None:
+            return self._appointment(feed, message, stored)
+
+        return await self.ehr.book(feed.clinic_id, message.appointment_id, build, now=now,
+                                   holder=applying.message_key, providers=providers,
+                                   rooms=rooms, held=applying.held, finish=applying.finish)
 
     def _appointment(self, feed: Feed, message: ScheduleMessage,
                      stored: Appointment | None) -> Appointment | None:
@@ -318,34 +399,30 @@ class Hl7Feed:
     # ----------------------------------------------------------- registration
 
     async def _registration(self, feed: Feed, message: RegistrationMessage,
-                            now: datetime) -> str:
+                            now: datetime, applying: Applying) -> str:
         clinic = feed.clinic_id
-        at = self._at(feed, message.at, now)
-        patient_ref = None
+        patient_ref = identity = None
         if message.patient is not None:
             patient_ref = self.desk.import_keys(clinic).pseudonymize(message.patient.mrn)
-        ehr_visit = self.ehr.ehr_visit(
-            clinic, message.visit_number or f"msg|{message.header.control_id}")
-        subject = f"patient:{patient_ref}" if message.action == "update_patient" \
-            else f"visit:{ehr_visit}"
-        if await self.ehr.superseded(clinic, subject, at):
-            return "superseded by a later message for this visit; nothing changed"
+            identity = self._identity(feed, message.patient)
+        ehr_visit = self._ehr_visit(feed, message)
         try:
             if message.action == "arrive":
                 provider = feed.provider(message.attending.ehr_id) if message.attending \
                     else None
                 _visit, text = await self.ehr.arrive(clinic, ehr_visit, patient_ref, now=now,
                                                      provider_id=provider,
-                                                     urgent=message.urgent)
+                                                     urgent=message.urgent, identity=identity,
+                                                     finish=applying.finish,
+                                                     claim=applying.visit_claim)
             elif message.action == "update_patient":
-                assert message.patient is not None and patient_ref is not None
-                identity = self._identity(feed, message.patient)
+                assert patient_ref is not None
                 if identity is None:
                     text = "no birth date and name to update"
                 else:
-                    async with self.ehr.schedule_lock(clinic):
-                        text = await self.ehr.update_identity(clinic, patient_ref, identity,
-                                                              now=now)
+                    text = await self.ehr.update_identity(clinic, patient_ref, identity,
+                                                          now=now,
+                                                          holder=applying.message_key)
             else:
                 text = await self.ehr.end(clinic, ehr_visit, "entered_in_error"
                                           if message.action == "cancel_arrival" else "ended",
@@ -356,9 +433,10 @@ class Hl7Feed:
                               retry=True) from None
             raise
         except Conflict as refused:
+            if refused.code == "import_running":
+                raise
             raise Problem("AE", APPLICATION_INTERNAL_ERROR, refused.detail, "PV1", 19,
                           1) from None
-        await self.ehr.applied(clinic, subject, at)
         return text
 
 

@@ -188,6 +188,20 @@ def decode_text(frame: bytes) -> str:
     return "\r".join(s for s in text.split("\r") if s.strip())
 
 
+# the segments read here: a message's first of each is all ``hl7.parse`` is given (the
+# NTE, NK1, OBX, DG1, AIG ... an EHR adds cost parsing time and change nothing)
+READ_SEGMENTS = frozenset({"MSH", "EVN", "SCH", "TQ1", "PID", "PV1", "AIS", "AIP", "AIL"})
+
+
+def _read_segments(text: str) -> str:
+    kept: dict[str, str] = {}
+    for segment in text.split("\r"):
+        kind = segment[:3]
+        if kind in READ_SEGMENTS and kind not in kept:
+            kept[kind] = segment
+    return "\r".join(kept.values())
+
+
 def parse_message(frame: bytes) -> tuple[Any, Header]:
     """``hl7.parse`` the frame and read its header; ``Problem`` (AR) when it is not an HL7
     v2 message or its header cannot be answered."""
@@ -196,7 +210,7 @@ def parse_message(frame: bytes) -> tuple[Any, Header]:
         raise Problem("AR", SEGMENT_SEQUENCE_ERROR,
                       "not an HL7 v2 message: it must start with an MSH segment", "MSH", 1)
     try:
-        message = hl7.parse(text)
+        message = hl7.parse(_read_segments(text))
         msh = message.segment("MSH")
     except (ParseException, KeyError, IndexError, ValueError):
         raise Problem("AR", SEGMENT_SEQUENCE_ERROR, "the MSH segment cannot be read",
@@ -297,6 +311,13 @@ def read_message(frame: bytes) -> FeedMessage:
     """The frame as a schedule or registration message, or ``Problem``."""
     message, header = parse_message(frame)
     check_header(header)
+    return read_parsed(message, header)
+
+
+def read_parsed(message: Any, header: Header) -> FeedMessage:
+    """A message ``parse_message`` read and ``check_header`` took, as a schedule or
+    registration message, or ``Problem`` (parsed once: the listener reads the header
+    first, to answer even a message it cannot take)."""
     if header.message_code == "SIU":
         return _schedule(message, header)
     return _registration(message, header)

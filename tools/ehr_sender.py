@@ -1,0 +1,389 @@
+"""A simulated EHR's interface engine: SIU bookings and ADT registrations as an EHR's
+scheduling and registration systems write them (HL7 v2.5.1, segments as in the
+standard's chapter 10 and 3 examples), sent over MLLP to check-in's listener, one
+message at a time per connection, each waiting for its ACK.
+
+``siu`` and ``adt`` build messages; ``MllpConnection`` is one engine connection.
+Times in messages are the clinic's local clock without an offset, as EHRs write them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from shared import events as ev
+from shared.clinics import ClinicDirectory
+from shared.logging import get_logger
+from tools.live_demo import (
+    DEMO_CLINICS,
+    DemoClinic,
+    DemoEvent,
+    clinics_setting,
+    demo_day,
+    play,
+    played,
+)
+from tools.simulate import VISIT_MINUTES
+
+log = get_logger("clinicflow.ehr_sender")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
+SENDING_APPLICATION = "EHRSIM"
+
+
+def hl7_time(at: datetime, zone: ZoneInfo) -> str:
+    """An HL7 DTM as an EHR writes it: the clinic's local time, no offset."""
+    return at.astimezone(zone).strftime("%Y%m%d%H%M%S")
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    """Who the EHR knows (made up: the simulator's people, never real ones)."""
+
+    mrn: str
+    family: str
+    given: str
+    born: date
+
+    @property
+    def pid(self) -> str:
+        return (f"PID|1||{self.mrn}^^^EHRSIM^MR||{self.family}^{self.given}||"
+                f"{self.born:%Y%m%d}|U")
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """One appointment as the EHR's scheduling system holds it."""
+
+    appointment_id: str
+    patient: Patient
+    provider: str  # the EHR's provider id (AIP-3.1)
+    provider_name: tuple[str, str]  # family, given
+    visit_type: str  # an appointment reason code (SCH-7.1, HL7 table 0276 or the clinic's)
+    start: datetime  # aware
+    minutes: int
+
+
+def msh(kind: str, structure: str, *, facility: str, sent_at: datetime, zone: ZoneInfo,
+        control: str | None = None) -> str:
+    return (f"MSH|^~\\&|{SENDING_APPLICATION}|{facility}|CLINICFLOW|CHECKIN|"
+            f"{hl7_time(sent_at, zone)}||{kind}^{structure}|"
+            f"{control or uuid.uuid4().hex[:20]}|P|2.5.1")
+
+
+def siu(trigger: str, booking: Booking, *, facility: str, zone: ZoneInfo,
+        sent_at: datetime, control: str | None = None, status: str = "Booked") -> bytes:
+    """``SIU^<trigger>`` (S12 new, S14 modified, S15 cancelled, S26 no-show) of
+    ``booking``: SCH, PID, RGS, AIS, AIP."""
+    begin = hl7_time(booking.start, zone)
+    end = hl7_time(booking.start + timedelta(minutes=booking.minutes), zone)
+    family, given = booking.provider_name
+    provider = f"{booking.provider}^{family}^{given}^^^DR"
+    segments = [
+        msh(f"SIU^{trigger}", "SIU_S12", facility=facility, sent_at=sent_at, zone=zone,
+            control=control),
+        f"SCH|{booking.appointment_id}-P|{booking.appointment_id}|||||{booking.visit_type}|"
+        f"NORMAL|{booking.minutes}|m|^^{booking.minutes}^{begin}^{end}|||||||||||||||"
+        f"{status}",
+        booking.patient.pid,
+        f"PV1|1|O|||||{provider}",
+        "RGS|1|A",
+        f"AIS|1|A|{booking.visit_type}|{begin}|||{booking.minutes}|m",
+        f"AIP|1|A|{provider}|D^Doctor||{begin}|||{booking.minutes}|m^Minutes||{status}",
+    ]
+    return "\r".join(segments).encode() + CR
+
+
+def adt(trigger: str, patient: Patient, *, facility: str, zone: ZoneInfo,
+        sent_at: datetime, visit_number: str, attending: str = "",
+        urgent: bool = False, control: str | None = None) -> bytes:
+    """``ADT^<trigger>`` (A04 registered, A11 cancelled, A03 ended) of one visit: EVN,
+    PID, PV1 (PV1-19 the EHR's visit number)."""
+    structure = {"A11": "ADT_A09", "A03": "ADT_A03"}.get(trigger, "ADT_A01")
+    recorded = hl7_time(sent_at, zone)
+    segments = [
+        msh(f"ADT^{trigger}", structure, facility=facility, sent_at=sent_at, zone=zone,
+            control=control),
+        f"EVN|{trigger}|{recorded}",
+        patient.pid,
+        f"PV1|1|O||{'E' if urgent else 'R'}|||{attending}{'|' * 12}{visit_number}",
+    ]
+    return "\r".join(segments).encode() + CR
+
+
+def ack_code(ack: bytes) -> str:
+    """``MSA-1`` of an ACK (``??`` when there is none)."""
+    at = ack.find(b"\rMSA|")
+    return ack[at + 5:at + 7].decode("ascii", "replace") if at >= 0 else "??"
+
+
+def ack_text(ack: bytes) -> str:
+    """``MSA-3`` of an ACK: what check-in did, in words."""
+    at = ack.find(b"\rMSA|")
+    if at < 0:
+        return ""
+    fields = ack[at + 1:].split(CR, 1)[0].decode(errors="replace").split("|")
+    return fields[3] if len(fields) > 3 else ""
+
+
+class MllpConnection:
+    """One MLLP connection as an interface engine holds it: send a message, wait for its
+    ACK (original mode: one at a time)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> MllpConnection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def send(self, message: bytes, timeout: float = 30.0) -> bytes:
+        """The ACK's bytes (without the envelope)."""
+        self.writer.write(VT + message + FS + CR)
+        await self.writer.drain()
+        data = await asyncio.wait_for(self.reader.readuntil(FS + CR), timeout)
+        return data[data.find(VT) + 1:-2]
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+# ------------------------------------------------------------------ make up's EHR sender
+
+EHR_CLINIC = "north"  # the demo clinic whose EHR feeds check-in over MLLP
+EHR_FACILITY = "NORTHSIDE"  # its EHR's sending facility (MSH-4)
+DEFAULT_HL7_PORT = 2575  # the port IANA gives HL7 over MLLP
+FAMILIES = ("RIVERA", "NGUYEN", "OKONKWO", "SCHMIDT", "TANAKA", "HASSAN", "MURPHY", "SILVA",
+            "KOWALSKA", "BERGSTROM", "MENSAH", "DUBOIS")
+GIVEN = ("ALEX", "SAM", "JORDAN", "TAYLOR", "RILEY", "CASEY", "MORGAN", "JAMIE", "AVERY",
+         "QUINN", "ROBIN", "DREW")
+
+
+def ehr_provider(provider_id: str) -> str:
+    """The EHR's id of a demo provider (``p2`` -> ``1002``): what AIP-3 carries."""
+    return f"{1000 + int(provider_id.lstrip('p'))}" if provider_id.lstrip("p").isdigit() \
+        else provider_id
+
+
+def feed_setting(clinic: DemoClinic) -> str:
+    """``CLINICFLOW_CHECKIN_FEEDS`` for the demo: the EHR clinic's facility, its schedule
+    from HL7, and the EHR's provider ids mapped to the clinic's."""
+    providers = {ehr_provider(f"p{n}"): f"p{n}" for n in range(1, len(clinic.providers) + 1)}
+    return json.dumps({EHR_FACILITY: {"clinic": clinic.clinic_id, "source_of_truth": "hl7",
+                                      "providers": providers}})
+
+
+def made_up_patient(visit_id: str) -> Patient:
+    """A made-up patient for a simulated visit (the same one every run)."""
+    n = int(hashlib.sha256(visit_id.encode()).hexdigest()[:12], 16)
+    return Patient(f"MRN{n % 10_000_000:07d}", FAMILIES[n % len(FAMILIES)],
+                   GIVEN[(n // 7) % len(GIVEN)], date(1940 + n % 65, 1 + n % 12, 1 + n % 28))
+
+
+@dataclass(frozen=True, slots=True)
+class EhrDay:
+    """The EHR clinic's day as the sender plays it: what was past at the start (published
+    straight onto the floor, as the other demo clinics' days are), the bookings the EHR
+    sends at once (every scheduled patient still to come), and the rest in time order
+    (their arrivals become ADT^A04, everything else is published as it happens)."""
+
+    past: list[DemoEvent]
+    bookings: dict[str, Booking]  # by the simulated visit that keeps the appointment
+    future: list[DemoEvent]
+
+
+def ehr_day(clinic: DemoClinic, directory: ClinicDirectory, *, started: datetime,
+            speed: float = 1.0) -> EhrDay:
+    """Plan the EHR clinic's day (pure: ``started`` is now)."""
+    events = [played(e, started, speed) for e in demo_day((clinic,), directory, now=started)]
+    past = [e for e in events if e.at <= started]
+    future = events[len(past):]
+    names = dict(zip((f"p{n}" for n in range(1, len(clinic.providers) + 1)),
+                     clinic.providers, strict=True))
+    bookings: dict[str, Booking] = {}
+    for event in future:
+        arrival = event.payload
+        if not isinstance(arrival, ev.PatientArrived) or arrival.scheduled_at is None \
+                or arrival.provider_id is None:
+            continue  # walk-ins come in at the desk, not from the EHR's schedule
+        family = names.get(arrival.provider_id, arrival.provider_id).split()[-1].upper()
+        bookings[arrival.visit_id] = Booking(
+            f"{clinic.clinic_id}-{arrival.visit_id}", made_up_patient(arrival.visit_id),
+            ehr_provider(arrival.provider_id), (family, ""), arrival.visit_type,
+            arrival.scheduled_at, VISIT_MINUTES.get(arrival.visit_type, 20))
+    return EhrDay(past, bookings, future)
+
+
+def with_visits(payload: ev.Payload, visits: dict[str, str]) -> ev.Payload:
+    """A simulated fact naming check-in's visit where the EHR registered the patient
+    (``visits``: simulated visit -> check-in's)."""
+    visit = getattr(payload, "visit_id", None)
+    if visit is None or visit not in visits:
+        return payload
+    return payload.model_copy(update={"visit_id": visits[visit]})
+
+
+class EhrSender:
+    """The EHR clinic's interface engine: one MLLP connection, each message resent until
+    it is answered (AR or no answer: again, a second later), as engines do."""
+
+    def __init__(self, host: str, port: int, *, zone: ZoneInfo, stop: asyncio.Event,
+                 tries: int = 10) -> None:
+        self.host, self.port, self.zone, self.stop, self.tries = host, port, zone, stop, tries
+        self._connection: MllpConnection | None = None
+
+    async def send(self, message: bytes) -> bytes | None:
+        """The message's ACK once it is AA or AE (None: never answered so)."""
+        for _ in range(self.tries):
+            try:
+                if self._connection is None:
+                    self._connection = await MllpConnection.connect(self.host, self.port)
+                ack = await self._connection.send(message, timeout=15)
+                if ack_code(ack) in ("AA", "AE"):
+                    return ack
+                log.warning("ehr sender: message refused for now", text=ack_text(ack)[:80])
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                await self.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+            if self.stop.is_set():
+                return None
+        return None
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+
+async def _checked_in_visit(client: httpx.AsyncClient, clinic_id: str,
+                            appointment_id: str) -> str | None:
+    """Check-in's visit of an appointment the EHR registered (the front desk's schedule)."""
+    answer = await client.get(f"/clinics/{clinic_id}/schedule",
+                              headers={"Authorization": "Bearer dev-front-desk"})
+    if answer.status_code != 200:
+        return None
+    for row in answer.json()["appointments"]:
+        if row["appointment_id"] == appointment_id:
+            return row.get("visit_id")
+    return None
+
+
+async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int],
+                          checkin_url: str, clinic: DemoClinic, directory: ClinicDirectory,
+                          speed: float = 1.0, stop: asyncio.Event | None = None,
+                          clock: Callable[[], datetime] = _utcnow,
+                          on_caught_up: Callable[[int], None] | None = None) -> int:
+    """Play the EHR clinic's day (``ehr_day``): the past straight onto the floor, then
+    the EHR's bookings over MLLP, then each arrival of a booked patient as ADT^A04 when it
+    happens; the floor facts that follow an arrival name check-in's visit. A message the
+    listener never takes leaves its patient to the simulator (published as it was
+    simulated), so the floor stays whole. Returns how many facts and messages went out."""
+    stop = stop or asyncio.Event()
+    started = clock()
+    zone = directory.zone(clinic.clinic_id)
+    day = ehr_day(clinic, directory, started=started, speed=speed)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=5)
+    sender = EhrSender(*hl7, zone=zone, stop=stop)
+    visits: dict[str, str] = {}  # simulated visit -> check-in's
+    sent = 0
+
+    async def publish(event: DemoEvent, occurred: datetime) -> None:
+        payload = with_visits(event.payload, visits)
+        envelope = ev.make_event(payload, clinic_id=event.clinic_id, source="simulator",
+                                 occurred_at=occurred,
+                                 correlation_id=getattr(payload, "visit_id", None))
+        await producer.send(floor_topic, ev.encode(envelope), key=event.clinic_id.encode())
+
+    await producer.start()
+    try:
+        async with httpx.AsyncClient(base_url=checkin_url, timeout=10) as client:
+            for event in day.past:
+                await publish(event, event.at)
+            await producer.flush()
+            sent = len(day.past)
+            for visit, booking in list(day.bookings.items()):
+                ack = await sender.send(siu("S12", booking, facility=EHR_FACILITY, zone=zone,
+                                            sent_at=started))
+                if ack is None or ack_code(ack) != "AA":
+                    del day.bookings[visit]  # not on check-in's schedule: simulated as is
+                sent += 1
+            if on_caught_up is not None:
+                on_caught_up(sent)
+            for event in day.future:
+                wait = (event.at - clock()).total_seconds()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=wait)
+                if stop.is_set():
+                    break
+                arrival = event.payload
+                booked = day.bookings.get(arrival.visit_id) \
+                    if isinstance(arrival, ev.PatientArrived) else None
+                if isinstance(arrival, ev.PatientArrived) and booked is not None:
+                    ack = await sender.send(adt(
+                        "A04", booked.patient, facility=EHR_FACILITY, zone=zone,
+                        sent_at=min(event.at, clock()), visit_number=f"V{arrival.visit_id}",
+                        attending=booked.provider, urgent=arrival.priority == "urgent"))
+                    checked_in = await _checked_in_visit(client, clinic.clinic_id,
+                                                         booked.appointment_id) \
+                        if ack is not None and ack_code(ack) == "AA" else None
+                    if checked_in is not None:
+                        visits[arrival.visit_id] = checked_in
+                        sent += 1
+                        continue
+                await publish(event, min(event.at, clock()))
+                sent += 1
+            await producer.flush()
+    finally:
+        await sender.close()
+        await producer.stop()
+    log.info("ehr clinic's day played", clinic=clinic.clinic_id, sent=sent,
+             through_hl7=len(visits))
+    return sent
+
+
+async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int],
+                        checkin_url: str, speed: float = 1.0,
+                        stop: asyncio.Event | None = None,
+                        directory: ClinicDirectory | None = None,
+                        on_caught_up: Callable[[int], None] | None = None) -> int:
+    """``make up``'s demo: every demo clinic's day as ``tools.live_demo.play`` plays it,
+    but the EHR clinic's (``EHR_CLINIC``) through its EHR sender."""
+    stop = stop or asyncio.Event()
+    directory = directory or ClinicDirectory.parse(clinics_setting())
+    ehr_clinic = next(c for c in DEMO_CLINICS if c.clinic_id == EHR_CLINIC)
+    caught_up: list[int] = []
+
+    def one_caught_up(count: int) -> None:
+        caught_up.append(count)
+        if len(caught_up) == 2 and on_caught_up is not None:
+            on_caught_up(sum(caught_up))
+
+    counts = await asyncio.gather(
+        play(bootstrap, floor_topic, speed=speed, stop=stop, directory=directory,
+             clinics=tuple(c for c in DEMO_CLINICS if c is not ehr_clinic),
+             on_caught_up=one_caught_up),
+        play_ehr_clinic(bootstrap, floor_topic, hl7=hl7, checkin_url=checkin_url,
+                        clinic=ehr_clinic, directory=directory, speed=speed, stop=stop,
+                        on_caught_up=one_caught_up))
+    return sum(counts)
