@@ -378,10 +378,83 @@ def run_scenarios(
     return results
 
 
+@dataclass(frozen=True)
+class MultiDayResult:
+    """One scenario shape over runs of consecutive days (``clinicflow simulate --days``):
+    day 1 alone, the later days replayed after the earlier ones (the estimator
+    remembers the clinic), and the same later days each replayed alone (no memory)."""
+
+    scenario: str
+    first_day: ScenarioResult
+    remembered: ScenarioResult  # days 2..N, replayed as one run from day 1
+    alone: ScenarioResult  # days 2..N, each replayed by itself
+
+
+def split_days(events: Iterable[dict[str, Any]]) -> dict[date, list[dict[str, Any]]]:
+    """A log's events by the clinic's date (its ``ts`` carries the clinic's offset)."""
+    by_day: dict[date, list[dict[str, Any]]] = {}
+    for event in events:
+        by_day.setdefault(datetime.fromisoformat(event["ts"]).date(), []).append(event)
+    return by_day
+
+
+def score_days(
+    log_events: list[dict[str, Any]], estimates: list[dict[str, Any]],
+) -> dict[date, Score]:
+    """Each day of a log scored alone: its visits, their estimates, its own rolling
+    average (which starts the day knowing no wait, as a board reset overnight does)."""
+    days = split_days(log_events)
+    visits_of = {visit: day for day, events in days.items()
+                 for e in events if e.get("type") == "arrival" and (visit := e.get("visit_id"))}
+    estimates_by_day: dict[date, list[dict[str, Any]]] = {}
+    for estimate in estimates:
+        day = visits_of.get(estimate.get("visit_id"))  # type: ignore[arg-type]
+        if day is not None:
+            estimates_by_day.setdefault(day, []).append(estimate)
+    return {day: score(events, estimates_by_day.get(day, []))
+            for day, events in sorted(days.items())}
+
+
+def run_multi_day(
+    scenarios: Iterable[str],
+    seeds: Iterable[int],
+    days: int,
+    replay: Replay | None = None,
+    start: date | None = None,
+) -> list[MultiDayResult]:
+    """For each scenario shape and seed: simulate ``days`` consecutive days of one clinic
+    (``simulate_days``: drift included), replay them as one run (what the estimator
+    learned on earlier days is there on later ones) and each day alone, and score day 1,
+    days 2..N of the run, and days 2..N alone."""
+    from tools.simulate import DEFAULT_DATE, simulate_days
+
+    run_replay = replay if replay is not None else _default_replay()
+    seed_list = list(seeds)
+    results = []
+    for name in scenarios:
+        first: dict[int, Score] = {}
+        remembered: dict[int, Score] = {}
+        alone: dict[int, Score] = {}
+        for seed in seed_list:
+            simulated = simulate_days(name, seed, days, clinic_id=f"{name}-{seed}",
+                                      start=start or DEFAULT_DATE)
+            estimates = list(run_replay(dict(e) for e in simulated.events))
+            by_day = score_days(simulated.events, estimates)
+            ordered = list(by_day.values())
+            first[seed] = ordered[0]
+            remembered[seed] = sum(ordered[1:], Score())
+            alone[seed] = Score()
+            for events in list(split_days(simulated.events).values())[1:]:
+                alone[seed] += score(events, list(run_replay(dict(e) for e in events)))
+        results.append(MultiDayResult(
+            name, *(ScenarioResult(name, sum(per.values(), Score()), per)
+                    for per in (first, remembered, alone))))
+    return results
+
+
 def mean_ratio(results: Iterable[ScenarioResult]) -> float | None:
     """The plain mean of the scenario shapes' ratios (each shape counts once)."""
-    ratios = [r for result in results if (r := result.score.ratio) is not None]
-    return sum(ratios) / len(ratios) if ratios else None
+    return mean_of(results, lambda s: s.ratio)
 
 
 def _number(value: float | None, digits: int = 2) -> str:
@@ -403,6 +476,31 @@ def scenario_table(results: list[ScenarioResult]) -> list[list[str]]:
             str(s.samples), str(s.missing_estimates),
         ])
     return rows
+
+
+def multi_day_table(results: list[MultiDayResult], days: int) -> list[list[str]]:
+    """Header and rows: day 1, then days 2..N with memory against the same days alone."""
+    later = f"days 2-{days}"
+    rows = [["scenario", "day 1 ratio", f"{later} ratio", "ratio by seed", "alone ratio",
+             "coverage", "mean width", "interval score", "alone interval score",
+             "samples"]]
+    for result in results:
+        s, alone = result.remembered.score, result.alone.score
+        spread = result.remembered.seed_ratio_range()
+        rows.append([
+            result.scenario, _number(result.first_day.score.ratio, 3), _number(s.ratio, 3),
+            "-" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}",
+            _number(alone.ratio, 3), _number(s.coverage, 3), _number(s.mean_width, 1),
+            _number(s.interval_score, 1), _number(alone.interval_score, 1), str(s.samples),
+        ])
+    return rows
+
+
+def mean_of(results: Iterable[ScenarioResult], what: Callable[[Score], float | None],
+            ) -> float | None:
+    """The plain mean over scenario shapes of one figure (each shape counts once)."""
+    values = [v for result in results if (v := what(result.score)) is not None]
+    return sum(values) / len(values) if values else None
 
 
 def clinic_table(result: Score) -> list[list[str]]:
@@ -433,8 +531,10 @@ def format_markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(results: list[ScenarioResult], seeds: list[int], command: str) -> str:
-    """docs/backtest.md: the scenario table with how it was made and how to read it."""
+def markdown_report(results: list[ScenarioResult], seeds: list[int], command: str,
+                    multi_day: list[MultiDayResult] | None = None, days: int = 1) -> str:
+    """docs/backtest.md: the scenario table with how it was made and how to read it; with
+    ``multi_day``, day 1 is ``results`` and a second table scores the later days."""
     mean = mean_ratio(results)
     seed_text = (f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1
                  else f"seed {seeds[0]}") if seeds else "no seeds"
@@ -466,15 +566,43 @@ def markdown_report(results: list[ScenarioResult], seeds: list[int], command: st
         "- **missing** = samples with no estimate yet (scored as a prediction of 0).",
         "- MAE in minutes.",
         "",
+        *([] if not multi_day else [
+            f"## Day 1: a clinic without history ({seed_text})", ""]),
         format_markdown(scenario_table(results)),
         "",
-        f"Mean ratio across shapes: **{_number(mean, 3)}**.",
+        f"Mean ratio across shapes: **{_number(mean, 3)}**; mean interval score"
+        f" {_number(mean_of(results, lambda s: s.interval_score), 2)}.",
         "",
+        *(_multi_day_lines(multi_day, days) if multi_day else []),
         "The shapes (`clinicflow simulate --list`):",
         "",
         *_shape_lines(),
         "",
     ])
+
+
+def _multi_day_lines(results: list[MultiDayResult], days: int) -> list[str]:
+    remembered = [r.remembered for r in results]
+    alone = [r.alone for r in results]
+    return [
+        f"## Days 2-{days}: the same clinic, day after day",
+        "",
+        f"Each seed is also one clinic's {days} consecutive working days (`clinicflow simulate"
+        f" --days {days}`): day 1 is the day above; from day 2 on walk-ins and no-shows"
+        " follow the weekday, a new provider replaces one who leaves, one day runs slower"
+        " and a room is out of service for a week (`tools.simulate.drift_plan`). The days"
+        " are replayed as one run, as the live service sees them, and days 2-N scored;"
+        " **alone** replays each of those days by itself, as a clinic without history"
+        " would be estimated. Each day is scored with its own rolling average.",
+        "",
+        format_markdown(multi_day_table(results, days)),
+        "",
+        f"Days 2-{days}, mean across shapes: ratio"
+        f" **{_number(mean_ratio(remembered), 3)}** (alone {_number(mean_ratio(alone), 3)});"
+        f" interval score {_number(mean_of(remembered, lambda s: s.interval_score), 2)}"
+        f" (alone {_number(mean_of(alone, lambda s: s.interval_score), 2)}).",
+        "",
+    ]
 
 
 def _shape_lines() -> list[str]:
@@ -540,30 +668,49 @@ def _run_scenarios(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         print("clinicflow backtest: --seeds must be at least 1", file=sys.stderr)
         return 2
+    if args.days < 1:
+        print("clinicflow backtest: --days must be at least 1", file=sys.stderr)
+        return 2
     seeds = list(range(1, args.seeds + 1))
-    results = run_scenarios(names, seeds)
+    multi = run_multi_day(names, seeds, args.days) if args.days > 1 else None
+    results = [r.first_day for r in multi] if multi else run_scenarios(names, seeds)
     mean = mean_ratio(results)
     if args.json:
-        payload = {"seeds": seeds, "mean_ratio": _round(mean, 3),
-                   "scenarios": {r.scenario: {**r.score.summary(),
-                                              "seeds": {str(k): v.summary()
-                                                        for k, v in r.seed_scores.items()}}
-                                 for r in results}}
+        payload: dict[str, Any] = {"seeds": seeds, "mean_ratio": _round(mean, 3),
+                                   "scenarios": {r.scenario: _seeded(r) for r in results}}
+        if multi:
+            payload["days"] = args.days
+            payload["later_days"] = {
+                "mean_ratio": _round(mean_ratio([r.remembered for r in multi]), 3),
+                "mean_ratio_alone": _round(mean_ratio([r.alone for r in multi]), 3),
+                "scenarios": {r.scenario: {**_seeded(r.remembered),
+                                           "alone": _seeded(r.alone)} for r in multi}}
         sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         print(format_text(scenario_table(results)))
         print(f"\nmean ratio across shapes: {_number(mean, 3)}")
+        if multi:
+            print(f"\ndays 2-{args.days}:")
+            print(format_text(multi_day_table(multi, args.days)))
+            print(f"\nmean ratio across shapes, days 2-{args.days}: "
+                  f"{_number(mean_ratio([r.remembered for r in multi]), 3)} "
+                  f"(alone {_number(mean_ratio([r.alone for r in multi]), 3)})")
     if args.markdown:
         command = f"clinicflow backtest --scenarios {args.scenarios} --seeds {args.seeds} " \
-                  f"--markdown {args.markdown}"
+                  + (f"--days {args.days} " if multi else "") + f"--markdown {args.markdown}"
         try:
             with open(args.markdown, "w", encoding="utf-8") as out:
-                out.write(markdown_report(results, seeds, command))
+                out.write(markdown_report(results, seeds, command, multi, args.days))
         except OSError as exc:
             print(f"clinicflow backtest: cannot write {args.markdown}: {exc.strerror}",
                   file=sys.stderr)
             return 2
     return 0
+
+
+def _seeded(result: ScenarioResult) -> dict[str, Any]:
+    return {**result.score.summary(),
+            "seeds": {str(k): v.summary() for k, v in result.seed_scores.items()}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -592,5 +739,9 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.add_argument("--scenarios", help="'all' or a comma-separated list of scenario shapes")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 1..N per shape (default 5)")
+    parser.add_argument("--days", type=int, default=1,
+                        help="with --scenarios: each seed is also a clinic's N consecutive "
+                        "days; day 1 and days 2..N (with what the estimator learned before "
+                        "them, and alone) are scored (default 1: one day)")
     parser.add_argument("--markdown", help="also write the scenario table as Markdown here")
     parser.set_defaults(func=run)

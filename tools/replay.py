@@ -22,6 +22,9 @@ from shared.floor.model import NotApplicable
 REQUIRED: dict[str, tuple[str, ...]] = {
     "arrival": ("visit_id", "provider_id", "visit_type", "scheduled_at", "priority"),
     "room_ready": ("room_id",),
+    # beyond the format's seven: a room taken out of service (``clinicflow simulate
+    # --days`` takes one out for a week), as the nurse station records it
+    "room_out_of_service": ("room_id",),
     "roomed": ("visit_id", "room_id"),
     "provider_in": ("visit_id",),
     "delay": ("provider_id", "minutes", "reason"),
@@ -85,6 +88,9 @@ def to_fact(record: dict[str, Any], ticket_for: Callable[[str, str], str]) -> ev
             )
         case "room_ready":
             return ev.RoomReady.model_construct(room_id=_text(record, "room_id"))
+        case "room_out_of_service":
+            return ev.RoomOutOfService.model_construct(room_id=_text(record, "room_id"),
+                                                       reason=str(record.get("reason") or ""))
         case "roomed":
             return ev.PatientRoomed.model_construct(visit_id=_text(record, "visit_id"),
                                                     room_id=_text(record, "room_id"))

@@ -56,7 +56,7 @@ import os
 import random
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import IO, Any, Literal
 
@@ -318,11 +318,22 @@ def _round5(minutes: float) -> int:
     return max(5, int(5 * round(minutes / 5)))
 
 
+@dataclass(frozen=True, slots=True)
+class _Cast:
+    """Who and what a clinic has on one of several consecutive days."""
+
+    provider_ids: tuple[str, ...]  # one per provider of the scenario, in order
+    paces: dict[str, float]  # each provider's own pace, kept from day to day
+    rooms_out: frozenset[str]  # rooms out of service all day
+    visit_prefix: str  # visit ids stay unique across the days
+
+
 class _Day:
     """One clinic's day: built from the scenario and the seed, then run to the end."""
 
     def __init__(self, scenario: Scenario, seed: int, clinic_id: str, day: date,
-                 zone: tzinfo | None = None, clock_shift: timedelta = timedelta(0)) -> None:
+                 zone: tzinfo | None = None, clock_shift: timedelta = timedelta(0),
+                 cast: _Cast | None = None) -> None:
         if scenario.rooms < scenario.room_pools or scenario.providers < scenario.room_pools:
             raise ValueError(f"scenario {scenario.name}: every room pool needs a provider "
                              "and a room")
@@ -330,6 +341,7 @@ class _Day:
         self.seed = seed
         self.clinic_id = clinic_id
         self.day = day
+        self.cast = cast
         self.rng = random.Random(seed)
         self.midnight = datetime.combine(
             day, time(0), tzinfo=timezone(timedelta(hours=scenario.utc_offset_hours)))
@@ -346,6 +358,9 @@ class _Day:
         self.rooms = [_Room(f"r{i + 1}", i % scenario.room_pools)
                       for i in range(scenario.rooms)]
         self._book_day()
+        if cast is not None:  # the clinic's own providers keep their pace from day to day
+            for provider in self.providers.values():
+                provider.pace = cast.paces.get(provider.provider_id, provider.pace)
 
     # ------------------------------------------------------------------ set-up
 
@@ -365,7 +380,7 @@ class _Day:
         opens = _clock(s.sessions[0][0])
         providers: dict[str, _Provider] = {}
         for i in range(s.providers):
-            provider_id = f"p{i + 1}"
+            provider_id = f"p{i + 1}" if self.cast is None else self.cast.provider_ids[i]
             late = 0
             if self.rng.random() < s.late_start_share:
                 late = self.rng.randint(*s.late_start_minutes) * MINUTE + self.rng.randint(0, 59)
@@ -414,7 +429,8 @@ class _Day:
         # ids in the order patients come in; no-shows after them
         visits.sort(key=lambda v: (v.arrives_at is None, v.arrives_at or v.scheduled_at or 0))
         for number, visit in enumerate(visits, start=1):
-            visit.visit_id = f"{self.clinic_id}-v{number:03d}"
+            prefix = self.clinic_id if self.cast is None else self.cast.visit_prefix
+            visit.visit_id = f"{prefix}-v{number:03d}"
             self.visits[visit.visit_id] = visit
             if visit.arrives_at is None:
                 visit.state, visit.outcome = "ended", "no_show"
@@ -494,7 +510,11 @@ class _Day:
         return SimulatedDay(self.events, self._truth())
 
     def _on_rooms_open(self, at: int, _: str) -> None:
+        out = self.cast.rooms_out if self.cast is not None else frozenset()
         for room in self.rooms:
+            if room.room_id in out:  # out of service today: never called into
+                self._emit(at, "room_out_of_service", room_id=room.room_id)
+                continue
             self._emit(at, "room_ready", room_id=room.room_id)
             room.available_at = at
         self._dispatch(at)
@@ -759,30 +779,156 @@ def simulate_day(
     return _Day(shape, seed, clinic_id, date, zone, clock_shift).run()
 
 
+# Later days of a multi-day run: walk-ins and no-shows by weekday (Monday = 0)
+WEEKDAY_WALK_INS = {0: 1.0, 1: 0.9, 2: 1.0, 3: 0.9, 4: 0.8, 5: 0.6, 6: 0.6}
+WEEKDAY_NO_SHOWS = {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0, 4: 1.5, 5: 1.5, 6: 1.5}
+SLOWER_DAY_PACE = 1.25  # a slower day: every visit takes this much longer...
+SLOWER_DAY_NURSES = 1.3  # ...and intake and cleaning this much
+ROOM_OUT_DAYS = 5  # a room out of service for a working week
+
+
+def clinic_days(start: date, days: int) -> list[date]:
+    """``days`` consecutive working days (Monday to Friday) from ``start`` on (``start``
+    itself whatever day it is)."""
+    dates = [start]
+    while len(dates) < days:
+        following = dates[-1] + timedelta(days=1)
+        while following.weekday() >= 5:
+            following += timedelta(days=1)
+        dates.append(following)
+    return dates
+
+
+@dataclass(frozen=True)
+class DriftPlan:
+    """What changes over a clinic's consecutive days, drawn from the seed."""
+
+    new_provider_day: int | None  # from this day (1-based) on, one provider is replaced
+    leaving: str | None  # the provider who leaves
+    joining_pace: float  # the newcomer's pace
+    slower_day: int | None  # a day when everything runs slower
+    room_out: str | None  # a room out of service ...
+    room_out_days: tuple[int, ...]  # ... on these days
+
+
+def drift_plan(shape: Scenario, seed: int, days: int) -> DriftPlan:
+    """The drift of a run of ``days`` days: a new provider (from day 3 at the earliest), a
+    slower day (day 2 or later), a room out for a working week (from day 2 or later).
+    Day 1 never drifts. A room is taken out only from a pool that keeps another."""
+    rng = random.Random(f"drift:{shape.name}:{seed}:{days}")
+    new_day = rng.randint(3, max(3, days - 2)) if days >= 4 else None
+    leaving = f"p{rng.randint(1, shape.providers)}"
+    joining = min(1.5, max(0.7, math.exp(rng.gauss(0.0, max(0.25, 2 * shape.pace_sigma)))))
+    slower = rng.randint(2, days) if days >= 2 else None
+    pools = [i % shape.room_pools for i in range(shape.rooms)]
+    candidates = [f"r{i + 1}" for i in range(shape.rooms) if pools.count(pools[i]) > 1]
+    room_out: str | None = None
+    out_days: tuple[int, ...] = ()
+    if days >= 2 and candidates:
+        room_out = rng.choice(candidates)
+        first = rng.randint(2, max(2, days - ROOM_OUT_DAYS + 1))
+        out_days = tuple(range(first, min(days, first + ROOM_OUT_DAYS - 1) + 1))
+    return DriftPlan(new_day, leaving if new_day else None, joining, slower, room_out,
+                     out_days)
+
+
+def simulate_days(
+    scenario: str | Scenario,
+    seed: int,
+    days: int,
+    clinic_id: str = "c1",
+    start: date = DEFAULT_DATE,
+) -> SimulatedDay:
+    """One clinic's ``days`` consecutive working days, in time order, with drift.
+
+    Day 1 is exactly ``simulate_day(scenario, seed, clinic_id, start)``. The clinic
+    keeps its providers (each with their own pace) and rooms from day to day, while
+    each day has its own patients (day k's seed is ``seed * 1000 + k``, its visit ids
+    ``<clinic_id>-d<k>-v...``). From day 2 on: walk-ins and no-shows follow the
+    weekday (fewer walk-ins and more no-shows on Fridays), and ``drift_plan`` brings a
+    new provider in place of one who leaves, one slower day, and a room out of service
+    for a working week (the log says so at opening with ``room_out_of_service``).
+    The truth lists every day's clinic and what drifted."""
+    shape = get_scenario(scenario) if isinstance(scenario, str) else scenario
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    plan = drift_plan(shape, seed, days)
+    first = _Day(shape, seed, clinic_id, start)
+    paces = {p.provider_id: p.pace for p in first.providers.values()}
+    ids = tuple(paces)
+    runs = [first.run()]
+    drift: list[list[str]] = [[]]
+    for number, day in enumerate(clinic_days(start, days)[1:], start=2):
+        notes: list[str] = []
+        if plan.new_provider_day is not None and number >= plan.new_provider_day:
+            joining = f"p{shape.providers + 1}"
+            ids = tuple(joining if p == plan.leaving else p for p in ids)
+            paces.setdefault(joining, plan.joining_pace)
+            if number == plan.new_provider_day:
+                notes.append(f"{plan.leaving} left; {joining} (pace "
+                             f"{plan.joining_pace:.2f}) started")
+        today = replace(
+            shape,
+            walk_ins_per_hour=shape.walk_ins_per_hour * WEEKDAY_WALK_INS[day.weekday()],
+            no_show_share=min(0.9, shape.no_show_share * WEEKDAY_NO_SHOWS[day.weekday()]),
+        )
+        day_paces = dict(paces)
+        if number == plan.slower_day:
+            day_paces = {p: pace * SLOWER_DAY_PACE for p, pace in paces.items()}
+            today = replace(today,
+                            intake_minutes_median=today.intake_minutes_median
+                            * SLOWER_DAY_NURSES,
+                            cleaning_minutes_median=today.cleaning_minutes_median
+                            * SLOWER_DAY_NURSES)
+            notes.append("a slower day")
+        out = frozenset({plan.room_out}) if plan.room_out and number in plan.room_out_days \
+            else frozenset()
+        if out:
+            notes.append(f"{plan.room_out} out of service")
+        cast = _Cast(ids, day_paces, out, f"{clinic_id}-d{number}")
+        runs.append(_Day(today, seed * 1000 + number, clinic_id, day, cast=cast).run())
+        drift.append(notes)
+    clinics = []
+    for run, notes in zip(runs, drift, strict=True):
+        for clinic in run.truth["clinics"]:
+            clinics.append({**clinic, "drift": notes})
+    truth = {"format": TRUTH_FORMAT, "scenario": shape.name, "seed": seed,
+             "date": start.isoformat(), "days": days, "clinics": clinics,
+             "visits": [v for run in runs for v in run.truth["visits"]]}
+    return SimulatedDay([e for run in runs for e in run.events], truth)
+
+
 def simulate_clinics(
     scenario: str,
     seed: int,
     clinics: int,
     date: date = DEFAULT_DATE,
+    days: int = 1,
 ) -> SimulatedDay:
-    """Simulate ``clinics`` clinics' days (``c001``, ``c002``...), merged in time order.
+    """Simulate ``clinics`` clinics' days (``c001``, ``c002``...), merged in time order;
+    with ``days`` above 1, each clinic's consecutive days (``simulate_days``).
 
     Each clinic gets its own seed derived from ``seed``. ``scenario`` may be
     ``"all"``: clinics then cycle through every shape.
     """
     if clinics < 1:
         raise ValueError("clinics must be at least 1")
+    if days < 1:
+        raise ValueError("days must be at least 1")
     names = SCENARIO_NAMES if scenario == "all" else (get_scenario(scenario).name,)
-    days = [
-        simulate_day(names[i % len(names)], seed * 10_000 + i, f"c{i + 1:03d}", date)
-        for i in range(clinics)
-    ]
+    if days == 1:
+        runs = [simulate_day(names[i % len(names)], seed * 10_000 + i, f"c{i + 1:03d}", date)
+                for i in range(clinics)]
+    else:
+        runs = [simulate_days(names[i % len(names)], seed * 10_000 + i, days,
+                              f"c{i + 1:03d}", date)
+                for i in range(clinics)]
     if clinics == 1:
-        events = days[0].events
+        events = runs[0].events
     else:
         # stable: ties keep clinic order, each clinic's own order is kept
         keyed = [(datetime.fromisoformat(e["ts"]), i, n, e)
-                 for i, d in enumerate(days) for n, e in enumerate(d.events)]
+                 for i, d in enumerate(runs) for n, e in enumerate(d.events)]
         keyed.sort(key=lambda k: (k[0], k[1], k[2]))
         events = [k[3] for k in keyed]
     truth = {
@@ -790,9 +936,11 @@ def simulate_clinics(
         "scenario": scenario,
         "seed": seed,
         "date": date.isoformat(),
-        "clinics": [c for d in days for c in d.truth["clinics"]],
-        "visits": [v for d in days for v in d.truth["visits"]],
+        "clinics": [c for d in runs for c in d.truth["clinics"]],
+        "visits": [v for d in runs for v in d.truth["visits"]],
     }
+    if days > 1:
+        truth["days"] = days
     return SimulatedDay(events, truth)
 
 
@@ -837,7 +985,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"clinicflow simulate: --date {args.date!r} is not YYYY-MM-DD", file=sys.stderr)
         return 2
     try:
-        simulated = simulate_clinics(args.scenario, args.seed, args.clinics, day)
+        simulated = simulate_clinics(args.scenario, args.seed, args.clinics, day, args.days)
     except (KeyError, ValueError) as exc:
         print(f"clinicflow simulate: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -866,6 +1014,9 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--clinics", type=int, default=1, help="number of clinics (default 1)")
     parser.add_argument("--date", default=DEFAULT_DATE.isoformat(), help="YYYY-MM-DD")
+    parser.add_argument("--days", type=int, default=1,
+                        help="consecutive working days per clinic from --date, with drift: a "
+                        "new provider, a slower day, a room out for a week (default 1)")
     parser.add_argument("--out", help="visit log to write, '-' for stdout")
     parser.add_argument("--truth", help="also write the ground truth as JSON here")
     parser.add_argument("--list", action="store_true", help="list the scenario shapes")

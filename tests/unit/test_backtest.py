@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from tools.backtest import (
     add_cli,
     markdown_report,
     rolling_average_estimates,
+    run_multi_day,
     run_scenarios,
     score,
+    score_days,
 )
-from tools.simulate import SCENARIO_NAMES, simulate_day
+from tools.simulate import SCENARIO_NAMES, simulate_day, simulate_days
 
 
 def ts(clock: str, clinic_offset: str = "-05:00") -> str:
@@ -250,3 +253,58 @@ def test_cli_runs_every_scenario_and_writes_the_markdown_table(
     assert "| quiet_specialty |" in doc.read_text()
     assert run_cli("--scenarios", "circus") == 2
     assert run_cli() == 2
+
+
+# ---------------------------------------------------------- consecutive days
+
+
+def test_each_day_of_a_log_is_scored_alone_with_its_own_rolling_average() -> None:
+    monday = [arrival("08:00", "v1"), roomed("08:12", "v1")]
+    tuesday = [dict(e, ts=e["ts"].replace("03-02", "03-03")) for e in
+               (arrival("08:00", "w1"), roomed("08:20", "w1"))]
+    estimates = [estimate("08:00", "v1", 10, 5, 15),
+                 dict(estimate("08:00", "w1", 20, 15, 25), ts=ts("08:00").replace("03-02",
+                                                                                  "03-03"))]
+    days = score_days(monday + tuesday, estimates)
+    assert [d.isoformat() for d in days] == ["2026-03-02", "2026-03-03"]
+    assert days[date(2026, 3, 2)] == score(monday, estimates[:1])
+    tuesday_score = days[date(2026, 3, 3)]
+    assert tuesday_score.samples == 4 and tuesday_score.estimator_mae == 0.0
+    # Tuesday's rolling average knows no wait yet: Monday's 12 minutes do not count
+    assert tuesday_score.baseline_mae == pytest.approx((20 + 15 + 10 + 5) / 4)
+
+
+def test_multi_day_runner_scores_day_one_the_later_days_and_the_same_days_alone() -> None:
+    results = run_multi_day(["quiet_specialty", "mixed"], [1], 3,
+                            replay=rolling_average_estimates)
+    assert [r.scenario for r in results] == ["quiet_specialty", "mixed"]
+    for result in results:
+        events = simulate_days(result.scenario, 1, 3,
+                               clinic_id=f"{result.scenario}-1").events
+        first = simulate_day(result.scenario, 1, clinic_id=f"{result.scenario}-1").events
+        assert result.first_day.score == score(first, rolling_average_estimates(first))
+        later = list(score_days(events, list(rolling_average_estimates(events))).values())
+        assert result.remembered.score == later[1] + later[2]
+        # alone, the stand-in is the scorer's own rolling average: a ratio of one
+        assert result.alone.score.samples == result.remembered.score.samples
+        assert result.alone.score.ratio == pytest.approx(1.0, abs=0.01)
+        assert set(result.remembered.seed_scores) == {1}
+
+
+def test_cli_scores_consecutive_days_and_writes_both_tables(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backtest, "_default_replay", lambda: rolling_average_estimates)
+    doc = tmp_path / "backtest.md"
+    assert run_cli("--scenarios", "quiet_specialty", "--seeds", "1", "--days", "3",
+                   "--markdown", str(doc)) == 0
+    assert "days 2-3" in capsys.readouterr().out
+    text = doc.read_text()
+    assert "## Days 2-3" in text and "--days 3" in text
+    assert text.count("| quiet_specialty |") == 2
+    assert run_cli("--scenarios", "quiet_specialty", "--seeds", "1", "--days", "2",
+                   "--json") == 0
+    printed = orjson.loads(capsys.readouterr().out)
+    assert printed["days"] == 2
+    assert printed["later_days"]["scenarios"]["quiet_specialty"]["alone"]["samples"] > 0
+    assert run_cli("--scenarios", "mixed", "--days", "0") == 2

@@ -21,6 +21,7 @@ from tools.simulate import (
     add_cli,
     simulate_clinics,
     simulate_day,
+    simulate_days,
     write_log,
 )
 
@@ -439,3 +440,12 @@ def test_cli_lists_the_scenarios_and_refuses_unknown_ones(
     assert all(name in listed for name in SCENARIO_NAMES)
     assert run_cli("--scenario", "circus", "--out", str(tmp_path / "x.jsonl")) == 2
     assert "unknown scenario" in capsys.readouterr().err
+
+
+def test_cli_writes_consecutive_days(tmp_path: Path) -> None:
+    log = tmp_path / "days.jsonl"
+    assert run_cli("--scenario", "quiet_specialty", "--seed", "5", "--days", "3",
+                   "--out", str(log)) == 0
+    events = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert events == simulate_days("quiet_specialty", 5 * 10_000, 3, "c001").events
+    assert run_cli("--scenario", "mixed", "--days", "0", "--out", str(log)) == 2
