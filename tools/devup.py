@@ -40,7 +40,9 @@ from tools.stack import (
     LocalStack,
     Managed,
     StackError,
+    free_port,
     is_our_process,
+    port_is_free,
     process_start_time,
     read_state,
     recorded_processes,
@@ -75,14 +77,21 @@ def service_env(environ: Mapping[str, str], stack: LocalStack,
                 ports: Mapping[str, int]) -> dict[str, str]:
     """What every service is started with: the stack's addresses, the demo clinics (zones
     and names, unless ``CLINICFLOW_CLINICS`` is set already) and the links between them."""
-    from tools.live_demo import clinics_setting
+    from tools.ehr_sender import DEFAULT_HL7_PORT, EHR_CLINIC, feed_setting
+    from tools.live_demo import DEMO_CLINICS, clinics_setting
 
+    ehr_clinic = next(c for c in DEMO_CLINICS if c.clinic_id == EHR_CLINIC)
     return {
         **environ,
         "CLINICFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "CLINICFLOW_REDIS_URL": stack.redis_url,
         "CLINICFLOW_LOG_FORMAT": environ.get("CLINICFLOW_LOG_FORMAT", "json"),
         "CLINICFLOW_CLINICS": environ.get("CLINICFLOW_CLINICS") or clinics_setting(),
+        # the EHR clinic's schedule and arrivals come over HL7 v2 (tools/ehr_sender.py)
+        "CLINICFLOW_CHECKIN_HL7_PORT": environ.get("CLINICFLOW_CHECKIN_HL7_PORT",
+                                                   str(DEFAULT_HL7_PORT)),
+        "CLINICFLOW_CHECKIN_FEEDS": environ.get("CLINICFLOW_CHECKIN_FEEDS")
+        or feed_setting(ehr_clinic),
         **{port_setting(name): str(port) for name, port in ports.items()},
         # the nurse station (served by flow) also shows notifications' room-ready alerts
         "CLINICFLOW_FLOW_NURSE_ALERTS_URL": environ.get(
@@ -316,7 +325,7 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from shared.topics import FLOOR, topic_name
-    from tools.live_demo import play
+    from tools.ehr_sender import play_with_ehr as play
 
     started = time.monotonic()
     data = state_dir()
@@ -354,6 +363,11 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
     stack = LocalStack(demo, kafka_port=kafka_port, redis_port=redis_port,
                        state_file=state_file)
     env = service_env(os.environ, stack, ports)
+    if "CLINICFLOW_CHECKIN_HL7_PORT" in os.environ:
+        require_free(int(env["CLINICFLOW_CHECKIN_HL7_PORT"]), "checkin's HL7 listener",
+                     "CLINICFLOW_CHECKIN_HL7_PORT")
+    elif not port_is_free(int(env["CLINICFLOW_CHECKIN_HL7_PORT"])):
+        env["CLINICFLOW_CHECKIN_HL7_PORT"] = str(free_port())  # the banner says which
     if args.instances > 1 and not os.environ.get("CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS"):
         # every flow instance's nurse station reads the room-ready alerts
         env["CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS"] = json.dumps([
@@ -377,10 +391,17 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
         def caught_up(count: int) -> None:
             _say(f"the day so far is published ({count} events); the rest plays live")
 
-        feeder = asyncio.create_task(play(stack.kafka_bootstrap, floor_topic,
+        hl7 = ("127.0.0.1", int(env["CLINICFLOW_CHECKIN_HL7_PORT"]))
+        feeder = asyncio.create_task(play(stack.kafka_bootstrap, floor_topic, hl7=hl7,
+                                          checkin_url=f"http://127.0.0.1:{ports['checkin']}",
                                           speed=args.speed, stop=stop, directory=directory,
                                           on_caught_up=caught_up))
         _say(_banner(stack, time.monotonic() - started, ports, directory, logs))
+        from tools.ehr_sender import EHR_CLINIC
+
+        _say(f"  EHR feed:            {directory[EHR_CLINIC].display_name}'s bookings and "
+             f"arrivals come from its EHR over HL7 v2 (MLLP {hl7[0]}:{hl7[1]}, "
+             "tools/ehr_sender.py)")
         if args.instances > 1:
             _say("  More instances, each in its service's consumer group (the partitions "
                  "are shared out):\n    " + "  ".join(
