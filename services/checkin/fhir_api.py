@@ -28,7 +28,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -72,6 +72,8 @@ ENCOUNTER_STATUS = {"waiting": "arrived", "roomed": "in-progress", "checked_out"
 AMBULATORY = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB",
               "display": "ambulatory"}
 TICKETS = "urn:clinicflow:ticket-code"
+DEFAULT_SLOT_MINUTES = 15  # an appointment's end when its schedule gave no length
+APPOINTMENT_URL = "https://checkin.example/clinics/north/fhir/Appointment/apt-0815"
 
 
 def _fhir(body: dict[str, Any], status: int = 200) -> Response:
@@ -149,7 +151,8 @@ RESPONSE_EXAMPLE: dict[str, Any] = {
             "checked in on appointment apt-0815, ticket A-17")}}]}
 SEARCH_EXAMPLE: dict[str, Any] = {
     "resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
-        {"fullUrl": "Encounter/v-3f2a9c1e5b7d4a60", "resource": {
+        {"fullUrl": "https://checkin.example/clinics/north/fhir/Encounter/v-3f2a9c1e5b7d4a60",
+         "resource": {
             "resourceType": "Encounter", "id": "v-3f2a9c1e5b7d4a60", "status": "arrived",
             "class": AMBULATORY,
             "identifier": [{"system": TICKETS, "value": "A-17"}],
@@ -377,16 +380,26 @@ def appointment_of(appointment: Appointment, arrived: bool, no_show: bool) -> di
             {"actor": {"reference": f"Practitioner/{appointment.provider_id}"},
              "status": "accepted"}],
     }
+    # R4 wants an end with a start (app-2, app-3); a schedule that gave no length books
+    # the usual slot
+    minutes = appointment.duration_minutes or DEFAULT_SLOT_MINUTES
+    resource["end"] = (appointment.scheduled_at + timedelta(minutes=minutes)).isoformat()
     if appointment.duration_minutes:
         resource["minutesDuration"] = appointment.duration_minutes
     return FhirAppointment.model_validate(resource).model_dump(mode="json", exclude_none=True,
                                                                by_alias=True)
 
 
-def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
+def searchset(resources: list[dict[str, Any]], base: str) -> dict[str, Any]:
+    """A searchset Bundle; each entry's ``fullUrl`` is absolute (R4), under ``base`` (the
+    clinic's FHIR base URL as the request reached it)."""
     return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r}
+            "entry": [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r}
                       for r in resources]}
+
+
+def _base(request: Request, clinic_id: str) -> str:
+    return f"{str(request.base_url).rstrip('/')}/clinics/{clinic_id}/fhir"
 
 
 def make_fhir_router(desk: CheckinDesk, ehr: EhrCommands, store: CheckinStore, feeds: Feeds,
@@ -522,7 +535,7 @@ def make_fhir_router(desk: CheckinDesk, ehr: EhrCommands, store: CheckinStore, f
                 "entered-in-error), period, the appointment, subject (pseudonymous) and "
                 "practitioner; a searchset Bundle.",
                 responses=_answers(200, SEARCH_EXAMPLE, "the day's Encounters", writes=False))
-    async def encounters(clinic_id: ClinicId, day: Day = None,
+    async def encounters(request: Request, clinic_id: ClinicId, day: Day = None,
                          principal: Principal = Depends(READ)) -> Response:
         principal.require_clinic(clinic_id)
         day = day or desk.today(clinic_id, clock.now())
@@ -530,21 +543,22 @@ def make_fhir_router(desk: CheckinDesk, ehr: EhrCommands, store: CheckinStore, f
         booked = await store.appointments(
             clinic_id, [v.appointment_id for v in visits if v.appointment_id])
         return _fhir(searchset([encounter_of(v, booked.get(v.appointment_id or ""))
-                                for v in visits]))
+                                for v in visits], _base(request, clinic_id)))
 
     @router.get("/clinics/{clinic_id}/fhir/Appointment",
                 summary="The day's appointments with their statuses",
                 description="booked, arrived, noshow or cancelled; a searchset Bundle.",
                 responses=_answers(200, {"resourceType": "Bundle", "type": "searchset",
-                                         "total": 1, "entry": [{"fullUrl": "Appointment/apt-0815",
+                                         "total": 1, "entry": [{"fullUrl": APPOINTMENT_URL,
                                                                 "resource": APPOINTMENT_EXAMPLE}]},
                                    "the day's Appointments", writes=False))
-    async def appointments(clinic_id: ClinicId, day: Day = None,
+    async def appointments(request: Request, clinic_id: ClinicId, day: Day = None,
                            principal: Principal = Depends(READ)) -> Response:
         principal.require_clinic(clinic_id)
         day = day or desk.today(clinic_id, clock.now())
         states = await desk.schedule(clinic_id, day)
         return _fhir(searchset([appointment_of(s.appointment, s.arrived_visit is not None,
-                                               s.no_show) for s in states]))
+                                               s.no_show) for s in states],
+                               _base(request, clinic_id)))
 
     return router

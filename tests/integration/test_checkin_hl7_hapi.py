@@ -9,9 +9,6 @@ is compiled once per session into a temporary directory."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,55 +16,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.hapi import HERE, java_command, maven_jars
 from tests.integration.test_checkin_hl7_support import Ehr, Feed, module_prefix, running_feed
-from tools.stack import _file_lock, cache_dir, require_java, require_maven
 
 REPO = Path(__file__).resolve().parents[2]
 POM = REPO / "deploy" / "local" / "hapi-hl7v2-pom.xml"
-SENDER = Path(__file__).resolve().parent / "hapi" / "HapiSender.java"
+SENDER = HERE / "HapiSender.java"
 HAPI_JAR = "hapi-base-2.6.0.jar"
-
-
-def ensure_hapi_jars() -> Path:
-    """HAPI HL7v2's jars: Maven copies them from Maven Central the first time, later
-    calls return at once (a marker lists a complete copy)."""
-    libs = cache_dir() / "hapi-hl7v2"
-    marker = libs / "complete"
-    if marker.is_file() and all((libs / n).is_file() for n in marker.read_text().split()):
-        return libs
-    require_java()
-    mvn = require_maven()
-    with _file_lock(cache_dir() / ".hapi-lock"):
-        if marker.is_file():
-            return libs
-        staging = cache_dir() / f"hapi-hl7v2.{os.getpid()}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        result = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={staging}"], capture_output=True, text=True, check=False)
-        jars = sorted(p.name for p in staging.glob("*.jar"))
-        if result.returncode != 0 or HAPI_JAR not in jars:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise AssertionError(f"Maven could not fetch HAPI HL7v2 (exit {result.returncode})"
-                                 f":\n{(result.stdout + result.stderr)[-2000:]}")
-        shutil.rmtree(libs, ignore_errors=True)
-        staging.rename(libs)
-        marker.write_text("\n".join(jars) + "\n")
-    return libs
 
 
 @pytest.fixture(scope="session")
 def hapi_sender(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The command that runs the compiled sender: ``java -cp ... HapiSender``."""
-    libs = ensure_hapi_jars()
-    classpath = os.pathsep.join(str(p) for p in sorted(libs.glob("*.jar")))
-    classes = tmp_path_factory.mktemp("hapi-classes")
-    javac = shutil.which("javac")
-    assert javac is not None, "javac (a JDK 17) is needed: apt-get install openjdk-17-jdk-headless"
-    compiled = subprocess.run([javac, "-d", str(classes), "-cp", classpath, str(SENDER)],
-                              capture_output=True, text=True, check=False)
-    assert compiled.returncode == 0, compiled.stderr
-    return ["java", "-cp", os.pathsep.join([str(classes), classpath]), "HapiSender"]
+    return java_command(SENDER, maven_jars(POM, "hapi-hl7v2", HAPI_JAR),
+                        tmp_path_factory.mktemp("hapi-classes"))
 
 
 @pytest.fixture(scope="module")
