@@ -17,6 +17,7 @@ import orjson
 
 from shared import events as ev
 from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.memory import RememberingFlow
 from shared.floor.model import NotApplicable
 
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -124,14 +125,20 @@ def to_fact(record: dict[str, Any], ticket_for: Callable[[str, str], str]) -> ev
 def replay_events(
     records: Iterable[dict[str, Any]],
     on_error: Callable[[int, str], None] | None = None,
+    remember: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Replay parsed records (in time order); yield estimate dicts as the format says.
 
     An estimate line is written for a waiting visit when it is first made and
     whenever it differs from the previous one aged to now (an unchanged
     estimate ages with the clock by itself, so it need not be repeated).
+
+    Each clinic is a ``RememberingFlow``: a log of several days is estimated
+    day by day with what the earlier days taught (``shared.floor.memory``);
+    ``remember=False`` replays with a plain ``ClinicFlow`` instead.
     """
     flows: dict[str, ClinicFlow] = {}
+    make_flow = RememberingFlow if remember else ClinicFlow
     tickets: dict[str, int] = {}
     last: dict[str, tuple[datetime, float, float, float]] = {}
 
@@ -155,7 +162,7 @@ def replay_events(
             fact = to_fact(record, ticket_for)
             flow = flows.get(clinic_id)
             if flow is None:
-                flow = flows[clinic_id] = ClinicFlow(clinic_id)
+                flow = flows[clinic_id] = make_flow(clinic_id)
             change = flow.apply(fact, at)
         except (BadRecord, NotApplicable) as exc:
             if on_error is not None:
@@ -216,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         parsed = read_log(stream, report)
         # lines skipped as non-JSON keep their numbering in the replay's own reports
         numbered = (r for r in parsed)
-        for estimate in replay_events(_drop_skips(numbered, report), on_error=report):
+        for estimate in replay_events(_drop_skips(numbered, report), on_error=report,
+                                      remember=not args.no_memory):
             out.write(orjson.dumps(estimate) + b"\n")
     out.flush()
     return 0
@@ -259,4 +267,8 @@ def add_cli(subparsers: Any) -> None:
         "replay", help="replay a visit log through the wait estimator (JSON Lines out)"
     )
     parser.add_argument("log", help="visit log, JSON Lines in time order ('-' for stdin)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="do not carry what a clinic's earlier days taught into its "
+                        "later ones (each day starts from the estimator's priors... and "
+                        "from whatever the previous day left, as a plain ClinicFlow)")
     parser.set_defaults(func=run)

@@ -187,6 +187,10 @@ class WaitEstimator:
         # this clinic rooms a patient ahead of their appointment
         self.early_rooming: deque[float] = deque([EARLY_ROOMING_PRIOR_MINUTES] * 3, maxlen=40)
         self._earliest: float | None = None
+        # how many of the priors the windows start with are still in them (at their left):
+        # what the day itself observed is the rest (``shared.floor.memory`` keeps that)
+        self.prior_seeds: dict[str, int] = {"errors": len(PRIOR_ERRORS),
+                                            "offsets": len(PRIOR_OFFSETS), "early": 3}
         # expected_visit_minutes per (visit type, provider), until a visit length is learned
         self._minutes: dict[tuple[str | None, str | None], float] = {}
 
@@ -253,7 +257,8 @@ class WaitEstimator:
             used.count += 1
         if (visit.scheduled_at is not None and visit.roomed_at is not None and not visit.late
                 and visit.arrived_at < visit.scheduled_at):
-            self.early_rooming.append((visit.roomed_at - visit.scheduled_at).total_seconds() / 60)
+            self._keep(self.early_rooming, "early",
+                       (visit.roomed_at - visit.scheduled_at).total_seconds() / 60)
             self._earliest = None
         history = self._histories.pop(visit.visit_id, None)
         if history is None or visit.roomed_at is None or not history.estimates:
@@ -265,18 +270,30 @@ class WaitEstimator:
         for made_at, raw, situation in history.estimates:
             if made_at < roomed_at:
                 if situation == AT_APPOINTMENT and offset is not None:
-                    self.appointment_offsets.append(offset)
+                    self._keep(self.appointment_offsets, "offsets", offset)
                     self._offset_quantiles = None
                     continue
                 true = (roomed_at - made_at).total_seconds() / 60.0
                 error = (true - raw) / (raw + SCALE_MINUTES)
-                self.errors.append(error)
+                self._keep(self.errors, "errors", error)
                 errors = by_situation.get(situation)
                 if errors is None:
                     errors = by_situation[situation] = deque(maxlen=SITUATION_WINDOW)
                 errors.append(error)
                 self._quantiles = None
                 self._situation_quantiles.clear()
+
+    def _keep(self, window: deque[float], name: str, value: float) -> None:
+        """Append to a bounded window, counting a prior pushed out of it."""
+        if len(window) == window.maxlen and self.prior_seeds.get(name):
+            self.prior_seeds[name] -= 1
+        window.append(value)
+
+    def observed(self, name: str) -> list[float]:
+        """What a window (``errors``, ``offsets``, ``early``) holds beyond its priors."""
+        window = {"errors": self.errors, "offsets": self.appointment_offsets,
+                  "early": self.early_rooming}[name]
+        return list(window)[self.prior_seeds.get(name, 0):]
 
     def forget(self, visit_id: str) -> None:
         """A visit ended without being roomed: drop its estimate history."""
@@ -361,7 +378,7 @@ class WaitEstimator:
                 high = max(low, to_appointment + o90)
                 centre = min(max(to_appointment + o50, low), high)
                 estimates.append(WaitEstimate(visit.visit_id, now, round(centre, 1),
-                                              round(low, 1), round(high, 1), position, minutes))
+                                              _down(low), _up(high), position, minutes))
                 continue
             q10, q50, q90 = quantiles(situation)
             scale = minutes + SCALE_MINUTES
@@ -369,8 +386,8 @@ class WaitEstimator:
             low = max(0.0, minutes + q10 * scale)
             high = max(low, minutes + q90 * scale)
             centre = min(max(centre, low), high)
-            estimates.append(WaitEstimate(visit.visit_id, now, round(centre, 1), round(low, 1),
-                                          round(high, 1), position, minutes))
+            estimates.append(WaitEstimate(visit.visit_id, now, round(centre, 1), _down(low),
+                                          _up(high), position, minutes))
         return estimates
 
     def record(self, clinic: Clinic, now: datetime) -> None:
@@ -637,6 +654,17 @@ def situation(count: int, at_appointment: bool, delayed: bool) -> int:
     """
     code = AT_APPOINTMENT if at_appointment else _POSITION_BANDS[min(count, 7)]
     return code + DELAYED if delayed else code
+
+
+def _down(minutes: float) -> float:
+    """A range's low end to a tenth of a minute, rounded down: a range that ends exactly
+    where the wait does must still hold it once written to a tenth."""
+    return math.floor(minutes * 10.0 + 1e-9) / 10.0
+
+
+def _up(minutes: float) -> float:
+    """A range's high end to a tenth of a minute, rounded up."""
+    return math.ceil(minutes * 10.0 - 1e-9) / 10.0
 
 
 def _quantiles(errors: Iterable[float]) -> tuple[float, float, float]:

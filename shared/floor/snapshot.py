@@ -22,6 +22,7 @@ from shared.floor.estimator import (
     RunningMean,
     _History,
 )
+from shared.floor.memory import ClinicProfile, DayLog, RememberingFlow
 from shared.floor.model import Delay, Room, RoomState, Visit, VisitStatus, _UndoRecord
 
 SNAPSHOT_VERSION = 1
@@ -136,14 +137,27 @@ def _unundo(d: dict[str, Any]) -> _UndoRecord:
 
 
 def dump_flow(flow: ClinicFlow) -> dict[str, Any]:
-    """Everything needed to carry on exactly where the clinic was."""
-    return _document(flow, _undo, _t)
+    """Everything needed to carry on exactly where the clinic was (with a
+    ``RememberingFlow``, its memory of past days too)."""
+    document = _document(flow, _undo, _t)
+    if isinstance(flow, RememberingFlow):
+        document["memory"] = _memory(flow, flow.profile.to_dict(), _t)
+    return document
 
 
 def dump_flow_json(flow: ClinicFlow) -> bytes:
     """``dump_flow`` as the JSON the checkpoint stores, with each undo record's JSON
-    made once rather than at every checkpoint."""
-    return orjson.dumps(_document(flow, _undo_json, _tj), default=_iso)
+    (and the profile of past days, which changes once a day) made once rather than at
+    every checkpoint."""
+    document = _document(flow, _undo_json, _tj)
+    if isinstance(flow, RememberingFlow):
+        document["memory"] = _memory(flow, flow.profile.to_json(), _tj)
+    return orjson.dumps(document, default=_iso)
+
+
+def _memory(flow: RememberingFlow, profile: Any, t: TimeText) -> dict[str, Any]:
+    return {"profile": profile, "log": flow.day_log.to_dict(),
+            "day_started_at": t(flow.day_started_at)}
 
 
 def _document(
@@ -178,6 +192,7 @@ def _document(
             "situation_errors": {str(k): list(e) for k, e in estimator.situation_errors.items()},
             "offsets": list(estimator.appointment_offsets),
             "last_seen": {k: t(at) for k, at in estimator.last_seen.items()},
+            "prior_seeds": estimator.prior_seeds,
             "early": list(estimator.early_rooming),
             "recent_waits": list(estimator.recent_waits),
             "histories": {
@@ -189,10 +204,17 @@ def _document(
 
 
 def load_flow(document: dict[str, Any]) -> ClinicFlow:
-    """Rebuild a ``ClinicFlow`` from ``dump_flow``'s output."""
+    """Rebuild a ``ClinicFlow`` from ``dump_flow``'s output (a ``RememberingFlow`` when
+    it carries a memory; its ``zone`` is configuration, for the caller to set)."""
     if document.get("v") != SNAPSHOT_VERSION:
         raise ValueError(f"unknown snapshot version {document.get('v')!r}")
-    flow = ClinicFlow(document["clinic_id"])
+    memory = document.get("memory")
+    flow = ClinicFlow(document["clinic_id"]) if memory is None \
+        else RememberingFlow(document["clinic_id"], profile=ClinicProfile.from_dict(
+            memory["profile"]))
+    if isinstance(flow, RememberingFlow) and memory is not None:
+        flow.day_log = DayLog.from_dict(memory["log"])
+        flow.day_started_at = _dt(memory["day_started_at"])
     flow.last_event_at = _dt(document["last_event_at"])
     flow.last_tick = document["last_tick"]
     clinic = flow.clinic
@@ -233,6 +255,7 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
     if "offsets" in est:
         estimator.appointment_offsets = deque(est["offsets"], maxlen=SITUATION_WINDOW)
     estimator.last_seen = {k: _dt(at) for k, at in est.get("last_seen", {}).items()}  # type: ignore[misc]
+    estimator.prior_seeds = dict(est.get("prior_seeds", estimator.prior_seeds))
     estimator.early_rooming = deque(est["early"], maxlen=estimator.early_rooming.maxlen)
     estimator.recent_waits = deque(est["recent_waits"], maxlen=5)
     for visit_id, (arrived, estimates) in est["histories"].items():
