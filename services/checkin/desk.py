@@ -352,10 +352,12 @@ class CheckinDesk:
 
     async def arrive_scheduled(self, clinic_id: str, appointment_id: str, *, channel: Channel,
                                now: datetime, overrides: ArrivalOverrides | None = None,
-                               ) -> ArrivalResult:
+                               ids: tuple[str, str] | None = None) -> ArrivalResult:
         """Check in a scheduled patient: ``NotFound`` for an appointment not on this
         clinic's schedule (another clinic's looks exactly the same), ``Conflict`` for a
-        second arrival."""
+        second arrival. ``ids``: the visit and event ids to use (an EHR message's, the
+        same at every try of it: a try that died after claiming the appointment is not a
+        second arrival)."""
         state = (await self.store.appointment_states(clinic_id, [appointment_id])).get(
             appointment_id)
         if state is None:
@@ -365,20 +367,23 @@ class CheckinDesk:
         overrides = overrides or ArrivalOverrides()
         await self._check_provider(clinic_id, overrides.provider_id, channel, now)
         return await self._arrive(clinic_id, state, channel=channel, now=now,
-                                  overrides=overrides)
+                                  overrides=overrides, ids=ids)
 
     async def _arrive(self, clinic_id: str, state: AppointmentState, *, channel: Channel,
-                      now: datetime, overrides: ArrivalOverrides) -> ArrivalResult:
+                      now: datetime, overrides: ArrivalOverrides,
+                      ids: tuple[str, str] | None = None) -> ArrivalResult:
         appointment = state.appointment
         zone = self.zone(clinic_id)
+        visit_id, event_id = ids or (new_visit_id(), None)
+        if state.arrived_visit == visit_id:  # this arrival's own claim, from a try that died
+            state = replace(state, arrived_visit=None)
         try:
             check_scheduled_arrival(state, channel=channel, now=now, zone=zone)
         except Refusal as refused:
             m.ARRIVALS_REFUSED.labels(channel, refused.code).inc()
             raise
-        visit_id = new_visit_id()
         holder = await self.store.claim_arrival(clinic_id, appointment, visit_id)
-        if holder is not None:
+        if holder is not None and holder != visit_id:
             m.ARRIVALS_REFUSED.labels(channel, "already_arrived").inc()
             # raises the Conflict, worded for this channel
             check_scheduled_arrival(replace(state, arrived_visit=holder), channel=channel,
@@ -390,7 +395,8 @@ class CheckinDesk:
                 provider_id=overrides.provider_id or appointment.provider_id,
                 visit_type=(self.visit_type(overrides.visit_type) if overrides.visit_type
                             else appointment.visit_type),
-                priority=overrides.priority, patient_ref=appointment.patient_ref)
+                priority=overrides.priority, patient_ref=appointment.patient_ref,
+                event_id=event_id)
         except BaseException:
             await self.store.release_arrival(clinic_id, appointment.appointment_id, visit_id)
             raise
@@ -398,19 +404,23 @@ class CheckinDesk:
         return result
 
     async def arrive_walk_in(self, clinic_id: str, walk_in: WalkIn, *, channel: Channel,
-                             now: datetime) -> ArrivalResult:
+                             now: datetime, ids: tuple[str, str] | None = None,
+                             ) -> ArrivalResult:
         """Check in a patient without an appointment (``provider_id`` None: first
-        available; one the clinic does not know is ``NotFound``)."""
+        available; one the clinic does not know is ``NotFound``); ``ids`` as for
+        ``arrive_scheduled``."""
         await self._check_provider(clinic_id, walk_in.provider_id, channel, now)
+        visit_id, event_id = ids or (new_visit_id(), None)
         return await self._publish_arrival(
-            clinic_id, new_visit_id(), now=now, channel=channel, appointment=None,
+            clinic_id, visit_id, now=now, channel=channel, appointment=None,
             provider_id=walk_in.provider_id, visit_type=self.visit_type(walk_in.visit_type),
-            priority=walk_in.priority, patient_ref=walk_in.patient_ref)
+            priority=walk_in.priority, patient_ref=walk_in.patient_ref, event_id=event_id)
 
     async def _publish_arrival(self, clinic_id: str, visit_id: str, *, now: datetime,
                                channel: Channel, appointment: Appointment | None,
                                provider_id: str | None, visit_type: str, priority: str,
-                               patient_ref: str | None) -> ArrivalResult:
+                               patient_ref: str | None,
+                               event_id: str | None = None) -> ArrivalResult:
         day = self.today(clinic_id, now)
         scheduled_at = appointment.scheduled_at if appointment is not None else None
         late = is_late(now, scheduled_at, self.config.late_after)
@@ -422,7 +432,7 @@ class CheckinDesk:
             priority=priority, late=late,  # type: ignore[arg-type]
         )
         event = ev.make_event(payload, clinic_id=clinic_id, source=SOURCE, occurred_at=now,
-                              correlation_id=visit_id)
+                              correlation_id=visit_id, event_id=event_id)
         view = VisitView(clinic_id=clinic_id, visit_id=visit_id, ticket_code=code, day=day,
                          status="waiting", status_at=now,
                          appointment_id=payload.appointment_id)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -127,7 +128,7 @@ class EhrCommands:
                 return "appointment not known here: nothing to cancel"
             return await self._book_held(clinic, stored, appointment, now=now,
                                          providers=providers or {}, rooms=rooms or {},
-                                         finish=finish)
+                                         finish=finish, holder=holder)
         except BaseException:
             await self.store.release_hold(clinic, appointment_id)
             raise
@@ -135,7 +136,7 @@ class EhrCommands:
     async def _book_held(self, clinic: str, stored: Appointment | None,
                          appointment: Appointment, *, now: datetime,
                          providers: dict[str, str], rooms: dict[str, str],
-                         finish: Finish | None) -> str:
+                         finish: Finish | None, holder: str) -> str:
         appointment_id = appointment.appointment_id
         zone = self.desk.zone(clinic)
         day = clinic_day(appointment.scheduled_at, zone)
@@ -152,9 +153,12 @@ class EhrCommands:
         previous = {appointment_id: stored} if stored is not None else {}
         plan = plan_import([replace(appointment, kiosk_code=code)], previous)
         if plan.to_publish:
+            # the same event id at every try of the message: a resend after a try that
+            # died between its publish and its answer publishes that same event again
             event = ev.make_event(plan.to_publish[0].payload(), clinic_id=clinic,
                                   source=SOURCE, occurred_at=now,
-                                  correlation_id=appointment_id)
+                                  correlation_id=appointment_id,
+                                  event_id=self.attempt_ids(f"{holder}|{appointment_id}")[1])
             outcome = (await self.desk.publish([event]))[0]
             if outcome is not None:
                 log.warning("publish failed", event_type=event.event_type,
@@ -224,52 +228,104 @@ class EhrCommands:
                          and s.appointment.status == "booked")
         return found
 
+    def attempt_ids(self, attempt: str) -> tuple[str, str]:
+        """The visit and event ids of an arrival tried by the message ``attempt`` (keyed
+        digests: the same at every try of that message, unguessable)."""
+        def digest(kind: str, size: int) -> str:
+            text = f"{kind}|{attempt}".encode()
+            return hmac.new(self.desk.config.identity_secret, text,
+                            hashlib.sha256).hexdigest()[:size]
+
+        return f"v-{digest('visit', 16)}", digest("event", 32)
+
+    @staticmethod
+    def pending_mark(attempt: str) -> str:
+        """What an EHR visit's claim holds while ``attempt`` publishes its arrival."""
+        return f"{FEED_PENDING}:{attempt}"
+
     async def arrive(self, clinic: str, ehr_visit: str, patient_ref: str | None, *,
                      now: datetime, appointment_id: str | None = None,
                      provider_id: str | None = None, urgent: bool = False,
                      identity: str | None = None, finish: Finish | None = None,
+                     attempt: str | None = None,
                      claim: VisitClaim | None = None) -> tuple[str, str]:
         """The EHR registered a visit: check the patient in once, on ``appointment_id``
         when the EHR names it, else on their appointment closest to now (``identity``,
         the kiosk check's digest, finds it faster), else as a walk-in; ``finish``: what to
-        store with the EHR visit's mapping; ``claim``: the EHR visit's claim already asked
-        for (``CheckinStore.feed_state``). Returns (our visit id, what happened in
-        words)."""
-        holder = claim.holder if claim is not None else \
-            await self.store.claim_feed_visit(clinic, ehr_visit)
-        if holder == FEED_PENDING:
+        store with the EHR visit's mapping. ``attempt`` names the message (the same at
+        every resend): its visit and event ids are derived from it, so a resend after a
+        try that died (the process killed between its publish and its answer) finds that
+        try's arrival on the floor, once the projection has read the clinic's partition to
+        its end, instead of making a second one. ``claim``: the EHR visit's claim already
+        asked for (``CheckinStore.feed_state``, with ``pending_mark``). Returns (our visit
+        id, what happened in words)."""
+        attempt = attempt or f"once-{uuid.uuid4().hex}"
+        pending = self.pending_mark(attempt)
+        ids = self.attempt_ids(attempt)
+        claim = claim or await self.store.claim_feed_visit(clinic, ehr_visit, pending, ids[0])
+        holder = claim.holder
+
+        async def done(visit_id: str, text: str) -> None:
+            await self.store.set_feed_visit(
+                clinic, ehr_visit, visit_id,
+                also=(lambda pipe: finish(text, pipe)) if finish is not None else None)
+
+        if holder == pending or (holder is None and claim.tried):
+            # this message was tried before and that try never answered (its claim may
+            # have lapsed since: its visit is stored)
+            finished = await self._tried_before(clinic, ids[1])
+            if finished is not None:
+                await done(*finished)
+                return finished
+        elif holder is not None and holder.startswith(FEED_PENDING):
             raise Unavailable("this visit's registration is being processed; try again",
                               "in_progress")
-        if holder is not None:
+        elif holder is not None:
             return holder, f"already checked in (visit {holder})"
         try:
             visit_id, text = await self._check_in(clinic, patient_ref, now=now,
                                                   appointment_id=appointment_id,
                                                   provider_id=provider_id, urgent=urgent,
-                                                  identity=identity)
+                                                  identity=identity, ids=ids)
         except BaseException:
             await self.store.forget_feed_visit(clinic, ehr_visit)
             raise
-        await self.store.set_feed_visit(
-            clinic, ehr_visit, visit_id,
-            also=(lambda pipe: finish(text, pipe)) if finish is not None else None)
+        await done(visit_id, text)
         return visit_id, text
+
+    async def _tried_before(self, clinic: str, event_id: str) -> tuple[str, str] | None:
+        """The visit and answer of an earlier try's arrival when it is on the floor (read
+        by the projection up to the partition's end as of now), else None: that try died
+        before its publish, and this one goes on with the same ids."""
+        await self.desk.barrier(clinic)
+        visit_id = await self.store.arrival_event_visit(clinic, event_id)
+        if visit_id is None:
+            return None
+        view = await self.store.visit(clinic, visit_id)
+        ticket = view.ticket_code if view is not None else "?"
+        where = f"on appointment {view.appointment_id}" if view is not None \
+            and view.appointment_id else "as a walk-in"
+        log.info("an earlier try of this registration was published; answering it",
+                 clinic=clinic, visit_id=visit_id)
+        return visit_id, f"checked in {where}, ticket {ticket}"
 
     async def _check_in(self, clinic: str, patient_ref: str | None, *, now: datetime,
                         appointment_id: str | None, provider_id: str | None,
-                        urgent: bool, identity: str | None) -> tuple[str, str]:
+                        urgent: bool, identity: str | None,
+                        ids: tuple[str, str]) -> tuple[str, str]:
         priority: Literal["routine", "urgent"] = "urgent" if urgent else "routine"
         states = await self.patient_appointments(clinic, patient_ref, now, identity) \
             if patient_ref and appointment_id is None else []
+        ours = (None, ids[0])  # not arrived, or claimed by an earlier try of this message
         if appointment_id is None:
-            open_ones = sorted((s for s in states if s.arrived_visit is None),
+            open_ones = sorted((s for s in states if s.arrived_visit in ours),
                                key=lambda s: abs(s.appointment.scheduled_at - now))
             appointment_id = open_ones[0].appointment.appointment_id if open_ones else None
         if appointment_id is not None:
             try:
                 result = await self.desk.arrive_scheduled(
                     clinic, appointment_id, channel="ehr", now=now,
-                    overrides=ArrivalOverrides(priority=priority))
+                    overrides=ArrivalOverrides(priority=priority), ids=ids)
             except Conflict as refused:
                 if refused.code != "already_arrived":
                     raise
@@ -281,7 +337,7 @@ class EhrCommands:
                 return visit_id, f"already checked in (visit {visit_id})"
             return result.visit_id, (f"checked in on appointment {appointment_id}, ticket "
                                      f"{result.ticket_code}")
-        arrived = [s for s in states if s.arrived_visit is not None]
+        arrived = [s for s in states if s.arrived_visit not in ours]
         if arrived:
             visit_id = str(arrived[0].arrived_visit)
             return visit_id, f"already checked in (visit {visit_id})"
@@ -291,7 +347,7 @@ class EhrCommands:
             provider_id = None  # a provider the clinic does not know: first available
         result = await self.desk.arrive_walk_in(
             clinic, WalkIn(provider_id=provider_id, visit_type="walk_in", priority=priority,
-                           patient_ref=patient_ref), channel="ehr", now=now)
+                           patient_ref=patient_ref), channel="ehr", now=now, ids=ids)
         return result.visit_id, f"checked in as a walk-in, ticket {result.ticket_code}"
 
     async def end(self, clinic: str, ehr_visit: str, reason: EndReason, *,
@@ -301,7 +357,7 @@ class EhrCommands:
         still waiting here left without being seen; a roomed visit ends at checkout,
         which is billing's). ``Conflict`` for a cancel of a visit no longer waiting."""
         visit_id = await self.store.feed_visit(clinic, ehr_visit)
-        if visit_id is None or visit_id == FEED_PENDING:
+        if visit_id is None or visit_id.startswith(FEED_PENDING):
             return "no arrival of this visit here: nothing to change"
         view = await self.store.visit(clinic, visit_id)
         if reason == "ended" and (view is None or view.status != "waiting"):

@@ -43,8 +43,8 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
                                                   applied to an appointment, EHR visit or
                                                   patient (``subject``): an older one is stale
     P:checkin:feed:visit:{clinic}:{ehr}     STR   our visit id of an EHR visit (``ehr``: a keyed
-                                                  digest of PV1-19), ``pending`` while its
-                                                  arrival is being published
+                                                  digest of PV1-19), ``pending:{message}``
+                                                  while its arrival is being published
     P:checkin:outbox                        LIST  dead letters waiting for the relay, and
     P:checkin:outbox-lock                   STR   its drainer's lock (shared/outbox.py)
     P:applied:checkin:{topic}:{partition}   STR   the consumer's last offset applied per
@@ -177,9 +177,11 @@ class FeedState:
 
 @dataclass(frozen=True, slots=True)
 class VisitClaim:
-    """``claim_feed_visit``'s answer: None when the claim was taken, else its holder."""
+    """``claim_feed_visit``'s answer: ``holder`` None when the claim was taken, else what
+    holds it; ``tried``: the message's own visit is stored already."""
 
     holder: str | None
+    tried: bool = False
 
 
 def _text(value: Any) -> str:
@@ -677,18 +679,18 @@ class CheckinStore:
 
     async def feed_state(self, message: str, clinic: str, subject: str,
                          hold: tuple[str, str] | None = None,
-                         claim_visit: str | None = None) -> FeedState:
+                         claim_visit: tuple[str, str, str] | None = None) -> FeedState:
         """In one round trip: the ACK already answered to a message (``feed_ack``), the
         own time of the last message applied to its subject (``feed_seen_at``) and, with
         ``hold`` (appointment id, holding message), ``hold_appointment``'s answer, or with
-        ``claim_visit`` (an EHR visit), ``claim_feed_visit``'s."""
+        ``claim_visit`` (an EHR visit, its pending mark, our visit), ``claim_feed_visit``'s."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self._feed_ack(message))
             pipe.get(self._feed_at(clinic, subject))
             if hold is not None:
                 self._queue_hold(pipe, clinic, *hold)
             if claim_visit is not None:
-                self._queue_claim_visit(pipe, clinic, claim_visit)
+                self._queue_claim_visit(pipe, clinic, *claim_visit)
             ack, seen, *more = await pipe.execute()
         if isinstance(ack, str):
             ack = ack.encode()
@@ -697,7 +699,7 @@ class CheckinStore:
         if hold is not None:
             state.held, state.stored = self._held(more)
         if claim_visit is not None:
-            state.visit_claim = VisitClaim(self._claimed(more))
+            state.visit_claim = self._claimed(more)
         return state
 
     def queue_feed_done(self, pipe: Any, message: str, ack: bytes, clinic: str,
@@ -792,21 +794,31 @@ class CheckinStore:
         await self.redis.eval(_LATEST, 1, self._feed_at(clinic, subject),
                               repr(at.timestamp()), KEEP_DAYS * 86400)
 
-    async def claim_feed_visit(self, clinic: str, ehr_visit: str) -> str | None:
-        """Hold an EHR visit while its arrival is published: None when this call took
-        it, else what holds it (our visit id, or ``pending``)."""
+    async def claim_feed_visit(self, clinic: str, ehr_visit: str, pending: str,
+                               visit_id: str) -> VisitClaim:
+        """Hold an EHR visit while its arrival is published, as ``pending`` (``pending:``
+        and the message trying it), and say whether our visit ``visit_id`` (the one that
+        message's arrival gets) is stored already (a try of it that died)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            self._queue_claim_visit(pipe, clinic, ehr_visit)
+            self._queue_claim_visit(pipe, clinic, ehr_visit, pending, visit_id)
             return self._claimed(await pipe.execute())
 
-    def _queue_claim_visit(self, pipe: Any, clinic: str, ehr_visit: str) -> None:
-        pipe.eval(_CLAIM_VISIT, 1, self._feed_visit(clinic, ehr_visit), FEED_PENDING,
+    def _queue_claim_visit(self, pipe: Any, clinic: str, ehr_visit: str, pending: str,
+                           visit_id: str) -> None:
+        pipe.eval(_CLAIM_VISIT, 1, self._feed_visit(clinic, ehr_visit), pending,
                   FEED_PENDING_SECONDS)
+        pipe.exists(self._visit(clinic, visit_id))
+
+    async def arrival_event_visit(self, clinic: str, event_id: str) -> str | None:
+        """The visit of a ``patient.arrived`` event the projection has applied (None: not
+        applied, so not on the floor topic up to where the projection has read)."""
+        raw = await self.redis.get(self._arrival_event(clinic, event_id))
+        return _text(raw) if raw else None
 
     @staticmethod
-    def _claimed(answers: list[Any]) -> str | None:
-        holder = answers[-1]
-        return _text(holder) if holder else None
+    def _claimed(answers: list[Any]) -> VisitClaim:
+        holder, tried = answers[-2:]
+        return VisitClaim(_text(holder) if holder else None, bool(tried))
 
     async def feed_visit(self, clinic: str, ehr_visit: str) -> str | None:
         raw = await self.redis.get(self._feed_visit(clinic, ehr_visit))

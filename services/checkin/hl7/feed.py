@@ -202,8 +202,10 @@ class Hl7Feed:
         # what a booking holds and an arrival claims is asked for in the same round trip
         hold = (message.appointment_id, message_key) if isinstance(message, ScheduleMessage) \
             and message.action != "no_show" and feed.takes_schedule_from("hl7") else None
-        claim = subject.removeprefix("visit:") if isinstance(message, RegistrationMessage) \
-            and message.action == "arrive" else None
+        claim = (subject.removeprefix("visit:"), self.ehr.pending_mark(message_key),
+                 self.ehr.attempt_ids(message_key)[0]) \
+            if isinstance(message, RegistrationMessage) and message.action == "arrive" \
+            else None
         async with self.ehr.subject_lock(clinic, subject):
             state = await self.store.feed_state(message_key, clinic, subject, hold=hold,
                                                 claim_visit=claim)
@@ -212,8 +214,9 @@ class Hl7Feed:
             if state.ack is not None or stale:  # nothing to apply: give back what was taken
                 if hold is not None and state.held == 1:
                     await self.store.release_hold(clinic, hold[0])
-                if claim is not None and state.visit_claim == VisitClaim(None):
-                    await self.store.forget_feed_visit(clinic, claim)
+                if claim is not None and state.visit_claim is not None \
+                        and state.visit_claim.holder is None:
+                    await self.store.forget_feed_visit(clinic, claim[0])
             if state.ack is not None:
                 return state.ack, True
             finished: list[bytes] = []
@@ -414,6 +417,7 @@ class Hl7Feed:
                                                      provider_id=provider,
                                                      urgent=message.urgent, identity=identity,
                                                      finish=applying.finish,
+                                                     attempt=applying.message_key,
                                                      claim=applying.visit_claim)
             elif message.action == "update_patient":
                 assert patient_ref is not None
