@@ -26,7 +26,9 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
     P:checkin:ticket:{clinic}:{day}:{code}  STR   visit id of a ticket code
     P:checkin:visit:{clinic}:{visit}        HASH  the visit: ticket, status, latest estimate
     P:checkin:arrival:{clinic}:{event}      STR   visit id of a ``patient.arrived`` event (an
-                                                  ``action.undone`` names the event)
+                                                  ``action.undone`` names the event; an EHR
+                                                  message resent after a try that died looks
+                                                  for that try's arrival by it)
     P:checkin:limit:{kind}:{client}:{minute} INT  rate-limit counters (lookups, misses;
                                                   ``kind`` is ``lookup`` or ``miss``)
     P:checkin:import:{clinic}               STR   held while an import of that clinic runs
