@@ -41,7 +41,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.http_bench import process_cpu_seconds
+from bench.http_bench import ms, process_cpu_seconds
 from shared import events as ev
 from shared.admin import ensure_topics
 from shared.topics import FLOOR, topic_name
@@ -316,9 +316,9 @@ async def _measure(floor: Floor, clients: list[ClientProcess], flow_pid: int, ra
     return {
         "achieved_events_per_second": round(achieved),
         "samples": len(latencies), "missed": len(published) - len(latencies),
-        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
-        "p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
-        "max_ms": round(latencies[-1], 1) if latencies else None,
+        "p50_ms": ms(statistics.median(latencies)) if latencies else None,
+        "p99_ms": ms(latencies[int(0.99 * (len(latencies) - 1))]) if latencies else None,
+        "max_ms": ms(latencies[-1]) if latencies else None,
         "frames": frames, "frames_per_second": round(frames / wall),
         "megabytes_per_second": round(sum(a["bytes"] for a in answers) / wall / 1e6, 1),
         "flow_cpu_share": round(flow_cpu / wall, 2),
@@ -334,7 +334,8 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "flow_cpu_us_per_event", "frames_per_second", "achieved_events_per_second"):
         values = [r[key] for r in runs if r[key] is not None]
         if values:
-            out[key] = round(statistics.median(values), 2)
+            median = statistics.median(values)
+            out[key] = ms(median) if key.endswith("_ms") else round(median, 2)
             out[f"{key}_range"] = [min(values), max(values)]
     out["samples_per_run"] = [r["samples"] for r in runs]
     out["missed_per_run"] = [r["missed"] for r in runs]
@@ -348,6 +349,7 @@ async def screens(bootstrap: str, redis_url: str, workdir: Path, scale: float = 
                   processes: int = 4) -> dict[str, Any]:
     """``clinics`` x ``per_clinic`` live screens on one flow; event to last screen at each
     rate, ``runs`` times, alternated with the baseline (one screen per clinic, 500/s)."""
+    started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4 * clinics * per_clinic:  # flow and the clients each hold every stream
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))
@@ -401,7 +403,7 @@ async def screens(bootstrap: str, redis_url: str, workdir: Path, scale: float = 
         opened = ask_all([base], "OPEN")[0]
         if opened["refused"]:
             raise RuntimeError(f"streams refused: {opened}")
-        target = max(200, int(2400 * scale))
+        target = max(200, int(3000 * scale))  # events per measurement: 2,000+ samples
         results: dict[str, list[dict[str, Any]]] = {str(r): [] for r in rates}
         baseline: list[dict[str, Any]] = []
         load_start = round(os.getloadavg()[0], 2)
@@ -423,6 +425,7 @@ async def screens(bootstrap: str, redis_url: str, workdir: Path, scale: float = 
         flow.stop()
     rated = {rate: _median_of(items) for rate, items in results.items()}
     return {
+        "measured_at": started_at,
         "clinics": clinics, "streams": streams, "per_clinic": per_clinic,
         "client_processes": len(clients), "board_bytes": board_bytes,
         "client_cpu_share_max": max(v["client_cpu_share_max"] for v in rated.values()),
@@ -453,7 +456,7 @@ if __name__ == "__main__":
 
 def _spread(item: dict[str, Any], key: str) -> str:
     low, high = item[f"{key}_range"]
-    return f"{low}–{high}"
+    return f"{low:,}–{high:,}"
 
 
 def marginal_cpu_per_frame(s: dict[str, Any]) -> float | None:
@@ -474,12 +477,12 @@ def report_rows(s: dict[str, Any] | None) -> list[tuple[str, str]]:
     rows = []
     for rate, item in s["rates"].items():
         rows.append((f"event to the last of {s['streams']:,} screens at {rate} events/s",
-                     f"p50 {item['p50_ms']} ms, p99 {item['p99_ms']} ms "
+                     f"p50 {item['p50_ms']:,} ms, p99 {item['p99_ms']:,} ms "
                      f"({_spread(item, 'p99_ms')} over {len(item['runs'])} runs of "
                      f"{min(item['samples_per_run']):,}+ samples)"))
     base = s["baseline_one_stream_per_clinic_500"]
     rows.append((f"the same, one screen per clinic ({s['clinics']}), 500 events/s",
-                 f"p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms "
+                 f"p50 {base['p50_ms']:,} ms, p99 {base['p99_ms']:,} ms "
                  f"({_spread(base, 'p99_ms')})"))
     return rows
 
@@ -495,8 +498,8 @@ def report_section(s: dict[str, Any] | None) -> str:
                                   ("500 (baseline)", s["clinics"], base)]:
         lines.append(
             f"| {label} | {screens_:,} | {', '.join(f'{n:,}' for n in item['samples_per_run'])}"
-            f" | {item['p50_ms']} ms | {item['p99_ms']} ms ({_spread(item, 'p99_ms')}) | "
-            f"{item['max_ms']} ms | {round(item['frames_per_second']):,} | "
+            f" | {item['p50_ms']:,} ms | {item['p99_ms']:,} ms ({_spread(item, 'p99_ms')}) | "
+            f"{item['max_ms']:,} ms | {round(item['frames_per_second']):,} | "
             f"{item['flow_cpu_share']} core | {round(item['flow_cpu_us_per_event']):,} µs |")
     full = s["rates"].get("500")
     verdict = ""
@@ -504,26 +507,26 @@ def report_section(s: dict[str, Any] | None) -> str:
         met = full["p99_ms"] < 100
         verdict = (f"The target, p99 under 100 ms at 500 events/s with {s['streams']:,} "
                    f"screens, is {'**met**' if met else '**not met**'} in this run "
-                   f"(median p99 {full['p99_ms']} ms, runs {_spread(full, 'p99_ms')}).")
+                   f"(median p99 {full['p99_ms']:,} ms, runs {_spread(full, 'p99_ms')}).")
     missed = sum(sum(v["missed_per_run"]) for v in [*s["rates"].values(), base])
     per_frame = marginal_cpu_per_frame(s)
     load = s["load_average"]
     return f"""## Screens at scale
 
-{s['streams']:,} live streams (SSE) on one flow process: {s['clinics']} clinics with
-{s['per_clinic']} screens each (half waiting-room TVs, the `screen` view of
-{s['board_bytes']['screen']:,} bytes, half nurse stations, the `nurse` view of
-{s['board_bytes']['nurse']:,} bytes). Floor events at fixed rates, each changing its
-clinic's board (a marked arrival, or the cancellation of the clinic's oldest marked
-ticket; {FILLERS} ordinary patients wait at each clinic). A sample is one event: from just
-before it was handed to the Kafka producer to the moment the last screen of its clinic
-received a board where the ticket appeared or left, so it holds Kafka (`acks=all`),
-flow's batch, the board written and published through Redis, and the fan-out. Every event
-is a sample; {missed} events some screen never saw were counted apart (a board can skip
-an event when a batch holds two of a clinic's). {len(base['runs'])} runs per rate, each
-run of every rate alternated with the baseline (one screen per clinic, 500 events/s, a
-tenth of the frames): medians of the runs, range in brackets. Load average
-{load['start']} at the start of this part, {load['end']} at its end, on 2 cores.
+Measured on {s.get('measured_at', '?')}. {s['streams']:,} live streams (SSE) on one flow
+process: {s['clinics']} clinics with {s['per_clinic']} screens each (half waiting-room TVs,
+the `screen` view of {s['board_bytes']['screen']:,} bytes, half nurse stations, the `nurse`
+view of {s['board_bytes']['nurse']:,} bytes). Floor events at fixed rates, each changing its
+clinic's board (a marked arrival, or the cancellation of the clinic's oldest marked ticket;
+{FILLERS} ordinary patients wait at each clinic). A sample is one event: from just before it
+was handed to the Kafka producer to the moment the last screen of its clinic received a
+board where the ticket appeared or left, so it holds Kafka (`acks=all`), flow's batch, the
+board written and published through Redis, and the fan-out. Every event is a sample;
+{missed} events some screen never saw were counted apart (a board can skip an event when a
+batch holds two of a clinic's). {len(base['runs'])} runs per rate, each run of every rate
+alternated with the baseline (one screen per clinic, 500 events/s, a tenth of the frames):
+medians of the runs, range in brackets. Load average {load['start']} at the start of this
+part, {load['end']} at its end, on 2 cores.
 
 {chr(10).join(lines)}
 
@@ -539,5 +542,17 @@ core, so they were waiting for frames, not behind them.
 """
 
 
-# what the profiles said (py-spy on flow during the run, by hand)
-SCREENS_NOTES = ""
+# what the profiles said (py-spy on flow during the run, taken by hand on 2026-12-06)
+SCREENS_NOTES = """\
+Where flow's CPU goes with 1,000 screens at 500 events/s (py-spy on the process): sending
+frames is about two fifths, nearly all of it the socket write itself (on loopback the
+kernel does the receiving side's work inside the sender's system call); applying the events
+and drawing the boards with their estimates about a third; the hub (reading Redis pub/sub,
+rendering, queueing) under a tenth. What this change fixed: a board was parsed, cut to the
+role's view and serialised again for each screen watching it (ten times per board here),
+now once per role; redis-py's pub/sub handler built a debug line of every board, all its
+bytes escaped, whether or not it was logged (9% of flow's CPU); a screen held up to four
+boards and a busy flow sent the stale ones too, now it holds the newest; and a network of
+screens reconnecting together (a restart) failed: each new stream read its snapshot with a
+pooled Redis connection of its own, past the pool's 100 (`MaxConnectionsError`), now each
+clinic's snapshot is read once, 32 clinics at a time."""
