@@ -230,7 +230,9 @@ def run_wrk(target: Target, script: Path, *, seconds: float, rate: int = 0,
             connections: int = 32) -> dict[str, Any]:
     """One wrk run against ``target``; ``rate`` 0 is saturation (``connections`` open),
     otherwise paced at ``rate`` requests/s. Blocks; bounded by ``seconds`` + 30."""
-    threads = max(2, min(16, rate // 60)) if rate else 1
+    # paced: a connection sends its next request only once the last is answered (as
+    # wrk2's do), so each gets at most a twentieth of the rate (50 ms between its requests)
+    threads = max(4, min(32, rate // 20)) if rate else 1
     conns = threads if rate else connections
     env = {**os.environ, "CF_RATE": str(rate), "CF_THREADS": str(threads),
            "CF_METHOD": target.method, "CF_BODY": target.body, "CF_AUTH": target.token,
@@ -585,7 +587,10 @@ Targets:
                    bare=bare['server_cpu_us_per_request'],
                    ratio=round(arrivals['server_cpu_us_per_request']
                                / bare['server_cpu_us_per_request'], 1),
-                   ceiling=round(1e6 / arrivals['server_cpu_us_per_request']))}
+                   ceiling=round(1e6 / arrivals['server_cpu_us_per_request']),
+                   need=200 * arrivals['server_cpu_us_per_request'] / 1e6,
+                   board_ratio=round(1 / h['cpu_ratios']['flow board GET over bare Redis GET'], 2),
+                   bare_get=h['per_core']['bare Redis GET'])}
 """
 
 
@@ -593,26 +598,32 @@ Targets:
 # re-take them when the request path changes); {arrivals}, {bare}, {ratio}, {ceiling} come
 # from the run
 HTTP_NOTES = """\
-An arrival costs {arrivals:,} µs of CPU against {bare:,} µs for the bare route ({ratio}x), so
-one process given a whole core answers at most about {ceiling:,} a second, and this machine
-gave it much less than a core (the load average above). Where an arrival's CPU goes (py-spy
-on checkin under wrk): Redis client work is about two fifths, in three calls (the
-Idempotency-Key's claim, its answer and the task that renews the claim, `shared/idempotency.py`,
-16%; the visit record, one MULTI of HSET, EXPIREAT, SET and an EVAL, 16%; the day's ticket
-counter, 9%); uvicorn, Starlette and FastAPI about a third; the Kafka producer and checkin's
-own consumer of its arrival about a tenth; the rest is the event loop. The profile is flat
-within each part: redis-py's packing, encoding, timeouts and pool bookkeeping, h11's parsing.
-uvicorn's C parser and uvloop (`uvicorn[standard]`, not installed) took a bare route's CPU
-down by 40-50% in a side test on this machine, an arrival's by under 10%.
+An arrival costs {arrivals:,} µs of CPU against {bare:,} µs for the bare route ({ratio}x),
+so one process given a whole core answers at most about {ceiling:,} a second, and this
+machine gave it much less than a core (the load average above). 200 arrivals a second ask
+for {need:.2f} of a core, and Kafka's `acks=all` round trip is in every answer: where the
+process (or the broker) gets less, a queue forms and the fixed-rate latencies above are that
+queue.
+
+Where an arrival's CPU goes (py-spy on checkin under wrk): Redis client work is about two
+fifths, in three calls (the Idempotency-Key's claim, its answer and the task that renews the
+claim, `shared/idempotency.py`, 16%; the visit record, one MULTI of HSET, EXPIREAT, SET and
+an EVAL, 16%; the day's ticket counter, 9%); uvicorn, Starlette and FastAPI about a third;
+the Kafka producer and checkin's own consumer of its arrival about a tenth; the rest is the
+event loop. The profile is flat within each part: redis-py's packing, encoding, timeouts and
+pool bookkeeping, h11's parsing. uvicorn's C parser and uvloop (`uvicorn[standard]`, not
+installed) took a bare route's CPU down by 40-50% in a side test on this machine, an
+arrival's by under 10%.
 
 What this change fixed: the request counter (Starlette's `@app.middleware("http")` ran every
-request in a task of its own with memory streams between it and the app; /healthz cost
-1.7x the bare app's CPU, now about the same) and the two Redis reads of the clinic's
-providers on every arrival naming a provider (kept five seconds when the provider is known;
-an unknown one is read afresh). What would reach 1,500 arrivals a second: one Redis call for
-the whole arrival (a Lua script that claims the key, takes the ticket number and writes the
-visit) and one for the answer, in `services/checkin/store.py` and `shared/idempotency.py`,
-left to their owners here; then uvicorn's C parser. The board GET is one Redis GET plus the
-role's view (now rendered once per board and role, and answered as is): it costs what the
-bare app's Redis GET route costs, so its ceiling is the HTTP stack's and redis-py's, not
-flow's."""
+request in a task of its own with memory streams between it and the app; /healthz cost 1.7x
+the bare app's CPU, now about the same) and the two Redis reads of the clinic's providers on
+every arrival naming a provider (kept five seconds when the provider is known; an unknown
+one is read afresh). What would reach 1,500 arrivals a second: one Redis call for the whole
+arrival (a Lua script that claims the key, takes the ticket number and writes the visit) and
+one for the answer, in `services/checkin/store.py` and `shared/idempotency.py`, left to
+their owners here; then uvicorn's C parser. The board GET is one Redis GET plus the
+credential's check and the role's view (now rendered once per board and role, and answered
+as is): the bare app's route with the same Redis GET does {board_ratio}x its throughput per
+core, so the GET's ceiling is the HTTP stack's and redis-py's, and the 2,000 a second asked
+for is above what even the bare route reached per core here ({bare_get:,}/s)."""

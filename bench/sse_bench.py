@@ -510,6 +510,14 @@ def report_section(s: dict[str, Any] | None) -> str:
                    f"(median p99 {full['p99_ms']:,} ms, runs {_spread(full, 'p99_ms')}).")
     missed = sum(sum(v["missed_per_run"]) for v in [*s["rates"].values(), base])
     per_frame = marginal_cpu_per_frame(s)
+    need = ""
+    if full and per_frame:
+        # every event of 500/s drawn as in the baseline, and a frame to each of its screens
+        cores = (base["flow_cpu_us_per_event"] * 500 + per_frame * 500 * s["per_clinic"]) / 1e6
+        need = (f" On these figures, 500 events/s to {s['streams']:,} screens with no board "
+                f"skipped asks about {cores:.2f} of a core of flow; the process was given "
+                f"{full['flow_cpu_share']} of a core (median), and the rest of the machine "
+                "(Kafka, Redis, the clients, other work) the rest.")
     load = s["load_average"]
     return f"""## Screens at scale
 
@@ -531,7 +539,7 @@ part, {load['end']} at its end, on 2 cores.
 {chr(10).join(lines)}
 
 {verdict} Flow's CPU per frame sent, counted as what the full network costs over the
-baseline at 500 events/s divided by the frames it adds: {per_frame} µs.
+baseline at 500 events/s divided by the frames it adds: {per_frame} µs.{need}
 
 The screens are {s['client_processes']} client processes of raw asyncio sockets (a
 protocol reading the chunked stream, orjson for each frame, no HTTP library), the
