@@ -236,6 +236,13 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                            f"{', '.join(sorted(configured))})", code="unknown_room")
         return room
 
+    def occupant(board: dict[str, Any], room_id: str, room: dict[str, Any]) -> str:
+        """Who is in an occupied room, in a refusal's words: its visit and ticket code."""
+        visit = next((v for v in board["in_rooms"] if v["room_id"] == room_id), None)
+        if visit is None:
+            return f"patient {room['ticket_code']}"
+        return f"visit {visit['visit_id']} (patient {visit['ticket_code']})"
+
     def check_provider(clinic_id: str, board: dict[str, Any], provider_id: str | None) -> None:
         """NotFound for a provider the clinic does not have: configured providers, and any
         on its board; a clinic with none configured takes any provider id, as before."""
@@ -295,8 +302,8 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         def check(board: dict[str, Any]) -> None:
             room = room_of(clinic_id, board, room_id)
             if room is not None and room["state"] == "occupied":
-                raise Conflict(f"room {room_id} holds patient {room['ticket_code']}; check "
-                               "them out or room them elsewhere", code="room_occupied")
+                raise Conflict(f"room {room_id} holds {occupant(board, room_id, room)}; check "
+                               "them out or room them elsewhere first", code="room_occupied")
         return await publish(clinic_id, ev.RoomReady(room_id=room_id), request,
                              idempotency_key, principal, check=check)
 

@@ -10,7 +10,8 @@ How the floor handles odd orders (documented in docs/flow.md):
 
 * duplicate facts (same arrival, same rooming) change nothing;
 * rooming, provider-in or checkout for an unknown visit cannot be applied;
-* rooming into a room that holds another patient cannot be applied;
+* rooming into a room that holds another patient cannot be applied, nor can marking
+  such a room ready or out of service;
 * provider-in before rooming is accepted: the provider saw the patient;
 * checkout of a visit never roomed is accepted: the visit ends (no stage time);
 * a cancellation after rooming ends the visit and sends the room to cleaning;
@@ -273,6 +274,9 @@ class Clinic:
         room = self.rooms.get(room_id)
         if room is not None and room.state is RoomState.READY:
             return Change("room_ready", (), (room_id,), [], False, True)
+        if room is not None and room.state is RoomState.OCCUPIED:
+            raise NotApplicable(f"room {room_id} holds visit {room.visit_id}; check the "
+                                "patient out or room them elsewhere first")
         record = self._remember(event_id, "room_ready", None, room_id)
         stages: list[StageTime] = []
         if room is None:

@@ -101,7 +101,15 @@ def test_a_room_holds_one_patient() -> None:
         clinic.patient_roomed(at=at(2), visit_id="v2", room_id="r1")
     with pytest.raises(NotApplicable, match="holds visit v1"):
         clinic.room_out_of_service(at=at(2), room_id="r1")
+    # a room with a patient in it is not ready: marking it so would let a second one in
+    with pytest.raises(NotApplicable, match="room r1 holds visit v1"):
+        clinic.room_ready(at=at(2), room_id="r1", event_id="e9")
+    assert clinic.rooms["r1"].state is RoomState.OCCUPIED
+    assert clinic.rooms["r1"].visit_id == "v1"
     assert clinic.visits["v2"].status is VisitStatus.WAITING
+    clinic.checked_out(at=at(3), visit_id="v1")
+    clinic.room_ready(at=at(4), room_id="r1")  # cleaned after checkout: ready again
+    clinic.patient_roomed(at=at(5), visit_id="v2", room_id="r1")
 
 
 def test_checkout_of_a_visit_never_roomed_ends_the_visit() -> None:
