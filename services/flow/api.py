@@ -191,10 +191,13 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     async def publish(clinic_id: str, payload: ev.Payload, request: Request,
                       key: str | None, principal: Principal,
                       correlation_id: str | None = None,
-                      check: Callable[[dict[str, Any]], None] | None = None) -> Accepted:
+                      check: Callable[[dict[str, Any]], None] | None = None,
+                      rooming: ev.PatientRoomed | None = None) -> Accepted:
         """Check the command against the clinic's board, then publish it. The check runs
         inside the idempotent action: a retry with the same key replays the first answer,
-        and a refusal stores nothing (so no 2xx answer is a command the floor refuses)."""
+        and a refusal stores nothing (so no 2xx answer is a command the floor refuses).
+        A ``rooming`` also claims its room first (``claim_room``): of two roomings into one
+        room that both passed the check, one is refused here."""
         body = await request.body()
 
         async def action() -> tuple[int, Any]:
@@ -205,10 +208,14 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             if not runtime.kafka_started:
                 raise HTTPException(503, detail="Kafka is not connected yet: nothing was "
                                     "published; try again shortly", headers={"Retry-After": "2"})
+            if rooming is not None:
+                await claim_room(clinic_id, rooming, check)
             try:
                 await runtime.broker.publish(ev.encode(event), floor_topic,
                                              key=clinic_id.encode())
             except Exception as exc:
+                if rooming is not None:
+                    await store.release_room(clinic_id, rooming.room_id, rooming.visit_id)
                 log.warning("floor command not published", error=repr(exc), clinic=clinic_id)
                 raise HTTPException(503, detail="could not publish to Kafka; try again (with "
                                     "the same Idempotency-Key)",
@@ -224,6 +231,29 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         _status, answer, replayed = await idempotency.run(
             f"flow:{clinic_id}", key, fingerprint(request.method, request.url.path, body), action)
         return Accepted(**answer, replayed=replayed)
+
+    async def claim_room(clinic_id: str, rooming: ev.PatientRoomed,
+                         check: Callable[[dict[str, Any]], None] | None) -> None:
+        """Take the room's claim for the rooming, or refuse it (409 room_occupied) when
+        another visit's rooming holds it. A holder no longer waiting on a board read after
+        its claim (its rooming is applied, and the room freed since, or it left) is done
+        with it; the rooming is checked again against that board before it is taken over."""
+        room_id, visit_id = rooming.room_id, rooming.visit_id
+        holder = await store.claim_room(clinic_id, room_id, visit_id)
+        if holder is None:
+            return
+        board = await board_or_empty(clinic_id)
+        waiting = next((w for w in board["waiting"] if w["visit_id"] == holder), None)
+        if waiting is None:
+            if check is not None:
+                check(board)
+            holder = await store.claim_room(clinic_id, room_id, visit_id, replacing=holder)
+            if holder is None:
+                return
+            waiting = next((w for w in board["waiting"] if w["visit_id"] == holder), None)
+        patient = f" (patient {waiting['ticket_code']})" if waiting else ""
+        raise Conflict(f"room {room_id} is being given to visit {holder}{patient} right now; "
+                       "choose another room", code="room_occupied")
 
     def room_of(clinic_id: str, board: dict[str, Any], room_id: str) -> dict[str, Any] | None:
         """The room as the board has it; NotFound when the clinic has no such room. A clinic
@@ -343,9 +373,9 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                 holder = f" (patient {room['ticket_code']})" if room["ticket_code"] else ""
                 raise Conflict(f"room {body.room_id} is {room['state'].replace('_', ' ')}"
                                f"{holder}", code=f"room_{room['state']}")
-        return await publish(clinic_id, ev.PatientRoomed(visit_id=visit_id, room_id=body.room_id),
-                             request, idempotency_key, principal, correlation_id=visit_id,
-                             check=check)
+        rooming = ev.PatientRoomed(visit_id=visit_id, room_id=body.room_id)
+        return await publish(clinic_id, rooming, request, idempotency_key, principal,
+                             correlation_id=visit_id, check=check, rooming=rooming)
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/provider-in", status_code=202,
                  tags=["floor commands"], summary="The provider starts seeing the patient")

@@ -5,6 +5,7 @@ clinic; and no command answered 2xx ever becomes a dead letter."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -153,6 +154,54 @@ async def test_commands_name_what_the_clinic_does_not_have_and_never_dead_letter
         await board("south", lambda b: any(r["room_id"] == "x7" for r in b["rooms"]))
         north = await get_board(client, "north", NURSE)
         assert {r["room_id"] for r in north["rooms"]} == {"r1", "r2", "r3"}
+        assert await dead_letters(client) == before
+
+
+async def test_two_nurses_rooming_into_one_room_at_once_one_is_refused(
+    flow_env: dict[str, Any],
+) -> None:
+    """Both roomings pass the board's check before either is applied: the room's claim
+    lets one through (202) and refuses the other (409 naming the room and the visit), and
+    nothing becomes a dead letter. Once the board shows the rooming, the room's claim
+    gives way: the patient checked out and the room cleaned, the other is roomed there."""
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    async with (
+        serving(create_app(FlowSettings(**flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        await publish(flow_env["kafka_bootstrap"], floor, the_morning("north"))
+
+        async def board(predicate: Any) -> Any:
+            async def found() -> Any:
+                b = await get_board(client, "north", NURSE)
+                return b if b and predicate(b) else None
+            return await eventually(found)
+
+        await board(lambda b: len(b["waiting"]) == 2)
+        before = await dead_letters(client)
+        answers = await asyncio.gather(*(
+            client.post(f"/clinics/north/visits/north-v{n}/room", json={"room_id": "r2"},
+                        headers=keyed(f"race-{n}"))
+            for n in (1, 2)))
+        assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+        won, lost = (1, 2) if answers[0].status_code == 202 else (2, 1)
+        refusal = answers[lost - 1].json()
+        assert refusal["code"] == "room_occupied"
+        assert "r2" in refusal["detail"] and f"north-v{won}" in refusal["detail"]
+
+        # the winner's rooming is on the board; every later command is checked against it
+        await board(lambda b: [v["visit_id"] for v in b["in_rooms"]] == [f"north-v{won}"])
+        await publish(flow_env["kafka_bootstrap"], floor, [
+            floor_event(ev.PatientCheckedOut(visit_id=f"north-v{won}"), "north")])
+        await board(lambda b: not b["in_rooms"])
+        assert (await client.post("/clinics/north/rooms/r2/ready", headers=NURSE)
+                ).status_code == 202
+        await board(lambda b: any(r["room_id"] == "r2" and r["state"] == "ready"
+                                  for r in b["rooms"]))
+        again = await client.post(f"/clinics/north/visits/north-v{lost}/room",
+                                  json={"room_id": "r2"}, headers=NURSE)
+        assert again.status_code == 202, again.text
+        await board(lambda b: [v["visit_id"] for v in b["in_rooms"]] == [f"north-v{lost}"])
         assert await dead_letters(client) == before
 
 
