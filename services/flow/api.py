@@ -390,6 +390,9 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             if not any(v["visit_id"] == visit_id for v in known):
                 raise NotFound(f"visit {visit_id} is not open at clinic {clinic_id}",
                                code="unknown_visit")
+            if any(w["visit_id"] == visit_id for w in board["waiting"]):
+                raise Conflict(f"visit {visit_id} is waiting, not roomed: room the patient "
+                               "first", code="visit_not_roomed")
             check_provider(clinic_id, board, body.provider_id)
         return await publish(clinic_id, ev.ProviderIn(visit_id=visit_id,
                                                       provider_id=body.provider_id),

@@ -12,7 +12,8 @@ How the floor handles odd orders (documented in docs/flow.md):
 * rooming, provider-in or checkout for an unknown visit cannot be applied;
 * rooming into a room that holds another patient cannot be applied, nor can marking
   such a room ready or out of service;
-* provider-in before rooming is accepted: the provider saw the patient;
+* provider-in before rooming cannot be applied: a visit with its provider and no room
+  would be on no screen (room the patient first);
 * checkout of a visit never roomed is accepted: the visit ends (no stage time);
 * a cancellation after rooming ends the visit and sends the room to cleaning;
 * an undo restores the visit and room as they were before the named fact,
@@ -331,6 +332,9 @@ class Clinic:
         visit = self._open_visit(visit_id, "provider in")
         if visit.status is VisitStatus.WITH_PROVIDER:
             return Change("provider_in", (visit_id,), (), [], False, True)
+        if visit.status is VisitStatus.WAITING:
+            raise NotApplicable(f"provider in for visit {visit_id}, which is waiting and not "
+                                "roomed; room the patient first")
         record = self._remember(event_id, "provider_in", visit_id)
         stages = []
         if visit.roomed_at is not None:

@@ -107,6 +107,11 @@ async def test_commands_name_what_the_clinic_does_not_have_and_never_dead_letter
         busy = await client.post("/clinics/north/rooms/r1/ready", headers=NURSE)
         assert busy.status_code == 409 and busy.json()["code"] == "room_occupied"
         assert all(w in busy.json()["detail"] for w in ("r1", "north-v1", "A-1"))
+        # provider in: only for a roomed patient (a waiting one would vanish from the screens)
+        early = await client.post("/clinics/north/visits/north-v2/provider-in", json={},
+                                  headers=NURSE)
+        assert early.status_code == 409 and early.json()["code"] == "visit_not_roomed"
+        assert "north-v2" in early.json()["detail"]
 
         # providers: configured ones (and any on the board); others are named in a 404
         commands: list[tuple[str, str, dict[str, Any] | None]] = [

@@ -119,13 +119,17 @@ def test_checkout_of_a_visit_never_roomed_ends_the_visit() -> None:
     assert change.stages == [] and "v1" not in clinic.visits
 
 
-def test_provider_in_before_rooming_is_accepted_as_seen_in_the_waiting_area() -> None:
+def test_provider_in_before_rooming_cannot_be_applied() -> None:
     clinic = Clinic("north")
     arrive(clinic, "v1", 0)
-    clinic.provider_in(at=at(5), visit_id="v1", provider_id="dr-kim")
+    with pytest.raises(NotApplicable, match="v1, which is waiting and not roomed"):
+        clinic.provider_in(at=at(5), visit_id="v1", provider_id="dr-kim", event_id="e2")
     visit = clinic.visits["v1"]
-    assert visit.status is VisitStatus.WITH_PROVIDER and visit.provider_id == "dr-kim"
-    assert clinic.waiting() == []
+    assert visit.status is VisitStatus.WAITING and visit.provider_id == "dr-lee"
+    assert [v.visit_id for v in clinic.waiting()] == ["v1"]
+    clinic.patient_roomed(at=at(6), visit_id="v1", room_id="r1")
+    clinic.provider_in(at=at(7), visit_id="v1", provider_id="dr-kim")
+    assert clinic.visits["v1"].status is VisitStatus.WITH_PROVIDER
 
 
 def test_patient_who_leaves_after_rooming_sends_the_room_to_cleaning() -> None:
