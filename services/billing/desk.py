@@ -56,6 +56,7 @@ from services.billing.domain.visits import (
     publishes_checkout,
     require_checkout_allowed,
     require_known,
+    require_on_floor,
 )
 from services.billing.fees import FeeScheduleFile
 from services.billing.store import BillingStore
@@ -145,17 +146,21 @@ class Desk:
     async def account(self, clinic_id: str, visit_id: str) -> Account:
         return account_of(visit_id, await self.store.visit_entries(clinic_id, visit_id))
 
-    async def known_visit(self, clinic_id: str, visit_id: str, *,
-                          floor_read: bool = False) -> FloorVisit:
+    async def known_visit(self, clinic_id: str, visit_id: str, *, floor_read: bool = False,
+                          takes_money: bool = False) -> FloorVisit:
         """What the floor said of a visit of the clinic; ``NotFound`` naming the visit and
         the clinic when it neither checked in there nor has entries on its ledger. A visit
         not known at first is looked for again once billing has read the clinic's floor as
-        of now (an arrival published a moment ago), unless ``floor_read`` says it has."""
+        of now (an arrival published a moment ago), unless ``floor_read`` says it has.
+        ``takes_money``: the command adds money to the visit (coverage, payment,
+        re-pricing), which a visit whose arrival was undone refuses (``Conflict``)."""
         floor, on_ledger = await self.store.visit_known(clinic_id, visit_id)
         if not (floor.arrived or on_ledger) and not floor_read:
             await self.floor_barrier(clinic_id)
             floor, on_ledger = await self.store.visit_known(clinic_id, visit_id)
         require_known(clinic_id, visit_id, floor, on_ledger)
+        if takes_money:
+            require_on_floor(clinic_id, visit_id, floor)
         return floor
 
     async def _locked(self, clinic_id: str, visit_id: str) -> str:
@@ -299,7 +304,7 @@ class Desk:
         """The patient's cost-sharing for the visit (the latest recorded is the one used).
         The natural key is the coverage itself: the same terms as the standing coverage
         post nothing. Returns the account and whether nothing was posted (a replay)."""
-        await self.known_visit(clinic_id, visit_id)
+        await self.known_visit(clinic_id, visit_id, takes_money=True)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
@@ -325,7 +330,7 @@ class Desk:
         """A payment; returns its receipt and whether ``entry_id`` (from the request's
         Idempotency-Key) was taken already (a replay: nothing posted; a different payment
         under the same id is refused)."""
-        await self.known_visit(clinic_id, visit_id)
+        await self.known_visit(clinic_id, visit_id, takes_money=True)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
@@ -393,7 +398,7 @@ class Desk:
         """Post the visit's patient share again under its latest coverage (the standing
         share is voided). The natural key is that coverage: a visit whose standing shares
         were priced under it already posts nothing (and answers ``True``, a replay)."""
-        await self.known_visit(clinic_id, visit_id)
+        await self.known_visit(clinic_id, visit_id, takes_money=True)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)

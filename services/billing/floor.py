@@ -3,7 +3,8 @@ pseudonymous patient ref and provider), who saw the patient (provider.in, for th
 receipt), how visits end (checkout, cancellation: a visit cancelled cannot be checked
 out, a visit checked out is not told to the floor again), checkouts published by other
 clients (priced like the desk's), and undone facts (an undone checkout's charge is
-voided; the visit an undone fact ended is open again).
+voided; the visit an undone fact ended is open again; a visit whose arrival was undone
+no longer exists, as on the floor).
 
 ``floor_effects(event, now)`` decides, without I/O, what a floor event asks of billing
 (most ask nothing). ``BillingFloorProjection`` is the floor consumer's ``Projection`` for
@@ -68,6 +69,7 @@ class RememberArrival:
     visit_id: str
     patient_ref: str | None
     provider_id: str | None = None
+    event_id: str = ""  # the arrival's: an undo naming it takes the visit off the floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,15 @@ class VisitEnded:
 @dataclass(frozen=True, slots=True)
 class ReopenVisit:
     """An undo: the visit the undone event ended (if any) is open again."""
+
+    clinic_id: str
+    undone_event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UndoArrival:
+    """An undo: when the undone event is a visit's arrival, the visit no longer exists on
+    the floor (flow and check-in drop it): no money command may name it any more."""
 
     clinic_id: str
     undone_event_id: str
@@ -125,7 +136,7 @@ class VoidUndoneCheckout:
     undo_event_id: str
 
 
-FloorEffect = (RememberArrival | RememberProvider | VisitEnded | ReopenVisit
+FloorEffect = (RememberArrival | RememberProvider | VisitEnded | ReopenVisit | UndoArrival
                | PriceFloorCheckout | CheckoutTooOld | VoidUndoneCheckout)
 
 
@@ -135,7 +146,7 @@ def floor_effects(event: ev.Event, now: datetime) -> tuple[FloorEffect, ...]:
     event_id = event.envelope.event_id
     if isinstance(payload, ev.PatientArrived):
         return (RememberArrival(clinic_id, payload.visit_id, payload.patient_ref,
-                                payload.provider_id),)
+                                payload.provider_id, event_id),)
     if isinstance(payload, ev.ProviderIn):
         if payload.provider_id:
             return (RememberProvider(clinic_id, payload.visit_id, payload.provider_id),)
@@ -152,7 +163,8 @@ def floor_effects(event: ev.Event, now: datetime) -> tuple[FloorEffect, ...]:
                                    event_id), ended)
     if isinstance(payload, ev.ActionUndone):
         return (VoidUndoneCheckout(clinic_id, payload.undone_event_id, event_id),
-                ReopenVisit(clinic_id, payload.undone_event_id))
+                ReopenVisit(clinic_id, payload.undone_event_id),
+                UndoArrival(clinic_id, payload.undone_event_id))
     return ()
 
 
@@ -202,7 +214,8 @@ class BillingFloorProjection:
         desk = self.desk
         if isinstance(effect, RememberArrival):
             await desk.store.remember_arrival(effect.clinic_id, effect.visit_id,
-                                              effect.patient_ref, effect.provider_id)
+                                              effect.patient_ref, effect.provider_id,
+                                              effect.event_id)
             return 1
         if isinstance(effect, RememberProvider):
             await desk.store.remember_provider(effect.clinic_id, effect.visit_id,
@@ -214,6 +227,9 @@ class BillingFloorProjection:
             return 1
         if isinstance(effect, ReopenVisit):
             return 1 if await desk.store.reopen_visit(effect.clinic_id,
+                                                      effect.undone_event_id) else 0
+        if isinstance(effect, UndoArrival):
+            return 1 if await desk.store.undo_arrival(effect.clinic_id,
                                                       effect.undone_event_id) else 0
         if isinstance(effect, CheckoutTooOld):
             log.warning("old checkout on the floor not priced: price it at the desk",

@@ -19,13 +19,17 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:billing:checkouts:{clinic}                 HASH checkout event id -> visit (from charges)
     P:billing:open:{clinic}                      SET visits whose balance is not zero
     P:billing:floor-visit:{clinic}:{visit}       HASH what the floor said of the visit (40
-                                                 days): arrived, patient_ref, provider_id
+                                                 days): arrived, arrived_by (the arrival's
+                                                 event id), undone (1: that arrival was
+                                                 undone), patient_ref, provider_id
                                                  (arrival, then provider.in), ended (checked_out
                                                  or the cancellation's reason), ended_by (its
                                                  event id), published (the patient.checked_out
                                                  id the desk published)
     P:billing:ended-by:{clinic}:{event_id}       the visit a floor event ended (40 days): an
                                                  undo of that event opens the visit again
+    P:billing:arrival-event:{clinic}:{event_id}  the visit a patient.arrived event checked in (40
+                                                 days): an undo of that event undoes the visit
     P:billing:arrival:{clinic}:{visit}           (read only) the patient_ref of an arrival read
                                                  before floor-visit existed: the visit is known
     P:billing:lock:{clinic}:{visit}              one money command at a time per visit (10 s)
@@ -117,6 +121,9 @@ class BillingKeys:
 
     def floor_visit(self, clinic_id: str, visit_id: str) -> str:
         return f"{self.prefix}:floor-visit:{clinic_id}:{visit_id}"
+
+    def arrival_event(self, clinic_id: str, event_id: str) -> str:
+        return f"{self.prefix}:arrival-event:{clinic_id}:{event_id}"
 
     def ended_by(self, clinic_id: str, event_id: str) -> str:
         return f"{self.prefix}:ended-by:{clinic_id}:{event_id}"
@@ -297,14 +304,33 @@ class BillingStore:
             await pipe.execute()
 
     async def remember_arrival(self, clinic_id: str, visit_id: str, patient_ref: str | None,
-                               provider_id: str | None = None) -> None:
-        """The visit checked in at the clinic (a repeat overwrites the same fields)."""
+                               provider_id: str | None = None, event_id: str = "") -> None:
+        """The visit checked in at the clinic by the arrival ``event_id`` (a repeat
+        overwrites the same fields; an arrival after an undone one counts again)."""
         fields = {"arrived": "1"}
         if patient_ref:
             fields["patient_ref"] = patient_ref
         if provider_id:
             fields["provider_id"] = provider_id
-        await self._floor_fields(clinic_id, visit_id, fields)
+        if event_id:
+            fields["arrived_by"] = event_id
+        key = self.keys.floor_visit(clinic_id, visit_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.hdel(key, "undone")
+            pipe.expire(key, ARRIVAL_TTL_SECONDS)
+            if event_id:
+                pipe.set(self.keys.arrival_event(clinic_id, event_id), visit_id,
+                         ex=ARRIVAL_TTL_SECONDS)
+            await pipe.execute()
+
+    async def undo_arrival(self, clinic_id: str, undone_event_id: str) -> str | None:
+        """An undo of the arrival that checked a visit in: the visit no longer exists on
+        the floor. Returns the visit, or None when the event was no visit's arrival (or
+        the visit arrived again since, by another event)."""
+        return await self._undo_fact(self.keys.arrival_event(clinic_id, undone_event_id),
+                                     clinic_id, "arrived_by", undone_event_id,
+                                     "redis.call('hset', key, 'undone', '1')")
 
     async def remember_provider(self, clinic_id: str, visit_id: str, provider_id: str) -> None:
         """The provider who saw the patient (provider.in): named on the receipt."""
@@ -319,15 +345,22 @@ class BillingStore:
     async def reopen_visit(self, clinic_id: str, undone_event_id: str) -> str | None:
         """An undo of the event that ended a visit: the visit is open again (and its next
         checkout is published). Returns the visit, or None when the event ended none."""
-        reopened = await self.redis.eval(
+        return await self._undo_fact(self.keys.ended_by(clinic_id, undone_event_id),
+                                     clinic_id, "ended_by", undone_event_id,
+                                     "redis.call('hdel', key, 'ended', 'ended_by', 'published')")
+
+    async def _undo_fact(self, index: str, clinic_id: str, field: str, undone_event_id: str,
+                         action: str) -> str | None:
+        """Run the Lua ``action`` on the floor-visit hash (``key``) of the visit ``index``
+        names, if that visit's ``field`` is still ``undone_event_id``; returns the visit."""
+        visit = await self.redis.eval(
             "local visit = redis.call('get', KEYS[1]) "
             "if not visit then return false end "
             "local key = ARGV[1] .. visit "
-            "if redis.call('hget', key, 'ended_by') == ARGV[2] then "
-            "  redis.call('hdel', key, 'ended', 'ended_by', 'published') return visit end "
-            "return false", 1, self.keys.ended_by(clinic_id, undone_event_id),
-            self.keys.floor_visit(clinic_id, ""), undone_event_id)
-        return reopened.decode() if isinstance(reopened, bytes) else None
+            f"if redis.call('hget', key, '{field}') == ARGV[2] then "
+            f"  {action} return visit end "
+            "return false", 1, index, self.keys.floor_visit(clinic_id, ""), undone_event_id)
+        return visit.decode() if isinstance(visit, bytes) else None
 
     async def checkout_published(self, clinic_id: str, visit_id: str, event_id: str) -> None:
         """The desk published ``patient.checked_out`` ``event_id`` for the visit."""
@@ -345,11 +378,13 @@ class BillingStore:
         raw, legacy_ref, on_ledger = await pipe.execute()
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         legacy = legacy_ref.decode() if legacy_ref is not None else None
+        undone = fields.get("undone") == "1"
         floor = FloorVisit(
-            arrived=fields.get("arrived") == "1" or legacy is not None,
+            arrived=(fields.get("arrived") == "1" or legacy is not None) and not undone,
             patient_ref=fields.get("patient_ref") or legacy or None,
             provider_id=fields.get("provider_id"), ended=fields.get("ended"),
-            ended_by=fields.get("ended_by"), checkout_published=fields.get("published"))
+            ended_by=fields.get("ended_by"), checkout_published=fields.get("published"),
+            arrival_undone=undone)
         return floor, bool(on_ledger)
 
     # ---------------------------------------------------------------- locks

@@ -71,9 +71,10 @@ async def test_a_checkout_on_the_floor_delivered_twice_is_charged_once_then_undo
                                       reason="checked out the wrong patient"))
         await _publish(billing_env, undo, undo)
 
-        async def voided() -> dict[str, Any] | None:
+        async def voided() -> dict[str, Any] | None:  # the charge's void and the share's
             account = await _account(client, "v1")
-            return account if account.get("charges_cents") == 0 else None
+            done = account.get("charges_cents") == 0 and account.get("balance_cents") == 0
+            return account if done else None
 
         account = await eventually(voided, timeout=30)
         assert account["balance_cents"] == 0
@@ -149,3 +150,29 @@ async def test_an_unreadable_floor_record_is_dead_lettered_and_billing_goes_on(
         # the copies billing could not read priced nothing: one charge, from the good copy
         events = await ledger(billing_env)
         assert len(of_type(events, "charge.posted")) == 1
+
+
+@pytest.mark.reliability(
+    "a walk-in's arrival undone on the floor (entered twice), then a checkout and a payment",
+    "409 visit_ended, nothing on the ledger or the floor",
+)
+async def test_a_visit_whose_arrival_was_undone_is_refused_checkout_and_payment(
+    billing_env: dict[str, Any],
+) -> None:
+    async with running_billing(billing_env) as client:
+        arrived = _floor(ev.PatientArrived(visit_id="v7", ticket_code="A-17",
+                                           visit_type="walk_in"))
+        undo = _floor(ev.ActionUndone(undone_event_id=arrived.envelope.event_id,
+                                      reason="entered twice"))
+        await _publish(billing_env, arrived, undo)
+        checkout = await client.post("/clinics/north/visits/v7/checkout", headers=BILLING,
+                                     json={"cpt_codes": ["99213"]})
+        assert checkout.status_code == 409, checkout.text
+        assert checkout.json()["code"] == "visit_ended"
+        assert "arrival was undone" in checkout.json()["detail"]
+        payment = await client.post("/clinics/north/visits/v7/payments",
+                                    headers={**BILLING, "Idempotency-Key": "k-7"},
+                                    json={"method": "cash", "amount_cents": 500})
+        assert payment.status_code == 409, payment.text
+        assert await ledger(billing_env) == []
+        assert of_type(await floor(billing_env), "patient.checked_out") == []

@@ -106,7 +106,7 @@ class HeldLedger:
         known = self.floor[(clinic_id, visit_id)]
         self.floor[(clinic_id, visit_id)] = FloorVisit(
             known.arrived, known.patient_ref, known.provider_id, known.ended, known.ended_by,
-            event_id)
+            event_id, known.arrival_undone)
 
 
 class Seconds:
@@ -223,6 +223,38 @@ async def test_a_visit_that_left_without_being_seen_cannot_be_checked_out() -> N
     with pytest.raises(Conflict, match="v3 of clinic north was left without being seen"):
         await desk_over(ledger).checkout("north", "v3", cpt_codes=["99213"])
     assert ledger.published == []
+
+
+async def test_a_visit_whose_arrival_was_undone_takes_no_checkout_and_no_money() -> None:
+    ledger = HeldLedger()
+    ledger.floor[("north", "v5")] = FloorVisit(arrived=False, patient_ref="p-901",
+                                               arrival_undone=True)
+    desk = desk_over(ledger)
+    for command in (desk.checkout("north", "v5", cpt_codes=["99213"]),
+                    desk.pay("north", "v5", entry_id="pay-1", method="cash",
+                             amount_cents=500, reference=None, reason="desk", made_by="d"),
+                    desk.record_coverage("north", "v5", patient_ref=None, copay_cents=0,
+                                         coinsurance_basis_points=0,
+                                         deductible_remaining_cents=0, self_pay=True,
+                                         made_by="d")):
+        with pytest.raises(Conflict, match="v5 of clinic north no longer exists on the "
+                                           "floor: its arrival was undone") as undone:
+            await command
+        assert status_of(undone.value) == 409 and undone.value.code == "visit_ended"
+    assert ledger.published == []
+    # coverage taken before the undo: still no checkout, no payment
+    ledger.arrive("north", "v6")
+    await desk.record_coverage("north", "v6", patient_ref=None, copay_cents=2500,
+                               coinsurance_basis_points=0, deductible_remaining_cents=0,
+                               self_pay=False, made_by="d")
+    ledger.floor[("north", "v6")] = FloorVisit(arrived=False, arrival_undone=True)
+    published = len(ledger.published)
+    with pytest.raises(Conflict, match="arrival was undone"):
+        await desk.checkout("north", "v6", cpt_codes=["99213"])
+    with pytest.raises(Conflict, match="arrival was undone"):
+        await desk.pay("north", "v6", entry_id="pay-2", method="cash", amount_cents=500,
+                       reference=None, reason="desk", made_by="d")
+    assert len(ledger.published) == published
 
 
 async def test_a_visit_checked_out_on_the_floor_is_priced_without_a_second_floor_event(

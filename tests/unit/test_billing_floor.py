@@ -13,6 +13,7 @@ from services.billing.floor import (
     RememberArrival,
     RememberProvider,
     ReopenVisit,
+    UndoArrival,
     VisitEnded,
     VoidUndoneCheckout,
     floor_effects,
@@ -32,11 +33,11 @@ def test_an_arrival_makes_the_visit_known_with_its_patient_ref_and_provider() ->
                                              patient_ref="p-901", provider_id="dr-okafor",
                                              visit_type="follow_up"), source="checkin")
     assert floor_effects(arrived, CHECKED_OUT_AT) == (
-        RememberArrival("north", "v1", "p-901", "dr-okafor"),)
+        RememberArrival("north", "v1", "p-901", "dr-okafor", arrived.envelope.event_id),)
     walk_in = on_the_floor(ev.PatientArrived(visit_id="v2", ticket_code="A-13",
                                              visit_type="follow_up"), source="checkin")
     assert floor_effects(walk_in, CHECKED_OUT_AT) == (
-        RememberArrival("north", "v2", None, None),)
+        RememberArrival("north", "v2", None, None, walk_in.envelope.event_id),)
 
 
 def test_the_provider_who_saw_the_patient_is_kept_for_the_receipt() -> None:
@@ -74,11 +75,12 @@ def test_billings_own_checkouts_and_checkouts_without_services_only_end_the_visi
         VisitEnded("north", "v1", "checked_out", empty.envelope.event_id),)
 
 
-def test_an_undone_fact_voids_a_checkouts_charge_and_opens_its_visit_again() -> None:
+def test_an_undone_fact_voids_a_checkouts_charge_opens_its_visit_or_undoes_an_arrival(
+) -> None:
     undo = on_the_floor(ev.ActionUndone(undone_event_id="out-1", reason="wrong patient"),
                         source="flow")
     assert floor_effects(undo, CHECKED_OUT_AT) == (
         VoidUndoneCheckout("north", "out-1", undo.envelope.event_id),
-        ReopenVisit("north", "out-1"))
+        ReopenVisit("north", "out-1"), UndoArrival("north", "out-1"))
     room = on_the_floor(ev.RoomReady(room_id="r1"), source="flow")
     assert floor_effects(room, CHECKED_OUT_AT) == ()

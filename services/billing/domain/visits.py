@@ -27,7 +27,9 @@ class FloorVisit:
     """What the floor said about a visit. ``ended``: how it ended (``checked_out``, or a
     cancellation's reason), by the floor event ``ended_by``; ``checkout_published``: the
     id of the ``patient.checked_out`` the desk published for it (its floor copy may not
-    have been read back yet)."""
+    have been read back yet); ``arrival_undone``: the floor undid the visit's arrival
+    (``action.undone`` naming it), so the visit no longer exists there (``arrived`` is
+    then False)."""
 
     arrived: bool = False
     patient_ref: str | None = None
@@ -35,19 +37,40 @@ class FloorVisit:
     ended: str | None = None
     ended_by: str | None = None
     checkout_published: str | None = None
+    arrival_undone: bool = False
+
+
+def _undone(clinic_id: str, visit_id: str) -> Conflict:
+    return Conflict(f"visit {visit_id} of clinic {clinic_id} no longer exists on the floor: "
+                    "its arrival was undone there, so nothing can be charged or paid on it",
+                    code="visit_ended")
 
 
 def require_known(clinic_id: str, visit_id: str, floor: FloorVisit, on_ledger: bool) -> None:
     """Refuse (``NotFound``, naming the visit and the clinic) a visit neither arrived at the
-    clinic nor on its ledger: another clinic's visit, a typo, a visit not checked in."""
+    clinic nor on its ledger: another clinic's visit, a typo, a visit not checked in; a
+    visit whose arrival the floor undid, with nothing on the ledger, is a ``Conflict``
+    (``visit_ended``: it existed and no longer does, as check-in answers)."""
+    if floor.arrival_undone and not on_ledger:
+        raise _undone(clinic_id, visit_id)
     if not (floor.arrived or on_ledger):
         raise NotFound(f"visit {visit_id} is not a visit of clinic {clinic_id}: it has not "
                        "checked in there and has nothing on its ledger", code="unknown_visit")
 
 
+def require_on_floor(clinic_id: str, visit_id: str, floor: FloorVisit) -> None:
+    """A visit whose arrival the floor undid takes no new money (checkout, coverage,
+    payment, re-pricing: ``Conflict``), even with entries on its ledger; voids and
+    refunds of those entries remain possible."""
+    if floor.arrival_undone:
+        raise _undone(clinic_id, visit_id)
+
+
 def require_checkout_allowed(clinic_id: str, visit_id: str, floor: FloorVisit) -> None:
-    """A visit that ended otherwise than by a checkout (cancelled, left without being seen,
-    entered in error) cannot be checked out (``Conflict``)."""
+    """A visit whose arrival was undone, or that ended otherwise than by a checkout
+    (cancelled, left without being seen, entered in error), cannot be checked out
+    (``Conflict``)."""
+    require_on_floor(clinic_id, visit_id, floor)
     if floor.ended is not None and floor.ended != "checked_out":
         how = ENDED_WORDS.get(floor.ended, floor.ended.replace("_", " "))
         raise Conflict(f"visit {visit_id} of clinic {clinic_id} was {how}: it cannot be "
