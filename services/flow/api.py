@@ -442,8 +442,9 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                                "old to undo)", code="unknown_event")
             if not action["undoable"]:
                 raise Conflict(f"event {body.event_id} ({action['kind'].replace('_', ' ')}) "
-                               "cannot be undone: its patient or room changed since; undo the "
-                               "later action first", code="not_undoable")
+                               "cannot be undone: its patient or room changed since, or its "
+                               "visit ended; undo the later action first",
+                               code="not_undoable")
         return await publish(clinic_id, ev.ActionUndone(undone_event_id=body.event_id,
                                                         reason=body.reason),
                              request, idempotency_key, principal, check=check)

@@ -17,7 +17,7 @@ How the floor handles odd orders (documented in docs/flow.md):
 * checkout of a visit never roomed is accepted: the visit ends (no stage time);
 * a cancellation after rooming ends the visit and sends the room to cleaning;
 * an undo restores the visit and room as they were before the named fact,
-  unless later facts changed them since (then it cannot be applied).
+  unless later facts changed them since, or ended the visit (then it cannot be applied).
 
 Status mapping to FHIR R4 (Encounter.status / Appointment.status):
 
@@ -397,16 +397,10 @@ class Clinic:
         record = next((r for r in self._undo if r.event_id == undone_event_id), None)
         if record is None:
             raise NotApplicable(f"event {undone_event_id} is unknown or too old to undo")
-        for visit_id, mark in record.visit_marks.items():
-            current = self.visits.get(visit_id)
-            if current is not None and len(current.history) != mark:
-                raise NotApplicable(f"visit {visit_id} changed after event {undone_event_id}; "
-                                    "undo the later action first")
-        for room_id, since in record.room_marks.items():
-            room = self.rooms.get(room_id)
-            if room is not None and room.since != since:
-                raise NotApplicable(f"room {room_id} changed after event {undone_event_id}; "
-                                    "undo the later action first")
+        blocker = self._undo_blocker(record)
+        if blocker is not None:
+            raise NotApplicable(f"{blocker} after event {undone_event_id}; undo the later "
+                                "action first")
         for visit_id, before in record.visits.items():
             if before is None:
                 self.visits.pop(visit_id, None)
@@ -431,7 +425,29 @@ class Clinic:
         self.recount()
         return Change("undo", tuple(record.visits), tuple(record.rooms))
 
+    def undo_window(self) -> list[tuple[str, str, bool]]:
+        """The facts an undo may still name, newest first: (event id, kind, whether it can
+        be undone now). The board lists them and the API checks an undo against them, so
+        an undo it accepts is never refused here."""
+        return [(r.event_id, r.kind, self._undo_blocker(r) is None) for r in reversed(self._undo)]
+
     # ---------------------------------------------------------------- helpers
+
+    def _undo_blocker(self, record: _UndoRecord) -> str | None:
+        """Why a recorded fact can no longer be undone (None: it can): a later fact changed
+        its visit or room, or ended its visit (a visit the fact left open that is no longer
+        open: undoing an arrival then would leave its checkout standing alone)."""
+        for visit_id, mark in record.visit_marks.items():
+            current = self.visits.get(visit_id)
+            if current is None:
+                return f"visit {visit_id} ended"
+            if len(current.history) != mark:
+                return f"visit {visit_id} changed"
+        for room_id, since in record.room_marks.items():
+            room = self.rooms.get(room_id)
+            if room is not None and room.since != since:
+                return f"room {room_id} changed"
+        return None
 
     def _open_visit(self, visit_id: str, what: str) -> Visit:
         visit = self.visits.get(visit_id)

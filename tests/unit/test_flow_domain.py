@@ -186,6 +186,21 @@ def test_undo_is_refused_when_a_later_action_depends_on_it() -> None:
         clinic.action_undone(at=at(9), undone_event_id="e2", event_id="e4")
 
 
+def test_undo_of_an_arrival_whose_visit_has_ended_is_refused() -> None:
+    clinic = Clinic("north")
+    arrive(clinic, "v1", 0, event_id="e1")
+    clinic.checked_out(at=at(20), visit_id="v1", event_id="e2")
+    assert clinic.undo_window() == [("e2", "checkout", True), ("e1", "arrival", False)]
+    with pytest.raises(NotApplicable, match="visit v1 ended after event e1"):
+        clinic.action_undone(at=at(21), undone_event_id="e1", event_id="e3")
+    assert clinic.counts == {"checked_out": 1}
+    # the checkout can be undone (the visit is open again); the arrival still not
+    clinic.action_undone(at=at(22), undone_event_id="e2", event_id="e4")
+    assert clinic.undo_window() == [("e1", "arrival", False)]
+    with pytest.raises(NotApplicable, match="visit v1 changed after event e1"):
+        clinic.action_undone(at=at(23), undone_event_id="e1", event_id="e5")
+
+
 def test_every_status_maps_to_fhir() -> None:
     assert set(FHIR_STATUS) == set(VisitStatus)
     assert FHIR_STATUS[VisitStatus.NO_SHOW] == (None, "noshow")
