@@ -27,6 +27,7 @@ from services.billing.domain.fee_schedule import FeeScheduleError
 from services.billing.domain.reconciliation import Reconciliation, business_day, reconcile
 from services.billing.projection import LedgerRecord, ledger_reader, ledger_record_of
 from shared.clock import SystemClock
+from shared.errors import Rejected
 from shared.kafka import aiokafka_security_kwargs, topic
 from shared.settings import BillingSettings
 from shared.topics import LEDGER
@@ -96,6 +97,11 @@ def _reconcile(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"--date {args.date!r} is not a date like 2026-03-02", file=sys.stderr)
             return 2
+    try:  # a date whose day cannot be computed is a usage error, before Kafka is read
+        business_day(clinic.zone.key, business_date)
+    except Rejected as exc:
+        print(f"--date: {exc.detail}", file=sys.stderr)
+        return 2
     try:
         entries = asyncio.run(read_ledger(settings, args.clinic, args.timeout))
     except SystemExit as exc:

@@ -156,6 +156,10 @@ async def test_a_day_of_fifty_visits_reconciles_to_the_cent_before_and_after_a_r
         assert f"total,north,{today},charges,{expected['charges']}," in csv.text
         assert (await client.get(f"/clinics/north/reconciliation?date={today}",
                                  headers=BILLING)).status_code == 403
+        far = await client.get("/clinics/north/reconciliation?date=9999-12-31",
+                               headers=MANAGER)  # its day's end cannot be computed
+        assert (far.status_code, far.json()["code"]) == (422, "date_out_of_range"), far.text
+        assert "date 9999-12-31 is out of range" in far.json()["detail"]
         # Redis loses the projection
         assert await store_of(client).forget_everything() > 0
         emptied = (await client.get(f"/clinics/north/reconciliation?date={today}",

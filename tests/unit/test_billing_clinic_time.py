@@ -17,8 +17,10 @@ from services.billing.domain.accounts import Posted
 from services.billing.domain.accounts import account as account_of
 from services.billing.domain.receipts import ReceiptHeading, clock_text, receipt
 from services.billing.domain.reconciliation import business_day, reconcile
+from shared.errors import Rejected, status_of
 from shared.events_billing import PaymentRecorded
 from shared.settings import BillingSettings
+from tools.cli import main as cli_main
 
 CLINICS = json.dumps({
     "hilo": {"name": "Hilo Family Clinic", "timezone": "Pacific/Honolulu"},
@@ -132,3 +134,20 @@ def test_billing_refuses_to_start_when_its_zones_disagree_with_the_clinics() -> 
         BillingSettings(billing_timezone="UTC", default_timezone="America/New_York")
     with pytest.raises(ValidationError, match="unknown time zone 'Mars/Olympus'"):
         BillingSettings(billing_clinic_timezones={"east": "Mars/Olympus"})
+
+
+@pytest.mark.parametrize(("zone", "day"), [("America/Chicago", date(9999, 12, 31)),
+                                           ("Pacific/Tongatapu", date(1, 1, 1))])
+def test_a_date_whose_day_cannot_be_computed_is_refused_with_a_message(zone: str,
+                                                                       day: date) -> None:
+    with pytest.raises(Rejected, match=f"date {day.isoformat()} is out of range") as bad:
+        business_day(zone, day)
+    assert status_of(bad.value) == 422 and bad.value.code == "date_out_of_range"
+    assert business_day(zone, date(9999, 12, 30))[0].year == 9999  # the last day that has one
+
+
+def test_the_cli_answers_a_date_without_a_business_day_as_a_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["billing", "reconcile", "--clinic", "north", "--date",
+                     "9999-12-31"]) == 2  # before any broker is asked
+    assert "--date: date 9999-12-31 is out of range" in capsys.readouterr().err

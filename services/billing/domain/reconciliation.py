@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from services.billing.domain.accounts import Account, Posted, account
 from services.billing.domain.money import format_cents
+from shared.errors import Rejected
 from shared.events_billing import (
     PAYMENT_METHODS,
     ChargePosted,
@@ -26,11 +27,18 @@ from shared.events_billing import (
 
 
 def business_day(timezone: str, business_date: date) -> tuple[datetime, datetime]:
-    """[start, end) of a business day in ``timezone`` (the clinic's midnights), in UTC."""
+    """[start, end) of a business day in ``timezone`` (the clinic's midnights), in UTC.
+    A date whose midnights cannot be told in UTC (the first or last days a date can name,
+    such as 9999-12-31) is ``Rejected`` (422 ``date_out_of_range``), not a crash."""
     zone = ZoneInfo(timezone)
-    starts = datetime.combine(business_date, day_time(0), zone)
-    ends = datetime.combine(business_date + timedelta(days=1), day_time(0), zone)
-    return starts.astimezone(UTC), ends.astimezone(UTC)
+    try:
+        starts = datetime.combine(business_date, day_time(0), zone)
+        ends = datetime.combine(business_date + timedelta(days=1), day_time(0), zone)
+        return starts.astimezone(UTC), ends.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise Rejected(f"date {business_date.isoformat()} is out of range: its business day "
+                       f"in {timezone} cannot be computed (ask for a date between "
+                       "0001-01-02 and 9999-12-30)", code="date_out_of_range") from None
 
 
 @dataclass
