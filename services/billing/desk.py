@@ -57,6 +57,7 @@ from services.billing.domain.visits import (
     require_checkout_allowed,
     require_known,
     require_on_floor,
+    require_same_patient,
 )
 from services.billing.fees import FeeScheduleFile
 from services.billing.store import BillingStore
@@ -231,6 +232,7 @@ class Desk:
             floor = await self.store.floor_visit(clinic_id, visit_id)
             if desk:
                 require_checkout_allowed(clinic_id, visit_id, floor)
+                require_same_patient(clinic_id, visit_id, floor, patient_ref)
             patient_ref = patient_ref or floor.patient_ref
             account = await self.account(clinic_id, visit_id)
             key = checkout_key(account)
@@ -304,7 +306,8 @@ class Desk:
         """The patient's cost-sharing for the visit (the latest recorded is the one used).
         The natural key is the coverage itself: the same terms as the standing coverage
         post nothing. Returns the account and whether nothing was posted (a replay)."""
-        await self.known_visit(clinic_id, visit_id, takes_money=True)
+        floor = await self.known_visit(clinic_id, visit_id, takes_money=True)
+        require_same_patient(clinic_id, visit_id, floor, patient_ref)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)

@@ -413,3 +413,28 @@ async def test_a_visit_checked_out_by_another_client_is_priced_without_a_second_
         checkouts = of_type(await floor(billing_env), "patient.checked_out")
         assert [c.envelope.event_id for c in checkouts] == [ehr.envelope.event_id]
     assert await not_appliable_on_the_floor(billing_env) == []
+
+
+async def test_a_patient_ref_other_than_the_arrivals_is_refused_and_no_balance_moves(
+    billing_env: dict[str, Any],
+) -> None:
+    async with running_billing(billing_env) as client:
+        await check_in(billing_env, "south", "v8", patient_ref="pt-real")
+        coverage = await client.put("/clinics/south/visits/v8/coverage", headers=FRONT_DESK,
+                                    json={"patient_ref": "pt-someoneelse", "copay_cents": 2500})
+        assert coverage.status_code == 409, coverage.text
+        checkout = await client.post("/clinics/south/visits/v8/checkout", headers=BILLING,
+                                     json={"cpt_codes": ["99213"], "patient_ref": "pt-third"})
+        assert checkout.status_code == 409, checkout.text
+        for refused in (coverage, checkout):
+            assert refused.json()["code"] == "patient_mismatch"
+            assert "visit v8 of clinic south" in refused.json()["detail"]
+        assert await ledger(billing_env) == []
+        checkout = await client.post("/clinics/south/visits/v8/checkout", headers=BILLING,
+                                     json={"cpt_codes": ["99213"]})
+        assert checkout.status_code == 202, checkout.text
+        for other in ("pt-someoneelse", "pt-third"):
+            assert (await client.get(f"/clinics/south/patients/{other}/balance",
+                                     headers=BILLING)).status_code == 404
+        real = await client.get("/clinics/south/patients/pt-real/balance", headers=BILLING)
+        assert real.status_code == 200, real.text

@@ -257,6 +257,29 @@ async def test_a_visit_whose_arrival_was_undone_takes_no_checkout_and_no_money()
     assert len(ledger.published) == published
 
 
+async def test_a_patient_ref_other_than_the_arrivals_is_refused_naming_the_visit() -> None:
+    ledger = HeldLedger(("south", "v8"))  # checked in as p-901
+    desk = desk_over(ledger)
+    for command in (desk.record_coverage("south", "v8", patient_ref="pt-someoneelse",
+                                         copay_cents=2500, coinsurance_basis_points=0,
+                                         deductible_remaining_cents=0, self_pay=False,
+                                         made_by="d"),
+                    desk.checkout("south", "v8", cpt_codes=["99213"],
+                                  patient_ref="pt-third")):
+        with pytest.raises(Conflict, match="visit v8 of clinic south checked in as another "
+                                           "patient: the patient_ref given differs") as other:
+            await command
+        assert status_of(other.value) == 409 and other.value.code == "patient_mismatch"
+        assert "pt-" not in other.value.detail and "p-901" not in other.value.detail
+    assert ledger.published == []
+    # the arrival's own ref, or none, is the arrival's patient
+    await desk.record_coverage("south", "v8", patient_ref="p-901", copay_cents=2500,
+                               coinsurance_basis_points=0, deductible_remaining_cents=0,
+                               self_pay=False, made_by="d")
+    result = await desk.checkout("south", "v8", cpt_codes=["99213"])
+    assert result.outcome == "priced" and result.account.patient_ref == "p-901"
+
+
 async def test_a_visit_checked_out_on_the_floor_is_priced_without_a_second_floor_event(
 ) -> None:
     ledger = HeldLedger()

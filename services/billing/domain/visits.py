@@ -66,6 +66,17 @@ def require_on_floor(clinic_id: str, visit_id: str, floor: FloorVisit) -> None:
         raise _undone(clinic_id, visit_id)
 
 
+def require_same_patient(clinic_id: str, visit_id: str, floor: FloorVisit,
+                         patient_ref: str | None) -> None:
+    """A command naming a patient for the visit (coverage, checkout) names the one who
+    checked in, when the floor knows who did (``Conflict``, ``patient_mismatch``): a
+    visit's charges and balance belong to its patient, not to whoever a request names."""
+    if patient_ref and floor.patient_ref and patient_ref != floor.patient_ref:
+        raise Conflict(f"visit {visit_id} of clinic {clinic_id} checked in as another "
+                       "patient: the patient_ref given differs from its arrival's (leave it "
+                       "out to use the arrival's)", code="patient_mismatch")
+
+
 def require_checkout_allowed(clinic_id: str, visit_id: str, floor: FloorVisit) -> None:
     """A visit whose arrival was undone, or that ended otherwise than by a checkout
     (cancelled, left without being seen, entered in error), cannot be checked out
