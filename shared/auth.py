@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request, status
 
+from shared.errors import NotFound
 from shared.settings import Credential, Role, hash_token
 
 
@@ -63,6 +64,18 @@ def bearer_token(request: Request) -> str | None:
     return request.query_params.get("access_token") or None
 
 
+def require_known_clinic(request: Request) -> None:
+    """A path naming a clinic the deployment does not serve is 404 (``known_clinics``
+    on the app's state: the clinics of ``CLINICFLOW_CLINICS``; none configured, any
+    clinic id is served, as in development). Checked after the token, so that the
+    answer tells nothing to whoever has none."""
+    clinic_id = request.path_params.get("clinic_id")
+    known: frozenset[str] = getattr(request.app.state, "known_clinics", frozenset())
+    if clinic_id is not None and known and clinic_id not in known:
+        raise NotFound(f"no clinic {clinic_id!r} here: this deployment serves the clinics "
+                       "of CLINICFLOW_CLINICS", code="unknown_clinic")
+
+
 def require_role(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
     """FastAPI dependency: 401 without a valid token, 403 for a role not in ``roles``."""
     allowed = frozenset(roles)
@@ -89,6 +102,7 @@ def require_role(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
                 detail=f"role {principal.role!r} may not do this "
                 f"(allowed: {', '.join(sorted(allowed))})",
             )
+        require_known_clinic(request)
         return principal
 
     return dependency

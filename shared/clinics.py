@@ -6,8 +6,9 @@ Configured once for every service (``CLINICFLOW_CLINICS``, JSON)::
     {"north": {"name": "North Family Practice", "timezone": "America/Chicago",
                "providers": {"p1": "Dr. Okafor"}, "rooms": {"r1": "Room 1"}}}
 
-A clinic missing from it lives in ``CLINICFLOW_DEFAULT_TIMEZONE`` (UTC unless set) and
-is shown by its ids. Events, metrics and Redis keep ids; screens, messages, receipts and
+When it names clinics, they are the clinics served: the APIs answer 404 for any other
+(``shared.auth.require_known_clinic``). Without it (development), every clinic id is
+served, in ``CLINICFLOW_DEFAULT_TIMEZONE`` (UTC unless set), shown by its ids. Events, metrics and Redis keep ids; screens, messages, receipts and
 reports use the names and the clinic's own day and clock. Pure: no I/O, no clock reads.
 """
 

@@ -306,6 +306,8 @@ def make_http_app(
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings.credential_list())
+    # the clinics served (empty: any, as in development; see shared.auth)
+    app.state.known_clinics = frozenset(settings.clinic_directory().clinics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, service=runtime.service)  # outermost: sees the 413s
 

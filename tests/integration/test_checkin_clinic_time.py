@@ -188,6 +188,6 @@ async def test_one_instant_is_a_different_day_for_each_clinic(
     reef = (await checkin.client.get("/clinics/reef/schedule", headers=FRONT_DESK)).json()
     assert date.fromisoformat(surf["day"]) == at.date()
     assert date.fromisoformat(reef["day"]) == at.date() + timedelta(days=1)
-    # a clinic not in CLINICFLOW_CLINICS keeps the deployment's default zone
-    north = (await checkin.client.get("/clinics/north/schedule", headers=FRONT_DESK)).json()
-    assert north["timezone"] != "Pacific/Honolulu"
+    # a clinic not in CLINICFLOW_CLINICS is not served: 404 naming it
+    north = await checkin.client.get("/clinics/north/schedule", headers=FRONT_DESK)
+    assert north.status_code == 404 and "north" in north.json()["detail"]
