@@ -100,9 +100,20 @@ class ReopenVisit:
 
 
 @dataclass(frozen=True, slots=True)
+class VisitChanged:
+    """A fact about the visit after its arrival (roomed, provider in; an end or a
+    provider's name mark it too): the floor no longer lets its arrival be undone."""
+
+    clinic_id: str
+    visit_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class UndoArrival:
-    """An undo: when the undone event is a visit's arrival, the visit no longer exists on
-    the floor (flow and check-in drop it): no money command may name it any more."""
+    """An undo: when the undone event is a visit's arrival and nothing happened to the
+    visit since (the floor's own rule: it refuses such an undo otherwise), the visit no
+    longer exists on the floor (flow and check-in drop it): no money command may name it
+    any more."""
 
     clinic_id: str
     undone_event_id: str
@@ -137,7 +148,7 @@ class VoidUndoneCheckout:
 
 
 FloorEffect = (RememberArrival | RememberProvider | VisitEnded | ReopenVisit | UndoArrival
-               | PriceFloorCheckout | CheckoutTooOld | VoidUndoneCheckout)
+               | VisitChanged | PriceFloorCheckout | CheckoutTooOld | VoidUndoneCheckout)
 
 
 def floor_effects(event: ev.Event, now: datetime) -> tuple[FloorEffect, ...]:
@@ -150,7 +161,9 @@ def floor_effects(event: ev.Event, now: datetime) -> tuple[FloorEffect, ...]:
     if isinstance(payload, ev.ProviderIn):
         if payload.provider_id:
             return (RememberProvider(clinic_id, payload.visit_id, payload.provider_id),)
-        return ()
+        return (VisitChanged(clinic_id, payload.visit_id),)
+    if isinstance(payload, ev.PatientRoomed):
+        return (VisitChanged(clinic_id, payload.visit_id),)
     if isinstance(payload, ev.ArrivalCancelled):
         return (VisitEnded(clinic_id, payload.visit_id, payload.reason, event_id),)
     if isinstance(payload, ev.PatientCheckedOut):
@@ -228,6 +241,9 @@ class BillingFloorProjection:
         if isinstance(effect, ReopenVisit):
             return 1 if await desk.store.reopen_visit(effect.clinic_id,
                                                       effect.undone_event_id) else 0
+        if isinstance(effect, VisitChanged):
+            await desk.store.visit_changed(effect.clinic_id, effect.visit_id)
+            return 1
         if isinstance(effect, UndoArrival):
             return 1 if await desk.store.undo_arrival(effect.clinic_id,
                                                       effect.undone_event_id) else 0

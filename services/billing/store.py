@@ -20,9 +20,12 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:billing:open:{clinic}                      SET visits whose balance is not zero
     P:billing:floor-visit:{clinic}:{visit}       HASH what the floor said of the visit (40
                                                  days): arrived, arrived_by (the arrival's
-                                                 event id), undone (1: that arrival was
-                                                 undone), patient_ref, provider_id
-                                                 (arrival, then provider.in), ended (checked_out
+                                                 event id), changed (1: a fact about the
+                                                 visit came after it: roomed, provider in,
+                                                 ended), undone (1: that arrival was undone
+                                                 while nothing had changed), patient_ref,
+                                                 provider_id (arrival, then provider.in),
+                                                 ended (checked_out
                                                  or the cancellation's reason), ended_by (its
                                                  event id), published (the patient.checked_out
                                                  id the desk published)
@@ -326,21 +329,29 @@ class BillingStore:
 
     async def undo_arrival(self, clinic_id: str, undone_event_id: str) -> str | None:
         """An undo of the arrival that checked a visit in: the visit no longer exists on
-        the floor. Returns the visit, or None when the event was no visit's arrival (or
-        the visit arrived again since, by another event)."""
-        return await self._undo_fact(self.keys.arrival_event(clinic_id, undone_event_id),
-                                     clinic_id, "arrived_by", undone_event_id,
-                                     "redis.call('hset', key, 'undone', '1')")
+        the floor. Returns the visit, or None when the event was no visit's arrival, the
+        visit arrived again since (by another event), or something happened to it after
+        the arrival (roomed, provider in, ended: the floor refuses that undo)."""
+        return await self._undo_fact(
+            self.keys.arrival_event(clinic_id, undone_event_id), clinic_id, "arrived_by",
+            undone_event_id, "if redis.call('hexists', key, 'changed') == 1 then return false "
+            "end redis.call('hset', key, 'undone', '1')")
+
+    async def visit_changed(self, clinic_id: str, visit_id: str) -> None:
+        """A fact about the visit after its arrival: its arrival can no longer be undone
+        (the floor refuses it; billing then leaves the visit as it is)."""
+        await self._floor_fields(clinic_id, visit_id, {"changed": "1"})
 
     async def remember_provider(self, clinic_id: str, visit_id: str, provider_id: str) -> None:
         """The provider who saw the patient (provider.in): named on the receipt."""
-        await self._floor_fields(clinic_id, visit_id, {"provider_id": provider_id})
+        await self._floor_fields(clinic_id, visit_id, {"provider_id": provider_id,
+                                                       "changed": "1"})
 
     async def visit_ended(self, clinic_id: str, visit_id: str, how: str,
                           event_id: str) -> None:
         """The floor ended the visit (checked out, cancelled, left) by ``event_id``."""
-        await self._floor_fields(clinic_id, visit_id, {"ended": how, "ended_by": event_id},
-                                 ended_by=event_id)
+        await self._floor_fields(clinic_id, visit_id, {"ended": how, "ended_by": event_id,
+                                                       "changed": "1"}, ended_by=event_id)
 
     async def reopen_visit(self, clinic_id: str, undone_event_id: str) -> str | None:
         """An undo of the event that ended a visit: the visit is open again (and its next

@@ -176,3 +176,12 @@ async def test_a_visit_whose_arrival_was_undone_is_refused_checkout_and_payment(
         assert payment.status_code == 409, payment.text
         assert await ledger(billing_env) == []
         assert of_type(await floor(billing_env), "patient.checked_out") == []
+        # an arrival undone after the patient was roomed: the floor refuses that undo (it
+        # dead-letters it), so the visit stands and is checked out
+        seen = _floor(ev.PatientArrived(visit_id="v8", ticket_code="A-18",
+                                        visit_type="walk_in"))
+        await _publish(billing_env, seen, _floor(ev.PatientRoomed(visit_id="v8", room_id="r1")),
+                       _floor(ev.ActionUndone(undone_event_id=seen.envelope.event_id)))
+        checkout = await client.post("/clinics/north/visits/v8/checkout", headers=BILLING,
+                                     json={"cpt_codes": ["99213"]})
+        assert checkout.status_code == 202, checkout.text

@@ -14,6 +14,7 @@ from services.billing.floor import (
     RememberProvider,
     ReopenVisit,
     UndoArrival,
+    VisitChanged,
     VisitEnded,
     VoidUndoneCheckout,
     floor_effects,
@@ -44,7 +45,10 @@ def test_the_provider_who_saw_the_patient_is_kept_for_the_receipt() -> None:
     seen = on_the_floor(ev.ProviderIn(visit_id="v1", provider_id="dr-lee"), source="flow")
     assert floor_effects(seen, CHECKED_OUT_AT) == (RememberProvider("north", "v1", "dr-lee"),)
     anyone = on_the_floor(ev.ProviderIn(visit_id="v1"), source="flow")
-    assert floor_effects(anyone, CHECKED_OUT_AT) == ()
+    assert floor_effects(anyone, CHECKED_OUT_AT) == (VisitChanged("north", "v1"),)
+    # roomed: the visit changed after its arrival, which the floor can then not undo
+    roomed = on_the_floor(ev.PatientRoomed(visit_id="v1", room_id="r1"), source="flow")
+    assert floor_effects(roomed, CHECKED_OUT_AT) == (VisitChanged("north", "v1"),)
 
 
 def test_a_cancelled_or_left_visit_ends_with_its_reason() -> None:
