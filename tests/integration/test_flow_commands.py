@@ -30,7 +30,8 @@ NORTH = {"north": {"name": "North Family Practice", "timezone": "America/New_Yor
 async def flow_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -> dict[str, Any]:
     await ensure_topics(kafka_bootstrap, topic_prefix)
     return {**flow_settings(kafka_bootstrap, redis_url, topic_prefix),
-            "clinics": json.dumps(NORTH)}
+            # south too: a clinic the deployment serves, whose visits north must refuse
+            "clinics": json.dumps({**NORTH, "south": {"timezone": "America/Chicago"}})}
 
 
 def the_morning(clinic: str) -> list[ev.Event]:
