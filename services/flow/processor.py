@@ -187,14 +187,5 @@ def _undo_window(clinic: Any) -> list[dict[str, Any]]:
     """The facts that an undo may still name (newest first), each with whether it can be
     undone now (nothing changed its visit or room since): the API checks an undo against
     this, so an accepted undo is never a dead letter."""
-    window = []
-    for record in reversed(clinic._undo):
-        undoable = all(
-            (visit := clinic.visits.get(visit_id)) is None or len(visit.history) == mark
-            for visit_id, mark in record.visit_marks.items()
-        ) and all(
-            (room := clinic.rooms.get(room_id)) is None or room.since == since
-            for room_id, since in record.room_marks.items()
-        )
-        window.append({"event_id": record.event_id, "kind": record.kind, "undoable": undoable})
-    return window
+    return [{"event_id": event_id, "kind": kind, "undoable": undoable}
+            for event_id, kind, undoable in clinic.undo_window()]

@@ -169,13 +169,17 @@ async def test_two_nurses_rooming_into_one_room_at_once_one_is_refused(
     """Both roomings pass the board's check before either is applied: the room's claim
     lets one through (202) and refuses the other (409 naming the room and the visit), and
     nothing becomes a dead letter. Once the board shows the rooming, the room's claim
-    gives way: the patient checked out and the room cleaned, the other is roomed there."""
+    gives way: the patient checked out and the room cleaned, the other is roomed there.
+    The arrival of a visit that has ended cannot be undone."""
     floor = topic_name(FLOOR, flow_env["topic_prefix"])
     async with (
         serving(create_app(FlowSettings(**flow_env))) as url,
         httpx.AsyncClient(base_url=url) as client,
     ):
-        await publish(flow_env["kafka_bootstrap"], floor, the_morning("north"))
+        morning = the_morning("north")
+        arrival_of = {e.payload.visit_id: e.envelope.event_id for e in morning
+                      if isinstance(e.payload, ev.PatientArrived)}
+        await publish(flow_env["kafka_bootstrap"], floor, morning)
 
         async def board(predicate: Any) -> Any:
             async def found() -> Any:
@@ -199,7 +203,12 @@ async def test_two_nurses_rooming_into_one_room_at_once_one_is_refused(
         await board(lambda b: [v["visit_id"] for v in b["in_rooms"]] == [f"north-v{won}"])
         await publish(flow_env["kafka_bootstrap"], floor, [
             floor_event(ev.PatientCheckedOut(visit_id=f"north-v{won}"), "north")])
-        await board(lambda b: not b["in_rooms"])
+        ended = await board(lambda b: not b["in_rooms"])
+        arrival = arrival_of[f"north-v{won}"]
+        assert [a["undoable"] for a in ended["undo"] if a["event_id"] == arrival] == [False]
+        undo = await client.post("/clinics/north/undo", json={"event_id": arrival},
+                                 headers=NURSE)
+        assert undo.status_code == 409 and undo.json()["code"] == "not_undoable"
         assert (await client.post("/clinics/north/rooms/r2/ready", headers=NURSE)
                 ).status_code == 202
         await board(lambda b: any(r["room_id"] == "r2" and r["state"] == "ready"
