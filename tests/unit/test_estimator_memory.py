@@ -159,6 +159,6 @@ def test_arrivals_and_overtaking_are_counted_by_the_clinics_own_weekday_and_hour
     flow.apply(ev.RoomReady(room_id="r2"), MONDAY + timedelta(minutes=8))
     flow.apply(ev.PatientRoomed(visit_id="v3", room_id="r2"), MONDAY + timedelta(minutes=8))
     assert (log.roomings[8], log.overtakes[8], log.passed[8]) == (2, 1, 1)  # v3 passed v1
-    flow.apply(ev.RoomReady(room_id="r1"), MONDAY + timedelta(days=1))  # Tuesday
+    flow.apply(ev.RoomReady(room_id="r3"), MONDAY + timedelta(days=1))  # Tuesday
     assert flow.profile.arrivals_per_hour("walk_in", 0, 8) == 2
     assert flow.profile.overtaking(8) == (0.5, 1.0)
