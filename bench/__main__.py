@@ -3,7 +3,8 @@ bench/results/latest.json and docs/performance.md. Numbers, never assertions.
 
 Sizes can be lowered for a quick run: ``BENCH_SCALE=0.2 make bench``; some benchmarks
 alone: ``BENCH_ONLY=flow_throughput,recovery make bench`` (written to
-bench/results/partial.json only; the HTTP and screens sections are printed).
+bench/results/partial.json and bench/results/<name>.json, docs/performance.md kept; the
+HTTP and screens sections are printed).
 """
 
 from __future__ import annotations
@@ -220,10 +221,16 @@ async def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if only:  # a partial run informs; it does not replace the report of a full one
         (out / "partial.json").write_text(json.dumps(results, indent=2))
+        common = {k: results[k] for k in ("machine", "measured_at", "load_average",
+                                          "kafka_version", "redis_version") if k in results}
+        for name in only & results.keys():  # each benchmark's own file, kept by name
+            (out / f"{name}.json").write_text(json.dumps({**common, name: results[name]},
+                                                         indent=2))
         for section in (http_bench.report_section(results.get("http")),
                         sse_bench.report_section(results.get("screens"))):
             print(section)
-        print("written: bench/results/partial.json (BENCH_ONLY: docs/performance.md kept)")
+        print("written: bench/results/partial.json and one file per benchmark run "
+              "(BENCH_ONLY: docs/performance.md kept)")
         return 0
     (out / "latest.json").write_text(json.dumps(results, indent=2))
     write_report(results, REPO / "docs" / "performance.md")
