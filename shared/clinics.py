@@ -8,8 +8,9 @@ Configured once for every service (``CLINICFLOW_CLINICS``, JSON)::
 
 When it names clinics, they are the clinics served: the APIs answer 404 for any other
 (``shared.auth.require_known_clinic``). Without it (development), every clinic id is
-served, in ``CLINICFLOW_DEFAULT_TIMEZONE`` (UTC unless set), shown by its ids. Events, metrics and Redis keep ids; screens, messages, receipts and
-reports use the names and the clinic's own day and clock. Pure: no I/O, no clock reads.
+served, in ``CLINICFLOW_DEFAULT_TIMEZONE`` (UTC unless set), shown by its ids. Events,
+metrics and Redis keep ids; screens, messages, receipts and reports use the names and the
+clinic's own day and clock. Pure: no I/O, no clock reads.
 """
 
 from __future__ import annotations
