@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 from shared import events as ev
 from tools.replay import to_fact
@@ -33,6 +34,13 @@ def floor_records(clinics: int, seed: int = 1, days: int = 1) -> list[tuple[byte
                                   occurred_at=datetime.fromisoformat(record["ts"]))
             records.append((clinic_id.encode(), ev.encode(event)))
     return records
+
+
+def consumer_records(topic: str, records: list[tuple[bytes, bytes]]
+                     ) -> list[ConsumerRecord[bytes, bytes]]:
+    """(key, value) records as aiokafka's consumer gives them, on partition 0 of ``topic``."""
+    return [ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
+            for offset, (key, value) in enumerate(records)]
 
 
 async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:

@@ -19,7 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
-from bench.common import floor_records, preload
+from bench.common import consumer_records, floor_records, preload
 from services.flow.processor import FloorProcessor, floor_reader
 from shared import events as ev
 from shared.admin import ensure_topics
@@ -383,14 +383,12 @@ def cost_by_clinics(sizes: tuple[int, ...] = (10, 100, 1000)) -> dict[str, Any]:
     gc.set_threshold(*GC_THRESHOLDS)  # as the service runs (shared/runner.py)
     try:
         for clinics in sizes:
-            records = [(offset, key, value)
-                       for offset, (key, value) in enumerate(floor_records(clinics, seed=7))]
-            read = floor_reader(FLOOR).read  # reading is part of the cost, as in the service
+            records = consumer_records(FLOOR, floor_records(clinics, seed=7))
+            reader = floor_reader(FLOOR)  # reading is part of the cost, as in the service
             processor = FloorProcessor()
             started = time.process_time()
-            for start in range(0, len(records), 2000):
-                processor.process([read(FLOOR, 0, offset, key, value)
-                                   for offset, key, value in records[start:start + 2000]])
+            for start in range(0, len(records), 2000):  # each record read as it is applied
+                processor.process_stream(reader.stream(records[start:start + 2000], {}))
             seconds = time.process_time() - started
             results[str(clinics)] = {"events": len(records),
                                      "us_per_event": round(seconds / len(records) * 1e6, 1)}

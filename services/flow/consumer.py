@@ -1,10 +1,11 @@
 """Flow's projection of the floor topic: every clinic live in memory, boards after every
 batch, checkpoints in Redis.
 
-``FlowProjection`` is the ``Projection`` that ``shared.projection.ProjectionRunner`` runs
-(app.py wires them). The runner owns the Kafka side: the batch subscriber, positioning
-each assigned partition, dropping an off-course first batch, Kafka commits of what Redis
-holds, lag, and the counts and logs of what was applied and dead-lettered. Flow's side:
+``FlowProjection`` is the ``StreamingProjection`` that ``shared.projection.ProjectionRunner``
+runs (app.py wires them). The runner owns the Kafka side: the batch subscriber, positioning
+each assigned partition, dropping an off-course first batch, reading each record, Kafka
+commits of what Redis holds, lag, and the counts and logs of what was applied and
+dead-lettered. Flow's side:
 
 ``positions``
     claims each newly assigned partition (fencing off an instance that held it and may
@@ -12,15 +13,17 @@ holds, lag, and the counts and logs of what was applied and dead-lettered. Flow'
     ends; the runner seeks just after it (no checkpoint: the beginning, so a flushed
     Redis rebuilds itself). Resuming comes from Redis, never from Kafka's committed
     offsets.
-``apply``
-    ``FloorProcessor.process`` applies every record past the last applied offset, in
-    memory; the touched clinics' boards are written and published to SSE listeners; at
-    most every ``checkpoint_seconds`` of the injected clock (ten times less often while
-    catching up on a backlog, at once when the backlog is read), the changed clinics'
-    snapshots, the partitions' offsets and the dead letters decided since the last
-    checkpoint (queued in the outbox) are stored in one atomic Redis write; changed wait
-    estimates go to the estimates topic. ``Applied.offsets`` is what that checkpoint
-    stored (empty between checkpoints), so Kafka's commits and the lag follow Redis.
+``apply_stream``
+    ``FloorProcessor.process_stream`` applies every record past the last applied offset,
+    in memory, as the runner reads them (a few hundred ahead, never the whole batch
+    decoded at once, no ``Inbound`` made for a record that applies); the touched clinics'
+    boards are written and published to SSE listeners; at most every
+    ``checkpoint_seconds`` of the injected clock (ten times less often while catching up
+    on a backlog, at once when the backlog is read), the changed clinics' snapshots, the
+    partitions' offsets and the dead letters decided since the last checkpoint (queued in
+    the outbox) are stored in one atomic Redis write; changed wait estimates go to the
+    estimates topic. ``Applied.offsets`` is what that checkpoint stored (empty between
+    checkpoints), so Kafka's commits and the lag follow Redis.
 ``release``
     a last checkpoint of the partitions going to another instance, then forgets them.
 
@@ -32,7 +35,7 @@ Two periodic jobs, each a ``tick(now)`` (registered in app.py, called directly b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -48,7 +51,7 @@ from shared.floor.snapshot import dump_flow_json, load_flow
 from shared.logging import get_logger
 from shared.metrics import EVENTS_CONSUMED
 from shared.outbox import Publish
-from shared.projection import Applied, DeadLetter, Inbound, Partition
+from shared.projection import Applied, DeadLetter, Partition, Reading
 
 log = get_logger("clinicflow.flow.consumer")
 CONSUMER = "flow"  # names the projection in metrics, logs and dead letters
@@ -170,11 +173,11 @@ class FlowProjection:
 
     # ------------------------------------------------------------ batches
 
-    async def apply(self, records: list[Inbound]) -> Applied:
-        """Apply one batch read by the runner (see the module docstring)."""
+    async def apply_stream(self, records: Iterator[Reading]) -> Applied:
+        """Apply one batch, read by the runner as it goes (see the module docstring)."""
         now = self._last_batch = self.clock.now()
         async with self.lock:
-            outcome = self.processor.process(records)
+            outcome = self.processor.process_stream(records)
             self._pending_dead.extend(outcome.dead_letters)
             partition_of = self.processor.partition_of
             for clinic_id in outcome.touched:

@@ -1,14 +1,16 @@
 """Floor records -> applied facts, and clinics -> boards. No I/O.
 
-The shared runner reads each Kafka batch into ``Inbound`` records (``floor_reader``:
-decoded, keyed by clinic, floor facts only); ``FloorProcessor.process`` applies them to
-the clinics in memory and says what changed, and ``FlowProjection`` (consumer.py) writes
-that to Redis. Keeping this step free of Kafka and Redis lets it be tested in
-microseconds, benchmarked alone, and digested (``clinicflow digest``).
+The shared runner reads the Kafka records (``floor_reader``: decoded, keyed by clinic,
+floor facts only) as ``FloorProcessor.process_stream`` comes to them; the processor
+applies each to its clinic in memory and says what the batch changed, and
+``FlowProjection`` (consumer.py) writes that to Redis. Keeping this step free
+of Kafka and Redis lets it be tested in microseconds, benchmarked alone, and digested
+(``clinicflow digest``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 from shared.floor.clinic_flow import FLOOR_FACTS, ClinicFlow
 from shared.floor.estimator import WaitEstimate
 from shared.floor.model import NotApplicable, RoomState, StageTime
-from shared.projection import DeadLetter, Inbound, Partition, RecordReader
+from shared.projection import DeadLetter, Inbound, Partition, Reading, RecordReader, inbound
 
 
 def floor_reader(floor_topic: str) -> RecordReader:
@@ -64,23 +66,32 @@ class FloorProcessor:
     def clinics_of(self, topic: str, partition: int) -> list[str]:
         return [c for c, tp in self.partition_of.items() if tp == (topic, partition)]
 
-    def process(self, records: list[Inbound]) -> FloorBatchOutcome:
+    def process(self, records: Iterable[Inbound]) -> FloorBatchOutcome:
+        """``process_stream`` of records read already (``RecordReader.read``: tests, the
+        digest)."""
+        return self.process_stream(
+            (record, (record.reason or "unreadable record") if record.event is None
+             else record.event) for record in records)
+
+    def process_stream(self, records: Iterable[Reading]) -> FloorBatchOutcome:
         """Apply each record past its partition's last applied offset, in order; those
-        the reader refused and those the floor cannot apply become dead letters."""
+        the reader refused and those the floor cannot apply become dead letters (only
+        these are kept as ``Inbound``s). ``records``: each record with its event or the
+        reason it cannot be applied (``RecordReader.stream``)."""
         outcome = FloorBatchOutcome()
         applied, flows = self.applied, self.flows
         dead, offsets, touched, stages = (outcome.dead_letters, outcome.offsets,
                                           outcome.touched, outcome.stages)
         took_effect = duplicates = already_applied = 0
-        for record in records:
+        for record, event in records:
             tp = (record.topic, record.partition)
-            if record.offset <= applied.get(tp, -1):
+            offset = record.offset
+            if offset <= applied.get(tp, -1):
                 already_applied += 1
                 continue
-            applied[tp] = offsets[tp] = record.offset
-            event = record.event
-            if event is None:
-                dead.append(DeadLetter(record, record.reason or "unreadable record"))
+            applied[tp] = offsets[tp] = offset
+            if isinstance(event, str):
+                dead.append(DeadLetter(inbound(record, event), event))
                 continue
             envelope = event.envelope
             clinic_id = envelope.clinic_id
@@ -92,7 +103,7 @@ class FloorProcessor:
             try:
                 change = flow.apply(event.payload, at, envelope.event_id)
             except NotApplicable as exc:
-                dead.append(DeadLetter(record, exc.reason))
+                dead.append(DeadLetter(inbound(record, event), exc.reason))
                 continue
             if change.duplicate:
                 duplicates += 1

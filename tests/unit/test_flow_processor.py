@@ -1,5 +1,6 @@
-"""Batches of floor records, read as the service reads them: applied once, bad ones
-dead-lettered with the reason, state survives a checkpoint round trip exactly."""
+"""Batches of floor records, read as the service reads them (each as the processor comes
+to it): applied once, bad ones dead-lettered with the reason, state survives a checkpoint
+round trip exactly."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from services.flow.processor import FloorProcessor, build_board, floor_reader
 from shared import events as ev
 from shared.floor.model import NotApplicable
 from shared.floor.snapshot import dump_flow, load_flow
-from shared.projection import Inbound
+from shared.projection import Reading
 from tests.fakes import KafkaRecord
 
 T0 = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
@@ -19,9 +20,10 @@ TOPIC = "clinicflow.floor.v1"
 READER = floor_reader(TOPIC)
 
 
-def read(records: list[KafkaRecord]) -> list[Inbound]:
-    """The records as flow's reader hands them to the processor."""
-    return [READER.read(r.topic, r.partition, r.offset, r.key, r.value) for r in records]
+def read(records: list[KafkaRecord]) -> list[Reading]:
+    """The records as flow's reader hands them to the processor: each with its event, or
+    the reason it cannot be applied."""
+    return list(READER.stream(records, {}))
 
 
 def record(offset: int, payload: ev.Payload, *, clinic: str = "north", minute: float = 0,
@@ -52,9 +54,9 @@ def day() -> list[KafkaRecord]:
 
 def test_every_record_is_applied_once_even_when_a_batch_is_redelivered() -> None:
     processor = FloorProcessor()
-    first = processor.process(read(day()))
+    first = processor.process_stream(read(day()))
     assert first.applied == 8 and not first.dead_letters
-    again = processor.process(read(day()))
+    again = processor.process_stream(read(day()))
     assert again.applied == 0 and again.already_applied == 8
     assert set(processor.flows) == {"north", "south"}
     assert first.offsets == {(TOPIC, 0): 7}
@@ -78,7 +80,7 @@ def test_malformed_unknown_and_unappliable_events_become_dead_letters_with_reaso
                                    wait_minutes=5, low=2, high=9)),
         record(8, ev.RoomReady(room_id="r9")),
     ]
-    result = processor.process(read(bad))
+    result = processor.process_stream(read(bad))
     reasons = [d.reason for d in result.dead_letters]
     assert [d.record.offset for d in result.dead_letters] == list(range(8))
     assert reasons[0].startswith("not valid JSON")
@@ -91,25 +93,44 @@ def test_malformed_unknown_and_unappliable_events_become_dead_letters_with_reaso
     assert reasons[7] == f"wait.estimated does not belong on {TOPIC}"  # estimates have their own
     assert result.applied == 1  # the consumer kept going: r9 is ready
     assert "r9" in processor.flows["north"].clinic.rooms
-    again = processor.process(read(bad))  # redelivered: nothing dead-lettered twice
+    again = processor.process_stream(read(bad))  # redelivered: nothing dead-lettered twice
     assert again.already_applied == len(bad) and not again.dead_letters
+
+
+def test_records_read_before_the_batch_is_applied_are_applied_as_a_stream_is() -> None:
+    batch = [*day(), KafkaRecord(TOPIC, 0, 8, b"north", None),
+             record(9, ev.PatientRoomed(visit_id="ghost", room_id="r2"))]
+    streamed, read_first = FloorProcessor(), FloorProcessor()
+    a = streamed.process_stream(READER.stream(batch, {}))
+    b = read_first.process([READER.read(r.topic, r.partition, r.offset, r.key, r.value)
+                            for r in batch])  # as the digest reads them
+    assert (a.applied, a.offsets, a.touched) == (b.applied, b.offsets, b.touched) == (
+        8, {(TOPIC, 0): 9}, {"north": T0 + timedelta(minutes=5),
+                             "south": T0 + timedelta(minutes=5)})
+    assert [(d.record, d.reason) for d in a.dead_letters] == [
+        (d.record, d.reason) for d in b.dead_letters]
+    assert [d.reason for d in a.dead_letters] == ["empty record (tombstone)",
+                                                  "roomed for unknown visit ghost"]
+    assert a.dead_letters[1].record.event is not None  # the event the floor refused
+    for clinic_id in ("north", "south"):
+        assert dump_flow(streamed.flows[clinic_id]) == dump_flow(read_first.flows[clinic_id])
 
 
 def test_a_checkpointed_clinic_carries_on_exactly_as_if_it_never_stopped() -> None:
     continuous = FloorProcessor()
-    continuous.process(read(day()))
+    continuous.process_stream(read(day()))
     restored = FloorProcessor()
-    restored.process(read(day()[:6]))
+    restored.process_stream(read(day()[:6]))
     for flow in list(restored.flows.values()):
         snapshot = orjson.dumps(dump_flow(flow))
         restored.adopt(load_flow(orjson.loads(snapshot)), TOPIC, 0)
-    restored.process(read(day()))  # redelivery from the start: already-applied ones skipped
+    restored.process_stream(read(day()))  # redelivery from the start: already-applied ones skipped
     later = [
         record(8, ev.ActionUndone(undone_event_id="room-v3"), minute=6),
         record(9, ev.PatientCheckedOut(visit_id="v1"), minute=7),
     ]
-    continuous.process(read(later))
-    restored.process(read(later))
+    continuous.process_stream(read(later))
+    restored.process_stream(read(later))
     now = T0 + timedelta(minutes=8)
     for clinic_id in ("north", "south"):
         a, b = continuous.flows[clinic_id], restored.flows[clinic_id]
@@ -120,7 +141,7 @@ def test_a_checkpointed_clinic_carries_on_exactly_as_if_it_never_stopped() -> No
 
 def test_the_board_shows_ticket_codes_estimates_rooms_and_delays() -> None:
     processor = FloorProcessor()
-    processor.process(read(day()))
+    processor.process_stream(read(day()))
     flow = processor.flows["north"]
     now = T0 + timedelta(minutes=5)
     board = build_board(flow, flow.estimates(now), now)

@@ -6,7 +6,7 @@ tests/integration."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,14 +15,18 @@ from aiokafka import TopicPartition
 from shared import events as ev
 from shared.errors import Conflict, NotFound, Refusal, Rejected, Unavailable, status_of
 from shared.projection import (
+    READ_AHEAD,
     Applied,
     DeadLetter,
     Inbound,
     Partition,
     ProjectionRunner,
+    Reading,
     RecordReader,
     RetryPolicy,
+    StreamingProjection,
     fresh,
+    inbound,
     partition_for,
 )
 from tests.fakes import FakeClock, FakeKafka, KafkaRecord, record_of
@@ -46,6 +50,19 @@ def estimate(clinic: str = "north") -> ev.Event:
 def reader() -> RecordReader:
     return RecordReader({FLOOR: frozenset({ev.PatientArrived, ev.RoomReady}),
                          ESTIMATES: frozenset({ev.WaitEstimated})})
+
+
+class CountingReader(RecordReader):
+    """The same reader, counting the records it has read."""
+
+    def __init__(self) -> None:
+        super().__init__(reader().accepts)
+        self.reads = 0
+
+    def check(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+              partitions: int | None = None) -> ev.Event | str:
+        self.reads += 1
+        return super().check(topic, partition, key, value, partitions)
 
 
 class Recording:
@@ -73,8 +90,39 @@ class Recording:
         return Applied(len(new) - len(dead), already, dead, offsets)
 
 
-def runner_with(projection: Recording, kafka: FakeKafka) -> ProjectionRunner:
-    runner = ProjectionRunner(None, projection, reader(), service="test", consumer="test",
+class Streaming:
+    """A projection that applies each record as it reads it (``apply_stream``), noting
+    how many records had been read when it came to each; it fails at ``fail_at``."""
+
+    def __init__(self, counting: CountingReader) -> None:
+        self.counting = counting
+        self.read_when_applied: list[int] = []
+        self.fail_at: int | None = None
+
+    async def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int | None]:
+        return dict.fromkeys(partitions)
+
+    async def release(self, partitions: Sequence[Partition]) -> None:
+        return None
+
+    async def apply_stream(self, records: Iterator[Reading]) -> Applied:
+        applied = Applied()
+        for record, found in records:
+            self.read_when_applied.append(self.counting.reads)
+            if record.offset == self.fail_at:
+                raise ConnectionError("redis unreachable")
+            applied.offsets[(record.topic, record.partition)] = record.offset
+            if isinstance(found, str):
+                applied.dead_letters.append(DeadLetter(inbound(record, found), found))
+            else:
+                applied.applied += 1
+        return applied
+
+
+def runner_with(projection: Recording | Streaming, kafka: FakeKafka,
+                records: RecordReader | None = None) -> ProjectionRunner:
+    runner = ProjectionRunner(None, projection, records or reader(), service="test",
+                              consumer="test",
                               topics=[FLOOR, ESTIMATES], group_id="g",
                               retry=RetryPolicy(first=0.0, longest=0.0))
     runner.subscriber = type("Subscriber", (), {"consumer": kafka})()
@@ -212,6 +260,43 @@ async def test_revoked_partitions_are_released_to_the_projection() -> None:
     runner = runner_with(projection, FakeKafka())
     await runner.on_revoked([TopicPartition(FLOOR, 2)])
     assert projection.released == [(FLOOR, 2)]
+
+
+async def test_a_streaming_projection_is_given_records_read_a_few_hundred_ahead() -> None:
+    tp = TopicPartition(FLOOR, 0)
+    kafka, counting = FakeKafka(assigned={tp}), CountingReader()
+    projection = Streaming(counting)
+    assert isinstance(projection, StreamingProjection)
+    runner = runner_with(projection, kafka, counting)
+    last = READ_AHEAD + 1
+    batch = [*(record_of(arrival(visit=f"v{i}"), FLOOR, i) for i in range(last)),
+             KafkaRecord(FLOOR, 0, last, b"north", None)]
+    applied = await runner.handle(batch)
+    # read READ_AHEAD at a time as the projection comes to them, never the batch at once
+    assert projection.read_when_applied == [READ_AHEAD] * READ_AHEAD + [last + 1] * 2
+    assert applied is not None and applied.applied == last
+    [letter] = applied.dead_letters
+    assert letter.record == Inbound(FLOOR, 0, last, b"north", None,
+                                    reason="empty record (tombstone)")
+    assert kafka.commits == [{tp: last + 1}]
+
+
+async def test_a_streamed_batch_off_course_or_failing_is_read_again_from_its_start() -> None:
+    tp = TopicPartition(FLOOR, 0)
+    kafka, counting = FakeKafka(assigned={tp}), CountingReader()
+    projection = Streaming(counting)
+    runner = runner_with(projection, kafka, counting)
+    await runner.on_assigned([tp])  # nothing stored: the partition's beginning, 0
+    kafka.seeks.clear()
+    assert await runner.handle([record_of(arrival(), FLOOR, 5)]) is None
+    assert kafka.seeks == [(tp, 0)] and counting.reads == 0  # dropped unread
+    batch = [record_of(arrival(visit=f"v{i}"), FLOOR, i) for i in range(3)]
+    projection.fail_at = 1
+    assert await runner.handle(batch) is None
+    assert kafka.seeks == [(tp, 0), (tp, 0)] and kafka.commits == []
+    projection.fail_at = None
+    applied = await runner.handle(batch)
+    assert applied is not None and applied.applied == 3 and kafka.commits == [{tp: 3}]
 
 
 def test_the_retry_pause_grows_and_starts_again_after_a_success() -> None:
