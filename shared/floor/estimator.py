@@ -24,15 +24,20 @@ The model, in the clinic's words:
    walk-outs) shows up as a systematic error. Every roomed visit's past
    estimates are compared with its true wait, sampled as the backtest
    samples them, and filed under the situation the estimate was made in
-   (how many were ahead, whether the provider or the clinic had announced a
-   delay: ``situation``). The median of a situation's errors corrects the
-   estimate and their 10th and 90th percentiles give the 80% interval, shrunk
-   towards the whole day's errors while the situation has been seen only a
-   few times. Errors are kept relative to the size of the estimate, so the
-   interval widens with the wait. A routine patient who came early to a
+   (how many were ahead, how long the look-ahead said, whether the provider
+   or the clinic had announced a delay: ``situation``). The median of a
+   situation's errors corrects the estimate and their 10th and 90th
+   percentiles give the 80% interval, shrunk towards the whole day's errors
+   while the situation has been seen only a few times. Errors are kept
+   relative to the size of the estimate, so the interval widens with the
+   wait. A routine patient who came early to a
    floor that keeps up is roomed when their appointment allows: their range
    is the minutes to the appointment plus the spread of how long before or
    after their appointment such patients were roomed today, which is narrow.
+
+A clinic's past days (``shared.floor.memory``) can prime all of this: the
+estimator then starts the day with the clinic's own paces, errors and habits,
+and expects patients who may walk out to hold the floor less.
 
 Cost per event grows with the clinic's open visits and rooms, not with the
 day's history: learned statistics are running sums and bounded windows.
@@ -43,10 +48,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import chain
+from itertools import chain, islice
 
 from shared.floor.model import Clinic, RoomState, StageTime, Visit, VisitStatus
 
@@ -64,7 +68,7 @@ INTAKE_PRIOR_MINUTES = 5.0
 CLEANING_PRIOR_MINUTES = 5.0
 HANDOVER_PRIOR_MINUTES = 1.0  # provider finishes one patient -> starts the next
 ROOMS_PER_PROVIDER_PRIOR = 2
-SCALE_MINUTES = 5.0  # errors are relative to (estimate + SCALE)
+SCALE_MINUTES = 10.0  # errors are relative to (estimate + SCALE)
 ERROR_WINDOW = 400
 SAMPLE_EVERY = timedelta(minutes=5)
 # A prior spread of relative errors (about +-50%), displaced as real errors arrive.
@@ -73,33 +77,40 @@ EARLY_ROOMING_PRIOR_MINUTES = -10.0
 SITUATION_WINDOW = 200  # errors kept per situation
 AT_APPOINTMENT = 0  # the situation of a patient roomed as soon as their appointment allows
 # minutes from appointment to rooming of such patients, before the day shows its own
-DELAYED = 8  # added to the situation of a patient whose provider or clinic runs late
+DELAYED = 32  # added to the situation of a patient whose provider or clinic runs late
 _POSITION_BANDS = (1, 2, 2, 3, 3, 3, 3, 4)  # patients ahead: 0, 1-2, 3-6, 7 or more
-PRIOR_OFFSETS = (-10.0, -8.0, -6.0, -4.0, -2.0, 0.0, 3.0, 8.0)
+_WAIT_BANDS = (0, 4, 8, 12)  # the look-ahead's wait: under 10 minutes, 10-20, 20-30, 30+
+PRIOR_OFFSETS = (-10.0, -8.0, -7.0, -6.0, -5.0, -4.0, -2.0, 2.0)
 SITUATION_WEIGHT = 20.0  # errors a situation needs to count as much as the whole day's
 HORIZON_GUARD = 500  # never simulate more patients than this ahead (pathological queues)
 # a provider with no patient on the floor who started one this recently is between
 # patients, not gone: a walk-in for the first available provider may go to them
 BETWEEN_PATIENTS = timedelta(minutes=90)
 POOL_LEARNING_ROOMINGS = 6  # roomings before a provider's usual rooms are trusted as a pool
+# bands of minutes waited (0-30, 30-60, 60-90, 90+) for the chance of walking out
+WALKOUT_BANDS = (0.0, 30.0, 60.0, 90.0)
 
 
 @dataclass(slots=True)
 class RunningMean:
-    """A mean shrunk towards a prior: (prior*weight + sum) / (weight + n)."""
+    """A mean shrunk towards a prior: (prior*weight + sum) / (weight + n).
+
+    ``value`` is kept up to date by ``add`` rather than worked out at each read: the
+    look-ahead reads it far more often than the day adds to it."""
 
     prior: float
     weight: float = PRIOR_WEIGHT
     total: float = 0.0
     count: int = 0
+    value: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.value = (self.prior * self.weight + self.total) / (self.weight + self.count)
 
     def add(self, value: float) -> None:
         self.total += value
         self.count += 1
-
-    @property
-    def value(self) -> float:
-        return (self.prior * self.weight + self.total) / (self.weight + self.count)
+        self.value = (self.prior * self.weight + self.total) / (self.weight + self.count)
 
 
 @dataclass(slots=True)
@@ -181,6 +192,9 @@ class WaitEstimator:
         self._offset_quantiles: tuple[float, float, float] | None = None
         self._quantiles: tuple[float, float, float] | None = None
         self._situation_quantiles: dict[int, tuple[float, float, float]] = {}
+        self._own_quantiles: dict[int, tuple[float, float, float]] = {}  # before shrinking
+        # the windows' values in order (``_ordered``), kept in step as values come
+        self._sorted: dict[str | int, list[float]] = {}
         self._histories: dict[str, _History] = {}
         self.recent_waits: deque[float] = deque(maxlen=5)  # for the rolling-average comparison
         # minutes from appointment to rooming for patients who came early: how early
@@ -191,6 +205,9 @@ class WaitEstimator:
         # what the day itself observed is the rest (``shared.floor.memory`` keeps that)
         self.prior_seeds: dict[str, int] = {"errors": len(PRIOR_ERRORS),
                                             "offsets": len(PRIOR_OFFSETS), "early": 3}
+        # walk-outs per minute of waiting in each of WALKOUT_BANDS, as the clinic's past
+        # days showed them (``shared.floor.memory``); None: not known, nobody walks out
+        self.walkout_hazard: tuple[float, ...] | None = None
         # expected_visit_minutes per (visit type, provider), until a visit length is learned
         self._minutes: dict[tuple[str | None, str | None], float] = {}
 
@@ -257,37 +274,81 @@ class WaitEstimator:
             used.count += 1
         if (visit.scheduled_at is not None and visit.roomed_at is not None and not visit.late
                 and visit.arrived_at < visit.scheduled_at):
-            self._keep(self.early_rooming, "early",
-                       (visit.roomed_at - visit.scheduled_at).total_seconds() / 60)
+            self._extend("early", self.early_rooming,
+                         [(visit.roomed_at - visit.scheduled_at).total_seconds() / 60])
             self._earliest = None
         history = self._histories.pop(visit.visit_id, None)
         if history is None or visit.roomed_at is None or not history.estimates:
             return
         roomed_at = visit.roomed_at
-        by_situation = self.situation_errors
         offset = None if visit.scheduled_at is None \
             else (roomed_at - visit.scheduled_at).total_seconds() / 60.0
+        offsets: list[float] = []
+        errors: list[float] = []
+        windows, own, ordered = self.situation_errors, self._own_quantiles, self._sorted
         for made_at, raw, situation in history.estimates:
             if made_at < roomed_at:
                 if situation == AT_APPOINTMENT and offset is not None:
-                    self._keep(self.appointment_offsets, "offsets", offset)
-                    self._offset_quantiles = None
+                    offsets.append(offset)
                     continue
-                true = (roomed_at - made_at).total_seconds() / 60.0
-                error = (true - raw) / (raw + SCALE_MINUTES)
-                self._keep(self.errors, "errors", error)
-                errors = by_situation.get(situation)
-                if errors is None:
-                    errors = by_situation[situation] = deque(maxlen=SITUATION_WINDOW)
+                error = ((roomed_at - made_at).total_seconds() / 60.0 - raw) \
+                    / (raw + SCALE_MINUTES)
                 errors.append(error)
-                self._quantiles = None
-                self._situation_quantiles.clear()
+                window = windows.get(situation)
+                if window is None:
+                    window = windows[situation] = deque(maxlen=SITUATION_WINDOW)
+                window.append(error)
+                # a situation's window is short: sorted again when next needed
+                own.pop(situation, None)
+                ordered.pop(situation, None)
+        if offsets:
+            self._extend("offsets", self.appointment_offsets, offsets)
+            self._offset_quantiles = None
+        if errors:
+            self._extend("errors", self.errors, errors)
+            self._quantiles = None
+            self._situation_quantiles.clear()
 
-    def _keep(self, window: deque[float], name: str, value: float) -> None:
-        """Append to a bounded window, counting a prior pushed out of it."""
-        if len(window) == window.maxlen and self.prior_seeds.get(name):
-            self.prior_seeds[name] -= 1
-        window.append(value)
+    def learn_error(self, situation: int, error: float) -> None:
+        """File the relative error of an estimate made in ``situation``."""
+        window = self.situation_errors.get(situation)
+        if window is None:
+            window = self.situation_errors[situation] = deque(maxlen=SITUATION_WINDOW)
+        window.append(error)
+        self._own_quantiles.pop(situation, None)
+        self._sorted.pop(situation, None)
+        self._extend("errors", self.errors, [error])
+        self._quantiles = None
+        self._situation_quantiles.clear()
+
+    def _extend(self, key: str | int, window: deque[float], values: list[float]) -> None:
+        """Append to a bounded window, keeping its sorted copy (if one was made) in step
+        and counting the priors pushed out of it."""
+        pushed = len(window) + len(values) - (window.maxlen or 0)
+        if pushed > 0 and isinstance(key, str):
+            seeds = self.prior_seeds.get(key)
+            if seeds:
+                self.prior_seeds[key] = max(0, seeds - pushed)
+        ordered = self._sorted.get(key)
+        if ordered is not None:
+            new = values
+            if pushed > 0:
+                bisect_left = bisect.bisect_left
+                for old in islice(window, pushed):
+                    del ordered[bisect_left(ordered, old)]
+                if pushed > len(window):  # some of the new values are pushed out at once
+                    new = values[pushed - len(window):]
+            insort = bisect.insort
+            for value in new:
+                insort(ordered, value)
+        window.extend(values)
+
+    def _ordered(self, key: str | int, window: deque[float]) -> list[float]:
+        """A window's values in order, made once and then kept in step by ``_extend``."""
+        ordered = self._sorted.get(key)
+        if ordered is None:
+            ordered = self._sorted[key] = sorted(window)
+        return ordered
 
     def observed(self, name: str) -> list[float]:
         """What a window (``errors``, ``offsets``, ``early``) holds beyond its priors."""
@@ -325,14 +386,15 @@ class WaitEstimator:
     def quantiles(self) -> tuple[float, float, float]:
         """(10th, 50th, 90th) percentiles of the relative errors seen today."""
         if self._quantiles is None:
-            self._quantiles = _quantiles(self.errors)
+            self._quantiles = _quantiles(self._ordered("errors", self.errors))
         return self._quantiles
 
     def offset_quantiles(self) -> tuple[float, float, float]:
         """(10th, 50th, 90th) percentiles of the minutes from appointment to rooming of
         patients estimated to be roomed as soon as their appointment allowed."""
         if self._offset_quantiles is None:
-            self._offset_quantiles = _quantiles(self.appointment_offsets)
+            self._offset_quantiles = _quantiles(self._ordered("offsets",
+                                                              self.appointment_offsets))
         return self._offset_quantiles
 
     def situation_quantiles(self, situation: int) -> tuple[float, float, float]:
@@ -345,7 +407,10 @@ class WaitEstimator:
             if not errors:
                 cached = pooled
             else:
-                own = _quantiles(errors)
+                own = self._own_quantiles.get(situation)
+                if own is None:
+                    own = self._own_quantiles[situation] = _quantiles(
+                        self._ordered(situation, errors))
                 w = len(errors) / (len(errors) + SITUATION_WEIGHT)
                 cached = (w * own[0] + (1 - w) * pooled[0], w * own[1] + (1 - w) * pooled[1],
                           w * own[2] + (1 - w) * pooled[2])
@@ -366,28 +431,43 @@ class WaitEstimator:
         if not waiting:
             return []
         raw, situations = self._look_ahead(clinic, waiting, now)
-        quantiles = self.situation_quantiles
+        known, quantiles = self._situation_quantiles, self.situation_quantiles
+        floor, ceil = math.floor, math.ceil
+        offsets: tuple[float, float, float, float] | None = None  # earliest, o10, o50, o90
+        spread = SCALE_MINUTES
         estimates = []
         for position, (visit, minutes, situation) in enumerate(
                 zip(waiting, raw, situations, strict=True), start=1):
-            if situation == AT_APPOINTMENT:
+            if situation == 0:  # AT_APPOINTMENT
                 # roomed when the appointment allows: minutes to it plus the usual offset
-                to_appointment = minutes - self.earliest_rooming()
-                o10, o50, o90 = self.offset_quantiles()
+                if offsets is None:
+                    offsets = (self.earliest_rooming(), *self.offset_quantiles())
+                earliest, o10, o50, o90 = offsets
+                to_appointment = minutes - earliest
                 low = max(0.0, to_appointment + o10)
                 high = max(low, to_appointment + o90)
                 centre = min(max(to_appointment + o50, low), high)
                 estimates.append(WaitEstimate(visit.visit_id, now, round(centre, 1),
                                               _down(low), _up(high), position, minutes))
                 continue
-            q10, q50, q90 = quantiles(situation)
-            scale = minutes + SCALE_MINUTES
-            centre = max(0.0, minutes + q50 * scale)
-            low = max(0.0, minutes + q10 * scale)
-            high = max(low, minutes + q90 * scale)
-            centre = min(max(centre, low), high)
-            estimates.append(WaitEstimate(visit.visit_id, now, round(centre, 1), _down(low),
-                                          _up(high), position, minutes))
+            q10, q50, q90 = known.get(situation) or quantiles(situation)
+            scale = minutes + spread
+            # the centre within [low, high], low at least 0: written out, as this runs for
+            # every waiting patient (and so are _down(low) and _up(high) below)
+            low = minutes + q10 * scale
+            if low < 0.0:
+                low = 0.0
+            high = minutes + q90 * scale
+            if high < low:
+                high = low
+            centre = minutes + q50 * scale
+            if centre < low:
+                centre = low
+            elif centre > high:
+                centre = high
+            estimates.append(WaitEstimate(visit.visit_id, now, round(centre, 1),
+                                          floor(low * 10.0 + 1e-9) / 10.0,
+                                          ceil(high * 10.0 - 1e-9) / 10.0, position, minutes))
         return estimates
 
     def record(self, clinic: Clinic, now: datetime) -> None:
@@ -453,6 +533,7 @@ class WaitEstimator:
         # one pass over the open visits: who is in a room, and which providers are about
         seeing: list[Visit] = []  # with their provider now
         roomed: list[Visit] = []  # in a room, waiting for their provider
+        first_available = False  # someone waits for whoever is free
         for visit in clinic.visits.values():
             status = visit.status
             if status is not waiting_status:
@@ -461,7 +542,10 @@ class WaitEstimator:
                     provider_set.add(visit.provider_id)
             elif visit.provider_id:
                 provider_set.add(visit.provider_id)
-        if self.last_seen:
+            else:
+                first_available = True
+        if first_available and self.last_seen:
+            # only a walk-in for the first available provider may go to one between patients
             recently = now - BETWEEN_PATIENTS
             for provider, seen in self.last_seen.items():
                 if seen > recently:
@@ -564,7 +648,12 @@ class WaitEstimator:
             if habit is not None:
                 capacity_of[provider] = habit.capacity()
         pools_get, capacity_get, in_room_get = pools.get, capacity_of.get, in_room_until.get
+        hazard, staying = self.walkout_hazard, _staying
+        position_bands, wait_bands, no_gate = _POSITION_BANDS, _WAIT_BANDS, -math.inf
+        delayed = clinic_until > 0.0  # everyone's situation is delayed while the clinic stops
+        late = DELAYED
         bisect_right, insort = bisect.bisect_right, bisect.insort
+        default_capacity = ROOMS_PER_PROVIDER_PRIOR
 
         result: list[float] = []
         situations: list[int] = []
@@ -574,7 +663,7 @@ class WaitEstimator:
                 situations.append(situations[HORIZON_GUARD - 1])
                 continue
             not_before = clinic_until
-            gate = -math.inf  # when the appointment lets a routine patient be roomed
+            gate = no_gate  # when the appointment lets a routine patient be roomed
             if visit.scheduled_at is not None and visit.priority != "urgent" and not visit.late:
                 gate = -((now - visit.scheduled_at).total_seconds() / 60.0) + earliest
                 if gate > not_before:
@@ -583,11 +672,12 @@ class WaitEstimator:
             best_start = math.inf
             best_provider: str | None = None
             best_room = -1  # a position in room_ids; -1: none
+            first_free = -1.0  # when the first room comes free (worked out once a visit)
             for provider in candidates:
                 ends = in_room_get(provider)
                 if ends is None:
                     ends = in_room_until[provider] = []
-                capacity = capacity_get(provider, ROOMS_PER_PROVIDER_PRIOR)
+                capacity = capacity_get(provider, default_capacity)
                 # the provider can take one more into a room once enough of theirs have left
                 busy = len(ends) - bisect_right(ends, 0.0) if ends else 0
                 start = 0.0 if busy < capacity else ends[len(ends) - capacity]
@@ -604,7 +694,8 @@ class WaitEstimator:
                     # (on ties the first room in the clinic's order)
                     pool = pools_get(provider)
                     if pool is None:
-                        first_free = min(free_at)
+                        if first_free < 0.0:
+                            first_free = min(free_at)
                         if first_free > start:
                             start, room_at = first_free, free_at.index(first_free)
                         else:
@@ -620,7 +711,15 @@ class WaitEstimator:
             visit_minutes = memo.get((visit.visit_type, provider))
             if visit_minutes is None:
                 visit_minutes = visit_minutes_of(visit.visit_type, provider)
-            begin = max(start + intake, provider_free.get(provider, 0.0) + handover)
+            if hazard is not None:
+                # a patient who may walk out before their turn holds the floor that much
+                # less, in expectation, for those behind them
+                visit_minutes *= staying(hazard,
+                                         (now - visit.arrived_at).total_seconds() / 60.0, start)
+            begin = start + intake  # once roomed and taken in, when the provider is free
+            free = provider_free.get(provider, 0.0) + handover
+            if free > begin:
+                begin = free
             end = begin + visit_minutes
             provider_free[provider] = end
             ends = in_room_get(provider)
@@ -630,9 +729,20 @@ class WaitEstimator:
                 insort(ends, end)
             if room_at >= 0:
                 free_at[room_at] = end + cleaning
-            result.append(max(0.0, start))
-            situations.append(situation(count, start <= gate, provider in delays or
-                                        clinic_until > 0.0))
+            # situation(), written out: this runs for every waiting patient
+            if start <= gate:
+                code = 0  # AT_APPOINTMENT
+            elif start < 10.0:
+                code = position_bands[count if count < 8 else 7]
+                if start < 0.0:
+                    start = 0.0
+            else:
+                code = position_bands[count if count < 8 else 7] \
+                    + wait_bands[int(start) // 10 if start < 40.0 else 3]
+            if delayed or (delays and provider in delays):
+                code += late
+            result.append(start)
+            situations.append(code)
         return result, situations
 
     def rolling_average(self) -> float | None:
@@ -642,18 +752,38 @@ class WaitEstimator:
         return sum(self.recent_waits) / len(self.recent_waits)
 
 
-def situation(count: int, at_appointment: bool, delayed: bool) -> int:
+def situation(count: int, at_appointment: bool, delayed: bool, minutes: float = 0.0) -> int:
     """The situation an estimate is made in, as a small number: errors are learned and
     ranges set per situation.
 
     * the look-ahead rooms the patient as soon as their appointment allows (a routine
       patient who came early to a floor that keeps up): little can go wrong; or
     * the patient waits for the floor, by how many are ahead (0, 1-2, 3-6, 7 or more):
-      the further back, the more can overtake or run long;
+      the further back, the more can overtake or run long; and by how long the
+      look-ahead says (under 10 minutes, 10-20, 20-30, 30 or more): a short wait is
+      mostly the nurse's call, a long one the sum of many visits;
     * and either way, whether their provider (or the whole clinic) has announced a delay.
     """
-    code = AT_APPOINTMENT if at_appointment else _POSITION_BANDS[min(count, 7)]
+    if at_appointment:
+        code = AT_APPOINTMENT
+    else:
+        code = _POSITION_BANDS[min(count, 7)] + _WAIT_BANDS[min(max(0, int(minutes)) // 10, 3)]
     return code + DELAYED if delayed else code
+
+
+def _staying(hazard: tuple[float, ...], waited: float, more: float) -> float:
+    """The chance that a patient who has waited ``waited`` minutes is still waiting
+    ``more`` minutes later, with ``hazard`` walk-outs per minute in each WALKOUT_BAND."""
+    exposure = 0.0
+    end = waited + more
+    bands = WALKOUT_BANDS
+    for i, rate in enumerate(hazard):
+        low = bands[i]
+        high = bands[i + 1] if i + 1 < len(bands) else math.inf
+        overlap = min(end, high) - max(waited, low)
+        if overlap > 0.0:
+            exposure += rate * overlap
+    return math.exp(-exposure)
 
 
 def _down(minutes: float) -> float:
@@ -667,9 +797,8 @@ def _up(minutes: float) -> float:
     return math.ceil(minutes * 10.0 - 1e-9) / 10.0
 
 
-def _quantiles(errors: Iterable[float]) -> tuple[float, float, float]:
-    """(10th, 50th, 90th) percentiles, interpolated."""
-    ordered = sorted(errors)
+def _quantiles(ordered: list[float]) -> tuple[float, float, float]:
+    """(10th, 50th, 90th) percentiles of values in order, interpolated."""
     n = len(ordered)
 
     def q(p: float) -> float:
@@ -688,8 +817,8 @@ def _remaining(expected: float, elapsed: float) -> float:
     long-tailed duration keeps a remaining part that shrinks slowly.
     """
     if elapsed < expected:
-        return max(expected - elapsed, 0.25 * expected)
-    return min(expected, 0.25 * expected + 0.1 * (elapsed - expected))
+        return max(expected - elapsed, 0.32 * expected)
+    return min(expected, 0.32 * expected + 0.05 * (elapsed - expected))
 
 
 def _room_in_pool(pool: list[int], free_at: list[float], start: float) -> int:

@@ -25,8 +25,9 @@ order, so a replay, a rebuild from Kafka and the live service hold the same prof
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -39,6 +40,7 @@ from shared.floor.day_stats import LONGEST_DAY, QUIET_BEFORE_NEW_DAY
 from shared.floor.estimator import (
     ERROR_WINDOW,
     SITUATION_WINDOW,
+    WALKOUT_BANDS,
     ProviderHabits,
     RoomsUsed,
     RunningMean,
@@ -48,13 +50,14 @@ from shared.floor.model import Change, VisitStatus
 
 PROFILE_VERSION = 1
 DECAY = 0.8  # what a day counts for, one day later
-MEAN_WEIGHT = 8.0  # a remembered mean counts as at most this many of today's observations
-PACE_WEIGHT = 6.0  # the same for a provider's pace
-SKETCH_POINTS = 25  # points kept of each remembered distribution
+MEAN_WEIGHT = 20.0  # a remembered mean counts as at most this many of today's observations
+PACE_WEIGHT = 12.0  # the same for a provider's pace
+SKETCH_POINTS = 50  # points kept of each remembered distribution
 HABIT_MEMORY = 10  # rooming observations kept per provider
 MAX_KEYS = 32  # visit types, providers kept; the least recently seen go first
 ARRIVAL_KINDS = ("scheduled", "walk_in", "urgent")
 HOURS = 24 * 7  # weekday x hour
+WALKOUT_EXPOSURE = 60.0  # minutes of waiting a band needs before its own rate counts
 
 
 @dataclass(slots=True)
@@ -109,16 +112,31 @@ class DayLog:
     roomings: list[int] = field(default_factory=lambda: [0] * 24)
     overtakes: list[int] = field(default_factory=lambda: [0] * 24)
     passed: list[int] = field(default_factory=lambda: [0] * 24)
+    # per band of minutes waited (WALKOUT_BANDS): walk-outs, and minutes spent waiting
+    walkouts: list[float] = field(default_factory=lambda: [0.0] * len(WALKOUT_BANDS))
+    waiting_minutes: list[float] = field(default_factory=lambda: [0.0] * len(WALKOUT_BANDS))
+
+    def waited(self, minutes: float, walked_out: bool) -> None:
+        """A wait ended after ``minutes``: by a rooming, a cancellation or a walk-out."""
+        bands = WALKOUT_BANDS
+        for i, low in enumerate(bands):
+            high = bands[i + 1] if i + 1 < len(bands) else math.inf
+            if minutes > low:
+                self.waiting_minutes[i] += min(minutes, high) - low
+            if walked_out and low <= minutes < high:
+                self.walkouts[i] += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"arrivals": self.arrivals, "no_shows": self.no_shows,
-                "roomings": self.roomings, "overtakes": self.overtakes, "passed": self.passed}
+                "roomings": self.roomings, "overtakes": self.overtakes, "passed": self.passed,
+                "walkouts": self.walkouts, "waiting_minutes": self.waiting_minutes}
 
     @classmethod
     def from_dict(cls, document: dict[str, Any]) -> DayLog:
         return cls(dict(document["arrivals"]), list(document["no_shows"]),
                    list(document["roomings"]), list(document["overtakes"]),
-                   list(document["passed"]))
+                   list(document["passed"]), list(document["walkouts"]),
+                   list(document["waiting_minutes"]))
 
 
 class ClinicProfile:
@@ -144,6 +162,8 @@ class ClinicProfile:
         self.roomings: list[float] = [0.0] * 24
         self.overtakes: list[float] = [0.0] * 24
         self.passed: list[float] = [0.0] * 24
+        self.walkouts: list[float] = [0.0] * len(WALKOUT_BANDS)
+        self.waiting_minutes: list[float] = [0.0] * len(WALKOUT_BANDS)
         self._json: str | None = None  # the profile's JSON, made once a day (checkpoints)
 
     # -------------------------------------------------------------- learning
@@ -178,6 +198,8 @@ class ClinicProfile:
         self.roomings = _decayed(self.roomings, log.roomings)
         self.overtakes = _decayed(self.overtakes, log.overtakes)
         self.passed = _decayed(self.passed, log.passed)
+        self.walkouts = _decayed(self.walkouts, log.walkouts)
+        self.waiting_minutes = _decayed(self.waiting_minutes, log.waiting_minutes)
         self._bound()
         self._json = None
 
@@ -249,6 +271,19 @@ class ClinicProfile:
             habit.observed.extend(observed)
         for provider, (rooms, count) in self.rooms_used.items():
             estimator.rooms_used[provider] = RoomsUsed(set(rooms), count)
+        estimator.walkout_hazard = self.walkout_hazard()
+
+    def walkout_hazard(self) -> tuple[float, ...] | None:
+        """Walk-outs per minute of waiting in each band of minutes waited; a band with
+        less than an hour of waiting seen takes the rate of all waiting. None before any
+        walk-out."""
+        total = sum(self.walkouts)
+        if total <= 0:
+            return None
+        overall = total / max(1.0, sum(self.waiting_minutes))
+        return tuple(walkouts / minutes if minutes >= WALKOUT_EXPOSURE else overall
+                     for walkouts, minutes in zip(self.walkouts, self.waiting_minutes,
+                                                  strict=True))
 
     # ------------------------------------------------------------ reading
 
@@ -317,10 +352,10 @@ _TALLIES = ("all_visits", "intake", "handover", "cleaning")
 _TALLY_TABLES = ("visit_minutes", "provider_pace")
 _LISTS = {"errors": "errors", "offsets": "appointment_offsets", "early": "early_rooming",
           "no_shows": "no_shows", "roomings": "roomings", "overtakes": "overtakes",
-          "passed": "passed"}
+          "passed": "passed", "walkouts": "walkouts", "waiting_minutes": "waiting_minutes"}
 
 
-def _decayed(remembered: list[float], today: list[int]) -> list[float]:
+def _decayed(remembered: list[float], today: list[int] | list[float]) -> list[float]:
     return [round(r * DECAY + t, 3) for r, t in zip(remembered, today, strict=True)]
 
 
@@ -337,27 +372,39 @@ class RememberingFlow(ClinicFlow):
         self.zone = zone
         self.profile = profile if profile is not None else ClinicProfile()
         self.day_log = DayLog()
-        self.day_started_at: datetime | None = None
+        self._day_started_at: datetime | None = None
+        self._day_ends: datetime | None = None  # LONGEST_DAY after it started
+
+    @property
+    def day_started_at(self) -> datetime | None:
+        """When the clinic's current day began (its first fact); None before any."""
+        return self._day_started_at
+
+    @day_started_at.setter
+    def day_started_at(self, at: datetime | None) -> None:
+        self._day_started_at = at
+        self._day_ends = None if at is None else at + LONGEST_DAY
 
     def apply(self, payload: ev.Payload, at: datetime, event_id: str = "") -> Change:
         """``ClinicFlow.apply``, starting a new day first when this fact begins one."""
-        last, started = self.last_event_at, self.day_started_at
-        if started is None or last is None or at - last >= QUIET_BEFORE_NEW_DAY \
-                or at - started >= LONGEST_DAY:
+        last, ends = self.last_event_at, self._day_ends
+        if ends is None or last is None or at >= ends or at - last >= QUIET_BEFORE_NEW_DAY:
             self.start_day(at)
         kind = type(payload)
-        if kind is ev.PatientRoomed:
-            self._count_overtaking(payload.visit_id, at)  # type: ignore[attr-defined]
-        change = super().apply(payload, at, event_id)
-        if kind is ev.PatientArrived and not change.duplicate:
-            self._count_arrival(payload, at)  # type: ignore[arg-type]
+        before = _BEFORE.get(kind)
+        if before is not None:
+            before(self, payload, at)
+        change = ClinicFlow.apply(self, payload, at, event_id)
+        if kind is ev.PatientArrived:
+            if not change.duplicate:
+                self._count_arrival(payload, at)  # type: ignore[arg-type]
         elif kind is ev.PatientNoShow:
             self._count(self.day_log.no_shows, payload.scheduled_at)  # type: ignore[attr-defined]
         return change
 
     def start_day(self, at: datetime) -> None:
         """Fold the day that ended into the profile; start today's estimator from it."""
-        if self.day_started_at is not None:
+        if self._day_started_at is not None:
             self.profile.learn_day(self.estimator, self.day_log)
             self.estimator = WaitEstimator()
             self.profile.prime(self.estimator)
@@ -379,19 +426,37 @@ class RememberingFlow(ClinicFlow):
                 else "walk_in" if payload.scheduled_at is None else "scheduled")
         self._count(self.day_log.arrivals[kind], at)
 
-    def _count_overtaking(self, visit_id: str, at: datetime) -> None:
-        """Before a rooming: how many waiting patients were ahead of this one in the queue's
-        order (urgent first, appointment, arrival), and so are passed by it."""
-        visit = self.clinic.visits.get(visit_id)
-        if visit is None or visit.status is not VisitStatus.WAITING:
-            return
-        key = visit.queue_key()
+    def _before_rooming(self, payload: ev.PatientRoomed, at: datetime) -> None:
+        """A wait ends: how long it was, and how many waiting patients were ahead of this
+        one in the queue's order (urgent first, appointment, arrival) and are passed."""
+        visit = self.clinic.visits.get(payload.visit_id)
         waiting = VisitStatus.WAITING
-        passed = sum(1 for v in self.clinic.visits.values()
-                     if v.status is waiting and v.queue_key() < key)
-        hour = self._local(at).hour
+        if visit is None or visit.status is not waiting:
+            return
         log = self.day_log
+        if at >= visit.arrived_at:
+            log.waited((at - visit.arrived_at).total_seconds() / 60.0, False)
+        key = visit.queue_key()
+        passed = 0
+        for other in self.clinic.visits.values():
+            if other.status is waiting and other.queue_key() < key:
+                passed += 1
+        hour = self._local(at).hour
         log.roomings[hour] += 1
         if passed:
             log.overtakes[hour] += 1
             log.passed[hour] += passed
+
+    def _before_cancel(self, payload: ev.ArrivalCancelled, at: datetime) -> None:
+        """A wait ends without a rooming: cancelled, or a walk-out."""
+        visit = self.clinic.visits.get(payload.visit_id)
+        if visit is not None and visit.status is VisitStatus.WAITING and at >= visit.arrived_at:
+            self.day_log.waited((at - visit.arrived_at).total_seconds() / 60.0,
+                                payload.reason == "left_without_being_seen")
+
+
+# what a RememberingFlow notes before a fact is applied, by the fact's type
+_BEFORE: dict[type[ev.Payload], Callable[[RememberingFlow, Any, datetime], None]] = {
+    ev.PatientRoomed: RememberingFlow._before_rooming,
+    ev.ArrivalCancelled: RememberingFlow._before_cancel,
+}

@@ -193,6 +193,7 @@ def _document(
             "offsets": list(estimator.appointment_offsets),
             "last_seen": {k: t(at) for k, at in estimator.last_seen.items()},
             "prior_seeds": estimator.prior_seeds,
+            "walkout_hazard": estimator.walkout_hazard,
             "early": list(estimator.early_rooming),
             "recent_waits": list(estimator.recent_waits),
             "histories": {
@@ -256,6 +257,8 @@ def load_flow(document: dict[str, Any]) -> ClinicFlow:
         estimator.appointment_offsets = deque(est["offsets"], maxlen=SITUATION_WINDOW)
     estimator.last_seen = {k: _dt(at) for k, at in est.get("last_seen", {}).items()}  # type: ignore[misc]
     estimator.prior_seeds = dict(est.get("prior_seeds", estimator.prior_seeds))
+    hazard = est.get("walkout_hazard")
+    estimator.walkout_hazard = None if hazard is None else tuple(hazard)
     estimator.early_rooming = deque(est["early"], maxlen=estimator.early_rooming.maxlen)
     estimator.recent_waits = deque(est["recent_waits"], maxlen=5)
     for visit_id, (arrived, estimates) in est["histories"].items():

@@ -162,3 +162,40 @@ def test_arrivals_and_overtaking_are_counted_by_the_clinics_own_weekday_and_hour
     flow.apply(ev.RoomReady(room_id="r3"), MONDAY + timedelta(days=1))  # Tuesday
     assert flow.profile.arrivals_per_hour("walk_in", 0, 8) == 2
     assert flow.profile.overtaking(8) == (0.5, 1.0)
+
+
+def test_walk_outs_seen_on_past_days_shorten_the_wait_behind_a_long_queue() -> None:
+    """Yesterday a third of those who waited over half an hour left: today a patient far
+    back in a long queue is told a shorter wait than if nobody ever left."""
+    flow = RememberingFlow("c1")
+    flow.apply(ev.RoomReady(room_id="r1"), MONDAY)
+    for n in range(9):
+        visit = f"y{n}"
+        flow.apply(ev.PatientArrived(visit_id=visit, ticket_code="A-1", provider_id="dr-lee",
+                                     visit_type="follow_up", scheduled_at=None), MONDAY)
+        later = MONDAY + timedelta(minutes=40 + n)
+        if n % 3 == 0:
+            flow.apply(ev.ArrivalCancelled(visit_id=visit, reason="left_without_being_seen"),
+                       later)
+        else:  # roomed, seen for a quarter of an hour (rooms apart: the times overlap)
+            flow.apply(ev.RoomReady(room_id=f"y{n}"), later)
+            flow.apply(ev.PatientRoomed(visit_id=visit, room_id=f"y{n}"), later)
+            flow.apply(ev.ProviderIn(visit_id=visit), later + timedelta(minutes=1))
+            flow.apply(ev.PatientCheckedOut(visit_id=visit), later + timedelta(minutes=16))
+            flow.apply(ev.RoomOutOfService(room_id=f"y{n}"), later + timedelta(minutes=17))
+    assert flow.day_log.walkouts[1] == 3 and flow.day_log.waiting_minutes[1] > 0
+    today = MONDAY + timedelta(days=1)
+    flow.apply(ev.RoomReady(room_id="r1"), today)
+    hazard = flow.estimator.walkout_hazard
+    assert hazard is not None and hazard[1] > hazard[0] == 0.0  # nobody left before 30 min
+    for n in range(8):  # all for one provider, who is busy
+        flow.apply(ev.PatientArrived(visit_id=f"w{n}", ticket_code="A-1", provider_id="dr-lee",
+                                     visit_type="follow_up", scheduled_at=None),
+                   today + timedelta(minutes=n))
+    later = today + timedelta(minutes=45)
+    leaving = [e.raw_minutes for e in flow.estimates(later)]
+    flow.estimator.walkout_hazard = None
+    staying = [e.raw_minutes for e in flow.estimates(later)]
+    assert leaving[0] == staying[0]  # the first in line has nobody ahead to leave
+    assert leaving[-1] < staying[-1] - 5
+    assert dump_flow(flow)["estimator"]["walkout_hazard"] is None

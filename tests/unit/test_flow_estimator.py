@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from datetime import UTC, datetime, timedelta
 
 from shared import events as ev
@@ -224,14 +223,14 @@ def test_a_first_available_walk_in_goes_to_a_provider_between_patients() -> None
 
 
 def test_ranges_are_learned_per_situation() -> None:
-    """Errors made for patients far back in the queue set their range; the first in
-    line keeps the day's."""
-    flow = busy_clinic()
-    estimator = flow.estimator
-    before_first, before_far = (estimator.situation_quantiles(1),
-                                estimator.situation_quantiles(3))
-    for _ in range(60):  # far back in the queue, the wait ran twice the look-ahead
-        estimator.situation_errors.setdefault(3, deque(maxlen=200)).append(1.0)
-    estimator._situation_quantiles.clear()
-    assert estimator.situation_quantiles(1) == before_first
-    assert estimator.situation_quantiles(3)[1] > before_far[1] + 0.5
+    """Errors made for patients far back in the queue set their range, those of the
+    first in line theirs; each shrunk a little towards the day's."""
+    estimator = busy_clinic().estimator
+    for _ in range(60):
+        estimator.learn_error(1, 0.0)  # first in line: the look-ahead was right
+        estimator.learn_error(3, 1.0)  # far back: the wait ran twice the look-ahead
+    first, far = estimator.situation_quantiles(1), estimator.situation_quantiles(3)
+    day = estimator.quantiles()
+    assert far[1] > first[1] + 0.5
+    assert first[1] < day[1] < far[1]
+    assert estimator.situation_quantiles(4 + 12) == day  # never seen: the day's
