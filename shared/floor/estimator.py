@@ -473,10 +473,10 @@ class WaitEstimator:
     def record(self, clinic: Clinic, now: datetime) -> None:
         """Keep the look-ahead each waiting visit is given now, to learn from at rooming.
 
-        Called at fixed points of the day's own events (each arrival and every
-        five minutes of clinic time), never at the whim of batching, so what is
-        learned depends only on the floor's history: a replay, a rebuild and the
-        live service learn exactly the same.
+        Called at fixed points of the day's own events (``ClinicFlow.apply``: the
+        first fact of every five minutes of clinic time), never at the whim of
+        batching, so what is learned depends only on the floor's history: a replay,
+        a rebuild and the live service learn exactly the same.
         """
         waiting = clinic.waiting()
         if not waiting:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared import events as ev
 from shared.floor.clinic_flow import ClinicFlow
+from shared.floor.estimator import AT_APPOINTMENT, DELAYED, situation
 
 T0 = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
 
@@ -234,3 +235,19 @@ def test_ranges_are_learned_per_situation() -> None:
     assert far[1] > first[1] + 0.5
     assert first[1] < day[1] < far[1]
     assert estimator.situation_quantiles(4 + 12) == day  # never seen: the day's
+
+
+def test_each_estimate_is_made_in_a_situation_by_who_is_ahead_and_how_long() -> None:
+    flow = busy_clinic()  # three waiting for Dr. Lee, who is seeing v1
+    estimator, waiting = flow.estimator, flow.clinic.waiting()
+    raw, situations = estimator._look_ahead(flow.clinic, waiting, at(10))
+    assert situations == [situation(n, False, False, minutes) for n, minutes in enumerate(raw)]
+    assert situations[0] < situations[1] <= situations[2]  # further back, longer
+    flow.apply(ev.DelayAnnounced(provider_id=None, minutes=20, reason="fire alarm"), at(10))
+    _raw, stopped = estimator._look_ahead(flow.clinic, waiting, at(10))
+    assert all(code >= DELAYED for code in stopped)
+    early = ClinicFlow("south")
+    early.apply(ev.RoomReady(room_id="r1"), at(0))
+    early.apply(arrival("e1", scheduled=40), at(0))  # 40 minutes early to an empty floor
+    assert early.estimator._look_ahead(early.clinic, early.clinic.waiting(), at(0))[1] == \
+        [AT_APPOINTMENT]
