@@ -124,8 +124,8 @@ class EhrCommands:
         try:
             appointment = build(stored)
             if appointment is None:
-                await self.store.release_hold(clinic, appointment_id)
-                return "appointment not known here: nothing to cancel"
+                raise NotFound(f"appointment {appointment_id!r} is not on clinic {clinic!r}'s "
+                               "schedule: nothing to cancel", "not_found")
             return await self._book_held(clinic, stored, appointment, now=now,
                                          providers=providers or {}, rooms=rooms or {},
                                          finish=finish, holder=holder)
@@ -351,14 +351,21 @@ class EhrCommands:
         return result.visit_id, f"checked in as a walk-in, ticket {result.ticket_code}"
 
     async def end(self, clinic: str, ehr_visit: str, reason: EndReason, *,
-                  now: datetime) -> str:
+                  now: datetime, name: str | None = None) -> str:
         """The EHR cancelled a registration (``entered_in_error``: the arrival is
         cancelled and its appointment waits again) or ended a visit (``ended``: a patient
         still waiting here left without being seen; a roomed visit ends at checkout,
-        which is billing's). ``Conflict`` for a cancel of a visit no longer waiting."""
+        which is billing's). ``Conflict`` for a cancel of a visit no longer waiting;
+        ``NotFound`` naming the EHR's visit (``name``: as the EHR calls it) when no arrival
+        of it was registered here: an end or cancel of nothing is an error the EHR must
+        see, not a success."""
         visit_id = await self.store.feed_visit(clinic, ehr_visit)
-        if visit_id is None or visit_id.startswith(FEED_PENDING):
-            return "no arrival of this visit here: nothing to change"
+        if visit_id is None:
+            raise NotFound(f"{name or 'this visit'} was never checked in at clinic "
+                           f"{clinic!r}: nothing to end or cancel", "not_found")
+        if visit_id.startswith(FEED_PENDING):
+            raise Unavailable(f"{name or 'this visit'}'s registration is being processed; "
+                              "try again", "in_progress")
         view = await self.store.visit(clinic, visit_id)
         if reason == "ended" and (view is None or view.status != "waiting"):
             return f"visit {visit_id} is not waiting here: nothing to change"

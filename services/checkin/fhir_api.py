@@ -43,7 +43,7 @@ from services.checkin.domain import ID_PATTERN, Appointment, VisitView
 from services.checkin.ehr import EhrCommands
 from services.checkin.feeds import Feed, Feeds
 from services.checkin.schedule import ImportKeys, parse_fhir_bundle
-from services.checkin.schemas import COMMON_ERRORS, refusal
+from services.checkin.schemas import COMMON_ERRORS
 from services.checkin.store import CheckinStore
 from shared.auth import Principal, require_role
 from shared.clock import Clock
@@ -83,6 +83,22 @@ def _fhir(body: dict[str, Any], status: int = 200) -> Response:
 def _outcome(text: str, severity: str = "information") -> dict[str, Any]:
     return {"resourceType": "OperationOutcome",
             "issue": [{"severity": severity, "code": "informational", "diagnostics": text}]}
+
+
+ISSUE_TYPE = {404: "not-found", 409: "conflict", 422: "invalid", 428: "required",
+              503: "transient"}
+
+
+def refused_outcome(refused: Refusal) -> Response:
+    """A refusal of a FHIR write as FHIR answers it: an ``OperationOutcome`` (severity
+    error, the issue type of the status, the detail naming the thing) with the status."""
+    status = status_of(refused)
+    body = {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": ISSUE_TYPE.get(status, "processing"),
+        "details": {"text": refused.code}, "diagnostics": refused.detail}]}
+    headers = {"Retry-After": "2"} if status == 503 else None
+    return Response(orjson.dumps(body), status_code=status, media_type=FHIR_JSON,
+                    headers=headers)
 
 
 def _json_body(raw: bytes) -> dict[str, Any]:
@@ -168,20 +184,35 @@ def _body(example: dict[str, Any]) -> dict[str, Any]:
         "application/json": {"schema": {"type": "object"}, "example": example}}}}
 
 
+def _refused_doc(status: int, when: str, code: str, detail: str) -> dict[str, Any]:
+    """A documented refusal of a FHIR write: its OperationOutcome."""
+    example = {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": ISSUE_TYPE.get(status, "processing"),
+        "details": {"text": code}, "diagnostics": detail}]}
+    return {"description": f"{when} (an OperationOutcome)",
+            "content": {FHIR_JSON: {"example": example}}}
+
+
 def _answers(status: int, example: dict[str, Any], description: str,
              writes: bool = True) -> dict[int | str, dict[str, Any]]:
     documented: dict[int | str, dict[str, Any]] = {
         status: {"description": description, "content": {
             FHIR_JSON: {"example": example}, "application/json": {"example": example}}}}
     if writes:
-        documented[404] = refusal("an appointment named does not exist here",
-                                  "no appointment 'apt-0815' on clinic 'north''s schedule")
-        documented[409] = refusal("not possible now (a visit no longer waiting; another "
-                                  "feed owns the schedule)",
-                                  "visit 'v-3f2a9c1e5b7d4a60' is roomed, not waiting: it can "
-                                  "no longer be cancelled")
-        documented[503] = refusal("Kafka unavailable: nothing changed, send it again",
-                                  "could not publish to Kafka; nothing was recorded, try again")
+        documented[404] = _refused_doc(404, "an appointment or encounter named does not "
+                                       "exist here", "not_found", "Encounter/enc-991 was "
+                                       "never checked in at clinic 'north': nothing to end "
+                                       "or cancel")
+        documented[409] = _refused_doc(409, "not possible now (a visit no longer waiting; "
+                                       "another feed owns the schedule)", "not_waiting",
+                                       "visit 'v-3f2a9c1e5b7d4a60' is roomed, not waiting: "
+                                       "it can no longer be cancelled")
+        documented[422] = _refused_doc(422, "the resource is not valid here",
+                                       "invalid_resource", "Appointment start: Input should "
+                                       "be a valid datetime")
+        documented[503] = _refused_doc(503, "Kafka unavailable: nothing changed, send it "
+                                       "again", "unavailable", "could not publish to Kafka; "
+                                       "nothing was recorded, try again")
     return documented
 
 
@@ -298,9 +329,11 @@ class FhirIn:
                                                     appointment_id=appointment_id,
                                                     provider_id=provider, urgent=urgent)
         elif status in ENCOUNTER_CANCELLED:
-            text = await self.ehr.end(clinic, visit, "entered_in_error", now=now)
+            text = await self.ehr.end(clinic, visit, "entered_in_error", now=now,
+                                      name=f"Encounter/{resource['id']}")
         elif status == "finished":
-            text = await self.ehr.end(clinic, visit, "ended", now=now)
+            text = await self.ehr.end(clinic, visit, "ended", now=now,
+                                      name=f"Encounter/{resource['id']}")
         else:
             text = f"status {status!r}: nothing to change here"
         await self.ehr.applied(clinic, subject, at)
@@ -410,13 +443,17 @@ def make_fhir_router(desk: CheckinDesk, ehr: EhrCommands, store: CheckinStore, f
 
     async def once(request: Request, clinic_id: str, key: str | None,
                    action: Callable[[], Awaitable[tuple[int, dict[str, Any]]]]) -> Response:
-        """Run a write, or replay its first answer under the same Idempotency-Key."""
-        if key is None:
-            status, body = await action()
-            return _fhir(body, status)
-        status, body, _replayed = await idempotency.run(
-            f"checkin-fhir:{clinic_id}", key,
-            fingerprint(request.method, request.url.path, await request.body()), action)
+        """Run a write, or replay its first answer under the same Idempotency-Key; a
+        refusal is an ``OperationOutcome`` with its status (404 naming what is unknown)."""
+        try:
+            if key is None:
+                status, body = await action()
+                return _fhir(body, status)
+            status, body, _replayed = await idempotency.run(
+                f"checkin-fhir:{clinic_id}", key,
+                fingerprint(request.method, request.url.path, await request.body()), action)
+        except Refusal as refused:
+            return refused_outcome(refused)
         return _fhir(body, status)
 
     async def apply_one(clinic_id: str, request: Request, kind: str,

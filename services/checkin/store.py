@@ -24,6 +24,10 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
                                                   again by every visit the projection
                                                   rebuilds, so no code is handed out twice)
     P:checkin:ticket:{clinic}:{day}:{code}  STR   visit id of a ticket code
+    P:checkin:visits:{clinic}:{day}         ZSET  the day's visit ids by when each was first
+                                                  stored (its arrival): every visit, whatever
+                                                  its ticket code (the demo's ``N-12``, a
+                                                  desk's ``A-3``), for the FHIR Encounter read
     P:checkin:visit:{clinic}:{visit}        HASH  the visit: ticket, status, latest estimate
     P:checkin:arrival:{clinic}:{event}      STR   visit id of a ``patient.arrived`` event (an
                                                   ``action.undone`` names the event; an EHR
@@ -84,7 +88,6 @@ from services.checkin.domain import (
     AppointmentState,
     VisitView,
     clinic_day,
-    ticket_code,
     ticket_number,
 )
 from services.checkin.projection import (
@@ -254,6 +257,9 @@ class CheckinStore:
 
     def _visit(self, clinic: str, visit_id: str) -> str:
         return f"{self.prefix}:visit:{clinic}:{visit_id}"
+
+    def _day_visits(self, clinic: str, day: date) -> str:
+        return f"{self.prefix}:visits:{clinic}:{day.isoformat()}"
 
     def _limit(self, kind: str, client: str, minute: int) -> str:
         return f"{self.prefix}:limit:{kind}:{client}:{minute}"
@@ -541,6 +547,9 @@ class CheckinStore:
         pipe.expireat(key, self._until(view.day))
         ticket = self._ticket(view.clinic_id, view.day, view.ticket_code)
         pipe.set(ticket, view.visit_id, exat=self._until(view.day))
+        day_visits = self._day_visits(view.clinic_id, view.day)
+        pipe.zadd(day_visits, {view.visit_id: view.status_at.timestamp()}, nx=True)
+        pipe.expireat(day_visits, self._until(view.day))
         number = ticket_number(view.ticket_code)
         if number is not None:
             pipe.eval(_RAISE_TO, 1, self._seq(view.clinic_id, view.day), number,
@@ -556,25 +565,20 @@ class CheckinStore:
         await self._release(keys=[self._ticket(view.clinic_id, view.day, view.ticket_code)],
                             args=[view.visit_id])
         await self.redis.delete(self._visit(view.clinic_id, view.visit_id))
+        await self.redis.zrem(self._day_visits(view.clinic_id, view.day), view.visit_id)
 
     async def visit(self, clinic: str, visit_id: str) -> VisitView | None:
         fields = await self.redis.hgetall(self._visit(clinic, visit_id))
         return self._visit_of(_decode_hash(fields)) if fields else None
 
     async def day_visits(self, clinic: str, day: date) -> list[VisitView]:
-        """The visits of the clinic's ``day`` in ticket order (the day's ticket counter
-        says how many codes were handed out; each code names its visit)."""
-        raw = await self.redis.get(self._seq(clinic, day))
-        count = min(int(raw) if raw else 0, 20_000)
-        if not count:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for number in range(1, count + 1):
-                pipe.get(self._ticket(clinic, day, ticket_code(number)))
-            ids = [_text(v) for v in await pipe.execute() if v]
+        """The visits of the clinic's ``day`` in the order they arrived (the day's index,
+        whatever their ticket codes: the day's ticket counter does not name a demo's
+        ``N-12`` or a feed's codes)."""
+        ids = await self.redis.zrange(self._day_visits(clinic, day), 0, -1)
         async with self.redis.pipeline(transaction=False) as pipe:
             for visit_id in ids:
-                pipe.hgetall(self._visit(clinic, visit_id))
+                pipe.hgetall(self._visit(clinic, _text(visit_id)))
             found = await pipe.execute()
         return [self._visit_of(_decode_hash(fields)) for fields in found if fields]
 

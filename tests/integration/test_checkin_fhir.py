@@ -97,7 +97,7 @@ async def test_an_appointment_is_booked_changed_and_cancelled_once_each(feed: Fe
 
     wrong = await put(client, f"/clinics/north/fhir/Appointment/{appointment_id}",
                       {**booked, "status": "booked", "start": "tomorrow"})
-    assert wrong.status_code == 422 and "start" in wrong.json()["detail"]
+    assert wrong.status_code == 422 and "start" in wrong.json()["issue"][0]["diagnostics"]
 
 
 async def test_a_transaction_books_and_checks_in_and_the_day_reads_back_as_fhir(

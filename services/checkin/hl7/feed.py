@@ -344,6 +344,12 @@ class Hl7Feed:
         """The appointment as the message has it (what it leaves out, as stored); None
         for a cancel of an appointment never seen that says too little to record."""
         cancelled = message.action == "cancel"
+        if cancelled and stored is None:
+            # a cancel of an appointment never booked here changes nothing: the EHR hears
+            # so (AE), and nothing is recorded or published
+            raise Problem("AE", UNKNOWN_KEY_IDENTIFIER, f"appointment "
+                          f"{message.appointment_id!r} is not on clinic {feed.clinic_id!r}'s "
+                          "schedule: nothing to cancel", "SCH", 2, 1)
         keys = self.desk.import_keys(feed.clinic_id)
         patient_ref = identity = None
         if message.patient is not None:
@@ -428,9 +434,14 @@ class Hl7Feed:
                                                           now=now,
                                                           holder=applying.message_key)
             else:
+                number = message.visit_number
                 text = await self.ehr.end(clinic, ehr_visit, "entered_in_error"
                                           if message.action == "cancel_arrival" else "ended",
-                                          now=now)
+                                          now=now, name=f"visit {number!r} (PV1-19)"
+                                          if number else "the message's visit")
+        except NotFound as refused:
+            raise Problem("AE", UNKNOWN_KEY_IDENTIFIER, refused.detail, "PV1", 19,
+                          1) from None
         except Unavailable as refused:
             if refused.code == "in_progress":
                 raise Problem("AR", "206", f"{refused.detail}", "PV1", 19, 1,

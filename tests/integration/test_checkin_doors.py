@@ -1,0 +1,96 @@
+"""Check-in's doors refuse what does not exist and read back what does (issue 15), on the
+real broker and Redis: the FHIR Encounter search finds every visit of the clinic's day
+(whatever its ticket code), a FHIR end or HL7 cancel of something never seen here is an
+error naming it with nothing published, an appointment implausibly far from today is
+refused, and so on. One checkin (with its HL7 listener) serves the module."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from shared import events as ev
+from tests.helpers import producer
+from tests.integration.test_checkin_hl7_support import Ehr, Feed, module_prefix, running_feed
+from tests.integration.test_checkin_support import FRONT_DESK, NURSE
+
+FHIR = {**FRONT_DESK, "Content-Type": "application/fhir+json"}
+
+
+@pytest.fixture(scope="module")
+async def feed(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Feed]:
+    async with running_feed(kafka_bootstrap, redis_url, module_prefix()) as service:
+        yield service
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8].upper()}"
+
+
+async def floor_of(feed: Feed, key: str, value: str) -> list[dict[str, Any]]:
+    return [e for e in await feed.floor() if e["data"].get(key) == value]
+
+
+async def test_the_encounter_search_lists_visits_whatever_their_ticket_codes(
+    feed: Feed,
+) -> None:
+    # make up's demo publishes arrivals straight onto the floor with its own ticket letter
+    # ("N-12"): the day's ticket counter does not name them, the day's index does
+    now = datetime.now(UTC).replace(microsecond=0)
+    visits = [f"v-demo-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    async with producer(feed.kafka_bootstrap) as client:
+        for number, visit in enumerate(visits, start=12):
+            event = ev.make_event(ev.PatientArrived(
+                visit_id=visit, ticket_code=f"N-{number}", provider_id="p1",
+                visit_type="follow_up"), clinic_id="north", source="simulator",
+                occurred_at=now, correlation_id=visit)
+            await client.send_and_wait(feed.checkin.floor_topic, ev.encode(event),
+                                       key=b"north")
+    await feed.checkin.app.state.desk.barrier("north")
+    answer = await feed.checkin.client.get("/clinics/north/fhir/Encounter", headers=NURSE)
+    assert answer.status_code == 200, answer.text
+    found = {e["resource"]["id"]: e["resource"] for e in answer.json()["entry"]}
+    assert set(visits) <= set(found)
+    assert answer.json()["total"] >= 2
+    assert found[visits[0]]["identifier"][0]["value"] == "N-12"
+    assert found[visits[0]]["status"] == "arrived"
+
+
+async def test_ending_an_encounter_never_checked_in_is_a_404_naming_it(feed: Feed) -> None:
+    before = len(await feed.floor())
+    for status in ("finished", "cancelled"):
+        answer = await feed.checkin.client.put(
+            "/clinics/north/fhir/Encounter/enc-unknown", headers=FHIR, content=orjson.dumps({
+                "resourceType": "Encounter", "id": "enc-unknown", "status": status,
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                          "code": "AMB"}}))
+        assert answer.status_code == 404, answer.text
+        outcome = answer.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["severity"] == "error"
+        assert outcome["issue"][0]["code"] == "not-found"
+        assert "Encounter/enc-unknown" in outcome["issue"][0]["diagnostics"]
+    assert len(await feed.floor()) == before
+
+
+async def test_an_hl7_cancel_of_an_unknown_appointment_is_refused_and_publishes_nothing(
+    feed: Feed,
+) -> None:
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    appointment = unique("GONE")
+    cancel = await feed.send(ehr.siu("S15", appointment, now + timedelta(minutes=30),
+                                     sent_at=now, status="Cancelled"))
+    assert cancel.code == "AE", cancel.raw
+    assert cancel.error is not None
+    assert cancel.error[2] == "SCH^1^2^1^1" and cancel.error[3].startswith("204^")
+    assert appointment in cancel.error[8] or appointment in cancel.text
+    assert await floor_of(feed, "appointment_id", appointment) == []
+    # an ADT end of a visit never registered here is refused the same way
+    ended = await feed.send(ehr.adt("A03", sent_at=now, visit=unique("V")))
+    assert ended.code == "AE", ended.raw
+    assert ended.error is not None and ended.error[2].startswith("PV1^1^19")
