@@ -103,7 +103,8 @@ class FlowProjection:
         self.publish_estimates = publish_estimates
         self.checkpoint_seconds = checkpoint_seconds
         self.kafka: KafkaPositions = NoKafka()
-        self.processor = FloorProcessor()
+        # each clinic remembers its days, counted on its own clock (CLINICFLOW_CLINICS)
+        self.processor = FloorProcessor(self.labels.clinics.zone)
         self.lock = asyncio.Lock()
         self._dirty: dict[str, Partition] = {}
         self._pending_offsets: dict[Partition, int] = {}

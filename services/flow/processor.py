@@ -6,17 +6,22 @@ applies each to its clinic in memory and says what the batch changed, and
 ``FlowProjection`` (consumer.py) writes that to Redis. Keeping this step free
 of Kafka and Redis lets it be tested in microseconds, benchmarked alone, and digested
 (``clinicflow digest``).
+
+Every clinic is a ``RememberingFlow`` (``shared.floor.memory``), as in ``clinicflow
+replay``: its past days are the priors of the next, and its memory is part of its state
+(the checkpoint carries it), so live, replay and a rebuild from Kafka estimate alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from shared.floor.clinic_flow import FLOOR_FACTS, ClinicFlow
 from shared.floor.estimator import WaitEstimate
+from shared.floor.memory import RememberingFlow
 from shared.floor.model import NotApplicable, RoomState, StageTime
 from shared.projection import DeadLetter, Inbound, Partition, Reading, RecordReader, inbound
 
@@ -42,15 +47,25 @@ class FloorBatchOutcome:
 
 
 class FloorProcessor:
-    """Owns the live ``ClinicFlow`` of every clinic on this instance's partitions."""
+    """Owns the live ``ClinicFlow`` of every clinic on this instance's partitions.
 
-    def __init__(self) -> None:
+    ``zone_of`` gives a clinic's time zone (``ClinicDirectory.zone``): its memory counts
+    arrivals by the clinic's own weekday and hour (None: the events' offsets, UTC)."""
+
+    def __init__(self, zone_of: Callable[[str], tzinfo | None] | None = None) -> None:
+        self.zone_of = zone_of
         self.flows: dict[str, ClinicFlow] = {}
         self.partition_of: dict[str, Partition] = {}
         self.applied: dict[Partition, int] = {}  # (topic, partition) -> last offset applied
 
     def adopt(self, flow: ClinicFlow, topic: str, partition: int) -> None:
-        """Take over a clinic restored from a checkpoint."""
+        """Take over a clinic restored from a checkpoint (one written before clinics
+        remembered their days carries on as a ``RememberingFlow`` without history)."""
+        zone = self.zone_of(flow.clinic_id) if self.zone_of is not None else None
+        if isinstance(flow, RememberingFlow):
+            flow.zone = zone
+        else:
+            flow = RememberingFlow.carrying_on(flow, zone)
         self.flows[flow.clinic_id] = flow
         self.partition_of[flow.clinic_id] = (topic, partition)
 
@@ -97,7 +112,8 @@ class FloorProcessor:
             clinic_id = envelope.clinic_id
             flow = flows.get(clinic_id)
             if flow is None:
-                flow = flows[clinic_id] = ClinicFlow(clinic_id)
+                flow = flows[clinic_id] = RememberingFlow(
+                    clinic_id, self.zone_of(clinic_id) if self.zone_of is not None else None)
                 self.partition_of[clinic_id] = tp
             at = envelope.occurred_at
             try:

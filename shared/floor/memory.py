@@ -375,6 +375,16 @@ class RememberingFlow(ClinicFlow):
         self._day_started_at: datetime | None = None
         self._day_ends: datetime | None = None  # LONGEST_DAY after it started
 
+    @classmethod
+    def carrying_on(cls, flow: ClinicFlow, zone: tzinfo | None = None) -> RememberingFlow:
+        """A plain ``ClinicFlow`` (restored from a checkpoint written before clinics
+        remembered) carried on with its state, from today on remembering: its day is
+        the one its operations view is in."""
+        remembering = cls(flow.clinic_id, zone)
+        remembering.__dict__.update(vars(flow))
+        remembering.day_started_at = flow.day.day_started_at
+        return remembering
+
     @property
     def day_started_at(self) -> datetime | None:
         """When the clinic's current day began (its first fact); None before any."""
