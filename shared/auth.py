@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException, Request, status
 
 from shared.errors import NotFound
+from shared.idempotency import bind_caller
 from shared.settings import Credential, Role, hash_token
 
 
@@ -103,6 +104,7 @@ def require_role(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
                 f"(allowed: {', '.join(sorted(allowed))})",
             )
         require_known_clinic(request)
+        bind_caller(principal.role, principal.name)  # its Idempotency-Keys are its own
         return principal
 
     return dependency

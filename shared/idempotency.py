@@ -10,6 +10,14 @@ The "still running" marker lives ``PENDING_TTL_SECONDS`` and is renewed while th
 request runs, so the marker of a process that died mid-request is gone within
 seconds and the client's retry runs the command (before, it was refused for a
 minute). Renewal stops before the answer is stored.
+
+A key belongs to whoever sent it: its scope includes the caller, the credential that
+authenticated the request (its role and name, bound by ``shared.auth.require_role``
+through ``bind_caller``). A manager's request with the key a nurse used runs as its own
+request instead of replaying the nurse's answer (keys are chosen by clients; two
+clients' keys may collide, by chance or on purpose). Redis keys:
+``{prefix}:idem:{scope}:{caller}:{key}``, ``caller`` a digest of role and name; a store
+used with no caller bound (tests, tools) keeps ``{prefix}:idem:{scope}:{key}``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
@@ -28,20 +37,33 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
 PENDING_TTL_SECONDS = 10.0
 
 
+# who sends the request being handled (set per request by the auth dependency)
+_caller: ContextVar[str | None] = ContextVar("idempotency_caller", default=None)
+
+
+def bind_caller(role: str, name: str) -> None:
+    """Name the credential of the request being handled: its Idempotency-Keys are its
+    own. Called by ``shared.auth.require_role`` once the token is known."""
+    _caller.set(hashlib.sha256(f"{role}|{name}".encode()).hexdigest()[:16])
+
+
 def fingerprint(method: str, path: str, body: bytes) -> str:
     """What makes two requests "the same request"."""
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
 
 
 class IdempotencyStore:
-    """Remembers each (scope, key)'s answer; keys: ``{prefix}:idem:{scope}:{key}``."""
+    """Remembers each (scope, caller, key)'s answer (keys: the module's docstring)."""
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
 
     def _key(self, scope: str, key: str) -> str:
-        return f"{self._prefix}:idem:{scope}:{key}"
+        caller = _caller.get()
+        if caller is None:
+            return f"{self._prefix}:idem:{scope}:{key}"
+        return f"{self._prefix}:idem:{scope}:{caller}:{key}"
 
     async def run(
         self,

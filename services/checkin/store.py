@@ -55,7 +55,8 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
     P:checkin:outbox-lock                   STR   its drainer's lock (shared/outbox.py)
     P:applied:checkin:{topic}:{partition}   STR   the consumer's last offset applied per
                                                   partition (shared/projection.py)
-    P:idem:checkin:{clinic}:{key}           Idempotency-Key answers (shared/idempotency.py)
+    P:idem:checkin:{clinic}:{caller}:{key}  Idempotency-Key answers, per credential
+                                                  (shared/idempotency.py)
 
 Day-scoped keys and visits expire ``KEEP_DAYS`` after their day; appointments and their
 arrival / no-show marks ``KEEP_DAYS`` after their time; the providers seen on schedules

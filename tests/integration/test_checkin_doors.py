@@ -17,7 +17,7 @@ import pytest
 from shared import events as ev
 from tests.helpers import producer
 from tests.integration.test_checkin_hl7_support import Ehr, Feed, module_prefix, running_feed
-from tests.integration.test_checkin_support import FRONT_DESK, NURSE
+from tests.integration.test_checkin_support import FRONT_DESK, MANAGER, NURSE
 
 FHIR = {**FRONT_DESK, "Content-Type": "application/fhir+json"}
 
@@ -94,3 +94,22 @@ async def test_an_hl7_cancel_of_an_unknown_appointment_is_refused_and_publishes_
     ended = await feed.send(ehr.adt("A03", sent_at=now, visit=unique("V")))
     assert ended.code == "AE", ended.raw
     assert ended.error is not None and ended.error[2].startswith("PV1^1^19")
+
+
+async def test_an_idempotency_key_is_the_credentials_own(feed: Feed) -> None:
+    # the desk's walk-in under key K; a manager sending the same request with the same K
+    # gets a walk-in of its own, not the desk's answer replayed
+    client = feed.checkin.client
+    body = orjson.dumps({"provider_id": None, "visit_type": "walk_in"})
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}", "Content-Type": "application/json"}
+    desk = await client.post("/clinics/north/arrivals", content=body,
+                             headers={**FRONT_DESK, **key})
+    manager = await client.post("/clinics/north/arrivals", content=body,
+                                headers={**MANAGER, **key})
+    again = await client.post("/clinics/north/arrivals", content=body,
+                              headers={**FRONT_DESK, **key})
+    assert desk.status_code == manager.status_code == again.status_code == 201, manager.text
+    assert manager.json()["replayed"] is False
+    assert manager.json()["visit_id"] != desk.json()["visit_id"]
+    assert again.json()["replayed"] is True
+    assert again.json()["visit_id"] == desk.json()["visit_id"]

@@ -65,3 +65,26 @@ async def test_the_key_of_a_process_that_died_mid_request_frees_itself(
     await asyncio.sleep(0.8)
     assert await store.run("arrivals", "k2", "fp", arrive) == (201, {"ticket_code": "A-2"},
                                                                 False)
+
+
+async def test_a_key_is_the_callers_own(store: IdempotencyStore) -> None:
+    # a manager's request with the key a nurse used runs as its own request; each caller's
+    # retry replays its own first answer
+    runs: list[str] = []
+
+    async def as_caller(role: str, name: str) -> tuple[int, Any, bool]:
+        idempotency.bind_caller(role, name)
+
+        async def act() -> tuple[int, Any]:
+            runs.append(name)
+            return 202, {"by": name}
+
+        return await store.run("flow:north", "shared-key", "fp", act)
+
+    nurse = await asyncio.create_task(as_caller("nurse", "dev-nurse"))
+    manager = await asyncio.create_task(as_caller("manager", "dev-manager"))
+    assert nurse == (202, {"by": "dev-nurse"}, False)
+    assert manager == (202, {"by": "dev-manager"}, False)
+    assert await asyncio.create_task(as_caller("nurse", "dev-nurse")) == \
+        (202, {"by": "dev-nurse"}, True)
+    assert runs == ["dev-nurse", "dev-manager"]
