@@ -43,6 +43,7 @@ from shared.projection import Inbound, Planned, ProjectionRunner, RedisProjectio
 from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import CheckinSettings
 from shared.topics import ESTIMATES, FLOOR
+from shared.visit_end import VisitEnds
 
 # the relay publishes dead letters as soon as a batch queued some; this is how often it
 # looks anyway (entries left by an instance that stopped before relaying them)
@@ -109,7 +110,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
         no_show_after=timedelta(minutes=settings.checkin_no_show_after_minutes),
         identity_secret=settings.checkin_identity_secret.get_secret_value().encode(),
         visit_types=visit_type_table(settings.checkin_visit_type_map()),
-    ), barrier=barrier.caught_up)
+    ), barrier=barrier.caught_up, visit_ends=VisitEnds(runtime.redis, settings.redis_prefix))
     runtime.every(settings.checkin_no_show_check_seconds, desk.sweep_no_shows, "no-show-sweep")
 
     # the EHR feeds: HL7 v2 over MLLP (CLINICFLOW_CHECKIN_HL7_PORT; 0: none), into the

@@ -53,6 +53,7 @@ from shared import events as ev
 from shared.clinics import ClinicDirectory
 from shared.errors import Conflict, NotFound, Refusal, Rejected, Unavailable
 from shared.logging import get_logger
+from shared.visit_end import VisitEnds
 
 log = get_logger("clinicflow.checkin.desk")
 SOURCE = "checkin"
@@ -185,11 +186,15 @@ class NoShowSweepResult:
 
 class CheckinDesk:
     def __init__(self, store: CheckinStore, publish: Publish, config: DeskConfig,
-                 barrier: Barrier = _no_barrier) -> None:
+                 barrier: Barrier = _no_barrier, visit_ends: VisitEnds | None = None,
+                 ) -> None:
         self.store = store
         self.publish = publish
         self.config = config
         self.barrier = barrier
+        # the visit-end claim a cancel takes before it publishes (shared/visit_end.py):
+        # billing's checkout takes the same one, so only one of them ends a visit
+        self.visit_ends = visit_ends
         # by clinic: when its known providers were read, and them (see PROVIDERS_KEPT)
         self._providers_read: dict[str, tuple[datetime, frozenset[str]]] = {}
 
@@ -520,6 +525,19 @@ class CheckinDesk:
             return replace(current, status="cancelled", status_at=now)
 
         changed = await self.store.change_visit(clinic_id, visit_id, cancelled)
+        if self.visit_ends is not None:
+            try:
+                held = await self.visit_ends.claim(clinic_id, visit_id, "cancelled")
+            except BaseException:
+                await self.store.change_visit(clinic_id, visit_id,
+                                              lambda _current: before[-1])
+                raise
+            if held is not None:  # a checkout ended it first (its event may be on its way)
+                await self.store.change_visit(clinic_id, visit_id,
+                                              lambda _current: before[-1])
+                what = held.replace("_", " ")
+                raise Conflict(f"visit {visit_id!r} is being {what} or already is: it can no "
+                               "longer be cancelled", "not_waiting")
         event = ev.make_event(ev.ArrivalCancelled(visit_id=visit_id, reason=reason),  # type: ignore[arg-type]
                               clinic_id=clinic_id, source=SOURCE, occurred_at=now,
                               correlation_id=visit_id)
@@ -527,6 +545,8 @@ class CheckinDesk:
             await self._publish_one(event)
         except BaseException:
             await self.store.change_visit(clinic_id, visit_id, lambda _current: before[-1])
+            if self.visit_ends is not None:
+                await self.visit_ends.release(clinic_id, visit_id, "cancelled")
             raise
         if reason == "entered_in_error" and changed.appointment_id is not None:
             # the wrong patient was checked in on this appointment: free it for the right one

@@ -113,3 +113,40 @@ async def test_an_idempotency_key_is_the_credentials_own(feed: Feed) -> None:
     assert manager.json()["visit_id"] != desk.json()["visit_id"]
     assert again.json()["replayed"] is True
     assert again.json()["visit_id"] == desk.json()["visit_id"]
+
+
+async def walk_in(feed: Feed) -> str:
+    answer = await feed.checkin.client.post(
+        "/clinics/north/arrivals", content=orjson.dumps({"visit_type": "walk_in"}),
+        headers={**FRONT_DESK, "Idempotency-Key": uuid.uuid4().hex,
+                 "Content-Type": "application/json"})
+    assert answer.status_code == 201, answer.text
+    visit: str = answer.json()["visit_id"]
+    return visit
+
+
+async def test_a_cancel_racing_a_checkout_yields_to_the_checkouts_visit_end_claim(
+    feed: Feed,
+) -> None:
+    # billing's checkout took the visit's end (shared/visit_end.py) and is publishing: the
+    # desk's cancel of the same visit is refused, nothing published, the visit still waits
+    ends = feed.checkin.app.state.desk.visit_ends
+    client = feed.checkin.client
+    checked_out = await walk_in(feed)
+    assert await ends.claim("north", checked_out, "checked_out") is None
+    refused = await client.post(f"/clinics/north/visits/{checked_out}/cancel",
+                                json={"reason": "cancelled"}, headers=FRONT_DESK)
+    assert refused.status_code == 409, refused.text
+    assert checked_out in refused.json()["detail"]
+    assert [e["event_type"] for e in await floor_of(feed, "visit_id", checked_out)] == \
+        ["patient.arrived"]
+    assert (await ends.holder("north", checked_out)) == "checked_out"
+
+    # the other way round: the cancel ends the visit first, and a checkout finds its claim
+    cancelled = await walk_in(feed)
+    answer = await client.post(f"/clinics/north/visits/{cancelled}/cancel",
+                               json={"reason": "cancelled"}, headers=FRONT_DESK)
+    assert answer.status_code == 200, answer.text
+    assert await ends.claim("north", cancelled, "checked_out") == "cancelled"
+    await ends.release("north", cancelled, "checked_out")  # not its claim: kept
+    assert await ends.holder("north", cancelled) == "cancelled"
