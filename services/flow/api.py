@@ -18,11 +18,12 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from services.flow import metrics as m
+from services.flow.commands import UNDO, Claim, FloorClaims, refusal, room_claim
 from services.flow.store import FlowStore
 from shared import events as ev
 from shared.auth import Principal, require_role
 from shared.clinics import ClinicDirectory
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, Refusal
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
@@ -179,6 +180,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     clinics = clinics if clinics is not None else ClinicDirectory.parse(None)
     views = BoardViews()
     snapshots = SnapshotReads(store)
+    claims = FloorClaims(runtime.redis, store, floor_topic)
 
     async def board_or_empty(clinic_id: str) -> dict[str, Any]:
         raw = await store.board(clinic_id)
@@ -192,38 +194,47 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                       key: str | None, principal: Principal,
                       correlation_id: str | None = None,
                       check: Callable[[dict[str, Any]], None] | None = None,
-                      rooming: ev.PatientRoomed | None = None) -> Accepted:
+                      claim: Claim | None = None) -> Accepted:
         """Check the command against the clinic's board, then publish it. The check runs
         inside the idempotent action: a retry with the same key replays the first answer,
         and a refusal stores nothing (so no 2xx answer is a command the floor refuses).
-        A ``rooming`` also claims its room first (``claim_room``): of two roomings into one
-        room that both passed the check, one is refused here."""
+        A command that changes a room or a visit (``claim``) first claims them until its
+        event is on the board (services/flow/commands.py): of two commands on one room
+        or visit that would both pass the check, one is refused here."""
         body = await request.body()
 
         async def action() -> tuple[int, Any]:
-            if check is not None:
-                check(await board_or_empty(clinic_id))
             event = ev.make_event(payload, clinic_id=clinic_id, source="flow",
                                   correlation_id=correlation_id)
+            event_id = event.envelope.event_id
             if not runtime.kafka_started:
                 raise HTTPException(503, detail="Kafka is not connected yet: nothing was "
                                     "published; try again shortly", headers={"Retry-After": "2"})
-            if rooming is not None:
-                await claim_room(clinic_id, rooming, check)
+            if check is not None:  # refused at once, whatever another command is doing
+                check(await board_or_empty(clinic_id))
+            board = None if claim is None else await take_claim(clinic_id, claim, event_id)
             try:
-                await runtime.broker.publish(ev.encode(event), floor_topic,
-                                             key=clinic_id.encode())
+                if check is not None and claim is not None:  # again, with what came before
+                    check(board if board is not None else await board_or_empty(clinic_id))
+                sent = await runtime.broker.publish(ev.encode(event), floor_topic,
+                                                   key=clinic_id.encode())
+            except Refusal:
+                if claim is not None:
+                    await claims.release(clinic_id, event_id)
+                raise
             except Exception as exc:
-                if rooming is not None:
-                    await store.release_room(clinic_id, rooming.room_id, rooming.visit_id)
+                if claim is not None:
+                    await claims.release(clinic_id, event_id)
                 log.warning("floor command not published", error=repr(exc), clinic=clinic_id)
                 raise HTTPException(503, detail="could not publish to Kafka; try again (with "
                                     "the same Idempotency-Key)",
                                     headers={"Retry-After": "2"}) from exc
+            if claim is not None and isinstance(getattr(sent, "offset", None), int):
+                await claims.stamp(clinic_id, event_id, sent.partition, sent.offset)
             EVENTS_PUBLISHED.labels("flow", event.event_type).inc()
             log.info("floor command published", event_type=event.event_type, clinic=clinic_id,
                      by=principal.name)
-            return 202, {"event_id": event.envelope.event_id, "event_type": event.event_type}
+            return 202, {"event_id": event_id, "event_type": event.event_type}
 
         if key is None:
             _status, answer = await action()
@@ -232,28 +243,21 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             f"flow:{clinic_id}", key, fingerprint(request.method, request.url.path, body), action)
         return Accepted(**answer, replayed=replayed)
 
-    async def claim_room(clinic_id: str, rooming: ev.PatientRoomed,
-                         check: Callable[[dict[str, Any]], None] | None) -> None:
-        """Take the room's claim for the rooming, or refuse it (409 room_occupied) when
-        another visit's rooming holds it. A holder no longer waiting on a board read after
-        its claim (its rooming is applied, and the room freed since, or it left) is done
-        with it; the rooming is checked again against that board before it is taken over."""
-        room_id, visit_id = rooming.room_id, rooming.visit_id
-        holder = await store.claim_room(clinic_id, room_id, visit_id)
-        if holder is None:
-            return
-        board = await board_or_empty(clinic_id)
-        waiting = next((w for w in board["waiting"] if w["visit_id"] == holder), None)
-        if waiting is None:
-            if check is not None:
-                check(board)
-            holder = await store.claim_room(clinic_id, room_id, visit_id, replacing=holder)
-            if holder is None:
-                return
-            waiting = next((w for w in board["waiting"] if w["visit_id"] == holder), None)
-        patient = f" (patient {waiting['ticket_code']})" if waiting else ""
-        raise Conflict(f"room {room_id} is being given to visit {holder}{patient} right now; "
-                       "choose another room", code="room_occupied")
+    async def take_claim(clinic_id: str, claim: Claim, event_id: str) -> dict[str, Any] | None:
+        """Claim what the command changes, or refuse it (409 naming what holds it) while
+        another command's event is not on the board yet. Returns the board a claim found
+        held and done was decided on (the command is checked against it), else None."""
+        holders = await claims.take(clinic_id, claim, event_id)
+        if not holders:
+            return None
+        pending, board = await claims.done(holders, lambda: board_or_empty(clinic_id))
+        if pending:
+            raise refusal(clinic_id, claim, pending[0], board)
+        held = await claims.take(clinic_id, claim, event_id,
+                                 replacing=tuple(h.event_id for h in holders))
+        if held:
+            raise refusal(clinic_id, claim, held[0], board)
+        return board
 
     def room_of(clinic_id: str, board: dict[str, Any], room_id: str) -> dict[str, Any] | None:
         """The room as the board has it; NotFound when the clinic has no such room. A clinic
@@ -285,6 +289,18 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             raise NotFound(f"clinic {clinic_id} has no provider {provider_id!r} (its "
                            f"providers: {', '.join(sorted(configured))})",
                            code="unknown_provider")
+
+    def check_standing(clinic_id: str, board: dict[str, Any], provider_id: str | None) -> None:
+        """NotFound when there is no delay standing to clear (the clinic's, with None)."""
+        if provider_id is None:
+            if board.get("clinic_delay") is None:
+                raise NotFound(f"clinic {clinic_id} has no clinic-wide delay standing",
+                               code="no_delay")
+            return
+        if not any(p["provider_id"] == provider_id and p["delay_minutes"] > 0
+                   for p in board["providers"]):
+            raise NotFound(f"provider {provider_id} has no delay standing at clinic "
+                           f"{clinic_id}", code="no_delay")
 
     @router.get("/clinics", tags=["boards"], summary="Clinics with a board today")
     async def list_clinics(principal: Principal = Depends(read_board)) -> dict[str, list[str]]:
@@ -335,7 +351,8 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                 raise Conflict(f"room {room_id} holds {occupant(board, room_id, room)}; check "
                                "them out or room them elsewhere first", code="room_occupied")
         return await publish(clinic_id, ev.RoomReady(room_id=room_id), request,
-                             idempotency_key, principal, check=check)
+                             idempotency_key, principal, check=check,
+                             claim=room_claim(room_id, f"marking room {room_id} ready"))
 
     @router.post("/clinics/{clinic_id}/rooms/{room_id}/out-of-service", status_code=202,
                  tags=["floor commands"], summary="Take a room out of service")
@@ -348,10 +365,11 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         def check(board: dict[str, Any]) -> None:
             room = room_of(clinic_id, board, room_id)
             if room is not None and room["state"] == "occupied":
-                raise Conflict(f"room {room_id} holds patient {room['ticket_code']}; room "
+                raise Conflict(f"room {room_id} holds {occupant(board, room_id, room)}; room "
                                "them elsewhere or check them out first", code="room_occupied")
         return await publish(clinic_id, ev.RoomOutOfService(room_id=room_id, reason=body.reason),
-                             request, idempotency_key, principal, check=check)
+                             request, idempotency_key, principal, check=check,
+                             claim=room_claim(room_id, f"taking room {room_id} out of service"))
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/room", status_code=202,
                  tags=["floor commands"], summary="Call a waiting patient into a room")
@@ -369,13 +387,21 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                 raise Conflict(f"visit {visit_id} is already {where['status']} in room "
                                f"{where['room_id']}", code="visit_not_waiting")
             room = room_of(clinic_id, board, body.room_id)
-            if room is not None and room["state"] in ("occupied", "out_of_service"):
-                holder = f" (patient {room['ticket_code']})" if room["ticket_code"] else ""
-                raise Conflict(f"room {body.room_id} is {room['state'].replace('_', ' ')}"
-                               f"{holder}", code=f"room_{room['state']}")
+            if room is not None and room["state"] == "occupied":
+                raise Conflict(f"room {body.room_id} holds "
+                               f"{occupant(board, body.room_id, room)}; choose another room",
+                               code="room_occupied")
+            if room is not None and room["state"] == "out_of_service":
+                raise Conflict(f"room {body.room_id} is out of service; choose another room",
+                               code="room_out_of_service")
+            if room is not None and room["state"] == "needs_cleaning":
+                raise Conflict(f"room {body.room_id} needs cleaning: mark it ready first",
+                               code="room_needs_cleaning")
         rooming = ev.PatientRoomed(visit_id=visit_id, room_id=body.room_id)
         return await publish(clinic_id, rooming, request, idempotency_key, principal,
-                             correlation_id=visit_id, check=check, rooming=rooming)
+                             correlation_id=visit_id, check=check,
+                             claim=room_claim(body.room_id, f"rooming visit {visit_id} into "
+                                              f"room {body.room_id}", visit_id))
 
     @router.post("/clinics/{clinic_id}/visits/{visit_id}/provider-in", status_code=202,
                  tags=["floor commands"], summary="The provider starts seeing the patient")
@@ -397,7 +423,8 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         return await publish(clinic_id, ev.ProviderIn(visit_id=visit_id,
                                                       provider_id=body.provider_id),
                              request, idempotency_key, principal, correlation_id=visit_id,
-                             check=check)
+                             check=check, claim=Claim((f"visit:{visit_id}",),
+                                                      f"provider in for visit {visit_id}"))
 
     @router.post("/clinics/{clinic_id}/delays", status_code=202, tags=["floor commands"],
                  summary="Announce (or with 0 minutes, clear) a provider's or the clinic's delay")
@@ -410,9 +437,12 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             else ev.DelayAnnounced(provider_id=body.provider_id, minutes=body.minutes,
                                    reason=body.reason)
         )
+        def check(board: dict[str, Any]) -> None:
+            check_provider(clinic_id, board, body.provider_id)
+            if body.minutes == 0:
+                check_standing(clinic_id, board, body.provider_id)
         return await publish(clinic_id, payload, request, idempotency_key, principal,
-                             check=lambda board: check_provider(clinic_id, board,
-                                                                body.provider_id))
+                             check=check)
 
     @router.delete("/clinics/{clinic_id}/delays/{provider_id}", status_code=202,
                    tags=["floor commands"],
@@ -422,9 +452,12 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                           principal: Principal = Depends(delay_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
         target = None if provider_id == "clinic" else provider_id
+
+        def check(board: dict[str, Any]) -> None:
+            check_provider(clinic_id, board, target)
+            check_standing(clinic_id, board, target)
         return await publish(clinic_id, ev.DelayCleared(provider_id=target), request,
-                             idempotency_key, principal,
-                             check=lambda board: check_provider(clinic_id, board, target))
+                             idempotency_key, principal, check=check)
 
     @router.post("/clinics/{clinic_id}/undo", status_code=202, tags=["floor commands"],
                  summary="Undo a mistaken floor action with a correcting event")
@@ -447,6 +480,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                                code="not_undoable")
         return await publish(clinic_id, ev.ActionUndone(undone_event_id=body.event_id,
                                                         reason=body.reason),
-                             request, idempotency_key, principal, check=check)
+                             request, idempotency_key, principal, check=check,
+                             claim=Claim((UNDO,), f"an undo of event {body.event_id}"))
 
     return router

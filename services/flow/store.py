@@ -10,9 +10,9 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:flow:owner:{topic}:{partition}      fencing token: bumped by each instance given it
     P:flow:changes:{clinic}               pub/sub channel: each new board, for SSE clients
     P:flow:outbox, P:flow:outbox-lock     dead letters waiting for Kafka (shared/outbox.py)
-    P:flow:claim:{clinic}:room:{room}     the visit a rooming command is putting in the room,
-                                          from its check until its event is on the board (a
-                                          few seconds; see ``claim_room``)
+    P:flow:claims:{clinic}                HASH: the rooms and visits floor commands are
+                                          changing, from their check until their event is on
+                                          the board (a few seconds; services/flow/commands.py)
     P:idem:flow:{key}                     Idempotency-Key answers (shared/idempotency.py)
 
 A checkpoint writes the snapshots of the clinics that changed, the partitions'
@@ -64,20 +64,6 @@ for i = at + pushes + 1, #KEYS do redis.call('PUBLISH', KEYS[i], ARGV[4 + i]) en
 return 1
 """
 
-# KEYS: the claim; ARGV: the visit, the claim's milliseconds, a holder it may replace ("":
-# none). Returns nothing when the claim is the visit's now, else the visit holding it.
-_CLAIM = """
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] and held ~= ARGV[3] then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-"""
-# KEYS: the claim; ARGV: the visit whose claim it must still be to go
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
-"""
-ROOM_CLAIM_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +88,6 @@ class FlowStore:
         self._claims: dict[Partition, int] = {}  # partitions held -> fencing token
         self._fenced_write = redis.register_script(_FENCED_WRITE)
         self.outbox = Outbox(redis, self.prefix)  # dead letters, relayed to Kafka
-        self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
 
     # ------------------------------------------------------------------ keys
 
@@ -152,23 +136,11 @@ class FlowStore:
         snapshots = await self.redis.mget([self._snap(c) for c in ids]) if ids else []
         return int(raw_offset), [s for s in snapshots if s is not None]
 
-    def _room_claim(self, clinic_id: str, room_id: str) -> str:
-        return f"{self.prefix}:claim:{clinic_id}:room:{room_id}"
-
-    async def claim_room(self, clinic_id: str, room_id: str, visit_id: str, *,
-                         replacing: str = "") -> str | None:
-        """Hold the room for ``visit_id``'s rooming between its check against the board and
-        its event reaching the board: two commands that both passed the check cannot both
-        publish. None: the claim is the visit's (also when it held it already, or held by
-        ``replacing``, a holder the caller found done with it); else the visit holding it.
-        It lapses after ``ROOM_CLAIM_SECONDS`` (a process that died holding it)."""
-        held = await self._claim(keys=[self._room_claim(clinic_id, room_id)],
-                                 args=[visit_id, int(ROOM_CLAIM_SECONDS * 1000), replacing])
-        return None if held is None else held.decode() if isinstance(held, bytes) else str(held)
-
-    async def release_room(self, clinic_id: str, room_id: str, visit_id: str) -> None:
-        """Give up ``visit_id``'s claim on the room (its event was not published)."""
-        await self._release(keys=[self._room_claim(clinic_id, room_id)], args=[visit_id])
+    async def applied_offset(self, topic: str, partition: int) -> int | None:
+        """The last offset of the partition the stored checkpoint has applied (None:
+        none); the boards show at least as much."""
+        raw = await self.redis.get(self._offset(topic, partition))
+        return None if raw is None else int(raw)
 
     async def board(self, clinic_id: str) -> bytes | None:
         result: bytes | None = await self.redis.get(self._board(clinic_id))

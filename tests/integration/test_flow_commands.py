@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -26,12 +27,28 @@ NORTH = {"north": {"name": "North Family Practice", "timezone": "America/New_Yor
                    "rooms": {"r1": "Exam 1", "r2": "Exam 2", "r3": "Exam 3"}}}
 
 
-@pytest.fixture
-async def flow_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -> dict[str, Any]:
+async def commands_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str
+                       ) -> dict[str, Any]:
+    """FlowSettings' fields for these tests: north with its rooms and providers."""
     await ensure_topics(kafka_bootstrap, topic_prefix)
     return {**flow_settings(kafka_bootstrap, redis_url, topic_prefix),
             # south too: a clinic the deployment serves, whose visits north must refuse
             "clinics": json.dumps({**NORTH, "south": {"timezone": "America/Chicago"}})}
+
+
+@pytest.fixture
+async def flow_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -> dict[str, Any]:
+    return await commands_env(kafka_bootstrap, redis_url, topic_prefix)
+
+
+def board_of(client: httpx.AsyncClient, clinic: str = "north") -> Callable[..., Any]:
+    """``await board(predicate)``: the clinic's board once ``predicate`` holds of it."""
+    async def board(predicate: Callable[[Any], Any]) -> Any:
+        async def found() -> Any:
+            b = await get_board(client, clinic, NURSE)
+            return b if b and predicate(b) else None
+        return await eventually(found)
+    return board
 
 
 def the_morning(clinic: str) -> list[ev.Event]:
@@ -181,12 +198,7 @@ async def test_two_nurses_rooming_into_one_room_at_once_one_is_refused(
                       if isinstance(e.payload, ev.PatientArrived)}
         await publish(flow_env["kafka_bootstrap"], floor, morning)
 
-        async def board(predicate: Any) -> Any:
-            async def found() -> Any:
-                b = await get_board(client, "north", NURSE)
-                return b if b and predicate(b) else None
-            return await eventually(found)
-
+        board = board_of(client)
         await board(lambda b: len(b["waiting"]) == 2)
         before = await dead_letters(client)
         answers = await asyncio.gather(*(

@@ -1,0 +1,136 @@
+"""Floor commands that would both pass the board's check at the same moment, on a real
+Kafka and Redis: every command that changes a room or a visit claims it until its event
+is on the board (services/flow/commands.py), so of two such commands sent together one
+is refused (409 naming the room or visit), and none answered 202 becomes a dead letter.
+Also refused: clearing a delay that is not standing, rooming into a room that needs
+cleaning."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.flow.app import create_app
+from shared import events as ev
+from shared.settings import FlowSettings
+from shared.topics import FLOOR, topic_name
+from tests.helpers import serving
+from tests.integration.flow_support import NURSE, floor_event, get_board, publish
+from tests.integration.test_flow_commands import (
+    board_of,
+    commands_env,
+    dead_letters,
+    keyed,
+    the_morning,
+)
+
+
+@pytest.fixture
+async def north(kafka_bootstrap: str, redis_url: str, topic_prefix: str
+                ) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
+    """A flow serving north (rooms r1..r3): its client, bootstrap and floor topic."""
+    env = await commands_env(kafka_bootstrap, redis_url, topic_prefix)
+    async with (
+        serving(create_app(FlowSettings(**env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        yield client, kafka_bootstrap, topic_name(FLOOR, topic_prefix)
+
+
+async def test_commands_on_one_room_or_visit_at_once_one_is_refused(
+    north: tuple[httpx.AsyncClient, str, str],
+) -> None:
+    client, bootstrap, floor = north
+    board = board_of(client)
+    await publish(bootstrap, floor, [
+        *the_morning("north"), floor_event(ev.RoomReady(room_id="r3"), "north"),
+        floor_event(ev.PatientArrived(visit_id="north-v3", ticket_code="A-3",
+                                      provider_id="dr-lee", visit_type="follow_up"))])
+
+    def state(b: dict[str, Any], room: str) -> str | None:
+        return next((r["state"] for r in b["rooms"] if r["room_id"] == room), None)
+
+    await board(lambda b: len(b["waiting"]) == 3 and state(b, "r3") == "ready")
+    before = await dead_letters(client)
+
+    # one visit into two rooms at once: one rooming, the other refused naming the visit
+    answers = list(await asyncio.gather(*(
+        client.post("/clinics/north/visits/north-v1/room", json={"room_id": room},
+                    headers=keyed(f"v1-{room}")) for room in ("r1", "r2"))))
+    assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+    lost = next(a for a in answers if a.status_code == 409).json()
+    assert "north-v1" in lost["detail"], lost
+    roomed_in = "r1" if answers[0].status_code == 202 else "r2"
+    free = "r2" if roomed_in == "r1" else "r1"
+    await board(lambda b: [v["room_id"] for v in b["in_rooms"]] == [roomed_in])
+
+    # out of service racing a rooming into that room: one of them is refused
+    answers = list(await asyncio.gather(
+        client.post(f"/clinics/north/rooms/{free}/out-of-service", json={"reason": "x"},
+                    headers=NURSE),
+        client.post("/clinics/north/visits/north-v2/room", json={"room_id": free},
+                    headers=NURSE)))
+    assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+    assert free in next(a for a in answers if a.status_code == 409).json()["detail"]
+
+    # an undo (which may restore any room) racing a rooming into the room it restores
+    await board(lambda b: b["undo"] and b["undo"][0]["kind"] in ("roomed",
+                                                                 "room_out_of_service"))
+    ready_r3 = next(a for a in (await get_board(client, "north", NURSE))["undo"]
+                    if a["kind"] == "room_ready" and a["undoable"])
+    answers = list(await asyncio.gather(
+        client.post("/clinics/north/undo", json={"event_id": ready_r3["event_id"]},
+                    headers=NURSE),
+        client.post("/clinics/north/visits/north-v3/room", json={"room_id": "r3"},
+                    headers=NURSE)))
+    assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+
+    # every event before a last arrival is applied: none answered 202 is a dead letter
+    await publish(bootstrap, floor, [floor_event(ev.PatientArrived(
+        visit_id="north-v9", ticket_code="A-9", provider_id="dr-lee",
+        visit_type="follow_up"))])
+    await board(lambda b: any(w["visit_id"] == "north-v9" for w in b["waiting"]))
+    assert await dead_letters(client) == before
+
+
+async def test_a_delay_not_standing_and_a_room_that_needs_cleaning_are_refused(
+    north: tuple[httpx.AsyncClient, str, str],
+) -> None:
+    client, bootstrap, floor = north
+    board = board_of(client)
+    await publish(bootstrap, floor, the_morning("north"))
+
+    await board(lambda b: len(b["waiting"]) == 2)
+    before = await dead_letters(client)
+    for path in ("/clinics/north/delays/dr-lee", "/clinics/north/delays/clinic"):
+        answer = await client.delete(path, headers=NURSE)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["code"] == "no_delay"
+        assert path.rsplit("/", 1)[1].replace("clinic", "clinic-wide") in \
+            answer.json()["detail"]
+    zero = await client.post("/clinics/north/delays",
+                             json={"provider_id": "dr-lee", "minutes": 0}, headers=NURSE)
+    assert zero.status_code == 404 and zero.json()["code"] == "no_delay"
+    assert (await client.post("/clinics/north/delays",
+                              json={"provider_id": "dr-lee", "minutes": 20},
+                              headers=NURSE)).status_code == 202
+    await board(lambda b: any(p["delay_minutes"] == 20 for p in b["providers"]))
+    assert (await client.delete("/clinics/north/delays/dr-lee", headers=NURSE)
+            ).status_code == 202
+
+    assert (await client.post("/clinics/north/visits/north-v1/room",
+                              json={"room_id": "r1"}, headers=NURSE)).status_code == 202
+    await board(lambda b: len(b["in_rooms"]) == 1)
+    await publish(bootstrap, floor, [
+        floor_event(ev.PatientCheckedOut(visit_id="north-v1"), "north")])
+    await board(lambda b: any(r["state"] == "needs_cleaning" for r in b["rooms"]))
+    dirty = await client.post("/clinics/north/visits/north-v2/room",
+                              json={"room_id": "r1"}, headers=NURSE)
+    assert dirty.status_code == 409, dirty.text
+    assert dirty.json()["code"] == "room_needs_cleaning" and "r1" in dirty.json()["detail"]
+    await board(lambda b: all(p["delay_minutes"] == 0 for p in b["providers"]))
+    assert await dead_letters(client) == before
