@@ -94,6 +94,12 @@ async def test_overdue_rows_are_coloured_by_how_long_and_fresh_ones_are_not(
     await publish(flow, ev.PatientArrived(visit_id="v3", ticket_code="A-3",
                                           provider_id="dr-lee", visit_type="follow_up",
                                           scheduled_at=now + timedelta(minutes=20)))
+    # the lobby TV's token sees ticket codes and ranges only: the station says so, rather
+    # than rows of "NaN h NaN waiting"
+    screen = await open_page(browser, flow, "nurse", "dev-screen")
+    await expect(screen.locator("#rooms")).to_contain_text("may not see", timeout=5_000)
+    assert "NaN" not in await screen.locator("main").inner_text()
+    await screen.close()
     nurse = await open_page(browser, flow, "nurse", "dev-nurse")
     rows = {visit: nurse.locator(f'#queues li.patient[data-visit="{visit}"]')
             for visit in ("v1", "v2", "v3")}

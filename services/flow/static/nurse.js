@@ -338,6 +338,15 @@
   function render() {
     showUndo();
     if (!board) return;
+    if (!Array.isArray(board.in_rooms)) {
+      // the screen role's view (ticket codes and ranges only): not enough for a nurse
+      // station, and its rows would read "NaN h NaN waiting"
+      byId("alerts").replaceChildren();
+      byId("rooms").replaceChildren(el("p", "empty", "This token may not see the nurse " +
+        "station: open it with a nurse or manager token."));
+      byId("queues").replaceChildren();
+      return;
+    }
     const now = Date.now();
     const rooms = board.rooms || [];
     const waiting = board.waiting || [];
