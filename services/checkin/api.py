@@ -524,4 +524,5 @@ def _arrival_answer(result: ArrivalResult) -> dict[str, Any]:
     return {"visit_id": result.visit_id, "ticket_code": result.ticket_code,
             "event_id": result.event_id, "late": result.late,
             "appointment_id": result.appointment_id, "provider_id": result.provider_id,
-            "visit_type": result.visit_type, "priority": result.priority}
+            "visit_type": result.visit_type, "priority": result.priority,
+            "patient_ref": result.patient_ref}

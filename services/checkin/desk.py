@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from services.checkin import metrics as m
 from services.checkin.domain import (
     DEFAULT_VISIT_TYPES,
+    PSEUDONYM,
     Appointment,
     AppointmentState,
     Channel,
@@ -45,6 +46,7 @@ from services.checkin.domain import (
     patient_pseudonym,
     plan_import,
     ticket_code,
+    visit_type_key,
     wait_status,
 )
 from services.checkin.schedule import IdentityHasher, ImportKeys, ParsedSchedule, RowProblem
@@ -122,6 +124,7 @@ class ArrivalResult:
     visit_type: str
     priority: str
     wait: WaitStatus
+    patient_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +231,29 @@ class CheckinDesk:
     def visit_type(self, code: str) -> str:
         """A visit type as the clinic's map has it (``FOLLOWUP`` -> ``follow_up``)."""
         return map_visit_type(code, self.config.visit_types)
+
+    def desk_visit_type(self, code: str) -> str:
+        """A visit type typed at the desk (a walk-in's, an override): one of the clinic's
+        visit types, or a code its map turns into one; anything else (free text that
+        would be published as a new "type") is ``Rejected`` naming the allowed values."""
+        table = self.config.visit_types
+        known = sorted(set(table.values()))
+        key = visit_type_key(code)
+        mapped = table.get(key) or (key if key in known else None)
+        if mapped is None:
+            raise Rejected(f"visit_type {code[:40]!r} is not one of this clinic's visit "
+                           f"types: {', '.join(known)} (or a code mapped to one, "
+                           "CLINICFLOW_CHECKIN_VISIT_TYPES)", "unknown_visit_type")
+        return mapped
+
+    def walk_in_patient_ref(self, clinic_id: str, given: str | None) -> str | None:
+        """The ``patient_ref`` a walk-in is published with: a reference already in this
+        service's pseudonym form (``pt-`` + 24 hex digits) as it is; anything else (an
+        MRN, a chart number) is an identifier, turned into its keyed pseudonym as the
+        imports and the HL7 feed do, so it never reaches Kafka as typed."""
+        if given is None or PSEUDONYM.match(given):
+            return given
+        return patient_pseudonym(self.config.identity_secret, clinic_id, given)
 
     async def _publish_one(self, event: ev.Event) -> None:
         outcome = (await self.publish([event]))[0]
@@ -398,7 +424,7 @@ class CheckinDesk:
             result = await self._publish_arrival(
                 clinic_id, visit_id, now=now, channel=channel, appointment=appointment,
                 provider_id=overrides.provider_id or appointment.provider_id,
-                visit_type=(self.visit_type(overrides.visit_type) if overrides.visit_type
+                visit_type=(self.desk_visit_type(overrides.visit_type) if overrides.visit_type
                             else appointment.visit_type),
                 priority=overrides.priority, patient_ref=appointment.patient_ref,
                 event_id=event_id)
@@ -414,12 +440,15 @@ class CheckinDesk:
         """Check in a patient without an appointment (``provider_id`` None: first
         available; one the clinic does not know is ``NotFound``); ``ids`` as for
         ``arrive_scheduled``."""
+        visit_type = self.desk_visit_type(walk_in.visit_type)
         await self._check_provider(clinic_id, walk_in.provider_id, channel, now)
         visit_id, event_id = ids or (new_visit_id(), None)
         return await self._publish_arrival(
             clinic_id, visit_id, now=now, channel=channel, appointment=None,
-            provider_id=walk_in.provider_id, visit_type=self.visit_type(walk_in.visit_type),
-            priority=walk_in.priority, patient_ref=walk_in.patient_ref, event_id=event_id)
+            provider_id=walk_in.provider_id, visit_type=visit_type,
+            priority=walk_in.priority,
+            patient_ref=self.walk_in_patient_ref(clinic_id, walk_in.patient_ref),
+            event_id=event_id)
 
     async def _publish_arrival(self, clinic_id: str, visit_id: str, *, now: datetime,
                                channel: Channel, appointment: Appointment | None,
@@ -455,7 +484,7 @@ class CheckinDesk:
                              event_id=event.envelope.event_id, late=late,
                              appointment_id=payload.appointment_id, provider_id=provider_id,
                              visit_type=visit_type, priority=priority,
-                             wait=wait_status(view, now))
+                             wait=wait_status(view, now), patient_ref=patient_ref)
 
     # ---------------------------------------------------------------- kiosk
 

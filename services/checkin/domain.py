@@ -116,6 +116,10 @@ def normalize_initials(text: str) -> str | None:
     return letters if 1 <= len(letters) <= 4 else None
 
 
+# what ``patient_pseudonym`` makes: a reference in this form is already a pseudonym
+PSEUDONYM = re.compile(r"^pt-[0-9a-f]{24}$")
+
+
 def patient_pseudonym(secret: bytes, clinic_id: str, ehr_id: str) -> str:
     """The pseudonymous ``patient_ref`` of a patient known to the EHR as ``ehr_id`` (a FHIR
     ``Patient.id``, an MRN): HMAC-SHA256 keyed by the identity secret, per clinic. The

@@ -124,11 +124,16 @@ class ArrivalRequest(BaseModel):
     appointment_id: str | None = Field(None, pattern=ID_TEXT, examples=["apt-0815-lee"])
     provider_id: str | None = Field(None, pattern=ID_TEXT,
                                     description="null: first available", examples=["dr-lee"])
-    visit_type: str | None = Field(None, min_length=1, max_length=40, examples=["follow_up"])
+    visit_type: str | None = Field(None, min_length=1, max_length=40,
+                                   description="one of the clinic's visit types (or a code "
+                                   "its map turns into one, e.g. FOLLOWUP); anything else is "
+                                   "a 422 naming the allowed values", examples=["follow_up"])
     priority: Priority = "routine"
     patient_ref: str | None = Field(None, pattern=ID_TEXT,
-                                    description="pseudonymous patient reference (walk-ins)",
-                                    examples=["p-7f3a9c"])
+                                    description="the patient (walk-ins): this service's "
+                                    "pseudonym (pt- and 24 hex digits) as it is; any other "
+                                    "identifier (an MRN) is published as its keyed pseudonym",
+                                    examples=["pt-9d8e7f00112233445566aabb"])
 
 
 ARRIVAL_EXAMPLES: dict[str, Any] = {
@@ -136,7 +141,8 @@ ARRIVAL_EXAMPLES: dict[str, Any] = {
                   "value": {"appointment_id": "apt-0815-lee"}},
     "walk_in": {"summary": "A walk-in for the first available provider, urgent",
                 "value": {"provider_id": None, "visit_type": "minor_procedure",
-                          "priority": "urgent", "patient_ref": "p-9d8e7f"}},
+                          "priority": "urgent",
+                          "patient_ref": "pt-9d8e7f00112233445566aabb"}},
     "walk_in_provider": {"summary": "A walk-in for a named provider",
                          "value": {"provider_id": "dr-lee", "visit_type": "follow_up"}},
 }
@@ -171,6 +177,9 @@ class ArrivalAnswer(BaseModel):
     provider_id: str | None = Field(None, examples=["dr-lee"])
     visit_type: str = Field(examples=["follow_up"])
     priority: Priority = "routine"
+    patient_ref: str | None = Field(None, description="the pseudonymous reference "
+                                    "published: a walk-in's given identifier (an MRN) as "
+                                    "its keyed pseudonym", examples=["pt-2b9f0c5e7a1d3c4b5a6f7e8d"])
     replayed: bool = Field(False, description="true: the answer to an earlier request "
                                               "with the same Idempotency-Key")
 

@@ -150,3 +150,32 @@ async def test_a_cancel_racing_a_checkout_yields_to_the_checkouts_visit_end_clai
     assert await ends.claim("north", cancelled, "checked_out") == "cancelled"
     await ends.release("north", cancelled, "checked_out")  # not its claim: kept
     assert await ends.holder("north", cancelled) == "cancelled"
+
+
+async def test_a_walk_ins_identifier_and_free_text_type_never_reach_the_floor(
+    feed: Feed,
+) -> None:
+    client = feed.checkin.client
+    mrn = f"MRN{uuid.uuid4().int % 10**8:08d}"
+
+    async def post(body: dict[str, Any]) -> Any:
+        return await client.post("/clinics/north/arrivals", content=orjson.dumps(body),
+                                 headers={**FRONT_DESK, "Idempotency-Key": uuid.uuid4().hex,
+                                          "Content-Type": "application/json"})
+
+    arrived = await post({"visit_type": "FOLLOWUP", "patient_ref": mrn})
+    assert arrived.status_code == 201, arrived.text
+    published = (await floor_of(feed, "visit_id", arrived.json()["visit_id"]))[0]["data"]
+    assert published["patient_ref"].startswith("pt-") and len(published["patient_ref"]) == 27
+    assert published["patient_ref"] == arrived.json()["patient_ref"]
+    assert published["visit_type"] == "follow_up"
+    assert mrn.encode() not in await feed.raw_floor()
+    # our own pseudonym is kept as it is (the same patient again)
+    again = await post({"visit_type": "walk_in", "patient_ref": published["patient_ref"]})
+    assert again.json()["patient_ref"] == published["patient_ref"]
+
+    free_text = await post({"visit_type": "Knee pain since Tuesday"})
+    assert free_text.status_code == 422, free_text.text
+    detail = free_text.json()["detail"]
+    assert "Knee pain since Tuesday" in detail and "follow_up" in detail and "walk_in" in detail
+    assert b"knee_pain" not in await feed.raw_floor()
