@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import os
+import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -349,6 +351,26 @@ def _default_replay() -> Replay:
     return replay_events
 
 
+def tree_replay(tree: str) -> Replay:
+    """The replay of another checkout of clinicflow (``clinicflow replay -`` run in
+    ``tree`` with this interpreter): its estimator on the same simulated days, e.g. the
+    estimator before a change. Lines that tree's replay does not know (a record type
+    added since) are skipped by it, as its own replay would."""
+    if not os.path.isfile(os.path.join(tree, "tools", "cli.py")):
+        raise ValueError(f"{tree} is not a clinicflow checkout (no tools/cli.py)")
+
+    def replay(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        body = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        done = subprocess.run(
+            [sys.executable, "-m", "tools.cli", "replay", "-"], input=body, cwd=tree,
+            env={**os.environ, "PYTHONPATH": tree}, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"replay in {tree} failed: {done.stderr.decode()[-500:]}")
+        return iter([orjson.loads(line) for line in done.stdout.splitlines() if line.strip()])
+
+    return replay
+
+
 def run_scenarios(
     scenarios: Iterable[str],
     seeds: Iterable[int],
@@ -388,6 +410,8 @@ class MultiDayResult:
     first_day: ScenarioResult
     remembered: ScenarioResult  # days 2..N, replayed as one run from day 1
     alone: ScenarioResult  # days 2..N, each replayed by itself
+    # the same run replayed by the baseline (``tree_replay``): day 1, days 2..N
+    baseline: tuple[ScenarioResult, ScenarioResult] | None = None
 
 
 def split_days(events: Iterable[dict[str, Any]]) -> dict[date, list[dict[str, Any]]]:
@@ -421,11 +445,13 @@ def run_multi_day(
     days: int,
     replay: Replay | None = None,
     start: date | None = None,
+    baseline: Replay | None = None,
 ) -> list[MultiDayResult]:
     """For each scenario shape and seed: simulate ``days`` consecutive days of one clinic
     (``simulate_days``: drift included), replay them as one run (what the estimator
     learned on earlier days is there on later ones) and each day alone, and score day 1,
-    days 2..N of the run, and days 2..N alone."""
+    days 2..N of the run, and days 2..N alone; with ``baseline``, the run replayed by it
+    too (day 1, days 2..N)."""
     from tools.simulate import DEFAULT_DATE, simulate_days
 
     run_replay = replay if replay is not None else _default_replay()
@@ -435,6 +461,7 @@ def run_multi_day(
         first: dict[int, Score] = {}
         remembered: dict[int, Score] = {}
         alone: dict[int, Score] = {}
+        before: tuple[dict[int, Score], dict[int, Score]] = ({}, {})
         for seed in seed_list:
             simulated = simulate_days(name, seed, days, clinic_id=f"{name}-{seed}",
                                       start=start or DEFAULT_DATE)
@@ -446,9 +473,17 @@ def run_multi_day(
             alone[seed] = Score()
             for events in list(split_days(simulated.events).values())[1:]:
                 alone[seed] += score(events, list(run_replay(dict(e) for e in events)))
+            if baseline is not None:
+                theirs = list(score_days(simulated.events, list(
+                    baseline(dict(e) for e in simulated.events))).values())
+                before[0][seed], before[1][seed] = theirs[0], sum(theirs[1:], Score())
+        first_day, later, by_itself = (ScenarioResult(name, sum(per.values(), Score()), per)
+                                       for per in (first, remembered, alone))
         results.append(MultiDayResult(
-            name, *(ScenarioResult(name, sum(per.values(), Score()), per)
-                    for per in (first, remembered, alone))))
+            name, first_day, later, by_itself,
+            baseline=None if baseline is None else (
+                ScenarioResult(name, sum(before[0].values(), Score()), before[0]),
+                ScenarioResult(name, sum(before[1].values(), Score()), before[1]))))
     return results
 
 
@@ -532,7 +567,8 @@ def format_markdown(rows: list[list[str]]) -> str:
 
 
 def markdown_report(results: list[ScenarioResult], seeds: list[int], command: str,
-                    multi_day: list[MultiDayResult] | None = None, days: int = 1) -> str:
+                    multi_day: list[MultiDayResult] | None = None, days: int = 1,
+                    baseline: str | None = None) -> str:
     """docs/backtest.md: the scenario table with how it was made and how to read it; with
     ``multi_day``, day 1 is ``results`` and a second table scores the later days."""
     mean = mean_ratio(results)
@@ -574,6 +610,7 @@ def markdown_report(results: list[ScenarioResult], seeds: list[int], command: st
         f" {_number(mean_of(results, lambda s: s.interval_score), 2)}.",
         "",
         *(_multi_day_lines(multi_day, days) if multi_day else []),
+        *(_baseline_lines(multi_day, days, baseline) if multi_day and baseline else []),
         "The shapes (`clinicflow simulate --list`):",
         "",
         *_shape_lines(),
@@ -601,6 +638,60 @@ def _multi_day_lines(results: list[MultiDayResult], days: int) -> list[str]:
         f" **{_number(mean_ratio(remembered), 3)}** (alone {_number(mean_ratio(alone), 3)});"
         f" interval score {_number(mean_of(remembered, lambda s: s.interval_score), 2)}"
         f" (alone {_number(mean_of(alone, lambda s: s.interval_score), 2)}).",
+        "",
+    ]
+
+
+def baseline_table(results: list[MultiDayResult], days: int) -> list[list[str]]:
+    """Header and rows: the baseline's figures beside this estimator's, day 1 and days
+    2..N (both replayed as one run), and how much the interval score changed."""
+    later = f"days 2-{days}"
+    rows = [["scenario", "day 1 interval score: baseline, now", "change",
+             f"{later} ratio: baseline, now", "coverage: baseline, now",
+             "interval score: baseline, now", "change"]]
+    for result in results:
+        if result.baseline is None:
+            continue
+        first, later_days = result.baseline[0].score, result.baseline[1].score
+        now_first, now = result.first_day.score, result.remembered.score
+        rows.append([
+            result.scenario,
+            f"{_number(first.interval_score, 1)}, {_number(now_first.interval_score, 1)}",
+            _change(first.interval_score, now_first.interval_score),
+            f"{_number(later_days.ratio, 3)}, {_number(now.ratio, 3)}",
+            f"{_number(later_days.coverage, 3)}, {_number(now.coverage, 3)}",
+            f"{_number(later_days.interval_score, 1)}, {_number(now.interval_score, 1)}",
+            _change(later_days.interval_score, now.interval_score),
+        ])
+    return rows
+
+
+def _change(before: float | None, now: float | None) -> str:
+    if before is None or now is None or before == 0:
+        return "-"
+    return f"{100.0 * (now - before) / before:+.1f}%"
+
+
+def _baseline_lines(results: list[MultiDayResult], days: int, baseline: str) -> list[str]:
+    with_baseline = [r for r in results if r.baseline is not None]
+    if not with_baseline:
+        return []
+    means = [mean_of([r.baseline[i] for r in with_baseline if r.baseline],
+                     lambda s: s.interval_score) for i in (0, 1)]
+    now = (mean_of([r.first_day for r in with_baseline], lambda s: s.interval_score),
+           mean_of([r.remembered for r in with_baseline], lambda s: s.interval_score))
+    return [
+        f"## Against the baseline: {baseline}",
+        "",
+        "The same runs replayed by the baseline's own `clinicflow replay` (each run as one:"
+        " the baseline carries its state from day to day as it did live); record types"
+        " it does not know are skipped by it.",
+        "",
+        format_markdown(baseline_table(results, days)),
+        "",
+        f"Mean interval score across shapes: day 1 {_number(means[0], 2)} ->"
+        f" {_number(now[0], 2)} ({_change(means[0], now[0])}); days 2-{days}"
+        f" {_number(means[1], 2)} -> {_number(now[1], 2)} ({_change(means[1], now[1])}).",
         "",
     ]
 
@@ -671,8 +762,17 @@ def _run_scenarios(args: argparse.Namespace) -> int:
     if args.days < 1:
         print("clinicflow backtest: --days must be at least 1", file=sys.stderr)
         return 2
-    seeds = list(range(1, args.seeds + 1))
-    multi = run_multi_day(names, seeds, args.days) if args.days > 1 else None
+    if args.baseline is not None and args.days < 2:
+        print("clinicflow backtest: --baseline needs --days 2 or more", file=sys.stderr)
+        return 2
+    try:
+        baseline = None if args.baseline is None else tree_replay(args.baseline)
+    except ValueError as exc:
+        print(f"clinicflow backtest: --baseline: {exc}", file=sys.stderr)
+        return 2
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    multi = run_multi_day(names, seeds, args.days, baseline=baseline) \
+        if args.days > 1 else None
     results = [r.first_day for r in multi] if multi else run_scenarios(names, seeds)
     mean = mean_ratio(results)
     if args.json:
@@ -697,10 +797,14 @@ def _run_scenarios(args: argparse.Namespace) -> int:
                   f"(alone {_number(mean_ratio([r.alone for r in multi]), 3)})")
     if args.markdown:
         command = f"clinicflow backtest --scenarios {args.scenarios} --seeds {args.seeds} " \
-                  + (f"--days {args.days} " if multi else "") + f"--markdown {args.markdown}"
+                  + (f"--first-seed {args.first_seed} " if args.first_seed != 1 else "") \
+                  + (f"--days {args.days} " if multi else "") \
+                  + (f"--baseline {args.baseline} " if args.baseline else "") \
+                  + f"--markdown {args.markdown}"
         try:
             with open(args.markdown, "w", encoding="utf-8") as out:
-                out.write(markdown_report(results, seeds, command, multi, args.days))
+                out.write(markdown_report(results, seeds, command, multi, args.days,
+                                          args.baseline_name or args.baseline))
         except OSError as exc:
             print(f"clinicflow backtest: cannot write {args.markdown}: {exc.strerror}",
                   file=sys.stderr)
@@ -739,6 +843,13 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.add_argument("--scenarios", help="'all' or a comma-separated list of scenario shapes")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 1..N per shape (default 5)")
+    parser.add_argument("--first-seed", type=int, default=1,
+                        help="the seeds are FIRST..FIRST+N-1 (default 1): seeds held out")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="with --days: also replay the runs with the clinicflow checkout "
+                        "in TREE (e.g. a git worktree of an older commit) and compare")
+    parser.add_argument("--baseline-name",
+                        help="how the Markdown names the baseline (default: TREE)")
     parser.add_argument("--days", type=int, default=1,
                         help="with --scenarios: each seed is also a clinic's N consecutive "
                         "days; day 1 and days 2..N (with what the estimator learned before "
