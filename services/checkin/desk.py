@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Literal
@@ -36,6 +36,7 @@ from services.checkin.domain import (
     choose_kiosk_appointment,
     clinic_day,
     identity_digest,
+    implausible_day,
     is_late,
     kiosk_days,
     map_visit_type,
@@ -270,6 +271,17 @@ class CheckinDesk:
         A valid import publishes ``appointment.scheduled`` for new and changed
         appointments only, then stores them."""
         started = time.perf_counter()
+        for appointment, line in zip(parsed.appointments, parsed.lines, strict=False):
+            if appointment.status != "booked":
+                continue
+            try:
+                await self.check_booking(clinic_id, appointment.scheduled_at,
+                                         appointment.provider_id, now=now,
+                                         also_known=parsed.providers)
+            except Refusal as refused:
+                parsed.errors.append(RowProblem(line, refused.detail,
+                                                appointment.appointment_id))
+        parsed.errors.sort(key=lambda p: p.line)
         if parsed.errors:
             m.IMPORTS.labels(fmt, "rejected").inc()
             m.SCHEDULE_ROWS.labels(fmt, "rejected").inc(len(parsed.errors))
@@ -362,6 +374,25 @@ class CheckinDesk:
         imported, _rooms = await self.store.names(clinic_id)
         return (set(self.config.clinics[clinic_id].providers) | set(imported)
                 | await self.store.scheduled_providers(clinic_id))
+
+    async def check_booking(self, clinic_id: str, scheduled_at: datetime | None,
+                            provider_id: str | None, *, now: datetime,
+                            also_known: Iterable[str] = ()) -> None:
+        """Refuse a booking (an import row, an EHR's appointment) the clinic cannot have:
+        a date implausibly far from the clinic's today (``Rejected``, ``implausible_date``)
+        or, when the clinic's configuration lists its providers, a provider neither listed
+        there nor among the names FHIR Practitioners brought (``also_known``: the
+        import's own, an EHR feed's mapped ids) (``NotFound``, ``unknown_provider``). A
+        clinic configured with no providers takes any id, as before."""
+        if scheduled_at is not None:
+            problem = implausible_day(scheduled_at, now, self.zone(clinic_id))
+            if problem is not None:
+                raise Rejected(problem, "implausible_date")
+        configured = set(self.config.clinics[clinic_id].providers)
+        if configured and provider_id is not None and provider_id not in configured:
+            imported, _rooms = await self.store.names(clinic_id)
+            check_provider(provider_id, configured | set(imported) | set(also_known),
+                           clinic_id)
 
     async def _check_provider(self, clinic_id: str, provider_id: str | None,
                               channel: Channel, now: datetime) -> None:

@@ -85,6 +85,27 @@ def clinic_day(at: datetime, zone: ZoneInfo) -> date:
     return at.astimezone(zone).date()
 
 
+# how far from the clinic's today an appointment may be booked: a date further away (a
+# birth date in the start field, 1900-01-01, a year typed 2062) is a mistake to refuse
+PLAUSIBLE_DAYS = 366
+
+
+def implausible_day(scheduled_at: datetime, now: datetime, zone: ZoneInfo) -> str | None:
+    """Why an appointment at ``scheduled_at`` cannot be booked at ``now``: its day (on the
+    clinic's clock) more than ``PLAUSIBLE_DAYS`` from the clinic's today; None when it
+    can."""
+    today = clinic_day(now, zone)
+    try:
+        day = clinic_day(scheduled_at, zone)
+    except (OverflowError, ValueError):
+        day = None
+    if day is not None and abs((day - today).days) <= PLAUSIBLE_DAYS:
+        return None
+    shown = day.isoformat() if day is not None else scheduled_at.date().isoformat()
+    return (f"the appointment's date {shown} is more than {PLAUSIBLE_DAYS} days from the "
+            f"clinic's today ({today.isoformat()}): a mistyped date?")
+
+
 def kiosk_days(now: datetime, zone: ZoneInfo) -> list[date]:
     """The clinic days whose appointments the kiosk may take at ``now``: today first, then
     the neighbouring day when midnight is less than ``KIOSK_ACROSS_MIDNIGHT`` away."""

@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -52,6 +52,8 @@ log = get_logger("clinicflow.checkin.ehr")
 KIOSK_CODE_TRIES = 8
 # what a booking makes of the appointment as stored (None: not stored); None: nothing
 Build = Callable[[Appointment | None], Appointment | None]
+# refuses (raises) a booking the clinic cannot have
+Check = Callable[[Appointment], Awaitable[None]]
 # queues, into the Redis transaction that stores a change, what the caller keeps with it
 # (the HL7 feed: its ACK and order mark); given what happened, in words
 Finish = Callable[[str, Any], None]
@@ -106,13 +108,15 @@ class EhrCommands:
                    holder: str, providers: dict[str, str] | None = None,
                    rooms: dict[str, str] | None = None,
                    held: tuple[int, Appointment | None] | None = None,
-                   finish: Finish | None = None) -> str:
+                   finish: Finish | None = None, check: Check | None = None) -> str:
         """Book, change or cancel one appointment as the desk's schedule import would
         (the same planning, kiosk code and ``appointment.scheduled``, published only when
         it changed), holding only that appointment: ``build`` makes the appointment from
         the one stored. ``holder`` names the message (a resend of it takes its own hold
         back); ``held``: the hold already asked for (``CheckinStore.feed_state``);
-        ``finish``: what to store with the change. Returns what happened, in words;
+        ``finish``: what to store with the change; ``check``: refuses a booked appointment
+        the clinic cannot have (``CheckinDesk.check_booking``), before anything changes.
+        Returns what happened, in words;
         ``Conflict`` (``import_running``) while an import of the clinic runs or another
         message changes the appointment."""
         answer, stored = held or await self.store.hold_appointment(clinic, appointment_id,
@@ -126,6 +130,8 @@ class EhrCommands:
             if appointment is None:
                 raise NotFound(f"appointment {appointment_id!r} is not on clinic {clinic!r}'s "
                                "schedule: nothing to cancel", "not_found")
+            if check is not None and appointment.status == "booked":
+                await check(appointment)
             return await self._book_held(clinic, stored, appointment, now=now,
                                          providers=providers or {}, rooms=rooms or {},
                                          finish=finish, holder=holder)

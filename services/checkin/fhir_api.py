@@ -276,10 +276,16 @@ class FhirIn:
                 text = await self.ehr.no_show(clinic, appointment.appointment_id, now=now)
             else:
                 booked = appointment
+                async def check(checked: Appointment) -> None:
+                    await self.desk.check_booking(clinic, checked.scheduled_at,
+                                                  checked.provider_id, now=now,
+                                                  also_known=parsed.providers)
+
                 text = await self.ehr.book(clinic, appointment.appointment_id,
                                            lambda _stored: booked, now=now,
                                            holder=f"fhir:{uuid.uuid4().hex}",
-                                           providers=parsed.providers, rooms=parsed.rooms)
+                                           providers=parsed.providers, rooms=parsed.rooms,
+                                           check=check)
             await self.ehr.applied(clinic, subject, at)
         created = text == "appointment booked"
         if status in ("arrived", "checked-in"):

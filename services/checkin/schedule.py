@@ -90,6 +90,7 @@ class ParsedSchedule:
     skipped: list[RowProblem] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
     rows: int = 0
+    lines: list[int] = field(default_factory=list)  # each appointment's line, in order
     # display names from a FHIR Bundle: Practitioner id -> name, Location id -> name
     providers: dict[str, str] = field(default_factory=dict)
     rooms: dict[str, str] = field(default_factory=dict)
@@ -188,6 +189,7 @@ def _drop_duplicates(parsed: ParsedSchedule, lines: list[int], what: str) -> Non
     the kiosk's appointment code is typed in either case)."""
     seen: dict[str, int] = {}
     keep: list[Appointment] = []
+    kept_lines: list[int] = []
     for appointment, line in zip(parsed.appointments, lines, strict=True):
         folded = appointment.appointment_id.lower()
         if folded in seen:
@@ -197,7 +199,9 @@ def _drop_duplicates(parsed: ParsedSchedule, lines: list[int], what: str) -> Non
             continue
         seen[folded] = line
         keep.append(appointment)
+        kept_lines.append(line)
     parsed.appointments = keep
+    parsed.lines = kept_lines
     parsed.errors.sort(key=lambda p: p.line)
 
 

@@ -17,14 +17,28 @@ import pytest
 from shared import events as ev
 from tests.helpers import producer
 from tests.integration.test_checkin_hl7_support import Ehr, Feed, module_prefix, running_feed
-from tests.integration.test_checkin_support import FRONT_DESK, MANAGER, NURSE
+from tests.integration.test_checkin_support import (
+    FRONT_DESK,
+    MANAGER,
+    NURSE,
+    at,
+    csv_rows,
+    midday_zone,
+)
 
 FHIR = {**FRONT_DESK, "Content-Type": "application/fhir+json"}
 
 
+# the clinic's directory lists its providers: imports must name one of them (or one the
+# EHR feed maps to, dr-addison for AIP-3 0148)
+CLINICS = {"north": {"name": "Northside", "timezone": midday_zone(),
+                     "providers": {"dr-addison": "Dr. James Addison", "p1": "Dr. Okafor"}}}
+
+
 @pytest.fixture(scope="module")
 async def feed(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Feed]:
-    async with running_feed(kafka_bootstrap, redis_url, module_prefix()) as service:
+    async with running_feed(kafka_bootstrap, redis_url, module_prefix(),
+                            clinics=orjson.dumps(CLINICS).decode()) as service:
         yield service
 
 
@@ -179,3 +193,53 @@ async def test_a_walk_ins_identifier_and_free_text_type_never_reach_the_floor(
     detail = free_text.json()["detail"]
     assert "Knee pain since Tuesday" in detail and "follow_up" in detail and "walk_in" in detail
     assert b"knee_pain" not in await feed.raw_floor()
+
+
+async def test_appointments_implausibly_far_from_today_are_refused(feed: Feed) -> None:
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    old = unique("OLD")
+    booking = await feed.send(ehr.siu("S12", old, datetime(1900, 1, 1, 9, tzinfo=UTC),
+                                      sent_at=now))
+    assert booking.code == "AE", booking.raw
+    assert booking.error is not None and booking.error[2] == "SCH^1^11^1^4"
+    assert "1900-01-01" in booking.error[8]
+    far = unique("FAR")
+    csv = await feed.checkin.import_csv(csv_rows(
+        (unique("OK"), "p-ok", "p1", "follow_up", at(30), "15", "", ""),
+        (far, "p-far", "p1", "follow_up", "2090-01-01T09:00:00-05:00", "15", "", "")))
+    assert csv.status_code == 422, csv.text
+    assert [(e["line"], e["appointment_id"]) for e in csv.json()["errors"]] == [(3, far)]
+    assert "2090-01-0" in csv.json()["errors"][0]["reason"]  # the clinic's day
+    fhir = await feed.checkin.client.post(
+        "/clinics/north/fhir/Appointment", headers=FHIR, content=orjson.dumps({
+            "resourceType": "Appointment", "id": far.lower(), "status": "booked",
+            "start": "1900-01-01T09:00:00Z", "minutesDuration": 15,
+            "appointmentType": {"coding": [{"code": "FOLLOWUP"}]},
+            "participant": [{"actor": {"reference": "Patient/x1"}, "status": "accepted"},
+                            {"actor": {"reference": "Practitioner/p1"}, "status": "accepted"}]}))
+    assert fhir.status_code == 422, fhir.text
+    assert fhir.json()["resourceType"] == "OperationOutcome"
+    for appointment in (old, far, far.lower()):
+        assert await floor_of(feed, "appointment_id", appointment) == []
+
+
+async def test_imports_naming_a_provider_the_clinic_does_not_have_are_refused(
+    feed: Feed,
+) -> None:
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    stranger = unique("WHO")
+    csv = await feed.checkin.import_csv(csv_rows(
+        (stranger, "p-who", "dr-nobody", "follow_up", at(45), "15", "", "")))
+    assert csv.status_code == 422, csv.text
+    assert "dr-nobody" in csv.json()["errors"][0]["reason"]
+    unmapped = unique("WHO")
+    booking = await feed.send(ehr.siu("S12", unmapped, now + timedelta(minutes=50),
+                                      sent_at=now, provider="9999"))
+    assert booking.code == "AE", booking.raw
+    assert booking.error is not None and booking.error[2] == "AIP^1^3^1^1"
+    assert "'9999'" in booking.error[8]
+    mapped = unique("OK")  # AIP-3 0148 is dr-addison, a provider of the clinic
+    assert (await feed.send(ehr.siu("S12", mapped, now + timedelta(minutes=50),
+                                    sent_at=now))).code == "AA"
+    for appointment in (stranger, unmapped):
+        assert await floor_of(feed, "appointment_id", appointment) == []

@@ -335,9 +335,23 @@ class Hl7Feed:
         def build(stored: Appointment | None) -> Appointment | None:
             return self._appointment(feed, message, stored)
 
+        async def check(appointment: Appointment) -> None:
+            """A date implausibly far from today (SCH-11), a provider the clinic's
+            directory does not list (AIP-3): AE naming it."""
+            try:
+                await self.desk.check_booking(feed.clinic_id, appointment.scheduled_at,
+                                              appointment.provider_id, now=now,
+                                              also_known=feed.providers.values())
+            except NotFound as refused:
+                raise Problem("AE", UNKNOWN_KEY_IDENTIFIER, refused.detail, "AIP", 3,
+                              1) from None
+            except Refusal as refused:
+                raise Problem("AE", DATA_TYPE_ERROR, refused.detail, "SCH", 11, 4) from None
+
         return await self.ehr.book(feed.clinic_id, message.appointment_id, build, now=now,
                                    holder=applying.message_key, providers=providers,
-                                   rooms=rooms, held=applying.held, finish=applying.finish)
+                                   rooms=rooms, held=applying.held, finish=applying.finish,
+                                   check=check)
 
     def _appointment(self, feed: Feed, message: ScheduleMessage,
                      stored: Appointment | None) -> Appointment | None:
