@@ -9,7 +9,9 @@ consumer applies them like any other fact. Every command honours an
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
+from datetime import datetime, tzinfo
 from typing import Annotated, Any
 
 import orjson
@@ -120,14 +122,30 @@ def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
     }
 
 
+# a JSON string that is a date and time with its offset: every time of a board
+_TIME = re.compile(rb'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z))"')
+
+
+def on_clinic_clock(raw: bytes, zone: tzinfo) -> bytes:
+    """The board ``raw`` (JSON) with every time in it (``as_of``, ``arrived_at``,
+    ``scheduled_at``, ``since``, ``until``, the report's) given in the clinic's offset:
+    the same instants, ISO 8601 with the offset the clinic's clock had then."""
+    def local(match: re.Match[bytes]) -> bytes:
+        at = datetime.fromisoformat(match.group(1).decode())
+        return b'"' + at.astimezone(zone).isoformat().encode() + b'"'
+    return _TIME.sub(local, raw)
+
+
 class BoardViews:
     """What each role sees of a clinic's board, rendered once per board: the answer of a
     GET (JSON) and the frame of a live stream (SSE). Every screen and station of a clinic
     asks for the same few views of the same board; the last rendering of each (clinic,
     role, form) is kept, at most ``size`` of them (the oldest go first)."""
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(self, size: int = 256, zone_of: Callable[[str], tzinfo] | None = None
+                 ) -> None:
         self.size = size
+        self.zone_of = zone_of
         self._kept: dict[tuple[str, str, bool], tuple[bytes, bytes]] = {}
 
     def render(self, clinic_id: str, role: str, raw: bytes, *, frame: bool) -> bytes:
@@ -137,8 +155,9 @@ class BoardViews:
         kept = self._kept.get(key)
         if kept is not None and (kept[0] is raw or kept[0] == raw):
             return kept[1]
+        local = raw if self.zone_of is None else on_clinic_clock(raw, self.zone_of(clinic_id))
         # a manager sees the whole board: the stored JSON is already the answer
-        body = raw if role == "manager" else orjson.dumps(view_for(orjson.loads(raw), role))
+        body = local if role == "manager" else orjson.dumps(view_for(orjson.loads(local), role))
         rendered = b"event: board\ndata: " + body + b"\n\n" if frame else body
         if kept is None and len(self._kept) >= self.size:
             del self._kept[next(iter(self._kept))]
@@ -178,7 +197,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     against them and the board); None: none configured."""
     router = APIRouter(responses=REFUSALS)
     clinics = clinics if clinics is not None else ClinicDirectory.parse(None)
-    views = BoardViews()
+    views = BoardViews(zone_of=clinics.zone)
     snapshots = SnapshotReads(store)
     claims = FloorClaims(runtime.redis, store, floor_topic)
 

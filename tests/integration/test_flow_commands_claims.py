@@ -8,8 +8,11 @@ cleaning."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -18,7 +21,7 @@ from services.flow.app import create_app
 from shared import events as ev
 from shared.settings import FlowSettings
 from shared.topics import FLOOR, topic_name
-from tests.helpers import serving
+from tests.helpers import auth, serving
 from tests.integration.flow_support import NURSE, floor_event, get_board, publish
 from tests.integration.test_flow_commands import (
     board_of,
@@ -134,3 +137,42 @@ async def test_a_delay_not_standing_and_a_room_that_needs_cleaning_are_refused(
     assert dirty.json()["code"] == "room_needs_cleaning" and "r1" in dirty.json()["detail"]
     await board(lambda b: all(p["delay_minutes"] == 0 for p in b["providers"]))
     assert await dead_letters(client) == before
+
+
+async def test_every_time_on_the_board_is_on_the_clinic_s_clock(
+    north: tuple[httpx.AsyncClient, str, str],
+) -> None:
+    """as_of, arrived_at, since, until beside scheduled_at: each in north's offset
+    (America/New_York), for every role's view, the JSON and the live stream alike."""
+    client, bootstrap, floor = north
+    board = board_of(client)
+    new_york = ZoneInfo("America/New_York")
+    at = datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
+    await publish(bootstrap, floor, [
+        floor_event(ev.RoomReady(room_id="r1"), "north", base=at),
+        floor_event(ev.PatientArrived(visit_id="north-v1", ticket_code="A-1",
+                                      provider_id="dr-lee", visit_type="follow_up",
+                                      scheduled_at=at.astimezone(new_york)), "north", 1, at),
+        floor_event(ev.PatientArrived(visit_id="north-v2", ticket_code="A-2",
+                                      provider_id="dr-lee", visit_type="follow_up",
+                                      scheduled_at=at), "north", 2, at),
+        floor_event(ev.PatientRoomed(visit_id="north-v1", room_id="r1"), "north", 3, at),
+        floor_event(ev.DelayAnnounced(provider_id="dr-lee", minutes=20), "north", 4, at),
+        floor_event(ev.DelayAnnounced(provider_id=None, minutes=10), "north", 4, at)])
+    await board(lambda b: b["clinic_delay"] is not None)
+    times = re.compile(r'"(\d{4}-\d\d-\d\dT[^"]*)"')
+    for token in ("dev-nurse", "dev-screen", "dev-manager"):
+        text = (await client.get("/clinics/north/board", headers=auth(token))).text
+        found = times.findall(text)
+        assert len(found) >= (6 if token != "dev-screen" else 2), (token, found)
+        for value in found:
+            when = datetime.fromisoformat(value)
+            assert when.utcoffset() == new_york.utcoffset(when.replace(tzinfo=None)), value
+    nurse = (await client.get("/clinics/north/board", headers=NURSE)).json()
+    assert nurse["waiting"][0]["scheduled_at"] == "2026-12-07T09:00:00-05:00"
+    assert nurse["in_rooms"][0]["since"] == "2026-12-07T09:03:00-05:00"
+    async with client.stream("GET", "/clinics/north/stream", headers=NURSE) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                assert '"as_of":"' in line and "+00:00" not in line, line
+                break
