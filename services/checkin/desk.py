@@ -188,6 +188,11 @@ class NoShowSweepResult:
     failed: int = 0
 
 
+# how far from the clinic's today the kiosk looks for a code typed on the wrong day
+KIOSK_DAYS_BACK = 14
+KIOSK_DAYS_AHEAD = 120
+
+
 class CheckinDesk:
     def __init__(self, store: CheckinStore, publish: Publish, config: DeskConfig,
                  barrier: Barrier = _no_barrier, visit_ends: VisitEnds | None = None,
@@ -532,12 +537,41 @@ class CheckinDesk:
             if appointment_id is not None:
                 state = (await self.store.appointment_states(clinic_id, [appointment_id])
                          ).get(appointment_id)
+        if state is None and typed is not None:
+            await self._kiosk_code_of_another_day(clinic_id, typed, now)
         if state is None or state.appointment.kiosk_code != typed:
             m.ARRIVALS_REFUSED.labels("kiosk", "not_found").inc()
             raise NotFound("we could not find an appointment with that code; please check it "
                            "or see the front desk", "not_found")
         return await self._arrive(clinic_id, state, channel="kiosk", now=now,
                                   overrides=ArrivalOverrides())
+
+    async def _kiosk_code_of_another_day(self, clinic_id: str, code: str,
+                                         now: datetime) -> None:
+        """A code that is an appointment's on another day than the kiosk takes now (from
+        ``KIOSK_DAYS_BACK`` before the clinic's today to ``KIOSK_DAYS_AHEAD`` after) is a
+        ``Conflict`` (``other_day``) saying which day, on the clinic's calendar, not "we
+        could not find it"."""
+        zone = self.zone(clinic_id)
+        taken = set(kiosk_days(now, zone))
+        today = self.today(clinic_id, now)
+        days = [today + timedelta(days=n) for n in range(-KIOSK_DAYS_BACK, KIOSK_DAYS_AHEAD + 1)
+                if today + timedelta(days=n) not in taken]
+        found = await self.store.kiosk_code_elsewhere(clinic_id, days, code)
+        if found is None:
+            return
+        day, appointment_id = found
+        state = (await self.store.appointment_states(clinic_id, [appointment_id])
+                 ).get(appointment_id)
+        if state is None or state.appointment.kiosk_code != code \
+                or state.appointment.status != "booked":
+            return
+        m.ARRIVALS_REFUSED.labels("kiosk", "other_day").inc()
+        when = "tomorrow, " if day == today + timedelta(days=1) else \
+            "yesterday, " if day == today - timedelta(days=1) else ""
+        raise Conflict(f"this code is for an appointment on {when}{day:%A %B} {day.day}, "
+                       f"{day.year}, not today ({today:%B} {today.day}); please come then "
+                       "or see the front desk", "other_day")
 
     async def kiosk_by_identity(self, clinic_id: str, birth_date: date, initials: str, *,
                                 now: datetime) -> ArrivalResult:

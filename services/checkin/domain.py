@@ -376,8 +376,9 @@ def check_scheduled_arrival(state: AppointmentState, *, channel: Channel, now: d
                        f"(visit {state.arrived_visit})", "already_arrived")
     if channel == "kiosk":
         if not kiosk_takes(appointment.scheduled_at, now, zone):
-            raise Conflict("this appointment is not today; please see the front desk",
-                           "other_day")
+            day = clinic_day(appointment.scheduled_at, zone)
+            raise Conflict(f"this appointment is on {day:%A %B} {day.day}, {day.year}, not "
+                           "today; please come then or see the front desk", "other_day")
         if state.no_show:
             raise Conflict("this appointment was marked as missed; please see the front desk",
                            "no_show")

@@ -413,6 +413,19 @@ class CheckinStore:
                 return _text(found)
         return None
 
+    async def kiosk_code_elsewhere(self, clinic: str, days: Sequence[date],
+                                   code: str) -> tuple[date, str] | None:
+        """The first of ``days`` (one round trip) whose kiosk codes hold ``code``, with its
+        appointment: a code typed on the wrong day."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.hget(self._kcodes(clinic, day), code)
+            found = await pipe.execute()
+        for day, appointment_id in zip(days, found, strict=True):
+            if appointment_id:
+                return day, _text(appointment_id)
+        return None
+
     async def identity_matches(self, clinic: str, days: Sequence[date],
                                digest: str) -> list[str]:
         """Appointment ids of ``days`` with that identity digest."""

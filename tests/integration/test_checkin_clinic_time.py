@@ -118,6 +118,7 @@ async def test_in_honolulu_a_patient_checking_in_at_2355_for_0005_is_found_and_t
     # tomorrow morning's appointment is not for tonight's kiosk
     status, morning = await kiosk(checkin, "surf", {"appointment_code": codes["apt-morning"]})
     assert status == 409 and "not today" in morning["detail"], morning
+    assert f"{tomorrow:%B} {tomorrow.day}, {tomorrow.year}" in morning["detail"]  # its day
 
     # 00:10: a new clinic day, ticket numbers start again
     clock.advance(minutes=15)

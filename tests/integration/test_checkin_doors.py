@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -19,6 +20,7 @@ from tests.helpers import producer
 from tests.integration.test_checkin_hl7_support import Ehr, Feed, module_prefix, running_feed
 from tests.integration.test_checkin_support import (
     FRONT_DESK,
+    KIOSK,
     MANAGER,
     NURSE,
     at,
@@ -243,3 +245,18 @@ async def test_imports_naming_a_provider_the_clinic_does_not_have_are_refused(
                                     sent_at=now))).code == "AA"
     for appointment in (stranger, unmapped):
         assert await floor_of(feed, "appointment_id", appointment) == []
+
+
+async def test_a_kiosk_code_for_another_day_says_which_day(feed: Feed) -> None:
+    later, zone = unique("LATER"), ZoneInfo(midday_zone())
+    imported = await feed.checkin.import_csv(csv_rows(
+        (later, "p-later", "p1", "follow_up", at(3 * 24 * 60), "15", "", "")))
+    assert imported.status_code == 200, imported.text
+    day = (datetime.now(UTC) + timedelta(days=3)).astimezone(zone).date()
+    code = (await feed.checkin.kiosk_codes(day=day.isoformat()))[later]
+    answer = await feed.checkin.client.post("/clinics/north/kiosk/check-ins",
+                                            json={"appointment_code": code}, headers=KIOSK)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["code"] == "other_day"
+    assert f"{day:%A %B} {day.day}, {day.year}" in answer.json()["detail"]
+    assert await floor_of(feed, "visit_id", later) == []
