@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from services.billing import metrics as m
 from services.billing.domain.accounts import Account
@@ -80,6 +80,10 @@ from shared.logging import get_logger
 log = get_logger("clinicflow.billing.desk")
 Publish = Callable[[bytes, str, bytes], Awaitable[None]]  # (value, topic, key)
 Barrier = Callable[[str], Awaitable[None]]  # clinic_id: a consumer holds its partition
+
+# how far back a drawer count may be declared (a year of the clinic's days: a recount for
+# an audit, not 0001-01-01)
+DRAWER_COUNT_DAYS = 366
 
 
 async def _no_barrier(_clinic_id: str) -> None:
@@ -436,6 +440,12 @@ class Desk:
             raise Rejected(f"business_date {business_date.isoformat()} has not begun at "
                            f"clinic {clinic_id} (its day is {today.isoformat()} in "
                            f"{self.clinic(clinic_id).zone.key})", code="day_not_begun")
+        earliest = today - timedelta(days=DRAWER_COUNT_DAYS)
+        if business_date < earliest:
+            raise Rejected(f"business_date {business_date.isoformat()} is out of range: a "
+                           f"drawer count is for a day from {earliest.isoformat()} to "
+                           f"{today.isoformat()} (clinic {clinic_id}'s today, "
+                           f"{self.clinic(clinic_id).zone.key})", code="date_out_of_range")
         await self.barrier(clinic_id)
         counts = await self.store.drawer_counts(clinic_id, business_date)
         standing = max(counts, key=lambda p: p.position) if counts else None

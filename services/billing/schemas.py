@@ -1,4 +1,6 @@
-"""The request bodies of billing's HTTP API (pydantic: a bad field is a 422 naming it)."""
+"""The request bodies of billing's HTTP API (pydantic: a bad field is a 422 naming it).
+Amounts and flags are strict: ``"1000"`` for an amount or ``"true"`` for a flag is a 422
+naming the field, never read as a number or a yes."""
 
 from __future__ import annotations
 
@@ -29,23 +31,23 @@ class CoverageIn(BaseModel):
     """Cost-sharing captured at check-in (no member ids, no plan names)."""
 
     patient_ref: str | None = Field(default=None, pattern=ID_PATTERN)
-    copay_cents: int = Field(default=0, ge=0, le=MAX_CENTS)
-    coinsurance_basis_points: int = Field(default=0, ge=0, le=10_000,
+    copay_cents: int = Field(default=0, strict=True, ge=0, le=MAX_CENTS)
+    coinsurance_basis_points: int = Field(default=0, strict=True, ge=0, le=10_000,
                                           description="20% = 2000")
-    deductible_remaining_cents: int = Field(default=0, ge=0, le=MAX_CENTS)
-    self_pay: bool = False
+    deductible_remaining_cents: int = Field(default=0, strict=True, ge=0, le=MAX_CENTS)
+    self_pay: bool = Field(default=False, strict=True)
 
 
 class PaymentIn(BaseModel):
     method: PaymentMethod
-    amount_cents: int = Field(gt=0, le=MAX_CENTS, examples=[2500])
+    amount_cents: int = Field(strict=True, gt=0, le=MAX_CENTS, examples=[2500])
     reference: str | None = Field(default=None, max_length=40,
                                   description="check number or card authorization reference")
     reason: str = Field(default="payment at the desk", min_length=1, max_length=200)
 
 
 class RefundIn(BaseModel):
-    amount_cents: int = Field(gt=0, le=MAX_CENTS)
+    amount_cents: int = Field(strict=True, gt=0, le=MAX_CENTS)
     reason: str = Field(min_length=1, max_length=200, examples=["overpaid copay"])
 
 
@@ -57,6 +59,6 @@ class VoidIn(BaseModel):
 
 class DrawerCountIn(BaseModel):
     business_date: date
-    cash_cents: int | None = Field(default=None, ge=0, le=100 * MAX_CENTS)
-    check_cents: int | None = Field(default=None, ge=0, le=100 * MAX_CENTS)
-    card_cents: int | None = Field(default=None, ge=0, le=100 * MAX_CENTS)
+    cash_cents: int | None = Field(default=None, strict=True, ge=0, le=100 * MAX_CENTS)
+    check_cents: int | None = Field(default=None, strict=True, ge=0, le=100 * MAX_CENTS)
+    card_cents: int | None = Field(default=None, strict=True, ge=0, le=100 * MAX_CENTS)

@@ -75,7 +75,8 @@ class AnnounceDelay(BaseModel):
     provider_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
         description="null: the whole clinic", examples=["dr-lee"])
-    minutes: int = Field(ge=0, le=600, description="0 clears the delay", examples=[25])
+    minutes: int = Field(strict=True, ge=0, le=600, description="0 clears the delay",
+                         examples=[25])
     reason: str = Field("", max_length=200, examples=["emergency procedure"])
 
 

@@ -65,6 +65,7 @@ from services.notifications.store import NotificationStore
 from shared.auth import Principal, require_role
 from shared.barrier import ProjectionBarrier
 from shared.errors import Conflict, NotFound, Rejected
+from shared.events_notifications import NotificationKind
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
 from shared.service import ServiceRuntime
@@ -385,9 +386,9 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         responses=answer(200, LIST_EXAMPLE, "the notifications, newest first"))
     async def list_notifications(
         clinic_id: ClinicId,
-        kind: Annotated[str | None, Query(description="only this kind (delay_warning, "
-                                          "come_back_now, ready_for_you, nurse_page, ...)",
-                                          examples=["come_back_now"])] = None,
+        kind: Annotated[NotificationKind | None, Query(
+            description="only this kind; another is a 422 listing the kinds",
+            examples=["come_back_now"])] = None,
         since: Annotated[datetime | None, Query(description="only newer than this",
                                                 examples=["2026-03-02T09:00:00-06:00"])
                          ] = None,

@@ -137,6 +137,25 @@ async def test_bad_money_input_is_refused_clearly_and_nothing_is_published(
                                      json={"method": "cash", "amount_cents": -500})
         assert negative.status_code == 422
         assert "amount_cents" in negative.text
+        # strict: a number as a string is not a number, a day of year 1 not a business day
+        for path, body, field in [
+            ("/clinics/north/visits/v3/payments", {"method": "cash", "amount_cents": "1000"},
+             "amount_cents"),
+            ("/clinics/north/drawer-counts", {"business_date": "2026-12-01",
+                                              "cash_cents": "1000"}, "cash_cents"),
+        ]:
+            lenient = await client.post(path, headers=keyed(BILLING), json=body)
+            assert lenient.status_code == 422, (path, lenient.text)
+            assert field in lenient.json()["detail"], lenient.text
+        coverage = await client.put("/clinics/north/visits/v3/coverage", headers=BILLING,
+                                    json={"copay_cents": "2500", "self_pay": "true"})
+        assert coverage.status_code == 422, coverage.text
+        assert all(f in coverage.json()["detail"] for f in ("copay_cents", "self_pay"))
+        ancient = await client.post("/clinics/north/drawer-counts", headers=keyed(BILLING),
+                                    json={"business_date": "0001-01-01", "cash_cents": 0})
+        assert ancient.status_code == 422, ancient.text
+        assert ancient.json()["code"] == "date_out_of_range"
+        assert "0001-01-01" in ancient.json()["detail"]
         assert await ledger(billing_env) == []
         assert of_type(await floor(billing_env), "patient.checked_out") == []
         charged = await client.post("/clinics/north/visits/v3b/checkout", headers=BILLING,

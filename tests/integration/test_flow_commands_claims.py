@@ -115,6 +115,9 @@ async def test_a_delay_not_standing_and_a_room_that_needs_cleaning_are_refused(
         assert answer.json()["code"] == "no_delay"
         assert path.rsplit("/", 1)[1].replace("clinic", "clinic-wide") in \
             answer.json()["detail"]
+    lenient = await client.post("/clinics/north/delays",
+                                json={"provider_id": "dr-lee", "minutes": "20"}, headers=NURSE)
+    assert lenient.status_code == 422 and "minutes" in lenient.json()["detail"]
     zero = await client.post("/clinics/north/delays",
                              json={"provider_id": "dr-lee", "minutes": 0}, headers=NURSE)
     assert zero.status_code == 404 and zero.json()["code"] == "no_delay"

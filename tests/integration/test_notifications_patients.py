@@ -188,6 +188,11 @@ async def test_rate_limits_hold_and_a_held_warning_goes_out_when_the_window_ends
         assert second_mail.text.startswith("Dr. Lee is running about 45 minutes behind")
         listed = await _listed(client, "come_back_now")
         assert [n["ticket_code"] for n in listed] == ["A-2"]
+        # a kind there is not is refused, with the kinds there are (it listed nothing, 200)
+        bogus = await client.get("/clinics/north/notifications?kind=bogus",
+                                 headers=FRONT_DESK)
+        assert bogus.status_code == 422, bogus.text
+        assert all(k in bogus.json()["detail"] for k in ("kind", "delay_warning", "nurse_page"))
 
 
 async def test_a_patient_waiting_outside_is_called_back_then_told_we_are_ready(
