@@ -85,6 +85,12 @@ async def test_every_route_refuses_every_role_it_does_not_name(flow_url: str) ->
                     assert role in answer.json()["detail"]
 
 
+async def test_the_browser_s_favicon_request_is_answered_without_a_404(flow_url: str) -> None:
+    async with httpx.AsyncClient(base_url=flow_url) as client:
+        answer = await client.get("/favicon.ico")
+    assert answer.status_code == 204 and answer.content == b""
+
+
 async def test_a_credential_for_one_clinic_sees_and_changes_nothing_of_another(
     flow_url: str,
 ) -> None:

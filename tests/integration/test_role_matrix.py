@@ -47,7 +47,8 @@ FLOOR_STAFF = frozenset({"nurse", "manager"})
 DELAY_STAFF = frozenset({"nurse", "front_desk", "manager"})
 NOTIFY_STAFF = frozenset({"front_desk", "nurse", "manager"})
 BILLING_DESK = frozenset({"billing", "front_desk", "manager"})
-OPERATIONS = {"GET /healthz": PUBLIC, "GET /readyz": PUBLIC, "GET /metrics": PUBLIC,
+OPERATIONS = {"GET /favicon.ico": PUBLIC,
+              "GET /healthz": PUBLIC, "GET /readyz": PUBLIC, "GET /metrics": PUBLIC,
               "GET /openapi.json": PUBLIC, "GET /docs": PUBLIC, "GET /redoc": PUBLIC,
               "GET /docs/oauth2-redirect": PUBLIC}
 
