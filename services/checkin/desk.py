@@ -46,6 +46,7 @@ from services.checkin.domain import (
     normalize_ticket_code,
     patient_pseudonym,
     plan_import,
+    provider_queue_place,
     ticket_code,
     visit_type_key,
     wait_status,
@@ -774,12 +775,22 @@ class CheckinDesk:
         today = self.today(clinic_id, now)
         view = await self.store.visit_for_ticket(clinic_id, [today, today - timedelta(days=1)],
                                                  code)
-        return wait_status(view, now) if view is not None else None
+        return wait_status(await self._in_provider_queue(view), now) \
+            if view is not None else None
 
     async def wait_for_visit(self, clinic_id: str, visit_id: str,
                              now: datetime) -> WaitStatus | None:
         view = await self.store.visit(clinic_id, visit_id)
-        return wait_status(view, now) if view is not None else None
+        return wait_status(await self._in_provider_queue(view), now) \
+            if view is not None else None
+
+    async def _in_provider_queue(self, view: VisitView) -> VisitView:
+        """The visit with its place in its provider's queue (``provider_queue_place``)
+        instead of its place in the clinic's: the line the patient is in."""
+        if view.status != "waiting" or view.position is None:
+            return view
+        others = await self.store.day_visits(view.clinic_id, view.day)
+        return replace(view, position=provider_queue_place(view, others))
 
 
 def new_visit_id() -> str:

@@ -452,6 +452,7 @@ class VisitView:
     low: float | None = None
     high: float | None = None
     estimated_at: datetime | None = None
+    provider_id: str | None = None  # whom it waits for (None: the first available)
 
 
 ENDED: dict[str, VisitStatus] = {
@@ -489,7 +490,8 @@ def evolve_visit(view: VisitView | None, event: ev.Event, zone: ZoneInfo) -> Vis
             return VisitView(clinic_id=event.clinic_id, visit_id=payload.visit_id,
                              ticket_code=payload.ticket_code, day=clinic_day(at, zone),
                              status="waiting", status_at=at,
-                             appointment_id=payload.appointment_id)
+                             appointment_id=payload.appointment_id,
+                             provider_id=payload.provider_id)
         case ev.PatientRoomed() | ev.ArrivalCancelled() | ev.PatientCheckedOut():
             if view is None or at < view.status_at:
                 return view
@@ -506,7 +508,8 @@ def evolve_visit(view: VisitView | None, event: ev.Event, zone: ZoneInfo) -> Vis
             status_at = at if view.status != "waiting" else view.status_at
             return replace(view, status="waiting", status_at=status_at,
                            position=payload.position, wait_minutes=payload.wait_minutes,
-                           low=payload.low, high=payload.high, estimated_at=at)
+                           low=payload.low, high=payload.high, estimated_at=at,
+                           provider_id=payload.provider_id)
     return view
 
 
@@ -519,6 +522,20 @@ class WaitStatus:
     position: int | None
     low_minutes: int | None
     high_minutes: int | None
+
+
+def provider_queue_place(view: VisitView, others: Iterable[VisitView]) -> int | None:
+    """The visit's place in its provider's queue, as the nurse station lists them:
+    flow's estimates give each waiting visit its place in the clinic's queue order; the
+    visits waiting for the same provider (the first-available ones among themselves) that
+    are ahead of it there are ahead of it in line. None until flow has estimated it."""
+    if view.position is None:
+        return None
+    ahead = sum(1 for other in others
+                if other.visit_id != view.visit_id and other.status == "waiting"
+                and other.provider_id == view.provider_id and other.position is not None
+                and other.position < view.position)
+    return ahead + 1
 
 
 def wait_status(view: VisitView, now: datetime) -> WaitStatus:

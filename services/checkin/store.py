@@ -530,6 +530,7 @@ class CheckinStore:
             "low": opt(view.low),
             "high": opt(view.high),
             "estimated_at": opt(view.estimated_at),
+            "provider_id": opt(view.provider_id),
         }
 
     @staticmethod
@@ -553,6 +554,7 @@ class CheckinStore:
             low=number("low"),
             high=number("high"),
             estimated_at=datetime.fromisoformat(estimated_at) if estimated_at else None,
+            provider_id=_opt(fields.get("provider_id")),
         )
 
     def _queue_visit(self, pipe: Any, view: VisitView) -> None:

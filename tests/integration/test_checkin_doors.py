@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from shared import events as ev
-from tests.helpers import producer
+from shared.topics import ESTIMATES, FLOOR, topic_name
+from tests.helpers import eventually, producer
 from tests.integration.test_checkin_hl7_support import Ehr, Feed, module_prefix, running_feed
 from tests.integration.test_checkin_support import (
     FRONT_DESK,
@@ -260,3 +261,35 @@ async def test_a_kiosk_code_for_another_day_says_which_day(feed: Feed) -> None:
     assert answer.json()["code"] == "other_day"
     assert f"{day:%A %B} {day.day}, {day.year}" in answer.json()["detail"]
     assert await floor_of(feed, "visit_id", later) == []
+
+
+async def test_the_place_in_line_is_in_the_patients_providers_queue(feed: Feed) -> None:
+    # flow's estimates place visits in the clinic's queue: 1 (dr-addison), 2 (p1),
+    # 3 (first available), 4 (p1); the last is 2nd in line for p1, not 4th
+    now = datetime.now(UTC).replace(microsecond=0)
+    tag = uuid.uuid4().hex[:6]
+    line = [(f"v-q{tag}{n}", f"Q-{n}", provider) for n, provider in
+            enumerate(("dr-addison", "p1", None, "p1"), start=1)]
+    prefix = feed.checkin.floor_topic.removesuffix(FLOOR.name)
+    async with producer(feed.kafka_bootstrap) as client:
+        for position, (visit, code, provider) in enumerate(line, start=1):
+            for topic, payload in (
+                    (FLOOR, ev.PatientArrived(visit_id=visit, ticket_code=code,
+                                              provider_id=provider, visit_type="follow_up")),
+                    (ESTIMATES, ev.WaitEstimated(visit_id=visit, ticket_code=code,
+                                                 provider_id=provider, position=position,
+                                                 wait_minutes=10.0 * position, low=5.0,
+                                                 high=10.0 * position + 5))):
+                event = ev.make_event(payload, clinic_id="north", source="flow",
+                                      occurred_at=now, correlation_id=visit)
+                await client.send_and_wait(topic_name(topic, prefix), ev.encode(event),
+                                           key=b"north")
+
+    async def place(visit: str) -> Any:
+        answer = (await feed.checkin.client.get(f"/clinics/north/visits/{visit}/wait",
+                                                headers=KIOSK)).json()
+        return answer["position"] if answer.get("high_minutes") is not None else None
+
+    last = await eventually(lambda: place(line[3][0]), timeout=10)
+    assert last == 2
+    assert [await place(visit) for visit, _code, _provider in line[:3]] == [1, 1, 1]
