@@ -125,6 +125,11 @@ class IdempotencyStore:
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Cancel the keep-alive and wait until it has ended: a cancellation that lands inside
+    a Redis call can be swallowed by the client (the loop goes round again), and a single
+    ``cancel()`` awaited would then hold the request forever; cancel until it is done."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+    if not task.cancelled():
+        task.exception()  # retrieved: its error is the loop's own business
