@@ -88,7 +88,7 @@ def make_router(desk: Desk) -> APIRouter:
         return {"event_id": result.checkout_event_id, "visit_id": visit_id,
                 "outcome": result.outcome, "posted": list(result.entries),
                 "replayed": result.outcome == "duplicate",
-                "ended_on_floor": result.published,
+                "ended_on_floor": result.ended_on_floor,
                 "account": views.account_json(result.account, zone(clinic_id))}
 
     @router.put("/clinics/{clinic_id}/visits/{visit_id}/coverage", tags=["coverage"],

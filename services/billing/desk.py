@@ -99,6 +99,8 @@ class CheckoutResult:
     account: Account
     reason: str = ""
     published: bool = False  # patient.checked_out published on the floor by this checkout
+    # ... by this checkout or, for a replay, by the one it repeats (the answer says so)
+    ended_on_floor: bool = False
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,16 @@ class Desk:
             if decision.entries:
                 await self._post(clinic_id, decision.entries, visit_id)
                 account = await self.account(clinic_id, visit_id)
+            posted = tuple(e.entry_id for e in decision.entries)
             published = desk and publishes_checkout(floor)
+            if decision.outcome == "duplicate":
+                # a replay answers as the checkout it repeats did: the entries it posted,
+                # and whether it ended the visit on the floor (its event published)
+                posted = tuple(p.entry_id for p in account.active(ChargePosted,
+                                                                   PatientSharePosted))
+                ended_before = desk and floor.checkout_published == checkout_event_id
+            else:
+                ended_before = False
             if published:
                 # the floor event follows the ledger: a crash in between is healed by a
                 # retry, which finds the charge and publishes this same event (same id)
@@ -275,9 +286,9 @@ class Desk:
                     correlation_id=visit_id, event_id=checkout_event_id)
                 await self.publish(ev.encode(event), self.floor_topic, clinic_id.encode())
                 await self.store.checkout_published(clinic_id, visit_id, checkout_event_id)
-            return CheckoutResult(decision.outcome, visit_id, checkout_event_id,
-                                  tuple(e.entry_id for e in decision.entries), account,
-                                  decision.reason, published)
+            return CheckoutResult(decision.outcome, visit_id, checkout_event_id, posted,
+                                  account, decision.reason, published,
+                                  published or ended_before)
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 

@@ -63,6 +63,11 @@ async def test_duplicated_checkouts_post_one_charge_and_one_share(
         assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
         outcomes = sorted(a.json()["outcome"] for a in answers)
         assert outcomes.count("priced") == 1, outcomes
+        # every replay answers as the first did: its event, its entries, the visit ended
+        first = next(a.json() for a in answers if a.json()["outcome"] == "priced")
+        assert first["ended_on_floor"] is True and len(first["posted"]) == 2
+        assert {(a.json()["event_id"], tuple(a.json()["posted"]), a.json()["ended_on_floor"])
+                for a in answers} == {(first["event_id"], tuple(first["posted"]), True)}
         account = (await client.get("/clinics/north/visits/v1/account",
                                     headers=BILLING)).json()
         # north's 99213 is 130.00, venipuncture 12.00: 142.00; copay 25.00, deductible

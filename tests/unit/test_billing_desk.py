@@ -166,6 +166,7 @@ async def test_a_retried_checkout_tells_the_floor_nothing_twice() -> None:
     await desk.checkout("north", "v1", cpt_codes=["99213"])
     again = await desk.checkout("north", "v1", cpt_codes=["99213"])
     assert again.outcome == "duplicate" and not again.published
+    assert again.ended_on_floor and again.entries == ("chg-v1", "shr-v1")  # as the first said
     assert [t for t, _e in ledger.published].count(FLOOR) == 1
 
 
