@@ -76,7 +76,7 @@ def render_metrics(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
 def reason_kind(reason: str) -> str:
     """A bounded label for a dead-letter reason (the full reason goes in the record)."""
     for kind in ("not valid JSON", "bad envelope", "unknown event_type", "unknown schema_version",
-                 "too large"):
+                 "too large", "wrong partition"):
         if reason.startswith(kind):
             return kind.replace(" ", "_").lower()
     if reason.startswith("bad "):
