@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Annotated, Any
 
 import orjson
@@ -47,6 +47,9 @@ floor_staff = require_role("nurse", "manager")
 delay_staff = require_role("nurse", "front_desk", "manager")
 
 SCREEN_WAITING_FIELDS = ("ticket_code", "provider_id", "position", "wait_minutes", "low", "high")
+# how long the waiting room shows a ticket as called ("NOW CALLING"): from its rooming, by
+# the board's as_of (the events' and the board refresh's clock, never a browser's)
+CALLING_MINUTES = 3
 
 
 class Accepted(BaseModel):
@@ -111,10 +114,7 @@ def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
         "clinic_id": board["clinic_id"],
         "as_of": board["as_of"],
         "waiting": [{k: w[k] for k in SCREEN_WAITING_FIELDS} for w in board["waiting"]],
-        "calling": [
-            {"ticket_code": v["ticket_code"], "room_id": v["room_id"], "since": v["since"]}
-            for v in board["in_rooms"] if v["status"] == "roomed"
-        ],
+        "calling": calling(board),
         "providers": [
             {k: p[k] for k in ("provider_id", "delay_minutes", "delay_until", "waiting")}
             for p in board["providers"]
@@ -135,6 +135,17 @@ def on_clinic_clock(raw: bytes, zone: tzinfo) -> bytes:
         at = datetime.fromisoformat(match.group(1).decode())
         return b'"' + at.astimezone(zone).isoformat().encode() + b'"'
     return _TIME.sub(local, raw)
+
+
+def calling(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tickets the waiting room shows as called: roomed (the provider not in yet) at
+    most ``CALLING_MINUTES`` before the board's ``as_of``."""
+    as_of = datetime.fromisoformat(board["as_of"])
+    return [
+        {"ticket_code": v["ticket_code"], "room_id": v["room_id"], "since": v["since"]}
+        for v in board["in_rooms"] if v["status"] == "roomed"
+        and as_of - datetime.fromisoformat(v["since"]) <= timedelta(minutes=CALLING_MINUTES)
+    ]
 
 
 class BoardViews:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,7 +21,8 @@ from services.flow.app import create_app
 from shared import events as ev
 from shared.settings import FlowSettings
 from shared.topics import FLOOR, topic_name
-from tests.helpers import auth, serving
+from tests.fakes import FakeClock
+from tests.helpers import auth, eventually, serving
 from tests.integration.flow_support import NURSE, floor_event, get_board, publish
 from tests.integration.test_flow_commands import (
     board_of,
@@ -179,3 +180,33 @@ async def test_every_time_on_the_board_is_on_the_clinic_s_clock(
             if line.startswith("data: "):
                 assert '"as_of":"' in line and "+00:00" not in line, line
                 break
+
+
+async def test_the_waiting_room_shows_a_called_ticket_for_three_minutes_of_the_board_s_clock(
+    kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+) -> None:
+    """NOW CALLING: a ticket roomed (the provider not in yet) is called on the lobby screen
+    from its rooming until CALLING_MINUTES later by the board's as_of (its events' times,
+    then the board refresh's injected clock), not for as long as it stays roomed."""
+    env = await commands_env(kafka_bootstrap, redis_url, topic_prefix)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    clock = FakeClock(base)
+    app = create_app(FlowSettings(**env), clock=clock)
+    screen = auth("dev-screen")
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        await publish(kafka_bootstrap, topic_name(FLOOR, topic_prefix), [
+            floor_event(ev.RoomReady(room_id="r1"), "north", 0, base),
+            floor_event(ev.PatientArrived(visit_id="north-v1", ticket_code="A-1",
+                                          provider_id="dr-lee", visit_type="follow_up"),
+                        "north", 0, base),
+            floor_event(ev.PatientRoomed(visit_id="north-v1", room_id="r1"), "north", 1, base)])
+
+        async def called() -> list[str]:
+            b = await get_board(client, "north", screen)
+            return [c["ticket_code"] for c in b["calling"]] if b else []
+
+        assert await eventually(called) == ["A-1"]
+        for minutes, shown in ((3.9, ["A-1"]), (4.1, []), (2, ["A-1"])):
+            await app.state.projection.refresh_boards(clock.set(base + timedelta(
+                minutes=minutes)))
+            assert await called() == shown, minutes
