@@ -162,6 +162,32 @@ class WaitEstimated(Payload):
     high: float = Field(ge=0)
 
 
+# ---------------------------------------------------------------------- told
+
+ToldChannel = Literal["kiosk", "status", "tv", "sms", "email", "next", "log"]
+
+
+class WaitTold(Payload):
+    """What one patient was told about their wait, where and when (``occurred_at``): the
+    range and the point it was read from. Scored against the truth when the visit is
+    roomed (notifications' accuracy projection). Visit ids and ticket codes only.
+
+    ``channel``: kiosk (the check-in answer), status (a status lookup), tv (the waiting
+    room screen), sms / email (a delay warning), next ("please come back now": you're
+    next), log (a delay warning on development's log channel). ``reference_minutes``: the
+    rolling average of recent waits shown at that moment, when the teller knew it."""
+
+    visit_id: str = Field(pattern=_ID)
+    ticket_code: str | None = Field(default=None, pattern=r"^[A-Z]-?[0-9]{1,4}$")
+    channel: ToldChannel
+    low: float = Field(ge=0, le=1440)
+    high: float = Field(ge=0, le=1440)
+    wait_minutes: float = Field(ge=0, le=1440, description="the point estimate")
+    provider_id: str | None = Field(default=None, pattern=_ID, description="null: unknown "
+                                    "or first available")
+    reference_minutes: float | None = Field(default=None, ge=0, le=1440)
+
+
 # ----------------------------------------------------------------- envelope
 
 
@@ -200,6 +226,7 @@ EVENT_TYPES: dict[tuple[str, int], type[Payload]] = {
     ("patient.checked_out", 1): PatientCheckedOut,
     ("action.undone", 1): ActionUndone,
     ("wait.estimated", 1): WaitEstimated,
+    ("wait.told", 1): WaitTold,
 }
 EVENT_TYPE_OF: dict[type[Payload], tuple[str, int]] = {v: k for k, v in EVENT_TYPES.items()}
 

@@ -40,6 +40,13 @@ ESTIMATES = TopicSpec(
     retention_ms=2 * DAY_MS,
     description="Wait estimates made by flow for each waiting visit, keyed by clinic_id.",
 )
+TOLD = TopicSpec(
+    name="clinicflow.told.v1",
+    partitions=12,  # as many as the floor's: a clinic's told and floor records stay together
+    retention_ms=14 * DAY_MS,  # as long as the floor: accuracy rebuilds from both
+    description="What each patient was told about their wait (kiosk, status lookup, TV, "
+    "SMS/email warnings, you're next), keyed by clinic_id: visit ids and ticket codes only.",
+)
 LEDGER = TopicSpec(
     name="clinicflow.ledger.v1",
     partitions=6,
@@ -65,7 +72,8 @@ DEAD_LETTER = TopicSpec(
     description="Events a consumer could not apply, with the reason and where they came from.",
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (FLOOR, ESTIMATES, LEDGER, NOTIFICATIONS, AUDIT, DEAD_LETTER)
+ALL_TOPICS: tuple[TopicSpec, ...] = (FLOOR, ESTIMATES, TOLD, LEDGER, NOTIFICATIONS, AUDIT,
+                                     DEAD_LETTER)
 
 
 def topic_name(spec: TopicSpec, prefix: str = "") -> str:

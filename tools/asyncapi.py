@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from shared import events as ev
-from shared.topics import ALL_TOPICS, DEAD_LETTER, ESTIMATES, FLOOR, LEDGER, NOTIFICATIONS
+from shared.topics import ALL_TOPICS, DEAD_LETTER, ESTIMATES, FLOOR, LEDGER, NOTIFICATIONS, TOLD
 from tools.asyncapi_examples import example
 
 PARTITIONING = (
@@ -29,6 +29,7 @@ CHANNEL_EVENTS: dict[str, tuple[str, ...]] = {
                  "provider.in", "delay.announced", "delay.cleared", "patient.checked_out",
                  "action.undone"),
     ESTIMATES.name: ("wait.estimated",),
+    TOLD.name: ("wait.told",),
 }
 
 
@@ -86,7 +87,8 @@ def build_document() -> dict[str, Any]:
         channel: dict[str, Any] = {
             "address": spec.name,
             "description": f"{spec.description} {PARTITIONING}"
-            if spec.name in (FLOOR.name, ESTIMATES.name, LEDGER.name) else spec.description,
+            if spec.name in (FLOOR.name, ESTIMATES.name, TOLD.name, LEDGER.name)
+            else spec.description,
             "bindings": {"kafka": {"partitions": spec.partitions,
                                    "topicConfiguration": {"retention.ms": spec.retention_ms}}},
             "messages": {n: {"$ref": f"#/components/messages/{n}"} for n in names},

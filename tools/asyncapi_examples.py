@@ -35,6 +35,9 @@ DATA: dict[str, dict[str, Any]] = {
                       "reason": "roomed the wrong ticket"},
     "wait.estimated": {"visit_id": "v-1042", "ticket_code": "A-17", "provider_id": "p1",
                        "position": 2, "wait_minutes": 14.5, "low": 8.0, "high": 24.0},
+    "wait.told": {"visit_id": "v-1042", "ticket_code": "A-17", "channel": "kiosk",
+                  "low": 8.0, "high": 24.0, "wait_minutes": 14.5, "provider_id": "p1",
+                  "reference_minutes": 21.0},
     "charge.posted": {
         "entry_id": "chg-v-1042", "reason": "checkout", "made_by": "desk-2",
         "visit_id": "v-1042", "patient_ref": "pt-7f3a9c",
