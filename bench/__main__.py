@@ -4,7 +4,9 @@ bench/results/latest.json and docs/performance.md. Numbers, never assertions.
 Sizes can be lowered for a quick run: ``BENCH_SCALE=0.2 make bench``; some benchmarks
 alone: ``BENCH_ONLY=flow_throughput,recovery make bench`` (written to
 bench/results/partial.json and bench/results/<name>.json, docs/performance.md kept; the
-HTTP and screens sections are printed).
+HTTP and screens sections are printed). With ``BENCH_BASELINE=/path/to/checkout`` flow's
+rebuild is also timed beside that checkout's, alternating in the same run
+(``flow_vs_baseline``: bench/baseline_bench.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import flow_bench, http_bench, sse_bench
+from bench.baseline_bench import flow_vs_baseline
 from bench.common import machine
 from bench.feed_bench import ehr_feed
 from bench.feed_bench import report_rows as feed_rows
@@ -63,6 +66,12 @@ def write_report(results: dict[str, Any], path: Path) -> None:
              f"{t['bare_consumer_events_per_second']:,} events/s"),
             ("ratio bare / flow", f"{t['bare_over_flow_ratio']}x"),
         ]
+    v = results.get("flow_vs_baseline")
+    if v:
+        rows.append((f"flow rebuild beside {v['baseline_commit']} (same run, alternating)",
+                     f"{v['this_events_per_second']:,} vs {v['baseline_events_per_second']:,}"
+                     f" events/s: {v['this_over_baseline']}x (pairs "
+                     f"{', '.join(str(x) for x in v['pair_ratios'])})"))
     rows += sse_bench.report_rows(results.get("screens"))
     rows += http_bench.report_rows(results.get("http"))
     if r:
@@ -205,6 +214,11 @@ async def main() -> int:
                                             events=max(20_000, int(300_000 * SCALE)))),
             ("ehr_feed", lambda: ehr_feed(b, r, workdir, patients=max(200, int(1500 * SCALE)))),
         ]
+        baseline = os.environ.get("BENCH_BASELINE")
+        if baseline:  # this tree's flow beside another checkout's, in the same run
+            steps.insert(1, ("flow_vs_baseline", lambda: flow_vs_baseline(
+                b, r, workdir, Path(baseline), clinics=max(20, int(500 * SCALE)),
+                events=max(10_000, int(300_000 * SCALE)))))
         only = {n for n in os.environ.get("BENCH_ONLY", "").split(",") if n}
         for name, step in steps:
             if only and name not in only:
