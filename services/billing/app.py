@@ -24,6 +24,7 @@ from shared.projection import Offsets, ProjectionRunner, RedisProjection
 from shared.service import ServiceRuntime, make_http_app
 from shared.settings import BillingSettings
 from shared.topics import FLOOR, LEDGER
+from shared.visit_end import VisitEnds
 
 SERVICE = "billing"
 
@@ -73,7 +74,9 @@ def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI
                 clinics=settings.clinic_directory(),
                 wait_seconds=settings.billing_command_wait_seconds,
                 barrier=barrier.caught_up, floor_barrier=floor_barrier.caught_up,
-                clock=runtime.clock)
+                clock=runtime.clock,
+                # a checkout and check-in's cancel of one visit: one of them ends it
+                visit_ends=VisitEnds(redis, settings.redis_prefix))
 
     floor = BillingFloorProjection(desk, redis, prefix, outbox, runtime.clock)
     floor_runner = ProjectionRunner(

@@ -34,7 +34,7 @@ from datetime import date, datetime, timedelta
 from services.billing import metrics as m
 from services.billing.domain.accounts import Account
 from services.billing.domain.accounts import account as account_of
-from services.billing.domain.fee_schedule import UnknownServices
+from services.billing.domain.fee_schedule import FeeSchedule, UnknownServices
 from services.billing.domain.money import stable_id
 from services.billing.domain.payments import plan_payment, plan_refund, plan_void
 from services.billing.domain.pricing import (
@@ -76,6 +76,7 @@ from shared.events_billing import (
     PaymentRefunded,
 )
 from shared.logging import get_logger
+from shared.visit_end import VisitEnds
 
 log = get_logger("clinicflow.billing.desk")
 Publish = Callable[[bytes, str, bytes], Awaitable[None]]  # (value, topic, key)
@@ -127,7 +128,8 @@ class Desk:
                  ledger_topic: str, floor_topic: str, clinics: ClinicDirectory | None = None,
                  wait_seconds: float = 5.0, barrier: Barrier = _no_barrier,
                  floor_barrier: Barrier = _no_barrier, clock: Clock | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 visit_ends: VisitEnds | None = None) -> None:
         self.store = store
         self.fees = fees
         self.publish = publish
@@ -139,6 +141,9 @@ class Desk:
         self.floor_barrier = floor_barrier
         self.clock: Clock = clock or SystemClock()
         self.monotonic = monotonic
+        # the visit-end claim a desk checkout takes before it charges (shared/visit_end.py):
+        # check-in's cancel takes the same one, so a visit is either cancelled or charged
+        self.visit_ends = visit_ends
 
     # ------------------------------------------------------------ plumbing
 
@@ -239,58 +244,92 @@ class Desk:
             if desk:
                 require_checkout_allowed(clinic_id, visit_id, floor)
                 require_same_patient(clinic_id, visit_id, floor, patient_ref)
-            patient_ref = patient_ref or floor.patient_ref
             account = await self.account(clinic_id, visit_id)
-            key = checkout_key(account)
-            checkout_event_id = floor_event_id or stable_id("out", key)
-            if floor_event_id and any(
-                    isinstance(p.entry, ChargePosted)
-                    and p.entry.checkout_event_id == floor_event_id for p in account.entries):
-                m.CHECKOUTS.labels("duplicate").inc()
-                return CheckoutResult("duplicate", visit_id, floor_event_id, (), account,
-                                      "this checkout was priced already")
-            decision = price_checkout(schedule, account, clinic_id=clinic_id,
-                                      checkout_event_id=checkout_event_id,
-                                      cpt_codes=cpt_codes, patient_ref=patient_ref,
-                                      made_by=made_by, key=key)
-            m.CHECKOUTS.labels(decision.outcome).inc()
-            if decision.outcome == "duplicate":
-                standing = account.active(ChargePosted)
-                checkout_event_id = (standing[0].entry.checkout_event_id  # type: ignore[attr-defined]
-                                     if standing else checkout_event_id)
-                codes = [line.cpt_code for line in account.lines]
-                if cpt_codes and sorted(codes) != sorted(cpt_codes) and desk:
-                    raise Conflict(
-                        f"visit {visit_id} is already charged for {', '.join(codes)}: "
-                        "a manager voids that charge before it is charged again")
-            if decision.entries:
-                await self._post(clinic_id, decision.entries, visit_id)
-                account = await self.account(clinic_id, visit_id)
-            posted = tuple(e.entry_id for e in decision.entries)
-            published = desk and publishes_checkout(floor)
-            if decision.outcome == "duplicate":
-                # a replay answers as the checkout it repeats did: the entries it posted,
-                # and whether it ended the visit on the floor (its event published)
-                posted = tuple(p.entry_id for p in account.active(ChargePosted,
-                                                                   PatientSharePosted))
-                ended_before = desk and floor.checkout_published == checkout_event_id
-            else:
-                ended_before = False
-            if published:
-                # the floor event follows the ledger: a crash in between is healed by a
-                # retry, which finds the charge and publishes this same event (same id)
-                event = ev.make_event(
-                    ev.PatientCheckedOut(visit_id=visit_id, cpt_codes=list(cpt_codes),
-                                         icd10_codes=list(icd10_codes)),
-                    clinic_id=clinic_id, source="billing", occurred_at=self.clock.now(),
-                    correlation_id=visit_id, event_id=checkout_event_id)
-                await self.publish(ev.encode(event), self.floor_topic, clinic_id.encode())
-                await self.store.checkout_published(clinic_id, visit_id, checkout_event_id)
-            return CheckoutResult(decision.outcome, visit_id, checkout_event_id, posted,
-                                  account, decision.reason, published,
-                                  published or ended_before)
+            claimed = desk and await self._claim_end(clinic_id, visit_id, account)
+            try:
+                return await self._checkout(
+                    clinic_id, visit_id, floor, account, schedule, desk=desk,
+                    cpt_codes=cpt_codes, icd10_codes=icd10_codes, patient_ref=patient_ref,
+                    made_by=made_by, floor_event_id=floor_event_id)
+            except BaseException:
+                # nothing charged by this call: the visit may still be cancelled (or the
+                # checkout retried); a charge posted keeps its claim (the retry publishes)
+                if claimed and not (await self.account(clinic_id, visit_id)).active(
+                        ChargePosted):
+                    await self.visit_ends.release(  # type: ignore[union-attr]
+                        clinic_id, visit_id, "checked_out")
+                raise
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
+
+    async def _claim_end(self, clinic_id: str, visit_id: str, account: Account) -> bool:
+        """Take the visit-end claim for a desk checkout (``Conflict`` ``visit_ended`` when
+        a cancel holds it). True: taken now by a visit not charged yet (given back if this
+        checkout charges nothing)."""
+        if self.visit_ends is None:
+            return False
+        held = await self.visit_ends.claim(clinic_id, visit_id, "checked_out")
+        if held is not None:
+            raise Conflict(f"visit {visit_id} of clinic {clinic_id} was cancelled at "
+                           f"check-in ({held.replace('_', ' ')}) as it was being checked "
+                           "out: it cannot be checked out", code="visit_ended")
+        return not account.active(ChargePosted)
+
+    async def _checkout(self, clinic_id: str, visit_id: str, floor: FloorVisit,
+                        account: Account, schedule: FeeSchedule, *, desk: bool,
+                        cpt_codes: Sequence[str], icd10_codes: Sequence[str],
+                        patient_ref: str | None, made_by: str,
+                        floor_event_id: str | None) -> CheckoutResult:
+        """The checkout priced, posted and published, the visit locked (``checkout``)."""
+        patient_ref = patient_ref or floor.patient_ref
+        key = checkout_key(account)
+        checkout_event_id = floor_event_id or stable_id("out", key)
+        if floor_event_id and any(
+                isinstance(p.entry, ChargePosted)
+                and p.entry.checkout_event_id == floor_event_id for p in account.entries):
+            m.CHECKOUTS.labels("duplicate").inc()
+            return CheckoutResult("duplicate", visit_id, floor_event_id, (), account,
+                                  "this checkout was priced already")
+        decision = price_checkout(schedule, account, clinic_id=clinic_id,
+                                  checkout_event_id=checkout_event_id,
+                                  cpt_codes=cpt_codes, patient_ref=patient_ref,
+                                  made_by=made_by, key=key)
+        m.CHECKOUTS.labels(decision.outcome).inc()
+        if decision.outcome == "duplicate":
+            standing = account.active(ChargePosted)
+            checkout_event_id = (standing[0].entry.checkout_event_id  # type: ignore[attr-defined]
+                                 if standing else checkout_event_id)
+            codes = [line.cpt_code for line in account.lines]
+            if cpt_codes and sorted(codes) != sorted(cpt_codes) and desk:
+                raise Conflict(
+                    f"visit {visit_id} is already charged for {', '.join(codes)}: "
+                    "a manager voids that charge before it is charged again")
+        if decision.entries:
+            await self._post(clinic_id, decision.entries, visit_id)
+            account = await self.account(clinic_id, visit_id)
+        posted = tuple(e.entry_id for e in decision.entries)
+        published = desk and publishes_checkout(floor)
+        if decision.outcome == "duplicate":
+            # a replay answers as the checkout it repeats did: the entries it posted,
+            # and whether it ended the visit on the floor (its event published)
+            posted = tuple(p.entry_id for p in account.active(ChargePosted,
+                                                               PatientSharePosted))
+            ended_before = desk and floor.checkout_published == checkout_event_id
+        else:
+            ended_before = False
+        if published:
+            # the floor event follows the ledger: a crash in between is healed by a
+            # retry, which finds the charge and publishes this same event (same id)
+            event = ev.make_event(
+                ev.PatientCheckedOut(visit_id=visit_id, cpt_codes=list(cpt_codes),
+                                     icd10_codes=list(icd10_codes)),
+                clinic_id=clinic_id, source="billing", occurred_at=self.clock.now(),
+                correlation_id=visit_id, event_id=checkout_event_id)
+            await self.publish(ev.encode(event), self.floor_topic, clinic_id.encode())
+            await self.store.checkout_published(clinic_id, visit_id, checkout_event_id)
+        return CheckoutResult(decision.outcome, visit_id, checkout_event_id, posted,
+                              account, decision.reason, published,
+                              published or ended_before)
 
     async def undo_checkout(self, clinic_id: str, *, undone_event_id: str,
                             undo_event_id: str) -> tuple[str, ...]:
