@@ -272,6 +272,11 @@ class FhirIn:
             if await self.ehr.superseded(clinic, subject, at):
                 return 200, "superseded by a later update of this appointment; nothing changed"
             known = await self.desk.store.appointments(clinic, [appointment.appointment_id])
+            if appointment.status == "cancelled" and not known:
+                # a cancel (or no-show) of an appointment never booked here: nothing to
+                # record, and the EHR must hear it
+                raise NotFound(f"Appointment/{appointment.appointment_id} is not on clinic "
+                               f"{clinic!r}'s schedule: nothing to cancel", "not_found")
             if status == "noshow" and known:
                 text = await self.ehr.no_show(clinic, appointment.appointment_id, now=now)
             else:

@@ -92,6 +92,17 @@ async def test_ending_an_encounter_never_checked_in_is_a_404_naming_it(feed: Fee
         assert outcome["issue"][0]["severity"] == "error"
         assert outcome["issue"][0]["code"] == "not-found"
         assert "Encounter/enc-unknown" in outcome["issue"][0]["diagnostics"]
+    # a cancel of an Appointment never booked here is the same
+    gone = unique("gone").lower()
+    cancel = await feed.checkin.client.put(
+        f"/clinics/north/fhir/Appointment/{gone}", headers=FHIR, content=orjson.dumps({
+            "resourceType": "Appointment", "id": gone, "status": "cancelled",
+            "start": datetime.now(UTC).isoformat(), "minutesDuration": 15,
+            "appointmentType": {"coding": [{"code": "FOLLOWUP"}]},
+            "participant": [{"actor": {"reference": "Patient/x2"}, "status": "accepted"},
+                            {"actor": {"reference": "Practitioner/p1"}, "status": "accepted"}]}))
+    assert cancel.status_code == 404, cancel.text
+    assert f"Appointment/{gone}" in cancel.json()["issue"][0]["diagnostics"]
     assert len(await feed.floor()) == before
 
 
