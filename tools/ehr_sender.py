@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -31,7 +31,6 @@ from tools.live_demo import (
     DemoEvent,
     clinics_setting,
     demo_day,
-    play,
     played,
 )
 from tools.simulate import VISIT_MINUTES
@@ -226,10 +225,17 @@ def ehr_day(clinic: DemoClinic, directory: ClinicDirectory, *, started: datetime
             continue  # walk-ins come in at the desk, not from the EHR's schedule
         family = names.get(arrival.provider_id, arrival.provider_id).split()[-1].upper()
         bookings[arrival.visit_id] = Booking(
-            f"{clinic.clinic_id}-{arrival.visit_id}", made_up_patient(arrival.visit_id),
+            demo_appointment_id(clinic.clinic_id, arrival.visit_id),
+            made_up_patient(arrival.visit_id),
             ehr_provider(arrival.provider_id), (family, ""), arrival.visit_type,
             arrival.scheduled_at, VISIT_MINUTES.get(arrival.visit_type, 20))
     return EhrDay(past, bookings, future)
+
+
+def demo_appointment_id(clinic_id: str, visit_id: str) -> str:
+    """The appointment id of a simulated visit's booking: the visit id, which already
+    names its clinic (``north-v043``; before: ``north-north-v043``)."""
+    return visit_id if visit_id.startswith(f"{clinic_id}-") else f"{clinic_id}-{visit_id}"
 
 
 def with_visits(payload: ev.Payload, visits: dict[str, str]) -> ev.Payload:
@@ -287,6 +293,47 @@ async def _checked_in_visit(client: httpx.AsyncClient, clinic_id: str,
     return None
 
 
+class SimulatedFloor:
+    """The floor side of a clinic played through check-in (its EHR, its desk): the
+    simulator's facts onto the floor topic, each naming check-in's visit where the patient
+    was checked in through check-in (``visits``: simulated visit -> check-in's), and the
+    day's clock."""
+
+    def __init__(self, bootstrap: str, floor_topic: str, *, stop: asyncio.Event,
+                 clock: Callable[[], datetime]) -> None:
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                         enable_idempotence=True, linger_ms=5)
+        self.floor_topic, self.stop, self.clock = floor_topic, stop, clock
+        self.visits: dict[str, str] = {}
+
+    async def publish(self, event: DemoEvent, occurred: datetime | None = None) -> None:
+        """One fact, at its own time (``occurred``; default: now, or its time if sooner)."""
+        payload = with_visits(event.payload, self.visits)
+        envelope = ev.make_event(payload, clinic_id=event.clinic_id, source="simulator",
+                                 occurred_at=occurred or min(event.at, self.clock()),
+                                 correlation_id=getattr(payload, "visit_id", None))
+        await self.producer.send(self.floor_topic, ev.encode(envelope),
+                                 key=event.clinic_id.encode())
+
+    async def publish_past(self, events: list[DemoEvent]) -> int:
+        """What is already past, at once with its own times; how many facts."""
+        for event in events:
+            await self.publish(event, event.at)
+        await self.producer.flush()
+        return len(events)
+
+    async def coming(self, events: list[DemoEvent]) -> AsyncIterator[DemoEvent]:
+        """Each event at its time, until the day is stopped."""
+        for event in events:
+            wait = (event.at - self.clock()).total_seconds()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), timeout=wait)
+            if self.stop.is_set():
+                return
+            yield event
+
+
 async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int],
                           checkin_url: str, clinic: DemoClinic, directory: ClinicDirectory,
                           speed: float = 1.0, stop: asyncio.Event | None = None,
@@ -301,26 +348,13 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
     started = clock()
     zone = directory.zone(clinic.clinic_id)
     day = ehr_day(clinic, directory, started=started, speed=speed)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=5)
+    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock)
     sender = EhrSender(*hl7, zone=zone, stop=stop)
-    visits: dict[str, str] = {}  # simulated visit -> check-in's
     sent = 0
-
-    async def publish(event: DemoEvent, occurred: datetime) -> None:
-        payload = with_visits(event.payload, visits)
-        envelope = ev.make_event(payload, clinic_id=event.clinic_id, source="simulator",
-                                 occurred_at=occurred,
-                                 correlation_id=getattr(payload, "visit_id", None))
-        await producer.send(floor_topic, ev.encode(envelope), key=event.clinic_id.encode())
-
-    await producer.start()
+    await floor.producer.start()
     try:
         async with httpx.AsyncClient(base_url=checkin_url, timeout=10) as client:
-            for event in day.past:
-                await publish(event, event.at)
-            await producer.flush()
-            sent = len(day.past)
+            sent = await floor.publish_past(day.past)
             for visit, booking in list(day.bookings.items()):
                 ack = await sender.send(siu("S12", booking, facility=EHR_FACILITY, zone=zone,
                                             sent_at=started))
@@ -329,13 +363,7 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
                 sent += 1
             if on_caught_up is not None:
                 on_caught_up(sent)
-            for event in day.future:
-                wait = (event.at - clock()).total_seconds()
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=wait)
-                if stop.is_set():
-                    break
+            async for event in floor.coming(day.future):
                 arrival = event.payload
                 booked = day.bookings.get(arrival.visit_id) \
                     if isinstance(arrival, ev.PatientArrived) else None
@@ -348,17 +376,17 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
                                                          booked.appointment_id) \
                         if ack is not None and ack_code(ack) == "AA" else None
                     if checked_in is not None:
-                        visits[arrival.visit_id] = checked_in
+                        floor.visits[arrival.visit_id] = checked_in
                         sent += 1
                         continue
-                await publish(event, min(event.at, clock()))
+                await floor.publish(event)
                 sent += 1
-            await producer.flush()
+            await floor.producer.flush()
     finally:
         await sender.close()
-        await producer.stop()
+        await floor.producer.stop()
     log.info("ehr clinic's day played", clinic=clinic.clinic_id, sent=sent,
-             through_hl7=len(visits))
+             through_hl7=len(floor.visits))
     return sent
 
 
@@ -367,8 +395,12 @@ async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int
                         stop: asyncio.Event | None = None,
                         directory: ClinicDirectory | None = None,
                         on_caught_up: Callable[[int], None] | None = None) -> int:
-    """``make up``'s demo: every demo clinic's day as ``tools.live_demo.play`` plays it,
-    but the EHR clinic's (``EHR_CLINIC``) through its EHR sender."""
+    """``make up``'s demo: the EHR clinic's (``EHR_CLINIC``) day through its EHR sender,
+    every other demo clinic's through its front desk (``tools.desk_sender``: its
+    schedule imported into check-in, so its kiosk has codes from the start, and its
+    booked patients checked in at the desk)."""
+    from tools.desk_sender import play_desk_clinic
+
     stop = stop or asyncio.Event()
     directory = directory or ClinicDirectory.parse(clinics_setting())
     ehr_clinic = next(c for c in DEMO_CLINICS if c.clinic_id == EHR_CLINIC)
@@ -376,13 +408,14 @@ async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int
 
     def one_caught_up(count: int) -> None:
         caught_up.append(count)
-        if len(caught_up) == 2 and on_caught_up is not None:
+        if len(caught_up) == len(DEMO_CLINICS) and on_caught_up is not None:
             on_caught_up(sum(caught_up))
 
     counts = await asyncio.gather(
-        play(bootstrap, floor_topic, speed=speed, stop=stop, directory=directory,
-             clinics=tuple(c for c in DEMO_CLINICS if c is not ehr_clinic),
-             on_caught_up=one_caught_up),
+        *(play_desk_clinic(bootstrap, floor_topic, checkin_url=checkin_url, clinic=clinic,
+                           directory=directory, speed=speed, stop=stop,
+                           on_caught_up=one_caught_up)
+          for clinic in DEMO_CLINICS if clinic is not ehr_clinic),
         play_ehr_clinic(bootstrap, floor_topic, hl7=hl7, checkin_url=checkin_url,
                         clinic=ehr_clinic, directory=directory, speed=speed, stop=stop,
                         on_caught_up=one_caught_up))
