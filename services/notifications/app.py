@@ -11,6 +11,9 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from services.notifications.accuracy import AccuracyPlan
+from services.notifications.accuracy_api import make_accuracy_router
+from services.notifications.accuracy_store import AccuracyProjection
 from services.notifications.api import AlertHub, make_router
 from services.notifications.channels import (
     Channel,
@@ -36,7 +39,7 @@ from shared.kafka import dead_letter_topic, topic
 from shared.outbox import OutboxRelay
 from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import NotificationsSettings
-from shared.topics import AUDIT, ESTIMATES, FLOOR, NOTIFICATIONS
+from shared.topics import AUDIT, ESTIMATES, FLOOR, NOTIFICATIONS, TOLD
 
 OUTBOX_EVERY_SECONDS = 0.5
 
@@ -87,6 +90,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     relay = OutboxRelay(store.outbox, publish, {
         "notifications": notifications_topic,
         "audit": topic(AUDIT, settings),
+        "told": topic(TOLD, settings),
         "deadletter": dead_letter_topic(settings),
     }, service="notifications")
     sender = NotificationSender(
@@ -123,6 +127,19 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         title="notifications.floor-and-estimates",
         description="Floor events and wait estimates -> patient messages and nurse alerts.",
     )
+    # told records and the floor's roomings -> how right the told waits were
+    accuracy = AccuracyProjection(
+        runtime.broker, runtime.redis, store.outbox,
+        AccuracyPlan(zone=lambda clinic_id: names(clinic_id).zone, floor_topic=floor_topic),
+        runtime.clock, prefix=settings.redis_prefix, floor_topic=floor_topic,
+        told_topic=topic(TOLD, settings),
+        group_id=f"{settings.notifications_group_id}-accuracy",
+        configured=names.configured, on_dead_letters=relay.kick.set,
+        max_records=settings.notifications_batch_max,
+        batch_timeout_ms=settings.notifications_batch_timeout_ms,
+        fetch_max_wait_ms=settings.notifications_batch_timeout_ms,
+        session_timeout_ms=settings.notifications_session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.notifications_session_timeout_ms // 3))
     runtime.every(settings.notifications_tick_seconds, notifier.tick, "notifier-tick")
     runtime.every(SEND_EVERY_SECONDS, sender.tick, "sender", needs_kafka=False)
     runtime.every(HEARTBEAT_EVERY_SECONDS, sender.heartbeat, "sender-heartbeat",
@@ -164,6 +181,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
                            allow_methods=["GET"], allow_headers=["Authorization",
                                                                  "Last-Event-ID"])
     app.state.notifier = notifier
+    app.state.accuracy = accuracy
     app.state.sender = sender
     app.state.outbox_relay = relay
     app.state.store = store
@@ -174,4 +192,5 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         runtime, store, rules, names, hub,
         IdempotencyStore(runtime.redis, settings.redis_prefix), barrier,
         channels=frozenset(channels) & {"email", "sms", "log"}))
+    app.include_router(make_accuracy_router(accuracy.figures, accuracy.today))
     return app

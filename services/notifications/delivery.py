@@ -198,7 +198,8 @@ class NotificationSender:
                                 fields={"sent_at": now.isoformat(),
                                         "finished_at": now.isoformat(), "channel": channel_kind,
                                         "last_error": "", "subject": subject, "text": text},
-                                events=[records.sent_event(record, channel_kind, now)])
+                                events=[records.sent_event(record, channel_kind, now),
+                                        *records.told_events(record, channel_kind, now)])
         m.DELIVERIES.labels(channel_kind, kind, "sent").inc()
         log.info("notification sent", notification_id=notification_id, kind=kind,
                  channel=channel_kind, attempts=record.get("attempts"))

@@ -50,3 +50,22 @@ DUE_NOTIFICATIONS = Gauge(
     "clinicflow_notifications_due",
     "Notifications waiting for their (next) attempt, as last seen by the sender.",
 )
+TOLD_ERROR = Histogram(
+    "clinicflow_told_wait_abs_error_minutes",
+    "How far the wait told to a patient was from the truth (|actual - point told|, "
+    "minutes), once per told record when the visit is roomed, by clinic (configured; "
+    "others: 'other') and channel (kiosk, status, tv, sms, email, next, log).",
+    ["clinic", "channel"],
+    buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120),
+)
+TOLD_SHARE_INSIDE = Gauge(
+    "clinicflow_told_share_inside_range",
+    "Today's share (clinic's day) of told records whose actual wait fell inside the range "
+    "told, by clinic.",
+    ["clinic"],
+)
+TOLD_SCORED_TODAY = Gauge(
+    "clinicflow_told_scored_today",
+    "Told records scored today (clinic's day), by clinic: how much the share rests on.",
+    ["clinic"],
+)

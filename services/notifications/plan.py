@@ -90,7 +90,7 @@ class NotifierPlan:
             notifier = state.notifiers[clinic_id]
             rules = self.rules.for_clinic(clinic_id)
             prefs = state.preferences.get(clinic_id, {})
-            for record in heapq.merge(*streams.get(clinic_id, []), key=_occurred_at):
+            for record in heapq.merge(*streams.get(clinic_id, []), key=occurred_at):
                 event = record.event
                 assert event is not None
                 payload = event.payload
@@ -121,17 +121,7 @@ class NotifierPlan:
         return planned
 
     def _streams(self, records: list[Inbound]) -> dict[str, list[list[Inbound]]]:
-        """Each clinic's records by partition, the floor's partitions first (so a floor
-        fact goes before an estimate made at the same instant)."""
-        by_clinic: dict[str, dict[Partition, list[Inbound]]] = {}
-        for record in records:
-            if record.event is not None:
-                by_clinic.setdefault(record.event.clinic_id, {}).setdefault(
-                    record.tp, []).append(record)
-        return {clinic_id: [stream for _tp, stream in sorted(
-                    partitions.items(), key=lambda entry: (entry[0][0] != self.floor_topic,
-                                                           entry[0]))]
-                for clinic_id, partitions in by_clinic.items()}
+        return clinic_streams(records, self.floor_topic)
 
     def _effects(self, clinic_id: str, outcome: Outcome, wall: datetime,
                  changes: NotificationChanges) -> None:
@@ -161,6 +151,21 @@ class NotifierPlan:
         changes.decisions.extend(outcome.decisions)
 
 
-def _occurred_at(record: Inbound) -> datetime:
+def clinic_streams(records: list[Inbound], floor_topic: str
+                   ) -> dict[str, list[list[Inbound]]]:
+    """Each clinic's records by partition, the floor's partitions first (so a floor fact
+    goes before a record of another topic made at the same instant): merged by
+    ``occurred_at`` (``heapq.merge``), each partition keeps its order."""
+    by_clinic: dict[str, dict[Partition, list[Inbound]]] = {}
+    for record in records:
+        if record.event is not None:
+            by_clinic.setdefault(record.event.clinic_id, {}).setdefault(
+                record.tp, []).append(record)
+    return {clinic_id: [stream for _tp, stream in sorted(
+                partitions.items(), key=lambda entry: (entry[0][0] != floor_topic, entry[0]))]
+            for clinic_id, partitions in by_clinic.items()}
+
+
+def occurred_at(record: Inbound) -> datetime:
     assert record.event is not None
     return record.event.occurred_at

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
+from pydantic import ValidationError
 
 from services.notifications.domain import (
     Alert,
@@ -23,6 +24,7 @@ from services.notifications.domain import (
     page_id,
     render,
 )
+from services.notifications.domain.texts import shown_range
 from shared import events as ev
 from shared import events_notifications as nev
 from shared.kafka import dead_letter_record
@@ -172,6 +174,44 @@ def sent_event(record: dict[str, str], channel: str, at: datetime) -> bytes:
         correlation_id=record.get("visit_id") or None,
         event_id=f"{record['notification_id']}.sent")
     return outbox_entry("notifications", record["clinic_id"], ev.encode(event))
+
+
+def told_event(record: dict[str, str], channel: str, at: datetime) -> bytes | None:
+    """``wait.told`` for a patient message that quoted a wait, sent at ``at`` on
+    ``channel``: a delay warning (its channel: sms, email, log) or "please come back now"
+    (channel ``next``), with the range as the patient read it (to five minutes) and the
+    estimate it was made around; None for a message that quoted none."""
+    kind = record.get("kind")
+    if kind not in ("delay_warning", "come_back_now") or not record.get("wording"):
+        return None
+    wording = Wording.from_dict(orjson.loads(record["wording"]))
+    if wording.low is None or wording.high is None:
+        return None
+    told_channel = "next" if kind == "come_back_now" else channel
+    if told_channel not in ("sms", "email", "log", "next"):
+        return None
+    low, high = shown_range(wording.low, wording.high)
+    point = wording.wait if wording.wait is not None else (low + high) / 2
+    try:
+        told = ev.WaitTold(visit_id=record["visit_id"],
+                           ticket_code=record.get("ticket_code") or None,
+                           channel=told_channel,  # type: ignore[arg-type]
+                           low=float(low), high=float(high),
+                           wait_minutes=round(min(max(0.0, point), 1440.0), 1),
+                           provider_id=wording.provider_id)
+    except ValidationError:  # nothing a patient was told is worth failing a sent message
+        return None
+    event = ev.make_event(
+        told, clinic_id=record["clinic_id"], source=SOURCE, occurred_at=at,
+        correlation_id=record.get("visit_id") or None,
+        event_id=f"{record['notification_id']}.told")
+    return outbox_entry("told", record["clinic_id"], ev.encode(event))
+
+
+def told_events(record: dict[str, str], channel: str, at: datetime) -> list[bytes]:
+    """``told_event`` as a list (empty: the message quoted no wait)."""
+    told = told_event(record, channel, at)
+    return [] if told is None else [told]
 
 
 def failed_events(record: dict[str, str], channel: str, at: datetime, reason: str,

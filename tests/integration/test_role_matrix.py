@@ -108,6 +108,7 @@ POLICY: dict[str, dict[str, frozenset[str] | str]] = {
         "GET /clinics/{clinic_id}/alerts/stream": FLOOR_STAFF,
         "GET /clinics/{clinic_id}/estimates": NOTIFY_STAFF,
         "GET /clinics/{clinic_id}/rules": NOTIFY_STAFF,
+        "GET /clinics/{clinic_id}/accuracy": frozenset({"manager"}),
     },
     "billing": {
         **OPERATIONS,

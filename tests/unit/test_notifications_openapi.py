@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from services.notifications import schemas
+from services.notifications.accuracy_api import AccuracyAnswer
 from services.notifications.app import create_app
 from shared.settings import NotificationsSettings
 from tests.openapi_support import assert_every_route_is_documented, has_example, operations
@@ -42,6 +43,7 @@ def test_every_notifications_route_is_in_the_document(spec: dict[str, Any]) -> N
         ("GET", "/clinics/{clinic_id}/alerts/stream"),
         ("GET", "/clinics/{clinic_id}/estimates"),
         ("GET", "/clinics/{clinic_id}/rules"),
+        ("GET", "/clinics/{clinic_id}/accuracy"),
     }
 
 
@@ -95,6 +97,7 @@ ANSWERS: dict[tuple[str, str], tuple[type[BaseModel], str]] = {
     ("get", "/clinics/{clinic_id}/alerts"): (schemas.AlertsAnswer, "200"),
     ("get", "/clinics/{clinic_id}/estimates"): (schemas.EstimatesAnswer, "200"),
     ("get", "/clinics/{clinic_id}/rules"): (schemas.RulesAnswer, "200"),
+    ("get", "/clinics/{clinic_id}/accuracy"): (AccuracyAnswer, "200"),
 }
 
 

@@ -69,7 +69,8 @@ class Wording:
     ``provider_id`` is whose delay or slip it is (None: the clinic's, or a patient for the
     first available provider); ``delay_minutes`` the announced delay (None: the estimate
     slipped); ``low``/``high`` the range quoted; ``position`` the place in line;
-    ``room_id`` the room that is ready."""
+    ``room_id`` the room that is ready; ``wait`` the point estimate the range was made
+    around (recorded as told, never worded)."""
 
     kind: PatientKind
     ticket_code: str
@@ -79,22 +80,28 @@ class Wording:
     high: float | None = None
     position: int = 0
     room_id: str | None = None
+    wait: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "ticket": self.ticket_code, "provider": self.provider_id,
                 "delay": self.delay_minutes, "low": self.low, "high": self.high,
-                "position": self.position, "room": self.room_id}
+                "position": self.position, "room": self.room_id, "wait": self.wait}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Wording:
         return cls(d["kind"], d["ticket"], d.get("provider"), d.get("delay"), d.get("low"),
-                   d.get("high"), int(d.get("position", 0)), d.get("room"))
+                   d.get("high"), int(d.get("position", 0)), d.get("room"), d.get("wait"))
+
+
+def shown_range(low: float, high: float) -> tuple[int, int]:
+    """A range to the nearest five minutes, as a patient reads it (``format_range``)."""
+    lo = max(0, math.floor(low / 5 + 0.5) * 5)
+    return lo, max(lo + 5, math.floor(high / 5 + 0.5) * 5)
 
 
 def format_range(low: float, high: float) -> str:
     """A range to the nearest five minutes, as a patient reads it: "30–40 minutes"."""
-    lo = max(0, math.floor(low / 5 + 0.5) * 5)
-    hi = max(lo + 5, math.floor(high / 5 + 0.5) * 5)
+    lo, hi = shown_range(low, high)
     if lo == 0:
         return f"up to {hi} minutes"
     return f"{lo}\u2013{hi} minutes"

@@ -291,16 +291,18 @@ def _wording(kind: PatientKind, notes: PatientNotes, estimate: WaitQuote | None,
     """What a message says, in ids and numbers (``texts.render`` makes the words)."""
     low, high = (None, None) if estimate is None else (estimate.low, estimate.high)
     position = 0 if estimate is None else estimate.position
+    wait = None if estimate is None else estimate.wait
     if kind == "delay_warning":
         assert estimate is not None
         if pending is not None and pending.reason == "delay":
             return Wording(kind, notes.ticket_code, pending.delay_provider,
-                           pending.delay_minutes, low, high, position)
-        return Wording(kind, notes.ticket_code, notes.provider_id, None, low, high, position)
+                           pending.delay_minutes, low, high, position, wait=wait)
+        return Wording(kind, notes.ticket_code, notes.provider_id, None, low, high, position,
+                       wait=wait)
     if kind == "come_back_now":
         assert estimate is not None
     return Wording(kind, notes.ticket_code, notes.provider_id, None, low, high, position,
-                   room_id)
+                   room_id, wait)
 
 
 def _estimate_to_tell(notes: PatientNotes, pending: PendingWarning,
