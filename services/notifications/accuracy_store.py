@@ -144,6 +144,7 @@ class AccuracyProjection:
         self.plan = plan
         self.clock = clock
         self.configured = configured
+        self.gauged: set[str] = set()  # clinics whose gauges this instance sets
         self.projection = RedisProjection(redis, prefix, consumer=CONSUMER, store=self.store,
                                           plan=plan, outbox=outbox, after=self._stored)
         self.runner = ProjectionRunner(
@@ -158,17 +159,28 @@ class AccuracyProjection:
     def today(self, clinic_id: str, now: datetime | None = None) -> date:
         return (now or self.clock.now()).astimezone(self.plan.zone(clinic_id)).date()
 
-    async def figures(self, clinic_id: str, day: date) -> dict[str, Any]:
+    async def figures(self, clinic_id: str, day: date,
+                      now: datetime | None = None) -> dict[str, Any]:
+        """A clinic's figures of a day; today's (as of ``now``) also set its gauges."""
         figures = await self.store.figures(clinic_id, day)
-        if day == self.today(clinic_id):
+        if day == self.today(clinic_id, now):
             self._gauge(clinic_id, figures)
         return figures
 
+    async def tick(self, now: datetime) -> int:
+        """Refresh today's gauges of the clinics this instance has figures of (a new day
+        starts them again at 0 scored); returns how many."""
+        for clinic_id in sorted(self.gauged):
+            await self.figures(clinic_id, self.today(clinic_id, now), now)
+        return len(self.gauged)
+
     def _gauge(self, clinic_id: str, figures: dict[str, Any]) -> None:
+        self.gauged.add(clinic_id)
         label = m.clinic_label(clinic_id, self.configured)
         m.TOLD_SCORED_TODAY.labels(label).set(figures["scored"])
-        if figures["share_inside_range"] is not None:
-            m.TOLD_SHARE_INSIDE.labels(label).set(figures["share_inside_range"])
+        # none scored yet today: no share (NaN), rather than yesterday's
+        share = figures["share_inside_range"]
+        m.TOLD_SHARE_INSIDE.labels(label).set(float("nan") if share is None else share)
 
     async def _stored(self, changes: AccuracyChanges) -> None:
         for score in changes.scores:

@@ -42,6 +42,7 @@ from shared.settings import NotificationsSettings
 from shared.topics import AUDIT, ESTIMATES, FLOOR, NOTIFICATIONS, TOLD
 
 OUTBOX_EVERY_SECONDS = 0.5
+ACCURACY_GAUGES_EVERY_SECONDS = 60  # today's accuracy gauges, also across midnight
 
 
 def build_channels(settings: NotificationsSettings,
@@ -141,6 +142,8 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         session_timeout_ms=settings.notifications_session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.notifications_session_timeout_ms // 3))
     runtime.every(settings.notifications_tick_seconds, notifier.tick, "notifier-tick")
+    runtime.every(ACCURACY_GAUGES_EVERY_SECONDS, accuracy.tick, "accuracy-gauges",
+                  needs_kafka=False)
     runtime.every(SEND_EVERY_SECONDS, sender.tick, "sender", needs_kafka=False)
     runtime.every(HEARTBEAT_EVERY_SECONDS, sender.heartbeat, "sender-heartbeat",
                   needs_kafka=False)

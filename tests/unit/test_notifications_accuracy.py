@@ -249,3 +249,35 @@ def test_a_sent_delay_warning_is_told_as_the_patient_read_it() -> None:
     told_payload = ev.decode(orjson.loads(told_next)["value"]).payload
     assert isinstance(told_payload, ev.WaitTold) and told_payload.channel == "next"
     assert told_event({**record, "kind": "ready_for_you"}, "sms", CLOCK.now()) is None
+
+
+async def test_the_gauges_start_again_at_a_new_clinic_day() -> None:
+    import math
+
+    from prometheus_client import REGISTRY
+
+    from services.notifications.accuracy_store import AccuracyProjection
+
+    class Days:
+        """hgetall of the accuracy day keys: March 2 has figures, later days none."""
+
+        async def hgetall(self, key: str) -> dict[bytes, bytes]:
+            return ({b"09|kiosk|p1|n": b"4", b"09|kiosk|p1|in": b"1", b"09|kiosk|p1|err": b"0",
+                     b"09|kiosk|p1|ref": b"0"} if key.endswith("2026-03-02") else {})
+
+    clock = FakeClock(datetime(2026, 3, 2, 20, 0, tzinfo=UTC))  # 14:00 in Chicago
+    projection = AccuracyProjection(None, Days(), None, PLAN, clock,  # type: ignore[arg-type]
+                                    prefix="t", floor_topic=FLOOR, told_topic=TOLD,
+                                    group_id="g", configured=lambda c: c == "gauged")
+
+    def sample(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"clinic": "gauged"})
+
+    await projection.figures("gauged", DAY)
+    assert sample("clinicflow_told_share_inside_range") == 0.25
+    assert sample("clinicflow_told_scored_today") == 4
+    # 00:30 in Chicago on March 3: a new day, nothing scored yet
+    assert await projection.tick(datetime(2026, 3, 3, 6, 30, tzinfo=UTC)) == 1
+    assert sample("clinicflow_told_scored_today") == 0
+    share = sample("clinicflow_told_share_inside_range")
+    assert share is not None and math.isnan(share)
