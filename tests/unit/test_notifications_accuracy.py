@@ -281,3 +281,21 @@ async def test_the_gauges_start_again_at_a_new_clinic_day() -> None:
     assert sample("clinicflow_told_scored_today") == 0
     share = sample("clinicflow_told_share_inside_range")
     assert share is not None and math.isnan(share)
+
+
+def test_a_visit_is_told_again_only_when_its_range_moved_beyond_the_clock() -> None:
+    from shared.told import LastTold, screen_range, tell_again, told_event
+
+    last = LastTold(CLOCK.now(), 20.0, 30.0)
+    assert tell_again(None, CLOCK.now(), 20, 30)
+    assert not tell_again(last, at(2), 0, 90)  # moments later: never, whatever it says
+    assert not tell_again(last, at(10), 10.5, 20.5)  # ran down with the clock
+    assert tell_again(last, at(10), 16, 26)  # 6 minutes longer than the clock explains
+    assert not tell_again(last, at(4), 16, 30)  # 4 minutes later: its top 4 above the clock
+    assert tell_again(last, at(4), 16, 32)  # ... 6 above: moved
+    assert screen_range(8.2, 23.1) == (5, 25) and screen_range(0, 2) == (0, 5)
+    one = told_event("north", "v1", channel="tv", low=5, high=25, point=14, at=at(0),
+                     source="flow")
+    again = told_event("north", "v1", channel="tv", low=5, high=25, point=14, at=at(0),
+                       source="flow")
+    assert one.envelope.event_id == again.envelope.event_id  # a replay is one record
