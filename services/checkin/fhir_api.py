@@ -189,8 +189,10 @@ def _refused_doc(status: int, when: str, code: str, detail: str) -> dict[str, An
     example = {"resourceType": "OperationOutcome", "issue": [{
         "severity": "error", "code": ISSUE_TYPE.get(status, "processing"),
         "details": {"text": code}, "diagnostics": detail}]}
-    return {"description": f"{when} (an OperationOutcome)",
-            "content": {FHIR_JSON: {"example": example}}}
+    return {"description": f"{when} (an OperationOutcome; a request the route cannot read "
+                           "at all, a bad path or header, is the service's JSON refusal)",
+            "content": {FHIR_JSON: {"example": example},
+                        "application/json": {"example": {"detail": detail, "code": code}}}}
 
 
 def _answers(status: int, example: dict[str, Any], description: str,
