@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request
@@ -38,7 +38,7 @@ from services.checkin.desk import (
     ImportResult,
     WalkIn,
 )
-from services.checkin.domain import printed_kiosk_code
+from services.checkin.domain import WaitStatus, printed_kiosk_code
 from services.checkin.limiter import LookupLimiter
 from services.checkin.schedule import parse_csv, parse_fhir_bundle
 from services.checkin.schemas import (
@@ -79,9 +79,11 @@ from services.checkin.schemas import (
 from shared.auth import Principal, require_role
 from shared.clock import Clock
 from shared.errors import NotFound, PreconditionRequired
+from shared.events import ToldChannel
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.refusals import Invalid
 from shared.settings import ROLES
+from shared.told import ToldLog
 
 ClinicId = Annotated[str, Path(pattern=ID_TEXT, description="the clinic", examples=["north"])]
 VisitId = Annotated[str, Path(pattern=ID_TEXT, description="the visit (from the arrival)",
@@ -113,9 +115,19 @@ WALK_IN_NEEDS_A_KEY = (
 
 
 def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: LookupLimiter,
-                clock: Clock) -> APIRouter:
-    """Checkin's routes; the time of every command and lookup is ``clock.now()``."""
+                clock: Clock, told: ToldLog | None = None) -> APIRouter:
+    """Checkin's routes; the time of every command and lookup is ``clock.now()``. ``told``
+    records the ranges the kiosk and the status lookup tell (shared/told.py)."""
     router = APIRouter(responses=COMMON_ERRORS)
+
+    async def tell(clinic_id: str, status: WaitStatus, channel: ToldChannel,
+                   now: datetime) -> None:
+        if (told is not None and status.waiting and status.visit_id is not None
+                and status.low_minutes is not None and status.high_minutes is not None):
+            await told.record(clinic_id, status.visit_id, channel=channel,
+                              low=status.low_minutes, high=status.high_minutes,
+                              point=status.wait_minutes, at=now,
+                              provider_id=status.provider_id, ticket_code=status.ticket_code)
 
     async def once(request: Request, clinic_id: str, key: str | None,
                    action: Callable[[], Awaitable[tuple[int, Any]]]) -> tuple[Any, bool]:
@@ -444,6 +456,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
                 await limiter.missed(client, now)
                 raise
             m.LOOKUPS.labels("kiosk", "found").inc()
+            await tell(clinic_id, result.wait, "kiosk", now)
             return 201, {"ticket_code": result.ticket_code, "visit_id": result.visit_id,
                          "late": result.late,
                          "wait": WaitAnswer.of(result.wait).model_dump()}
@@ -472,6 +485,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
             m.LOOKUPS.labels("visit", "unknown").inc()
             raise HTTPException(404, detail=f"no visit {visit_id!r} at clinic {clinic_id!r}")
         m.LOOKUPS.labels("visit", "found").inc()
+        await tell(clinic_id, status, "kiosk", now)  # the kiosk follows its check-in
         return WaitAnswer.of(status)
 
     @router.get("/clinics/{clinic_id}/tickets/{ticket_code}/wait", response_model=WaitAnswer,
@@ -502,6 +516,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
             raise HTTPException(404, detail=f"no ticket {ticket_code[:12]!r} today at clinic "
                                 f"{clinic_id!r}")
         m.LOOKUPS.labels("ticket", "found").inc()
+        await tell(clinic_id, status, "status", now)
         return WaitAnswer.of(status)
 
     return router

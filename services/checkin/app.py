@@ -42,7 +42,8 @@ from shared.outbox import Outbox, OutboxRelay
 from shared.projection import Inbound, Planned, ProjectionRunner, RedisProjection
 from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import CheckinSettings
-from shared.topics import ESTIMATES, FLOOR
+from shared.told import ToldLog
+from shared.topics import ESTIMATES, FLOOR, TOLD
 from shared.visit_end import VisitEnds
 
 # the relay publishes dead letters as soon as a batch queued some; this is how often it
@@ -85,8 +86,12 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     async def publish_raw(value: bytes, to_topic: str, key: bytes | None) -> None:
         await runtime.broker.publish(value, to_topic, key=key)
 
-    relay = OutboxRelay(outbox, publish_raw, {"deadletter": dead_letter_topic(settings)},
+    relay = OutboxRelay(outbox, publish_raw, {"deadletter": dead_letter_topic(settings),
+                                              "told": topic(TOLD, settings)},
                         service="checkin")
+    # the ranges the kiosk and the status lookup tell, through the same outbox
+    told = ToldLog(runtime.redis, settings.redis_prefix, outbox, source="checkin",
+                   queued=relay.kick.set)
 
     def plan(records: list[Inbound], state: ProjectionState) -> Planned[CheckinChanges]:
         return plan_visits(records, state, clinics.zone)
@@ -160,7 +165,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     limiter = LookupLimiter(store, settings.checkin_lookup_rate_per_minute,
                             settings.checkin_lookup_misses_per_minute)
     app.include_router(make_router(desk, IdempotencyStore(runtime.redis, settings.redis_prefix),
-                                   limiter, runtime.clock))
+                                   limiter, runtime.clock, told))
     app.include_router(make_fhir_router(desk, ehr, store, feeds, runtime.clock,
                                         IdempotencyStore(runtime.redis, settings.redis_prefix)))
     app.include_router(make_pages_router())

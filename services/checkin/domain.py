@@ -522,6 +522,10 @@ class WaitStatus:
     position: int | None
     low_minutes: int | None
     high_minutes: int | None
+    # what was told, for the told record (shared/told.py): never in an answer
+    visit_id: str | None = None
+    provider_id: str | None = None
+    wait_minutes: float | None = None
 
 
 def provider_queue_place(view: VisitView, others: Iterable[VisitView]) -> int | None:
@@ -548,4 +552,6 @@ def wait_status(view: VisitView, now: datetime) -> WaitStatus:
     elapsed = max(0.0, (now - view.estimated_at).total_seconds() / 60.0)
     low = math.floor(max(0.0, view.low - elapsed))
     high = max(low, math.ceil(max(0.0, view.high - elapsed)))
-    return WaitStatus(view.ticket_code, True, view.position, low, high)
+    point = None if view.wait_minutes is None else max(0.0, view.wait_minutes - elapsed)
+    return WaitStatus(view.ticket_code, True, view.position, low, high, view.visit_id,
+                      view.provider_id, point)

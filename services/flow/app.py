@@ -17,7 +17,7 @@ from shared.outbox import OutboxRelay
 from shared.projection import ProjectionRunner
 from shared.service import ServiceRuntime, make_http_app
 from shared.settings import FlowSettings
-from shared.topics import ESTIMATES, FLOOR
+from shared.topics import ESTIMATES, FLOOR, TOLD
 
 # how often the dead letters checkpoints queued are published (what one instance queued,
 # any instance relays)
@@ -38,6 +38,7 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
         store, publish, runtime.clock,
         estimates_topic=topic(ESTIMATES, settings),
         publish_estimates=settings.flow_publish_estimates,
+        told_topic=topic(TOLD, settings),  # the waiting-room screen's ranges, as told
         checkpoint_seconds=settings.flow_checkpoint_seconds,
         labels=Labels(settings.clinic_directory()),
     )

@@ -52,6 +52,7 @@ from shared.logging import get_logger
 from shared.metrics import EVENTS_CONSUMED
 from shared.outbox import Publish
 from shared.projection import Applied, DeadLetter, Partition, Reading
+from shared.told import LastTold, screen_range, tell_again, told_event
 
 log = get_logger("clinicflow.flow.consumer")
 CONSUMER = "flow"  # names the projection in metrics, logs and dead letters
@@ -94,13 +95,17 @@ class FlowProjection:
 
     def __init__(self, store: FlowStore, publish: Publish, clock: Clock, *,
                  estimates_topic: str, publish_estimates: bool = True,
-                 checkpoint_seconds: float = 1.0, labels: m.Labels | None = None) -> None:
+                 checkpoint_seconds: float = 1.0, labels: m.Labels | None = None,
+                 told_topic: str | None = None) -> None:
         self.store = store
         self.labels = labels if labels is not None else m.Labels()  # bounded label values
         self.publish = publish
         self.clock = clock
         self.estimates_topic = estimates_topic
         self.publish_estimates = publish_estimates
+        # the waiting-room screen's ranges as told (shared/told.py), with the estimates
+        self.told_topic = told_topic
+        self._told_tv: dict[str, LastTold] = {}
         self.checkpoint_seconds = checkpoint_seconds
         self.kafka: KafkaPositions = NoKafka()
         # each clinic remembers its days, counted on its own clock (CLINICFLOW_CLINICS)
@@ -324,6 +329,7 @@ class FlowProjection:
     ) -> None:
         wall = self.clock.now()
         batch: list[tuple[str, bytes]] = []
+        told: list[tuple[str, bytes]] = []
         for clinic_id, estimate, at in estimates:
             if wall - at > FRESH:
                 continue
@@ -362,13 +368,24 @@ class FlowProjection:
                 correlation_id=visit.visit_id,
             )
             batch.append((clinic_id, ev.encode(event)))
+            last = self._told_tv.get(visit.visit_id)
+            if self.told_topic is not None and tell_again(last, at, estimate.low, estimate.high):
+                self._told_tv[visit.visit_id] = LastTold(at, estimate.low, estimate.high)
+                low, high = screen_range(estimate.low, estimate.high)
+                told.append((clinic_id, ev.encode(told_event(
+                    clinic_id, visit.visit_id, channel="tv", low=float(low), high=float(high),
+                    point=estimate.wait_minutes, at=at, source="flow",
+                    provider_id=visit.provider_id, ticket_code=visit.ticket_code))))
         if len(self._published) > self._prune_published_at:
             # keep only visits still open: memory follows the open visits, not the day
             open_ids = {v for flow in self.processor.flows.values() for v in flow.clinic.visits}
             self._published = {v: p for v, p in self._published.items() if v in open_ids}
+            self._told_tv = {v: t for v, t in self._told_tv.items() if v in open_ids}
             self._prune_published_at = max(PUBLISHED_PRUNE_AT, 2 * len(self._published))
         await asyncio.gather(*(self.publish(body, self.estimates_topic, clinic_id.encode())
-                               for clinic_id, body in batch))
+                               for clinic_id, body in batch),
+                             *(self.publish(body, self.told_topic, clinic_id.encode())
+                               for clinic_id, body in told if self.told_topic is not None))
 
     # ------------------------------------------------------------ metrics
 
