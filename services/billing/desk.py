@@ -262,6 +262,14 @@ class Desk:
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
 
+    async def visit_end_undone(self, clinic_id: str, visit_id: str) -> None:
+        """The floor undid the visit's end (its cancel or checkout): the visit-end claim
+        its end took is given back, so the visit can be checked out (or cancelled) again,
+        and roomed or seen by flow."""
+        if self.visit_ends is not None:
+            for kind in ("cancelled", "checked_out"):
+                await self.visit_ends.release(clinic_id, visit_id, kind)  # type: ignore[arg-type]
+
     async def _claim_end(self, clinic_id: str, visit_id: str, account: Account) -> bool:
         """Take the visit-end claim for a desk checkout (``Conflict`` ``visit_ended`` when
         a cancel holds it). True: taken now by a visit not charged yet (given back if this
@@ -269,6 +277,9 @@ class Desk:
         if self.visit_ends is None:
             return False
         held = await self.visit_ends.claim(clinic_id, visit_id, "checked_out")
+        if held in ("roomed", "seen"):  # flow is publishing a rooming or provider in of it
+            raise Conflict(f"visit {visit_id} of clinic {clinic_id} is being {held} right "
+                           "now: try the checkout again in a moment", code="visit_busy")
         if held is not None:
             raise Conflict(f"visit {visit_id} of clinic {clinic_id} was cancelled at "
                            f"check-in ({held.replace('_', ' ')}) as it was being checked "

@@ -239,8 +239,10 @@ class BillingFloorProjection:
                                          effect.event_id)
             return 1
         if isinstance(effect, ReopenVisit):
-            return 1 if await desk.store.reopen_visit(effect.clinic_id,
-                                                      effect.undone_event_id) else 0
+            reopened = await desk.store.reopen_visit(effect.clinic_id, effect.undone_event_id)
+            if reopened is not None:
+                await desk.visit_end_undone(effect.clinic_id, reopened)
+            return 1 if reopened else 0
         if isinstance(effect, VisitChanged):
             await desk.store.visit_changed(effect.clinic_id, effect.visit_id)
             return 1

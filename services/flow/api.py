@@ -247,8 +247,14 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             try:
                 if check is not None and claim is not None:  # again, with what came before
                     check(board if board is not None else await board_or_empty(clinic_id))
-                sent = await runtime.broker.publish(ev.encode(event), floor_topic,
-                                                   key=clinic_id.encode())
+                if claim is not None:
+                    await claims.hold_visit_end(clinic_id, claim)
+                try:
+                    sent = await runtime.broker.publish(ev.encode(event), floor_topic,
+                                                       key=clinic_id.encode())
+                finally:  # on Kafka (or not): a cancel or checkout after it may go on
+                    if claim is not None:
+                        await claims.let_go_visit_end(clinic_id, claim)
             except Refusal:
                 if claim is not None:
                     await claims.release(clinic_id, event_id)
@@ -455,7 +461,8 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                                                       provider_id=body.provider_id),
                              request, idempotency_key, principal, correlation_id=visit_id,
                              check=check, claim=Claim((f"visit:{visit_id}",),
-                                                      f"provider in for visit {visit_id}"))
+                                                      f"provider in for visit {visit_id}",
+                                                      (visit_id, "seen")))
 
     @router.post("/clinics/{clinic_id}/delays", status_code=202, tags=["floor commands"],
                  summary="Announce (or with 0 minutes, clear) a provider's or the clinic's delay")

@@ -20,6 +20,13 @@ lapses after ``CLAIM_SECONDS`` (a process that died holding it). A claim found h
 then) once its event is on the board: it is in the board's undo list, or flow's
 checkpoint has passed its offset (read before the board, so the board read has it).
 Otherwise the command is refused, 409, naming what holds it.
+
+A rooming or a provider in racing check-in's cancel or billing's checkout of the visit
+would be a dead letter if the end came first. Those take the visit's end claim
+(``shared/visit_end.py``) before they publish; so a rooming or provider in holds the same
+key for the moment of its publish (kind ``roomed`` / ``seen``, ``VISIT_END_HOLD_SECONDS``,
+given back once published): a visit whose end is claimed is 409 ``visit_ended``, and a
+cancel or checkout during that moment is refused by its own service ("being roomed").
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from redis.asyncio import Redis
 
 from services.flow.store import FlowStore
 from shared.errors import Conflict
+from shared.visit_end import visit_end_key
 
 CLAIM_SECONDS = 10.0
 UNDO = "undo"
+VISIT_END_HOLD_SECONDS = 10.0  # lapses by itself if a process dies holding it
 
 # KEYS: the clinic's claims; ARGV: the claim's milliseconds, the value after its expiry,
 # the command's event id, "all" (an undo: every claim held conflicts) or "some", the
@@ -85,6 +94,19 @@ for i = 6, 5 + n do redis.call('HSET', KEYS[1], ARGV[i], value) end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return {}
 """
+# KEYS: the visit's end claim; ARGV: the kind, its milliseconds: nothing when held now,
+# else the kind that holds it
+_HOLD_END = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+# KEYS: the visit's end claim; ARGV: the kind that must still hold it
+_LET_GO_END = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
 # KEYS: the clinic's claims; ARGV: the event id, its "partition:offset" ("" : release)
 _STAMP = """
 local held = redis.call('HGETALL', KEYS[1])
@@ -130,6 +152,8 @@ class Claim:
 
     fields: tuple[str, ...]
     what: str
+    # (visit, kind): the visit's end claim held while the command is published
+    visit_end: tuple[str, str] | None = None
 
     @property
     def whole_clinic(self) -> bool:
@@ -137,9 +161,9 @@ class Claim:
 
 
 def room_claim(room_id: str, what: str, visit_id: str | None = None) -> Claim:
-    fields = (f"room:{room_id}",) if visit_id is None else (f"room:{room_id}",
-                                                            f"visit:{visit_id}")
-    return Claim(fields, what)
+    if visit_id is None:
+        return Claim((f"room:{room_id}",), what)
+    return Claim((f"room:{room_id}", f"visit:{visit_id}"), what, (visit_id, "roomed"))
 
 
 class FloorClaims:
@@ -149,8 +173,38 @@ class FloorClaims:
         self.store = store
         self.floor_topic = floor_topic
         self.prefix = store.prefix
+        # visit-end claims are keyed by CLINICFLOW_REDIS_PREFIX itself (every service's)
+        self.redis_prefix = store.prefix.removesuffix(":flow")
         self._claim = redis.register_script(_CLAIM)
         self._stamp = redis.register_script(_STAMP)
+        self._hold_end = redis.register_script(_HOLD_END)
+        self._let_go_end = redis.register_script(_LET_GO_END)
+
+    async def hold_visit_end(self, clinic_id: str, claim: Claim) -> None:
+        """Hold the visit's end claim for the command's publish (``Claim.visit_end``), or
+        refuse it: 409 ``visit_ended`` when a cancel or checkout holds it."""
+        if claim.visit_end is None:
+            return
+        visit_id, kind = claim.visit_end
+        held = await self._hold_end(
+            keys=[visit_end_key(self.redis_prefix, clinic_id, visit_id)],
+            args=[kind, int(VISIT_END_HOLD_SECONDS * 1000)])
+        if held is None:
+            return
+        holder = held.decode() if isinstance(held, bytes) else str(held)
+        if holder in ("cancelled", "checked_out"):
+            raise Conflict(f"visit {visit_id} is being {holder.replace('_', ' ')} (or already "
+                           f"is) at clinic {clinic_id}: {claim.what} no longer applies",
+                           code="visit_ended")
+        raise Conflict(f"visit {visit_id} is being {holder} right now; try again in a "
+                       "moment", code="visit_busy")
+
+    async def let_go_visit_end(self, clinic_id: str, claim: Claim) -> None:
+        """Give the visit's end claim back: the command is published (or failed)."""
+        if claim.visit_end is not None:
+            visit_id, kind = claim.visit_end
+            await self._let_go_end(
+                keys=[visit_end_key(self.redis_prefix, clinic_id, visit_id)], args=[kind])
 
     def key(self, clinic_id: str) -> str:
         return f"{self.prefix}:claims:{clinic_id}"

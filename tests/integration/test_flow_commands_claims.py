@@ -16,11 +16,13 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from services.flow.app import create_app
 from shared import events as ev
 from shared.settings import FlowSettings
 from shared.topics import FLOOR, topic_name
+from shared.visit_end import VisitEnds
 from tests.fakes import FakeClock
 from tests.helpers import auth, eventually, serving
 from tests.integration.flow_support import NURSE, floor_event, get_board, publish
@@ -210,3 +212,40 @@ async def test_the_waiting_room_shows_a_called_ticket_for_three_minutes_of_the_b
             await app.state.projection.refresh_boards(clock.set(base + timedelta(
                 minutes=minutes)))
             assert await called() == shown, minutes
+
+
+async def test_a_visit_check_in_or_billing_is_ending_is_not_roomed_or_seen(
+    north: tuple[httpx.AsyncClient, str, str], redis_url: str, topic_prefix: str,
+) -> None:
+    """A cancel (check-in) or a checkout (billing) takes the visit's end claim before it
+    publishes; a rooming or provider in of that visit then is 409 visit_ended (it would
+    be a dead letter after the end), and one published gives the claim back."""
+    client, bootstrap, floor = north
+    board = board_of(client)
+    redis = Redis.from_url(redis_url)
+    ends = VisitEnds(redis, topic_prefix.rstrip("."))
+    try:
+        await publish(bootstrap, floor, the_morning("north"))
+        await board(lambda b: len(b["waiting"]) == 2)
+        before = await dead_letters(client)
+        assert await ends.claim("north", "north-v1", "cancelled") is None
+        refused = await client.post("/clinics/north/visits/north-v1/room",
+                                    json={"room_id": "r1"}, headers=NURSE)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["code"] == "visit_ended" and "north-v1" in refused.json()["detail"]
+        roomed = await client.post("/clinics/north/visits/north-v2/room",
+                                   json={"room_id": "r1"}, headers=NURSE)
+        assert roomed.status_code == 202, roomed.text
+        assert await ends.holder("north", "north-v2") is None  # given back once published
+        await board(lambda b: len(b["in_rooms"]) == 1)
+        assert await ends.claim("north", "north-v2", "checked_out") is None
+        seen = await client.post("/clinics/north/visits/north-v2/provider-in", json={},
+                                 headers=NURSE)
+        assert seen.status_code == 409 and seen.json()["code"] == "visit_ended", seen.text
+        await publish(bootstrap, floor, [floor_event(ev.PatientArrived(
+            visit_id="north-v9", ticket_code="A-9", provider_id="dr-lee",
+            visit_type="follow_up"))])
+        await board(lambda b: any(w["visit_id"] == "north-v9" for w in b["waiting"]))
+        assert await dead_letters(client) == before
+    finally:
+        await redis.aclose()
