@@ -352,23 +352,45 @@ def _default_replay() -> Replay:
 
 
 def tree_replay(tree: str) -> Replay:
-    """The replay of another checkout of clinicflow (``clinicflow replay -`` run in
-    ``tree`` with this interpreter): its estimator on the same simulated days, e.g. the
-    estimator before a change. Lines that tree's replay does not know (a record type
-    added since) are skipped by it, as its own replay would."""
-    if not os.path.isfile(os.path.join(tree, "tools", "cli.py")):
-        raise ValueError(f"{tree} is not a clinicflow checkout (no tools/cli.py)")
+    """The replay of another checkout of clinicflow (its ``tools.replay.replay_events``,
+    run in ``tree`` with this interpreter): its estimator on the same simulated days, e.g.
+    the estimator before a change. A tree whose replay predates ``room_out_of_service``
+    lines is given them as the ``room.out_of_service`` facts its floor model applied live
+    (``_TREE_REPLAY``); what else it does not know it skips, as its own replay would."""
+    if not os.path.isfile(os.path.join(tree, "tools", "replay.py")):
+        raise ValueError(f"{tree} is not a clinicflow checkout (no tools/replay.py)")
 
     def replay(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         body = b"".join(orjson.dumps(r) + b"\n" for r in records)
         done = subprocess.run(
-            [sys.executable, "-m", "tools.cli", "replay", "-"], input=body, cwd=tree,
+            [sys.executable, "-c", _TREE_REPLAY], input=body, cwd=tree,
             env={**os.environ, "PYTHONPATH": tree}, capture_output=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"replay in {tree} failed: {done.stderr.decode()[-500:]}")
         return iter([orjson.loads(line) for line in done.stdout.splitlines() if line.strip()])
 
     return replay
+
+
+# run by ``tree_replay`` in the other tree: JSON Lines in, its estimates out
+_TREE_REPLAY = """
+import sys
+import orjson
+import tools.replay as replay
+from shared import events as ev
+if "room_out_of_service" not in replay.REQUIRED:
+    replay.REQUIRED["room_out_of_service"] = ("room_id",)
+    known = replay.to_fact
+    def to_fact(record, ticket_for):
+        if record.get("type") == "room_out_of_service":
+            return ev.RoomOutOfService(room_id=record["room_id"])
+        return known(record, ticket_for)
+    replay.to_fact = to_fact
+records = [orjson.loads(line) for line in sys.stdin.buffer if line.strip()]
+out = sys.stdout.buffer
+for estimate in replay.replay_events(records, on_error=lambda number, reason: None):
+    out.write(orjson.dumps(estimate) + b"\\n")
+"""
 
 
 def run_scenarios(
@@ -683,9 +705,11 @@ def _baseline_lines(results: list[MultiDayResult], days: int, baseline: str) -> 
     return [
         f"## Against the baseline: {baseline}",
         "",
-        "The same runs replayed by the baseline's own `clinicflow replay` (each run as one:"
-        " the baseline carries its state from day to day as it did live); record types"
-        " it does not know are skipped by it.",
+        "The same runs replayed by the baseline's own replay (`tools.replay.replay_events`,"
+        " each run as one: the baseline carries its state from day to day as it did live;"
+        " a room out of service is given to it as the `room.out_of_service` fact its floor"
+        " model applied live, though its replay format had no line for it). The baseline"
+        " is a checkout of an older commit, e.g. `git worktree add /tmp/before b0708cc`.",
         "",
         format_markdown(baseline_table(results, days)),
         "",
@@ -800,6 +824,7 @@ def _run_scenarios(args: argparse.Namespace) -> int:
                   + (f"--first-seed {args.first_seed} " if args.first_seed != 1 else "") \
                   + (f"--days {args.days} " if multi else "") \
                   + (f"--baseline {args.baseline} " if args.baseline else "") \
+                  + (f"--baseline-name '{args.baseline_name}' " if args.baseline_name else "") \
                   + f"--markdown {args.markdown}"
         try:
             with open(args.markdown, "w", encoding="utf-8") as out:

@@ -22,7 +22,8 @@ def test_a_tree_s_replay_gives_what_its_replay_gives_in_process(tmp_path: Path) 
     with pytest.raises(ValueError, match="not a clinicflow checkout"):
         tree_replay(str(tmp_path))
     (tmp_path / "tools").mkdir()
-    (tmp_path / "tools" / "cli.py").write_text("raise SystemExit('broken')\n")
+    (tmp_path / "tools" / "__init__.py").write_text("")
+    (tmp_path / "tools" / "replay.py").write_text("raise SystemExit('broken')\n")
     with pytest.raises(RuntimeError, match="broken"):
         list(tree_replay(str(tmp_path))(dict(e) for e in events[:3]))
 
