@@ -131,9 +131,15 @@ def on_clinic_clock(raw: bytes, zone: tzinfo) -> bytes:
     """The board ``raw`` (JSON) with every time in it (``as_of``, ``arrived_at``,
     ``scheduled_at``, ``since``, ``until``, the report's) given in the clinic's offset:
     the same instants, ISO 8601 with the offset the clinic's clock had then."""
+    done: dict[bytes, bytes] = {}  # a board repeats its times (as_of, since, ...)
+
     def local(match: re.Match[bytes]) -> bytes:
-        at = datetime.fromisoformat(match.group(1).decode())
-        return b'"' + at.astimezone(zone).isoformat().encode() + b'"'
+        text = match.group(1)
+        found = done.get(text)
+        if found is None:
+            at = datetime.fromisoformat(text.decode())
+            found = done[text] = b'"' + at.astimezone(zone).isoformat().encode() + b'"'
+        return found
     return _TIME.sub(local, raw)
 
 
@@ -159,6 +165,7 @@ class BoardViews:
         self.size = size
         self.zone_of = zone_of
         self._kept: dict[tuple[str, str, bool], tuple[bytes, bytes]] = {}
+        self._local: dict[str, tuple[bytes, bytes]] = {}  # clinic -> (raw, on its clock)
 
     def render(self, clinic_id: str, role: str, raw: bytes, *, frame: bool) -> bytes:
         """``raw`` (the board as stored) as ``role`` sees it: JSON, or with ``frame`` an
@@ -167,7 +174,7 @@ class BoardViews:
         kept = self._kept.get(key)
         if kept is not None and (kept[0] is raw or kept[0] == raw):
             return kept[1]
-        local = raw if self.zone_of is None else on_clinic_clock(raw, self.zone_of(clinic_id))
+        local = raw if self.zone_of is None else self._on_clock(clinic_id, raw)
         # a manager sees the whole board: the stored JSON is already the answer
         body = local if role == "manager" else orjson.dumps(view_for(orjson.loads(local), role))
         rendered = b"event: board\ndata: " + body + b"\n\n" if frame else body
@@ -175,6 +182,18 @@ class BoardViews:
             del self._kept[next(iter(self._kept))]
         self._kept[key] = (raw, rendered)
         return rendered
+
+    def _on_clock(self, clinic_id: str, raw: bytes) -> bytes:
+        """``raw`` on the clinic's clock, made once per board for all its views."""
+        kept = self._local.get(clinic_id)
+        if kept is not None and (kept[0] is raw or kept[0] == raw):
+            return kept[1]
+        assert self.zone_of is not None
+        local = on_clinic_clock(raw, self.zone_of(clinic_id))
+        if kept is None and len(self._local) >= self.size:
+            del self._local[next(iter(self._local))]
+        self._local[clinic_id] = (raw, local)
+        return local
 
 
 class SnapshotReads:
