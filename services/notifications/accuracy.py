@@ -9,8 +9,8 @@ come back now"). The accuracy projection joins them with the floor's facts:
   instant is scored once: the actual wait from the told instant (roomed - told), the
   absolute error against the point told, and whether the truth fell inside the range
   told (low <= actual <= high). The rolling average is scored on the same records: the
-  mean of the clinic's last five finished waits (arrival to rooming) roomed by the told
-  instant, less what the patient had already waited, at least 0 (as ``clinicflow
+  mean of the clinic's last five finished waits (arrival to rooming) roomed that clinic
+  day by the told instant, less what the patient had already waited, at least 0 (as ``clinicflow
   backtest`` scores it; 0 before any wait finished), unless the told record carries its
   own ``reference_minutes``;
 * ``arrival.cancelled`` ends it too: the patient left, the truth is not known; their
@@ -158,11 +158,13 @@ class Told:
 
 
 def rolling_reference(recent: Iterable[tuple[float, float]], at: float,
-                      arrived: float | None) -> float:
+                      arrived: float | None, since: float = 0.0) -> float:
     """Minutes still to wait as the rolling average would show it at ``at``: the mean of
-    the last ``ROLLING_WINDOW`` waits finished by ``at``, less the minutes already waited
-    (at least 0; 0 before any wait finished), as ``clinicflow backtest`` scores it."""
-    finished = [wait for roomed_at, wait in recent if roomed_at <= at][-ROLLING_WINDOW:]
+    the last ``ROLLING_WINDOW`` waits finished by ``at`` (and from ``since``, the start
+    of the clinic's day: each day on its own), less the minutes already waited (at least
+    0; 0 before any wait finished), as ``clinicflow backtest`` scores it."""
+    finished = [wait for roomed_at, wait in recent
+                if since <= roomed_at <= at][-ROLLING_WINDOW:]
     if not finished:
         return 0.0
     waited = 0.0 if arrived is None else max(0.0, (at - arrived) / 60.0)
@@ -253,8 +255,9 @@ class AccuracyPlan:
         actual = (visit.ended_at - told.at) / 60.0
         error = abs(actual - told.point)
         inside = told.low <= actual <= told.high
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         reference = (told.reference if told.reference is not None
-                     else rolling_reference(recent, told.at, visit.arrived))
+                     else rolling_reference(recent, told.at, visit.arrived, since=midnight))
         reference_error = abs(actual - reference)
         changes.add(clinic_id, day, cell, "n", 1)
         changes.add(clinic_id, day, cell, "in", int(inside))

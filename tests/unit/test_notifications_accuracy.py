@@ -299,3 +299,10 @@ def test_a_visit_is_told_again_only_when_its_range_moved_beyond_the_clock() -> N
     again = told_event("north", "v1", channel="tv", low=5, high=25, point=14, at=at(0),
                        source="flow")
     assert one.envelope.event_id == again.envelope.event_id  # a replay is one record
+
+
+def test_the_rolling_average_starts_again_each_clinic_day() -> None:
+    recent = [(0.0, 40.0), (3600.0, 30.0)]
+    assert rolling_reference(recent, 7200.0, None) == 35.0
+    assert rolling_reference(recent, 7200.0, None, since=1800.0) == 30.0
+    assert rolling_reference(recent, 7200.0, None, since=4000.0) == 0.0
