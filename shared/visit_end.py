@@ -6,6 +6,10 @@ visit already charged). Whoever ends a visit first takes its *visit-end claim*, 
 atomic ``SET NX`` of ``{prefix}:visit-end:{clinic}:{visit}`` holding the kind of end,
 *before* publishing; the other finds the claim and refuses (409 naming the visit).
 
+Flow holds the same key for the moment it publishes a rooming or a provider in (kind
+``roomed`` / ``seen``, given back once published: services/flow/commands.py), so a
+cancel or checkout in that moment finds that kind and is refused too.
+
 ``prefix`` is ``CLINICFLOW_REDIS_PREFIX`` itself (``settings.redis_prefix``, default
 ``cf``), not a service's own key prefix: every service sharing a Redis sees the same
 key. A command whose publish fails gives its claim back (``release``), so a retry or
@@ -31,7 +35,7 @@ from typing import Literal, cast
 
 from redis.asyncio import Redis
 
-VisitEndKind = Literal["cancelled", "checked_out"]
+VisitEndKind = Literal["cancelled", "checked_out"]  # the ends; flow's holds: roomed, seen
 TTL_SECONDS = 3 * 24 * 60 * 60
 
 # KEYS[1] the claim; ARGV[1] the kind, ARGV[2] its lifetime: nil when taken (or already
