@@ -21,8 +21,17 @@ from shared import events as ev
 from shared.settings import NotificationsSettings
 from shared.topics import FLOOR, TOLD, topic_name
 from tests.fakes import FakeClock
-from tests.helpers import auth, eventually, producer, serving
-from tests.integration.notifications_support import arrival, floor_event, publish_floor
+from tests.helpers import auth, eventually, producer, read_topic, serving
+from tests.integration.notifications_support import (
+    FRONT_DESK,
+    MailCatcher,
+    arrival,
+    estimate,
+    floor_event,
+    notifications_service,
+    publish_estimates,
+    publish_floor,
+)
 
 MANAGER = auth("dev-manager")
 NINE = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # the clinic's zone is UTC here
@@ -132,3 +141,37 @@ async def test_told_waits_are_scored_and_a_rebuild_from_kafka_gives_the_same_fig
         await caught_up(app, bootstrap, prefix)
         again = await client.get("/clinics/north/accuracy?date=2026-03-02", headers=MANAGER)
     assert again.json() == figures
+
+
+async def test_a_sent_delay_warning_is_told_and_scored_when_the_patient_is_roomed(
+        notifications_env: dict[str, Any], smtp_server: MailCatcher) -> None:
+    bootstrap, prefix = notifications_env["kafka_bootstrap"], notifications_env["topic_prefix"]
+    now = datetime.now(UTC).replace(microsecond=0)
+    async with notifications_service(notifications_env) as (app, client):
+        await publish_floor(bootstrap, prefix, [arrival("v17", "A-17", "dr-lee", now)])
+        saved = await client.put("/clinics/north/visits/v17/contact", headers=FRONT_DESK,
+                                 json={"channel": "email", "consent": True,
+                                       "address": "a17@patients.example.org"})
+        assert saved.status_code == 200, saved.text
+        await publish_floor(bootstrap, prefix, [floor_event(
+            ev.DelayAnnounced(provider_id="dr-lee", minutes=25), now)])
+        await publish_estimates(bootstrap, prefix, [estimate("v17", "A-17", "dr-lee", 30, now)])
+        await eventually(lambda: smtp_server.mails, timeout=20)
+        [record] = await read_topic(bootstrap, topic_name(TOLD, prefix), expect=1)
+        told_event = ev.decode(record.value)
+        assert isinstance(told_event.payload, ev.WaitTold)
+        point = told_event.payload.wait_minutes  # the estimate, aged to the decision
+        assert (told_event.payload.channel, told_event.payload.low,
+                told_event.payload.high) == ("email", 25.0, 35.0)
+        assert 29.0 <= point <= 30.0
+        # roomed 32 minutes after the warning went: inside 25-35, about 2 minutes off
+        await publish_floor(bootstrap, prefix, [floor_event(
+            ev.PatientRoomed(visit_id="v17", room_id="r1"),
+            told_event.occurred_at + timedelta(minutes=32))])
+        await caught_up(app, bootstrap, prefix)
+        day = told_event.occurred_at.date().isoformat()
+        figures = (await client.get(f"/clinics/north/accuracy?date={day}",
+                                    headers=MANAGER)).json()
+    assert figures["by_channel"]["email"]["scored"] == 1
+    assert figures["share_inside_range"] == 1.0
+    assert figures["mean_absolute_error_minutes"] == round(32 - point, 2)
