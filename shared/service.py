@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream.kafka import KafkaBroker
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -38,6 +38,11 @@ from shared.settings import CommonSettings
 
 Hook = Callable[[], Awaitable[None]]
 
+# Redis connections a process keeps at most, and how long a request waits for one of
+# them when all are in use before it is refused with a 503
+REDIS_CONNECTIONS = 100
+REDIS_POOL_WAIT_SECONDS = 5.0
+
 
 class ServiceRuntime:
     """Owns one service's broker and Redis client and knows whether they are up."""
@@ -51,14 +56,18 @@ class ServiceRuntime:
         self._periodic_tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.broker: KafkaBroker = make_broker(settings, service)
-        self.redis: Redis = Redis.from_url(
+        self.redis: Redis = Redis.from_pool(BlockingConnectionPool.from_url(
             settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
             health_check_interval=15, **settings.redis_tls_options(),
             # a pooled connection left over from before a Redis restart fails once: the
             # command is tried again on a fresh one (redis-py 8 would raise at once)
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+            # a burst of more requests than connections waits its turn for a moment
+            # rather than failing at once with "Redis is unreachable" (redis-py's plain
+            # pool raises MaxConnectionsError when all are in use)
+            max_connections=REDIS_CONNECTIONS, timeout=REDIS_POOL_WAIT_SECONDS,
+        ))
         self.kafka_started = False
         self.problems: dict[str, str] = {}
         self.after_start: list[Hook] = []  # run once the broker is up (e.g. state rebuild)
@@ -317,7 +326,8 @@ def make_http_app(
         # Redis down past the client's retries: a 503 the caller may retry, not a 500
         runtime.log.warning("request refused: redis unreachable", error=type(exc).__name__)
         return JSONResponse(status_code=503, headers={"Retry-After": "2"},
-                            content={"detail": "Redis is unreachable; try again shortly"})
+                            content={"detail": "Redis is unreachable or busy; try again "
+                                               "shortly"})
 
     @app.exception_handler(Refusal)
     async def refused(_request: Request, exc: Refusal) -> JSONResponse:

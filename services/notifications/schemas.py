@@ -305,7 +305,7 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
                           "msg": "Value error, not an e-mail address"}]}}}},
     503: refusal("Redis (or Kafka, for a command that must first read the floor) is "
                  "unavailable; nothing was recorded, try again",
-                 "Redis is unreachable; try again shortly"),
+                 "Redis is unreachable or busy; try again shortly"),
 }
 
 UNKNOWN_VISIT = ("the visit is not on the clinic's floor as notifications knows it (never "
