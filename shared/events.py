@@ -188,6 +188,25 @@ class WaitTold(Payload):
     reference_minutes: float | None = Field(default=None, ge=0, le=1440)
 
 
+# ----------------------------------------------------------------- directory
+
+DirectoryKind = Literal["provider", "room"]
+
+
+class DirectoryNamed(Payload):
+    """A clinic's provider or room and the display name its people know it by, as an
+    import or an EHR feed brought it (published by checkin when the name is new or
+    changed). Staff and place names only, never a patient's. ``origin``: where checkin
+    learned it (fhir: a Practitioner / Location or a participant's display; hl7: an
+    AIP / AIL segment)."""
+
+    kind: DirectoryKind
+    id: str = Field(pattern=_ID, description="the provider_id or room_id events carry")
+    display: str = Field(min_length=1, max_length=80, description="how staff and patients "
+                         "call it (FHIR's display), e.g. \"Dr. Ada Lee\", \"Exam 5\"")
+    origin: Literal["fhir", "hl7", "csv", "desk"] = "fhir"
+
+
 # ----------------------------------------------------------------- envelope
 
 
@@ -227,6 +246,7 @@ EVENT_TYPES: dict[tuple[str, int], type[Payload]] = {
     ("action.undone", 1): ActionUndone,
     ("wait.estimated", 1): WaitEstimated,
     ("wait.told", 1): WaitTold,
+    ("directory.named", 1): DirectoryNamed,
 }
 EVENT_TYPE_OF: dict[type[Payload], tuple[str, int]] = {v: k for k, v in EVENT_TYPES.items()}
 

@@ -59,6 +59,18 @@ NOTIFICATIONS = TopicSpec(
     retention_ms=7 * DAY_MS,
     description="Notifications sent or failed (no contact details, ever).",
 )
+DIRECTORY = TopicSpec(
+    name="clinicflow.directory.v1",
+    partitions=6,
+    # kept: every consumer rebuilds its display names from the topic's beginning. Not
+    # compacted: records are keyed by clinic (like the floor's), so compaction would keep
+    # one name per clinic; a name is published only when it changes, so the topic stays
+    # small
+    retention_ms=-1,
+    description="Reference data: the display names of each clinic's providers and rooms "
+    "as imports and EHR feeds bring them (directory.named), keyed by clinic_id. Staff and "
+    "place names only, never a patient's.",
+)
 AUDIT = TopicSpec(
     name="clinicflow.audit.v1",
     partitions=3,
@@ -72,8 +84,8 @@ DEAD_LETTER = TopicSpec(
     description="Events a consumer could not apply, with the reason and where they came from.",
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (FLOOR, ESTIMATES, TOLD, LEDGER, NOTIFICATIONS, AUDIT,
-                                     DEAD_LETTER)
+ALL_TOPICS: tuple[TopicSpec, ...] = (FLOOR, ESTIMATES, TOLD, LEDGER, NOTIFICATIONS,
+                                     DIRECTORY, AUDIT, DEAD_LETTER)
 
 
 def topic_name(spec: TopicSpec, prefix: str = "") -> str:

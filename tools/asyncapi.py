@@ -9,7 +9,16 @@ import sys
 from typing import Any
 
 from shared import events as ev
-from shared.topics import ALL_TOPICS, DEAD_LETTER, ESTIMATES, FLOOR, LEDGER, NOTIFICATIONS, TOLD
+from shared.topics import (
+    ALL_TOPICS,
+    DEAD_LETTER,
+    DIRECTORY,
+    ESTIMATES,
+    FLOOR,
+    LEDGER,
+    NOTIFICATIONS,
+    TOLD,
+)
 from tools.asyncapi_examples import example
 
 PARTITIONING = (
@@ -30,6 +39,7 @@ CHANNEL_EVENTS: dict[str, tuple[str, ...]] = {
                  "action.undone"),
     ESTIMATES.name: ("wait.estimated",),
     TOLD.name: ("wait.told",),
+    DIRECTORY.name: ("directory.named",),
 }
 
 
@@ -87,7 +97,7 @@ def build_document() -> dict[str, Any]:
         channel: dict[str, Any] = {
             "address": spec.name,
             "description": f"{spec.description} {PARTITIONING}"
-            if spec.name in (FLOOR.name, ESTIMATES.name, TOLD.name, LEDGER.name)
+            if spec.name in (FLOOR.name, ESTIMATES.name, TOLD.name, LEDGER.name, DIRECTORY.name)
             else spec.description,
             "bindings": {"kafka": {"partitions": spec.partitions,
                                    "topicConfiguration": {"retention.ms": spec.retention_ms}}},

@@ -38,6 +38,8 @@ DATA: dict[str, dict[str, Any]] = {
     "wait.told": {"visit_id": "v-1042", "ticket_code": "A-17", "channel": "kiosk",
                   "low": 8.0, "high": 24.0, "wait_minutes": 14.5, "provider_id": "p1",
                   "reference_minutes": 21.0},
+    "directory.named": {"kind": "provider", "id": "dr-lee", "display": "Dr. Ada Lee",
+                        "origin": "fhir"},
     "charge.posted": {
         "entry_id": "chg-v-1042", "reason": "checkout", "made_by": "desk-2",
         "visit_id": "v-1042", "patient_ref": "pt-7f3a9c",

@@ -494,7 +494,9 @@ def test_each_service_has_its_own_kafka_login_for_its_topics_and_groups(
     assert {"Write", "Describe"} <= acls[("topic", DEAD_LETTER.name)]
     group = _default(SETTINGS[service], f"{service}_group_id")
     groups = ({group, f"{group}-ledger"} if service == "billing"
-              else {group, f"{group}-accuracy"} if service == "notifications" else {group})
+              else {group, f"{group}-accuracy", f"{group}-directory"}
+              if service == "notifications"
+              else {group, f"{group}-directory"} if service == "flow" else {group})
     assert {name for kind, name in acls if kind == "group"} == groups
     for name in groups:
         assert acls[("group", name)] == {"Read"}
@@ -511,10 +513,10 @@ def test_what_each_service_reads_and_writes_matches_the_event_flow(
                 if kind == "topic" and operation in ops}
 
     assert topics("checkin", "Read") == {"floor", "estimates"}
-    assert topics("checkin", "Write") == {"floor", "told", "deadletter"}
-    assert topics("flow", "Read") == {"floor"}
+    assert topics("checkin", "Write") == {"floor", "told", "directory", "deadletter"}
+    assert topics("flow", "Read") == {"floor", "directory"}
     assert topics("flow", "Write") == {"floor", "estimates", "told", "deadletter"}
-    assert topics("notifications", "Read") == {"floor", "estimates", "told"}
+    assert topics("notifications", "Read") == {"floor", "estimates", "told", "directory"}
     assert topics("notifications", "Write") == {"notifications", "told", "audit", "deadletter"}
     assert topics("billing", "Read") == {"floor", "ledger"}
     assert topics("billing", "Write") == {"floor", "ledger", "deadletter"}
