@@ -103,6 +103,31 @@ async def test_commands_on_one_room_or_visit_at_once_one_is_refused(
     assert await dead_letters(client) == before
 
 
+async def test_room_ready_racing_a_rooming_into_that_room_one_is_refused(
+    north: tuple[httpx.AsyncClient, str, str],
+) -> None:
+    """A ready room: "room ready" again (a nurse's second click) and a rooming into it,
+    together. Whichever claims second finds the first's event not on the board yet (or,
+    later, the room occupied): one 202, one 409; a ready applied after the rooming would
+    have been a dead letter."""
+    client, bootstrap, floor = north
+    board = board_of(client)
+    await publish(bootstrap, floor, the_morning("north"))
+    await board(lambda b: len(b["waiting"]) == 2)
+    before = await dead_letters(client)
+    answers = list(await asyncio.gather(
+        client.post("/clinics/north/rooms/r1/ready", headers=NURSE),
+        client.post("/clinics/north/visits/north-v1/room", json={"room_id": "r1"},
+                    headers=NURSE)))
+    assert sorted(a.status_code for a in answers) == [202, 409], [a.text for a in answers]
+    assert "r1" in next(a for a in answers if a.status_code == 409).json()["detail"]
+    await publish(bootstrap, floor, [floor_event(ev.PatientArrived(
+        visit_id="north-v9", ticket_code="A-9", provider_id="dr-lee",
+        visit_type="follow_up"))])
+    await board(lambda b: any(w["visit_id"] == "north-v9" for w in b["waiting"]))
+    assert await dead_letters(client) == before
+
+
 async def test_a_delay_not_standing_and_a_room_that_needs_cleaning_are_refused(
     north: tuple[httpx.AsyncClient, str, str],
 ) -> None:
