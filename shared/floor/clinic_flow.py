@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from shared import events as ev
 from shared.floor.day_stats import DayStats
@@ -18,6 +18,14 @@ RECORD_EVERY_SECONDS = 300
 
 class ClinicFlow:
     """One clinic's floor and its estimator, kept in step."""
+
+    # the method that applies each kind of fact, by the payload's type (a subclass that
+    # overrides one of them gets its own: ``__init_subclass__``)
+    _facts: ClassVar[dict[type[ev.Payload], Callable[[Any, Any, datetime, str], Change]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._facts = {kind: getattr(cls, name) for kind, name in _FACT_METHODS.items()}
 
     def __init__(self, clinic_id: str) -> None:
         self.clinic = Clinic(clinic_id)
@@ -34,20 +42,26 @@ class ClinicFlow:
 
     def apply(self, payload: ev.Payload, at: datetime, event_id: str = "") -> Change:
         """Apply one floor fact. Raises ``NotApplicable`` for what the floor cannot apply."""
-        fact = _FACTS.get(type(payload))
+        fact = self._facts.get(type(payload))
         if fact is None:
             raise NotApplicable(f"flow does not handle {type(payload).__name__}")
+        tick = int(at.timestamp() // RECORD_EVERY_SECONDS)
+        if tick != self.last_tick:
+            self._new_period(at)
         change = fact(self, payload, at, event_id)
         for stage in change.stages:
             self.estimator.observe_stage(stage)
         if not change.duplicate:
             self.day.observe(change, self.clinic, at)
-            tick = int(at.timestamp() // RECORD_EVERY_SECONDS)
             if tick != self.last_tick:
                 self.estimator.record(self.clinic, at)
                 self.last_tick = tick
         self.last_event_at = at
         return change
+
+    def _new_period(self, at: datetime) -> None:
+        """The first fact of a new five-minute period is about to be applied (a fact
+        after a quiet spell always is one): ``RememberingFlow`` starts its days here."""
 
     # one method per kind of fact (looked up by the payload's type: no chain of checks)
 
@@ -116,26 +130,30 @@ class ClinicFlow:
     def _scheduling(self, p: ev.Payload, at: datetime, event_id: str) -> Change:
         return Change("schedule", queue_changed=False)
 
+    def _no_show(self, p: ev.PatientNoShow, at: datetime, event_id: str) -> Change:
+        return Change("schedule", queue_changed=False)
+
     def estimates(self, now: datetime) -> list[WaitEstimate]:
         """Current estimates for every waiting visit, in queue order."""
         return self.estimator.estimate(self.clinic, now)
 
 
-_FACTS: dict[type[ev.Payload], Callable[[ClinicFlow, Any, datetime, str], Change]] = {
-    ev.PatientArrived: ClinicFlow._arrived,
-    ev.RoomReady: ClinicFlow._room_ready,
-    ev.RoomOutOfService: ClinicFlow._room_out,
-    ev.PatientRoomed: ClinicFlow._roomed,
-    ev.ProviderIn: ClinicFlow._provider_in,
-    ev.PatientCheckedOut: ClinicFlow._checked_out,
-    ev.ArrivalCancelled: ClinicFlow._cancelled,
-    ev.DelayAnnounced: ClinicFlow._delay,
-    ev.DelayCleared: ClinicFlow._delay_cleared,
-    ev.ActionUndone: ClinicFlow._undone,
-    ev.AppointmentScheduled: ClinicFlow._scheduling,
-    ev.PatientNoShow: ClinicFlow._scheduling,
+_FACT_METHODS: dict[type[ev.Payload], str] = {
+    ev.PatientArrived: "_arrived",
+    ev.RoomReady: "_room_ready",
+    ev.RoomOutOfService: "_room_out",
+    ev.PatientRoomed: "_roomed",
+    ev.ProviderIn: "_provider_in",
+    ev.PatientCheckedOut: "_checked_out",
+    ev.ArrivalCancelled: "_cancelled",
+    ev.DelayAnnounced: "_delay",
+    ev.DelayCleared: "_delay_cleared",
+    ev.ActionUndone: "_undone",
+    ev.AppointmentScheduled: "_scheduling",
+    ev.PatientNoShow: "_no_show",
 }
+ClinicFlow._facts = {kind: getattr(ClinicFlow, name) for kind, name in _FACT_METHODS.items()}
 
 # the payloads a clinic's floor applies: every floor fact (a wait.estimated is flow's own
 # output, never a floor fact)
-FLOOR_FACTS: frozenset[type[ev.Payload]] = frozenset(_FACTS)
+FLOOR_FACTS: frozenset[type[ev.Payload]] = frozenset(_FACT_METHODS)

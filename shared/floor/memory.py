@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
@@ -99,6 +99,10 @@ def sketch(values: Iterable[float], points: int = SKETCH_POINTS) -> list[float]:
     return [round(ordered[min(n - 1, int((i + 0.5) * n / points))], 4) for i in range(points)]
 
 
+# each band of minutes waited as (from, to)
+_BAND_EDGES = tuple(zip(WALKOUT_BANDS, (*WALKOUT_BANDS[1:], math.inf), strict=True))
+
+
 @dataclass(slots=True)
 class DayLog:
     """What the estimator does not keep but the profile wants: arrivals by kind, weekday
@@ -118,12 +122,13 @@ class DayLog:
 
     def waited(self, minutes: float, walked_out: bool) -> None:
         """A wait ended after ``minutes``: by a rooming, a cancellation or a walk-out."""
-        bands = WALKOUT_BANDS
-        for i, low in enumerate(bands):
-            high = bands[i + 1] if i + 1 < len(bands) else math.inf
+        waiting = self.waiting_minutes
+        for i, (low, high) in enumerate(_BAND_EDGES):
+            if minutes < low:
+                break
             if minutes > low:
-                self.waiting_minutes[i] += min(minutes, high) - low
-            if walked_out and low <= minutes < high:
+                waiting[i] += (minutes if minutes < high else high) - low
+            if walked_out and minutes < high:
                 self.walkouts[i] += 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -395,22 +400,12 @@ class RememberingFlow(ClinicFlow):
         self._day_started_at = at
         self._day_ends = None if at is None else at + LONGEST_DAY
 
-    def apply(self, payload: ev.Payload, at: datetime, event_id: str = "") -> Change:
-        """``ClinicFlow.apply``, starting a new day first when this fact begins one."""
+    def _new_period(self, at: datetime) -> None:
+        """Start a new day first when this fact begins one (only the first fact of a
+        five-minute period can: ``ClinicFlow.apply``)."""
         last, ends = self.last_event_at, self._day_ends
         if ends is None or last is None or at >= ends or at - last >= QUIET_BEFORE_NEW_DAY:
             self.start_day(at)
-        kind = type(payload)
-        before = _BEFORE.get(kind)
-        if before is not None:
-            before(self, payload, at)
-        change = ClinicFlow.apply(self, payload, at, event_id)
-        if kind is ev.PatientArrived:
-            if not change.duplicate:
-                self._count_arrival(payload, at)  # type: ignore[arg-type]
-        elif kind is ev.PatientNoShow:
-            self._count(self.day_log.no_shows, payload.scheduled_at)  # type: ignore[attr-defined]
-        return change
 
     def start_day(self, at: datetime) -> None:
         """Fold the day that ended into the profile; start today's estimator from it."""
@@ -423,6 +418,7 @@ class RememberingFlow(ClinicFlow):
         self.day_started_at = at
 
     # ------------------------------------------------------------ the day's log
+    # (the facts the log notes, each then applied as ClinicFlow applies it)
 
     def _local(self, at: datetime) -> datetime:
         return at.astimezone(self.zone) if self.zone is not None else at
@@ -431,42 +427,43 @@ class RememberingFlow(ClinicFlow):
         local = self._local(at)
         counts[local.weekday() * 24 + local.hour] += 1
 
-    def _count_arrival(self, payload: ev.PatientArrived, at: datetime) -> None:
-        kind = ("urgent" if payload.priority == "urgent"
-                else "walk_in" if payload.scheduled_at is None else "scheduled")
-        self._count(self.day_log.arrivals[kind], at)
+    def _arrived(self, p: ev.PatientArrived, at: datetime, event_id: str) -> Change:
+        change = ClinicFlow._arrived(self, p, at, event_id)
+        if not change.duplicate:
+            kind = ("urgent" if p.priority == "urgent"
+                    else "walk_in" if p.scheduled_at is None else "scheduled")
+            self._count(self.day_log.arrivals[kind], at)
+        return change
 
-    def _before_rooming(self, payload: ev.PatientRoomed, at: datetime) -> None:
+    def _no_show(self, p: ev.PatientNoShow, at: datetime, event_id: str) -> Change:
+        self._count(self.day_log.no_shows, p.scheduled_at)
+        return ClinicFlow._no_show(self, p, at, event_id)
+
+    def _roomed(self, p: ev.PatientRoomed, at: datetime, event_id: str) -> Change:
         """A wait ends: how long it was, and how many waiting patients were ahead of this
         one in the queue's order (urgent first, appointment, arrival) and are passed."""
-        visit = self.clinic.visits.get(payload.visit_id)
+        visit = self.clinic.visits.get(p.visit_id)
         waiting = VisitStatus.WAITING
-        if visit is None or visit.status is not waiting:
-            return
-        log = self.day_log
-        if at >= visit.arrived_at:
-            log.waited((at - visit.arrived_at).total_seconds() / 60.0, False)
-        key = visit.queue_key()
-        passed = 0
-        for other in self.clinic.visits.values():
-            if other.status is waiting and other.queue_key() < key:
-                passed += 1
-        hour = self._local(at).hour
-        log.roomings[hour] += 1
-        if passed:
-            log.overtakes[hour] += 1
-            log.passed[hour] += passed
+        if visit is not None and visit.status is waiting:
+            log = self.day_log
+            if at >= visit.arrived_at:
+                log.waited((at - visit.arrived_at).total_seconds() / 60.0, False)
+            key = visit.queue_key()
+            passed = 0
+            for other in self.clinic.visits.values():
+                if other.status is waiting and other.queue_key() < key:
+                    passed += 1
+            hour = self._local(at).hour
+            log.roomings[hour] += 1
+            if passed:
+                log.overtakes[hour] += 1
+                log.passed[hour] += passed
+        return ClinicFlow._roomed(self, p, at, event_id)
 
-    def _before_cancel(self, payload: ev.ArrivalCancelled, at: datetime) -> None:
+    def _cancelled(self, p: ev.ArrivalCancelled, at: datetime, event_id: str) -> Change:
         """A wait ends without a rooming: cancelled, or a walk-out."""
-        visit = self.clinic.visits.get(payload.visit_id)
+        visit = self.clinic.visits.get(p.visit_id)
         if visit is not None and visit.status is VisitStatus.WAITING and at >= visit.arrived_at:
             self.day_log.waited((at - visit.arrived_at).total_seconds() / 60.0,
-                                payload.reason == "left_without_being_seen")
-
-
-# what a RememberingFlow notes before a fact is applied, by the fact's type
-_BEFORE: dict[type[ev.Payload], Callable[[RememberingFlow, Any, datetime], None]] = {
-    ev.PatientRoomed: RememberingFlow._before_rooming,
-    ev.ArrivalCancelled: RememberingFlow._before_cancel,
-}
+                                p.reason == "left_without_being_seen")
+        return ClinicFlow._cancelled(self, p, at, event_id)
