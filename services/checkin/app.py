@@ -35,6 +35,7 @@ from services.checkin.store import CheckinStore, VisitProjectionStore
 from shared import events as ev
 from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
+from shared.directory import OUTBOX_ROLE as DIRECTORY_ROLE
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
 from shared.metrics import EVENTS_PUBLISHED
@@ -43,7 +44,7 @@ from shared.projection import Inbound, Planned, ProjectionRunner, RedisProjectio
 from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import CheckinSettings
 from shared.told import ToldLog
-from shared.topics import ESTIMATES, FLOOR, TOLD
+from shared.topics import DIRECTORY, ESTIMATES, FLOOR, TOLD
 from shared.visit_end import VisitEnds
 
 # the relay publishes dead letters as soon as a batch queued some; this is how often it
@@ -87,8 +88,11 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
         await runtime.broker.publish(value, to_topic, key=key)
 
     relay = OutboxRelay(outbox, publish_raw, {"deadletter": dead_letter_topic(settings),
-                                              "told": topic(TOLD, settings)},
+                                              "told": topic(TOLD, settings),
+                                              DIRECTORY_ROLE: topic(DIRECTORY, settings)},
                         service="checkin")
+    # the display names imports and feeds bring, published when new or changed
+    store.names_queued = relay.kick.set
     # the ranges the kiosk and the status lookup tell, through the same outbox
     told = ToldLog(runtime.redis, settings.redis_prefix, outbox, source="checkin",
                    queued=relay.kick.set)

@@ -321,7 +321,8 @@ class CheckinDesk:
             published = [a for a, o in zip(plan.to_publish, outcomes, strict=True) if o is None]
             await self.store.save_appointments(clinic_id, [*published, *plan.restored],
                                                stored, zone)
-            await self.store.save_names(clinic_id, parsed.providers, parsed.rooms)
+            await self.store.save_names(clinic_id, parsed.providers, parsed.rooms, now=now,
+                                        origin="csv" if fmt == "csv" else "fhir")
         finally:
             if not dry_run:
                 await self.store.unlock_import(clinic_id)

@@ -292,7 +292,7 @@ class FhirIn:
                                            lambda _stored: booked, now=now,
                                            holder=f"fhir:{uuid.uuid4().hex}",
                                            providers=parsed.providers, rooms=parsed.rooms,
-                                           check=check)
+                                           check=check, origin="fhir")
             await self.ehr.applied(clinic, subject, at)
         created = text == "appointment booked"
         if status in ("arrived", "checked-in"):

@@ -12,7 +12,9 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
     P:checkin:providers:{clinic}            SET   providers on the clinic's imported schedules
     P:checkin:names:{clinic}:{kind}         HASH  display names from imported FHIR Practitioner
                                                   (``kind`` provider) and Location (``room``)
-                                                  resources, by id
+                                                  resources and HL7 AIP / AIL, by id; each new
+                                                  or changed one is published with it
+                                                  (``directory.named``, through the outbox)
     P:checkin:who:{clinic}:{day}:{digest}   SET   appointment ids with that identity digest
     P:checkin:day:{clinic}:{day}            ZSET  the day's appointment ids by time
     P:checkin:pending:{clinic}              ZSET  booked appointments not yet settled (arrived
@@ -51,7 +53,8 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
     P:checkin:feed:visit:{clinic}:{ehr}     STR   our visit id of an EHR visit (``ehr``: a keyed
                                                   digest of PV1-19), ``pending:{message}``
                                                   while its arrival is being published
-    P:checkin:outbox                        LIST  dead letters waiting for the relay, and
+    P:checkin:outbox                        LIST  dead letters, told records and directory.named
+                                                  waiting for the relay, and
     P:checkin:outbox-lock                   STR   its drainer's lock (shared/outbox.py)
     P:applied:checkin:{topic}:{partition}   STR   the consumer's last offset applied per
                                                   partition (shared/projection.py)
@@ -67,16 +70,18 @@ What comes from Kafka is rebuilt by replaying it: visits, tickets, estimates, ar
 and no-show marks are applied by the consumer (``VisitProjectionStore``: the shared
 runner's ``RedisProjection`` watches and reads the batch's visits, and writes its
 changes, each batch in one ``MULTI``/``EXEC`` together with the partitions' offsets and
-its dead letters). The schedule itself (with the kiosk's identity digests and codes and the
-display names, which are never published) comes from imports: after losing Redis,
-import the day's schedule again. The offsets once kept in a ``P:checkin:offsets`` hash
+its dead letters). The schedule itself (with the kiosk's identity digests and codes, which are never
+published) comes from imports: after losing Redis, import the day's schedule again. The
+display names are checkin's record of what it published on ``clinicflow.directory.v1``
+(flow and notifications keep their own copies from that topic): an import that names an
+id again as stored publishes nothing. The offsets once kept in a ``P:checkin:offsets`` hash
 are no longer read: a Redis from before rebuilds the projection from the topics'
 beginnings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -97,6 +102,8 @@ from services.checkin.projection import (
     undone_refs,
     visit_refs,
 )
+from shared.directory import KINDS, changed_names, named_entries
+from shared.outbox import Outbox
 from shared.projection import Inbound
 
 KEEP_DAYS = 3
@@ -210,6 +217,10 @@ class CheckinStore:
         self.redis = redis
         self.prefix = f"{prefix}:checkin"
         self._release = redis.register_script(_RELEASE_IF_OURS)
+        # directory.named of the names an import changes, queued with them (the relay
+        # publishes them to the directory topic); ``names_queued`` wakes the relay
+        self.names_outbox = Outbox(redis, self.prefix)
+        self.names_queued: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ keys
 
@@ -442,14 +453,48 @@ class CheckinStore:
         return {_text(m) for m in await self.redis.smembers(self._providers(clinic))}
 
     async def save_names(self, clinic: str, providers: dict[str, str],
-                         rooms: dict[str, str]) -> None:
-        """Keep the display names an import brought (FHIR Practitioner, Location)."""
+                         rooms: dict[str, str], *, now: datetime,
+                         origin: str = "fhir") -> int:
+        """Keep the display names an import brought (FHIR Practitioner, Location) and
+        publish those new or changed (``directory.named``, through the outbox, in the
+        same transaction). Returns how many changed."""
+        queue = await self._names_to_queue(clinic, providers, rooms, now=now, origin=origin)
+        if queue is None:
+            return 0
         async with self.redis.pipeline(transaction=True) as pipe:
-            if providers:
-                pipe.hset(self._names(clinic, "provider"), mapping=providers)
-            if rooms:
-                pipe.hset(self._names(clinic, "room"), mapping=rooms)
+            count = queue(pipe)
             await pipe.execute()
+        self._names_kick()
+        return count
+
+    async def _names_to_queue(self, clinic: str, providers: Mapping[str, str],
+                              rooms: Mapping[str, str], *, now: datetime, origin: str
+                              ) -> Callable[[Any], int] | None:
+        """What queues the names that differ from those stored (their ``HSET`` and their
+        ``directory.named`` outbox entries) on a pipeline inside its MULTI; None when none
+        do. Two imports naming the same id at once at worst publish a name twice (the
+        outbox keeps their order, so the last one stored is the last one published)."""
+        if not providers and not rooms:
+            return None
+        stored_providers, stored_rooms = await self.names(clinic)
+        changed = {"provider": changed_names(stored_providers, providers),
+                   "room": changed_names(stored_rooms, rooms)}
+        if not changed["provider"] and not changed["room"]:
+            return None
+        entries = [entry for kind in KINDS for entry in named_entries(
+            clinic, kind, changed[kind], origin=origin, source="checkin", now=now)]
+
+        def queue(pipe: Any) -> int:
+            for kind in KINDS:
+                if changed[kind]:
+                    pipe.hset(self._names(clinic, kind), mapping=changed[kind])
+            self.names_outbox.queue(pipe, entries)
+            return len(entries)
+        return queue
+
+    def _names_kick(self) -> None:
+        if self.names_queued is not None:
+            self.names_queued()
 
     async def names(self, clinic: str) -> tuple[dict[str, str], dict[str, str]]:
         """Imported display names: (providers, rooms), by id."""
@@ -783,20 +828,23 @@ class CheckinStore:
     async def save_held(self, clinic: str, appointments: Sequence[Appointment],
                         previous: dict[str, Appointment], zone: Any,
                         providers: dict[str, str], rooms: dict[str, str],
-                        held: str, also: Also | None = None) -> None:
-        """Store what a feed message changed (``save_appointments``, the display names)
-        and release its hold on appointment ``held``, in one transaction with what
-        ``also`` queues (the message's ACK)."""
+                        held: str, also: Also | None = None, *, now: datetime,
+                        origin: str = "hl7") -> None:
+        """Store what a feed message changed (``save_appointments``, the display names,
+        the ``directory.named`` of those new or changed) and release its hold on
+        appointment ``held``, in one transaction with what ``also`` queues (the
+        message's ACK)."""
+        names = await self._names_to_queue(clinic, providers, rooms, now=now, origin=origin)
         async with self.redis.pipeline(transaction=True) as pipe:
             self._queue_appointments(pipe, clinic, appointments, previous, zone)
-            if providers:
-                pipe.hset(self._names(clinic, "provider"), mapping=providers)
-            if rooms:
-                pipe.hset(self._names(clinic, "room"), mapping=rooms)
+            if names is not None:
+                names(pipe)
             self._queue_release(pipe, clinic, held)
             if also is not None:
                 also(pipe)
             await pipe.execute()
+        if names is not None:
+            self._names_kick()
 
     async def feed_ack(self, message: str) -> bytes | None:
         """The ACK already answered to a message (None: not seen, or not settled)."""

@@ -160,27 +160,32 @@ class BoardViews:
     asks for the same few views of the same board; the last rendering of each (clinic,
     role, form) is kept, at most ``size`` of them (the oldest go first)."""
 
-    def __init__(self, size: int = 256, zone_of: Callable[[str], tzinfo] | None = None
-                 ) -> None:
+    def __init__(self, size: int = 256, zone_of: Callable[[str], tzinfo] | None = None,
+                 names_of: Callable[[str], bytes] | None = None) -> None:
         self.size = size
         self.zone_of = zone_of
-        self._kept: dict[tuple[str, str, bool], tuple[bytes, bytes]] = {}
+        # the clinic's names (services/flow/names.py): every view carries them as "names"
+        self.names_of = names_of
+        self._kept: dict[tuple[str, str, bool], tuple[bytes, bytes, bytes | None]] = {}
         self._local: dict[str, tuple[bytes, bytes]] = {}  # clinic -> (raw, on its clock)
 
     def render(self, clinic_id: str, role: str, raw: bytes, *, frame: bool) -> bytes:
         """``raw`` (the board as stored) as ``role`` sees it: JSON, or with ``frame`` an
         SSE ``board`` event."""
         key = (clinic_id, role, frame)
+        names = None if self.names_of is None else self.names_of(clinic_id)
         kept = self._kept.get(key)
-        if kept is not None and (kept[0] is raw or kept[0] == raw):
+        if kept is not None and (kept[0] is raw or kept[0] == raw) and kept[2] is names:
             return kept[1]
         local = raw if self.zone_of is None else self._on_clock(clinic_id, raw)
         # a manager sees the whole board: the stored JSON is already the answer
         body = local if role == "manager" else orjson.dumps(view_for(orjson.loads(local), role))
+        if names is not None:
+            body = body[:-1] + b',"names":' + names + b"}"
         rendered = b"event: board\ndata: " + body + b"\n\n" if frame else body
         if kept is None and len(self._kept) >= self.size:
             del self._kept[next(iter(self._kept))]
-        self._kept[key] = (raw, rendered)
+        self._kept[key] = (raw, rendered, names)
         return rendered
 
     def _on_clock(self, clinic_id: str, raw: bytes) -> bytes:
@@ -222,13 +227,14 @@ class SnapshotReads:
 
 
 def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_topic: str,
-                idempotency: IdempotencyStore, clinics: ClinicDirectory | None = None
-                ) -> APIRouter:
+                idempotency: IdempotencyStore, clinics: ClinicDirectory | None = None,
+                names: Callable[[str], bytes] | None = None) -> APIRouter:
     """``clinics``: the rooms and providers each clinic has (every command is checked
-    against them and the board); None: none configured."""
+    against them and the board); None: none configured. ``names``: the JSON of a
+    clinic's display names every board view carries (services/flow/names.py)."""
     router = APIRouter(responses=REFUSALS)
     clinics = clinics if clinics is not None else ClinicDirectory.parse(None)
-    views = BoardViews(zone_of=clinics.zone)
+    views = BoardViews(zone_of=clinics.zone, names_of=names)
     snapshots = SnapshotReads(store)
     claims = FloorClaims(runtime.redis, store, floor_topic)
 

@@ -7,17 +7,20 @@ from fastapi import FastAPI
 from services.flow.api import BoardHub, make_router
 from services.flow.consumer import CONSUMER, FlowProjection
 from services.flow.metrics import Labels
+from services.flow.names import BoardNames
 from services.flow.pages import make_pages_router, static_files
 from services.flow.processor import floor_reader
 from services.flow.store import FlowStore
 from shared.clock import Clock
+from shared.directory import REFRESH_SECONDS as NAMES_REFRESH_SECONDS
+from shared.directory import directory_consumer
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
 from shared.outbox import OutboxRelay
 from shared.projection import ProjectionRunner
 from shared.service import ServiceRuntime, make_http_app
 from shared.settings import FlowSettings
-from shared.topics import ESTIMATES, FLOOR, TOLD
+from shared.topics import DIRECTORY, ESTIMATES, FLOOR, TOLD
 
 # how often the dead letters checkpoints queued are published (what one instance queued,
 # any instance relays)
@@ -62,6 +65,13 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
     # a burst followed by silence must not leave its tail out of the checkpoint
     runtime.every(settings.flow_checkpoint_seconds, floor.flush_when_idle, "idle-checkpoint")
     runtime.every(DEAD_LETTER_RELAY_SECONDS, dead_letters.tick, "dead-letter-relay")
+    # the display names imports brought (clinicflow.directory.v1), flow's own copy
+    names_runner, imported = directory_consumer(
+        runtime.broker, runtime.redis, settings.redis_prefix, service="flow",
+        topic=topic(DIRECTORY, settings), group_id=f"{settings.flow_group_id}-directory",
+        outbox=store.outbox)
+    runtime.every(NAMES_REFRESH_SECONDS, imported.refresh, "directory-names",
+                  needs_kafka=False)
 
     hub = BoardHub(runtime, store, settings.flow_sse_max_total,
                    settings.flow_sse_max_per_credential)
@@ -84,9 +94,13 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
     )
     app.state.projection = floor
     app.state.runner = runner
+    app.state.names_runner = names_runner
+    app.state.imported_names = imported
     app.include_router(make_router(runtime, store, hub, floor_topic,
                                    IdempotencyStore(runtime.redis, settings.redis_prefix),
-                                   clinics=settings.clinic_directory()))
+                                   clinics=settings.clinic_directory(),
+                                   names=BoardNames(settings.clinic_directory(), imported,
+                                                    lambda: imported.changes)))
     app.include_router(make_pages_router(settings))
     app.mount("/static", static_files(), name="static")
     return app

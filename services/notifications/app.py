@@ -34,12 +34,14 @@ from services.notifications.plan import NotificationChanges
 from services.notifications.store import NotificationStore
 from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
+from shared.directory import REFRESH_SECONDS as NAMES_REFRESH_SECONDS
+from shared.directory import directory_consumer
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, topic
 from shared.outbox import OutboxRelay
 from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import NotificationsSettings
-from shared.topics import AUDIT, ESTIMATES, FLOOR, NOTIFICATIONS, TOLD
+from shared.topics import AUDIT, DIRECTORY, ESTIMATES, FLOOR, NOTIFICATIONS, TOLD
 
 OUTBOX_EVERY_SECONDS = 0.5
 ACCURACY_GAUGES_EVERY_SECONDS = 60  # today's accuracy gauges, also across midnight
@@ -145,6 +147,15 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     runtime.every(ACCURACY_GAUGES_EVERY_SECONDS, accuracy.tick, "accuracy-gauges",
                   needs_kafka=False)
     runtime.every(SEND_EVERY_SECONDS, sender.tick, "sender", needs_kafka=False)
+    # the display names imports brought (clinicflow.directory.v1), this service's own copy
+    names_runner, imported = directory_consumer(
+        runtime.broker, runtime.redis, settings.redis_prefix, service="notifications",
+        topic=topic(DIRECTORY, settings),
+        group_id=f"{settings.notifications_group_id}-directory", outbox=store.outbox,
+        on_dead_letters=relay.kick.set)
+    names.use_imported(imported)
+    runtime.every(NAMES_REFRESH_SECONDS, imported.refresh, "directory-names",
+                  needs_kafka=False)
     runtime.every(HEARTBEAT_EVERY_SECONDS, sender.heartbeat, "sender-heartbeat",
                   needs_kafka=False)
 
@@ -185,6 +196,8 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
                                                                  "Last-Event-ID"])
     app.state.notifier = notifier
     app.state.accuracy = accuracy
+    app.state.names_runner = names_runner
+    app.state.imported_names = imported
     app.state.sender = sender
     app.state.outbox_relay = relay
     app.state.store = store

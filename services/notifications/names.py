@@ -4,7 +4,9 @@
 ``CLINICFLOW_CLINICS`` (shared/clinics.py, read by every service) comes first; what it
 leaves unsaid is filled in by the older notification rules (``clinic_name``,
 ``provider_names``, ``timezone`` in ``CLINICFLOW_NOTIFICATIONS_RULES``), then by
-``CLINICFLOW_DEFAULT_TIMEZONE``. Configuration only: no I/O.
+``CLINICFLOW_DEFAULT_TIMEZONE``; a provider or room named by none of them by the name an
+import brought (``directory.named``, kept by the service's own directory consumer,
+shared/directory.py), else read from its id. No I/O: the imported names are in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from services.notifications.domain import Names, RuleBook
 from shared.clinics import ClinicDirectory
+from shared.directory import NO_NAMES, DirectoryNames, ImportedNames
 from shared.settings import NotificationsSettings
 
 
@@ -29,17 +32,31 @@ class NameBook:
         self.rules = rules
         self.zoned = zoned
         self._names: dict[str, Names] = {}
+        self.imported: DirectoryNames | None = None
+        self._imported_stamp = 0
+
+    def use_imported(self, imported: DirectoryNames) -> None:
+        """Name what the configuration does not by the names imports brought."""
+        self.imported = imported
+
+    def _imported(self, clinic_id: str) -> ImportedNames:
+        return NO_NAMES if self.imported is None else self.imported(clinic_id)
 
     def __call__(self, clinic_id: str) -> Names:
+        if self.imported is not None and self.imported.changes != self._imported_stamp:
+            self._names.clear()  # an imported name changed: the next message says it
+            self._imported_stamp = self.imported.changes
         names = self._names.get(clinic_id)
         if names is None:
             clinic, rules = self.directory[clinic_id], self.rules.for_clinic(clinic_id)
             zone = clinic.zone
             if clinic_id not in self.zoned and rules.timezone is not None:
                 zone = ZoneInfo(rules.timezone)
+            imported = self._imported(clinic_id)
             names = Names(clinic=clinic.name or rules.clinic_name,
-                          providers={**rules.provider_names, **clinic.providers},
-                          rooms=dict(clinic.rooms), zone=zone)
+                          providers={**imported.providers, **rules.provider_names,
+                                     **clinic.providers},
+                          rooms={**imported.rooms, **clinic.rooms}, zone=zone)
             if len(self._names) < 1000:  # clinic ids come from events: keep it bounded
                 self._names[clinic_id] = names
         return names

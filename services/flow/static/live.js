@@ -109,7 +109,9 @@
         source.onopen = () => { lastSeen = Date.now(); };
         source.addEventListener("board", (event) => {
           lastSeen = Date.now();
-          onBoard(JSON.parse(event.data));
+          const board = JSON.parse(event.data);
+          learnNames(board.names);
+          onBoard(board);
           onStatus("live", "live");
         });
         const current = source;
@@ -176,6 +178,15 @@
 
   function clockTime(iso) {
     return TIME.format(typeof iso === "string" ? new Date(iso) : iso);
+  }
+
+  // every board carries the clinic's names as flow knows them now (configured first, then
+  // those imports brought): a provider or room named after the page was opened shows by
+  // that name from the next board on
+  function learnNames(names) {
+    if (!names) return;
+    CLINIC.providers = Object.assign({}, CLINIC.providers || {}, names.providers || {});
+    CLINIC.rooms = Object.assign({}, CLINIC.rooms || {}, names.rooms || {});
   }
 
   function providerName(id) {
