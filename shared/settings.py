@@ -227,8 +227,9 @@ class FlowSettings(CommonSettings):
     flow_nurse_alerts_url: str | None = Field(
         default=None,
         description="base URL of the notifications service (http://127.0.0.1:8003): the "
-        "nurse station also shows its room-ready alerts; that service must allow this "
-        "one's origin in CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS",
+        "nurse station also shows its room-ready alerts, the operations page how right the "
+        "told waits were today; that service must allow this one's origin in "
+        "CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS",
     )
 
     @field_validator("flow_overdue_limits")

@@ -5,7 +5,10 @@ The page shells are public: they hold no patient data, only the clinic id and th
 clinic's overdue limits. The data comes from the board API and its live stream, which
 need a token: a page is opened once as ``/screens/<clinic>/<page>?token=<token>``, keeps
 the token in the tab's sessionStorage and drops it from the address bar (details in
-``static/live.js``). Pages send no Referer, so the first URL's token does not leak to
+``static/live.js``). Two pages also read the notifications service
+(``CLINICFLOW_FLOW_NURSE_ALERTS_URL``, which must allow flow's origin): the nurse station
+its room-ready alerts, the operations dashboard how right the told waits were today.
+Pages send no Referer, so the first URL's token does not leak to
 the page's own assets. The screens role sees ticket codes only; the nurse station needs
 a nurse (or manager) token for its actions, the operations dashboard a manager token.
 """
@@ -59,6 +62,7 @@ def make_pages_router(settings: FlowSettings) -> APIRouter:
         clinic = clinics[clinic_id]
         html = templates.get_template(PAGES[page]).render(
             page=page, clinic_id=clinic_id, alerts_url=alerts_url,
+            notifications_url=alerts_url,  # the same service: alerts and told accuracy
             limits_json=json.dumps(settings.overdue_limits_for(clinic_id)),
             clinic_name=clinic.display_name,
             # the clinic's zone and names: the scripts show times on the clinic's clock
@@ -80,7 +84,8 @@ def make_pages_router(settings: FlowSettings) -> APIRouter:
 
     @router.get("/screens/{clinic_id}/operations", response_class=HTMLResponse)
     async def operations(clinic_id: str) -> HTMLResponse:
-        """The manager's dashboard: stages, queues over the day, bottleneck, pace."""
+        """The manager's dashboard: stages, queues over the day, bottleneck, pace, and how
+        right the waits told today were (from notifications)."""
         return render("operations", clinic_id)
 
     return router

@@ -18,7 +18,7 @@ from shared.admin import ensure_topics
 from tests.helpers import ServiceProcess, producer
 from tests.integration.notifications_support import smtp_server
 
-__all__ = ["browser", "flow", "publish", "smtp_server"]
+__all__ = ["browser", "flow", "flow_env", "publish", "smtp_server"]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -37,18 +37,23 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest.fixture
-async def flow(kafka_bootstrap: str, redis_url: str, topic_prefix: str,
-               tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    await ensure_topics(kafka_bootstrap, topic_prefix)
-    env = {
+def flow_env(kafka_bootstrap: str, redis_url: str, topic_prefix: str) -> dict[str, str]:
+    """The environment of a flow child process on the test's Kafka, Redis and names."""
+    return {
         "CLINICFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "CLINICFLOW_REDIS_URL": redis_url,
         "CLINICFLOW_TOPIC_PREFIX": topic_prefix,
         "CLINICFLOW_REDIS_PREFIX": topic_prefix.rstrip("."),
         "CLINICFLOW_FLOW_GROUP_ID": f"{topic_prefix}flow",
-        "CLINICFLOW_FLOW_CHECKPOINT_SECONDS": "0.2",
     }
+
+
+@pytest.fixture
+async def flow(kafka_bootstrap: str, redis_url: str, topic_prefix: str,
+               tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    await ensure_topics(kafka_bootstrap, topic_prefix)
+    env = {**flow_env(kafka_bootstrap, redis_url, topic_prefix),
+           "CLINICFLOW_FLOW_CHECKPOINT_SECONDS": "0.2"}
     service = ServiceProcess("flow", env, tmp_path / "flow.log")
     service.start()
     await service.wait_ready()

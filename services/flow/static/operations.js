@@ -173,6 +173,67 @@
     node.textContent = text;
   }
 
+  // How right were we today: notifications scores every wait told (kiosk, status, TV,
+  // messages) when the visit is roomed; its accuracy API (manager token) gives the
+  // clinic's today, overall and by channel, beside the rolling average on the same records.
+  const CHANNELS = {kiosk: "kiosk", status: "status lookup", tv: "waiting-room TV",
+                    sms: "SMS", email: "e-mail", log: "log (development)", next: "come back now"};
+  const ACCURACY_EVERY_MS = 60000;
+  const notificationsUrl = (document.body.dataset.notificationsUrl || "").replace(/\/+$/, "");
+  const percent = (share) => share === null || share === undefined ? "–"
+    : Math.round(share * 100) + "%";
+  const minutes = (value) => value === null || value === undefined ? "–"
+    : value.toFixed(1) + " min";
+
+  function accuracyRow(label, figures, className) {
+    const row = el("tr", className || "");
+    const inside = el("td", figures.share_inside_range !== null &&
+                      figures.share_inside_range < 0.6 ? "missed" : "",
+                      percent(figures.share_inside_range));
+    row.append(el("td", "", label), el("td", "", String(figures.scored)), inside,
+               el("td", "", minutes(figures.mean_absolute_error_minutes)),
+               el("td", "", minutes(figures.rolling_average_mean_absolute_error_minutes)));
+    return row;
+  }
+
+  function renderAccuracy(answer) {
+    byId("accuracy-date").textContent = answer.date;
+    const rows = [accuracyRow("all channels", answer, "overall")];
+    for (const channel of Object.keys(answer.by_channel).sort()) {
+      rows.push(accuracyRow(CHANNELS[channel] || channel, answer.by_channel[channel], "channel"));
+    }
+    byId("accuracy").querySelector("tbody").replaceChildren(...rows);
+    byId("accuracy-note").textContent = answer.scored ? (answer.left
+      ? answer.left + " told waits of patients who left are not scored" : "")
+      : "no told wait scored yet today (a wait is scored when the patient is roomed)";
+  }
+
+  async function refreshAccuracy() {
+    const note = byId("accuracy-note");
+    if (!notificationsUrl) {
+      note.textContent = "the notifications service is not connected to this page";
+      return;
+    }
+    try {
+      const response = await fetch(notificationsUrl + "/clinics/" +
+                                   encodeURIComponent(live.clinic) + "/accuracy",
+                                   {headers: {"Authorization": "Bearer " + live.token}});
+      if (response.status === 401 || response.status === 403) {
+        note.textContent = "This token may not see the accuracy figures.";
+        return;
+      }
+      if (!response.ok) {
+        note.textContent = "accuracy figures unavailable (" + response.status + ")";
+        return;
+      }
+      renderAccuracy(await response.json());
+    } catch (error) {
+      note.textContent = "the notifications service is unreachable";
+    }
+  }
+
   ClinicFlowLive.startClock(byId("clock"));
   live.stream(render, status);
+  refreshAccuracy();
+  setInterval(refreshAccuracy, ACCURACY_EVERY_MS);
 })();
