@@ -25,6 +25,7 @@ from services.flow.store import FlowStore
 from shared import events as ev
 from shared.auth import Principal, require_role
 from shared.clinics import ClinicDirectory
+from shared.directory import NO_NAMES, ImportedNames
 from shared.errors import Conflict, NotFound, Refusal
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.logging import get_logger
@@ -228,13 +229,17 @@ class SnapshotReads:
 
 def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_topic: str,
                 idempotency: IdempotencyStore, clinics: ClinicDirectory | None = None,
-                names: Callable[[str], bytes] | None = None) -> APIRouter:
+                names: Callable[[str], bytes] | None = None,
+                imported: Callable[[str], ImportedNames] | None = None) -> APIRouter:
     """``clinics``: the rooms and providers each clinic has (every command is checked
     against them and the board); None: none configured. ``names``: the JSON of a
-    clinic's display names every board view carries (services/flow/names.py)."""
+    clinic's display names every board view carries (services/flow/names.py);
+    ``imported``: the providers and rooms imports named (shared/directory.py), which a
+    clinic whose configuration lists its providers or rooms has as well."""
     router = APIRouter(responses=REFUSALS)
     clinics = clinics if clinics is not None else ClinicDirectory.parse(None)
     views = BoardViews(zone_of=clinics.zone, names_of=names)
+    imported_of = imported or (lambda _clinic_id: NO_NAMES)
     snapshots = SnapshotReads(store)
     claims = FloorClaims(runtime.redis, store, floor_topic)
 
@@ -327,6 +332,8 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         clinic with none configured opens a room by naming it, as before."""
         room = next((r for r in board["rooms"] if r["room_id"] == room_id), None)
         configured = clinics[clinic_id].rooms
+        if configured:
+            configured = {**imported_of(clinic_id).rooms, **configured}
         if room is None and configured and room_id not in configured:
             raise NotFound(f"clinic {clinic_id} has no room {room_id!r} (its rooms: "
                            f"{', '.join(sorted(configured))})", code="unknown_room")
@@ -345,6 +352,8 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         if provider_id is None:
             return
         configured = clinics[clinic_id].providers
+        if configured:
+            configured = {**imported_of(clinic_id).providers, **configured}
         known = {p["provider_id"] for p in board["providers"]}
         known.update(v["provider_id"] for v in [*board["waiting"], *board["in_rooms"]])
         if configured and provider_id not in configured and provider_id not in known:

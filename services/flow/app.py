@@ -100,7 +100,8 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
                                    IdempotencyStore(runtime.redis, settings.redis_prefix),
                                    clinics=settings.clinic_directory(),
                                    names=BoardNames(settings.clinic_directory(), imported,
-                                                    lambda: imported.changes)))
+                                                    lambda: imported.changes),
+                                   imported=imported))
     app.include_router(make_pages_router(settings))
     app.mount("/static", static_files(), name="static")
     return app

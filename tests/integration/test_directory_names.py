@@ -81,25 +81,26 @@ async def test_an_imported_practitioner_is_named_on_the_board_and_in_messages_an
            "name": [{"prefix": ["Dr."], "given": ["Ada"], "family": "Lee"}]}
     kim = {"resourceType": "Practitioner", "id": "dr-kim", "name": [{"text": "Kim M."}]}
     room = {"resourceType": "Location", "id": "r5", "name": "Exam room 5"}
+    other = {"resourceType": "Location", "id": "r6", "name": "Exam room 6"}
     bundle = fhir_bundle(fhir_appointment("apt-n1", "ehr-1", "dr-lee", at(45)),
                          fhir_appointment("apt-n2", "ehr-2", "dr-kim", at(60)),
-                         patients=(lee, kim, room))
+                         patients=(lee, kim, room, other))
     async with running_checkin(kafka_bootstrap, redis_url, topic_prefix,
                                clinics=CLINICS) as checkin:
         answer = await checkin.client.post("/clinics/north/schedule/fhir", content=bundle,
                                            headers={**FRONT_DESK, **FHIR})
         assert answer.status_code == 200, answer.text
-        records = await read_topic(kafka_bootstrap, directory_topic, expect=3, timeout=10)
+        records = await read_topic(kafka_bootstrap, directory_topic, expect=4, timeout=10)
         # the same Bundle again names nobody anew: nothing more is published
         again = await checkin.client.post("/clinics/north/schedule/fhir", content=bundle,
                                           headers={**FRONT_DESK, **FHIR})
         assert again.status_code == 200
         await checkin.app.state.relay.tick()  # whatever it queued is on Kafka now
-        assert len(await read_topic(kafka_bootstrap, directory_topic, timeout=5)) == 3
+        assert len(await read_topic(kafka_bootstrap, directory_topic, timeout=5)) == 4
     named = [orjson.loads(r.value) for r in records]
     assert {(n["data"]["kind"], n["data"]["id"], n["data"]["display"]) for n in named} == {
         ("provider", "dr-lee", "Dr. Ada Lee"), ("provider", "dr-kim", "Kim M."),
-        ("room", "r5", "Exam room 5")}
+        ("room", "r5", "Exam room 5"), ("room", "r6", "Exam room 6")}
     assert all(r.key == b"north" for r in records)
     assert {n["event_type"] for n in named} == {"directory.named"}
 
@@ -109,9 +110,15 @@ async def test_an_imported_practitioner_is_named_on_the_board_and_in_messages_an
     async with flow_and_notifications(kafka_bootstrap, redis_url, topic_prefix) as (
             flow, notes, _flow_app, notifications):
         shown = await names_shown(flow, notes, notifications)
+        # a room an import named is one of the clinic's rooms for the nurse's commands too
+        ready = await flow.post("/clinics/north/rooms/r6/ready", headers=NURSE)
+        assert ready.status_code == 202, ready.text
+        unknown = await flow.post("/clinics/north/rooms/r99/ready", headers=NURSE)
+        assert unknown.status_code == 404, unknown.text
     assert shown["board"] == {"providers": {"dr-kim": "Dr. Min-jun Kim",  # configured wins
                                             "dr-lee": "Dr. Ada Lee"},
-                              "rooms": {"r1": "Room One", "r5": "Exam room 5"}}
+                              "rooms": {"r1": "Room One", "r5": "Exam room 5",
+                                        "r6": "Exam room 6"}}
     assert shown["notifications"] == {"dr-kim": "Dr. Min-jun Kim", "dr-lee": "Dr. Ada Lee"}
 
     # flow's and notifications' Redis lost: both rebuild their names from the topic
