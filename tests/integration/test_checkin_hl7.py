@@ -14,8 +14,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
+from shared.topics import DIRECTORY, FLOOR
+from tests.helpers import read_topic
 from tests.integration.test_checkin_hl7_support import (
     Ehr,
     Feed,
@@ -80,6 +83,14 @@ async def test_a_new_booking_is_on_the_floor_before_the_engine_hears_aa_and_only
     assert any(p["id"] == "dr-addison" and p["name"] == "DR JAMES ADDISON"
                for p in directory["providers"])
     assert any(r["id"] == "r3" and r["name"] == "Exam room 3" for r in directory["rooms"])
+    # the names are published for flow's screens and notifications' messages, once each
+    await feed.checkin.app.state.relay.tick()
+    named = [orjson.loads(r.value)["data"] for r in await read_topic(
+        feed.kafka_bootstrap, feed.checkin.floor_topic.replace(FLOOR.name, DIRECTORY.name),
+        timeout=5)]
+    assert [(n["id"], n["display"], n["origin"]) for n in named
+            if n["id"] in ("dr-addison", "r3")] == [("dr-addison", "DR JAMES ADDISON", "hl7"),
+                                                    ("r3", "Exam room 3", "hl7")]
 
 
 async def test_a_reschedule_moves_the_appointment_and_an_older_update_arriving_late_is_ignored(
