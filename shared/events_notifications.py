@@ -16,7 +16,8 @@ from pydantic import Field
 from shared.events import Payload, register_event
 
 NotificationKind = Literal[
-    "delay_warning", "come_back_now", "ready_for_you", "nurse_page", "nurse_page_withdrawn"
+    "delay_warning", "come_back_now", "ready_for_you", "nurse_page", "nurse_page_withdrawn",
+    "feedback_request",
 ]
 ChannelKind = Literal["email", "sms", "log", "webhook"]
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -110,3 +111,16 @@ class ContactErased(Payload):
 
     visit_id: str = Field(pattern=_ID)
     erased_by: str = Field(max_length=80)
+
+
+@register_event("feedback.given", 1)
+class FeedbackGiven(Payload):
+    """A patient answered the feedback form sent after their visit (once per visit). The
+    free text, if any, stays in notifications' own store: the event says only whether
+    there was some."""
+
+    visit_id: str = Field(pattern=_ID)
+    rating: int = Field(ge=1, le=5, description="1 (poor) to 5 (excellent)")
+    wait: Literal["about_right", "longer", "shorter"] = Field(
+        description="was the wait about what the patient was told?")
+    text_given: bool = Field(description="the patient also wrote something (kept apart)")

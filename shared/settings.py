@@ -410,6 +410,17 @@ class NotificationsSettings(CommonSettings):
     sms_hmac_secret: SecretStr = SecretStr("dev-sms-secret")
     paging_webhook_url: str | None = None
     paging_hmac_secret: SecretStr = SecretStr("dev-paging-secret")
+    notifications_feedback_secret: SecretStr = Field(
+        default=SecretStr("dev-feedback-secret"), description="HMAC key of the feedback "
+        "links sent after checkout (production refuses the default)")
+    notifications_feedback_link_hours: float = Field(
+        default=72.0, gt=0, le=24 * 30, description="how long a feedback link stays valid")
+    notifications_feedback_retention_days: int = Field(
+        default=365, ge=1, le=3650, description="how long patients' feedback answers (and "
+        "their free text) are kept")
+    notifications_public_url: str = Field(
+        default="http://127.0.0.1:8003", description="this service's address as patients "
+        "reach it: the feedback links in messages start with it")
 
     @field_validator("notifications_rules")
     @classmethod
@@ -434,6 +445,9 @@ class NotificationsSettings(CommonSettings):
         if self.paging_webhook_url and \
                 self.paging_hmac_secret.get_secret_value() == "dev-paging-secret":
             problems.append("CLINICFLOW_PAGING_HMAC_SECRET is the development default")
+        if self.notifications_feedback_secret.get_secret_value() == "dev-feedback-secret":
+            problems.append("CLINICFLOW_NOTIFICATIONS_FEEDBACK_SECRET is the development "
+                            "default")
         return problems
 
 

@@ -91,7 +91,9 @@ def build_document() -> dict[str, Any]:
                      ("charge", "payment", "patient_share", "entry", "coverage", "ledger")
                      for n in ns]
         elif spec is NOTIFICATIONS:
-            names = [n for t, ns in by_type.items() if t.startswith("notification") for n in ns]
+            names = [n for t, ns in by_type.items()
+                     if t.split(".")[0] in ("notification", "nurse_alert", "feedback")
+                     for n in ns]
         else:
             names = []
         channel: dict[str, Any] = {

@@ -85,6 +85,8 @@ DATA: dict[str, dict[str, Any]] = {
     "nurse_alert.raised": {
         "alert_id": "al-r3-v-1042", "room_id": "r3", "visit_id": "v-1042",
         "ticket_code": "A-17", "provider_id": "p1", "text": "Room 3 is ready for A-17"},
+    "feedback.given": {"visit_id": "v-1042", "rating": 4, "wait": "longer",
+                       "text_given": True},
     "nurse_alert.withdrawn": {
         "alert_id": "al-r3-v-1042", "room_id": "r3", "visit_id": "v-1042",
         "ticket_code": "A-17", "reason": "room_taken"},

@@ -99,6 +99,9 @@ def service_env(environ: Mapping[str, str], stack: LocalStack,
         "CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS": environ.get(
             "CLINICFLOW_NOTIFICATIONS_CORS_ORIGINS",
             json.dumps([f"http://{host}:{ports['flow']}" for host in ("127.0.0.1", "localhost")])),
+        # the feedback links sent after checkout point at notifications' form
+        "CLINICFLOW_NOTIFICATIONS_PUBLIC_URL": environ.get(
+            "CLINICFLOW_NOTIFICATIONS_PUBLIC_URL", f"http://127.0.0.1:{ports['notifications']}"),
     }
 
 

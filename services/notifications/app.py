@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 
 import httpx
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -29,6 +30,8 @@ from services.notifications.delivery import (
     NotificationSender,
 )
 from services.notifications.domain import RuleBook
+from services.notifications.feedback_api import make_feedback_link, make_feedback_router
+from services.notifications.feedback_store import FeedbackStore
 from services.notifications.names import NameBook
 from services.notifications.plan import NotificationChanges
 from services.notifications.store import NotificationStore
@@ -105,6 +108,11 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         retry_base=settings.notifications_retry_base_seconds,
         retry_max=settings.notifications_retry_max_seconds,
         on_settled=relay.kick.set,
+        # after checkout: the feedback form's signed, expiring link (feedback_api.py)
+        feedback_link=make_feedback_link(
+            settings.notifications_feedback_secret.get_secret_value(),
+            settings.notifications_public_url,
+            timedelta(hours=settings.notifications_feedback_link_hours), runtime.clock),
     )
 
     async def stored(changes: NotificationChanges) -> None:
@@ -209,4 +217,9 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         IdempotencyStore(runtime.redis, settings.redis_prefix), barrier,
         channels=frozenset(channels) & {"email", "sms", "log"}))
     app.include_router(make_accuracy_router(accuracy.figures, accuracy.today))
+    feedback = FeedbackStore(runtime.redis, settings.redis_prefix, store.outbox,
+                             retention_days=settings.notifications_feedback_retention_days)
+    app.include_router(make_feedback_router(
+        feedback, settings.notifications_feedback_secret.get_secret_value(), runtime.clock,
+        names))
     return app

@@ -63,8 +63,10 @@ class NotificationSender:
                  clock: Clock, names: Callable[[str], Names], notifications_topic: str,
                  concurrency: int, send_timeout: float,
                  max_attempts: int, retry_base: float, retry_max: float,
-                 on_settled: Callable[[], None] | None = None) -> None:
+                 on_settled: Callable[[], None] | None = None,
+                 feedback_link: Callable[[str, str], str] | None = None) -> None:
         self.store = store
+        self.feedback_link = feedback_link  # (clinic, visit) -> the form's signed link
         self.channels = dict(channels)
         self.clock = clock
         self.names = names
@@ -165,7 +167,9 @@ class NotificationSender:
                 record, claim, channel_kind, f"no {channel_kind} channel is configured", True)
         # the words are made now, with the clinic's names as configured now
         names = self.names(record["clinic_id"])
-        subject, text, payload = records.words(record, names)
+        link = (self.feedback_link(record["clinic_id"], record["visit_id"])
+                if kind == "feedback_request" and self.feedback_link is not None else None)
+        subject, text, payload = records.words(record, names, link)
         message = Outgoing(notification_id=notification_id, kind=kind, subject=subject,
                            text=text, address=address, payload=payload,
                            sent_at=names.local(self.clock.now()))
@@ -194,6 +198,8 @@ class NotificationSender:
         finally:
             m.SEND_SECONDS.labels(channel_kind).observe(time.perf_counter() - started)
         now = self.clock.now()
+        if link is not None:  # the patient's link is theirs: staff see where it went only
+            subject, text, _payload = records.words(record, names)
         await self.store.settle(notification_id, claim, "sent",
                                 fields={"sent_at": now.isoformat(),
                                         "finished_at": now.isoformat(), "channel": channel_kind,

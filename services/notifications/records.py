@@ -115,12 +115,15 @@ def alert_view(alert: dict[str, Any], names: Names) -> dict[str, Any]:
                                alert.get("provider_id"), names)}
 
 
-def words(record: dict[str, str], names: Names) -> tuple[str, str, dict[str, Any]]:
+def words(record: dict[str, str], names: Names,
+          link: str | None = None) -> tuple[str, str, dict[str, Any]]:
     """(subject, text, webhook payload) of a stored notification, in the clinic's words
-    as configured now. A record stored by a version before keeps the words it has."""
+    as configured now (``link``: a feedback request's signed form link, when sent). A
+    record stored by a version before keeps the words it has."""
     payload: dict[str, Any] = orjson.loads(record["payload"]) if record.get("payload") else {}
     if record.get("wording"):
-        return (*render(Wording.from_dict(orjson.loads(record["wording"])), names), payload)
+        return (*render(Wording.from_dict(orjson.loads(record["wording"])), names, link),
+                payload)
     if payload.get("alert") is not None:
         payload["alert"] = alert_view(payload["alert"], names)
         text = payload["alert"]["text"]

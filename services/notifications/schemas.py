@@ -132,7 +132,7 @@ class NotificationSummary(BaseModel):
     visit_id: str | None = Field(None, examples=["v-20260302-017"])
     ticket_code: str | None = Field(None, examples=["A-17"])
     kind: str = Field(examples=["delay_warning"], description="delay_warning, come_back_now, "
-                      "ready_for_you, nurse_page, nurse_page_withdrawn")
+                      "ready_for_you, nurse_page, nurse_page_withdrawn, feedback_request")
     channel: str = Field(examples=["sms"])
     status: str = Field(examples=["sent"], description="pending, sending, retrying, sent, "
                         "failed, unconfirmed (may have been delivered), cancelled")

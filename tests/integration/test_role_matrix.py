@@ -109,6 +109,9 @@ POLICY: dict[str, dict[str, frozenset[str] | str]] = {
         "GET /clinics/{clinic_id}/estimates": NOTIFY_STAFF,
         "GET /clinics/{clinic_id}/rules": NOTIFY_STAFF,
         "GET /clinics/{clinic_id}/accuracy": frozenset({"manager"}),
+        # the patient's feedback form: its signed link is the credential
+        "GET /feedback/{token}": PUBLIC,
+        "POST /feedback/{token}": PUBLIC,
     },
     "billing": {
         **OPERATIONS,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-PatientKind = Literal["delay_warning", "come_back_now", "ready_for_you"]
+PatientKind = Literal["delay_warning", "come_back_now", "ready_for_you", "feedback_request"]
 
 
 @dataclass(slots=True)

@@ -14,9 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from services.notifications.domain.alerts import Alert, NurseAlerts
+from services.notifications.domain.feedback import feedback_request
 from services.notifications.domain.notes import PatientNotes
 from services.notifications.domain.outcome import Outcome
-from services.notifications.domain.rules import Preferences, Rules, stale
+from services.notifications.domain.rules import NO_CONTACT, Preferences, Rules, stale
 from services.notifications.domain.warnings import WaitingPatients
 from shared import events as ev
 from shared.floor.clinic_flow import ClinicFlow
@@ -59,6 +60,8 @@ class ClinicNotifier:
         out = Outcome()
         if event_id and event_id in self.recent:
             return out  # the same fact sent twice
+        leaving = (self.floor.visits.get(payload.visit_id)
+                   if isinstance(payload, ev.PatientCheckedOut) else None)
         self.flow.apply(payload, at, event_id)
         if event_id:
             self.recent.append(event_id)
@@ -73,6 +76,9 @@ class ClinicNotifier:
         elif isinstance(payload, ev.DelayAnnounced | ev.DelayCleared):
             patients.delay_withdrawn(payload.provider_id)
         patients.settle_visits(self.floor, out)
+        if leaving is not None and leaving.visit_id not in self.floor.visits:
+            self._ask_for_feedback(leaving.visit_id, leaving.ticket_code, event_id, at,
+                                   rules, prefs, wall, out)
         self._refresh_alerts(at, rules, prefs, wall, out)
         patients.release(self.floor, now, rules, prefs, wall, out)
         return out
@@ -136,6 +142,17 @@ class ClinicNotifier:
         for alert, visit in raised:
             out.raised.append((alert, page))
             self.patients.ready_for_you(visit, alert, rules, prefs, page, out)
+
+    def _ask_for_feedback(self, visit_id: str, ticket_code: str, event_id: str,
+                          at: datetime, rules: Rules, prefs: dict[str, Preferences],
+                          wall: datetime, out: Outcome) -> None:
+        """The visit was checked out: one message asking how it went (``feedback``)."""
+        message, outcome = feedback_request(
+            self.clinic_id, visit_id, ticket_code, trigger_id=event_id, at=at, wall=wall,
+            rules=rules, preference=prefs.get(visit_id, NO_CONTACT))
+        if message is not None:
+            out.messages.append(message)
+        out.decisions.append(("feedback_request", outcome))
 
     def _advance(self, at: datetime) -> datetime:
         self.clock = at if self.clock is None else max(self.clock, at)

@@ -36,6 +36,8 @@ class Rules(BaseModel):
     come_back_lead_minutes: float = Field(
         15, ge=1, le=180, description="call back when the low end of the range reaches this")
     nurse_alerts: bool = Field(True, description="room-ready alerts to the nurse station")
+    feedback_requests: bool = Field(True, description="after checkout, one message asking "
+                                    "how the visit and the wait were (a signed form link)")
     patients_roomed_per_provider: int = Field(
         2, ge=1, le=10, description="a provider with this many patients roomed and waiting "
         "for them is not offered another room")

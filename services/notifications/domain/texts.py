@@ -107,8 +107,10 @@ def format_range(low: float, high: float) -> str:
     return f"{lo}\u2013{hi} minutes"
 
 
-def render(wording: Wording, names: Names) -> tuple[str, str]:
-    """(subject, text) of a patient message, in the clinic's words."""
+def render(wording: Wording, names: Names, link: str | None = None) -> tuple[str, str]:
+    """(subject, text) of a patient message, in the clinic's words. ``link``: the
+    feedback form's signed address, given only when the message is sent to the patient
+    (a listing for staff shows where it goes, not the link)."""
     clinic = names.clinic
     subject_prefix = f"{clinic}: " if clinic else ""
     wait = (format_range(wording.low, wording.high)
@@ -129,6 +131,11 @@ def render(wording: Wording, names: Names) -> tuple[str, str]:
         lead = "you are next" if wording.position == 1 else "you will be called soon"
         text = (f"Please come back now, {lead} (ticket {wording.ticket_code}); "
                 f"estimated wait {wait}.")
+    elif wording.kind == "feedback_request":
+        subject = "how was your visit?"
+        where = link or "(a link for the patient only)"
+        text = (f"Thank you for coming in (ticket {wording.ticket_code}). How was your visit, "
+                f"and was your wait about what we told you? One minute, no login: {where}")
     else:
         subject = "we are ready for you"
         where = f" {names.room(wording.room_id)} is ready." if wording.room_id else ""

@@ -1,0 +1,120 @@
+"""Feedback after the visit, the pure parts: the signed link (forged, altered, expired,
+another key), the one message a checkout asks for (consent, opt-out, replays, the rule),
+and its words."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from services.notifications.domain import ClinicNotifier, Names, Outcome, Preferences, Rules
+from services.notifications.domain.texts import Wording, render
+from services.notifications.feedback_link import LinkRefused, sign, verify
+from shared import events as ev
+
+NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+SECRET = "a-feedback-secret-for-tests"
+DAY = timedelta(hours=72)
+
+
+def test_a_signed_link_names_its_visit_until_it_expires() -> None:
+    token = sign(SECRET, "north", "v-17", now=NOON, valid_for=DAY)
+    claims = verify(SECRET, token, now=NOON + DAY - timedelta(seconds=1))
+    assert (claims.clinic_id, claims.visit_id) == ("north", "v-17")
+    assert claims.expires_at == NOON + DAY
+    with pytest.raises(LinkRefused) as refused:
+        verify(SECRET, token, now=NOON + DAY)
+    assert refused.value.problem == "expired"
+
+
+def _altered(token: str, **changes: object) -> str:
+    payload, _, signature = token.partition(".")
+    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims.update(changes)
+    forged = base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode()
+    return f"{forged}.{signature}"
+
+
+@pytest.mark.parametrize("make", [
+    lambda t: _altered(t, v="v-18"),               # another visit's form
+    lambda t: _altered(t, e=4_102_444_800),        # a later expiry
+    lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),  # the signature changed
+    lambda t: sign("another-key", "north", "v-17", now=NOON, valid_for=DAY),
+    lambda t: t.split(".")[0],                     # no signature
+    lambda t: "", lambda t: ".", lambda t: "not a link", lambda t: "a.b.c",
+    lambda t: "%%%.@@@",
+])
+def test_a_link_altered_made_up_or_signed_under_another_key_is_forged(make) -> None:  # type: ignore[no-untyped-def]
+    token = sign(SECRET, "north", "v-17", now=NOON, valid_for=DAY)
+    with pytest.raises(LinkRefused) as refused:
+        verify(SECRET, make(token), now=NOON)
+    assert refused.value.problem == "forged"
+
+
+def test_an_expired_link_signed_by_us_is_expired_not_forged() -> None:
+    token = sign(SECRET, "north", "v-17", now=NOON - DAY * 2, valid_for=DAY)
+    with pytest.raises(LinkRefused) as refused:
+        verify(SECRET, token, now=NOON)
+    assert refused.value.problem == "expired"
+
+
+# ------------------------------------------------------------ the message
+
+
+def checked_out(prefs: Preferences | None, rules: Rules = Rules(),
+                read_after: timedelta = timedelta(0)) -> tuple[ClinicNotifier, Outcome]:
+    """A patient roomed, seen and checked out at 12:00; the checkout read ``read_after``."""
+    notifier = ClinicNotifier("north")
+    visits = {} if prefs is None else {"v-17": prefs}
+    start = NOON - timedelta(minutes=60)
+    for minute, payload in enumerate([
+            ev.PatientArrived(visit_id="v-17", ticket_code="A-17", provider_id="p1",
+                              visit_type="follow_up"),
+            ev.RoomReady(room_id="r1"),
+            ev.PatientRoomed(visit_id="v-17", room_id="r1"),
+            ev.ProviderIn(visit_id="v-17", provider_id="p1")]):
+        when = start + timedelta(minutes=minute * 10)
+        notifier.on_floor(payload, at=when, event_id=f"e{minute}", rules=rules, prefs=visits,
+                          wall=when)
+    out = notifier.on_floor(ev.PatientCheckedOut(visit_id="v-17"), at=NOON, event_id="out",
+                            rules=rules, prefs=visits, wall=NOON + read_after)
+    return notifier, out
+
+
+def test_a_patient_who_agreed_to_messages_is_asked_once_after_checkout() -> None:
+    _, out = checked_out(Preferences(channel="email", delay_updates=False))
+    [message] = out.messages
+    assert (message.kind, message.visit_id, message.channel) == ("feedback_request", "v-17",
+                                                                 "email")
+    assert message.wording == Wording("feedback_request", "A-17")
+    assert ("feedback_request", "queued") in out.decisions
+    # the same visit checked out again (undone, redone) names the same message: one kept
+    _, again = checked_out(Preferences(channel="email"))
+    assert again.messages[0].notification_id == message.notification_id
+
+
+@pytest.mark.parametrize(("prefs", "rules", "late", "why"), [
+    (None, Rules(), 0, "no_contact"),
+    (Preferences(channel="sms", opted_out=True), Rules(), 0, "opted_out"),
+    (Preferences(channel="sms"), Rules(feedback_requests=False), 0, "disabled"),
+    (Preferences(channel="sms"), Rules(max_message_age_minutes=30), 31, "stale"),
+])
+def test_no_feedback_message_without_consent_when_opted_out_disabled_or_replayed(
+    prefs: Preferences | None, rules: Rules, late: int, why: str,
+) -> None:
+    _, out = checked_out(prefs, rules, timedelta(minutes=late))
+    assert out.messages == []
+    assert ("feedback_request", why) in out.decisions
+
+
+def test_the_message_carries_the_link_only_when_sent_to_the_patient() -> None:
+    wording = Wording("feedback_request", "A-17")
+    subject, text = render(wording, Names(clinic="North Family Practice"),
+                           "https://clinic.example/feedback/abc.def")
+    assert subject == "North Family Practice: how was your visit?"
+    assert "ticket A-17" in text and text.endswith("https://clinic.example/feedback/abc.def")
+    _, listed = render(wording, Names())
+    assert "feedback/" not in listed and "link for the patient only" in listed
