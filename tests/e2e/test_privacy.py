@@ -1,8 +1,9 @@
 """PHI never leaves its place: a patient's name, birth date, initials, phone number and
 email address are fed in where a clinic really enters them (a schedule with extra columns,
-the kiosk, the front desk's contact form, a mistyped contact), the four services run as
-real processes through a whole visit with a delay warning sent by SMS, and then every
-record on every topic, every log line and every screen and board is scanned for them."""
+the kiosk, the front desk's contact form, a mistyped contact, the feedback form's free
+text after checkout), the four services run as real processes through a whole visit with
+a delay warning sent by SMS, and then every record on every topic, every log line and
+every screen and board is scanned for them."""
 
 from __future__ import annotations
 
@@ -175,6 +176,17 @@ async def _a_visit_with_phi_entered(services: dict[str, ServiceProcess],
                                 json={"cpt_codes": ["99213"], "icd10_codes": ["J06.9"]},
                                 headers=auth("dev-billing"))
         assert out.status_code in (200, 201, 202), out.text
+        # after checkout the patient gets a feedback link and writes who they are in it
+        feedback = await eventually(lambda: next(
+            (m["text"] for m in gateway.accepted if "/feedback/" in m["text"]), None),
+            timeout=30)
+        form = f"{notifications}/feedback/{feedback.rsplit('/feedback/', 1)[1].split()[0]}"
+        answered = await client.post(form, data={
+            "rating": "2", "wait": "longer",
+            "comment": f"{NAME} here, born {DOB}, call me on {PHONE}: my knee still hurts"})
+        assert answered.status_code == 200, answered.text
+        screens["feedback answered"] = answered.text
+        screens["feedback link again"] = (await client.get(form)).text
         for name, url in (("checkin", checkin), ("flow", flow),
                           ("notifications", notifications), ("billing", billing)):
             screens[f"{name} metrics"] = (await client.get(f"{url}/metrics")).text
