@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from services.notifications import feedback_link
+from services.notifications import metrics as m
 from services.notifications.domain.texts import Names
 from services.notifications.feedback_store import Answer, FeedbackStore, WaitAnswer
 from shared.clock import Clock
@@ -75,6 +76,7 @@ def make_feedback_router(store: FeedbackStore, secret: str, clock: Clock,
         return HTMLResponse(html, status_code=status, headers=HEADERS)
 
     def refused(problem: str) -> HTMLResponse:
+        m.FEEDBACK_REFUSED.labels(problem).inc()
         status, title, message = REFUSALS[problem]
         return page(status, title, message=message, refused=True)
 
@@ -128,6 +130,7 @@ def make_feedback_router(store: FeedbackStore, secret: str, clock: Clock,
         answer = Answer(rating=rating, wait=wait, text=comment)
         if not await store.take(claims.clinic_id, claims.visit_id, answer, clock.now()):
             return refused("used")  # the same link posted twice at once: one is taken
+        m.FEEDBACK_GIVEN.labels(str(rating), wait).inc()
         return page(200, "Thank you", clinic_name,
                     message="Your answer has reached the clinic. Thank you for taking the "
                     "time.")

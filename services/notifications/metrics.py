@@ -69,3 +69,14 @@ TOLD_SCORED_TODAY = Gauge(
     "Told records scored today (clinic's day), by clinic: how much the share rests on.",
     ["clinic"],
 )
+FEEDBACK_GIVEN = Counter(
+    "clinicflow_feedback_answers_total",
+    "Feedback forms answered after a visit, by rating (1-5) and whether the wait was about "
+    "what the patient was told (about_right, longer, shorter).",
+    ["rating", "wait"],
+)
+FEEDBACK_REFUSED = Counter(
+    "clinicflow_feedback_refused_total",
+    "Feedback links refused: forged (altered or made up), expired, used (already answered).",
+    ["problem"],
+)

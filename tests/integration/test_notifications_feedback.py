@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import orjson
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from shared import events as ev
@@ -62,6 +63,12 @@ async def test_a_checked_out_patient_gets_one_link_and_answers_once(
                                   headers=FRONT_DESK)).json()
         assert "/feedback/" not in shown["text"]
 
+        def answered(rating: str) -> float:
+            return REGISTRY.get_sample_value("clinicflow_feedback_answers_total",
+                                             {"rating": rating, "wait": "longer"}) or 0.0
+
+        before, used_before = answered("2"), REGISTRY.get_sample_value(
+            "clinicflow_feedback_refused_total", {"problem": "used"}) or 0.0
         form = await client.get(path)
         assert form.status_code == 200 and "Was your wait about what we told you?" in form.text
         answer = {"rating": "2", "wait": "longer", "comment": WORRY}
@@ -70,6 +77,9 @@ async def test_a_checked_out_patient_gets_one_link_and_answers_once(
         again = await client.post(path, data={**answer, "rating": "5"})
         assert again.status_code == 409 and "already" in again.text
         assert (await client.get(path)).status_code == 409
+        assert answered("2") == before + 1
+        assert REGISTRY.get_sample_value("clinicflow_feedback_refused_total",
+                                         {"problem": "used"}) == used_before + 2
 
         records = await read_topic(kafka_bootstrap, topic_name(NOTIFICATIONS, topic_prefix),
                                    expect=2)
