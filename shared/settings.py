@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -448,6 +449,10 @@ class NotificationsSettings(CommonSettings):
         if self.notifications_feedback_secret.get_secret_value() == "dev-feedback-secret":
             problems.append("CLINICFLOW_NOTIFICATIONS_FEEDBACK_SECRET is the development "
                             "default")
+        if urlsplit(self.notifications_public_url).hostname in ("127.0.0.1", "localhost",
+                                                                 "::1"):
+            problems.append("CLINICFLOW_NOTIFICATIONS_PUBLIC_URL is on loopback: patients "
+                            "could not open their feedback links")
         return problems
 
 
