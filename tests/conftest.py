@@ -9,8 +9,10 @@ stop or restart servers fail then, saying why. CI never sets them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -100,9 +102,46 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[[], LocalStack]]:
 
 
 @pytest.fixture
-def topic_prefix() -> str:
-    """A fresh prefix per test: its own topics, consumer groups and Redis keys."""
-    return f"t{uuid.uuid4().hex[:10]}."
+def topic_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh prefix per test: its own topics, consumer groups and Redis keys. On the
+    session's own broker the test's topics are deleted after it: a broker holding every
+    topic of every test grows to thousands of partitions, and each topic made, each
+    metadata answer and each restart slows down with them."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    yield prefix
+    if "kafka_bootstrap" in request.fixturenames:
+        stack: LocalStack | None = request.getfixturevalue("stack")
+        if stack is not None and stack.kafka is not None and stack.kafka.alive():
+            _delete_topics(stack.kafka_bootstrap, prefix)
+
+
+def _delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete the topics named with ``prefix`` (housekeeping: a failure is only noted)."""
+    async def delete() -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if mine:
+                await admin.delete_topics(mine, timeout_ms=10_000)
+        finally:
+            await admin.close()
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(delete(), 20))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)  # outside any test's event loop
+    thread.start()
+    thread.join()
+    if outcome:
+        print(f"topics {prefix}* not deleted: {outcome[0]!r}")
 
 
 @pytest.fixture
