@@ -124,3 +124,47 @@ class FeedbackGiven(Payload):
     wait: Literal["about_right", "longer", "shorter"] = Field(
         description="was the wait about what the patient was told?")
     text_given: bool = Field(description="the patient also wrote something (kept apart)")
+
+
+ComplaintCategory = Literal["wait", "billing", "staff", "facility", "other"]
+ComplaintSource = Literal["in_person", "phone", "low_rating"]
+
+
+class _Complaint(Payload):
+    """A complaint's event: ids, category and flags only. What the patient said stays in
+    notifications' own store (manager only), never on an event."""
+
+    complaint_id: str = Field(pattern=_ID)
+    visit_id: str | None = Field(default=None, pattern=_ID,
+                                 description="the visit it is about, when one is named")
+    category: ComplaintCategory
+
+
+@register_event("complaint.logged", 1)
+class ComplaintLogged(_Complaint):
+    """A complaint was logged by staff (in person, phone) or raised by a low rating (1-2)
+    on the feedback form (once per visit)."""
+
+    source: ComplaintSource
+    due_at: str = Field(description="acknowledge by (ISO 8601, the clinic's offset)")
+
+
+@register_event("complaint.acknowledged", 1)
+class ComplaintAcknowledged(_Complaint):
+    """Someone at the front office took the complaint on (its owner)."""
+
+    owner: str = Field(max_length=80, description="the credential name of the owner")
+
+
+@register_event("complaint.resolved", 1)
+class ComplaintResolved(_Complaint):
+    """The complaint was dealt with and closed."""
+
+    owner: str = Field(max_length=80)
+
+
+@register_event("complaint.escalated", 1)
+class ComplaintEscalated(_Complaint):
+    """Nobody acknowledged the complaint by its due time: the manager is told."""
+
+    due_at: str

@@ -92,7 +92,8 @@ def build_document() -> dict[str, Any]:
                      for n in ns]
         elif spec is NOTIFICATIONS:
             names = [n for t, ns in by_type.items()
-                     if t.split(".")[0] in ("notification", "nurse_alert", "feedback")
+                     if t.split(".")[0] in ("notification", "nurse_alert", "feedback",
+                                              "complaint")
                      for n in ns]
         else:
             names = []

@@ -23,6 +23,8 @@ from services.notifications.channels import (
     PagingWebhook,
     SmsGateway,
 )
+from services.notifications.complaints_api import make_complaints_router
+from services.notifications.complaints_store import ComplaintStore
 from services.notifications.consumer import NotifierProjection
 from services.notifications.delivery import (
     HEARTBEAT_EVERY_SECONDS,
@@ -34,6 +36,9 @@ from services.notifications.feedback_api import make_feedback_link, make_feedbac
 from services.notifications.feedback_store import FeedbackStore
 from services.notifications.names import NameBook
 from services.notifications.plan import NotificationChanges
+from services.notifications.satisfaction import SatisfactionPlan
+from services.notifications.satisfaction_api import make_satisfaction_router
+from services.notifications.satisfaction_store import SatisfactionProjection
 from services.notifications.store import NotificationStore
 from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
@@ -48,6 +53,7 @@ from shared.topics import AUDIT, DIRECTORY, ESTIMATES, FLOOR, NOTIFICATIONS, TOL
 
 OUTBOX_EVERY_SECONDS = 0.5
 ACCURACY_GAUGES_EVERY_SECONDS = 60  # today's accuracy gauges, also across midnight
+COMPLAINTS_EVERY_SECONDS = 30  # complaints not acknowledged in time are escalated
 
 
 def build_channels(settings: NotificationsSettings,
@@ -151,7 +157,26 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         fetch_max_wait_ms=settings.notifications_batch_timeout_ms,
         session_timeout_ms=settings.notifications_session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.notifications_session_timeout_ms // 3))
+    # complaints (logged by staff, raised by low ratings) and waits x satisfaction
+    complaints = ComplaintStore(
+        runtime.redis, settings.redis_prefix, store.outbox,
+        retention_days=settings.notifications_feedback_retention_days,
+        zone=lambda clinic_id: names(clinic_id).zone, configured=names.configured)
+    satisfaction = SatisfactionProjection(
+        runtime.broker, runtime.redis, store.outbox,
+        SatisfactionPlan(zone=lambda clinic_id: names(clinic_id).zone,
+                         floor_topic=floor_topic),
+        complaints, prefix=settings.redis_prefix, floor_topic=floor_topic,
+        told_topic=topic(TOLD, settings), notifications_topic=notifications_topic,
+        group_id=f"{settings.notifications_group_id}-satisfaction",
+        on_stored=relay.kick.set, on_dead_letters=relay.kick.set,
+        max_records=settings.notifications_batch_max,
+        batch_timeout_ms=settings.notifications_batch_timeout_ms,
+        fetch_max_wait_ms=settings.notifications_batch_timeout_ms)
     runtime.every(settings.notifications_tick_seconds, notifier.tick, "notifier-tick")
+    # tests tick it themselves (tick seconds 0), as the notifier's
+    runtime.every(COMPLAINTS_EVERY_SECONDS if settings.notifications_tick_seconds > 0 else 0,
+                  complaints.tick, "complaints-escalation", needs_kafka=False)
     runtime.every(ACCURACY_GAUGES_EVERY_SECONDS, accuracy.tick, "accuracy-gauges",
                   needs_kafka=False)
     runtime.every(SEND_EVERY_SECONDS, sender.tick, "sender", needs_kafka=False)
@@ -204,6 +229,8 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
                                                                  "Last-Event-ID"])
     app.state.notifier = notifier
     app.state.accuracy = accuracy
+    app.state.complaints = complaints
+    app.state.satisfaction = satisfaction
     app.state.names_runner = names_runner
     app.state.imported_names = imported
     app.state.sender = sender
@@ -217,6 +244,11 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         IdempotencyStore(runtime.redis, settings.redis_prefix), barrier,
         channels=frozenset(channels) & {"email", "sms", "log"}))
     app.include_router(make_accuracy_router(accuracy.figures, accuracy.today))
+    app.include_router(make_complaints_router(
+        complaints, IdempotencyStore(runtime.redis, settings.redis_prefix), runtime.clock,
+        lambda clinic_id: names(clinic_id).zone))
+    app.include_router(make_satisfaction_router(
+        satisfaction.store, runtime.clock, lambda clinic_id: names(clinic_id).zone))
     feedback = FeedbackStore(runtime.redis, settings.redis_prefix, store.outbox,
                              retention_days=settings.notifications_feedback_retention_days)
     app.include_router(make_feedback_router(

@@ -80,3 +80,17 @@ FEEDBACK_REFUSED = Counter(
     "Feedback links refused: forged (altered or made up), expired, used (already answered).",
     ["problem"],
 )
+
+COMPLAINTS_LOGGED = Counter(
+    "clinicflow_complaints_logged_total",
+    "Complaints logged, by category (wait, billing, staff, facility, other) and source "
+    "(in_person, phone, low_rating).",
+    ["category", "source"],
+)
+
+COMPLAINTS_ESCALATED = Counter(
+    "clinicflow_complaints_escalated_total",
+    "Complaints escalated to the manager: not acknowledged within a business hour, by clinic "
+    "(configured clinics; others: 'other').",
+    ["clinic"],
+)

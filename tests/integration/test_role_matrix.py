@@ -109,6 +109,15 @@ POLICY: dict[str, dict[str, frozenset[str] | str]] = {
         "GET /clinics/{clinic_id}/estimates": NOTIFY_STAFF,
         "GET /clinics/{clinic_id}/rules": NOTIFY_STAFF,
         "GET /clinics/{clinic_id}/accuracy": frozenset({"manager"}),
+        "GET /clinics/{clinic_id}/satisfaction": frozenset({"manager"}),
+        "POST /clinics/{clinic_id}/complaints": frozenset({"front_desk", "manager"}),
+        "GET /clinics/{clinic_id}/complaints": frozenset({"front_desk", "manager"}),
+        # the manager's view: the only one with what the patient said
+        "GET /clinics/{clinic_id}/complaints/{complaint_id}": frozenset({"manager"}),
+        "POST /clinics/{clinic_id}/complaints/{complaint_id}/acknowledge":
+            frozenset({"front_desk", "manager"}),
+        "POST /clinics/{clinic_id}/complaints/{complaint_id}/resolve":
+            frozenset({"front_desk", "manager"}),
         # the patient's feedback form: its signed link is the credential
         "GET /feedback/{token}": PUBLIC,
         "POST /feedback/{token}": PUBLIC,
@@ -158,6 +167,7 @@ BODIES: dict[str, Any] = {
     "POST /clinics/{clinic_id}/visits/{visit_id}/reprice": {"reason": "matrix"},
     "POST /clinics/{clinic_id}/drawer-counts": {"business_date": "2026-03-02",
                                                 "cash_cents": 0},
+    "POST /clinics/{clinic_id}/complaints": {"category": "other", "source": "phone"},
 }
 RAW_BODIES: dict[str, tuple[str, bytes]] = {
     "POST /clinics/{clinic_id}/schedule/csv": ("text/csv", b"appointment_id,patient_ref,"

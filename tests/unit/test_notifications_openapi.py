@@ -44,6 +44,12 @@ def test_every_notifications_route_is_in_the_document(spec: dict[str, Any]) -> N
         ("GET", "/clinics/{clinic_id}/estimates"),
         ("GET", "/clinics/{clinic_id}/rules"),
         ("GET", "/clinics/{clinic_id}/accuracy"),
+        ("GET", "/clinics/{clinic_id}/satisfaction"),
+        ("POST", "/clinics/{clinic_id}/complaints"),
+        ("GET", "/clinics/{clinic_id}/complaints"),
+        ("GET", "/clinics/{clinic_id}/complaints/{complaint_id}"),
+        ("POST", "/clinics/{clinic_id}/complaints/{complaint_id}/acknowledge"),
+        ("POST", "/clinics/{clinic_id}/complaints/{complaint_id}/resolve"),
     }
 
 
