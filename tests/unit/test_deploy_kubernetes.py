@@ -494,7 +494,8 @@ def test_each_service_has_its_own_kafka_login_for_its_topics_and_groups(
     assert {"Write", "Describe"} <= acls[("topic", DEAD_LETTER.name)]
     group = _default(SETTINGS[service], f"{service}_group_id")
     groups = ({group, f"{group}-ledger"} if service == "billing"
-              else {group, f"{group}-accuracy", f"{group}-directory"}
+              else {group, f"{group}-accuracy", f"{group}-directory",
+                    f"{group}-satisfaction"}
               if service == "notifications"
               else {group, f"{group}-directory"} if service == "flow" else {group})
     assert {name for kind, name in acls if kind == "group"} == groups
@@ -516,7 +517,8 @@ def test_what_each_service_reads_and_writes_matches_the_event_flow(
     assert topics("checkin", "Write") == {"floor", "told", "directory", "deadletter"}
     assert topics("flow", "Read") == {"floor", "directory"}
     assert topics("flow", "Write") == {"floor", "estimates", "told", "deadletter"}
-    assert topics("notifications", "Read") == {"floor", "estimates", "told", "directory"}
+    assert topics("notifications", "Read") == {"floor", "estimates", "told", "directory",
+                                               "notifications"}
     assert topics("notifications", "Write") == {"notifications", "told", "audit", "deadletter"}
     assert topics("billing", "Read") == {"floor", "ledger"}
     assert topics("billing", "Write") == {"floor", "ledger", "deadletter"}
