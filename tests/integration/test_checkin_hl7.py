@@ -318,3 +318,33 @@ async def test_a_schedule_file_import_and_the_feed_never_change_a_clinic_at_once
     landed = await feed.send(message)  # the engine's resend, once the import is done
     assert landed.code == "AA", landed.raw
     assert len(about(await feed.floor(), "appointment_id", appointment)) == 1
+
+
+async def test_a_control_id_used_again_for_a_different_message_is_refused_and_changes_nothing(
+    feed: Feed,
+) -> None:
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    appointment, patient, control = unique("A"), mrn(), unique("C")
+    start = now + timedelta(minutes=20)
+    booked = await feed.send(ehr.siu("S12", appointment, start, sent_at=now, mrn=patient,
+                                     control=control))
+    assert (booked.code, booked.text) == ("AA", "appointment booked")
+    # a resend restamped by the engine (MSH-7 only) is the same message: the same ACK
+    resent = await feed.send(ehr.siu("S12", appointment, start, mrn=patient, control=control,
+                                     sent_at=now + timedelta(seconds=30)))
+    assert resent.raw == booked.raw
+    arrival = await feed.send(ehr.adt("A04", sent_at=now, mrn=patient, visit=unique("V"),
+                                      control=control))
+    other = await feed.send(ehr.siu("S12", appointment, start + timedelta(minutes=30),
+                                    sent_at=now, mrn=patient, control=control))
+    for answer in (arrival, other):
+        assert answer.code == "AE", answer.raw
+        assert "control id already used for a different message" in answer.text
+        assert answer.error is not None and answer.error[2].startswith("MSH^1^10"), answer.raw
+    events = about(await feed.floor(), "appointment_id", appointment)
+    assert [e["event_type"] for e in events] == ["appointment.scheduled"]
+    assert not [e for e in await feed.floor() if e["event_type"] == "patient.arrived"
+                and e["data"].get("appointment_id") == appointment]
+    # the first message's own resend still gets its ACK
+    assert (await feed.send(ehr.siu("S12", appointment, start, sent_at=now, mrn=patient,
+                                    control=control))).raw == booked.raw

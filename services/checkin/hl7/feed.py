@@ -11,7 +11,9 @@ interface engine can rely on.
   large) or not now (Kafka unreachable, the same message still in progress): nothing
   was changed, and the sender may resend it.
 - A message control id (``MSH-10``, per sending application and facility) seen before
-  gets the same ACK again and changes nothing (kept in Redis, ``store.py``).
+  gets the same ACK again and changes nothing (kept in Redis, ``store.py``), when it is
+  the same message (``message_digest``: ``MSH-7`` aside); on a different message it is
+  ``AE`` at ``MSH-10`` and changes nothing.
 - Updates out of order are resolved by the message's own time (``MSH-7``, ``EVN-2``):
   a message older than the last one applied to the same appointment, EHR visit or
   patient changes nothing (``AA``, "superseded").
@@ -45,6 +47,7 @@ from services.checkin.feeds import Feed, Feeds
 from services.checkin.hl7.messages import (
     APPLICATION_INTERNAL_ERROR,
     DATA_TYPE_ERROR,
+    DUPLICATE_KEY_IDENTIFIER,
     REQUIRED_FIELD_MISSING,
     TABLE_VALUE_NOT_FOUND,
     UNKNOWN_KEY_IDENTIFIER,
@@ -130,7 +133,8 @@ class Hl7Feed:
             else:
                 parsed, header = parse_message(received.payload)
                 check_header(header)
-                ack, repeated = await self._once(header, parsed)
+                ack, repeated = await self._once(header, parsed,
+                                                 message_digest(received.payload))
         except Problem as problem:
             ack = Ack(problem.ack, problem)
         except Exception:  # the sender gets an AR (and may resend); we log why
@@ -158,7 +162,8 @@ class Hl7Feed:
         return ack_bytes(ack, header, application=application, facility=facility,
                          control_id=uuid.uuid4().hex[:20], now=self.clock.now())
 
-    async def _once(self, header: Header, parsed: Any) -> tuple[Ack | bytes, bool]:
+    async def _once(self, header: Header, parsed: Any,
+                    digest: bytes) -> tuple[Ack | bytes, bool]:
         """Apply a message once per control id: a repeat gets the ACK it got then. A
         transient AR is not kept (the resent message is tried again). Messages about one
         subject (an appointment, an EHR visit, a patient) are applied one at a time, in
@@ -177,14 +182,14 @@ class Hl7Feed:
         users[0] += 1
         try:
             async with lock, self._applying:
-                return await self._once_locked(feed, header, parsed, message_key)
+                return await self._once_locked(feed, header, parsed, message_key, digest)
         finally:
             users[0] -= 1
             if users[0] == 0:
                 del self._messages[message_key]
 
     async def _once_locked(self, feed: Feed, header: Header, parsed: Any,
-                           message_key: str) -> tuple[Ack | bytes, bool]:
+                           message_key: str, digest: bytes) -> tuple[Ack | bytes, bool]:
         clinic = feed.clinic_id
         try:
             message = read_parsed(parsed, header)
@@ -193,11 +198,11 @@ class Hl7Feed:
             # unreadable content: answered AE (or AR) as it is, kept like any other answer
             stored = await self.store.feed_ack(message_key)
             if stored is not None:
-                return stored, True
+                return replayed(stored, digest), True
             if problem.retry or problem.ack == "AR":
                 raise
             answer = self._ack(Ack(problem.ack, problem), header)
-            await self.store.feed_done(message_key, answer, clinic, None)
+            await self.store.feed_done(message_key, kept(answer, digest), clinic, None)
             return answer, False
         # what a booking holds and an arrival claims is asked for in the same round trip
         hold = (message.appointment_id, message_key) if isinstance(message, ScheduleMessage) \
@@ -218,13 +223,14 @@ class Hl7Feed:
                         and state.visit_claim.holder is None:
                     await self.store.forget_feed_visit(clinic, claim[0])
             if state.ack is not None:
-                return state.ack, True
+                return replayed(state.ack, digest), True
             finished: list[bytes] = []
 
             def finish(text: str, pipe: Any) -> None:
                 """The ACK and order mark, stored with the change itself."""
                 answer = self._ack(Ack("AA", text=text), header)
-                self.store.queue_feed_done(pipe, message_key, answer, clinic, (subject, at))
+                self.store.queue_feed_done(pipe, message_key, kept(answer, digest), clinic,
+                                           (subject, at))
                 finished.append(answer)
 
             applied = False
@@ -246,7 +252,7 @@ class Hl7Feed:
                         raise
                     ack = Ack(problem.ack, problem)
             answer = self._ack(ack, header)
-            await self.store.feed_done(message_key, answer, clinic,
+            await self.store.feed_done(message_key, kept(answer, digest), clinic,
                                        (subject, at) if applied else None)
             return answer, False
 
@@ -467,6 +473,42 @@ class Hl7Feed:
             raise Problem("AE", APPLICATION_INTERNAL_ERROR, refused.detail, "PV1", 19,
                           1) from None
         return text
+
+
+DIGEST_MARK = b"digest:"
+
+
+def message_digest(payload: bytes) -> bytes:
+    """What makes two messages under one control id "the same message": a digest of its
+    segments with ``MSH-7`` left out (an interface engine may restamp the time of a
+    resend) and line endings, trailing blanks and empty lines ignored."""
+    segments = [s.rstrip() for s in payload.replace(b"\r\n", b"\r")
+                .replace(b"\n", b"\r").split(b"\r") if s.strip()]
+    if segments and segments[0].startswith(b"MSH") and len(segments[0]) > 3:
+        fields = segments[0].split(segments[0][3:4])
+        if len(fields) > 6:
+            fields[6] = b""
+        segments[0] = segments[0][3:4].join(fields)
+    return hashlib.sha256(b"\r".join(segments)).hexdigest()[:32].encode()
+
+
+def kept(answer: bytes, digest: bytes) -> bytes:
+    """An ACK as stored: with the digest of the message it answered."""
+    return DIGEST_MARK + digest + b"|" + answer
+
+
+def replayed(stored: bytes, digest: bytes) -> bytes:
+    """The ACK stored for a control id, given back to a resend of the same message; the
+    same control id on a different message is refused (AE, ``MSH-10``), changing
+    nothing. An ACK stored without a digest (before digests were kept) is given back."""
+    if not stored.startswith(DIGEST_MARK):
+        return stored
+    first, _, answer = stored[len(DIGEST_MARK):].partition(b"|")
+    if first != digest:
+        raise Problem("AE", DUPLICATE_KEY_IDENTIFIER, "control id already used for a "
+                      "different message: MSH-10 must be unique per message (a resend "
+                      "must be the same message)", "MSH", 10)
+    return answer
 
 
 def _ack_code(answer: bytes) -> str:
