@@ -339,6 +339,14 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                            f"{', '.join(sorted(configured))})", code="unknown_room")
         return room
 
+    def already(clinic_id: str, room_id: str, room: dict[str, Any] | None, state: str) -> None:
+        """Conflict for a command that would change nothing: the room is ``state`` already
+        (a second click, a retry without a key). Nothing is published for it; a retry with
+        the first command's Idempotency-Key replays that command's 202 instead."""
+        if room is not None and room["state"] == state:
+            raise Conflict(f"room {room_id} is already {state.replace('_', ' ')} at clinic "
+                           f"{clinic_id}", code=f"already_{state}")
+
     def occupant(board: dict[str, Any], room_id: str, room: dict[str, Any]) -> str:
         """Who is in an occupied room, in a refusal's words: its visit and ticket code."""
         visit = next((v for v in board["in_rooms"] if v["room_id"] == room_id), None)
@@ -421,6 +429,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             if room is not None and room["state"] == "occupied":
                 raise Conflict(f"room {room_id} holds {occupant(board, room_id, room)}; check "
                                "them out or room them elsewhere first", code="room_occupied")
+            already(clinic_id, room_id, room, "ready")
         return await publish(clinic_id, ev.RoomReady(room_id=room_id), request,
                              idempotency_key, principal, check=check,
                              claim=room_claim(room_id, f"marking room {room_id} ready"))
@@ -438,6 +447,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             if room is not None and room["state"] == "occupied":
                 raise Conflict(f"room {room_id} holds {occupant(board, room_id, room)}; room "
                                "them elsewhere or check them out first", code="room_occupied")
+            already(clinic_id, room_id, room, "out_of_service")
         return await publish(clinic_id, ev.RoomOutOfService(room_id=room_id, reason=body.reason),
                              request, idempotency_key, principal, check=check,
                              claim=room_claim(room_id, f"taking room {room_id} out of service"))
@@ -490,6 +500,10 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             if any(w["visit_id"] == visit_id for w in board["waiting"]):
                 raise Conflict(f"visit {visit_id} is waiting, not roomed: room the patient "
                                "first", code="visit_not_roomed")
+            seeing = next((v for v in board["in_rooms"] if v["visit_id"] == visit_id), None)
+            if seeing is not None and seeing["status"] == "with_provider":
+                raise Conflict(f"visit {visit_id} is already with a provider in room "
+                               f"{seeing['room_id']}", code="already_with_provider")
             check_provider(clinic_id, board, body.provider_id)
         return await publish(clinic_id, ev.ProviderIn(visit_id=visit_id,
                                                       provider_id=body.provider_id),

@@ -239,3 +239,70 @@ async def test_a_screen_may_not_command(flow_env: dict[str, Any]) -> None:
     ):
         answer = await client.post("/clinics/north/rooms/r1/ready", headers=auth("dev-screen"))
         assert answer.status_code == 403
+
+
+async def published(client: httpx.AsyncClient) -> float:
+    """Events flow published so far (every type), from its metrics."""
+    text = (await client.get("/metrics")).text
+    pattern = re.compile(r'^clinicflow_events_published_total\{[^}]*service="flow"[^}]*\} '
+                         r"(\S+)$", re.MULTILINE)
+    return sum(float(value) for value in pattern.findall(text))
+
+
+async def test_a_command_that_changes_nothing_is_refused_and_its_first_is_replayed(
+    flow_env: dict[str, Any],
+) -> None:
+    """Ready on a ready room, out of service on a room already out, provider in for a
+    visit already with its provider: 409 naming the state, nothing published; the first
+    command's Idempotency-Key still replays its 202."""
+    floor = topic_name(FLOOR, flow_env["topic_prefix"])
+    async with (
+        serving(create_app(FlowSettings(**flow_env))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        await publish(flow_env["kafka_bootstrap"], floor, the_morning("north"))
+        board = board_of(client)
+        await board(lambda b: len(b["waiting"]) == 2)
+        before = await dead_letters(client)
+
+        def state(b: dict[str, Any], room: str) -> str | None:
+            return next((r["state"] for r in b["rooms"] if r["room_id"] == room), None)
+
+        out = await client.post("/clinics/north/rooms/r2/out-of-service",
+                                json={"reason": "sink"}, headers=keyed("out-r2"))
+        assert out.status_code == 202
+        roomed = await client.post("/clinics/north/visits/north-v1/room",
+                                   json={"room_id": "r1"}, headers=NURSE)
+        assert roomed.status_code == 202
+        await board(lambda b: state(b, "r2") == "out_of_service" and b["in_rooms"])
+        seen = await client.post("/clinics/north/visits/north-v1/provider-in", json={},
+                                 headers=keyed("in-v1"))
+        assert seen.status_code == 202
+        await board(lambda b: b["in_rooms"][0]["status"] == "with_provider")
+        await publish(flow_env["kafka_bootstrap"], floor,
+                      [floor_event(ev.RoomReady(room_id="r3"), "north")])
+        await board(lambda b: state(b, "r3") == "ready")
+
+        sent = await published(client)
+        for path, body, code, words in [
+            ("/clinics/north/rooms/r3/ready", None, "already_ready", "room r3 is already ready"),
+            ("/clinics/north/rooms/r2/out-of-service", {"reason": "x"},
+             "already_out_of_service", "room r2 is already out of service"),
+            ("/clinics/north/visits/north-v1/provider-in", {}, "already_with_provider",
+             "visit north-v1 is already with a provider"),
+        ]:
+            for _ in range(2):
+                answer = await client.post(path, json=body, headers=NURSE)
+                assert answer.status_code == 409, (path, answer.text)
+                assert answer.json()["code"] == code and words in answer.json()["detail"]
+        assert await published(client) == sent
+        # a retry of the first command (its key) is its answer, not the refusal
+        for path, body, key, first in [
+            ("/clinics/north/rooms/r2/out-of-service", {"reason": "sink"}, "out-r2", out),
+            ("/clinics/north/visits/north-v1/provider-in", {}, "in-v1", seen),
+        ]:
+            again = await client.post(path, json=body, headers=keyed(key))
+            assert again.status_code == 202 and again.json()["replayed"] is True, again.text
+            assert again.json()["event_id"] == first.json()["event_id"]
+        assert await published(client) == sent
+        assert await dead_letters(client) == before
