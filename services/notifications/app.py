@@ -244,9 +244,6 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         IdempotencyStore(runtime.redis, settings.redis_prefix), barrier,
         channels=frozenset(channels) & {"email", "sms", "log"}))
     app.include_router(make_accuracy_router(accuracy.figures, accuracy.today))
-    app.include_router(make_complaints_router(
-        complaints, IdempotencyStore(runtime.redis, settings.redis_prefix), runtime.clock,
-        lambda clinic_id: names(clinic_id).zone))
     app.include_router(make_satisfaction_router(
         satisfaction.store, runtime.clock, lambda clinic_id: names(clinic_id).zone))
     feedback = FeedbackStore(runtime.redis, settings.redis_prefix, store.outbox,
@@ -254,4 +251,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     app.include_router(make_feedback_router(
         feedback, settings.notifications_feedback_secret.get_secret_value(), runtime.clock,
         names))
+    app.include_router(make_complaints_router(
+        complaints, IdempotencyStore(runtime.redis, settings.redis_prefix), runtime.clock,
+        lambda clinic_id: names(clinic_id).zone, feedback_text=feedback.text))
     return app

@@ -5,7 +5,7 @@ manager's view (the only one with what the patient said)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -88,8 +88,12 @@ def view(complaint: Complaint, text: str | None, now: datetime) -> ComplaintView
     return ComplaintView(**complaint.to_dict(), overdue=complaint.overdue(now), text=text)
 
 
-def make_complaints_router(store: ComplaintStore, idempotency: IdempotencyStore,
-                           clock: Clock, zone: Callable[[str], ZoneInfo]) -> APIRouter:
+def make_complaints_router(
+        store: ComplaintStore, idempotency: IdempotencyStore, clock: Clock,
+        zone: Callable[[str], ZoneInfo],
+        feedback_text: Callable[[str, str], Awaitable[str]] | None = None) -> APIRouter:
+    """``feedback_text(clinic, visit)``: what the patient wrote on the feedback form, shown
+    in the manager's view of the complaint their low rating raised."""
     router = APIRouter(responses=COMMON_ERRORS, tags=["complaints"])
 
     @router.post(
@@ -151,7 +155,8 @@ def make_complaints_router(store: ComplaintStore, idempotency: IdempotencyStore,
         "/clinics/{clinic_id}/complaints/{complaint_id}", response_model=ComplaintView,
         summary="The manager's view of one complaint, with what the patient said",
         description="Manager only: the complaint, its status, owner and due time, and the "
-        "patient's words as staff wrote them (never on an event, a log line or a list).",
+        "patient's words as staff wrote them, or as the patient wrote them on the feedback "
+        "form for a low rating's complaint (never on an event, a log line or a list).",
         responses=answer(200, {**_EXAMPLE, "text": "Waited an hour past what I was told."},
                          "the complaint", refusals={404: _NOT_FOUND}))
     async def one(clinic_id: ClinicId, complaint_id: ComplaintId,
@@ -161,7 +166,11 @@ def make_complaints_router(store: ComplaintStore, idempotency: IdempotencyStore,
         if found is None:
             raise NotFound(f"complaint {complaint_id} does not exist at clinic {clinic_id}",
                            code="complaint_not_found")
-        return view(found[0], found[1], clock.now())
+        complaint, text = found
+        if (complaint.source == "low_rating" and complaint.visit_id is not None
+                and feedback_text is not None):
+            text = await feedback_text(clinic_id, complaint.visit_id)
+        return view(complaint, text, clock.now())
 
     def transition(kind: str, event: str, step: Callable[..., Complaint],
                    summary: str) -> None:

@@ -89,13 +89,20 @@ class ComplaintStore:
         return f"{self.base}:complaints:due"
 
     def queue(self, pipe: Any, complaint: Complaint, kind: str, at: datetime,
-              text: str | None = None) -> None:
-        """Queue on ``pipe`` (inside MULTI) the complaint stored and its event."""
+              text: str | None = None, *, unless_stored: bool = False) -> None:
+        """Queue on ``pipe`` (inside MULTI) the complaint stored and its event.
+        ``unless_stored``: a complaint already stored under its id is kept as it is (a
+        low rating's complaint raised again by a projection read again: its event is the
+        same event, its id the same)."""
         key = self.key(complaint.clinic_id, complaint.complaint_id)
         fields = {"data": orjson.dumps(complaint.to_dict())}
         if text is not None:
             fields["text"] = text.encode()
-        pipe.hset(key, mapping=fields)
+        if unless_stored:
+            for name, value in fields.items():
+                pipe.hsetnx(key, name, value)
+        else:
+            pipe.hset(key, mapping=fields)
         pipe.expire(key, self.retention_seconds)
         member = f"{complaint.clinic_id}|{complaint.complaint_id}"
         if kind == "logged":

@@ -68,6 +68,12 @@ class FeedbackStore:
         """Whether the visit's feedback was already given (its link is used)."""
         return bool(await self.redis.exists(self._key(clinic_id, visit_id)))
 
+    async def text(self, clinic_id: str, visit_id: str) -> str:
+        """The free text a patient wrote about a visit ("" when none): for the manager's
+        view of the complaint their low rating raised, nowhere else."""
+        found = await self.redis.hget(self._key(clinic_id, visit_id), "text")
+        return found.decode() if isinstance(found, bytes) else (found or "")
+
     async def take(self, clinic_id: str, visit_id: str, answer: Answer,
                    at: datetime) -> bool:
         """Keep the answer and queue ``feedback.given``, once per visit: False (nothing

@@ -88,7 +88,8 @@ class SatisfactionStore:
             pipe.zadd(self.roomed_key(clinic_id), {visit_id: at})
             pipe.expire(self.roomed_key(clinic_id), ROW_SECONDS)
         for complaint in changes.raised:
-            self.complaints.queue(pipe, complaint, "logged", complaint.logged_at, text="")
+            self.complaints.queue(pipe, complaint, "logged", complaint.logged_at, text="",
+                                  unless_stored=True)
 
     async def rows(self, clinic_id: str, start: datetime, end: datetime) -> list[Row]:
         """The rows of the visits roomed in [start, end)."""

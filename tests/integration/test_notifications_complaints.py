@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.notifications.app import create_app
+from services.notifications.feedback_store import Answer, FeedbackStore
 from shared import events as ev
 from shared.events_notifications import FeedbackGiven
 from shared.settings import NotificationsSettings
@@ -31,6 +32,7 @@ from tests.integration.notifications_support import (
 MANAGER = auth("dev-manager")
 NINE = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday; the clinic's zone is UTC here
 WORDS = "Jane Roe 1961-04-02 waited an hour"
+FORM_WORDS = "my knee hurt and nobody called me"
 REPORT = "/clinics/north/satisfaction?from=2026-03-02&to=2026-03-02"
 
 
@@ -74,6 +76,14 @@ async def test_complaints_escalation_and_a_report_rebuilt_from_kafka(
     clock = FakeClock(at(110))  # 10:50
     app = create_app(NotificationsSettings(**notifications_env), clock=clock)
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        # the form answered (its own feedback.given, besides the two above): one complaint
+        redis = Redis.from_url(redis_url)
+        try:
+            form = FeedbackStore(redis, notifications_env["redis_prefix"],
+                                 app.state.store.outbox, retention_days=1)
+            assert await form.take("north", "v1", Answer(1, "longer", FORM_WORDS), at(100))
+        finally:
+            await redis.aclose()
         # the low rating's complaint: on the front desk's list, due 11:40 (1 business hour)
         async def listed() -> list[dict[str, Any]]:
             answer = await client.get("/clinics/north/complaints", headers=FRONT_DESK)
@@ -82,6 +92,10 @@ async def test_complaints_escalation_and_a_report_rebuilt_from_kafka(
         assert (raised["visit_id"], raised["category"], raised["source"], raised["status"]) \
             == ("v1", "wait", "low_rating", "open")
         assert raised["due_at"] == "2026-03-02T11:40:00Z"
+        assert FORM_WORDS not in str(raised)
+        manager_view = await client.get(f"/clinics/north/complaints/{raised['complaint_id']}",
+                                        headers=MANAGER)
+        assert manager_view.json()["text"] == FORM_WORDS  # the patient's, manager only
 
         # staff log one: the key is required, a retry is the same complaint
         body = {"category": "billing", "source": "phone", "visit_id": "v2", "text": WORDS}
@@ -131,12 +145,14 @@ async def test_complaints_escalation_and_a_report_rebuilt_from_kafka(
         report = await report_when(client, complaints=2)
 
     kinds = [ev.decode(r.value).event_type for r in await read_topic(
-        bootstrap, topic_name(NOTIFICATIONS, prefix), expect=8)]
+        bootstrap, topic_name(NOTIFICATIONS, prefix), expect=9)]
     assert sorted(k for k in kinds if k.startswith("complaint.")) == [
         "complaint.acknowledged", "complaint.escalated", "complaint.logged",
         "complaint.logged", "complaint.resolved"]
     records = await read_topic(bootstrap, topic_name(NOTIFICATIONS, prefix))
-    assert not any(b"Jane" in r.value or b"1961" in r.value for r in records)
+    assert kinds.count("feedback.given") == 4  # v1 three times (one from the form), v2
+    assert not any(b"Jane" in r.value or b"1961" in r.value or b"knee" in r.value
+                   for r in records)
 
     # v1 waited 45 (30+), 34 longer than told, rated 1, complained (wait); v2 waited 8,
     # about as told, rated 5, complained (billing)
