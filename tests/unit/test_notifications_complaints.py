@@ -7,7 +7,7 @@ Time is the (injected) clock's."""
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -22,9 +22,10 @@ from services.notifications.satisfaction import (
     told_band,
     wait_band,
 )
+from services.notifications.satisfaction_api import week_range
 from services.notifications.satisfaction_store import satisfaction_reader
 from shared import events as ev
-from shared.errors import Conflict
+from shared.errors import Conflict, Rejected
 from shared.events_notifications import ComplaintLogged, FeedbackGiven, NotificationSent
 from tests.fakes import FakeClock
 
@@ -261,3 +262,11 @@ def test_the_sentence_says_when_there_is_not_enough_to_compare() -> None:
     rows = Rows()
     rows.apply(visit("a", waited=5, told_point=10, rating=4))
     assert rows.report()["finding"].startswith("Not enough ratings yet")
+
+
+def test_a_reports_week_is_the_clinics_iso_week() -> None:
+    assert week_range("2026-W10") == (date(2026, 3, 2), date(2026, 3, 8))
+    assert week_range("2026-W01") == (date(2025, 12, 29), date(2026, 1, 4))
+    for bad in ("2026-10", "2026-W54", "W10"):
+        with pytest.raises(Rejected, match="is not an ISO week"):
+            week_range(bad)
