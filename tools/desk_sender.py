@@ -8,9 +8,11 @@ past does), and every scheduled patient still to come is imported into check-in'
 schedule in one CSV (``POST .../schedule/csv``: the made-up patient's MRN, which check-in
 turns into its pseudonym, birth date and initials for the kiosk). Then, as the day
 plays, each such patient's arrival is the desk's check-in (``POST .../arrivals`` on the
-appointment); a patient someone already checked in at the kiosk keeps that visit; the
-floor facts that follow name check-in's visit. Walk-ins and anything check-in would not
-take are published as simulated, so the floor stays whole.
+appointment); a patient someone already checked in at the kiosk keeps that visit. Every
+other step is done as staff do it, through the services' doors (``SimulatedFloor.act``):
+walk-ins at the desk (their tickets from check-in's counter), rooming, room ready,
+provider in and delays through flow, checkout through billing, cancels at the desk, each
+naming check-in's visit. A step refused (404/409: someone got there first) is skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from shared.logging import get_logger
 from tools.ehr_sender import (
     Booking,
     DemoEvent,
+    Doors,
     SimulatedFloor,
     _checked_in_visit,
     ehr_day,
@@ -77,13 +80,15 @@ async def play_desk_clinic(bootstrap: str, floor_topic: str, *, checkin_url: str
                            clinic: DemoClinic, directory: ClinicDirectory,
                            speed: float = 1.0, stop: asyncio.Event | None = None,
                            clock: Callable[[], datetime] = _utcnow,
-                           on_caught_up: Callable[[int], None] | None = None) -> int:
+                           on_caught_up: Callable[[int], None] | None = None,
+                           flow_url: str | None = None, billing_url: str | None = None) -> int:
     """Play one demo clinic's day through its front desk (see the module's docstring).
     Returns how many facts and requests went out."""
     stop = stop or asyncio.Event()
     day = ehr_day(clinic, directory, started=clock(), speed=speed)
     bookings = desk_bookings(day.bookings, day.future)
-    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock)
+    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock,
+                           doors=Doors(checkin_url, flow_url, billing_url))
     sent = 0
     await floor.producer.start()
     try:
@@ -103,14 +108,15 @@ async def play_desk_clinic(bootstrap: str, floor_topic: str, *, checkin_url: str
                     if booked is not None else None
                 if simulated is not None and visit is not None:
                     floor.visits[simulated] = visit
-                else:
-                    await floor.publish(event)
-                sent += 1
+                    sent += 1
+                else:  # walk-ins and every other step, as staff do them
+                    sent += await floor.act(event)
             await floor.producer.flush()
     finally:
+        await floor.close()
         await floor.producer.stop()
     log.info("desk clinic's day played", clinic=clinic.clinic_id, sent=sent,
-             through_desk=len(floor.visits))
+             through_desk=len(floor.visits), skipped=floor.skipped)
     return sent
 
 

@@ -346,6 +346,14 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
+def staff_doors(ports: dict[str, int]) -> dict[str, str | None]:
+    """flow's and billing's HTTP bases, through which the demo's simulated staff act
+    (None: the service is not part of this checkout)."""
+    running = set(available_services())
+    return {f"{name}_url": f"http://127.0.0.1:{ports[name]}" if name in running else None
+            for name in ("flow", "billing")}
+
+
 def _topic_prefix() -> str:
     return os.environ.get("CLINICFLOW_TOPIC_PREFIX", "")
 
@@ -398,7 +406,7 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
         feeder = asyncio.create_task(play(stack.kafka_bootstrap, floor_topic, hl7=hl7,
                                           checkin_url=f"http://127.0.0.1:{ports['checkin']}",
                                           speed=args.speed, stop=stop, directory=directory,
-                                          on_caught_up=caught_up))
+                                          on_caught_up=caught_up, **staff_doors(ports)))
         _say(_banner(stack, time.monotonic() - started, ports, directory, logs))
         from tools.ehr_sender import EHR_CLINIC
 

@@ -293,18 +293,149 @@ async def _checked_in_visit(client: httpx.AsyncClient, clinic_id: str,
     return None
 
 
+DEV_TOKENS = {"checkin": "dev-front-desk", "flow": "dev-nurse", "billing": "dev-billing"}
+REFUSED = (404, 409)  # a human got there first, or the floor changed: the step is skipped
+STEP_TRIES = 3  # a refusal may be the service not having read the last step yet
+
+
+@dataclass(frozen=True, slots=True)
+class Doors:
+    """The services' HTTP bases the simulated staff act through, as people do (``None``:
+    that service is not running; its steps go onto the floor topic as before)."""
+
+    checkin: str | None = None
+    flow: str | None = None
+    billing: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One scripted floor fact as the request a member of staff would make."""
+
+    service: str  # checkin, flow or billing
+    path: str
+    body: dict[str, object]
+    walk_in: str | None = None  # the simulated visit a walk-in's arrival starts
+
+
+def staff_step(clinic_id: str, payload: ev.Payload) -> Step | None:
+    """The request that makes ``payload`` happen (its visit already check-in's), or None
+    when no door does it. A walk-in's ticket comes from check-in's counter."""
+    c = f"/clinics/{clinic_id}"
+    match payload:
+        case ev.PatientArrived():
+            return Step("checkin", f"{c}/arrivals", {
+                "visit_type": payload.visit_type, "provider_id": payload.provider_id,
+                "priority": payload.priority}, walk_in=payload.visit_id)
+        case ev.RoomReady():
+            return Step("flow", f"{c}/rooms/{payload.room_id}/ready", {})
+        case ev.RoomOutOfService():
+            return Step("flow", f"{c}/rooms/{payload.room_id}/out-of-service",
+                        {"reason": payload.reason[:200]})
+        case ev.PatientRoomed():
+            return Step("flow", f"{c}/visits/{payload.visit_id}/room",
+                        {"room_id": payload.room_id})
+        case ev.ProviderIn():
+            return Step("flow", f"{c}/visits/{payload.visit_id}/provider-in",
+                        {"provider_id": payload.provider_id})
+        case ev.DelayAnnounced():
+            return Step("flow", f"{c}/delays", {"provider_id": payload.provider_id,
+                                                "minutes": payload.minutes,
+                                                "reason": payload.reason[:200]})
+        case ev.DelayCleared():
+            return Step("flow", f"{c}/delays", {"provider_id": payload.provider_id,
+                                                "minutes": 0})
+        case ev.PatientCheckedOut():
+            return Step("billing", f"{c}/visits/{payload.visit_id}/checkout",
+                        {"cpt_codes": list(payload.cpt_codes)})
+        case ev.ArrivalCancelled():
+            return Step("checkin", f"{c}/visits/{payload.visit_id}/cancel",
+                        {"reason": payload.reason})
+    return None
+
+
 class SimulatedFloor:
-    """The floor side of a clinic played through check-in (its EHR, its desk): the
-    simulator's facts onto the floor topic, each naming check-in's visit where the patient
-    was checked in through check-in (``visits``: simulated visit -> check-in's), and the
-    day's clock."""
+    """The floor side of a clinic played through check-in (its EHR, its desk): the day's
+    past onto the floor topic at once, then each scripted step as staff would do it,
+    through the services' HTTP doors (``doors``; ``act``), each naming check-in's visit
+    where the patient was checked in through check-in (``visits``: simulated visit ->
+    check-in's), and the day's clock. A step a service refuses (404/409: a person got
+    there first, or the floor changed) is skipped and counted (``skipped``), never forced
+    onto the floor topic, and so are the later steps of a visit that never started."""
 
     def __init__(self, bootstrap: str, floor_topic: str, *, stop: asyncio.Event,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], doors: Doors | None = None,
+                 client: httpx.AsyncClient | None = None, retry_after: float = 0.5) -> None:
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                          enable_idempotence=True, linger_ms=5)
         self.floor_topic, self.stop, self.clock = floor_topic, stop, clock
         self.visits: dict[str, str] = {}
+        self.doors = doors or Doors()
+        self.client = client
+        self.retry_after = retry_after
+        self.skipped = 0
+        self.dropped: set[str] = set()  # simulated visits whose arrival was refused
+
+    def _base(self, service: str) -> str | None:
+        base: str | None = getattr(self.doors, service)
+        return base
+
+    async def act(self, event: DemoEvent) -> bool:
+        """Do one scripted step as staff would (through its service's door; a fact no
+        running service takes is published as before). False: skipped."""
+        visit = getattr(event.payload, "visit_id", None)
+        if visit is not None and visit in self.dropped:
+            self.skipped += 1
+            return False
+        step = staff_step(event.clinic_id, with_visits(event.payload, self.visits))
+        base = None if step is None else self._base(step.service)
+        if step is None or base is None:
+            await self.publish(event)
+            return True
+        answer = await self._request(base, step)
+        if answer is not None and answer.is_success:
+            if step.walk_in is not None:
+                self.visits[step.walk_in] = answer.json()["visit_id"]
+            return True
+        self.skipped += 1
+        if step.walk_in is not None:
+            self.dropped.add(step.walk_in)
+        status = None if answer is None else answer.status_code
+        detail = "" if answer is None else answer.text[:160]
+        say = log.info if status in REFUSED else log.warning
+        say("demo step skipped", clinic=event.clinic_id, step=step.path, status=status,
+            detail=detail)
+        return False
+
+    async def _request(self, base: str, step: Step) -> httpx.Response | None:
+        """The step's answer (the same Idempotency-Key on every try: never done twice);
+        tried again a moment later when refused or unanswered (the service may not have
+        read the step before yet), None when never answered."""
+        headers = {"Authorization": f"Bearer {DEV_TOKENS[step.service]}",
+                   "Idempotency-Key": uuid.uuid4().hex}
+        body = {k: v for k, v in step.body.items() if v is not None}
+        answer: httpx.Response | None = None
+        for attempt in range(STEP_TRIES):
+            if attempt:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), self.retry_after * attempt)
+                if self.stop.is_set():
+                    break
+            try:
+                if self.client is None:
+                    self.client = httpx.AsyncClient(timeout=10)
+                answer = await self.client.post(base + step.path, json=body, headers=headers)
+            except httpx.HTTPError:
+                answer = None
+                continue
+            if answer.is_success or answer.status_code not in (*REFUSED, 503):
+                break
+        return answer
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
 
     async def publish(self, event: DemoEvent, occurred: datetime | None = None) -> None:
         """One fact, at its own time (``occurred``; default: now, or its time if sooner)."""
@@ -338,17 +469,20 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
                           checkin_url: str, clinic: DemoClinic, directory: ClinicDirectory,
                           speed: float = 1.0, stop: asyncio.Event | None = None,
                           clock: Callable[[], datetime] = _utcnow,
-                          on_caught_up: Callable[[int], None] | None = None) -> int:
+                          on_caught_up: Callable[[int], None] | None = None,
+                          flow_url: str | None = None, billing_url: str | None = None) -> int:
     """Play the EHR clinic's day (``ehr_day``): the past straight onto the floor, then
     the EHR's bookings over MLLP, then each arrival of a booked patient as ADT^A04 when it
-    happens; the floor facts that follow an arrival name check-in's visit. A message the
-    listener never takes leaves its patient to the simulator (published as it was
-    simulated), so the floor stays whole. Returns how many facts and messages went out."""
+    happens; every other step as staff do it (``SimulatedFloor.act``: walk-ins at the
+    desk, rooming, provider in, delays through flow, checkout through billing), naming
+    check-in's visit. A patient the listener never takes comes in at the desk as a
+    walk-in. Returns how many facts, messages and steps went out."""
     stop = stop or asyncio.Event()
     started = clock()
     zone = directory.zone(clinic.clinic_id)
     day = ehr_day(clinic, directory, started=started, speed=speed)
-    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock)
+    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock,
+                           doors=Doors(checkin_url, flow_url, billing_url))
     sender = EhrSender(*hl7, zone=zone, stop=stop)
     sent = 0
     await floor.producer.start()
@@ -379,14 +513,14 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
                         floor.visits[arrival.visit_id] = checked_in
                         sent += 1
                         continue
-                await floor.publish(event)
-                sent += 1
+                sent += await floor.act(event)
             await floor.producer.flush()
     finally:
         await sender.close()
+        await floor.close()
         await floor.producer.stop()
     log.info("ehr clinic's day played", clinic=clinic.clinic_id, sent=sent,
-             through_hl7=len(floor.visits))
+             through_hl7=len(floor.visits), skipped=floor.skipped)
     return sent
 
 
@@ -394,7 +528,8 @@ async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int
                         checkin_url: str, speed: float = 1.0,
                         stop: asyncio.Event | None = None,
                         directory: ClinicDirectory | None = None,
-                        on_caught_up: Callable[[int], None] | None = None) -> int:
+                        on_caught_up: Callable[[int], None] | None = None,
+                        flow_url: str | None = None, billing_url: str | None = None) -> int:
     """``make up``'s demo: the EHR clinic's (``EHR_CLINIC``) day through its EHR sender,
     every other demo clinic's through its front desk (``tools.desk_sender``: its
     schedule imported into check-in, so its kiosk has codes from the start, and its
@@ -414,9 +549,11 @@ async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int
     counts = await asyncio.gather(
         *(play_desk_clinic(bootstrap, floor_topic, checkin_url=checkin_url, clinic=clinic,
                            directory=directory, speed=speed, stop=stop,
-                           on_caught_up=one_caught_up)
+                           on_caught_up=one_caught_up, flow_url=flow_url,
+                           billing_url=billing_url)
           for clinic in DEMO_CLINICS if clinic is not ehr_clinic),
         play_ehr_clinic(bootstrap, floor_topic, hl7=hl7, checkin_url=checkin_url,
                         clinic=ehr_clinic, directory=directory, speed=speed, stop=stop,
-                        on_caught_up=one_caught_up))
+                        on_caught_up=one_caught_up, flow_url=flow_url,
+                        billing_url=billing_url))
     return sum(counts)
