@@ -236,6 +236,16 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     app.state.sender = sender
     app.state.outbox_relay = relay
     app.state.store = store
+    satisfied = ProjectionBarrier(lambda: satisfaction.runner.kafka,
+                                  satisfaction.projection.offsets, floor_topic,
+                                  what="notifications (complaints)",
+                                  timeout=settings.notifications_barrier_timeout_seconds)
+
+    async def visit_known(clinic_id: str, visit_id: str) -> bool:
+        # the satisfaction rows hold every visit that checked in, once read to now
+        await satisfied.caught_up(clinic_id)
+        return await satisfaction.store.known(clinic_id, visit_id)
+
     barrier = ProjectionBarrier(lambda: notifier.runner.kafka, notifier.projection.offsets,
                                 floor_topic, what="notifications",
                                 timeout=settings.notifications_barrier_timeout_seconds)
@@ -253,5 +263,6 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         names))
     app.include_router(make_complaints_router(
         complaints, IdempotencyStore(runtime.redis, settings.redis_prefix), runtime.clock,
-        lambda clinic_id: names(clinic_id).zone, feedback_text=feedback.text))
+        lambda clinic_id: names(clinic_id).zone, feedback_text=feedback.text,
+        visit_known=visit_known))
     return app

@@ -91,9 +91,11 @@ def view(complaint: Complaint, text: str | None, now: datetime) -> ComplaintView
 def make_complaints_router(
         store: ComplaintStore, idempotency: IdempotencyStore, clock: Clock,
         zone: Callable[[str], ZoneInfo],
-        feedback_text: Callable[[str, str], Awaitable[str]] | None = None) -> APIRouter:
+        feedback_text: Callable[[str, str], Awaitable[str]] | None = None,
+        visit_known: Callable[[str, str], Awaitable[bool]] | None = None) -> APIRouter:
     """``feedback_text(clinic, visit)``: what the patient wrote on the feedback form, shown
-    in the manager's view of the complaint their low rating raised."""
+    in the manager's view of the complaint their low rating raised. ``visit_known(clinic,
+    visit)``: whether a visit checked in there (a complaint naming another is 404)."""
     router = APIRouter(responses=COMMON_ERRORS, tags=["complaints"])
 
     @router.post(
@@ -101,10 +103,13 @@ def make_complaints_router(
         summary="Log a complaint heard in person or by phone",
         description="Open, due acknowledged within one business hour (Mon-Fri 08:00-18:00, "
         "the clinic's clock). Publishes complaint.logged (ids and category, never the "
-        "text). REQUIRES an Idempotency-Key (428 without).",
+        "text). REQUIRES an Idempotency-Key (428 without). A visit named must have checked "
+        "in at the clinic (404 otherwise; 503 while the service catches up with the floor).",
         openapi_extra={"requestBody": {"content": {"application/json": {
             "example": NEW_EXAMPLE}}}},
         responses=answer(201, _EXAMPLE, "the complaint logged", refusals={
+            404: ("the visit named never checked in at this clinic",
+                  "visit v-9 never checked in at clinic north", "unknown_visit"),
             428: ("no Idempotency-Key", NEEDS_A_KEY, "idempotency_key_required")}))
     async def log_complaint(clinic_id: ClinicId, body: NewComplaint, request: Request,
                             key: Annotated[str | None, Header(
@@ -116,6 +121,10 @@ def make_complaints_router(
         principal.require_clinic(clinic_id)
         if key is None:
             raise PreconditionRequired(NEEDS_A_KEY, code="idempotency_key_required")
+        if (body.visit_id is not None and visit_known is not None
+                and not await visit_known(clinic_id, body.visit_id)):
+            raise NotFound(f"visit {body.visit_id} never checked in at clinic {clinic_id}",
+                           code="unknown_visit")
 
         async def action() -> tuple[int, Any]:
             now = clock.now()

@@ -91,6 +91,10 @@ class SatisfactionStore:
             self.complaints.queue(pipe, complaint, "logged", complaint.logged_at, text="",
                                   unless_stored=True)
 
+    async def known(self, clinic_id: str, visit_id: str) -> bool:
+        """Whether the visit checked in at the clinic (its arrival was read)."""
+        return bool(await self.redis.hexists(self.visit_key(clinic_id, visit_id), "arrived"))
+
     async def rows(self, clinic_id: str, start: datetime, end: datetime) -> list[Row]:
         """The rows of the visits roomed in [start, end)."""
         visits = await self.redis.zrangebyscore(self.roomed_key(clinic_id),

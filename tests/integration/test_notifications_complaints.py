@@ -1,5 +1,6 @@
 """Complaints and waits x satisfaction on real Kafka and Redis: a low rating raises a
-complaint once, staff log one (428 without an Idempotency-Key), acknowledge and resolve
+complaint once, staff log one (428 without an Idempotency-Key, 404 naming a visit never
+checked in), acknowledge and resolve
 it (404 for an unknown one, 409 for a step its status forbids), the escalation tick on an
 injected clock escalates the one nobody acknowledged, once; the satisfaction report
 joins waits, told estimates, ratings and complaints; with the service's Redis keys
@@ -102,6 +103,10 @@ async def test_complaints_escalation_and_a_report_rebuilt_from_kafka(
         keyless = await client.post("/clinics/north/complaints", json=body,
                                     headers=FRONT_DESK)
         assert keyless.status_code == 428, keyless.text
+        stranger = await client.post(
+            "/clinics/north/complaints", json={**body, "visit_id": "v-none"},
+            headers={**FRONT_DESK, "Idempotency-Key": "c-0"})
+        assert stranger.status_code == 404 and "v-none" in stranger.json()["detail"]
         first = await client.post("/clinics/north/complaints", json=body,
                                   headers={**FRONT_DESK, "Idempotency-Key": "c-1"})
         again = await client.post("/clinics/north/complaints", json=body,
