@@ -193,7 +193,7 @@ async def test_a_patient_registered_without_an_appointment_is_a_walk_in_who_may_
     registered = await feed.send(ehr.adt("A04", sent_at=now, visit=visit, mrn=mrn(),
                                          admission_type="E"))
     assert registered.code == "AA" and "walk-in" in registered.text, registered.raw
-    ended = await feed.send(ehr.adt("A03", sent_at=now + timedelta(minutes=20), visit=visit))
+    ended = await feed.send(ehr.adt("A03", sent_at=now + timedelta(minutes=2), visit=visit))
     assert ended.code == "AA" and "left without being seen" in ended.text
     events = await feed.floor()
     arrival = next(e for e in events if e["event_type"] == "patient.arrived"
@@ -348,3 +348,37 @@ async def test_a_control_id_used_again_for_a_different_message_is_refused_and_ch
     # the first message's own resend still gets its ACK
     assert (await feed.send(ehr.siu("S12", appointment, start, sent_at=now, mrn=patient,
                                     control=control))).raw == booked.raw
+
+
+async def test_a_message_time_in_the_future_or_long_past_is_refused_and_freezes_nothing(
+    feed: Feed,
+) -> None:
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    appointment, patient = unique("A"), mrn()
+    start = now + timedelta(minutes=50)
+    assert (await feed.send(ehr.siu("S12", appointment, start, sent_at=now - timedelta(
+        minutes=5), mrn=patient))).code == "AA"
+    future = await feed.send(ehr.siu("S14", appointment, start, minutes=30, mrn=patient,
+                                     sent_at=datetime(2099, 12, 31, 12, tzinfo=UTC)))
+    assert future.code == "AE", future.raw
+    assert future.error is not None and future.error[2].startswith("MSH^1^7"), future.raw
+    assert "in the future" in future.text
+    # a clock a little fast is allowed, and does not make the next real update "older"
+    fast = await feed.send(ehr.siu("S14", appointment, start, minutes=20, mrn=patient,
+                                   sent_at=now + timedelta(minutes=3)))
+    assert (fast.code, fast.text) == ("AA", "appointment updated"), fast.raw
+    real = await feed.send(ehr.siu("S14", appointment, start, minutes=25, mrn=patient,
+                                   sent_at=datetime.now(UTC) + timedelta(seconds=2)))
+    assert (real.code, real.text) == ("AA", "appointment updated"), real.raw
+    assert [e["data"]["duration_minutes"] for e in about(
+        await feed.floor(), "appointment_id", appointment)] == [15, 20, 25]
+
+    visit = unique("V")
+    ancient = ehr.adt("A04", sent_at=now, mrn=patient, visit=visit)
+    evn = ancient.split(b"\r")[1]
+    ancient = ancient.replace(evn, b"EVN|A04|19000101000000|||")
+    refused = await feed.send(ancient)
+    assert refused.code == "AE", refused.raw
+    assert refused.error is not None and refused.error[2].startswith("EVN^1^2"), refused.raw
+    assert "implausibly old" in refused.text
+    assert not about(await feed.floor(), "appointment_id", appointment)[3:]

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -82,6 +82,10 @@ HL7_MESSAGES = Counter(
 HL7_ACK_SECONDS = Histogram(
     "clinicflow_hl7_ack_seconds", "Time from a whole HL7 message received to its ACK ready",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+# a message's own time (MSH-7, EVN-2) may be this far ahead of our clock (the EHR's clock
+# runs a little fast), and no older than this (a year: a resend from a backlog is fine)
+CLOCK_SKEW = timedelta(minutes=5)
+OLDEST_MESSAGE = timedelta(days=366)
 # messages applied at once (the others wait for a place): each holds one Redis connection
 # at a time, and the service's pool (100) also serves its HTTP routes and its consumer
 APPLYING_AT_ONCE = 32
@@ -215,7 +219,8 @@ class Hl7Feed:
             state = await self.store.feed_state(message_key, clinic, subject, hold=hold,
                                                 claim_visit=claim)
             seen = state.seen
-            stale = seen is not None and at < seen
+            # a mark ahead of the clock (stored before times were checked) orders nothing
+            stale = seen is not None and at < seen <= self.clock.now() + CLOCK_SKEW
             if state.ack is not None or stale:  # nothing to apply: give back what was taken
                 if hold is not None and state.held == 1:
                     await self.store.release_hold(clinic, hold[0])
@@ -257,11 +262,19 @@ class Hl7Feed:
             return answer, False
 
     def _subject(self, feed: Feed, message: FeedMessage) -> tuple[str, datetime]:
-        """What a message is about (its order is kept per subject), and its own time."""
+        """What a message is about (its order is kept per subject), and its own time:
+        refused (AE, the field named) more than ``CLOCK_SKEW`` ahead of our clock or
+        older than ``OLDEST_MESSAGE``; one a little ahead counts as now, so no message
+        can mark its subject with a time still to come and make every real update
+        after it look older ("superseded")."""
         now = self.clock.now()
+        self._plausible(feed, message.header.sent_at, now, "MSH", 7)
+        if isinstance(message, RegistrationMessage) and message.at is not None \
+                and message.at != message.header.sent_at:
+            self._plausible(feed, message.at, now, "EVN", 2)
+        at = min(self._at(feed, message.at, now), now)
         if isinstance(message, ScheduleMessage):
-            return f"appt:{message.appointment_id}", self._at(feed, message.at, now)
-        at = self._at(feed, message.at, now)
+            return f"appt:{message.appointment_id}", at
         if message.action == "update_patient":
             assert message.patient is not None
             ref = self.desk.import_keys(feed.clinic_id).pseudonymize(message.patient.mrn)
@@ -288,6 +301,21 @@ class Hl7Feed:
                 raise Problem("AR", "206", f"{refused.detail}: send the message again",
                               "MSH", retry=True) from None
             raise Problem("AE", APPLICATION_INTERNAL_ERROR, refused.detail, "MSH") from None
+
+    def _plausible(self, feed: Feed, at: datetime | None, now: datetime, segment: str,
+                   field_no: int) -> None:
+        if at is None:
+            return
+        instant = self._at(feed, at, now)
+        if instant > now + CLOCK_SKEW:
+            raise Problem("AE", DATA_TYPE_ERROR, f"{segment}-{field_no} "
+                          f"({at:%Y-%m-%d %H:%M:%S}) is in the future (more than "
+                          f"{CLOCK_SKEW.seconds // 60} minutes ahead of this clock)",
+                          segment, field_no)
+        if instant < now - OLDEST_MESSAGE:
+            raise Problem("AE", DATA_TYPE_ERROR, f"{segment}-{field_no} "
+                          f"({at:%Y-%m-%d %H:%M:%S}) is implausibly old (more than "
+                          f"{OLDEST_MESSAGE.days} days ago)", segment, field_no)
 
     def _at(self, feed: Feed, at: datetime | None, now: datetime) -> datetime:
         """A message time as an instant: naive ones are the clinic's own clock."""
