@@ -295,6 +295,11 @@ class Desk:
         patient_ref = patient_ref or floor.patient_ref
         key = checkout_key(account)
         checkout_event_id = floor_event_id or stable_id("out", key)
+        if desk and floor.checkout_published == checkout_event_id and not account.active(
+                ChargePosted):
+            # a no-charge checkout (no codes) ended the visit with this id: a charge after
+            # it is a checkout of its own, so its replay does not answer for that end
+            checkout_event_id = stable_id("out", f"{key}:after-end")
         if floor_event_id and any(
                 isinstance(p.entry, ChargePosted)
                 and p.entry.checkout_event_id == floor_event_id for p in account.entries):

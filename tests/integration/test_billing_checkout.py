@@ -462,3 +462,32 @@ async def test_a_patient_ref_other_than_the_arrivals_is_refused_and_no_balance_m
                                      headers=BILLING)).status_code == 404
         real = await client.get("/clinics/south/patients/pt-real/balance", headers=BILLING)
         assert real.status_code == 200, real.text
+
+
+async def test_a_charge_after_a_no_charge_checkout_replays_as_it_answered(
+    billing_env: dict[str, Any],
+) -> None:
+    """``{"cpt_codes": []}`` is an explicit no-charge checkout: it ends the visit, charges
+    nothing. A priced checkout after it does not end the visit again (ended_on_floor
+    false), and its replay answers exactly that, not the earlier checkout's end."""
+    await check_in(billing_env, "north", "v1")
+    async with running_billing(billing_env) as client:
+        empty = await client.post("/clinics/north/visits/v1/checkout",
+                                  headers=keyed(BILLING, "none"), json={"cpt_codes": []})
+        assert empty.status_code == 202, empty.text
+        assert empty.json()["outcome"] == "nothing_to_charge"
+        assert empty.json()["ended_on_floor"] is True
+        body = {"cpt_codes": ["99213"]}
+        priced = await client.post("/clinics/north/visits/v1/checkout",
+                                   headers=keyed(BILLING, "priced"), json=body)
+        assert priced.status_code == 202, priced.text
+        assert priced.json()["outcome"] == "priced"
+        assert priced.json()["ended_on_floor"] is False
+        for headers in (keyed(BILLING, "priced"), BILLING):
+            again = await client.post("/clinics/north/visits/v1/checkout", headers=headers,
+                                      json=body)
+            assert again.status_code == 202, again.text
+            assert again.json()["ended_on_floor"] is False, again.json()
+            assert again.json()["event_id"] == priced.json()["event_id"]
+            assert again.json()["posted"] == priced.json()["posted"]
+        assert len(of_type(await floor(billing_env), "patient.checked_out")) == 1
