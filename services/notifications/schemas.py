@@ -39,10 +39,12 @@ class ContactIn(BaseModel):
         "the service log", examples=["sms"])
     address: str = Field("", max_length=254, examples=["+15551234567"],
                          description="e-mail address, or phone number in E.164 (+15551234567)")
+    # strict booleans (true/false, never "true", "yes" or 1): 422 naming the field
     consent: bool = Field(description="the patient agreed to be contacted today (must be true)",
-                          examples=[True])
-    wait_anywhere: bool = Field(False, description="waits outside: 'come back now' notices")
-    delay_updates: bool = Field(True, description="wants to hear of delays")
+                          examples=[True], strict=True)
+    wait_anywhere: bool = Field(False, description="waits outside: 'come back now' notices",
+                                strict=True)
+    delay_updates: bool = Field(True, description="wants to hear of delays", strict=True)
 
     @field_validator("consent")
     @classmethod
@@ -82,9 +84,9 @@ class PreferencesPatch(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"wait_anywhere": True}]})
 
     wait_anywhere: bool | None = Field(None, description="waits outside: 'come back now'",
-                                       examples=[True])
+                                       examples=[True], strict=True)
     delay_updates: bool | None = Field(None, description="wants to hear of delays",
-                                       examples=[False])
+                                       examples=[False], strict=True)
 
 
 PATCH_EXAMPLES: dict[str, Any] = {

@@ -116,6 +116,18 @@ async def test_email_without_a_mail_server_is_refused_clearly(
             "channel": "sms", "address": "+15551234567", "consent": True}, headers=FRONT_DESK)
         assert sms.status_code == 422 and "SMS is not available" in sms.json()["detail"]
         assert (await client.get(contact_path("v17"), headers=FRONT_DESK)).status_code == 404
+        # booleans are true or false, never "true" or "yes": 422 naming the field
+        for method, path, body, field in [
+            ("PUT", contact_path("v17"), {**EMAIL, "consent": "true"}, "consent"),
+            ("PUT", contact_path("v17"), {**EMAIL, "wait_anywhere": 1}, "wait_anywhere"),
+            ("PATCH", contact_path("v17"), {"wait_anywhere": "yes"},
+             "wait_anywhere"),
+            ("PATCH", contact_path("v17"), {"delay_updates": "false"},
+             "delay_updates"),
+        ]:
+            loose = await client.request(method, path, json=body, headers=FRONT_DESK)
+            assert loose.status_code == 422, (body, loose.text)
+            assert field in loose.text, loose.text
 
 
 @pytest.mark.reliability(
