@@ -202,7 +202,8 @@ class EhrDay:
     """The EHR clinic's day as the sender plays it: what was past at the start (published
     straight onto the floor, as the other demo clinics' days are), the bookings the EHR
     sends at once (every scheduled patient still to come), and the rest in time order
-    (their arrivals become ADT^A04, everything else is published as it happens)."""
+    (their arrivals become ADT^A04, everything else a request to a service as it
+    happens: ``SimulatedFloor.act``)."""
 
     past: list[DemoEvent]
     bookings: dict[str, Booking]  # by the simulated visit that keeps the appointment

@@ -17,7 +17,10 @@ a day that crosses its midnight: appointments and arrivals are still times of th
 clock, dated as that clock says (the evening before, or the next morning). What is
 already past is published at once with its own times; the rest follows in real time
 (``speed`` plays it faster, appointments included).
-Events go straight onto the floor topic with ``source="simulator"``.
+``play`` puts every event straight onto the floor topic with ``source="simulator"``;
+``make up`` plays the day with ``tools.ehr_sender.play_with_ehr`` instead, which does
+that only for the past and does the rest as staff do, through the services' HTTP doors
+(a step refused because someone got there first is skipped).
 
 Pure except ``play``: ``demo_day`` and the functions it uses take ``now``.
 """
