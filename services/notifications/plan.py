@@ -88,7 +88,9 @@ class NotifierPlan:
         streams = self._streams(records)
         for clinic_id in sorted(set(streams) | set(state.ticking)):
             notifier = state.notifiers[clinic_id]
-            rules = self.rules.for_clinic(clinic_id)
+            # the domain reads quiet hours on the clinic's clock: its zone as NameBook says
+            rules = self.rules.for_clinic(clinic_id).model_copy(
+                update={"timezone": self.names(clinic_id).zone.key})
             prefs = state.preferences.get(clinic_id, {})
             for record in heapq.merge(*streams.get(clinic_id, []), key=occurred_at):
                 event = record.event

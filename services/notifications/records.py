@@ -46,11 +46,13 @@ class NewNotification:
 
 
 def message_record(message: Message, clinic_id: str, now: datetime) -> NewNotification:
-    """The record of a patient message, due at once."""
+    """The record of a patient message, due at once (or, deferred, at its ``not_before``:
+    the sender does not claim it before)."""
+    due = now if message.not_before is None else max(now, message.not_before)
     return NewNotification(
         notification_id=message.notification_id,
         clinic_id=clinic_id,
-        due_at=now.timestamp(),
+        due_at=due.timestamp(),
         created_at=now.timestamp(),
         fields={
             "notification_id": message.notification_id,
@@ -64,7 +66,7 @@ def message_record(message: Message, clinic_id: str, now: datetime) -> NewNotifi
             "attempts": "0",
             "created_at": now.isoformat(),
             "decided_at": message.decided_at.isoformat(),
-            "next_attempt_at": str(now.timestamp()),
+            "next_attempt_at": str(due.timestamp()),
             # ids and numbers: the words are made when it is sent or shown (``words``)
             "wording": orjson.dumps(message.wording.to_dict()).decode(),
             "trigger_ids": orjson.dumps(list(message.trigger_ids)).decode(),

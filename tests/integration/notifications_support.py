@@ -163,12 +163,14 @@ async def notifications_env(kafka_bootstrap: str, redis_url: str, topic_prefix: 
         "notifications_send_timeout_seconds": 3.0,
         "smtp_host": "127.0.0.1",
         "smtp_port": smtp_server.port,
-        "notifications_rules": orjson.dumps({"default": {"settle_seconds": 1}}).decode(),
+        # no quiet hours: these tests run on the machine's clock, at any hour
+        "notifications_rules": orjson.dumps({"default": {"settle_seconds": 1,
+                                                         "quiet_hours": None}}).decode(),
     }
 
 
 def rules_json(**rules: Any) -> str:
-    return orjson.dumps({"default": rules}).decode()
+    return orjson.dumps({"default": {"quiet_hours": None, **rules}}).decode()
 
 
 # ----------------------------------------------------------------- events

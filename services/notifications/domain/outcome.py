@@ -23,6 +23,7 @@ class Message:
     trigger_ids: tuple[str, ...]
     decided_at: datetime
     channel: PatientChannel
+    not_before: datetime | None = None  # deferred: not sent before (quiet hours' end)
 
 
 @dataclass(slots=True)

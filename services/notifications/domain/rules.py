@@ -10,7 +10,7 @@ details are deleted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -38,6 +38,11 @@ class Rules(BaseModel):
     nurse_alerts: bool = Field(True, description="room-ready alerts to the nurse station")
     feedback_requests: bool = Field(True, description="after checkout, one message asking "
                                     "how the visit and the wait were (a signed form link)")
+    quiet_hours: str | None = Field(
+        "21:00-08:00", description="HH:MM-HH:MM on the clinic's clock (its zone, DST "
+        "included): no delay warning is sent inside it and a feedback request waits for "
+        "its end; 'come back now' and 'we are ready for you' are not held (the patient is "
+        "at the clinic). null or '': none")
     patients_roomed_per_provider: int = Field(
         2, ge=1, le=10, description="a provider with this many patients roomed and waiting "
         "for them is not offered another room")
@@ -55,6 +60,14 @@ class Rules(BaseModel):
     timezone: str | None = Field(None, description="older: the clinic's zone when "
                                  "CLINICFLOW_CLINICS gives none (unset: "
                                  "CLINICFLOW_DEFAULT_TIMEZONE)")
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_window(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_quiet_hours(value)
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -133,6 +146,44 @@ class Preferences:
 
 
 NO_CONTACT = Preferences()
+
+
+def parse_quiet_hours(value: str) -> tuple[time, time]:
+    """``"21:00-08:00"`` -> (21:00, 08:00). Raises ``ValueError`` saying what is wrong."""
+    start, sep, end = value.partition("-")
+    try:
+        if not sep:
+            raise ValueError
+        first, last = time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
+    except ValueError:
+        raise ValueError(f"quiet hours {value!r} are not HH:MM-HH:MM") from None
+    if first == last:
+        raise ValueError(f"quiet hours {value!r} start and end at the same time")
+    return first.replace(second=0, microsecond=0), last.replace(second=0, microsecond=0)
+
+
+def quiet_until(now: datetime, rules: Rules) -> datetime | None:
+    """When the clinic's quiet hours that ``now`` falls in end (UTC), or None outside them
+    (or with none set). The window is read on the clinic's wall clock (``rules.timezone``,
+    which the plan fills with the clinic's zone; unset: UTC): 21:00-08:00 is from 21:00
+    to the next 08:00 local, whatever the UTC offset does in between (a DST night is an
+    hour longer or shorter). The start is inside, the end is not."""
+    if not rules.quiet_hours:
+        return None
+    start, end = parse_quiet_hours(rules.quiet_hours)
+    zone = ZoneInfo(rules.timezone) if rules.timezone else ZoneInfo("UTC")
+    local = now.astimezone(zone)
+    clock = local.time().replace(tzinfo=None)
+    day = local.date()
+    if start < end:  # within one day, e.g. 12:00-14:00
+        inside, end_day = start <= clock < end, day
+    elif clock >= start:  # across midnight, the evening part
+        inside, end_day = True, day + timedelta(days=1)
+    else:  # across midnight, the morning part
+        inside, end_day = clock < end, day
+    if not inside:
+        return None
+    return datetime.combine(end_day, end, zone).astimezone(UTC)
 
 
 def quiet_reason(preference: Preferences) -> str:

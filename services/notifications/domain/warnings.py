@@ -12,6 +12,10 @@ you". Pure: every call takes the time.
   that window is held and goes out when the window ends, if it is still true then. "Come
   back now" and "we are ready for you" are never held back (each goes out at most once
   per visit) but do count as messages.
+* Never inside the clinic's quiet hours (``quiet_hours``, its own clock): a warning that
+  settles then is dropped, not held (a wait warned of in the morning is no longer true).
+  "Come back now" and "we are ready for you" are sent in quiet hours too: the patient is
+  on the clinic's list now, waiting in or near the clinic, and is being called.
 * Never after roomed, never to a patient who left, opted out or gave no contact, never
   for a trigger older than ``max_message_age_minutes`` (a replay is not news).
 * A patient waiting outside is told "please come back now" when the low end of their
@@ -38,6 +42,7 @@ from services.notifications.domain.rules import (
     Preferences,
     Rules,
     quiet_reason,
+    quiet_until,
     stale,
 )
 from services.notifications.domain.texts import Wording
@@ -196,6 +201,8 @@ class WaitingPatients:
                 drop = quiet_reason(preference)
             elif wall > pending.expires_at:
                 drop = "stale"
+            elif quiet_until(wall, rules) is not None:
+                drop = "quiet_hours"  # only useful now: not held until the morning
             if drop is not None:
                 out.decisions.append(("delay_warning", drop))
                 notes.pending = None
