@@ -39,6 +39,7 @@ from services.checkin.desk import (
     WalkIn,
 )
 from services.checkin.domain import WaitStatus, printed_kiosk_code
+from services.checkin.feeds import Feeds
 from services.checkin.limiter import LookupLimiter
 from services.checkin.schedule import parse_csv, parse_fhir_bundle
 from services.checkin.schemas import (
@@ -78,7 +79,7 @@ from services.checkin.schemas import (
 )
 from shared.auth import Principal, require_role
 from shared.clock import Clock
-from shared.errors import NotFound, PreconditionRequired
+from shared.errors import Conflict, NotFound, PreconditionRequired
 from shared.events import ToldChannel
 from shared.idempotency import IdempotencyStore, fingerprint
 from shared.refusals import Invalid
@@ -115,9 +116,11 @@ WALK_IN_NEEDS_A_KEY = (
 
 
 def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: LookupLimiter,
-                clock: Clock, told: ToldLog | None = None) -> APIRouter:
+                clock: Clock, told: ToldLog | None = None,
+                feeds: Feeds | None = None) -> APIRouter:
     """Checkin's routes; the time of every command and lookup is ``clock.now()``. ``told``
-    records the ranges the kiosk and the status lookup tell (shared/told.py)."""
+    records the ranges the kiosk and the status lookup tell (shared/told.py); ``feeds``
+    say which clinics take their schedule from an EHR feed (file imports refused)."""
     router = APIRouter(responses=COMMON_ERRORS)
 
     async def tell(clinic_id: str, status: WaitStatus, channel: ToldChannel,
@@ -147,6 +150,11 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
 
     async def run_import(request: Request, clinic_id: str, fmt: str, dry_run: bool,
                          key: str | None) -> ImportAnswer:
+        feed = feeds.for_clinic(clinic_id) if feeds is not None else None
+        if feed is not None and not feed.takes_import(fmt):
+            raise Conflict(f"clinic {clinic_id!r} takes its schedule from "
+                           f"{feed.source_of_truth}, not from a {fmt.upper()} file import",
+                           "not_source_of_truth")
         body = await request.body()
         keys = desk.import_keys(clinic_id)
         parse = parse_csv if fmt == "csv" else parse_fhir_bundle
@@ -168,7 +176,8 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
         "application/json": {"schema": {"type": "object"}, "example": FHIR_EXAMPLE}}}}
     import_errors: dict[int | str, dict[str, Any]] = {
         **answer(200, IMPORT_ANSWER_EXAMPLE, "what the import did"),
-        409: refusal("another import of this clinic is running",
+        409: refusal("another import of this clinic is running, or the clinic takes its "
+                     "schedule from an EHR feed (not_source_of_truth)",
                      "another schedule import for clinic 'north' is running; try again when "
                      "it is done"),
         413: refusal("the file is larger than the body limit",

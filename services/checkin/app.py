@@ -169,7 +169,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     limiter = LookupLimiter(store, settings.checkin_lookup_rate_per_minute,
                             settings.checkin_lookup_misses_per_minute)
     app.include_router(make_router(desk, IdempotencyStore(runtime.redis, settings.redis_prefix),
-                                   limiter, runtime.clock, told))
+                                   limiter, runtime.clock, told, feeds))
     app.include_router(make_fhir_router(desk, ehr, store, feeds, runtime.clock,
                                         IdempotencyStore(runtime.redis, settings.redis_prefix)))
     app.include_router(make_pages_router())

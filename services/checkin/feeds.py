@@ -57,6 +57,13 @@ class Feed:
         """Whether schedule changes from ``source`` (``hl7``, ``fhir``) may be applied."""
         return self.source_of_truth in ("any", source)
 
+    def takes_import(self, fmt: str) -> bool:
+        """Whether a schedule file import (``csv``, ``fhir`` Bundle) may change the
+        clinic's schedule: the desk's files when no feed owns it (``any``, ``desk``), and
+        a FHIR Bundle also when FHIR does."""
+        return self.source_of_truth in ("any", "desk") or (
+            fmt == "fhir" and self.source_of_truth == "fhir")
+
 
 @dataclass(frozen=True, slots=True)
 class Feeds:
@@ -66,6 +73,10 @@ class Feeds:
 
     def for_facility(self, facility: str) -> Feed | None:
         return self.by_facility.get(facility.strip().upper())
+
+    def for_clinic(self, clinic: str) -> Feed | None:
+        """The first feed writing to ``clinic`` (its maps and source of truth)."""
+        return next((f for f in self.by_facility.values() if f.clinic_id == clinic), None)
 
     def __len__(self) -> int:
         return len(self.by_facility)

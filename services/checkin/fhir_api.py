@@ -228,7 +228,7 @@ class FhirIn:
         self.clock = clock
 
     def feed(self, clinic: str) -> Feed | None:
-        return next((f for f in self.feeds.by_facility.values() if f.clinic_id == clinic), None)
+        return self.feeds.for_clinic(clinic)
 
     def _keys(self, clinic: str, feed: Feed | None) -> ImportKeys:
         keys = self.desk.import_keys(clinic)

@@ -18,6 +18,7 @@ import pytest
 from shared import events as ev
 from shared.topics import ESTIMATES, FLOOR, topic_name
 from tests.helpers import eventually, producer
+from tests.integration.test_checkin_hl7_support import FEEDS as HL7_FEEDS
 from tests.integration.test_checkin_hl7_support import Ehr, Feed, module_prefix, running_feed
 from tests.integration.test_checkin_support import (
     FRONT_DESK,
@@ -35,13 +36,17 @@ FHIR = {**FRONT_DESK, "Content-Type": "application/fhir+json"}
 # the clinic's directory lists its providers: imports must name one of them (or one the
 # EHR feed maps to, dr-addison for AIP-3 0148)
 CLINICS = {"north": {"name": "Northside", "timezone": midday_zone(),
-                     "providers": {"dr-addison": "Dr. James Addison", "p1": "Dr. Okafor"}}}
+                     "providers": {"dr-addison": "Dr. James Addison", "p1": "Dr. Okafor"}},
+           "south": {"name": "Southside", "timezone": midday_zone()}}
+# south takes its schedule from its EHR's HL7 feed: no other feed or file may change it
+FEEDS = {**HL7_FEEDS, "SOUTHEHR": {"clinic": "south", "source_of_truth": "hl7"}}
 
 
 @pytest.fixture(scope="module")
 async def feed(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Feed]:
     async with running_feed(kafka_bootstrap, redis_url, module_prefix(),
-                            clinics=orjson.dumps(CLINICS).decode()) as service:
+                            clinics=orjson.dumps(CLINICS).decode(),
+                            checkin_feeds=orjson.dumps(FEEDS).decode()) as service:
         yield service
 
 
@@ -304,3 +309,30 @@ async def test_the_place_in_line_is_in_the_patients_providers_queue(feed: Feed) 
     last = await eventually(lambda: place(line[3][0]), timeout=10)
     assert last == 2
     assert [await place(visit) for visit, _code, _provider in line[:3]] == [1, 1, 1]
+
+
+async def test_a_clinic_whose_schedule_comes_from_its_ehr_refuses_schedule_files(
+    feed: Feed,
+) -> None:
+    appointment = unique("apt-")
+    rows = csv_rows((appointment, "pt-1", "p1", "follow_up", at(60), "15", "", ""))
+    bundle = orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Appointment", "id": appointment, "status": "booked",
+                      "start": at(60), "end": at(75), "participant": []}}]})
+    for path, body, kind in (("csv", rows, "text/csv"), ("csv?dry_run=true", rows, "text/csv"),
+                             ("fhir", bundle, "application/fhir+json"),
+                             ("fhir?dry_run=true", bundle, "application/fhir+json")):
+        answer = await feed.checkin.client.post(
+            f"/clinics/south/schedule/{path}", content=body,
+            headers={**FRONT_DESK, "Content-Type": kind})
+        assert answer.status_code == 409, (path, answer.text)
+        assert answer.json()["code"] == "not_source_of_truth"
+        assert "takes its schedule from hl7" in answer.json()["detail"]
+    schedule = await feed.checkin.client.get("/clinics/south/schedule", headers=FRONT_DESK)
+    assert schedule.status_code == 200, schedule.text
+    assert not schedule.json()["appointments"]
+    # north's feed owns nothing (source of truth "any"): its files are taken
+    answer = await feed.checkin.client.post(
+        "/clinics/north/schedule/csv?dry_run=true", content=rows,
+        headers={**FRONT_DESK, "Content-Type": "text/csv"})
+    assert answer.status_code == 200, answer.text
