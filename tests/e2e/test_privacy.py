@@ -1,9 +1,12 @@
 """PHI never leaves its place: a patient's name, birth date, initials, phone number and
 email address are fed in where a clinic really enters them (a schedule with extra columns,
 the kiosk, the front desk's contact form, a mistyped contact, the feedback form's free
-text after checkout), the four services run as real processes through a whole visit with
-a delay warning sent by SMS, and then every record on every topic, every log line and
-every screen and board is scanned for them."""
+text after checkout, a complaint the front desk logs with what the patient said), the four
+services run as real processes through a whole visit with a delay warning sent by SMS,
+and then every record on every topic (told waits, feedback and complaint events included),
+every log line, every screen and board and every answer but the manager's view of one
+complaint is scanned for them, and so is every notifications key in Redis but the three
+places the words may live (contacts, feedback answers' and complaints' ``text``)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from shared.admin import ensure_topics
 from shared.topics import ALL_TOPICS, topic_name
@@ -25,9 +29,12 @@ NAME = "Margaret Bellweather"
 DOB = "1951-03-09"
 PHONE = "+15550187342"
 EMAIL = "margaret.bellweather@example.org"
+MRN = "MRN0049381"  # her chart number, as a patient reads it off a letter
 # what would give her away, in the forms it could take in a line of text
 PHI = [NAME, "Bellweather", "Margaret", DOB, "1951", "03/09/1951", PHONE, "15550187342",
-       "5550187342", "555-018-7342", EMAIL]
+       "5550187342", "555-018-7342", EMAIL, MRN, "0049381"]
+# what she told the front desk on the phone, PHI and all: kept for the manager only
+COMPLAINT = f"{NAME} ({MRN}, born {DOB}, {PHONE}) waited 50 minutes past what she was told"
 
 
 # each as a whole token: "1951" inside a timestamp's microseconds or a port is not her
@@ -63,7 +70,9 @@ async def test_identifying_data_never_reaches_events_logs_or_screens(
             "CLINICFLOW_SMTP_HOST": "127.0.0.1",
             "CLINICFLOW_SMTP_PORT": str(smtp_server.port),
             "CLINICFLOW_NOTIFICATIONS_RULES": orjson.dumps(
-                {"default": {"settle_seconds": 0.5, "clinic_name": "North Clinic"}}).decode(),
+                # no quiet hours: the run is on the machine's clock, at any hour
+                {"default": {"settle_seconds": 0.5, "clinic_name": "North Clinic",
+                             "quiet_hours": None}}).decode(),
             "CLINICFLOW_LOG_FORMAT": "json",
         }
         logs = {name: tmp_path / f"{name}.log"
@@ -75,16 +84,28 @@ async def test_identifying_data_never_reaches_events_logs_or_screens(
             for service in services.values():
                 await service.wait_ready()
             screens = await _a_visit_with_phi_entered(services, gateway)
+            screens.update(await _complaints_keep_the_words_for_the_manager(
+                services["notifications"].url, screens.pop("visit")))
         finally:
             for service in services.values():
                 service.stop()
+        stored = await _notifications_redis(redis_url, topic_prefix.rstrip("."))
+        # the scan read the stores issue 17 added (their keys, the words left out)
+        assert any(":complaint:" in where for where in stored), sorted(stored)[:20]
+        assert any(":feedback:" in where for where in stored), sorted(stored)[:20]
 
     found: dict[str, list[str]] = {}
+    types: set[str] = set()
     for spec in ALL_TOPICS:
         for record in await read_topic(kafka_bootstrap, topic_name(spec, topic_prefix)):
             text = (record.value or b"").decode("utf-8", "replace")
+            types.add(orjson.loads(record.value or b"{}").get("event_type", "?")
+                      if text.startswith("{") else "?")
             if hits := leaks(text):
                 found.setdefault(f"topic {spec.name}", []).extend(hits)
+    for where, text in stored.items():
+        if hits := leaks(text):
+            found.setdefault(f"redis {where}", []).extend(hits)
     for name, log in logs.items():
         for number, line in enumerate(log.read_text().splitlines(), 1):
             if hits := leaks(line):
@@ -93,6 +114,9 @@ async def test_identifying_data_never_reaches_events_logs_or_screens(
         if hits := leaks(text):
             found.setdefault(where, []).extend(hits)
     assert found == {}
+    # the scan read what issue 17 added: told waits, the answer, the complaints' steps
+    assert {"wait.told", "feedback.given", "complaint.logged", "complaint.acknowledged",
+            "complaint.resolved"} <= types, types
     # the one place a phone number may go: the SMS gateway, which has to dial it
     assert any(message["to"] == PHONE for message in gateway.accepted)
 
@@ -190,4 +214,82 @@ async def _a_visit_with_phi_entered(services: dict[str, ServiceProcess],
         for name, url in (("checkin", checkin), ("flow", flow),
                           ("notifications", notifications), ("billing", billing)):
             screens[f"{name} metrics"] = (await client.get(f"{url}/metrics")).text
+    screens["visit"] = visit
     return screens
+
+
+async def _complaints_keep_the_words_for_the_manager(notifications: str,
+                                                     visit: str) -> dict[str, str]:
+    """The front desk logs her phone call with her words; the low rating raised another.
+    Every answer but the manager's view of one complaint is a screen to scan; that view
+    is the one place the words are shown, and it shows them."""
+    desk, manager = auth("dev-front-desk"), auth("dev-manager")
+    screens: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=notifications, timeout=10) as client:
+        logged = await client.post("/clinics/north/complaints", json={
+            "category": "wait", "source": "phone", "visit_id": visit, "text": COMPLAINT},
+            headers={**desk, "Idempotency-Key": "complaint-1"})
+        assert logged.status_code == 201, logged.text
+        screens["complaint logged (front desk)"] = logged.text
+        complaint = logged.json()["complaint_id"]
+
+        async def both_listed() -> Any:
+            answer = await client.get("/clinics/north/complaints", headers=desk)
+            return answer.status_code == 200 and len(answer.json()["complaints"]) >= 2 \
+                and answer
+
+        screens["follow-up list (front desk)"] = (await eventually(both_listed,
+                                                                   timeout=30)).text
+        one = f"/clinics/north/complaints/{complaint}"
+        refused = await client.get(one, headers=desk)
+        assert refused.status_code == 403
+        screens["one complaint (front desk, refused)"] = refused.text
+        for step in ("acknowledge", "resolve"):
+            done = await client.post(f"{one}/{step}", headers=desk)
+            assert done.status_code == 200, done.text
+            screens[f"complaint {step}d (front desk)"] = done.text
+        screens["all complaints (manager list)"] = (await client.get(
+            "/clinics/north/complaints?all=true", headers=manager)).text
+        screens["satisfaction (manager)"] = (await client.get(
+            "/clinics/north/satisfaction", headers=manager)).text
+        screens["accuracy (manager)"] = (await client.get(
+            "/clinics/north/accuracy", headers=manager)).text
+        # the manager's view: the words are kept and shown there, and only there
+        assert (await client.get(one, headers=manager)).json()["text"] == COMPLAINT
+        for listed in orjson.loads(screens["all complaints (manager list)"])["complaints"]:
+            if listed["source"] == "low_rating":
+                low = await client.get(f"/clinics/north/complaints/{listed['complaint_id']}",
+                                       headers=manager)
+                assert NAME in low.json()["text"]  # what she wrote on the form
+    return screens
+
+
+# where a patient's words or contact may be kept (field ``text`` / the contact hash)
+_ALLOWED = re.compile(r":notifications:(contact:.*|feedback:[^:]+:[^:]+#text"
+                      r"|complaint:[^:]+:[^:]+#text)$")
+
+
+async def _notifications_redis(redis_url: str, prefix: str) -> dict[str, str]:
+    """Every notifications key in Redis as text, a hash field by field (``key#field``),
+    but the places the words may live."""
+    redis = Redis.from_url(redis_url)
+    texts: dict[str, str] = {}
+    try:
+        async for raw in redis.scan_iter(match=f"{prefix}:notifications:*", count=500):
+            key = raw.decode()
+            kind = (await redis.type(raw)).decode()
+            if kind == "hash":
+                for field, value in (await redis.hgetall(raw)).items():
+                    texts[f"{key}#{field.decode()}"] = value.decode("utf-8", "replace")
+            elif kind == "string":
+                texts[key] = (await redis.get(raw) or b"").decode("utf-8", "replace")
+            elif kind in ("list", "zset", "set"):
+                members = (await redis.lrange(raw, 0, -1) if kind == "list" else
+                           await redis.zrange(raw, 0, -1) if kind == "zset" else
+                           await redis.smembers(raw))
+                texts[key] = "\n".join(m.decode("utf-8", "replace") for m in members)
+            elif kind == "stream":
+                texts[key] = repr(await redis.xrange(raw))
+    finally:
+        await redis.aclose()
+    return {where: text for where, text in texts.items() if not _ALLOWED.search(where)}
