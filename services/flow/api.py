@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, tzinfo
 from typing import Annotated, Any
 
@@ -33,6 +33,7 @@ from shared.metrics import EVENTS_PUBLISHED
 from shared.refusals import REFUSALS
 from shared.service import ServiceRuntime
 from shared.sse import SseHub
+from shared.visit_end import VisitEnds
 
 log = get_logger("clinicflow.flow.api")
 
@@ -242,6 +243,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     imported_of = imported or (lambda _clinic_id: NO_NAMES)
     snapshots = SnapshotReads(store)
     claims = FloorClaims(runtime.redis, store, floor_topic)
+    ends = VisitEnds(runtime.redis, claims.redis_prefix)
 
     async def board_or_empty(clinic_id: str) -> dict[str, Any]:
         raw = await store.board(clinic_id)
@@ -254,7 +256,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     async def publish(clinic_id: str, payload: ev.Payload, request: Request,
                       key: str | None, principal: Principal,
                       correlation_id: str | None = None,
-                      check: Callable[[dict[str, Any]], None] | None = None,
+                      check: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
                       claim: Claim | None = None) -> Accepted:
         """Check the command against the clinic's board, then publish it. The check runs
         inside the idempotent action: a retry with the same key replays the first answer,
@@ -272,11 +274,12 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                 raise HTTPException(503, detail="Kafka is not connected yet: nothing was "
                                     "published; try again shortly", headers={"Retry-After": "2"})
             if check is not None:  # refused at once, whatever another command is doing
-                check(await board_or_empty(clinic_id))
+                await checked(check, await board_or_empty(clinic_id))
             board = None if claim is None else await take_claim(clinic_id, claim, event_id)
             try:
                 if check is not None and claim is not None:  # again, with what came before
-                    check(board if board is not None else await board_or_empty(clinic_id))
+                    await checked(check, board if board is not None
+                                  else await board_or_empty(clinic_id))
                 if claim is not None:
                     await claims.hold_visit_end(clinic_id, claim)
                 try:
@@ -309,6 +312,23 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
         _status, answer, replayed = await idempotency.run(
             f"flow:{clinic_id}", key, fingerprint(request.method, request.url.path, body), action)
         return Accepted(**answer, replayed=replayed)
+
+    async def checked(check: Callable[[dict[str, Any]], Awaitable[None] | None],
+                      board: dict[str, Any]) -> None:
+        """Run a command's board check (which may have to ask Redis: ``not_on_board``)."""
+        pending = check(board)
+        if pending is not None:
+            await pending
+
+    async def not_on_board(clinic_id: str, visit_id: str, what: str) -> None:
+        """A visit the board does not have: 409 ``visit_ended`` when it ended today (its
+        checkout or cancel holds its end claim, shared/visit_end.py), else 404
+        ``unknown_visit`` (never seen at this clinic, or ended days ago)."""
+        ended = await ends.holder(clinic_id, visit_id)
+        if ended in ("checked_out", "cancelled"):
+            raise Conflict(f"visit {visit_id} has ended at clinic {clinic_id} (it was "
+                           f"{ended.replace('_', ' ')}): it {what}", code="visit_ended")
+        raise NotFound(f"visit {visit_id} {what} at clinic {clinic_id}", code="unknown_visit")
 
     async def take_claim(clinic_id: str, claim: Claim, event_id: str) -> dict[str, Any] | None:
         """Claim what the command changes, or refuse it (409 naming what holds it) while
@@ -459,12 +479,11 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                            principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
 
-        def check(board: dict[str, Any]) -> None:
+        def check(board: dict[str, Any]) -> Awaitable[None] | None:
             if not any(w["visit_id"] == visit_id for w in board["waiting"]):
                 where = next((v for v in board["in_rooms"] if v["visit_id"] == visit_id), None)
                 if where is None:
-                    raise NotFound(f"visit {visit_id} is not waiting at clinic {clinic_id}",
-                                   code="unknown_visit")
+                    return not_on_board(clinic_id, visit_id, "is not waiting")
                 raise Conflict(f"visit {visit_id} is already {where['status']} in room "
                                f"{where['room_id']}", code="visit_not_waiting")
             room = room_of(clinic_id, board, body.room_id)
@@ -478,6 +497,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             if room is not None and room["state"] == "needs_cleaning":
                 raise Conflict(f"room {body.room_id} needs cleaning: mark it ready first",
                                code="room_needs_cleaning")
+            return None
         rooming = ev.PatientRoomed(visit_id=visit_id, room_id=body.room_id)
         return await publish(clinic_id, rooming, request, idempotency_key, principal,
                              correlation_id=visit_id, check=check,
@@ -492,11 +512,10 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                           principal: Principal = Depends(floor_staff)) -> Accepted:
         principal.require_clinic(clinic_id)
 
-        def check(board: dict[str, Any]) -> None:
+        def check(board: dict[str, Any]) -> Awaitable[None] | None:
             known = [*board["waiting"], *board["in_rooms"]]
             if not any(v["visit_id"] == visit_id for v in known):
-                raise NotFound(f"visit {visit_id} is not open at clinic {clinic_id}",
-                               code="unknown_visit")
+                return not_on_board(clinic_id, visit_id, "is not open")
             if any(w["visit_id"] == visit_id for w in board["waiting"]):
                 raise Conflict(f"visit {visit_id} is waiting, not roomed: room the patient "
                                "first", code="visit_not_roomed")
@@ -505,6 +524,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
                 raise Conflict(f"visit {visit_id} is already with a provider in room "
                                f"{seeing['room_id']}", code="already_with_provider")
             check_provider(clinic_id, board, body.provider_id)
+            return None
         return await publish(clinic_id, ev.ProviderIn(visit_id=visit_id,
                                                       provider_id=body.provider_id),
                              request, idempotency_key, principal, correlation_id=visit_id,

@@ -267,6 +267,21 @@ async def test_a_visit_check_in_or_billing_is_ending_is_not_roomed_or_seen(
         seen = await client.post("/clinics/north/visits/north-v2/provider-in", json={},
                                  headers=NURSE)
         assert seen.status_code == 409 and seen.json()["code"] == "visit_ended", seen.text
+        # the checkout published: the visit has left the board but ended today, so a
+        # rooming or provider in is 409 visit_ended; a visit never seen is still a 404
+        await publish(bootstrap, floor, [
+            floor_event(ev.PatientCheckedOut(visit_id="north-v2"), "north")])
+        await board(lambda b: not b["in_rooms"])
+        for path, body in [("/clinics/north/visits/north-v2/room", {"room_id": "r2"}),
+                           ("/clinics/north/visits/north-v2/provider-in", {})]:
+            ended = await client.post(path, json=body, headers=NURSE)
+            assert ended.status_code == 409, ended.text
+            assert ended.json()["code"] == "visit_ended"
+            assert "north-v2" in ended.json()["detail"] and "checked out" in ended.json()[
+                "detail"]
+        never = await client.post("/clinics/north/visits/north-v77/room",
+                                  json={"room_id": "r2"}, headers=NURSE)
+        assert never.status_code == 404 and never.json()["code"] == "unknown_visit"
         await publish(bootstrap, floor, [floor_event(ev.PatientArrived(
             visit_id="north-v9", ticket_code="A-9", provider_id="dr-lee",
             visit_type="follow_up"))])
