@@ -501,17 +501,8 @@ class Desk:
         """Declare a business day's count (a day of the clinic that has begun: ``Rejected``
         otherwise). The natural key is the day and the amounts: the same amounts as the
         day's standing count post nothing (a replay); a different count is a recount."""
-        today = self.today(clinic_id)
-        if business_date > today:
-            raise Rejected(f"business_date {business_date.isoformat()} has not begun at "
-                           f"clinic {clinic_id} (its day is {today.isoformat()} in "
-                           f"{self.clinic(clinic_id).zone.key})", code="day_not_begun")
-        earliest = today - timedelta(days=DRAWER_COUNT_DAYS)
-        if business_date < earliest:
-            raise Rejected(f"business_date {business_date.isoformat()} is out of range: a "
-                           f"drawer count is for a day from {earliest.isoformat()} to "
-                           f"{today.isoformat()} (clinic {clinic_id}'s today, "
-                           f"{self.clinic(clinic_id).zone.key})", code="date_out_of_range")
+        self.require_business_day(clinic_id, business_date, "business_date",
+                                  "a drawer count")
         await self.barrier(clinic_id)
         counts = await self.store.drawer_counts(clinic_id, business_date)
         standing = max(counts, key=lambda p: p.position) if counts else None
@@ -559,11 +550,32 @@ class Desk:
         """[start, end) of the clinic's business day, in UTC."""
         return business_day(self.clinic(clinic_id).zone.key, business_date)
 
+    def require_business_day(self, clinic_id: str, business_date: date, field: str,
+                             what: str, *, future_out_of_range: bool = False) -> None:
+        """A day of the clinic that has begun, at most ``DRAWER_COUNT_DAYS`` before its
+        today (its own clock): ``Rejected`` (422 ``day_not_begun`` / ``date_out_of_range``)
+        otherwise (``future_out_of_range``: a day to come is ``date_out_of_range`` too).
+        The window of drawer counts and reconciliations alike."""
+        today = self.today(clinic_id)
+        if business_date > today and not future_out_of_range:
+            raise Rejected(f"{field} {business_date.isoformat()} has not begun at "
+                           f"clinic {clinic_id} (its day is {today.isoformat()} in "
+                           f"{self.clinic(clinic_id).zone.key})", code="day_not_begun")
+        earliest = today - timedelta(days=DRAWER_COUNT_DAYS)
+        if not earliest <= business_date <= today:
+            raise Rejected(f"{field} {business_date.isoformat()} is out of range: {what} "
+                           f"is for a day from {earliest.isoformat()} to "
+                           f"{today.isoformat()} (clinic {clinic_id}'s today, "
+                           f"{self.clinic(clinic_id).zone.key})", code="date_out_of_range")
+
     async def reconciliation(self, clinic_id: str, business_date: date | None = None,
                              counted: dict[str, int] | None = None) -> Reconciliation:
         """The clinic's day (default: its today) from the Redis projection. Open balances
         carried from earlier days are the visits owing now, at what they owed at the end of
         the day (a visit settled since is not listed for a past day)."""
+        if business_date is not None:
+            self.require_business_day(clinic_id, business_date, "date", "a reconciliation",
+                                      future_out_of_range=True)
         business_date = business_date or self.today(clinic_id)
         starts, ends = self.day_bounds(clinic_id, business_date)
         today = await self.store.entries_between(clinic_id, starts, ends)

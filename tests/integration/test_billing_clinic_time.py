@@ -95,9 +95,11 @@ async def test_a_payment_late_at_night_in_hawaii_counts_on_hawaiis_day(
         cash = next(m for m in today["methods"] if m["method"] == "cash")
         assert (cash["payments_cents"], cash["counted_cents"]) == (FEE_99213, FEE_99213)
         assert today["charges_cents"] == FEE_99213 and today["reconciled"] is True
-        utc_day = (await client.get("/clinics/hilo/reconciliation?date=2026-03-03",
-                                    headers=MANAGER)).json()
-        assert utc_day["entries"] == 0 and utc_day["charges_cents"] == 0
+        # the UTC day (3 March) has not begun in Hawaii: no reconciliation of it yet
+        utc_day = await client.get("/clinics/hilo/reconciliation?date=2026-03-03",
+                                   headers=MANAGER)
+        assert (utc_day.status_code, utc_day.json()["code"]) == (422, "date_out_of_range")
+        assert "to 2026-03-02 (clinic hilo's today" in utc_day.json()["detail"]
         csv = (await client.get("/clinics/hilo/reconciliation?date=2026-03-02&format=csv",
                                 headers=MANAGER)).text
         assert ("day,hilo,2026-03-02,Pacific/Honolulu,,2026-03-02T00:00:00-10:00 to "

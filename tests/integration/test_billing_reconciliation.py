@@ -160,6 +160,14 @@ async def test_a_day_of_fifty_visits_reconciles_to_the_cent_before_and_after_a_r
                                headers=MANAGER)  # its day's end cannot be computed
         assert (far.status_code, far.json()["code"]) == (422, "date_out_of_range"), far.text
         assert "date 9999-12-31 is out of range" in far.json()["detail"]
+        # the window of drawer counts: from 366 days before the clinic's today to today
+        for day in ("1900-01-01", "2999-06-01"):
+            outside = await client.get(f"/clinics/north/reconciliation?date={day}",
+                                       headers=MANAGER)
+            assert (outside.status_code, outside.json()["code"]) == (
+                422, "date_out_of_range"), outside.text
+            assert f"date {day} is out of range" in outside.json()["detail"]
+            assert "a reconciliation is for a day from" in outside.json()["detail"]
         # Redis loses the projection
         assert await store_of(client).forget_everything() > 0
         emptied = (await client.get(f"/clinics/north/reconciliation?date={today}",

@@ -361,5 +361,5 @@ async def test_a_payment_at_half_past_eleven_at_night_in_hawaii_is_on_hawaiis_da
     on_the_day = await desk.reconciliation("hilo")  # the clinic's today
     assert on_the_day.business_date == date(2026, 3, 2)
     assert next(m for m in on_the_day.methods if m.method == "cash").payments_cents == 4000
-    next_day = await desk.reconciliation("hilo", date(2026, 3, 3))
-    assert next_day.entries == 0
+    with pytest.raises(Rejected, match="2026-03-03 is out of range"):  # not begun there
+        await desk.reconciliation("hilo", date(2026, 3, 3))
