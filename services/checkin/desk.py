@@ -39,6 +39,7 @@ from services.checkin.domain import (
     implausible_day,
     is_late,
     kiosk_days,
+    known_visit_type,
     map_visit_type,
     no_show_verdict,
     normalize_initials,
@@ -48,7 +49,7 @@ from services.checkin.domain import (
     plan_import,
     provider_queue_place,
     ticket_code,
-    visit_type_key,
+    visit_types_named,
     wait_status,
 )
 from services.checkin.schedule import IdentityHasher, ImportKeys, ParsedSchedule, RowProblem
@@ -244,12 +245,10 @@ class CheckinDesk:
         visit types, or a code its map turns into one; anything else (free text that
         would be published as a new "type") is ``Rejected`` naming the allowed values."""
         table = self.config.visit_types
-        known = sorted(set(table.values()))
-        key = visit_type_key(code)
-        mapped = table.get(key) or (key if key in known else None)
+        mapped = known_visit_type(code, table)
         if mapped is None:
             raise Rejected(f"visit_type {code[:40]!r} is not one of this clinic's visit "
-                           f"types: {', '.join(known)} (or a code mapped to one, "
+                           f"types: {visit_types_named(table)} (or a code mapped to one, "
                            "CLINICFLOW_CHECKIN_VISIT_TYPES)", "unknown_visit_type")
         return mapped
 

@@ -225,6 +225,19 @@ def map_visit_type(code: str, table: Mapping[str, str]) -> str:
     return table.get(key, key or code.strip())[:40]
 
 
+def known_visit_type(code: str, table: Mapping[str, str]) -> str | None:
+    """The clinic's visit type for a code, strictly: one of the table's visit types, or a
+    code the table maps to one; None for anything else (a code that would be published
+    as a new "type")."""
+    key = visit_type_key(code)
+    return table.get(key) or (key if key in set(table.values()) else None)
+
+
+def visit_types_named(table: Mapping[str, str]) -> str:
+    """The visit types of a table, for a refusal's message."""
+    return ", ".join(sorted(set(table.values())))
+
+
 def visit_type_table(overrides: Mapping[str, str]) -> dict[str, str]:
     """The default map with a deployment's own codes over it (keys normalized)."""
     table = dict(DEFAULT_VISIT_TYPES)

@@ -40,8 +40,9 @@ from services.checkin.domain import (
     DEFAULT_VISIT_TYPES,
     ID_PATTERN,
     Appointment,
-    map_visit_type,
+    known_visit_type,
     normalize_initials,
+    visit_types_named,
 )
 
 IdentityHasher = Callable[[date, str], str]
@@ -119,7 +120,11 @@ def _visit_type(value: Any, table: Mapping[str, str]) -> str:
         raise _RowError("visit_type is missing")
     if len(text) > 40:
         raise _RowError("visit_type is longer than 40 characters")
-    return map_visit_type(text, table)
+    known = known_visit_type(text, table)
+    if known is None:
+        raise _RowError(f"visit_type {text!r} is not one of this clinic's visit types: "
+                        f"{visit_types_named(table)} (or a code mapped to one)")
+    return known
 
 
 def _instant(value: Any, column: str) -> datetime:

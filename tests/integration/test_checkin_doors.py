@@ -336,3 +336,25 @@ async def test_a_clinic_whose_schedule_comes_from_its_ehr_refuses_schedule_files
         "/clinics/north/schedule/csv?dry_run=true", content=rows,
         headers={**FRONT_DESK, "Content-Type": "text/csv"})
     assert answer.status_code == 200, answer.text
+
+
+async def test_schedule_files_naming_a_visit_type_the_clinic_does_not_know_are_refused(
+    feed: Feed,
+) -> None:
+    appointment = unique("apt-")
+    rows = csv_rows((appointment, "pt-1", "p1", "bogus", at(60), "15", "", ""))
+    bundle = orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Appointment", "id": appointment, "status": "booked",
+                      "appointmentType": {"coding": [{"code": "BOGUS"}]},
+                      "start": at(60), "end": at(75), "participant": [
+                          {"actor": {"reference": "Practitioner/p1"}, "status": "accepted"},
+                          {"actor": {"reference": "Patient/x1"}, "status": "accepted"}]}}]})
+    for path, body, kind in (("csv?dry_run=true", rows, "text/csv"),
+                             ("fhir?dry_run=true", bundle, "application/fhir+json")):
+        answer = await feed.checkin.client.post(
+            f"/clinics/north/schedule/{path}", content=body,
+            headers={**FRONT_DESK, "Content-Type": kind})
+        assert answer.status_code == 422, (path, answer.text)
+        reasons = [e["reason"] for e in answer.json()["errors"]]
+        assert any("is not one of this clinic's visit types" in r and "bogus" in r.lower()
+                   for r in reasons), reasons

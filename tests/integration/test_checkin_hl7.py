@@ -382,3 +382,16 @@ async def test_a_message_time_in_the_future_or_long_past_is_refused_and_freezes_
     assert refused.error is not None and refused.error[2].startswith("EVN^1^2"), refused.raw
     assert "implausibly old" in refused.text
     assert not about(await feed.floor(), "appointment_id", appointment)[3:]
+
+
+async def test_an_appointment_type_the_clinic_does_not_know_is_refused_at_sch_7(
+    feed: Feed,
+) -> None:
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    appointment = unique("A")
+    answer = await feed.send(ehr.siu("S12", appointment, now + timedelta(minutes=30),
+                                     sent_at=now, mrn=mrn(), reason="BOGUS^Bogus^L"))
+    assert answer.code == "AE", answer.raw
+    assert answer.error is not None and answer.error[2].startswith("SCH^1^7"), answer.raw
+    assert "'BOGUS' is not one of this clinic's visit types" in answer.text
+    assert not about(await feed.floor(), "appointment_id", appointment)

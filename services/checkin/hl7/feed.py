@@ -39,8 +39,9 @@ from pydantic import ValidationError
 from services.checkin.domain import (
     ID_PATTERN,
     Appointment,
-    map_visit_type,
+    known_visit_type,
     normalize_initials,
+    visit_types_named,
 )
 from services.checkin.ehr import EhrCommands, Finish
 from services.checkin.feeds import Feed, Feeds
@@ -413,7 +414,13 @@ class Hl7Feed:
                               "letters, digits, _ . : -", "AIP", 3, 1)
         visit_type = stored.visit_type if stored is not None else None
         if message.visit_type_code:
-            visit_type = map_visit_type(message.visit_type_code, self._visit_type_table(feed))
+            table = self._visit_type_table(feed)
+            visit_type = known_visit_type(message.visit_type_code, table)
+            if visit_type is None:
+                raise Problem("AE", TABLE_VALUE_NOT_FOUND, f"SCH-7 "
+                              f"{message.visit_type_code[:40]!r} is not one of this "
+                              f"clinic's visit types: {visit_types_named(table)} (or a "
+                              "code mapped to one)", "SCH", 7, 1)
         start = stored.scheduled_at if stored is not None else None
         if message.start is not None:
             start = self._at(feed, message.start, message.start)
