@@ -311,6 +311,19 @@ async def test_the_place_in_line_is_in_the_patients_providers_queue(feed: Feed) 
     assert [await place(visit) for visit, _code, _provider in line[:3]] == [1, 1, 1]
 
 
+async def import_files(feed: Feed, clinic: str, rows: str, bundle: bytes,
+                       queries: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """The CSV and the Bundle posted to the clinic's import routes with each query."""
+    answers = []
+    for fmt, body, kind in (("csv", rows, "text/csv"), ("fhir", bundle,
+                                                        "application/fhir+json")):
+        for query in queries:
+            answers.append((fmt + query, await feed.checkin.client.post(
+                f"/clinics/{clinic}/schedule/{fmt}{query}", content=body,
+                headers={**FRONT_DESK, "Content-Type": kind})))
+    return answers
+
+
 async def test_a_clinic_whose_schedule_comes_from_its_ehr_refuses_schedule_files(
     feed: Feed,
 ) -> None:
@@ -319,12 +332,7 @@ async def test_a_clinic_whose_schedule_comes_from_its_ehr_refuses_schedule_files
     bundle = orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
         {"resource": {"resourceType": "Appointment", "id": appointment, "status": "booked",
                       "start": at(60), "end": at(75), "participant": []}}]})
-    for path, body, kind in (("csv", rows, "text/csv"), ("csv?dry_run=true", rows, "text/csv"),
-                             ("fhir", bundle, "application/fhir+json"),
-                             ("fhir?dry_run=true", bundle, "application/fhir+json")):
-        answer = await feed.checkin.client.post(
-            f"/clinics/south/schedule/{path}", content=body,
-            headers={**FRONT_DESK, "Content-Type": kind})
+    for path, answer in await import_files(feed, "south", rows, bundle, ("", "?dry_run=true")):
         assert answer.status_code == 409, (path, answer.text)
         assert answer.json()["code"] == "not_source_of_truth"
         assert "takes its schedule from hl7" in answer.json()["detail"]
@@ -349,11 +357,7 @@ async def test_schedule_files_naming_a_visit_type_the_clinic_does_not_know_are_r
                       "start": at(60), "end": at(75), "participant": [
                           {"actor": {"reference": "Practitioner/p1"}, "status": "accepted"},
                           {"actor": {"reference": "Patient/x1"}, "status": "accepted"}]}}]})
-    for path, body, kind in (("csv?dry_run=true", rows, "text/csv"),
-                             ("fhir?dry_run=true", bundle, "application/fhir+json")):
-        answer = await feed.checkin.client.post(
-            f"/clinics/north/schedule/{path}", content=body,
-            headers={**FRONT_DESK, "Content-Type": kind})
+    for path, answer in await import_files(feed, "north", rows, bundle, ("?dry_run=true",)):
         assert answer.status_code == 422, (path, answer.text)
         reasons = [e["reason"] for e in answer.json()["errors"]]
         assert any("is not one of this clinic's visit types" in r and "bogus" in r.lower()
