@@ -28,7 +28,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Annotated, Any
 
 import orjson
@@ -389,15 +389,17 @@ class FhirIn:
 # ------------------------------------------------------------------- out
 
 
-def encounter_of(view: VisitView, appointment: Appointment | None) -> dict[str, Any]:
-    """A visit as an R4 ``Encounter`` (validated by the model)."""
+def encounter_of(view: VisitView, appointment: Appointment | None,
+                 zone: tzinfo = UTC) -> dict[str, Any]:
+    """A visit as an R4 ``Encounter`` (validated by the model); instants with the offset
+    of ``zone`` (the clinic's, as every other route shows times)."""
     status = ENCOUNTER_STATUS.get(view.status, "unknown")
     resource: dict[str, Any] = {
         "resourceType": "Encounter", "id": view.visit_id, "status": status,
         "class": AMBULATORY,
         "identifier": [{"system": TICKETS, "value": view.ticket_code}],
     }
-    at = view.status_at.isoformat()
+    at = view.status_at.astimezone(zone).isoformat()
     resource["period"] = {"start": at} if status == "arrived" else {"end": at}
     if appointment is not None:
         resource["appointment"] = [{"reference": f"Appointment/{appointment.appointment_id}"}]
@@ -409,8 +411,10 @@ def encounter_of(view: VisitView, appointment: Appointment | None) -> dict[str, 
                                                              by_alias=True)
 
 
-def appointment_of(appointment: Appointment, arrived: bool, no_show: bool) -> dict[str, Any]:
-    """An appointment of the schedule as an R4 ``Appointment`` with its status."""
+def appointment_of(appointment: Appointment, arrived: bool, no_show: bool,
+                   zone: tzinfo = UTC) -> dict[str, Any]:
+    """An appointment of the schedule as an R4 ``Appointment`` with its status; instants
+    with the offset of ``zone`` (the clinic's)."""
     status: str = appointment.status
     if status == "booked" and arrived:
         status = "arrived"
@@ -419,7 +423,7 @@ def appointment_of(appointment: Appointment, arrived: bool, no_show: bool) -> di
     resource: dict[str, Any] = {
         "resourceType": "Appointment", "id": appointment.appointment_id, "status": status,
         "appointmentType": {"coding": [{"code": appointment.visit_type}]},
-        "start": appointment.scheduled_at.isoformat(),
+        "start": appointment.scheduled_at.astimezone(zone).isoformat(),
         "participant": [
             {"actor": {"reference": f"Patient/{appointment.patient_ref}"},
              "status": "accepted"},
@@ -429,7 +433,8 @@ def appointment_of(appointment: Appointment, arrived: bool, no_show: bool) -> di
     # R4 wants an end with a start (app-2, app-3); a schedule that gave no length books
     # the usual slot
     minutes = appointment.duration_minutes or DEFAULT_SLOT_MINUTES
-    resource["end"] = (appointment.scheduled_at + timedelta(minutes=minutes)).isoformat()
+    resource["end"] = (appointment.scheduled_at + timedelta(minutes=minutes)
+                       ).astimezone(zone).isoformat()
     if appointment.duration_minutes:
         resource["minutesDuration"] = appointment.duration_minutes
     return FhirAppointment.model_validate(resource).model_dump(mode="json", exclude_none=True,
@@ -592,7 +597,8 @@ def make_fhir_router(desk: CheckinDesk, ehr: EhrCommands, store: CheckinStore, f
         visits = await store.day_visits(clinic_id, day)
         booked = await store.appointments(
             clinic_id, [v.appointment_id for v in visits if v.appointment_id])
-        return _fhir(searchset([encounter_of(v, booked.get(v.appointment_id or ""))
+        zone = desk.zone(clinic_id)
+        return _fhir(searchset([encounter_of(v, booked.get(v.appointment_id or ""), zone)
                                 for v in visits], _base(request, clinic_id)))
 
     @router.get("/clinics/{clinic_id}/fhir/Appointment",
@@ -607,8 +613,9 @@ def make_fhir_router(desk: CheckinDesk, ehr: EhrCommands, store: CheckinStore, f
         principal.require_clinic(clinic_id)
         day = day or desk.today(clinic_id, clock.now())
         states = await desk.schedule(clinic_id, day)
+        zone = desk.zone(clinic_id)
         return _fhir(searchset([appointment_of(s.appointment, s.arrived_visit is not None,
-                                               s.no_show) for s in states],
+                                               s.no_show, zone) for s in states],
                                _base(request, clinic_id)))
 
     return router

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
@@ -18,7 +19,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from tests.helpers import auth
 from tests.integration.test_checkin_hl7_support import Feed, module_prefix, running_feed
-from tests.integration.test_checkin_support import FRONT_DESK, KIOSK, NURSE
+from tests.integration.test_checkin_support import FRONT_DESK, KIOSK, NURSE, midday_zone
 
 FHIR = {**FRONT_DESK, "Content-Type": "application/fhir+json"}
 
@@ -141,6 +142,11 @@ async def test_a_transaction_books_and_checks_in_and_the_day_reads_back_as_fhir(
     booked = (await client.get("/clinics/north/fhir/Appointment", headers=NURSE)).json()
     statuses = {e["resource"]["id"]: e["resource"]["status"] for e in booked["entry"]}
     assert statuses[first] == "arrived" and statuses[second] == "booked"
+    # instants on the clinic's clock, as every other route shows them (still R4 instants)
+    offset = datetime.now(ZoneInfo(midday_zone())).utcoffset()
+    ours_booked = next(e["resource"] for e in booked["entry"] if e["resource"]["id"] == first)
+    for instant in (ours["period"]["start"], ours_booked["start"], ours_booked["end"]):
+        assert datetime.fromisoformat(instant).utcoffset() == offset, instant
 
 
 async def test_encounter_statuses_are_arrivals_and_departures(feed: Feed) -> None:
