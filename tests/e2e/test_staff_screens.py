@@ -129,6 +129,9 @@ async def test_the_operations_dashboard_names_the_bottleneck_and_draws_the_day(
                        start + timedelta(minutes=5 * n)))
     events.append((ev.PatientRoomed(visit_id="v0", room_id="1"), start + timedelta(minutes=20)))
     events.append((ev.PatientRoomed(visit_id="v1", room_id="2"), start + timedelta(minutes=30)))
+    # a walk-in for the first available provider: no provider, so no pace of its own
+    events.append((ev.PatientArrived(visit_id="v9", ticket_code="W-9", provider_id=None,
+                                     visit_type="urgent"), start + timedelta(minutes=40)))
     for payload, at in events:
         await publish(flow, payload, at=at)
 
@@ -138,13 +141,15 @@ async def test_the_operations_dashboard_names_the_bottleneck_and_draws_the_day(
     bottleneck = page.locator("#bottleneck")
     await expect(bottleneck).to_contain_text("dr-lee", timeout=5_000)
     await expect(page.locator("#bottleneck-panel")).to_have_class("stuck")
-    await expect(page.locator("#tile-waiting")).to_have_text("4")
+    await expect(page.locator("#tile-waiting")).to_have_text("5")
     await expect(page.locator("#tile-rooms")).to_have_text("2 / 2")
     # a line per queue, bars per stage and per provider's pace
     await expect(page.locator("#queue-chart path.line")).to_have_count(2)
     await expect(page.locator("#stage-chart rect.bar").first).to_be_visible()
     await expect(page.locator("#pace-chart rect.bar").first).to_be_visible()
     await expect(page.locator("#pace-list")).to_contain_text("dr-lee")
+    await expect(page.locator("#pace-list")).not_to_contain_text("first available")
+    await expect(page.locator("#pace-list li")).to_have_count(1)
     await page.screenshot(path=str(artifacts / "operations.png"), full_page=True)
     keep(artifacts, "operations.png")
 

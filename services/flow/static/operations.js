@@ -80,6 +80,12 @@
   }
 
   // horizontal bars: one group per row, one bar per measure
+  const LABEL_CHARS = 22;  // what fits left of the bars (170 px)
+  // first available is not a provider: a short label in the charts, no pace of its own
+  const firstAvailable = (id) => !id || id === "any";
+  const chartName = (id) => firstAvailable(id) ? "first available"
+    : ClinicFlowLive.providerName(id);
+
   function barChart(id, rows, measures, unit, emptyText) {
     const node = canvas(id);
     if (!rows.length) { empty(node, emptyText); return; }
@@ -92,8 +98,12 @@
     const scale = (right - zero) / max;
     rows.forEach((row, i) => {
       const y0 = top + i * band;
-      node.appendChild(svg("text", {x: left - 8, y: y0 + band / 2 + 4, "text-anchor": "end",
-                                    class: "label"}, row.label));
+      // a label longer than the space left of the bars is cut (whole in its tooltip)
+      const label = svg("text", {x: left - 8, y: y0 + band / 2 + 4, "text-anchor": "end",
+                                 class: "label"}, row.label.length > LABEL_CHARS
+                                   ? row.label.slice(0, LABEL_CHARS - 1) + "…" : row.label);
+      label.appendChild(svg("title", {}, row.label));
+      node.appendChild(label);
       const bar = (band - 6) / measures.length;
       measures.forEach(([key, className], j) => {
         const value = row[key];
@@ -127,13 +137,14 @@
     }
     const mean = (stage, p) => (((stages[stage] || {}).by || {})[p] || {}).mean_minutes;
     const rows = Array.from(providers).sort().map((p) => ({
-      label: ClinicFlowLive.providerName(p), s1: mean("arrival_to_roomed", p), s2: mean("roomed_to_provider", p),
+      label: chartName(p), s1: mean("arrival_to_roomed", p), s2: mean("roomed_to_provider", p),
       s3: mean("provider_to_checkout", p)}));
     barChart("journey-chart", rows, [["s1", "s1"], ["s2", "s2"], ["s3", "s3"]], "min",
              "no provider has finished a visit yet");
   }
 
-  function paceChart(providers) {
+  function paceChart(everyone) {
+    const providers = everyone.filter((p) => !firstAvailable(p.provider_id));
     const rows = providers.filter((p) => p.roomed_on_time_patients || p.behind_minutes)
       .map((p) => ({label: ClinicFlowLive.providerName(p.provider_id), behind: p.late_minutes_recent !== null
         ? Math.max(p.late_minutes_recent, p.behind_minutes) : p.behind_minutes}));
@@ -204,7 +215,8 @@
     }
     byId("accuracy").querySelector("tbody").replaceChildren(...rows);
     byId("accuracy-note").textContent = answer.scored ? (answer.left
-      ? answer.left + " told waits of patients who left are not scored" : "")
+      ? (answer.left === 1 ? "1 told wait of a patient who left is not scored"
+        : answer.left + " told waits of patients who left are not scored") : "")
       : "no told wait scored yet today (a wait is scored when the patient is roomed)";
   }
 
