@@ -67,6 +67,9 @@ Day = Annotated[date | None, Query(alias="date", description="the clinic's day i
 
 ARRIVED = {"arrived", "triaged"}
 ENCOUNTER_CANCELLED = {"cancelled", "entered-in-error"}
+# R4 Encounter.status (required binding): anything else is refused
+ENCOUNTER_STATUSES = ("planned", "arrived", "triaged", "in-progress", "onleave", "finished",
+                      "cancelled", "entered-in-error", "unknown")
 ENCOUNTER_STATUS = {"waiting": "arrived", "roomed": "in-progress", "checked_out": "finished",
                     "cancelled": "cancelled", "undone": "entered-in-error"}
 AMBULATORY = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB",
@@ -277,8 +280,9 @@ class FhirIn:
             if appointment.status == "cancelled" and not known:
                 # a cancel (or no-show) of an appointment never booked here: nothing to
                 # record, and the EHR must hear it
+                what = "mark as a no-show" if status == "noshow" else "cancel"
                 raise NotFound(f"Appointment/{appointment.appointment_id} is not on clinic "
-                               f"{clinic!r}'s schedule: nothing to cancel", "not_found")
+                               f"{clinic!r}'s schedule: nothing to {what}", "not_found")
             if status == "noshow" and known:
                 text = await self.ehr.no_show(clinic, appointment.appointment_id, now=now)
             else:
@@ -308,6 +312,10 @@ class FhirIn:
         if not isinstance(resource.get("id"), str):
             raise Rejected("Encounter.id is missing: it names the visit to the EHR",
                            "invalid_resource")
+        if encounter.status not in ENCOUNTER_STATUSES:
+            raise Rejected(f"Encounter.status {str(encounter.status)[:40]!r} is not an R4 "
+                           f"encounter status: {', '.join(ENCOUNTER_STATUSES)}",
+                           "invalid_resource")
         now = self.clock.now()
         feed = self.feed(clinic)
         visit = self.ehr.ehr_visit(clinic, f"Encounter/{resource['id']}")
@@ -331,6 +339,8 @@ class FhirIn:
                 if found:
                     provider = feed.provider(found) if feed else found
                     break
+            # a clinic that lists its providers refuses one it does not know (404)
+            await self.desk.check_booking(clinic, None, provider, now=now)
             urgent = bool(encounter.priority and any(
                 c.code in ("EM", "UR", "A", "S") for c in encounter.priority.coding or []))
             if appointment_id is not None:

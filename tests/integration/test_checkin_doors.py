@@ -362,3 +362,32 @@ async def test_schedule_files_naming_a_visit_type_the_clinic_does_not_know_are_r
         reasons = [e["reason"] for e in answer.json()["errors"]]
         assert any("is not one of this clinic's visit types" in r and "bogus" in r.lower()
                    for r in reasons), reasons
+
+
+async def test_fhir_writes_name_what_is_wrong_with_them(feed: Feed) -> None:
+    before = len(await feed.floor())
+    amb = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}
+
+    async def put(kind: str, resource: dict[str, Any]) -> Any:
+        return await feed.checkin.client.put(
+            f"/clinics/north/fhir/{kind}/{resource['id']}", headers=FHIR,
+            content=orjson.dumps({"resourceType": kind, **resource}))
+
+    bogus = await put("Encounter", {"id": unique("enc-"), "status": "bogus", "class": amb})
+    assert bogus.status_code == 422, bogus.text
+    assert "finished" in bogus.json()["issue"][0]["diagnostics"]
+    stranger = await put("Encounter", {
+        "id": unique("enc-"), "status": "arrived", "class": amb,
+        "participant": [{"individual": {"reference": "Practitioner/p999"}}]})
+    assert stranger.status_code == 404, stranger.text
+    assert "p999" in stranger.json()["issue"][0]["diagnostics"]
+    gone = unique("gone").lower()
+    no_show = await put("Appointment", {
+        "id": gone, "status": "noshow", "start": datetime.now(UTC).isoformat(),
+        "minutesDuration": 15, "appointmentType": {"coding": [{"code": "FOLLOWUP"}]},
+        "participant": [{"actor": {"reference": "Patient/x2"}, "status": "accepted"},
+                        {"actor": {"reference": "Practitioner/p1"}, "status": "accepted"}]})
+    assert no_show.status_code == 404, no_show.text
+    diagnostics = no_show.json()["issue"][0]["diagnostics"]
+    assert f"Appointment/{gone}" in diagnostics and "no-show" in diagnostics
+    assert len(await feed.floor()) == before
