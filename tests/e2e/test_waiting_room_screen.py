@@ -132,3 +132,44 @@ async def test_forty_waiting_patients_each_see_their_ticket_page_by_page(
     assert "more" not in await page.locator("#waiting-panel").inner_text()
     # after the last page, the first again
     assert await page.evaluate("window.waitingRoom.nextPage().page") == 1
+
+
+async def test_forty_waiting_with_four_delays_fit_ten_tickets_a_page_at_720p(
+    browser: Browser, flow: dict[str, Any], artifacts: Path,
+) -> None:
+    """A clinic delay and three providers' delays at 1280x720: compact banners and, with
+    no one called, the waiting list over the whole width: at least 10 tickets a page,
+    every ticket on some page, every row whole."""
+    tickets = [f"C-{n:02d}" for n in range(1, 41)]
+    providers = ("dr-lee", "dr-okafor", "dr-ngata")
+    await publish(flow, *(ev.PatientArrived(visit_id=f"v{n}", ticket_code=ticket,
+                                            provider_id=providers[n % 3],
+                                            visit_type="follow_up")
+                          for n, ticket in enumerate(tickets)),
+                  ev.DelayAnnounced(provider_id=None, minutes=25, reason="x"),
+                  *(ev.DelayAnnounced(provider_id=p, minutes=20 + n, reason="x")
+                    for n, p in enumerate(providers)))
+    page = await open_screen(browser, flow, 1280, 720)
+    await expect(page.locator("#waiting li")).to_have_count(40, timeout=15_000)
+    await expect(page.locator(".banner")).to_have_count(4, timeout=5_000)
+    pages = await page.evaluate("window.waitingRoom.pages")
+    seen: list[str] = []
+    for n in range(pages):
+        if n > 0:
+            assert await page.evaluate("window.waitingRoom.nextPage().page") == n + 1
+        shown = await page.locator("#waiting li:not([hidden]) .ticket").all_inner_texts()
+        fits = await page.evaluate("""() => {
+            const panel = document.getElementById('waiting-panel').getBoundingClientRect();
+            return Array.from(document.querySelectorAll('#waiting li:not([hidden])'))
+              .every((li) => li.getBoundingClientRect().bottom <= panel.bottom + 0.5
+                             && li.getBoundingClientRect().right <= panel.right + 0.5);
+        }""")
+        assert fits, f"a row of page {n + 1} is cut"
+        if n < pages - 1:
+            assert len(shown) >= 10, (n + 1, shown)
+        seen += shown
+        if n == 0:
+            await page.screenshot(path=str(artifacts / "waiting-room-40-delays-1280x720.png"))
+    assert seen == tickets
+    overflow = await page.evaluate("document.documentElement.scrollWidth > window.innerWidth")
+    assert overflow is False

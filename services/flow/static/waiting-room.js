@@ -98,8 +98,11 @@
 
   function render(board) {
     lastBoard = board;
-    byId("calling").replaceChildren(...(board.calling || []).slice(-4).reverse().map(
+    const calls = (board.calling || []).slice(-4).reverse();
+    byId("calling").replaceChildren(...calls.map(
       (c) => row("", [["ticket", c.ticket_code], ["room", roomName(c.room_id)]])));
+    // no one called: NOW CALLING gives its half to the waiting list (two columns of it)
+    document.body.classList.toggle("no-calling", calls.length === 0);
     const waiting = board.waiting || [];
     const rows = waiting.map((w) => {
       const li = row("", [["ticket", w.ticket_code], ["range", rangeText(w.low, w.high)]]);
@@ -120,6 +123,8 @@
                      " minutes behind.");
       }
     }
+    // several delays: compact banners side by side, so the list keeps its rows
+    byId("banners").classList.toggle("many", banners.length > 1);
     byId("banners").replaceChildren(...banners.map((text) => el("div", "banner", text)));
     paginate();
   }
