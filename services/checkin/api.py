@@ -258,7 +258,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
     async def schedule(clinic_id: ClinicId, day: Day = None,
                        principal: Principal = Depends(FRONT_DESK)) -> ScheduleAnswer:
         principal.require_clinic(clinic_id)
-        the_day = day or desk.today(clinic_id, clock.now())
+        the_day = desk.read_day(clinic_id, day, clock.now())
         zone = desk.zone(clinic_id)
         names = await provider_names(clinic_id)
         rows = []
@@ -398,7 +398,7 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
     async def no_shows(clinic_id: ClinicId, day: Day = None,
                        principal: Principal = Depends(FRONT_DESK)) -> FollowUpAnswer:
         principal.require_clinic(clinic_id)
-        the_day = day or desk.today(clinic_id, clock.now())
+        the_day = desk.read_day(clinic_id, day, clock.now())
         zone = desk.zone(clinic_id)
         names = await provider_names(clinic_id)
         rows = [FollowUpRow(appointment_id=f.appointment_id, provider_id=f.provider_id,
@@ -450,6 +450,9 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
                                 "initials (not both)")
         client = limiter.client(request, principal)
         now = clock.now()
+        if body.date_of_birth is not None and body.date_of_birth > desk.today(clinic_id, now):
+            raise HTTPException(422, detail=f"date_of_birth {body.date_of_birth.isoformat()} "
+                                "is in the future: check the birth date")
         await limiter.admit(client, now, "kiosk")
 
         async def action() -> tuple[int, Any]:

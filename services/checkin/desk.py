@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from services.checkin import metrics as m
 from services.checkin.domain import (
     DEFAULT_VISIT_TYPES,
+    PLAUSIBLE_DAYS,
     PSEUDONYM,
     Appointment,
     AppointmentState,
@@ -216,6 +217,19 @@ class CheckinDesk:
     def today(self, clinic_id: str, now: datetime) -> date:
         """The clinic's calendar day at ``now``, in its own zone."""
         return clinic_day(now, self.zone(clinic_id))
+
+    def read_day(self, clinic_id: str, day: date | None, now: datetime) -> date:
+        """The clinic's day a read asks for (default: its today); one more than
+        ``PLAUSIBLE_DAYS`` from today is ``Rejected`` (422, ``implausible_date``), as an
+        appointment's date is."""
+        today = self.today(clinic_id, now)
+        if day is None:
+            return today
+        if abs((day - today).days) > PLAUSIBLE_DAYS:
+            raise Rejected(f"day {day.isoformat()} is more than {PLAUSIBLE_DAYS} days from "
+                           f"the clinic's today ({today.isoformat()}): a mistyped date?",
+                           "implausible_date")
+        return day
 
     def identity_hasher(self, clinic_id: str) -> IdentityHasher:
         secret = self.config.identity_secret

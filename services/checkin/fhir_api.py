@@ -603,7 +603,7 @@ def make_fhir_router(desk: CheckinDesk, ehr: EhrCommands, store: CheckinStore, f
     async def encounters(request: Request, clinic_id: ClinicId, day: Day = None,
                          principal: Principal = Depends(READ)) -> Response:
         principal.require_clinic(clinic_id)
-        day = day or desk.today(clinic_id, clock.now())
+        day = desk.read_day(clinic_id, day, clock.now())
         visits = await store.day_visits(clinic_id, day)
         booked = await store.appointments(
             clinic_id, [v.appointment_id for v in visits if v.appointment_id])
@@ -621,7 +621,7 @@ def make_fhir_router(desk: CheckinDesk, ehr: EhrCommands, store: CheckinStore, f
     async def appointments(request: Request, clinic_id: ClinicId, day: Day = None,
                            principal: Principal = Depends(READ)) -> Response:
         principal.require_clinic(clinic_id)
-        day = day or desk.today(clinic_id, clock.now())
+        day = desk.read_day(clinic_id, day, clock.now())
         states = await desk.schedule(clinic_id, day)
         zone = desk.zone(clinic_id)
         return _fhir(searchset([appointment_of(s.appointment, s.arrived_visit is not None,

@@ -391,3 +391,19 @@ async def test_fhir_writes_name_what_is_wrong_with_them(feed: Feed) -> None:
     diagnostics = no_show.json()["issue"][0]["diagnostics"]
     assert f"Appointment/{gone}" in diagnostics and "no-show" in diagnostics
     assert len(await feed.floor()) == before
+
+
+async def test_reads_refuse_a_day_or_birth_date_no_clinic_could_mean(feed: Feed) -> None:
+    client = feed.checkin.client
+    for path in ("/clinics/north/schedule?day=0001-01-01",
+                 "/clinics/north/fhir/Encounter?date=9999-12-31"):
+        answer = await client.get(path, headers=NURSE if "fhir" in path else FRONT_DESK)
+        assert answer.status_code == 422, (path, answer.text)
+        assert "366 days" in answer.text
+    today = await client.get("/clinics/north/schedule", headers=FRONT_DESK)
+    assert today.status_code == 200, today.text
+    unborn = await client.post("/clinics/north/kiosk/check-ins", headers={
+        **KIOSK, "Idempotency-Key": unique("k")}, json={"date_of_birth": "2099-01-01",
+                                                       "initials": "JS"})
+    assert unborn.status_code == 422, unborn.text
+    assert "in the future" in unborn.json()["detail"]
