@@ -112,6 +112,23 @@ async def test_overdue_rows_are_coloured_by_how_long_and_fresh_ones_are_not(
     await expect(rows["v1"]).to_contain_text("3 h")
 
 
+async def test_the_nurse_station_lists_every_waiting_patient_a_long_queue_scrolls(
+    browser: Browser, flow: dict[str, Any],
+) -> None:
+    """Nine walk-ins for the first available provider: nine rows in its column (it
+    scrolls), never "+3 more"; the last one can be scrolled to."""
+    await publish(flow, *(ev.PatientArrived(visit_id=f"w{n}", ticket_code=f"W-{n}",
+                                            provider_id=None, visit_type="urgent")
+                          for n in range(1, 10)))
+    nurse = await open_page(browser, flow, "nurse", "dev-nurse")
+    queue = nurse.locator('#queues .queue[data-provider="any"]')
+    await expect(queue.locator("li.patient")).to_have_count(9, timeout=5_000)
+    assert "more" not in await queue.inner_text()
+    last = queue.locator('li.patient[data-visit="w9"]')
+    await last.scroll_into_view_if_needed()
+    await expect(last).to_be_in_viewport()
+
+
 async def test_the_operations_dashboard_names_the_bottleneck_and_draws_the_day(
     browser: Browser, flow: dict[str, Any], artifacts: Path,
 ) -> None:

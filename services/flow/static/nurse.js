@@ -11,7 +11,7 @@
   const STATE_TEXT = {ready: "Ready", occupied: "Occupied", needs_cleaning: "Needs cleaning",
                       out_of_service: "Out of service"};
   const MAX_ROOM_BUTTONS = 3;
-  const MAX_ROWS_PER_PROVIDER = 6;
+  const ROWS_BEFORE_SCROLL = 6;  // a queue longer than this scrolls in its column
 
   let board = null;
   let busy = false;
@@ -297,7 +297,7 @@
       }
       column.appendChild(head);
       const list = el("ol", "");
-      visits.slice(0, MAX_ROWS_PER_PROVIDER).forEach((visit, index) => {
+      visits.forEach((visit, index) => {
         // overdue counts from the appointment (arrival for walk-ins and late arrivals)
         const from = visit.scheduled_at && !visit.late ? visit.scheduled_at : visit.arrived_at;
         const past = minutesSince(from, now);
@@ -324,15 +324,22 @@
         item.appendChild(actions);
         list.appendChild(item);
       });
-      if (visits.length > MAX_ROWS_PER_PROVIDER) {
-        list.appendChild(el("li", "more", "+" + (visits.length - MAX_ROWS_PER_PROVIDER) +
-                            " more"));
-      }
+      // every waiting patient is listed: a long queue scrolls (its place kept across
+      // boards), never "+N more"
+      list.classList.toggle("long", visits.length > ROWS_BEFORE_SCROLL);
       column.appendChild(list);
       columns.push(column);
     }
     if (!columns.length) columns.push(el("p", "empty", "Nobody is waiting."));
+    const scrolled = new Map(Array.from(byId("queues").querySelectorAll(".queue")).map(
+      (q) => [q.dataset.provider, q.querySelector("ol") ? q.querySelector("ol").scrollTop : 0]));
     byId("queues").replaceChildren(...columns);
+    for (const column of columns) {
+      const list = column.querySelector && column.querySelector("ol");
+      if (list && scrolled.get(column.dataset.provider)) {
+        list.scrollTop = scrolled.get(column.dataset.provider);
+      }
+    }
   }
 
   function render() {
