@@ -370,6 +370,11 @@ class EhrCommands:
         of it was registered here: an end or cancel of nothing is an error the EHR must
         see, not a success."""
         visit_id = await self.store.feed_visit(clinic, ehr_visit)
+        cancelled = await self.store.feed_cancelled(clinic, ehr_visit) \
+            if visit_id is None else None
+        if cancelled is not None:
+            raise Conflict(f"{name or 'this visit'}'s arrival was already cancelled (visit "
+                           f"{cancelled}): nothing to end or cancel", "already_cancelled")
         if visit_id is None:
             raise NotFound(f"{name or 'this visit'} was never checked in at clinic "
                            f"{clinic!r}: nothing to end or cancel", "not_found")
@@ -385,6 +390,6 @@ class EhrCommands:
         except NotFound:
             return f"visit {visit_id} is not known here any more: nothing to change"
         if reason == "entered_in_error":
-            await self.store.forget_feed_visit(clinic, ehr_visit)
+            await self.store.forget_feed_visit(clinic, ehr_visit, cancelled=visit_id)
             return f"arrival of visit {visit_id} cancelled"
         return f"visit {visit_id} ended before it was roomed: left without being seen"

@@ -903,8 +903,21 @@ class CheckinStore:
                 also(pipe)
             await pipe.execute()
 
-    async def forget_feed_visit(self, clinic: str, ehr_visit: str) -> None:
-        await self.redis.delete(self._feed_visit(clinic, ehr_visit))
+    async def forget_feed_visit(self, clinic: str, ehr_visit: str,
+                                cancelled: str | None = None) -> None:
+        """Drop our visit of an EHR visit; ``cancelled``: its arrival was cancelled (our
+        visit id, kept so a later cancel or end of it says so: ``feed_cancelled``)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._feed_visit(clinic, ehr_visit))
+            if cancelled is not None:
+                pipe.set(self._feed_visit(clinic, ehr_visit) + ":cancelled", cancelled,
+                         ex=KEEP_DAYS * 86400)
+            await pipe.execute()
+
+    async def feed_cancelled(self, clinic: str, ehr_visit: str) -> str | None:
+        """Our visit of an EHR visit whose arrival was cancelled (None: never)."""
+        raw = await self.redis.get(self._feed_visit(clinic, ehr_visit) + ":cancelled")
+        return _text(raw) if raw else None
 
     # --------------------------------------------------------------- outbox
 

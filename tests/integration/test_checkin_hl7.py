@@ -183,6 +183,11 @@ async def test_a_registration_checks_the_patient_in_on_their_appointment_once_an
     schedule = await feed.checkin.client.get("/clinics/north/schedule", headers=FRONT_DESK)
     row = next(r for r in schedule.json()["appointments"] if r["appointment_id"] == appointment)
     assert row["visit_id"] is None
+    # a second cancel (a new message) says the arrival was cancelled, not "never checked in"
+    again = await feed.send(ehr.adt("A11", sent_at=now + timedelta(seconds=20),
+                                    visit=visit, mrn=patient))
+    assert again.code == "AE", again.raw
+    assert "already cancelled" in again.text and visit_id in again.raw.decode(), again.raw
 
 
 async def test_a_patient_registered_without_an_appointment_is_a_walk_in_who_may_leave(
