@@ -52,6 +52,10 @@ OPERATIONS = {"GET /favicon.ico": PUBLIC,
               "GET /openapi.json": PUBLIC, "GET /docs": PUBLIC, "GET /redoc": PUBLIC,
               "GET /docs/oauth2-redirect": PUBLIC}
 
+# a business day the drawer counts and reconciliation take (a window ending at the
+# clinic's today): a week ago, whenever the suite runs, in any clinic's zone
+A_WEEK_AGO = (datetime.now(UTC) - timedelta(days=7)).date().isoformat()
+
 POLICY: dict[str, dict[str, frozenset[str] | str]] = {
     "checkin": {
         **OPERATIONS,
@@ -165,7 +169,7 @@ BODIES: dict[str, Any] = {
         {"amount_cents": 100, "reason": "matrix"},
     "POST /clinics/{clinic_id}/visits/{visit_id}/entries/{entry_id}/void": {"reason": "matrix"},
     "POST /clinics/{clinic_id}/visits/{visit_id}/reprice": {"reason": "matrix"},
-    "POST /clinics/{clinic_id}/drawer-counts": {"business_date": "2026-03-02",
+    "POST /clinics/{clinic_id}/drawer-counts": {"business_date": A_WEEK_AGO,
                                                 "cash_cents": 0},
     "POST /clinics/{clinic_id}/complaints": {"category": "other", "source": "phone"},
 }
@@ -190,7 +194,7 @@ RAW_BODIES: dict[str, tuple[str, bytes]] = {
     "POST /clinics/{clinic_id}/fhir/subscription": ("application/fhir+json", b""),
 }
 QUERIES: dict[str, dict[str, str]] = {
-    "GET /clinics/{clinic_id}/reconciliation": {"date": "2026-03-02"},
+    "GET /clinics/{clinic_id}/reconciliation": {"date": A_WEEK_AGO},
 }
 
 
