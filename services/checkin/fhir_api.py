@@ -44,7 +44,7 @@ from services.checkin.ehr import EhrCommands
 from services.checkin.feeds import Feed, Feeds
 from services.checkin.schedule import ImportKeys, parse_fhir_bundle
 from services.checkin.schemas import COMMON_ERRORS
-from services.checkin.store import CheckinStore
+from services.checkin.store import FEED_PENDING, CheckinStore
 from shared.auth import Principal, require_role
 from shared.clock import Clock
 from shared.errors import Conflict, NotFound, Refusal, Rejected, status_of
@@ -341,6 +341,7 @@ class FhirIn:
                     break
             # a clinic that lists its providers refuses one it does not know (404)
             await self.desk.check_booking(clinic, None, provider, now=now)
+            await self._may_arrive(clinic, visit, f"Encounter/{resource['id']}")
             urgent = bool(encounter.priority and any(
                 c.code in ("EM", "UR", "A", "S") for c in encounter.priority.coding or []))
             if appointment_id is not None:
@@ -361,6 +362,25 @@ class FhirIn:
             text = f"status {status!r}: nothing to change here"
         await self.ehr.applied(clinic, subject, at)
         return 200, text
+
+    async def _may_arrive(self, clinic: str, visit: str, name: str) -> None:
+        """Refuse (409) an arrival of an encounter whose visit has ended here or whose
+        arrival was undone: it is not "already checked in"."""
+        store = self.desk.store
+        ours = await store.feed_visit(clinic, visit)
+        if ours is None:
+            undone = await store.feed_cancelled(clinic, visit)
+            if undone is not None:
+                raise Conflict(f"{name}'s arrival was undone (visit {undone}): it cannot "
+                               "arrive again", "arrival_undone")
+            return
+        if ours.startswith(FEED_PENDING):
+            return
+        view = await store.visit(clinic, ours)
+        if view is not None and view.status not in ("waiting", "roomed"):
+            raise Conflict(f"{name} (visit {ours}) has ended here "
+                           f"({ENCOUNTER_STATUS.get(view.status, view.status)}): it cannot "
+                           "arrive again", "visit_ended")
 
     async def bundle(self, clinic: str, body: dict[str, Any],
                      kinds: tuple[str, ...]) -> dict[str, Any]:

@@ -167,6 +167,13 @@ async def test_encounter_statuses_are_arrivals_and_departures(feed: Feed) -> Non
     error = await put(client, f"/clinics/north/fhir/Encounter/{walked_in}",
                       encounter(walked_in, "entered-in-error", patient + walked_in))
     assert "cancelled" in error.json()["issue"][0]["diagnostics"]
+    # arriving again after the visit ended, or after its arrival was undone: not "already
+    # checked in" but a conflict saying which
+    for encounter_id, said in ((left, "has ended"), (walked_in, "arrival was undone")):
+        late = await put(client, f"/clinics/north/fhir/Encounter/{encounter_id}",
+                         encounter(encounter_id, "arrived", patient + encounter_id))
+        assert late.status_code == 409, late.text
+        assert said in late.json()["issue"][0]["diagnostics"], late.text
 
     reasons = [e["data"]["reason"] for e in await feed.floor()
                if e["event_type"] == "arrival.cancelled"]
