@@ -30,7 +30,7 @@ from services.notifications.consumer import NotifierProjection
 from shared import events as ev
 from shared.admin import ensure_topics
 from shared.settings import NotificationsSettings
-from shared.topics import ESTIMATES, FLOOR, topic_name
+from shared.topics import ESTIMATES, FLOOR, TopicSpec, topic_name
 from tests.helpers import auth, eventually, free_port, producer, serving
 
 FRONT_DESK = auth("dev-front-desk")
@@ -231,8 +231,16 @@ async def notifier_has_read_everything(app: FastAPI, bootstrap: str, prefix: str
     """Wait until the notifier has applied every floor and estimate record published so
     far (its stored offsets reach the end of each partition)."""
     notifier: NotifierProjection = app.state.notifier
+    await has_read_everything(notifier.projection, bootstrap, prefix, (FLOOR, ESTIMATES),
+                              timeout)
+
+
+async def has_read_everything(projection: Any, bootstrap: str, prefix: str,
+                              topics: tuple[TopicSpec, ...], timeout: float = 20.0) -> None:
+    """Wait until ``projection`` (anything with the runner's ``positions``) has applied
+    every record of ``topics`` published so far."""
     partitions = [TopicPartition(topic_name(spec, prefix), p)
-                  for spec in (FLOOR, ESTIMATES) for p in range(spec.partitions)]
+                  for spec in topics for p in range(spec.partitions)]
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -242,12 +250,9 @@ async def notifier_has_read_everything(app: FastAPI, bootstrap: str, prefix: str
     published = {(tp.topic, tp.partition): end - 1 for tp, end in ends.items() if end > 0}
 
     async def caught_up() -> bool:
-        applied = await notifier.projection.positions(list(published))
-        for tp, last in published.items():
-            done = applied[tp]
-            if done is None or done < last:
-                return False
-        return True
+        applied = await projection.positions(list(published))
+        return all(applied[tp] is not None and applied[tp] >= last
+                   for tp, last in published.items())
 
     await eventually(caught_up, timeout=timeout)
 

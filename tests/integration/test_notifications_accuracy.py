@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
@@ -28,6 +27,7 @@ from tests.integration.notifications_support import (
     arrival,
     estimate,
     floor_event,
+    has_read_everything,
     notifications_service,
     publish_estimates,
     publish_floor,
@@ -60,22 +60,8 @@ async def service(env: dict[str, Any]) -> AsyncIterator[tuple[FastAPI, httpx.Asy
 async def caught_up(app: FastAPI, bootstrap: str, prefix: str) -> None:
     """Until the accuracy projection has applied every floor and told record published."""
     accuracy: AccuracyProjection = app.state.accuracy
-    partitions = [TopicPartition(topic_name(spec, prefix), p)
-                  for spec in (FLOOR, TOLD) for p in range(spec.partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
-    published = {(tp.topic, tp.partition): end - 1 for tp, end in ends.items() if end > 0}
-
-    async def done() -> bool:
-        applied = await accuracy.projection.positions(list(published))
-        return all(applied[tp] is not None and applied[tp] >= last  # type: ignore[operator]
-                   for tp, last in published.items())
-
-    await eventually(done, timeout=30)
+    await has_read_everything(accuracy.projection, bootstrap, prefix, (FLOOR, TOLD),
+                              timeout=30)
 
 
 async def test_told_waits_are_scored_and_a_rebuild_from_kafka_gives_the_same_figures(
