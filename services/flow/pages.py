@@ -7,7 +7,8 @@ need a token: a page is opened once as ``/screens/<clinic>/<page>?token=<token>`
 the token in the tab's sessionStorage and drops it from the address bar (details in
 ``static/live.js``). Two pages also read the notifications service
 (``CLINICFLOW_FLOW_NURSE_ALERTS_URL``, which must allow flow's origin): the nurse station
-its room-ready alerts, the operations dashboard how right the told waits were today.
+its room-ready alerts, the operations dashboard how right the told waits were today and
+this week's ratings and complaints by wait band and told-versus-actual error.
 Pages send no Referer, so the first URL's token does not leak to
 the page's own assets. The screens role sees ticket codes only; the nurse station needs
 a nurse (or manager) token for its actions, the operations dashboard a manager token.
@@ -62,7 +63,7 @@ def make_pages_router(settings: FlowSettings) -> APIRouter:
         clinic = clinics[clinic_id]
         html = templates.get_template(PAGES[page]).render(
             page=page, clinic_id=clinic_id, alerts_url=alerts_url,
-            notifications_url=alerts_url,  # the same service: alerts and told accuracy
+            notifications_url=alerts_url,  # the same service: alerts, accuracy, satisfaction
             limits_json=json.dumps(settings.overdue_limits_for(clinic_id)),
             clinic_name=clinic.display_name,
             # the clinic's zone and names: the scripts show times on the clinic's clock

@@ -35,6 +35,7 @@ from services.notifications.domain import RuleBook
 from services.notifications.feedback_api import make_feedback_link, make_feedback_router
 from services.notifications.feedback_store import FeedbackStore
 from services.notifications.names import NameBook
+from services.notifications.pages import make_pages_router, static_files
 from services.notifications.plan import NotificationChanges
 from services.notifications.satisfaction import SatisfactionPlan
 from services.notifications.satisfaction_api import make_satisfaction_router
@@ -265,4 +266,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         complaints, IdempotencyStore(runtime.redis, settings.redis_prefix), runtime.clock,
         lambda clinic_id: names(clinic_id).zone, feedback_text=feedback.text,
         visit_known=visit_known))
+    # the front desk's follow-up list (a page shell; its data from the routes above)
+    app.include_router(make_pages_router(names))
+    app.mount("/static", static_files(), name="static")
     return app

@@ -240,6 +240,8 @@ async def _complaints_keep_the_words_for_the_manager(notifications: str,
 
         screens["follow-up list (front desk)"] = (await eventually(both_listed,
                                                                    timeout=30)).text
+        screens["follow-up page (front desk)"] = (await client.get(
+            "/screens/north/complaints?token=dev-front-desk")).text
         one = f"/clinics/north/complaints/{complaint}"
         refused = await client.get(one, headers=desk)
         assert refused.status_code == 403

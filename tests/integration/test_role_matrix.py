@@ -125,6 +125,9 @@ POLICY: dict[str, dict[str, frozenset[str] | str]] = {
         # the patient's feedback form: its signed link is the credential
         "GET /feedback/{token}": PUBLIC,
         "POST /feedback/{token}": PUBLIC,
+        # the follow-up list's page shell: no data, its script reads the routes above
+        "GET /screens/{clinic_id}/complaints": PUBLIC,
+        "GET /static": PUBLIC,
     },
     "billing": {
         **OPERATIONS,
@@ -238,7 +241,8 @@ async def call(client: httpx.AsyncClient, endpoint: Endpoint, role: str, scope: 
     closed once its status is in, with no text)."""
     path = concrete(endpoint.path, ids)
     if endpoint.path == "/static":
-        path = "/static/" + ("kiosk.css" if endpoint.service == "checkin" else "live.js")
+        path = "/static/" + {"checkin": "kiosk.css",
+                             "notifications": "complaints.js"}.get(endpoint.service, "live.js")
     headers = {**bearer(role, scope), "Idempotency-Key": uuid.uuid4().hex}
     content: bytes | None = None
     if raw is not None:

@@ -220,32 +220,85 @@
       : "no told wait scored yet today (a wait is scored when the patient is roomed)";
   }
 
-  async function refreshAccuracy() {
-    const note = byId("accuracy-note");
+  // one read of notifications' API with the manager token: its answer, or null with the
+  // reason written in ``note`` (no token's right, the service down or unconnected)
+  async function readNotifications(path, note, what) {
     if (!notificationsUrl) {
       note.textContent = "the notifications service is not connected to this page";
-      return;
+      return null;
     }
     try {
       const response = await fetch(notificationsUrl + "/clinics/" +
-                                   encodeURIComponent(live.clinic) + "/accuracy",
+                                   encodeURIComponent(live.clinic) + path,
                                    {headers: {"Authorization": "Bearer " + live.token}});
       if (response.status === 401 || response.status === 403) {
-        note.textContent = "This token may not see the accuracy figures.";
-        return;
+        note.textContent = "This token may not see the " + what + ".";
+        return null;
       }
       if (!response.ok) {
-        note.textContent = "accuracy figures unavailable (" + response.status + ")";
-        return;
+        note.textContent = what + " unavailable (" + response.status + ")";
+        return null;
       }
-      renderAccuracy(await response.json());
+      return await response.json();
     } catch (error) {
       note.textContent = "the notifications service is unreachable";
+      return null;
     }
+  }
+
+  async function refreshAccuracy() {
+    const answer = await readNotifications("/accuracy", byId("accuracy-note"),
+                                           "accuracy figures");
+    if (answer) renderAccuracy(answer);
+  }
+
+  // Waits and satisfaction this week: notifications joins each visit roomed this week (the
+  // clinic's ISO week, on its clock: the service's default) with its rating and complaints;
+  // its satisfaction API (manager token) gives them by the wait waited and by the error
+  // against what the patient was first told, and the finding in a sentence.
+  const WAIT_BANDS = {"0-10": "0-10 min", "10-20": "10-20 min", "20-30": "20-30 min",
+                      "30+": "30+ min"};
+  const TOLD_BANDS = {longer_20_plus: "20+ min longer than told", within: "about as told",
+                      shorter_20_plus: "20+ min shorter than told", not_told: "not told"};
+  const DAY = new Intl.DateTimeFormat("en-GB", {day: "numeric", month: "short", timeZone: "UTC"});
+  const day = (iso) => DAY.format(new Date(iso + "T00:00:00Z"));  // a clinic's day as given
+
+  function satisfactionRows(bands, labels) {
+    return Object.keys(labels).map((band) => {
+      const figures = bands[band] || {visits: 0, ratings: 0, mean_rating: null, complaints: 0};
+      const row = el("tr", "band " + band);
+      row.append(el("td", "", labels[band]), el("td", "", String(figures.visits)),
+                 el("td", "", String(figures.ratings)),
+                 el("td", "", figures.mean_rating === null ? "–" : figures.mean_rating.toFixed(2)),
+                 el("td", figures.complaints ? "complained" : "", String(figures.complaints)));
+      return row;
+    });
+  }
+
+  function renderSatisfaction(answer) {
+    byId("satisfaction-week").textContent = day(answer.from) + " – " + day(answer.to);
+    byId("satisfaction-finding").textContent = answer.finding;
+    byId("satisfaction-wait").querySelector("tbody").replaceChildren(
+      ...satisfactionRows(answer.by_wait_band, WAIT_BANDS));
+    byId("satisfaction-told").querySelector("tbody").replaceChildren(
+      ...satisfactionRows(answer.by_told_band, TOLD_BANDS));
+    byId("satisfaction-note").textContent = answer.visits
+      ? answer.visits + (answer.visits === 1 ? " visit" : " visits") + " roomed, " +
+        answer.ratings + " rated, " + answer.complaints +
+        (answer.complaints === 1 ? " complaint" : " complaints")
+      : "no visit roomed this week yet";
+  }
+
+  async function refreshSatisfaction() {
+    const answer = await readNotifications("/satisfaction", byId("satisfaction-note"),
+                                           "satisfaction figures");
+    if (answer) renderSatisfaction(answer);
   }
 
   ClinicFlowLive.startClock(byId("clock"));
   live.stream(render, status);
   refreshAccuracy();
   setInterval(refreshAccuracy, ACCURACY_EVERY_MS);
+  refreshSatisfaction();
+  setInterval(refreshSatisfaction, ACCURACY_EVERY_MS);
 })();

@@ -1,0 +1,236 @@
+// The front desk's follow-up list of complaints (and, with a manager's token, the manager
+// view). Everything comes from the complaints API with the page's bearer token.
+//
+// Token: the page is opened once as /screens/<clinic>/complaints?token=<token>; it keeps
+// the token in sessionStorage (this tab only) and removes it from the address bar.
+//
+// Role: the manager's view of one complaint is the manager's only; asked for a complaint
+// that does not exist it answers 404 to a manager and 403 to anyone else, which tells the
+// page whether to show the patient's words (the front desk never gets them: the API keeps
+// them for the manager, the page does not ask).
+//
+// Times are shown on the clinic's clock (its IANA zone, data-timezone), never the browser's.
+(function () {
+  "use strict";
+
+  const REFRESH_MS = 30000;
+  const body = document.body;
+  const clinic = body.dataset.clinic;
+  const zone = body.dataset.timezone || "UTC";
+  const base = "/clinics/" + encodeURIComponent(clinic) + "/complaints";
+  const byId = (id) => document.getElementById(id);
+  const SOURCES = {in_person: "in person", phone: "by phone", low_rating: "low rating"};
+  const STATUSES = {open: "open", acknowledged: "acknowledged", resolved: "resolved"};
+  const CLOCK = new Intl.DateTimeFormat("en-GB", {
+    weekday: "short", day: "numeric", month: "short", hour: "2-digit", minute: "2-digit",
+    hourCycle: "h23", timeZone: zone});
+
+  const TOKEN_KEY = "clinicflow-token:complaints";
+  const params = new URLSearchParams(location.search);
+  if (params.get("token")) {
+    sessionStorage.setItem(TOKEN_KEY, params.get("token"));
+    params.delete("token");
+    history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
+  }
+  const token = sessionStorage.getItem(TOKEN_KEY) || "";
+  let manager = false;
+  let refused = false;
+
+  function randomKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;  // never innerHTML
+    return node;
+  }
+
+  // "Mon 2 Mar 11:40" on the clinic's clock
+  function clinicTime(iso) {
+    if (!iso) return "";
+    const parts = {};
+    for (const part of CLOCK.formatToParts(new Date(iso))) parts[part.type] = part.value;
+    return parts.weekday + " " + parts.day + " " + parts.month + " " + parts.hour + ":" +
+      parts.minute;
+  }
+
+  async function call(method, path, options) {
+    const headers = {"Authorization": "Bearer " + token};
+    const init = {method: method, headers: headers};
+    if (options && options.key) headers["Idempotency-Key"] = options.key;
+    if (options && options.body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(options.body);
+    }
+    try {
+      const response = await fetch(base + path, init);
+      let answer = null;
+      try { answer = await response.json(); } catch (error) { answer = null; }
+      return {ok: response.ok, status: response.status, body: answer};
+    } catch (error) {
+      return {ok: false, status: 0, body: {detail: "the notifications service is unreachable"}};
+    }
+  }
+
+  function detail(answer) {
+    return (answer.body && typeof answer.body.detail === "string") ? answer.body.detail
+      : "HTTP " + answer.status;
+  }
+
+  function refuse(text) {
+    refused = true;
+    const node = byId("refusal");
+    node.textContent = text;
+    node.hidden = false;
+    byId("log-panel").hidden = true;
+    byId("list-panel").hidden = true;
+  }
+
+  // 401 and 403 are said in words, and nothing of the clinic is shown
+  function refusedBy(answer) {
+    if (answer.status === 401) {
+      refuse("This token was refused (unknown or revoked): open this page again with a " +
+             "front desk or manager token.");
+      return true;
+    }
+    if (answer.status === 403) {
+      refuse("This token may not see complaints: the follow-up list is for the front desk " +
+             "and managers (" + detail(answer) + ").");
+      return true;
+    }
+    return false;
+  }
+
+  async function learnRole() {
+    const probe = await call("GET", "/cp-role-check");
+    if (probe.status === 401) return !refusedBy(probe);
+    manager = probe.status === 404;  // 403: not a manager (the list says whether it may read)
+    body.classList.toggle("manager", manager);
+    byId("view").textContent = manager ? "manager view" : "front desk";
+    byId("text-field").hidden = !manager;
+    byId("all-field").hidden = !manager;
+    for (const node of document.querySelectorAll(".words")) node.hidden = !manager;
+    return true;
+  }
+
+  // an action's Idempotency-Key, kept (across the list's refreshes) while a click of it got
+  // no answer, so that clicking again is the same request
+  const unanswered = {};
+
+  function actionButton(complaint, step, label) {
+    const button = el("button", "action " + step, label);
+    button.type = "button";
+    const action = complaint.complaint_id + "/" + step;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      const key = unanswered[action] || randomKey();
+      unanswered[action] = key;
+      const answer = await call("POST", "/" + encodeURIComponent(complaint.complaint_id) +
+                                "/" + step, {key: key});
+      if (answer.status !== 0) delete unanswered[action];
+      const result = byId("action-result");
+      if (answer.ok) {
+        result.textContent = "Complaint " + answer.body.status + ".";
+      } else if (!refusedBy(answer)) {
+        result.textContent = detail(answer);
+      }
+      button.disabled = false;
+      await refresh();
+    });
+    return button;
+  }
+
+  function row(complaint, words) {
+    const tr = el("tr", complaint.status + (complaint.overdue ? " overdue" : "") +
+                  (complaint.escalated_at ? " escalated" : ""));
+    tr.dataset.complaint = complaint.complaint_id;
+    const due = el("td", "due", complaint.status === "resolved"
+      ? "" : clinicTime(complaint.due_at) + (complaint.overdue ? " (overdue)" : ""));
+    const escalated = el("td", "escalated-at", complaint.escalated_at
+      ? "escalated " + clinicTime(complaint.escalated_at) : "");
+    tr.append(el("td", "logged", clinicTime(complaint.logged_at)),
+              el("td", "category", complaint.category),
+              el("td", "source", SOURCES[complaint.source] || complaint.source),
+              el("td", "status", STATUSES[complaint.status] || complaint.status),
+              el("td", "owner", complaint.owner || "–"), due, escalated);
+    if (manager) tr.append(el("td", "words", words === undefined ? "" : words || "–"));
+    const actions = el("td", "actions");
+    if (complaint.status === "open") actions.append(actionButton(complaint, "acknowledge",
+                                                                 "Acknowledge"));
+    if (complaint.status !== "resolved") actions.append(actionButton(complaint, "resolve",
+                                                                     "Resolve"));
+    tr.append(actions);
+    return tr;
+  }
+
+  // the manager view: each complaint's words, from the manager-only route
+  async function wordsOf(complaints) {
+    const found = {};
+    await Promise.all(complaints.map(async (complaint) => {
+      const answer = await call("GET", "/" + encodeURIComponent(complaint.complaint_id));
+      if (answer.ok) found[complaint.complaint_id] = answer.body.text;
+    }));
+    return found;
+  }
+
+  async function refresh() {
+    if (refused) return;
+    const all = manager && byId("all").checked;
+    const answer = await call("GET", all ? "?all=true" : "");
+    if (refusedBy(answer)) return;
+    if (!answer.ok) {
+      byId("action-result").textContent = "complaints unavailable: " + detail(answer);
+      return;
+    }
+    const complaints = answer.body.complaints;
+    const words = manager ? await wordsOf(complaints) : {};
+    byId("complaints").querySelector("tbody").replaceChildren(
+      ...complaints.map((c) => row(c, words[c.complaint_id])));
+    byId("empty").hidden = complaints.length > 0;
+    byId("log-panel").hidden = false;
+    byId("list-panel").hidden = false;
+    byId("as-of").textContent = "As of " + clinicTime(new Date().toISOString()) + ".";
+  }
+
+  let logKey = randomKey();  // one per complaint, the same on a retry of it
+  byId("log").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const field = (name) => form.elements[name];
+    const complaint = {category: field("category").value, source: field("source").value};
+    if (manager && field("text").value.trim()) complaint.text = field("text").value.trim();
+    const button = form.querySelector("button");
+    button.disabled = true;
+    const answer = await call("POST", "", {key: logKey, body: complaint});
+    const result = byId("log-result");
+    if (answer.ok) {
+      logKey = randomKey();
+      field("text").value = "";
+      result.textContent = "Logged: " + answer.body.category + ", to acknowledge by " +
+        clinicTime(answer.body.due_at) + ".";
+    } else if (!refusedBy(answer)) {
+      result.textContent = "Not logged: " + detail(answer);
+      if (answer.status !== 0) logKey = randomKey();
+    }
+    button.disabled = false;
+    await refresh();
+  });
+  byId("log").addEventListener("change", () => { logKey = randomKey(); });  // another complaint
+  byId("all").addEventListener("change", refresh);
+
+  async function start() {
+    if (!token) {
+      refuse("No token: open this page once with ?token=<front desk or manager token>.");
+      return;
+    }
+    if (!(await learnRole())) return;
+    await refresh();
+    setInterval(refresh, REFRESH_MS);
+  }
+
+  start();
+})();
