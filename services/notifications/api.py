@@ -223,7 +223,9 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         "clinic's, is a 404; one that ended a 409; 503 if the floor cannot be read). The "
         "channel must be one this deployment can send on (e-mail needs a mail server, SMS "
         "a gateway: 422 otherwise). The details are kept "
-        "until the clinic's midnight, never published; the recording is audited. "
+        "until the clinic's midnight (past it only while a feedback request deferred to "
+        "the end of quiet hours waits for them: until it is sent, at most an hour after "
+        "it is due), never published; the recording is audited. "
         "**Retries**: deduplicated on the visit: the same contact and preferences again "
         "change nothing (`replayed: true`, no second audit event); a different contact "
         "replaces the one on file (the latest given wins). An `Idempotency-Key` is "
@@ -348,7 +350,8 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
     @router.delete(
         CONTACT_ROUTES, tags=["contacts"], status_code=204, response_class=Response,
         summary="The patient opts out: erase their details, tell them nothing more",
-        description="Erases the contact on file and cancels what was not yet sent; the "
+        description="Erases the contact on file at once and cancels what was not yet sent "
+        "(a feedback request deferred to the end of quiet hours too); the "
         "visit stays opted out for the day. Without a contact on file, a visit on the "
         "clinic's floor is marked opted out; any other visit is a 404. **Retries**: "
         "deduplicated on the visit: erasing again answers 204 and changes nothing (no "
@@ -358,7 +361,10 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
     async def delete_contact(clinic_id: ClinicId, visit_id: VisitId,
                              principal: Principal = Depends(front_desk)) -> Response:
         principal.require_clinic(clinic_id)
-        if await store.preference(clinic_id, visit_id) is None:
+        # a contact kept past midnight for a deferred message is erased too, even once the
+        # day's preferences and the visit on the floor are forgotten
+        if await store.preference(clinic_id, visit_id) is None and \
+                await store.contact_expires_at(clinic_id, visit_id) is None:
             status = await store.visit_status(clinic_id, visit_id)
             if status is None:
                 await barrier.caught_up(clinic_id)
@@ -369,7 +375,8 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
                                "unknown_visit")
         now = runtime.clock.now()
         if await store.erase_contact(
-                clinic_id, visit_id, expires_at=contact_expiry(now, names(clinic_id).zone),
+                clinic_id, visit_id, at=now,
+                expires_at=contact_expiry(now, names(clinic_id).zone),
                 audit=records.contact_erased(clinic_id, visit_id, by=principal.name, at=now)):
             log.info("contact erased", clinic=clinic_id, visit_id=visit_id, by=principal.name)
         return Response(status_code=204)

@@ -6,7 +6,9 @@ the message with the clinic's names as configured now (``records.words``),
 records the hand-over just before the channel can have the message, and settles the
 outcome:
 
-* sent -> ``notification.sent``;
+* sent -> ``notification.sent``; a deferred message settled for good (sent, failed,
+  unconfirmed, cancelled) no longer keeps its patient's contact past the clinic's
+  midnight (store.py deletes it in the same step when nothing else keeps it);
 * the channel certainly does not have it -> retried with exponential backoff;
   after the last attempt (or at once when retrying cannot help) ->
   ``notification.failed`` and a dead-letter record;
@@ -86,8 +88,15 @@ class NotificationSender:
 
     async def tick(self, now: datetime) -> int:
         """Start sending every notification due at ``now`` (first attempts the batch
-        that decided them did not start, retries whose time came); returns how many."""
-        return self.send(await self.store.due_notifications(now.timestamp(), 200))
+        that decided them did not start, a message deferred to the end of quiet hours,
+        retries whose time came), and delete the contacts due for deletion at ``now``
+        (their own expiry passed, no deferred message kept for them); returns how many
+        sends were started."""
+        started = self.send(await self.store.due_notifications(now.timestamp(), 200))
+        deleted = await self.store.expire_contacts(now.timestamp())
+        if deleted:
+            log.info("contact details deleted: no longer needed", contacts=deleted)
+        return started
 
     async def heartbeat(self, now: datetime) -> None:
         """Announce this instance, recover claims left by instances that died, and report
@@ -200,7 +209,8 @@ class NotificationSender:
         now = self.clock.now()
         if link is not None:  # the patient's link is theirs: staff see where it went only
             subject, text, _payload = records.words(record, names)
-        await self.store.settle(notification_id, claim, "sent",
+        await self.store.settle(notification_id, claim, "sent", now=now.timestamp(),
+                                patient=_patient(record),
                                 fields={"sent_at": now.isoformat(),
                                         "finished_at": now.isoformat(), "channel": channel_kind,
                                         "last_error": "", "subject": subject, "text": text},
@@ -216,9 +226,10 @@ class NotificationSender:
         attempts = int(record.get("attempts", "1"))
         if not permanent and attempts < self.max_attempts:
             wait = backoff_seconds(attempts, self.retry_base, self.retry_max)
-            await self.store.settle(record["notification_id"], claim, "retrying",
+            now = self.clock.now().timestamp()
+            await self.store.settle(record["notification_id"], claim, "retrying", now=now,
                                     fields={"last_error": reason, "channel": channel},
-                                    next_at=self.clock.now().timestamp() + wait)
+                                    next_at=now + wait)
             m.DELIVERIES.labels(channel, record["kind"], "retrying").inc()
             log.info("notification not delivered, will retry",
                      notification_id=record["notification_id"], attempt=attempts,
@@ -241,7 +252,8 @@ class NotificationSender:
                                            self.notifications_topic)
             log.warning("notification not delivered", notification_id=record["notification_id"],
                         status=status, reason=reason, attempts=record.get("attempts"))
-        await self.store.settle(record["notification_id"], claim, status,
+        await self.store.settle(record["notification_id"], claim, status, now=now.timestamp(),
+                                patient=_patient(record),
                                 fields={"finished_at": now.isoformat(), "last_error": reason,
                                         "channel": channel}, events=events)
         m.DELIVERIES.labels(channel, record["kind"], status).inc()
@@ -271,7 +283,7 @@ class NotificationSender:
                 "the sender stopped while the channel had the message", "unconfirmed",
                 self.notifications_topic)
             outcome = await self.store.recover(notification_id, record.get("claim", ""), now,
-                                               events)
+                                               events, patient=_patient(record))
             if outcome == 2:
                 m.DELIVERIES.labels(channel, record["kind"], "unconfirmed").inc()
                 log.warning("abandoned send marked unconfirmed", notification_id=notification_id)
@@ -280,3 +292,10 @@ class NotificationSender:
                 self.send([notification_id])
             recovered += 1 if outcome else 0
         return recovered
+
+
+def _patient(record: dict[str, str]) -> tuple[str, str] | None:
+    """The clinic and visit whose contact a patient message was sent to (None: a page)."""
+    if record.get("audience") != "patient" or not record.get("visit_id"):
+        return None
+    return record["clinic_id"], record["visit_id"]

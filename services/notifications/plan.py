@@ -31,6 +31,7 @@ from services.notifications.domain import (
     Outcome,
     Preferences,
     RuleBook,
+    contact_hold,
 )
 from services.notifications.records import NewNotification
 from shared import events as ev
@@ -38,6 +39,9 @@ from shared.projection import DeadLetter, Inbound, Partition, Planned
 
 # (raise | withdraw, clinic, room, the alert's JSON when raised)
 AlertChange = tuple[str, str, str, bytes | None]
+# (notification id, clinic, visit, kept until at most): a message deferred past the
+# contact's own expiry keeps it (``contact_hold``) until it is sent, fails or is cancelled
+ContactHold = tuple[str, str, str, datetime]
 
 
 @dataclass(slots=True)
@@ -61,6 +65,8 @@ class NotificationChanges:
     timers: dict[str, float | None] = field(default_factory=dict)
     notifications: list[NewNotification] = field(default_factory=list)
     cancels: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    # deferred messages keep their patient's contact past its expiry, until this at most
+    contact_holds: list[ContactHold] = field(default_factory=list)
     alert_changes: list[AlertChange] = field(default_factory=list)
     live: list[tuple[str, bytes]] = field(default_factory=list)  # (clinic, message)
     outbox: list[bytes] = field(default_factory=list)
@@ -129,6 +135,10 @@ class NotifierPlan:
                  changes: NotificationChanges) -> None:
         for message in outcome.messages:
             changes.notifications.append(records.message_record(message, clinic_id, wall))
+            if message.not_before is not None:  # deferred (quiet hours): keep its contact
+                changes.contact_holds.append((
+                    message.notification_id, clinic_id, message.visit_id,
+                    contact_hold(max(wall, message.not_before))))
         for alert, reason, page in outcome.withdrawn:
             changes.alert_changes.append(("withdraw", clinic_id, alert.room_id, None))
             changes.live.append((clinic_id, records.live_message("withdrawn", alert, reason)))

@@ -16,7 +16,14 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
                                                 opted out, wait anywhere): no contact details
     P:notifications:contact:{clinic}:{visit}    HASH channel, address, recorded_by, recorded_at:
                                                 the only place contact details live;
-                                                EXPIREAT the end of the clinic's day
+                                                expires_at (epoch s: the clinic's midnight)
+                                                and hold:{notification_id} -> epoch s for
+                                                each message deferred past it still
+                                                pending; EXPIREAT the latest of them
+    P:notifications:contact-expiry              ZSET contact key -> when it is deleted
+                                                (epoch s): the sender's tick deletes what is
+                                                due on the service's clock (Redis's own
+                                                EXPIREAT is the backstop)
     P:notifications:n:{notification_id}         HASH one notification and its delivery:
                                                 kind, channel kind, status, attempts, times,
                                                 its wording in ids (a page: its payload),
@@ -77,6 +84,45 @@ LIST_TTL_SECONDS = 2 * 24 * 3600
 ESTIMATE_TTL_SECONDS = 24 * 3600
 HEARTBEAT_MS = 5000
 
+# When a contact is deleted (``domain/rules.contact_deleted_at``): the latest of its own
+# expiry and the holds of the deferred messages still pending on it. ``settle_contact``
+# deletes it when that has passed, else sets its EXPIREAT and sweep score to it; a contact
+# stored by a version before (no expires_at) keeps its own TTL.
+_CONTACT_LUA = """
+local function deletion_at(contact)
+  local fields = redis.call('HGETALL', contact)
+  local last = nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'expires_at' or string.sub(fields[i], 1, 5) == 'hold:' then
+      local at = tonumber(fields[i + 1])
+      if last == nil or at > last then last = at end
+    end
+  end
+  return last
+end
+local function settle_contact(contact, expiry, now)
+  if redis.call('EXISTS', contact) == 0 then
+    redis.call('ZREM', expiry, contact)
+    return 0
+  end
+  local last = deletion_at(contact)
+  if last == nil then return 0 end
+  if last <= now then
+    redis.call('DEL', contact)
+    redis.call('ZREM', expiry, contact)
+    return 1
+  end
+  redis.call('EXPIREAT', contact, last)
+  redis.call('ZADD', expiry, last, contact)
+  return 0
+end
+local function release_contact(contact, expiry, notification_id, now)
+  if redis.call('HDEL', contact, 'hold:' .. notification_id) == 1 then
+    settle_contact(contact, expiry, now)
+  end
+end
+"""
+
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
@@ -85,6 +131,25 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return 1
+"""
+
+_HOLD = """
+-- KEYS: the new record, the contact, the sweep ZSET; ARGV: id, kept until (epoch s).
+-- Once per record, while it is pending (a replayed decision holds nothing again)
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+if redis.call('HSETNX', KEYS[1], 'contact_held_until', ARGV[2]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[2], 'expires_at') == 0 then
+  redis.call('HSET', KEYS[2], 'expires_at', redis.call('EXPIRETIME', KEYS[2]))
+end
+redis.call('HSET', KEYS[2], 'hold:' .. ARGV[1], ARGV[2])
+redis.call('EXPIREAT', KEYS[2], ARGV[2], 'GT')
+redis.call('ZADD', KEYS[3], 'GT', ARGV[2], KEYS[2])
+return 1
+"""
+
+_EXPIRE_CONTACT = _CONTACT_LUA + """
+return settle_contact(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 """
 
 _CANCEL = """
@@ -122,24 +187,30 @@ end
 return 0
 """
 
-_SETTLE = """
--- ARGV: id, claim, status, next_at ('' when none), n_events, events..., field, value, ...
+_SETTLE = _CONTACT_LUA + """
+-- KEYS: record, due, inflight, outbox[, the patient's contact, the sweep ZSET]
+-- ARGV: id, claim, status, next_at ('' when none), now, n_events, events..., field, value...
 local claim = redis.call('HGET', KEYS[1], 'claim')
 local status = redis.call('HGET', KEYS[1], 'status')
 if claim ~= ARGV[2] then return 0 end
 if status ~= 'sending' and not (status == 'unconfirmed' and ARGV[3] == 'sent') then
   return 0
 end
-local n_events = tonumber(ARGV[5])
-for i = 6, 5 + n_events do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+local n_events = tonumber(ARGV[6])
+for i = 7, 6 + n_events do redis.call('RPUSH', KEYS[4], ARGV[i]) end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'phase', '')
-if #ARGV > 5 + n_events then redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n_events)) end
+if #ARGV > 6 + n_events then redis.call('HSET', KEYS[1], unpack(ARGV, 7 + n_events)) end
 redis.call('ZREM', KEYS[3], ARGV[1])
-if ARGV[3] == 'retrying' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]) end
+if ARGV[3] == 'retrying' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+elseif #KEYS >= 6 then  -- settled for good: its contact is no longer kept for it
+  release_contact(KEYS[5], KEYS[6], ARGV[1], tonumber(ARGV[5]))
+end
 return 1
 """
 
-_RECOVER = """
+_RECOVER = _CONTACT_LUA + """
+-- KEYS: record, due, inflight, outbox[, the patient's contact, the sweep ZSET]
 -- ARGV: id, claim, now, events to queue when it ends unconfirmed...
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'sending' or redis.call('HGET', KEYS[1], 'claim') ~= ARGV[2] then
@@ -158,6 +229,7 @@ redis.call('HSET', KEYS[1], 'status', 'unconfirmed', 'phase', '', 'finished_at',
            'last_error', 'the sender stopped while the channel had the message; '
            .. 'it may have been delivered and is not sent again')
 for i = 4, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+if #KEYS >= 6 then release_contact(KEYS[5], KEYS[6], ARGV[1], tonumber(ARGV[3])) end
 return 2
 """
 
@@ -176,6 +248,8 @@ class NotificationStore:
         self.prefix = f"{prefix}:notifications"
         self._create = redis.register_script(_CREATE)
         self._cancel = redis.register_script(_CANCEL)
+        self._hold = redis.register_script(_HOLD)
+        self._expire_contact = redis.register_script(_EXPIRE_CONTACT)
         self._claim = redis.register_script(_CLAIM)
         self._hand_over = redis.register_script(_HAND_OVER)
         self._settle = redis.register_script(_SETTLE)
@@ -200,6 +274,10 @@ class NotificationStore:
 
     def contact_key(self, clinic_id: str, visit_id: str) -> str:
         return f"{self.prefix}:contact:{clinic_id}:{visit_id}"
+
+    @property
+    def contact_expiry_key(self) -> str:
+        return f"{self.prefix}:contact-expiry"
 
     def record_key(self, notification_id: str) -> str:
         return f"{self.prefix}:n:{notification_id}"
@@ -288,6 +366,11 @@ class NotificationStore:
                 flat.extend((name, value))
             _queue_script(pipe, self._create, [self.record_key(new.notification_id),
                                                self.due_key, self.list_key(new.clinic_id)], flat)
+        for notification_id, clinic_id, visit_id, until in changes.contact_holds:
+            _queue_script(pipe, self._hold, [self.record_key(notification_id),
+                                             self.contact_key(clinic_id, visit_id),
+                                             self.contact_expiry_key],
+                          [notification_id, int(until.timestamp())])
         for notification_id, reason in changes.cancels:
             _queue_script(pipe, self._cancel, [self.record_key(notification_id), self.due_key],
                           [notification_id, reason, changes.finished_at])
@@ -333,7 +416,8 @@ class NotificationStore:
                            preferences: Preferences, recorded_by: str, recorded_at: datetime,
                            expires_at: datetime, audit: bytes) -> bool:
         """Keep a contact (and its preferences) until ``expires_at``, audited in the same
-        transaction; the latest given for a visit replaces the one before. The same
+        transaction; the latest given for a visit replaces the one before (and is kept for
+        the messages deferred to it still pending: their holds carry over). The same
         contact and preferences already on file change nothing (no write, no audit):
         returns False then, True when stored."""
         contact = self.contact_key(clinic_id, visit_id)
@@ -351,12 +435,17 @@ class NotificationStore:
                             and Preferences.from_dict(orjson.loads(stored_prefs)) == preferences):
                         await pipe.reset()
                         return False
+                    holds = {k.decode(): int(v) for k, v in stored.items()
+                             if k.startswith(b"hold:")}
+                    deleted_at = max([until, *holds.values()])
                     pipe.multi()
                     pipe.delete(contact)
                     pipe.hset(contact, mapping={"channel": channel, "address": address,
                                                 "recorded_by": recorded_by,
-                                                "recorded_at": recorded_at.isoformat()})
-                    pipe.expireat(contact, until)
+                                                "recorded_at": recorded_at.isoformat(),
+                                                "expires_at": until, **holds})
+                    pipe.expireat(contact, deleted_at)
+                    pipe.zadd(self.contact_expiry_key, {contact: deleted_at})
                     pipe.hset(prefs, visit_id, orjson.dumps(preferences.to_dict()))
                     pipe.expireat(prefs, until, nx=True)
                     pipe.expireat(prefs, until, gt=True)
@@ -371,11 +460,12 @@ class NotificationStore:
                 except WatchError:
                     continue  # changed meanwhile: compare with what is there now
 
-    async def erase_contact(self, clinic_id: str, visit_id: str, *, expires_at: datetime,
-                            audit: bytes) -> bool:
-        """Forget a contact; the visit stays opted out for the day (audited in the same
-        transaction). A visit already erased and opted out changes nothing (no write, no
-        audit): returns False then, True when something was erased or marked."""
+    async def erase_contact(self, clinic_id: str, visit_id: str, *, at: datetime,
+                            expires_at: datetime, audit: bytes) -> bool:
+        """Forget a contact at ``at``, and cancel the deferred messages it was kept for;
+        the visit stays opted out for the day (audited in the same transaction). A visit
+        already erased and opted out changes nothing (no write, no audit): returns False
+        then, True when something was erased or marked."""
         contact = self.contact_key(clinic_id, visit_id)
         prefs = self.prefs_key(clinic_id)
         until = int(expires_at.timestamp())
@@ -383,14 +473,22 @@ class NotificationStore:
             while True:
                 try:
                     await pipe.watch(contact, prefs)
-                    exists = await pipe.exists(contact)
+                    stored = await pipe.hgetall(contact)
                     stored_prefs = await pipe.hget(prefs, visit_id)
-                    if not exists and stored_prefs is not None and \
+                    if not stored and stored_prefs is not None and \
                             Preferences.from_dict(orjson.loads(stored_prefs)).opted_out:
                         await pipe.reset()
                         return False
                     pipe.multi()
                     pipe.delete(contact)
+                    pipe.zrem(self.contact_expiry_key, contact)
+                    for field in stored:
+                        if field.startswith(b"hold:"):  # a deferred message waits for it
+                            held = field[len(b"hold:"):].decode()
+                            _queue_script(pipe, self._cancel, [self.record_key(held),
+                                                               self.due_key],
+                                          [held, "the patient's contact details were erased",
+                                           at.isoformat()])
                     pipe.hset(prefs, visit_id,
                               orjson.dumps(Preferences(opted_out=True).to_dict()))
                     pipe.expireat(prefs, until, nx=True)
@@ -421,8 +519,23 @@ class NotificationStore:
                               orjson.dumps(preferences.to_dict()))
 
     async def contact_expires_at(self, clinic_id: str, visit_id: str) -> float | None:
+        """When the contact is deleted (epoch s; later than its own expiry while a
+        deferred message is kept for it), or None without one."""
         ttl = await self.redis.pexpiretime(self.contact_key(clinic_id, visit_id))
         return None if ttl is None or ttl < 0 else ttl / 1000.0
+
+    async def expire_contacts(self, now: float, limit: int = 200) -> int:
+        """Delete the contacts due for deletion at ``now`` on the service's clock (each
+        checked again against its expiry and holds, in one step); returns how many."""
+        due = await self.redis.zrangebyscore(self.contact_expiry_key, "-inf", now, start=0,
+                                             num=limit)
+        if not due:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for contact in due:
+            _queue_script(pipe, self._expire_contact,
+                          [contact.decode(), self.contact_expiry_key], [now])
+        return sum(int(deleted) for deleted in await pipe.execute())
 
     # ------------------------------------------------------------ deliveries
 
@@ -445,33 +558,44 @@ class NotificationStore:
         return bool(await self._hand_over(keys=[self.record_key(notification_id)],
                                           args=[claim]))
 
-    async def settle(self, notification_id: str, claim: str, status: str, *,
+    async def settle(self, notification_id: str, claim: str, status: str, *, now: float,
                      fields: dict[str, str], events: Iterable[bytes] = (),
-                     next_at: float | None = None) -> bool:
-        """End a claim: sent, failed, unconfirmed, cancelled, or retrying at ``next_at``;
-        ``events`` go to the outbox in the same step."""
+                     next_at: float | None = None,
+                     patient: tuple[str, str] | None = None) -> bool:
+        """End a claim at ``now``: sent, failed, unconfirmed, cancelled, or retrying at
+        ``next_at``; ``events`` go to the outbox in the same step. Settled for good, a
+        patient message (``patient``: its clinic and visit) no longer keeps the contact:
+        one past its own expiry and kept for nothing else is deleted in the same step."""
         queued = list(events)
         args: list[Any] = [notification_id, claim, status,
-                           "" if next_at is None else next_at, len(queued), *queued]
+                           "" if next_at is None else next_at, now, len(queued), *queued]
         for name, value in fields.items():
             args.extend((name, value))
         if next_at is not None:
             args.extend(("next_attempt_at", next_at))
         return bool(await self._settle(
-            keys=[self.record_key(notification_id), self.due_key, self.inflight_key,
-                  self.outbox_key], args=args))
+            keys=self._claim_keys(notification_id, patient), args=args))
+
+    def _claim_keys(self, notification_id: str, patient: tuple[str, str] | None) -> list[str]:
+        keys = [self.record_key(notification_id), self.due_key, self.inflight_key,
+                self.outbox_key]
+        if patient is not None:
+            keys.extend((self.contact_key(*patient), self.contact_expiry_key))
+        return keys
 
     async def inflight(self) -> list[tuple[str, float]]:
         return [(m.decode(), s) for m, s in
                 await self.redis.zrange(self.inflight_key, 0, -1, withscores=True)]
 
     async def recover(self, notification_id: str, claim: str, now: float,
-                      unconfirmed_events: Sequence[bytes] = ()) -> int:
+                      unconfirmed_events: Sequence[bytes] = (),
+                      patient: tuple[str, str] | None = None) -> int:
         """Recover a dead sender's claim: 1 tried again, 2 unconfirmed (``unconfirmed_events``
-        queued), 0 nothing to do."""
+        queued; a patient message's contact no longer kept for it, as ``settle``), 0
+        nothing to do."""
         return int(await self._recover(
-            keys=[self.record_key(notification_id), self.due_key, self.inflight_key,
-                  self.outbox_key], args=[notification_id, claim, now, *unconfirmed_events]))
+            keys=self._claim_keys(notification_id, patient),
+            args=[notification_id, claim, now, *unconfirmed_events]))
 
     async def due_count(self) -> int:
         return int(await self.redis.zcard(self.due_key))

@@ -1,20 +1,29 @@
 """Feedback after the visit on real Kafka, Redis and SMTP: a patient who gave an e-mail is
 checked out, gets one message with a signed link, opens the form, answers once; the
 answer's event carries no text, the text is only in notifications' store, and the link
-used again is refused."""
+used again is refused. A patient checked out in the evening's quiet hours is asked at
+08:00 on the clinic's clock: their contact is kept past midnight for that message only,
+and deleted once it is sent (or at once, with the message, when they ask)."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, time, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import httpx
 import orjson
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from services.notifications.app import create_app
 from shared import events as ev
+from shared.settings import NotificationsSettings
 from shared.topics import NOTIFICATIONS, topic_name
-from tests.helpers import eventually, read_topic
+from tests.fakes import FakeClock
+from tests.helpers import eventually, read_topic, serving
 from tests.integration.notifications_support import (
     FRONT_DESK,
     MailCatcher,
@@ -22,8 +31,10 @@ from tests.integration.notifications_support import (
     floor_event,
     minutes_ago,
     notifications_service,
+    notifier_has_read_everything,
     publish_floor,
     record_contact,
+    rules_json,
 )
 
 PUBLIC = "https://north.clinic.example"
@@ -103,3 +114,116 @@ async def test_a_checked_out_patient_gets_one_link_and_answers_once(
             await redis.aclose()
         assert kept[b"text"].decode() == WORRY and kept[b"rating"] == b"2"
         assert len(smtp_server.to(ADDRESS)) == 1
+
+
+CHICAGO = ZoneInfo("America/Chicago")
+
+
+def seen(visit: str, ticket: str, n: int, at: datetime) -> list[ev.Event]:
+    """A patient checked in at ``at``, roomed in room ``n`` and seen by provider ``n``."""
+    return [arrival(visit, ticket, f"p{n}", at),
+            floor_event(ev.RoomReady(room_id=f"r{n}"), at),
+            floor_event(ev.PatientRoomed(visit_id=visit, room_id=f"r{n}"),
+                        at + timedelta(minutes=1)),
+            floor_event(ev.ProviderIn(visit_id=visit, provider_id=f"p{n}"),
+                        at + timedelta(minutes=2))]
+
+
+async def test_a_patient_checked_out_at_half_past_nine_is_asked_at_eight_then_forgotten(
+    notifications_env: dict[str, Any], smtp_server: MailCatcher, kafka_bootstrap: str,
+    redis_url: str, topic_prefix: str,
+) -> None:
+    # the next 21:30 in Chicago still ahead of the real clock: Redis expires keys on its own
+    # clock, so every expiry the service sets lies ahead of it and the service's clock (this
+    # FakeClock, moved by the test) alone decides when a contact goes
+    evening = datetime.combine(datetime.now(CHICAGO).date(), time(21, 30), CHICAGO)
+    if evening <= datetime.now(UTC):
+        evening += timedelta(days=1)
+    midnight = datetime.combine(evening.date() + timedelta(days=1), time(0), CHICAGO)
+    eight = midnight.replace(hour=8)
+    clock = FakeClock((evening - timedelta(minutes=90)).astimezone(UTC))  # 20:00
+    env = {**notifications_env,
+           "clinics": orjson.dumps({"north": {"name": "North Family Practice",
+                                              "timezone": "America/Chicago"}}).decode(),
+           "notifications_rules": rules_json(quiet_hours="21:00-08:00")}
+    app = create_app(NotificationsSettings(**env), clock=clock)
+    redis = Redis.from_url(redis_url)
+    keys = f"{topic_prefix.rstrip('.')}:notifications"
+    addresses = {v: f"{v}@patients.example.org" for v in ("v17", "v18", "v19")}
+
+    async def checkout(visit: str, at: datetime) -> None:
+        clock.set(at.astimezone(UTC))
+        await publish_floor(kafka_bootstrap, topic_prefix, [
+            floor_event(ev.PatientCheckedOut(visit_id=visit), clock.now())])
+
+    async def requests(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
+        listed = (await client.get("/clinics/north/notifications?kind=feedback_request",
+                                   headers=FRONT_DESK)).json()["notifications"]
+        return {n["visit_id"]: n for n in listed}
+
+    async def tick(at: datetime) -> None:
+        now = clock.set(at.astimezone(UTC))
+        await app.state.notifier.tick(now)
+        await app.state.sender.tick(now)
+
+    try:
+        async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+            start = clock.now() - timedelta(minutes=30)
+            await publish_floor(kafka_bootstrap, topic_prefix, [
+                *seen("v17", "A-17", 1, start), *seen("v18", "A-18", 2, start),
+                *seen("v19", "A-19", 3, start)])
+            for visit, address in addresses.items():
+                saved = await record_contact(client, visit, "email", address)
+                assert datetime.fromisoformat(saved["expires_at"]) == midnight
+
+            # A-18 checked out at 20:30, before quiet hours: asked at once
+            await checkout("v18", evening - timedelta(hours=1))
+            await eventually(lambda: smtp_server.to(addresses["v18"]), timeout=20)
+            # A-17 and A-19 at 21:30: decided now, due at 08:00 on Chicago's clock
+            await checkout("v17", evening)
+            await checkout("v19", evening)
+            await notifier_has_read_everything(app, kafka_bootstrap, topic_prefix)
+            pending = await requests(client)
+            assert {v: n["status"] for v, n in pending.items()} == {
+                "v17": "pending", "v18": "sent", "v19": "pending"}
+            status = (await client.get(
+                f"/clinics/north/notifications/{pending['v17']['notification_id']}",
+                headers=FRONT_DESK)).json()
+            assert datetime.fromisoformat(status["next_attempt_at"]) == eight
+            # the contacts those requests need are kept past midnight, for an hour after
+            for visit in ("v17", "v19"):
+                kept = (await client.get(f"/clinics/north/visits/{visit}/contact",
+                                         headers=FRONT_DESK)).json()
+                assert datetime.fromisoformat(kept["expires_at"]) == eight + timedelta(hours=1)
+
+            # 21:45: A-19 asks to be forgotten: the contact goes at once, the request with it
+            clock.set((evening + timedelta(minutes=15)).astimezone(UTC))
+            erased = await client.delete("/clinics/north/visits/v19/contact",
+                                         headers=FRONT_DESK)
+            assert erased.status_code == 204
+            assert not await redis.exists(f"{keys}:contact:north:v19")
+            assert (await requests(client))["v19"]["status"] == "cancelled"
+
+            # 00:30: A-18's contact, which nothing waits for, is gone; A-17's is kept
+            await tick(midnight + timedelta(minutes=30))
+            assert not await redis.exists(f"{keys}:contact:north:v18")
+            assert (await client.get("/clinics/north/visits/v18/contact",
+                                     headers=FRONT_DESK)).status_code == 404
+            assert await redis.exists(f"{keys}:contact:north:v17")
+            assert not smtp_server.to(addresses["v17"])
+
+            # 08:00: the request goes out, and the contact it needed is deleted with it
+            await tick(eight)
+            await eventually(lambda: smtp_server.to(addresses["v17"]), timeout=20)
+            await app.state.sender.drain()
+            [mail] = smtp_server.to(addresses["v17"])
+            assert "how was your visit" in mail.subject and "/feedback/" in mail.text
+            assert parsedate_to_datetime(mail.date) == eight
+            assert not await redis.exists(f"{keys}:contact:north:v17")
+            assert await redis.zcard(f"{keys}:contact-expiry") == 0
+            assert {v: n["status"] for v, n in (await requests(client)).items()} == {
+                "v17": "sent", "v18": "sent", "v19": "cancelled"}
+            assert not smtp_server.to(addresses["v19"])
+            assert len(smtp_server.to(addresses["v18"])) == 1
+    finally:
+        await redis.aclose()

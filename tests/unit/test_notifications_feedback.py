@@ -1,19 +1,34 @@
 """Feedback after the visit, the pure parts: the signed link (forged, altered, expired,
 another key), the one message a checkout asks for (consent, opt-out, replays, the rule),
-and its words."""
+its words, and how long the contact is kept for a request deferred from the evening."""
 
 from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 
-from services.notifications.domain import ClinicNotifier, Names, Outcome, Preferences, Rules
+from services.notifications.consumer import notifier_reader
+from services.notifications.domain import (
+    ClinicNotifier,
+    Names,
+    Outcome,
+    Preferences,
+    RuleBook,
+    Rules,
+    contact_deleted_at,
+    contact_expiry,
+    contact_hold,
+)
+from services.notifications.domain.rules import quiet_until
 from services.notifications.domain.texts import Wording, render
 from services.notifications.feedback_link import LinkRefused, sign, verify
+from services.notifications.plan import NotificationChanges, NotifierPlan, NotifierState
 from shared import events as ev
+from tests.fakes import record_of
 
 NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 SECRET = "a-feedback-secret-for-tests"
@@ -65,11 +80,13 @@ def test_an_expired_link_signed_by_us_is_expired_not_forged() -> None:
 
 
 def checked_out(prefs: Preferences | None, rules: Rules = Rules(),
-                read_after: timedelta = timedelta(0)) -> tuple[ClinicNotifier, Outcome]:
-    """A patient roomed, seen and checked out at 12:00; the checkout read ``read_after``."""
+                read_after: timedelta = timedelta(0), *, read_at: datetime = NOON,
+                checkout: bool = True) -> tuple[ClinicNotifier, Outcome]:
+    """A patient roomed and seen in the hour before ``read_at`` (12:00 UTC) and checked
+    out then (unless not ``checkout``); the checkout read ``read_after``."""
     notifier = ClinicNotifier("north")
     visits = {} if prefs is None else {"v-17": prefs}
-    start = NOON - timedelta(minutes=60)
+    start = read_at - timedelta(minutes=60)
     for minute, payload in enumerate([
             ev.PatientArrived(visit_id="v-17", ticket_code="A-17", provider_id="p1",
                               visit_type="follow_up"),
@@ -79,8 +96,11 @@ def checked_out(prefs: Preferences | None, rules: Rules = Rules(),
         when = start + timedelta(minutes=minute * 10)
         notifier.on_floor(payload, at=when, event_id=f"e{minute}", rules=rules, prefs=visits,
                           wall=when)
-    out = notifier.on_floor(ev.PatientCheckedOut(visit_id="v-17"), at=NOON, event_id="out",
-                            rules=rules, prefs=visits, wall=NOON + read_after)
+    if not checkout:
+        return notifier, Outcome()
+    out = notifier.on_floor(ev.PatientCheckedOut(visit_id="v-17"), at=read_at,
+                            event_id="out", rules=rules, prefs=visits,
+                            wall=read_at + read_after)
     return notifier, out
 
 
@@ -118,3 +138,61 @@ def test_the_message_carries_the_link_only_when_sent_to_the_patient() -> None:
     assert "ticket A-17" in text and text.endswith("https://clinic.example/feedback/abc.def")
     _, listed = render(wording, Names())
     assert "feedback/" not in listed and "link for the patient only" in listed
+
+
+# ------------------------------------------- the contact a deferred request needs
+
+CHICAGO = ZoneInfo("America/Chicago")
+
+
+def chicago(day: int, hour: int, minute: int = 0) -> datetime:
+    """The clinic's clock (UTC-6 in March before the clocks change), as UTC."""
+    return datetime(2026, 3, day, hour, minute, tzinfo=CHICAGO).astimezone(UTC)
+
+
+def test_a_contact_is_kept_past_midnight_only_while_the_evening_request_waits_for_it() -> None:
+    rules = Rules(timezone="America/Chicago")  # quiet hours 21:00-08:00 on its clock
+    given, checkout = chicago(2, 21, 10), chicago(2, 21, 30)
+    midnight, eight = chicago(3, 0), chicago(3, 8)
+    expires = contact_expiry(given, CHICAGO)
+    assert expires == midnight
+
+    # the checkout at 21:30 decides the request; it is due at the end of quiet hours
+    _, out = checked_out(Preferences(channel="email"), rules, read_at=checkout)
+    [message] = out.messages
+    assert message.not_before == quiet_until(checkout, rules) == eight
+    hold = contact_hold(eight)
+    assert hold == chicago(3, 9)  # its retries fit; never later, whatever is pending
+
+    # past midnight the contact is kept for it, and only for it
+    assert contact_deleted_at(expires, [hold]) == hold
+    assert contact_deleted_at(expires, []) == midnight  # a visit with nothing pending
+    # sent at 08:00 (nothing pending any more): past its own midnight, deleted at once
+    assert contact_deleted_at(expires, []) < eight
+    # a request due before the contact's own midnight never shortens it
+    assert contact_deleted_at(expires, [contact_hold(chicago(2, 14))]) == midnight
+
+
+def test_the_plan_holds_the_contact_for_a_deferred_request_only() -> None:
+    plan = NotifierPlan(RuleBook.parse({}), floor_topic="floor", paging=False,
+                        names=lambda _clinic: Names(zone=CHICAGO))
+    reader = notifier_reader("floor", "estimates")
+
+    def checkout_read_at(read: datetime) -> NotificationChanges:
+        notifier, _ = checked_out(Preferences(channel="email"), read_at=read,
+                                  checkout=False)
+        event = ev.make_event(ev.PatientCheckedOut(visit_id="v-17"), clinic_id="north",
+                              source="test", occurred_at=read)
+        record = record_of(event, "floor", 9)
+        inbound = reader.read(record.topic, record.partition, record.offset, record.key,
+                              record.value)
+        state = NotifierState(now=read, notifiers={"north": notifier},
+                              preferences={"north": {"v-17": Preferences(channel="email")}})
+        return plan([inbound], state).changes
+
+    evening = checkout_read_at(chicago(2, 21, 30))
+    [request] = evening.notifications
+    assert evening.contact_holds == [(request.notification_id, "north", "v-17",
+                                      chicago(3, 9))]
+    afternoon = checkout_read_at(chicago(2, 16, 30))
+    assert len(afternoon.notifications) == 1 and afternoon.contact_holds == []

@@ -6,7 +6,7 @@ carry out the ``Outcome`` that comes back (queue a message, raise or withdraw a 
 alert). Its parts:
 
 - ``rules``: a clinic's thresholds (``Rules``, ``RuleBook``) and what a patient agreed to
-  (``Preferences``); retry backoff, contact expiry;
+  (``Preferences``); retry backoff, when contact details are deleted;
 - ``notes``: what the notifier remembers of each waiting patient (``WaitQuote``,
   ``PendingWarning``, ``PatientNotes``);
 - ``warnings``: delay warnings, "please come back now", "we are ready for you"
@@ -33,7 +33,9 @@ from services.notifications.domain.rules import (
     RuleBook,
     Rules,
     backoff_seconds,
+    contact_deleted_at,
     contact_expiry,
+    contact_hold,
 )
 from services.notifications.domain.texts import (
     Names,
@@ -50,5 +52,6 @@ __all__ = [
     "NotApplicable", "NurseAlerts", "Outcome", "PatientChannel", "PatientKind",
     "PatientNotes", "PendingWarning", "Preferences", "RuleBook", "Rules", "WaitQuote",
     "WaitingPatients", "WithdrawReason", "Wording", "alert_text", "backoff_seconds",
-    "contact_expiry", "format_range", "notification_id", "page_id", "render",
+    "contact_deleted_at", "contact_expiry", "contact_hold", "format_range",
+    "notification_id", "page_id", "render",
 ]  # fmt: skip

@@ -2,13 +2,15 @@
 
 ``Rules`` are one clinic's thresholds (``CLINICFLOW_NOTIFICATIONS_RULES``, read into a
 ``RuleBook``); ``Preferences`` are what the front desk recorded for a visit, without the
-contact details themselves; ``backoff_seconds`` and ``contact_expiry`` are the two timing
-rules of sending: how long to wait before trying a channel again, and when contact
-details are deleted.
+contact details themselves; ``backoff_seconds`` is how long to wait before trying a
+channel again; ``contact_expiry``, ``contact_hold`` and ``contact_deleted_at`` say when
+contact details are deleted: at the clinic's midnight, or later only while a message
+deferred past it still waits to be sent to them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal
@@ -216,3 +218,28 @@ def contact_expiry(now: datetime, timezone: str | ZoneInfo) -> datetime:
     if an_hour.microsecond:  # whole seconds, as stored: a repeat answers the same instant
         an_hour = an_hour.replace(microsecond=0) + timedelta(seconds=1)
     return max(midnight.astimezone(UTC), an_hour)
+
+
+# how long after its due time a deferred message keeps its patient's contact: the sender's
+# retries (five attempts, backoff capped at minutes) fit well inside it
+CONTACT_HOLD = timedelta(hours=1)
+
+
+def contact_hold(due_at: datetime) -> datetime:
+    """Until when a message deferred to ``due_at`` (a feedback request held to the end of
+    quiet hours) keeps the contact it is to go to: ``CONTACT_HOLD`` after it is due, in
+    whole seconds. A bound, not a promise: the hold ends sooner, when the message is
+    sent, fails or is cancelled (``contact_deleted_at``)."""
+    until = due_at + CONTACT_HOLD
+    if until.microsecond:
+        until = until.replace(microsecond=0) + timedelta(seconds=1)
+    return until.astimezone(UTC)
+
+
+def contact_deleted_at(expires_at: datetime, holds: Iterable[datetime]) -> datetime:
+    """When a contact may be deleted: its own expiry (``contact_expiry``: the clinic's
+    midnight), or, while messages deferred past it are still pending, the latest of their
+    holds (``contact_hold``). ``holds`` are those of the messages still pending only: once
+    the last one is sent, failed or cancelled, a contact past its own expiry is deleted at
+    once. (store.py's Lua applies this same rule to the holds it keeps on the contact.)"""
+    return max((expires_at, *holds))
