@@ -227,6 +227,7 @@ def finding(by_told: Mapping[str, Tally]) -> str:
     gap = round(high - low, 1)
     how = (f"rate {gap} points lower" if gap > 0 else
            f"rate {-gap} points higher" if gap < 0 else "rate the same")
+    ratings = "rating" if longer.rated == 1 else "ratings"
     return (f"Patients who waited 20+ minutes longer than told {how} ({low:.2f} from "
-            f"{longer.rated} ratings) than those who waited about as told or less "
+            f"{longer.rated} {ratings}) than those who waited about as told or less "
             f"({high:.2f} from {rest.rated}).")

@@ -182,7 +182,7 @@ async def test_operations_screen_shows_this_week_s_waits_and_satisfaction(
                 "2 Mar – 8 Mar", timeout=10_000)
             await expect(page.locator("#satisfaction-finding")).to_have_text(
                 "Patients who waited 20+ minutes longer than told rate 3.0 points lower "
-                "(2.00 from 1 ratings) than those who waited about as told or less "
+                "(2.00 from 1 rating) than those who waited about as told or less "
                 "(5.00 from 1).")
             waited = panel.locator("#satisfaction-wait tbody tr")
             await expect(waited.nth(1).locator("td")).to_have_text(
@@ -194,6 +194,10 @@ async def test_operations_screen_shows_this_week_s_waits_and_satisfaction(
                 ["20+ min longer than told", "1", "1", "2.00", "1"])
             await expect(told.nth(1).locator("td")).to_have_text(
                 ["about as told", "1", "1", "5.00", "0"])
+            providers = panel.locator("#satisfaction-providers tbody tr")
+            await expect(providers).to_have_count(1)
+            await expect(providers.nth(0).locator("td")).to_have_text(
+                ["p1", "2", "2", "3.50", "1", "1", "2.00"])
             await expect(page.locator("#satisfaction-note")).to_have_text(
                 "2 visits roomed, 2 rated, 1 complaint")
             await page.screenshot(path=str(artifacts / "operations-satisfaction.png"),

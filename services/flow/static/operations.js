@@ -275,6 +275,24 @@
     });
   }
 
+  // one row a provider: their visits and ratings, and how those told 20+ minutes too
+  // little rated them ("-": the visits no provider was named for yet)
+  function providerRows(providers) {
+    const mean = (value) => value === null || value === undefined ? "–" : value.toFixed(2);
+    return Object.keys(providers).sort().map((id) => {
+      const figures = providers[id];
+      const longer = (figures.by_told_band || {}).longer_20_plus
+        || {ratings: 0, mean_rating: null};
+      const row = el("tr", "provider");
+      row.append(el("td", "", id === "-" ? "not yet seen" : chartName(id)),
+                 el("td", "", String(figures.visits)), el("td", "", String(figures.ratings)),
+                 el("td", "", mean(figures.mean_rating)),
+                 el("td", figures.complaints ? "complained" : "", String(figures.complaints)),
+                 el("td", "", String(longer.ratings)), el("td", "", mean(longer.mean_rating)));
+      return row;
+    });
+  }
+
   function renderSatisfaction(answer) {
     byId("satisfaction-week").textContent = day(answer.from) + " – " + day(answer.to);
     byId("satisfaction-finding").textContent = answer.finding;
@@ -282,6 +300,8 @@
       ...satisfactionRows(answer.by_wait_band, WAIT_BANDS));
     byId("satisfaction-told").querySelector("tbody").replaceChildren(
       ...satisfactionRows(answer.by_told_band, TOLD_BANDS));
+    byId("satisfaction-providers").querySelector("tbody").replaceChildren(
+      ...providerRows(answer.by_provider || {}));
     byId("satisfaction-note").textContent = answer.visits
       ? answer.visits + (answer.visits === 1 ? " visit" : " visits") + " roomed, " +
         answer.ratings + " rated, " + answer.complaints +
