@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.auth import Authenticator
-from shared.clock import Clock, Job, SystemClock, every
+from shared.clock import Clock, Job, clock_from_setting, every
 from shared.errors import Refusal, status_of
 from shared.kafka import kafka_connect_problem, make_broker
 from shared.logging import configure_logging, get_logger
@@ -51,7 +51,8 @@ class ServiceRuntime:
                  clock: Clock | None = None) -> None:
         self.settings = settings
         self.service = service
-        self.clock: Clock = clock or SystemClock()
+        # the wall clock, or a warped one (CLINICFLOW_CLOCK_WARP: a simulated day played fast)
+        self.clock: Clock = clock or clock_from_setting(settings.clock_warp)
         self.periodic: list[tuple[float, Job, str, bool]] = []
         self._periodic_tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()

@@ -95,6 +95,22 @@ class CommonSettings(BaseSettings):
                     '{"p1": "Dr. Okafor"}, "rooms": {"r1": "Room 1"}}} (shared/clinics.py)')
     default_timezone: str = Field(
         default="UTC", description="IANA zone of a clinic not in CLINICFLOW_CLINICS")
+    clock_warp: str | None = Field(
+        default=None, description="a simulated clock instead of the wall clock: "
+        "'<sim origin ISO>@<wall origin epoch seconds>x<speed>' (shared/clock.py WarpClock; "
+        "`clinicflow up --day` sets it); refused in production")
+
+    @field_validator("clock_warp")
+    @classmethod
+    def _clock_warp_parses(cls, value: str | None) -> str | None:
+        if value:
+            from shared.clock import WarpClock
+
+            try:
+                WarpClock.parse(value)
+            except ValueError as exc:
+                raise ValueError(f"CLINICFLOW_CLOCK_WARP: {exc}") from None
+        return value or None
 
     @model_validator(mode="after")
     def _clinics_parse(self) -> CommonSettings:
@@ -158,6 +174,8 @@ class CommonSettings(BaseSettings):
                 problems.append("CLINICFLOW_CREDENTIALS contains a development token")
         if "@" not in self.redis_url and "password=" not in self.redis_url:
             problems.append("CLINICFLOW_REDIS_URL has no password")
+        if self.clock_warp:
+            problems.append("CLINICFLOW_CLOCK_WARP is set (a simulated clock)")
         problems.extend(self._kafka_production_problems())
         problems.extend(self.production_problems())
         if problems:

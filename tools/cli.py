@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "tools.replay",  # clinicflow replay LOG.jsonl
     "tools.simulate",  # clinicflow simulate
     "tools.backtest",  # clinicflow backtest
+    "tools.accuracy_day",  # clinicflow accuracy-day (a played day's live accuracy vs backtest)
     "tools.asyncapi",  # clinicflow asyncapi
     "tools.digest",  # clinicflow digest (boards and checkpoints of simulated days, hashed)
     "services.billing.cli",  # clinicflow billing reconcile

@@ -21,7 +21,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import httpx
 
@@ -81,25 +81,27 @@ async def play_desk_clinic(bootstrap: str, floor_topic: str, *, checkin_url: str
                            speed: float = 1.0, stop: asyncio.Event | None = None,
                            clock: Callable[[], datetime] = _utcnow,
                            on_caught_up: Callable[[int], None] | None = None,
-                           flow_url: str | None = None, billing_url: str | None = None) -> int:
+                           flow_url: str | None = None, billing_url: str | None = None,
+                           day: date | None = None, rate: float = 1.0) -> int:
     """Play one demo clinic's day through its front desk (see the module's docstring).
-    Returns how many facts and requests went out."""
+    ``day`` and ``rate``: as ``tools.ehr_sender.play_with_ehr``. Returns how many facts
+    and requests went out."""
     stop = stop or asyncio.Event()
-    day = ehr_day(clinic, directory, started=clock(), speed=speed)
-    bookings = desk_bookings(day.bookings, day.future)
-    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock,
+    plan = ehr_day(clinic, directory, started=clock(), speed=speed, day=day)
+    bookings = desk_bookings(plan.bookings, plan.future)
+    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock, rate=rate,
                            doors=Doors(checkin_url, flow_url, billing_url))
     sent = 0
     await floor.producer.start()
     try:
         async with httpx.AsyncClient(base_url=checkin_url, timeout=10) as client:
-            sent = await floor.publish_past(day.past)
+            sent = await floor.publish_past(plan.past)
             if bookings and not await import_schedule(client, clinic.clinic_id, bookings):
                 bookings.clear()  # the day is simulated as it is
             sent += 1 if bookings else 0
             if on_caught_up is not None:
                 on_caught_up(sent)
-            async for event in floor.coming(day.future):
+            async for event in floor.coming(plan.future):
                 arrival = event.payload
                 simulated = arrival.visit_id if isinstance(arrival, ev.PatientArrived) \
                     else None

@@ -9,6 +9,15 @@ directories this command made are moved or removed (``is_demo_state``). A run th
 killed (``kill -9``) leaves its processes recorded in ``stack.json``: the next run stops
 exactly those (PID, start time and command line checked) before it starts. A lock file
 keeps a second ``make up`` from starting while one runs.
+
+``clinicflow up --day --speed S`` plays one whole simulated day instead (``--date``,
+default today): every process, the services and the simulated staff, reads the same
+warped clock (``CLINICFLOW_CLOCK_WARP``, shared/clock.py ``WarpClock``) that starts
+before the earliest clinic opens and runs ``S`` times faster than the wall clock; the
+periodic jobs that act on the clock (flow's board refresh, the no-show sweep, the
+notifier's tick) run ``S`` times as often. When the last clinic's day has ended it
+writes the day's live accuracy next to the backtest of the same simulated day
+(``tools.accuracy_day``; ``--report``, default ``up/accuracy-day.md``) and stops.
 """
 
 from __future__ import annotations
@@ -27,13 +36,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
 from shared.clinics import ClinicConfigError, ClinicDirectory
+from shared.clock import WarpClock
 from shared.runner import SERVICES
 from tools.stack import (
     REPO,
@@ -322,6 +332,65 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
             process.wait(5)
 
 
+# ------------------------------------------------------------------ --day: a whole day
+
+DAY_LEAD = timedelta(minutes=45)  # of the warped clock before the day's first fact
+START_WALL_SECONDS = 45.0  # the warped clock stands before its origin while things start
+SETTLE_WALL_SECONDS = 15.0  # after the last fact, before the figures are read
+# periodic jobs that act on the clock, and their settings' defaults: run S times as often
+ON_THE_CLOCK = {"CLINICFLOW_FLOW_TICK_SECONDS": ("shared.settings", "FlowSettings",
+                                                 "flow_tick_seconds"),
+                "CLINICFLOW_CHECKIN_NO_SHOW_CHECK_SECONDS": ("shared.settings",
+                                                             "CheckinSettings",
+                                                             "checkin_no_show_check_seconds"),
+                "CLINICFLOW_NOTIFICATIONS_TICK_SECONDS": ("shared.settings",
+                                                          "NotificationsSettings",
+                                                          "notifications_tick_seconds")}
+FASTEST_TICK_SECONDS = 0.25
+
+
+def day_clock(first: datetime, speed: float, wall_now: float) -> WarpClock:
+    """The warped clock of a played day whose first fact is at ``first``: it reads
+    ``DAY_LEAD`` before that ``START_WALL_SECONDS`` from now (while Kafka and the
+    services start), then runs ``speed`` times the wall clock."""
+    return WarpClock(first - DAY_LEAD, wall_now + START_WALL_SECONDS, speed)
+
+
+def day_env(clock: WarpClock, environ: Mapping[str, str]) -> dict[str, str]:
+    """What the services are given on top for a played day: the warped clock, and the
+    periodic jobs that act on it ``speed`` times as often (each at most every
+    ``FASTEST_TICK_SECONDS``; a value set in the environment is kept)."""
+    env = {"CLINICFLOW_CLOCK_WARP": clock.setting()}
+    for name, (module, settings_class, field) in ON_THE_CLOCK.items():
+        if name in environ:
+            continue
+        default = getattr(importlib.import_module(module), settings_class).model_fields[
+            field].default
+        env[name] = f"{max(FASTEST_TICK_SECONDS, float(default) / clock.speed):g}"
+    return env
+
+
+def load_average() -> str:
+    """The machine's load (``/proc/loadavg``), or ``unknown``."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def write_day_report(day: date, notifications_url: str, path: Path, notes: list[str],
+                     directory: ClinicDirectory) -> str:
+    """The played day's live accuracy next to the backtest's (tools.accuracy_day), written
+    to ``path``; returns the markdown."""
+    from tools.accuracy_day import backtest_day, markdown, read_live
+    from tools.live_demo import DEMO_CLINICS
+
+    live = read_live(notifications_url, day, [c.clinic_id for c in DEMO_CLINICS])
+    text = markdown(live, backtest_day(day, directory=directory), day=day, notes=notes)
+    path.write_text(text)
+    return text
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -374,6 +443,13 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
     stack = LocalStack(demo, kafka_port=kafka_port, redis_port=redis_port,
                        state_file=state_file)
     env = service_env(os.environ, stack, ports)
+    warped: WarpClock | None = None
+    if args.day:
+        from tools.live_demo import day_span
+
+        first, last = day_span(args.date, directory=clinic_directory(env))
+        warped = day_clock(first, args.speed, time.time())
+        env.update(day_env(warped, os.environ))
     if "CLINICFLOW_CHECKIN_HL7_PORT" in os.environ:
         require_free(int(env["CLINICFLOW_CHECKIN_HL7_PORT"]), "checkin's HL7 listener",
                      "CLINICFLOW_CHECKIN_HL7_PORT")
@@ -387,6 +463,9 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
     directory = clinic_directory(env)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     stop = asyncio.Event()
+    report_path = Path(args.report) if args.report else demo / "accuracy-day.md"
+    wall_began = (time.time(), load_average())
+    outcome: list[int] = []
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -403,11 +482,20 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
             _say(f"the day so far is published ({count} events); the rest plays live")
 
         hl7 = ("127.0.0.1", int(env["CLINICFLOW_CHECKIN_HL7_PORT"]))
+        # a played day: its facts keep their times, each waits for them on the warped clock
+        timing: dict[str, Any] = {"speed": args.speed} if warped is None else {
+            "speed": 1.0, "clock": warped.now, "day": args.date, "rate": warped.speed}
         feeder = asyncio.create_task(play(stack.kafka_bootstrap, floor_topic, hl7=hl7,
                                           checkin_url=f"http://127.0.0.1:{ports['checkin']}",
-                                          speed=args.speed, stop=stop, directory=directory,
-                                          on_caught_up=caught_up, **staff_doors(ports)))
+                                          stop=stop, directory=directory,
+                                          on_caught_up=caught_up, **timing,
+                                          **staff_doors(ports)))
         _say(_banner(stack, time.monotonic() - started, ports, directory, logs))
+        if warped is not None:
+            _say(f"  Played day:          {args.date} on a clock {warped.speed:g} times the "
+                 f"wall's, now {warped.now():%H:%M} UTC; its last fact at {last:%H:%M} UTC "
+                 f"(in about {warped.wall_seconds(last - warped.now()) / 60:.0f} min), then "
+                 f"the accuracy report ({report_path}) and a stop")
         from tools.ehr_sender import EHR_CLINIC
 
         _say(f"  EHR feed:            {directory[EHR_CLINIC].display_name}'s bookings and "
@@ -422,6 +510,10 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
         await asyncio.wait({feeder, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if feeder.done() and feeder.exception() is not None:
             _say(f"clinicflow up: the demo stopped: {feeder.exception()!r}")
+        elif feeder.done() and warped is not None and not stop.is_set():
+            await _report_day(args.date, warped, wall_began, report_path, directory,
+                              f"http://127.0.0.1:{ports['notifications']}", stop, outcome)
+            stop.set()
         await stop.wait()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(feeder, 10)
@@ -441,7 +533,33 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
         _stop(processes)
         stack.stop()
         _say("stopped: services, Kafka and Redis.")
-    return 0
+    return outcome[0] if outcome else 0
+
+
+async def _report_day(day: date, warped: WarpClock, began: tuple[float, str], path: Path,
+                      directory: ClinicDirectory, notifications_url: str,
+                      stop: asyncio.Event, outcome: list[int]) -> None:
+    """The played day is over: let the services read its last facts, then write the
+    accuracy report (``outcome``: 1 when it could not be written)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), SETTLE_WALL_SECONDS)
+    ended = warped.now()
+    wall, load = began
+    notes = [f"command: `clinicflow up --day --date {day} --speed "
+             f"{warped.speed:g}` (the report: tools/accuracy_day.py)",
+             f"warped clock {warped.setting()} (shared/clock.py WarpClock); the day "
+             f"played in {(time.time() - wall) / 60:.1f} min of wall time, ending at "
+             f"{ended:%Y-%m-%d %H:%M} UTC on the warped clock",
+             f"machine load (/proc/loadavg, 1/5/15 min): {load} at the start, "
+             f"{load_average()} at the end"]
+    try:
+        text = await asyncio.to_thread(write_day_report, day, notifications_url, path,
+                                       notes, directory)
+    except Exception as exc:
+        _say(f"clinicflow up: the accuracy report could not be written: {exc!r}")
+        outcome.append(1)
+        return
+    _say("\n" + text + f"\n(written to {path})")
 
 
 def _say(text: str) -> None:
@@ -456,6 +574,17 @@ def add_cli(subparsers: Any) -> None:
         "(a fresh day each run)")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="play the simulated day this many times faster (default 1)")
+    parser.add_argument("--day", action="store_true",
+                        help="play one whole simulated day (from before the earliest "
+                        "opening to after the last closing) on a clock --speed times the "
+                        "wall's, then write its live accuracy next to the backtest's and "
+                        "stop")
+    parser.add_argument("--date", type=date.fromisoformat,
+                        default=datetime.now(UTC).date(),
+                        help="with --day: the day to play (default today, UTC)")
+    parser.add_argument("--report", default=None,
+                        help="with --day: where to write the report (default "
+                        "up/accuracy-day.md under the state directory)")
     parser.add_argument("--instances", type=_instances, default=1,
                         help="processes of each service, sharing its consumer group's "
                         "partitions (default 1; the k-th on its port + 100*(k-1))")

@@ -211,9 +211,11 @@ class EhrDay:
 
 
 def ehr_day(clinic: DemoClinic, directory: ClinicDirectory, *, started: datetime,
-            speed: float = 1.0) -> EhrDay:
-    """Plan the EHR clinic's day (pure: ``started`` is now)."""
-    events = [played(e, started, speed) for e in demo_day((clinic,), directory, now=started)]
+            speed: float = 1.0, day: date | None = None) -> EhrDay:
+    """Plan the EHR clinic's day (pure: ``started`` is now; ``day``: that date's whole
+    day, ``tools.live_demo.demo_day``)."""
+    events = [played(e, started, speed)
+              for e in demo_day((clinic,), directory, now=started, day=day)]
     past = [e for e in events if e.at <= started]
     future = events[len(past):]
     names = dict(zip((f"p{n}" for n in range(1, len(clinic.providers) + 1)),
@@ -362,14 +364,17 @@ class SimulatedFloor:
     where the patient was checked in through check-in (``visits``: simulated visit ->
     check-in's), and the day's clock. A step a service refuses (404/409: a person got
     there first, or the floor changed) is skipped and counted (``skipped``), never forced
-    onto the floor topic, and so are the later steps of a visit that never started."""
+    onto the floor topic, and so are the later steps of a visit that never started.
+    ``rate``: how many seconds of ``clock`` pass in a wall second (a warped clock's speed;
+    1 for the wall clock), so that each step waits for its time on that clock."""
 
     def __init__(self, bootstrap: str, floor_topic: str, *, stop: asyncio.Event,
                  clock: Callable[[], datetime], doors: Doors | None = None,
-                 client: httpx.AsyncClient | None = None, retry_after: float = 0.5) -> None:
+                 client: httpx.AsyncClient | None = None, retry_after: float = 0.5,
+                 rate: float = 1.0) -> None:
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                          enable_idempotence=True, linger_ms=5)
-        self.floor_topic, self.stop, self.clock = floor_topic, stop, clock
+        self.floor_topic, self.stop, self.clock, self.rate = floor_topic, stop, clock, rate
         self.visits: dict[str, str] = {}
         self.doors = doors or Doors()
         self.client = client
@@ -457,7 +462,7 @@ class SimulatedFloor:
     async def coming(self, events: list[DemoEvent]) -> AsyncIterator[DemoEvent]:
         """Each event at its time, until the day is stopped."""
         for event in events:
-            wait = (event.at - self.clock()).total_seconds()
+            wait = (event.at - self.clock()).total_seconds() / self.rate
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), timeout=wait)
@@ -471,7 +476,8 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
                           speed: float = 1.0, stop: asyncio.Event | None = None,
                           clock: Callable[[], datetime] = _utcnow,
                           on_caught_up: Callable[[int], None] | None = None,
-                          flow_url: str | None = None, billing_url: str | None = None) -> int:
+                          flow_url: str | None = None, billing_url: str | None = None,
+                          day: date | None = None, rate: float = 1.0) -> int:
     """Play the EHR clinic's day (``ehr_day``): the past straight onto the floor, then
     the EHR's bookings over MLLP, then each arrival of a booked patient as ADT^A04 when it
     happens; every other step as staff do it (``SimulatedFloor.act``: walk-ins at the
@@ -481,26 +487,26 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
     stop = stop or asyncio.Event()
     started = clock()
     zone = directory.zone(clinic.clinic_id)
-    day = ehr_day(clinic, directory, started=started, speed=speed)
-    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock,
+    plan = ehr_day(clinic, directory, started=started, speed=speed, day=day)
+    floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock, rate=rate,
                            doors=Doors(checkin_url, flow_url, billing_url))
     sender = EhrSender(*hl7, zone=zone, stop=stop)
     sent = 0
     await floor.producer.start()
     try:
         async with httpx.AsyncClient(base_url=checkin_url, timeout=10) as client:
-            sent = await floor.publish_past(day.past)
-            for visit, booking in list(day.bookings.items()):
+            sent = await floor.publish_past(plan.past)
+            for visit, booking in list(plan.bookings.items()):
                 ack = await sender.send(siu("S12", booking, facility=EHR_FACILITY, zone=zone,
                                             sent_at=started))
                 if ack is None or ack_code(ack) != "AA":
-                    del day.bookings[visit]  # not on check-in's schedule: simulated as is
+                    del plan.bookings[visit]  # not on check-in's schedule: simulated as is
                 sent += 1
             if on_caught_up is not None:
                 on_caught_up(sent)
-            async for event in floor.coming(day.future):
+            async for event in floor.coming(plan.future):
                 arrival = event.payload
-                booked = day.bookings.get(arrival.visit_id) \
+                booked = plan.bookings.get(arrival.visit_id) \
                     if isinstance(arrival, ev.PatientArrived) else None
                 if isinstance(arrival, ev.PatientArrived) and booked is not None:
                     ack = await sender.send(adt(
@@ -530,11 +536,14 @@ async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int
                         stop: asyncio.Event | None = None,
                         directory: ClinicDirectory | None = None,
                         on_caught_up: Callable[[int], None] | None = None,
-                        flow_url: str | None = None, billing_url: str | None = None) -> int:
+                        flow_url: str | None = None, billing_url: str | None = None,
+                        clock: Callable[[], datetime] = _utcnow, day: date | None = None,
+                        rate: float = 1.0) -> int:
     """``make up``'s demo: the EHR clinic's (``EHR_CLINIC``) day through its EHR sender,
     every other demo clinic's through its front desk (``tools.desk_sender``: its
     schedule imported into check-in, so its kiosk has codes from the start, and its
-    booked patients checked in at the desk)."""
+    booked patients checked in at the desk). ``clinicflow up --day``: ``day`` (that
+    date's whole day) played on ``clock``, a warped clock ``rate`` times the wall's."""
     from tools.desk_sender import play_desk_clinic
 
     stop = stop or asyncio.Event()
@@ -551,10 +560,10 @@ async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int
         *(play_desk_clinic(bootstrap, floor_topic, checkin_url=checkin_url, clinic=clinic,
                            directory=directory, speed=speed, stop=stop,
                            on_caught_up=one_caught_up, flow_url=flow_url,
-                           billing_url=billing_url)
+                           billing_url=billing_url, clock=clock, day=day, rate=rate)
           for clinic in DEMO_CLINICS if clinic is not ehr_clinic),
         play_ehr_clinic(bootstrap, floor_topic, hl7=hl7, checkin_url=checkin_url,
                         clinic=ehr_clinic, directory=directory, speed=speed, stop=stop,
                         on_caught_up=one_caught_up, flow_url=flow_url,
-                        billing_url=billing_url))
+                        billing_url=billing_url, clock=clock, day=day, rate=rate))
     return sum(counts)

@@ -124,26 +124,28 @@ def clock_shift(now: timedelta) -> timedelta:
     return SHIFT_STEP * round((now - MID_MORNING) / SHIFT_STEP)
 
 
-def clinic_day(clinic: DemoClinic, zone: ZoneInfo, now: datetime) -> ClinicDay:
+def clinic_day(clinic: DemoClinic, zone: ZoneInfo, now: datetime,
+               day: date | None = None) -> ClinicDay:
     """The clinic's simulated day on today's date on its clock, slid so that ``now``
-    is mid-morning there (``clock_shift``)."""
-    today = now.astimezone(zone).date()
-    shift = clock_shift(time_of_day(now, zone))
-    day = simulate_day(clinic.scenario, clinic.seed, clinic_id=clinic.clinic_id,
-                       date=today, zone=zone, clock_shift=shift)
-    return ClinicDay(clinic.clinic_id, zone, today, shift, day.events, day.truth)
+    is mid-morning there (``clock_shift``); given ``day``, that date's day as simulated,
+    not slid (``clinicflow up --day``: the whole day, played on a warped clock)."""
+    today = day or now.astimezone(zone).date()
+    shift = timedelta(0) if day is not None else clock_shift(time_of_day(now, zone))
+    simulated = simulate_day(clinic.scenario, clinic.seed, clinic_id=clinic.clinic_id,
+                             date=today, zone=zone, clock_shift=shift)
+    return ClinicDay(clinic.clinic_id, zone, today, shift, simulated.events, simulated.truth)
 
 
 def demo_day(clinics: tuple[DemoClinic, ...] = DEMO_CLINICS,
              directory: ClinicDirectory | None = None, *, now: datetime,
-             ) -> list[DemoEvent]:
+             day: date | None = None) -> list[DemoEvent]:
     """Every demo clinic's day as floor facts, in time order (each clinic's own order
     kept). Zones come from ``directory`` (the services' ``CLINICFLOW_CLINICS``), else
-    from the demo clinics themselves."""
+    from the demo clinics themselves. ``day``: that date's days, not slid (``clinic_day``)."""
     directory = directory or ClinicDirectory.parse(clinics_setting(clinics))
     merged: list[DemoEvent] = []
     for clinic in clinics:
-        planned = clinic_day(clinic, directory.zone(clinic.clinic_id), now)
+        planned = clinic_day(clinic, directory.zone(clinic.clinic_id), now, day)
         tickets: dict[str, str] = {}
 
         def ticket_for(_clinic: str, visit_id: str, letter: str = clinic.ticket_letter,
@@ -168,6 +170,14 @@ def demo_day(clinics: tuple[DemoClinic, ...] = DEMO_CLINICS,
             merged.append(DemoEvent(at, clinic.clinic_id, payload))
     merged.sort(key=lambda e: e.at)  # stable: each clinic's order is kept
     return merged
+
+
+def day_span(day: date, clinics: tuple[DemoClinic, ...] = DEMO_CLINICS,
+             directory: ClinicDirectory | None = None) -> tuple[datetime, datetime]:
+    """When the demo clinics' whole ``day`` begins (the first fact of the earliest
+    clinic, before its doors open) and ends (the last fact of the latest), UTC."""
+    events = demo_day(clinics, directory, now=datetime.combine(day, time(0), UTC), day=day)
+    return events[0].at, events[-1].at
 
 
 def warp(at: datetime, started: datetime, speed: float) -> datetime:

@@ -268,6 +268,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
 
         async def action() -> tuple[int, Any]:
             event = ev.make_event(payload, clinic_id=clinic_id, source="flow",
+                                  occurred_at=runtime.clock.now(),
                                   correlation_id=correlation_id)
             event_id = event.envelope.event_id
             if not runtime.kafka_started:

@@ -1,13 +1,19 @@
-"""Periodic jobs: a stop ends the loop between runs, never inside one."""
+"""Periodic jobs: a stop ends the loop between runs, never inside one. The warped clock
+of a played day (``clinicflow up --day``)."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import pytest
 from prometheus_client import REGISTRY
+from pydantic import ValidationError
 
-from shared.clock import every
+from shared.clock import SystemClock, WarpClock, clock_from_setting, every
+from shared.service import ServiceRuntime
+from shared.settings import CommonSettings, InsecureConfiguration
 from tests.fakes import FakeClock
 
 
@@ -49,3 +55,53 @@ async def test_a_failing_run_is_counted_and_the_next_one_comes() -> None:
     assert calls == 2
     assert REGISTRY.get_sample_value("clinicflow_periodic_failures_total", failures) == \
         before + 1
+
+
+# ------------------------------------------------------------- the warped clock
+
+
+def test_the_warped_clock_runs_speed_times_the_wall_from_its_origin() -> None:
+    wall = [1_000.0]
+    origin = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    clock = WarpClock(origin, 1_000.0, 40.0, wall=lambda: wall[0])
+    assert clock.now() == origin
+    wall[0] += 90  # a minute and a half of wall time: an hour of the played day
+    assert clock.now() == origin + timedelta(hours=1)
+    assert clock.wall_seconds(timedelta(hours=1)) == 90
+    wall[0] = 955.0  # before its origin it reads before it, at the same pace
+    assert clock.now() == origin - timedelta(minutes=30)
+
+
+def test_every_process_given_the_same_setting_reads_the_same_time() -> None:
+    origin = datetime(2026, 3, 2, 7, 15, tzinfo=ZoneInfo("America/New_York"))
+    clock = WarpClock(origin, 1_767_000_000.25, 36.0)
+    again = WarpClock.parse(clock.setting())
+    assert again == clock
+    assert again.sim_origin == origin and again.now().tzinfo == UTC
+    assert isinstance(clock_from_setting(clock.setting()), WarpClock)
+    assert isinstance(clock_from_setting(None), SystemClock)
+
+
+@pytest.mark.parametrize("text", [
+    "2026-03-02T12:00:00+00:00", "2026-03-02T12:00:00+00:00@12x", "noon@12x40",
+    "2026-03-02T12:00:00@12x40", "2026-03-02T12:00:00+00:00@12x0",
+    "2026-03-02T12:00:00+00:00@twelvex40",
+])
+def test_a_malformed_warp_is_refused_saying_what_it_should_be(text: str) -> None:
+    with pytest.raises(ValueError):
+        WarpClock.parse(text)
+    with pytest.raises(ValidationError, match="CLINICFLOW_CLOCK_WARP"):
+        CommonSettings(clock_warp=text)
+
+
+def test_a_service_reads_the_warped_clock_when_the_setting_is_given() -> None:
+    warp = "2026-03-02T12:00:00+00:00@1000.0x40"
+    settings = CommonSettings(clock_warp=warp)
+    runtime = ServiceRuntime(settings, "test")
+    assert runtime.clock == WarpClock.parse(warp)
+    assert isinstance(ServiceRuntime(CommonSettings(), "test").clock, SystemClock)
+
+
+def test_production_refuses_a_warped_clock() -> None:
+    with pytest.raises(InsecureConfiguration, match="CLINICFLOW_CLOCK_WARP"):
+        CommonSettings(env="production", clock_warp="2026-03-02T12:00:00+00:00@1000.0x40")
