@@ -589,7 +589,8 @@ Targets:
                                / bare['server_cpu_us_per_request'], 1),
                    ceiling=round(1e6 / arrivals['server_cpu_us_per_request']),
                    need=200 * arrivals['server_cpu_us_per_request'] / 1e6,
-                   board_ratio=round(1 / h['cpu_ratios']['flow board GET over bare Redis GET'], 2),
+                   board_over_get=h['cpu_ratios']['flow board GET over bare Redis GET'],
+                   board_per_core=h['per_core']['flow board GET'],
                    bare_get=h['per_core']['bare Redis GET'])}
 """
 
@@ -622,8 +623,9 @@ every arrival naming a provider (kept five seconds when the provider is known; a
 one is read afresh). What would reach 1,500 arrivals a second: one Redis call for the whole
 arrival (a Lua script that claims the key, takes the ticket number and writes the visit) and
 one for the answer, in `services/checkin/store.py` and `shared/idempotency.py`, left to
-their owners here; then uvicorn's C parser. The board GET is one Redis GET plus the
-credential's check and the role's view (now rendered once per board and role, and answered
-as is): the bare app's route with the same Redis GET does {board_ratio}x its throughput per
-core, so the GET's ceiling is the HTTP stack's and redis-py's, and the 2,000 a second asked
-for is above what even the bare route reached per core here ({bare_get:,}/s)."""
+their owners here; then uvicorn's C parser. The board GET is answered from the newest board
+flow's live-stream hub heard on its Redis subscription (no Redis read while the subscription
+is up; `BoardHub.heard`), the credential's check and the role's view (rendered once per board
+and role): per core it does {board_per_core:,}/s, {board_over_get}x the bare app's route with
+one Redis GET ({bare_get:,}/s); the 2,000 a second asked for is per process at saturation,
+which on this shared machine is the core it was given (the load average above)."""

@@ -119,10 +119,15 @@ class SseHub:
                 raise
             except Exception as exc:
                 self.listening.clear()
+                self.lost()
                 log.warning("live stream listener lost redis, retrying", hub=self.name,
                             error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    def lost(self) -> None:
+        """The listener lost its subscription: what it delivered may no longer be the
+        newest (a hub that keeps messages forgets them here)."""
 
     def deliver(self, clinic_id: str, data: bytes) -> None:
         """Render ``data`` once per view and queue the frame for every client watching

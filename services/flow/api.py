@@ -95,7 +95,15 @@ class BoardHub(SseHub):
     """Boards fanned out to live screens by clinic: a screen that has not taken its last
     board yet gets the newest one in its place (only the newest matters, and a busy
     process sends no stale boards); 429 past ``max_per_credential``, 503 past
-    ``max_total``."""
+    ``max_total``.
+
+    The hub also keeps the newest board of each clinic it has heard while subscribed,
+    so a board GET or a new stream's snapshot is answered without a Redis read. Every
+    board is written and published in one Lua call (FlowStore.write), so the boards
+    heard are the boards stored, in their order; the few milliseconds between a write
+    and its message are the same race a GET has with a write. Until a clinic's board
+    changes after the subscription, and whenever the subscription is lost (boards may
+    have been missed), the board is read from Redis."""
 
     def __init__(self, runtime: ServiceRuntime, store: FlowStore, max_total: int,
                  max_per_credential: int) -> None:
@@ -103,6 +111,19 @@ class BoardHub(SseHub):
                          clinic_of_channel=store.clinic_of_channel, gauge=m.SSE_CLIENTS,
                          max_total=max_total, max_per_credential=max_per_credential,
                          queue_size=1, when_full="keep_newest")
+        self.newest: dict[str, bytes] = {}
+
+    def deliver(self, clinic_id: str, data: bytes) -> None:
+        self.newest[clinic_id] = data
+        super().deliver(clinic_id, data)
+
+    def lost(self) -> None:
+        self.newest.clear()
+
+    def heard(self, clinic_id: str) -> bytes | None:
+        """The newest board of ``clinic_id`` heard on a subscription that is still up
+        (None: read it from Redis)."""
+        return self.newest.get(clinic_id) if self.listening.is_set() else None
 
 
 def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
@@ -209,12 +230,17 @@ class SnapshotReads:
     together (a restart, a network blip) took a pooled Redis connection each, past the
     pool's size (100), and their streams failed."""
 
-    def __init__(self, store: FlowStore, at_once: int = 32) -> None:
+    def __init__(self, store: FlowStore, hub: BoardHub | None = None,
+                 at_once: int = 32) -> None:
         self.store = store
+        self.hub = hub
         self.slots = asyncio.Semaphore(at_once)
         self.reading: dict[str, asyncio.Future[bytes | None]] = {}
 
     async def read(self, clinic_id: str) -> bytes | None:
+        heard = None if self.hub is None else self.hub.heard(clinic_id)
+        if heard is not None:
+            return heard
         pending = self.reading.get(clinic_id)
         if pending is None:
             pending = asyncio.ensure_future(self._read(clinic_id))
@@ -241,7 +267,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     clinics = clinics if clinics is not None else ClinicDirectory.parse(None)
     views = BoardViews(zone_of=clinics.zone, names_of=names)
     imported_of = imported or (lambda _clinic_id: NO_NAMES)
-    snapshots = SnapshotReads(store)
+    snapshots = SnapshotReads(store, hub)
     claims = FloorClaims(runtime.redis, store, floor_topic)
     ends = VisitEnds(runtime.redis, claims.redis_prefix)
 
@@ -412,7 +438,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     async def get_board(clinic_id: ClinicId,
                         principal: Principal = Depends(read_board)) -> Response:
         principal.require_clinic(clinic_id)
-        raw = await store.board(clinic_id)
+        raw = hub.heard(clinic_id) or await store.board(clinic_id)
         if raw is None:
             raise HTTPException(404, detail=f"no board for clinic {clinic_id!r}: nothing has "
                                 "happened there today")
