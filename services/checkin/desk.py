@@ -434,14 +434,17 @@ class CheckinDesk:
 
     async def arrive_scheduled(self, clinic_id: str, appointment_id: str, *, channel: Channel,
                                now: datetime, overrides: ArrivalOverrides | None = None,
-                               ids: tuple[str, str] | None = None) -> ArrivalResult:
+                               ids: tuple[str, str] | None = None,
+                               state: AppointmentState | None = None) -> ArrivalResult:
         """Check in a scheduled patient: ``NotFound`` for an appointment not on this
         clinic's schedule (another clinic's looks exactly the same), ``Conflict`` for a
         second arrival. ``ids``: the visit and event ids to use (an EHR message's, the
         same at every try of it: a try that died after claiming the appointment is not a
-        second arrival)."""
-        state = (await self.store.appointment_states(clinic_id, [appointment_id])).get(
-            appointment_id)
+        second arrival); ``state``: the appointment's state as the caller has just read
+        it (the EHR feed), else it is read here (the arrival's claim decides either way)."""
+        if state is None or state.appointment.appointment_id != appointment_id:
+            state = (await self.store.appointment_states(clinic_id, [appointment_id])).get(
+                appointment_id)
         if state is None:
             m.ARRIVALS_REFUSED.labels(channel, "not_found").inc()
             raise NotFound(f"no appointment {appointment_id!r} on clinic {clinic_id!r}'s "

@@ -43,7 +43,7 @@ from services.checkin.domain import (
     kiosk_days,
     plan_import,
 )
-from services.checkin.store import FEED_PENDING, CheckinStore, VisitClaim
+from services.checkin.store import FEED_PENDING, CheckinStore, IdentityMatches, VisitClaim
 from shared import events as ev
 from shared.errors import Conflict, NotFound, Unavailable
 from shared.logging import get_logger
@@ -109,7 +109,8 @@ class EhrCommands:
                    rooms: dict[str, str] | None = None,
                    held: tuple[int, Appointment | None] | None = None,
                    finish: Finish | None = None, check: Check | None = None,
-                   origin: str = "hl7") -> str:
+                   origin: str = "hl7",
+                   names: tuple[dict[str, str], dict[str, str]] | None = None) -> str:
         """Book, change or cancel one appointment as the desk's schedule import would
         (the same planning, kiosk code and ``appointment.scheduled``, published only when
         it changed), holding only that appointment: ``build`` makes the appointment from
@@ -118,7 +119,8 @@ class EhrCommands:
         ``finish``: what to store with the change; ``check``: refuses a booked appointment
         the clinic cannot have (``CheckinDesk.check_booking``), before anything changes;
         ``origin`` (hl7, fhir): where the display names ``providers`` and ``rooms`` came
-        from (``directory.named`` is published for those new or changed).
+        from (``directory.named`` is published for those new or changed); ``names``:
+        the clinic's stored names as read ahead (``CheckinStore.feed_state``).
         Returns what happened, in words;
         ``Conflict`` (``import_running``) while an import of the clinic runs or another
         message changes the appointment."""
@@ -137,7 +139,8 @@ class EhrCommands:
                 await check(appointment)
             return await self._book_held(clinic, stored, appointment, now=now,
                                          providers=providers or {}, rooms=rooms or {},
-                                         finish=finish, holder=holder, origin=origin)
+                                         finish=finish, holder=holder, origin=origin,
+                                         names=names)
         except BaseException:
             await self.store.release_hold(clinic, appointment_id)
             raise
@@ -145,7 +148,8 @@ class EhrCommands:
     async def _book_held(self, clinic: str, stored: Appointment | None,
                          appointment: Appointment, *, now: datetime,
                          providers: dict[str, str], rooms: dict[str, str],
-                         finish: Finish | None, holder: str, origin: str) -> str:
+                         finish: Finish | None, holder: str, origin: str,
+                         names: tuple[dict[str, str], dict[str, str]] | None) -> str:
         appointment_id = appointment.appointment_id
         zone = self.desk.zone(clinic)
         day = clinic_day(appointment.scheduled_at, zone)
@@ -186,7 +190,7 @@ class EhrCommands:
             clinic, [*plan.to_publish, *plan.restored], previous, zone, providers, rooms,
             held=appointment_id,
             also=(lambda pipe: finish(text, pipe)) if finish is not None else None,
-            now=now, origin=origin)
+            now=now, origin=origin, stored_names=names)
         outcome_name = ("created" if plan.created else "updated" if plan.updated
                         else "restored" if plan.restored else "unchanged")
         m.SCHEDULE_ROWS.labels("ehr", outcome_name).inc()
@@ -218,14 +222,19 @@ class EhrCommands:
     # --------------------------------------------------------------- arrivals
 
     async def patient_appointments(self, clinic: str, patient_ref: str, now: datetime,
-                                   identity: str | None = None) -> list[AppointmentState]:
+                                   identity: str | None = None,
+                                   matches: IdentityMatches | None = None,
+                                   ) -> list[AppointmentState]:
         """The patient's booked appointments the kiosk would take now (the clinic's
         today, and across midnight the nearby ones). ``identity`` (the kiosk check's
         digest, when the message names birth date and name) finds them through the
-        kiosk's index; without it, or when it finds none, the days are read whole."""
+        kiosk's index (``matches``: that index read ahead, used when it was read for
+        these days); without it, or when it finds none, the days are read whole."""
         days = kiosk_days(now, self.desk.zone(clinic))
         if identity is not None:
-            ids = await self.store.identity_matches(clinic, days, identity)
+            ids = matches.ids if matches is not None and matches.digest == identity \
+                and list(matches.days) == days \
+                else await self.store.identity_matches(clinic, days, identity)
             states = await self.store.appointment_states(clinic, ids)
             found = [s for s in states.values() if s.appointment.patient_ref == patient_ref
                      and s.appointment.status == "booked"]
@@ -258,7 +267,8 @@ class EhrCommands:
                      provider_id: str | None = None, urgent: bool = False,
                      identity: str | None = None, finish: Finish | None = None,
                      attempt: str | None = None,
-                     claim: VisitClaim | None = None) -> tuple[str, str]:
+                     claim: VisitClaim | None = None,
+                     matches: IdentityMatches | None = None) -> tuple[str, str]:
         """The EHR registered a visit: check the patient in once, on ``appointment_id``
         when the EHR names it, else on their appointment closest to now (``identity``,
         the kiosk check's digest, finds it faster), else as a walk-in; ``finish``: what to
@@ -267,7 +277,8 @@ class EhrCommands:
         try that died (the process killed between its publish and its answer) finds that
         try's arrival on the floor, once the projection has read the clinic's partition to
         its end, instead of making a second one. ``claim``: the EHR visit's claim already
-        asked for (``CheckinStore.feed_state``, with ``pending_mark``). Returns (our visit
+        asked for (``CheckinStore.feed_state``, with ``pending_mark``); ``matches``: the
+        kiosk's index for ``identity`` read ahead (``feed_state``). Returns (our visit
         id, what happened in words)."""
         attempt = attempt or f"once-{uuid.uuid4().hex}"
         pending = self.pending_mark(attempt)
@@ -296,7 +307,8 @@ class EhrCommands:
             visit_id, text = await self._check_in(clinic, patient_ref, now=now,
                                                   appointment_id=appointment_id,
                                                   provider_id=provider_id, urgent=urgent,
-                                                  identity=identity, ids=ids)
+                                                  identity=identity, ids=ids,
+                                                  matches=matches)
         except BaseException:
             await self.store.forget_feed_visit(clinic, ehr_visit)
             raise
@@ -322,20 +334,24 @@ class EhrCommands:
     async def _check_in(self, clinic: str, patient_ref: str | None, *, now: datetime,
                         appointment_id: str | None, provider_id: str | None,
                         urgent: bool, identity: str | None,
-                        ids: tuple[str, str]) -> tuple[str, str]:
+                        ids: tuple[str, str],
+                        matches: IdentityMatches | None = None) -> tuple[str, str]:
         priority: Literal["routine", "urgent"] = "urgent" if urgent else "routine"
-        states = await self.patient_appointments(clinic, patient_ref, now, identity) \
+        states = await self.patient_appointments(clinic, patient_ref, now, identity,
+                                                 matches) \
             if patient_ref and appointment_id is None else []
         ours = (None, ids[0])  # not arrived, or claimed by an earlier try of this message
+        chosen: AppointmentState | None = None  # as just read: not read again
         if appointment_id is None:
             open_ones = sorted((s for s in states if s.arrived_visit in ours),
                                key=lambda s: abs(s.appointment.scheduled_at - now))
-            appointment_id = open_ones[0].appointment.appointment_id if open_ones else None
+            chosen = open_ones[0] if open_ones else None
+            appointment_id = chosen.appointment.appointment_id if chosen else None
         if appointment_id is not None:
             try:
                 result = await self.desk.arrive_scheduled(
                     clinic, appointment_id, channel="ehr", now=now,
-                    overrides=ArrivalOverrides(priority=priority), ids=ids)
+                    overrides=ArrivalOverrides(priority=priority), ids=ids, state=chosen)
             except Conflict as refused:
                 if refused.code != "already_arrived":
                     raise

@@ -186,6 +186,18 @@ class FeedState:
     held: int | None = None  # with a hold asked: hold_appointment's answer
     stored: Appointment | None = None  # ... and the appointment as stored
     visit_claim: VisitClaim | None = None  # with a claim asked: claim_feed_visit's answer
+    identity_matches: IdentityMatches | None = None  # with an identity: identity_matches'
+    names: tuple[dict[str, str], dict[str, str]] | None = None  # with names asked: names()
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityMatches:
+    """``identity_matches``' answer read ahead: the appointment ids of ``days`` whose kiosk
+    check's digest is ``digest``."""
+
+    days: tuple[date, ...]
+    digest: str
+    ids: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +455,10 @@ class CheckinStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             for day in days:
                 pipe.smembers(self._who(clinic, day, digest))
-            raw = await pipe.execute()
+            return self._matched(await pipe.execute())
+
+    @staticmethod
+    def _matched(raw: list[Any]) -> list[str]:
         return sorted({_text(m) for members in raw for m in members})
 
     # ------------------------------------------------------------ directory
@@ -468,7 +483,8 @@ class CheckinStore:
         return count
 
     async def _names_to_queue(self, clinic: str, providers: Mapping[str, str],
-                              rooms: Mapping[str, str], *, now: datetime, origin: str
+                              rooms: Mapping[str, str], *, now: datetime, origin: str,
+                              stored: tuple[dict[str, str], dict[str, str]] | None = None,
                               ) -> Callable[[Any], int] | None:
         """What queues the names that differ from those stored (their ``HSET`` and their
         ``directory.named`` outbox entries) on a pipeline inside its MULTI; None when none
@@ -476,7 +492,7 @@ class CheckinStore:
         outbox keeps their order, so the last one stored is the last one published)."""
         if not providers and not rooms:
             return None
-        stored_providers, stored_rooms = await self.names(clinic)
+        stored_providers, stored_rooms = stored or await self.names(clinic)
         changed = {"provider": changed_names(stored_providers, providers),
                    "room": changed_names(stored_rooms, rooms)}
         if not changed["provider"] and not changed["room"]:
@@ -499,10 +515,13 @@ class CheckinStore:
     async def names(self, clinic: str) -> tuple[dict[str, str], dict[str, str]]:
         """Imported display names: (providers, rooms), by id."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._names(clinic, "provider"))
-            pipe.hgetall(self._names(clinic, "room"))
+            self._queue_names(pipe, clinic)
             providers, rooms = await pipe.execute()
         return _decode_hash(providers), _decode_hash(rooms)
+
+    def _queue_names(self, pipe: Any, clinic: str) -> None:
+        pipe.hgetall(self._names(clinic, "provider"))
+        pipe.hgetall(self._names(clinic, "room"))
 
     async def day_schedule(self, clinic: str, day: date) -> list[AppointmentState]:
         ids = [_text(m) for m in await self.redis.zrange(self._day(clinic, day), 0, -1)]
@@ -746,11 +765,16 @@ class CheckinStore:
 
     async def feed_state(self, message: str, clinic: str, subject: str,
                          hold: tuple[str, str] | None = None,
-                         claim_visit: tuple[str, str, str] | None = None) -> FeedState:
+                         claim_visit: tuple[str, str, str] | None = None,
+                         identity: tuple[Sequence[date], str] | None = None,
+                         names: bool = False) -> FeedState:
         """In one round trip: the ACK already answered to a message (``feed_ack``), the
         own time of the last message applied to its subject (``feed_seen_at``) and, with
         ``hold`` (appointment id, holding message), ``hold_appointment``'s answer, or with
-        ``claim_visit`` (an EHR visit, its pending mark, our visit), ``claim_feed_visit``'s."""
+        ``claim_visit`` (an EHR visit, its pending mark, our visit), ``claim_feed_visit``'s;
+        with ``identity`` (days, the kiosk check's digest), ``identity_matches``' answer
+        and with ``names`` the clinic's display names (``names``), which the message's
+        change would otherwise read in round trips of their own."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self._feed_ack(message))
             pipe.get(self._feed_at(clinic, subject))
@@ -758,15 +782,29 @@ class CheckinStore:
                 self._queue_hold(pipe, clinic, *hold)
             if claim_visit is not None:
                 self._queue_claim_visit(pipe, clinic, *claim_visit)
+            if identity is not None:
+                for day in identity[0]:
+                    pipe.smembers(self._who(clinic, day, identity[1]))
+            if names:
+                self._queue_names(pipe, clinic)
             ack, seen, *more = await pipe.execute()
         if isinstance(ack, str):
             ack = ack.encode()
         state = FeedState(ack or None,
                           datetime.fromtimestamp(float(_text(seen)), UTC) if seen else None)
         if hold is not None:
-            state.held, state.stored = self._held(more)
+            state.held, state.stored = self._held(more[:2])
+            more = more[2:]
         if claim_visit is not None:
-            state.visit_claim = self._claimed(more)
+            state.visit_claim = self._claimed(more[:2])
+            more = more[2:]
+        if identity is not None:
+            days = tuple(identity[0])
+            state.identity_matches = IdentityMatches(days, identity[1],
+                                                     self._matched(more[:len(days)]))
+            more = more[len(days):]
+        if names:
+            state.names = _decode_hash(more[0]), _decode_hash(more[1])
         return state
 
     def queue_feed_done(self, pipe: Any, message: str, ack: bytes, clinic: str,
@@ -829,12 +867,16 @@ class CheckinStore:
                         previous: dict[str, Appointment], zone: Any,
                         providers: dict[str, str], rooms: dict[str, str],
                         held: str, also: Also | None = None, *, now: datetime,
-                        origin: str = "hl7") -> None:
+                        origin: str = "hl7",
+                        stored_names: tuple[dict[str, str], dict[str, str]] | None = None,
+                        ) -> None:
         """Store what a feed message changed (``save_appointments``, the display names,
         the ``directory.named`` of those new or changed) and release its hold on
         appointment ``held``, in one transaction with what ``also`` queues (the
-        message's ACK)."""
-        names = await self._names_to_queue(clinic, providers, rooms, now=now, origin=origin)
+        message's ACK). ``stored_names``: the clinic's names as read ahead
+        (``feed_state``), else they are read here."""
+        names = await self._names_to_queue(clinic, providers, rooms, now=now, origin=origin,
+                                           stored=stored_names)
         async with self.redis.pipeline(transaction=True) as pipe:
             self._queue_appointments(pipe, clinic, appointments, previous, zone)
             if names is not None:

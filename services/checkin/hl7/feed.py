@@ -39,6 +39,7 @@ from pydantic import ValidationError
 from services.checkin.domain import (
     ID_PATTERN,
     Appointment,
+    kiosk_days,
     known_visit_type,
     normalize_initials,
     visit_types_named,
@@ -65,7 +66,7 @@ from services.checkin.hl7.messages import (
     read_parsed,
 )
 from services.checkin.hl7.mllp import Frame
-from services.checkin.store import VisitClaim
+from services.checkin.store import IdentityMatches, VisitClaim
 from shared.clock import Clock
 from shared.errors import Conflict, NotFound, Refusal, Unavailable
 from shared.logging import get_logger
@@ -97,12 +98,16 @@ KNOWN_TYPES = {f"{c}^{t}" for c, ts in (("SIU", ("S12", "S13", "S14", "S15", "S1
 @dataclass(frozen=True, slots=True)
 class Applying:
     """One message being applied: its key (``feed:ack``), what stores its ACK with its
-    change, and its appointment's hold when one was asked for with its state."""
+    change, and what was read with its ACK in one round trip (``CheckinStore.feed_state``):
+    its appointment's hold with its state, its EHR visit's claim, the kiosk's index for
+    its patient, the clinic's display names."""
 
     message_key: str
     finish: Finish
     held: tuple[int, Appointment | None] | None = None
     visit_claim: VisitClaim | None = None
+    identity_matches: IdentityMatches | None = None
+    names: tuple[dict[str, str], dict[str, str]] | None = None
 
 
 class Hl7Feed:
@@ -209,16 +214,25 @@ class Hl7Feed:
             answer = self._ack(Ack(problem.ack, problem), header)
             await self.store.feed_done(message_key, kept(answer, digest), clinic, None)
             return answer, False
-        # what a booking holds and an arrival claims is asked for in the same round trip
+        # what a booking holds and an arrival claims is asked for in the same round trip,
+        # with what applying them reads first (the kiosk's index for the patient, the
+        # clinic's display names): round trips are the largest share of the feed's CPU
+        # (docs/performance.md, EHR feed)
         hold = (message.appointment_id, message_key) if isinstance(message, ScheduleMessage) \
             and message.action != "no_show" and feed.takes_schedule_from("hl7") else None
+        arriving = isinstance(message, RegistrationMessage) and message.action == "arrive"
         claim = (subject.removeprefix("visit:"), self.ehr.pending_mark(message_key),
-                 self.ehr.attempt_ids(message_key)[0]) \
-            if isinstance(message, RegistrationMessage) and message.action == "arrive" \
-            else None
+                 self.ehr.attempt_ids(message_key)[0]) if arriving else None
+        kiosk_check = self._identity(feed, message.patient) \
+            if arriving and message.patient is not None else None
+        identity = (kiosk_days(self.clock.now(), self.desk.zone(clinic)), kiosk_check) \
+            if kiosk_check is not None else None
+        names = hold is not None and isinstance(message, ScheduleMessage) and bool(
+            (message.provider and message.provider.name) or (message.room and message.room.name))
         async with self.ehr.subject_lock(clinic, subject):
             state = await self.store.feed_state(message_key, clinic, subject, hold=hold,
-                                                claim_visit=claim)
+                                                claim_visit=claim, identity=identity,
+                                                names=names)
             seen = state.seen
             # a mark ahead of the clock (stored before times were checked) orders nothing
             stale = seen is not None and at < seen <= self.clock.now() + CLOCK_SKEW
@@ -248,7 +262,8 @@ class Hl7Feed:
                 try:
                     text = await self._apply(feed, message, Applying(
                         message_key, finish, (state.held, state.stored)
-                        if state.held is not None else None, state.visit_claim))
+                        if state.held is not None else None, state.visit_claim,
+                        state.identity_matches, state.names))
                     if finished:
                         return finished[0], False
                     ack = Ack("AA", text=text)
@@ -386,7 +401,7 @@ class Hl7Feed:
         return await self.ehr.book(feed.clinic_id, message.appointment_id, build, now=now,
                                    holder=applying.message_key, providers=providers,
                                    rooms=rooms, held=applying.held, finish=applying.finish,
-                                   check=check)
+                                   check=check, names=applying.names)
 
     def _appointment(self, feed: Feed, message: ScheduleMessage,
                      stored: Appointment | None) -> Appointment | None:
@@ -479,7 +494,8 @@ class Hl7Feed:
                                                      urgent=message.urgent, identity=identity,
                                                      finish=applying.finish,
                                                      attempt=applying.message_key,
-                                                     claim=applying.visit_claim)
+                                                     claim=applying.visit_claim,
+                                                     matches=applying.identity_matches)
             elif message.action == "update_patient":
                 assert patient_ref is not None
                 if identity is None:
