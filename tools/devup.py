@@ -298,6 +298,9 @@ def _banner(stack: LocalStack, elapsed: float, ports: Mapping[str, int],
                                  f"?token={token}")
             lines.append(f"    {'kiosk':13}http://127.0.0.1:{ports['checkin']}/kiosk/"
                          f"{demo.clinic_id}?token=dev-kiosk")
+            if "notifications" in ports:
+                lines.append(f"    {'complaints':13}http://127.0.0.1:{ports['notifications']}"
+                             f"/screens/{demo.clinic_id}/complaints?token=dev-front-desk")
         lines.append(f"    {'board (JSON)':13}curl -H 'Authorization: Bearer dev-manager' "
                      f"{flow}/clinics/{demo.clinic_id}/board")
     lines += [

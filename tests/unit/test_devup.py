@@ -383,6 +383,8 @@ def test_the_banner_links_every_flow_page_and_the_kiosk_of_every_clinic(tmp_path
                                text))
         assert pages == {"waiting-room", "nurse", "operations"}
         assert f"http://127.0.0.1:8001/kiosk/{clinic}?token=dev-kiosk" in text
+        assert (f"http://127.0.0.1:8003/screens/{clinic}/complaints?token=dev-front-desk"
+                in text)
         for page in pages:  # and flow serves each of them
             assert client.get(f"/screens/{clinic}/{page}").status_code == 200, page
 
