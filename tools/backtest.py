@@ -50,6 +50,10 @@ SAMPLE_EVERY_SECONDS = 5 * 60
 ROLLING_WINDOW = 5  # finished waits in the rolling average
 INTERVAL_ALPHA = 0.2  # the ranges are 80% intervals: the score's miss penalty is 2/alpha
 MISS_PENALTY = 2 / INTERVAL_ALPHA
+# how far apart two minutes may be and still be the same minute: an aged range end is a
+# difference of floats (6.4 - 5.0 = 1.4000000000000004), and a true wait of exactly 1.4
+# lies within [1.4, 1.4]
+EXACT = 1e-9
 
 Replay = Callable[[Iterable[dict[str, Any]]], Iterator[dict[str, Any]]]
 ErrorReport = Callable[[int, str], None]
@@ -264,9 +268,10 @@ def score(
                 age = (at - ts) / 60.0
                 predicted = max(0.0, wait - age)
                 lower, upper = max(0.0, low - age), max(0.0, high - age)
-                if lower <= true <= upper:
+                if lower - EXACT <= true <= upper + EXACT:
                     tally[3] += 1
-            miss = lower - true if true < lower else true - upper if true > upper else 0.0
+            miss = (lower - true if true < lower - EXACT else
+                    true - upper if true > upper + EXACT else 0.0)
             tally[6] += upper - lower
             tally[7] += upper - lower + MISS_PENALTY * miss
             tally[4] += abs(predicted - true)

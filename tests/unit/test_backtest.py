@@ -60,6 +60,17 @@ def test_an_estimate_ages_with_the_clock_between_samples() -> None:
     assert result.missing_estimates == 0
 
 
+def test_a_range_that_ends_exactly_at_the_true_wait_covers_it() -> None:
+    # roomed at 08:06:24: true waits 6.4 at 08:00 and 1.4 at 08:05, where the range
+    # [6.4, 6.4] aged by 5 minutes is 6.4 - 5.0 = 1.4000000000000004 in floating point
+    log = [arrival("08:00", "v1"),
+           {**roomed("08:06", "v1"), "ts": "2026-03-02T08:06:24-05:00"}]
+    result = score(log, [estimate("08:00", "v1", 6.4, 6.4, 6.4)])
+    assert result.samples == 2
+    assert result.coverage == 1.0
+    assert result.interval_score == pytest.approx(0.0)
+
+
 def test_width_and_interval_score_reward_a_narrow_range_and_charge_ten_times_the_miss(
 ) -> None:
     log = [arrival("08:00", "v1"), roomed("08:12", "v1")]
