@@ -188,7 +188,9 @@ def make_complaints_router(
             response_model=ComplaintView, summary=summary, name=f"complaint_{kind}",
             description=f"{summary}. Front desk and manager; the caller becomes its owner "
             f"when it has none. Publishes complaint.{event}. 404 naming an unknown "
-            "complaint, 409 when its status does not allow it.",
+            "complaint, 409 when its status does not allow it. An `Idempotency-Key` is "
+            "honoured: a retry with the same key gets the first answer again (no second "
+            "event, no 409); the same key on another request: 422.",
             responses=answer(200, {**_EXAMPLE, "status": "acknowledged"
                                    if kind == "acknowledge" else "resolved"},
                              "the complaint changed", refusals={
@@ -196,14 +198,27 @@ def make_complaints_router(
                 409: ("the complaint's status does not allow it",
                       "complaint cp-3f2a is resolved: only an open complaint can be "
                       "acknowledged", "complaint_not_open")}))
-        async def change(clinic_id: ClinicId, complaint_id: ComplaintId,
-                         principal: Principal = Depends(FRONT_OFFICE)) -> ComplaintView:
+        async def change(clinic_id: ClinicId, complaint_id: ComplaintId, request: Request,
+                         key: Annotated[str | None, Header(
+                             alias="Idempotency-Key", max_length=200,
+                             description="one key per click of the action, reused by its "
+                             "retries", examples=["ack-cp-3f2a-1"])] = None,
+                         principal: Principal = Depends(FRONT_OFFICE)) -> Any:
             principal.require_clinic(clinic_id)
-            now, tz = clock.now(), zone(clinic_id)
-            changed = await store.change(
-                clinic_id, complaint_id, event,
-                lambda c: step(c, owner=principal.name, now=now, zone=tz), now)
-            return view(changed, None, now)
+
+            async def action() -> tuple[int, Any]:
+                now, tz = clock.now(), zone(clinic_id)
+                changed = await store.change(
+                    clinic_id, complaint_id, event,
+                    lambda c: step(c, owner=principal.name, now=now, zone=tz), now)
+                return 200, view(changed, None, now).model_dump(mode="json")
+
+            if key is None:
+                return (await action())[1]
+            _status, found, _replayed = await idempotency.run(
+                f"notifications-complaints:{clinic_id}", key,
+                fingerprint(request.method, request.url.path, await request.body()), action)
+            return found
 
     transition("acknowledge", "acknowledged", cp.acknowledge,
                "Acknowledge a complaint: its owner takes it on")

@@ -1,7 +1,8 @@
 """Complaints and waits x satisfaction on real Kafka and Redis: a low rating raises a
 complaint once, staff log one (428 without an Idempotency-Key, 404 naming a visit never
 checked in), acknowledge and resolve
-it (404 for an unknown one, 409 for a step its status forbids), the escalation tick on an
+it (404 for an unknown one, 409 for a step its status forbids; a step retried with its
+Idempotency-Key answers as the first time, no second event), the escalation tick on an
 injected clock escalates the one nobody acknowledged, once; the satisfaction report
 joins waits, told estimates, ratings and complaints; with the service's Redis keys
 flushed a rebuild from Kafka gives the same report. No event holds the patient's words."""
@@ -122,13 +123,22 @@ async def test_complaints_escalation_and_a_report_rebuilt_from_kafka(
         unknown = await client.post("/clinics/north/complaints/cp-none/acknowledge",
                                     headers=FRONT_DESK)
         assert unknown.status_code == 404 and "cp-none" in unknown.json()["detail"]
-        acked = await client.post(f"{own}/acknowledge", headers=FRONT_DESK)
+        # a click applied but unanswered, retried with its key: the first answer again (no
+        # 409, no second event); another click (a new key) is refused
+        click = {**FRONT_DESK, "Idempotency-Key": "ack-1"}
+        acked = await client.post(f"{own}/acknowledge", headers=click)
         assert acked.status_code == 200, acked.text
         assert acked.json()["status"] == "acknowledged" and acked.json()["owner"]
-        twice = await client.post(f"{own}/acknowledge", headers=FRONT_DESK)
+        retried = await client.post(f"{own}/acknowledge", headers=click)
+        assert retried.status_code == 200 and retried.json() == acked.json(), retried.text
+        twice = await client.post(f"{own}/acknowledge",
+                                  headers={**FRONT_DESK, "Idempotency-Key": "ack-2"})
         assert twice.status_code == 409 and twice.json()["code"] == "complaint_not_open"
-        resolved = await client.post(f"{own}/resolve", headers=MANAGER)
+        resolving = {**MANAGER, "Idempotency-Key": "resolve-1"}
+        resolved = await client.post(f"{own}/resolve", headers=resolving)
         assert resolved.json()["status"] == "resolved"
+        assert (await client.post(f"{own}/resolve", headers=resolving)).json() \
+            == resolved.json()
 
         # nobody acknowledged the low rating's complaint: escalated at 11:40, once
         complaints = app.state.complaints
