@@ -44,6 +44,23 @@ REDIS_CONNECTIONS = 100
 REDIS_POOL_WAIT_SECONDS = 5.0
 
 
+def make_redis(settings: CommonSettings) -> Redis:
+    """A service's Redis client: one blocking pool, commands retried on a fresh connection
+    (a pub/sub subscription too: it reconnects and subscribes again by itself)."""
+    return Redis.from_pool(BlockingConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+        health_check_interval=15, **settings.redis_tls_options(),
+        # a pooled connection left over from before a Redis restart fails once: the
+        # command is tried again on a fresh one (redis-py 8 would raise at once)
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # a burst of more requests than connections waits its turn for a moment
+        # rather than failing at once with "Redis is unreachable" (redis-py's plain
+        # pool raises MaxConnectionsError when all are in use)
+        max_connections=REDIS_CONNECTIONS, timeout=REDIS_POOL_WAIT_SECONDS,
+    ))
+
+
 class ServiceRuntime:
     """Owns one service's broker and Redis client and knows whether they are up."""
 
@@ -57,18 +74,7 @@ class ServiceRuntime:
         self._periodic_tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.broker: KafkaBroker = make_broker(settings, service)
-        self.redis: Redis = Redis.from_pool(BlockingConnectionPool.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
-            health_check_interval=15, **settings.redis_tls_options(),
-            # a pooled connection left over from before a Redis restart fails once: the
-            # command is tried again on a fresh one (redis-py 8 would raise at once)
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            # a burst of more requests than connections waits its turn for a moment
-            # rather than failing at once with "Redis is unreachable" (redis-py's plain
-            # pool raises MaxConnectionsError when all are in use)
-            max_connections=REDIS_CONNECTIONS, timeout=REDIS_POOL_WAIT_SECONDS,
-        ))
+        self.redis: Redis = make_redis(settings)
         self.kafka_started = False
         self.problems: dict[str, str] = {}
         self.after_start: list[Hook] = []  # run once the broker is up (e.g. state rebuild)

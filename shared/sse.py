@@ -115,6 +115,10 @@ class SseHub:
                         if message["type"] == "pmessage":
                             self.deliver(self.clinic_of_channel(message["channel"].decode()),
                                          message["data"])
+                        elif message["type"] == "psubscribe":
+                            # (re)subscribed: the client reconnects by itself after a
+                            # dropped connection, and what was published meanwhile is lost
+                            self.lost()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -126,8 +130,9 @@ class SseHub:
                 delay = min(delay * 2, 10.0)
 
     def lost(self) -> None:
-        """The listener lost its subscription: what it delivered may no longer be the
-        newest (a hub that keeps messages forgets them here)."""
+        """The listener lost its subscription or subscribed again (messages may have been
+        missed): what it delivered may no longer be the newest (a hub that keeps messages
+        forgets them here)."""
 
     def deliver(self, clinic_id: str, data: bytes) -> None:
         """Render ``data`` once per view and queue the frame for every client watching

@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 
 from services.flow.api import BoardHub, SnapshotReads
 from services.flow.store import FlowStore
+from shared.service import make_redis
+from shared.settings import CommonSettings
 from tests.helpers import eventually
 
 
@@ -28,8 +30,10 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 async def test_boards_heard_on_the_subscription_are_served_and_forgotten_when_it_is_lost(
         redis: Redis, redis_url: str) -> None:
     store = FlowStore(redis, f"heard-{uuid.uuid4().hex[:8]}")
-    name = f"heard-hub-{uuid.uuid4().hex[:8]}"  # the hub's own connections, to kill
-    listener = Redis.from_url(redis_url, client_name=name)
+    # the hub's own client, built as every service builds it (it reconnects and subscribes
+    # again by itself), its connections named so that the test can kill them
+    name = f"heard-hub-{uuid.uuid4().hex[:8]}"
+    listener = make_redis(CommonSettings(redis_url=f"{redis_url}?client_name={name}"))
     hub = BoardHub(cast(Any, SimpleNamespace(redis=listener)), store, max_total=10,
                    max_per_credential=10)
     reads = SnapshotReads(store, hub)
@@ -48,8 +52,9 @@ async def test_boards_heard_on_the_subscription_are_served_and_forgotten_when_it
         await redis.set(store._board("north"), b'{"n":"unpublished"}')
         assert await reads.read("north") == b'{"n":1}'
 
-        # the subscription is lost (its connection killed): what was heard is forgotten,
-        # reads go to Redis until the next board is heard on the new subscription
+        # the subscription is lost (its connection killed; the client subscribes again by
+        # itself): what was heard is forgotten, reads go to Redis until the next board is
+        # heard on the new subscription
         clients = (await redis.execute_command("CLIENT", "LIST", "TYPE", "pubsub")).decode()
         ids = [line.split()[0].split("=")[1] for line in clients.splitlines()
                if f" name={name} " in line]
