@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -57,8 +58,11 @@ class WarpClock:
     def __post_init__(self) -> None:
         if self.sim_origin.tzinfo is None:
             raise ValueError("the warped clock's origin needs a UTC offset")
-        if not self.speed > 0:
+        if not (math.isfinite(self.speed) and self.speed > 0):
             raise ValueError(f"the warped clock's speed must be positive, not {self.speed}")
+        if not math.isfinite(self.wall_origin):
+            raise ValueError(f"the warped clock's wall origin must be a time, not "
+                             f"{self.wall_origin}")
 
     def now(self) -> datetime:
         return (self.sim_origin + timedelta(seconds=(self.wall() - self.wall_origin)

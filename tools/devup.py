@@ -272,6 +272,19 @@ async def _wait_ready(processes: dict[str, subprocess.Popen[bytes]], logs: Path,
                            f"(logs in {logs})")
 
 
+def check_playable(day: date, today: date) -> None:
+    """Refuse a ``--day`` date check-in could not keep: its schedule and visits expire
+    ``KEEP_DAYS`` after their day on Redis's own clock, which is not warped, so a day
+    older than that would be imported (2xx) and deleted at once."""
+    from services.checkin.store import KEEP_DAYS
+
+    earliest = today - timedelta(days=KEEP_DAYS - 1)
+    if day < earliest:
+        raise StackError(f"--date {day}: check-in keeps a day's schedule {KEEP_DAYS} days "
+                         f"on Redis's clock, which the played day does not warp; play "
+                         f"{earliest} or later")
+
+
 def _banner(stack: LocalStack, elapsed: float, ports: Mapping[str, int],
             directory: ClinicDirectory, logs: Path) -> str:
     from tools.live_demo import DEMO_CLINICS
@@ -450,6 +463,7 @@ def _run_locked(args: argparse.Namespace, data: Path, started: float, play: Any,
     if args.day:
         from tools.live_demo import day_span
 
+        check_playable(args.date, datetime.now(UTC).date())
         first, last = day_span(args.date, directory=clinic_directory(env))
         warped = day_clock(first, args.speed, time.time())
         env.update(day_env(warped, os.environ))

@@ -85,7 +85,8 @@ def test_every_process_given_the_same_setting_reads_the_same_time() -> None:
 @pytest.mark.parametrize("text", [
     "2026-03-02T12:00:00+00:00", "2026-03-02T12:00:00+00:00@12x", "noon@12x40",
     "2026-03-02T12:00:00@12x40", "2026-03-02T12:00:00+00:00@12x0",
-    "2026-03-02T12:00:00+00:00@twelvex40",
+    "2026-03-02T12:00:00+00:00@twelvex40", "2026-03-02T12:00:00+00:00@12xinf",
+    "2026-03-02T12:00:00+00:00@nanx40",
 ])
 def test_a_malformed_warp_is_refused_saying_what_it_should_be(text: str) -> None:
     with pytest.raises(ValueError):

@@ -31,6 +31,7 @@ from tools.devup import (
     MARKER,
     _banner,
     add_cli,
+    check_playable,
     fresh_demo_dir,
     instance_ports,
     is_demo_state,
@@ -396,3 +397,12 @@ def test_the_clinic_day_is_the_date_in_the_clinics_zone_not_the_servers() -> Non
     assert planned.day == date(2026, 12, 6)
     assert LATE_EVENING_IN_NEW_YORK.date() == date(2026, 12, 7)
     assert datetime.combine(planned.day, time(0)).weekday() == 6  # that Sunday
+
+
+def test_a_played_day_older_than_check_in_keeps_a_schedule_is_refused_before_anything_starts(
+) -> None:
+    today = date(2026, 12, 10)
+    check_playable(date(2026, 12, 8), today)  # KEEP_DAYS (3) days: today and two before
+    check_playable(date(2026, 12, 11), today)
+    with pytest.raises(StackError, match=r"--date 2026-12-07: .* play 2026-12-08 or later"):
+        check_playable(date(2026, 12, 7), today)
