@@ -224,8 +224,9 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         "channel must be one this deployment can send on (e-mail needs a mail server, SMS "
         "a gateway: 422 otherwise). The details are kept "
         "until the clinic's midnight (past it only while a feedback request deferred to "
-        "the end of quiet hours waits for them: until it is sent, at most an hour after "
-        "it is due), never published; the recording is audited. "
+        "the end of quiet hours waits for them, and only for it: until it is sent, at most "
+        "as long after it is due as the sender's retries can take plus an hour), never "
+        "published; the recording is audited. "
         "**Retries**: deduplicated on the visit: the same contact and preferences again "
         "change nothing (`replayed: true`, no second audit event); a different contact "
         "replaces the one on file (the latest given wins). An `Idempotency-Key` is "
@@ -275,19 +276,27 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         summary="Read a patient's contact details back (audited)",
         description="The one answer that carries a contact detail: for the front desk to "
         "confirm with the patient. Every read is an audit event (who, when, which visit; "
-        "never the value).",
+        "never the value). Past the clinic's midnight a contact kept only for a message "
+        "deferred to it (a feedback request held to the end of quiet hours) is not shown: "
+        "404 `contact_expired`, nothing audited; the sender still reads it.",
         responses=answer(200, CONTACT_VIEW_EXAMPLE, "the contact on file",
                          refusals={404: NO_CONTACT}))
     async def get_contact(clinic_id: ClinicId, visit_id: VisitId,
                           principal: Principal = Depends(front_desk)) -> ContactView:
         principal.require_clinic(clinic_id)
         clinic = names(clinic_id)
+        now = runtime.clock.now()
         contact = await store.read_contact(
             clinic_id, visit_id,
             records.contact_read(clinic_id, visit_id, reader=principal.name,
-                                 role=principal.role, purpose="front_desk_view",
-                                 at=runtime.clock.now()))
+                                 role=principal.role, purpose="front_desk_view", at=now),
+            shown_at=now.timestamp())
         if contact is None:
+            if await store.contact_expires_at(clinic_id, visit_id) is not None:
+                raise NotFound(f"the contact details for visit {visit_id} at clinic "
+                               f"{clinic_id} expired at the clinic's midnight: they are kept "
+                               "only for the message deferred to them until it is sent, and "
+                               "no longer shown", "contact_expired")
             raise NotFound(f"no contact details for visit {visit_id} at clinic {clinic_id} "
                            "(never given, erased, or expired)")
         preference = await store.preference(clinic_id, visit_id) or Preferences()

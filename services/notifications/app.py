@@ -32,6 +32,7 @@ from services.notifications.delivery import (
     NotificationSender,
 )
 from services.notifications.domain import RuleBook
+from services.notifications.domain.rules import hold_span
 from services.notifications.feedback_api import make_feedback_link, make_feedback_router
 from services.notifications.feedback_store import FeedbackStore
 from services.notifications.names import NameBook
@@ -134,6 +135,11 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         group_id=settings.notifications_group_id,
         paging=bool(settings.paging_webhook_url), on_stored=stored,
         on_dead_letters=relay.kick.set,
+        # a deferred message keeps its contact while the sender's retries can still run
+        hold=hold_span(settings.notifications_max_attempts,
+                       settings.notifications_retry_base_seconds,
+                       settings.notifications_retry_max_seconds,
+                       settings.notifications_send_timeout_seconds),
         max_records=settings.notifications_batch_max,
         batch_timeout_ms=settings.notifications_batch_timeout_ms,
         fetch_max_wait_ms=settings.notifications_batch_timeout_ms,

@@ -20,7 +20,7 @@ while a room stands ready) as a batch with no records. The service runs it every
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.notifications import metrics as m
@@ -70,11 +70,12 @@ class NotifierProjection:
                  names: NameBook, prefix: str, floor_topic: str, estimates_topic: str,
                  group_id: str, paging: bool, on_stored: Stored | None = None,
                  on_dead_letters: Callable[[], None] | None = None,
-                 **subscriber_options: Any) -> None:
+                 hold: timedelta | None = None, **subscriber_options: Any) -> None:
         self.store = store
         self.on_stored = on_stored
         self.names = names
-        self.plan = NotifierPlan(rules, floor_topic=floor_topic, paging=paging, names=names)
+        self.plan = NotifierPlan(rules, floor_topic=floor_topic, paging=paging, names=names,
+                                 **({} if hold is None else {"hold": hold}))
         self.states = NotifierStates(store, clock)
         self.reader = notifier_reader(floor_topic, estimates_topic)
         self.prefix = prefix

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -33,6 +33,7 @@ from services.notifications.domain import (
     RuleBook,
     contact_hold,
 )
+from services.notifications.domain.rules import hold_span
 from services.notifications.records import NewNotification
 from shared import events as ev
 from shared.projection import DeadLetter, Inbound, Partition, Planned
@@ -85,6 +86,8 @@ class NotifierPlan:
     floor_topic: str
     paging: bool  # a paging webhook is configured: alerts are paged too
     names: Callable[[str], Names] = field(default=lambda _clinic_id: Names())
+    # how long past its due time a deferred message keeps its contact (the sender's retries)
+    hold: timedelta = field(default_factory=hold_span)
 
     def __call__(self, records: list[Inbound], state: NotifierState
                  ) -> Planned[NotificationChanges]:
@@ -138,7 +141,7 @@ class NotifierPlan:
             if message.not_before is not None:  # deferred (quiet hours): keep its contact
                 changes.contact_holds.append((
                     message.notification_id, clinic_id, message.visit_id,
-                    contact_hold(max(wall, message.not_before))))
+                    contact_hold(max(wall, message.not_before), self.hold)))
         for alert, reason, page in outcome.withdrawn:
             changes.alert_changes.append(("withdraw", clinic_id, alert.room_id, None))
             changes.live.append((clinic_id, records.live_message("withdrawn", alert, reason)))

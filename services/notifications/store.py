@@ -234,8 +234,14 @@ return 2
 """
 
 _READ_CONTACT = """
+-- KEYS: the contact, the outbox; ARGV: the audit event, now ('' for the sender: any kept)
 local contact = redis.call('HGETALL', KEYS[1])
-if #contact > 0 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+if #contact == 0 then return contact end
+if ARGV[2] ~= '' then  -- shown to a person: not once past its own expiry (only held)
+  local own = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
+  if own ~= nil and own <= tonumber(ARGV[2]) then return {} end
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
 return contact
 """
 
@@ -499,11 +505,15 @@ class NotificationStore:
                 except WatchError:
                     continue  # changed meanwhile: look again
 
-    async def read_contact(self, clinic_id: str, visit_id: str,
-                           audit: bytes) -> dict[str, str] | None:
-        """The contact details, with the audit event queued atomically when there are any."""
+    async def read_contact(self, clinic_id: str, visit_id: str, audit: bytes,
+                           shown_at: float | None = None) -> dict[str, str] | None:
+        """The contact details, with the audit event queued atomically when there are any.
+        ``shown_at`` (epoch s; a person's read, not the sender's): None, and nothing
+        audited, for a contact past its own expiry that only a deferred message's hold
+        keeps (it is kept for that message, not to be shown again)."""
         raw = await self._read_contact(
-            keys=[self.contact_key(clinic_id, visit_id), self.outbox_key], args=[audit])
+            keys=[self.contact_key(clinic_id, visit_id), self.outbox_key],
+            args=[audit, "" if shown_at is None else shown_at])
         if not raw:
             return None
         pairs = iter(raw)

@@ -2,8 +2,9 @@
 checked out, gets one message with a signed link, opens the form, answers once; the
 answer's event carries no text, the text is only in notifications' store, and the link
 used again is refused. A patient checked out in the evening's quiet hours is asked at
-08:00 on the clinic's clock: their contact is kept past midnight for that message only,
-and deleted once it is sent (or at once, with the message, when they ask)."""
+08:00 on the clinic's clock: their contact is kept past midnight for that message only (the
+front desk is no longer shown it), and deleted once it is sent (or at once, with the
+message, when they ask)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from tests.integration.notifications_support import (
 PUBLIC = "https://north.clinic.example"
 ADDRESS = "a17@patients.example.org"
 WORRY = "my knee still hurts when I climb stairs"
+ADDRESS_V17 = "v17@patients.example.org"
 
 
 async def test_a_checked_out_patient_gets_one_link_and_answers_once(
@@ -190,11 +192,14 @@ async def test_a_patient_checked_out_at_half_past_nine_is_asked_at_eight_then_fo
                 f"/clinics/north/notifications/{pending['v17']['notification_id']}",
                 headers=FRONT_DESK)).json()
             assert datetime.fromisoformat(status["next_attempt_at"]) == eight
-            # the contacts those requests need are kept past midnight, for an hour after
+            # the contacts those requests need are kept past midnight, as long after 08:00
+            # as the sender's retries can take (5 attempts of up to 3 s, 0.1 s doubling
+            # between) and an hour
             for visit in ("v17", "v19"):
                 kept = (await client.get(f"/clinics/north/visits/{visit}/contact",
                                          headers=FRONT_DESK)).json()
-                assert datetime.fromisoformat(kept["expires_at"]) == eight + timedelta(hours=1)
+                assert datetime.fromisoformat(kept["expires_at"]) == \
+                    eight + timedelta(hours=1, seconds=17)  # 15 + 1.5, whole seconds
 
             # 21:45: A-19 asks to be forgotten: the contact goes at once, the request with it
             clock.set((evening + timedelta(minutes=15)).astimezone(UTC))
@@ -211,6 +216,11 @@ async def test_a_patient_checked_out_at_half_past_nine_is_asked_at_eight_then_fo
                                      headers=FRONT_DESK)).status_code == 404
             assert await redis.exists(f"{keys}:contact:north:v17")
             assert not smtp_server.to(addresses["v17"])
+            # kept for the request only: no longer shown to the front desk (nor audited)
+            held = await client.get("/clinics/north/visits/v17/contact", headers=FRONT_DESK)
+            assert held.status_code == 404 and held.json()["code"] == "contact_expired"
+            assert "kept only for the message deferred" in held.json()["detail"]
+            assert ADDRESS_V17 not in held.text
 
             # 08:00: the request goes out, and the contact it needed is deleted with it
             await tick(eight)

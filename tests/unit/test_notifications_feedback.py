@@ -23,7 +23,12 @@ from services.notifications.domain import (
     contact_expiry,
     contact_hold,
 )
-from services.notifications.domain.rules import quiet_until
+from services.notifications.domain.rules import (
+    CONTACT_HOLD_MARGIN,
+    backoff_seconds,
+    hold_span,
+    quiet_until,
+)
 from services.notifications.domain.texts import Wording, render
 from services.notifications.feedback_link import LinkRefused, sign, verify
 from services.notifications.plan import NotificationChanges, NotifierPlan, NotifierState
@@ -161,8 +166,10 @@ def test_a_contact_is_kept_past_midnight_only_while_the_evening_request_waits_fo
     _, out = checked_out(Preferences(channel="email"), rules, read_at=checkout)
     [message] = out.messages
     assert message.not_before == quiet_until(checkout, rules) == eight
-    hold = contact_hold(eight)
-    assert hold == chicago(3, 9)  # its retries fit; never later, whatever is pending
+    hold = contact_hold(eight, hold_span())
+    # its retries (5 attempts of up to 10 s, 2+4+8+16 s between) and an hour's margin;
+    # never later, whatever is pending
+    assert hold == chicago(3, 9) + timedelta(seconds=80)
 
     # past midnight the contact is kept for it, and only for it
     assert contact_deleted_at(expires, [hold]) == hold
@@ -170,7 +177,24 @@ def test_a_contact_is_kept_past_midnight_only_while_the_evening_request_waits_fo
     # sent at 08:00 (nothing pending any more): past its own midnight, deleted at once
     assert contact_deleted_at(expires, []) < eight
     # a request due before the contact's own midnight never shortens it
-    assert contact_deleted_at(expires, [contact_hold(chicago(2, 14))]) == midnight
+    assert contact_deleted_at(expires, [contact_hold(chicago(2, 14), hold_span())]) \
+        == midnight
+
+
+@pytest.mark.parametrize(("attempts", "base", "cap", "timeout"), [
+    (5, 2.0, 300.0, 10.0), (20, 2.0, 300.0, 10.0), (12, 30.0, 900.0, 30.0), (1, 2.0, 5.0, 1.0)])
+def test_the_last_retry_of_a_deferred_request_still_finds_its_contact(
+        attempts: int, base: float, cap: float, timeout: float) -> None:
+    """The hold follows the sender's retry settings: a schedule longer than an hour (20
+    attempts, backoff capped at 5 minutes: 63.5 minutes of waits) is held for whole."""
+    due = chicago(3, 8)
+    span = hold_span(attempts, base, cap, timeout)
+    started, last_ends = due, due + timedelta(seconds=timeout)
+    for attempt in range(1, attempts):  # each attempt fails after its timeout, then waits
+        started = last_ends + timedelta(seconds=backoff_seconds(attempt, base, cap))
+        last_ends = started + timedelta(seconds=timeout)
+    assert last_ends + CONTACT_HOLD_MARGIN <= contact_hold(due, span)
+    assert contact_hold(due, span) - (last_ends + CONTACT_HOLD_MARGIN) < timedelta(seconds=1)
 
 
 def test_the_plan_holds_the_contact_for_a_deferred_request_only() -> None:
@@ -178,7 +202,7 @@ def test_the_plan_holds_the_contact_for_a_deferred_request_only() -> None:
                         names=lambda _clinic: Names(zone=CHICAGO))
     reader = notifier_reader("floor", "estimates")
 
-    def checkout_read_at(read: datetime) -> NotificationChanges:
+    def checkout_read_at(read: datetime, plan: NotifierPlan = plan) -> NotificationChanges:
         notifier, _ = checked_out(Preferences(channel="email"), read_at=read,
                                   checkout=False)
         event = ev.make_event(ev.PatientCheckedOut(visit_id="v-17"), clinic_id="north",
@@ -193,6 +217,14 @@ def test_the_plan_holds_the_contact_for_a_deferred_request_only() -> None:
     evening = checkout_read_at(chicago(2, 21, 30))
     [request] = evening.notifications
     assert evening.contact_holds == [(request.notification_id, "north", "v-17",
-                                      chicago(3, 9))]
+                                      chicago(3, 9) + timedelta(seconds=80))]
+    # a deployment whose sender retries for longer holds the contact for longer
+    longer = NotifierPlan(RuleBook.parse({}), floor_topic="floor", paging=False,
+                          names=lambda _clinic: Names(zone=CHICAGO),
+                          hold=hold_span(20, 2.0, 300.0, 10.0))
+    [(_id, _clinic, _visit, until)] = checkout_read_at(chicago(2, 21, 30),
+                                                       longer).contact_holds
+    assert until == chicago(3, 8) + timedelta(seconds=200 + 510 + 11 * 300) \
+        + CONTACT_HOLD_MARGIN
     afternoon = checkout_read_at(chicago(2, 16, 30))
     assert len(afternoon.notifications) == 1 and afternoon.contact_holds == []

@@ -220,17 +220,37 @@ def contact_expiry(now: datetime, timezone: str | ZoneInfo) -> datetime:
     return max(midnight.astimezone(UTC), an_hour)
 
 
-# how long after its due time a deferred message keeps its patient's contact: the sender's
-# retries (five attempts, backoff capped at minutes) fit well inside it
-CONTACT_HOLD = timedelta(hours=1)
+# what a deferred message's hold adds to the time its sends and retries can take: a sender
+# that stopped is noticed and its claim recovered, an instance restarts, the tick comes round
+CONTACT_HOLD_MARGIN = timedelta(hours=1)
 
 
-def contact_hold(due_at: datetime) -> datetime:
+def retry_span(max_attempts: int, retry_base: float, retry_max: float,
+               send_timeout: float) -> timedelta:
+    """The longest the sender can take over one message, from its first attempt to its
+    last: every attempt up to its send timeout and the backoff before each retry
+    (``backoff_seconds``: ``CLINICFLOW_NOTIFICATIONS_MAX_ATTEMPTS``, ``_RETRY_BASE_SECONDS``,
+    ``_RETRY_MAX_SECONDS``, ``_SEND_TIMEOUT_SECONDS``)."""
+    waits = sum(backoff_seconds(attempt, retry_base, retry_max)
+                for attempt in range(1, max_attempts))
+    return timedelta(seconds=max_attempts * send_timeout + waits)
+
+
+def hold_span(max_attempts: int = 5, retry_base: float = 2.0, retry_max: float = 300.0,
+              send_timeout: float = 10.0) -> timedelta:
+    """How long after its due time a deferred message keeps its patient's contact: its
+    whole retry schedule (``retry_span``, the sender's settings: the defaults are the
+    settings' defaults) plus ``CONTACT_HOLD_MARGIN``, so that its last retry still finds
+    the contact."""
+    return retry_span(max_attempts, retry_base, retry_max, send_timeout) + CONTACT_HOLD_MARGIN
+
+
+def contact_hold(due_at: datetime, span: timedelta) -> datetime:
     """Until when a message deferred to ``due_at`` (a feedback request held to the end of
-    quiet hours) keeps the contact it is to go to: ``CONTACT_HOLD`` after it is due, in
-    whole seconds. A bound, not a promise: the hold ends sooner, when the message is
-    sent, fails or is cancelled (``contact_deleted_at``)."""
-    until = due_at + CONTACT_HOLD
+    quiet hours) keeps the contact it is to go to: ``span`` (``hold_span``) after it is
+    due, in whole seconds. A bound, not a promise: the hold ends sooner, when the message
+    is sent, fails or is cancelled (``contact_deleted_at``)."""
+    until = due_at + span
     if until.microsecond:
         until = until.replace(microsecond=0) + timedelta(seconds=1)
     return until.astimezone(UTC)
