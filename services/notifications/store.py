@@ -152,11 +152,21 @@ _EXPIRE_CONTACT = _CONTACT_LUA + """
 return settle_contact(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 """
 
-_CANCEL = """
+_CANCEL = _CONTACT_LUA + """
+-- KEYS: record, due, the contact sweep ZSET; ARGV: id, reason, finished at (ISO), now
+-- (epoch s), the contact keys' prefix (P:notifications:contact:)
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'pending' or status == 'retrying' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'last_error', ARGV[2], 'finished_at', ARGV[3])
   redis.call('ZREM', KEYS[2], ARGV[1])
+  if redis.call('HEXISTS', KEYS[1], 'contact_held_until') == 1 then
+    -- cancelled for good: its contact is no longer kept for it (as when sent or failed)
+    local place = redis.call('HMGET', KEYS[1], 'clinic_id', 'visit_id')
+    if place[1] and place[2] then
+      release_contact(ARGV[5] .. place[1] .. ':' .. place[2], KEYS[3], ARGV[1],
+                      tonumber(ARGV[4]))
+    end
+  end
   return 1
 end
 return 0
@@ -377,9 +387,10 @@ class NotificationStore:
                                              self.contact_key(clinic_id, visit_id),
                                              self.contact_expiry_key],
                           [notification_id, int(until.timestamp())])
+        finished = datetime.fromisoformat(changes.finished_at).timestamp() \
+            if changes.cancels else 0.0
         for notification_id, reason in changes.cancels:
-            _queue_script(pipe, self._cancel, [self.record_key(notification_id), self.due_key],
-                          [notification_id, reason, changes.finished_at])
+            self._queue_cancel(pipe, notification_id, reason, changes.finished_at, finished)
         for action, clinic_id, room_id, alert in changes.alert_changes:
             if action == "raise":
                 assert alert is not None
@@ -392,6 +403,14 @@ class NotificationStore:
         for clinic_id, estimates in changes.estimates.items():
             pipe.hset(self.estimates_key(clinic_id), mapping=estimates)
             pipe.expire(self.estimates_key(clinic_id), ESTIMATE_TTL_SECONDS)
+
+    def _queue_cancel(self, pipe: Any, notification_id: str, reason: str, at: str,
+                      now: float) -> None:
+        """Queue cancelling a message not yet sent; a deferred one no longer keeps its
+        patient's contact (deleted in the same step when past its own expiry)."""
+        _queue_script(pipe, self._cancel, [self.record_key(notification_id), self.due_key,
+                                           self.contact_expiry_key],
+                      [notification_id, reason, at, now, f"{self.prefix}:contact:"])
 
     async def notifiers(self, pipe: Any, clinic_ids: Sequence[str]
                         ) -> dict[str, ClinicNotifier]:
@@ -491,10 +510,9 @@ class NotificationStore:
                     for field in stored:
                         if field.startswith(b"hold:"):  # a deferred message waits for it
                             held = field[len(b"hold:"):].decode()
-                            _queue_script(pipe, self._cancel, [self.record_key(held),
-                                                               self.due_key],
-                                          [held, "the patient's contact details were erased",
-                                           at.isoformat()])
+                            self._queue_cancel(pipe, held,
+                                               "the patient's contact details were erased",
+                                               at.isoformat(), at.timestamp())
                     pipe.hset(prefs, visit_id,
                               orjson.dumps(Preferences(opted_out=True).to_dict()))
                     pipe.expireat(prefs, until, nx=True)

@@ -4,11 +4,12 @@ answer's event carries no text, the text is only in notifications' store, and th
 used again is refused. A patient checked out in the evening's quiet hours is asked at
 08:00 on the clinic's clock: their contact is kept past midnight for that message only (the
 front desk is no longer shown it), and deleted once it is sent (or at once, with the
-message, when they ask)."""
+message, when they ask); a deferred request cancelled no longer keeps it."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime, time, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -20,6 +21,10 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.notifications.app import create_app
+from services.notifications.domain import Preferences
+from services.notifications.plan import NotificationChanges
+from services.notifications.records import NewNotification
+from services.notifications.store import NotificationStore
 from shared import events as ev
 from shared.settings import NotificationsSettings
 from shared.topics import NOTIFICATIONS, topic_name
@@ -235,5 +240,55 @@ async def test_a_patient_checked_out_at_half_past_nine_is_asked_at_eight_then_fo
                 "v17": "sent", "v18": "sent", "v19": "cancelled"}
             assert not smtp_server.to(addresses["v19"])
             assert len(smtp_server.to(addresses["v18"])) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_a_cancelled_deferred_request_no_longer_keeps_its_contact(redis_url: str) -> None:
+    """Cancelling a deferred message releases its hold on the contact, as sending or
+    failing it does: before the contact's own expiry the contact is kept until then only,
+    after it the contact is deleted in the same step (store-level, real Redis)."""
+    redis = Redis.from_url(redis_url)
+    store = NotificationStore(redis, f"t{uuid.uuid4().hex[:10]}")
+    # ahead of the real clock: Redis expires keys on its own clock
+    now = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    own, held = now + timedelta(hours=2), now + timedelta(hours=10)
+
+    async def apply(changes: NotificationChanges) -> None:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.multi()
+            store.queue_changes(pipe, changes)
+            await pipe.execute()
+
+    try:
+        for visit in ("v1", "v2"):
+            await store.save_contact(
+                "north", visit, channel="email", address=f"{visit}@patients.example.org",
+                preferences=Preferences(channel="email"), recorded_by="desk-2",
+                recorded_at=now, expires_at=own, audit=b"{}")
+            await apply(NotificationChanges(
+                finished_at=now.isoformat(),
+                notifications=[NewNotification(
+                    f"fb-{visit}", "north", due_at=held.timestamp(), created_at=now.timestamp(),
+                    fields={"notification_id": f"fb-{visit}", "clinic_id": "north",
+                            "visit_id": visit, "kind": "feedback_request",
+                            "audience": "patient", "status": "pending"})],
+                contact_holds=[(f"fb-{visit}", "north", visit, held)]))
+            assert await store.contact_expires_at("north", visit) == held.timestamp()
+
+        # v1's request cancelled before the contact's own expiry: kept until then only
+        await apply(NotificationChanges(finished_at=(now + timedelta(minutes=5)).isoformat(),
+                                        cancels=[("fb-v1", "the patient left first")]))
+        contact = store.contact_key("north", "v1")
+        assert not any(k.startswith(b"hold:") for k in await redis.hgetall(contact))
+        assert await store.contact_expires_at("north", "v1") == own.timestamp()
+        assert await redis.zscore(store.contact_expiry_key, contact) == own.timestamp()
+        # v2's cancelled past it: nothing keeps it any more, deleted in the same step
+        await apply(NotificationChanges(finished_at=(own + timedelta(minutes=5)).isoformat(),
+                                        cancels=[("fb-v2", "the patient left first")]))
+        assert not await redis.exists(store.contact_key("north", "v2"))
+        assert await redis.zscore(store.contact_expiry_key,
+                                  store.contact_key("north", "v2")) is None
+        assert await redis.hget(store.record_key("fb-v2"), "status") == b"cancelled"
     finally:
         await redis.aclose()
