@@ -109,8 +109,7 @@ class EhrCommands:
                    rooms: dict[str, str] | None = None,
                    held: tuple[int, Appointment | None] | None = None,
                    finish: Finish | None = None, check: Check | None = None,
-                   origin: str = "hl7",
-                   names: tuple[dict[str, str], dict[str, str]] | None = None) -> str:
+                   origin: str = "hl7") -> str:
         """Book, change or cancel one appointment as the desk's schedule import would
         (the same planning, kiosk code and ``appointment.scheduled``, published only when
         it changed), holding only that appointment: ``build`` makes the appointment from
@@ -119,8 +118,8 @@ class EhrCommands:
         ``finish``: what to store with the change; ``check``: refuses a booked appointment
         the clinic cannot have (``CheckinDesk.check_booking``), before anything changes;
         ``origin`` (hl7, fhir): where the display names ``providers`` and ``rooms`` came
-        from (``directory.named`` is published for those new or changed); ``names``:
-        the clinic's stored names as read ahead (``CheckinStore.feed_state``).
+        from (``directory.named`` is published for those new or changed, compared with
+        the stored ones in the transaction that stores the change).
         Returns what happened, in words;
         ``Conflict`` (``import_running``) while an import of the clinic runs or another
         message changes the appointment."""
@@ -139,8 +138,7 @@ class EhrCommands:
                 await check(appointment)
             return await self._book_held(clinic, stored, appointment, now=now,
                                          providers=providers or {}, rooms=rooms or {},
-                                         finish=finish, holder=holder, origin=origin,
-                                         names=names)
+                                         finish=finish, holder=holder, origin=origin)
         except BaseException:
             await self.store.release_hold(clinic, appointment_id)
             raise
@@ -148,8 +146,7 @@ class EhrCommands:
     async def _book_held(self, clinic: str, stored: Appointment | None,
                          appointment: Appointment, *, now: datetime,
                          providers: dict[str, str], rooms: dict[str, str],
-                         finish: Finish | None, holder: str, origin: str,
-                         names: tuple[dict[str, str], dict[str, str]] | None) -> str:
+                         finish: Finish | None, holder: str, origin: str) -> str:
         appointment_id = appointment.appointment_id
         zone = self.desk.zone(clinic)
         day = clinic_day(appointment.scheduled_at, zone)
@@ -190,7 +187,7 @@ class EhrCommands:
             clinic, [*plan.to_publish, *plan.restored], previous, zone, providers, rooms,
             held=appointment_id,
             also=(lambda pipe: finish(text, pipe)) if finish is not None else None,
-            now=now, origin=origin, stored_names=names)
+            now=now, origin=origin)
         outcome_name = ("created" if plan.created else "updated" if plan.updated
                         else "restored" if plan.restored else "unchanged")
         m.SCHEDULE_ROWS.labels("ehr", outcome_name).inc()

@@ -171,6 +171,23 @@ if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
 return 0
 """
+# display names stored, and their directory.named queued on the outbox (KEYS[3]), only
+# where they differ from the stored ones (KEYS[1] providers, KEYS[2] rooms), compared
+# here where they are written: of two messages naming an id at once, the one applied last
+# decides the name stored, and its event is the last one published. ARGV: groups of
+# (KEYS index, id, display name, outbox entry). Returns how many changed.
+_NAME_CHANGES = """
+local changed = 0
+for i = 1, #ARGV, 4 do
+  local key = KEYS[tonumber(ARGV[i])]
+  if redis.call('HGET', key, ARGV[i + 1]) ~= ARGV[i + 2] then
+    redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+    redis.call('RPUSH', KEYS[3], ARGV[i + 3])
+    changed = changed + 1
+  end
+end
+return changed
+"""
 
 
 # queues more writes into a store method's transaction (an EHR feed's ACK with its change)
@@ -187,7 +204,6 @@ class FeedState:
     stored: Appointment | None = None  # ... and the appointment as stored
     visit_claim: VisitClaim | None = None  # with a claim asked: claim_feed_visit's answer
     identity_matches: IdentityMatches | None = None  # with an identity: identity_matches'
-    names: tuple[dict[str, str], dict[str, str]] | None = None  # with names asked: names()
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,40 +489,35 @@ class CheckinStore:
         """Keep the display names an import brought (FHIR Practitioner, Location) and
         publish those new or changed (``directory.named``, through the outbox, in the
         same transaction). Returns how many changed."""
-        queue = await self._names_to_queue(clinic, providers, rooms, now=now, origin=origin)
-        if queue is None:
-            return 0
         async with self.redis.pipeline(transaction=True) as pipe:
-            count = queue(pipe)
-            await pipe.execute()
-        self._names_kick()
-        return count
+            if not self._queue_named(pipe, clinic, providers, rooms, now=now,
+                                     origin=origin):
+                return 0
+            changed = int((await pipe.execute())[0])
+        if changed:
+            self._names_kick()
+        return changed
 
-    async def _names_to_queue(self, clinic: str, providers: Mapping[str, str],
-                              rooms: Mapping[str, str], *, now: datetime, origin: str,
-                              stored: tuple[dict[str, str], dict[str, str]] | None = None,
-                              ) -> Callable[[Any], int] | None:
-        """What queues the names that differ from those stored (their ``HSET`` and their
-        ``directory.named`` outbox entries) on a pipeline inside its MULTI; None when none
-        do. Two imports naming the same id at once at worst publish a name twice (the
-        outbox keeps their order, so the last one stored is the last one published)."""
-        if not providers and not rooms:
-            return None
-        stored_providers, stored_rooms = stored or await self.names(clinic)
-        changed = {"provider": changed_names(stored_providers, providers),
-                   "room": changed_names(stored_rooms, rooms)}
-        if not changed["provider"] and not changed["room"]:
-            return None
-        entries = [entry for kind in KINDS for entry in named_entries(
-            clinic, kind, changed[kind], origin=origin, source="checkin", now=now)]
-
-        def queue(pipe: Any) -> int:
-            for kind in KINDS:
-                if changed[kind]:
-                    pipe.hset(self._names(clinic, kind), mapping=changed[kind])
-            self.names_outbox.queue(pipe, entries)
-            return len(entries)
-        return queue
+    def _queue_named(self, pipe: Any, clinic: str, providers: Mapping[str, str],
+                     rooms: Mapping[str, str], *, now: datetime, origin: str) -> bool:
+        """Queue, on a pipeline inside its MULTI, the names given: each stored, with its
+        ``directory.named`` outbox entry, where it differs from the one stored then (one
+        ``EVAL``: compared where it is written, so two writers naming an id at once
+        leave the last one's name stored and published last, and no rename is lost); its
+        answer says how many changed. False (nothing queued) when none are given."""
+        given = {"provider": changed_names({}, providers), "room": changed_names({}, rooms)}
+        args: list[Any] = []
+        for index, kind in enumerate(KINDS, start=1):
+            names = given[kind]
+            entries = named_entries(clinic, kind, names, origin=origin, source="checkin",
+                                    now=now)
+            for ident, entry in zip(sorted(names), entries, strict=True):
+                args += [index, ident, names[ident], entry]
+        if not args:
+            return False
+        pipe.eval(_NAME_CHANGES, 3, *(self._names(clinic, kind) for kind in KINDS),
+                  self.names_outbox.key, *args)
+        return True
 
     def _names_kick(self) -> None:
         if self.names_queued is not None:
@@ -515,13 +526,10 @@ class CheckinStore:
     async def names(self, clinic: str) -> tuple[dict[str, str], dict[str, str]]:
         """Imported display names: (providers, rooms), by id."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            self._queue_names(pipe, clinic)
+            pipe.hgetall(self._names(clinic, "provider"))
+            pipe.hgetall(self._names(clinic, "room"))
             providers, rooms = await pipe.execute()
         return _decode_hash(providers), _decode_hash(rooms)
-
-    def _queue_names(self, pipe: Any, clinic: str) -> None:
-        pipe.hgetall(self._names(clinic, "provider"))
-        pipe.hgetall(self._names(clinic, "room"))
 
     async def day_schedule(self, clinic: str, day: date) -> list[AppointmentState]:
         ids = [_text(m) for m in await self.redis.zrange(self._day(clinic, day), 0, -1)]
@@ -767,14 +775,15 @@ class CheckinStore:
                          hold: tuple[str, str] | None = None,
                          claim_visit: tuple[str, str, str] | None = None,
                          identity: tuple[Sequence[date], str] | None = None,
-                         names: bool = False) -> FeedState:
+                         ) -> FeedState:
         """In one round trip: the ACK already answered to a message (``feed_ack``), the
         own time of the last message applied to its subject (``feed_seen_at``) and, with
         ``hold`` (appointment id, holding message), ``hold_appointment``'s answer, or with
         ``claim_visit`` (an EHR visit, its pending mark, our visit), ``claim_feed_visit``'s;
-        with ``identity`` (days, the kiosk check's digest), ``identity_matches``' answer
-        and with ``names`` the clinic's display names (``names``), which the message's
-        change would otherwise read in round trips of their own."""
+        with ``identity`` (days, the kiosk check's digest), ``identity_matches``' answer,
+        which the message's change would otherwise read in a round trip of its own. (The
+        clinic's display names a booking brings are compared in the transaction that
+        stores them: ``save_held``.)"""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(self._feed_ack(message))
             pipe.get(self._feed_at(clinic, subject))
@@ -785,8 +794,6 @@ class CheckinStore:
             if identity is not None:
                 for day in identity[0]:
                     pipe.smembers(self._who(clinic, day, identity[1]))
-            if names:
-                self._queue_names(pipe, clinic)
             ack, seen, *more = await pipe.execute()
         if isinstance(ack, str):
             ack = ack.encode()
@@ -802,9 +809,6 @@ class CheckinStore:
             days = tuple(identity[0])
             state.identity_matches = IdentityMatches(days, identity[1],
                                                      self._matched(more[:len(days)]))
-            more = more[len(days):]
-        if names:
-            state.names = _decode_hash(more[0]), _decode_hash(more[1])
         return state
 
     def queue_feed_done(self, pipe: Any, message: str, ack: bytes, clinic: str,
@@ -867,25 +871,20 @@ class CheckinStore:
                         previous: dict[str, Appointment], zone: Any,
                         providers: dict[str, str], rooms: dict[str, str],
                         held: str, also: Also | None = None, *, now: datetime,
-                        origin: str = "hl7",
-                        stored_names: tuple[dict[str, str], dict[str, str]] | None = None,
-                        ) -> None:
+                        origin: str = "hl7") -> None:
         """Store what a feed message changed (``save_appointments``, the display names,
-        the ``directory.named`` of those new or changed) and release its hold on
-        appointment ``held``, in one transaction with what ``also`` queues (the
-        message's ACK). ``stored_names``: the clinic's names as read ahead
-        (``feed_state``), else they are read here."""
-        names = await self._names_to_queue(clinic, providers, rooms, now=now, origin=origin,
-                                           stored=stored_names)
+        the ``directory.named`` of those new or changed, compared in this transaction:
+        ``_queue_named``) and release its hold on appointment ``held``, in one
+        transaction with what ``also`` queues (the message's ACK)."""
         async with self.redis.pipeline(transaction=True) as pipe:
+            # first: its answer (how many names changed) is the first of the EXEC's
+            named = self._queue_named(pipe, clinic, providers, rooms, now=now, origin=origin)
             self._queue_appointments(pipe, clinic, appointments, previous, zone)
-            if names is not None:
-                names(pipe)
             self._queue_release(pipe, clinic, held)
             if also is not None:
                 also(pipe)
-            await pipe.execute()
-        if names is not None:
+            answers = await pipe.execute()
+        if named and int(answers[0]):
             self._names_kick()
 
     async def feed_ack(self, message: str) -> bytes | None:

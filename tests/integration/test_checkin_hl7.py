@@ -400,3 +400,59 @@ async def test_an_appointment_type_the_clinic_does_not_know_is_refused_at_sch_7(
     assert answer.error is not None and answer.error[2].startswith("SCH^1^7"), answer.raw
     assert "'BOGUS' is not one of this clinic's visit types" in answer.text
     assert not about(await feed.floor(), "appointment_id", appointment)
+
+
+async def test_two_bookings_renaming_one_room_at_once_leave_the_last_applied_name_everywhere(
+    feed: Feed, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two messages about different appointments name the same room (AIL-3) and provider
+    (AIP-3) differently at once, raced deterministically: one is applied up to its
+    transaction and waits there while the other is applied whole, then goes on. The one
+    applied last decides the name stored, and its directory.named is the last published
+    (its names are compared with the stored ones in its transaction, not before: names
+    read before the other message stored its own would look unchanged and be lost)."""
+    ehr, now = Ehr(), datetime.now(UTC).replace(microsecond=0)
+    store = feed.checkin.app.state.store
+
+    def named(message: bytes, room: str, provider: str) -> bytes:
+        return (message.replace(b"^^^^^Exam room 3|", f"^^^^^{room}|".encode())
+                .replace(b"AIP|1|A|0148^ADDISON^JAMES^", f"AIP|1|A|0148^{provider}^".encode()))
+
+    def booking(appointment: str, room: str, provider: str) -> bytes:
+        return named(ehr.siu("S12", appointment, now + timedelta(hours=1), sent_at=now,
+                             mrn=mrn()), room, provider)
+
+    # the names as the other tests of the module book them (stored once, whatever ran)
+    assert (await feed.send(booking(unique("N"), "Exam room 3", "ADDISON^JAMES"))).code \
+        == "AA"
+    late_appointment = unique("N")
+    last = booking(late_appointment, "Exam room 3", "ADDISON^JAMES")
+    first = booking(unique("N"), "East room", "ADDISON^JO")
+    waiting, go = asyncio.Event(), asyncio.Event()
+    save_held = store.save_held
+
+    async def racing(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("held") == late_appointment:  # applied up to its transaction
+            waiting.set()
+            await go.wait()
+        await save_held(*args, **kwargs)
+
+    monkeypatch.setattr(store, "save_held", racing)
+    late = asyncio.create_task(feed.send(last))
+    try:
+        await asyncio.wait_for(waiting.wait(), 10)
+        assert (await feed.send(first)).code == "AA"  # stores and publishes its names
+    finally:
+        go.set()
+    assert (await late).code == "AA"
+
+    providers, rooms = await store.names("north")
+    assert (rooms["r3"], providers["dr-addison"]) == ("Exam room 3", "DR JAMES ADDISON")
+    await feed.checkin.app.state.relay.tick()
+    published = [orjson.loads(r.value)["data"] for r in await read_topic(
+        feed.kafka_bootstrap, feed.checkin.floor_topic.replace(FLOOR.name, DIRECTORY.name),
+        timeout=5)]
+    assert [n["display"] for n in published if n["id"] == "r3"][-2:] == [
+        "East room", "Exam room 3"]
+    assert [n["display"] for n in published if n["id"] == "dr-addison"][-2:] == [
+        "DR JO ADDISON", "DR JAMES ADDISON"]

@@ -100,14 +100,13 @@ class Applying:
     """One message being applied: its key (``feed:ack``), what stores its ACK with its
     change, and what was read with its ACK in one round trip (``CheckinStore.feed_state``):
     its appointment's hold with its state, its EHR visit's claim, the kiosk's index for
-    its patient, the clinic's display names."""
+    its patient."""
 
     message_key: str
     finish: Finish
     held: tuple[int, Appointment | None] | None = None
     visit_claim: VisitClaim | None = None
     identity_matches: IdentityMatches | None = None
-    names: tuple[dict[str, str], dict[str, str]] | None = None
 
 
 class Hl7Feed:
@@ -215,9 +214,11 @@ class Hl7Feed:
             await self.store.feed_done(message_key, kept(answer, digest), clinic, None)
             return answer, False
         # what a booking holds and an arrival claims is asked for in the same round trip,
-        # with what applying them reads first (the kiosk's index for the patient, the
-        # clinic's display names): round trips are the largest share of the feed's CPU
-        # (docs/performance.md, EHR feed)
+        # with what applying them reads first (the kiosk's index for the patient): round
+        # trips are the largest share of the feed's CPU (docs/performance.md, EHR feed).
+        # The display names a booking brings are not read ahead: they are compared with
+        # the stored ones in the transaction that stores them (two messages naming one
+        # provider at once: the one applied last decides the name stored and published)
         hold = (message.appointment_id, message_key) if isinstance(message, ScheduleMessage) \
             and message.action != "no_show" and feed.takes_schedule_from("hl7") else None
         arriving = isinstance(message, RegistrationMessage) and message.action == "arrive"
@@ -227,12 +228,9 @@ class Hl7Feed:
             if arriving and message.patient is not None else None
         identity = (kiosk_days(self.clock.now(), self.desk.zone(clinic)), kiosk_check) \
             if kiosk_check is not None else None
-        names = hold is not None and isinstance(message, ScheduleMessage) and bool(
-            (message.provider and message.provider.name) or (message.room and message.room.name))
         async with self.ehr.subject_lock(clinic, subject):
             state = await self.store.feed_state(message_key, clinic, subject, hold=hold,
-                                                claim_visit=claim, identity=identity,
-                                                names=names)
+                                                claim_visit=claim, identity=identity)
             seen = state.seen
             # a mark ahead of the clock (stored before times were checked) orders nothing
             stale = seen is not None and at < seen <= self.clock.now() + CLOCK_SKEW
@@ -263,7 +261,7 @@ class Hl7Feed:
                     text = await self._apply(feed, message, Applying(
                         message_key, finish, (state.held, state.stored)
                         if state.held is not None else None, state.visit_claim,
-                        state.identity_matches, state.names))
+                        state.identity_matches))
                     if finished:
                         return finished[0], False
                     ack = Ack("AA", text=text)
@@ -401,7 +399,7 @@ class Hl7Feed:
         return await self.ehr.book(feed.clinic_id, message.appointment_id, build, now=now,
                                    holder=applying.message_key, providers=providers,
                                    rooms=rooms, held=applying.held, finish=applying.finish,
-                                   check=check, names=applying.names)
+                                   check=check)
 
     def _appointment(self, feed: Feed, message: ScheduleMessage,
                      stored: Appointment | None) -> Appointment | None:
