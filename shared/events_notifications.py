@@ -3,8 +3,8 @@
 None of them carries contact details: patients appear as ``visit_id`` and
 ``ticket_code`` only, channels as their kind (``email``, ``sms``, ``log``,
 ``webhook``). ``notification.*`` and ``nurse_alert.*`` go on the notifications
-topic; ``contact.*`` (who read or changed identifying data, never the value)
-go on the audit topic.
+topic; ``contact.*`` and ``complaint_text.read`` (who read or changed identifying data
+or a patient's words, never the value) go on the audit topic.
 """
 
 from __future__ import annotations
@@ -111,6 +111,16 @@ class ContactErased(Payload):
 
     visit_id: str = Field(pattern=_ID)
     erased_by: str = Field(max_length=80)
+
+
+@register_event("complaint_text.read", 1)
+class ComplaintTextRead(Payload):
+    """A manager read what a patient said in a complaint (the manager's view of one
+    complaint): who, which complaint, when; never the words."""
+
+    complaint_id: str = Field(pattern=_ID)
+    reader: str = Field(max_length=80, description="credential name")
+    reader_role: str = Field(max_length=40)
 
 
 @register_event("feedback.given", 1)

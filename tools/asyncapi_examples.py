@@ -104,6 +104,8 @@ DATA: dict[str, dict[str, Any]] = {
     "contact.read": {"visit_id": "v-1042", "reader": "notifications", "reader_role": "service",
                      "purpose": "send", "fields": ["phone"], "notification_id": "n-5e6f7a"},
     "contact.erased": {"visit_id": "v-1042", "erased_by": "desk-2"},
+    "complaint_text.read": {"complaint_id": "cp-7a1e", "reader": "manager-1",
+                            "reader_role": "manager"},
 }
 
 

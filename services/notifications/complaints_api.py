@@ -10,13 +10,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from services.notifications import complaints as cp
 from services.notifications.api import ClinicId
 from services.notifications.complaints import Complaint
-from services.notifications.complaints_store import ComplaintStore
+from services.notifications.complaints_store import ComplaintStore, text_read
 from services.notifications.schemas import COMMON_ERRORS, answer
 from shared.auth import Principal, require_role
 from shared.clock import Clock
@@ -165,13 +165,19 @@ def make_complaints_router(
         summary="The manager's view of one complaint, with what the patient said",
         description="Manager only: the complaint, its status, owner and due time, and the "
         "patient's words as staff wrote them, or as the patient wrote them on the feedback "
-        "form for a low rating's complaint (never on an event, a log line or a list).",
+        "form for a low rating's complaint (never on an event, a log line or a list). "
+        "Every read is an audit event (complaint_text.read on the audit topic: who, when, "
+        "which complaint; never the words); the answer is not to be stored "
+        "(`Cache-Control: no-store`).",
         responses=answer(200, {**_EXAMPLE, "text": "Waited an hour past what I was told."},
                          "the complaint", refusals={404: _NOT_FOUND}))
-    async def one(clinic_id: ClinicId, complaint_id: ComplaintId,
+    async def one(clinic_id: ClinicId, complaint_id: ComplaintId, response: Response,
                   principal: Principal = Depends(MANAGER)) -> ComplaintView:
         principal.require_clinic(clinic_id)
-        found = await store.get(clinic_id, complaint_id)
+        response.headers["Cache-Control"] = "no-store"
+        found = await store.read(clinic_id, complaint_id, text_read(
+            clinic_id, complaint_id, reader=principal.name, role=principal.role,
+            at=clock.now()))
         if found is None:
             raise NotFound(f"complaint {complaint_id} does not exist at clinic {clinic_id}",
                            code="complaint_not_found")

@@ -13,11 +13,14 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``)::
 
 Every change is one transaction (the complaint's hash watched) that also queues its
 ``complaint.*`` event on the service's outbox, so a complaint and its event are stored
-together or not at all.
+together or not at all. Each read of a complaint's text (``read``) queues its audit
+event (``complaint_text.read``: who, which complaint, when; never the words) in the same
+step, as a contact's read does.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -37,6 +40,7 @@ from shared.events_notifications import (
     ComplaintEscalated,
     ComplaintLogged,
     ComplaintResolved,
+    ComplaintTextRead,
 )
 from shared.logging import get_logger
 from shared.outbox import Outbox, outbox_entry
@@ -65,6 +69,24 @@ def complaint_event(complaint: Complaint, kind: str, at: datetime) -> ev.Event:
                          event_id=f"{complaint.complaint_id}-{kind}")
 
 
+def text_read(clinic_id: str, complaint_id: str, *, reader: str, role: str,
+              at: datetime) -> bytes:
+    """The audit event (for the outbox) of one read of a complaint's text."""
+    event = ev.make_event(
+        ComplaintTextRead(complaint_id=complaint_id, reader=reader, reader_role=role),
+        clinic_id=clinic_id, source="notifications", occurred_at=at,
+        correlation_id=complaint_id, event_id=uuid.uuid4().hex)
+    return outbox_entry("audit", clinic_id, ev.encode(event))
+
+
+# the complaint, with the audit event of reading it queued atomically when there is one
+_READ = """
+local found = redis.call('HGETALL', KEYS[1])
+if redis.call('HEXISTS', KEYS[1], 'data') == 1 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+return found
+"""
+
+
 class ComplaintStore:
     """The key layout above."""
 
@@ -77,6 +99,7 @@ class ComplaintStore:
         self.outbox = outbox
         self.retention_seconds = retention_days * 86_400
         self.zone = zone
+        self._read = redis.register_script(_READ)
 
     def key(self, clinic_id: str, complaint_id: str) -> str:
         return f"{self.base}:complaint:{clinic_id}:{complaint_id}"
@@ -120,6 +143,15 @@ class ComplaintStore:
     async def get(self, clinic_id: str, complaint_id: str) -> tuple[Complaint, str] | None:
         raw = await self.redis.hgetall(self.key(clinic_id, complaint_id))
         return _decode(raw)
+
+    async def read(self, clinic_id: str, complaint_id: str,
+                   audit: bytes) -> tuple[Complaint, str] | None:
+        """The complaint and its text, with ``audit`` (``text_read``) queued on the outbox
+        in the same step when there is one (nothing queued for an unknown complaint)."""
+        raw = await self._read(keys=[self.key(clinic_id, complaint_id), self.outbox.key],
+                               args=[audit])
+        pairs = iter(raw)
+        return _decode(dict(zip(pairs, pairs, strict=True)))
 
     async def create(self, complaint: Complaint, text: str) -> bool:
         """Store a new complaint and queue ``complaint.logged``; False (nothing written)

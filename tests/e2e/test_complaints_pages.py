@@ -1,7 +1,8 @@
 """The front office's complaint screens in a real browser (Debian's Chromium), for a clinic
 in Honolulu seen from a browser in Tokyo: the front desk's follow-up list served by
 notifications (the list, a complaint logged and one acknowledged through the API, the
-patient's words hidden), the same page as the manager view (the words shown), a token of
+patient's words hidden), the same page as the manager view (the words shown only when a
+row's button is clicked, hidden again after a while or a refresh), a token of
 another role refused in words; and the operations screen's "waits and satisfaction this
 week" panel (flow's page reading notifications' satisfaction API), the clinic's week."""
 
@@ -94,16 +95,37 @@ async def test_front_desk_follows_up_complaints_and_the_manager_reads_the_words(
                                             for r in posted)
             await desk.screenshot(path=str(artifacts / "complaints-front-desk.png"))
 
-            # the same page with a manager's token: the manager view, with the words
+            # the same page with a manager's token: the manager view; the words only on
+            # demand, one complaint at a time, never read by the refresh loop
             boss = await context.new_page()
+            await boss.clock.install()  # the page's timers, moved by the test
+            read: list[str] = []
+            boss.on("request", lambda r: read.append(r.url) if r.method == "GET"
+                    and "/complaints/" in r.url and "cp-role-check" not in r.url else None)
             await boss.goto(f"{url}/screens/lobby/complaints?token=dev-manager")
             await expect(boss.locator("#view")).to_have_text("manager view", timeout=10_000)
-            await expect(boss.locator("tr", has_text="by phone").locator("td.words")) \
-                .to_have_text(WORDS)
+            show = "Show what the patient said"
+            said = boss.locator("tr", has_text="by phone").locator("td.words")
+            await expect(said).to_have_text(show)
             await expect(boss.locator("tr", has_text="in person").locator("td.words")) \
-                .to_have_text("–")
+                .to_have_text(show)
+            await boss.clock.run_for(31_000)  # a refresh: still no words read
             await expect(boss.locator("#text-field")).to_be_visible()
+            assert read == [] and WORDS not in await boss.content()
+            await said.get_by_role("button", name=show).click()
+            await expect(said).to_have_text(WORDS)
+            assert len(read) == 1 and read[0].endswith(heard.json()["complaint_id"])
+            await expect(boss.locator("tr", has_text="in person").locator("td.words")) \
+                .to_have_text(show)
             await boss.screenshot(path=str(artifacts / "complaints-manager.png"))
+            await boss.clock.run_for(21_000)  # a short while: hidden again
+            await expect(said).to_have_text(show)
+            assert WORDS not in await boss.content()
+            await said.get_by_role("button", name=show).click()
+            await expect(said).to_have_text(WORDS)
+            await boss.locator("#all").check()  # the list read again: hidden again
+            await expect(said).to_have_text(show)
+            assert WORDS not in await boss.content() and len(read) == 2
 
             # a nurse's token and a made-up one: refused in words, nothing listed
             for token, says in (("dev-nurse", "may not see complaints"),

@@ -3,7 +3,8 @@ complaint once, staff log one (428 without an Idempotency-Key, 404 naming a visi
 checked in), acknowledge and resolve
 it (404 for an unknown one, 409 for a step its status forbids; a step retried with its
 Idempotency-Key answers as the first time, no second event), the escalation tick on an
-injected clock escalates the one nobody acknowledged, once; the satisfaction report
+injected clock escalates the one nobody acknowledged, once; each read of a complaint's
+words is audited and not to be stored; the satisfaction report
 joins waits, told estimates, ratings and complaints; with the service's Redis keys
 flushed a rebuild from Kafka gives the same report. No event holds the patient's words."""
 
@@ -21,7 +22,7 @@ from services.notifications.feedback_store import Answer, FeedbackStore
 from shared import events as ev
 from shared.events_notifications import FeedbackGiven
 from shared.settings import NotificationsSettings
-from shared.topics import NOTIFICATIONS, TOLD, topic_name
+from shared.topics import AUDIT, NOTIFICATIONS, TOLD, topic_name
 from tests.fakes import FakeClock
 from tests.helpers import auth, eventually, producer, read_topic, serving
 from tests.integration.notifications_support import (
@@ -98,6 +99,7 @@ async def test_complaints_escalation_and_a_report_rebuilt_from_kafka(
         manager_view = await client.get(f"/clinics/north/complaints/{raised['complaint_id']}",
                                         headers=MANAGER)
         assert manager_view.json()["text"] == FORM_WORDS  # the patient's, manager only
+        assert manager_view.headers["cache-control"] == "no-store"
 
         # staff log one: the key is required, a retry is the same complaint
         body = {"category": "billing", "source": "phone", "visit_id": "v2", "text": WORDS}
@@ -119,6 +121,8 @@ async def test_complaints_escalation_and_a_report_rebuilt_from_kafka(
         own = f"/clinics/north/complaints/{staff['complaint_id']}"
         assert (await client.get(own, headers=FRONT_DESK)).status_code == 403
         assert (await client.get(own, headers=MANAGER)).json()["text"] == WORDS
+        unknown_one = await client.get("/clinics/north/complaints/cp-none", headers=MANAGER)
+        assert unknown_one.status_code == 404  # nothing read: nothing audited
 
         unknown = await client.post("/clinics/north/complaints/cp-none/acknowledge",
                                     headers=FRONT_DESK)
@@ -165,6 +169,15 @@ async def test_complaints_escalation_and_a_report_rebuilt_from_kafka(
         "complaint.acknowledged", "complaint.escalated", "complaint.logged",
         "complaint.logged", "complaint.resolved"]
     records = await read_topic(bootstrap, topic_name(NOTIFICATIONS, prefix))
+    # each read of a complaint's words is audited (who, which; never the words)
+    audited = [ev.decode(r.value) for r in await read_topic(
+        bootstrap, topic_name(AUDIT, prefix), expect=2)]
+    assert sorted((e.event_type, e.payload.model_dump()["complaint_id"],
+                   e.payload.model_dump()["reader_role"]) for e in audited) == sorted(
+        ("complaint_text.read", c, "manager")
+        for c in (raised["complaint_id"], staff["complaint_id"]))
+    assert not any(b"Jane" in r.value or b"knee" in r.value for r in await read_topic(
+        bootstrap, topic_name(AUDIT, prefix)))
     assert kinds.count("feedback.given") == 4  # v1 three times (one from the form), v2
     assert not any(b"Jane" in r.value or b"1961" in r.value or b"knee" in r.value
                    for r in records)

@@ -6,14 +6,19 @@
 //
 // Role: the manager's view of one complaint is the manager's only; asked for a complaint
 // that does not exist it answers 404 to a manager and 403 to anyone else, which tells the
-// page whether to show the patient's words (the front desk never gets them: the API keeps
+// page whether to offer the patient's words (the front desk never gets them: the API keeps
 // them for the manager, the page does not ask).
+//
+// Words: never read by the refresh loop. A manager asks for one complaint's words with its
+// row's button (one read of the manager-only route, audited by the service); they are shown
+// in that row only, until the next refresh or WORDS_SHOWN_MS, whichever comes first.
 //
 // Times are shown on the clinic's clock (its IANA zone, data-timezone), never the browser's.
 (function () {
   "use strict";
 
   const REFRESH_MS = 30000;
+  const WORDS_SHOWN_MS = 20000;
   const body = document.body;
   const clinic = body.dataset.clinic;
   const zone = body.dataset.timezone || "UTC";
@@ -144,7 +149,7 @@
     return button;
   }
 
-  function row(complaint, words) {
+  function row(complaint) {
     const tr = el("tr", complaint.status + (complaint.overdue ? " overdue" : "") +
                   (complaint.escalated_at ? " escalated" : ""));
     tr.dataset.complaint = complaint.complaint_id;
@@ -157,7 +162,7 @@
               el("td", "source", SOURCES[complaint.source] || complaint.source),
               el("td", "status", STATUSES[complaint.status] || complaint.status),
               el("td", "owner", complaint.owner || "–"), due, escalated);
-    if (manager) tr.append(el("td", "words", words === undefined ? "" : words || "–"));
+    if (manager) tr.append(wordsCell(complaint));
     const actions = el("td", "actions");
     if (complaint.status === "open") actions.append(actionButton(complaint, "acknowledge",
                                                                  "Acknowledge"));
@@ -167,14 +172,29 @@
     return tr;
   }
 
-  // the manager view: each complaint's words, from the manager-only route
-  async function wordsOf(complaints) {
-    const found = {};
-    await Promise.all(complaints.map(async (complaint) => {
+  // the manager view: one complaint's words, read from the manager-only route when its
+  // button is clicked (each read audited by the service), shown for a short while only
+  function wordsCell(complaint) {
+    const cell = el("td", "words");
+    const button = el("button", "show-words", "Show what the patient said");
+    button.type = "button";
+    button.addEventListener("click", async () => {
+      button.disabled = true;
       const answer = await call("GET", "/" + encodeURIComponent(complaint.complaint_id));
-      if (answer.ok) found[complaint.complaint_id] = answer.body.text;
-    }));
-    return found;
+      if (!cell.isConnected) return;  // refreshed meanwhile: the row is gone
+      if (!answer.ok) {
+        button.disabled = false;
+        if (!refusedBy(answer)) byId("action-result").textContent = detail(answer);
+        return;
+      }
+      cell.replaceChildren(el("span", "said", answer.body.text || "–"));
+      setTimeout(() => {
+        button.disabled = false;
+        if (cell.isConnected) cell.replaceChildren(button);
+      }, WORDS_SHOWN_MS);
+    });
+    cell.append(button);
+    return cell;
   }
 
   async function refresh() {
@@ -187,9 +207,7 @@
       return;
     }
     const complaints = answer.body.complaints;
-    const words = manager ? await wordsOf(complaints) : {};
-    byId("complaints").querySelector("tbody").replaceChildren(
-      ...complaints.map((c) => row(c, words[c.complaint_id])));
+    byId("complaints").querySelector("tbody").replaceChildren(...complaints.map(row));
     byId("empty").hidden = complaints.length > 0;
     byId("log-panel").hidden = false;
     byId("list-panel").hidden = false;
