@@ -69,6 +69,8 @@ class ComplaintView(BaseModel):
 
 class ComplaintList(BaseModel):
     clinic_id: str
+    as_of: datetime = Field(description="when the list was read: the service's clock, "
+                            "the clinic's offset")
     complaints: list[ComplaintView]
 
 
@@ -145,7 +147,8 @@ def make_complaints_router(
         summary="The follow-up list: complaints not resolved, overdue first",
         description="Front desk and manager; with all=true (manager) the resolved too. "
         "Never the patient's words: those are in the manager's view of one complaint.",
-        responses=answer(200, {"clinic_id": "north", "complaints": [_EXAMPLE]},
+        responses=answer(200, {"clinic_id": "north", "as_of": "2026-03-02T10:40:00-05:00",
+                               "complaints": [_EXAMPLE]},
                          "the complaints"))
     async def follow_up(clinic_id: ClinicId,
                         all: Annotated[bool, Query(
@@ -157,7 +160,7 @@ def make_complaints_router(
         found = [c for c, _text in await store.listed(clinic_id)]
         shown = (sorted(found, key=lambda c: c.logged_at)
                  if all and principal.role == "manager" else cp.follow_up(found, now))
-        return ComplaintList(clinic_id=clinic_id,
+        return ComplaintList(clinic_id=clinic_id, as_of=now.astimezone(zone(clinic_id)),
                              complaints=[view(c, None, now) for c in shown])
 
     @router.get(

@@ -74,6 +74,8 @@ async def test_front_desk_follows_up_complaints_and_the_manager_reads_the_words(
                 ["Mon 2 Mar 10:30", "wait", "by phone", "open", "–",
                  "Mon 2 Mar 11:30 (overdue)", "escalated Mon 2 Mar 11:31"])
             await expect(desk.locator("#view")).to_have_text("front desk")
+            # the service's time of the list (11:31 in Honolulu), not the browser's clock
+            await expect(desk.locator("#as-of")).to_have_text("As of Mon 2 Mar 11:31.")
             await expect(desk.locator("#text-field")).to_be_hidden()
             await expect(desk.locator("th.words")).to_be_hidden()
             assert "token=" not in desk.url

@@ -13,7 +13,8 @@
 // row's button (one read of the manager-only route, audited by the service); they are shown
 // in that row only, until the next refresh or WORDS_SHOWN_MS, whichever comes first.
 //
-// Times are shown on the clinic's clock (its IANA zone, data-timezone), never the browser's.
+// Times are shown on the clinic's clock (its IANA zone, data-timezone), never the browser's;
+// "As of" is the service's time of the list (its as_of), not the browser's clock.
 (function () {
   "use strict";
 
@@ -211,7 +212,7 @@
     byId("empty").hidden = complaints.length > 0;
     byId("log-panel").hidden = false;
     byId("list-panel").hidden = false;
-    byId("as-of").textContent = "As of " + clinicTime(new Date().toISOString()) + ".";
+    byId("as-of").textContent = "As of " + clinicTime(answer.body.as_of) + ".";
   }
 
   let logKey = randomKey();  // one per complaint, the same on a retry of it
