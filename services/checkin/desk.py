@@ -49,7 +49,6 @@ from services.checkin.domain import (
     patient_pseudonym,
     plan_import,
     provider_queue_place,
-    ticket_code,
     visit_types_named,
     wait_status,
 )
@@ -467,26 +466,20 @@ class CheckinDesk:
         except Refusal as refused:
             m.ARRIVALS_REFUSED.labels(channel, refused.code).inc()
             raise
-        holder = await self.store.claim_arrival(clinic_id, appointment, visit_id)
-        if holder is not None and holder != visit_id:
-            m.ARRIVALS_REFUSED.labels(channel, "already_arrived").inc()
-            # raises the Conflict, worded for this channel
-            check_scheduled_arrival(replace(state, arrived_visit=holder), channel=channel,
-                                    now=now, zone=zone)
-            raise AssertionError("a second arrival is always refused")
         try:
-            result = await self._publish_arrival(
+            return await self._publish_arrival(
                 clinic_id, visit_id, now=now, channel=channel, appointment=appointment,
                 provider_id=overrides.provider_id or appointment.provider_id,
                 visit_type=(self.desk_visit_type(overrides.visit_type) if overrides.visit_type
                             else appointment.visit_type),
                 priority=overrides.priority, patient_ref=appointment.patient_ref,
                 event_id=event_id)
-        except BaseException:
-            await self.store.release_arrival(clinic_id, appointment.appointment_id, visit_id)
-            raise
-        await self.store.drop_pending(clinic_id, [appointment.appointment_id])
-        return result
+        except _Taken as taken:
+            m.ARRIVALS_REFUSED.labels(channel, "already_arrived").inc()
+            # raises the Conflict, worded for this channel
+            check_scheduled_arrival(replace(state, arrived_visit=taken.holder),
+                                    channel=channel, now=now, zone=zone)
+            raise AssertionError("a second arrival is always refused") from None
 
     async def arrive_walk_in(self, clinic_id: str, walk_in: WalkIn, *, channel: Channel,
                              now: datetime, ids: tuple[str, str] | None = None,
@@ -509,32 +502,43 @@ class CheckinDesk:
                                provider_id: str | None, visit_type: str, priority: str,
                                patient_ref: str | None,
                                event_id: str | None = None) -> ArrivalResult:
+        """Publish the arrival of a new visit: its ticket taken, the visit stored and, for
+        a scheduled one, its appointment claimed in one step (``_Taken`` when another
+        visit holds the appointment); all undone when the event cannot be published."""
         day = self.today(clinic_id, now)
         scheduled_at = appointment.scheduled_at if appointment is not None else None
         late = is_late(now, scheduled_at, self.config.late_after)
-        code = ticket_code(await self.store.next_ticket_number(clinic_id, day))
+        opened = await self.store.open_visit(
+            VisitView(clinic_id=clinic_id, visit_id=visit_id, ticket_code="", day=day,
+                      status="waiting", status_at=now,
+                      appointment_id=appointment.appointment_id if appointment else None),
+            claim=appointment)
+        if isinstance(opened, str):
+            raise _Taken(opened)
+        view = opened
         payload = ev.PatientArrived(
-            visit_id=visit_id, ticket_code=code, patient_ref=patient_ref,
-            appointment_id=appointment.appointment_id if appointment else None,
-            provider_id=provider_id, visit_type=visit_type, scheduled_at=scheduled_at,
+            visit_id=visit_id, ticket_code=view.ticket_code, patient_ref=patient_ref,
+            appointment_id=view.appointment_id, provider_id=provider_id,
+            visit_type=visit_type, scheduled_at=scheduled_at,
             priority=priority, late=late,  # type: ignore[arg-type]
         )
         event = ev.make_event(payload, clinic_id=clinic_id, source=SOURCE, occurred_at=now,
                               correlation_id=visit_id, event_id=event_id)
-        view = VisitView(clinic_id=clinic_id, visit_id=visit_id, ticket_code=code, day=day,
-                         status="waiting", status_at=now,
-                         appointment_id=payload.appointment_id)
-        await self.store.save_visit(view)
         try:
             await self._publish_one(event)
         except BaseException:
             await self.store.forget_visit(view)
+            if appointment is not None:
+                await self.store.release_arrival(clinic_id, appointment.appointment_id,
+                                                 visit_id)
             raise
+        if appointment is not None:
+            await self.store.drop_pending(clinic_id, [appointment.appointment_id])
         kind = "scheduled" if appointment is not None else "walk_in"
         m.ARRIVALS.labels(clinic_id, channel, kind, str(late).lower()).inc()
-        log.info("patient checked in", clinic=clinic_id, visit_id=visit_id, ticket=code,
-                 kind=kind, channel=channel, late=late)
-        return ArrivalResult(visit_id=visit_id, ticket_code=code,
+        log.info("patient checked in", clinic=clinic_id, visit_id=visit_id,
+                 ticket=view.ticket_code, kind=kind, channel=channel, late=late)
+        return ArrivalResult(visit_id=visit_id, ticket_code=view.ticket_code,
                              event_id=event.envelope.event_id, late=late,
                              appointment_id=payload.appointment_id, provider_id=provider_id,
                              visit_type=visit_type, priority=priority,
@@ -808,6 +812,14 @@ class CheckinDesk:
             return view
         others = await self.store.day_visits(view.clinic_id, view.day)
         return replace(view, position=provider_queue_place(view, others))
+
+
+class _Taken(Exception):
+    """The appointment's arrival is held by another visit (``holder``)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
 
 
 def new_visit_id() -> str:

@@ -82,7 +82,7 @@ beginnings.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -90,6 +90,8 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from services.checkin.domain import (
+    TICKET_LETTERS,
+    TICKETS_PER_LETTER,
     Appointment,
     AppointmentState,
     VisitView,
@@ -162,6 +164,30 @@ for i = 3, #ARGV do
   end
 end
 return false
+"""
+# a new visit in one step: the appointment's arrival claimed (KEYS[4], a scheduled
+# arrival only: {0, holder} when another visit holds it), the day's next ticket number
+# taken (KEYS[1]) and turned into its code as domain.ticket_code does (ARGV[4] letters,
+# ARGV[5] tickets per letter), the visit (KEYS[2]) saved with it, its ticket (ARGV[6] ..
+# code, the key's name known only here) and its place in the day's index (KEYS[3]).
+# ARGV: 1 expiry of the day's keys, 2 the visit id, 3 its score, 4-6 as said, 7 the
+# claim's expiry, 8.. the visit's field/value pairs but its ticket_code. Returns {1, code}.
+_OPEN_VISIT = """
+if #KEYS == 4 and not redis.call('SET', KEYS[4], ARGV[2], 'NX', 'EXAT', ARGV[7]) then
+  local holder = redis.call('GET', KEYS[4])
+  if holder ~= ARGV[2] then return {0, holder} end
+end
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+local per = tonumber(ARGV[5])
+local at = math.floor((n - 1) / per) % string.len(ARGV[4]) + 1
+local code = string.sub(ARGV[4], at, at) .. '-' .. string.format('%d', (n - 1) % per + 1)
+redis.call('HSET', KEYS[2], 'ticket_code', code, unpack(ARGV, 8))
+redis.call('EXPIREAT', KEYS[2], ARGV[1])
+redis.call('SET', ARGV[6] .. code, ARGV[2], 'EXAT', ARGV[1])
+redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[2])
+redis.call('EXPIREAT', KEYS[3], ARGV[1])
+return {1, code}
 """
 # the day's ticket counter raised to at least ARGV[1] (a visit rebuilt from the floor topic
 # after Redis was lost: the next arrival must not get its code again)
@@ -245,6 +271,7 @@ class CheckinStore:
         self.redis = redis
         self.prefix = f"{prefix}:checkin"
         self._release = redis.register_script(_RELEASE_IF_OURS)
+        self._open_visit = redis.register_script(_OPEN_VISIT)
         # directory.named of the names an import changes, queued with them (the relay
         # publishes them to the directory topic); ``names_queued`` wakes the relay
         self.names_outbox = Outbox(redis, self.prefix)
@@ -547,20 +574,8 @@ class CheckinStore:
 
     # ------------------------------------------------------------- arrivals
 
-    async def claim_arrival(self, clinic: str, appointment: Appointment,
-                            visit_id: str) -> str | None:
-        """Mark the appointment arrived as ``visit_id``; returns the visit that already
-        holds it instead (a second arrival), or None when this one took it."""
-        key = self._arrived(clinic, appointment.appointment_id)
-        expires = int((appointment.scheduled_at + KEEP).timestamp())
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, visit_id, nx=True, exat=expires)
-            pipe.get(key)
-            took, holder = await pipe.execute()
-        return None if took else (_text(holder) if holder else None)
-
     async def release_arrival(self, clinic: str, appointment_id: str, visit_id: str) -> None:
-        """Undo ``claim_arrival`` (the arrival could not be published)."""
+        """Undo ``open_visit``'s claim (the arrival could not be published)."""
         await self._release(keys=[self._arrived(clinic, appointment_id)], args=[visit_id])
 
     async def reopen_appointment(self, clinic: str, appointment_id: str, visit_id: str) -> None:
@@ -571,14 +586,6 @@ class CheckinStore:
         if appointment is not None and appointment.status == "booked":
             await self.redis.zadd(self._pending(clinic),
                                   {appointment_id: appointment.scheduled_at.timestamp()})
-
-    async def next_ticket_number(self, clinic: str, day: date) -> int:
-        key = self._seq(clinic, day)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expireat(key, self._until(day))
-            number, _ = await pipe.execute()
-        return int(number)
 
     # --------------------------------------------------------------- visits
 
@@ -643,13 +650,33 @@ class CheckinStore:
             pipe.eval(_RAISE_TO, 1, self._seq(view.clinic_id, view.day), number,
                       self._until(view.day))
 
-    async def save_visit(self, view: VisitView) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self._queue_visit(pipe, view)
-            await pipe.execute()
+    async def open_visit(self, view: VisitView, *,
+                         claim: Appointment | None = None) -> VisitView | str:
+        """Save a new visit under the day's next ticket code, in one round trip: the
+        visit as given but its ``ticket_code`` (ignored), returned with the code it got.
+        With ``claim``, the appointment is first marked arrived as this visit, as
+        ``claim_arrival`` does: when another visit holds it, nothing is saved and that
+        visit's id is returned instead."""
+        fields = self._visit_fields(view)
+        del fields["ticket_code"]
+        keys = [self._seq(view.clinic_id, view.day), self._visit(view.clinic_id, view.visit_id),
+                self._day_visits(view.clinic_id, view.day)]
+        claim_expires = 0
+        if claim is not None:
+            keys.append(self._arrived(view.clinic_id, claim.appointment_id))
+            claim_expires = int((claim.scheduled_at + KEEP).timestamp())
+        args: list[str | int | float] = [
+            self._until(view.day), view.visit_id, view.status_at.timestamp(), TICKET_LETTERS,
+            TICKETS_PER_LETTER, self._ticket(view.clinic_id, view.day, ""), claim_expires]
+        for name, value in fields.items():
+            args += (name, value)
+        took, got = await self._open_visit(keys=keys, args=args)
+        if not int(took):
+            return _text(got)
+        return replace(view, ticket_code=_text(got))
 
     async def forget_visit(self, view: VisitView) -> None:
-        """Undo ``save_visit`` (its arrival could not be published)."""
+        """Undo ``open_visit`` (its arrival could not be published)."""
         await self._release(keys=[self._ticket(view.clinic_id, view.day, view.ticket_code)],
                             args=[view.visit_id])
         await self.redis.delete(self._visit(view.clinic_id, view.visit_id))

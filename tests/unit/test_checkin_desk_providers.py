@@ -6,6 +6,7 @@ for afresh, so one imported since is accepted at once and a stranger is always r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, cast
 
@@ -33,12 +34,9 @@ class ProviderStore:
     async def scheduled_providers(self, _clinic: str) -> set[str]:
         return set(self.scheduled)
 
-    async def next_ticket_number(self, _clinic: str, _day: Any) -> int:
+    async def open_visit(self, view: Any, *, claim: Any = None) -> Any:
         self.tickets += 1
-        return self.tickets
-
-    async def save_visit(self, _view: Any) -> None:
-        return None
+        return replace(view, ticket_code=f"A-{self.tickets}")
 
 
 async def published(events: Sequence[ev.Event]) -> list[BaseException | None]:
