@@ -595,7 +595,7 @@ Targets:
 """
 
 
-# what the profiles said (py-spy on the services under wrk, taken by hand on 2026-12-06;
+# what the profiles said (py-spy on the services under wrk, taken by hand on 2026-12-07;
 # re-take them when the request path changes); {arrivals}, {bare}, {ratio}, {ceiling} come
 # from the run
 HTTP_NOTES = """\
@@ -606,24 +606,25 @@ for {need:.2f} of a core, and Kafka's `acks=all` round trip is in every answer: 
 process (or the broker) gets less, a queue forms and the fixed-rate latencies above are that
 queue.
 
-Where an arrival's CPU goes (py-spy on checkin under wrk): Redis client work is about two
-fifths, in three calls (the Idempotency-Key's claim, its answer and the task that renews the
-claim, `shared/idempotency.py`, 16%; the visit record, one MULTI of HSET, EXPIREAT, SET and
-an EVAL, 16%; the day's ticket counter, 9%); uvicorn, Starlette and FastAPI about a third;
-the Kafka producer and checkin's own consumer of its arrival about a tenth; the rest is the
-event loop. The profile is flat within each part: redis-py's packing, encoding, timeouts and
-pool bookkeeping, h11's parsing. uvicorn's C parser and uvloop (`uvicorn[standard]`, not
-installed) took a bare route's CPU down by 40-50% in a side test on this machine, an
-arrival's by under 10%.
+Where an arrival's CPU goes (py-spy on checkin under wrk, 2026-12-07, by the frame where
+each sample was; uvloop and httptools in place): redis-py a quarter (packing, the pool,
+timeouts, parsing: flat), FastAPI, Starlette and uvicorn together about a quarter (routing,
+dependencies, the middleware stack), Python's asyncio (streams, tasks, timeouts) about a
+fifth, uvloop's own loop a twentieth, check-in's own code under a tenth, the Kafka producer
+and checkin's own consumer of its arrival about a twentieth. An arrival takes three Redis
+round trips (the Idempotency-Key's claim, the visit with its ticket in one script
+`CheckinStore.open_visit`, the key's answer) and one awaited `acks=all` produce.
 
-What this change fixed: the request counter (Starlette's `@app.middleware("http")` ran every
-request in a task of its own with memory streams between it and the app; /healthz cost 1.7x
-the bare app's CPU, now about the same) and the two Redis reads of the clinic's providers on
-every arrival naming a provider (kept five seconds when the provider is known; an unknown
-one is read afresh). What would reach 1,500 arrivals a second: one Redis call for the whole
-arrival (a Lua script that claims the key, takes the ticket number and writes the visit) and
-one for the answer, in `services/checkin/store.py` and `shared/idempotency.py`, left to
-their owners here; then uvicorn's C parser. The board GET is answered from the newest board
+What made it cheaper: the request counter as plain ASGI (Starlette's
+`@app.middleware("http")` ran every request in a task of its own; /healthz cost 1.7x the
+bare app's CPU, now about the same); the clinic's providers kept five seconds when known;
+the ticket, the visit and (scheduled) the appointment's claim in one script (two and three
+round trips before); uvloop and httptools, which uvicorn picks up by itself (a bare route's
+CPU -37%, an arrival's -27% with the script, both measured on this machine one after the
+other). What is left is spread thin over the HTTP stack, the Redis client and the event
+loop: 1,500 arrivals a second in one process would ask for about 670 µs each, less than
+half of today's, which no single call removes; more processes behind one address (each
+takes its share) are how a site gets there. The board GET is answered from the newest board
 flow's live-stream hub heard on its Redis subscription (no Redis read while the subscription
 is up; `BoardHub.heard`), the credential's check and the role's view (rendered once per board
 and role): per core it does {board_per_core:,}/s, {board_over_get}x the bare app's route with
