@@ -155,6 +155,20 @@ async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
         await client.stop()
 
 
+async def all_relayed(relay: Any) -> None:
+    """Until everything a service's outbox (``shared.outbox.OutboxRelay``) holds is on
+    Kafka. A ``tick`` alone is not enough: the service's own relay loop, woken by the
+    transaction that queued the entries, may hold the drain, and the tick then returns
+    at once while that loop's publish is still under way. An entry leaves the outbox only
+    once Kafka has acknowledged it, so an empty outbox means published."""
+    await relay.tick()
+
+    async def empty() -> bool:
+        return bool(await relay.outbox.length() == 0)
+
+    await eventually(empty)
+
+
 async def eventually(check: Callable[[], Any], timeout: float = 15.0,
                      interval: float = 0.1) -> Any:
     """Poll an async or sync ``check`` until it returns a truthy value."""

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from shared.topics import DIRECTORY, FLOOR
-from tests.helpers import read_topic
+from tests.helpers import all_relayed, read_topic
 from tests.integration.test_checkin_hl7_support import (
     Ehr,
     Feed,
@@ -84,7 +84,7 @@ async def test_a_new_booking_is_on_the_floor_before_the_engine_hears_aa_and_only
                for p in directory["providers"])
     assert any(r["id"] == "r3" and r["name"] == "Exam room 3" for r in directory["rooms"])
     # the names are published for flow's screens and notifications' messages, once each
-    await feed.checkin.app.state.relay.tick()
+    await all_relayed(feed.checkin.app.state.relay)
     named = [orjson.loads(r.value)["data"] for r in await read_topic(
         feed.kafka_bootstrap, feed.checkin.floor_topic.replace(FLOOR.name, DIRECTORY.name),
         timeout=5)]
@@ -448,7 +448,7 @@ async def test_two_bookings_renaming_one_room_at_once_leave_the_last_applied_nam
 
     providers, rooms = await store.names("north")
     assert (rooms["r3"], providers["dr-addison"]) == ("Exam room 3", "DR JAMES ADDISON")
-    await feed.checkin.app.state.relay.tick()
+    await all_relayed(feed.checkin.app.state.relay)
     published = [orjson.loads(r.value)["data"] for r in await read_topic(
         feed.kafka_bootstrap, feed.checkin.floor_topic.replace(FLOOR.name, DIRECTORY.name),
         timeout=5)]

@@ -19,7 +19,7 @@ from services.notifications.app import create_app as notifications_app
 from shared import events as ev
 from shared.settings import FlowSettings, NotificationsSettings
 from shared.topics import DIRECTORY, FLOOR, topic_name
-from tests.helpers import eventually, read_topic, serving
+from tests.helpers import all_relayed, eventually, read_topic, serving
 from tests.integration.flow_support import NURSE, flow_settings, publish
 from tests.integration.test_checkin_support import (
     FHIR,
@@ -95,7 +95,7 @@ async def test_an_imported_practitioner_is_named_on_the_board_and_in_messages_an
         again = await checkin.client.post("/clinics/north/schedule/fhir", content=bundle,
                                           headers={**FRONT_DESK, **FHIR})
         assert again.status_code == 200
-        await checkin.app.state.relay.tick()  # whatever it queued is on Kafka now
+        await all_relayed(checkin.app.state.relay)  # whatever it queued is on Kafka now
         assert len(await read_topic(kafka_bootstrap, directory_topic, timeout=5)) == 4
     named = [orjson.loads(r.value) for r in records]
     assert {(n["data"]["kind"], n["data"]["id"], n["data"]["display"]) for n in named} == {
