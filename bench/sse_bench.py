@@ -561,17 +561,24 @@ core, so they were waiting for frames, not behind them.
 """
 
 
-# what the profiles said (py-spy on flow during the run, taken by hand on 2026-12-06)
+# what the profiles said (py-spy on flow during the run, taken by hand on 2026-12-07)
 SCREENS_NOTES = """\
-Where flow's CPU goes with 1,000 screens at 500 events/s (py-spy on the process): sending
-frames is about two fifths, nearly all of it the socket write itself (on loopback the
-kernel does the receiving side's work inside the sender's system call); applying the events
-and drawing the boards with their estimates about a third; the hub (reading Redis pub/sub,
-rendering, queueing) under a tenth. What this change fixed: a board was parsed, cut to the
-role's view and serialised again for each screen watching it (ten times per board here),
-now once per role; redis-py's pub/sub handler built a debug line of every board, all its
-bytes escaped, whether or not it was logged (9% of flow's CPU); a screen held up to four
-boards and a busy flow sent the stale ones too, now it holds the newest; and a network of
-screens reconnecting together (a restart) failed: each new stream read its snapshot with a
-pooled Redis connection of its own, past the pool's 100 (`MaxConnectionsError`), now each
-clinic's snapshot is read once, 32 clinics at a time."""
+Where flow's CPU goes at 500 events/s (py-spy on the process with one screen per clinic,
+2026-12-07, uvloop in place): flow then spends 1.4-1.7 ms of CPU per event, thirty times
+what an event costs it in a backlog (the throughput above), because at that pace a 20 ms
+batch holds about ten events of ten clinics and each batch draws and sends the board of
+every clinic it touched: a board per event. Drawing the
+boards is a quarter (the estimates, the day's operations report and its undo window, the
+Prometheus gauges of each board), rendering each role's view on the clinic's clock an
+eighth, handing frames to the streams an eighth, publishing the changed estimates (and the
+TV's told ranges) with the Kafka producer about a fifth, asyncio's own work a sixth; no one
+part is large enough that removing it would bring the p99 at 500 events/s under 100 ms (two
+of them, the gauges' label lookups and the clock's conversions, were tried and made no
+difference beyond the noise of four alternating runs). At 1,000 screens flow needs more of
+a core than it gets beside Kafka, Redis and the screens' processes on 2 cores, and the
+queue that forms is the p99. What earlier changes fixed: a board was parsed, cut to the
+role's view and serialised again for each screen watching it, now once per role; redis-py's
+pub/sub handler built a debug line of every board whether or not it was logged; a screen
+held up to four boards and a busy flow sent the stale ones too, now it holds the newest;
+and a network of screens reconnecting together read one snapshot per stream past the Redis
+pool's 100 connections, now each clinic's snapshot is read once, 32 clinics at a time."""
