@@ -508,36 +508,47 @@ class CheckinDesk:
         day = self.today(clinic_id, now)
         scheduled_at = appointment.scheduled_at if appointment is not None else None
         late = is_late(now, scheduled_at, self.config.late_after)
-        opened = await self.store.open_visit(
-            VisitView(clinic_id=clinic_id, visit_id=visit_id, ticket_code="", day=day,
-                      status="waiting", status_at=now,
-                      appointment_id=appointment.appointment_id if appointment else None),
-            claim=appointment)
-        if isinstance(opened, str):
-            raise _Taken(opened)
-        view = opened
-        payload = ev.PatientArrived(
-            visit_id=visit_id, ticket_code=view.ticket_code, patient_ref=patient_ref,
-            appointment_id=view.appointment_id, provider_id=provider_id,
-            visit_type=visit_type, scheduled_at=scheduled_at,
-            priority=priority, late=late,  # type: ignore[arg-type]
-        )
-        event = ev.make_event(payload, clinic_id=clinic_id, source=SOURCE, occurred_at=now,
-                              correlation_id=visit_id, event_id=event_id)
-        try:
-            await self._publish_one(event)
-        except BaseException:
-            await self.store.forget_visit(view)
+        async def release() -> None:
+            """The appointment's claim goes (only a claim this visit holds)."""
             if appointment is not None:
                 await self.store.release_arrival(clinic_id, appointment.appointment_id,
                                                  visit_id)
+
+        try:
+            opened = await self.store.open_visit(
+                VisitView(clinic_id=clinic_id, visit_id=visit_id, ticket_code="", day=day,
+                          status="waiting", status_at=now,
+                          appointment_id=appointment.appointment_id if appointment else None),
+                claim=appointment)
+        except BaseException:
+            await release()  # a script that failed half-way keeps what it wrote
             raise
-        if appointment is not None:
-            await self.store.drop_pending(clinic_id, [appointment.appointment_id])
+        if isinstance(opened, str):
+            raise _Taken(opened)
+        view = opened
+        try:
+            payload = ev.PatientArrived(
+                visit_id=visit_id, ticket_code=view.ticket_code, patient_ref=patient_ref,
+                appointment_id=view.appointment_id, provider_id=provider_id,
+                visit_type=visit_type, scheduled_at=scheduled_at,
+                priority=priority, late=late,  # type: ignore[arg-type]
+            )
+            event = ev.make_event(payload, clinic_id=clinic_id, source=SOURCE,
+                                  occurred_at=now, correlation_id=visit_id, event_id=event_id)
+            await self._publish_one(event)
+        except BaseException:
+            # nothing published: the visit, its ticket and the claim go, whatever fails
+            try:
+                await self.store.forget_visit(view)
+            finally:
+                await release()
+            raise
         kind = "scheduled" if appointment is not None else "walk_in"
         m.ARRIVALS.labels(clinic_id, channel, kind, str(late).lower()).inc()
         log.info("patient checked in", clinic=clinic_id, visit_id=visit_id,
                  ticket=view.ticket_code, kind=kind, channel=channel, late=late)
+        if appointment is not None:
+            await self.store.drop_pending(clinic_id, [appointment.appointment_id])
         return ArrivalResult(visit_id=visit_id, ticket_code=view.ticket_code,
                              event_id=event.envelope.event_id, late=late,
                              appointment_id=payload.appointment_id, provider_id=provider_id,
