@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from bench.common import preload
@@ -102,6 +103,67 @@ async def _one_run(bootstrap: str, redis_url: str, workdir: Path, prefix: str,
             (busy_after - busy_before) / max(1.0, all_after - all_before))
 
 
+async def _group_settled(bootstrap: str, group: str, members: int,
+                         timeout: float = 120.0) -> None:
+    """Until the consumer group is Stable with ``members`` members (its partitions
+    handed out, no rebalance under way)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for response in await admin.describe_consumer_groups([group]):
+                # each: (error, id, state, protocol type, protocol, members, ...)
+                for found in response.groups:
+                    if found[2] == "Stable" and len(found[5]) == members:
+                        return
+            await asyncio.sleep(0.2)
+        raise RuntimeError(f"group {group} never settled with {members} members")
+    finally:
+        await admin.close()
+
+
+async def _settled_run(bootstrap: str, redis_url: str, workdir: Path, prefix: str,
+                       instances: int, run: int,
+                       records: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
+    """The group settled first, then the events: ``instances`` processes on a fresh,
+    empty floor topic, started and left until their group is Stable, then every record
+    produced (by this process, as fast as the broker takes them) and timed from the first
+    produced to every event checkpointed. No rebalance and no start-up in the figure."""
+    space = f"{prefix}q{instances}r{run}."
+    await ensure_topics(bootstrap, space)
+    env = _env(bootstrap, redis_url, space, flow_publish_estimates="false",
+               redis_prefix=space.rstrip("."), flow_group_id=f"{space}flow")
+    services = [ServiceProcess("flow", env, workdir / f"settled-{instances}-{run}-{n}.log")
+                for n in range(instances)]
+    redis = Redis.from_url(redis_url)
+    for service in services:
+        service.start()
+    flow_cpu = 0.0
+    try:
+        await asyncio.gather(*(service.wait_ready(120) for service in services))
+        await _group_settled(bootstrap, f"{space}flow", instances)
+        cpu_before = {service: process_cpu_seconds(service.process.pid)
+                      for service in services if service.process is not None}
+        busy_before, all_before = _machine_busy()
+        began = time.perf_counter()
+        await preload(bootstrap, space + FLOOR, records)
+        while await _checkpointed(redis, space) < len(records):
+            await asyncio.sleep(0.05)
+        finished = time.perf_counter()
+        busy_after, all_after = _machine_busy()
+        for service, cpu in cpu_before.items():
+            assert service.process is not None
+            flow_cpu += process_cpu_seconds(service.process.pid) - cpu
+    finally:
+        for service in services:
+            service.stop()
+        await redis.aclose()
+    wall = max(1e-3, finished - began)
+    return (len(records) / wall, flow_cpu / wall,
+            (busy_after - busy_before) / max(1.0, all_after - all_before))
+
+
 async def scale_out(bootstrap: str, redis_url: str, workdir: Path, clinics: int = 500,
                     events: int = 200_000, sizes: tuple[int, ...] = (1, 2, 3),
                     runs: int = 2) -> dict[str, Any]:
@@ -126,7 +188,13 @@ async def scale_out(bootstrap: str, redis_url: str, workdir: Path, clinics: int 
             busy[instances].append(machine)
             reference = reference or boards
             differing[instances] += sum(boards[c] != reference[c] for c in sample)
+    settled: dict[int, list[tuple[float, float, float]]] = {n: [] for n in sizes}
+    for run in range(runs):
+        for instances in sizes:
+            settled[instances].append(await _settled_run(
+                bootstrap, redis_url, workdir, prefix, instances, run, records))
     one = statistics.median(rates[sizes[0]])
+    settled_one = statistics.median(r[0] for r in settled[sizes[0]])
     return {
         "events": len(records),
         "clinics": clinics,
@@ -140,5 +208,15 @@ async def scale_out(bootstrap: str, redis_url: str, workdir: Path, clinics: int 
                      "boards_differing_from_one_process": differing[n],
                      "flow_cores": round(statistics.median(cores[n]), 2),
                      "machine_busy": round(statistics.median(busy[n]), 2)}
+            for n in sizes},
+        # the group settled before the events came (``_settled_run``)
+        "settled_by_instances": {
+            str(n): {"events_per_second": round(statistics.median(r[0] for r in settled[n])),
+                     "range": [round(min(r[0] for r in settled[n])),
+                               round(max(r[0] for r in settled[n]))],
+                     "speedup": round(statistics.median(r[0] for r in settled[n])
+                                      / settled_one, 2),
+                     "flow_cores": round(statistics.median(r[1] for r in settled[n]), 2),
+                     "machine_busy": round(statistics.median(r[2] for r in settled[n]), 2)}
             for n in sizes},
     }
