@@ -15,6 +15,7 @@ import asyncio
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,29 +61,59 @@ def _machine_busy() -> tuple[float, float]:
     return float(sum(fields) - idle), float(sum(fields))
 
 
+@dataclass
+class Run:
+    """One run: events/s, the sampled boards it left, the flow processes' CPU in cores
+    and the whole machine's busy share (all cores), over the timed span."""
+
+    events_per_second: float
+    boards: dict[str, bytes]
+    flow_cores: float
+    machine_busy: float
+
+
 async def _one_run(bootstrap: str, redis_url: str, workdir: Path, prefix: str,
-                   instances: int, run: int, expected: int,
-                   sample: list[str]) -> tuple[float, dict[str, bytes], float, float]:
-    space = f"{prefix}s{instances}r{run}."
-    env = _env(bootstrap, redis_url, prefix, flow_publish_estimates="false",
+                   instances: int, run: int, records: list[tuple[bytes, bytes]],
+                   sample: list[str], *, settled: bool) -> Run:
+    """``instances`` flow processes in a fresh group and Redis space, timed to every event
+    checkpointed. Not ``settled``: on the preloaded topic (``prefix``), from the processes'
+    start, so their start-up, the group's joins and the partitions moving as the others
+    join are in it, as when instances are added to a backlog. (Neither the pace between 10%
+    and 90% checkpointed, which jumps, since a process catching up checkpoints ten times
+    less often and at once when through, nor the time from all ready, by when the first
+    ready has done most of the topic, says what the group does: both read hundreds of
+    thousands a second.) ``settled``: on a fresh, empty topic, the processes started and
+    left until their group is Stable, then every record produced (by this process, as fast
+    as the broker takes them) and timed from the first produced: no start-up and no
+    rebalance in it."""
+    space = f"{prefix}{'q' if settled else 's'}{instances}r{run}."
+    topics = space if settled else prefix
+    if settled:
+        await ensure_topics(bootstrap, space)
+    env = _env(bootstrap, redis_url, topics, flow_publish_estimates="false",
                redis_prefix=space.rstrip("."), flow_group_id=f"{space}flow")
-    services = [ServiceProcess("flow", env, workdir / f"scaleout-{instances}-{run}-{n}.log")
+    services = [ServiceProcess("flow", env, workdir / f"scaleout-{space}{n}.log")
                 for n in range(instances)]
     redis = Redis.from_url(redis_url)
-    began = time.perf_counter()
-    busy_before, all_before = _machine_busy()
+
+    def flow_cpu() -> float:
+        return sum(process_cpu_seconds(s.process.pid) for s in services
+                   if s.process is not None)
+
+    began, cpu_before, busy_before = time.perf_counter(), 0.0, _machine_busy()
     for service in services:
         service.start()
-    flow_cpu = 0.0
     try:
         await asyncio.gather(*(service.wait_ready(120) for service in services))
-        while await _checkpointed(redis, space) < expected:
+        if settled:
+            await _group_settled(bootstrap, f"{space}flow", instances)
+            began, cpu_before, busy_before = time.perf_counter(), flow_cpu(), _machine_busy()
+            await preload(bootstrap, space + FLOOR, records)
+        while await _checkpointed(redis, space) < len(records):
             await asyncio.sleep(0.05)
-        finished = time.perf_counter()
-        busy_after, all_after = _machine_busy()
-        for service in services:
-            assert service.process is not None
-            flow_cpu += process_cpu_seconds(service.process.pid)
+        wall = max(1e-3, time.perf_counter() - began)
+        cores = (flow_cpu() - cpu_before) / wall
+        busy_after = _machine_busy()
         # every process answers for every clinic (the boards are in Redis): read them
         # from the last one started, which took its partitions from the others
         boards = await _boards(services[-1].url, sample)
@@ -90,17 +121,9 @@ async def _one_run(bootstrap: str, redis_url: str, workdir: Path, prefix: str,
         for service in services:
             service.stop()
         await redis.aclose()
-    # from the processes' start to every event checkpointed: their start-up (about a
-    # second, alike for every size), the group's joins and the partitions moving as the
-    # others join are in it, as in a real scale-out. Neither the pace between 10% and 90%
-    # checkpointed (while catching up a process checkpoints ten times less often and at
-    # once when it is through: with two or three the count jumps from under 10% to all)
-    # nor the time from all ready (the first ready has done most of the topic by then)
-    # says what the group does: both read hundreds of thousands a second
-    wall = max(1e-3, finished - began)
-    # the flow processes' CPU in cores, and the whole machine's busy share (all cores)
-    return (expected / wall, boards, flow_cpu / wall,
-            (busy_after - busy_before) / max(1.0, all_after - all_before))
+    busy = ((busy_after[0] - busy_before[0])
+            / max(1.0, busy_after[1] - busy_before[1]))
+    return Run(len(records) / wall, boards, cores, busy)
 
 
 async def _group_settled(bootstrap: str, group: str, members: int,
@@ -123,100 +146,49 @@ async def _group_settled(bootstrap: str, group: str, members: int,
         await admin.close()
 
 
-async def _settled_run(bootstrap: str, redis_url: str, workdir: Path, prefix: str,
-                       instances: int, run: int,
-                       records: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
-    """The group settled first, then the events: ``instances`` processes on a fresh,
-    empty floor topic, started and left until their group is Stable, then every record
-    produced (by this process, as fast as the broker takes them) and timed from the first
-    produced to every event checkpointed. No rebalance and no start-up in the figure."""
-    space = f"{prefix}q{instances}r{run}."
-    await ensure_topics(bootstrap, space)
-    env = _env(bootstrap, redis_url, space, flow_publish_estimates="false",
-               redis_prefix=space.rstrip("."), flow_group_id=f"{space}flow")
-    services = [ServiceProcess("flow", env, workdir / f"settled-{instances}-{run}-{n}.log")
-                for n in range(instances)]
-    redis = Redis.from_url(redis_url)
-    for service in services:
-        service.start()
-    flow_cpu = 0.0
-    try:
-        await asyncio.gather(*(service.wait_ready(120) for service in services))
-        await _group_settled(bootstrap, f"{space}flow", instances)
-        cpu_before = {service: process_cpu_seconds(service.process.pid)
-                      for service in services if service.process is not None}
-        busy_before, all_before = _machine_busy()
-        began = time.perf_counter()
-        await preload(bootstrap, space + FLOOR, records)
-        while await _checkpointed(redis, space) < len(records):
-            await asyncio.sleep(0.05)
-        finished = time.perf_counter()
-        busy_after, all_after = _machine_busy()
-        for service, cpu in cpu_before.items():
-            assert service.process is not None
-            flow_cpu += process_cpu_seconds(service.process.pid) - cpu
-    finally:
-        for service in services:
-            service.stop()
-        await redis.aclose()
-    wall = max(1e-3, finished - began)
-    return (len(records) / wall, flow_cpu / wall,
-            (busy_after - busy_before) / max(1.0, all_after - all_before))
-
-
 async def scale_out(bootstrap: str, redis_url: str, workdir: Path, clinics: int = 500,
                     events: int = 200_000, sizes: tuple[int, ...] = (1, 2, 3),
                     runs: int = 2) -> dict[str, Any]:
-    """Events/s of ``sizes`` flow processes in one group, ``runs`` alternating rounds:
-    the whole topic over the time from the processes' start to every event checkpointed."""
+    """Events/s of ``sizes`` flow processes in one group, ``runs`` alternating rounds,
+    from the processes' start and with the group settled first (``_one_run``)."""
     prefix = f"x{uuid.uuid4().hex[:6]}."
     await ensure_topics(bootstrap, prefix)
     records = clinic_days(clinics, events)
     await preload(bootstrap, prefix + FLOOR, records)
     sample = sorted({key.decode() for key, _value in records})[::max(1, clinics // 50)]
-    rates: dict[int, list[float]] = {n: [] for n in sizes}
-    cores: dict[int, list[float]] = {n: [] for n in sizes}
-    busy: dict[int, list[float]] = {n: [] for n in sizes}
-    reference: dict[str, bytes] | None = None
-    differing: dict[int, int] = dict.fromkeys(sizes, 0)
-    for run in range(runs):
-        for instances in sizes:
-            rate, boards, flow_cores, machine = await _one_run(
-                bootstrap, redis_url, workdir, prefix, instances, run, len(records), sample)
-            rates[instances].append(rate)
-            cores[instances].append(flow_cores)
-            busy[instances].append(machine)
-            reference = reference or boards
-            differing[instances] += sum(boards[c] != reference[c] for c in sample)
-    settled: dict[int, list[tuple[float, float, float]]] = {n: [] for n in sizes}
-    for run in range(runs):
-        for instances in sizes:
-            settled[instances].append(await _settled_run(
-                bootstrap, redis_url, workdir, prefix, instances, run, records))
-    one = statistics.median(rates[sizes[0]])
-    settled_one = statistics.median(r[0] for r in settled[sizes[0]])
+    runs_of: dict[bool, dict[int, list[Run]]] = {
+        mode: {n: [] for n in sizes} for mode in (False, True)}
+    for settled in (False, True):
+        for run in range(runs):
+            for instances in sizes:
+                runs_of[settled][instances].append(await _one_run(
+                    bootstrap, redis_url, workdir, prefix, instances, run, records, sample,
+                    settled=settled))
+    # every run's boards against the first one-process run's
+    reference = runs_of[False][sizes[0]][0].boards
+
+    def summary(by_size: dict[int, list[Run]]) -> dict[str, Any]:
+        one = statistics.median(r.events_per_second for r in by_size[sizes[0]])
+        out: dict[str, Any] = {}
+        for n, done in by_size.items():
+            rates = [r.events_per_second for r in done]
+            out[str(n)] = {
+                "events_per_second": round(statistics.median(rates)),
+                "range": [round(min(rates)), round(max(rates))],
+                "speedup": round(statistics.median(rates) / one, 2),
+                "boards_differing_from_one_process": sum(
+                    r.boards[c] != reference[c] for r in done for c in sample),
+                "flow_cores": round(statistics.median(r.flow_cores for r in done), 2),
+                "machine_busy": round(statistics.median(r.machine_busy for r in done), 2)}
+        return out
+
     return {
         "events": len(records),
         "clinics": clinics,
         "runs": runs,
         "partitions": FLOOR_TOPIC.partitions,
         "boards_compared_per_run": len(sample),
-        "by_instances": {
-            str(n): {"events_per_second": round(statistics.median(rates[n])),
-                     "range": [round(min(rates[n])), round(max(rates[n]))],
-                     "speedup": round(statistics.median(rates[n]) / one, 2),
-                     "boards_differing_from_one_process": differing[n],
-                     "flow_cores": round(statistics.median(cores[n]), 2),
-                     "machine_busy": round(statistics.median(busy[n]), 2)}
-            for n in sizes},
-        # the group settled before the events came (``_settled_run``)
-        "settled_by_instances": {
-            str(n): {"events_per_second": round(statistics.median(r[0] for r in settled[n])),
-                     "range": [round(min(r[0] for r in settled[n])),
-                               round(max(r[0] for r in settled[n]))],
-                     "speedup": round(statistics.median(r[0] for r in settled[n])
-                                      / settled_one, 2),
-                     "flow_cores": round(statistics.median(r[1] for r in settled[n]), 2),
-                     "machine_busy": round(statistics.median(r[2] for r in settled[n]), 2)}
-            for n in sizes},
+        "by_instances": summary(runs_of[False]),
+        # the group settled before the events came (``_one_run(settled=True)``)
+        "settled_by_instances": summary(runs_of[True]),
     }

@@ -654,9 +654,9 @@ class CheckinStore:
                          claim: Appointment | None = None) -> VisitView | str:
         """Save a new visit under the day's next ticket code, in one round trip: the
         visit as given but its ``ticket_code`` (ignored), returned with the code it got.
-        With ``claim``, the appointment is first marked arrived as this visit, as
-        ``claim_arrival`` does: when another visit holds it, nothing is saved and that
-        visit's id is returned instead."""
+        With ``claim``, the appointment is first marked arrived as this visit (its one
+        arrival, kept until its day is well past): when another visit holds it, nothing is
+        saved and that visit's id is returned instead."""
         fields = self._visit_fields(view)
         del fields["ticket_code"]
         keys = [self._seq(view.clinic_id, view.day), self._visit(view.clinic_id, view.visit_id),
