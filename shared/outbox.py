@@ -97,6 +97,11 @@ class OutboxRelay:
 
     async def tick(self, _now: datetime | None = None) -> int:
         """Publish everything waiting, in order; returns how many events went out."""
+        return await self._drain(lambda: True)
+
+    async def _drain(self, more: Callable[[], bool]) -> int:
+        """Publish what waits, a batch (``batch`` entries) at a time, while ``more()``
+        says to go on after a batch; returns how many events went out."""
         total = 0
         while True:
             taken = await self.outbox.take(self.batch)
@@ -114,14 +119,19 @@ class OutboxRelay:
             finally:
                 await self.outbox.done(token, published)
             total += published
+            if not more():
+                break
         OUTBOX_EVENTS.labels(self.service).set(await self.outbox.length())
         return total
 
     async def run(self, every: float, ready: Callable[[], bool]) -> None:
         """Drain whenever kicked, and at least every ``every`` seconds; a failure is
         retried with a growing pause (the entries stay in Redis meanwhile). Ends after
-        the drain under way when ``stop`` is called: never cancelled between a publish
-        and the trim that records it (that entry would go out twice)."""
+        the batch under way when ``stop`` is called, so that ``stop`` never has to cancel
+        it between a publish and the trim that records it (that entry would go out
+        twice): a backlog of thousands drained to its end outlasted ``stop``'s wait, and
+        was cut. What is left waits in Redis for the caller's last ``tick``, or the next
+        start."""
         from shared.logging import get_logger
 
         log = get_logger("clinicflow.outbox")
@@ -137,7 +147,7 @@ class OutboxRelay:
             if not ready():
                 continue
             try:
-                await self.tick()
+                await self._drain(lambda: not self._stopping)
                 delay = every
             except asyncio.CancelledError:
                 raise
@@ -149,7 +159,7 @@ class OutboxRelay:
 
     async def stop(self, running: Iterable[asyncio.Task[None]],
                    timeout: float = 5.0) -> None:
-        """Ask the ``run`` loops to end after the drain under way and wait for them up to
+        """Ask the ``run`` loops to end after the batch under way and wait for them up to
         ``timeout`` seconds (whatever is left is the caller's to cancel)."""
         self._stopping = True
         self.kick.set()

@@ -110,7 +110,8 @@ def alert_view(alert: dict[str, Any], names: Names) -> dict[str, Any]:
     """A stored alert (ids) as nurses see it: with the room's and the provider's names,
     the text, and the time on the clinic's clock."""
     raised_at = datetime.fromisoformat(alert["raised_at"])
-    return {**alert, "raised_at": names.local(raised_at).isoformat(),
+    shown = {k: v for k, v in alert.items() if k != "raised_by"}  # an event id: ours
+    return {**shown, "raised_at": names.local(raised_at).isoformat(),
             "room_name": names.room(alert["room_id"]),
             "provider_name": names.provider(alert.get("provider_id")),
             "text": alert_text(alert["room_id"], alert["ticket_code"],
@@ -142,7 +143,7 @@ def alert_raised(alert: Alert, clinic_id: str, names: Names) -> bytes:
                              text=alert_text(alert.room_id, alert.ticket_code,
                                              alert.provider_id, names)[:200]),
         clinic_id=clinic_id, source=SOURCE, occurred_at=alert.raised_at,
-        correlation_id=alert.visit_id, event_id=f"{alert.alert_id}.raised")
+        correlation_id=alert.visit_id, event_id=f"{alert.raise_id}.raised")
     return outbox_entry("notifications", clinic_id, ev.encode(event))
 
 
@@ -153,7 +154,7 @@ def alert_withdrawn(alert: Alert, reason: WithdrawReason, clinic_id: str,
                                 visit_id=alert.visit_id, ticket_code=alert.ticket_code,
                                 reason=reason),
         clinic_id=clinic_id, source=SOURCE, occurred_at=at, correlation_id=alert.visit_id,
-        event_id=f"{alert.alert_id}.withdrawn")
+        event_id=f"{alert.raise_id}.withdrawn")
     return outbox_entry("notifications", clinic_id, ev.encode(event))
 
 

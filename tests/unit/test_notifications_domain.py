@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from services.notifications.domain import (
+    Alert,
     ClinicNotifier,
     Names,
     NotApplicable,
@@ -25,6 +26,7 @@ from services.notifications.domain import (
     render,
 )
 from services.notifications.names import NameBook
+from services.notifications.records import alert_raised, alert_withdrawn, page_record
 from shared import events as ev
 from shared.clinics import ClinicDirectory
 
@@ -408,6 +410,41 @@ def test_a_provider_running_late_or_with_enough_patients_roomed_is_passed_over()
     [(alert, _)] = day.tick(20).raised
     assert alert_text(alert.room_id, alert.ticket_code, alert.provider_id, Names()) == (
         "Room 2 is ready for B-1 (Dr. Kim).")
+
+
+def test_an_alert_withdrawn_and_raised_again_is_news_with_its_own_events_and_pages() -> None:
+    # the same ready room matched with the same patient again (their provider ran late in
+    # between; or late and on time again in one instant, as a batch is applied): each
+    # raising was once given the first one's event and page ids, so the store refused its
+    # page as a repeat and consumers dropped its events
+    day = Day()
+    day.arrive("v1", "A-1", "dr-lee", minute=0)
+    [(first, _)] = day.floor(ev.RoomReady(room_id="room-1"), 1).raised
+    [(gone, reason, _)] = day.delay("dr-lee", 10, 2).withdrawn
+    assert (gone, reason) == (first, "nobody_to_room")
+    [(second, _)] = day.tick(12).raised  # the delay is over, the room still ready
+    day.delay("dr-lee", 10, 12)
+    [(third, _)] = day.floor(ev.DelayCleared(provider_id="dr-lee"), 12).raised
+    assert {(a.alert_id, a.room_id, a.visit_id) for a in (first, second, third)} == {
+        (first.alert_id, "room-1", "v1")}
+    assert second.raised_at == third.raised_at
+    names = Names()
+
+    def event_id(entry: bytes) -> str:
+        return str(orjson.loads(orjson.loads(entry)["value"])["event_id"])
+
+    ids = [event_id(alert_raised(first, "north", names)),
+           event_id(alert_withdrawn(first, "nobody_to_room", "north", at(2))),
+           event_id(alert_raised(second, "north", names)),
+           event_id(alert_raised(third, "north", names)),
+           page_record(first, "raised", "north", at(1)).notification_id,
+           page_record(first, "withdrawn", "north", at(2)).notification_id,
+           page_record(second, "raised", "north", at(12)).notification_id,
+           page_record(third, "raised", "north", at(12)).notification_id]
+    assert len(set(ids)) == len(ids)
+    # a raising keeps its ids when stored and read back, and when decided again (a replay)
+    assert Alert.from_dict(third.to_dict()).raise_id == third.raise_id
+    assert event_id(alert_raised(third, "north", names)) == ids[3]
 
 
 def test_an_undone_rooming_puts_the_patient_back_in_line_for_the_room() -> None:

@@ -24,7 +24,8 @@ WithdrawReason = Literal["room_taken", "room_unavailable", "next_patient_changed
 @dataclass(frozen=True, slots=True)
 class Alert:
     """A room-ready alert for the nurses, in ids (its words are ``texts.alert_text``, made
-    when it is shown or paged)."""
+    when it is shown or paged). ``raised_by``: the event whose applying raised it ("" for
+    the clock's tick, and for one stored before it was kept)."""
 
     alert_id: str
     room_id: str
@@ -32,22 +33,35 @@ class Alert:
     ticket_code: str
     provider_id: str | None
     raised_at: datetime
+    raised_by: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"alert_id": self.alert_id, "room_id": self.room_id, "visit_id": self.visit_id,
                 "ticket_code": self.ticket_code, "provider_id": self.provider_id,
-                "raised_at": self.raised_at.isoformat()}
+                "raised_at": self.raised_at.isoformat(), "raised_by": self.raised_by}
+
+    @property
+    def raise_id(self) -> str:
+        """This raising of the alert. ``alert_id`` names a ready room matched with a
+        patient, and the same match can be withdrawn and raised again (the patient's
+        provider ran late and the delay ended, the room still ready; or twice in one
+        instant, as a batch of facts is applied): each raising is news for the nurses,
+        with events and pages of its own, not a repeat of the first (whose ids a consumer
+        or the store would take as the same and drop). The same events raise it with the
+        same id again (a replay)."""
+        return digest(self.alert_id, self.raised_at.isoformat(), self.raised_by)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Alert:
         """From ``to_dict`` (a ``text`` kept by a version before is not read)."""
         return cls(data["alert_id"], data["room_id"], data["visit_id"], data["ticket_code"],
-                   data["provider_id"], datetime.fromisoformat(data["raised_at"]))
+                   data["provider_id"], datetime.fromisoformat(data["raised_at"]),
+                   data.get("raised_by", ""))
 
 
 def page_id(alert: Alert, action: Literal["raised", "withdrawn"]) -> str:
-    """The notification id of a pager webhook for an alert."""
-    return "p-" + digest(alert.alert_id, action)
+    """The notification id of a pager webhook for one raising of an alert."""
+    return "p-" + digest(alert.raise_id, action)
 
 
 class NurseAlerts:
@@ -82,10 +96,11 @@ class NurseAlerts:
                 break
         return matched
 
-    def refresh(self, floor: Clinic, now: datetime, rules: Rules
+    def refresh(self, floor: Clinic, now: datetime, rules: Rules, trigger: str = ""
                 ) -> tuple[list[tuple[Alert, WithdrawReason]], list[tuple[Alert, Visit]]]:
         """Match the ready rooms again: the alerts withdrawn (with why) and the alerts
-        raised (with the visit each is for), in that order."""
+        raised (with the visit each is for), in that order. ``trigger``: the event just
+        applied ("" for the clock's tick)."""
         desired = self.desired(floor, now, rules)
         withdrawn: list[tuple[Alert, WithdrawReason]] = []
         for room_id, alert in list(self.standing.items()):
@@ -115,7 +130,7 @@ class NurseAlerts:
                 alert_id=digest("alert", self.clinic_id, room_id, room.since.isoformat(),
                                 visit.visit_id),
                 room_id=room_id, visit_id=visit.visit_id, ticket_code=visit.ticket_code,
-                provider_id=visit.provider_id, raised_at=now,
+                provider_id=visit.provider_id, raised_at=now, raised_by=trigger,
             )
             self.standing[room_id] = alert
             raised.append((alert, visit))

@@ -79,7 +79,7 @@ class ClinicNotifier:
         if leaving is not None and leaving.visit_id not in self.floor.visits:
             self._ask_for_feedback(leaving.visit_id, leaving.ticket_code, event_id, at,
                                    rules, prefs, wall, out)
-        self._refresh_alerts(at, rules, prefs, wall, out)
+        self._refresh_alerts(at, rules, prefs, wall, out, trigger=event_id)
         patients.release(self.floor, now, rules, prefs, wall, out)
         return out
 
@@ -135,9 +135,10 @@ class ClinicNotifier:
     # ----------------------------------------------------------- helpers
 
     def _refresh_alerts(self, at: datetime, rules: Rules, prefs: dict[str, Preferences],
-                        wall: datetime, out: Outcome) -> None:
+                        wall: datetime, out: Outcome, trigger: str = "") -> None:
         page = not stale(at, wall, rules)
-        withdrawn, raised = self.nurse_alerts.refresh(self.floor, self.clock or at, rules)
+        withdrawn, raised = self.nurse_alerts.refresh(self.floor, self.clock or at, rules,
+                                                      trigger)
         out.withdrawn.extend((alert, reason, page) for alert, reason in withdrawn)
         for alert, visit in raised:
             out.raised.append((alert, page))
