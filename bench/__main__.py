@@ -28,7 +28,7 @@ from bench.common import machine
 from bench.feed_bench import ehr_feed
 from bench.feed_bench import report_rows as feed_rows
 from bench.feed_bench import report_section as feed_section
-from bench.scaleout_bench import scale_out
+from bench.scaleout_bench import consumers_scale_out, scale_out
 from tools.stack import KAFKA_VERSION, LocalStack, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,6 +212,9 @@ async def main() -> int:
                                            (100_000, 1_000_000, 3_000_000)))),
             ("scale_out", lambda: scale_out(b, r, workdir, clinics=max(20, int(500 * SCALE)),
                                             events=max(20_000, int(300_000 * SCALE)))),
+            ("consumers_scale_out", lambda: consumers_scale_out(
+                b, r, workdir, clinics=max(20, int(200 * SCALE)),
+                events=max(10_000, int(60_000 * SCALE)))),
             ("ehr_feed", lambda: ehr_feed(b, r, workdir, patients=max(200, int(1500 * SCALE)))),
         ]
         baseline = os.environ.get("BENCH_BASELINE")

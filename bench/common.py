@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
+from redis.asyncio import Redis
 
 from shared import events as ev
 from tools.replay import to_fact
@@ -41,6 +42,18 @@ def consumer_records(topic: str, records: list[tuple[bytes, bytes]]
     """(key, value) records as aiokafka's consumer gives them, on partition 0 of ``topic``."""
     return [ConsumerRecord(topic, 0, offset, 0, 0, key, value, None, len(key), len(value), ())
             for offset, (key, value) in enumerate(records)]
+
+
+async def stored_offsets(redis: Redis, pattern: str) -> int:
+    """Records a consumer has applied, from the last offsets it stored under the keys
+    matching ``pattern`` (one per partition): what a benchmark polls instead of the
+    service (polling it would slow down what is measured)."""
+    total = 0
+    async for key in redis.scan_iter(pattern):
+        value = await redis.get(key)
+        if value is not None:
+            total += int(value) + 1
+    return total
 
 
 async def preload(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:

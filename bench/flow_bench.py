@@ -19,7 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
-from bench.common import consumer_records, floor_records, preload
+from bench.common import consumer_records, floor_records, preload, stored_offsets
 from services.flow.processor import FloorProcessor, floor_reader
 from shared import events as ev
 from shared.admin import ensure_topics
@@ -46,14 +46,8 @@ def _env(bootstrap: str, redis_url: str, prefix: str, **extra: Any) -> dict[str,
 
 
 async def _checkpointed(redis: Redis, prefix: str) -> int:
-    """Events flow has applied and checkpointed, read from its Redis checkpoint (the
-    service itself is not asked: polling it would slow down what is measured)."""
-    total = 0
-    async for key in redis.scan_iter(f"{prefix.rstrip('.')}:flow:offset:*"):
-        value = await redis.get(key)
-        if value is not None:
-            total += int(value) + 1
-    return total
+    """Events flow has applied and checkpointed, read from its Redis checkpoint."""
+    return await stored_offsets(redis, f"{prefix.rstrip('.')}:flow:offset:*")
 
 
 def _rss_mib(pid: int) -> float:
