@@ -293,6 +293,9 @@ def _overdue_limits(raw: str, clinic_id: str | None) -> dict[str, float]:
 class CheckinSettings(CommonSettings):
     checkin_port: int = 8001
     checkin_group_id: str = "checkin"
+    checkin_session_timeout_ms: int = Field(
+        default=10_000, ge=1000,
+        description="how soon a dead check-in instance's partitions move to a live one")
     checkin_no_show_after_minutes: int = Field(default=30, ge=1)
     checkin_no_show_check_seconds: float = Field(
         default=60.0, ge=0, description="how often the no-show sweep runs (0: never; tests "
@@ -403,7 +406,9 @@ class NotificationsSettings(CommonSettings):
     )
     notifications_batch_max: int = Field(default=500, ge=1)
     notifications_batch_timeout_ms: int = Field(default=20, ge=1)
-    notifications_session_timeout_ms: int = Field(default=10_000, ge=1000)
+    notifications_session_timeout_ms: int = Field(
+        default=10_000, ge=1000,
+        description="how soon a dead notifier's partitions move to a live one")
     notifications_tick_seconds: float = Field(
         default=1.0, ge=0, description="how often the notifier acts on the clock (settled "
         "warnings, windows that ended); 0: never (tests call its tick themselves)")
@@ -480,6 +485,10 @@ class BillingSettings(CommonSettings):
         default="billing", description="floor consumer group; the ledger projection's is "
         "this plus '-ledger'"
     )
+    billing_session_timeout_ms: int = Field(
+        default=10_000, ge=1000,
+        description="how soon a dead billing instance's partitions (of both groups) move "
+        "to a live one")
     fee_schedule_path: str | None = Field(
         default=None, description="the clinics' fee schedule (CSV); default: "
         "services/billing/fee_schedule.example.csv"

@@ -50,7 +50,10 @@ def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI
     runtime.every(settings.billing_outbox_relay_seconds, relay.tick, "outbox-relay")
     batches: dict[str, Any] = {"max_records": settings.billing_batch_max,
                                "batch_timeout_ms": settings.billing_batch_timeout_ms,
-                               "fetch_max_wait_ms": settings.billing_batch_timeout_ms}
+                               "fetch_max_wait_ms": settings.billing_batch_timeout_ms,
+                               "session_timeout_ms": settings.billing_session_timeout_ms,
+                               "heartbeat_interval_ms": max(
+                                   100, settings.billing_session_timeout_ms // 3)}
 
     ledger = RedisProjection(redis, prefix, consumer=LEDGER_CONSUMER,
                              store=LedgerProjectionStore(redis, prefix), plan=plan_ledger,

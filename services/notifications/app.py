@@ -179,7 +179,9 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         on_stored=relay.kick.set, on_dead_letters=relay.kick.set,
         max_records=settings.notifications_batch_max,
         batch_timeout_ms=settings.notifications_batch_timeout_ms,
-        fetch_max_wait_ms=settings.notifications_batch_timeout_ms)
+        fetch_max_wait_ms=settings.notifications_batch_timeout_ms,
+        session_timeout_ms=settings.notifications_session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.notifications_session_timeout_ms // 3))
     runtime.every(settings.notifications_tick_seconds, notifier.tick, "notifier-tick")
     # tests tick it themselves (tick seconds 0), as the notifier's
     runtime.every(COMPLAINTS_EVERY_SECONDS if settings.notifications_tick_seconds > 0 else 0,
