@@ -157,6 +157,20 @@ class OutboxRelay:
                 pause = delay  # a stop wakes it at once all the same
                 delay = min(delay * 2, 10.0)
 
+    async def drain_at_shutdown(self, ready: bool) -> None:
+        """The last drain, once ``stop`` has ended the ``run`` loops (each after its batch
+        under way): publish what is left when Kafka is up (``ready``); what cannot be
+        published stays in Redis, for the next start."""
+        from shared.logging import get_logger
+
+        if not ready:
+            return
+        try:
+            await self.tick()
+        except Exception as exc:
+            get_logger("clinicflow.outbox").warning(
+                "outbox not drained at shutdown", service=self.service, error=repr(exc))
+
     async def stop(self, running: Iterable[asyncio.Task[None]],
                    timeout: float = 5.0) -> None:
         """Ask the ``run`` loops to end after the batch under way and wait for them up to

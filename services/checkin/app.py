@@ -148,6 +148,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
             await mllp.stop()
         await relay.stop(tasks)
         await stop_tasks(tasks)
+        await relay.drain_at_shutdown(runtime.kafka_started)
 
     app = make_http_app(
         runtime,

@@ -215,11 +215,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         await sender.drain()
         await relay.stop(relaying)
         await stop_tasks(relaying)
-        if runtime.kafka_started:
-            try:
-                await relay.tick(runtime.clock.now())  # what the last sends reported
-            except Exception as exc:  # left in Redis: the next start publishes it
-                runtime.log.warning("outbox not drained at shutdown", error=repr(exc))
+        await relay.drain_at_shutdown(runtime.kafka_started)  # what the last sends reported
         await hub.stop()
         await client.aclose()
 
