@@ -33,9 +33,14 @@ from shared.metrics import OUTBOX_EVENTS
 
 Publish = Callable[[bytes, str, bytes | None], Awaitable[Any]]
 
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# KEYS: the lock, the list; ARGV: the drainer's token, how many it published. Trims only
+# while the lock is still its own: a drainer whose lock lapsed (a batch slower than the
+# lock) and was taken by another must not trim what the other may not have published
+_DONE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if tonumber(ARGV[2]) > 0 then redis.call('LTRIM', KEYS[2], ARGV[2], -1) end
+redis.call('DEL', KEYS[1])
+return tonumber(ARGV[2])
 """
 
 
@@ -52,7 +57,7 @@ class Outbox:
         self.redis = redis
         self.key = f"{prefix}:outbox"
         self.lock_key = f"{prefix}:outbox-lock"
-        self._release = redis.register_script(_RELEASE_LOCK)
+        self._done = redis.register_script(_DONE)
 
     def queue(self, pipe: Any, entries: list[bytes]) -> None:
         """Queue ``entries`` (``outbox_entry``) on a Redis pipeline inside its MULTI."""
@@ -71,11 +76,12 @@ class Outbox:
             return None
         return token, entries
 
-    async def done(self, token: str, published: int) -> None:
-        """Drop the ``published`` entries (from the head) and release the lock."""
-        if published:
-            await self.redis.ltrim(self.key, published, -1)
-        await self._release(keys=[self.lock_key], args=[token])
+    async def done(self, token: str, published: int) -> bool:
+        """Drop the ``published`` entries (from the head) and release the lock, in one
+        step and only while the lock is still ``token``'s; False when it had lapsed (the
+        entries stay: published again by the next drainer, at least once, never lost)."""
+        return int(await self._done(keys=[self.lock_key, self.key],
+                                    args=[token, published])) >= 0
 
     async def length(self) -> int:
         return int(await self.redis.llen(self.key))
@@ -97,11 +103,11 @@ class OutboxRelay:
 
     async def tick(self, _now: datetime | None = None) -> int:
         """Publish everything waiting, in order; returns how many events went out."""
-        return await self._drain(lambda: True)
+        return await self._drain(lambda _total: True)
 
-    async def _drain(self, more: Callable[[], bool]) -> int:
-        """Publish what waits, a batch (``batch`` entries) at a time, while ``more()``
-        says to go on after a batch; returns how many events went out."""
+    async def _drain(self, more: Callable[[int], bool]) -> int:
+        """Publish what waits, a batch (``batch`` entries) at a time, while ``more(total
+        published so far)`` says to go on after a batch; returns how many went out."""
         total = 0
         while True:
             taken = await self.outbox.take(self.batch)
@@ -119,7 +125,7 @@ class OutboxRelay:
             finally:
                 await self.outbox.done(token, published)
             total += published
-            if not more():
+            if not more(total):
                 break
         OUTBOX_EVENTS.labels(self.service).set(await self.outbox.length())
         return total
@@ -127,11 +133,11 @@ class OutboxRelay:
     async def run(self, every: float, ready: Callable[[], bool]) -> None:
         """Drain whenever kicked, and at least every ``every`` seconds; a failure is
         retried with a growing pause (the entries stay in Redis meanwhile). Ends after
-        the batch under way when ``stop`` is called, so that ``stop`` never has to cancel
-        it between a publish and the trim that records it (that entry would go out
-        twice): a backlog of thousands drained to its end outlasted ``stop``'s wait, and
-        was cut. What is left waits in Redis for the caller's last ``tick``, or the next
-        start."""
+        the batch under way when ``stop`` is called, so that ``stop`` need not cancel it
+        between a publish and the trim that records it (that entry would go out twice): a
+        backlog of thousands drained to its end outlasted ``stop``'s wait, and was cut (a
+        single batch slower than the wait still would be). What is left waits in Redis
+        for the last drain (``drain_at_shutdown``), or the next start."""
         from shared.logging import get_logger
 
         log = get_logger("clinicflow.outbox")
@@ -147,7 +153,7 @@ class OutboxRelay:
             if not ready():
                 continue
             try:
-                await self._drain(lambda: not self._stopping)
+                await self._drain(lambda _total: not self._stopping)
                 delay = every
             except asyncio.CancelledError:
                 raise
@@ -159,14 +165,17 @@ class OutboxRelay:
 
     async def drain_at_shutdown(self, ready: bool) -> None:
         """The last drain, once ``stop`` has ended the ``run`` loops (each after its batch
-        under way): publish what is left when Kafka is up (``ready``); what cannot be
-        published stays in Redis, for the next start."""
+        under way): publish what waited when it began, when Kafka is up (``ready``), and no
+        more (the consumers may still be queueing: a drain to an empty list could outlast
+        the shutdown's grace and be cut mid-publish); the rest stays in Redis, for the next
+        start."""
         from shared.logging import get_logger
 
         if not ready:
             return
         try:
-            await self.tick()
+            waiting = await self.outbox.length()
+            await self._drain(lambda total: total < waiting)
         except Exception as exc:
             get_logger("clinicflow.outbox").warning(
                 "outbox not drained at shutdown", service=self.service, error=repr(exc))

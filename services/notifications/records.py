@@ -110,7 +110,7 @@ def alert_view(alert: dict[str, Any], names: Names) -> dict[str, Any]:
     """A stored alert (ids) as nurses see it: with the room's and the provider's names,
     the text, and the time on the clinic's clock."""
     raised_at = datetime.fromisoformat(alert["raised_at"])
-    shown = {k: v for k, v in alert.items() if k != "raised_by"}  # an event id: ours
+    shown = {k: v for k, v in alert.items() if k != "raised_by"}  # ours, not the nurses'
     return {**shown, "raised_at": names.local(raised_at).isoformat(),
             "room_name": names.room(alert["room_id"]),
             "provider_name": names.provider(alert.get("provider_id")),

@@ -90,3 +90,56 @@ async def test_a_stop_with_a_backlog_ends_after_the_batch_under_way_and_the_rest
         await relay.drain_at_shutdown(ready=True)  # the last drain sends it, each once
         assert broker.published == numbered(7)
         assert await outbox.length() == 0
+
+
+async def test_a_drainer_whose_lock_lapsed_trims_nothing_so_nothing_is_lost(
+    redis_url: str,
+) -> None:
+    # a batch slower than the lock (15 s): another instance's relay takes the lock and the
+    # same head; the late one trimmed as many again, entries nobody had published
+    redis = Redis.from_url(redis_url)
+    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
+    try:
+        pipe = redis.pipeline(transaction=True)
+        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(4)])
+        await pipe.execute()
+        late = await outbox.take(2)
+        assert late is not None
+        await redis.delete(outbox.lock_key)  # its lock lapsed while it published
+        other = await outbox.take(2)
+        assert other is not None and other[1] == late[1]
+        assert await outbox.done(other[0], 2)
+        assert not await outbox.done(late[0], 2)  # lapsed: trims nothing
+        assert await outbox.length() == 2  # the two nobody has published yet
+    finally:
+        await redis.delete(outbox.key, outbox.lock_key)
+        await redis.aclose()
+
+
+async def test_the_last_drain_sends_what_waited_when_it_began_not_what_keeps_coming(
+    redis_url: str,
+) -> None:
+    # at shutdown the consumers still queue: a drain to an empty list could run past the
+    # grace period and be cut between a publish and its trim
+    redis = Redis.from_url(redis_url)
+    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
+    published: list[bytes] = []
+
+    async def publish(value: bytes, _topic: str, _key: bytes | None) -> None:
+        published.append(value)
+        if len(published) <= 5:  # each publish, another entry queued behind
+            pipe = redis.pipeline(transaction=True)
+            outbox.queue(pipe, [outbox_entry("audit", "north", b'{"later": true}')])
+            await pipe.execute()
+
+    relay = OutboxRelay(outbox, publish, {"audit": "audit-topic"}, service="test", batch=1)
+    try:
+        pipe = redis.pipeline(transaction=True)
+        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(3)])
+        await pipe.execute()
+        await relay.drain_at_shutdown(ready=True)
+        assert published == numbered(3)
+        assert await outbox.length() == 3  # queued meanwhile: the next start sends them
+    finally:
+        await redis.delete(outbox.key, outbox.lock_key)
+        await redis.aclose()

@@ -24,8 +24,9 @@ WithdrawReason = Literal["room_taken", "room_unavailable", "next_patient_changed
 @dataclass(frozen=True, slots=True)
 class Alert:
     """A room-ready alert for the nurses, in ids (its words are ``texts.alert_text``, made
-    when it is shown or paged). ``raised_by``: the event whose applying raised it ("" for
-    the clock's tick, and for one stored before it was kept)."""
+    when it is shown or paged). ``raised_by`` names what raised it: the event whose
+    applying did, or for the clock's tick ``tick|`` and the last event applied before it;
+    None for one stored by a version before it was kept."""
 
     alert_id: str
     room_id: str
@@ -33,12 +34,13 @@ class Alert:
     ticket_code: str
     provider_id: str | None
     raised_at: datetime
-    raised_by: str = ""
+    raised_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"alert_id": self.alert_id, "room_id": self.room_id, "visit_id": self.visit_id,
+        kept = {"alert_id": self.alert_id, "room_id": self.room_id, "visit_id": self.visit_id,
                 "ticket_code": self.ticket_code, "provider_id": self.provider_id,
-                "raised_at": self.raised_at.isoformat(), "raised_by": self.raised_by}
+                "raised_at": self.raised_at.isoformat()}
+        return kept if self.raised_by is None else {**kept, "raised_by": self.raised_by}
 
     @property
     def raise_id(self) -> str:
@@ -47,16 +49,20 @@ class Alert:
         provider ran late and the delay ended, the room still ready; or twice in one
         instant, as a batch of facts is applied): each raising is news for the nurses,
         with events and pages of its own, not a repeat of the first (whose ids a consumer
-        or the store would take as the same and drop). The same events raise it with the
-        same id again (a replay)."""
-        return digest(self.alert_id, self.raised_at.isoformat(), self.raised_by)
+        or the store would take as the same and drop). Made of what raised it, never of
+        the clock, so the same events raise it with the same ids again (a rebuild from
+        Kafka). An alert stored before ``raised_by`` was kept keeps the ids it was raised
+        with (the alert's own), so its withdrawal pairs with its raising."""
+        if self.raised_by is None:
+            return self.alert_id
+        return digest(self.alert_id, self.raised_by)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Alert:
         """From ``to_dict`` (a ``text`` kept by a version before is not read)."""
         return cls(data["alert_id"], data["room_id"], data["visit_id"], data["ticket_code"],
                    data["provider_id"], datetime.fromisoformat(data["raised_at"]),
-                   data.get("raised_by", ""))
+                   data.get("raised_by"))
 
 
 def page_id(alert: Alert, action: Literal["raised", "withdrawn"]) -> str:
@@ -96,11 +102,11 @@ class NurseAlerts:
                 break
         return matched
 
-    def refresh(self, floor: Clinic, now: datetime, rules: Rules, trigger: str = ""
+    def refresh(self, floor: Clinic, now: datetime, rules: Rules, trigger: str
                 ) -> tuple[list[tuple[Alert, WithdrawReason]], list[tuple[Alert, Visit]]]:
         """Match the ready rooms again: the alerts withdrawn (with why) and the alerts
-        raised (with the visit each is for), in that order. ``trigger``: the event just
-        applied ("" for the clock's tick)."""
+        raised (with the visit each is for), in that order. ``trigger``: what made it
+        match again (``Alert.raised_by``)."""
         desired = self.desired(floor, now, rules)
         withdrawn: list[tuple[Alert, WithdrawReason]] = []
         for room_id, alert in list(self.standing.items()):

@@ -100,7 +100,8 @@ class ClinicNotifier:
         match ready rooms again once a delay has run out."""
         out = Outcome()
         now = self._advance(now)
-        self._refresh_alerts(now, rules, prefs, now, out)
+        last = self.recent[-1] if self.recent else ""
+        self._refresh_alerts(now, rules, prefs, now, out, trigger=f"tick|{last}")
         self.patients.recall(self.floor, now, rules, prefs, now, out)
         self.patients.release(self.floor, now, rules, prefs, now, out)
         return out
@@ -135,7 +136,7 @@ class ClinicNotifier:
     # ----------------------------------------------------------- helpers
 
     def _refresh_alerts(self, at: datetime, rules: Rules, prefs: dict[str, Preferences],
-                        wall: datetime, out: Outcome, trigger: str = "") -> None:
+                        wall: datetime, out: Outcome, trigger: str) -> None:
         page = not stale(at, wall, rules)
         withdrawn, raised = self.nurse_alerts.refresh(self.floor, self.clock or at, rules,
                                                       trigger)
