@@ -109,25 +109,31 @@ class OutboxRelay:
         """Publish what waits, a batch (``batch`` entries) at a time, while ``more(total
         published so far)`` says to go on after a batch; returns how many went out."""
         total = 0
-        while True:
-            taken = await self.outbox.take(self.batch)
-            if taken is None:
-                break
-            token, entries = taken
-            published = 0
-            try:
-                for raw in entries:
-                    entry = orjson.loads(raw)
-                    key = entry["key"]
-                    await self.publish(entry["value"].encode(), self.topics[entry["topic"]],
-                                       key.encode() if key else None)
-                    published += 1
-            finally:
-                await self.outbox.done(token, published)
-            total += published
-            if not more(total):
-                break
-        OUTBOX_EVENTS.labels(self.service).set(await self.outbox.length())
+        try:
+            while True:
+                taken = await self.outbox.take(self.batch)
+                if taken is None:
+                    break
+                token, entries = taken
+                published = 0
+                try:
+                    for raw in entries:
+                        entry = orjson.loads(raw)
+                        key = entry["key"]
+                        await self.publish(entry["value"].encode(),
+                                           self.topics[entry["topic"]],
+                                           key.encode() if key else None)
+                        published += 1
+                finally:
+                    await self.outbox.done(token, published)
+                total += published
+                if not more(total):
+                    break
+        finally:
+            # what waits, also when a publish failed (Kafka down: the outbox grows, and
+            # this gauge is how an operator sees it)
+            with contextlib.suppress(Exception):
+                OUTBOX_EVENTS.labels(self.service).set(await self.outbox.length())
         return total
 
     async def run(self, every: float, ready: Callable[[], bool]) -> None:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 from redis.asyncio import Redis
 
 from shared.outbox import Outbox, OutboxRelay, outbox_entry
@@ -140,6 +141,32 @@ async def test_the_last_drain_sends_what_waited_when_it_began_not_what_keeps_com
         await relay.drain_at_shutdown(ready=True)
         assert published == numbered(3)
         assert await outbox.length() == 3  # queued meanwhile: the next start sends them
+    finally:
+        await redis.delete(outbox.key, outbox.lock_key)
+        await redis.aclose()
+
+
+async def test_what_waits_is_shown_also_when_kafka_refuses_a_publish(redis_url: str) -> None:
+    # the outbox gauge was set only after a drain that went through: with Kafka down the
+    # outbox grew and the gauge kept showing it empty
+    from prometheus_client import REGISTRY
+
+    redis = Redis.from_url(redis_url)
+    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
+    service = f"test-{uuid.uuid4().hex[:6]}"
+
+    async def refused(_value: bytes, _topic: str, _key: bytes | None) -> None:
+        raise ConnectionError("Kafka is unreachable")
+
+    relay = OutboxRelay(outbox, refused, {"audit": "audit-topic"}, service=service)
+    try:
+        pipe = redis.pipeline(transaction=True)
+        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(3)])
+        await pipe.execute()
+        with pytest.raises(ConnectionError):
+            await relay.tick()
+        assert REGISTRY.get_sample_value("clinicflow_outbox_events", {"service": service}) == 3
+        assert await outbox.length() == 3
     finally:
         await redis.delete(outbox.key, outbox.lock_key)
         await redis.aclose()
