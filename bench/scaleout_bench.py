@@ -78,7 +78,7 @@ class Span:
 
     def restart(self) -> None:
         self.began, self.busy = time.perf_counter(), _machine_busy()
-        self.cpu = self._cpu() if any(s.process for s in self.services) else 0.0
+        self.cpu = self._cpu()
 
     def end(self) -> tuple[float, float, float]:
         """(wall seconds, cores, machine busy) since the start."""
@@ -242,12 +242,11 @@ async def _all_applied(redis: Redis, redis_prefix: str, topic: str, records: int
     too: the notifier's accuracy and satisfaction, ...) has applied all ``records``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        totals: dict[str, int] = {}
-        async for key in redis.scan_iter(f"{redis_prefix}:applied:*:{topic}:*"):
-            consumer = key.decode()[len(redis_prefix) + 9:].split(":", 1)[0]
-            value = await redis.get(key)
-            totals[consumer] = totals.get(consumer, 0) + (int(value) + 1 if value else 0)
-        if totals and all(total >= records for total in totals.values()):
+        consumers = {key.decode()[len(redis_prefix) + 9:].split(":", 1)[0] async for key
+                     in redis.scan_iter(f"{redis_prefix}:applied:*:{topic}:*")}
+        done = [await stored_offsets(redis, f"{redis_prefix}:applied:{c}:{topic}:*") >= records
+                for c in consumers]
+        if done and all(done):
             return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"the consumers of {topic} never applied all {records} records")

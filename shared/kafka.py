@@ -123,6 +123,13 @@ def make_broker(settings: CommonSettings, service: str) -> KafkaBroker:
     )
 
 
+def session(timeout_ms: int) -> dict[str, Any]:
+    """A consumer group member's session options: how soon a dead instance's partitions
+    move to a live one (``timeout_ms``), with the heartbeat a third of it, as Kafka
+    advises."""
+    return {"session_timeout_ms": timeout_ms, "heartbeat_interval_ms": max(100, timeout_ms // 3)}
+
+
 def topic(spec: TopicSpec, settings: CommonSettings) -> str:
     """The concrete topic name for this deployment (prefix applied)."""
     return topic_name(spec, settings.topic_prefix)

@@ -17,7 +17,7 @@ from services.billing.projection import LEDGER_CONSUMER, ledger_reader, plan_led
 from services.billing.store import BillingStore, LedgerProjectionStore
 from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
-from shared.kafka import dead_letter_topic, topic
+from shared.kafka import dead_letter_topic, session, topic
 from shared.metrics import EVENTS_PUBLISHED
 from shared.outbox import Outbox, OutboxRelay
 from shared.projection import Offsets, ProjectionRunner, RedisProjection
@@ -51,9 +51,7 @@ def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI
     batches: dict[str, Any] = {"max_records": settings.billing_batch_max,
                                "batch_timeout_ms": settings.billing_batch_timeout_ms,
                                "fetch_max_wait_ms": settings.billing_batch_timeout_ms,
-                               "session_timeout_ms": settings.billing_session_timeout_ms,
-                               "heartbeat_interval_ms": max(
-                                   100, settings.billing_session_timeout_ms // 3)}
+                               **session(settings.billing_session_timeout_ms)}
 
     ledger = RedisProjection(redis, prefix, consumer=LEDGER_CONSUMER,
                              store=LedgerProjectionStore(redis, prefix), plan=plan_ledger,

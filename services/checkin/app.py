@@ -37,7 +37,7 @@ from shared.barrier import ProjectionBarrier
 from shared.clock import Clock
 from shared.directory import OUTBOX_ROLE as DIRECTORY_ROLE
 from shared.idempotency import IdempotencyStore
-from shared.kafka import dead_letter_topic, topic
+from shared.kafka import dead_letter_topic, session, topic
 from shared.metrics import EVENTS_PUBLISHED
 from shared.outbox import Outbox, OutboxRelay
 from shared.projection import Inbound, Planned, ProjectionRunner, RedisProjection
@@ -106,8 +106,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
         runtime.broker, projection, checkin_reader(floor_topic, estimates_topic),
         service="checkin", consumer="checkin", topics=[floor_topic, estimates_topic],
         group_id=settings.checkin_group_id, on_dead_letters=relay.kick.set,
-        session_timeout_ms=settings.checkin_session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.checkin_session_timeout_ms // 3),
+        **session(settings.checkin_session_timeout_ms),
         title="checkin.floor-and-estimates",
         description="Which visits still wait, their ticket codes and flow's latest estimate "
                     "(for the kiosk and the status lookup); arrival and no-show marks.")

@@ -15,7 +15,7 @@ from shared.clock import Clock
 from shared.directory import REFRESH_SECONDS as NAMES_REFRESH_SECONDS
 from shared.directory import directory_consumer
 from shared.idempotency import IdempotencyStore
-from shared.kafka import dead_letter_topic, topic
+from shared.kafka import dead_letter_topic, session, topic
 from shared.outbox import OutboxRelay
 from shared.projection import ProjectionRunner
 from shared.service import ServiceRuntime, make_http_app
@@ -53,8 +53,7 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
         batch_timeout_ms=settings.flow_batch_timeout_ms,
         fetch_max_wait_ms=settings.flow_batch_timeout_ms,
         max_partition_fetch_bytes=4 * 1024 * 1024,
-        session_timeout_ms=settings.flow_session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.flow_session_timeout_ms // 3),
+        **session(settings.flow_session_timeout_ms),
         title="flow.floor",
         description="Applies every floor event to the clinic's live state and estimates.",
     )

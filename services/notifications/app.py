@@ -47,7 +47,7 @@ from shared.clock import Clock
 from shared.directory import REFRESH_SECONDS as NAMES_REFRESH_SECONDS
 from shared.directory import directory_consumer
 from shared.idempotency import IdempotencyStore
-from shared.kafka import dead_letter_topic, topic
+from shared.kafka import dead_letter_topic, session, topic
 from shared.outbox import OutboxRelay
 from shared.service import ServiceRuntime, make_http_app, stop_tasks
 from shared.settings import NotificationsSettings
@@ -144,8 +144,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         batch_timeout_ms=settings.notifications_batch_timeout_ms,
         fetch_max_wait_ms=settings.notifications_batch_timeout_ms,
         # how soon partitions of a dead instance move to a live one
-        session_timeout_ms=settings.notifications_session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.notifications_session_timeout_ms // 3),
+        **session(settings.notifications_session_timeout_ms),
         # a clinic's floor and estimates partitions (same key, same count) stay together
         partition_assignment_strategy=(RangePartitionAssignor,),
         title="notifications.floor-and-estimates",
@@ -162,8 +161,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         max_records=settings.notifications_batch_max,
         batch_timeout_ms=settings.notifications_batch_timeout_ms,
         fetch_max_wait_ms=settings.notifications_batch_timeout_ms,
-        session_timeout_ms=settings.notifications_session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.notifications_session_timeout_ms // 3))
+        **session(settings.notifications_session_timeout_ms))
     # complaints (logged by staff, raised by low ratings) and waits x satisfaction
     complaints = ComplaintStore(
         runtime.redis, settings.redis_prefix, store.outbox,
@@ -180,8 +178,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         max_records=settings.notifications_batch_max,
         batch_timeout_ms=settings.notifications_batch_timeout_ms,
         fetch_max_wait_ms=settings.notifications_batch_timeout_ms,
-        session_timeout_ms=settings.notifications_session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.notifications_session_timeout_ms // 3))
+        **session(settings.notifications_session_timeout_ms))
     runtime.every(settings.notifications_tick_seconds, notifier.tick, "notifier-tick")
     # tests tick it themselves (tick seconds 0), as the notifier's
     runtime.every(COMPLAINTS_EVERY_SECONDS if settings.notifications_tick_seconds > 0 else 0,

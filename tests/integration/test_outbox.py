@@ -53,7 +53,7 @@ async def relay_stopped_mid_drain(redis_url: str, entries: int, batch: int
         relay.kick.set()
         await broker.publishing.wait()  # the first entry is on its way to Kafka
         stopping = asyncio.create_task(relay.stop([running], timeout=30.0))
-        await asyncio.sleep(0)  # one turn of the loop: the stop is asked, the publish waits
+        await relay.kick.wait()  # the stop is asked (it wakes the loop) while the publish waits
         assert not running.done()
         broker.release.set()
         await stopping
