@@ -28,6 +28,8 @@ from bench.common import machine
 from bench.feed_bench import ehr_feed
 from bench.feed_bench import report_rows as feed_rows
 from bench.feed_bench import report_section as feed_section
+from bench.outbox_bench import outbox
+from bench.outbox_bench import report_rows as outbox_rows
 from bench.scaleout_bench import consumers_scale_out, scale_out
 from tools.stack import KAFKA_VERSION, LocalStack, free_port
 
@@ -84,6 +86,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                      f"({item['events']:,} events)",
                      f"{item['us_per_event']} µs; ratio to the smallest "
                      f"{item['ratio_to_smallest']}x"))
+    rows += outbox_rows(results.get("outbox"))
     rows += feed_rows(results.get("ehr_feed"))
     for sample in mem.get("samples", []):
         rows.append((f"flow resident memory after {sample['events']:,} events "
@@ -215,6 +218,7 @@ async def main() -> int:
             ("consumers_scale_out", lambda: consumers_scale_out(
                 b, r, workdir, clinics=max(20, int(200 * SCALE)),
                 events=max(10_000, int(60_000 * SCALE)))),
+            ("outbox", lambda: outbox(b, r, entries=max(2_000, int(10_000 * SCALE)))),
             ("ehr_feed", lambda: ehr_feed(b, r, workdir, patients=max(200, int(1500 * SCALE)))),
         ]
         baseline = os.environ.get("BENCH_BASELINE")

@@ -21,7 +21,8 @@ DEAD_LETTERS = Counter(
 )
 EVENTS_PUBLISHED = Counter(
     "clinicflow_events_published_total",
-    "Events a service published to Kafka.",
+    "Events a service published to Kafka, by event type (what an outbox relays: by the "
+    "role of its topic, e.g. deadletter, notifications, audit, told, directory).",
     ["service", "event_type"],
 )
 HTTP_REQUESTS = Counter(

@@ -29,9 +29,12 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from shared.metrics import OUTBOX_EVENTS
+from shared.metrics import EVENTS_PUBLISHED, OUTBOX_EVENTS
 
 Publish = Callable[[bytes, str, bytes | None], Awaitable[Any]]
+# hands one record (value, topic, key) to the producer, in the order called, and returns
+# its confirmation (``acks=all``) to await: ``ServiceRuntime.send``
+Send = Callable[[bytes, str, bytes | None], Awaitable[Awaitable[Any]]]
 
 # KEYS: the lock, the list; ARGV: the drainer's token, how many it published. Trims only
 # while the lock is still its own: a drainer whose lock lapsed (a batch slower than the
@@ -91,10 +94,10 @@ class OutboxRelay:
     """Publishes an outbox to Kafka: ``tick(now)`` drains what waits, and ``kick`` wakes
     the service's relay loop at once after a transaction that queued something."""
 
-    def __init__(self, outbox: Outbox, publish: Publish, topics: Mapping[str, str], *,
+    def __init__(self, outbox: Outbox, send: Send, topics: Mapping[str, str], *,
                  service: str, batch: int = 200) -> None:
         self.outbox = outbox
-        self.publish = publish
+        self.send = send
         self.topics = dict(topics)
         self.service = service
         self.batch = batch
@@ -114,18 +117,7 @@ class OutboxRelay:
                 taken = await self.outbox.take(self.batch)
                 if taken is None:
                     break
-                token, entries = taken
-                published = 0
-                try:
-                    for raw in entries:
-                        entry = orjson.loads(raw)
-                        key = entry["key"]
-                        await self.publish(entry["value"].encode(),
-                                           self.topics[entry["topic"]],
-                                           key.encode() if key else None)
-                        published += 1
-                finally:
-                    await self.outbox.done(token, published)
+                published = await self._publish(*taken)
                 total += published
                 if not more(total):
                     break
@@ -135,6 +127,43 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 OUTBOX_EVENTS.labels(self.service).set(await self.outbox.length())
         return total
+
+    async def _publish(self, token: str, entries: list[bytes]) -> int:
+        """Hand every entry to the producer in order, then await their confirmations, and
+        drop those confirmed from the head (``Outbox.done``, also on a failure or a
+        cancel); returns how many, or raises the first failure. What is not confirmed
+        stays for the next drain, at least once: an entry after a failed one may have
+        gone out already (consumers take these by event id)."""
+        confirmations: list[asyncio.Future[Any]] = []
+        roles: list[str] = []
+        failure: Exception | None = None
+        published = 0
+        try:
+            try:
+                for raw in entries:
+                    entry = orjson.loads(raw)
+                    key = entry["key"]
+                    roles.append(entry["topic"])
+                    confirmations.append(asyncio.ensure_future(await self.send(
+                        entry["value"].encode(), self.topics[entry["topic"]],
+                        key.encode() if key else None)))
+            except Exception as exc:  # not handed over: those that were are awaited
+                failure = exc
+            for confirmation in confirmations:
+                try:
+                    await confirmation
+                except Exception as exc:
+                    failure = failure or exc
+                    break
+                EVENTS_PUBLISHED.labels(self.service, roles[published]).inc()
+                published += 1
+        finally:
+            for left in confirmations[published:]:  # a failure's or a cancel's leftovers
+                left.add_done_callback(_outcome_seen)
+            await self.outbox.done(token, published)
+        if failure is not None:
+            raise failure
+        return published
 
     async def run(self, every: float, ready: Callable[[], bool]) -> None:
         """Drain whenever kicked, and at least every ``every`` seconds; a failure is
@@ -195,3 +224,10 @@ class OutboxRelay:
         tasks = [task for task in running if not task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+
+def _outcome_seen(future: asyncio.Future[Any]) -> None:
+    """A confirmation nobody awaits any more: its outcome read, so a failure is not
+    reported as never retrieved (the entry stays in the outbox for the next drain)."""
+    if not future.cancelled():
+        future.exception()

@@ -45,7 +45,7 @@ def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI
         EVENTS_PUBLISHED.labels(SERVICE, published_as.get(to_topic, "other")).inc()
 
     outbox = Outbox(redis, store.prefix)
-    relay = OutboxRelay(outbox, publish, {"deadletter": dead_letter_topic(settings)},
+    relay = OutboxRelay(outbox, runtime.send, {"deadletter": dead_letter_topic(settings)},
                         service=SERVICE)
     runtime.every(settings.billing_outbox_relay_seconds, relay.tick, "outbox-relay")
     batches: dict[str, Any] = {"max_records": settings.billing_batch_max,

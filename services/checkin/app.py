@@ -84,10 +84,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     # the projection: dead letters queued in the batch's transaction, relayed to Kafka
     outbox = Outbox(runtime.redis, store.outbox_prefix)
 
-    async def publish_raw(value: bytes, to_topic: str, key: bytes | None) -> None:
-        await runtime.broker.publish(value, to_topic, key=key)
-
-    relay = OutboxRelay(outbox, publish_raw, {"deadletter": dead_letter_topic(settings),
+    relay = OutboxRelay(outbox, runtime.send, {"deadletter": dead_letter_topic(settings),
                                               "told": topic(TOLD, settings),
                                               DIRECTORY_ROLE: topic(DIRECTORY, settings)},
                         service="checkin")

@@ -98,10 +98,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
     client = httpx.AsyncClient()
     channels = build_channels(settings, client)
 
-    async def publish(value: bytes, to: str, key: bytes | None) -> None:
-        await runtime.broker.publish(value, to, key=key)
-
-    relay = OutboxRelay(store.outbox, publish, {
+    relay = OutboxRelay(store.outbox, runtime.send, {
         "notifications": notifications_topic,
         "audit": topic(AUDIT, settings),
         "told": topic(TOLD, settings),

@@ -1,32 +1,47 @@
-"""The outbox relay against a real Redis: a stop lets the batch under way finish, and
-leaves the rest for the last drain."""
+"""The outbox relay against a real Redis (and a real Kafka broker for what goes out): a
+stop lets the batch under way finish, and leaves the rest for the last drain; a batch is
+handed to the producer whole and trimmed as far as it is confirmed."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
 from shared.outbox import Outbox, OutboxRelay, outbox_entry
+from shared.service import ServiceRuntime
+from shared.settings import CommonSettings
+from tests.helpers import read_topic
 
 
 class SlowBroker:
-    """What the relay publishes to: each publish waits until ``release`` (the broker is
-    slow to acknowledge); ``publishing`` is set by the first."""
+    """What the relay publishes to: each record handed over is confirmed once ``release``
+    is set (the broker is slow to acknowledge); ``publishing`` is set by the first."""
 
     def __init__(self) -> None:
         self.published: list[bytes] = []
         self.publishing = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def publish(self, value: bytes, _topic: str, _key: bytes | None) -> None:
+    async def send(self, value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
         self.publishing.set()
+        return self._confirm(value)
+
+    async def _confirm(self, value: bytes) -> None:
         await self.release.wait()
         self.published.append(value)
+
+
+def confirmed() -> asyncio.Future[None]:
+    """A confirmation already in (a record the broker took at once)."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
 
 
 def numbered(count: int) -> list[bytes]:
@@ -42,7 +57,7 @@ async def relay_stopped_mid_drain(redis_url: str, entries: int, batch: int
     redis = Redis.from_url(redis_url)
     outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
     broker = SlowBroker()
-    relay = OutboxRelay(outbox, broker.publish, {"audit": "audit-topic"}, service="test",
+    relay = OutboxRelay(outbox, broker.send, {"audit": "audit-topic"}, service="test",
                         batch=batch)
     try:
         pipe = redis.pipeline(transaction=True)
@@ -126,14 +141,15 @@ async def test_the_last_drain_sends_what_waited_when_it_began_not_what_keeps_com
     outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
     published: list[bytes] = []
 
-    async def publish(value: bytes, _topic: str, _key: bytes | None) -> None:
+    async def send(value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
         published.append(value)
         if len(published) <= 5:  # each publish, another entry queued behind
             pipe = redis.pipeline(transaction=True)
             outbox.queue(pipe, [outbox_entry("audit", "north", b'{"later": true}')])
             await pipe.execute()
+        return confirmed()
 
-    relay = OutboxRelay(outbox, publish, {"audit": "audit-topic"}, service="test", batch=1)
+    relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test", batch=1)
     try:
         pipe = redis.pipeline(transaction=True)
         outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(3)])
@@ -155,7 +171,7 @@ async def test_what_waits_is_shown_also_when_kafka_refuses_a_publish(redis_url: 
     outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
     service = f"test-{uuid.uuid4().hex[:6]}"
 
-    async def refused(_value: bytes, _topic: str, _key: bytes | None) -> None:
+    async def refused(_value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
         raise ConnectionError("Kafka is unreachable")
 
     relay = OutboxRelay(outbox, refused, {"audit": "audit-topic"}, service=service)
@@ -170,3 +186,74 @@ async def test_what_waits_is_shown_also_when_kafka_refuses_a_publish(redis_url: 
     finally:
         await redis.delete(outbox.key, outbox.lock_key)
         await redis.aclose()
+
+
+async def test_a_batch_is_handed_over_whole_and_trimmed_as_far_as_it_is_confirmed(
+    redis_url: str,
+) -> None:
+    # one produce request for a batch, not a round trip to the broker per entry: every
+    # entry is handed to the producer before any confirmation is awaited; a failed
+    # confirmation keeps it and what follows it (the next drain sends them again)
+    redis = Redis.from_url(redis_url)
+    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
+    handed: list[asyncio.Future[None]] = []
+    all_handed = asyncio.Event()
+
+    async def send(_value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
+        handed.append(asyncio.get_running_loop().create_future())
+        if len(handed) == 5:
+            all_handed.set()
+        return handed[-1]
+
+    relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test")
+    try:
+        pipe = redis.pipeline(transaction=True)
+        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(5)])
+        await pipe.execute()
+        draining = asyncio.create_task(relay.tick())
+        # the whole batch, while no confirmation has come (a relay awaiting each one
+        # would wait here for ever: bounded)
+        await asyncio.wait_for(all_handed.wait(), 10)
+        assert not draining.done()
+        handed[0].set_result(None)
+        handed[1].set_result(None)
+        handed[2].set_exception(ConnectionError("the broker refused it"))
+        handed[3].set_result(None)  # went out, but after one that did not: sent again
+        handed[4].set_exception(ConnectionError("the broker refused it"))
+        with pytest.raises(ConnectionError):
+            await draining
+        waiting = [orjson.loads(raw)["value"].encode()
+                   for raw in await redis.lrange(outbox.key, 0, -1)]
+        assert waiting == numbered(5)[2:]  # the two confirmed from the head are dropped
+        assert await redis.exists(outbox.lock_key) == 0  # and the lock released
+    finally:
+        await redis.delete(outbox.key, outbox.lock_key)
+        await redis.aclose()
+
+
+async def test_a_backlog_goes_out_through_a_real_broker_in_order_each_once(
+    redis_url: str, kafka_bootstrap: str, topics: dict[str, str],
+) -> None:
+    # the relay as the services run it (ServiceRuntime.send: handed over without waiting,
+    # confirmed with acks=all), read back with an independent consumer
+    topic = topics["clinicflow.notifications.v1"]
+    runtime = ServiceRuntime(CommonSettings(kafka_bootstrap=kafka_bootstrap,
+                                            redis_url=redis_url), "outbox-test")
+    outbox = Outbox(runtime.redis, f"t{uuid.uuid4().hex[:8]}")
+    relay = OutboxRelay(outbox, runtime.send, {"audit": topic}, service="outbox-test")
+    values = numbered(1_000)
+    try:
+        await runtime.broker.start()
+        pipe = runtime.redis.pipeline(transaction=True)
+        outbox.queue(pipe, [outbox_entry("audit", ("north", "south")[n % 2], value)
+                            for n, value in enumerate(values)])
+        await pipe.execute()
+        assert await relay.tick() == 1_000  # five batches of 200
+        assert await outbox.length() == 0
+        records = await read_topic(kafka_bootstrap, topic, expect=1_000)
+        for key in (b"north", b"south"):  # one partition per key: its order kept
+            assert [r.value for r in records if r.key == key] == values[key == b"south"::2]
+    finally:
+        await runtime.redis.delete(outbox.key, outbox.lock_key)
+        await runtime.broker.stop()
+        await runtime.redis.aclose()
