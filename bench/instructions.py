@@ -7,8 +7,9 @@ so two trees compare within a fraction of a percent where timed runs differ by t
 Each tree is a checkout (a git worktree) run with this interpreter (``PYTHONPATH`` set to
 it, the script's own folder kept off ``sys.path``). The same records (simulated days of
 the same clinics, made once by the tree this script comes from) go through each tree's
-path, in batches of flow's ``flow_batch_max``; a run with no records (imports, set-up,
-loading the records) is subtracted and the rest divided by the records fed. Two paths:
+path, in batches of flow's ``flow_batch_max`` (the ``boards`` path: ``BOARDS_BATCH``); a
+run with no records (imports, set-up, loading the records) is subtracted and the rest
+divided by the records fed. Three paths:
 
 ``processor``
     the reader and the floor processor: a batch of aiokafka records read (decoded,
@@ -16,6 +17,14 @@ loading the records) is subtracted and the rest divided by the records fed. Two 
 ``service``
     the whole of flow's batch handler as the service runs it while catching up on a
     backlog (no boards drawn, no checkpoint due), with Kafka and Redis in memory.
+``boards``
+    the batch handler as it runs live at 500 events/s (issue 19, screens at scale): small
+    batches (``BOARDS_BATCH`` records, about ten clinics each; use ``--clinics 100``), no
+    lag, the clock at the batch's last event, so each touched clinic's board is drawn,
+    its changed estimates (and the TV's told ranges) encoded and published, and its
+    board rendered once for each role its screens watch (the waiting-room ``screen`` and
+    the ``nurse`` frame, on the clinic's clock), as the board hub does; Kafka and Redis
+    in memory, no checkpoint due.
 
 Works on trees before the shared projection runner (commit d185d2d: flow's own
 ``FloorConsumer``, the processor decoding) and after it. Cachegrind is given this
@@ -43,6 +52,9 @@ from typing import Any
 FLOOR = "clinicflow.floor.v1"
 PARTITIONS = 12
 BATCH = 2000  # flow_batch_max
+# records per batch on the ``boards`` path: what a 20 ms batch holds at 500 events/s
+BOARDS_BATCH = 10
+BOARDS_ZONE = "America/New_York"
 Raw = tuple[str, int, int, bytes | None, bytes | None]  # topic, partition, offset, key, value
 
 
@@ -92,6 +104,13 @@ class _Kafka:
         return None
 
 
+class _LiveKafka(_Kafka):
+    """An aiokafka consumer at the ends of its partitions (live: no lag)."""
+
+    def highwater(self, tp: Any) -> int:
+        return 0
+
+
 class _Store:
     """Flow's store in memory (both trees' write signatures)."""
 
@@ -101,12 +120,44 @@ class _Store:
         return None
 
 
+class _ScreensStore(_Store):
+    """Flow's store in memory, each board written rendered as the board hub renders it
+    for the screens watching its clinic: once per role (waiting-room TV, nurse station),
+    as an SSE frame on the clinic's clock."""
+
+    def __init__(self) -> None:
+        from zoneinfo import ZoneInfo
+
+        from services.flow.api import BoardViews
+
+        zone = ZoneInfo(BOARDS_ZONE)
+        self.views = BoardViews(zone_of=lambda _clinic_id: zone)
+
+    async def write(self, boards: Any, checkpoint: Any = None) -> None:
+        render = self.views.render
+        for clinic_id, board in boards.items():
+            render(clinic_id, "screen", board, frame=True)
+            render(clinic_id, "nurse", board, frame=True)
+
+
+class _BatchClock:
+    """The wall clock of a live service: the time of the batch's last event."""
+
+    def __init__(self) -> None:
+        from datetime import UTC, datetime
+        self.at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> Any:
+        return self.at
+
+
 async def _nothing(*_args: Any, **_kwargs: Any) -> None:
     return None
 
 
-def _feeder(path: str) -> Any:
-    """An async function applying one batch of aiokafka records on this tree's path."""
+def _feeder(path: str, clock: Any = None) -> Any:
+    """An async function applying one batch of aiokafka records on this tree's path
+    (``clock``: the ``boards`` path's clock)."""
     try:
         from shared.projection import Applied, ProjectionRunner
     except ImportError:
@@ -119,6 +170,10 @@ def _feeder(path: str) -> Any:
         projection: Any = FlowProjection(_Store(), _nothing, SystemClock(),  # type: ignore[arg-type]
                                          estimates_topic="estimates", publish_estimates=False,
                                          checkpoint_seconds=1e9)
+    elif path == "boards":
+        projection = FlowProjection(_ScreensStore(), _nothing, clock,  # type: ignore[arg-type]
+                                    estimates_topic="estimates", publish_estimates=True,
+                                    told_topic="told", checkpoint_seconds=1e9)
     else:
         processor = FloorProcessor()
 
@@ -144,8 +199,8 @@ def _feeder(path: str) -> Any:
         projection = Processing()
     runner = ProjectionRunner(None, projection, floor_reader(FLOOR), service="flow",
                               consumer="flow", topics=[FLOOR], group_id="flow")
-    runner.subscriber = SimpleNamespace(consumer=_Kafka())
-    if path == "service":
+    runner.subscriber = SimpleNamespace(consumer=_LiveKafka() if path == "boards" else _Kafka())
+    if path in ("service", "boards"):
         projection.kafka = runner
     return runner.handle
 
@@ -190,11 +245,35 @@ def feed(records_file: str, count: int, path: str) -> None:
            for topic, partition, offset, key, value in stored]
     if count > len(raw):
         raise SystemExit(f"{records_file} holds {len(raw)} records, not {count}")
+    if path == "boards":
+        feed_live(raw, count)
+        return
     handle = _feeder(path)
 
     async def run() -> None:
         for start in range(0, count, BATCH):
             await handle(raw[start:min(start + BATCH, count)])
+
+    asyncio.run(run())
+
+
+def feed_live(raw: list[Any], count: int) -> None:
+    """The ``boards`` path: batches of ``BOARDS_BATCH`` records, the clock at each batch's
+    last event (read for every record, fed or not, so a run with none subtracts it)."""
+    from datetime import datetime
+
+    import orjson
+
+    times = [datetime.fromisoformat(orjson.loads(record.value)["occurred_at"])
+             for record in raw]
+    clock = _BatchClock()
+    handle = _feeder("boards", clock)
+
+    async def run() -> None:
+        for start in range(0, count, BOARDS_BATCH):
+            end = min(start + BOARDS_BATCH, count)
+            clock.at = times[end - 1]
+            await handle(raw[start:end])
 
     asyncio.run(run())
 
@@ -265,7 +344,8 @@ def main() -> int:
                         help="a checkout to measure (repeat: the first is the baseline)")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--clinics", type=int, default=50)
-    parser.add_argument("--path", choices=("processor", "service"), action="append")
+    parser.add_argument("--path", choices=("processor", "service", "boards"), action="append",
+                        help="the paths to count (repeat; default: processor and service)")
     parser.add_argument("--records", type=Path,
                         help="the records file to use (made when missing), so that runs "
                              "apart feed the same records (event ids are random)")
@@ -280,8 +360,9 @@ def main() -> int:
             make_records(args.clinics, args.events, records_file)
         print("cachegrind " + " ".join(cache_options), flush=True)
         for path in args.path or ["processor", "service"]:
+            batch = BOARDS_BATCH if path == "boards" else BATCH
             print(f"{path} path, {args.events:,} events of {args.clinics} clinics, "
-                  f"batches of {BATCH}:", flush=True)
+                  f"batches of {batch}:", flush=True)
             base: dict[str, float] | None = None
             for tree in args.tree:
                 figures = per_event(tree, str(records_file), args.events, path, cache_options)
