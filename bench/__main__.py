@@ -30,6 +30,7 @@ from bench.feed_bench import report_rows as feed_rows
 from bench.feed_bench import report_section as feed_section
 from bench.outbox_bench import outbox
 from bench.outbox_bench import report_rows as outbox_rows
+from bench.report import keep_written
 from bench.scaleout_bench import consumers_scale_out, scale_out
 from tools.stack import KAFKA_VERSION, LocalStack, free_port
 
@@ -110,7 +111,9 @@ def write_report(results: dict[str, Any], path: Path) -> None:
     text = f"""# Performance
 
 Measured by `make bench` on {results['measured_at']} (numbers, not assertions; each
-ratio is against a baseline measured in the same run).
+ratio is against a baseline measured in the same run). Sections dated otherwise were
+written by hand from runs of one benchmark (`BENCH_ONLY=...`) or profiles; `make bench`
+keeps them when it writes this file again (`bench/report.py`).
 
 Machine: {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, {m['java']},
 Apache Kafka {KAFKA_VERSION} (one KRaft node on loopback), Redis
@@ -181,7 +184,9 @@ clinics).
 
 {http_bench.report_section(results.get("http"))}
 {sse_bench.report_section(results.get("screens"))}"""
-    path.write_text(text + feed_section(results.get("ehr_feed")))
+    # what was written by hand beside the last report (dated runs, analyses) stays
+    existing = path.read_text() if path.exists() else ""
+    path.write_text(keep_written(text + feed_section(results.get("ehr_feed")), existing))
 
 
 async def main() -> int:
