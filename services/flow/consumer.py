@@ -122,6 +122,9 @@ class FlowProjection:
         self._last_lag: int | None = None
         self._catching_up = False  # a backlog (or a rebuild) is being read: checkpoint at its end
         self._stage_histograms: dict[tuple[str, str, str], Any] = {}
+        # each board gauge series flow set: its labelled child and the value it holds
+        self._gauge_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._gauge_values: dict[tuple[Any, tuple[str, ...]], float] = {}
         self._duplicates = EVENTS_CONSUMED.labels("flow", "duplicate")
 
     # ------------------------------------------------------------ partitions
@@ -408,6 +411,10 @@ class FlowProjection:
             histogram.observe(stage.minutes)
 
     def _gauges(self, clinic_id: str, board: dict[str, Any]) -> None:
+        """The clinic's gauges from its board. Only the series whose value changed are
+        set (a board changes few of them), each through its labelled child, looked up
+        once: flow is the only writer of these gauges, so the value it last set is the
+        value the series holds."""
         provider_label = self.labels.provider
         per_provider: dict[str, list[float]] = {}
         for waiting in board["waiting"]:
@@ -415,10 +422,11 @@ class FlowProjection:
                 waiting["wait_minutes"] or 0.0
             )
         known = {provider_label(clinic_id, p["provider_id"]) for p in board["providers"]}
+        gauge = self._gauge
         for provider in known | set(per_provider):
             waits = per_provider.get(provider, [])
-            m.QUEUE_LENGTH.labels(clinic_id, provider).set(len(waits))
-            m.ESTIMATED_WAIT.labels(clinic_id, provider).set(max(waits, default=0.0))
+            gauge(m.QUEUE_LENGTH, (clinic_id, provider), len(waits))
+            gauge(m.ESTIMATED_WAIT, (clinic_id, provider), max(waits, default=0.0))
         states: dict[str, int] = {
             "ready": 0,
             "occupied": 0,
@@ -428,18 +436,28 @@ class FlowProjection:
         for room in board["rooms"]:
             states[room["state"]] = states.get(room["state"], 0) + 1
         for state, count in states.items():
-            m.ROOMS.labels(clinic_id, state).set(count)
-        m.IN_ROOMS.labels(clinic_id).set(len(board["in_rooms"]))
+            gauge(m.ROOMS, (clinic_id, state), count)
+        gauge(m.IN_ROOMS, (clinic_id,), len(board["in_rooms"]))
         delays: dict[str, float] = {}
         for provider in board["providers"]:
             label = provider_label(clinic_id, provider["provider_id"])
             delays[label] = max(delays.get(label, 0), provider["delay_minutes"])
         for label, minutes in delays.items():
-            m.DELAY_MINUTES.labels(clinic_id, label).set(minutes)
+            gauge(m.DELAY_MINUTES, (clinic_id, label), minutes)
         clinic_delay = board["clinic_delay"]
-        m.DELAY_MINUTES.labels(clinic_id, "clinic").set(
-            clinic_delay["minutes"] if clinic_delay else 0
-        )
+        gauge(m.DELAY_MINUTES, (clinic_id, "clinic"),
+              clinic_delay["minutes"] if clinic_delay else 0)
         operations = board.get("operations")
         if operations is not None:
             self.labels.set_bottleneck(clinic_id, operations.get("bottleneck"))
+
+    def _gauge(self, metric: Any, labels: tuple[str, ...], value: float) -> None:
+        """Set one series of ``metric`` to ``value`` unless that is what it holds."""
+        key = (metric, labels)
+        if self._gauge_values.get(key) == value:
+            return
+        child = self._gauge_children.get(key)
+        if child is None:
+            child = self._gauge_children[key] = metric.labels(*labels)
+        child.set(value)
+        self._gauge_values[key] = value

@@ -58,6 +58,9 @@ BOTTLENECK_STAGES = frozenset({"arrival_to_roomed", "roomed_to_provider",
                                "provider_to_checkout", "room_turnover", "none"})
 
 
+MAX_REMEMBERED_LABELS = 10_000
+
+
 class Labels:
     """Label values flow may use, bounded by the configuration: event data never makes a
     new series. A provider label is a provider the clinic configured (CLINICFLOW_CLINICS),
@@ -66,12 +69,21 @@ class Labels:
     def __init__(self, clinics: ClinicDirectory | None = None) -> None:
         self.clinics = clinics if clinics is not None else ClinicDirectory.parse(None)
         self._bottleneck: dict[str, tuple[str, str]] = {}
+        # (clinic, provider) -> its label: every board asks for each of its providers
+        self._providers: dict[tuple[str, str], str] = {}
 
     def provider(self, clinic_id: str, provider_id: str | None) -> str:
         if provider_id in (None, "", "any"):
             return "any"
         assert provider_id is not None
-        return provider_id if provider_id in self.clinics[clinic_id].providers else "other"
+        key = (clinic_id, provider_id)
+        label = self._providers.get(key)
+        if label is None:
+            if len(self._providers) >= MAX_REMEMBERED_LABELS:  # provider ids come from events
+                self._providers.clear()
+            label = self._providers[key] = (
+                provider_id if provider_id in self.clinics[clinic_id].providers else "other")
+        return label
 
     def room(self, clinic_id: str, room_id: str | None) -> str:
         if not room_id:

@@ -67,3 +67,48 @@ def test_the_bottleneck_gauge_names_what_the_operations_page_names_and_only_that
     assert bottleneck("metrics-north", named["stage"], "other") == 1
     assert bottleneck("metrics-north", named["stage"], "dr-lee") is None
     assert {named["stage"], "none"} <= m.BOTTLENECK_STAGES
+
+
+def queue_length(clinic: str, provider: str) -> float | None:
+    return REGISTRY.get_sample_value("clinicflow_queue_length_patients", {
+        "clinic": clinic, "provider": provider})
+
+
+def test_each_board_leaves_its_gauges_at_what_it_shows_when_boards_change_few_of_them(
+) -> None:
+    from services.flow.consumer import FlowProjection
+    from shared.clock import SystemClock
+
+    async def nothing(*_args: object) -> None:
+        return None
+
+    projection = FlowProjection(None, nothing, SystemClock(),  # type: ignore[arg-type]
+                                estimates_topic="estimates", labels=m.Labels(CLINICS))
+    waiting = {"visit_id": "v1", "ticket_code": "A-1", "provider_id": "dr-lee",
+               "wait_minutes": 12.0}
+    board: dict[str, object] = {
+        "waiting": [waiting], "providers": [{"provider_id": "dr-lee", "delay_minutes": 0}],
+        "rooms": [{"room_id": "room-1", "state": "ready"}], "in_rooms": [],
+        "clinic_delay": None}
+    projection._gauges("gauges-north", board)
+    assert queue_length("gauges-north", "other") == 1  # dr-lee is not configured here
+    # another board with the same figures, then one with a second patient, then back
+    projection._gauges("gauges-north", board)
+    assert queue_length("gauges-north", "other") == 1
+    projection._gauges("gauges-north", {**board, "waiting": [waiting, waiting]})
+    assert queue_length("gauges-north", "other") == 2
+    projection._gauges("gauges-north", board)
+    assert queue_length("gauges-north", "other") == 1
+    assert REGISTRY.get_sample_value("clinicflow_rooms", {
+        "clinic": "gauges-north", "state": "ready"}) == 1
+    projection._gauges("gauges-north", {**board, "rooms": [
+        {"room_id": "room-1", "state": "occupied"}]})
+    assert REGISTRY.get_sample_value("clinicflow_rooms", {
+        "clinic": "gauges-north", "state": "ready"}) == 0
+    assert REGISTRY.get_sample_value("clinicflow_rooms", {
+        "clinic": "gauges-north", "state": "occupied"}) == 1
+    # the provider labels remembered are the ones the configuration gives
+    labels = projection.labels
+    assert labels.provider("metrics-north", "dr-lee") == "dr-lee"
+    assert labels.provider("metrics-north", "dr-lee") == "dr-lee"
+    assert labels.provider("gauges-north", "dr-lee") == "other"
