@@ -150,11 +150,16 @@ def view_for(board: dict[str, Any], role: str) -> dict[str, Any]:
 _TIME = re.compile(rb'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z))"')
 
 
-def on_clinic_clock(raw: bytes, zone: tzinfo) -> bytes:
+def on_clinic_clock(raw: bytes, zone: tzinfo, done: dict[bytes, bytes] | None = None) -> bytes:
     """The board ``raw`` (JSON) with every time in it (``as_of``, ``arrived_at``,
     ``scheduled_at``, ``since``, ``until``, the report's) given in the clinic's offset:
-    the same instants, ISO 8601 with the offset the clinic's clock had then."""
-    done: dict[bytes, bytes] = {}  # a board repeats its times (as_of, since, ...)
+    the same instants, ISO 8601 with the offset the clinic's clock had then.
+
+    ``done``: the times converted already in ``zone`` (each JSON time to its local
+    form), used and added to; boards repeat their times, and a clinic's next board most
+    of its last one's."""
+    if done is None:
+        done = {}
 
     def local(match: re.Match[bytes]) -> bytes:
         text = match.group(1)
@@ -177,11 +182,17 @@ def calling(board: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+# times a clinic's views keep converted to its clock, at most (then they start afresh)
+CLOCK_TIMES_KEPT = 512
+
+
 class BoardViews:
     """What each role sees of a clinic's board, rendered once per board: the answer of a
     GET (JSON) and the frame of a live stream (SSE). Every screen and station of a clinic
     asks for the same few views of the same board; the last rendering of each (clinic,
-    role, form) is kept, at most ``size`` of them (the oldest go first)."""
+    role, form) is kept, at most ``size`` of them (the oldest go first). A board is put
+    on the clinic's clock and parsed once for all its views; the times converted are
+    kept for the clinic's next boards (per zone, at most ``CLOCK_TIMES_KEPT``)."""
 
     def __init__(self, size: int = 256, zone_of: Callable[[str], tzinfo] | None = None,
                  names_of: Callable[[str], bytes] | None = None) -> None:
@@ -190,7 +201,19 @@ class BoardViews:
         # the clinic's names (services/flow/names.py): every view carries them as "names"
         self.names_of = names_of
         self._kept: dict[tuple[str, str, bool], tuple[bytes, bytes, bytes | None]] = {}
-        self._local: dict[str, tuple[bytes, bytes]] = {}  # clinic -> (raw, on its clock)
+        # clinic -> (raw, on its clock, that parsed when a view needed it)
+        self._local: dict[str, tuple[bytes, bytes, dict[str, Any] | None]] = {}
+        self._times: dict[str, tuple[tzinfo, dict[bytes, bytes]]] = {}  # clinic -> its zone's
+
+    def _parsed(self, clinic_id: str, local: bytes) -> dict[str, Any]:
+        """``local`` parsed, once per board for all the views that cut it (read only)."""
+        kept = self._local.get(clinic_id)
+        if kept is not None and kept[1] is local and kept[2] is not None:
+            return kept[2]
+        parsed: dict[str, Any] = orjson.loads(local)
+        if kept is not None and kept[1] is local:
+            self._local[clinic_id] = (kept[0], local, parsed)
+        return parsed
 
     def render(self, clinic_id: str, role: str, raw: bytes, *, frame: bool) -> bytes:
         """``raw`` (the board as stored) as ``role`` sees it: JSON, or with ``frame`` an
@@ -202,7 +225,8 @@ class BoardViews:
             return kept[1]
         local = raw if self.zone_of is None else self._on_clock(clinic_id, raw)
         # a manager sees the whole board: the stored JSON is already the answer
-        body = local if role == "manager" else orjson.dumps(view_for(orjson.loads(local), role))
+        body = (local if role == "manager"
+                else orjson.dumps(view_for(self._parsed(clinic_id, local), role)))
         if names is not None:
             body = body[:-1] + b',"names":' + names + b"}"
         rendered = b"event: board\ndata: " + body + b"\n\n" if frame else body
@@ -217,10 +241,16 @@ class BoardViews:
         if kept is not None and (kept[0] is raw or kept[0] == raw):
             return kept[1]
         assert self.zone_of is not None
-        local = on_clinic_clock(raw, self.zone_of(clinic_id))
+        zone = self.zone_of(clinic_id)
+        times = self._times.get(clinic_id)
+        if times is None or times[0] != zone or len(times[1]) >= CLOCK_TIMES_KEPT:
+            if times is None and len(self._times) >= self.size:
+                del self._times[next(iter(self._times))]
+            times = self._times[clinic_id] = (zone, {})
+        local = on_clinic_clock(raw, zone, times[1])
         if kept is None and len(self._local) >= self.size:
             del self._local[next(iter(self._local))]
-        self._local[clinic_id] = (raw, local)
+        self._local[clinic_id] = (raw, local, None)
         return local
 
 

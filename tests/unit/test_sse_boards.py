@@ -87,3 +87,31 @@ async def test_a_stream_gone_while_waiting_leaves_the_read_to_the_others() -> No
     first.cancel()
     store.go.set()
     assert await second == b"board of north" and store.reads == ["north"]
+
+
+def test_views_on_the_clinic_clock_follow_every_new_board_and_a_changed_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    from services.flow.api import on_clinic_clock
+
+    zones = {"north": ZoneInfo("America/New_York")}
+    views = BoardViews(zone_of=lambda clinic_id: zones[clinic_id])
+    first = {**BOARD, "in_rooms": [{"visit_id": "v-2", "ticket_code": "A-2",
+                                    "provider_id": "dr-lee", "status": "roomed",
+                                    "room_id": "r1", "since": "2026-03-02T13:59:00+00:00"}]}
+    boards = [first, {**first, "as_of": "2026-03-02T14:01:00+00:00"},
+              {**first, "waiting": [], "as_of": "2026-03-02T14:02:30.250000+00:00"}]
+    for board in boards:
+        raw = orjson.dumps(board)
+        local = orjson.loads(on_clinic_clock(raw, zones["north"]))
+        for role in ("screen", "nurse"):
+            assert orjson.loads(views.render("north", role, raw, frame=False)) == view_for(
+                local, role)
+    assert orjson.loads(views.render("north", "screen", raw, frame=False))["as_of"] == (
+        "2026-03-02T09:02:30.250000-05:00")
+    # the clinic moves to another zone: its times are converted afresh, not remembered
+    zones["north"] = ZoneInfo("Europe/Paris")
+    moved = orjson.dumps({**boards[-1], "as_of": "2026-03-02T14:03:00+00:00"})
+    shown = orjson.loads(views.render("north", "nurse", moved, frame=False))
+    assert shown["as_of"] == "2026-03-02T15:03:00+01:00"
+    assert shown["in_rooms"][0]["since"] == "2026-03-02T14:59:00+01:00"
