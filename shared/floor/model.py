@@ -429,14 +429,33 @@ class Clinic:
         """The facts an undo may still name, newest first: (event id, kind, whether it can
         be undone now). The board lists them and the API checks an undo against them, so
         an undo it accepts is never refused here."""
-        return [(r.event_id, r.kind, self._undo_blocker(r) is None) for r in reversed(self._undo)]
+        # ``_undo_blocker(r) is None`` for each, without making the reasons nobody reads:
+        # boards list the whole window after every fact
+        visits, rooms = self.visits, self.rooms
+        window = []
+        for record in reversed(self._undo):
+            undoable = True
+            for visit_id, mark in record.visit_marks.items():
+                current = visits.get(visit_id)
+                if current is None or len(current.history) != mark:
+                    undoable = False
+                    break
+            if undoable:
+                for room_id, since in record.room_marks.items():
+                    room = rooms.get(room_id)
+                    if room is not None and room.since != since:
+                        undoable = False
+                        break
+            window.append((record.event_id, record.kind, undoable))
+        return window
 
     # ---------------------------------------------------------------- helpers
 
     def _undo_blocker(self, record: _UndoRecord) -> str | None:
         """Why a recorded fact can no longer be undone (None: it can): a later fact changed
         its visit or room, or ended its visit (a visit the fact left open that is no longer
-        open: undoing an arrival then would leave its checkout standing alone)."""
+        open: undoing an arrival then would leave its checkout standing alone). The same
+        rule as ``undo_window``'s (a test holds them together)."""
         for visit_id, mark in record.visit_marks.items():
             current = self.visits.get(visit_id)
             if current is None:

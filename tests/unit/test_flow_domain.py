@@ -218,3 +218,33 @@ def test_undo_of_a_delay_brings_back_the_delay_it_replaced() -> None:
     assert delay is not None and (delay.minutes, delay.reason) == (25, "late start")
     clinic.action_undone(at=at(7), undone_event_id="e1", event_id="e4")
     assert clinic.delay_for("dr-lee") is None
+
+
+def test_the_undo_window_says_undoable_exactly_when_an_undo_would_be_accepted() -> None:
+    clinic = Clinic("north")
+
+    def window_agrees() -> None:
+        records = list(reversed(clinic._undo))
+        assert clinic.undo_window() == [
+            (r.event_id, r.kind, clinic._undo_blocker(r) is None) for r in records]
+
+    clinic.room_ready(at=at(0), room_id="r1", event_id="e1")
+    clinic.room_ready(at=at(0), room_id="r2", event_id="e2")
+    window_agrees()
+    arrive(clinic, "v1", 1, event_id="e3")
+    arrive(clinic, "v2", 2, event_id="e4")
+    window_agrees()
+    clinic.patient_roomed(at=at(5), visit_id="v1", room_id="r1", event_id="e5")
+    # r1's readiness (e1) and v1's arrival (e3) are held by the rooming now
+    assert [undoable for _, _, undoable in clinic.undo_window()] == [
+        True, True, False, True, False]
+    window_agrees()
+    clinic.action_undone(at=at(6), undone_event_id="e5", event_id="e6")
+    # the rooming undone, the room is as e1 left it: its readiness can be undone again
+    assert ("e1", "room_ready", True) in clinic.undo_window()
+    window_agrees()
+    clinic.patient_roomed(at=at(7), visit_id="v2", room_id="r2", event_id="e7")
+    clinic.provider_in(at=at(8), visit_id="v2", event_id="e8")
+    clinic.checked_out(at=at(20), visit_id="v2", event_id="e9")
+    window_agrees()
+    assert ("e4", "arrival", False) in clinic.undo_window()
