@@ -415,6 +415,11 @@ def run(args: argparse.Namespace) -> int:
     from shared.topics import FLOOR, topic_name
     from tools.ehr_sender import play_with_ehr as play
 
+    if args.print_clinics:  # what service_env gives every service
+        from tools.live_demo import clinics_setting
+
+        print(os.environ.get("CLINICFLOW_CLINICS") or clinics_setting())
+        return 0
     started = time.monotonic()
     data = state_dir()
     # until the event loop takes them over: a terminal closed or a `kill` while Kafka
@@ -605,6 +610,10 @@ def add_cli(subparsers: Any) -> None:
     parser.add_argument("--instances", type=_instances, default=1,
                         help="processes of each service, sharing its consumer group's "
                         "partitions (default 1; the k-th on its port + 100*(k-1))")
+    parser.add_argument("--print-clinics", action="store_true",
+                        help="print the demo's clinics as every service is given them "
+                        "(CLINICFLOW_CLINICS: JSON) and exit, e.g. for `clinicflow billing "
+                        "reconcile` beside a running `make up`")
     parser.set_defaults(func=run)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from services.billing import views
 from services.billing.domain.accounts import Posted
@@ -41,7 +42,12 @@ async def read_ledger(settings: BillingSettings, clinic_id: str,
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 **aiokafka_security_kwargs(settings))
-    await consumer.start()
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise SystemExit(f"the ledger topic cannot be read: Kafka at "
+                         f"{settings.kafka_bootstrap} is unreachable ({exc})") from None
     try:
         await consumer._client.force_metadata_update()  # learn every topic, ours included
         numbers = consumer.partitions_for_topic(name) or set()
@@ -88,7 +94,17 @@ def _reconcile(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic's ValidationError: which setting, and why
         print(f"billing settings: {exc}", file=sys.stderr)
         return 2
-    clinic = settings.clinic_directory()[args.clinic]
+    directory = settings.clinic_directory()
+    if directory.clinics and args.clinic not in directory:
+        print(f"no clinic {args.clinic!r} in CLINICFLOW_CLINICS (it lists "
+              f"{', '.join(sorted(directory.clinics))})", file=sys.stderr)
+        return 2
+    if not directory.clinics:  # as the services without it: every clinic on one zone
+        print(f"note: CLINICFLOW_CLINICS is not set here: clinic {args.clinic}'s day is cut at "
+              f"{directory.default_zone.key} midnights (CLINICFLOW_DEFAULT_TIMEZONE); give "
+              "this command the CLINICFLOW_CLINICS the services have (make up's: "
+              "clinicflow up --print-clinics)", file=sys.stderr)
+    clinic = directory[args.clinic]
     if args.date is None:
         business_date = clinic.day_of(SystemClock().now())
     else:

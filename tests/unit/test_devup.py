@@ -406,3 +406,20 @@ def test_a_played_day_older_than_check_in_keeps_a_schedule_is_refused_before_any
     check_playable(date(2026, 12, 11), today)
     with pytest.raises(StackError, match=r"--date 2026-12-07: .* play 2026-12-08 or later"):
         check_playable(date(2026, 12, 7), today)
+
+
+def test_print_clinics_gives_what_every_service_is_given(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # for a command run beside make up (clinicflow billing reconcile): the same zones
+    import tools.devup as devup
+
+    monkeypatch.delenv("CLINICFLOW_CLINICS", raising=False)
+    assert devup.run(argparse.Namespace(print_clinics=True)) == 0
+    printed = json.loads(capsys.readouterr().out)
+    given = ClinicDirectory.parse(devup.service_env(
+        {}, SimpleNamespace(kafka_bootstrap="k", redis_url="r"),  # type: ignore[arg-type]
+        {"checkin": 1, "flow": 2, "notifications": 3, "billing": 4})["CLINICFLOW_CLINICS"])
+    assert {c: z["timezone"] for c, z in printed.items()} == {
+        c: given.zone(c).key for c in given.clinics} == {
+        "north": "America/New_York", "south": "America/Chicago", "east": "America/Denver"}
