@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from services.checkin.domain import ID_PATTERN
+from shared.auth import require_known_clinic
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -41,12 +42,15 @@ def make_pages_router() -> APIRouter:
                 "of birth and initials, get the ticket code and the estimated wait; look up "
                 "the place in line by ticket code. The page itself holds no data.",
                 responses={200: {"content": {"text/html": {"example": "<!doctype html>..."}}},
-                           404: {"description": "not a clinic id"}})
+                           404: {"description": "not a clinic id, or one this deployment "
+                                 "does not serve (`unknown_clinic`)"}})
     async def kiosk_page(clinic_id: Annotated[str, PathParam(
             description="the clinic this kiosk stands in", examples=["north"])],
+        request: Request,
     ) -> HTMLResponse:
         if not ID_PATTERN.match(clinic_id):
             raise HTTPException(404, detail=f"no such clinic {clinic_id[:64]!r}")
+        require_known_clinic(request)  # 404 unknown_clinic, as the APIs the page calls
         return HTMLResponse(kiosk.render(clinic_id=clinic_id), headers=HEADERS)
 
     return router

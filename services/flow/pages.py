@@ -21,11 +21,12 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from shared.auth import require_known_clinic
 from shared.settings import FlowSettings
 
 STATIC = Path(__file__).with_name("static")
@@ -56,10 +57,11 @@ def make_pages_router(settings: FlowSettings) -> APIRouter:
     headers = {"Cache-Control": "no-store", "Content-Security-Policy": policy,
                "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 
-    def render(page: str, clinic_id: str) -> HTMLResponse:
+    def render(page: str, clinic_id: str, request: Request) -> HTMLResponse:
         if not _CLINIC.match(clinic_id):
             raise HTTPException(404, detail=f"no such clinic {clinic_id!r}: clinic ids are "
                                 "letters, digits and _.:-")
+        require_known_clinic(request)  # 404 unknown_clinic, as the APIs the page calls
         clinic = clinics[clinic_id]
         html = templates.get_template(PAGES[page]).render(
             page=page, clinic_id=clinic_id, alerts_url=alerts_url,
@@ -74,20 +76,20 @@ def make_pages_router(settings: FlowSettings) -> APIRouter:
         return HTMLResponse(html, headers=headers)
 
     @router.get("/screens/{clinic_id}/waiting-room", response_class=HTMLResponse)
-    async def waiting_room(clinic_id: str) -> HTMLResponse:
+    async def waiting_room(clinic_id: str, request: Request) -> HTMLResponse:
         """The lobby TV: ticket codes and ranges, who is called, delays (screen token)."""
-        return render("waiting-room", clinic_id)
+        return render("waiting-room", clinic_id, request)
 
     @router.get("/screens/{clinic_id}/nurse", response_class=HTMLResponse)
-    async def nurse_station(clinic_id: str) -> HTMLResponse:
+    async def nurse_station(clinic_id: str, request: Request) -> HTMLResponse:
         """Rooms, who is next per provider, room-ready alerts, one-click actions."""
-        return render("nurse", clinic_id)
+        return render("nurse", clinic_id, request)
 
     @router.get("/screens/{clinic_id}/operations", response_class=HTMLResponse)
-    async def operations(clinic_id: str) -> HTMLResponse:
+    async def operations(clinic_id: str, request: Request) -> HTMLResponse:
         """The manager's dashboard: stages, queues over the day, bottleneck, pace, and how
         right the waits told today were (from notifications)."""
-        return render("operations", clinic_id)
+        return render("operations", clinic_id, request)
 
     return router
 

@@ -26,6 +26,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from services.notifications.complaints import MAX_TEXT
 from services.notifications.domain.texts import Names
+from shared.auth import require_known_clinic
 from shared.events_notifications import ComplaintCategory
 
 HERE = Path(__file__).parent
@@ -53,9 +54,9 @@ def make_pages_router(names: Callable[[str], Names]) -> APIRouter:
     @router.get("/screens/{clinic_id}/complaints", response_class=HTMLResponse)
     async def follow_up_page(clinic_id: str, request: Request) -> HTMLResponse:
         """The front desk's follow-up list; with a manager's token, the manager view."""
-        known: frozenset[str] = request.app.state.known_clinics
-        if not _CLINIC.match(clinic_id) or (known and clinic_id not in known):
+        if not _CLINIC.match(clinic_id):
             raise HTTPException(404, detail=f"no such clinic {clinic_id[:64]!r}")
+        require_known_clinic(request)  # 404 unknown_clinic, as the APIs the page calls
         clinic = names(clinic_id)
         return HTMLResponse(page.render(
             clinic_id=clinic_id, clinic_name=clinic.clinic or clinic_id,

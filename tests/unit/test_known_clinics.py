@@ -42,3 +42,27 @@ def test_a_clinic_not_configured_is_404_naming_it() -> None:
 def test_without_configured_clinics_every_clinic_id_is_served() -> None:
     client = _client(None)
     assert client.get("/clinics/anywhere/things", headers=MANAGER).status_code == 200
+
+
+def test_the_screen_kiosk_and_follow_up_pages_of_a_clinic_not_served_are_404() -> None:
+    # they answered 200 with a working-looking page (a UTC clock, "reconnecting..." for
+    # ever; the kiosk took a check-in and only then said there was no such clinic)
+    from services.checkin.pages import make_pages_router as kiosk_pages
+    from services.flow.pages import make_pages_router as screen_pages
+    from services.notifications.domain.texts import Names
+    from services.notifications.pages import make_pages_router as follow_up_pages
+    from shared.settings import FlowSettings
+
+    clinics = json.dumps({"north": {"timezone": "America/New_York"}})
+    settings = CommonSettings(clinics=clinics)
+    app = make_http_app(ServiceRuntime(settings, "test"), title="t", description="d")
+    app.include_router(screen_pages(FlowSettings(clinics=clinics)))
+    app.include_router(kiosk_pages())
+    app.include_router(follow_up_pages(lambda _clinic: Names()))
+    client = TestClient(app)
+    for page in ("/screens/{}/waiting-room", "/screens/{}/nurse", "/screens/{}/operations",
+                 "/kiosk/{}", "/screens/{}/complaints"):
+        assert client.get(page.format("north")).status_code == 200, page
+        west = client.get(page.format("west"))
+        assert west.status_code == 404, page
+        assert west.json()["code"] == "unknown_clinic" and "west" in west.json()["detail"]
