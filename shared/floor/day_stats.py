@@ -531,7 +531,9 @@ def _summary(bottlenecks: list[Bottleneck], waiting: list[Visit], clinic: Clinic
 
 
 def _held_by(occupied: list[Any], clinic: Clinic) -> str:
-    """", 3 by patients waiting for dr-lee": who the full rooms are waiting on."""
+    """Who the full rooms are waiting on: ", 3 by patients waiting for dr-lee", or with
+    several providers ", 4 by patients waiting for a provider (2 for dr-lee)" (the one most
+    wait for; "1 each for dr-kim and dr-lee" when none has more)."""
     waiting_on: dict[str | None, int] = {}
     for room in occupied:
         visit = clinic.visits.get(room.visit_id) if room.visit_id else None
@@ -539,8 +541,15 @@ def _held_by(occupied: list[Any], clinic: Clinic) -> str:
             waiting_on[visit.provider_id] = waiting_on.get(visit.provider_id, 0) + 1
     if not waiting_on:
         return ""
-    provider, count = max(waiting_on.items(), key=lambda item: (item[1], str(item[0])))
-    return f", {count} by patients waiting for {_who(provider)}"
+    total = sum(waiting_on.values())
+    if len(waiting_on) == 1:
+        return f", {total} by patients waiting for {_who(next(iter(waiting_on)))}"
+    most = max(waiting_on.values())
+    first = sorted(_who(p) for p, count in waiting_on.items() if count == most)
+    if len(first) == 1:
+        return f", {total} by patients waiting for a provider ({most} for {first[0]})"
+    named = ", ".join(first[:-1]) + f" and {first[-1]}"
+    return f", {total} by patients waiting for a provider ({most} each for {named})"
 
 
 def _count(count: int, noun: str) -> str:

@@ -362,3 +362,25 @@ def test_the_board_carries_the_report_for_managers_as_plain_json() -> None:
     board = build_board(flow, flow.estimates(day.now), day.now)
     assert orjson.loads(orjson.dumps(board))["operations"]["stages"]["arrival_to_roomed"][
         "count"] == 20
+
+
+def test_full_rooms_held_by_patients_of_several_providers_are_all_counted() -> None:
+    # four rooms held by roomed patients, one for each of four providers, read "1 by
+    # patients waiting for dr-d": the highest id of a tie, and one room of the four
+    day = Day(rooms=4)
+    for n, provider in enumerate(("dr-a", "dr-b", "dr-c", "dr-d"), start=1):
+        day.at(n).arrive(f"r{n}", provider)
+        day.at(n + 1).room(f"r{n}", f"room-{n}")
+    for n in range(6):
+        day.at(10 + n).arrive(f"w{n}", "dr-a")
+    day.at(58)
+    assert day.report()["bottleneck"]["text"].endswith(
+        "all 4 rooms occupied, 4 by patients waiting for a provider "
+        "(1 each for dr-a, dr-b, dr-c and dr-d)")
+    day.at(59).arrive("r5", "dr-b")  # and when one of them has more, that one is named
+    day.at(60).provider_in("r1")
+    day.at(61).check_out("r1")
+    day.at(61.5).ready("room-1")
+    day.at(62).room("r5", "room-1")
+    assert day.report()["bottleneck"]["text"].endswith(
+        "4 by patients waiting for a provider (2 for dr-b)")
