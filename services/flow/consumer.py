@@ -35,11 +35,15 @@ Two periodic jobs, each a ``tick(now)`` (registered in app.py, called directly b
 from __future__ import annotations
 
 import asyncio
+import math
+import re
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
+from pydantic import TypeAdapter
 
 from services.flow import metrics as m
 from services.flow.processor import FloorBatchOutcome, FloorProcessor, build_board
@@ -47,6 +51,7 @@ from services.flow.store import Checkpoint, Fenced, FlowStore
 from shared import events as ev
 from shared.clock import Clock
 from shared.floor.estimator import WaitEstimate
+from shared.floor.model import Visit
 from shared.floor.snapshot import dump_flow_json, load_flow
 from shared.logging import get_logger
 from shared.metrics import EVENTS_CONSUMED
@@ -65,6 +70,51 @@ CATCH_UP_CHECKPOINT_FACTOR = 10
 # the last estimate published per visit is pruned of ended visits past this many entries
 PUBLISHED_PRUNE_AT = 2000
 LONG_AGO = datetime.min.replace(tzinfo=UTC)
+
+
+_ESTIMATED = ev.EVENT_TYPE_OF[ev.WaitEstimated]  # (event type, version)
+# matched whole: in Python a pattern's "$" lets a trailing newline through, in pydantic not
+_ID = re.compile(ev.WaitEstimated.model_json_schema()["properties"]["visit_id"]["pattern"])
+_EVENT_TIMES: dict[datetime, str] = {}  # an estimate's time -> as the envelope gives it
+_ENVELOPE_TIME = TypeAdapter(datetime)
+
+
+def estimate_event(clinic_id: str, visit: Visit, estimate: WaitEstimate, at: datetime) -> bytes:
+    """The ``wait.estimated`` event of ``estimate`` (made at ``at``), as Kafka gets it: the
+    bytes ``ev.encode(ev.make_event(ev.WaitEstimated(...), ...))`` gives, made without
+    the pydantic models (a board's changed estimates are sent after every batch). Values
+    the models would refuse, or might write otherwise, go through them (and raise)."""
+    position, wait, low, high = (estimate.position, estimate.wait_minutes, estimate.low,
+                                 estimate.high)
+    if not (type(position) is int and position >= 1
+            and all(type(v) in (float, int) and 0 <= v < math.inf for v in (wait, low, high))
+            and at.tzinfo is not None
+            and _ID.fullmatch(visit.visit_id) and _ID.fullmatch(clinic_id)
+            and type(visit.ticket_code) is str
+            and (visit.provider_id is None or type(visit.provider_id) is str)):
+        return ev.encode(ev.make_event(
+            ev.WaitEstimated(visit_id=visit.visit_id, ticket_code=visit.ticket_code,
+                             provider_id=visit.provider_id, position=position,
+                             wait_minutes=wait, low=low, high=high),
+            clinic_id=clinic_id, source="flow", occurred_at=at, correlation_id=visit.visit_id))
+    occurred_at = _EVENT_TIMES.get(at)
+    if occurred_at is None:
+        if len(_EVENT_TIMES) >= 4096:
+            _EVENT_TIMES.clear()
+        occurred_at = _EVENT_TIMES[at] = _ENVELOPE_TIME.dump_python(at.astimezone(UTC),
+                                                                     mode="json")
+    return orjson.dumps({
+        "event_id": uuid.uuid4().hex,
+        "event_type": _ESTIMATED[0],
+        "schema_version": _ESTIMATED[1],
+        "occurred_at": occurred_at,
+        "clinic_id": clinic_id,
+        "correlation_id": visit.visit_id,
+        "source": "flow",
+        "data": {"visit_id": visit.visit_id, "ticket_code": visit.ticket_code,
+                 "provider_id": visit.provider_id, "position": position,
+                 "wait_minutes": float(wait), "low": float(low), "high": float(high)},
+    })
 
 
 class KafkaPositions(Protocol):
@@ -355,22 +405,7 @@ class FlowProjection:
             visit = flow.clinic.visits.get(estimate.visit_id)
             if visit is None:
                 continue
-            event = ev.make_event(
-                ev.WaitEstimated(
-                    visit_id=visit.visit_id,
-                    ticket_code=visit.ticket_code,
-                    provider_id=visit.provider_id,
-                    position=estimate.position,
-                    wait_minutes=estimate.wait_minutes,
-                    low=estimate.low,
-                    high=estimate.high,
-                ),
-                clinic_id=clinic_id,
-                source="flow",
-                occurred_at=at,
-                correlation_id=visit.visit_id,
-            )
-            batch.append((clinic_id, ev.encode(event)))
+            batch.append((clinic_id, estimate_event(clinic_id, visit, estimate, at)))
             last = self._told_tv.get(visit.visit_id)
             if self.told_topic is not None and tell_again(last, at, estimate.low, estimate.high):
                 self._told_tv[visit.visit_id] = LastTold(at, estimate.low, estimate.high)

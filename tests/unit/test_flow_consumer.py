@@ -282,3 +282,56 @@ async def test_a_partition_taken_over_while_paused_is_let_go_without_its_late_ch
     store.refusing = None
     await floor.flush(clock.advance(seconds=1))
     assert store.checkpoints == []
+
+
+def test_an_estimate_goes_to_kafka_as_the_event_models_would_write_it() -> None:
+    from datetime import UTC, timezone
+
+    from pydantic import ValidationError
+
+    from services.flow.consumer import estimate_event
+    from shared.floor.model import Visit
+
+    def by_models(clinic_id: str, visit: Any, estimate: WaitEstimate, at: datetime) -> bytes:
+        return ev.encode(ev.make_event(
+            ev.WaitEstimated(visit_id=visit.visit_id, ticket_code=visit.ticket_code,
+                             provider_id=visit.provider_id, position=estimate.position,
+                             wait_minutes=estimate.wait_minutes, low=estimate.low,
+                             high=estimate.high),
+            clinic_id=clinic_id, source="flow", occurred_at=at,
+            correlation_id=visit.visit_id))
+
+    def without_id(raw: bytes) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(raw)
+        assert len(document.pop("event_id")) == 32
+        return document
+
+    arrived = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
+    cases = [
+        ("north", Visit("v-1", "A-1", "dr-lee", "follow_up", "routine", None, arrived),
+         WaitEstimate("v-1", arrived, 12.5, 4.0, 21.25, 1, 12.5), arrived),
+        ("north", Visit("v-2", "A-2", None, "new_patient", "urgent", arrived, arrived),
+         WaitEstimate("v-2", arrived, 0, 0, 3, 2, 0.0),  # whole numbers: floats on the wire
+         arrived + timedelta(microseconds=500)),
+        ("c.7:x", Visit("v:3", "B-3", "p1", "physical", "routine", None, arrived),
+         WaitEstimate("v:3", arrived, 7.000001, 1e-9, 1e6, 12, 7.0),
+         datetime(2026, 11, 1, 1, 30, tzinfo=timezone(timedelta(hours=-4)))),
+    ]
+    for clinic_id, visit, estimate, at in cases:
+        fast = estimate_event(clinic_id, visit, estimate, at)
+        slow = by_models(clinic_id, visit, estimate, at)
+        document = without_id(fast)
+        assert document == without_id(slow)
+        # the very bytes, given the same event id
+        assert fast.replace(orjson.loads(fast)["event_id"].encode(), b"") == slow.replace(
+            orjson.loads(slow)["event_id"].encode(), b"")
+    # what the models refuse is refused as before
+    visit = cases[0][1]
+    for wrong in (WaitEstimate("v-1", arrived, -1.0, 0.0, 3.0, 1, 0.0),
+                  WaitEstimate("v-1", arrived, float("nan"), 0.0, 3.0, 1, 0.0),
+                  WaitEstimate("v-1", arrived, 1.0, 0.0, 3.0, 0, 0.0)):
+        with pytest.raises(ValidationError):
+            estimate_event("north", visit, wrong, arrived)
+    newline = Visit("v-1\n", "A-1", "dr-lee", "follow_up", "routine", None, arrived)
+    with pytest.raises(ValidationError):
+        estimate_event("north", newline, cases[0][2], arrived)
