@@ -49,6 +49,14 @@ log = get_logger("clinicflow.demo")
 # where in its simulated day the demo starts: well under way, the waiting room full
 MID_MORNING = timedelta(hours=10, minutes=30)
 SHIFT_STEP = timedelta(minutes=15)  # appointments stay on the quarter hour
+# what the demo's providers bill at checkout, by visit type (codes of
+# services/billing/fee_schedule.example.csv): the replay format has no codes, and a
+# checkout without any charges nothing, which left billing's screens empty
+DEMO_CPT_CODES: dict[str, tuple[str, ...]] = {
+    "follow_up": ("99213",), "new_patient": ("99203",), "physical": ("99396",),
+    "procedure": ("99213", "17110"), "urgent": ("99214", "87880"),
+    "consultation": ("99204",),
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,7 @@ def demo_day(clinics: tuple[DemoClinic, ...] = DEMO_CLINICS,
             return tickets[visit_id]
 
         previous: datetime | None = None
+        visit_types: dict[str, str] = {}
         for record in planned.records:
             try:
                 payload = to_fact(record, ticket_for)
@@ -164,9 +173,14 @@ def demo_day(clinics: tuple[DemoClinic, ...] = DEMO_CLINICS,
             if previous is not None and at < previous:
                 at = previous
             previous = at
-            if isinstance(payload, ev.PatientArrived) and payload.scheduled_at is not None:
-                payload = payload.model_copy(
-                    update={"late": at > payload.scheduled_at + LATE_GRACE})
+            if isinstance(payload, ev.PatientArrived):
+                visit_types[payload.visit_id] = payload.visit_type
+                if payload.scheduled_at is not None:
+                    payload = payload.model_copy(
+                        update={"late": at > payload.scheduled_at + LATE_GRACE})
+            elif isinstance(payload, ev.PatientCheckedOut) and not payload.cpt_codes:
+                payload = payload.model_copy(update={"cpt_codes": list(DEMO_CPT_CODES.get(
+                    visit_types.get(payload.visit_id, ""), ("99213",)))})
             merged.append(DemoEvent(at, clinic.clinic_id, payload))
     merged.sort(key=lambda e: e.at)  # stable: each clinic's order is kept
     return merged

@@ -423,3 +423,19 @@ def test_print_clinics_gives_what_every_service_is_given(
     assert {c: z["timezone"] for c, z in printed.items()} == {
         c: given.zone(c).key for c in given.clinics} == {
         "north": "America/New_York", "south": "America/Chicago", "east": "America/Denver"}
+
+
+def test_every_demo_checkout_bills_codes_the_example_fee_schedule_prices() -> None:
+    # the replay format carries no codes: every checkout charged nothing, and billing's
+    # ledger, receipts and reconciliation stayed empty all through make up
+    from services.billing.fees import EXAMPLE, load_fee_schedule
+
+    schedule = load_fee_schedule(EXAMPLE)  # what billing prices with when none is set
+    checkouts = [e for e in demo_day(now=datetime(2026, 12, 7, 17, 0, tzinfo=UTC))
+                 if isinstance(e.payload, ev.PatientCheckedOut)]
+    assert len(checkouts) > 100
+    billed = [(e.clinic_id, e.payload.cpt_codes) for e in checkouts
+              if isinstance(e.payload, ev.PatientCheckedOut)]
+    for clinic_id, codes in billed:
+        assert codes and schedule.unknown_codes(clinic_id, codes) == [], (clinic_id, codes)
+    assert len({tuple(codes) for _, codes in billed}) >= 4  # by visit type
