@@ -110,7 +110,9 @@ class Labels:
         (an alert 'for N minutes' then measures how long this one has held)."""
         now = self.bottleneck(clinic_id, found)
         before = self._bottleneck.get(clinic_id)
-        if before is not None and before != now:
+        if before == now:  # set already: a process has one Labels, the one setting these
+            return
+        if before is not None:
             try:
                 BOTTLENECK.remove(clinic_id, *before)
             except KeyError:

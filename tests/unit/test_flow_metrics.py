@@ -112,3 +112,18 @@ def test_each_board_leaves_its_gauges_at_what_it_shows_when_boards_change_few_of
     assert labels.provider("metrics-north", "dr-lee") == "dr-lee"
     assert labels.provider("metrics-north", "dr-lee") == "dr-lee"
     assert labels.provider("gauges-north", "dr-lee") == "other"
+
+
+def test_a_bottleneck_that_holds_board_after_board_stays_the_one_series() -> None:
+    labels = m.Labels(CLINICS)
+    lobby = {"stage": "arrival_to_roomed", "provider_id": "dr-lee"}
+    for _board in range(3):
+        labels.set_bottleneck("metrics-east", lobby)
+    assert bottleneck("metrics-east", "arrival_to_roomed", "other") == 1
+    labels.set_bottleneck("metrics-east", None)
+    assert bottleneck("metrics-east", "arrival_to_roomed", "other") is None
+    assert bottleneck("metrics-east", "none", "none") == 1
+    labels.set_bottleneck("metrics-east", lobby)
+    labels.set_bottleneck("metrics-east", lobby)
+    assert bottleneck("metrics-east", "arrival_to_roomed", "other") == 1
+    assert bottleneck("metrics-east", "none", "none") is None
