@@ -82,6 +82,7 @@ async def play_desk_clinic(bootstrap: str, floor_topic: str, *, checkin_url: str
                            clock: Callable[[], datetime] = _utcnow,
                            on_caught_up: Callable[[int], None] | None = None,
                            flow_url: str | None = None, billing_url: str | None = None,
+                           notifications_url: str | None = None,
                            day: date | None = None, rate: float = 1.0) -> int:
     """Play one demo clinic's day through its front desk (see the module's docstring).
     ``day`` and ``rate``: as ``tools.ehr_sender.play_with_ehr``. Returns how many facts
@@ -90,7 +91,7 @@ async def play_desk_clinic(bootstrap: str, floor_topic: str, *, checkin_url: str
     plan = ehr_day(clinic, directory, started=clock(), speed=speed, day=day)
     bookings = desk_bookings(plan.bookings, plan.future)
     floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock, rate=rate,
-                           doors=Doors(checkin_url, flow_url, billing_url))
+                           doors=Doors(checkin_url, flow_url, billing_url, notifications_url))
     sent = 0
     await floor.producer.start()
     try:
@@ -109,7 +110,7 @@ async def play_desk_clinic(bootstrap: str, floor_topic: str, *, checkin_url: str
                 visit = await check_in(client, clinic.clinic_id, booked) \
                     if booked is not None else None
                 if simulated is not None and visit is not None:
-                    floor.visits[simulated] = visit
+                    floor.checked_in(clinic.clinic_id, simulated, visit)
                     sent += 1
                 else:  # walk-ins and every other step, as staff do them
                     sent += await floor.act(event)

@@ -437,11 +437,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def staff_doors(ports: dict[str, int]) -> dict[str, str | None]:
-    """flow's and billing's HTTP bases, through which the demo's simulated staff act
-    (None: the service is not part of this checkout)."""
+    """flow's, billing's and notifications' HTTP bases, through which the demo's
+    simulated staff act (None: the service is not part of this checkout)."""
     running = set(available_services())
     return {f"{name}_url": f"http://127.0.0.1:{ports[name]}" if name in running else None
-            for name in ("flow", "billing")}
+            for name in ("flow", "billing", "notifications")}
 
 
 def _topic_prefix() -> str:

@@ -296,7 +296,11 @@ async def _checked_in_visit(client: httpx.AsyncClient, clinic_id: str,
     return None
 
 
-DEV_TOKENS = {"checkin": "dev-front-desk", "flow": "dev-nurse", "billing": "dev-billing"}
+DEV_TOKENS = {"checkin": "dev-front-desk", "flow": "dev-nurse", "billing": "dev-billing",
+              "notifications": "dev-front-desk"}
+# of ten patients checked in, how many give the desk a contact (the first of them also
+# wait elsewhere: "come back now" notices): channel log, the notifier's messages to its log
+CONTACTS_IN_TEN, WAIT_ANYWHERE_IN_TEN = 6, 2
 REFUSED = (404, 409)  # a human got there first, or the floor changed: the step is skipped
 STEP_TRIES = 3  # a refusal may be the service not having read the last step yet
 
@@ -309,16 +313,18 @@ class Doors:
     checkin: str | None = None
     flow: str | None = None
     billing: str | None = None
+    notifications: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     """One scripted floor fact as the request a member of staff would make."""
 
-    service: str  # checkin, flow or billing
+    service: str  # checkin, flow, billing or notifications
     path: str
     body: dict[str, object]
     walk_in: str | None = None  # the simulated visit a walk-in's arrival starts
+    method: str = "POST"
 
 
 def staff_step(clinic_id: str, payload: ev.Payload) -> Step | None:
@@ -381,6 +387,26 @@ class SimulatedFloor:
         self.retry_after = retry_after
         self.skipped = 0
         self.dropped: set[str] = set()  # simulated visits whose arrival was refused
+        self._contacts: set[asyncio.Task[httpx.Response | None]] = set()
+
+    def checked_in(self, clinic_id: str, simulated: str, visit: str) -> None:
+        """Check-in's ``visit`` of the simulated one; and, for the patients who give one
+        (``CONTACTS_IN_TEN``, chosen by the visit), the contact the desk enters as they
+        check in, through notifications' door: channel log, so that the notifier's delay
+        warnings, "come back now" notices and feedback requests go to its log."""
+        self.visits[simulated] = visit
+        base = self._base("notifications")
+        share = int(hashlib.sha256(simulated.encode()).hexdigest()[:8], 16) % 10
+        if base is None or share >= CONTACTS_IN_TEN:
+            return
+        step = Step("notifications", f"/clinics/{clinic_id}/visits/{visit}/contact",
+                    {"channel": "log", "consent": True,
+                     "wait_anywhere": share < WAIT_ANYWHERE_IN_TEN}, method="PUT")
+        # beside the day's steps: the notifier may read the arrival a moment later (a
+        # 404 is tried again), and the next step need not wait for it
+        task = asyncio.create_task(self._request(base, step))
+        self._contacts.add(task)
+        task.add_done_callback(self._contacts.discard)
 
     def _base(self, service: str) -> str | None:
         base: str | None = getattr(self.doors, service)
@@ -401,7 +427,7 @@ class SimulatedFloor:
         answer = await self._request(base, step)
         if answer is not None and answer.is_success:
             if step.walk_in is not None:
-                self.visits[step.walk_in] = answer.json()["visit_id"]
+                self.checked_in(event.clinic_id, step.walk_in, answer.json()["visit_id"])
             return True
         self.skipped += 1
         if step.walk_in is not None:
@@ -430,7 +456,8 @@ class SimulatedFloor:
             try:
                 if self.client is None:
                     self.client = httpx.AsyncClient(timeout=10)
-                answer = await self.client.post(base + step.path, json=body, headers=headers)
+                answer = await self.client.request(step.method, base + step.path, json=body,
+                                                   headers=headers)
             except httpx.HTTPError:
                 answer = None
                 continue
@@ -439,6 +466,8 @@ class SimulatedFloor:
         return answer
 
     async def close(self) -> None:
+        # the contacts in flight first (each stops retrying once the day is stopped)
+        await asyncio.gather(*self._contacts, return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
             self.client = None
@@ -477,6 +506,7 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
                           clock: Callable[[], datetime] = _utcnow,
                           on_caught_up: Callable[[int], None] | None = None,
                           flow_url: str | None = None, billing_url: str | None = None,
+                          notifications_url: str | None = None,
                           day: date | None = None, rate: float = 1.0) -> int:
     """Play the EHR clinic's day (``ehr_day``): the past straight onto the floor, then
     the EHR's bookings over MLLP, then each arrival of a booked patient as ADT^A04 when it
@@ -489,7 +519,7 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
     zone = directory.zone(clinic.clinic_id)
     plan = ehr_day(clinic, directory, started=started, speed=speed, day=day)
     floor = SimulatedFloor(bootstrap, floor_topic, stop=stop, clock=clock, rate=rate,
-                           doors=Doors(checkin_url, flow_url, billing_url))
+                           doors=Doors(checkin_url, flow_url, billing_url, notifications_url))
     sender = EhrSender(*hl7, zone=zone, stop=stop)
     sent = 0
     await floor.producer.start()
@@ -517,7 +547,7 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
                                                          booked.appointment_id) \
                         if ack is not None and ack_code(ack) == "AA" else None
                     if checked_in is not None:
-                        floor.visits[arrival.visit_id] = checked_in
+                        floor.checked_in(clinic.clinic_id, arrival.visit_id, checked_in)
                         sent += 1
                         continue
                 sent += await floor.act(event)
@@ -537,6 +567,7 @@ async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int
                         directory: ClinicDirectory | None = None,
                         on_caught_up: Callable[[int], None] | None = None,
                         flow_url: str | None = None, billing_url: str | None = None,
+                        notifications_url: str | None = None,
                         clock: Callable[[], datetime] = _utcnow, day: date | None = None,
                         rate: float = 1.0) -> int:
     """``make up``'s demo: the EHR clinic's (``EHR_CLINIC``) day through its EHR sender,
@@ -560,10 +591,12 @@ async def play_with_ehr(bootstrap: str, floor_topic: str, *, hl7: tuple[str, int
         *(play_desk_clinic(bootstrap, floor_topic, checkin_url=checkin_url, clinic=clinic,
                            directory=directory, speed=speed, stop=stop,
                            on_caught_up=one_caught_up, flow_url=flow_url,
-                           billing_url=billing_url, clock=clock, day=day, rate=rate)
+                           billing_url=billing_url, notifications_url=notifications_url,
+                           clock=clock, day=day, rate=rate)
           for clinic in DEMO_CLINICS if clinic is not ehr_clinic),
         play_ehr_clinic(bootstrap, floor_topic, hl7=hl7, checkin_url=checkin_url,
                         clinic=ehr_clinic, directory=directory, speed=speed, stop=stop,
                         on_caught_up=one_caught_up, flow_url=flow_url,
-                        billing_url=billing_url, clock=clock, day=day, rate=rate))
+                        billing_url=billing_url, notifications_url=notifications_url,
+                        clock=clock, day=day, rate=rate))
     return sum(counts)

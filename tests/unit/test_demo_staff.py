@@ -22,6 +22,7 @@ from tools.live_demo import DEMO_CLINICS, clinics_setting, demo_day
 
 NOW = datetime(2026, 12, 7, 16, 0, tzinfo=UTC)
 CHECKIN, FLOW, BILLING = "http://checkin", "http://flow", "http://billing"
+NOTIFICATIONS = "http://notifications"
 
 
 class FakeFloor:
@@ -48,6 +49,12 @@ class FakeFloor:
         if path in self.lagging:
             self.lagging.discard(path)
             return httpx.Response(404, json={"detail": "not read yet"})
+        if path.endswith("/contact"):
+            assert request.method == "PUT"
+            visit = path.split("/")[-2]
+            if visit not in self.waiting:
+                return httpx.Response(404, json={"detail": f"no visit {visit}"})
+            return httpx.Response(200, json={"visit_id": visit})
         if path.endswith("/arrivals"):
             visit = self.walk_in()
             return httpx.Response(201, json={"visit_id": visit, "ticket_code": self.tickets[-1]})
@@ -159,3 +166,36 @@ def test_every_step_of_the_demo_day_has_a_door() -> None:
     for hours in range(0, 24, 5):
         day = demo_day(DEMO_CLINICS, directory, now=NOW + timedelta(hours=hours))
         assert day and all(staff_step(e.clinic_id, e.payload) is not None for e in day)
+
+
+async def test_the_desk_enters_the_contact_some_patients_give_through_notifications_door() -> None:
+    # without contacts the notifier had nobody to tell: no delay warning, no "come back
+    # now", no feedback request all through make up
+    fake = FakeFloor()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(fake.answer))
+    floor = SimulatedFloor("127.0.0.1:1", "floor", stop=asyncio.Event(), clock=lambda: NOW,
+                           doors=Doors(CHECKIN, FLOW, BILLING, NOTIFICATIONS), client=client,
+                           retry_after=0)
+    # the notifier reads each arrival a moment late: every contact is refused once
+    fake.lagging |= {f"/clinics/south/visits/v-{n}/contact" for n in range(1, 31)}
+    for n in range(30):
+        assert await floor.act(walk_in(f"south-v{n:03d}", f"S-{n + 1}"))
+    await floor.close()
+    contacts = {path.split("/")[-2]: body for host, path, body in fake.requests
+                if host == "notifications"}
+    assert set(contacts) <= set(floor.visits.values())  # check-in's visits, each once
+    assert 5 <= len(contacts) <= 25  # some patients give one, not all
+    assert all(body["channel"] == "log" and body["consent"] is True
+               for body in contacts.values())
+    assert {body["wait_anywhere"] for body in contacts.values()} == {True, False}
+    entered = [path for host, path, _ in fake.requests if host == "notifications"]
+    assert len(entered) == 2 * len(contacts)  # refused once, then entered
+
+
+async def test_without_notifications_door_no_contact_is_entered() -> None:
+    fake = FakeFloor()
+    floor, _forced = await staffed_floor(fake)
+    for n in range(10):
+        await floor.act(walk_in(f"south-v{n:03d}", f"S-{n + 1}"))
+    await floor.close()
+    assert [host for host, _, _ in fake.requests] == ["checkin"] * 10
