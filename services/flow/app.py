@@ -34,11 +34,8 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
     store = FlowStore(runtime.redis, settings.redis_prefix)
     floor_topic = topic(FLOOR, settings)
 
-    async def publish(value: bytes, to: str, key: bytes | None) -> None:
-        await runtime.broker.publish(value, to, key=key)
-
     floor = FlowProjection(
-        store, publish, runtime.clock,
+        store, runtime.send, runtime.clock,
         estimates_topic=topic(ESTIMATES, settings),
         publish_estimates=settings.flow_publish_estimates,
         told_topic=topic(TOLD, settings),  # the waiting-room screen's ranges, as told

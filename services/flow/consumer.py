@@ -55,7 +55,7 @@ from shared.floor.model import Visit
 from shared.floor.snapshot import dump_flow_json, load_flow
 from shared.logging import get_logger
 from shared.metrics import EVENTS_CONSUMED
-from shared.outbox import Publish
+from shared.outbox import Send
 from shared.projection import Applied, DeadLetter, Partition, Reading
 from shared.told import LastTold, screen_range, tell_again, told_event
 
@@ -140,16 +140,17 @@ class NoKafka:
 class FlowProjection:
     """Applies the floor topic to flow's projection; owns the in-memory clinics.
 
-    ``kafka`` is the runner once app.py has made it (lag and commits); ``publish`` sends
-    wait estimates (bytes, topic, key)."""
+    ``kafka`` is the runner once app.py has made it (lag and commits); ``send`` hands
+    wait estimates (bytes, topic, key) to the producer, each batch's in order, and their
+    confirmations are awaited together (``ServiceRuntime.send``)."""
 
-    def __init__(self, store: FlowStore, publish: Publish, clock: Clock, *,
+    def __init__(self, store: FlowStore, send: Send, clock: Clock, *,
                  estimates_topic: str, publish_estimates: bool = True,
                  checkpoint_seconds: float = 1.0, labels: m.Labels | None = None,
                  told_topic: str | None = None) -> None:
         self.store = store
         self.labels = labels if labels is not None else m.Labels()  # bounded label values
-        self.publish = publish
+        self.send = send
         self.clock = clock
         self.estimates_topic = estimates_topic
         self.publish_estimates = publish_estimates
@@ -420,10 +421,12 @@ class FlowProjection:
             self._published = {v: p for v, p in self._published.items() if v in open_ids}
             self._told_tv = {v: t for v, t in self._told_tv.items() if v in open_ids}
             self._prune_published_at = max(PUBLISHED_PRUNE_AT, 2 * len(self._published))
-        await asyncio.gather(*(self.publish(body, self.estimates_topic, clinic_id.encode())
-                               for clinic_id, body in batch),
-                             *(self.publish(body, self.told_topic, clinic_id.encode())
-                               for clinic_id, body in told if self.told_topic is not None))
+        confirmations = [await self.send(body, self.estimates_topic, clinic_id.encode())
+                         for clinic_id, body in batch]
+        if self.told_topic is not None:
+            confirmations += [await self.send(body, self.told_topic, clinic_id.encode())
+                              for clinic_id, body in told]
+        await asyncio.gather(*confirmations)
 
     # ------------------------------------------------------------ metrics
 

@@ -5,6 +5,7 @@ remembered."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -64,8 +65,13 @@ class Published:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, str, bytes | None]] = []
 
-    async def __call__(self, value: bytes, topic: str, key: bytes | None) -> None:
+    async def __call__(self, value: bytes, topic: str, key: bytes | None
+                       ) -> asyncio.Future[None]:
+        """Handed over (in order) and confirmed at once."""
         self.sent.append((value, topic, key))
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        confirmed.set_result(None)
+        return confirmed
 
 
 def flow_on(store: MemoryFlowStore, kafka: FakeKafka, clock: FakeClock, *,
