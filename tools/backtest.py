@@ -1,5 +1,5 @@
 """``clinicflow backtest``: score wait estimates against a visit log, as
-../shared/replay-format.md says, and compare them with the rolling average.
+docs/replay-format.md says, and compare them with the rolling average.
 
 Scoring, precisely:
 
@@ -613,7 +613,7 @@ def markdown_report(results: list[ScenarioResult], seeds: list[int], command: st
         "",
         f"Each scenario shape of `clinicflow simulate` is simulated for {seed_text},",
         "replayed through the live estimator (`tools.replay.replay_events`) and scored as",
-        "`shared/replay-format.md` says: every roomed visit is sampled at arrival and every",
+        "`docs/replay-format.md` says: every roomed visit is sampled at arrival and every",
         "5 minutes while it waits; the latest estimate, aged by the clock, is compared with",
         "the true remaining wait. The rolling average predicts the mean of the clinic's last",
         "5 finished waits minus the time already waited (0 before any wait has finished).",

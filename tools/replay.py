@@ -1,6 +1,6 @@
 """``clinicflow replay LOG.jsonl``: backtest the live estimator on a visit log.
 
-The contract is ../shared/replay-format.md. Each line becomes the same floor
+The contract is docs/replay-format.md. Each line becomes the same floor
 fact the live service applies (``ClinicFlow.apply``) and the same estimator
 produces the estimates, so a replay scores exactly what the screens show.
 """

@@ -1,6 +1,6 @@
 """``clinicflow simulate``: a clinic's day played out event by event, written as a visit log.
 
-The log is exactly the replay format (../shared/replay-format.md), so the wait
+The log is exactly the replay format (docs/replay-format.md), so the wait
 estimator can be backtested on days whose truth is known. The clinic is meant
 to be plausible, not easy: providers have their own pace, visits run long,
 patients come early, late or not at all, walk-ins and urgent patients cut in,
