@@ -118,7 +118,9 @@ async def play_desk_clinic(bootstrap: str, floor_topic: str, *, checkin_url: str
     finally:
         await floor.close()
         await floor.producer.stop()
-    log.info("desk clinic's day played", clinic=clinic.clinic_id, sent=sent,
+    # stopped (Ctrl-C) before its end, or played to it
+    log.info("desk clinic's day stopped" if stop.is_set() else "desk clinic's day played",
+             clinic=clinic.clinic_id, sent=sent,
              through_desk=len(floor.visits), skipped=floor.skipped)
     return sent
 

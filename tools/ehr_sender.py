@@ -556,7 +556,8 @@ async def play_ehr_clinic(bootstrap: str, floor_topic: str, *, hl7: tuple[str, i
         await sender.close()
         await floor.close()
         await floor.producer.stop()
-    log.info("ehr clinic's day played", clinic=clinic.clinic_id, sent=sent,
+    log.info("ehr clinic's day stopped" if stop.is_set() else "ehr clinic's day played",
+             clinic=clinic.clinic_id, sent=sent,
              through_hl7=len(floor.visits), skipped=floor.skipped)
     return sent
 
