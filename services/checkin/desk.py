@@ -547,8 +547,8 @@ class CheckinDesk:
         m.ARRIVALS.labels(clinic_id, channel, kind, str(late).lower()).inc()
         log.info("patient checked in", clinic=clinic_id, visit_id=visit_id,
                  ticket=view.ticket_code, kind=kind, channel=channel, late=late)
-        # the appointment stays on the no-show sweep's pending list: the sweep reads its
-        # claim when it is due and drops it as settled (a round trip fewer per arrival)
+        if appointment is not None:
+            await self.store.drop_pending(clinic_id, [appointment.appointment_id])
         return ArrivalResult(visit_id=visit_id, ticket_code=view.ticket_code,
                              event_id=event.envelope.event_id, late=late,
                              appointment_id=payload.appointment_id, provider_id=provider_id,

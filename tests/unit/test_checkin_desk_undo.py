@@ -30,6 +30,7 @@ class UndoStore:
         self.opened, self.open_fails, self.forget_fails = opened, open_fails, forget_fails
         self.released: list[tuple[str, str, str]] = []
         self.forgotten: list[str] = []
+        self.dropped: list[str] = []
 
     async def open_visit(self, view: Any, *, claim: Any = None) -> Any:
         if self.open_fails:
@@ -43,6 +44,9 @@ class UndoStore:
 
     async def release_arrival(self, clinic: str, appointment_id: str, visit_id: str) -> None:
         self.released.append((clinic, appointment_id, visit_id))
+
+    async def drop_pending(self, _clinic: str, ids: Sequence[str]) -> None:
+        self.dropped.extend(ids)
 
 
 def desk_with(store: UndoStore, *, kafka_up: bool) -> CheckinDesk:
@@ -64,11 +68,11 @@ async def arrive(desk: CheckinDesk) -> Any:
                                        ids=("v-1", "e-1"), state=STATE)
 
 
-async def test_published_the_claim_stays() -> None:
+async def test_published_the_claim_stays_and_the_appointment_leaves_the_pending_list() -> None:
     store = UndoStore()
     result = await arrive(desk_with(store, kafka_up=True))
     assert (result.visit_id, result.ticket_code) == ("v-1", "A-1")
-    assert (store.released, store.forgotten) == ([], [])
+    assert (store.released, store.forgotten, store.dropped) == ([], [], ["apt-1"])
 
 
 async def test_kafka_down_forgets_the_visit_and_releases_the_claim() -> None:
@@ -76,6 +80,7 @@ async def test_kafka_down_forgets_the_visit_and_releases_the_claim() -> None:
     with pytest.raises(Unavailable):
         await arrive(desk_with(store, kafka_up=False))
     assert store.forgotten == ["v-1"] and store.released == [("north", "apt-1", "v-1")]
+    assert store.dropped == []
 
 
 async def test_the_claim_is_released_even_when_forgetting_the_visit_fails() -> None:
@@ -109,4 +114,4 @@ async def test_another_visits_claim_is_refused_and_never_released() -> None:
     store = UndoStore(opened="v-0")
     with pytest.raises(Conflict, match="already checked in \\(visit v-0\\)"):
         await arrive(desk_with(store, kafka_up=True))
-    assert (store.released, store.forgotten) == ([], [])
+    assert (store.released, store.forgotten, store.dropped) == ([], [], [])
