@@ -97,12 +97,13 @@ def estimate_event(clinic_id: str, visit: Visit, estimate: WaitEstimate, at: dat
                              provider_id=visit.provider_id, position=position,
                              wait_minutes=wait, low=low, high=high),
             clinic_id=clinic_id, source="flow", occurred_at=at, correlation_id=visit.visit_id))
-    occurred_at = _EVENT_TIMES.get(at)
+    # keyed by the instant: two local times a fall-back hour apart (fold) compare equal
+    instant = at.astimezone(UTC)
+    occurred_at = _EVENT_TIMES.get(instant)
     if occurred_at is None:
         if len(_EVENT_TIMES) >= 4096:
             _EVENT_TIMES.clear()
-        occurred_at = _EVENT_TIMES[at] = _ENVELOPE_TIME.dump_python(at.astimezone(UTC),
-                                                                     mode="json")
+        occurred_at = _EVENT_TIMES[instant] = _ENVELOPE_TIME.dump_python(instant, mode="json")
     return orjson.dumps({
         "event_id": uuid.uuid4().hex,
         "event_type": _ESTIMATED[0],
@@ -421,12 +422,22 @@ class FlowProjection:
             self._published = {v: p for v, p in self._published.items() if v in open_ids}
             self._told_tv = {v: t for v, t in self._told_tv.items() if v in open_ids}
             self._prune_published_at = max(PUBLISHED_PRUNE_AT, 2 * len(self._published))
-        confirmations = [await self.send(body, self.estimates_topic, clinic_id.encode())
-                         for clinic_id, body in batch]
+        records = [(self.estimates_topic, clinic_id, body) for clinic_id, body in batch]
         if self.told_topic is not None:
-            confirmations += [await self.send(body, self.told_topic, clinic_id.encode())
-                              for clinic_id, body in told]
-        await asyncio.gather(*confirmations)
+            records += [(self.told_topic, clinic_id, body) for clinic_id, body in told]
+        # every record handed over even when one cannot be, every outcome read; the
+        # first failure fails the batch (as each awaited publish did)
+        confirmations: list[Any] = []
+        failure: BaseException | None = None
+        for topic, clinic_id, body in records:
+            try:
+                confirmations.append(await self.send(body, topic, clinic_id.encode()))
+            except Exception as exc:
+                failure = failure or exc
+        outcomes = await asyncio.gather(*confirmations, return_exceptions=True)
+        failure = failure or next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------ metrics
 

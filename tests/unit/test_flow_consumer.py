@@ -6,7 +6,7 @@ remembered."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -341,3 +341,43 @@ def test_an_estimate_goes_to_kafka_as_the_event_models_would_write_it() -> None:
     newline = Visit("v-1\n", "A-1", "dr-lee", "follow_up", "routine", None, arrived)
     with pytest.raises(ValidationError):
         estimate_event("north", newline, cases[0][2], arrived)
+    # the hour a clock falls back: 01:30 twice in New York, equal as datetimes, an hour apart
+    from zoneinfo import ZoneInfo
+
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=ZoneInfo("America/New_York"))
+    for at in (first, first.replace(fold=1)):
+        fast = estimate_event("north", visit, cases[0][2], at)
+        assert without_id(fast) == without_id(by_models("north", visit, cases[0][2], at))
+
+
+async def test_a_record_the_producer_refuses_fails_the_batch_after_every_one_was_tried(
+) -> None:
+    # a record handed over in one batch: one refused must not keep the others (the told
+    # ranges of another topic among them) from going out, nor leave outcomes unread
+    from services.flow.consumer import FlowProjection
+    from shared.floor.model import Visit
+
+    sent: list[str] = []
+
+    async def send(value: bytes, topic: str, _key: bytes | None) -> asyncio.Future[None]:
+        sent.append(topic)
+        if len(sent) == 2:
+            raise ConnectionError("the producer is closed")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    clock = FakeClock(datetime(2026, 3, 2, 13, 0, tzinfo=UTC))
+    floor = FlowProjection(MemoryFlowStore(), send, clock,  # type: ignore[arg-type]
+                           estimates_topic="estimates", told_topic="told")
+    flow = ClinicFlow("north")
+    floor.processor.flows["north"] = flow
+    at = clock.now()
+    estimates = []
+    for n in range(3):
+        flow.clinic.visits[f"v-{n}"] = Visit(f"v-{n}", f"A-{n}", "dr-lee", "follow_up",
+                                             "routine", None, at)
+        estimates.append(WaitEstimate(f"v-{n}", at, 10.0 + n, 5.0, 20.0 + n, n + 1, 10.0))
+    with pytest.raises(ConnectionError):
+        await floor._publish_estimates([("north", e, at) for e in estimates])
+    assert sent.count("estimates") == 3 and sent.count("told") == 3
