@@ -103,6 +103,10 @@ class OutboxRelay:
         self.batch = batch
         self.kick = asyncio.Event()
         self._stopping = False
+        # after a refused entry, the next drains send the head alone until it goes out:
+        # a batch after an entry the broker keeps refusing (too large, say) would go out
+        # again at every retry, and its entries be published over and over
+        self._head_only = False
 
     async def tick(self, _now: datetime | None = None) -> int:
         """Publish everything waiting, in order; returns how many events went out."""
@@ -114,7 +118,7 @@ class OutboxRelay:
         total = 0
         try:
             while True:
-                taken = await self.outbox.take(self.batch)
+                taken = await self.outbox.take(1 if self._head_only else self.batch)
                 if taken is None:
                     break
                 published = await self._publish(*taken)
@@ -161,6 +165,7 @@ class OutboxRelay:
             for left in confirmations[published:]:  # a failure's or a cancel's leftovers
                 left.add_done_callback(_outcome_seen)
             await self.outbox.done(token, published)
+        self._head_only = failure is not None
         if failure is not None:
             raise failure
         return published

@@ -257,3 +257,42 @@ async def test_a_backlog_goes_out_through_a_real_broker_in_order_each_once(
         await runtime.redis.delete(outbox.key, outbox.lock_key)
         await runtime.broker.stop()
         await runtime.redis.aclose()
+
+
+async def test_after_a_refused_entry_the_head_goes_alone_until_it_is_taken(
+    redis_url: str,
+) -> None:
+    # an entry the broker keeps refusing (larger than the topic takes, say): the batch
+    # behind it went out again at every retry, published over and over
+    redis = Redis.from_url(redis_url)
+    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
+    handed: list[bytes] = []
+    refusals = [2]  # the head is refused at its first two tries
+
+    async def send(value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
+        handed.append(value)
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if value == numbered(5)[0] and refusals[0]:
+            refusals[0] -= 1
+            outcome.set_exception(ConnectionError("record too large"))
+        else:
+            outcome.set_result(None)
+        return outcome
+
+    relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test")
+    try:
+        pipe = redis.pipeline(transaction=True)
+        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(5)])
+        await pipe.execute()
+        with pytest.raises(ConnectionError):
+            await relay.tick()
+        assert handed == numbered(5)  # the batch went out behind the refused head
+        with pytest.raises(ConnectionError):
+            await relay.tick()
+        assert handed == [*numbered(5), numbered(5)[0]]  # the head alone
+        assert await relay.tick() == 5  # taken: whole batches again
+        assert handed == [*numbered(5), numbered(5)[0], *numbered(5)]
+        assert await outbox.length() == 0
+    finally:
+        await redis.delete(outbox.key, outbox.lock_key)
+        await redis.aclose()
