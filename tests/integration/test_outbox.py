@@ -49,6 +49,23 @@ def numbered(count: int) -> list[bytes]:
 
 
 @asynccontextmanager
+async def outbox_of(redis_url: str, entries: int) -> AsyncIterator[tuple[Redis, Outbox]]:
+    """A fresh outbox on the real Redis with ``entries`` numbered entries waiting; gone
+    afterwards."""
+    redis = Redis.from_url(redis_url)
+    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
+    try:
+        pipe = redis.pipeline(transaction=True)
+        outbox.queue(pipe, [outbox_entry("audit", "north", value)
+                            for value in numbered(entries)])
+        await pipe.execute()
+        yield redis, outbox
+    finally:
+        await redis.delete(outbox.key, outbox.lock_key)
+        await redis.aclose()
+
+
+@asynccontextmanager
 async def relay_stopped_mid_drain(redis_url: str, entries: int, batch: int
                                   ) -> AsyncIterator[tuple[OutboxRelay, SlowBroker, Outbox,
                                                            asyncio.Task[None]]]:
@@ -113,12 +130,7 @@ async def test_a_drainer_whose_lock_lapsed_trims_nothing_so_nothing_is_lost(
 ) -> None:
     # a batch slower than the lock (15 s): another instance's relay takes the lock and the
     # same head; the late one trimmed as many again, entries nobody had published
-    redis = Redis.from_url(redis_url)
-    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
-    try:
-        pipe = redis.pipeline(transaction=True)
-        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(4)])
-        await pipe.execute()
+    async with outbox_of(redis_url, 4) as (redis, outbox):
         late = await outbox.take(2)
         assert late is not None
         await redis.delete(outbox.lock_key)  # its lock lapsed while it published
@@ -127,9 +139,6 @@ async def test_a_drainer_whose_lock_lapsed_trims_nothing_so_nothing_is_lost(
         assert await outbox.done(other[0], 2)
         assert not await outbox.done(late[0], 2)  # lapsed: trims nothing
         assert await outbox.length() == 2  # the two nobody has published yet
-    finally:
-        await redis.delete(outbox.key, outbox.lock_key)
-        await redis.aclose()
 
 
 async def test_the_last_drain_sends_what_waited_when_it_began_not_what_keeps_coming(
@@ -137,29 +146,21 @@ async def test_the_last_drain_sends_what_waited_when_it_began_not_what_keeps_com
 ) -> None:
     # at shutdown the consumers still queue: a drain to an empty list could run past the
     # grace period and be cut between a publish and its trim
-    redis = Redis.from_url(redis_url)
-    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
-    published: list[bytes] = []
+    async with outbox_of(redis_url, 3) as (redis, outbox):
+        published: list[bytes] = []
 
-    async def send(value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
-        published.append(value)
-        if len(published) <= 5:  # each publish, another entry queued behind
-            pipe = redis.pipeline(transaction=True)
-            outbox.queue(pipe, [outbox_entry("audit", "north", b'{"later": true}')])
-            await pipe.execute()
-        return confirmed()
+        async def send(value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
+            published.append(value)
+            if len(published) <= 5:  # each publish, another entry queued behind
+                pipe = redis.pipeline(transaction=True)
+                outbox.queue(pipe, [outbox_entry("audit", "north", b'{"later": true}')])
+                await pipe.execute()
+            return confirmed()
 
-    relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test", batch=1)
-    try:
-        pipe = redis.pipeline(transaction=True)
-        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(3)])
-        await pipe.execute()
+        relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test", batch=1)
         await relay.drain_at_shutdown(ready=True)
         assert published == numbered(3)
         assert await outbox.length() == 3  # queued meanwhile: the next start sends them
-    finally:
-        await redis.delete(outbox.key, outbox.lock_key)
-        await redis.aclose()
 
 
 async def test_what_waits_is_shown_also_when_kafka_refuses_a_publish(redis_url: str) -> None:
@@ -167,25 +168,17 @@ async def test_what_waits_is_shown_also_when_kafka_refuses_a_publish(redis_url: 
     # outbox grew and the gauge kept showing it empty
     from prometheus_client import REGISTRY
 
-    redis = Redis.from_url(redis_url)
-    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
-    service = f"test-{uuid.uuid4().hex[:6]}"
+    async with outbox_of(redis_url, 3) as (_redis, outbox):
+        service = f"test-{uuid.uuid4().hex[:6]}"
 
-    async def refused(_value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
-        raise ConnectionError("Kafka is unreachable")
+        async def refused(_value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
+            raise ConnectionError("Kafka is unreachable")
 
-    relay = OutboxRelay(outbox, refused, {"audit": "audit-topic"}, service=service)
-    try:
-        pipe = redis.pipeline(transaction=True)
-        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(3)])
-        await pipe.execute()
+        relay = OutboxRelay(outbox, refused, {"audit": "audit-topic"}, service=service)
         with pytest.raises(ConnectionError):
             await relay.tick()
         assert REGISTRY.get_sample_value("clinicflow_outbox_events", {"service": service}) == 3
         assert await outbox.length() == 3
-    finally:
-        await redis.delete(outbox.key, outbox.lock_key)
-        await redis.aclose()
 
 
 async def test_a_batch_is_handed_over_whole_and_trimmed_as_far_as_it_is_confirmed(
@@ -194,22 +187,17 @@ async def test_a_batch_is_handed_over_whole_and_trimmed_as_far_as_it_is_confirme
     # one produce request for a batch, not a round trip to the broker per entry: every
     # entry is handed to the producer before any confirmation is awaited; a failed
     # confirmation keeps it and what follows it (the next drain sends them again)
-    redis = Redis.from_url(redis_url)
-    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
-    handed: list[asyncio.Future[None]] = []
-    all_handed = asyncio.Event()
+    async with outbox_of(redis_url, 5) as (redis, outbox):
+        handed: list[asyncio.Future[None]] = []
+        all_handed = asyncio.Event()
 
-    async def send(_value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
-        handed.append(asyncio.get_running_loop().create_future())
-        if len(handed) == 5:
-            all_handed.set()
-        return handed[-1]
+        async def send(_value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
+            handed.append(asyncio.get_running_loop().create_future())
+            if len(handed) == 5:
+                all_handed.set()
+            return handed[-1]
 
-    relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test")
-    try:
-        pipe = redis.pipeline(transaction=True)
-        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(5)])
-        await pipe.execute()
+        relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test")
         draining = asyncio.create_task(relay.tick())
         # the whole batch, while no confirmation has come (a relay awaiting each one
         # would wait here for ever: bounded)
@@ -226,9 +214,6 @@ async def test_a_batch_is_handed_over_whole_and_trimmed_as_far_as_it_is_confirme
                    for raw in await redis.lrange(outbox.key, 0, -1)]
         assert waiting == numbered(5)[2:]  # the two confirmed from the head are dropped
         assert await redis.exists(outbox.lock_key) == 0  # and the lock released
-    finally:
-        await redis.delete(outbox.key, outbox.lock_key)
-        await redis.aclose()
 
 
 async def test_a_backlog_goes_out_through_a_real_broker_in_order_each_once(
@@ -264,26 +249,21 @@ async def test_after_a_refused_entry_the_head_goes_alone_until_it_is_taken(
 ) -> None:
     # an entry the broker keeps refusing (larger than the topic takes, say): the batch
     # behind it went out again at every retry, published over and over
-    redis = Redis.from_url(redis_url)
-    outbox = Outbox(redis, f"t{uuid.uuid4().hex[:8]}")
-    handed: list[bytes] = []
-    refusals = [2]  # the head is refused at its first two tries
+    async with outbox_of(redis_url, 5) as (_redis, outbox):
+        handed: list[bytes] = []
+        refusals = [2]  # the head is refused at its first two tries
 
-    async def send(value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
-        handed.append(value)
-        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if value == numbered(5)[0] and refusals[0]:
-            refusals[0] -= 1
-            outcome.set_exception(ConnectionError("record too large"))
-        else:
-            outcome.set_result(None)
-        return outcome
+        async def send(value: bytes, _topic: str, _key: bytes | None) -> Awaitable[None]:
+            handed.append(value)
+            outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if value == numbered(5)[0] and refusals[0]:
+                refusals[0] -= 1
+                outcome.set_exception(ConnectionError("record too large"))
+            else:
+                outcome.set_result(None)
+            return outcome
 
-    relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test")
-    try:
-        pipe = redis.pipeline(transaction=True)
-        outbox.queue(pipe, [outbox_entry("audit", "north", value) for value in numbered(5)])
-        await pipe.execute()
+        relay = OutboxRelay(outbox, send, {"audit": "audit-topic"}, service="test")
         with pytest.raises(ConnectionError):
             await relay.tick()
         assert handed == numbered(5)  # the batch went out behind the refused head
@@ -293,6 +273,3 @@ async def test_after_a_refused_entry_the_head_goes_alone_until_it_is_taken(
         assert await relay.tick() == 5  # taken: whole batches again
         assert handed == [*numbered(5), numbered(5)[0], *numbered(5)]
         assert await outbox.length() == 0
-    finally:
-        await redis.delete(outbox.key, outbox.lock_key)
-        await redis.aclose()
