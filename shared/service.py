@@ -19,6 +19,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from faststream.kafka import KafkaBroker
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -326,7 +327,10 @@ def make_http_app(
                 await hook()
             await runtime.stop()
 
-    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    # /docs and /redoc load Swagger UI's and ReDoc's scripts from the service (under
+    # /docs-assets), not from a CDN a clinic's network may not reach
+    app = FastAPIOffline(title=title, description=description, version=version,
+                         lifespan=lifespan, static_url="/docs-assets")
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.authenticator = Authenticator(settings.credential_list())

@@ -50,7 +50,9 @@ BILLING_DESK = frozenset({"billing", "front_desk", "manager"})
 OPERATIONS = {"GET /favicon.ico": PUBLIC,
               "GET /healthz": PUBLIC, "GET /readyz": PUBLIC, "GET /metrics": PUBLIC,
               "GET /openapi.json": PUBLIC, "GET /docs": PUBLIC, "GET /redoc": PUBLIC,
-              "GET /docs/oauth2-redirect": PUBLIC}
+              "GET /docs/oauth2-redirect": PUBLIC,
+              # Swagger UI's and ReDoc's scripts and styles, served by the service itself
+              "GET /docs-assets": PUBLIC}
 
 # a business day the drawer counts and reconciliation take (a window ending at the
 # clinic's today): a week ago, whenever the suite runs, in any clinic's zone
