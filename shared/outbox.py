@@ -31,7 +31,6 @@ from redis.asyncio import Redis
 
 from shared.metrics import EVENTS_PUBLISHED, OUTBOX_EVENTS
 
-Publish = Callable[[bytes, str, bytes | None], Awaitable[Any]]
 # hands one record (value, topic, key) to the producer, in the order called, and returns
 # its confirmation (``acks=all``) to await: ``ServiceRuntime.send``
 Send = Callable[[bytes, str, bytes | None], Awaitable[Awaitable[Any]]]

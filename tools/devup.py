@@ -88,7 +88,7 @@ def service_env(environ: Mapping[str, str], stack: LocalStack,
     """What every service is started with: the stack's addresses, the demo clinics (zones
     and names, unless ``CLINICFLOW_CLINICS`` is set already) and the links between them."""
     from tools.ehr_sender import DEFAULT_HL7_PORT, EHR_CLINIC, feed_setting
-    from tools.live_demo import DEMO_CLINICS, clinics_setting
+    from tools.live_demo import DEMO_CLINICS
 
     ehr_clinic = next(c for c in DEMO_CLINICS if c.clinic_id == EHR_CLINIC)
     return {
@@ -96,7 +96,7 @@ def service_env(environ: Mapping[str, str], stack: LocalStack,
         "CLINICFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "CLINICFLOW_REDIS_URL": stack.redis_url,
         "CLINICFLOW_LOG_FORMAT": environ.get("CLINICFLOW_LOG_FORMAT", "json"),
-        "CLINICFLOW_CLINICS": environ.get("CLINICFLOW_CLINICS") or clinics_setting(),
+        "CLINICFLOW_CLINICS": clinics_given(environ),
         # the EHR clinic's schedule and arrivals come over HL7 v2 (tools/ehr_sender.py)
         "CLINICFLOW_CHECKIN_HL7_PORT": environ.get("CLINICFLOW_CHECKIN_HL7_PORT",
                                                    str(DEFAULT_HL7_PORT)),
@@ -113,6 +113,13 @@ def service_env(environ: Mapping[str, str], stack: LocalStack,
         "CLINICFLOW_NOTIFICATIONS_PUBLIC_URL": environ.get(
             "CLINICFLOW_NOTIFICATIONS_PUBLIC_URL", f"http://127.0.0.1:{ports['notifications']}"),
     }
+
+
+def clinics_given(environ: Mapping[str, str]) -> str:
+    """The ``CLINICFLOW_CLINICS`` every service is given: the one set, else the demo's."""
+    from tools.live_demo import clinics_setting
+
+    return environ.get("CLINICFLOW_CLINICS") or clinics_setting()
 
 
 def clinic_directory(env: Mapping[str, str]) -> ClinicDirectory:
@@ -416,9 +423,7 @@ def run(args: argparse.Namespace) -> int:
     from tools.ehr_sender import play_with_ehr as play
 
     if args.print_clinics:  # what service_env gives every service
-        from tools.live_demo import clinics_setting
-
-        print(os.environ.get("CLINICFLOW_CLINICS") or clinics_setting())
+        print(clinics_given(os.environ))
         return 0
     started = time.monotonic()
     data = state_dir()

@@ -6,6 +6,7 @@ as every service makes it (``make_http_app``), served by uvicorn on loopback."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +15,6 @@ from playwright.async_api import Browser, Route
 
 from shared.service import ServiceRuntime, make_http_app
 from shared.settings import CommonSettings
-from tools.stack import free_port
 
 
 @pytest.fixture
@@ -26,18 +26,18 @@ async def served() -> AsyncIterator[str]:
     async def things(clinic_id: str) -> dict[str, str]:
         return {"clinic_id": clinic_id}
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # a condition, not a time: uvicorn says when it listens
-        await asyncio.sleep(0.01)
-        assert not serving.done(), "uvicorn did not start"
+    # listening before uvicorn starts: the browser's first request waits in the backlog
+    # until uvicorn accepts it (nothing to poll for)
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await serving
+        listening.close()
 
 
 async def test_the_api_pages_render_from_the_service_alone(browser: Browser,
