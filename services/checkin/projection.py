@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from services.checkin.domain import VisitView, clinic_day, evolve_visit, undo_arrival
+from services.checkin.domain import Appointment, VisitView, clinic_day, evolve_visit, undo_arrival
 from shared import events as ev
 from shared.projection import Inbound, Planned, RecordReader
 
@@ -24,6 +24,8 @@ from shared.projection import Inbound, Planned, RecordReader
 VisitRef = tuple[str, str]
 # (clinic, event id) of a ``patient.arrived``
 ArrivalEventRef = tuple[str, str]
+# (clinic, appointment)
+AppointmentRef = tuple[str, str]
 # a clinic's IANA zone (its days: tickets, follow-up lists)
 ZoneOf = Callable[[str], ZoneInfo]
 VISIT_EVENTS = (ev.PatientArrived, ev.PatientRoomed, ev.ArrivalCancelled, ev.PatientCheckedOut,
@@ -41,11 +43,13 @@ def checkin_reader(floor_topic: str, estimates_topic: str) -> RecordReader:
 
 @dataclass(slots=True)
 class ProjectionState:
-    """What is stored of a batch's visits, and which visit each arrival event an
-    ``action.undone`` of the batch names belongs to."""
+    """What is stored of a batch's visits, which visit each arrival event an
+    ``action.undone`` of the batch names belongs to, and the appointments an arrival
+    undone or entered in error may free (``freed_appointments``)."""
 
     visits: dict[VisitRef, VisitView] = field(default_factory=dict)
     arrival_events: dict[ArrivalEventRef, str] = field(default_factory=dict)
+    appointments: dict[AppointmentRef, Appointment] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -58,6 +62,9 @@ class CheckinChanges:
     # undone). In the order of the records: an arrival, its undoing and the right one
     # may share a batch
     arrivals: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    # a booked appointment freed that way waits for its patient again: back on the
+    # no-show sweep's list at its time (written with its freeing, in the same order)
+    reopened: dict[AppointmentRef, datetime] = field(default_factory=dict)
     # (clinic, appointment, scheduled at, the clinic's day of it)
     no_shows: list[tuple[str, str, datetime, date]] = field(default_factory=list)
     # (clinic, arrival event id, visit, the clinic's day of the arrival)
@@ -75,6 +82,24 @@ def undone_refs(records: list[Inbound]) -> list[ArrivalEventRef]:
     visit), sorted, each once."""
     return sorted({(r.event.clinic_id, r.event.payload.undone_event_id) for r in records
                    if r.event is not None and isinstance(r.event.payload, ev.ActionUndone)})
+
+
+def freed_appointments(records: list[Inbound],
+                       visits: dict[VisitRef, VisitView]) -> list[AppointmentRef]:
+    """The appointments a batch may free (sorted, each once): with an ``action.undone`` or
+    an arrival cancelled as entered in error among its records, those of its stored
+    ``visits`` and of its arrivals; none otherwise."""
+    if not any(r.event is not None and (
+            isinstance(r.event.payload, ev.ActionUndone)
+            or (isinstance(r.event.payload, ev.ArrivalCancelled)
+                and r.event.payload.reason == "entered_in_error")) for r in records):
+        return []
+    wanted = {(clinic, view.appointment_id)
+              for (clinic, _), view in visits.items() if view.appointment_id is not None}
+    wanted |= {(r.event.clinic_id, r.event.payload.appointment_id) for r in records
+               if r.event is not None and isinstance(r.event.payload, ev.PatientArrived)
+               and r.event.payload.appointment_id is not None}
+    return sorted(wanted)
 
 
 def plan_visits(records: list[Inbound], state: ProjectionState,
@@ -121,19 +146,28 @@ def plan_visits(records: list[Inbound], state: ProjectionState,
                                      payload.visit_id, True))
         elif (isinstance(payload, ev.ArrivalCancelled) and payload.reason == "entered_in_error"
               and before is not None and before.appointment_id is not None):
-            changes.arrivals.append((event.clinic_id, before.appointment_id, payload.visit_id,
-                                     False))
+            _free(changes, state, event.clinic_id, before.appointment_id, payload.visit_id)
         elif isinstance(payload, ev.PatientNoShow):
             changes.no_shows.append((event.clinic_id, payload.appointment_id,
                                      payload.scheduled_at, clinic_day(payload.scheduled_at, zone)))
         elif isinstance(payload, ev.ActionUndone):
-            _undo(changes, current, arrival_events, event, payload)
+            _undo(changes, state, current, arrival_events, event, payload)
     return Planned(changes, applied)
 
 
-def _undo(changes: CheckinChanges, current: dict[VisitRef, VisitView],
-          arrival_events: dict[ArrivalEventRef, str], event: ev.Event,
-          payload: ev.ActionUndone) -> None:
+def _free(changes: CheckinChanges, state: ProjectionState, clinic_id: str,
+          appointment_id: str, visit_id: str) -> None:
+    """The appointment is no longer ``visit_id``'s arrival: freed for the right one, and,
+    while booked, watched for a no-show again (as the desk's ``reopen_appointment``)."""
+    changes.arrivals.append((clinic_id, appointment_id, visit_id, False))
+    appointment = state.appointments.get((clinic_id, appointment_id))
+    if appointment is not None and appointment.status == "booked":
+        changes.reopened[(clinic_id, appointment_id)] = appointment.scheduled_at
+
+
+def _undo(changes: CheckinChanges, state: ProjectionState,
+          current: dict[VisitRef, VisitView], arrival_events: dict[ArrivalEventRef, str],
+          event: ev.Event, payload: ev.ActionUndone) -> None:
     """Flow undid an arrival: the visit no longer waits (and cannot be cancelled), and its
     appointment is free for the right arrival. Undos of other events change nothing here
     (an undone rooming shows as flow's next estimate of the visit)."""
@@ -149,4 +183,4 @@ def _undo(changes: CheckinChanges, current: dict[VisitRef, VisitView],
         return
     current[ref] = changes.visits[ref] = after
     if before.appointment_id is not None:
-        changes.arrivals.append((event.clinic_id, before.appointment_id, visit_id, False))
+        _free(changes, state, event.clinic_id, before.appointment_id, visit_id)

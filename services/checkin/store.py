@@ -56,6 +56,7 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
     P:checkin:outbox                        LIST  dead letters, told records and directory.named
                                                   waiting for the relay, and
     P:checkin:outbox-lock                   STR   its drainer's lock (shared/outbox.py)
+    P:checkin:outbox-parked                 LIST  entries Kafka refused for good, set aside
     P:applied:checkin:{topic}:{partition}   STR   the consumer's last offset applied per
                                                   partition (shared/projection.py)
     P:idem:checkin:{clinic}:{caller}:{key}  Idempotency-Key answers, per credential
@@ -101,6 +102,7 @@ from services.checkin.domain import (
 from services.checkin.projection import (
     CheckinChanges,
     ProjectionState,
+    freed_appointments,
     undone_refs,
     visit_refs,
 )
@@ -1012,7 +1014,9 @@ class VisitProjectionStore:
 
     async def read(self, pipe: Any, records: Sequence[Inbound]) -> ProjectionState:
         """The stored visits among those the batch is about, and the visits of the
-        arrival events its undos name (watched too, once known)."""
+        arrival events its undos name (watched too, once known); with an undo or an
+        arrival entered in error in the batch, the appointments of those visits and of
+        the batch's arrivals (the ones it may free: ``freed_appointments``)."""
         store = self.store
         state = ProjectionState()
         refs = visit_refs(list(records))
@@ -1028,6 +1032,11 @@ class VisitProjectionStore:
             raw_visit = await pipe.hgetall(store._visit(*ref))
             if raw_visit:
                 state.visits[ref] = store._visit_of(_decode_hash(raw_visit))
+        for clinic, appointment_id in freed_appointments(list(records), state.visits):
+            fields = await pipe.hgetall(store._appt(clinic, appointment_id))
+            if fields:
+                state.appointments[(clinic, appointment_id)] = store._appointment_of(
+                    _decode_hash(fields))
         return state
 
     def write(self, pipe: Any, changes: CheckinChanges) -> None:
@@ -1044,6 +1053,9 @@ class VisitProjectionStore:
                 pipe.zrem(store._pending(clinic), appointment_id)
             else:
                 pipe.eval(_RELEASE_IF_OURS, 1, key, visit_id)
+                reopened = changes.reopened.get((clinic, appointment_id))
+                if reopened is not None:
+                    pipe.zadd(store._pending(clinic), {appointment_id: reopened.timestamp()})
         for clinic, appointment_id, scheduled_at, day in changes.no_shows:
             store._queue_no_show(pipe, clinic, appointment_id, scheduled_at, day)
             pipe.zrem(store._pending(clinic), appointment_id)

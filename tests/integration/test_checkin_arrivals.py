@@ -13,7 +13,9 @@ import redis.asyncio as aioredis
 
 from shared import events as ev
 from shared.idempotency import fingerprint
+from shared.topics import FLOOR
 from tests.fakes import FakeClock
+from tests.helpers import eventually
 from tests.integration.test_checkin_support import (
     CSV,
     FRONT_DESK,
@@ -23,6 +25,7 @@ from tests.integration.test_checkin_support import (
     Checkin,
     at,
     csv_rows,
+    publish,
     running_checkin,
 )
 
@@ -273,27 +276,43 @@ async def test_a_booked_appointment_with_no_arrival_becomes_a_no_show_on_the_fol
             ("apt-came", "p-bbb222", "dr-lee", "follow_up", at(-0.5, start), "15", "", ""),
             ("apt-later", "p-ccc333", "dr-kim", "physical", at(30, start), "15", "", ""),
             ("apt-off", "p-ddd444", "dr-kim", "physical", at(-3, start), "15", "", ""),
+            ("apt-undone", "p-eee555", "dr-kim", "physical", at(-2.5, start), "15", "", ""),
         )
         answer = await checkin.import_csv(schedule)
         assert answer.status_code == 200, answer.text
         # apt-came checks in while it is late but not yet missed
         came = await arrive(checkin, {"appointment_id": "apt-came"})
         assert came.status_code == 201 and came.json()["late"] is True
+        # apt-undone is checked in by mistake, and the desk undoes it on flow's board: the
+        # appointment waits for its patient again, and is missed like any other
+        mistaken = (await arrive(checkin, {"appointment_id": "apt-undone"})).json()
+        await publish(checkin.kafka_bootstrap, FLOOR, topic_prefix, [ev.make_event(
+            ev.ActionUndone(undone_event_id=mistaken["event_id"]), clinic_id="north",
+            source="flow", occurred_at=clock.now())])
+
+        async def undone() -> bool:
+            schedule = await checkin.client.get("/clinics/north/schedule", headers=FRONT_DESK)
+            return {r["appointment_id"]: r["status"] for r in schedule.json()["appointments"]
+                    }["apt-undone"] == "booked"
+
+        await eventually(undone, timeout=30)
 
         # the sweep a minute later: apt-came would be missed by now had it not come
         swept = await checkin.sweep_no_shows(clock.advance(minutes=1))
         missed = [e.payload.appointment_id for e in swept.published
                   if isinstance(e.payload, ev.PatientNoShow)]
-        assert sorted(missed) == ["apt-missed", "apt-off"] and len(swept.published) == 2
-        events = await checkin.events(expect=7)
+        assert sorted(missed) == ["apt-missed", "apt-off", "apt-undone"]
+        assert len(swept.published) == 3
+        events = await checkin.events(expect=11)
         found = [e for e in events if e["event_type"] == "patient.no_show"]
-        assert sorted(e["data"]["appointment_id"] for e in found) == ["apt-missed", "apt-off"]
+        assert sorted(e["data"]["appointment_id"] for e in found) == [
+            "apt-missed", "apt-off", "apt-undone"]
         assert all(e["correlation_id"] == e["data"]["appointment_id"] for e in found)
 
         listed = await checkin.client.get("/clinics/north/no-shows", headers=FRONT_DESK)
         assert listed.status_code == 200
         rows = listed.json()["no_shows"]
-        assert [r["appointment_id"] for r in rows] == ["apt-missed", "apt-off"]
+        assert [r["appointment_id"] for r in rows] == ["apt-missed", "apt-off", "apt-undone"]
         assert rows[0]["patient_ref"] == "p-aaa111" and rows[0]["arrived_later"] is False
         kiosk = await checkin.client.get("/clinics/north/no-shows", headers=KIOSK)
         assert kiosk.status_code == 403
@@ -313,8 +332,8 @@ async def test_a_booked_appointment_with_no_arrival_becomes_a_no_show_on_the_fol
         # another sweep publishes nothing more
         again = await checkin.sweep_no_shows(clock.advance(minutes=1))
         assert again.published == [] and again.failed == 0
-        events = await checkin.events(expect=8)
-        assert [e["event_type"] for e in events].count("patient.no_show") == 2
+        events = await checkin.events(expect=12)
+        assert [e["event_type"] for e in events].count("patient.no_show") == 3
         raw = await checkin.raw_floor()
         assert DOB.encode() not in raw and INITIALS.encode() not in raw
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from services.checkin.domain import VisitView
+from services.checkin.domain import Appointment, VisitView
 from services.checkin.projection import (
     ProjectionState,
     checkin_reader,
+    freed_appointments,
     plan_visits,
     undone_refs,
     visit_refs,
@@ -193,6 +194,7 @@ def test_an_arrival_flow_undid_no_longer_waits_and_frees_its_appointment() -> No
         {("north", "v-1"): waiting}, {("north", arrived.envelope.event_id): "v-1"}), in_utc)
     assert later.changes.visits[("north", "v-1")].status == "undone"
     assert later.changes.arrivals == [("north", "apt-1", "v-1", False)]
+    assert later.changes.reopened == {}  # its appointment was not read: nothing to go on
 
     # an undo of anything else (a rooming) changes nothing here: flow's next estimate does
     other = event(ev.ActionUndone(undone_event_id="e-rooming"), NINE)
@@ -200,3 +202,45 @@ def test_an_arrival_flow_undid_no_longer_waits_and_frees_its_appointment() -> No
                           ProjectionState({("north", "v-1"): waiting}), in_utc)
     assert nothing.changes.visits == {} and nothing.changes.arrivals == []
     assert nothing.applied == 1
+
+
+def booked(appointment_id: str, at: datetime, status: str = "booked") -> Appointment:
+    return Appointment(appointment_id=appointment_id, patient_ref="p-1", provider_id="dr-lee",
+                       visit_type="follow_up", scheduled_at=at, duration_minutes=15,
+                       status=status)  # type: ignore[arg-type]
+
+
+def test_an_undone_or_mistaken_arrival_puts_a_booked_appointment_back_for_the_no_show_sweep(
+) -> None:
+    arrived = event(arrival("v-1", "A-1"), NINE)
+    undone = event(ev.ActionUndone(undone_event_id=arrived.envelope.event_id),
+                   NINE + timedelta(minutes=1))
+    records = [read(record_of(arrived, FLOOR, 0, partitions=12)),
+               read(record_of(undone, FLOOR, 1, partitions=12))]
+    # the batch may free apt-1 (its own arrival names it): the store reads it
+    assert freed_appointments(records, {}) == [("north", "apt-1")]
+    assert freed_appointments(records[:1], {}) == []  # an arrival alone frees nothing
+    due = NINE - timedelta(minutes=20)
+    planned = plan_visits(records, ProjectionState(
+        appointments={("north", "apt-1"): booked("apt-1", due)}), in_utc)
+    assert planned.changes.reopened == {("north", "apt-1"): due}
+    # a cancelled appointment is not awaited: it stays off the sweep's list
+    cancelled = plan_visits(records, ProjectionState(
+        appointments={("north", "apt-1"): booked("apt-1", due, "cancelled")}), in_utc)
+    assert cancelled.changes.reopened == {}
+
+    # entered in error, known from a stored visit: its appointment is read and reopened
+    waiting = VisitView(clinic_id="north", visit_id="v-1", ticket_code="A-1",
+                        day=date(2026, 3, 2), status="waiting", status_at=NINE,
+                        appointment_id="apt-1")
+    mistaken = [on_floor(5, ev.ArrivalCancelled(visit_id="v-1", reason="entered_in_error"),
+                         NINE + timedelta(minutes=2))]
+    assert freed_appointments(mistaken, {("north", "v-1"): waiting}) == [("north", "apt-1")]
+    left = [on_floor(6, ev.ArrivalCancelled(visit_id="v-1", reason="left_without_being_seen"),
+                     NINE + timedelta(minutes=2))]
+    assert freed_appointments(left, {("north", "v-1"): waiting}) == []
+    freed = plan_visits(mistaken, ProjectionState(
+        {("north", "v-1"): waiting}, appointments={("north", "apt-1"): booked("apt-1", due)}),
+        in_utc)
+    assert freed.changes.arrivals == [("north", "apt-1", "v-1", False)]
+    assert freed.changes.reopened == {("north", "apt-1"): due}
