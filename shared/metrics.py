@@ -62,6 +62,13 @@ OUTBOX_EVENTS = Gauge(
     "Events written to a service's Redis outbox and not yet published to Kafka.",
     ["service"],
 )
+OUTBOX_PARKED = Counter(
+    "clinicflow_outbox_parked_total",
+    "Outbox entries refused for good (too large for Kafka, unreadable) and moved aside to "
+    "the service's parked list so the entries behind them go out: each waits for an "
+    "operator (docs/operations.md).",
+    ["service"],
+)
 DEPENDENCY_UP = Gauge(
     "clinicflow_dependency_up",
     "1 when the dependency (kafka, redis) answered the last readiness check.",

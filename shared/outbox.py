@@ -11,10 +11,18 @@ died leaves no lock behind). An entry published but not yet dropped when the rel
 dies is published again by the next one: consumers of these topics take events by
 ``event_id`` (dead letters by topic, partition and offset).
 
+An entry refused for good (larger than Kafka takes, not readable as an entry, a topic role
+the relay does not know) would stop every entry behind it for ever: it is moved aside,
+whole, to the parked list with the reason (``clinicflow_outbox_parked_total`` counts it,
+the ``ClinicflowOutboxEntryParked`` alert fires, docs/operations.md says how to put it
+back), and the entries behind it go out. Anything else (Kafka down, a leader moving, a
+timeout) keeps the entry at the head, retried.
+
 Key layout (``P`` is the service's Redis prefix)::
 
     P:outbox          LIST of entries (JSON: topic role, key, value)
     P:outbox-lock     the current drainer's token (expires)
+    P:outbox-parked   LIST of entries refused for good (JSON: entry, reason, parked_at)
 """
 
 from __future__ import annotations
@@ -27,9 +35,15 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from aiokafka.errors import (
+    CorruptRecordException,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 from redis.asyncio import Redis
 
-from shared.metrics import EVENTS_PUBLISHED, OUTBOX_EVENTS
+from shared.clock import Clock, SystemClock
+from shared.metrics import EVENTS_PUBLISHED, OUTBOX_EVENTS, OUTBOX_PARKED
 
 # hands one record (value, topic, key) to the producer, in the order called, and returns
 # its confirmation (``acks=all``) to await: ``ServiceRuntime.send``
@@ -44,6 +58,21 @@ if tonumber(ARGV[2]) > 0 then redis.call('LTRIM', KEYS[2], ARGV[2], -1) end
 redis.call('DEL', KEYS[1])
 return tonumber(ARGV[2])
 """
+# KEYS: the lock, the list, the parked list; ARGV: a token, the entry, what to park. Moves
+# the head aside only if it is still that entry, and only while no drainer holds the lock
+_PARK = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', 15000) then return -1 end
+local parked = 0
+if redis.call('LINDEX', KEYS[2], 0) == ARGV[2] then
+  redis.call('LPOP', KEYS[2])
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  parked = 1
+end
+redis.call('DEL', KEYS[1])
+return parked
+"""
+# what the broker or the producer says of a record that no retry will get through
+REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, CorruptRecordException)
 
 
 def outbox_entry(role: str, key: str | None, value: bytes) -> bytes:
@@ -59,7 +88,9 @@ class Outbox:
         self.redis = redis
         self.key = f"{prefix}:outbox"
         self.lock_key = f"{prefix}:outbox-lock"
+        self.parked_key = f"{prefix}:outbox-parked"
         self._done = redis.register_script(_DONE)
+        self._park = redis.register_script(_PARK)
 
     def queue(self, pipe: Any, entries: list[bytes]) -> None:
         """Queue ``entries`` (``outbox_entry``) on a Redis pipeline inside its MULTI."""
@@ -88,42 +119,72 @@ class Outbox:
     async def length(self) -> int:
         return int(await self.redis.llen(self.key))
 
+    async def park(self, entry: bytes, reason: str, at: datetime) -> bool:
+        """Move ``entry`` from the head to the parked list with ``reason``; False when it
+        is no longer the head or a drainer holds the lock (nothing moved)."""
+        record = orjson.dumps({"entry": entry.decode(errors="replace"), "reason": reason,
+                               "parked_at": at.isoformat()})
+        return int(await self._park(keys=[self.lock_key, self.key, self.parked_key],
+                                    args=[uuid.uuid4().hex, entry, record])) == 1
+
+    async def parked(self) -> list[dict[str, str]]:
+        """The entries parked so far, oldest first."""
+        return [orjson.loads(raw) for raw in await self.redis.lrange(self.parked_key, 0, -1)]
+
 
 class OutboxRelay:
     """Publishes an outbox to Kafka: ``tick(now)`` drains what waits, and ``kick`` wakes
     the service's relay loop at once after a transaction that queued something."""
 
     def __init__(self, outbox: Outbox, send: Send, topics: Mapping[str, str], *,
-                 service: str, batch: int = 200) -> None:
+                 service: str, batch: int = 200, clock: Clock | None = None) -> None:
         self.outbox = outbox
         self.send = send
         self.topics = dict(topics)
         self.service = service
         self.batch = batch
+        self.clock = clock or SystemClock()
         self.kick = asyncio.Event()
         self._stopping = False
-        # after a refused entry, the next drains send the head alone until it goes out:
-        # a batch after an entry the broker keeps refusing (too large, say) would go out
-        # again at every retry, and its entries be published over and over
-        self._head_only = False
+        # how many entries to send one at a time from the head. After a failed entry, the
+        # head alone until it goes out: a batch after an entry the broker keeps refusing
+        # (a leader moving, say) would go out again at every retry, published over and
+        # over. After a batch refused as too large (the broker refuses a produce request
+        # whole, not the one record), the rest of that batch one by one: the one that is
+        # refused alone is the one to park
+        self._alone = 0
 
-    async def tick(self, _now: datetime | None = None) -> int:
+    async def tick(self, now: datetime | None = None) -> int:
         """Publish everything waiting, in order; returns how many events went out."""
-        return await self._drain(lambda _total: True)
+        return await self._drain(lambda _total: True, now)
 
-    async def _drain(self, more: Callable[[int], bool]) -> int:
+    async def _drain(self, more: Callable[[int], bool], now: datetime | None = None) -> int:
         """Publish what waits, a batch (``batch`` entries) at a time, while ``more(total
-        published so far)`` says to go on after a batch; returns how many went out."""
+        published so far)`` says to go on after a batch; returns how many went out. An
+        entry refused for good is parked and the drain goes on behind it; any other
+        failure is raised (the entry stays at the head)."""
         total = 0
         try:
             while True:
-                taken = await self.outbox.take(1 if self._head_only else self.batch)
+                taken = await self.outbox.take(1 if self._alone else self.batch)
                 if taken is None:
                     break
-                published = await self._publish(*taken)
+                published, refused = await self._publish(*taken)
                 total += published
-                if not more(total):
-                    break
+                if refused is None:
+                    self._alone = max(self._alone - published, 0)
+                    if not more(total):
+                        break
+                    continue
+                entry, failure = refused
+                if isinstance(failure, _RefusedForGood):
+                    self._alone = max(self._alone - 1, 0)
+                    await self._park(entry, failure.reason, now or self.clock.now())
+                elif isinstance(failure, REFUSED_FOR_GOOD):  # in a batch: which one?
+                    self._alone = len(taken[1]) - published
+                else:
+                    self._alone = max(self._alone, 1)
+                    raise failure
         finally:
             # what waits, also when a publish failed (Kafka down: the outbox grows, and
             # this gauge is how an operator sees it)
@@ -131,32 +192,45 @@ class OutboxRelay:
                 OUTBOX_EVENTS.labels(self.service).set(await self.outbox.length())
         return total
 
-    async def _publish(self, token: str, entries: list[bytes]) -> int:
+    async def _park(self, entry: bytes, reason: str, now: datetime) -> None:
+        if await self.outbox.park(entry, reason, now):
+            from shared.logging import get_logger
+
+            OUTBOX_PARKED.labels(self.service).inc()
+            get_logger("clinicflow.outbox").error(
+                "outbox entry refused for good: parked, the entries behind it go on",
+                service=self.service, reason=reason, parked=self.outbox.parked_key)
+
+    async def _publish(self, token: str, entries: list[bytes]
+                       ) -> tuple[int, tuple[bytes, Exception] | None]:
         """Hand every entry to the producer in order, then await their confirmations, and
         drop those confirmed from the head (``Outbox.done``, also on a failure or a
-        cancel); returns how many, or raises the first failure. What is not confirmed
-        stays for the next drain, at least once: an entry after a failed one may have
-        gone out already (consumers take these by event id)."""
+        cancel). Returns how many, and the first entry that failed with its failure (it
+        is the head now; ``_RefusedForGood`` when no retry would get it through). What is
+        not confirmed stays for the next drain, at least once: an entry after a failed one
+        may have gone out already (consumers take these by event id)."""
         confirmations: list[asyncio.Future[Any]] = []
         roles: list[str] = []
+        # the broker refuses a produce request whole: only an entry sent alone is known to
+        # be the one it cannot take (the others of a batch go again, the head alone first)
+        alone = len(entries) == 1
+        not_handed: Exception | None = None
         failure: Exception | None = None
         published = 0
         try:
             try:
                 for raw in entries:
-                    entry = orjson.loads(raw)
-                    key = entry["key"]
-                    roles.append(entry["topic"])
+                    value, topic, key, role = self._record(raw)
                     confirmations.append(asyncio.ensure_future(await self.send(
-                        entry["value"].encode(), self.topics[entry["topic"]],
-                        key.encode() if key else None)))
+                        value, topic, key)))
+                    roles.append(role)
             except Exception as exc:  # not handed over: those that were are awaited
-                failure = exc
+                not_handed = _for_good(exc, alone)
             for confirmation in confirmations:
                 try:
                     await confirmation
                 except Exception as exc:
-                    failure = failure or exc
+                    failure = _for_good(exc, alone)
                     break
                 EVENTS_PUBLISHED.labels(self.service, roles[published]).inc()
                 published += 1
@@ -164,10 +238,18 @@ class OutboxRelay:
             for left in confirmations[published:]:  # a failure's or a cancel's leftovers
                 left.add_done_callback(_outcome_seen)
             await self.outbox.done(token, published)
-        self._head_only = failure is not None
-        if failure is not None:
-            raise failure
-        return published
+        failure = failure or not_handed
+        return published, None if failure is None else (entries[published], failure)
+
+    def _record(self, raw: bytes) -> tuple[bytes, str, bytes | None, str]:
+        """An entry's value, topic, key and topic role; ``_RefusedForGood`` when it is not
+        an entry this relay can publish."""
+        try:
+            entry = orjson.loads(raw)
+            key, role = entry["key"], entry["topic"]
+            return entry["value"].encode(), self.topics[role], key.encode() if key else None, role
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _RefusedForGood(f"not an entry this relay publishes: {exc!r}") from exc
 
     async def run(self, every: float, ready: Callable[[], bool]) -> None:
         """Drain whenever kicked, and at least every ``every`` seconds; a failure is
@@ -228,6 +310,22 @@ class OutboxRelay:
         tasks = [task for task in running if not task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+
+class _RefusedForGood(Exception):
+    """An entry no retry will get through, with the reason it is parked for."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _for_good(exc: Exception, alone: bool) -> Exception:
+    """``exc`` as a ``_RefusedForGood`` when it says a record sent ``alone`` can never be
+    taken (too large, corrupt); else as it is (retried)."""
+    if alone and isinstance(exc, REFUSED_FOR_GOOD):
+        return _RefusedForGood(f"refused by Kafka: {exc!r}")
+    return exc
 
 
 def _outcome_seen(future: asyncio.Future[Any]) -> None:

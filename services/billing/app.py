@@ -46,7 +46,7 @@ def create_app(settings: BillingSettings, clock: Clock | None = None) -> FastAPI
 
     outbox = Outbox(redis, store.prefix)
     relay = OutboxRelay(outbox, runtime.send, {"deadletter": dead_letter_topic(settings)},
-                        service=SERVICE)
+                        service=SERVICE, clock=runtime.clock)
     runtime.every(settings.billing_outbox_relay_seconds, relay.tick, "outbox-relay")
     batches: dict[str, Any] = {"max_records": settings.billing_batch_max,
                                "batch_timeout_ms": settings.billing_batch_timeout_ms,

@@ -6,7 +6,8 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
                                                  written with its entries (shared/projection.py)
     P:applied:billing.floor:{topic}:{partition}   last floor offset whose effects are done
     P:billing:outbox, P:billing:outbox-lock      dead letters waiting to be published, and
-                                                 the relay's lock (shared/outbox.py)
+                                                 the relay's lock (shared/outbox.py);
+                                                 P:billing:outbox-parked those refused for good
     P:billing:entries:{clinic}                   HASH entry_id -> "{partition}:{offset}:" +
                                                  the entry's envelope JSON (first copy wins)
     P:billing:visit:{clinic}:{visit}             ZSET entry ids of the visit, score = ledger

@@ -87,7 +87,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     relay = OutboxRelay(outbox, runtime.send, {"deadletter": dead_letter_topic(settings),
                                               "told": topic(TOLD, settings),
                                               DIRECTORY_ROLE: topic(DIRECTORY, settings)},
-                        service="checkin")
+                        service="checkin", clock=runtime.clock)
     # the display names imports and feeds bring, published when new or changed
     store.names_queued = relay.kick.set
     # the ranges the kiosk and the status lookup tell, through the same outbox

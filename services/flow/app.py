@@ -56,7 +56,8 @@ def create_app(settings: FlowSettings, clock: Clock | None = None) -> FastAPI:
     )
     floor.kafka = runner  # lag, and Kafka commits of the checkpoints the jobs below store
     dead_letters = OutboxRelay(store.outbox, runtime.send,
-                               {"deadletter": dead_letter_topic(settings)}, service="flow")
+                               {"deadletter": dead_letter_topic(settings)}, service="flow",
+                               clock=runtime.clock)
     runtime.every(settings.flow_tick_seconds, floor.refresh_boards, "board-refresh")
     # a burst followed by silence must not leave its tail out of the checkpoint
     runtime.every(settings.flow_checkpoint_seconds, floor.flush_when_idle, "idle-checkpoint")

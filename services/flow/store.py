@@ -10,6 +10,7 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:flow:owner:{topic}:{partition}      fencing token: bumped by each instance given it
     P:flow:changes:{clinic}               pub/sub channel: each new board, for SSE clients
     P:flow:outbox, P:flow:outbox-lock     dead letters waiting for Kafka (shared/outbox.py)
+    P:flow:outbox-parked                  those Kafka refused for good, set aside
     P:flow:claims:{clinic}                HASH: the rooms and visits floor commands are
                                           changing, from their check until their event is on
                                           the board (a few seconds; services/flow/commands.py)

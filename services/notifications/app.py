@@ -103,7 +103,7 @@ def create_app(settings: NotificationsSettings, clock: Clock | None = None) -> F
         "audit": topic(AUDIT, settings),
         "told": topic(TOLD, settings),
         "deadletter": dead_letter_topic(settings),
-    }, service="notifications")
+    }, service="notifications", clock=runtime.clock)
     sender = NotificationSender(
         store, channels, clock=runtime.clock, names=names,
         notifications_topic=notifications_topic,

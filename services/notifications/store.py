@@ -37,6 +37,7 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:notifications:alerts-live:{clinic}        pub/sub channel: alert raised / withdrawn
     P:notifications:outbox                      LIST of events to publish to Kafka, and
     P:notifications:outbox-lock                 its drainer's lock (shared/outbox.py)
+    P:notifications:outbox-parked               LIST entries Kafka refused for good, set aside
     P:notifications:estimate:{clinic}           HASH visit -> flow's latest estimate (a day)
     P:idem:notifications:{clinic}:{key}         Idempotency-Key answers (shared/idempotency.py)
 

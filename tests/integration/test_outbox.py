@@ -8,14 +8,17 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from shared.outbox import Outbox, OutboxRelay, outbox_entry
 from shared.service import ServiceRuntime
 from shared.settings import CommonSettings
+from tests.fakes import FakeClock
 from tests.helpers import read_topic
 
 
@@ -216,38 +219,49 @@ async def test_a_batch_is_handed_over_whole_and_trimmed_as_far_as_it_is_confirme
         assert await redis.exists(outbox.lock_key) == 0  # and the lock released
 
 
-async def test_a_backlog_goes_out_through_a_real_broker_in_order_each_once(
-    redis_url: str, kafka_bootstrap: str, topics: dict[str, str],
-) -> None:
-    # the relay as the services run it (ServiceRuntime.send: handed over without waiting,
-    # confirmed with acks=all), read back with an independent consumer
-    topic = topics["clinicflow.notifications.v1"]
+@asynccontextmanager
+async def relay_to_kafka(redis_url: str, kafka_bootstrap: str, topic: str, queued: list[bytes],
+                         clock: FakeClock | None = None
+                         ) -> AsyncIterator[tuple[OutboxRelay, Outbox, Redis]]:
+    """The relay as the services run it (ServiceRuntime.send: handed over without waiting,
+    confirmed with acks=all) to a real broker, role ``audit`` on ``topic``, with ``queued``
+    waiting in a fresh outbox; gone afterwards."""
     runtime = ServiceRuntime(CommonSettings(kafka_bootstrap=kafka_bootstrap,
                                             redis_url=redis_url), "outbox-test")
     outbox = Outbox(runtime.redis, f"t{uuid.uuid4().hex[:8]}")
-    relay = OutboxRelay(outbox, runtime.send, {"audit": topic}, service="outbox-test")
-    values = numbered(1_000)
     try:
         await runtime.broker.start()
         pipe = runtime.redis.pipeline(transaction=True)
-        outbox.queue(pipe, [outbox_entry("audit", ("north", "south")[n % 2], value)
-                            for n, value in enumerate(values)])
+        outbox.queue(pipe, queued)
         await pipe.execute()
+        yield (OutboxRelay(outbox, runtime.send, {"audit": topic}, service="outbox-test",
+                           clock=clock), outbox, runtime.redis)
+    finally:
+        await runtime.redis.delete(outbox.key, outbox.lock_key, outbox.parked_key)
+        await runtime.broker.stop()
+        await runtime.redis.aclose()
+
+
+async def test_a_backlog_goes_out_through_a_real_broker_in_order_each_once(
+    redis_url: str, kafka_bootstrap: str, topics: dict[str, str],
+) -> None:
+    # read back with an independent consumer
+    topic = topics["clinicflow.notifications.v1"]
+    values = numbered(1_000)
+    async with relay_to_kafka(redis_url, kafka_bootstrap, topic, [
+            outbox_entry("audit", ("north", "south")[n % 2], value)
+            for n, value in enumerate(values)]) as (relay, outbox, _redis):
         assert await relay.tick() == 1_000  # five batches of 200
         assert await outbox.length() == 0
         records = await read_topic(kafka_bootstrap, topic, expect=1_000)
         for key in (b"north", b"south"):  # one partition per key: its order kept
             assert [r.value for r in records if r.key == key] == values[key == b"south"::2]
-    finally:
-        await runtime.redis.delete(outbox.key, outbox.lock_key)
-        await runtime.broker.stop()
-        await runtime.redis.aclose()
 
 
 async def test_after_a_refused_entry_the_head_goes_alone_until_it_is_taken(
     redis_url: str,
 ) -> None:
-    # an entry the broker keeps refusing (larger than the topic takes, say): the batch
+    # an entry the broker refuses for a while (its leader moving, say): the batch
     # behind it went out again at every retry, published over and over
     async with outbox_of(redis_url, 5) as (_redis, outbox):
         handed: list[bytes] = []
@@ -273,3 +287,50 @@ async def test_after_a_refused_entry_the_head_goes_alone_until_it_is_taken(
         assert await relay.tick() == 5  # taken: whole batches again
         assert handed == [*numbered(5), numbered(5)[0], *numbered(5)]
         assert await outbox.length() == 0
+
+
+@pytest.mark.reliability(
+    "an outbox entry Kafka refuses for good (larger than a record may be) or that is not an "
+    "entry at all, with entries queued behind it",
+    "it is parked whole with the reason and counted; the entries behind it go out in order "
+    "through a real broker in the same drain, each once; put back, it is parked again",
+)
+async def test_an_entry_refused_for_good_is_parked_and_the_entries_behind_it_go_out(
+    redis_url: str, kafka_bootstrap: str, topics: dict[str, str],
+) -> None:
+    topic = topics["clinicflow.audit.v1"]
+    at = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+    large = orjson.dumps({"n": "large", "pad": "x" * 1_100_000})  # over Kafka's 1 MB
+    ok = numbered(4)
+    queued = [outbox_entry("audit", "north", ok[0]), outbox_entry("audit", "north", large),
+              outbox_entry("audit", "north", ok[1]), b"not an entry",
+              outbox_entry("audit", "north", ok[2]), outbox_entry("audit", "north", ok[3])]
+    parked_before = parked_count("outbox-test")
+    async with relay_to_kafka(redis_url, kafka_bootstrap, topic, queued,
+                              clock=FakeClock(at)) as (relay, outbox, redis):
+        assert await relay.tick() == 4
+        assert await outbox.length() == 0
+        parked = await outbox.parked()
+        assert [p["entry"].encode() for p in parked] == [queued[1], queued[3]]
+        assert "TooLarge" in parked[0]["reason"] and "not an entry" in parked[1]["reason"]
+        assert {p["parked_at"] for p in parked} == {at.isoformat()}
+        assert parked_count("outbox-test") == parked_before + 2
+        records = await read_topic(kafka_bootstrap, topic, expect=4)
+        assert [r.value for r in records] == ok  # in order, each once, none of the parked
+        # docs/operations.md's way back: the oldest parked entry to the end of the outbox;
+        # refused again, it is parked again
+        assert await redis.eval(PUT_BACK, 2, outbox.parked_key, outbox.key) == (
+            parked[0]["reason"].encode())
+        assert await redis.lrange(outbox.key, 0, -1) == [queued[1]]
+        assert await relay.tick() == 0
+        assert [p["entry"].encode() for p in await outbox.parked()] == [queued[3], queued[1]]
+
+
+# docs/operations.md, ClinicflowOutboxEntryParked, step 3
+PUT_BACK = ("local e = cjson.decode(redis.call('LPOP', KEYS[1])) "
+            "redis.call('RPUSH', KEYS[2], e.entry) return e.reason")
+
+
+def parked_count(service: str) -> float:
+    return REGISTRY.get_sample_value("clinicflow_outbox_parked_total",
+                                     {"service": service}) or 0.0
