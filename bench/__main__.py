@@ -76,6 +76,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                      f" events/s: {v['this_over_baseline']}x (pairs "
                      f"{', '.join(str(x) for x in v['pair_ratios'])})"))
     rows += sse_bench.report_rows(results.get("screens"))
+    rows += sse_bench.two_flows_rows(results.get("screens"), results.get("screens_two_flows"))
     rows += http_bench.report_rows(results.get("http"))
     if r:
         rows += [
@@ -183,7 +184,7 @@ and Prometheus histogram children per clinic, provider and stage (about 16 MiB a
 clinics).
 
 {http_bench.report_section(results.get("http"))}
-{sse_bench.report_section(results.get("screens"))}"""
+{sse_bench.report_section(results.get("screens"), results.get("screens_two_flows"))}"""
     # what was written by hand beside the last report (dated runs, analyses) stays
     existing = path.read_text() if path.exists() else ""
     path.write_text(keep_written(text + feed_section(results.get("ehr_feed")), existing))
@@ -210,6 +211,8 @@ async def main() -> int:
                 b, r, workdir, clinics=max(20, int(500 * SCALE)),
                 events=max(10_000, int(500_000 * SCALE)))),
             ("screens", lambda: sse_bench.screens(b, r, workdir, scale=SCALE)),
+            ("screens_two_flows", lambda: sse_bench.screens(b, r, workdir, scale=SCALE,
+                                                            rates=(500,), instances=2)),
             ("http", lambda: http_bench.http(b, r, workdir, scale=SCALE)),
             ("recovery", lambda: flow_bench.recovery(b, r, workdir,
                                                      clinics=max(20, int(600 * SCALE)))),
@@ -253,7 +256,8 @@ async def main() -> int:
             (out / f"{name}.json").write_text(json.dumps({**common, name: results[name]},
                                                          indent=2))
         for section in (http_bench.report_section(results.get("http")),
-                        sse_bench.report_section(results.get("screens"))):
+                        sse_bench.report_section(results.get("screens"),
+                                                 results.get("screens_two_flows"))):
             print(section)
         print("written: bench/results/partial.json and one file per benchmark run "
               "(BENCH_ONLY: docs/performance.md kept)")

@@ -282,11 +282,16 @@ class Floor:
         return "+", clinic, ticket, at
 
 
-async def _measure(floor: Floor, clients: list[ClientProcess], flow_pid: int, rate: int,
+def _cpu(pids: list[int]) -> float:
+    return sum(process_cpu_seconds(pid) for pid in pids)
+
+
+async def _measure(floor: Floor, clients: list[ClientProcess], flow_pids: list[int], rate: int,
                    seconds: float, per_clinic: int) -> dict[str, Any]:
-    """Events at ``rate`` for ``seconds``; every stream of every clinic open."""
+    """Events at ``rate`` for ``seconds``; every stream of every clinic open. Flow's CPU is
+    that of all its processes (``flow_pids``)."""
     ask_all(clients, "DUMP")  # forget what came before
-    cpu_flow, cpu_clients = process_cpu_seconds(flow_pid), [c.cpu() for c in clients]
+    cpu_flow, cpu_clients = _cpu(flow_pids), [c.cpu() for c in clients]
     published: dict[tuple[str, str, str], int] = {}
     total = max(1, int(rate * seconds))
     started = time.perf_counter()
@@ -301,7 +306,7 @@ async def _measure(floor: Floor, clients: list[ClientProcess], flow_pid: int, ra
     await asyncio.sleep(2.0)  # the last events reach every screen
     wall = time.perf_counter() - started
     answers = ask_all(clients, "DUMP")
-    flow_cpu = process_cpu_seconds(flow_pid) - cpu_flow
+    flow_cpu = _cpu(flow_pids) - cpu_flow
     client_shares = [round((c.cpu() - before) / wall, 2)
                      for c, before in zip(clients, cpu_clients, strict=True)]
     latest: dict[tuple[str, str, str], list[int]] = {}
@@ -346,9 +351,12 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 async def screens(bootstrap: str, redis_url: str, workdir: Path, scale: float = 1.0,
                   clinics: int = 100, per_clinic: int = 10,
                   rates: tuple[int, ...] = (100, 500, 1000), runs: int = 3,
-                  processes: int = 4) -> dict[str, Any]:
-    """``clinics`` x ``per_clinic`` live screens on one flow; event to last screen at each
-    rate, ``runs`` times, alternated with the baseline (one screen per clinic, 500/s)."""
+                  processes: int = 4, instances: int = 1) -> dict[str, Any]:
+    """``clinics`` x ``per_clinic`` live screens on flow; event to last screen at each
+    rate, ``runs`` times, alternated with the baseline (one screen per clinic, 500/s).
+    ``instances`` flow processes share the floor's partitions (one consumer group) and the
+    screens (the client processes take their ports in turn; the baseline's are on the
+    first): each renders every board of its screens' clinics once, whoever drew it."""
     started_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4 * clinics * per_clinic:  # flow and the clients each hold every stream
@@ -358,17 +366,19 @@ async def screens(bootstrap: str, redis_url: str, workdir: Path, scale: float = 
     topic = topic_name(FLOOR, prefix)
     names = [f"net{n:03d}" for n in range(clinics)]
     streams = clinics * per_clinic
-    flow = ServiceProcess("flow", _env(bootstrap, redis_url, prefix, streams),
-                          workdir / "screens-flow.log")
+    flows = [ServiceProcess("flow", _env(bootstrap, redis_url, prefix, streams),
+                            workdir / f"screens-flow-{n}.log") for n in range(instances)]
+    flow = flows[0]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
                                 enable_idempotence=True)
     clients: list[ClientProcess] = []
-    flow.start()
-    assert flow.process is not None
-    flow_pid = flow.process.pid
+    for each in flows:
+        each.start()
+    flow_pids = [each.process.pid for each in flows if each.process is not None]
     await producer.start()
     try:
-        await flow.wait_ready(120)
+        for each in flows:
+            await each.wait_ready(120)
         floor = Floor(producer, topic, names)
         for clinic in names:  # rooms and ordinary waiting patients: a board of a real size
             for room in range(1, 4):
@@ -395,10 +405,13 @@ async def screens(bootstrap: str, redis_url: str, workdir: Path, scale: float = 
         clients.append(base)
         rest: list[ClientProcess] = []
         if per_clinic > 1:
-            share = max(1, -(-clinics // max(1, processes - 1)))
+            # as many client processes per flow process (at least), in turn
+            count = -(-max(1, processes - 1) // instances) * instances
+            share = max(1, -(-clinics // count))
             for n, start in enumerate(range(0, clinics, share), start=1):
-                rest.append(ClientProcess(flow.port, names[start:start + share],
-                                          per_clinic - 1, 1, workdir / f"screens-client-{n}.log"))
+                rest.append(ClientProcess(flows[(n - 1) % instances].port,
+                                          names[start:start + share], per_clinic - 1, 1,
+                                          workdir / f"screens-client-{n}.log"))
         clients += rest
         opened = ask_all([base], "OPEN")[0]
         if opened["refused"]:
@@ -408,13 +421,13 @@ async def screens(bootstrap: str, redis_url: str, workdir: Path, scale: float = 
         baseline: list[dict[str, Any]] = []
         load_start = round(os.getloadavg()[0], 2)
         for run in range(runs):
-            baseline.append(await _measure(floor, [base], flow_pid, 500, target / 500, 1))
+            baseline.append(await _measure(floor, [base], flow_pids, 500, target / 500, 1))
             for answer in ask_all(rest, "OPEN"):
                 if answer["refused"]:
                     raise RuntimeError(f"streams refused: {answer}")
             order = rates[run % len(rates):] + rates[:run % len(rates)]
             for rate in order:
-                results[str(rate)].append(await _measure(floor, clients, flow_pid, rate,
+                results[str(rate)].append(await _measure(floor, clients, flow_pids, rate,
                                                          target / rate, per_clinic))
             ask_all(rest, "CLOSE")
         load_end = round(os.getloadavg()[0], 2)
@@ -422,11 +435,13 @@ async def screens(bootstrap: str, redis_url: str, workdir: Path, scale: float = 
         for client in clients:
             client.stop()
         await producer.stop()
-        flow.stop()
+        for each in flows:
+            each.stop()
     rated = {rate: _median_of(items) for rate, items in results.items()}
     return {
         "measured_at": started_at,
         "clinics": clinics, "streams": streams, "per_clinic": per_clinic,
+        "flow_instances": instances,
         "client_processes": len(clients), "board_bytes": board_bytes,
         "client_cpu_share_max": max(v["client_cpu_share_max"] for v in rated.values()),
         "rates": rated,
@@ -489,8 +504,41 @@ def report_rows(s: dict[str, Any] | None) -> list[tuple[str, str]]:
     return rows
 
 
-def report_section(s: dict[str, Any] | None) -> str:
-    """The screens section of docs/performance.md."""
+def two_flows_rows(one: dict[str, Any] | None, two: dict[str, Any] | None
+                   ) -> list[tuple[str, str]]:
+    """The summary row of the screens on two flow processes, beside one."""
+    if not one or not two or "500" not in one["rates"]:
+        return []
+    a, b = one["rates"]["500"], two["rates"]["500"]
+    return [(f"the {two['streams']:,} screens at 500 events/s on two flow processes",
+             f"p99 {b['p99_ms']:,} ms ({_spread(b, 'p99_ms')}) against {a['p99_ms']:,} ms on "
+             f"one; flow CPU per event {round(b['flow_cpu_us_per_event']):,} µs against "
+             f"{round(a['flow_cpu_us_per_event']):,} µs")]
+
+
+def _two_flows_text(one: dict[str, Any], two: dict[str, Any] | None) -> str:
+    if not two or "500" not in one["rates"]:
+        return ""
+    a, b = one["rates"]["500"], two["rates"]["500"]
+    ratio = round(b["flow_cpu_us_per_event"] / a["flow_cpu_us_per_event"], 2)
+    lowered = ("below" if b["p99_ms"] < 0.9 * a["p99_ms"] else
+               "above" if b["p99_ms"] > 1.1 * a["p99_ms"] else "about the same as")
+    return f"""
+
+The same network on two flow processes (`screens_two_flows`, measured next in the same run:
+one consumer group sharing the floor's partitions, the screens' client processes on the two
+in turn, so each process renders every board of its screens' clinics once, whoever drew it):
+500 events/s p50 {b['p50_ms']:,} ms, p99 **{b['p99_ms']:,} ms** (runs {_spread(b, 'p99_ms')})
+against {a['p99_ms']:,} ms on one process (runs {_spread(a, 'p99_ms')}); the two used
+{b['flow_cpu_share']} of a core together at {round(b['flow_cpu_us_per_event']):,} µs of CPU per
+event, {ratio}x one process's (each pays for its own batches, fetches and renderings). On 2
+cores shared with Kafka, Redis and the screens, the p99 on two processes was {lowered}
+one's."""
+
+
+def report_section(s: dict[str, Any] | None, two: dict[str, Any] | None = None) -> str:
+    """The screens section of docs/performance.md (``two``: the same on two flow
+    processes, ``screens_two_flows``)."""
     if not s:
         return ""
     lines = ["| events/s | screens | samples per run | p50 | p99 (range) | max | frames/s | "
@@ -555,7 +603,7 @@ baseline at 500 events/s divided by the frames it adds: {per_frame_text}.{need}{
 The screens are {s['client_processes']} client processes of raw asyncio sockets (a
 protocol reading the chunked stream, orjson for each frame, no HTTP library), the
 baseline's streams in one of them: none used more than {s['client_cpu_share_max']} of a
-core, so they were waiting for frames, not behind them.
+core, so they were waiting for frames, not behind them.{_two_flows_text(s, two)}
 
 {SCREENS_NOTES}
 """
