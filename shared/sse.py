@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.responses import StreamingResponse
 from prometheus_client import Gauge
 from starlette.types import Receive, Scope, Send
@@ -215,7 +215,7 @@ class SseHub:
         self.total -= 1
         self.gauge.set(self.total)
 
-    def stream(self, clinic_id: str, credential: str, *,
+    def stream(self, clinic_id: str, credential: str, request: Request, *,
                first: Callable[[], Awaitable[bytes | None]], render: Render,
                view: Hashable | None = None) -> StreamingResponse:
         """Open a stream (or refuse, see ``open``) and answer with it: ``retry:``, then
@@ -239,6 +239,8 @@ class SseHub:
                             async with asyncio.timeout(self.heartbeat_seconds):
                                 frame = await queue.get()
                         except TimeoutError:
+                            if await request.is_disconnected():
+                                return
                             yield HEARTBEAT
                             continue
                     if frame is None:
@@ -247,39 +249,21 @@ class SseHub:
             finally:
                 self.close(subscription)
 
-        return LiveResponse(events(), release=lambda: self.close(subscription),
-                            gone=lambda: self._end(subscription))
+        return LiveResponse(events(), release=lambda: self.close(subscription))
 
 
 class LiveResponse(StreamingResponse):
-    """An SSE response that notices its client leave and gives the stream's place back
-    however it ends.
+    """An SSE response that gives its stream's place back however it ends, even when the
+    client is gone before the body was ever started (its generator's ``finally`` would then
+    never run)."""
 
-    The server tells of a client gone only through ``receive`` (uvicorn, ASGI 2.4: a write
-    to a closed connection is dropped without an error), and a stream waiting for its next
-    frame never asks: a watcher waits for ``http.disconnect`` and calls ``gone`` (the hub
-    ends the stream: its generator returns and its ``finally`` runs). Without it a vanished
-    screen held its place until the next heartbeat, up to 15 s, counted against its
-    credential's share and the process's total (a TV reconnecting at once could be refused
-    by its own ghost). ``release`` also runs when the client was gone before the body was
-    ever started (the generator's ``finally`` would then never run)."""
-
-    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None],
-                 gone: Callable[[], None]) -> None:
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None]) -> None:
         super().__init__(content, media_type="text/event-stream",
                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         self.release = release
-        self.gone = gone
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            self.gone()
-
-        watcher = asyncio.create_task(watch(), name="sse-disconnect")
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await stop_tasks([watcher])
             self.release()

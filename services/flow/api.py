@@ -478,7 +478,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
     @router.get("/clinics/{clinic_id}/stream", tags=["boards"],
                 summary="Server-Sent Events: the board each time it changes",
                 response_class=StreamingResponse)
-    async def stream(clinic_id: ClinicId,
+    async def stream(clinic_id: ClinicId, request: Request,
                      principal: Principal = Depends(read_board)) -> StreamingResponse:
         principal.require_clinic(clinic_id)
         role = principal.role
@@ -491,7 +491,7 @@ def make_router(runtime: ServiceRuntime, store: FlowStore, hub: BoardHub, floor_
             return None if board is None else render(board)
 
         # every stream of a role shows the same frame of each board: rendered once
-        return hub.stream(clinic_id, principal.name, first=first, render=render,
+        return hub.stream(clinic_id, principal.name, request, first=first, render=render,
                           view=role)
 
     @router.post("/clinics/{clinic_id}/rooms/{room_id}/ready", status_code=202,

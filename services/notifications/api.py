@@ -489,7 +489,7 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         "`?access_token=` works for EventSource. 503 when too many stations are "
         "connected.",
         responses=answer(200, STREAM_EXAMPLE, "the live stream", media="text/event-stream"))
-    async def alert_stream(clinic_id: ClinicId,
+    async def alert_stream(clinic_id: ClinicId, request: Request,
                            principal: Principal = Depends(nurses)) -> StreamingResponse:
         principal.require_clinic(clinic_id)
         clinic = names(clinic_id)
@@ -505,7 +505,7 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
                 return _sse("alert.raised", alert, alert["alert_id"])
             return _sse("alert.withdrawn", {**alert, "reason": change["reason"]})
 
-        return hub.stream(clinic_id, principal.name, first=first, render=render)
+        return hub.stream(clinic_id, principal.name, request, first=first, render=render)
 
     # -------------------------------------------------------------- other
 
