@@ -11,12 +11,12 @@ died leaves no lock behind). An entry published but not yet dropped when the rel
 dies is published again by the next one: consumers of these topics take events by
 ``event_id`` (dead letters by topic, partition and offset).
 
-An entry refused for good (larger than Kafka takes, not readable as an entry, a topic role
-the relay does not know) would stop every entry behind it for ever: it is moved aside,
-whole, to the parked list with the reason (``clinicflow_outbox_parked_total`` counts it,
-the ``ClinicflowOutboxEntryParked`` alert fires, docs/operations.md says how to put it
-back), and the entries behind it go out. Anything else (Kafka down, a leader moving, a
-timeout) keeps the entry at the head, retried.
+An entry refused for good (larger than Kafka takes, not readable as an entry) would stop
+every entry behind it for ever: it is moved aside, whole, to the parked list with the
+reason (``clinicflow_outbox_parked_total`` counts it, the ``ClinicflowOutboxEntryParked``
+alert fires, docs/operations.md says what to do), and the entries behind it go out.
+Anything else (Kafka down, a leader moving, a timeout, a topic role this version does not
+know) keeps the entry at the head, retried.
 
 Key layout (``P`` is the service's Redis prefix)::
 
@@ -35,11 +35,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from aiokafka.errors import (
-    CorruptRecordException,
-    MessageSizeTooLargeError,
-    RecordTooLargeError,
-)
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 from redis.asyncio import Redis
 
 from shared.clock import Clock, SystemClock
@@ -64,15 +60,16 @@ _PARK = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', 15000) then return -1 end
 local parked = 0
 if redis.call('LINDEX', KEYS[2], 0) == ARGV[2] then
+  redis.call('RPUSH', KEYS[3], ARGV[3])  -- kept before it leaves: a failed step loses nothing
   redis.call('LPOP', KEYS[2])
-  redis.call('RPUSH', KEYS[3], ARGV[3])
   parked = 1
 end
 redis.call('DEL', KEYS[1])
 return parked
 """
-# what the broker or the producer says of a record that no retry will get through
-REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, CorruptRecordException)
+# what the producer or the broker says of a record that no retry will get through (a
+# corrupt record is a checksum that may pass the next time: retried)
+REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
 def outbox_entry(role: str, key: str | None, value: bytes) -> bytes:
@@ -243,13 +240,18 @@ class OutboxRelay:
 
     def _record(self, raw: bytes) -> tuple[bytes, str, bytes | None, str]:
         """An entry's value, topic, key and topic role; ``_RefusedForGood`` when it is not
-        an entry this relay can publish."""
+        an entry at all. A topic role this relay does not know is retried, not parked: a
+        newer version of the service may have queued it during a rolling deploy, and its
+        own relay will publish it."""
         try:
             entry = orjson.loads(raw)
-            key, role = entry["key"], entry["topic"]
-            return entry["value"].encode(), self.topics[role], key.encode() if key else None, role
+            key, role, value = entry["key"], entry["topic"], entry["value"].encode()
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise _RefusedForGood(f"not an entry this relay publishes: {exc!r}") from exc
+            raise _RefusedForGood(f"not an outbox entry: {exc!r}") from exc
+        if role not in self.topics:
+            raise LookupError(f"outbox entry for topic role {role!r}, which this relay does "
+                              f"not publish (it knows {sorted(self.topics)})")
+        return value, self.topics[role], key.encode() if key else None, role
 
     async def run(self, every: float, ready: Callable[[], bool]) -> None:
         """Drain whenever kicked, and at least every ``every`` seconds; a failure is

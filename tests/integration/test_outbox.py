@@ -312,7 +312,7 @@ async def test_an_entry_refused_for_good_is_parked_and_the_entries_behind_it_go_
         assert await outbox.length() == 0
         parked = await outbox.parked()
         assert [p["entry"].encode() for p in parked] == [queued[1], queued[3]]
-        assert "TooLarge" in parked[0]["reason"] and "not an entry" in parked[1]["reason"]
+        assert "TooLarge" in parked[0]["reason"] and "not an outbox entry" in parked[1]["reason"]
         assert {p["parked_at"] for p in parked} == {at.isoformat()}
         assert parked_count("outbox-test") == parked_before + 2
         records = await read_topic(kafka_bootstrap, topic, expect=4)
@@ -327,10 +327,25 @@ async def test_an_entry_refused_for_good_is_parked_and_the_entries_behind_it_go_
 
 
 # docs/operations.md, ClinicflowOutboxEntryParked, step 3
-PUT_BACK = ("local e = cjson.decode(redis.call('LPOP', KEYS[1])) "
-            "redis.call('RPUSH', KEYS[2], e.entry) return e.reason")
+PUT_BACK = ("local e = cjson.decode(redis.call('LINDEX', KEYS[1], 0)) "
+            "redis.call('RPUSH', KEYS[2], e.entry) redis.call('LPOP', KEYS[1]) return e.reason")
 
 
 def parked_count(service: str) -> float:
     return REGISTRY.get_sample_value("clinicflow_outbox_parked_total",
                                      {"service": service}) or 0.0
+
+
+async def test_an_entry_for_a_topic_role_this_version_does_not_know_waits_at_the_head(
+    redis_url: str,
+) -> None:
+    # a newer version queued it during a rolling deploy: its own relay publishes it
+    async with outbox_of(redis_url, 0) as (redis, outbox):
+        pipe = redis.pipeline(transaction=True)
+        outbox.queue(pipe, [outbox_entry("future", "north", b'{"n": 0}')])
+        await pipe.execute()
+        relay = OutboxRelay(outbox, SlowBroker().send, {"audit": "audit-topic"},
+                            service="test")
+        with pytest.raises(LookupError, match="'future'"):
+            await relay.tick()
+        assert await outbox.length() == 1 and await outbox.parked() == []
