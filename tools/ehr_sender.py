@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -301,6 +302,9 @@ DEV_TOKENS = {"checkin": "dev-front-desk", "flow": "dev-nurse", "billing": "dev-
 # of ten patients checked in, how many give the desk a contact (the first of them also
 # wait elsewhere: "come back now" notices): channel log, the notifier's messages to its log
 CONTACTS_IN_TEN, WAIT_ANYWHERE_IN_TEN = 6, 2
+# of ten patients checked out owing something, how many pay it at the desk there and then
+# (card, cash or check, by the visit); the others leave an open balance
+PAY_AT_CHECKOUT_IN_TEN = 8
 REFUSED = (404, 409)  # a human got there first, or the floor changed: the step is skipped
 STEP_TRIES = 3  # a refusal may be the service not having read the last step yet
 
@@ -387,7 +391,8 @@ class SimulatedFloor:
         self.retry_after = retry_after
         self.skipped = 0
         self.dropped: set[str] = set()  # simulated visits whose arrival was refused
-        self._contacts: set[asyncio.Task[httpx.Response | None]] = set()
+        # requests made beside the day's steps (contacts, payments), awaited by ``close``
+        self._beside: set[asyncio.Task[httpx.Response | None]] = set()
 
     def checked_in(self, clinic_id: str, simulated: str, visit: str) -> None:
         """Check-in's ``visit`` of the simulated one; and, for the patients who give one
@@ -404,9 +409,29 @@ class SimulatedFloor:
                      "wait_anywhere": share < WAIT_ANYWHERE_IN_TEN}, method="PUT")
         # beside the day's steps: the notifier may read the arrival a moment later (a
         # 404 is tried again), and the next step need not wait for it
+        self._aside(base, step)
+
+    def checked_out(self, clinic_id: str, visit: str, account: dict[str, Any]) -> None:
+        """Billing's ``account`` of a visit just checked out: most patients who owe
+        something (``PAY_AT_CHECKOUT_IN_TEN``, chosen by the visit) pay it all at the desk,
+        by card (an authorization reference, never a card number), cash or check, so that
+        receipts, the drawer's totals and the day's reconciliation have payments to show."""
+        base = self._base("billing")
+        owed = account.get("balance_cents") or 0
+        share = int(hashlib.sha256(visit.encode()).hexdigest()[:8], 16)
+        if base is None or owed <= 0 or share % 10 >= PAY_AT_CHECKOUT_IN_TEN:
+            return
+        method = ("card", "cash", "check")[share % 3]
+        reference = {"card": f"AUTH-{share % 1_000_000:06d}",
+                     "check": f"CHK-{share % 10_000:04d}"}.get(method)
+        self._aside(base, Step("billing", f"/clinics/{clinic_id}/visits/{visit}/payments",
+                               {"method": method, "amount_cents": owed,
+                                "reference": reference}))
+
+    def _aside(self, base: str, step: Step) -> None:
         task = asyncio.create_task(self._request(base, step))
-        self._contacts.add(task)
-        task.add_done_callback(self._contacts.discard)
+        self._beside.add(task)
+        task.add_done_callback(self._beside.discard)
 
     def _base(self, service: str) -> str | None:
         base: str | None = getattr(self.doors, service)
@@ -428,6 +453,9 @@ class SimulatedFloor:
         if answer is not None and answer.is_success:
             if step.walk_in is not None:
                 self.checked_in(event.clinic_id, step.walk_in, answer.json()["visit_id"])
+            elif isinstance(event.payload, ev.PatientCheckedOut):
+                visit = self.visits.get(event.payload.visit_id, event.payload.visit_id)
+                self.checked_out(event.clinic_id, visit, answer.json().get("account") or {})
             return True
         self.skipped += 1
         if step.walk_in is not None:
@@ -466,8 +494,9 @@ class SimulatedFloor:
         return answer
 
     async def close(self) -> None:
-        # the contacts in flight first (each stops retrying once the day is stopped)
-        await asyncio.gather(*self._contacts, return_exceptions=True)
+        # the contacts and payments in flight first (each stops retrying once the day is
+        # stopped)
+        await asyncio.gather(*self._beside, return_exceptions=True)
         if self.client is not None:
             await self.client.aclose()
             self.client = None

@@ -34,6 +34,7 @@ class FakeFloor:
         self.rooms: dict[str, str] = {}  # room -> visit in it
         self.requests: list[tuple[str, str, dict[str, object]]] = []
         self.lagging: set[str] = set()  # paths refused once: flow not caught up yet
+        self.owed: dict[str, int] = {}  # visit -> what billing's checkout said it owes
 
     # what people do at the same time, through the same doors
     def walk_in(self) -> str:
@@ -61,6 +62,9 @@ class FakeFloor:
         if m := re.fullmatch(r"/clinics/south/visits/([^/]+)/(\w[\w-]*)", path):
             visit, action = m.groups()
             room = next((r for r, v in self.rooms.items() if v == visit), None)
+            if action == "payments":
+                assert body["amount_cents"] == self.owed.get(visit)
+                return httpx.Response(201, json={"receipt_number": f"R-{visit}"})
             if action == "cancel":
                 if visit not in self.waiting:
                     return httpx.Response(409, json={"detail": "not waiting"})
@@ -78,6 +82,8 @@ class FakeFloor:
                 return httpx.Response(404, json={"detail": f"{visit} is not in a room"})
             if action == "checkout":
                 del self.rooms[room]
+                self.owed[visit] = 4_500 + 100 * len(self.owed)
+                return httpx.Response(202, json={"account": {"balance_cents": self.owed[visit]}})
             return httpx.Response(202, json={})
         if m := re.fullmatch(r"/clinics/south/rooms/([^/]+)/ready", path):
             if m.group(1) in self.rooms:
@@ -157,8 +163,8 @@ async def test_a_step_refused_only_until_flow_has_read_the_one_before_is_done() 
     assert [await floor.act(e) for e in visit_day("south-v040", "r1")] == [True] * 4
     await floor.close()
     assert forced == [] and floor.skipped == 0 and fake.rooms == {}
-    hosts = [host for host, _, _ in fake.requests]
-    assert hosts == ["checkin", "flow", "flow", "flow", "billing", "flow"]
+    steps = [host for host, path, _ in fake.requests if not path.endswith("/payments")]
+    assert steps == ["checkin", "flow", "flow", "flow", "billing", "flow"]
 
 
 def test_every_step_of_the_demo_day_has_a_door() -> None:
@@ -199,3 +205,26 @@ async def test_without_notifications_door_no_contact_is_entered() -> None:
         await floor.act(walk_in(f"south-v{n:03d}", f"S-{n + 1}"))
     await floor.close()
     assert [host for host, _, _ in fake.requests] == ["checkin"] * 10
+
+
+async def test_most_patients_pay_what_they_owe_at_checkout_through_billings_door() -> None:
+    # without payments billing's receipts, the drawer's totals and the day's reconciliation
+    # had nothing but open balances all through make up
+    fake = FakeFloor()
+    floor, forced = await staffed_floor(fake)
+    for n in range(40):
+        visit, room = f"south-v{n:03d}", f"exam-{n}"
+        for event in [walk_in(visit, f"S-{n + 1}"), *visit_day(visit, room)]:
+            assert await floor.act(event)
+    await floor.close()
+    assert forced == []
+    paid = {path.split("/")[-2]: body for host, path, body in fake.requests
+            if host == "billing" and path.endswith("/payments")}
+    assert set(paid) <= set(fake.owed) and len(fake.owed) == 40
+    assert 20 <= len(paid) <= 39  # most pay there and then, not all
+    assert all(body["amount_cents"] == fake.owed[visit] for visit, body in paid.items())
+    assert {body["method"] for body in paid.values()} == {"card", "cash", "check"}
+    for body in paid.values():  # a card's authorization, never a card number
+        reference = body.get("reference")
+        assert (reference is None) == (body["method"] == "cash")
+        assert reference is None or not re.search(r"\d{12}", str(reference))
