@@ -12,10 +12,13 @@ import asyncio
 import logging
 import ssl
 from base64 import b64encode
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiokafka.errors import InvalidProducerEpoch, OutOfOrderSequenceNumber
+from faststream import BaseMiddleware
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -100,8 +103,41 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
-def make_broker(settings: CommonSettings, service: str) -> KafkaBroker:
+# what aiokafka's idempotent producer answers once its sequence and the broker's parted
+# (after the broker refused a batch for good, a record too large for its topic say): it
+# never recovers by itself (aiokafka issue 1017), every later record to that partition
+# fails the same way until the process restarts
+PRODUCER_BROKEN = (OutOfOrderSequenceNumber, InvalidProducerEpoch)
+
+
+def producer_watch(on_broken: Callable[[BaseException], None]) -> type[BaseMiddleware]:
+    """A FastStream middleware that calls ``on_broken`` when a publish fails with
+    ``PRODUCER_BROKEN``: awaited (the publish raises) or handed over without waiting (its
+    confirmation fails later, ``ServiceRuntime.send``)."""
+
+    def seen(outcome: asyncio.Future[Any]) -> None:
+        if not outcome.cancelled() and isinstance(outcome.exception(), PRODUCER_BROKEN):
+            on_broken(outcome.exception())  # type: ignore[arg-type]
+
+    class ProducerWatch(BaseMiddleware):
+        async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]],
+                                cmd: Any) -> Any:
+            try:
+                result = await call_next(cmd)
+            except PRODUCER_BROKEN as exc:
+                on_broken(exc)
+                raise
+            if isinstance(result, asyncio.Future):
+                result.add_done_callback(seen)
+            return result
+
+    return ProducerWatch
+
+
+def make_broker(settings: CommonSettings, service: str,
+                on_broken: Callable[[BaseException], None] | None = None) -> KafkaBroker:
     """A FastStream Kafka broker with safe producer settings and quiet per-message logging.
+    ``on_broken``: told when the producer can no longer publish (``producer_watch``).
 
     FastStream logs two lines per message by default, which halves throughput:
     its logger is kept at WARNING.
@@ -120,6 +156,7 @@ def make_broker(settings: CommonSettings, service: str) -> KafkaBroker:
         logger=logger,
         log_level=logging.DEBUG,
         graceful_timeout=10.0,
+        middlewares=() if on_broken is None else (producer_watch(on_broken),),
     )
 
 

@@ -62,6 +62,10 @@ def make_redis(settings: CommonSettings) -> Redis:
     ))
 
 
+# the runtime's problem (``problems``) that only a restart mends: /healthz fails with it
+PRODUCER_PROBLEM = "kafka_producer"
+
+
 class ServiceRuntime:
     """Owns one service's broker and Redis client and knows whether they are up."""
 
@@ -74,7 +78,8 @@ class ServiceRuntime:
         self.periodic: list[tuple[float, Job, str, bool]] = []
         self._periodic_tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self.broker: KafkaBroker = make_broker(settings, service)
+        self.broker: KafkaBroker = make_broker(settings, service,
+                                               on_broken=self._producer_broken)
         self.redis: Redis = make_redis(settings)
         self.kafka_started = False
         self.problems: dict[str, str] = {}
@@ -183,6 +188,16 @@ class ServiceRuntime:
             self.kafka_started = False
         await self.redis.aclose()
 
+    def _producer_broken(self, exc: BaseException) -> None:
+        """The Kafka producer is out of step with the broker for good (``PRODUCER_BROKEN``):
+        ``/healthz`` fails from now on, so the orchestrator restarts the process (a new
+        producer); ``/readyz`` names it."""
+        if PRODUCER_PROBLEM not in self.problems:
+            self.log.error("kafka producer broken: restart this process", error=repr(exc))
+        self.problems[PRODUCER_PROBLEM] = (
+            f"the Kafka producer is out of step with the broker ({type(exc).__name__}): "
+            "publishes fail until this process restarts")
+
     async def readiness(self) -> dict[str, str]:
         """``{"kafka": "ok" | problem, "redis": "ok" | problem}``."""
         result: dict[str, str] = {}
@@ -202,6 +217,8 @@ class ServiceRuntime:
                 result["kafka"] = f"unreachable: {exc!r}"
         if self._starter is not None and self._starter.done() is False and result["kafka"] == "ok":
             result["kafka"] = "starting"
+        if PRODUCER_PROBLEM in self.problems:
+            result["kafka"] = self.problems[PRODUCER_PROBLEM]
         for dependency, state in result.items():
             DEPENDENCY_UP.labels(self.service, dependency).set(1 if state == "ok" else 0)
         return result
@@ -368,8 +385,16 @@ def make_http_app(
         """Browsers ask each page's origin for one: nothing to show, and no 404 logged."""
         return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
 
-    @app.get("/healthz", tags=["operations"], summary="The process is alive")
-    async def healthz() -> dict[str, str]:
+    @app.get("/healthz", tags=["operations"], summary="The process is alive",
+             responses={503: {"description": "the process must be restarted (says why)"}})
+    async def healthz() -> Any:
+        """Touches neither Kafka nor Redis (an outage of either is ``/readyz``'s): 503 only
+        when the process cannot recover without a restart (its Kafka producer is out of
+        step with the broker for good)."""
+        broken = runtime.problems.get(PRODUCER_PROBLEM)
+        if broken is not None:
+            return JSONResponse(status_code=503, content={
+                "status": "restart", "service": runtime.service, "reason": broken})
         return {"status": "ok", "service": runtime.service}
 
     @app.get("/readyz", tags=["operations"], summary="Kafka and Redis are reachable")
