@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka.errors import InvalidProducerEpoch, OutOfOrderSequenceNumber
+from aiokafka.errors import OutOfOrderSequenceNumber
 from faststream import BaseMiddleware
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
@@ -107,7 +107,7 @@ def _reason(exc: BaseException) -> str:
 # (after the broker refused a batch for good, a record too large for its topic say): it
 # never recovers by itself (aiokafka issue 1017), every later record to that partition
 # fails the same way until the process restarts
-PRODUCER_BROKEN = (OutOfOrderSequenceNumber, InvalidProducerEpoch)
+PRODUCER_BROKEN = (OutOfOrderSequenceNumber,)
 
 
 def producer_watch(on_broken: Callable[[BaseException], None]) -> type[BaseMiddleware]:

@@ -246,6 +246,8 @@ class OutboxRelay:
         try:
             entry = orjson.loads(raw)
             key, role, value = entry["key"], entry["topic"], entry["value"].encode()
+            if not isinstance(role, str) or not isinstance(key, str | None):
+                raise TypeError(f"topic role {role!r} and key {key!r}: not text")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise _RefusedForGood(f"not an outbox entry: {exc!r}") from exc
         if role not in self.topics:

@@ -331,6 +331,12 @@ PUT_BACK = ("local e = cjson.decode(redis.call('LINDEX', KEYS[1], 0)) "
             "redis.call('RPUSH', KEYS[2], e.entry) redis.call('LPOP', KEYS[1]) return e.reason")
 
 
+# docs/operations.md, ClinicflowOutboxStuck, step 2
+PARK_BY_HAND = ("local e = redis.call('LINDEX', KEYS[1], 0) redis.call('RPUSH', KEYS[2], "
+                "cjson.encode({entry = e, reason = 'unknown role, parked by hand'})) "
+                "redis.call('LPOP', KEYS[1]) return e")
+
+
 def parked_count(service: str) -> float:
     return REGISTRY.get_sample_value("clinicflow_outbox_parked_total",
                                      {"service": service}) or 0.0
@@ -349,3 +355,24 @@ async def test_an_entry_for_a_topic_role_this_version_does_not_know_waits_at_the
         with pytest.raises(LookupError, match="'future'"):
             await relay.tick()
         assert await outbox.length() == 1 and await outbox.parked() == []
+        # docs/operations.md, ClinicflowOutboxStuck, step 2: parked by hand after a rollback
+        await redis.eval(PARK_BY_HAND, 2, outbox.key, outbox.parked_key)
+        assert await outbox.length() == 0
+        assert [p["reason"] for p in await outbox.parked()] == ["unknown role, parked by hand"]
+        await redis.delete(outbox.parked_key)
+
+
+async def test_an_entry_whose_key_or_role_is_not_text_is_parked_not_retried(
+    redis_url: str,
+) -> None:
+    async with outbox_of(redis_url, 0) as (redis, outbox):
+        pipe = redis.pipeline(transaction=True)
+        outbox.queue(pipe, [b'{"topic": "audit", "key": 5, "value": "{}"}',
+                            b'{"topic": ["audit"], "key": null, "value": "{}"}'])
+        await pipe.execute()
+        broker = SlowBroker()
+        broker.release.set()
+        relay = OutboxRelay(outbox, broker.send, {"audit": "audit-topic"}, service="test")
+        assert await relay.tick() == 0
+        assert await outbox.length() == 0 and len(await outbox.parked()) == 2
+        await redis.delete(outbox.parked_key)
