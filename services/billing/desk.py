@@ -300,9 +300,13 @@ class Desk:
             # a no-charge checkout (no codes) ended the visit with this id: a charge after
             # it is a checkout of its own, so its replay does not answer for that end
             checkout_event_id = stable_id("out", f"{key}:after-end")
-        if floor_event_id and any(
-                isinstance(p.entry, ChargePosted)
-                and p.entry.checkout_event_id == floor_event_id for p in account.entries):
+        priced = next((p for p in account.entries if isinstance(p.entry, ChargePosted)
+                       and p.entry.checkout_event_id == floor_event_id), None)
+        if floor_event_id and priced is not None and any(
+                isinstance(p.entry, PatientSharePosted)
+                and p.entry.charge_entry_id == priced.entry_id for p in account.entries):
+            # its charge and its share are on the ledger; a charge alone (an instance that
+            # died between the two) is priced again below, which posts the missing share
             m.CHECKOUTS.labels("duplicate").inc()
             return CheckoutResult("duplicate", visit_id, floor_event_id, (), account,
                                   "this checkout was priced already")

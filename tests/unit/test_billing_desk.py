@@ -290,6 +290,34 @@ async def test_a_visit_checked_out_on_the_floor_is_priced_without_a_second_floor
     assert topics(ledger) == [(LEDGER, "charge.posted"), (LEDGER, "patient_share.posted")]
 
 
+async def test_a_floor_checkout_cut_between_its_charge_and_share_posts_the_share_on_retry(
+) -> None:
+    # an instance killed after the charge was on the ledger and before the share: the
+    # floor event is read again (by another instance) with the charge already projected
+    ledger = HeldLedger()
+    ledger.arrive("north", "v4", ended="checked_out", ended_by="out-ehr-1")
+    desk = desk_over(ledger)
+    publish = ledger.publish
+
+    async def killed_before_the_share(value: bytes, topic: str, key: bytes | None) -> None:
+        if ev.decode(value).event_type == "patient_share.posted":
+            raise ConnectionError("the process died here")
+        await publish(value, topic, key)
+
+    desk.publish = killed_before_the_share
+    with pytest.raises(ConnectionError):
+        await desk.checkout("north", "v4", cpt_codes=["99213"], floor_event_id="out-ehr-1")
+    assert topics(ledger) == [(LEDGER, "charge.posted")]
+    desk.publish = publish
+    again = await desk.checkout("north", "v4", cpt_codes=["99213"],
+                                floor_event_id="out-ehr-1")
+    assert topics(ledger) == [(LEDGER, "charge.posted"), (LEDGER, "patient_share.posted")]
+    assert again.account.patient_share_cents == again.account.charges_cents == 13000
+    # and read a third time, nothing more
+    third = await desk.checkout("north", "v4", cpt_codes=["99213"], floor_event_id="out-ehr-1")
+    assert third.outcome == "duplicate" and len(ledger.published) == 2
+
+
 def test_a_payment_without_an_idempotency_key_is_refused_naming_the_header() -> None:
     with pytest.raises(PreconditionRequired, match="Idempotency-Key header is required") as no:
         required_key(None, "payment")
