@@ -16,7 +16,12 @@ from services.billing.domain.accounts import account as account_of
 from services.billing.domain.coverage import Coverage, patient_share
 from services.billing.domain.fee_schedule import FeeScheduleError, UnknownServices
 from services.billing.domain.payments import plan_payment, plan_refund, plan_void
-from services.billing.domain.pricing import CheckoutDecision, checkout_key, price_checkout
+from services.billing.domain.pricing import (
+    CheckoutDecision,
+    checkout_key,
+    price_checkout,
+    undo_checkout,
+)
 from services.billing.domain.reconciliation import Reconciliation, business_day, reconcile
 from services.billing.fees import EXAMPLE, FeeScheduleFile, load_fee_schedule
 from shared.errors import Conflict, Rejected, status_of
@@ -306,3 +311,16 @@ def test_a_visit_still_owing_from_an_earlier_day_is_carried_into_the_days_open_b
     assert [(b.visit_id, b.balance_cents, b.carried_over) for b in tuesday.open_balances] == [
         ("v1", 13000, True), ("v3", 2800, False)]
     assert tuesday.reconciled  # an old debt is listed, not a discrepancy of the day
+
+
+def test_an_undo_cut_after_its_charges_void_voids_the_share_when_read_again() -> None:
+    ledger = Ledger()
+    ledger.checkout("v9", ["99213"])  # checkout event "e1": charge and share
+    voids = undo_checkout(ledger.account("v9"), undone_event_id="e1", undo_event_id="u1")
+    assert [v.voided_event_type for v in voids] == ["charge.posted", "patient_share.posted"]
+    ledger.post(voids[0])  # the instance died before the share's void was posted
+    again = undo_checkout(ledger.account("v9"), undone_event_id="e1", undo_event_id="u1")
+    assert [v.entry_id for v in again] == [voids[1].entry_id]  # the same id: once
+    ledger.post(*again)
+    assert ledger.account("v9").active(ChargePosted, PatientSharePosted) == []
+    assert undo_checkout(ledger.account("v9"), undone_event_id="e1", undo_event_id="u1") == []

@@ -134,14 +134,16 @@ def price_checkout(schedule: FeeSchedule, account: Account, *, clinic_id: str,
 def undo_checkout(account: Account, *, undone_event_id: str, undo_event_id: str,
                   made_by: str = SYSTEM) -> list[EntryVoided]:
     """Voids for a checkout that was undone on the floor: its charge and standing shares.
-    Ids derive from the undo's event id, so a replayed undo voids nothing twice."""
-    charge = next((p for p in account.active(ChargePosted)
-                   if p.entry.checkout_event_id == undone_event_id),  # type: ignore[attr-defined]
-                  None)
+    Ids derive from the undo's event id, so a replayed undo voids nothing twice. The charge
+    is looked for voided or not: an undo cut after its charge's void and before its share's
+    (an instance that died between the two) voids the share when it is read again."""
+    charge = next((p for p in account.entries if isinstance(p.entry, ChargePosted)
+                   and p.entry.checkout_event_id == undone_event_id), None)
     if charge is None:
         return []
-    targets = [charge] + [p for p in account.active(PatientSharePosted)
-                          if p.entry.charge_entry_id == charge.entry_id]  # type: ignore[attr-defined]
+    targets = ([charge] if account.is_active(charge) else []) + [
+        p for p in account.active(PatientSharePosted)
+        if p.entry.charge_entry_id == charge.entry_id]  # type: ignore[attr-defined]
     return [EntryVoided(entry_id=stable_id("void", undo_event_id, p.entry_id),
                         voided_entry_id=p.entry_id, voided_event_type=p.event_type,
                         visit_id=account.visit_id, patient_ref=account.patient_ref,
