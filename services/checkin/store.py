@@ -1032,11 +1032,12 @@ class VisitProjectionStore:
             raw_visit = await pipe.hgetall(store._visit(*ref))
             if raw_visit:
                 state.visits[ref] = store._visit_of(_decode_hash(raw_visit))
+        freed: dict[str, list[str]] = {}
         for clinic, appointment_id in freed_appointments(list(records), state.visits):
-            fields = await pipe.hgetall(store._appt(clinic, appointment_id))
-            if fields:
-                state.appointments[(clinic, appointment_id)] = store._appointment_of(
-                    _decode_hash(fields))
+            freed.setdefault(clinic, []).append(appointment_id)
+        for clinic, ids in freed.items():  # not watched: the sweep checks them again
+            for appointment_id, appointment in (await store.appointments(clinic, ids)).items():
+                state.appointments[(clinic, appointment_id)] = appointment
         return state
 
     def write(self, pipe: Any, changes: CheckinChanges) -> None:
