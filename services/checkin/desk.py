@@ -547,8 +547,9 @@ class CheckinDesk:
         m.ARRIVALS.labels(clinic_id, channel, kind, str(late).lower()).inc()
         log.info("patient checked in", clinic=clinic_id, visit_id=visit_id,
                  ticket=view.ticket_code, kind=kind, channel=channel, late=late)
-        if appointment is not None:
-            await self.store.drop_pending(clinic_id, [appointment.appointment_id])
+        # the appointment leaves the no-show sweep's list when check-in's projection reads
+        # this arrival back from the floor (and a sweep before that finds it arrived):
+        # the arrival spends no round trip of its own on it
         return ArrivalResult(visit_id=visit_id, ticket_code=view.ticket_code,
                              event_id=event.envelope.event_id, late=late,
                              appointment_id=payload.appointment_id, provider_id=provider_id,

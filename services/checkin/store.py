@@ -17,8 +17,10 @@ calendar day ``YYYY-MM-DD`` in the clinic's own zone, ``CLINICFLOW_CLINICS``)::
                                                   (``directory.named``, through the outbox)
     P:checkin:who:{clinic}:{day}:{digest}   SET   appointment ids with that identity digest
     P:checkin:day:{clinic}:{day}            ZSET  the day's appointment ids by time
-    P:checkin:pending:{clinic}              ZSET  booked appointments not yet settled (arrived
-                                                  or no-show), by time: the sweep's candidates
+    P:checkin:pending:{clinic}              ZSET  booked appointments by time, the no-show
+                                                  sweep's candidates, until the projection
+                                                  reads their arrival or no-show back from
+                                                  the floor, or the sweep finds them settled
     P:checkin:arrived:{clinic}:{appointment} STR  the visit id of its one arrival
     P:checkin:noshow:{clinic}:{appointment} STR   set once its no-show is published
     P:checkin:noshows:{clinic}:{day}        ZSET  the day's no-shows by time (follow-up list)

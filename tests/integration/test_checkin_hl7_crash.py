@@ -4,7 +4,7 @@ effect on the floor.
 
 Check-in runs as a real process (``clinicflow run checkin``) whose Redis is reached
 through a proxy in this test. The proxy holds the first command that shows how far the
-message got (the arrival's pending list after its publish, the visit saved before it,
+message got (the arrival's mapping and ACK stored after its publish, the visit saved before it,
 the booking stored after it) and never forwards it: the process is then stopped in that
 very place and killed there (SIGKILL). No sleep decides when; nothing in the service
 knows it is tested."""
@@ -173,8 +173,9 @@ async def killed_between_receive_and_ack(
 
 
 @pytest.mark.parametrize(("when", "hold", "lapsed"), [
-    ("after its arrival is on Kafka", "ZREM", False),  # drop_pending follows the publish
-    ("after its arrival is on Kafka, resent late", "ZREM", True),
+    # the transaction storing the EHR visit's mapping and the ACK follows the publish
+    ("after its arrival is on Kafka", "MULTI", False),
+    ("after its arrival is on Kafka, resent late", "MULTI", True),
     # the visit is saved just before, with its ticket and the appointment's claim
     ("before its arrival is published", "EVALSHA", False),
 ])
@@ -188,7 +189,7 @@ async def test_a_registration_killed_before_its_ack_is_resent_and_checks_the_pat
                       mrn=patient)
     registration = ehr.adt("A04", sent_at=now, visit=f"V{appointment}", mrn=patient,
                            control=f"CRASH-{appointment}")
-    triggers = ((b"ZREM", appointment.encode()) if hold == "ZREM"
+    triggers = ((b"MULTI", b":feed:visit:", b":feed:ack:") if hold == "MULTI"
                 else (b"EVALSHA", b":seq:", b":visit:", b":arrived:"))
     ack, prefix, row = await killed_between_receive_and_ack(
         kafka_bootstrap, redis_url, proxy, tmp_path, registration, triggers, [booking],

@@ -68,11 +68,12 @@ async def arrive(desk: CheckinDesk) -> Any:
                                        ids=("v-1", "e-1"), state=STATE)
 
 
-async def test_published_the_claim_stays_and_the_appointment_leaves_the_pending_list() -> None:
+async def test_published_the_claim_stays_and_nothing_is_undone() -> None:
     store = UndoStore()
     result = await arrive(desk_with(store, kafka_up=True))
     assert (result.visit_id, result.ticket_code) == ("v-1", "A-1")
-    assert (store.released, store.forgotten, store.dropped) == ([], [], ["apt-1"])
+    # the no-show list is left to the projection and the sweep: no round trip here
+    assert (store.released, store.forgotten, store.dropped) == ([], [], [])
 
 
 async def test_kafka_down_forgets_the_visit_and_releases_the_claim() -> None:
