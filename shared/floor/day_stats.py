@@ -59,6 +59,8 @@ ANY = "any"  # first available provider
 OTHER = "other"
 OUTCOMES = ("checked_out", "cancelled", "left_without_being_seen")
 ON_TIME_MINUTES = 5.0  # pace within this many minutes of the schedule is "on time"
+# a room ready for less than this, with patients waiting, is being roomed: not a hold-up
+ROOMING_GRACE_MINUTES = 3.0
 # a hold-up is named a bottleneck from this many patient-minutes on
 BOTTLENECK_SCORE = 15.0
 LONG_VISIT_MINUTES = 60.0  # a provider this long with one patient holds a room up
@@ -459,9 +461,13 @@ def find_bottlenecks(clinic: Clinic, now: datetime) -> list[Bottleneck]:
         head = f"{_who(provider)}: {len(visits)} waiting, longest {round(longest)} min"
         if ready:
             idle = max(_minutes(now - r.since) for r in ready)
-            cause = (f"{_rooms(ready)} ready and empty for {round(idle)} min" if len(ready) == 1
-                     else f"{_rooms(ready)} ready and empty, longest {round(idle)} min")
-            cause += ": rooming is the hold-up"
+            if idle < ROOMING_GRACE_MINUTES:  # the nurse has not had the time yet
+                cause = f"{_rooms(ready)} just ready: rooming under way"
+            else:
+                cause = (f"{_rooms(ready)} ready and empty for {round(idle)} min"
+                         if len(ready) == 1
+                         else f"{_rooms(ready)} ready and empty, longest {round(idle)} min")
+                cause += ": rooming is the hold-up"
             room_ids = [r.room_id for r in ready]
         elif in_service and len(occupied) == len(in_service):
             cause = f"all {len(occupied)} rooms occupied" + _held_by(occupied, clinic)

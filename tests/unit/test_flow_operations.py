@@ -278,6 +278,24 @@ def test_patients_waiting_while_a_room_stands_ready_point_at_rooming() -> None:
     assert text.endswith("rooming is the hold-up")
 
 
+def test_a_room_ready_a_moment_ago_is_being_roomed_not_the_hold_up() -> None:
+    day = Day(rooms=1)
+    day.at(0).arrive("v1", "dr-kim", appointment=0)
+    day.at(1).room("v1", "room-1")
+    day.at(2).provider_in("v1")
+    day.at(3).arrive("v2", "dr-kim", appointment=5)
+    day.at(4).arrive("v3", "dr-kim", appointment=10)
+    day.at(30).check_out("v1")
+    day.ready("room-1")  # cleaned at once
+    day.at(31)
+    text = day.report()["bottleneck"]["text"]
+    assert text == "dr-kim: 2 waiting, longest 28 min; room-1 just ready: rooming under way"
+    day.at(34)  # four minutes on, nobody roomed: now it is the hold-up
+    assert day.report()["bottleneck"]["text"] == (
+        "dr-kim: 2 waiting, longest 31 min; room-1 ready and empty for 4 min: rooming is "
+        "the hold-up")
+
+
 def test_a_quiet_floor_has_no_bottleneck() -> None:
     day = Day()
     day.at(0).arrive("v1", appointment=10)
