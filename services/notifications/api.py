@@ -453,7 +453,11 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
         principal.require_clinic(clinic_id)
         clinic = names(clinic_id)
         latest: dict[str, Told] = {}
-        for record in await store.records(clinic_id, since=0, limit=500):  # newest first
+        # today's on the clinic's clock only: ticket codes start again every clinic day,
+        # and records are kept three days (yesterday's A-3 is not today's A-3)
+        today = clinic.day_start(runtime.clock.now())
+        for record in await store.records(clinic_id, since=today.timestamp(),
+                                          limit=500):  # newest first
             ticket = record.get("ticket_code")
             if (not ticket or ticket in latest or record["kind"] not in TOLD_KINDS
                     or record["status"] in ("failed", "cancelled")):

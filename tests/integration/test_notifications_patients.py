@@ -200,8 +200,9 @@ async def test_a_patient_waiting_outside_is_called_back_then_told_we_are_ready(
 ) -> None:
     env = {**notifications_env, "notifications_rules": rules_json(come_back_lead_minutes=10)}
     bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
-    now = datetime.now(UTC)
-    async with serving(create_app(NotificationsSettings(**env))) as url, \
+    clock = FakeClock(datetime.now(UTC))
+    now = clock.now()
+    async with serving(create_app(NotificationsSettings(**env), clock=clock)) as url, \
             httpx.AsyncClient(base_url=url) as client:
         await publish_floor(bootstrap, prefix, [arrival("v17", "A-17", "dr-lee", now)])
         await record_contact(client, "v17", "email", mail("v17"), wait_anywhere=True,
@@ -211,6 +212,7 @@ async def test_a_patient_waiting_outside_is_called_back_then_told_we_are_ready(
             estimate("v17", "A-17", "dr-lee", 25, now + timedelta(seconds=1)),
             estimate("v17", "A-17", "dr-lee", 12, now + timedelta(seconds=2), position=1)])
         await eventually(lambda: smtp_server.to(mail("v17")), timeout=20)
+        clock.advance(seconds=3)
         await publish_floor(bootstrap, prefix, [
             floor_event(ev.RoomReady(room_id="room-4"), now + timedelta(seconds=3))])
         await eventually(lambda: len(smtp_server.to(mail("v17"))) == 2, timeout=20)
@@ -227,3 +229,9 @@ async def test_a_patient_waiting_outside_is_called_back_then_told_we_are_ready(
                                  headers=auth("dev-screen"))).json()["told"]
         assert [(t["ticket_code"], t["kind"]) for t in told] == [("A-17", "ready_for_you")]
         assert set(told[0]) == {"ticket_code", "kind", "at"}
+        # the next clinic day (a day is 25 hours at most), ticket codes start again: a new
+        # A-17 is not marked with yesterday's patient's messages (kept three days)
+        clock.set(now + timedelta(hours=26))
+        told = (await client.get("/clinics/north/told",
+                                 headers=auth("dev-screen"))).json()["told"]
+        assert told == []

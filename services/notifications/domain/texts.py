@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -53,6 +53,10 @@ class Names:
     def local(self, at: datetime) -> datetime:
         """An instant on the clinic's clock."""
         return at.astimezone(self.zone)
+
+    def day_start(self, at: datetime) -> datetime:
+        """The first instant of the clinic's calendar day at ``at`` (its midnight)."""
+        return datetime.combine(self.local(at).date(), time(0), tzinfo=self.zone)
 
 
 def _read_id(provider_id: str) -> str:
