@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "tools.accuracy_day",  # clinicflow accuracy-day (a played day's live accuracy vs backtest)
     "tools.asyncapi",  # clinicflow asyncapi
     "tools.digest",  # clinicflow digest (boards and checkpoints of simulated days, hashed)
+    "tools.screenshots",  # clinicflow screenshots (the README's pictures, from make up)
     "services.billing.cli",  # clinicflow billing reconcile
 )
 

@@ -6,8 +6,6 @@ same Idempotency-Key and answered with its ticket, never checked in twice."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +16,7 @@ import orjson
 import pytest
 from playwright.async_api import Browser, Page, Route, expect
 
-from tests.helpers import REPO, ServiceProcess, auth, read_topic
+from tests.helpers import ServiceProcess, auth, read_topic
 from tests.integration.test_checkin_support import midday_zone
 
 SCHEDULE = ("appointment_id,patient_ref,provider_id,visit_type,scheduled_at,"
@@ -107,10 +105,6 @@ async def test_a_patient_checks_in_with_the_appointment_code_on_a_portrait_table
     for private in ("p-7f3a9c", "dr-lee", "follow_up", "v-"):
         assert private not in text
     await page.screenshot(path=str(artifacts / "kiosk-768x1024.png"))
-    if os.environ.get("CLINICFLOW_UPDATE_SCREENSHOTS") == "1":  # the README's picture
-        shots = REPO / "docs" / "screenshots"
-        shots.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(artifacts / "kiosk-768x1024.png", shots / "kiosk.png")
 
     # the same code again is refused politely, and the page resets for the next patient
     await page.get_by_role("button", name="Done").click()

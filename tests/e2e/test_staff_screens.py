@@ -5,9 +5,7 @@ manager's dashboard names the bottleneck and draws the day."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -26,8 +24,6 @@ from shared.settings import NotificationsSettings
 from tests.e2e.conftest import publish
 from tests.helpers import ServiceProcess, auth, producer, read_topic, serving
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-
 
 async def open_page(browser: Browser, flow: dict[str, Any], page_name: str, token: str,
                     width: int = 1920, height: int = 1080) -> Page:
@@ -35,14 +31,6 @@ async def open_page(browser: Browser, flow: dict[str, Any], page_name: str, toke
     await page.goto(f"{flow['service'].url}/screens/lobby/{page_name}?token={token}")
     await expect(page.locator("#status")).to_contain_text("live", timeout=10_000)
     return page
-
-
-def keep(artifacts: Path, name: str) -> None:
-    """With CLINICFLOW_UPDATE_SCREENSHOTS=1, copy a test's screenshot to docs/screenshots
-    (the README shows them); otherwise it stays in the test artifacts only."""
-    if os.environ.get("CLINICFLOW_UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(artifacts / name, SCREENSHOTS / name)
 
 
 async def test_a_nurse_click_rooms_the_patient_and_the_waiting_room_screen_follows(
@@ -61,7 +49,6 @@ async def test_a_nurse_click_rooms_the_patient_and_the_waiting_room_screen_follo
     # the ready room is offered for the head of the queue, and the alert says so
     await expect(nurse.locator("#alerts")).to_contain_text("A-17")
     await nurse.screenshot(path=str(artifacts / "nurse-station.png"))
-    keep(artifacts, "nurse-station.png")
 
     await first.get_by_role("button", name="→ Room 4").click()
     await expect(lobby.locator("#calling li").first).to_contain_text("A-17", timeout=5_000)
@@ -168,7 +155,6 @@ async def test_the_operations_dashboard_names_the_bottleneck_and_draws_the_day(
     await expect(page.locator("#pace-list")).not_to_contain_text("first available")
     await expect(page.locator("#pace-list li")).to_have_count(1)
     await page.screenshot(path=str(artifacts / "operations.png"), full_page=True)
-    keep(artifacts, "operations.png")
 
 
 async def test_the_lobby_screen_marks_a_patient_who_was_called_back_from_outside(
