@@ -495,7 +495,8 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
         if status is None:
             await limiter.missed(client, now)
             m.LOOKUPS.labels("visit", "unknown").inc()
-            raise HTTPException(404, detail=f"no visit {visit_id!r} at clinic {clinic_id!r}")
+            raise NotFound(f"no visit {visit_id!r} at clinic {clinic_id!r}",
+                           code="unknown_visit")
         m.LOOKUPS.labels("visit", "found").inc()
         await tell(clinic_id, status, "kiosk", now)  # the kiosk follows its check-in
         return WaitAnswer.of(status)
@@ -525,8 +526,8 @@ def make_router(desk: CheckinDesk, idempotency: IdempotencyStore, limiter: Looku
         if status is None:
             await limiter.missed(client, now)
             m.LOOKUPS.labels("ticket", "unknown").inc()
-            raise HTTPException(404, detail=f"no ticket {ticket_code[:12]!r} today at clinic "
-                                f"{clinic_id!r}")
+            raise NotFound(f"no ticket {ticket_code[:12]!r} today at clinic {clinic_id!r}",
+                           code="unknown_ticket")
         m.LOOKUPS.labels("ticket", "found").inc()
         await tell(clinic_id, status, "status", now)
         return WaitAnswer.of(status)

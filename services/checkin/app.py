@@ -171,7 +171,7 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
                                    limiter, runtime.clock, told, feeds))
     app.include_router(make_fhir_router(desk, ehr, store, feeds, runtime.clock,
                                         IdempotencyStore(runtime.redis, settings.redis_prefix)))
-    app.include_router(make_pages_router())
+    app.include_router(make_pages_router(clinics))
     app.mount("/static", static_files(), name="static")
     app.state.desk = desk
     app.state.store = store

@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from services.checkin.domain import ID_PATTERN
 from shared.auth import require_known_clinic
+from shared.clinics import ClinicDirectory
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -30,7 +31,7 @@ HEADERS = {
 }
 
 
-def make_pages_router() -> APIRouter:
+def make_pages_router(clinics: ClinicDirectory) -> APIRouter:
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]))
     kiosk = templates.get_template("kiosk.html")
@@ -51,7 +52,9 @@ def make_pages_router() -> APIRouter:
         if not ID_PATTERN.match(clinic_id):
             raise HTTPException(404, detail=f"no such clinic {clinic_id[:64]!r}")
         require_known_clinic(request)  # 404 unknown_clinic, as the APIs the page calls
-        return HTMLResponse(kiosk.render(clinic_id=clinic_id), headers=HEADERS)
+        return HTMLResponse(kiosk.render(clinic_id=clinic_id,
+                                         clinic_name=clinics[clinic_id].display_name),
+                            headers=HEADERS)
 
     return router
 

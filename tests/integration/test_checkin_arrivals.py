@@ -459,10 +459,12 @@ async def test_commands_naming_what_this_clinic_does_not_have_are_refused_naming
     followed = await checkin.client.get(f"/clinics/north/visits/{visit}/wait",
                                         headers=FRONT_DESK)
     assert followed.status_code == 404 and visit in followed.json()["detail"]
+    assert followed.json()["code"] == "unknown_visit"  # as every other 404: a code to branch on
     ticket = south_visit["ticket_code"]
     looked_up = await checkin.client.get(f"/clinics/north/tickets/{ticket}/wait",
                                          headers=FRONT_DESK)
     assert looked_up.status_code == 404 and ticket in looked_up.json()["detail"]
+    assert looked_up.json()["code"] == "unknown_ticket"
     # at the kiosk: the raw appointment id is not a kiosk code, south's code not north's
     for code in ("apt-soon", south_codes["apt-south"]):
         typed = await checkin.client.post("/clinics/north/kiosk/check-ins",

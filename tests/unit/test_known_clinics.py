@@ -53,16 +53,20 @@ def test_the_screen_kiosk_and_follow_up_pages_of_a_clinic_not_served_are_404() -
     from services.notifications.pages import make_pages_router as follow_up_pages
     from shared.settings import FlowSettings
 
-    clinics = json.dumps({"north": {"timezone": "America/New_York"}})
+    clinics = json.dumps({"north": {"timezone": "America/New_York",
+                                    "name": "Northside Family Practice"}})
     settings = CommonSettings(clinics=clinics)
     app = make_http_app(ServiceRuntime(settings, "test"), title="t", description="d")
     app.include_router(screen_pages(FlowSettings(clinics=clinics)))
-    app.include_router(kiosk_pages())
-    app.include_router(follow_up_pages(lambda _clinic: Names()))
+    app.include_router(kiosk_pages(settings.clinic_directory()))
+    app.include_router(follow_up_pages(lambda _clinic: Names(clinic="Northside Family Practice")))
     client = TestClient(app)
     for page in ("/screens/{}/waiting-room", "/screens/{}/nurse", "/screens/{}/operations",
                  "/kiosk/{}", "/screens/{}/complaints"):
-        assert client.get(page.format("north")).status_code == 200, page
+        served = client.get(page.format("north"))
+        assert served.status_code == 200, page
+        # titled with the clinic's name (the kiosk's was its id)
+        assert "Northside Family Practice</title>" in served.text, page
         west = client.get(page.format("west"))
         assert west.status_code == 404, page
         assert west.json()["code"] == "unknown_clinic" and "west" in west.json()["detail"]
