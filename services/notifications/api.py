@@ -522,7 +522,18 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
     async def estimates(clinic_id: ClinicId,
                         principal: Principal = Depends(staff)) -> EstimatesAnswer:
         principal.require_clinic(clinic_id)
-        rows = [EstimateRow.model_validate(e) for e in await store.estimates(clinic_id)]
+        # the clinic's today only: a visit left waiting at the end of a day (nobody roomed
+        # it, nothing ended it) is not one of today's
+        clinic = names(clinic_id)
+        today = clinic.day_start(runtime.clock.now())
+        rows = []
+        for found in await store.estimates(clinic_id):
+            row = EstimateRow.model_validate(found)
+            if row.estimated_at is not None:  # (one stored before it was kept: shown)
+                if row.estimated_at < today:
+                    continue
+                row.estimated_at = clinic.local(row.estimated_at)
+            rows.append(row)
         return EstimatesAnswer(clinic_id=clinic_id, estimates=rows)
 
     @router.get(

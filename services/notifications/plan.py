@@ -43,6 +43,9 @@ AlertChange = tuple[str, str, str, bytes | None]
 # (notification id, clinic, visit, kept until at most): a message deferred past the
 # contact's own expiry keeps it (``contact_hold``) until it is sent, fails or is cancelled
 ContactHold = tuple[str, str, str, datetime]
+# facts after which a visit waits no more: its estimate leaves the list (an undone
+# rooming puts it back in line, and flow's next estimate puts it back on the list)
+NO_LONGER_WAITING = (ev.PatientRoomed, ev.ArrivalCancelled, ev.PatientCheckedOut)
 
 
 @dataclass(slots=True)
@@ -72,6 +75,8 @@ class NotificationChanges:
     live: list[tuple[str, bytes]] = field(default_factory=list)  # (clinic, message)
     outbox: list[bytes] = field(default_factory=list)
     estimates: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    # visits no longer waiting (roomed, gone): their estimate leaves the clinic's list
+    estimates_gone: dict[str, set[str]] = field(default_factory=dict)
     decisions: list[tuple[str, str]] = field(default_factory=list)  # (kind, outcome)
     alerts: list[tuple[str, str]] = field(default_factory=list)  # (clinic, raised|withdrawn)
 
@@ -109,12 +114,18 @@ class NotifierPlan:
                 try:
                     if isinstance(payload, ev.WaitEstimated):
                         changes.estimates.setdefault(clinic_id, {})[payload.visit_id] = \
-                            orjson.dumps(payload.model_dump(mode="json"))
+                            orjson.dumps({**payload.model_dump(mode="json"),
+                                          "estimated_at": at.isoformat()})
+                        changes.estimates_gone.get(clinic_id, set()).discard(payload.visit_id)
                         outcome = notifier.on_estimate(payload, at=at, event_id=event_id,
                                                        rules=rules, prefs=prefs, wall=wall)
                     else:
                         outcome = notifier.on_floor(payload, at=at, event_id=event_id,
                                                     rules=rules, prefs=prefs, wall=wall)
+                        if isinstance(payload, NO_LONGER_WAITING):
+                            changes.estimates.get(clinic_id, {}).pop(payload.visit_id, None)
+                            changes.estimates_gone.setdefault(clinic_id, set()).add(
+                                payload.visit_id)
                 except NotApplicable as exc:
                     planned.dead_letters.append(DeadLetter(record, exc.reason))
                     continue

@@ -205,6 +205,9 @@ class EstimateRow(BaseModel):
     wait_minutes: float = Field(examples=[22.5])
     low: float = Field(examples=[15.0])
     high: float = Field(examples=[30.0])
+    estimated_at: datetime | None = Field(
+        None, description="when flow made it, on the clinic's clock (its UTC offset)",
+        examples=["2026-03-02T09:41:00-05:00"])
 
 
 class EstimatesAnswer(BaseModel):

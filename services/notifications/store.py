@@ -38,7 +38,8 @@ Keys (``P`` is ``CLINICFLOW_REDIS_PREFIX``, default ``cf``)::
     P:notifications:outbox                      LIST of events to publish to Kafka, and
     P:notifications:outbox-lock                 its drainer's lock (shared/outbox.py)
     P:notifications:outbox-parked               LIST entries Kafka refused for good, set aside
-    P:notifications:estimate:{clinic}           HASH visit -> flow's latest estimate (a day)
+    P:notifications:estimate:{clinic}           HASH waiting visit -> flow's latest estimate
+                                                     (roomed or gone: removed)
     P:idem:notifications:{clinic}:{key}         Idempotency-Key answers (shared/idempotency.py)
 
 Exactly once, in three places:
@@ -401,9 +402,13 @@ class NotificationStore:
         for clinic_id, message in changes.live:
             pipe.publish(self.alerts_channel(clinic_id), message)
         self.outbox.queue(pipe, changes.outbox)
+        for clinic_id, gone in changes.estimates_gone.items():
+            if gone:
+                pipe.hdel(self.estimates_key(clinic_id), *sorted(gone))
         for clinic_id, estimates in changes.estimates.items():
-            pipe.hset(self.estimates_key(clinic_id), mapping=estimates)
-            pipe.expire(self.estimates_key(clinic_id), ESTIMATE_TTL_SECONDS)
+            if estimates:
+                pipe.hset(self.estimates_key(clinic_id), mapping=estimates)
+                pipe.expire(self.estimates_key(clinic_id), ESTIMATE_TTL_SECONDS)
 
     def _queue_cancel(self, pipe: Any, notification_id: str, reason: str, at: str,
                       now: float) -> None:

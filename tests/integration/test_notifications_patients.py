@@ -235,3 +235,39 @@ async def test_a_patient_waiting_outside_is_called_back_then_told_we_are_ready(
         told = (await client.get("/clinics/north/told",
                                  headers=auth("dev-screen"))).json()["told"]
         assert told == []
+
+
+async def test_the_estimates_list_holds_todays_waiting_visits_only(
+    notifications_env: dict[str, Any],
+) -> None:
+    """A visit roomed or gone leaves the list (it kept every visit ever estimated, roomed
+    ones too, for as long as the clinic had a visit a day); a day later nothing of
+    yesterday's is listed, on the clinic's clock."""
+    env = notifications_env
+    bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
+    clock = FakeClock(datetime.now(UTC))
+    now = clock.now()
+    app = create_app(NotificationsSettings(**env), clock=clock)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        await publish_floor(bootstrap, prefix, [arrival(v, t, "dr-lee", now) for v, t in
+                                                (("v1", "A-1"), ("v2", "A-2"), ("v3", "A-3"))])
+        await publish_estimates(bootstrap, prefix, [
+            estimate(v, t, "dr-lee", 10 * n, now + timedelta(seconds=1), position=n)
+            for n, (v, t) in enumerate((("v1", "A-1"), ("v2", "A-2"), ("v3", "A-3")), 1)])
+        await publish_floor(bootstrap, prefix, [
+            floor_event(ev.PatientRoomed(visit_id="v1", room_id="room-4"),
+                        now + timedelta(seconds=2)),
+            floor_event(ev.ArrivalCancelled(visit_id="v2", reason="left_without_being_seen"),
+                        now + timedelta(seconds=3))])
+        await notifier_has_read_everything(app, bootstrap, prefix)
+
+        async def listed() -> list[dict[str, Any]]:
+            answer = await client.get("/clinics/north/estimates", headers=FRONT_DESK)
+            assert answer.status_code == 200, answer.text
+            return list(answer.json()["estimates"])
+
+        [row] = await listed()
+        assert (row["visit_id"], row["position"]) == ("v3", 3)
+        assert datetime.fromisoformat(row["estimated_at"]) == now + timedelta(seconds=1)
+        clock.set(now + timedelta(hours=26))  # the next clinic day: a day is 25 hours at most
+        assert await listed() == []

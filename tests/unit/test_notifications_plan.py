@@ -90,6 +90,27 @@ def test_a_delay_and_its_fresh_estimate_in_one_batch_tell_the_patient_the_new_wa
     assert ("delay_warning", "queued") in planned.changes.decisions
 
 
+def test_a_roomed_or_gone_visit_leaves_the_estimates_list_and_a_new_estimate_brings_it_back(
+) -> None:
+    batch = records([arrival("v1"), arrival("v2"), arrival("v3"),
+                     fact(ev.PatientRoomed(visit_id="v1", room_id="r1"), 2),
+                     fact(ev.ArrivalCancelled(visit_id="v2", reason="left_without_being_seen"),
+                          3)],
+                    [estimate("v1", 10, 1), estimate("v2", 12, 1), estimate("v3", 15, 1)])
+    planned = PLAN(batch, stored(now=at(3)))
+    assert set(planned.changes.estimates["north"]) == {"v3"}
+    assert planned.changes.estimates_gone == {"north": {"v1", "v2"}}
+    assert orjson.loads(planned.changes.estimates["north"]["v3"])["estimated_at"] == \
+        at(1).isoformat()
+    # an estimate after the rooming (an undo put v1 back in line): back, not gone
+    again = PLAN(records([arrival("v1"), fact(ev.PatientRoomed(visit_id="v1", room_id="r1"),
+                                              2)],
+                         [estimate("v1", 6, 4)]), stored(now=at(4)))
+    assert again.dead_letters == []
+    assert set(again.changes.estimates["north"]) == {"v1"}
+    assert again.changes.estimates_gone == {"north": set()}
+
+
 def test_a_floor_fact_goes_before_an_estimate_made_at_the_same_instant() -> None:
     # flow estimated the patient waiting outside after it applied their arrival: the
     # estimate calls them back (read first, it would wait for the arrival to do it)
