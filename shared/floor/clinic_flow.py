@@ -45,6 +45,11 @@ class ClinicFlow:
         fact = self._facts.get(type(payload))
         if fact is None:
             raise NotApplicable(f"flow does not handle {type(payload).__name__}")
+        if type(payload) in BOOKKEEPING:
+            # nothing on the floor moves: an EHR booking through the night neither keeps
+            # the clinic's day going nor starts one, nor samples its queues (a replay
+            # log has no such lines: the live estimator sees what a replay sees)
+            return fact(self, payload, at, event_id)
         tick = int(at.timestamp() // RECORD_EVERY_SECONDS)
         if tick != self.last_tick:
             self._new_period(at)
@@ -153,6 +158,9 @@ _FACT_METHODS: dict[type[ev.Payload], str] = {
     ev.PatientNoShow: "_no_show",
 }
 ClinicFlow._facts = {kind: getattr(ClinicFlow, name) for kind, name in _FACT_METHODS.items()}
+# facts of the schedule, not of the floor: a booking, a no-show
+BOOKKEEPING: frozenset[type[ev.Payload]] = frozenset({ev.AppointmentScheduled,
+                                                     ev.PatientNoShow})
 
 # the payloads a clinic's floor applies: every floor fact (a wait.estimated is flow's own
 # output, never a floor fact)

@@ -25,9 +25,11 @@ occupied, 3 by patients waiting for dr-lee" or "Rooms waiting for cleaning:
 room-2 for 25 min; 4 patients waiting".
 
 A *day* starts with the first fact after the clinic has been quiet for four
-hours (closed overnight) or 24 hours after the previous day started; flow has
-no clinic time zone, so it does not cut at midnight. Undoing a fact does not
-take its stage time back out of the day (it was a real wait, briefly).
+hours (closed overnight); a floor never quiet that long (open round the clock) has
+its days cut every 24 hours after its first one began, at the same time of day
+(``day_start``). Bookings and no-shows are not floor facts here (``ClinicFlow``
+keeps them out): an EHR that books through the night keeps no day going. Undoing a
+fact does not take its stage time back out of the day (it was a real wait, briefly).
 
 ``to_dict``/``from_dict`` carry it through flow's Redis checkpoint.
 """
@@ -214,10 +216,9 @@ class DayStats:
         last_at = self.last_at
         if last_at is not None and at < last_at:
             at = last_at  # a slightly out-of-order clock: keep time moving forward
-        if self.day_started_at is None or last_at is None or \
-                at - last_at >= QUIET_BEFORE_NEW_DAY or \
-                at - self.day_started_at >= LONGEST_DAY:
-            self._start_day(at)
+        starts = day_start(self.day_started_at, last_at, at)
+        if starts is not None:
+            self._start_day(starts)
         self.last_at = at
         kind = change.kind
         for stage in change.stages:
@@ -424,6 +425,21 @@ class DayStats:
                 "text": text,
             })
         return rows
+
+
+def day_start(started: datetime | None, last: datetime | None,
+              at: datetime) -> datetime | None:
+    """When the clinic day a floor fact at ``at`` begins starts, if it begins one (None:
+    it is in the day that ``started``; ``last``: the floor's previous fact). The first
+    fact after ``QUIET_BEFORE_NEW_DAY`` starts a day at its own time; a floor never that
+    quiet has its day cut every ``LONGEST_DAY`` after it began, at the same time of day
+    (from the fact that crossed the line, each day would start a little later than the
+    one before, and drift round the clock)."""
+    if started is None or last is None or at - last >= QUIET_BEFORE_NEW_DAY:
+        return at
+    if at - started >= LONGEST_DAY:
+        return started + LONGEST_DAY * ((at - started) // LONGEST_DAY)
+    return None
 
 
 # ---------------------------------------------------------------- bottlenecks

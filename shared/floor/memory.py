@@ -36,7 +36,7 @@ import orjson
 
 from shared import events as ev
 from shared.floor.clinic_flow import ClinicFlow
-from shared.floor.day_stats import LONGEST_DAY, QUIET_BEFORE_NEW_DAY
+from shared.floor.day_stats import day_start
 from shared.floor.estimator import (
     ERROR_WINDOW,
     SITUATION_WINDOW,
@@ -378,7 +378,6 @@ class RememberingFlow(ClinicFlow):
         self.profile = profile if profile is not None else ClinicProfile()
         self.day_log = DayLog()
         self._day_started_at: datetime | None = None
-        self._day_ends: datetime | None = None  # LONGEST_DAY after it started
 
     @classmethod
     def carrying_on(cls, flow: ClinicFlow, zone: tzinfo | None = None) -> RememberingFlow:
@@ -398,14 +397,13 @@ class RememberingFlow(ClinicFlow):
     @day_started_at.setter
     def day_started_at(self, at: datetime | None) -> None:
         self._day_started_at = at
-        self._day_ends = None if at is None else at + LONGEST_DAY
 
     def _new_period(self, at: datetime) -> None:
         """Start a new day first when this fact begins one (only the first fact of a
         five-minute period can: ``ClinicFlow.apply``)."""
-        last, ends = self.last_event_at, self._day_ends
-        if ends is None or last is None or at >= ends or at - last >= QUIET_BEFORE_NEW_DAY:
-            self.start_day(at)
+        starts = day_start(self._day_started_at, self.last_event_at, at)
+        if starts is not None:
+            self.start_day(starts)
 
     def start_day(self, at: datetime) -> None:
         """Fold the day that ended into the profile; start today's estimator from it."""

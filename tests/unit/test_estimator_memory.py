@@ -199,3 +199,35 @@ def test_walk_outs_seen_on_past_days_shorten_the_wait_behind_a_long_queue() -> N
     assert leaving[0] == staying[0]  # the first in line has nobody ahead to leave
     assert leaving[-1] < staying[-1] - 5
     assert dump_flow(flow)["estimator"]["walkout_hazard"] is None
+
+
+def test_bookings_at_night_do_not_hold_the_day_open_and_a_busy_floor_does_not_drift() -> None:
+    # the EHR books through the night: the morning still folds yesterday in
+    flow = RememberingFlow("c1")
+    flow.apply(ev.PatientArrived(visit_id="v1", ticket_code="A-1", visit_type="follow_up"),
+               MONDAY)
+    flow.apply(ev.ArrivalCancelled(visit_id="v1", reason="left_without_being_seen"),
+               MONDAY + timedelta(minutes=5))
+    for hour in range(1, 23):
+        flow.apply(ev.AppointmentScheduled(
+            appointment_id=f"apt-{hour}", patient_ref="p-1", provider_id="dr-a",
+            visit_type="follow_up", scheduled_at=MONDAY + timedelta(days=1)),
+            MONDAY + timedelta(hours=hour))
+    assert flow.profile.days == 0
+    morning = MONDAY + timedelta(hours=23)  # an hour earlier than the day before
+    flow.apply(ev.RoomReady(room_id="r1"), morning)
+    assert (flow.profile.days, flow.day_started_at) == (1, morning)
+
+    # open round the clock, a fact every 25 minutes: a day every 24 hours, same time
+    busy = RememberingFlow("c2")
+    starts = set()
+    for n in range(3 * 24 * 60 // 25):
+        at = MONDAY + timedelta(minutes=25 * n)
+        busy.apply(ev.PatientArrived(visit_id=f"v{n}", ticket_code="A-1",
+                                     visit_type="follow_up"), at)
+        busy.apply(ev.ArrivalCancelled(visit_id=f"v{n}", reason="left_without_being_seen"),
+                   at)
+        starts.add(busy.day_started_at)
+    assert sorted(s for s in starts if s is not None) == \
+        [MONDAY + timedelta(days=d) for d in range(3)]
+    assert busy.profile.days == 2

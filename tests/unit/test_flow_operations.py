@@ -374,6 +374,35 @@ def test_a_new_day_starts_after_the_clinic_was_closed_overnight() -> None:
     assert report["queue"]["waiting"] == [1]
 
 
+def test_bookings_through_the_night_do_not_keep_yesterday_going() -> None:
+    # an EHR books (and reports no-shows) round the clock: the morning is a new day,
+    # though the clinic opens an hour earlier than the day before
+    day = Day()
+    full_visit(day, "v1", "room-1", arrive=0, roomed=30, seen=35, done=50)
+    for hour in range(2, 23):
+        day.at(hour * 60).fact(ev.AppointmentScheduled(
+            appointment_id=f"apt-{hour}", patient_ref="p-1", provider_id="dr-lee",
+            visit_type="follow_up", scheduled_at=OPEN + timedelta(days=1, hours=hour % 8)))
+    day.at(22 * 60 + 30).fact(ev.PatientNoShow(appointment_id="apt-9", provider_id="dr-lee",
+                                               scheduled_at=OPEN + timedelta(hours=22)))
+    day.at(23 * 60).arrive("v2")
+    report = day.report()
+    assert report["day_started_at"] == (OPEN + timedelta(hours=23)).isoformat()
+    assert report["stages"] == {}
+
+
+def test_a_floor_never_quiet_cuts_its_days_at_the_same_time_of_day() -> None:
+    # open round the clock, something every 25 minutes: a day every 24 hours from the
+    # first one's start, not from the first fact past that line (it drifted 25 min a day)
+    day = Day()
+    starts = set()
+    for n in range(5 * 24 * 60 // 25):
+        day.at(n * 25).arrive(f"v{n}")
+        day.leave(f"v{n}")
+        starts.add(day.report()["day_started_at"])
+    assert sorted(starts) == [(OPEN + timedelta(days=d)).isoformat() for d in range(5)]
+
+
 def test_the_board_carries_the_report_for_managers_as_plain_json() -> None:
     day = busy_days(20)
     flow = day.flow
