@@ -192,6 +192,20 @@ def test_logs_never_show_names_birth_dates_phone_numbers_or_emails() -> None:
     assert line["at"] == "2026-03-02T13:14:00Z"
 
 
+def test_a_level_below_the_configured_one_is_dropped_and_the_rest_written() -> None:
+    stream = io.StringIO()
+    configure_logging("WARNING", "json")
+    handler = logging.getLogger().handlers[0]
+    handler.stream = stream  # type: ignore[attr-defined]
+    log = structlog.get_logger("t.levels")
+    log.info("patient checked in", visit_id="v1")
+    log.warning("publish failed", visit_id="v2")
+    lines = [json.loads(line) for line in stream.getvalue().strip().splitlines()]
+    assert [(line["event"], line["level"]) for line in lines] == [("publish failed",
+                                                                  "warning")]
+    configure_logging("INFO", "json")  # as the other tests expect it
+
+
 def test_the_asyncapi_document_lists_every_event_on_its_topic() -> None:
     document = build_document()
     floor = document["channels"]["clinicflow_floor_v1"]
