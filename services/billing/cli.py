@@ -27,7 +27,7 @@ from services.billing.domain.accounts import Posted
 from services.billing.domain.fee_schedule import FeeScheduleError
 from services.billing.domain.reconciliation import Reconciliation, business_day, reconcile
 from services.billing.projection import LedgerRecord, ledger_reader, ledger_record_of
-from shared.clock import SystemClock
+from shared.clock import clock_from_setting
 from shared.errors import Rejected
 from shared.kafka import aiokafka_security_kwargs, topic
 from shared.settings import BillingSettings
@@ -106,7 +106,8 @@ def _reconcile(args: argparse.Namespace) -> int:
               "clinicflow up --print-clinics)", file=sys.stderr)
     clinic = directory[args.clinic]
     if args.date is None:
-        business_date = clinic.day_of(SystemClock().now())
+        # the services' clock: a warped one too (CLINICFLOW_CLOCK_WARP, a played day)
+        business_date = clinic.day_of(clock_from_setting(settings.clock_warp).now())
     else:
         try:
             business_date = date.fromisoformat(args.date)
