@@ -71,6 +71,9 @@ class ComplaintList(BaseModel):
     clinic_id: str
     as_of: datetime = Field(description="when the list was read: the service's clock, "
                             "the clinic's offset")
+    viewer: Literal["front_desk", "manager"] = Field(
+        description="the role of the token that read it: a manager may also list the "
+        "resolved and read what the patient said (the follow-up page shows its view by it)")
     complaints: list[ComplaintView]
 
 
@@ -148,7 +151,7 @@ def make_complaints_router(
         description="Front desk and manager; with all=true (manager) the resolved too. "
         "Never the patient's words: those are in the manager's view of one complaint.",
         responses=answer(200, {"clinic_id": "north", "as_of": "2026-03-02T10:40:00-05:00",
-                               "complaints": [_EXAMPLE]},
+                               "viewer": "front_desk", "complaints": [_EXAMPLE]},
                          "the complaints"))
     async def follow_up(clinic_id: ClinicId,
                         all: Annotated[bool, Query(
@@ -161,6 +164,8 @@ def make_complaints_router(
         shown = (sorted(found, key=lambda c: c.logged_at)
                  if all and principal.role == "manager" else cp.follow_up(found, now))
         return ComplaintList(clinic_id=clinic_id, as_of=now.astimezone(zone(clinic_id)),
+                             viewer="manager" if principal.role == "manager"
+                             else "front_desk",
                              complaints=[view(c, None, now) for c in shown])
 
     @router.get(

@@ -64,6 +64,9 @@ async def test_front_desk_follows_up_complaints_and_the_manager_reads_the_words(
                                             viewport={"width": 1400, "height": 800})
         posted: list[Request] = []
         context.on("request", lambda r: posted.append(r) if r.method == "POST" else None)
+        refused: list[str] = []  # no answer a page reads as a role check: no 4xx at all
+        context.on("response", lambda r: refused.append(f"{r.status} {r.url}")
+                   if 400 <= r.status < 500 else None)
         try:
             desk = await context.new_page()
             await desk.goto(f"{url}/screens/lobby/complaints?token=dev-front-desk")
@@ -103,7 +106,7 @@ async def test_front_desk_follows_up_complaints_and_the_manager_reads_the_words(
             await boss.clock.install()  # the page's timers, moved by the test
             read: list[str] = []
             boss.on("request", lambda r: read.append(r.url) if r.method == "GET"
-                    and "/complaints/" in r.url and "cp-role-check" not in r.url else None)
+                    and "/complaints/" in r.url else None)
             await boss.goto(f"{url}/screens/lobby/complaints?token=dev-manager")
             await expect(boss.locator("#view")).to_have_text("manager view", timeout=10_000)
             show = "Show what the patient said"
@@ -128,6 +131,7 @@ async def test_front_desk_follows_up_complaints_and_the_manager_reads_the_words(
             await boss.locator("#all").check()  # the list read again: hidden again
             await expect(said).to_have_text(show)
             assert WORDS not in await boss.content() and len(read) == 2
+            assert refused == []  # the pages learnt their view from the list itself
 
             # a nurse's token and a made-up one: refused in words, nothing listed
             for token, says in (("dev-nurse", "may not see complaints"),

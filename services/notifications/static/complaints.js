@@ -111,16 +111,14 @@
     return false;
   }
 
-  async function learnRole() {
-    const probe = await call("GET", "/cp-role-check");
-    if (probe.status === 401) return !refusedBy(probe);
-    manager = probe.status === 404;  // 403: not a manager (the list says whether it may read)
+  // the list says whose token read it: a manager's view has the words and the resolved
+  function showView(viewer) {
+    manager = viewer === "manager";
     body.classList.toggle("manager", manager);
     byId("view").textContent = manager ? "manager view" : "front desk";
     byId("text-field").hidden = !manager;
     byId("all-field").hidden = !manager;
     for (const node of document.querySelectorAll(".words")) node.hidden = !manager;
-    return true;
   }
 
   // an action's Idempotency-Key, kept (across the list's refreshes) while a click of it got
@@ -207,6 +205,7 @@
       byId("action-result").textContent = "complaints unavailable: " + detail(answer);
       return;
     }
+    showView(answer.body.viewer);
     const complaints = answer.body.complaints;
     byId("complaints").querySelector("tbody").replaceChildren(...complaints.map(row));
     byId("empty").hidden = complaints.length > 0;
@@ -246,7 +245,6 @@
       refuse("No token: open this page once with ?token=<front desk or manager token>.");
       return;
     }
-    if (!(await learnRole())) return;
     await refresh();
     setInterval(refresh, REFRESH_MS);
   }
