@@ -62,6 +62,10 @@ class CheckinChanges:
     # undone). In the order of the records: an arrival, its undoing and the right one
     # may share a batch
     arrivals: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    # booked appointments whose arrival checkin saved itself (marked arrived then): off
+    # the no-show sweep's list, written before ``arrivals`` (a freeing later in the batch
+    # puts its appointment back)
+    arrived_off_list: list[AppointmentRef] = field(default_factory=list)
     # a booked appointment freed that way waits for its patient again: back on the
     # no-show sweep's list at its time (written with its freeing, in the same order)
     reopened: dict[AppointmentRef, datetime] = field(default_factory=dict)
@@ -144,6 +148,8 @@ def plan_visits(records: list[Inbound], state: ProjectionState,
             # the appointment for the right patient.
             changes.arrivals.append((event.clinic_id, payload.appointment_id,
                                      payload.visit_id, True))
+        elif isinstance(payload, ev.PatientArrived) and payload.appointment_id is not None:
+            changes.arrived_off_list.append((event.clinic_id, payload.appointment_id))
         elif (isinstance(payload, ev.ArrivalCancelled) and payload.reason == "entered_in_error"
               and before is not None and before.appointment_id is not None):
             _free(changes, state, event.clinic_id, before.appointment_id, payload.visit_id)

@@ -1049,6 +1049,8 @@ class VisitProjectionStore:
             store._queue_visit(pipe, view)
         for clinic, event_id, visit_id, day in changes.arrival_events:
             pipe.set(store._arrival_event(clinic, event_id), visit_id, exat=store._until(day))
+        for clinic, appointment_id in changes.arrived_off_list:
+            pipe.zrem(store._pending(clinic), appointment_id)
         for clinic, appointment_id, visit_id, arrived in changes.arrivals:
             key = store._arrived(clinic, appointment_id)
             if arrived:

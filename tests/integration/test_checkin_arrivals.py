@@ -296,6 +296,15 @@ async def test_a_booked_appointment_with_no_arrival_becomes_a_no_show_on_the_fol
                     }["apt-undone"] == "booked"
 
         await eventually(undone, timeout=30)
+        # the projection, reading the arrivals back (before the undo: one partition), took
+        # apt-came off the sweep's list; the undone one is back on it
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            pending = {m.decode() for m in await redis.zrange(
+                f"{topic_prefix.rstrip('.')}:checkin:pending:north", 0, -1)}
+        finally:
+            await redis.aclose()
+        assert pending == {"apt-missed", "apt-later", "apt-off", "apt-undone"}
 
         # the sweep a minute later: apt-came would be missed by now had it not come
         swept = await checkin.sweep_no_shows(clock.advance(minutes=1))
