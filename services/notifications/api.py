@@ -16,7 +16,7 @@ honoured when sent. Times in answers are on the clinic's clock; names are the cl
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -90,6 +90,9 @@ nurses = require_role("nurse", "manager")
 lobby = require_role("screen", "front_desk", "nurse", "manager")
 
 CONTACT_ROUTES = "/clinics/{clinic_id}/visits/{visit_id}/contact"
+# flow renews a waiting visit's estimate as its clinic's floor moves: one older than this
+# belongs to a visit nothing ended (GET .../estimates leaves it out)
+ESTIMATE_SHOWN_HOURS = 12
 
 
 # ------------------------------------------------------------------ views
@@ -515,24 +518,26 @@ def make_router(runtime: ServiceRuntime, store: NotificationStore, rules: RuleBo
 
     @router.get(
         "/clinics/{clinic_id}/estimates", tags=["estimates"], response_model=EstimatesAnswer,
-        summary="The latest wait estimate flow published for each visit today",
-        description="What the notifier last read from flow for each waiting visit, in "
-        "queue order: minutes until roomed and the 80% range it quotes to patients.",
+        summary="The latest wait estimate flow published for each waiting visit",
+        description="What the notifier last read from flow for each visit waiting to be "
+        "roomed, in queue order: minutes until roomed and the 80% range it quotes to "
+        "patients, and when flow made it (an estimate not renewed for 12 hours is not "
+        "shown).",
         responses=answer(200, ESTIMATES_EXAMPLE, "the estimates, in queue order"))
     async def estimates(clinic_id: ClinicId,
                         principal: Principal = Depends(staff)) -> EstimatesAnswer:
         principal.require_clinic(clinic_id)
-        # the clinic's today only: a visit left waiting at the end of a day (nobody roomed
-        # it, nothing ended it) is not one of today's
+        # a visit leaves the list when it leaves the line (plan.py); one whose estimate
+        # has not been renewed for ESTIMATE_SHOWN_HOURS is one nothing ended (or stored
+        # before estimates kept their time): not shown
         clinic = names(clinic_id)
-        today = clinic.day_start(runtime.clock.now())
+        shown_from = runtime.clock.now() - timedelta(hours=ESTIMATE_SHOWN_HOURS)
         rows = []
         for found in await store.estimates(clinic_id):
             row = EstimateRow.model_validate(found)
-            if row.estimated_at is not None:  # (one stored before it was kept: shown)
-                if row.estimated_at < today:
-                    continue
-                row.estimated_at = clinic.local(row.estimated_at)
+            if row.estimated_at is None or row.estimated_at < shown_from:
+                continue
+            row.estimated_at = clinic.local(row.estimated_at)
             rows.append(row)
         return EstimatesAnswer(clinic_id=clinic_id, estimates=rows)
 

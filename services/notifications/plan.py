@@ -43,9 +43,12 @@ AlertChange = tuple[str, str, str, bytes | None]
 # (notification id, clinic, visit, kept until at most): a message deferred past the
 # contact's own expiry keeps it (``contact_hold``) until it is sent, fails or is cancelled
 ContactHold = tuple[str, str, str, datetime]
-# facts after which a visit waits no more: its estimate leaves the list (an undone
-# rooming puts it back in line, and flow's next estimate puts it back on the list)
-NO_LONGER_WAITING = (ev.PatientRoomed, ev.ArrivalCancelled, ev.PatientCheckedOut)
+
+
+def waiting_visits(notifier: ClinicNotifier) -> set[str]:
+    """The visits waiting to be roomed on the notifier's floor of a clinic."""
+    return {visit for visit in notifier.floor.visits
+            if notifier.visit_status(visit) == "waiting"}
 
 
 @dataclass(slots=True)
@@ -106,6 +109,9 @@ class NotifierPlan:
             rules = self.rules.for_clinic(clinic_id).model_copy(
                 update={"timezone": self.names(clinic_id).zone.key})
             prefs = state.preferences.get(clinic_id, {})
+            waiting_before = waiting_visits(notifier)
+            estimated: dict[str, bytes] = {}
+            on_floor: set[str] = set()  # visits the batch's floor facts name
             for record in heapq.merge(*streams.get(clinic_id, []), key=occurred_at):
                 event = record.event
                 assert event is not None
@@ -113,24 +119,21 @@ class NotifierPlan:
                 at, event_id = event.occurred_at, event.envelope.event_id
                 try:
                     if isinstance(payload, ev.WaitEstimated):
-                        changes.estimates.setdefault(clinic_id, {})[payload.visit_id] = \
-                            orjson.dumps({**payload.model_dump(mode="json"),
-                                          "estimated_at": at.isoformat()})
-                        changes.estimates_gone.get(clinic_id, set()).discard(payload.visit_id)
+                        estimated[payload.visit_id] = orjson.dumps(
+                            {**payload.model_dump(mode="json"), "estimated_at": at.isoformat()})
                         outcome = notifier.on_estimate(payload, at=at, event_id=event_id,
                                                        rules=rules, prefs=prefs, wall=wall)
                     else:
                         outcome = notifier.on_floor(payload, at=at, event_id=event_id,
                                                     rules=rules, prefs=prefs, wall=wall)
-                        if isinstance(payload, NO_LONGER_WAITING):
-                            changes.estimates.get(clinic_id, {}).pop(payload.visit_id, None)
-                            changes.estimates_gone.setdefault(clinic_id, set()).add(
-                                payload.visit_id)
+                        on_floor.add(getattr(payload, "visit_id", ""))
                 except NotApplicable as exc:
                     planned.dead_letters.append(DeadLetter(record, exc.reason))
                     continue
                 planned.applied += 1
                 self._effects(clinic_id, outcome, wall, changes)
+            self._estimates(clinic_id, notifier, waiting_before | on_floor, estimated,
+                            changes)
             if clinic_id in state.ticking:
                 self._effects(clinic_id, notifier.tick(now=wall, rules=rules, prefs=prefs),
                               wall, changes)
@@ -141,6 +144,25 @@ class NotifierPlan:
             due = notifier.next_due()
             changes.timers[clinic_id] = None if due is None else due.timestamp()
         return planned
+
+    @staticmethod
+    def _estimates(clinic_id: str, notifier: ClinicNotifier, known: set[str],
+                   estimated: dict[str, bytes], changes: NotificationChanges) -> None:
+        """The clinic's list of estimates follows its waiting visits as the batch leaves
+        them (``known``: the visits waiting before it and those its floor facts name):
+        the latest estimate of each visit still waiting, or not known yet (its arrival
+        may come later on the other topic), is kept; a visit that left the line (roomed,
+        gone, its arrival undone) leaves the list, and an estimate made before it left
+        and read after does not put it back."""
+        waiting_after = waiting_visits(notifier)
+        kept = {visit: estimate for visit, estimate in estimated.items()
+                if visit in waiting_after
+                or (visit not in known and notifier.visit_status(visit) is None)}
+        gone = ((known - waiting_after) | (estimated.keys() - kept.keys())) - {""}
+        if kept:
+            changes.estimates[clinic_id] = kept
+        if gone:
+            changes.estimates_gone[clinic_id] = gone
 
     def _streams(self, records: list[Inbound]) -> dict[str, list[list[Inbound]]]:
         return clinic_streams(records, self.floor_topic)

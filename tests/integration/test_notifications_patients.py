@@ -237,12 +237,12 @@ async def test_a_patient_waiting_outside_is_called_back_then_told_we_are_ready(
         assert told == []
 
 
-async def test_the_estimates_list_holds_todays_waiting_visits_only(
+async def test_the_estimates_list_holds_the_waiting_visits_only(
     notifications_env: dict[str, Any],
 ) -> None:
     """A visit roomed or gone leaves the list (it kept every visit ever estimated, roomed
-    ones too, for as long as the clinic had a visit a day); a day later nothing of
-    yesterday's is listed, on the clinic's clock."""
+    ones too, for as long as the clinic had a visit a day); an estimate not renewed for
+    12 hours is a visit nothing ended, not shown."""
     env = notifications_env
     bootstrap, prefix = env["kafka_bootstrap"], env["topic_prefix"]
     clock = FakeClock(datetime.now(UTC))
@@ -269,5 +269,7 @@ async def test_the_estimates_list_holds_todays_waiting_visits_only(
         [row] = await listed()
         assert (row["visit_id"], row["position"]) == ("v3", 3)
         assert datetime.fromisoformat(row["estimated_at"]) == now + timedelta(seconds=1)
-        clock.set(now + timedelta(hours=26))  # the next clinic day: a day is 25 hours at most
+        clock.set(now + timedelta(hours=11, minutes=59))
+        assert [r["visit_id"] for r in await listed()] == ["v3"]
+        clock.set(now + timedelta(hours=12, seconds=2))
         assert await listed() == []
