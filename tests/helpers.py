@@ -66,8 +66,11 @@ async def serving(app: Any) -> AsyncIterator[str]:
 class ServiceProcess:
     """A service run as a real child process (``clinicflow run NAME``), killable with -9."""
 
-    def __init__(self, service: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, service: str, env: dict[str, str], log_path: Path, *,
+                 tree: Path = REPO) -> None:
+        """``tree``: the checkout it runs from (another one: bench/feed_ab.py)."""
         self.service = service
+        self.tree = tree
         self.port = free_port()
         self.env = {**os.environ, **env, f"CLINICFLOW_{service.upper()}_PORT": str(self.port)}
         self.log_path = log_path
@@ -81,7 +84,7 @@ class ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "run", self.service],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.tree, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
