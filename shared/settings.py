@@ -304,8 +304,10 @@ class CheckinSettings(CommonSettings):
     checkin_lookup_rate_per_minute: int = Field(default=20, ge=1)
     checkin_lookup_misses_per_minute: int = Field(default=5, ge=1)
     checkin_timezone: str | None = Field(
-        default=None, description="IANA zone of the day of a clinic that CLINICFLOW_CLINICS "
-        "gives none (unset: CLINICFLOW_DEFAULT_TIMEZONE); a zone in CLINICFLOW_CLINICS wins"
+        default=None, description="older setting, read by check-in only: IANA zone of the "
+        "day of a clinic that CLINICFLOW_CLINICS gives none (unset: "
+        "CLINICFLOW_DEFAULT_TIMEZONE); a zone in CLINICFLOW_CLINICS wins; check-in warns at "
+        "start when it differs from CLINICFLOW_DEFAULT_TIMEZONE (the other services' zone)"
     )
     checkin_visit_types: str = Field(
         default="{}", description='JSON {"code": "visit_type"}: appointment-type codes (FHIR, '
@@ -386,6 +388,28 @@ class CheckinSettings(CommonSettings):
         CLINICFLOW_CHECKIN_TIMEZONE when it is set, else CLINICFLOW_DEFAULT_TIMEZONE."""
         return ClinicDirectory.parse(self.clinics,
                                      self.checkin_timezone or self.default_timezone)
+
+    def zone_warning(self) -> str | None:
+        """What to warn of at start when CLINICFLOW_CHECKIN_TIMEZONE (read by check-in
+        only) puts a clinic CLINICFLOW_CLINICS gives no zone elsewhere than
+        CLINICFLOW_DEFAULT_TIMEZONE, where flow, notifications and billing put it: its
+        days, quiet hours and receipts would be cut at other midnights than check-in's."""
+        from zoneinfo import ZoneInfo
+
+        if self.checkin_timezone is None or \
+                ZoneInfo(self.checkin_timezone).key == ZoneInfo(self.default_timezone).key:
+            return None
+        unzoned = "" if not self.clinics else ", ".join(sorted(
+            set(json.loads(self.clinics)) - _clinics_with_a_zone(self.clinics)))
+        if self.clinics and not unzoned:
+            return None  # every clinic served has its zone in CLINICFLOW_CLINICS
+        which = f"clinics {unzoned}" if unzoned else "every clinic"
+        return (f"CLINICFLOW_CHECKIN_TIMEZONE is {self.checkin_timezone} but "
+                f"CLINICFLOW_DEFAULT_TIMEZONE is {self.default_timezone}: check-in puts "
+                f"{which} in {self.checkin_timezone}, the other services in "
+                f"{self.default_timezone}; give each clinic its timezone in "
+                "CLINICFLOW_CLINICS (or set CLINICFLOW_DEFAULT_TIMEZONE, which every "
+                "service reads)")
 
     def production_problems(self) -> list[str]:
         secret = self.checkin_identity_secret.get_secret_value()

@@ -38,6 +38,7 @@ from shared.clock import Clock
 from shared.directory import OUTBOX_ROLE as DIRECTORY_ROLE
 from shared.idempotency import IdempotencyStore
 from shared.kafka import dead_letter_topic, session, topic
+from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED
 from shared.outbox import Outbox, OutboxRelay
 from shared.projection import Inbound, Planned, ProjectionRunner, RedisProjection
@@ -51,6 +52,8 @@ from shared.visit_end import VisitEnds
 # looks anyway (entries left by an instance that stopped before relaying them)
 OUTBOX_CHECK_SECONDS = 5.0
 
+log = get_logger("clinicflow.checkin")
+
 
 class KafkaNotConnected(RuntimeError):
     pass
@@ -62,6 +65,9 @@ def create_app(settings: CheckinSettings, clock: Clock | None = None) -> FastAPI
     runtime = ServiceRuntime(settings, "checkin", clock=clock)
     store = CheckinStore(runtime.redis, settings.redis_prefix)
     clinics = settings.clinic_directory()  # each clinic's zone: its days, its clock
+    warning = settings.zone_warning()
+    if warning is not None:
+        log.warning("clinic zones disagree between services", detail=warning)
     floor_topic = topic(FLOOR, settings)
     estimates_topic = topic(ESTIMATES, settings)
 

@@ -257,6 +257,23 @@ def test_the_default_zone_is_checkins_own_when_set_else_the_common_one() -> None
     assert CheckinSettings().clinic_directory().zone("north") == ZoneInfo("UTC")
 
 
+def test_checkins_own_zone_other_than_the_common_one_is_warned_of_where_it_applies() -> None:
+    # only check-in reads CLINICFLOW_CHECKIN_TIMEZONE: flow, notifications and billing
+    # put the same clinic in CLINICFLOW_DEFAULT_TIMEZONE (UTC unless set)
+    alone = CheckinSettings(checkin_timezone="America/Chicago").zone_warning()
+    assert alone is not None and "every clinic in America/Chicago" in alone \
+        and "the other services in UTC" in alone
+    some = CheckinSettings(clinics='{"surf": {"timezone": "Pacific/Honolulu"}, "west": {}}',
+                           checkin_timezone="America/Chicago").zone_warning()
+    assert some is not None and "clinics west in America/Chicago" in some
+    # nothing to warn of: the same zone, or every clinic served has its own
+    assert CheckinSettings(checkin_timezone="America/Chicago",
+                           default_timezone="America/Chicago").zone_warning() is None
+    assert CheckinSettings(clinics='{"surf": {"timezone": "Pacific/Honolulu"}}',
+                           checkin_timezone="America/Chicago").zone_warning() is None
+    assert CheckinSettings().zone_warning() is None
+
+
 def test_production_refuses_the_development_identity_secret() -> None:
     production = {"env": "production", "redis_url": "redis://:s@r:6379/0",
                   "kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "checkin",
