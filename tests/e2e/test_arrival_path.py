@@ -128,6 +128,19 @@ async def test_the_four_services_run_alone_and_a_visit_goes_from_arrival_to_chec
                 return board if board is not None and check(board) else None
 
             await eventually(lambda: board_where(lambda b: len(b["waiting"]) == 1), timeout=20)
+
+            async def estimates_now() -> Any:
+                got = await client.get(
+                    f"{services['notifications'].url}/clinics/north/estimates",
+                    headers=auth("dev-nurse"))
+                return got.json()["estimates"] if got.status_code == 200 else None
+
+            async def no_estimates() -> bool:
+                return await estimates_now() == []
+
+            # flow's estimate of the waiting visit reaches notifications
+            estimates = await eventually(estimates_now, timeout=20)
+            assert estimates[0]["ticket_code"] == arrival["ticket_code"]
             roomed = await client.post(f"{flow}/clinics/north/visits/{visit}/room",
                                        json={"room_id": "room-4"}, headers=auth("dev-nurse"))
             assert roomed.status_code == 202
@@ -142,14 +155,8 @@ async def test_the_four_services_run_alone_and_a_visit_goes_from_arrival_to_chec
             assert board["waiting"] == [] and board["in_rooms"] == []
             assert board["rooms"][0]["state"] == "needs_cleaning"
 
-            async def estimate_seen() -> Any:
-                got = await client.get(
-                    f"{services['notifications'].url}/clinics/north/estimates",
-                    headers=auth("dev-nurse"))
-                return got.json()["estimates"] if got.status_code == 200 else None
-
-            estimates = await eventually(estimate_seen, timeout=20)
-            assert estimates[0]["ticket_code"] == arrival["ticket_code"]
+            # out of the line, out of notifications' list of waiting visits' estimates
+            assert await eventually(no_estimates, timeout=20)
     finally:
         for service in services.values():
             service.stop()
