@@ -31,6 +31,7 @@ PAYMENT_METHODS: tuple[PaymentMethod, ...] = ("cash", "check", "card")
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 CPT_PATTERN = r"^[0-9]{4}[0-9A-Z]$"
 MAX_CENTS = 100_000_000  # one million dollars: far above any one entry at a clinic desk
+MAX_CHARGE_LINES = 30  # services priced on one charge
 SYSTEM = "system:billing"
 
 
@@ -61,8 +62,8 @@ class ChargePosted(LedgerEntry):
     visit_id: str = Field(pattern=_ID)
     patient_ref: str | None = Field(default=None, pattern=_ID)
     checkout_event_id: str = Field(min_length=1, max_length=64)
-    lines: list[ChargeLine] = Field(min_length=1, max_length=30)
-    amount_cents: int = Field(ge=0, le=30 * MAX_CENTS)
+    lines: list[ChargeLine] = Field(min_length=1, max_length=MAX_CHARGE_LINES)
+    amount_cents: int = Field(ge=0, le=MAX_CHARGE_LINES * MAX_CENTS)
 
     @model_validator(mode="after")
     def _amount_is_the_sum_of_lines(self) -> ChargePosted:

@@ -36,7 +36,12 @@ from services.billing.domain.accounts import Account
 from services.billing.domain.accounts import account as account_of
 from services.billing.domain.fee_schedule import FeeSchedule, UnknownServices
 from services.billing.domain.money import stable_id
-from services.billing.domain.payments import plan_payment, plan_refund, plan_void
+from services.billing.domain.payments import (
+    finish_void,
+    plan_payment,
+    plan_refund,
+    plan_void,
+)
 from services.billing.domain.pricing import (
     checkout_key,
     plan_reprice,
@@ -195,10 +200,13 @@ class Desk:
     async def _post(self, clinic_id: str, entries: Sequence[LedgerEntry],
                     visit_id: str | None) -> bool:
         """Publish ``entries`` in order and wait until the projection holds them all.
-        Returns whether it does (False: on the ledger, not projected yet)."""
+        Returns whether it does (False: on the ledger, not projected yet). One command's
+        entries are of one instant: a charge and its share, or a void of both, never fall
+        on two business days either side of the clinic's midnight."""
+        now = self.clock.now()
         for entry in entries:
             event = ev.make_event(entry, clinic_id=clinic_id, source="billing",
-                                  occurred_at=self.clock.now(), correlation_id=visit_id,
+                                  occurred_at=now, correlation_id=visit_id,
                                   event_id=entry.entry_id)
             await self.publish(ev.encode(event), self.ledger_topic, clinic_id.encode())
         return await self._projected(clinic_id, [e.entry_id for e in entries])
@@ -459,11 +467,18 @@ class Desk:
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
+            void_id = stable_id("void", clinic_id, visit_id, target_entry_id)
             target = account.find(target_entry_id)
             if target is not None and not account.is_active(target):
-                return account, True
-            voids = plan_void(account, target_entry_id=target_entry_id,
-                              void_id=stable_id("void", clinic_id, visit_id, target_entry_id),
+                # voided already; a void cut between a charge's and its share's (the
+                # process stopped, Kafka refused) leaves the share standing: posted now
+                rest = finish_void(account, target_entry_id=target_entry_id,
+                                   void_id=void_id, reason=reason, made_by=made_by)
+                if not rest:
+                    return account, True
+                await self._post(clinic_id, rest, visit_id)
+                return await self.account(clinic_id, visit_id), False
+            voids = plan_void(account, target_entry_id=target_entry_id, void_id=void_id,
                               reason=reason, made_by=made_by)
             await self._post(clinic_id, voids, visit_id)
             return await self.account(clinic_id, visit_id), False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -18,6 +18,7 @@ from services.billing.domain.accounts import Posted
 from services.billing.domain.money import stable_id
 from services.billing.domain.visits import FloorVisit
 from services.billing.fees import EXAMPLE, FeeScheduleFile
+from services.billing.floor import BillingFloorProjection, PriceFloorCheckout
 from services.billing.projection import posted_of
 from services.billing.views import receipt_json
 from shared import events as ev
@@ -316,6 +317,74 @@ async def test_a_floor_checkout_cut_between_its_charge_and_share_posts_the_share
     # and read a third time, nothing more
     third = await desk.checkout("north", "v4", cpt_codes=["99213"], floor_event_id="out-ehr-1")
     assert third.outcome == "duplicate" and len(ledger.published) == 2
+
+
+async def test_a_void_cut_between_the_charge_and_its_share_voids_the_share_when_retried(
+) -> None:
+    # the charge's void was on the ledger, its share's was not (Kafka refused it): the
+    # retry answered "replayed" and the patient owed a share of no charge, then a second
+    # share after a new checkout
+    ledger = HeldLedger(("north", "v6"))
+    desk = desk_over(ledger)
+    await desk.checkout("north", "v6", cpt_codes=["99213"])
+    publish = ledger.publish
+
+    async def refused_after_the_first(value: bytes, topic: str, key: bytes | None) -> None:
+        event = ev.decode(value)
+        if event.event_type == "entry.voided" and \
+                event.payload.voided_event_type == "patient_share.posted":  # type: ignore[attr-defined]
+            raise ConnectionError("Kafka refused it")
+        await publish(value, topic, key)
+
+    desk.publish = refused_after_the_first
+    with pytest.raises(ConnectionError):
+        await desk.void("north", "v6", target_entry_id="chg-v6", reason="x", made_by="m")
+    desk.publish = publish
+    account, replayed = await desk.void("north", "v6", target_entry_id="chg-v6", reason="x",
+                                        made_by="m")
+    assert (replayed, account.charges_cents, account.patient_share_cents) == (False, 0, 0)
+    again = await desk.void("north", "v6", target_entry_id="chg-v6", reason="x", made_by="m")
+    assert again[1] is True  # and once more: nothing left to post
+    assert [e.event_type for _t, e in ledger.published].count("entry.voided") == 2
+
+
+async def test_a_checkouts_charge_and_share_are_of_one_instant() -> None:
+    # a moment apart they fell on two business days when the clinic's midnight came
+    # between them: a charge without its share on one day, a share without charge on the next
+    clock = FakeClock()
+    ledger = HeldLedger(("north", "v7"))
+    desk = desk_over(ledger, clock)
+    publish = ledger.publish
+
+    async def slow(value: bytes, topic: str, key: bytes | None) -> None:
+        await publish(value, topic, key)
+        clock.advance(seconds=1)  # each publish takes a second
+
+    desk.publish = slow
+    await desk.checkout("north", "v7", cpt_codes=["99213"])
+    at = {e.event_type: e.occurred_at for t, e in ledger.published if t == LEDGER}
+    assert at["charge.posted"] == at["patient_share.posted"]
+
+
+async def test_a_floor_checkout_of_more_services_than_a_charge_carries_is_refused() -> None:
+    ledger = HeldLedger()
+    ledger.arrive("north", "v8", ended="checked_out", ended_by="out-ehr-2")
+    desk = desk_over(ledger)
+    with pytest.raises(Rejected, match=r"31 services .* at most 30") as refused:
+        await desk.checkout("north", "v8", cpt_codes=["99213"] * 31, floor_event_id="out-ehr-2")
+    assert refused.value.code == "too_many_services" and ledger.published == []
+
+
+async def test_the_floor_consumer_goes_on_past_a_checkout_no_charge_can_carry() -> None:
+    # a floor checkout of 31 services raised pydantic's ValidationError building the
+    # charge: the consumer read the batch again for ever, the clinic's floor stuck
+    ledger = HeldLedger()
+    ledger.arrive("north", "v9", ended="checked_out", ended_by="out-ehr-3")
+    floor = BillingFloorProjection(desk_over(ledger), cast(Any, None), "t", cast(Any, None),
+                                   FakeClock())
+    too_many = PriceFloorCheckout("north", "v9", ("99213",) * 31, "out-ehr-3")
+    assert await floor.take_effect(too_many) == 0  # logged, not priced, and on it goes
+    assert ledger.published == []
 
 
 def test_a_payment_without_an_idempotency_key_is_refused_naming_the_header() -> None:

@@ -4,6 +4,7 @@ day's reconciliation. No broker, no Redis."""
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from services.billing.app import create_app
 from services.billing.domain.accounts import Account, Posted
 from services.billing.domain.accounts import account as account_of
 from services.billing.domain.coverage import Coverage, patient_share
-from services.billing.domain.fee_schedule import FeeScheduleError, UnknownServices
+from services.billing.domain.fee_schedule import (
+    FeeScheduleError,
+    UnknownServices,
+    parse_fee_schedule,
+)
 from services.billing.domain.payments import plan_payment, plan_refund, plan_void
 from services.billing.domain.pricing import (
     CheckoutDecision,
@@ -260,6 +265,17 @@ def test_the_csv_export_and_html_report_carry_the_cents() -> None:
 
 
 # ---------------------------------------------------------------- start-up
+
+
+def test_a_fee_over_what_one_charge_line_carries_is_refused_naming_its_line() -> None:
+    # it loaded, and every checkout of that code then failed building its charge
+    text = ("clinic,cpt_code,description,fee\n*,99213,Office visit,130.00\n"
+            "*,99215,Office visit,1500000.00\n")
+    over = re.escape("line 3: fee '1500000.00' is over 1,000,000.00")
+    with pytest.raises(FeeScheduleError, match=over):
+        parse_fee_schedule(text)
+    assert parse_fee_schedule(text.replace("1500000.00", "1000000.00")).for_clinic("north")[
+        "99215"].fee_cents == 100_000_000
 
 
 def test_an_invalid_fee_schedule_stops_the_service_at_start_up(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.billing.domain.money import ID_PATTERN, parse_amount
+from services.billing.domain.money import ID_PATTERN, format_cents, parse_amount
 from shared.errors import Rejected
-from shared.events_billing import CPT_PATTERN, ChargeLine
+from shared.events_billing import CPT_PATTERN, MAX_CENTS, MAX_CHARGE_LINES, ChargeLine
 
 _CPT = re.compile(CPT_PATTERN)
 ALL_CLINICS = "*"
@@ -53,7 +53,11 @@ class FeeSchedule:
         return list(dict.fromkeys(c for c in codes if c not in known))
 
     def lines(self, clinic_id: str, codes: Sequence[str]) -> list[ChargeLine]:
-        """One charge line per code, in the order given. Raises ``UnknownServices``."""
+        """One charge line per code, in the order given. Raises ``UnknownServices``, or
+        ``Rejected`` for more codes than one charge carries."""
+        if len(codes) > MAX_CHARGE_LINES:
+            raise Rejected(f"{len(codes)} services (CPT codes) on one checkout: a charge "
+                           f"carries at most {MAX_CHARGE_LINES}", code="too_many_services")
         unknown = self.unknown_codes(clinic_id, codes)
         if unknown:
             raise UnknownServices(clinic_id, unknown)
@@ -111,6 +115,10 @@ def parse_fee_schedule(text: str, source: str = "fee schedule") -> FeeSchedule:
             cents = parse_amount(row["fee"])
         except ValueError:
             problems.append(f"line {number}: fee {row['fee']!r} is not an amount like 125.00")
+            continue
+        if cents > MAX_CENTS:  # a charge line could not carry it: every checkout refused
+            problems.append(f"line {number}: fee {row['fee']!r} is over "
+                            f"{format_cents(MAX_CENTS)}, the most one charge line carries")
             continue
         seen = first_seen.get((clinic, code))
         if seen is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from services.billing.domain.accounts import Account
+from services.billing.domain.accounts import Account, Posted
 from services.billing.domain.money import format_cents, stable_id
 from shared.errors import Conflict, NotFound, Rejected
 from shared.events_billing import (
@@ -89,14 +89,26 @@ def plan_void(account: Account, *, target_entry_id: str, void_id: str, reason: s
         view = next(v for v in account.payments() if v.posted.entry_id == target_entry_id)
         if view.refunded_cents:
             raise Conflict(f"payment {target_entry_id} has refunds standing: void them first")
-    targets = [target]
-    if isinstance(target.entry, ChargePosted):
-        targets += [p for p in account.active(PatientSharePosted)
-                    if p.entry.charge_entry_id == target_entry_id]  # type: ignore[attr-defined]
-    return [
-        EntryVoided(entry_id=void_id if i == 0 else stable_id("void", void_id, p.entry_id),
-                    voided_entry_id=p.entry_id, voided_event_type=p.event_type,
-                    visit_id=account.visit_id, patient_ref=account.patient_ref,
-                    reason=reason, made_by=made_by)
-        for i, p in enumerate(targets)
-    ]
+    return [_void(account, target, void_id, reason, made_by),
+            *finish_void(account, target_entry_id=target_entry_id, void_id=void_id,
+                         reason=reason, made_by=made_by)]
+
+
+def finish_void(account: Account, *, target_entry_id: str, void_id: str, reason: str,
+                made_by: str) -> list[EntryVoided]:
+    """What a charge's void takes with it that still stands: its patient shares (the
+    same void ids as ``plan_void`` gives them, so nothing is voided twice)."""
+    target = account.find(target_entry_id)
+    if target is None or not isinstance(target.entry, ChargePosted):
+        return []
+    return [_void(account, share, stable_id("void", void_id, share.entry_id), reason,
+                  made_by)
+            for share in account.active(PatientSharePosted)
+            if share.entry.charge_entry_id == target_entry_id]  # type: ignore[attr-defined]
+
+
+def _void(account: Account, target: Posted, void_id: str, reason: str,
+          made_by: str) -> EntryVoided:
+    return EntryVoided(entry_id=void_id, voided_entry_id=target.entry_id,
+                       voided_event_type=target.event_type, visit_id=account.visit_id,
+                       patient_ref=account.patient_ref, reason=reason, made_by=made_by)
