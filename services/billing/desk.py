@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from services.billing import metrics as m
-from services.billing.domain.accounts import Account
+from services.billing.domain.accounts import Account, Posted
 from services.billing.domain.accounts import account as account_of
 from services.billing.domain.fee_schedule import FeeSchedule, UnknownServices
 from services.billing.domain.money import stable_id
@@ -90,6 +90,11 @@ Barrier = Callable[[str], Awaitable[None]]  # clinic_id: a consumer holds its pa
 # how far back a drawer count may be declared (a year of the clinic's days: a recount for
 # an audit, not 0001-01-01)
 DRAWER_COUNT_DAYS = 366
+
+
+# where an entry posted and not projected yet sits in an account read by the command that
+# posted it: after every entry the projection holds (ledger offsets are far smaller)
+UNPROJECTED = 2**62
 
 
 async def _no_barrier(_clinic_id: str) -> None:
@@ -181,11 +186,18 @@ class Desk:
         return floor
 
     async def _locked(self, clinic_id: str, visit_id: str) -> str:
-        """Wait for the projection to hold the clinic's ledger as of now (a restart, another
-        instance's writes), then take the visit's lock (whose last holder waited for its
-        own entries to be projected): what the command reads next is the whole account."""
-        await self.barrier(clinic_id)
-        return await self._lock(clinic_id, visit_id)
+        """Take the visit's lock, then wait for the projection to hold the clinic's ledger
+        as of now (a restart, another instance's writes, and the entries of the lock's last
+        holder, which may have stopped waiting for them): what the command reads next is
+        the whole account. (Waited for before the lock, a command could read the account
+        without what the holder before it posted meanwhile: two refunds of one payment.)"""
+        token = await self._lock(clinic_id, visit_id)
+        try:
+            await self.barrier(clinic_id)
+        except BaseException:
+            await self.store.unlock_visit(clinic_id, visit_id, token)
+            raise
+        return token
 
     async def _lock(self, clinic_id: str, visit_id: str) -> str:
         token = uuid.uuid4().hex
@@ -198,18 +210,31 @@ class Desk:
         return token
 
     async def _post(self, clinic_id: str, entries: Sequence[LedgerEntry],
-                    visit_id: str | None) -> bool:
-        """Publish ``entries`` in order and wait until the projection holds them all.
-        Returns whether it does (False: on the ledger, not projected yet). One command's
-        entries are of one instant: a charge and its share, or a void of both, never fall
-        on two business days either side of the clinic's midnight."""
+                    visit_id: str | None) -> list[Posted]:
+        """Publish ``entries`` in order and wait until the projection holds them all (for
+        ``wait_seconds`` at most: they are on the ledger either way). Returns them as
+        posted, for ``_account_with``. One command's entries are of one instant: a charge
+        and its share, or a void of both, never fall on two business days either side of
+        the clinic's midnight."""
         now = self.clock.now()
+        posted: list[Posted] = []
         for entry in entries:
             event = ev.make_event(entry, clinic_id=clinic_id, source="billing",
                                   occurred_at=now, correlation_id=visit_id,
                                   event_id=entry.entry_id)
             await self.publish(ev.encode(event), self.ledger_topic, clinic_id.encode())
-        return await self._projected(clinic_id, [e.entry_id for e in entries])
+            posted.append(Posted(entry, event.event_type, now, UNPROJECTED + len(posted)))
+        await self._projected(clinic_id, [e.entry_id for e in entries])
+        return posted
+
+    async def _account_with(self, clinic_id: str, visit_id: str,
+                            posted: Sequence[Posted]) -> Account:
+        """The visit's account with what this command just posted, projected yet or not:
+        a payment on the ledger is answered with its receipt, never a 404 that invites
+        the clerk to take it again."""
+        entries = await self.store.visit_entries(clinic_id, visit_id)
+        known = {p.entry_id for p in entries}
+        return account_of(visit_id, [*entries, *(p for p in posted if p.entry_id not in known)])
 
     async def _projected(self, clinic_id: str, entry_ids: Sequence[str]) -> bool:
         deadline = self.monotonic() + self.wait_seconds
@@ -426,8 +451,8 @@ class Desk:
             if existing is not None:
                 _same_request(existing.entry, payment, "payment")
                 return await self._receipt_of(clinic_id, account, entry_id), True
-            await self._post(clinic_id, [payment], visit_id)
-            account = await self.account(clinic_id, visit_id)
+            posted = await self._post(clinic_id, [payment], visit_id)
+            account = await self._account_with(clinic_id, visit_id, posted)
             return await self._receipt_of(clinic_id, account, entry_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)
@@ -452,8 +477,8 @@ class Desk:
             refund = plan_refund(account, entry_id=entry_id,
                                  payment_entry_id=payment_entry_id,
                                  amount_cents=amount_cents, reason=reason, made_by=made_by)
-            await self._post(clinic_id, [refund], visit_id)
-            account = await self.account(clinic_id, visit_id)
+            posted = await self._post(clinic_id, [refund], visit_id)
+            account = await self._account_with(clinic_id, visit_id, posted)
             return await self._receipt_of(clinic_id, account, entry_id), False
         finally:
             await self.store.unlock_visit(clinic_id, visit_id, token)

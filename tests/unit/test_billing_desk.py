@@ -189,6 +189,41 @@ async def test_entries_posted_but_not_projected_in_time_are_answered_from_what_i
     assert [topic for topic, _e in ledger.published] == [LEDGER, LEDGER, FLOOR]
 
 
+async def test_a_payment_posted_but_not_projected_in_time_is_answered_with_its_receipt(
+) -> None:
+    # it was a 404 "no payment on visit": a clerk trying again took the money twice
+    ledger = HeldLedger(("north", "v1"))
+    desk = desk_over(ledger)
+    await desk.checkout("north", "v1", cpt_codes=["99213"])
+    ledger.projecting = False  # the projection is far behind
+    receipt, replayed = await desk.pay("north", "v1", entry_id="pay-1", method="cash",
+                                       amount_cents=2000, reference=None, reason="copay",
+                                       made_by="desk")
+    body = receipt_json(receipt)
+    assert replayed is False and (body["kind"], body["method"]) == ("payment", "cash")
+    assert body["amount"] == "20.00" and body["paid_cents"] == 2000
+    assert body["balance"] == "110.00"  # the 130.00 share less the 20.00 just paid
+
+
+async def test_a_money_command_reads_the_ledger_only_once_it_holds_the_visits_lock() -> None:
+    # waited for before the lock, the ledger could miss what the lock's last holder posted
+    # after that wait (a holder that stopped waiting for its entries): two refunds of one
+    # payment both allowed
+    ledger = HeldLedger(("north", "v1"))
+    held_at_barrier: list[bool] = []
+
+    async def barrier(clinic_id: str) -> None:
+        held_at_barrier.append(("north", "v1") in ledger.locks)
+
+    desk = desk_over(ledger)
+    desk.barrier = barrier
+    await desk.checkout("north", "v1", cpt_codes=["99213"])
+    await desk.pay("north", "v1", entry_id="pay-1", method="cash", amount_cents=2000,
+                   reference=None, reason="copay", made_by="desk")
+    assert held_at_barrier and all(held_at_barrier)
+    assert ledger.locks == {}  # given back
+
+
 async def test_a_visit_that_never_checked_in_at_the_clinic_is_refused_by_name() -> None:
     ledger = HeldLedger(("south", "v7"))  # south's visit, asked for through north
     floor = FloorRead()
