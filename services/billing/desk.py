@@ -419,8 +419,9 @@ class Desk:
         try:
             account = await self.account(clinic_id, visit_id)
             standing = account.coverage
-            entry = CoverageRecorded(
-                entry_id="cov-planned", visit_id=visit_id, patient_ref=patient_ref,
+            entry = CoverageRecorded(  # left out, the patient is the arrival's
+                entry_id="cov-planned", visit_id=visit_id,
+                patient_ref=patient_ref or floor.patient_ref,
                 copay_cents=copay_cents, coinsurance_basis_points=coinsurance_basis_points,
                 deductible_remaining_cents=deductible_remaining_cents, self_pay=self_pay,
                 reason="coverage captured", made_by=made_by)
@@ -440,13 +441,14 @@ class Desk:
         """A payment; returns its receipt and whether ``entry_id`` (from the request's
         Idempotency-Key) was taken already (a replay: nothing posted; a different payment
         under the same id is refused)."""
-        await self.known_visit(clinic_id, visit_id, takes_money=True)
+        floor = await self.known_visit(clinic_id, visit_id, takes_money=True)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
             payment = plan_payment(account, entry_id=entry_id, method=method,
                                    amount_cents=amount_cents, reference=reference,
-                                   reason=reason, made_by=made_by)
+                                   reason=reason, made_by=made_by,
+                                   patient_ref=floor.patient_ref)
             existing = account.find(entry_id)
             if existing is not None:
                 _same_request(existing.entry, payment, "payment")
@@ -644,7 +646,9 @@ _IGNORED = {"entry_id", "reason", "made_by"}
 def _same_request(existing: LedgerEntry, planned: LedgerEntry, what: str) -> None:
     """Refuse a command whose entry id (from its Idempotency-Key) is on the ledger with
     other contents: the same key for a different request."""
-    ignore = {"reason", "made_by"}
+    # the patient is the visit's (the ledger's, else the arrival's), not the request's:
+    # a copay taken before the checkout and retried after it is the same payment
+    ignore = {"reason", "made_by", "patient_ref"}
     if (type(existing) is not type(planned)
             or existing.model_dump(exclude=ignore) != planned.model_dump(exclude=ignore)):
         raise _reused(what)

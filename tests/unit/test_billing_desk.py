@@ -205,6 +205,26 @@ async def test_a_payment_posted_but_not_projected_in_time_is_answered_with_its_r
     assert body["balance"] == "110.00"  # the 130.00 share less the 20.00 just paid
 
 
+async def test_a_copay_taken_before_the_checkout_and_retried_after_it_is_the_same_payment(
+) -> None:
+    # the payment took its patient from the ledger, empty before the checkout: the retry
+    # after it had the arrival's patient and was refused as another payment under the key
+    ledger = HeldLedger(("north", "v2"))
+    desk = desk_over(ledger)
+    pay = {"entry_id": "pay-2", "method": "card", "amount_cents": 2500,
+           "reference": "AUTH-77", "reason": "copay", "made_by": "desk"}
+    first, replayed = await desk.pay("north", "v2", **pay)
+    assert replayed is False and first.patient_ref == "p-901"  # the arrival's patient
+    await desk.checkout("north", "v2", cpt_codes=["99213"])
+    again, replayed = await desk.pay("north", "v2", **pay)
+    assert replayed is True and again.receipt_number == first.receipt_number
+    # coverage without a patient named is the arrival's patient's too
+    account, _ = await desk.record_coverage(
+        "north", "v2", patient_ref=None, copay_cents=2500, coinsurance_basis_points=0,
+        deductible_remaining_cents=0, self_pay=False, made_by="desk")
+    assert account.coverage is not None and account.coverage.entry.patient_ref == "p-901"  # type: ignore[attr-defined]
+
+
 async def test_a_money_command_reads_the_ledger_only_once_it_holds_the_visits_lock() -> None:
     # waited for before the lock, the ledger could miss what the lock's last holder posted
     # after that wait (a holder that stopped waiting for its entries): two refunds of one

@@ -39,15 +39,17 @@ def check_reference(method: PaymentMethod, reference: str | None) -> str | None:
 
 
 def plan_payment(account: Account, *, entry_id: str, method: PaymentMethod, amount_cents: int,
-                 reference: str | None, reason: str, made_by: str) -> PaymentRecorded:
+                 reference: str | None, reason: str, made_by: str,
+                 patient_ref: str | None = None) -> PaymentRecorded:
     """A payment for the visit. Paying before the visit is priced (a copay at check-in) or
-    more than the balance is allowed: the excess shows as a credit to refund."""
+    more than the balance is allowed: the excess shows as a credit to refund. Whose it is:
+    the ledger's patient of the visit, else ``patient_ref`` (the arrival's)."""
     if method not in PAYMENT_METHODS:
         raise Rejected(f"unknown payment method {method!r}")
     if amount_cents <= 0:
         raise Rejected("amount_cents must be more than 0")
     return PaymentRecorded(entry_id=entry_id, visit_id=account.visit_id,
-                           patient_ref=account.patient_ref, method=method,
+                           patient_ref=account.patient_ref or patient_ref, method=method,
                            amount_cents=amount_cents,
                            reference=check_reference(method, reference),
                            reason=reason, made_by=made_by)
