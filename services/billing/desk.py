@@ -277,6 +277,10 @@ class Desk:
             if desk:
                 require_checkout_allowed(clinic_id, visit_id, floor)
                 require_same_patient(clinic_id, visit_id, floor, patient_ref)
+            elif floor.arrived or floor.arrival_undone:
+                # another client's checkout of a visit the floor keeps cancelled, left or
+                # undone charges nothing (one billing does not know is priced: README)
+                require_checkout_allowed(clinic_id, visit_id, floor)
             account = await self.account(clinic_id, visit_id)
             claimed = desk and await self._claim_end(clinic_id, visit_id, account)
             try:

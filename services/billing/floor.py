@@ -34,7 +34,7 @@ from services.billing import metrics as m
 from services.billing.desk import Desk
 from shared import events as ev
 from shared.clock import Clock
-from shared.errors import Rejected
+from shared.errors import Conflict, Rejected
 from shared.logging import get_logger
 from shared.outbox import Outbox
 from shared.projection import (
@@ -258,7 +258,7 @@ class BillingFloorProjection:
                 result = await desk.checkout(effect.clinic_id, effect.visit_id,
                                              cpt_codes=effect.cpt_codes,
                                              floor_event_id=effect.event_id)
-            except Rejected as exc:  # unknown codes, more than a charge carries
+            except (Rejected, Conflict) as exc:  # unknown codes, too many, a visit ended
                 m.CHECKOUTS.labels("unpriceable").inc()
                 log.error("checkout on the floor not priced", clinic=effect.clinic_id,
                           event_id=effect.event_id, reason=exc.detail)

@@ -442,6 +442,18 @@ async def test_the_floor_consumer_goes_on_past_a_checkout_no_charge_can_carry() 
     assert ledger.published == []
 
 
+async def test_another_clients_checkout_of_a_visit_the_floor_keeps_cancelled_charges_nothing(
+) -> None:
+    # the cancel was checked only at the desk: a checkout on the floor charged the patient
+    ledger = HeldLedger()
+    ledger.arrive("north", "v10", ended="left_without_being_seen", ended_by="cxl-1")
+    floor = BillingFloorProjection(desk_over(ledger), cast(Any, None), "t", cast(Any, None),
+                                   FakeClock())
+    assert await floor.take_effect(
+        PriceFloorCheckout("north", "v10", ("99213",), "out-ehr-4")) == 0
+    assert ledger.published == []
+
+
 def test_a_payment_without_an_idempotency_key_is_refused_naming_the_header() -> None:
     with pytest.raises(PreconditionRequired, match="Idempotency-Key header is required") as no:
         required_key(None, "payment")
