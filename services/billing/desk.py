@@ -5,7 +5,8 @@ Each command on a visit first checks the visit exists at the clinic (it checked 
 read from the floor, or it has entries on the clinic's ledger; a visit not known yet is
 looked for again once billing has read the clinic's floor as of now), then waits until
 the Redis projection holds the clinic's ledger partition up to its current end (after a
-restart it catches up first), takes a per-visit lock, reads the visit's account, lets the
+restart it catches up first), takes a per-visit lock (and waits once more holding it, for
+what the lock's last holder posted), reads the visit's account, lets the
 pure domain decide which ledger entries to post, publishes them on the ledger topic
 (``acks=all``, keyed by clinic, ``event_id`` = ``entry_id``) and waits until the
 projection has applied them, so the next command on the visit sees them.
@@ -186,14 +187,18 @@ class Desk:
         return floor
 
     async def _locked(self, clinic_id: str, visit_id: str) -> str:
-        """Take the visit's lock, then wait for the projection to hold the clinic's ledger
-        as of now (a restart, another instance's writes, and the entries of the lock's last
-        holder, which may have stopped waiting for them): what the command reads next is
-        the whole account. (Waited for before the lock, a command could read the account
-        without what the holder before it posted meanwhile: two refunds of one payment.)"""
+        """Wait for the projection to hold the clinic's ledger as of now (a restart,
+        another instance's writes), take the visit's lock, and wait once more holding it
+        (at once, unless the lock's last holder stopped waiting for its own entries:
+        read without them, two refunds of one payment could both pass), the lock still
+        ours after that wait: what the command reads next is the whole account."""
+        await self.barrier(clinic_id)
         token = await self._lock(clinic_id, visit_id)
         try:
             await self.barrier(clinic_id)
+            if not await self.store.keep_lock(clinic_id, visit_id, token):
+                raise Conflict(f"visit {visit_id} is busy with another money command: "
+                               "try again")  # the wait outlived the lock
         except BaseException:
             await self.store.unlock_visit(clinic_id, visit_id, token)
             raise
@@ -492,7 +497,8 @@ class Desk:
     async def void(self, clinic_id: str, visit_id: str, *, target_entry_id: str,
                    reason: str, made_by: str) -> tuple[Account, bool]:
         """Void an entry. The natural key is the entry voided (an entry is voided once):
-        a void of an entry already voided posts nothing. Returns the account and whether
+        a void of an entry already voided posts nothing (but the void of a charge's share
+        that a cut void left standing). Returns the account and whether
         nothing was posted (a replay)."""
         await self.known_visit(clinic_id, visit_id)
         token = await self._locked(clinic_id, visit_id)

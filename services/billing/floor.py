@@ -259,6 +259,8 @@ class BillingFloorProjection:
                                              cpt_codes=effect.cpt_codes,
                                              floor_event_id=effect.event_id)
             except (Rejected, Conflict) as exc:  # unknown codes, too many, a visit ended
+                if isinstance(exc, Conflict) and exc.code != "visit_ended":
+                    raise  # busy with another money command: the batch is read again
                 m.CHECKOUTS.labels("unpriceable").inc()
                 log.error("checkout on the floor not priced", clinic=effect.clinic_id,
                           event_id=effect.event_id, reason=exc.detail)

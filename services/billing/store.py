@@ -405,6 +405,15 @@ class BillingStore:
         return bool(await self.redis.set(self.keys.lock(clinic_id, visit_id), token, nx=True,
                                          px=LOCK_MILLISECONDS))
 
+    async def keep_lock(self, clinic_id: str, visit_id: str, token: str) -> bool:
+        """Whether ``token`` still holds the visit's lock (it is then held another
+        ``LOCK_MILLISECONDS``); False: it expired, and may be another's now."""
+        key = self.keys.lock(clinic_id, visit_id)
+        return bool(await self.redis.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then "
+            "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0",
+            1, key, token, LOCK_MILLISECONDS))
+
     async def unlock_visit(self, clinic_id: str, visit_id: str, token: str) -> None:
         key = self.keys.lock(clinic_id, visit_id)
         # only the holder releases (a lock that expired and was taken again is not ours)

@@ -70,6 +70,9 @@ class HeldLedger:
         self.locks[(clinic_id, visit_id)] = token
         return True
 
+    async def keep_lock(self, clinic_id: str, visit_id: str, token: str) -> bool:
+        return self.locks.get((clinic_id, visit_id)) == token
+
     async def unlock_visit(self, clinic_id: str, visit_id: str, token: str) -> None:
         if self.locks.get((clinic_id, visit_id)) == token:
             del self.locks[(clinic_id, visit_id)]
@@ -205,6 +208,39 @@ async def test_a_payment_posted_but_not_projected_in_time_is_answered_with_its_r
     assert body["balance"] == "110.00"  # the 130.00 share less the 20.00 just paid
 
 
+async def test_a_wait_for_the_ledger_that_outlives_the_lock_reads_nothing_and_posts_nothing(
+) -> None:
+    # the lock expires after 10 s, the ledger wait may take 30: another command may hold
+    # the lock by then, and both would read the same account
+    ledger = HeldLedger(("north", "v1"))
+    desk = desk_over(ledger)
+    await desk.checkout("north", "v1", cpt_codes=["99213"])
+    published = len(ledger.published)
+
+    async def slow_barrier(clinic_id: str) -> None:
+        if ("north", "v1") in ledger.locks:  # the wait held: the lock is another's by then
+            ledger.locks[("north", "v1")] = "another-command"
+
+    desk.barrier = slow_barrier
+    with pytest.raises(Conflict, match="busy with another money command"):
+        await desk.pay("north", "v1", entry_id="pay-9", method="cash", amount_cents=500,
+                       reference=None, reason="copay", made_by="desk")
+    assert len(ledger.published) == published
+    assert ledger.locks == {("north", "v1"): "another-command"}  # not ours to give back
+
+
+async def test_a_busy_visit_is_not_a_floor_checkout_to_drop() -> None:
+    # the visit's lock held by a desk payment: the floor consumer must read the checkout
+    # again later, not count it unpriceable and go past it
+    ledger = HeldLedger()
+    ledger.arrive("north", "v11", ended="checked_out", ended_by="out-ehr-5")
+    ledger.busy = True
+    floor = BillingFloorProjection(desk_over(ledger), cast(Any, None), "t", cast(Any, None),
+                                   FakeClock())
+    with pytest.raises(Conflict, match="busy"):
+        await floor.take_effect(PriceFloorCheckout("north", "v11", ("99213",), "out-ehr-5"))
+
+
 async def test_a_copay_taken_before_the_checkout_and_retried_after_it_is_the_same_payment(
 ) -> None:
     # the payment took its patient from the ledger, empty before the checkout: the retry
@@ -240,7 +276,8 @@ async def test_a_money_command_reads_the_ledger_only_once_it_holds_the_visits_lo
     await desk.checkout("north", "v1", cpt_codes=["99213"])
     await desk.pay("north", "v1", entry_id="pay-1", method="cash", amount_cents=2000,
                    reference=None, reason="copay", made_by="desk")
-    assert held_at_barrier and all(held_at_barrier)
+    # each command: once before taking the lock, once holding it (before reading)
+    assert held_at_barrier and held_at_barrier == [False, True] * (len(held_at_barrier) // 2)
     assert ledger.locks == {}  # given back
 
 
