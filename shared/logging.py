@@ -62,6 +62,24 @@ def redact_phi(
     return event_dict
 
 
+class _RetriedCoordinatorLookup(logging.Filter):
+    """aiokafka logs every failed lookup of a consumer group's coordinator at error,
+    though it retries the retriable ones: a broker still forming the group answers
+    GroupCoordinatorNotAvailable at every start of a service, and an error line should be
+    one that needs someone. Those are warnings here; any other failure stays an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno == logging.ERROR and isinstance(record.msg, str)
+                and record.msg.startswith("Group Coordinator Request failed")
+                and isinstance(record.args, tuple) and record.args
+                and getattr(record.args[0], "retriable", False)):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_COORDINATOR_LOOKUP = _RetriedCoordinatorLookup()
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto", service: str = "") -> None:
     """Configure structlog and the standard library's logging (uvicorn, aiokafka) alike."""
     json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -99,6 +117,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", service: str = "")
     # chatty libraries: warnings only
     for name in ("aiokafka", "faststream", "uvicorn.access", "kafka"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(_COORDINATOR_LOOKUP)
     if service:
         structlog.contextvars.bind_contextvars(service=service)
 

@@ -206,6 +206,23 @@ def test_a_level_below_the_configured_one_is_dropped_and_the_rest_written() -> N
     configure_logging("INFO", "json")  # as the other tests expect it
 
 
+def test_a_retried_coordinator_lookup_is_a_warning_and_any_other_failure_an_error() -> None:
+    from aiokafka.errors import GroupAuthorizationFailedError, GroupCoordinatorNotAvailableError
+
+    stream = io.StringIO()
+    configure_logging("INFO", "json")
+    handler = logging.getLogger().handlers[0]
+    handler.stream = stream  # type: ignore[attr-defined]
+    coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+    # as aiokafka says it at every start while the broker forms the group (and retries)
+    coordinator.error("Group Coordinator Request failed: %s",
+                      GroupCoordinatorNotAvailableError())
+    coordinator.error("Group Coordinator Request failed: %s",
+                      GroupAuthorizationFailedError("g"))
+    levels = [json.loads(line)["level"] for line in stream.getvalue().strip().splitlines()]
+    assert levels == ["warning", "error"]
+
+
 def test_the_asyncapi_document_lists_every_event_on_its_topic() -> None:
     document = build_document()
     floor = document["channels"]["clinicflow_floor_v1"]
