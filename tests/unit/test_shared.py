@@ -174,11 +174,17 @@ def test_tokens_are_kept_hashed_and_matched_to_their_role_and_clinics() -> None:
     assert auth.authenticate("north-nurse-token-0002") is None
 
 
-def test_logs_never_show_names_birth_dates_phone_numbers_or_emails() -> None:
+def logs_to_memory(level: str = "INFO") -> io.StringIO:
+    """Configure logging as a service does (JSON) and write it to a string instead."""
     stream = io.StringIO()
-    configure_logging("INFO", "json")
+    configure_logging(level, "json")
     handler = logging.getLogger().handlers[0]
     handler.stream = stream  # type: ignore[attr-defined]
+    return stream
+
+
+def test_logs_never_show_names_birth_dates_phone_numbers_or_emails() -> None:
+    stream = logs_to_memory()
     structlog.get_logger("t").info(
         "front desk typed 555-867-5309 for jane.doe@example.org born 1984-07-12",
         name="Jane Doe", phone="+1 555 867 5309", dob="1984-07-12", visit_id="v1",
@@ -193,10 +199,7 @@ def test_logs_never_show_names_birth_dates_phone_numbers_or_emails() -> None:
 
 
 def test_a_level_below_the_configured_one_is_dropped_and_the_rest_written() -> None:
-    stream = io.StringIO()
-    configure_logging("WARNING", "json")
-    handler = logging.getLogger().handlers[0]
-    handler.stream = stream  # type: ignore[attr-defined]
+    stream = logs_to_memory("WARNING")
     log = structlog.get_logger("t.levels")
     log.info("patient checked in", visit_id="v1")
     log.warning("publish failed", visit_id="v2")
@@ -209,10 +212,7 @@ def test_a_level_below_the_configured_one_is_dropped_and_the_rest_written() -> N
 def test_a_retried_coordinator_lookup_is_a_warning_and_any_other_failure_an_error() -> None:
     from aiokafka.errors import GroupAuthorizationFailedError, GroupCoordinatorNotAvailableError
 
-    stream = io.StringIO()
-    configure_logging("INFO", "json")
-    handler = logging.getLogger().handlers[0]
-    handler.stream = stream  # type: ignore[attr-defined]
+    stream = logs_to_memory()
     coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
     # as aiokafka says it at every start while the broker forms the group (and retries)
     coordinator.error("Group Coordinator Request failed: %s",
