@@ -279,14 +279,15 @@ class Desk:
         token = await self._locked(clinic_id, visit_id)
         try:
             floor = await self.store.floor_visit(clinic_id, visit_id)
+            account = await self.account(clinic_id, visit_id)
             if desk:
                 require_checkout_allowed(clinic_id, visit_id, floor)
-                require_same_patient(clinic_id, visit_id, floor, patient_ref)
+                require_same_patient(clinic_id, visit_id, floor, patient_ref,
+                                     account.patient_ref)
             elif floor.arrived or floor.arrival_undone:
                 # another client's checkout of a visit the floor keeps cancelled, left or
                 # undone charges nothing (one billing does not know is priced: README)
                 require_checkout_allowed(clinic_id, visit_id, floor)
-            account = await self.account(clinic_id, visit_id)
             claimed = desk and await self._claim_end(clinic_id, visit_id, account)
             try:
                 return await self._checkout(
@@ -423,14 +424,14 @@ class Desk:
         The natural key is the coverage itself: the same terms as the standing coverage
         post nothing. Returns the account and whether nothing was posted (a replay)."""
         floor = await self.known_visit(clinic_id, visit_id, takes_money=True)
-        require_same_patient(clinic_id, visit_id, floor, patient_ref)
         token = await self._locked(clinic_id, visit_id)
         try:
             account = await self.account(clinic_id, visit_id)
+            require_same_patient(clinic_id, visit_id, floor, patient_ref, account.patient_ref)
             standing = account.coverage
-            entry = CoverageRecorded(  # left out, the patient is the arrival's
+            entry = CoverageRecorded(  # left out, the patient is the arrival's (the ledger's)
                 entry_id="cov-planned", visit_id=visit_id,
-                patient_ref=patient_ref or floor.patient_ref,
+                patient_ref=patient_ref or floor.patient_ref or account.patient_ref,
                 copay_cents=copay_cents, coinsurance_basis_points=coinsurance_basis_points,
                 deductible_remaining_cents=deductible_remaining_cents, self_pay=self_pay,
                 reason="coverage captured", made_by=made_by)

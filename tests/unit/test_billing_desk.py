@@ -374,6 +374,24 @@ async def test_a_patient_ref_other_than_the_arrivals_is_refused_naming_the_visit
     assert result.outcome == "priced" and result.account.patient_ref == "p-901"
 
 
+async def test_a_walk_in_named_at_the_desk_is_one_patients_not_two() -> None:
+    # a walk-in checked in without a patient: coverage named p-1, the checkout p-2, and
+    # the visit counted in both patients' balances
+    ledger = HeldLedger()
+    ledger.floor[("north", "w1")] = FloorVisit(arrived=True, patient_ref=None)
+    desk = desk_over(ledger)
+    await desk.record_coverage("north", "w1", patient_ref="p-1", copay_cents=2500,
+                               coinsurance_basis_points=0, deductible_remaining_cents=0,
+                               self_pay=False, made_by="d")
+    with pytest.raises(Conflict, match="already another patient's") as other:
+        await desk.checkout("north", "w1", cpt_codes=["99213"], patient_ref="p-2")
+    assert other.value.code == "patient_mismatch" and "p-" not in other.value.detail
+    result = await desk.checkout("north", "w1", cpt_codes=["99213"])  # left out: p-1's
+    assert result.account.patient_ref == "p-1"
+    assert {getattr(e.payload, "patient_ref", None) for t, e in ledger.published
+            if t == LEDGER} == {"p-1"}
+
+
 async def test_a_visit_checked_out_on_the_floor_is_priced_without_a_second_floor_event(
 ) -> None:
     ledger = HeldLedger()

@@ -67,14 +67,19 @@ def require_on_floor(clinic_id: str, visit_id: str, floor: FloorVisit) -> None:
 
 
 def require_same_patient(clinic_id: str, visit_id: str, floor: FloorVisit,
-                         patient_ref: str | None) -> None:
+                         patient_ref: str | None, ledger_ref: str | None = None) -> None:
     """A command naming a patient for the visit (coverage, checkout) names the one who
-    checked in, when the floor knows who did (``Conflict``, ``patient_mismatch``): a
-    visit's charges and balance belong to its patient, not to whoever a request names."""
+    checked in, when the floor knows who did, else the one its ledger already names
+    (``ledger_ref``: a walk-in named at the desk) (``Conflict``, ``patient_mismatch``): a
+    visit's charges and balance belong to one patient, not to whoever a request names."""
     if patient_ref and floor.patient_ref and patient_ref != floor.patient_ref:
         raise Conflict(f"visit {visit_id} of clinic {clinic_id} checked in as another "
                        "patient: the patient_ref given differs from its arrival's (leave it "
                        "out to use the arrival's)", code="patient_mismatch")
+    if patient_ref and not floor.patient_ref and ledger_ref and patient_ref != ledger_ref:
+        raise Conflict(f"visit {visit_id} of clinic {clinic_id} is already another "
+                       "patient's: the patient_ref given differs from the one its ledger "
+                       "names (leave it out to use that one)", code="patient_mismatch")
 
 
 def require_checkout_allowed(clinic_id: str, visit_id: str, floor: FloorVisit) -> None:
