@@ -7,8 +7,9 @@ arrivals of 8 clinics over 8 MLLP connections, each message after the previous o
 ACK) against a check-in process started from each tree in turn (a git worktree, e.g.
 ``git worktree add /tmp/before <commit>``; run with this interpreter, the tree as its
 working directory), rounds alternating the trees, each process warmed up and then
-timed twice. On a shared machine one run of each is worth little: two runs a minute
-apart can differ by a quarter, which is more than most changes; interleaving spreads
+timed twice. On this machine one run of each is worth little: two runs an hour apart,
+nothing else running, differed by a quarter (docs/performance.md), which is more than
+most changes; interleaving spreads
 whatever else the machine does over both trees. Every ACK must be AA. Prints each run
 and, per tree, the medians of msg/s, check-in's CPU per message and the ACK p99.
 """

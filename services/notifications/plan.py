@@ -126,7 +126,9 @@ class NotifierPlan:
                     else:
                         outcome = notifier.on_floor(payload, at=at, event_id=event_id,
                                                     rules=rules, prefs=prefs, wall=wall)
-                        on_floor.add(getattr(payload, "visit_id", ""))
+                        visit_id = getattr(payload, "visit_id", None)
+                        if visit_id is not None:
+                            on_floor.add(visit_id)
                 except NotApplicable as exc:
                     planned.dead_letters.append(DeadLetter(record, exc.reason))
                     continue
@@ -158,7 +160,7 @@ class NotifierPlan:
         kept = {visit: estimate for visit, estimate in estimated.items()
                 if visit in waiting_after
                 or (visit not in known and notifier.visit_status(visit) is None)}
-        gone = ((known - waiting_after) | (estimated.keys() - kept.keys())) - {""}
+        gone = (known - waiting_after) | (estimated.keys() - kept.keys())
         if kept:
             changes.estimates[clinic_id] = kept
         if gone:
